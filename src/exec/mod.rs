@@ -1,0 +1,1230 @@
+//! The executor: one serial actor per peer on a bounded pool of worker threads.
+//!
+//! A peer's actor applies the writes queued for it (submissions, file writes,
+//! deliveries) in one transaction, then runs queued scripts in another, one
+//! savepoint per run, and commits many runs per fsync (group commit: whatever is
+//! queued right now, no timer). Only after a commit are results published to
+//! waiting readers and messages delivered to other peers.
+
+mod result;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::err;
+use crate::error::{Error, Result};
+use crate::peer::name::{check_peer_name, script_stem};
+use crate::peer::{Ack, Op, Peer, PendingResult, Registry, Waiter};
+use crate::script::{self, AstCache, Host, Library, Limits, Outcome, OwnerHost, RunInput, Status};
+use crate::store::{Job, Outgoing, Store};
+use crate::util::{new_id, now_ns, rfc3339};
+
+pub use result::RunResult;
+
+/// The daemon's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Worker threads that run peers' actors.
+    pub workers: usize,
+    /// Open peers kept at most (idle ones beyond this are closed first).
+    pub max_open_peers: usize,
+    /// An open peer with no work is closed after this long.
+    pub idle_close: Duration,
+    /// Sandbox limits for every run (a policy can only tighten them).
+    pub limits: Limits,
+    /// Runs kept in each peer's history.
+    pub run_retention: u64,
+    pub library: Library,
+    /// Most runs committed together; a batch also ends after `batch_max_time`.
+    pub batch_max_runs: usize,
+    pub batch_max_time: Duration,
+    /// Most sends in a chain (alice -> bob -> carol ...): bounds cycles.
+    pub hop_limit: u32,
+    /// Serve only these peers (isolated deployment).
+    pub only: Option<Vec<String>>,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Config {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Config {
+            data_dir: data_dir.into(),
+            workers: (cores * 2).max(4),
+            max_open_peers: 4096,
+            idle_close: Duration::from_secs(30),
+            limits: Limits::default(),
+            run_retention: 10_000,
+            library: Library::Embedded,
+            batch_max_runs: 1000,
+            batch_max_time: Duration::from_millis(20),
+            hop_limit: 16,
+            only: None,
+        }
+    }
+}
+
+/// What changed at a peer, for caches above (the mount's kernel entries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Inbox,
+    Outbox { target: String },
+    State,
+    Log,
+    Modules,
+    Meta(String),
+}
+
+pub trait Listener: Send + Sync {
+    fn changed(&self, peer: &str, change: Change);
+}
+
+/// Counters shown in `.peerfs/stats`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub submissions: AtomicU64,
+    pub runs: AtomicU64,
+    pub runs_ok: AtomicU64,
+    pub runs_error: AtomicU64,
+    pub runs_denied: AtomicU64,
+    pub runs_limit: AtomicU64,
+    pub commits: AtomicU64,
+    pub messages_delivered: AtomicU64,
+    pub writes: AtomicU64,
+}
+
+/// Decides, for a run, what the script may do and under which limits.
+pub trait Gate: Send + Sync {
+    /// `Err` = refused at `run` (the message names the action and the policy).
+    fn prepare(
+        &self,
+        core: &Core,
+        target: &Arc<Peer>,
+        job: &Job,
+    ) -> std::result::Result<(Box<dyn Host>, Limits), String>;
+}
+
+/// Before policies: other peers may do nothing.
+pub struct OwnerOnly;
+
+impl Gate for OwnerOnly {
+    fn prepare(
+        &self,
+        core: &Core,
+        target: &Arc<Peer>,
+        job: &Job,
+    ) -> std::result::Result<(Box<dyn Host>, Limits), String> {
+        if job.caller == target.name {
+            Ok((Box::new(OwnerHost), core.config().limits.clone()))
+        } else {
+            Err(format!(
+                "denied: {} has no policy, so other peers may not run scripts there",
+                target.name
+            ))
+        }
+    }
+}
+
+struct Inner {
+    cfg: Config,
+    registry: Registry,
+    ready: Mutex<VecDeque<Arc<Peer>>>,
+    ready_cv: Condvar,
+    /// Runs in flight end as interrupted (rolled back, still queued).
+    stop: AtomicBool,
+    /// Workers exit once the ready queue is empty.
+    quit: AtomicBool,
+    cache: Arc<AstCache>,
+    listener: RwLock<Option<Arc<dyn Listener>>>,
+    gate: RwLock<Arc<dyn Gate>>,
+    stats: Stats,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The running core: registry, worker pool, executor. Cheap to clone.
+#[derive(Clone)]
+pub struct Core(Arc<Inner>);
+
+/// An in-memory consequence of an op or run, applied after its commit.
+enum Effect {
+    None,
+    Queued,
+    Pending {
+        target: String,
+        name: String,
+        run_id: String,
+    },
+    Result {
+        target: String,
+        name: String,
+        run_id: String,
+        bytes: Arc<Vec<u8>>,
+    },
+    Undelivered,
+    Changed(Change),
+}
+
+impl Core {
+    /// Opens the data directory and starts the workers.
+    pub fn start(cfg: Config) -> Result<Core> {
+        let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
+        let core = Core(Arc::new(Inner {
+            registry,
+            ready: Mutex::new(VecDeque::new()),
+            ready_cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
+            cache: Arc::new(AstCache::new()),
+            listener: RwLock::new(None),
+            gate: RwLock::new(Arc::new(OwnerOnly)),
+            stats: Stats::default(),
+            threads: Mutex::new(Vec::new()),
+            cfg,
+        }));
+        let mut threads = Vec::new();
+        for i in 0..core.0.cfg.workers.max(1) {
+            let c = core.clone();
+            // Big stacks: Rhai's own depth limits must trip before the thread's stack.
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("peerfs-worker-{i}"))
+                    .stack_size(64 << 20)
+                    .spawn(move || c.worker())?,
+            );
+        }
+        let c = core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("peerfs-sweeper".into())
+                .spawn(move || c.sweeper())?,
+        );
+        let c = core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("peerfs-recovery".into())
+                .spawn(move || c.recover_all())?,
+        );
+        *core.0.threads.lock().unwrap() = threads;
+        Ok(core)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.cfg
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.0.registry
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.0.stats
+    }
+
+    pub fn cache(&self) -> &Arc<AstCache> {
+        &self.0.cache
+    }
+
+    pub fn set_listener(&self, l: Arc<dyn Listener>) {
+        *self.0.listener.write().unwrap() = Some(l);
+    }
+
+    pub fn set_gate(&self, g: Arc<dyn Gate>) {
+        *self.0.gate.write().unwrap() = g;
+    }
+
+    fn notify(&self, peer: &str, change: Change) {
+        if let Some(l) = self.0.listener.read().unwrap().as_ref() {
+            l.changed(peer, change);
+        }
+    }
+
+    /// Creates a peer owned by `uid:gid`.
+    pub fn create_peer(&self, name: &str, uid: u32, gid: u32) -> Result<()> {
+        self.0.registry.create(name, uid, gid)?;
+        tracing::info!(peer = name, uid, "peer created");
+        Ok(())
+    }
+
+    /// Moves a peer's store aside; returns where it went.
+    pub fn remove_peer(&self, name: &str) -> Result<PathBuf> {
+        let p = self.0.registry.remove(name)?;
+        tracing::info!(peer = name, to = %p.display(), "peer removed (store moved aside)");
+        Ok(p)
+    }
+
+    /// The open peer (opening and recovering it on first use).
+    pub fn peer(&self, name: &str) -> Result<Arc<Peer>> {
+        let (peer, opened) = self.0.registry.open(name)?;
+        if opened {
+            self.recover(&peer)?;
+        }
+        Ok(peer)
+    }
+
+    /// After open: count queued runs, track unfinished results, and schedule work.
+    fn recover(&self, peer: &Arc<Peer>) -> Result<()> {
+        let mut st = peer.writer.lock().unwrap();
+        let queued = st.queue_len()?;
+        let unfinished = st.outbox_unfinished()?;
+        let undelivered = !st.undelivered(1)?.is_empty();
+        drop(st);
+        peer.queued.store(queued, Ordering::Relaxed);
+        peer.has_undelivered.store(undelivered, Ordering::Relaxed);
+        {
+            let mut w = peer.waits.lock().unwrap();
+            for e in unfinished {
+                w.entry((e.target, e.name)).or_insert(PendingResult {
+                    run_id: e.run_id,
+                    waiters: Vec::new(),
+                });
+            }
+        }
+        if queued > 0 || undelivered {
+            tracing::info!(peer = %peer.name, queued, undelivered, "recovering queued work");
+            self.schedule(peer);
+        }
+        Ok(())
+    }
+
+    /// Opens every peer once in the background so queued work from before a restart
+    /// runs without waiting for someone to touch the peer; idle ones close again.
+    fn recover_all(&self) {
+        for (name, _) in self.0.registry.list() {
+            if self.0.quit.load(Ordering::Relaxed) {
+                return;
+            }
+            if let Err(e) = self.peer(&name) {
+                tracing::error!(peer = %name, error = %e, "cannot open peer for recovery");
+            }
+        }
+    }
+
+    fn schedule(&self, peer: &Arc<Peer>) {
+        let mut w = peer.work.lock().unwrap();
+        if !w.scheduled {
+            w.scheduled = true;
+            drop(w);
+            self.0.ready.lock().unwrap().push_back(peer.clone());
+            self.0.ready_cv.notify_one();
+        }
+    }
+
+    /// Queues `op` for `peer`'s actor; `ack` is called after it committed (or failed).
+    pub fn apply_async(&self, peer: &str, op: Op, ack: Option<Ack>) {
+        match self.peer(peer) {
+            Ok(p) => self.push(&p, op, ack),
+            Err(e) => {
+                if let Some(a) = ack {
+                    a(Err(e))
+                }
+            }
+        }
+    }
+
+    fn push(&self, p: &Arc<Peer>, op: Op, ack: Option<Ack>) {
+        let mut w = p.work.lock().unwrap();
+        w.ops.push((op, ack));
+        if !w.scheduled {
+            w.scheduled = true;
+            drop(w);
+            self.0.ready.lock().unwrap().push_back(p.clone());
+            self.0.ready_cv.notify_one();
+        }
+    }
+
+    /// Applies `op` and waits until it is durable.
+    pub fn apply(&self, peer: &str, op: Op) -> Result<()> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.apply_async(
+            peer,
+            op,
+            Some(Box::new(move |r| {
+                let _ = tx.send(r);
+            })),
+        );
+        rx.recv().map_err(|_| {
+            err!(
+                libc::EIO,
+                "the daemon stopped before the change was applied"
+            )
+        })?
+    }
+
+    /// A new job for `peer`'s own queue (the owner's script).
+    pub fn new_job(&self, peer: &str, name: &str, source: Vec<u8>, params: &Value) -> Result<Job> {
+        let max = self.0.cfg.limits.max_script_bytes;
+        if source.len() as u64 > max {
+            return Err(err!(
+                libc::EFBIG,
+                "script {name} is {} bytes: the most a script may have is {max} (max_script_bytes)",
+                source.len()
+            ));
+        }
+        Ok(Job {
+            seq: 0,
+            id: new_id(),
+            name: name.to_string(),
+            source,
+            caller: peer.to_string(),
+            params: serde_json::to_string(params)?,
+            msg_id: None,
+            hops: 0,
+            submitted_at: now_ns(),
+        })
+    }
+
+    /// Submits the owner's script and waits until it is durable; returns the run id.
+    pub fn submit(&self, peer: &str, name: &str, source: Vec<u8>) -> Result<String> {
+        let job = self.new_job(peer, name, source, &Value::Object(Default::default()))?;
+        let id = job.id.clone();
+        self.apply(peer, Op::Submit(job))?;
+        Ok(id)
+    }
+
+    /// Submits a script from `caller` to run at `target` (caller's `peers/target/inbox`).
+    pub fn submit_to(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &Value,
+    ) -> Result<String> {
+        let msg = self.new_message(caller, target, name, source, params, 1)?;
+        let id = msg.id.clone();
+        self.apply(caller, Op::SubmitTo(msg))?;
+        Ok(id)
+    }
+
+    pub fn new_message(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &Value,
+        hops: u32,
+    ) -> Result<Outgoing> {
+        check_peer_name(target)?;
+        let job = self.new_job(caller, name, source, params)?;
+        Ok(Outgoing {
+            id: job.id,
+            to: target.to_string(),
+            kind: "script".into(),
+            name: job.name,
+            source: job.source,
+            params: job.params,
+            hops,
+            payload: String::new(),
+            created_at: job.submitted_at,
+        })
+    }
+
+    /// Calls `waiter` with the result in `peer`'s outbox for `target` (`peer` itself
+    /// for its own runs) named `name` (e.g. `job.json`), as soon as it is ready.
+    pub fn read_result(&self, peer: &str, target: &str, name: &str, waiter: Waiter) {
+        let p = match self.peer(peer) {
+            Ok(p) => p,
+            Err(e) => return waiter(Err(e)),
+        };
+        let key = (target.to_string(), name.to_string());
+        let mut waits = p.waits.lock().unwrap();
+        if let Some(pending) = waits.get_mut(&key) {
+            pending.waiters.push(waiter);
+            return;
+        }
+        // Not pending: the committed row is final (read under the lock, so a run that
+        // finishes now publishes after we looked).
+        match p.read(|s| s.outbox_get(target, name)) {
+            Ok(Some(e)) => match e.result {
+                Some(r) => {
+                    drop(waits);
+                    waiter(Ok(Arc::new(r.into_bytes())))
+                }
+                None => waits
+                    .entry(key)
+                    .or_insert(PendingResult {
+                        run_id: e.run_id,
+                        waiters: vec![],
+                    })
+                    .waiters
+                    .push(waiter),
+            },
+            Ok(None) => {
+                drop(waits);
+                waiter(Err(err!(
+                    libc::ENOENT,
+                    "no result named {name} in {peer}'s outbox"
+                )))
+            }
+            Err(e) => {
+                drop(waits);
+                waiter(Err(e))
+            }
+        }
+    }
+
+    /// Whether a result is still pending (for `O_NONBLOCK` opens).
+    pub fn result_pending(&self, peer: &str, target: &str, name: &str) -> Result<bool> {
+        let p = self.peer(peer)?;
+        let pending = p
+            .waits
+            .lock()
+            .unwrap()
+            .contains_key(&(target.to_string(), name.to_string()));
+        Ok(pending)
+    }
+
+    /// Waits for a result (blocking).
+    pub fn wait_result(&self, peer: &str, target: &str, name: &str) -> Result<Arc<Vec<u8>>> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.read_result(
+            peer,
+            target,
+            name,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| err!(libc::EIO, "the daemon stopped before the result was ready"))?
+    }
+
+    /// Submits the owner's script, waits for its result and returns it parsed.
+    pub fn run(&self, peer: &str, name: &str, source: &str) -> Result<Value> {
+        self.submit(peer, name, source.as_bytes().to_vec())?;
+        let bytes = self.wait_result(peer, peer, &format!("{}.json", script_stem(name)))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
+    /// Stops: runs in flight are rolled back (they stay queued), queued writes are
+    /// applied, workers exit, and every store is closed.
+    pub fn shutdown(&self) {
+        self.0.stop.store(true, Ordering::SeqCst);
+        self.0.quit.store(true, Ordering::SeqCst);
+        self.0.ready_cv.notify_all();
+        let threads = std::mem::take(&mut *self.0.threads.lock().unwrap());
+        for t in threads {
+            let _ = t.join();
+        }
+        // Anyone still waiting learns that the daemon stopped.
+        for p in self.0.registry.open_peers() {
+            let waits = std::mem::take(&mut *p.waits.lock().unwrap());
+            for (_, pr) in waits {
+                for w in pr.waiters {
+                    w(Err(err!(
+                        libc::EINTR,
+                        "the daemon stopped before the result was ready"
+                    )));
+                }
+            }
+            let ops = std::mem::take(&mut p.work.lock().unwrap().ops);
+            for (_, ack) in ops {
+                if let Some(a) = ack {
+                    a(Err(err!(
+                        libc::EIO,
+                        "the daemon stopped before the change was applied"
+                    )));
+                }
+            }
+        }
+        self.0.registry.sweep(-1, 0);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.0.stop.load(Ordering::Relaxed)
+    }
+
+    fn sweeper(&self) {
+        let idle = self.0.cfg.idle_close.as_nanos() as i64;
+        let mut tick = 0u64;
+        while !self.0.quit.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            tick += 1;
+            if tick.is_multiple_of(5) {
+                self.0.registry.sweep(idle, self.0.cfg.max_open_peers);
+                // Retry deliveries that did not land (target busy, disk full, ...).
+                for p in self.0.registry.open_peers() {
+                    if p.has_undelivered.load(Ordering::Relaxed) {
+                        self.schedule(&p);
+                    }
+                }
+            } else if self.0.registry.open_count() > self.0.cfg.max_open_peers {
+                self.0.registry.sweep(idle, self.0.cfg.max_open_peers);
+            }
+        }
+    }
+
+    fn worker(&self) {
+        loop {
+            let peer = {
+                let mut q = self.0.ready.lock().unwrap();
+                loop {
+                    if let Some(p) = q.pop_front() {
+                        break p;
+                    }
+                    if self.0.quit.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    q = self
+                        .0
+                        .ready_cv
+                        .wait_timeout(q, Duration::from_millis(200))
+                        .unwrap()
+                        .0;
+                }
+            };
+            self.process(&peer);
+            let stop = self.0.stop.load(Ordering::Relaxed);
+            let mut w = peer.work.lock().unwrap();
+            if !w.ops.is_empty() || (!stop && peer.queued() > 0) {
+                drop(w);
+                self.0.ready.lock().unwrap().push_back(peer);
+                self.0.ready_cv.notify_one();
+            } else {
+                w.scheduled = false;
+            }
+        }
+    }
+
+    /// One turn of a peer's actor.
+    fn process(&self, peer: &Arc<Peer>) {
+        let ops = std::mem::take(&mut peer.work.lock().unwrap().ops);
+        if !ops.is_empty() {
+            self.apply_ops(peer, ops);
+        }
+        if peer.queued() > 0 && !self.0.stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.run_batch(peer) {
+                tracing::error!(peer = %peer.name, error = %e, "run batch failed; the scripts stay queued");
+                // Do not spin on a failing store: the sweeper's retry comes later.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if peer.has_undelivered.load(Ordering::Relaxed) {
+            self.deliver(peer);
+        }
+    }
+
+    fn apply_ops(&self, peer: &Arc<Peer>, ops: Vec<(Op, Option<Ack>)>) {
+        let mut st = peer.writer.lock().unwrap();
+        if let Err(e) = st.begin() {
+            drop(st);
+            tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
+            for (_, ack) in ops {
+                if let Some(a) = ack {
+                    a(Err(e.clone()));
+                }
+            }
+            return;
+        }
+        let mut acks: Vec<(Option<Ack>, Result<()>)> = Vec::with_capacity(ops.len());
+        let mut effects = Vec::with_capacity(ops.len());
+        for (op, ack) in ops {
+            let r = st.savepoint().and_then(|_| {
+                let r = self.apply_one(&mut *st, peer, op);
+                match &r {
+                    Ok(_) => st.release()?,
+                    Err(_) => st.rollback_to()?,
+                }
+                r
+            });
+            match r {
+                Ok(fx) => {
+                    effects.extend(fx);
+                    acks.push((ack, Ok(())));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer.name, error = %e, "change refused");
+                    acks.push((ack, Err(e)));
+                }
+            }
+        }
+        // Pending results are tracked before the commit so no reader misses them.
+        let pre = self.pre_register(peer, &effects);
+        let committed = st.commit();
+        drop(st);
+        self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
+        match committed {
+            Ok(()) => {
+                self.publish(peer, effects);
+                for (ack, r) in acks {
+                    if let Some(a) = ack {
+                        a(r);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer.name, error = %e, "commit failed; the changes were rolled back");
+                self.unregister(peer, pre, &e);
+                for (ack, _) in acks {
+                    if let Some(a) = ack {
+                        a(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_one(&self, st: &mut dyn Store, peer: &Arc<Peer>, op: Op) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
+        Ok(match op {
+            Op::Submit(job) => {
+                st.enqueue(&job)?;
+                let out = format!("{}.json", script_stem(&job.name));
+                st.outbox_pending(&peer.name, &out, &job.id, job.submitted_at)?;
+                st.append_log(&format!(
+                    "{ts} submit {} {} caller={}",
+                    job.id, job.name, job.caller
+                ))?;
+                self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
+                vec![
+                    Effect::Queued,
+                    Effect::Pending {
+                        target: peer.name.clone(),
+                        name: out,
+                        run_id: job.id.clone(),
+                    },
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::SubmitTo(msg) => {
+                if !self.0.registry.exists(&msg.to) {
+                    return Err(err!(
+                        libc::ENOENT,
+                        "no peer named {:?} to send {} to",
+                        msg.to,
+                        msg.name
+                    ));
+                }
+                let out = format!("{}.json", script_stem(&msg.name));
+                st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
+                st.record_outgoing(&msg)?;
+                st.append_log(&format!("{ts} send {} {} to={}", msg.id, msg.name, msg.to))?;
+                self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
+                vec![
+                    Effect::Pending {
+                        target: msg.to.clone(),
+                        name: out,
+                        run_id: msg.id.clone(),
+                    },
+                    Effect::Undelivered,
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::SetBytes(key, bytes) => {
+                crate::peer::name::check_key(&key)?;
+                st.set_bytes(&key, &bytes)?;
+                st.append_log(&format!("{ts} write state/{key} {} bytes", bytes.len()))?;
+                self.0.stats.writes.fetch_add(1, Ordering::Relaxed);
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::Remove(key) => {
+                if !st.remove(&key)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                st.append_log(&format!("{ts} remove state/{key}"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::SetModule(name, src) => {
+                st.set_module(&name, &src)?;
+                st.append_log(&format!("{ts} module {name} {} bytes", src.len()))?;
+                vec![
+                    Effect::Changed(Change::Modules),
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::RemoveModule(name) => {
+                if !st.remove_module(&name)? {
+                    return Err(err!(libc::ENOENT, "no module {name:?}"));
+                }
+                st.append_log(&format!("{ts} remove module {name}"))?;
+                vec![
+                    Effect::Changed(Change::Modules),
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::SetMeta(k, v) => {
+                st.set_meta(&k, &v)?;
+                st.append_log(&format!("{ts} {k} updated ({} bytes)", v.len()))?;
+                vec![
+                    Effect::Changed(Change::Meta(k)),
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::OutboxRemove(target, name) => {
+                if !st.outbox_remove(&target, &name)? {
+                    return Err(err!(libc::ENOENT, "no result {name:?}"));
+                }
+                vec![Effect::Changed(Change::Outbox { target })]
+            }
+            Op::Log(line) => {
+                st.append_log(&format!("{ts} {line}"))?;
+                vec![Effect::Changed(Change::Log)]
+            }
+            Op::Delivered(id) => {
+                st.mark_delivered(&id, now_ns())?;
+                vec![Effect::None]
+            }
+            Op::Deliver { from, msg } => {
+                if st.seen_message(&msg.id)? {
+                    return Ok(vec![Effect::None]);
+                }
+                st.mark_message(&msg.id)?;
+                match msg.kind.as_str() {
+                    "script" => {
+                        let job = Job {
+                            seq: 0,
+                            id: msg.id.clone(),
+                            name: msg.name.clone(),
+                            source: msg.source,
+                            caller: from.clone(),
+                            params: msg.params,
+                            msg_id: Some(msg.id.clone()),
+                            hops: msg.hops,
+                            submitted_at: msg.created_at,
+                        };
+                        st.enqueue(&job)?;
+                        st.append_log(&format!(
+                            "{ts} receive {} {} caller={from}",
+                            msg.id, msg.name
+                        ))?;
+                        vec![Effect::Queued, Effect::Changed(Change::Log)]
+                    }
+                    "result" => {
+                        let v: Value = serde_json::from_str(&msg.payload)?;
+                        let run_id = v
+                            .get("id")
+                            .and_then(|i| i.as_str())
+                            .unwrap_or_default()
+                            .to_string();
+                        st.outbox_finish(&from, &msg.name, &run_id, &msg.payload, now_ns())?;
+                        vec![
+                            Effect::Result {
+                                target: from.clone(),
+                                name: msg.name.clone(),
+                                run_id,
+                                bytes: Arc::new(msg.payload.into_bytes()),
+                            },
+                            Effect::Changed(Change::Outbox { target: from }),
+                        ]
+                    }
+                    other => return Err(err!(libc::EINVAL, "unknown message kind {other:?}")),
+                }
+            }
+        })
+    }
+
+    fn pre_register(&self, peer: &Arc<Peer>, effects: &[Effect]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut waits = peer.waits.lock().unwrap();
+        for fx in effects {
+            if let Effect::Pending {
+                target,
+                name,
+                run_id,
+            } = fx
+            {
+                let key = (target.clone(), name.clone());
+                // A newer run of the same name: its readers wait for the newer result.
+                waits
+                    .entry(key.clone())
+                    .or_insert(PendingResult {
+                        run_id: String::new(),
+                        waiters: vec![],
+                    })
+                    .run_id = run_id.clone();
+                out.push(key);
+            }
+        }
+        out
+    }
+
+    fn unregister(&self, peer: &Arc<Peer>, keys: Vec<(String, String)>, e: &Error) {
+        let mut waits = peer.waits.lock().unwrap();
+        for k in keys {
+            if let Some(p) = waits.remove(&k) {
+                for w in p.waiters {
+                    w(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    fn publish(&self, peer: &Arc<Peer>, effects: Vec<Effect>) {
+        for fx in effects {
+            match fx {
+                Effect::None | Effect::Pending { .. } => {}
+                Effect::Queued => {
+                    peer.queued.fetch_add(1, Ordering::Relaxed);
+                }
+                Effect::Undelivered => peer.has_undelivered.store(true, Ordering::Relaxed),
+                Effect::Result {
+                    target,
+                    name,
+                    run_id,
+                    bytes,
+                } => {
+                    let key = (target.clone(), name);
+                    let mut waits = peer.waits.lock().unwrap();
+                    // A newer run of the same name keeps its readers waiting.
+                    let done = waits.get(&key).is_some_and(|p| p.run_id == run_id);
+                    if done {
+                        let p = waits.remove(&key).expect("present");
+                        drop(waits);
+                        for w in p.waiters {
+                            w(Ok(bytes.clone()));
+                        }
+                    }
+                    self.notify(&peer.name, Change::Outbox { target });
+                }
+                Effect::Changed(c) => self.notify(&peer.name, c),
+            }
+        }
+    }
+
+    /// Runs queued scripts, one savepoint each, one commit for the batch.
+    fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
+        let gate = self.0.gate.read().unwrap().clone();
+        let mut st = peer.writer.lock().unwrap();
+        let jobs = st.queued(self.0.cfg.batch_max_runs)?;
+        if jobs.is_empty() {
+            peer.queued.store(0, Ordering::Relaxed);
+            return Ok(());
+        }
+        st.begin()?;
+        let started = Instant::now();
+        let mut effects = Vec::new();
+        let mut finished = 0u64;
+        for job in jobs {
+            if self.0.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.run_one(&mut *st, peer, &job, &*gate) {
+                Ok(Some(fx)) => {
+                    effects.extend(fx);
+                    finished += 1;
+                }
+                Ok(None) => break, // interrupted: rolled back, stays queued
+                Err(e) => {
+                    let _ = st.rollback();
+                    return Err(e);
+                }
+            }
+            if started.elapsed() > self.0.cfg.batch_max_time {
+                break;
+            }
+        }
+        let total = self.0.stats.runs.fetch_add(finished, Ordering::Relaxed) + finished;
+        if total % 1024 < finished {
+            st.prune_runs(self.0.cfg.run_retention)?;
+        }
+        let pre = self.pre_register(peer, &effects);
+        if let Err(e) = st.commit() {
+            self.unregister(peer, pre, &e);
+            return Err(e);
+        }
+        drop(st);
+        self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
+        peer.queued
+            .fetch_sub(finished.min(peer.queued()), Ordering::Relaxed);
+        if finished > 0 {
+            effects.push(Effect::Changed(Change::Inbox));
+            effects.push(Effect::Changed(Change::Log));
+        }
+        self.publish(peer, effects);
+        Ok(())
+    }
+
+    /// One run in its savepoint. `Ok(None)`: interrupted (rolled back, still queued).
+    fn run_one(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+        gate: &dyn Gate,
+    ) -> Result<Option<Vec<Effect>>> {
+        let submitted = job.submitted_at;
+        let params: Value =
+            serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
+        st.savepoint()?;
+        let mut outcome = match gate.prepare(self, peer, job) {
+            Ok((host, limits)) => {
+                let input = RunInput {
+                    script_name: &job.name,
+                    source: &job.source,
+                    caller: &job.caller,
+                    target: &peer.name,
+                    params: &params,
+                    limits: &limits,
+                    stop: &self.0.stop,
+                };
+                script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
+                    e.run(&input, st, &*host)
+                })
+            }
+            Err(msg) => Outcome {
+                status: Status::Denied,
+                value: Value::Null,
+                output: String::new(),
+                error: Some(msg),
+                operations: 0,
+                logs: vec![],
+                sends: vec![],
+                duration: Duration::ZERO,
+            },
+        };
+        if outcome.status == Status::Interrupted {
+            st.rollback_to()?;
+            return Ok(None);
+        }
+        if outcome.status == Status::Ok
+            && !outcome.sends.is_empty()
+            && job.hops >= self.0.cfg.hop_limit
+        {
+            outcome.status = Status::Limit;
+            outcome.error = Some(format!(
+                "hop_limit ({}) reached: this script came through {} sends and may not send more",
+                self.0.cfg.hop_limit, job.hops
+            ));
+        }
+        if outcome.status != Status::Ok {
+            // The run's effects go; its result, log line and dequeue stay.
+            st.rollback_to()?;
+            st.savepoint()?;
+        }
+        let finished_at = now_ns();
+        let result = RunResult::new(job, &peer.name, &outcome, submitted, finished_at);
+        let json = serde_json::to_string(&result)?;
+        let ts = rfc3339(finished_at);
+        let mut fx = Vec::new();
+        let status = outcome.status.as_str();
+        st.record_run(job, status, &json, finished_at)?;
+        let err_txt = outcome
+            .error
+            .as_deref()
+            .map(|e| format!(" error={e}"))
+            .unwrap_or_default();
+        st.append_log(&format!(
+            "{ts} run {} {} caller={} status={status} {}us{err_txt}",
+            job.id,
+            job.name,
+            job.caller,
+            outcome.duration.as_micros()
+        ))?;
+        if outcome.status == Status::Ok {
+            for l in &outcome.logs {
+                st.append_log(&format!("{ts} log {} {l}", job.id))?;
+            }
+            let stem = script_stem(&job.name);
+            for (i, s) in outcome.sends.iter().enumerate() {
+                let name = format!("{stem}-{}.rhai", i + 1);
+                let msg = self.new_message(
+                    &peer.name,
+                    &s.to,
+                    &name,
+                    s.source.clone().into_bytes(),
+                    &s.params,
+                    job.hops + 1,
+                )?;
+                let out = format!("{stem}-{}.json", i + 1);
+                st.outbox_pending(&s.to, &out, &msg.id, msg.created_at)?;
+                st.record_outgoing(&msg)?;
+                fx.push(Effect::Pending {
+                    target: s.to.clone(),
+                    name: out,
+                    run_id: msg.id.clone(),
+                });
+                fx.push(Effect::Undelivered);
+            }
+            if !outcome.sends.is_empty() {
+                fx.push(Effect::Changed(Change::State));
+            }
+        }
+        let out_name = format!("{}.json", script_stem(&job.name));
+        if job.caller == peer.name {
+            st.outbox_finish(&peer.name, &out_name, &job.id, &json, finished_at)?;
+            fx.push(Effect::Result {
+                target: peer.name.clone(),
+                name: out_name,
+                run_id: job.id.clone(),
+                bytes: Arc::new(json.into_bytes()),
+            });
+        } else {
+            st.record_outgoing(&Outgoing {
+                id: new_id(),
+                to: job.caller.clone(),
+                kind: "result".into(),
+                name: out_name,
+                source: Vec::new(),
+                params: String::new(),
+                hops: job.hops,
+                payload: json,
+                created_at: finished_at,
+            })?;
+            fx.push(Effect::Undelivered);
+        }
+        st.dequeue(job.seq)?;
+        st.release()?;
+        let counter = match outcome.status {
+            Status::Ok => &self.0.stats.runs_ok,
+            Status::Denied => &self.0.stats.runs_denied,
+            Status::Limit => &self.0.stats.runs_limit,
+            _ => &self.0.stats.runs_error,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if outcome.status == Status::Ok {
+            fx.push(Effect::Changed(Change::State));
+        }
+        Ok(Some(fx))
+    }
+
+    /// Hands committed outgoing messages to their targets; retried until they land.
+    fn deliver(&self, peer: &Arc<Peer>) {
+        let msgs = match peer.writer.lock().unwrap().undelivered(256) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(peer = %peer.name, error = %e, "cannot read outgoing messages");
+                return;
+            }
+        };
+        if msgs.is_empty() {
+            peer.has_undelivered.store(false, Ordering::Relaxed);
+            return;
+        }
+        for msg in msgs {
+            {
+                let mut inflight = peer.inflight.lock().unwrap();
+                if !inflight.insert(msg.id.clone()) {
+                    continue;
+                }
+            }
+            let id = msg.id.clone();
+            match self.peer(&msg.to) {
+                Ok(target) => {
+                    let core = self.clone();
+                    let sender = peer.clone();
+                    let ack: Ack = Box::new(move |r| match r {
+                        Ok(()) => {
+                            core.0
+                                .stats
+                                .messages_delivered
+                                .fetch_add(1, Ordering::Relaxed);
+                            let s2 = sender.clone();
+                            let id2 = id.clone();
+                            core.push(
+                                &sender,
+                                Op::Delivered(id.clone()),
+                                Some(Box::new(move |_| {
+                                    s2.inflight.lock().unwrap().remove(&id2);
+                                })),
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(peer = %sender.name, error = %e, "delivery failed; will retry");
+                            sender.inflight.lock().unwrap().remove(&id);
+                        }
+                    });
+                    self.push(
+                        &target,
+                        Op::Deliver {
+                            from: peer.name.clone(),
+                            msg,
+                        },
+                        Some(ack),
+                    );
+                }
+                Err(e) if e.errno == libc::ENOENT => {
+                    // The target does not exist (or was removed): the sender gets a
+                    // clear error result instead of a message lost in silence.
+                    self.undeliverable(peer, msg, &e);
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer.name, to = %msg.to, error = %e, "delivery failed; will retry");
+                    peer.inflight.lock().unwrap().remove(&id);
+                }
+            }
+        }
+    }
+
+    fn undeliverable(&self, peer: &Arc<Peer>, msg: Outgoing, e: &Error) {
+        let id = msg.id.clone();
+        let op = if msg.kind == "script" {
+            let now = now_ns();
+            let job = Job {
+                seq: 0,
+                id: msg.id.clone(),
+                name: msg.name.clone(),
+                source: vec![],
+                caller: peer.name.clone(),
+                params: msg.params.clone(),
+                msg_id: Some(msg.id.clone()),
+                hops: msg.hops,
+                submitted_at: msg.created_at,
+            };
+            let outcome = Outcome {
+                status: Status::Error,
+                value: Value::Null,
+                output: String::new(),
+                error: Some(format!(
+                    "cannot deliver {} to {}: {}",
+                    msg.name, msg.to, e.message
+                )),
+                operations: 0,
+                logs: vec![],
+                sends: vec![],
+                duration: Duration::ZERO,
+            };
+            let result = RunResult::new(&job, &msg.to, &outcome, msg.created_at, now);
+            let payload = serde_json::to_string(&result).unwrap_or_default();
+            Op::Deliver {
+                from: msg.to.clone(),
+                msg: Outgoing {
+                    id: new_id(),
+                    to: peer.name.clone(),
+                    kind: "result".into(),
+                    name: format!("{}.json", script_stem(&msg.name)),
+                    source: vec![],
+                    params: String::new(),
+                    hops: msg.hops,
+                    payload,
+                    created_at: now,
+                },
+            }
+        } else {
+            Op::Log(format!(
+                "drop result {} for {}: {}",
+                msg.name, msg.to, e.message
+            ))
+        };
+        tracing::warn!(peer = %peer.name, to = %msg.to, error = %e, "undeliverable message");
+        let core = self.clone();
+        let sender = peer.clone();
+        self.push(
+            peer,
+            op,
+            Some(Box::new(move |r| {
+                if r.is_ok() {
+                    let s2 = sender.clone();
+                    core.push(
+                        &sender,
+                        Op::Delivered(id.clone()),
+                        Some(Box::new(move |_| {
+                            s2.inflight.lock().unwrap().remove(&id);
+                        })),
+                    );
+                } else {
+                    sender.inflight.lock().unwrap().remove(&id);
+                }
+            })),
+        );
+    }
+}

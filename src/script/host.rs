@@ -1,0 +1,379 @@
+//! The host API a script sees (`get`, `set`, `send`, ...), the module resolver and
+//! the engine callbacks, all reaching the current run through a thread-local.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, Position, Scope, AST};
+use serde_json::Value;
+
+use super::{AstCache, Library, RunInput, Status};
+use crate::peer::name::{check_key, check_module_name, check_peer_name};
+use crate::store::Store;
+
+/// What a host call needs the policy's leave for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Read,
+    Write,
+    Send,
+    Import,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Read => "read",
+            Capability::Write => "write",
+            Capability::Send => "send",
+            Capability::Import => "import",
+        }
+    }
+}
+
+/// A `send(peer, script, params)` call, delivered after the run commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendRequest {
+    pub to: String,
+    pub source: String,
+    pub params: Value,
+}
+
+/// The policy side of a run: what the caller may do at the target.
+pub trait Host {
+    /// `Err(message)` names the action and the deciding policy.
+    fn check(&self, cap: Capability, object: &str) -> Result<(), String>;
+    /// A static check over the compiled script before it runs.
+    fn check_script(&self, _ast: &AST) -> Result<(), String> {
+        Ok(())
+    }
+    /// Reads the caller's state, as the caller's own policy lets the target.
+    fn caller_get(&self, key: &str) -> Result<Option<Value>, String>;
+}
+
+/// The owner's own scripts: every capability; the caller's state is the target's.
+pub struct OwnerHost;
+
+impl Host for OwnerHost {
+    fn check(&self, _: Capability, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn caller_get(&self, _key: &str) -> Result<Option<Value>, String> {
+        // Never reached: the owner's caller_get reads its own store directly.
+        Ok(None)
+    }
+}
+
+pub(super) struct Ctx {
+    store: *mut (dyn Store + 'static),
+    host: *const (dyn Host + 'static),
+    stop: *const AtomicBool,
+    caller: String,
+    target: String,
+    deadline: Instant,
+    max_output: usize,
+    max_sends: usize,
+    max_wall_ms: u64,
+    max_string: usize,
+    pub(super) output: String,
+    output_over: bool,
+    pub(super) ops: u64,
+    pub(super) logs: Vec<String>,
+    pub(super) sends: Vec<SendRequest>,
+    pub(super) fatal: Option<(Status, String)>,
+}
+
+thread_local! {
+    static CTX: RefCell<Option<Ctx>> = const { RefCell::new(None) };
+}
+
+/// Clears the run context when dropped, also when a run panics.
+pub(super) struct Guard(());
+
+impl Guard {
+    pub(super) fn finish(self) -> Ctx {
+        let c = CTX
+            .with(|c| c.borrow_mut().take())
+            .expect("run context installed");
+        std::mem::forget(self);
+        c
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        CTX.with(|c| c.borrow_mut().take());
+    }
+}
+
+/// Installs the run context. The pointers stay valid until the guard is finished or
+/// dropped: `ScriptEngine::run` holds `store` and `host` borrowed for that long.
+pub(super) fn install(
+    store: &mut dyn Store,
+    host: &dyn Host,
+    input: &RunInput,
+    deadline: Instant,
+) -> Guard {
+    // SAFETY: only lifetimes are erased; the guard's scope bounds every use.
+    let store: *mut (dyn Store + 'static) = unsafe { std::mem::transmute(store as *mut dyn Store) };
+    let host: *const (dyn Host + 'static) = unsafe { std::mem::transmute(host as *const dyn Host) };
+    let ctx = Ctx {
+        store,
+        host,
+        stop: input.stop as *const AtomicBool,
+        caller: input.caller.to_string(),
+        target: input.target.to_string(),
+        deadline,
+        max_output: input.limits.max_output_bytes as usize,
+        max_sends: input.limits.max_sends as usize,
+        max_wall_ms: input.limits.max_wall_ms,
+        max_string: input.limits.max_string_size as usize,
+        output: String::new(),
+        output_over: false,
+        ops: 0,
+        logs: Vec::new(),
+        sends: Vec::new(),
+        fatal: None,
+    };
+    CTX.with(|c| *c.borrow_mut() = Some(ctx));
+    Guard(())
+}
+
+type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+fn with_ctx<T>(f: impl FnOnce(&mut Ctx) -> RhaiResult<T>) -> RhaiResult<T> {
+    CTX.with(|c| match c.borrow_mut().as_mut() {
+        Some(ctx) => f(ctx),
+        None => Err("host functions are only available inside a run".into()),
+    })
+}
+
+/// Ends the run for good (scripts cannot catch this): a denial or a limit.
+fn fatal(ctx: &mut Ctx, status: Status, msg: String) -> Box<EvalAltResult> {
+    ctx.fatal = Some((status, msg.clone()));
+    Box::new(EvalAltResult::ErrorTerminated(msg.into(), Position::NONE))
+}
+
+fn check(ctx: &mut Ctx, cap: Capability, object: &str) -> RhaiResult<()> {
+    // SAFETY: see `install`.
+    let host = unsafe { &*ctx.host };
+    host.check(cap, object)
+        .map_err(|m| fatal(ctx, Status::Denied, m))
+}
+
+fn store(ctx: &mut Ctx) -> &mut dyn Store {
+    // SAFETY: see `install`.
+    unsafe { &mut *ctx.store }
+}
+
+fn bad_key(key: &str) -> RhaiResult<()> {
+    check_key(key).map_err(|e| e.message.into())
+}
+
+fn storage_err(e: crate::error::Error) -> Box<EvalAltResult> {
+    e.message.into()
+}
+
+fn to_json(v: &Dynamic) -> RhaiResult<Value> {
+    serde_json::to_value(v).map_err(|e| format!("value cannot be stored: {e}").into())
+}
+
+fn to_dyn(v: Option<Value>) -> RhaiResult<Dynamic> {
+    match v {
+        None => Ok(Dynamic::UNIT),
+        Some(v) => rhai::serde::to_dynamic(v),
+    }
+}
+
+pub(super) fn register(engine: &mut Engine) {
+    engine.register_fn("get", |key: &str| -> RhaiResult<Dynamic> {
+        bad_key(key)?;
+        let v = with_ctx(|c| {
+            check(c, Capability::Read, key)?;
+            store(c).get(key).map_err(storage_err)
+        })?;
+        to_dyn(v)
+    });
+    engine.register_fn("set", |key: &str, value: Dynamic| -> RhaiResult<()> {
+        bad_key(key)?;
+        let v = to_json(&value)?;
+        with_ctx(|c| {
+            check(c, Capability::Write, key)?;
+            store(c).set(key, &v).map_err(storage_err)
+        })
+    });
+    engine.register_fn("remove", |key: &str| -> RhaiResult<bool> {
+        bad_key(key)?;
+        with_ctx(|c| {
+            check(c, Capability::Write, key)?;
+            store(c).remove(key).map_err(storage_err)
+        })
+    });
+    engine.register_fn("keys", |prefix: &str| -> RhaiResult<Array> {
+        with_ctx(|c| {
+            let limit = 100_000;
+            let keys = store(c).keys(prefix, limit).map_err(storage_err)?;
+            // Only the keys the caller may read; the owner may read all.
+            let host = unsafe { &*c.host };
+            Ok(keys
+                .into_iter()
+                .filter(|k| host.check(Capability::Read, k).is_ok())
+                .map(Dynamic::from)
+                .collect())
+        })
+    });
+    engine.register_fn("keys", || -> RhaiResult<Array> {
+        with_ctx(|c| {
+            let keys = store(c).keys("", 100_000).map_err(storage_err)?;
+            let host = unsafe { &*c.host };
+            Ok(keys
+                .into_iter()
+                .filter(|k| host.check(Capability::Read, k).is_ok())
+                .map(Dynamic::from)
+                .collect())
+        })
+    });
+    engine.register_fn("caller_get", |key: &str| -> RhaiResult<Dynamic> {
+        bad_key(key)?;
+        let v = with_ctx(|c| {
+            if c.caller == c.target {
+                return store(c).get(key).map_err(storage_err);
+            }
+            let host = unsafe { &*c.host };
+            host.caller_get(key)
+                .map_err(|m| fatal(c, Status::Denied, m))
+        })?;
+        to_dyn(v)
+    });
+    fn send(peer: &str, script: &str, params: Map) -> RhaiResult<()> {
+        check_peer_name(peer).map_err(|e| -> Box<EvalAltResult> { e.message.into() })?;
+        let params = to_json(&Dynamic::from_map(params))?;
+        with_ctx(|c| {
+            check(c, Capability::Send, peer)?;
+            if c.sends.len() >= c.max_sends {
+                let msg = format!(
+                    "max_sends ({}) reached: a run may send at most that many scripts",
+                    c.max_sends
+                );
+                return Err(fatal(c, Status::Limit, msg));
+            }
+            c.sends.push(SendRequest {
+                to: peer.to_string(),
+                source: script.to_string(),
+                params,
+            });
+            Ok(())
+        })
+    }
+    engine.register_fn("send", |peer: &str, script: &str| {
+        send(peer, script, Map::new())
+    });
+    engine.register_fn("send", send);
+    engine.register_fn("log", |text: &str| -> RhaiResult<()> {
+        with_ctx(|c| {
+            if c.logs.len() >= 1000 {
+                let msg = "log limit reached: a run may write at most 1000 log lines".to_string();
+                return Err(fatal(c, Status::Limit, msg));
+            }
+            let t: String = text.chars().take(c.max_string.min(4096)).collect();
+            c.logs.push(t);
+            Ok(())
+        })
+    });
+}
+
+pub(super) fn on_print(s: &str) {
+    CTX.with(|c| {
+        if let Some(c) = c.borrow_mut().as_mut() {
+            if c.output_over {
+                return;
+            }
+            if c.output.len() + s.len() + 1 > c.max_output {
+                c.output_over = true;
+                return;
+            }
+            c.output.push_str(s);
+            c.output.push('\n');
+        }
+    })
+}
+
+pub(super) fn on_progress(ops: u64) -> Option<Dynamic> {
+    CTX.with(|c| {
+        let mut b = c.borrow_mut();
+        let c = b.as_mut()?;
+        c.ops = ops;
+        if c.output_over {
+            let msg = format!(
+                "max_output_bytes ({}) reached: the script printed too much",
+                c.max_output
+            );
+            c.fatal = Some((Status::Limit, msg.clone()));
+            return Some(msg.into());
+        }
+        if ops & 1023 == 0 {
+            // SAFETY: see `install`.
+            if unsafe { &*c.stop }.load(Ordering::Relaxed) {
+                let msg =
+                    "the daemon is stopping: the run was rolled back and stays queued".to_string();
+                c.fatal = Some((Status::Interrupted, msg.clone()));
+                return Some(msg.into());
+            }
+            if Instant::now() > c.deadline {
+                let msg = format!(
+                    "max_wall_ms ({}) reached: the run took too long",
+                    c.max_wall_ms
+                );
+                c.fatal = Some((Status::Limit, msg.clone()));
+                return Some(msg.into());
+            }
+        }
+        None
+    })
+}
+
+/// `import "name"`: the target's `modules/name.rhai`, else the shared library's;
+/// `import "lib/name"` always the library's.
+pub(super) struct Resolver {
+    pub(super) cache: Arc<AstCache>,
+    pub(super) library: Library,
+}
+
+impl rhai::ModuleResolver for Resolver {
+    fn resolve(
+        &self,
+        engine: &Engine,
+        _source: Option<&str>,
+        path: &str,
+        pos: Position,
+    ) -> RhaiResult<rhai::Shared<Module>> {
+        let not_found = || Box::new(EvalAltResult::ErrorModuleNotFound(path.to_string(), pos));
+        check_module_name(path).map_err(|_| not_found())?;
+        let source = with_ctx(|c| {
+            check(c, Capability::Import, path)?;
+            if let Some(lib) = path.strip_prefix("lib/") {
+                return Ok(self.library.load(lib));
+            }
+            match store(c).module(path).map_err(storage_err)? {
+                Some(bytes) => Ok(Some(String::from_utf8(bytes).map_err(
+                    |_| -> Box<EvalAltResult> { format!("module {path} is not UTF-8 text").into() },
+                )?)),
+                None => Ok(self.library.load(path)),
+            }
+        })?;
+        let source = source.ok_or_else(not_found)?;
+        let ast = self.cache.compile(engine, &source).map_err(|e| {
+            Box::new(EvalAltResult::ErrorInModule(
+                path.to_string(),
+                e.into(),
+                pos,
+            ))
+        })?;
+        // Evaluated per import (top-level code sees the current state); the AST is cached.
+        let m = Module::eval_ast_as_new(Scope::new(), &ast, engine)
+            .map_err(|e| Box::new(EvalAltResult::ErrorInModule(path.to_string(), e, pos)))?;
+        Ok(m.into())
+    }
+}

@@ -1,0 +1,381 @@
+//! The Rhai engine: sandbox limits, the host API, the module resolver and the
+//! compiled-script cache.
+//!
+//! One [`ScriptEngine`] lives on each worker thread. A run installs its context
+//! (the target's store, caller, limits, output buffer) in a thread-local for the
+//! duration of `eval`, so the registered host functions reach it without locks.
+
+mod cache;
+mod host;
+
+use std::cell::RefCell;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope};
+use serde_json::Value;
+
+pub use cache::AstCache;
+pub use host::{Capability, Host, OwnerHost, SendRequest};
+
+use crate::store::Store;
+
+/// Sandbox limits for one run. The daemon's config holds defaults; a policy can
+/// only make them tighter for other peers' scripts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    pub max_operations: u64,
+    pub max_wall_ms: u64,
+    pub max_call_levels: u64,
+    pub max_expr_depth: u64,
+    pub max_string_size: u64,
+    pub max_array_size: u64,
+    pub max_map_size: u64,
+    pub max_output_bytes: u64,
+    pub max_sends: u64,
+    pub max_script_bytes: u64,
+    pub max_modules: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_operations: 10_000_000,
+            max_wall_ms: 2_000,
+            max_call_levels: 64,
+            max_expr_depth: 64,
+            max_string_size: 1 << 20,
+            max_array_size: 100_000,
+            max_map_size: 100_000,
+            max_output_bytes: 64 << 10,
+            max_sends: 100,
+            max_script_bytes: 1 << 20,
+            max_modules: 32,
+        }
+    }
+}
+
+impl Limits {
+    /// The tighter of two limit sets, field by field.
+    pub fn min(&self, o: &Limits) -> Limits {
+        Limits {
+            max_operations: self.max_operations.min(o.max_operations),
+            max_wall_ms: self.max_wall_ms.min(o.max_wall_ms),
+            max_call_levels: self.max_call_levels.min(o.max_call_levels),
+            max_expr_depth: self.max_expr_depth.min(o.max_expr_depth),
+            max_string_size: self.max_string_size.min(o.max_string_size),
+            max_array_size: self.max_array_size.min(o.max_array_size),
+            max_map_size: self.max_map_size.min(o.max_map_size),
+            max_output_bytes: self.max_output_bytes.min(o.max_output_bytes),
+            max_sends: self.max_sends.min(o.max_sends),
+            max_script_bytes: self.max_script_bytes.min(o.max_script_bytes),
+            max_modules: self.max_modules.min(o.max_modules),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Error,
+    Denied,
+    Limit,
+    Interrupted,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Error => "error",
+            Status::Denied => "denied",
+            Status::Limit => "limit",
+            Status::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// What a run produced. Effects on the store were made in the caller's savepoint;
+/// the caller keeps them only if `status` is `Ok`.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: Status,
+    pub value: Value,
+    pub output: String,
+    pub error: Option<String>,
+    pub operations: u64,
+    pub logs: Vec<String>,
+    pub sends: Vec<SendRequest>,
+    pub duration: Duration,
+}
+
+/// Everything a run needs besides the engine.
+pub struct RunInput<'a> {
+    pub script_name: &'a str,
+    pub source: &'a [u8],
+    pub caller: &'a str,
+    pub target: &'a str,
+    pub params: &'a Value,
+    pub limits: &'a Limits,
+    /// Set by the daemon when it stops: the run ends as `interrupted`.
+    pub stop: &'a AtomicBool,
+}
+
+/// Where `import "lib/x"` and unqualified imports without a peer module look.
+#[derive(Debug, Clone, Default)]
+pub enum Library {
+    /// The library built into the binary (`scripts/lib` at build time).
+    #[default]
+    Embedded,
+    /// A folder of `NAME.rhai` files.
+    Dir(std::path::PathBuf),
+}
+
+/// The shared module library compiled into the binary.
+pub const EMBEDDED_LIB: &[(&str, &str)] = &[
+    ("counter", include_str!("../../scripts/lib/counter.rhai")),
+    ("kv", include_str!("../../scripts/lib/kv.rhai")),
+    ("audit", include_str!("../../scripts/lib/audit.rhai")),
+];
+
+impl Library {
+    pub fn load(&self, name: &str) -> Option<String> {
+        match self {
+            Library::Embedded => EMBEDDED_LIB
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| s.to_string()),
+            Library::Dir(d) => {
+                crate::peer::name::check_module_name(name).ok()?;
+                std::fs::read_to_string(d.join(format!("{name}.rhai"))).ok()
+            }
+        }
+    }
+}
+
+pub struct ScriptEngine {
+    engine: Engine,
+    cache: Arc<AstCache>,
+}
+
+impl ScriptEngine {
+    pub fn new(cache: Arc<AstCache>, library: Library) -> ScriptEngine {
+        let mut engine = Engine::new();
+        // No dynamic code: every script that runs is one the policy checked.
+        engine.disable_symbol("eval");
+        host::register(&mut engine);
+        engine.set_module_resolver(host::Resolver {
+            cache: cache.clone(),
+            library,
+        });
+        engine.on_print(host::on_print);
+        engine.on_debug(|s, _, _| host::on_print(s));
+        engine.on_progress(host::on_progress);
+        ScriptEngine { engine, cache }
+    }
+
+    fn apply(&mut self, l: &Limits) {
+        let e = &mut self.engine;
+        e.set_max_operations(l.max_operations.max(1));
+        e.set_max_call_levels(l.max_call_levels as usize);
+        e.set_max_expr_depths(
+            l.max_expr_depth as usize,
+            (l.max_expr_depth / 2).max(1) as usize,
+        );
+        e.set_max_string_size(l.max_string_size as usize);
+        e.set_max_array_size(l.max_array_size as usize);
+        e.set_max_map_size(l.max_map_size as usize);
+        e.set_max_modules(l.max_modules as usize);
+    }
+
+    /// Compiles (or takes from the cache) a script; errors are (status, message).
+    pub fn compile(
+        &mut self,
+        name: &str,
+        source: &[u8],
+        limits: &Limits,
+    ) -> Result<Arc<rhai::AST>, (Status, String)> {
+        if source.len() as u64 > limits.max_script_bytes {
+            return Err((
+                Status::Limit,
+                format!(
+                    "script {name} is {} bytes: max_script_bytes is {}",
+                    source.len(),
+                    limits.max_script_bytes
+                ),
+            ));
+        }
+        let text = std::str::from_utf8(source).map_err(|e| {
+            (
+                Status::Error,
+                format!(
+                    "script {name} is not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            )
+        })?;
+        if text.contains('\0') {
+            return Err((
+                Status::Error,
+                format!("script {name} is binary (it contains NUL bytes)"),
+            ));
+        }
+        self.apply(limits);
+        self.cache.compile(&self.engine, text).map_err(|e| {
+            let limit = matches!(e.err_type(), rhai::ParseErrorType::ExprTooDeep);
+            if limit {
+                (
+                    Status::Limit,
+                    format!(
+                        "max_expr_depth ({}) reached {}",
+                        limits.max_expr_depth,
+                        e.position()
+                    ),
+                )
+            } else {
+                (Status::Error, format!("syntax error: {e}"))
+            }
+        })
+    }
+
+    /// Runs one script against `store` (inside the caller's savepoint).
+    pub fn run(&mut self, input: &RunInput, store: &mut dyn Store, host: &dyn Host) -> Outcome {
+        let started = Instant::now();
+        let fail = |status, msg: String| Outcome {
+            status,
+            value: Value::Null,
+            output: String::new(),
+            error: Some(msg),
+            operations: 0,
+            logs: vec![],
+            sends: vec![],
+            duration: started.elapsed(),
+        };
+        let ast = match self.compile(input.script_name, input.source, input.limits) {
+            Ok(a) => a,
+            Err((s, m)) => return fail(s, m),
+        };
+        if let Err(denied) = host.check_script(&ast) {
+            return fail(Status::Denied, denied);
+        }
+        self.apply(input.limits);
+
+        let mut caller = Map::new();
+        caller.insert("name".into(), input.caller.into());
+        let params = rhai::serde::to_dynamic(input.params).unwrap_or(Dynamic::UNIT);
+        caller.insert("params".into(), params);
+        let mut target = Map::new();
+        target.insert("name".into(), input.target.into());
+        let mut scope = Scope::new();
+        scope.push_constant("caller", caller);
+        scope.push_constant("target", target);
+
+        let deadline = started + Duration::from_millis(input.limits.max_wall_ms);
+        let guard = host::install(store, host, input, deadline);
+        let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast);
+        let ctx = guard.finish();
+
+        let mut out = Outcome {
+            status: Status::Ok,
+            value: Value::Null,
+            output: ctx.output,
+            error: None,
+            operations: ctx.ops,
+            logs: ctx.logs,
+            sends: ctx.sends,
+            duration: started.elapsed(),
+        };
+        match result {
+            Ok(v) => match serde_json::to_value(&v) {
+                Ok(j) => out.value = j,
+                Err(e) => {
+                    out.status = Status::Error;
+                    out.error = Some(format!("the script's value cannot be shown as JSON: {e}"));
+                }
+            },
+            Err(e) => {
+                let (status, msg) = classify(&e, input.limits, ctx.fatal);
+                out.status = status;
+                out.error = Some(msg);
+            }
+        }
+        out
+    }
+}
+
+/// Maps a Rhai error to a status and a message that says what happened and where.
+fn classify(e: &EvalAltResult, l: &Limits, fatal: Option<(Status, String)>) -> (Status, String) {
+    let mut root = e;
+    while let EvalAltResult::ErrorInFunctionCall(_, _, inner, _)
+    | EvalAltResult::ErrorInModule(_, inner, _) = root
+    {
+        root = inner;
+    }
+    let pos = root.position();
+    let at = if pos.is_none() {
+        String::new()
+    } else {
+        format!(" at {pos}")
+    };
+    match root {
+        EvalAltResult::ErrorTerminated(..) => {
+            fatal.unwrap_or((Status::Interrupted, format!("run terminated{at}")))
+        }
+        EvalAltResult::ErrorTooManyOperations(_) => (
+            Status::Limit,
+            format!("max_operations ({}) reached{at}", l.max_operations),
+        ),
+        EvalAltResult::ErrorStackOverflow(_) => (
+            Status::Limit,
+            format!(
+                "max_call_levels ({}) reached: recursion too deep{at}",
+                l.max_call_levels
+            ),
+        ),
+        EvalAltResult::ErrorDataTooLarge(what, _) => {
+            let which = if what.contains("Length of string") || what.contains("string") {
+                format!("max_string_size ({})", l.max_string_size)
+            } else if what.contains("array") || what.contains("Array") {
+                format!("max_array_size ({})", l.max_array_size)
+            } else if what.contains("map") || what.contains("Map") {
+                format!("max_map_size ({})", l.max_map_size)
+            } else {
+                "a size limit".to_string()
+            };
+            (Status::Limit, format!("{which} reached: {what}{at}"))
+        }
+        EvalAltResult::ErrorTooManyModules(_) => (
+            Status::Limit,
+            format!("max_modules ({}) reached{at}", l.max_modules),
+        ),
+        EvalAltResult::ErrorParsing(rhai::ParseErrorType::ExprTooDeep, _) => (
+            Status::Limit,
+            format!("max_expr_depth ({}) reached{at}", l.max_expr_depth),
+        ),
+        EvalAltResult::ErrorRuntime(v, _) => (Status::Error, format!("thrown: {v}{at}")),
+        _ => (Status::Error, e.to_string()),
+    }
+}
+
+thread_local! {
+    static ENGINE: RefCell<Option<ScriptEngine>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's engine, creating it on first use.
+pub fn with_engine<R>(
+    cache: &Arc<AstCache>,
+    lib: &Library,
+    f: impl FnOnce(&mut ScriptEngine) -> R,
+) -> R {
+    ENGINE.with(|e| {
+        let mut e = e.borrow_mut();
+        let eng = e.get_or_insert_with(|| ScriptEngine::new(cache.clone(), lib.clone()));
+        f(eng)
+    })
+}
+
+#[cfg(test)]
+mod tests;

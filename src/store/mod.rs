@@ -1,0 +1,152 @@
+//! Storage: the trait every backend implements, and the SQLite backend (the default).
+//!
+//! A store belongs to one peer and is used by one thread at a time. Writes happen
+//! inside `begin()`..`commit()`; each run inside that is wrapped in a savepoint so
+//! that one run's failure never undoes another's (group commit).
+
+pub mod sqlite;
+pub mod value;
+
+use crate::error::Result;
+pub use sqlite::SqliteStore;
+
+/// A submitted script waiting in a peer's queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub seq: i64,
+    /// The run id (also the result's `id`).
+    pub id: String,
+    /// The script's file name, e.g. `job.rhai`.
+    pub name: String,
+    pub source: Vec<u8>,
+    /// The peer the script runs for; equal to the target for the owner's own scripts.
+    pub caller: String,
+    /// JSON object text.
+    pub params: String,
+    /// For scripts sent by another peer: the message id (deduplicated on arrival).
+    pub msg_id: Option<String>,
+    /// How many sends led to this script (a cycle bound).
+    pub hops: u32,
+    pub submitted_at: i64,
+}
+
+/// One child of a listed folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// A file-like thing in a store: its bytes' length and modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+/// The latest result of one script name, as the outbox shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub target: String,
+    pub name: String,
+    pub run_id: String,
+    /// `None` while the run is pending.
+    pub result: Option<String>,
+    pub submitted_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// A message recorded in the sender's transaction, delivered after it commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    pub id: String,
+    pub to: String,
+    /// `script` (run this at `to`) or `result` (a result for `to`'s outbox).
+    pub kind: String,
+    pub name: String,
+    pub source: Vec<u8>,
+    pub params: String,
+    pub hops: u32,
+    /// For `result`: the result JSON.
+    pub payload: String,
+    pub created_at: i64,
+}
+
+/// The storage of one peer. Object safe so that backends can be swapped.
+pub trait Store: Send {
+    // Transactions. `savepoint`/`release`/`rollback_to` nest inside `begin`/`commit`.
+    fn begin(&mut self) -> Result<()>;
+    fn commit(&mut self) -> Result<()>;
+    fn rollback(&mut self) -> Result<()>;
+    fn savepoint(&mut self) -> Result<()>;
+    fn release(&mut self) -> Result<()>;
+    fn rollback_to(&mut self) -> Result<()>;
+
+    // State: typed values (JSON) and their file bytes.
+    fn get(&mut self, key: &str) -> Result<Option<serde_json::Value>>;
+    fn get_bytes(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn set(&mut self, key: &str, value: &serde_json::Value) -> Result<()>;
+    fn set_bytes(&mut self, key: &str, bytes: &[u8]) -> Result<()>;
+    fn remove(&mut self, key: &str) -> Result<bool>;
+    /// Every key that begins with `prefix`, sorted.
+    fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>>;
+    /// The immediate children of the folder `dir` ("" for the top), sorted by name.
+    fn list_dir(&mut self, dir: &str) -> Result<Vec<DirEntry>>;
+    /// A key as a file (`Some(Some(stat))`), a folder (`Some(None)`), or nothing.
+    fn stat_key(&mut self, key: &str) -> Result<Option<Option<FileStat>>>;
+
+    // Modules.
+    fn module(&mut self, name: &str) -> Result<Option<Vec<u8>>>;
+    fn set_module(&mut self, name: &str, source: &[u8]) -> Result<()>;
+    fn remove_module(&mut self, name: &str) -> Result<bool>;
+    fn list_modules(&mut self) -> Result<Vec<DirEntry>>;
+
+    // Small named documents: `policy`, `groups`, settings.
+    fn meta(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>>;
+    fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()>;
+
+    // The queue.
+    fn enqueue(&mut self, job: &Job) -> Result<i64>;
+    fn queued(&mut self, limit: usize) -> Result<Vec<Job>>;
+    fn dequeue(&mut self, seq: i64) -> Result<()>;
+    fn queue_len(&mut self) -> Result<u64>;
+    /// Whether a message id was already accepted (exactly-once delivery).
+    fn seen_message(&mut self, msg_id: &str) -> Result<bool>;
+    fn mark_message(&mut self, msg_id: &str) -> Result<()>;
+
+    // Results and run history.
+    fn record_run(&mut self, job: &Job, status: &str, result: &str, finished_at: i64)
+        -> Result<()>;
+    fn run_history(&mut self, limit: usize) -> Result<Vec<(String, String, String)>>;
+    fn outbox_pending(&mut self, target: &str, name: &str, run_id: &str, at: i64) -> Result<()>;
+    /// Fills in a pending outbox entry; ignored when a newer run took the name.
+    fn outbox_finish(
+        &mut self,
+        target: &str,
+        name: &str,
+        run_id: &str,
+        result: &str,
+        at: i64,
+    ) -> Result<bool>;
+    fn outbox_get(&mut self, target: &str, name: &str) -> Result<Option<OutboxEntry>>;
+    fn outbox_list(&mut self, target: &str) -> Result<Vec<OutboxEntry>>;
+    fn outbox_remove(&mut self, target: &str, name: &str) -> Result<bool>;
+    /// Every outbox entry still waiting for its result (recovered on open).
+    fn outbox_unfinished(&mut self) -> Result<Vec<OutboxEntry>>;
+    fn prune_runs(&mut self, keep: u64) -> Result<()>;
+
+    // The audit log: append-only lines addressed by byte offset.
+    fn append_log(&mut self, line: &str) -> Result<()>;
+    fn log_size(&mut self) -> Result<u64>;
+    fn read_log(&mut self, offset: u64, len: usize) -> Result<Vec<u8>>;
+
+    // Outgoing messages (transactional outbox).
+    fn record_outgoing(&mut self, msg: &Outgoing) -> Result<()>;
+    fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>>;
+    fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()>;
+
+    /// Runs `PRAGMA integrity_check`.
+    fn integrity_check(&mut self) -> Result<String>;
+}

@@ -1,0 +1,856 @@
+//! The SQLite backend: one file per peer, WAL, `synchronous=FULL` (a commit is on
+//! disk when it returns), schema versioned with `PRAGMA user_version`.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde_json::Value;
+
+use super::value::{parse_file, render};
+use super::{DirEntry, FileStat, Job, OutboxEntry, Outgoing, Store};
+use crate::err;
+use crate::error::Result;
+use crate::util::now_ns;
+
+/// Every migration, in order; `user_version` is the number applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE state(key TEXT PRIMARY KEY, json TEXT NOT NULL, raw BLOB, size INTEGER NOT NULL, mtime INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE modules(name TEXT PRIMARY KEY, source BLOB NOT NULL, mtime INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE meta(k TEXT PRIMARY KEY, v BLOB NOT NULL, mtime INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+        source BLOB NOT NULL, caller TEXT NOT NULL, params TEXT NOT NULL, msg_id TEXT, hops INTEGER NOT NULL,
+        submitted_at INTEGER NOT NULL);
+     CREATE TABLE runs(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, name TEXT NOT NULL,
+        caller TEXT NOT NULL, status TEXT NOT NULL, result TEXT NOT NULL, finished_at INTEGER NOT NULL);
+     CREATE TABLE outbox(target TEXT NOT NULL, name TEXT NOT NULL, run_id TEXT NOT NULL, result TEXT,
+        submitted_at INTEGER NOT NULL, finished_at INTEGER, PRIMARY KEY(target, name)) WITHOUT ROWID;
+     CREATE TABLE log(off INTEGER PRIMARY KEY, line TEXT NOT NULL);
+     CREATE TABLE sent(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, to_peer TEXT NOT NULL,
+        kind TEXT NOT NULL, name TEXT NOT NULL, source BLOB NOT NULL, params TEXT NOT NULL, hops INTEGER NOT NULL,
+        payload TEXT NOT NULL, created_at INTEGER NOT NULL, delivered_at INTEGER);
+     CREATE INDEX sent_undelivered ON sent(seq) WHERE delivered_at IS NULL;
+     CREATE TABLE received(msg_id TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
+];
+
+/// The exclusive upper bound of keys beginning with `prefix` that ends in `/`.
+fn prefix_end(prefix: &str) -> String {
+    // '/' + 1 == '0': every key in the folder sorts below "<folder>0".
+    let mut s = prefix.to_string();
+    s.pop();
+    s.push('0');
+    s
+}
+
+pub struct SqliteStore {
+    conn: Connection,
+    path: PathBuf,
+    /// Byte offset where the next log line goes (reloaded after a rollback).
+    log_end: Option<u64>,
+    in_txn: bool,
+    reader: bool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if `create`) the store at `path` and runs pending migrations.
+    pub fn open(path: &Path, create: bool) -> Result<SqliteStore> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            log_end: None,
+            in_txn: false,
+            reader: false,
+        };
+        store.setup()?;
+        Ok(store)
+    }
+
+    /// A second, read-only connection: sees only committed data, never blocks the writer.
+    pub fn open_reader(path: &Path) -> Result<SqliteStore> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
+        conn.execute_batch("PRAGMA cache_size=-256; PRAGMA busy_timeout=5000;")?;
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            log_end: None,
+            in_txn: false,
+            reader: true,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn setup(&mut self) -> Result<()> {
+        // synchronous=FULL in WAL mode: every commit fsyncs the WAL before it returns.
+        self.conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-512;
+             PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;",
+        )?;
+        self.conn.set_prepared_statement_cache_capacity(32);
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = version as usize;
+        if version > MIGRATIONS.len() {
+            return Err(err!(
+                libc::EIO,
+                "peer store {} has schema version {version}, newer than this peerfs knows ({}): upgrade peerfs",
+                self.path.display(),
+                MIGRATIONS.len()
+            ));
+        }
+        if version < MIGRATIONS.len() {
+            let tx = self.conn.transaction()?;
+            for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.execute_batch(m)?;
+                tx.execute_batch(&format!("PRAGMA user_version={}", i + 1))?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn exec(&self, sql: &str) -> Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// Refuses a key that would make a value and a folder share a name.
+    fn check_shape(&mut self, key: &str) -> Result<()> {
+        // No ancestor may be a value...
+        let mut idx = 0;
+        while let Some(p) = key[idx..].find('/') {
+            let anc = &key[..idx + p];
+            let is_val: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT 1 FROM state WHERE key=?1")?
+                .query_row([anc], |r| r.get(0))
+                .optional()?;
+            if is_val.is_some() {
+                return Err(err!(
+                    libc::ENOTDIR,
+                    "state key {key:?}: {anc:?} holds a value, so it cannot be a folder"
+                ));
+            }
+            idx += p + 1;
+        }
+        // ...and the key itself may not be a folder.
+        if self.folder_exists(key)? {
+            return Err(err!(
+                libc::EISDIR,
+                "state key {key:?} is a folder of other keys: remove them first"
+            ));
+        }
+        Ok(())
+    }
+
+    fn folder_exists(&mut self, key: &str) -> Result<bool> {
+        let lo = format!("{key}/");
+        let hi = prefix_end(&lo);
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM state WHERE key>=?1 AND key<?2 LIMIT 1")?
+            .query_row([&lo, &hi], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_some())
+    }
+
+    fn put(&mut self, key: &str, json: &str, raw: Option<&[u8]>, size: u64) -> Result<()> {
+        let exists: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT 1 FROM state WHERE key=?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if exists.is_none() {
+            self.check_shape(key)?;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO state(key,json,raw,size,mtime) VALUES(?1,?2,?3,?4,?5)
+                 ON CONFLICT(key) DO UPDATE SET json=excluded.json, raw=excluded.raw, size=excluded.size, mtime=excluded.mtime",
+            )?
+            .execute(params![key, json, raw, size as i64, now_ns()])?;
+        Ok(())
+    }
+
+    fn load_log_end(&mut self) -> Result<u64> {
+        if let Some(e) = self.log_end {
+            return Ok(e);
+        }
+        let end: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT off + length(CAST(line AS BLOB)) FROM log ORDER BY off DESC LIMIT 1",
+            )?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let end = end.unwrap_or(0) as u64;
+        self.log_end = Some(end);
+        Ok(end)
+    }
+
+    fn row_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
+        Ok(Job {
+            seq: r.get(0)?,
+            id: r.get(1)?,
+            name: r.get(2)?,
+            source: r.get(3)?,
+            caller: r.get(4)?,
+            params: r.get(5)?,
+            msg_id: r.get(6)?,
+            hops: r.get::<_, i64>(7)? as u32,
+            submitted_at: r.get(8)?,
+        })
+    }
+
+    fn row_outbox(r: &rusqlite::Row) -> rusqlite::Result<OutboxEntry> {
+        Ok(OutboxEntry {
+            target: r.get(0)?,
+            name: r.get(1)?,
+            run_id: r.get(2)?,
+            result: r.get(3)?,
+            submitted_at: r.get(4)?,
+            finished_at: r.get(5)?,
+        })
+    }
+}
+
+impl Store for SqliteStore {
+    fn begin(&mut self) -> Result<()> {
+        self.exec("BEGIN IMMEDIATE")?;
+        self.in_txn = true;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<()> {
+        let r = self.exec("COMMIT");
+        if r.is_err() {
+            let _ = self.exec("ROLLBACK");
+            self.log_end = None;
+        }
+        self.in_txn = false;
+        r
+    }
+
+    fn rollback(&mut self) -> Result<()> {
+        self.in_txn = false;
+        self.log_end = None;
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.exec("ROLLBACK")
+    }
+
+    fn savepoint(&mut self) -> Result<()> {
+        self.exec("SAVEPOINT run")
+    }
+
+    fn release(&mut self) -> Result<()> {
+        self.exec("RELEASE run")
+    }
+
+    fn rollback_to(&mut self) -> Result<()> {
+        self.log_end = None;
+        self.exec("ROLLBACK TO run")?;
+        self.exec("RELEASE run")
+    }
+
+    fn get(&mut self, key: &str) -> Result<Option<Value>> {
+        let json: Option<String> = self
+            .conn
+            .prepare_cached("SELECT json FROM state WHERE key=?1")?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        match json {
+            Some(j) => Ok(Some(serde_json::from_str(&j)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn get_bytes(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
+        let row: Option<(String, Option<Vec<u8>>)> = self
+            .conn
+            .prepare_cached("SELECT json, raw FROM state WHERE key=?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        Ok(match row {
+            None => None,
+            Some((_, Some(raw))) => Some(raw),
+            Some((json, None)) => Some(render(&serde_json::from_str(&json)?)),
+        })
+    }
+
+    fn set(&mut self, key: &str, value: &Value) -> Result<()> {
+        let json = serde_json::to_string(value)?;
+        let size = match value {
+            Value::String(s) => s.len() as u64,
+            _ => json.len() as u64 + 1,
+        };
+        self.put(key, &json, None, size)
+    }
+
+    fn set_bytes(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
+        let json = serde_json::to_string(&parse_file(bytes))?;
+        self.put(key, &json, Some(bytes), bytes.len() as u64)
+    }
+
+    fn remove(&mut self, key: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM state WHERE key=?1")?
+            .execute([key])?
+            > 0)
+    }
+
+    fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT key FROM state WHERE key>=?1 ORDER BY key LIMIT ?2")?;
+        let mut rows = stmt.query(params![prefix, limit as i64])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let k: String = r.get(0)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(k);
+        }
+        Ok(out)
+    }
+
+    fn list_dir(&mut self, dir: &str) -> Result<Vec<DirEntry>> {
+        let (lo, hi) = if dir.is_empty() {
+            (String::new(), None)
+        } else {
+            let lo = format!("{dir}/");
+            let hi = prefix_end(&lo);
+            (lo, Some(hi))
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, size, mtime FROM state WHERE key>=?1 AND (?2 IS NULL OR key<?2) ORDER BY key",
+        )?;
+        let mut rows = stmt.query(params![lo, hi])?;
+        let mut out: Vec<DirEntry> = Vec::new();
+        while let Some(r) = rows.next()? {
+            let key: String = r.get(0)?;
+            let rest = &key[lo.len()..];
+            match rest.find('/') {
+                Some(i) => {
+                    let name = &rest[..i];
+                    // Keys of one folder are contiguous in key order.
+                    if out.last().is_some_and(|e| e.is_dir && e.name == name) {
+                        continue;
+                    }
+                    out.push(DirEntry {
+                        name: name.to_string(),
+                        is_dir: true,
+                        size: 0,
+                        mtime_ns: r.get(2)?,
+                    });
+                }
+                None => out.push(DirEntry {
+                    name: rest.to_string(),
+                    is_dir: false,
+                    size: r.get::<_, i64>(1)? as u64,
+                    mtime_ns: r.get(2)?,
+                }),
+            }
+        }
+        // "a-b" sorts between "a" and "a/..." by bytes; sort by name for a stable listing.
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn stat_key(&mut self, key: &str) -> Result<Option<Option<FileStat>>> {
+        let row: Option<(i64, i64)> = self
+            .conn
+            .prepare_cached("SELECT size, mtime FROM state WHERE key=?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((size, mtime)) = row {
+            return Ok(Some(Some(FileStat {
+                size: size as u64,
+                mtime_ns: mtime,
+            })));
+        }
+        Ok(if self.folder_exists(key)? {
+            Some(None)
+        } else {
+            None
+        })
+    }
+
+    fn module(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT source FROM modules WHERE name=?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn set_module(&mut self, name: &str, source: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO modules(name,source,mtime) VALUES(?1,?2,?3)")?
+            .execute(params![name, source, now_ns()])?;
+        Ok(())
+    }
+
+    fn remove_module(&mut self, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM modules WHERE name=?1")?
+            .execute([name])?
+            > 0)
+    }
+
+    fn list_modules(&mut self) -> Result<Vec<DirEntry>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, length(source), mtime FROM modules ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DirEntry {
+                name: r.get(0)?,
+                is_dir: false,
+                size: r.get::<_, i64>(1)? as u64,
+                mtime_ns: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn meta(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT v, mtime FROM meta WHERE k=?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO meta(k,v,mtime) VALUES(?1,?2,?3)")?
+            .execute(params![key, value, now_ns()])?;
+        Ok(())
+    }
+
+    fn enqueue(&mut self, job: &Job) -> Result<i64> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO queue(id,name,source,caller,params,msg_id,hops,submitted_at) VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+            )?
+            .execute(params![
+                job.id,
+                job.name,
+                job.source,
+                job.caller,
+                job.params,
+                job.msg_id,
+                job.hops as i64,
+                job.submitted_at
+            ])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    fn queued(&mut self, limit: usize) -> Result<Vec<Job>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq,id,name,source,caller,params,msg_id,hops,submitted_at FROM queue ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], Self::row_job)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn dequeue(&mut self, seq: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM queue WHERE seq=?1")?
+            .execute([seq])?;
+        Ok(())
+    }
+
+    fn queue_len(&mut self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM queue")?
+            .query_row([], |r| r.get(0))?;
+        Ok(n as u64)
+    }
+
+    fn seen_message(&mut self, msg_id: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM received WHERE msg_id=?1")?
+            .query_row([msg_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_some())
+    }
+
+    fn mark_message(&mut self, msg_id: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO received(msg_id, at) VALUES(?1, ?2)")?
+            .execute(params![msg_id, now_ns()])?;
+        Ok(())
+    }
+
+    fn record_run(
+        &mut self,
+        job: &Job,
+        status: &str,
+        result: &str,
+        finished_at: i64,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO runs(id,name,caller,status,result,finished_at) VALUES(?1,?2,?3,?4,?5,?6)",
+            )?
+            .execute(params![job.id, job.name, job.caller, status, result, finished_at])?;
+        Ok(())
+    }
+
+    fn run_history(&mut self, limit: usize) -> Result<Vec<(String, String, String)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, status, result FROM runs ORDER BY seq DESC LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn outbox_pending(&mut self, target: &str, name: &str, run_id: &str, at: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO outbox(target,name,run_id,result,submitted_at,finished_at) VALUES(?1,?2,?3,NULL,?4,NULL)",
+            )?
+            .execute(params![target, name, run_id, at])?;
+        Ok(())
+    }
+
+    fn outbox_finish(
+        &mut self,
+        target: &str,
+        name: &str,
+        run_id: &str,
+        result: &str,
+        at: i64,
+    ) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE outbox SET result=?4, finished_at=?5 WHERE target=?1 AND name=?2 AND run_id=?3",
+            )?
+            .execute(params![target, name, run_id, result, at])?
+            > 0)
+    }
+
+    fn outbox_get(&mut self, target: &str, name: &str) -> Result<Option<OutboxEntry>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT target,name,run_id,result,submitted_at,finished_at FROM outbox WHERE target=?1 AND name=?2",
+            )?
+            .query_row([target, name], Self::row_outbox)
+            .optional()?)
+    }
+
+    fn outbox_list(&mut self, target: &str) -> Result<Vec<OutboxEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT target,name,run_id,result,submitted_at,finished_at FROM outbox WHERE target=?1 ORDER BY name",
+        )?;
+        let rows = stmt.query_map([target], Self::row_outbox)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn outbox_remove(&mut self, target: &str, name: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM outbox WHERE target=?1 AND name=?2")?
+            .execute([target, name])?
+            > 0)
+    }
+
+    fn outbox_unfinished(&mut self) -> Result<Vec<OutboxEntry>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT target,name,run_id,result,submitted_at,finished_at FROM outbox WHERE result IS NULL",
+        )?;
+        let rows = stmt.query_map([], Self::row_outbox)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn prune_runs(&mut self, keep: u64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM runs WHERE seq <= (SELECT max(seq) FROM runs) - ?1")?
+            .execute([keep as i64])?;
+        Ok(())
+    }
+
+    fn append_log(&mut self, line: &str) -> Result<()> {
+        let off = self.load_log_end()?;
+        let mut l = String::with_capacity(line.len() + 1);
+        // One event is one line: newlines inside it are escaped.
+        for c in line.chars() {
+            match c {
+                '\n' => l.push_str("\\n"),
+                '\r' => l.push_str("\\r"),
+                c => l.push(c),
+            }
+        }
+        l.push('\n');
+        self.conn
+            .prepare_cached("INSERT INTO log(off, line) VALUES(?1, ?2)")?
+            .execute(params![off as i64, l])?;
+        self.log_end = Some(off + l.len() as u64);
+        Ok(())
+    }
+
+    fn log_size(&mut self) -> Result<u64> {
+        if self.reader {
+            // Another connection appends: never trust a cached end.
+            self.log_end = None;
+        }
+        self.load_log_end()
+    }
+
+    fn read_log(&mut self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT off, line FROM log WHERE off >= coalesce((SELECT max(off) FROM log WHERE off <= ?1), 0) ORDER BY off",
+        )?;
+        let mut rows = stmt.query([offset as i64])?;
+        let mut out = Vec::with_capacity(len.min(1 << 20));
+        while let Some(r) = rows.next()? {
+            let off: i64 = r.get(0)?;
+            let line: String = r.get(1)?;
+            let b = line.as_bytes();
+            let skip = (offset as i64 - off).max(0) as usize;
+            if skip < b.len() {
+                let take = (b.len() - skip).min(len - out.len());
+                out.extend_from_slice(&b[skip..skip + take]);
+            }
+            if out.len() >= len {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn record_outgoing(&mut self, m: &Outgoing) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sent(id,to_peer,kind,name,source,params,hops,payload,created_at) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+            )?
+            .execute(params![m.id, m.to, m.kind, m.name, m.source, m.params, m.hops as i64, m.payload, m.created_at])?;
+        Ok(())
+    }
+
+    fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id,to_peer,kind,name,source,params,hops,payload,created_at FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok(Outgoing {
+                id: r.get(0)?,
+                to: r.get(1)?,
+                kind: r.get(2)?,
+                name: r.get(3)?,
+                source: r.get(4)?,
+                params: r.get(5)?,
+                hops: r.get::<_, i64>(6)? as u32,
+                payload: r.get(7)?,
+                created_at: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE sent SET delivered_at=?2 WHERE id=?1")?
+            .execute(params![id, at])?;
+        Ok(())
+    }
+
+    fn integrity_check(&mut self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("p.sqlite"), true).unwrap();
+        (d, s)
+    }
+
+    #[test]
+    fn values_keep_their_type() {
+        let (_d, mut s) = store();
+        for (k, v) in [
+            ("n", json!(42)),
+            ("f", json!(1.5)),
+            ("m", json!({"a":[1,"x"]})),
+            ("s", json!("hi")),
+        ] {
+            s.set(k, &v).unwrap();
+            assert_eq!(s.get(k).unwrap(), Some(v));
+        }
+        assert_eq!(s.get_bytes("n").unwrap().unwrap(), b"42\n");
+        assert_eq!(s.get_bytes("s").unwrap().unwrap(), b"hi");
+        s.set_bytes("w", b"41\n").unwrap();
+        assert_eq!(s.get("w").unwrap(), Some(json!(41)));
+        assert_eq!(s.get_bytes("w").unwrap().unwrap(), b"41\n");
+    }
+
+    #[test]
+    fn folders_and_values_never_share_a_name() {
+        let (_d, mut s) = store();
+        s.set("a/b", &json!(1)).unwrap();
+        assert_eq!(s.set("a", &json!(1)).unwrap_err().errno, libc::EISDIR);
+        assert_eq!(s.set("a/b/c", &json!(1)).unwrap_err().errno, libc::ENOTDIR);
+        s.set("a/b", &json!(2)).unwrap();
+        assert_eq!(s.stat_key("a").unwrap(), Some(None));
+        assert!(matches!(s.stat_key("a/b").unwrap(), Some(Some(_))));
+        assert_eq!(s.stat_key("zz").unwrap(), None);
+    }
+
+    #[test]
+    fn list_dir_shows_files_and_folders_once() {
+        let (_d, mut s) = store();
+        for k in ["a/x", "a/y/1", "a/y/2", "a-b", "a/z", "b", "a/y-1"] {
+            s.set(k, &json!(k)).unwrap();
+        }
+        let top: Vec<_> = s
+            .list_dir("")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.is_dir))
+            .collect();
+        assert_eq!(
+            top,
+            vec![
+                ("a".into(), true),
+                ("a-b".into(), false),
+                ("b".into(), false)
+            ]
+        );
+        let a: Vec<_> = s
+            .list_dir("a")
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.name, e.is_dir))
+            .collect();
+        assert_eq!(
+            a,
+            vec![
+                ("x".into(), false),
+                ("y".into(), true),
+                ("y-1".into(), false),
+                ("z".into(), false)
+            ]
+        );
+        assert_eq!(s.keys("a/y/", 10).unwrap(), vec!["a/y/1", "a/y/2"]);
+    }
+
+    #[test]
+    fn savepoint_rollback_undoes_only_that_run() {
+        let (_d, mut s) = store();
+        s.begin().unwrap();
+        s.savepoint().unwrap();
+        s.set("kept", &json!(1)).unwrap();
+        s.append_log("one").unwrap();
+        s.release().unwrap();
+        s.savepoint().unwrap();
+        s.set("undone", &json!(1)).unwrap();
+        s.append_log("two-undone").unwrap();
+        s.rollback_to().unwrap();
+        s.append_log("three").unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.get("kept").unwrap(), Some(json!(1)));
+        assert_eq!(s.get("undone").unwrap(), None);
+        let size = s.log_size().unwrap();
+        assert_eq!(s.read_log(0, 1000).unwrap(), b"one\nthree\n");
+        assert_eq!(size, 10);
+        assert_eq!(s.read_log(2, 4).unwrap(), b"e\nth");
+        assert_eq!(s.read_log(10, 4).unwrap(), b"");
+    }
+
+    #[test]
+    fn uncommitted_work_is_gone_after_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p.sqlite");
+        {
+            let mut s = SqliteStore::open(&p, true).unwrap();
+            s.set("committed", &json!(1)).unwrap();
+            s.begin().unwrap();
+            s.set("lost", &json!(1)).unwrap();
+            // Dropped without commit: like a crash mid-run.
+        }
+        let mut s = SqliteStore::open(&p, false).unwrap();
+        assert_eq!(s.get("committed").unwrap(), Some(json!(1)));
+        assert_eq!(s.get("lost").unwrap(), None);
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn queue_outbox_and_messages() {
+        let (_d, mut s) = store();
+        let job = Job {
+            seq: 0,
+            id: "R1".into(),
+            name: "job.rhai".into(),
+            source: b"1".to_vec(),
+            caller: "alice".into(),
+            params: "{}".into(),
+            msg_id: None,
+            hops: 0,
+            submitted_at: 5,
+        };
+        let seq = s.enqueue(&job).unwrap();
+        assert_eq!(s.queued(10).unwrap()[0].seq, seq);
+        s.outbox_pending("alice", "job.json", "R1", 5).unwrap();
+        s.outbox_pending("alice", "job.json", "R2", 6).unwrap();
+        assert!(
+            !s.outbox_finish("alice", "job.json", "R1", "{}", 7).unwrap(),
+            "stale run must not win"
+        );
+        assert!(s
+            .outbox_finish("alice", "job.json", "R2", "{\"v\":1}", 8)
+            .unwrap());
+        assert_eq!(
+            s.outbox_get("alice", "job.json")
+                .unwrap()
+                .unwrap()
+                .result
+                .unwrap(),
+            "{\"v\":1}"
+        );
+        s.dequeue(seq).unwrap();
+        assert_eq!(s.queue_len().unwrap(), 0);
+        assert!(!s.seen_message("m1").unwrap());
+        s.mark_message("m1").unwrap();
+        assert!(s.seen_message("m1").unwrap());
+    }
+
+    #[test]
+    fn migrations_refuse_a_newer_schema() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p.sqlite");
+        drop(SqliteStore::open(&p, true).unwrap());
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch("PRAGMA user_version=99").unwrap();
+        drop(c);
+        let e = SqliteStore::open(&p, false).err().unwrap();
+        assert!(e.message.contains("newer"), "{}", e.message);
+    }
+}
