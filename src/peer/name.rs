@@ -135,7 +135,8 @@ mod tests {
             ("", "empty"),
             (".hidden", "begins with '.'"),
             ("a b", "' '"),
-            ("../bob", "'/'"),
+            ("a/bob", "'/'"),
+            ("../bob", "begins with '.'"),
             ("é", "'é'"),
             ("a\0b", "'\\0'"),
         ] {

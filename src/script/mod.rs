@@ -42,13 +42,13 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            max_operations: 10_000_000,
+            max_operations: 1_000_000,
             max_wall_ms: 2_000,
             max_call_levels: 64,
             max_expr_depth: 64,
             max_string_size: 1 << 20,
-            max_array_size: 100_000,
-            max_map_size: 100_000,
+            max_array_size: 10_000,
+            max_map_size: 10_000,
             max_output_bytes: 64 << 10,
             max_sends: 100,
             max_script_bytes: 1 << 20,
