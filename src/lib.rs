@@ -13,6 +13,8 @@ pub mod peer;
 pub mod script;
 pub mod store;
 pub mod util;
+pub mod fuse;
+pub mod vfs;
 
 pub use error::{Error, Result};
 pub use exec::{Config, Core};

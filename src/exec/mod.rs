@@ -734,6 +734,12 @@ impl Core {
                 st.append_log(&format!("{ts} remove state/{key}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
+            Op::Rename(from, to) => {
+                crate::peer::name::check_key(&to)?;
+                st.rename(&from, &to)?;
+                st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
             Op::SetModule(name, src) => {
                 st.set_module(&name, &src)?;
                 st.append_log(&format!("{ts} module {name} {} bytes", src.len()))?;

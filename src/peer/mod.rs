@@ -22,6 +22,7 @@ pub enum Op {
     SubmitTo(Outgoing),
     SetBytes(String, Vec<u8>),
     Remove(String),
+    Rename(String, String),
     SetModule(String, Vec<u8>),
     RemoveModule(String),
     SetMeta(String, Vec<u8>),

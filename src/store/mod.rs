@@ -90,6 +90,8 @@ pub trait Store: Send {
     fn set(&mut self, key: &str, value: &serde_json::Value) -> Result<()>;
     fn set_bytes(&mut self, key: &str, bytes: &[u8]) -> Result<()>;
     fn remove(&mut self, key: &str) -> Result<bool>;
+    /// Moves a value to another key (replacing it), keeping its bytes and type.
+    fn rename(&mut self, from: &str, to: &str) -> Result<()>;
     /// Every key that begins with `prefix`, sorted.
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>>;
     /// The immediate children of the folder `dir` ("" for the top), sorted by name.
@@ -112,6 +114,8 @@ pub trait Store: Send {
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>>;
     fn dequeue(&mut self, seq: i64) -> Result<()>;
     fn queue_len(&mut self) -> Result<u64>;
+    /// Queued scripts by name: (name, size, submitted_at), oldest first.
+    fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>>;
     /// Whether a message id was already accepted (exactly-once delivery).
     fn seen_message(&mut self, msg_id: &str) -> Result<bool>;
     fn mark_message(&mut self, msg_id: &str) -> Result<()>;

@@ -312,6 +312,22 @@ impl Store for SqliteStore {
             > 0)
     }
 
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let row: Option<(String, Option<Vec<u8>>, i64)> = self
+            .conn
+            .prepare_cached("SELECT json, raw, size FROM state WHERE key=?1")?
+            .query_row([from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((json, raw, size)) = row else {
+            return Err(err!(libc::ENOENT, "no state key {from:?}"));
+        };
+        if from == to {
+            return Ok(());
+        }
+        self.remove(from)?;
+        self.put(to, &json, raw.as_deref(), size as u64)
+    }
+
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>> {
         let mut stmt = self
             .conn
@@ -482,6 +498,14 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT count(*) FROM queue")?
             .query_row([], |r| r.get(0))?;
         Ok(n as u64)
+    }
+
+    fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT name, length(source), submitted_at FROM queue ORDER BY seq LIMIT ?1")?;
+        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn seen_message(&mut self, msg_id: &str) -> Result<bool> {

@@ -1,0 +1,238 @@
+//! The inode table: the adapter's only state. It maps the vfs's path identities
+//! (`Node`) to the inode numbers the kernel knows, and counts the kernel's lookups so
+//! that an inode is dropped when the kernel forgets it.
+//!
+//! Invariants:
+//! - ino 1 is the root, always present, never forgotten.
+//! - Other numbers come from a counter starting at 2 and are never reused, so a stale
+//!   ino held by the kernel can never name a different node.
+//! - `by_node` and `by_ino` always describe the same set of pairs.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub const ROOT_INO: u64 = 1;
+
+struct Slot<K> {
+    key: K,
+    lookups: u64,
+}
+
+struct Maps<K> {
+    by_node: HashMap<K, u64>,
+    by_ino: HashMap<u64, Slot<K>>,
+}
+
+/// Generic over the key so that the table is tested without the vfs's `Node`.
+pub struct InodeTable<K> {
+    next: AtomicU64,
+    maps: Mutex<Maps<K>>,
+}
+
+impl<K: Clone + Eq + Hash> InodeTable<K> {
+    pub fn new(root: K) -> InodeTable<K> {
+        let mut by_node = HashMap::new();
+        let mut by_ino = HashMap::new();
+        by_node.insert(root.clone(), ROOT_INO);
+        by_ino.insert(
+            ROOT_INO,
+            Slot {
+                key: root,
+                lookups: 0,
+            },
+        );
+        InodeTable {
+            next: AtomicU64::new(ROOT_INO + 1),
+            maps: Mutex::new(Maps { by_node, by_ino }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Maps<K>> {
+        // A panic while holding the lock leaves the maps consistent (every mutation
+        // below is a pair of inserts/removes with no panicking code between them).
+        self.maps.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ino_locked(&self, maps: &mut Maps<K>, key: &K) -> u64 {
+        if let Some(&ino) = maps.by_node.get(key) {
+            return ino;
+        }
+        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        maps.by_node.insert(key.clone(), ino);
+        maps.by_ino.insert(
+            ino,
+            Slot {
+                key: key.clone(),
+                lookups: 0,
+            },
+        );
+        ino
+    }
+
+    /// The ino of `key`, assigned if it has none, without counting a lookup (readdir).
+    pub fn ino(&self, key: &K) -> u64 {
+        let mut maps = self.lock();
+        self.ino_locked(&mut maps, key)
+    }
+
+    /// The ino of `key`, counting one kernel lookup (lookup, create, mkdir). Call it
+    /// before the reply is sent, so that a FORGET can never overtake the count.
+    pub fn lookup(&self, key: &K) -> u64 {
+        let mut maps = self.lock();
+        let ino = self.ino_locked(&mut maps, key);
+        if let Some(slot) = maps.by_ino.get_mut(&ino) {
+            slot.lookups += 1;
+        }
+        ino
+    }
+
+    /// The ino of `key` if it has one (invalidation: a node the kernel never saw
+    /// needs no invalidating).
+    pub fn get(&self, key: &K) -> Option<u64> {
+        self.lock().by_node.get(key).copied()
+    }
+
+    /// The key an ino stands for.
+    pub fn key(&self, ino: u64) -> Option<K> {
+        self.lock().by_ino.get(&ino).map(|s| s.key.clone())
+    }
+
+    /// The kernel dropped `n` references. Unknown inos (already dropped, or a forget
+    /// that arrives before a lookup it overtook) are ignored; a count that would go
+    /// below zero drops the entry.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut maps = self.lock();
+        let Some(slot) = maps.by_ino.get_mut(&ino) else {
+            return;
+        };
+        slot.lookups = slot.lookups.saturating_sub(n);
+        if slot.lookups == 0 {
+            if let Some(slot) = maps.by_ino.remove(&ino) {
+                // Only remove the reverse mapping if it still points at this ino.
+                if maps.by_node.get(&slot.key) == Some(&ino) {
+                    maps.by_node.remove(&slot.key);
+                }
+            }
+        }
+    }
+
+    /// Number of inos held (root included).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().by_ino.len()
+    }
+
+    #[cfg(test)]
+    fn lookups(&self, ino: u64) -> Option<u64> {
+        self.lock().by_ino.get(&ino).map(|s| s.lookups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> InodeTable<&'static str> {
+        InodeTable::new("/")
+    }
+
+    #[test]
+    fn root_is_one_and_first_allocation_is_two() {
+        let t = table();
+        assert_eq!(t.get(&"/"), Some(ROOT_INO));
+        assert_eq!(t.key(ROOT_INO), Some("/"));
+        assert_eq!(t.lookup(&"a"), 2);
+        assert_eq!(t.lookup(&"b"), 3);
+        assert_eq!(t.ino(&"c"), 4);
+    }
+
+    #[test]
+    fn same_node_same_ino_and_counts_add_up() {
+        let t = table();
+        let a = t.lookup(&"a");
+        assert_eq!(t.lookup(&"a"), a);
+        assert_eq!(t.ino(&"a"), a);
+        assert_eq!(t.lookups(a), Some(2));
+        assert_eq!(t.key(a), Some("a"));
+    }
+
+    #[test]
+    fn forget_to_zero_drops_and_numbers_are_never_reused() {
+        let t = table();
+        let a = t.lookup(&"a");
+        t.lookup(&"a");
+        t.forget(a, 1);
+        assert_eq!(t.key(a), Some("a"));
+        t.forget(a, 1);
+        assert_eq!(t.key(a), None);
+        assert_eq!(t.get(&"a"), None);
+        assert_eq!(t.len(), 1);
+        let again = t.lookup(&"a");
+        assert_ne!(again, a);
+        assert!(again > a);
+    }
+
+    #[test]
+    fn batch_forget_of_more_than_counted_drops() {
+        let t = table();
+        let a = t.lookup(&"a");
+        t.forget(a, 5);
+        assert_eq!(t.key(a), None);
+    }
+
+    #[test]
+    fn out_of_order_and_unknown_forgets_are_tolerated() {
+        let t = table();
+        t.forget(99, 1); // never allocated
+        let a = t.lookup(&"a");
+        t.forget(a, 1);
+        t.forget(a, 1); // second forget of a dropped ino
+        assert_eq!(t.key(a), None);
+        // A forget for the old number must not touch the node's new number.
+        let a2 = t.lookup(&"a");
+        t.forget(a, 1);
+        assert_eq!(t.key(a2), Some("a"));
+        assert_eq!(t.lookups(a2), Some(1));
+    }
+
+    #[test]
+    fn root_is_never_forgotten() {
+        let t = table();
+        t.forget(ROOT_INO, 10);
+        assert_eq!(t.key(ROOT_INO), Some("/"));
+        assert_eq!(t.get(&"/"), Some(ROOT_INO));
+    }
+
+    #[test]
+    fn readdir_allocation_does_not_count_a_lookup() {
+        let t = table();
+        let a = t.ino(&"a");
+        assert_eq!(t.lookups(a), Some(0));
+        // The kernel looks it up later: same number, counted.
+        assert_eq!(t.lookup(&"a"), a);
+        t.forget(a, 1);
+        assert_eq!(t.key(a), None);
+    }
+
+    #[test]
+    fn concurrent_lookups_agree_on_one_number() {
+        let t = std::sync::Arc::new(table());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || (0..100).map(|_| t.lookup(&"x")).collect::<Vec<_>>())
+            })
+            .collect();
+        let all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        assert!(all.iter().all(|&i| i == all[0]));
+        assert_eq!(t.lookups(all[0]), Some(800));
+    }
+}

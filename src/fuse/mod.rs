@@ -1,0 +1,691 @@
+//! The FUSE adapter: a thin translation between fuser 0.18 and [`crate::vfs`].
+//!
+//! Each callback turns the kernel's arguments into the vfs's (an inode number into a
+//! `Node`, an `OsStr` into a `&str`), calls the vfs, and answers. Every rule about
+//! what a path means lives in the vfs, which tests drive without FUSE. The only state
+//! kept here is the inode table (`inodes`).
+//!
+//! Replies are owned values in fuser 0.18: `read`, `flush` and `fsync` hand theirs
+//! to the vfs, which answers later from another thread (a pending result waits for
+//! its run while other requests keep flowing). A reply that is dropped unanswered
+//! becomes EIO, so every path below answers.
+
+mod inodes;
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackgroundSession, BsdFileFlags, Config, Errno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, Notifier,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+
+use crate::vfs::{Attr, Caller, Invalidate, Kind, Node, Opened, Vfs};
+use crate::Error;
+use inodes::{InodeTable, ROOT_INO};
+
+/// Short on purpose: the daemon changes directories behind the kernel's back (a
+/// result appears, a script leaves the inbox) and invalidation covers only the
+/// inodes it names; a stale dentry lives at most this long.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest write the kernel may send in one request.
+const MAX_WRITE: u32 = 1 << 20;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let users other than the daemon's own uid in (`allow_other`; needs
+    /// `user_allow_other` in /etc/fuse.conf unless the daemon runs as root).
+    pub allow_other: bool,
+    /// fuser dispatch threads. One is best on 2 cores (see CONVENTIONS.md).
+    pub n_threads: usize,
+    /// The source column of /proc/mounts.
+    pub fsname: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> MountOptions {
+        MountOptions {
+            allow_other: false,
+            n_threads: 1,
+            fsname: "peerfs".to_string(),
+        }
+    }
+}
+
+/// A mounted peerfs. Dropping it unmounts (without waiting for the dispatch threads).
+pub struct Session {
+    inner: Option<BackgroundSession>,
+    vfs: Arc<Vfs>,
+}
+
+impl Session {
+    /// Unmount and wait for the dispatch threads to end. Fails with EBUSY while a
+    /// process still uses the mount.
+    pub fn unmount_and_join(mut self) -> crate::Result<()> {
+        self.detach_invalidator();
+        match self.inner.take() {
+            Some(bg) => bg
+                .umount_and_join()
+                .map_err(|e| mount_error("unmounting", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Block until the mount is unmounted from outside (`fusermount3 -u MOUNT`,
+    /// `umount MOUNT`).
+    pub fn join(mut self) -> crate::Result<()> {
+        let result = match self.inner.take() {
+            Some(bg) => bg.join().map_err(|e| mount_error("serving", e)),
+            None => Ok(()),
+        };
+        self.detach_invalidator();
+        result
+    }
+
+    /// The invalidator holds the session's channel; once the mount is gone there is
+    /// nothing to invalidate, and dropping it ends the invalidation thread.
+    fn detach_invalidator(&self) {
+        self.vfs.set_invalidator(Box::new(|_| {}));
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            self.detach_invalidator();
+        }
+        // Dropping the BackgroundSession unmounts.
+        self.inner.take();
+    }
+}
+
+fn mount_error(what: &str, e: std::io::Error) -> Error {
+    Error::new(
+        e.raw_os_error().unwrap_or(libc::EIO),
+        format!("{what} the peerfs mount: {e}"),
+    )
+}
+
+/// Mount `vfs` at `mountpoint` and serve it on background threads.
+pub fn spawn(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> crate::Result<Session> {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(opts.fsname.clone()),
+        MountOption::Subtype("peerfs".to_string()),
+        // Peer directories are 0700 and owned by the peer's owner: the kernel's
+        // permission checks are what make "identity is the path" hold.
+        MountOption::DefaultPermissions,
+    ];
+    if opts.allow_other {
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(opts.n_threads.max(1));
+
+    let inodes = Arc::new(InodeTable::new(Node::Root));
+    let fs = PeerFs {
+        vfs: vfs.clone(),
+        inodes: inodes.clone(),
+    };
+    let bg = fuser::spawn_mount(fs, mountpoint, &config).map_err(|e| {
+        Error::new(
+            e.raw_os_error().unwrap_or(libc::EIO),
+            format!(
+                "cannot mount peerfs at {}: {e} (is it an existing empty directory, and is \
+                 fusermount3 installed (Debian package fuse3) when not running as root?)",
+                mountpoint.display()
+            ),
+        )
+    })?;
+    install_invalidator(&vfs, bg.notifier(), inodes);
+    Ok(Session {
+        inner: Some(bg),
+        vfs,
+    })
+}
+
+/// The vfs reports changes from its worker threads; the notifications go through a
+/// thread of their own. `inval_inode` may wait in the kernel for page locks held by
+/// a READ that a vfs worker is about to answer, so calling it on that worker could
+/// deadlock; a separate thread also lets bursts of changes coalesce.
+fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Node>>) {
+    let (tx, rx) = mpsc::channel::<Node>();
+    let spawned = std::thread::Builder::new()
+        .name("peerfs-inval".to_string())
+        .spawn(move || {
+            // Ends when the sender (inside the vfs's invalidator) is dropped.
+            while let Ok(first) = rx.recv() {
+                let mut inos = HashSet::new();
+                for node in std::iter::once(first).chain(rx.try_iter()) {
+                    // A node the kernel never saw has nothing cached.
+                    if let Some(ino) = inodes.get(&node) {
+                        inos.insert(ino);
+                    }
+                }
+                for ino in inos {
+                    // offset 0, len 0: attributes and all cached pages. ENOENT just
+                    // means the kernel has already dropped the inode.
+                    if let Err(e) = notifier.inval_inode(INodeNo(ino), 0, 0) {
+                        tracing::debug!(ino, "inval_inode: {e}");
+                    }
+                }
+            }
+        });
+    match spawned {
+        Ok(_) => vfs.set_invalidator(Box::new(move |inv| {
+            let node = match inv {
+                Invalidate::Dir(node) | Invalidate::File(node) => node,
+            };
+            let _ = tx.send(node);
+        })),
+        Err(e) => tracing::warn!(
+            "cannot start the invalidation thread ({e}): listings may lag up to {TTL:?}"
+        ),
+    }
+}
+
+/// The `fuser::Filesystem`.
+struct PeerFs {
+    vfs: Arc<Vfs>,
+    inodes: Arc<InodeTable<Node>>,
+}
+
+/// Log an error once, where it is answered: debug for the expected ones (a lookup
+/// of a missing name, a non-blocking open of a pending result), warn for the rest.
+fn errno(op: &str, e: &Error) -> Errno {
+    if e.errno == libc::ENOENT || e.errno == libc::EAGAIN {
+        tracing::debug!(op, errno = e.errno, "{}", e.message);
+    } else {
+        tracing::warn!(op, errno = e.errno, "{}", e.message);
+    }
+    Errno::from_i32(e.errno)
+}
+
+fn name_str<'a>(op: &str, name: &'a OsStr) -> Result<&'a str, Errno> {
+    name.to_str().ok_or_else(|| {
+        errno(
+            op,
+            &Error::new(
+                libc::EINVAL,
+                format!("name {name:?} is not UTF-8: peerfs names are UTF-8"),
+            ),
+        )
+    })
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+fn time(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+fn time_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+fn file_type(kind: &Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+fn file_attr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: time(a.mtime_ns),
+        mtime: time(a.mtime_ns),
+        ctime: time(a.ctime_ns),
+        crtime: time(a.ctime_ns),
+        kind: file_type(&a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn open_flags(o: &Opened) -> FopenFlags {
+    if o.direct_io {
+        FopenFlags::FOPEN_DIRECT_IO
+    } else {
+        FopenFlags::empty()
+    }
+}
+
+impl PeerFs {
+    /// The node behind an ino the kernel sent. An unknown ino is one the kernel was
+    /// told to forget or never got: ESTALE makes it look the path up again.
+    fn node(&self, op: &str, ino: INodeNo) -> Result<Node, Errno> {
+        self.inodes.key(ino.0).ok_or_else(|| {
+            errno(
+                op,
+                &Error::new(libc::ESTALE, format!("unknown inode {}", ino.0)),
+            )
+        })
+    }
+
+    /// Counts the lookup before the reply goes out, so a FORGET cannot overtake it.
+    fn entry(&self, reply: ReplyEntry, node: &Node, attr: &Attr) {
+        let ino = self.inodes.lookup(node);
+        reply.entry(&TTL, &file_attr(ino, attr), Generation(0));
+    }
+
+    fn setattr_inner(
+        &self,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        mtime: Option<TimeOrNow>,
+        fh: Option<FileHandle>,
+    ) -> Result<FileAttr, Errno> {
+        const OP: &str = "setattr";
+        let node = self.node(OP, ino)?;
+        let fh = fh.map(|f| f.0);
+        if mode.is_some() || uid.is_some() || gid.is_some() {
+            let cur = self.vfs.getattr(&node, fh).map_err(|e| errno(OP, &e))?;
+            let mode_differs = mode.is_some_and(|m| (m & 0o7777) as u16 != cur.perm & 0o7777);
+            if mode_differs || uid.is_some_and(|u| u != cur.uid) || gid.is_some_and(|g| g != cur.gid)
+            {
+                return Err(errno(
+                    OP,
+                    &Error::new(
+                        libc::EPERM,
+                        "peerfs does not support chmod/chown: a peer's files keep the \
+                         peer's owner and mode",
+                    ),
+                ));
+            }
+            if size.is_none() && mtime.is_none() {
+                return Ok(file_attr(ino.0, &cur));
+            }
+        }
+        let mtime_ns = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => time_ns(t),
+            TimeOrNow::Now => time_ns(SystemTime::now()),
+        });
+        let attr = if size.is_none() && mtime_ns.is_none() {
+            // atime/ctime only: nothing peerfs keeps; answer the current attributes.
+            self.vfs.getattr(&node, fh)
+        } else {
+            self.vfs.setattr(&node, fh, size, mtime_ns)
+        }
+        .map_err(|e| errno(OP, &e))?;
+        Ok(file_attr(ino.0, &attr))
+    }
+}
+
+impl Filesystem for PeerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Without it O_TRUNC arrives as a separate SETATTR(size=0) after OPEN.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+            tracing::warn!("the kernel lacks {missing:?}: O_TRUNC comes as a separate setattr");
+        }
+        if let Err(nearest) = config.set_max_write(MAX_WRITE) {
+            let _ = config.set_max_write(nearest);
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        const OP: &str = "lookup";
+        let r = (|| {
+            let parent = self.node(OP, parent)?;
+            let name = name_str(OP, name)?;
+            self.vfs.lookup(&parent, name).map_err(|e| errno(OP, &e))
+        })();
+        match r {
+            Ok((node, attr)) => self.entry(reply, &node, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // batch_forget's default (ForgetOne is not exported by fuser 0.18) calls this.
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        const OP: &str = "getattr";
+        let r = self.node(OP, ino).and_then(|node| {
+            self.vfs
+                .getattr(&node, fh.map(|f| f.0))
+                .map_err(|e| errno(OP, &e))
+        });
+        match r {
+            Ok(attr) => reply.attr(&TTL, &file_attr(ino.0, &attr)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self.setattr_inner(ino, mode, uid, gid, size, mtime, fh) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        const OP: &str = "mkdir";
+        let r = (|| {
+            let parent = self.node(OP, parent)?;
+            let name = name_str(OP, name)?;
+            self.vfs
+                .mkdir(&parent, name, &caller(req))
+                .map_err(|e| errno(OP, &e))
+        })();
+        match r {
+            Ok((node, attr)) => self.entry(reply, &node, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        const OP: &str = "unlink";
+        let r = (|| {
+            let parent = self.node(OP, parent)?;
+            let name = name_str(OP, name)?;
+            self.vfs.unlink(&parent, name).map_err(|e| errno(OP, &e))
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        const OP: &str = "rmdir";
+        let r = (|| {
+            let parent = self.node(OP, parent)?;
+            let name = name_str(OP, name)?;
+            self.vfs.rmdir(&parent, name).map_err(|e| errno(OP, &e))
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        const OP: &str = "rename";
+        let r = (|| {
+            let parent = self.node(OP, parent)?;
+            let name = name_str(OP, name)?;
+            let newparent = self.node(OP, newparent)?;
+            let newname = name_str(OP, newname)?;
+            self.vfs
+                .rename(&parent, name, &newparent, newname, flags.bits())
+                .map_err(|e| errno(OP, &e))
+        })();
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        const OP: &str = "open";
+        let r = self.node(OP, ino).and_then(|node| {
+            self.vfs
+                .open(&node, flags.0, &caller(req))
+                .map_err(|e| errno(OP, &e))
+        });
+        match r {
+            Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        // Answered whenever the vfs calls back: at once, or when a pending result's
+        // run finishes. If the vfs drops the callback, fuser answers EIO.
+        self.vfs.read(
+            fh.0,
+            offset,
+            size,
+            Box::new(move |r| match r {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(errno("read", &e)),
+            }),
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.vfs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // close(2) waits for this answer: the vfs gives it once a submission is durable.
+        self.vfs.flush(
+            fh.0,
+            Box::new(move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("flush", &e)),
+            }),
+        );
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.fsync(
+            fh.0,
+            Box::new(move |r| match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno("fsync", &e)),
+            }),
+        );
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        const OP: &str = "opendir";
+        let r = self
+            .node(OP, ino)
+            .and_then(|node| self.vfs.opendir(&node).map_err(|e| errno(OP, &e)));
+        match r {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.vfs.readdir_handle(fh.0) else {
+            let e = Error::new(libc::EBADF, format!("no open directory handle {}", fh.0));
+            reply.error(errno("readdir", &e));
+            return;
+        };
+        // Position i: 0 is ".", 1 is "..", i >= 2 is entries[i - 2]. Each entry is
+        // added with the position of the next one, the offset the kernel sends back
+        // to continue.
+        let total = entries.len() as u64 + 2;
+        for pos in offset..total {
+            let next = pos + 1;
+            let full = match pos {
+                0 => reply.add(ino, next, FileType::Directory, "."),
+                // The parent's ino is not known here; the kernel does not use it
+                // (it resolves ".." itself), and the root is a valid answer.
+                1 => reply.add(INodeNo(ROOT_INO), next, FileType::Directory, ".."),
+                _ => {
+                    let (name, node, kind) = &entries[(pos - 2) as usize];
+                    let child = self.inodes.ino(node);
+                    reply.add(INodeNo(child), next, file_type(kind), name)
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.vfs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.vfs.statfs();
+        reply.statfs(
+            s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        const OP: &str = "create";
+        let r = (|| {
+            let parent = self.node(OP, parent)?;
+            let name = name_str(OP, name)?;
+            self.vfs
+                .create(&parent, name, flags, &caller(req))
+                .map_err(|e| errno(OP, &e))
+        })();
+        match r {
+            Ok((node, attr, opened)) => {
+                let ino = self.inodes.lookup(&node);
+                reply.created(
+                    &TTL,
+                    &file_attr(ino, &attr),
+                    Generation(0),
+                    FileHandle(opened.fh),
+                    open_flags(&opened),
+                );
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+}

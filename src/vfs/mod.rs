@@ -1,0 +1,1173 @@
+//! The mount's tree as plain Rust: what every path means, its attributes, and what
+//! each file operation does. No FUSE types: tests drive this directly, and the FUSE
+//! adapter only translates.
+//!
+//! Writes are buffered per open handle and committed when the handle is flushed
+//! (`close(2)`): a script is submitted, a state value or module is stored, a policy
+//! is validated and applied, and `close` returns only once that is durable.
+
+mod node;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+pub use node::{join_key, Node};
+
+use crate::err;
+use crate::error::{Error, Result};
+use crate::exec::{Change, Core, Listener};
+use crate::peer::name::{check_key, check_peer_name, check_segment, is_staging_name};
+use crate::peer::Op;
+use crate::store::Store;
+use crate::util::now_ns;
+
+/// Largest state value written through a file.
+pub const MAX_STATE_FILE: u64 = 64 << 20;
+/// Largest policy or groups file.
+pub const MAX_META_FILE: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub kind: Kind,
+    pub size: u64,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub nlink: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    pub direct_io: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+/// An answer that may come later, from another thread.
+pub type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
+
+/// What the daemon changed, for the kernel's caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidate {
+    Dir(Node),
+    File(Node),
+}
+
+pub type Listing = Arc<Vec<(String, Node, Kind)>>;
+
+/// Validates `policy.cedar` / `groups` text before it is applied.
+pub type Validator = Box<dyn Fn(&str, &[u8]) -> Result<()> + Send + Sync>;
+/// Lists (and checks) the keys of `other` that `peer` may read: `(peer, other, key)`.
+pub type ReadCheck = Box<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
+
+/// A file that exists only in memory: created and not yet flushed, or a staging
+/// name (`.x`, `x~`) in an inbox or modules folder.
+#[derive(Debug, Clone)]
+struct Staged {
+    data: Vec<u8>,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+}
+
+struct Handle {
+    node: Node,
+    write: bool,
+    buf: Vec<u8>,
+    dirty: bool,
+    snapshot: Option<Arc<Vec<u8>>>,
+}
+
+pub struct Vfs {
+    core: Core,
+    started_ns: i64,
+    uid: u32,
+    gid: u32,
+    next_fh: AtomicU64,
+    handles: Arc<Mutex<HashMap<u64, Handle>>>,
+    staged: Arc<Mutex<HashMap<(Node, String), Staged>>>,
+    /// Empty folders made with `mkdir` in state/ (they hold no key yet).
+    empty_dirs: Mutex<HashSet<(String, String)>>,
+    dirs: Mutex<HashMap<u64, Listing>>,
+    invalidator: RwLock<Option<Box<dyn Fn(Invalidate) + Send + Sync>>>,
+    validator: RwLock<Option<Validator>>,
+    read_check: RwLock<Option<ReadCheck>>,
+}
+
+struct ChangeRelay(Arc<Vfs>);
+
+impl Listener for ChangeRelay {
+    fn changed(&self, peer: &str, change: Change) {
+        let p = peer.to_string();
+        let inv = match change {
+            Change::Inbox => Invalidate::Dir(Node::Inbox { peer: p.clone(), target: p }),
+            Change::Outbox { target } => Invalidate::Dir(Node::Outbox { peer: p, target }),
+            Change::State => Invalidate::Dir(Node::State { peer: p, dir: String::new() }),
+            Change::Log => Invalidate::File(Node::Log(p)),
+            Change::Modules => Invalidate::Dir(Node::Modules(p)),
+            Change::Meta(k) if k == "groups" => Invalidate::File(Node::Groups(p)),
+            Change::Meta(_) => Invalidate::File(Node::Policy(p)),
+        };
+        if let Some(f) = self.0.invalidator.read().unwrap().as_ref() {
+            f(inv);
+        }
+    }
+}
+
+fn ro(what: &str) -> Error {
+    err!(libc::EACCES, "{what} is read-only")
+}
+
+impl Vfs {
+    /// A vfs over `core`; it registers itself for change notices.
+    pub fn new(core: Core) -> Arc<Vfs> {
+        let vfs = Arc::new(Vfs {
+            core: core.clone(),
+            started_ns: now_ns(),
+            uid: unsafe { libc::getuid() },
+            gid: unsafe { libc::getgid() },
+            next_fh: AtomicU64::new(1),
+            handles: Arc::new(Mutex::new(HashMap::new())),
+            staged: Arc::new(Mutex::new(HashMap::new())),
+            empty_dirs: Mutex::new(HashSet::new()),
+            dirs: Mutex::new(HashMap::new()),
+            invalidator: RwLock::new(None),
+            validator: RwLock::new(None),
+            read_check: RwLock::new(None),
+        });
+        core.set_listener(Arc::new(ChangeRelay(vfs.clone())));
+        vfs
+    }
+
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    pub fn set_invalidator(&self, f: Box<dyn Fn(Invalidate) + Send + Sync>) {
+        *self.invalidator.write().unwrap() = Some(f);
+    }
+
+    pub fn set_validator(&self, f: Validator) {
+        *self.validator.write().unwrap() = Some(f);
+    }
+
+    pub fn set_read_check(&self, f: ReadCheck) {
+        *self.read_check.write().unwrap() = Some(f);
+    }
+
+    fn may_read(&self, peer: &str, other: &str, key: &str) -> bool {
+        match self.read_check.read().unwrap().as_ref() {
+            Some(f) => f(peer, other, key),
+            None => false,
+        }
+    }
+
+    fn info(&self, peer: &str) -> Result<crate::peer::PeerInfo> {
+        self.core
+            .registry()
+            .info(peer)
+            .ok_or_else(|| err!(libc::ENOENT, "no peer named {peer:?}"))
+    }
+
+    fn dir_attr(&self, peer: Option<&str>, perm: u16) -> Result<Attr> {
+        let (uid, gid, t) = match peer {
+            Some(p) => {
+                let i = self.info(p)?;
+                (i.uid, i.gid, i.ctime_ns)
+            }
+            None => (self.uid, self.gid, self.started_ns),
+        };
+        Ok(Attr {
+            kind: Kind::Dir,
+            size: 0,
+            perm,
+            uid,
+            gid,
+            mtime_ns: t,
+            ctime_ns: t,
+            nlink: 2,
+        })
+    }
+
+    fn file_attr(&self, peer: Option<&str>, size: u64, perm: u16, mtime_ns: i64) -> Result<Attr> {
+        let mut a = self.dir_attr(peer, perm)?;
+        a.kind = Kind::File;
+        a.size = size;
+        a.nlink = 1;
+        if mtime_ns > 0 {
+            a.mtime_ns = mtime_ns;
+        }
+        Ok(a)
+    }
+
+    fn staged_attr(&self, s: &Staged) -> Attr {
+        Attr {
+            kind: Kind::File,
+            size: s.data.len() as u64,
+            perm: 0o644,
+            uid: s.uid,
+            gid: s.gid,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.mtime_ns,
+            nlink: 1,
+        }
+    }
+
+    fn staged_get(&self, parent: &Node, name: &str) -> Option<Staged> {
+        self.staged.lock().unwrap().get(&(parent.clone(), name.to_string())).cloned()
+    }
+
+    /// The parent folder of a file node, and the file's name in it.
+    fn parent_of(node: &Node) -> Option<(Node, String)> {
+        Some(match node {
+            Node::InboxFile { peer, target, name } => (Node::Inbox { peer: peer.clone(), target: target.clone() }, name.clone()),
+            Node::StateFile { peer, key } => {
+                let (dir, name) = match key.rfind('/') {
+                    Some(i) => (key[..i].to_string(), key[i + 1..].to_string()),
+                    None => (String::new(), key.clone()),
+                };
+                (Node::State { peer: peer.clone(), dir }, name)
+            }
+            Node::ModuleFile { peer, name } => (Node::Modules(peer.clone()), name.clone()),
+            _ => return None,
+        })
+    }
+
+    fn meta_text(&self, name: &str) -> String {
+        match name {
+            "version" => format!("version {}\n", env!("CARGO_PKG_VERSION")),
+            _ => {
+                let s = self.core.stats();
+                let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                format!(
+                    "peers {}\nopen_peers {}\nsubmissions {}\nruns {}\nruns_ok {}\nruns_error {}\nruns_denied {}\nruns_limit {}\ncommits {}\nmessages_delivered {}\nwrites {}\nscript_cache {}\n",
+                    self.core.registry().len(),
+                    self.core.registry().open_count(),
+                    g(&s.submissions),
+                    g(&s.runs),
+                    g(&s.runs_ok),
+                    g(&s.runs_error),
+                    g(&s.runs_denied),
+                    g(&s.runs_limit),
+                    g(&s.commits),
+                    g(&s.messages_delivered),
+                    g(&s.writes),
+                    self.core.cache().len(),
+                )
+            }
+        }
+    }
+
+    fn meta_bytes(&self, peer: &str, key: &str) -> Result<(Vec<u8>, i64)> {
+        let p = self.core.peer(peer)?;
+        Ok(p.read(|s| s.meta(key))?.unwrap_or_default())
+    }
+
+    /// The attributes of a node (which must exist).
+    pub fn getattr(&self, node: &Node, fh: Option<u64>) -> Result<Attr> {
+        if let Some(fh) = fh {
+            let h = self.handles.lock().unwrap();
+            if let Some(h) = h.get(&fh) {
+                if h.write {
+                    let peer = h.node.peer().map(str::to_string);
+                    return self.file_attr(peer.as_deref(), h.buf.len() as u64, 0o644, now_ns());
+                }
+            }
+        }
+        self.attr(node)
+    }
+
+    fn attr(&self, node: &Node) -> Result<Attr> {
+        use Node::*;
+        match node {
+            Root => self.dir_attr(None, 0o755),
+            MetaDir => self.dir_attr(None, 0o555),
+            MetaFile(n) => self.file_attr(None, self.meta_text(n).len() as u64, 0o444, now_ns()),
+            Peer(p) => self.dir_attr(Some(p), 0o700),
+            Inbox { peer, .. } | Outbox { peer, .. } | Modules(peer) | Peers(peer) | View { peer, .. } | ViewState { peer, .. } => {
+                self.dir_attr(Some(peer), 0o755)
+            }
+            State { peer, dir } => {
+                if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
+                    return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
+                }
+                self.dir_attr(Some(peer), 0o755)
+            }
+            InboxFile { peer, target, name } => {
+                let parent = Inbox { peer: peer.clone(), target: target.clone() };
+                if let Some(s) = self.staged_get(&parent, name) {
+                    return Ok(self.staged_attr(&s));
+                }
+                if peer == target {
+                    let p = self.core.peer(peer)?;
+                    let q = p.read(|s| s.queue_names(100_000))?;
+                    if let Some((_, size, at)) = q.into_iter().rev().find(|(n, _, _)| n == name) {
+                        return self.file_attr(Some(peer), size, 0o444, at);
+                    }
+                }
+                Err(err!(libc::ENOENT, "no script {name:?} in the inbox"))
+            }
+            OutboxFile { peer, target, name } => {
+                let p = self.core.peer(peer)?;
+                match p.read(|s| s.outbox_get(target, name))? {
+                    Some(e) => {
+                        let size = e.result.as_ref().map(|r| r.len() as u64).unwrap_or(0);
+                        self.file_attr(Some(peer), size, 0o444, e.finished_at.unwrap_or(e.submitted_at))
+                    }
+                    None => Err(err!(libc::ENOENT, "no result {name:?} in the outbox")),
+                }
+            }
+            StateFile { peer, key } => {
+                if let Some((parent, name)) = Self::parent_of(node) {
+                    if let Some(s) = self.staged_get(&parent, &name) {
+                        return Ok(self.staged_attr(&s));
+                    }
+                }
+                let p = self.core.peer(peer)?;
+                match p.read(|s| s.stat_key(key))? {
+                    Some(Some(st)) => self.file_attr(Some(peer), st.size, 0o644, st.mtime_ns),
+                    Some(None) => Err(err!(libc::EISDIR, "state key {key:?} is a folder")),
+                    None => Err(err!(libc::ENOENT, "no state key {key:?}")),
+                }
+            }
+            ModuleFile { peer, name } => {
+                if let Some(s) = self.staged_get(&Modules(peer.clone()), name) {
+                    return Ok(self.staged_attr(&s));
+                }
+                let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let p = self.core.peer(peer)?;
+                let list = p.read(|s| s.list_modules())?;
+                match list.into_iter().find(|e| e.name == m) {
+                    Some(e) => self.file_attr(Some(peer), e.size, 0o644, e.mtime_ns),
+                    None => Err(err!(libc::ENOENT, "no module {m:?}")),
+                }
+            }
+            ViewStateFile { peer, other, key } => {
+                if !self.may_read(peer, other, key) {
+                    return Err(err!(libc::ENOENT, "no readable key {key:?} of {other}"));
+                }
+                let o = self.core.peer(other)?;
+                match o.read(|s| s.stat_key(key))? {
+                    Some(Some(st)) => self.file_attr(Some(peer), st.size, 0o444, st.mtime_ns),
+                    _ => Err(err!(libc::ENOENT, "no readable key {key:?} of {other}")),
+                }
+            }
+            Policy(p) => {
+                let (b, t) = self.meta_bytes(p, "policy")?;
+                self.file_attr(Some(p), b.len() as u64, 0o644, t)
+            }
+            Groups(p) => {
+                let (b, t) = self.meta_bytes(p, "groups")?;
+                self.file_attr(Some(p), b.len() as u64, 0o644, t)
+            }
+            Log(p) => {
+                let peer = self.core.peer(p)?;
+                let size = peer.read(|s| s.log_size())?;
+                self.file_attr(Some(p), size, 0o444, now_ns())
+            }
+        }
+    }
+
+    fn state_dir_exists(&self, peer: &str, dir: &str) -> Result<bool> {
+        if self.empty_dirs.lock().unwrap().contains(&(peer.to_string(), dir.to_string())) {
+            return Ok(true);
+        }
+        let p = self.core.peer(peer)?;
+        Ok(matches!(p.read(|s| s.stat_key(dir))?, Some(None)))
+    }
+
+    /// The child `name` of `parent`, if it exists.
+    pub fn lookup(&self, parent: &Node, name: &str) -> Result<(Node, Attr)> {
+        let node = self.child(parent, name)?;
+        let attr = self.attr(&node)?;
+        Ok((node, attr))
+    }
+
+    /// The node `name` under `parent` would be (it may not exist).
+    fn child(&self, parent: &Node, name: &str) -> Result<Node> {
+        use Node::*;
+        let missing = || err!(libc::ENOENT, "{name:?} does not exist here");
+        Ok(match parent {
+            Root => {
+                if name == ".peerfs" {
+                    MetaDir
+                } else {
+                    if check_peer_name(name).is_err() || !self.core.registry().exists(name) {
+                        return Err(missing());
+                    }
+                    Peer(name.to_string())
+                }
+            }
+            MetaDir => match name {
+                "version" => MetaFile("version"),
+                "stats" => MetaFile("stats"),
+                _ => return Err(missing()),
+            },
+            Peer(p) => {
+                let p = p.clone();
+                match name {
+                    "inbox" => Inbox { peer: p.clone(), target: p },
+                    "outbox" => Outbox { peer: p.clone(), target: p },
+                    "state" => State { peer: p, dir: String::new() },
+                    "modules" => Modules(p),
+                    "peers" => Peers(p),
+                    "policy.cedar" => Policy(p),
+                    "groups" => Groups(p),
+                    "log" => Log(p),
+                    _ => return Err(missing()),
+                }
+            }
+            Inbox { peer, target } => {
+                check_segment("script name", name)?;
+                InboxFile { peer: peer.clone(), target: target.clone(), name: name.to_string() }
+            }
+            Outbox { peer, target } => {
+                check_segment("result name", name)?;
+                OutboxFile { peer: peer.clone(), target: target.clone(), name: name.to_string() }
+            }
+            State { peer, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                if self.staged_get(parent, name).is_some() {
+                    return Ok(StateFile { peer: peer.clone(), key });
+                }
+                if self.empty_dirs.lock().unwrap().contains(&(peer.clone(), key.clone())) {
+                    return Ok(State { peer: peer.clone(), dir: key });
+                }
+                let p = self.core.peer(peer)?;
+                match p.read(|s| s.stat_key(&key))? {
+                    Some(Some(_)) => StateFile { peer: peer.clone(), key },
+                    Some(None) => State { peer: peer.clone(), dir: key },
+                    None => return Err(missing()),
+                }
+            }
+            Modules(p) => {
+                check_segment("module file name", name)?;
+                ModuleFile { peer: p.clone(), name: name.to_string() }
+            }
+            Peers(p) => {
+                if name == p || check_peer_name(name).is_err() || !self.core.registry().exists(name) {
+                    return Err(missing());
+                }
+                View { peer: p.clone(), other: name.to_string() }
+            }
+            View { peer, other } => match name {
+                "inbox" => Inbox { peer: peer.clone(), target: other.clone() },
+                "outbox" => Outbox { peer: peer.clone(), target: other.clone() },
+                "state" => ViewState { peer: peer.clone(), other: other.clone(), dir: String::new() },
+                _ => return Err(missing()),
+            },
+            ViewState { peer, other, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                let o = self.core.peer(other)?;
+                match o.read(|s| s.stat_key(&key))? {
+                    Some(Some(_)) if self.may_read(peer, other, &key) => ViewStateFile { peer: peer.clone(), other: other.clone(), key },
+                    Some(None) => {
+                        let keys = o.read(|s| s.keys(&format!("{key}/"), 100_000))?;
+                        if !keys.iter().any(|k| self.may_read(peer, other, k)) {
+                            return Err(missing());
+                        }
+                        ViewState { peer: peer.clone(), other: other.clone(), dir: key }
+                    }
+                    _ => return Err(missing()),
+                }
+            }
+            _ => return Err(err!(libc::ENOTDIR, "not a folder")),
+        })
+    }
+
+    /// The children of a folder, sorted by name (the adapter adds `.` and `..`).
+    pub fn readdir(&self, node: &Node) -> Result<Vec<(String, Node, Kind)>> {
+        use Node::*;
+        let mut out: Vec<(String, Node, Kind)> = Vec::new();
+        let staged_in = |out: &mut Vec<(String, Node, Kind)>, parent: &Node, mk: &dyn Fn(String) -> Node| {
+            for ((p, n), _) in self.staged.lock().unwrap().iter() {
+                if p == parent {
+                    out.push((n.clone(), mk(n.clone()), Kind::File));
+                }
+            }
+        };
+        match node {
+            Root => {
+                out.push((".peerfs".into(), MetaDir, Kind::Dir));
+                for (n, _) in self.core.registry().list() {
+                    out.push((n.clone(), Peer(n), Kind::Dir));
+                }
+            }
+            MetaDir => {
+                out.push(("stats".into(), MetaFile("stats"), Kind::File));
+                out.push(("version".into(), MetaFile("version"), Kind::File));
+            }
+            Peer(p) => {
+                for n in ["inbox", "outbox", "state", "modules", "peers", "policy.cedar", "groups", "log"] {
+                    let c = self.child(node, n)?;
+                    let k = if c.is_dir() { Kind::Dir } else { Kind::File };
+                    out.push((n.to_string(), c, k));
+                }
+                let _ = p;
+            }
+            Inbox { peer, target } => {
+                let (pe, t) = (peer.clone(), target.clone());
+                staged_in(&mut out, node, &|n| InboxFile { peer: pe.clone(), target: t.clone(), name: n });
+                if peer == target {
+                    let p = self.core.peer(peer)?;
+                    for (n, _, _) in p.read(|s| s.queue_names(100_000))? {
+                        out.push((n.clone(), InboxFile { peer: peer.clone(), target: target.clone(), name: n }, Kind::File));
+                    }
+                }
+            }
+            Outbox { peer, target } => {
+                let p = self.core.peer(peer)?;
+                for e in p.read(|s| s.outbox_list(target))? {
+                    out.push((e.name.clone(), OutboxFile { peer: peer.clone(), target: target.clone(), name: e.name }, Kind::File));
+                }
+            }
+            State { peer, dir } => {
+                let p = self.core.peer(peer)?;
+                for e in p.read(|s| s.list_dir(dir))? {
+                    let key = join_key(dir, &e.name);
+                    if e.is_dir {
+                        out.push((e.name, State { peer: peer.clone(), dir: key }, Kind::Dir));
+                    } else {
+                        out.push((e.name, StateFile { peer: peer.clone(), key }, Kind::File));
+                    }
+                }
+                let pe = peer.clone();
+                let d = dir.clone();
+                staged_in(&mut out, node, &|n| StateFile { peer: pe.clone(), key: join_key(&d, &n) });
+                let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+                for (ep, ed) in self.empty_dirs.lock().unwrap().iter() {
+                    if ep == peer {
+                        if let Some(rest) = ed.strip_prefix(&prefix) {
+                            if !rest.contains('/') && !rest.is_empty() {
+                                out.push((rest.to_string(), State { peer: peer.clone(), dir: ed.clone() }, Kind::Dir));
+                            }
+                        }
+                    }
+                }
+            }
+            Modules(p) => {
+                let peer = self.core.peer(p)?;
+                for e in peer.read(|s| s.list_modules())? {
+                    let n = format!("{}.rhai", e.name);
+                    out.push((n.clone(), ModuleFile { peer: p.clone(), name: n }, Kind::File));
+                }
+                let pe = p.clone();
+                staged_in(&mut out, node, &|n| ModuleFile { peer: pe.clone(), name: n });
+            }
+            Peers(p) => {
+                for (n, _) in self.core.registry().list() {
+                    if &n != p {
+                        out.push((n.clone(), View { peer: p.clone(), other: n }, Kind::Dir));
+                    }
+                }
+            }
+            View { peer, other } => {
+                out.push(("inbox".into(), Inbox { peer: peer.clone(), target: other.clone() }, Kind::Dir));
+                out.push(("outbox".into(), Outbox { peer: peer.clone(), target: other.clone() }, Kind::Dir));
+                out.push(("state".into(), ViewState { peer: peer.clone(), other: other.clone(), dir: String::new() }, Kind::Dir));
+            }
+            ViewState { peer, other, dir } => {
+                if self.read_check.read().unwrap().is_some() {
+                    let o = self.core.peer(other)?;
+                    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+                    let keys = o.read(|s| s.keys(&prefix, 1_000_000))?;
+                    let mut seen = HashSet::new();
+                    for k in keys {
+                        if !self.may_read(peer, other, &k) {
+                            continue;
+                        }
+                        let rest = &k[prefix.len()..];
+                        match rest.find('/') {
+                            Some(i) => {
+                                let n = &rest[..i];
+                                if seen.insert(n.to_string()) {
+                                    out.push((n.to_string(), ViewState { peer: peer.clone(), other: other.clone(), dir: join_key(dir, n) }, Kind::Dir));
+                                }
+                            }
+                            None => out.push((rest.to_string(), ViewStateFile { peer: peer.clone(), other: other.clone(), key: k.clone() }, Kind::File)),
+                        }
+                    }
+                }
+            }
+            _ => return Err(err!(libc::ENOTDIR, "not a folder")),
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    pub fn opendir(&self, node: &Node) -> Result<u64> {
+        let list = Arc::new(self.readdir(node)?);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, list);
+        Ok(fh)
+    }
+
+    pub fn readdir_handle(&self, fh: u64) -> Option<Listing> {
+        self.dirs.lock().unwrap().get(&fh).cloned()
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    pub fn mkdir(&self, parent: &Node, name: &str, who: &Caller) -> Result<(Node, Attr)> {
+        match parent {
+            Node::Root => {
+                if name == ".peerfs" {
+                    return Err(err!(libc::EEXIST, ".peerfs is the daemon's own folder"));
+                }
+                self.core.create_peer(name, who.uid, who.gid)?;
+                self.lookup(parent, name)
+            }
+            Node::State { peer, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                if self.child(parent, name).is_ok() {
+                    return Err(err!(libc::EEXIST, "state/{key} already exists"));
+                }
+                self.empty_dirs.lock().unwrap().insert((peer.clone(), key.clone()));
+                let node = Node::State { peer: peer.clone(), dir: key };
+                let attr = self.attr(&node)?;
+                Ok((node, attr))
+            }
+            _ => Err(err!(libc::EACCES, "folders can only be made at the top (a new peer) or under state/")),
+        }
+    }
+
+    pub fn rmdir(&self, parent: &Node, name: &str) -> Result<()> {
+        match parent {
+            Node::Root => {
+                check_peer_name(name)?;
+                self.core.remove_peer(name).map(|_| ())
+            }
+            Node::State { peer, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                let p = self.core.peer(peer)?;
+                if !p.read(|s| s.keys(&format!("{key}/"), 1))?.is_empty() {
+                    return Err(err!(libc::ENOTEMPTY, "state/{key} holds keys: remove them first"));
+                }
+                let mut e = self.empty_dirs.lock().unwrap();
+                let pre = format!("{key}/");
+                if e.iter().any(|(ep, d)| ep == peer && d.starts_with(&pre)) {
+                    return Err(err!(libc::ENOTEMPTY, "state/{key} holds folders"));
+                }
+                if !e.remove(&(peer.clone(), key.clone())) {
+                    return Err(err!(libc::ENOENT, "no state folder {key:?}"));
+                }
+                Ok(())
+            }
+            _ => Err(err!(libc::EACCES, "this folder cannot be removed")),
+        }
+    }
+
+    pub fn unlink(&self, parent: &Node, name: &str) -> Result<()> {
+        if self.staged.lock().unwrap().remove(&(parent.clone(), name.to_string())).is_some() {
+            return Ok(());
+        }
+        let node = self.child(parent, name)?;
+        match &node {
+            Node::StateFile { peer, key } => self.core.apply(peer, Op::Remove(key.clone())),
+            Node::ModuleFile { peer, name } => {
+                let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                self.core.apply(peer, Op::RemoveModule(m.to_string()))
+            }
+            Node::OutboxFile { peer, target, name } => self.core.apply(peer, Op::OutboxRemove(target.clone(), name.clone())),
+            Node::InboxFile { .. } => {
+                self.attr(&node)?;
+                Err(err!(libc::EBUSY, "{name} is queued to run: a submitted script cannot be withdrawn"))
+            }
+            Node::State { .. } => Err(err!(libc::EISDIR, "{name} is a folder: use rmdir")),
+            _ => Err(err!(libc::EACCES, "{name} cannot be removed")),
+        }
+    }
+
+    pub fn rename(&self, parent: &Node, name: &str, newparent: &Node, newname: &str, flags: u32) -> Result<()> {
+        if parent.peer() != newparent.peer() {
+            return Err(err!(libc::EXDEV, "rename across peers: copy the file instead"));
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(err!(libc::EINVAL, "RENAME_EXCHANGE is not supported"));
+        }
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        if noreplace && self.child(newparent, newname).and_then(|n| self.attr(&n)).is_ok() {
+            return Err(err!(libc::EEXIST, "{newname} exists"));
+        }
+        let src_key = (parent.clone(), name.to_string());
+        let staged = self.staged.lock().unwrap().get(&src_key).cloned();
+        match (parent, newparent) {
+            (Node::Inbox { .. }, Node::Inbox { .. }) => {
+                let s = staged.ok_or_else(|| err!(libc::EBUSY, "{name} is queued to run: it cannot be renamed"))?;
+                let dst = self.child(newparent, newname)?;
+                if is_staging_name(newname) {
+                    let mut st = self.staged.lock().unwrap();
+                    st.remove(&src_key);
+                    st.insert((newparent.clone(), newname.to_string()), s);
+                    return Ok(());
+                }
+                // Renamed into the inbox under a real name: submitted, durably, now.
+                self.submit(&dst, s.data)?;
+                self.staged.lock().unwrap().remove(&src_key);
+                Ok(())
+            }
+            (Node::State { peer, .. }, Node::State { .. }) => {
+                let src = self.child(parent, name)?;
+                let dst = match self.child(newparent, newname) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        let Node::State { peer, dir } = newparent else { unreachable!() };
+                        let key = join_key(dir, newname);
+                        check_key(&key)?;
+                        Node::StateFile { peer: peer.clone(), key }
+                    }
+                };
+                let Node::StateFile { key: to, .. } = &dst else {
+                    return Err(err!(libc::EISDIR, "{newname} is a folder"));
+                };
+                match (&src, staged) {
+                    (_, Some(s)) => {
+                        self.core.apply(peer, Op::SetBytes(to.clone(), s.data))?;
+                        self.staged.lock().unwrap().remove(&src_key);
+                        Ok(())
+                    }
+                    (Node::StateFile { key: from, .. }, None) => self.core.apply(peer, Op::Rename(from.clone(), to.clone())),
+                    // mv falls back to copy-and-remove for folders.
+                    _ => Err(err!(libc::EXDEV, "renaming a state folder: mv copies it instead")),
+                }
+            }
+            (Node::Modules(peer), Node::Modules(_)) => {
+                if let Some(s) = staged {
+                    if is_staging_name(newname) || module_name(newname).is_none() {
+                        let mut st = self.staged.lock().unwrap();
+                        st.remove(&src_key);
+                        st.insert((newparent.clone(), newname.to_string()), s);
+                        return Ok(());
+                    }
+                    let m = module_name(newname).expect("checked");
+                    self.core.apply(peer, Op::SetModule(m.to_string(), s.data))?;
+                    self.staged.lock().unwrap().remove(&src_key);
+                    return Ok(());
+                }
+                let from = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let to = module_name(newname).ok_or_else(|| err!(libc::EINVAL, "module files end in .rhai: {newname:?}"))?;
+                let p = self.core.peer(peer)?;
+                let src = p.read(|s| s.module(from))?.ok_or_else(|| err!(libc::ENOENT, "no module {from:?}"))?;
+                self.core.apply(peer, Op::SetModule(to.to_string(), src))?;
+                self.core.apply(peer, Op::RemoveModule(from.to_string()))
+            }
+            _ => Err(err!(libc::EACCES, "{name} cannot be moved there")),
+        }
+    }
+
+    /// Submits a complete script dropped at `node` (an inbox file), durably.
+    fn submit(&self, node: &Node, data: Vec<u8>) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit_async(node, data, Box::new(move |r| {
+            let _ = tx.send(r);
+        }));
+        rx.recv().map_err(|_| err!(libc::EIO, "the daemon stopped"))?
+    }
+
+    fn submit_async(&self, node: &Node, data: Vec<u8>, reply: Reply<()>) {
+        let Node::InboxFile { peer, target, name } = node else {
+            return reply(Err(err!(libc::EINVAL, "not an inbox file")));
+        };
+        let r = if peer == target {
+            self.core.new_job(peer, name, data, &serde_json::json!({})).map(Op::Submit)
+        } else {
+            self.core.new_message(peer, target, name, data, &serde_json::json!({}), 1).map(Op::SubmitTo)
+        };
+        match r {
+            Ok(op) => self.core.apply_async(peer, op, Some(reply)),
+            Err(e) => reply(Err(e)),
+        }
+    }
+
+    pub fn create(&self, parent: &Node, name: &str, flags: i32, who: &Caller) -> Result<(Node, Attr, Opened)> {
+        let node = self.child(parent, name).or_else(|e| match parent {
+            Node::State { peer, dir } if e.errno == libc::ENOENT => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                Ok(Node::StateFile { peer: peer.clone(), key })
+            }
+            _ => Err(e),
+        })?;
+        if !matches!(node, Node::InboxFile { .. } | Node::StateFile { .. } | Node::ModuleFile { .. }) {
+            return Err(ro(name));
+        }
+        if self.attr(&node).is_ok() {
+            if flags & libc::O_EXCL != 0 {
+                return Err(err!(libc::EEXIST, "{name} exists"));
+            }
+            if !matches!(node, Node::InboxFile { .. }) {
+                let opened = self.open(&node, flags | libc::O_TRUNC, who)?;
+                let attr = self.getattr(&node, Some(opened.fh))?;
+                return Ok((node, attr, opened));
+            }
+        }
+        let staged = Staged { data: Vec::new(), uid: who.uid, gid: who.gid, mtime_ns: now_ns() };
+        let attr = self.staged_attr(&staged);
+        self.staged.lock().unwrap().insert((parent.clone(), name.to_string()), staged);
+        let fh = self.new_handle(Handle { node: node.clone(), write: true, buf: Vec::new(), dirty: true, snapshot: None });
+        Ok((node, attr, Opened { fh, direct_io: false }))
+    }
+
+    fn new_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().unwrap().insert(fh, h);
+        fh
+    }
+
+    /// The bytes a file shows now.
+    fn contents(&self, node: &Node) -> Result<Vec<u8>> {
+        use Node::*;
+        if let Some((parent, name)) = Self::parent_of(node) {
+            if let Some(s) = self.staged_get(&parent, &name) {
+                return Ok(s.data);
+            }
+        }
+        match node {
+            MetaFile(n) => Ok(self.meta_text(n).into_bytes()),
+            StateFile { peer, key } => {
+                let p = self.core.peer(peer)?;
+                p.read(|s| s.get_bytes(key))?.ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
+            }
+            ViewStateFile { other, key, .. } => {
+                let p = self.core.peer(other)?;
+                p.read(|s| s.get_bytes(key))?.ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
+            }
+            ModuleFile { peer, name } => {
+                let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let p = self.core.peer(peer)?;
+                p.read(|s| s.module(m))?.ok_or_else(|| err!(libc::ENOENT, "no module {m:?}"))
+            }
+            InboxFile { peer, name, .. } => {
+                let p = self.core.peer(peer)?;
+                let jobs = p.read(|s| s.queued(100_000))?;
+                jobs.into_iter().rev().find(|j| &j.name == name).map(|j| j.source).ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox"))
+            }
+            Policy(p) => Ok(self.meta_bytes(p, "policy")?.0),
+            Groups(p) => Ok(self.meta_bytes(p, "groups")?.0),
+            _ => Err(err!(libc::EISDIR, "not a file")),
+        }
+    }
+
+    pub fn open(&self, node: &Node, flags: i32, _who: &Caller) -> Result<Opened> {
+        use Node::*;
+        if node.is_dir() {
+            return Err(err!(libc::EISDIR, "is a folder"));
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if write {
+            if !matches!(node, InboxFile { .. } | StateFile { .. } | ModuleFile { .. } | Policy(_) | Groups(_)) {
+                return Err(ro(&format!("{node:?}")));
+            }
+            if let InboxFile { .. } = node {
+                if self.attr(node).is_ok() && Self::parent_of(node).and_then(|(p, n)| self.staged_get(&p, &n)).is_none() {
+                    return Err(err!(libc::EBUSY, "a queued script cannot be changed: drop a new one"));
+                }
+            }
+            let trunc = flags & libc::O_TRUNC != 0;
+            let buf = if trunc { Vec::new() } else { self.contents(node).or_else(|e| if e.errno == libc::ENOENT { Ok(Vec::new()) } else { Err(e) })? };
+            let fh = self.new_handle(Handle { node: node.clone(), write: true, buf, dirty: trunc, snapshot: None });
+            return Ok(Opened { fh, direct_io: false });
+        }
+        match node {
+            OutboxFile { peer, target, name } => {
+                self.attr(node)?;
+                if flags & libc::O_NONBLOCK != 0 && self.core.result_pending(peer, target, name)? {
+                    return Err(err!(libc::EAGAIN, "{name} is pending: its run has not finished"));
+                }
+                let fh = self.new_handle(Handle { node: node.clone(), write: false, buf: Vec::new(), dirty: false, snapshot: None });
+                Ok(Opened { fh, direct_io: true })
+            }
+            Log(_) => {
+                let fh = self.new_handle(Handle { node: node.clone(), write: false, buf: Vec::new(), dirty: false, snapshot: None });
+                Ok(Opened { fh, direct_io: true })
+            }
+            _ => {
+                let data = self.contents(node)?;
+                let fh = self.new_handle(Handle { node: node.clone(), write: false, buf: Vec::new(), dirty: false, snapshot: Some(Arc::new(data)) });
+                Ok(Opened { fh, direct_io: true })
+            }
+        }
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply<Vec<u8>>) {
+        let slice = move |d: &[u8]| -> Vec<u8> {
+            let start = (offset as usize).min(d.len());
+            let end = (start + size as usize).min(d.len());
+            d[start..end].to_vec()
+        };
+        let (node, snap) = {
+            let h = self.handles.lock().unwrap();
+            let Some(h) = h.get(&fh) else {
+                return reply(Err(err!(libc::EBADF, "no open file {fh}")));
+            };
+            if h.write {
+                return reply(Ok(slice(&h.buf)));
+            }
+            (h.node.clone(), h.snapshot.clone())
+        };
+        if let Some(s) = snap {
+            return reply(Ok(slice(&s)));
+        }
+        match &node {
+            Node::Log(p) => {
+                let r = self.core.peer(p).and_then(|peer| peer.read(|s| s.read_log(offset, size as usize)));
+                reply(r)
+            }
+            Node::OutboxFile { peer, target, name } => {
+                // Answered when the run has finished; the handle keeps the bytes.
+                let handles = self.handles_ptr();
+                self.core.read_result(peer, target, name, Box::new(move |r| match r {
+                    Ok(bytes) => {
+                        if let Some(h) = handles.upgrade() {
+                            if let Some(h) = h.lock().unwrap().get_mut(&fh) {
+                                h.snapshot = Some(bytes.clone());
+                            }
+                        }
+                        reply(Ok(slice(&bytes)))
+                    }
+                    Err(e) => reply(Err(e)),
+                }));
+            }
+            _ => reply(Err(err!(libc::EIO, "nothing to read"))),
+        }
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let mut hs = self.handles.lock().unwrap();
+        let h = hs.get_mut(&fh).ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
+        if !h.write {
+            return Err(err!(libc::EBADF, "file not open for writing"));
+        }
+        let max = match &h.node {
+            Node::InboxFile { .. } | Node::ModuleFile { .. } => self.core.config().limits.max_script_bytes,
+            Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
+            _ => MAX_STATE_FILE,
+        };
+        let end = offset + data.len() as u64;
+        if end > max {
+            return Err(err!(libc::EFBIG, "file would be {end} bytes: the most allowed here is {max}"));
+        }
+        if h.buf.len() < end as usize {
+            h.buf.resize(end as usize, 0);
+        }
+        h.buf[offset as usize..end as usize].copy_from_slice(data);
+        h.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    pub fn setattr(&self, node: &Node, fh: Option<u64>, size: Option<u64>, _mtime_ns: Option<i64>) -> Result<Attr> {
+        if let Some(size) = size {
+            if let Some(fh) = fh {
+                let mut hs = self.handles.lock().unwrap();
+                if let Some(h) = hs.get_mut(&fh).filter(|h| h.write) {
+                    h.buf.resize(size as usize, 0);
+                    h.dirty = true;
+                    drop(hs);
+                    return self.getattr(node, Some(fh));
+                }
+            }
+            // truncate(2) by path: applied now.
+            match node {
+                Node::StateFile { peer, key } => {
+                    let mut b = self.contents(node)?;
+                    b.resize(size as usize, 0);
+                    self.core.apply(peer, Op::SetBytes(key.clone(), b))?;
+                }
+                Node::InboxFile { .. } | Node::ModuleFile { .. } => {
+                    if let Some((p, n)) = Self::parent_of(node) {
+                        if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
+                            s.data.resize(size as usize, 0);
+                        } else {
+                            return Err(err!(libc::EACCES, "truncate a module by writing it"));
+                        }
+                    }
+                }
+                Node::Policy(_) | Node::Groups(_) => return Err(err!(libc::EACCES, "write the whole file instead")),
+                _ => return Err(ro("this file")),
+            }
+        }
+        self.attr(node)
+    }
+
+    /// The handle table, for replies that come later (after the file may be closed).
+    fn handles_ptr(&self) -> std::sync::Weak<Mutex<HashMap<u64, Handle>>> {
+        Arc::downgrade(&self.handles)
+    }
+
+    fn staged_ptr(&self) -> std::sync::Weak<Mutex<HashMap<(Node, String), Staged>>> {
+        Arc::downgrade(&self.staged)
+    }
+
+    pub fn flush(&self, fh: u64, reply: Reply<()>) {
+        let (node, data) = {
+            let mut hs = self.handles.lock().unwrap();
+            let Some(h) = hs.get_mut(&fh) else {
+                return reply(Ok(()));
+            };
+            if !h.write || !h.dirty {
+                return reply(Ok(()));
+            }
+            h.dirty = false;
+            (h.node.clone(), h.buf.clone())
+        };
+        self.commit(node, data, reply);
+    }
+
+    pub fn fsync(&self, fh: u64, reply: Reply<()>) {
+        // Every commit is already durable when it returns: fsync only flushes a
+        // handle's unsaved writes.
+        self.flush(fh, reply)
+    }
+
+    /// Makes a handle's bytes the file's content: submission, value, module, policy.
+    fn commit(&self, node: Node, data: Vec<u8>, reply: Reply<()>) {
+        let staged_key = Self::parent_of(&node);
+        let unstage = {
+            let staged = self.staged_ptr();
+            let key = staged_key.clone();
+            move || {
+                if let (Some(s), Some(k)) = (staged.upgrade(), key) {
+                    s.lock().unwrap().remove(&k);
+                }
+            }
+        };
+        match &node {
+            Node::InboxFile { name, .. } | Node::ModuleFile { name, .. } if is_staging_name(name) || (matches!(node, Node::ModuleFile { .. }) && module_name(name).is_none()) => {
+                // Staging files live in memory until renamed to a real name.
+                if let Some(k) = staged_key {
+                    let mut st = self.staged.lock().unwrap();
+                    let e = st.entry(k).or_insert(Staged { data: vec![], uid: self.uid, gid: self.gid, mtime_ns: now_ns() });
+                    e.data = data;
+                    e.mtime_ns = now_ns();
+                }
+                reply(Ok(()))
+            }
+            Node::InboxFile { .. } => self.submit_async(
+                &node,
+                data,
+                Box::new(move |r| {
+                    unstage();
+                    reply(r)
+                }),
+            ),
+            Node::StateFile { peer, key } => self.core.apply_async(
+                peer,
+                Op::SetBytes(key.clone(), data),
+                Some(Box::new(move |r| {
+                    if r.is_ok() {
+                        unstage();
+                    }
+                    reply(r)
+                })),
+            ),
+            Node::ModuleFile { peer, name } => {
+                let m = module_name(name).expect("checked above").to_string();
+                self.core.apply_async(
+                    peer,
+                    Op::SetModule(m, data),
+                    Some(Box::new(move |r| {
+                        if r.is_ok() {
+                            unstage();
+                        }
+                        reply(r)
+                    })),
+                )
+            }
+            Node::Policy(peer) | Node::Groups(peer) => {
+                let kind = if matches!(node, Node::Policy(_)) { "policy" } else { "groups" };
+                if let Some(v) = self.validator.read().unwrap().as_ref() {
+                    if let Err(e) = v(kind, &data) {
+                        let msg = format!("{kind} refused, the old one stays in force: {}", e.message);
+                        self.core.apply_async(peer, Op::Log(msg.clone()), None);
+                        return reply(Err(err!(libc::EINVAL, "{msg}")));
+                    }
+                }
+                self.core.apply_async(peer, Op::SetMeta(kind.to_string(), data), Some(reply))
+            }
+            _ => reply(Err(ro("this file"))),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        let h = self.handles.lock().unwrap().remove(&fh);
+        if let Some(h) = h {
+            if h.write && h.dirty {
+                // No flush came (unusual): commit anyway; nobody waits for the answer.
+                self.commit(h.node.clone(), h.buf, Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "write at release failed");
+                    }
+                }));
+            } else if h.write {
+                // A created file that was never written and is not a staging name:
+                // its flush committed it; drop the in-memory entry if one is left.
+                if let Some((p, n)) = Self::parent_of(&h.node) {
+                    if !is_staging_name(&n) && !matches!(h.node, Node::ModuleFile { .. } if module_name(&n).is_none()) {
+                        self.staged.lock().unwrap().remove(&(p, n));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn statfs(&self) -> Statfs {
+        let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+        let path = std::ffi::CString::new(self.core.registry().data_dir().as_os_str().as_encoded_bytes()).unwrap_or_default();
+        let ok = unsafe { libc::statvfs(path.as_ptr(), &mut s) } == 0;
+        if !ok {
+            return Statfs { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: 255 };
+        }
+        Statfs {
+            blocks: s.f_blocks as u64 * s.f_frsize as u64 / 4096,
+            bfree: s.f_bfree as u64 * s.f_frsize as u64 / 4096,
+            bavail: s.f_bavail as u64 * s.f_frsize as u64 / 4096,
+            files: s.f_files as u64,
+            ffree: s.f_ffree as u64,
+            bsize: 4096,
+            namelen: 255,
+        }
+    }
+}
+
+/// `x.rhai` -> module `x` (module files end in `.rhai`; others are staging files).
+pub fn module_name(file: &str) -> Option<&str> {
+    let m = file.strip_suffix(".rhai")?;
+    if m.is_empty() || is_staging_name(file) {
+        return None;
+    }
+    Some(m)
+}

@@ -1,0 +1,72 @@
+//! What a path on the mount means: one [`Node`] per file or folder.
+
+/// The identity of a file or folder on the mount. The FUSE adapter gives each node
+/// an inode number; every rule about what a node allows lives in the vfs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Node {
+    Root,
+    /// `.peerfs/`
+    MetaDir,
+    /// `.peerfs/version`, `.peerfs/stats`
+    MetaFile(&'static str),
+    Peer(String),
+    /// `peer/inbox` (target == peer) or `peer/peers/target/inbox`.
+    Inbox { peer: String, target: String },
+    InboxFile { peer: String, target: String, name: String },
+    /// `peer/outbox` (target == peer) or `peer/peers/target/outbox`.
+    Outbox { peer: String, target: String },
+    OutboxFile { peer: String, target: String, name: String },
+    /// A folder of the peer's own state ("" is `state/` itself).
+    State { peer: String, dir: String },
+    StateFile { peer: String, key: String },
+    Modules(String),
+    ModuleFile { peer: String, name: String },
+    /// `peer/peers/`
+    Peers(String),
+    /// `peer/peers/other/`
+    View { peer: String, other: String },
+    /// `peer/peers/other/state/...`: the keys of `other` that `peer` may read.
+    ViewState { peer: String, other: String, dir: String },
+    ViewStateFile { peer: String, other: String, key: String },
+    Policy(String),
+    Groups(String),
+    Log(String),
+}
+
+impl Node {
+    /// The peer whose view this node belongs to (acting here is acting as it).
+    pub fn peer(&self) -> Option<&str> {
+        use Node::*;
+        match self {
+            Root | MetaDir | MetaFile(_) => None,
+            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) => Some(p),
+            Inbox { peer, .. }
+            | InboxFile { peer, .. }
+            | Outbox { peer, .. }
+            | OutboxFile { peer, .. }
+            | State { peer, .. }
+            | StateFile { peer, .. }
+            | ModuleFile { peer, .. }
+            | View { peer, .. }
+            | ViewState { peer, .. }
+            | ViewStateFile { peer, .. } => Some(peer),
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        use Node::*;
+        matches!(
+            self,
+            Root | MetaDir | Peer(_) | Inbox { .. } | Outbox { .. } | State { .. } | Modules(_) | Peers(_) | View { .. } | ViewState { .. }
+        )
+    }
+}
+
+/// `dir` + `/` + `name` as a state key ("" + name is name).
+pub fn join_key(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
