@@ -7,13 +7,14 @@
 //! serial actors on a worker pool), [`policy`] (Cedar), [`vfs`] (the mount's tree as
 //! plain Rust) and [`fuse`] (the thin fuser adapter).
 
+pub mod demo;
 pub mod error;
 pub mod exec;
+pub mod fuse;
 pub mod peer;
 pub mod script;
 pub mod store;
 pub mod util;
-pub mod fuse;
 pub mod vfs;
 
 pub use error::{Error, Result};

@@ -1,1 +1,361 @@
-fn main() {}
+//! The `peerfs` command: mount, run, peer, policy, demo.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use peerfs::{Config, Core};
+
+#[derive(Parser)]
+#[command(
+    name = "peerfs",
+    version,
+    about = "Every peer a directory: data, logic and policy in one SQLite file, scripts in by cp, results out by cat"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT or SIGTERM.
+    Mount {
+        mount: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        /// Serve only this peer (repeatable): an isolated deployment.
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Let other users in (their own peers only: peer folders are 0700).
+        #[arg(long)]
+        allow_other: bool,
+        /// Clean up a stale mount left by a killed daemon first.
+        #[arg(long)]
+        force: bool,
+        /// Worker threads running scripts (default: 2 per core, at least 4).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Most milliseconds one run may take.
+        #[arg(long)]
+        max_wall_ms: Option<u64>,
+        /// Most Rhai operations one run may take.
+        #[arg(long)]
+        max_operations: Option<u64>,
+    },
+    /// Drop a script into PEER's inbox through the mount, wait, print its value as JSON.
+    /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 interrupted, 64 usage or I/O problem.
+    Run {
+        peer: String,
+        /// The script file, or - for standard input.
+        file: String,
+        /// The mount (default: $PEERFS_MOUNT).
+        #[arg(long, env = "PEERFS_MOUNT")]
+        mount: PathBuf,
+        /// Run it at PEER as this caller (drops it in CALLER/peers/PEER/inbox).
+        #[arg(long = "as")]
+        caller: Option<String>,
+        /// Print the whole result object instead of its value.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Create, list or remove peers in a data directory (while no daemon serves it).
+    Peer {
+        #[command(subcommand)]
+        cmd: PeerCmd,
+    },
+    /// Mount a ready demo (peers alice and bob) and print a short tour.
+    Demo {
+        /// Where the demo's data and mount go (default: /tmp/peerfs-demo).
+        dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PeerCmd {
+    Create {
+        name: String,
+        #[arg(long)]
+        data: PathBuf,
+        /// Owner uid (default: yours).
+        #[arg(long)]
+        uid: Option<u32>,
+    },
+    List {
+        #[arg(long)]
+        data: PathBuf,
+    },
+    /// Moves the peer's file aside to DATA/removed/ (nothing is deleted).
+    Remove {
+        name: String,
+        #[arg(long)]
+        data: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "peerfs=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Mount {
+            mount,
+            data,
+            peers,
+            allow_other,
+            force,
+            workers,
+            max_wall_ms,
+            max_operations,
+        } => {
+            let mut cfg = Config::new(&data);
+            if !peers.is_empty() {
+                cfg.only = Some(peers);
+            }
+            if let Some(w) = workers {
+                cfg.workers = w;
+            }
+            if let Some(m) = max_wall_ms {
+                cfg.limits.max_wall_ms = m;
+            }
+            if let Some(m) = max_operations {
+                cfg.limits.max_operations = m;
+            }
+            serve(cfg, &mount, allow_other, force, None)
+        }
+        Cmd::Run {
+            peer,
+            file,
+            mount,
+            caller,
+            full,
+        } => return run(&peer, &file, &mount, caller.as_deref(), full),
+        Cmd::Peer { cmd } => peer_cmd(cmd),
+        Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("peerfs: {e}");
+            ExitCode::from(64)
+        }
+    }
+}
+
+/// Whether `path` is a mount whose daemon is gone ("Transport endpoint is not connected").
+fn is_stale(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+fn unmount(path: &Path) {
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status();
+    if is_stale(path) || is_mounted(path) {
+        if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+fn is_mounted(path: &Path) -> bool {
+    let Ok(canon) = std::fs::canonicalize(path) else {
+        return false;
+    };
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*canon.to_string_lossy()))
+}
+
+/// Blocks SIGINT and SIGTERM in every thread and returns a receiver of them.
+fn signals() -> std::sync::mpsc::Receiver<i32> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let set2 = set;
+        std::thread::spawn(move || loop {
+            let mut sig = 0;
+            if libc::sigwait(&set2, &mut sig) == 0 && tx.send(sig).is_err() {
+                return;
+            }
+        });
+    }
+    rx
+}
+
+fn serve(
+    cfg: Config,
+    mount: &Path,
+    allow_other: bool,
+    force: bool,
+    tour: Option<String>,
+) -> peerfs::Result<()> {
+    let sig = signals();
+    if is_stale(mount) {
+        if !force {
+            return Err(peerfs::err!(
+                libc::EBUSY,
+                "{} is a stale peerfs mount (its daemon was killed): run `fusermount3 -u {}` or pass --force",
+                mount.display(),
+                mount.display()
+            ));
+        }
+        tracing::warn!(mount = %mount.display(), "cleaning up a stale mount (--force)");
+        unmount(mount);
+    }
+    std::fs::create_dir_all(mount)?;
+    if is_mounted(mount) {
+        return Err(peerfs::err!(
+            libc::EBUSY,
+            "{} is already mounted: unmount it first",
+            mount.display()
+        ));
+    }
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let core = Core::start(cfg)?;
+    let vfs = peerfs::vfs::Vfs::new(core.clone());
+    let opts = peerfs::fuse::MountOptions {
+        allow_other,
+        ..Default::default()
+    };
+    let session = match peerfs::fuse::spawn(vfs, mount, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            core.shutdown();
+            return Err(e);
+        }
+    };
+    tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
+    if let Some(t) = tour {
+        print!("{t}");
+    }
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let joiner = std::thread::spawn(move || {
+        let r = session.join();
+        let _ = done_tx.send(());
+        r
+    });
+    let m = mount.to_path_buf();
+    std::thread::spawn(move || {
+        if let Ok(s) = sig.recv() {
+            tracing::info!(signal = s, "stopping: unmounting");
+            unmount(&m);
+        }
+    });
+    let _ = done_rx.recv();
+    let r = joiner.join().unwrap_or(Ok(()));
+    tracing::info!("unmounted; finishing the runs in flight and closing the stores");
+    core.shutdown();
+    r
+}
+
+fn run(peer: &str, file: &str, mount: &Path, caller: Option<&str>, full: bool) -> ExitCode {
+    let fail = |msg: String| {
+        eprintln!("peerfs run: {msg}");
+        ExitCode::from(64)
+    };
+    let (src, name) = if file == "-" {
+        let mut s = Vec::new();
+        if let Err(e) = std::io::stdin().read_to_end(&mut s) {
+            return fail(format!("reading standard input: {e}"));
+        }
+        (
+            s,
+            format!("stdin-{}.rhai", peerfs::util::new_id().to_lowercase()),
+        )
+    } else {
+        let p = Path::new(file);
+        match std::fs::read(p) {
+            Ok(s) => (
+                s,
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "script.rhai".into()),
+            ),
+            Err(e) => return fail(format!("reading {file}: {e}")),
+        }
+    };
+    let base = match caller {
+        Some(c) => mount.join(c).join("peers").join(peer),
+        None => mount.join(peer),
+    };
+    let stem = peerfs::peer::name::script_stem(&name).to_string();
+    if let Err(e) = std::fs::write(base.join("inbox").join(&name), &src) {
+        return fail(format!(
+            "submitting to {}: {e}",
+            base.join("inbox").display()
+        ));
+    }
+    let out = base.join("outbox").join(format!("{stem}.json"));
+    let bytes = match std::fs::read(&out) {
+        Ok(b) => b,
+        Err(e) => return fail(format!("reading {}: {e}", out.display())),
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return fail(format!("{} is not JSON: {e}", out.display())),
+    };
+    let shown = if full { &v } else { &v["value"] };
+    println!("{shown}");
+    let status = v["status"].as_str().unwrap_or("error");
+    if status != "ok" {
+        if let Some(e) = v["error"].as_str() {
+            eprintln!("peerfs run: {status}: {e}");
+        }
+    }
+    ExitCode::from(match status {
+        "ok" => 0,
+        "error" => 1,
+        "denied" => 2,
+        "limit" => 3,
+        _ => 4,
+    })
+}
+
+fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
+    use peerfs::peer::Registry;
+    match cmd {
+        PeerCmd::Create { name, data, uid } => {
+            let r = Registry::new(&data, None)?;
+            let uid = uid.unwrap_or_else(|| unsafe { libc::getuid() });
+            r.create(&name, uid, unsafe { libc::getgid() })?;
+            println!("created peer {name} ({})", r.path_of(&name).display());
+        }
+        PeerCmd::List { data } => {
+            for (n, i) in Registry::new(&data, None)?.list() {
+                println!("{n}\tuid={}", i.uid);
+            }
+        }
+        PeerCmd::Remove { name, data } => {
+            let p = Registry::new(&data, None)?.remove(&name)?;
+            println!("moved peer {name} to {}", p.display());
+        }
+    }
+    Ok(())
+}
+
+fn demo(dir: PathBuf) -> peerfs::Result<()> {
+    let data = dir.join("data");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&data)?;
+    peerfs::demo::prepare(&data)?;
+    let tour = peerfs::demo::tour(&mnt);
+    let mut cfg = Config::new(&data);
+    cfg.idle_close = Duration::from_secs(60);
+    serve(cfg, &mnt, false, true, Some(tour))
+}

@@ -22,7 +22,13 @@ fn a_run_returns_a_full_result() {
     let d = tempfile::tempdir().unwrap();
     let c = core(d.path());
     c.create_peer("alice", uid(), 0).unwrap();
-    let r = c.run("alice", "job.rhai", r#"print("hello"); set("n", 41); get("n") + 1"#).unwrap();
+    let r = c
+        .run(
+            "alice",
+            "job.rhai",
+            r#"print("hello"); set("n", 41); get("n") + 1"#,
+        )
+        .unwrap();
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["value"], 42);
     assert_eq!(r["output"], "hello\n");
@@ -34,7 +40,20 @@ fn a_run_returns_a_full_result() {
     assert!(r["operations"].as_u64().unwrap() > 0);
     assert!(r["submitted_at"].as_str().unwrap().ends_with('Z'));
     let keys: Vec<&str> = r.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-    for k in ["id", "script", "caller", "target", "status", "value", "output", "error", "submitted_at", "finished_at", "duration_us", "operations"] {
+    for k in [
+        "id",
+        "script",
+        "caller",
+        "target",
+        "status",
+        "value",
+        "output",
+        "error",
+        "submitted_at",
+        "finished_at",
+        "duration_us",
+        "operations",
+    ] {
         assert!(keys.contains(&k), "missing {k}");
     }
     c.shutdown();
@@ -47,7 +66,13 @@ fn runs_of_one_peer_are_serial_in_submission_order() {
     c.create_peer("p", uid(), 0).unwrap();
     for i in 0..300 {
         let job = c
-            .new_job("p", &format!("j{i}.rhai"), format!(r#"let a = get("seq") ?? []; a.push({i}); set("seq", a); a.len()"#).into_bytes(), &json!({}))
+            .new_job(
+                "p",
+                &format!("j{i}.rhai"),
+                format!(r#"let a = get("seq") ?? []; a.push({i}); set("seq", a); a.len()"#)
+                    .into_bytes(),
+                &json!({}),
+            )
             .unwrap();
         if i < 299 {
             c.apply_async("p", Op::Submit(job), None);
@@ -76,18 +101,28 @@ fn a_failing_run_never_undoes_another_in_the_same_batch() {
         ("d.rhai", r#"set("d", 1); 4"#),
     ];
     for (n, s) in scripts {
-        let job = c.new_job("p", n, s.as_bytes().to_vec(), &json!({})).unwrap();
+        let job = c
+            .new_job("p", n, s.as_bytes().to_vec(), &json!({}))
+            .unwrap();
         c.apply_async("p", Op::Submit(job), None);
     }
     c.apply("p", Op::Log("all submitted".into())).unwrap();
-    let status = |n: &str| -> Value { serde_json::from_slice(&c.wait_result("p", "p", n).unwrap()).unwrap() };
+    let status = |n: &str| -> Value {
+        serde_json::from_slice(&c.wait_result("p", "p", n).unwrap()).unwrap()
+    };
     assert_eq!(status("a.json")["status"], "ok");
     let b = status("b.json");
     assert_eq!(b["status"], "error");
     assert!(b["error"].as_str().unwrap().contains("boom"));
     assert_eq!(status("c.json")["status"], "limit");
     assert_eq!(status("d.json")["status"], "ok");
-    let r = c.run("p", "check.rhai", r#"[get("a"), get("b"), get("c"), get("d")]"#).unwrap();
+    let r = c
+        .run(
+            "p",
+            "check.rhai",
+            r#"[get("a"), get("b"), get("c"), get("d")]"#,
+        )
+        .unwrap();
     assert_eq!(r["value"], json!([1, null, null, 1]));
     c.shutdown();
 }
@@ -104,13 +139,21 @@ fn hostile_peers_do_not_stop_others() {
     }
     for p in ["bad1", "bad2"] {
         for i in 0..3 {
-            let job = c.new_job(p, &format!("x{i}.rhai"), b"fn r(n) { r(n+1) } let s = \"x\"; loop { s += s; }".to_vec(), &json!({})).unwrap();
+            let job = c
+                .new_job(
+                    p,
+                    &format!("x{i}.rhai"),
+                    b"fn r(n) { r(n+1) } let s = \"x\"; loop { s += s; }".to_vec(),
+                    &json!({}),
+                )
+                .unwrap();
             c.apply_async(p, Op::Submit(job), None);
         }
     }
     let r = c.run("good", "ok.rhai", "21 * 2").unwrap();
     assert_eq!(r["value"], 42);
-    let bad: Value = serde_json::from_slice(&c.wait_result("bad1", "bad1", "x2.json").unwrap()).unwrap();
+    let bad: Value =
+        serde_json::from_slice(&c.wait_result("bad1", "bad1", "x2.json").unwrap()).unwrap();
     assert_eq!(bad["status"], "limit");
     c.shutdown();
 }
@@ -126,7 +169,13 @@ fn many_peers_run_in_parallel_and_idle_ones_close() {
         c.create_peer(&format!("p{i}"), uid(), 0).unwrap();
     }
     for i in 0..40 {
-        let r = c.run(&format!("p{i}"), "j.rhai", &format!(r#"set("me", {i}); target.name"#)).unwrap();
+        let r = c
+            .run(
+                &format!("p{i}"),
+                "j.rhai",
+                &format!(r#"set("me", {i}); target.name"#),
+            )
+            .unwrap();
         assert_eq!(r["value"], format!("p{i}"));
     }
     // The sweeper closes idle peers down to the bound, then all of them.
@@ -155,9 +204,15 @@ fn bad_peer_names_and_unknown_peers_are_clear_errors() {
     let e = c.submit("nobody", "x.rhai", b"1".to_vec()).unwrap_err();
     assert_eq!(e.errno, libc::ENOENT);
     c.create_peer("alice", uid(), 0).unwrap();
-    assert_eq!(c.create_peer("alice", uid(), 0).unwrap_err().errno, libc::EEXIST);
+    assert_eq!(
+        c.create_peer("alice", uid(), 0).unwrap_err().errno,
+        libc::EEXIST
+    );
     let big = vec![b'1'; 2 << 20];
-    assert_eq!(c.submit("alice", "big.rhai", big).unwrap_err().errno, libc::EFBIG);
+    assert_eq!(
+        c.submit("alice", "big.rhai", big).unwrap_err().errno,
+        libc::EFBIG
+    );
     c.shutdown();
 }
 
@@ -191,9 +246,12 @@ fn sends_to_unknown_peers_end_as_error_results() {
     let d = tempfile::tempdir().unwrap();
     let c = core(d.path());
     c.create_peer("alice", uid(), 0).unwrap();
-    let r = c.run("alice", "s.rhai", r#"send("nobody", "1"); 1"#).unwrap();
+    let r = c
+        .run("alice", "s.rhai", r#"send("nobody", "1"); 1"#)
+        .unwrap();
     assert_eq!(r["status"], "ok");
-    let res: Value = serde_json::from_slice(&c.wait_result("alice", "nobody", "s-1.json").unwrap()).unwrap();
+    let res: Value =
+        serde_json::from_slice(&c.wait_result("alice", "nobody", "s-1.json").unwrap()).unwrap();
     assert_eq!(res["status"], "error");
     assert!(res["error"].as_str().unwrap().contains("nobody"), "{res}");
     c.shutdown();
@@ -205,8 +263,16 @@ fn scripts_from_other_peers_are_denied_without_a_policy() {
     let c = core(d.path());
     c.create_peer("alice", uid(), 0).unwrap();
     c.create_peer("bob", uid(), 0).unwrap();
-    c.submit_to("alice", "bob", "x.rhai", br#"set("pwned", 1)"#.to_vec(), &json!({})).unwrap();
-    let r: Value = serde_json::from_slice(&c.wait_result("alice", "bob", "x.json").unwrap()).unwrap();
+    c.submit_to(
+        "alice",
+        "bob",
+        "x.rhai",
+        br#"set("pwned", 1)"#.to_vec(),
+        &json!({}),
+    )
+    .unwrap();
+    let r: Value =
+        serde_json::from_slice(&c.wait_result("alice", "bob", "x.json").unwrap()).unwrap();
     assert_eq!(r["status"], "denied", "{r}");
     assert_eq!(r["caller"], "alice");
     assert_eq!(r["target"], "bob");
@@ -220,9 +286,13 @@ fn state_written_as_bytes_reads_as_typed_values() {
     let d = tempfile::tempdir().unwrap();
     let c = core(d.path());
     c.create_peer("alice", uid(), 0).unwrap();
-    c.apply("alice", Op::SetBytes("m".into(), b"41\n".to_vec())).unwrap();
-    c.apply("alice", Op::SetBytes("s".into(), b"hello\n".to_vec())).unwrap();
-    let r = c.run("alice", "j.rhai", r#"[get("m") + 1, get("s")]"#).unwrap();
+    c.apply("alice", Op::SetBytes("m".into(), b"41\n".to_vec()))
+        .unwrap();
+    c.apply("alice", Op::SetBytes("s".into(), b"hello\n".to_vec()))
+        .unwrap();
+    let r = c
+        .run("alice", "j.rhai", r#"[get("m") + 1, get("s")]"#)
+        .unwrap();
     assert_eq!(r["value"], json!([42, "hello"]));
     c.shutdown();
 }
@@ -235,7 +305,13 @@ fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
         cfg.limits.max_operations = u64::MAX / 2;
         cfg.limits.max_wall_ms = 600_000;
         let c = Core::start(cfg).unwrap();
-        c.submit("p", "slow.rhai", br#"set("half", 1); let i = 0; while i < 3000000 { i += 1; } set("done", true); 1"#.to_vec()).unwrap();
+        c.submit(
+            "p",
+            "slow.rhai",
+            br#"set("half", 1); let i = 0; while i < 3000000 { i += 1; } set("done", true); 1"#
+                .to_vec(),
+        )
+        .unwrap();
         eprintln!("CHILD-SUBMITTED");
         std::thread::sleep(Duration::from_secs(600));
         return;
@@ -247,7 +323,12 @@ fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
         c.shutdown();
     }
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("PEERFS_CRASH_CHILD", d.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -267,7 +348,8 @@ fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
     child.wait().unwrap();
     {
         // Nothing of the run is visible, and the script is still queued.
-        let mut s = peerfs::store::SqliteStore::open(&d.path().join("peers/p.sqlite"), false).unwrap();
+        let mut s =
+            peerfs::store::SqliteStore::open(&d.path().join("peers/p.sqlite"), false).unwrap();
         assert_eq!(s.get("half").unwrap(), None);
         assert_eq!(s.queue_len().unwrap(), 1);
         assert_eq!(s.integrity_check().unwrap(), "ok");
@@ -278,10 +360,16 @@ fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
     let c = Core::start(cfg).unwrap();
     let r: Value = serde_json::from_slice(&c.wait_result("p", "p", "slow.json").unwrap()).unwrap();
     assert_eq!(r["status"], "ok", "{r}");
-    let v = c.run("p", "check.rhai", r#"[get("half"), get("done")]"#).unwrap();
+    let v = c
+        .run("p", "check.rhai", r#"[get("half"), get("done")]"#)
+        .unwrap();
     assert_eq!(v["value"], json!([1, true]));
     c.shutdown();
     let mut s = peerfs::store::SqliteStore::open(&d.path().join("peers/p.sqlite"), false).unwrap();
     let runs = s.run_history(100).unwrap();
-    assert_eq!(runs.iter().filter(|r| r.2.contains("slow.rhai")).count(), 1, "ran exactly once");
+    assert_eq!(
+        runs.iter().filter(|r| r.2.contains("slow.rhai")).count(),
+        1,
+        "ran exactly once"
+    );
 }

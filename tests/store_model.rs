@@ -33,9 +33,14 @@ fn value() -> impl Strategy<Value = Value> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (key(), value()).prop_map(|(k, v)| Op::Set(k, v)),
-        (key(), proptest::collection::vec(any::<u8>(), 0..16)).prop_map(|(k, b)| Op::SetBytes(k, b)),
+        (key(), proptest::collection::vec(any::<u8>(), 0..16))
+            .prop_map(|(k, b)| Op::SetBytes(k, b)),
         key().prop_map(Op::Remove),
-        (proptest::collection::vec((key(), value()), 1..4), any::<bool>()).prop_map(|(w, c)| Op::Txn(w, c)),
+        (
+            proptest::collection::vec((key(), value()), 1..4),
+            any::<bool>()
+        )
+            .prop_map(|(w, c)| Op::Txn(w, c)),
     ]
 }
 

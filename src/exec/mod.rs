@@ -65,7 +65,7 @@ impl Config {
             limits: Limits::default(),
             run_retention: 10_000,
             library: Library::Embedded,
-            batch_max_runs: 1000,
+            batch_max_runs: 256,
             batch_max_time: Duration::from_millis(20),
             hop_limit: 16,
             only: None,
@@ -77,7 +77,11 @@ impl Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Inbox,
-    Outbox { target: String },
+    /// A result appeared, changed or went (`name`: which one, when known).
+    Outbox {
+        target: String,
+        name: Option<String>,
+    },
     State,
     Log,
     Modules,
@@ -626,28 +630,57 @@ impl Core {
             }
             return;
         }
-        let mut acks: Vec<(Option<Ack>, Result<()>)> = Vec::with_capacity(ops.len());
+        // Fast path: every op in one go. If one fails, start over with a savepoint
+        // per op so that only the failing ones are refused.
         let mut effects = Vec::with_capacity(ops.len());
-        for (op, ack) in ops {
-            let r = st.savepoint().and_then(|_| {
-                let r = self.apply_one(&mut *st, peer, op);
-                match &r {
-                    Ok(_) => st.release()?,
-                    Err(_) => st.rollback_to()?,
-                }
-                r
-            });
-            match r {
-                Ok(fx) => {
-                    effects.extend(fx);
-                    acks.push((ack, Ok(())));
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %peer.name, error = %e, "change refused");
-                    acks.push((ack, Err(e)));
+        let mut fast = true;
+        for (op, _) in &ops {
+            match self.apply_one(&mut *st, peer, op) {
+                Ok(fx) => effects.extend(fx),
+                Err(_) => {
+                    fast = false;
+                    break;
                 }
             }
         }
+        let mut results: Vec<Result<()>> = Vec::with_capacity(ops.len());
+        if fast {
+            results.resize_with(ops.len(), || Ok(()));
+        } else {
+            effects.clear();
+            let restart = st.rollback().and_then(|_| st.begin());
+            if let Err(e) = restart {
+                drop(st);
+                for (_, ack) in ops {
+                    if let Some(a) = ack {
+                        a(Err(e.clone()));
+                    }
+                }
+                return;
+            }
+            for (op, _) in &ops {
+                let r = st.savepoint().and_then(|_| {
+                    let r = self.apply_one(&mut *st, peer, op);
+                    match &r {
+                        Ok(_) => st.release()?,
+                        Err(_) => st.rollback_to()?,
+                    }
+                    r
+                });
+                match r {
+                    Ok(fx) => {
+                        effects.extend(fx);
+                        results.push(Ok(()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.name, error = %e, "change refused");
+                        results.push(Err(e));
+                    }
+                }
+            }
+        }
+        let acks: Vec<(Option<Ack>, Result<()>)> =
+            ops.into_iter().map(|(_, a)| a).zip(results).collect();
         // Pending results are tracked before the commit so no reader misses them.
         let pre = self.pre_register(peer, &effects);
         let committed = st.commit();
@@ -674,7 +707,7 @@ impl Core {
         }
     }
 
-    fn apply_one(&self, st: &mut dyn Store, peer: &Arc<Peer>, op: Op) -> Result<Vec<Effect>> {
+    fn apply_one(&self, st: &mut dyn Store, peer: &Arc<Peer>, op: &Op) -> Result<Vec<Effect>> {
         let ts = rfc3339(now_ns());
         Ok(match op {
             Op::Submit(job) => {
@@ -762,7 +795,7 @@ impl Core {
                 st.set_meta(&k, &v)?;
                 st.append_log(&format!("{ts} {k} updated ({} bytes)", v.len()))?;
                 vec![
-                    Effect::Changed(Change::Meta(k)),
+                    Effect::Changed(Change::Meta(k.clone())),
                     Effect::Changed(Change::Log),
                 ]
             }
@@ -770,7 +803,10 @@ impl Core {
                 if !st.outbox_remove(&target, &name)? {
                     return Err(err!(libc::ENOENT, "no result {name:?}"));
                 }
-                vec![Effect::Changed(Change::Outbox { target })]
+                vec![Effect::Changed(Change::Outbox {
+                    target: target.clone(),
+                    name: Some(name.clone()),
+                })]
             }
             Op::Log(line) => {
                 st.append_log(&format!("{ts} {line}"))?;
@@ -791,9 +827,9 @@ impl Core {
                             seq: 0,
                             id: msg.id.clone(),
                             name: msg.name.clone(),
-                            source: msg.source,
+                            source: msg.source.clone(),
                             caller: from.clone(),
-                            params: msg.params,
+                            params: msg.params.clone(),
                             msg_id: Some(msg.id.clone()),
                             hops: msg.hops,
                             submitted_at: msg.created_at,
@@ -818,9 +854,12 @@ impl Core {
                                 target: from.clone(),
                                 name: msg.name.clone(),
                                 run_id,
-                                bytes: Arc::new(msg.payload.into_bytes()),
+                                bytes: Arc::new(msg.payload.clone().into_bytes()),
                             },
-                            Effect::Changed(Change::Outbox { target: from }),
+                            Effect::Changed(Change::Outbox {
+                                target: from.clone(),
+                                name: None,
+                            }),
                         ]
                     }
                     other => return Err(err!(libc::EINVAL, "unknown message kind {other:?}")),
@@ -880,17 +919,25 @@ impl Core {
                     bytes,
                 } => {
                     let key = (target.clone(), name);
-                    let mut waits = peer.waits.lock().unwrap();
-                    // A newer run of the same name keeps its readers waiting.
-                    let done = waits.get(&key).is_some_and(|p| p.run_id == run_id);
-                    if done {
-                        let p = waits.remove(&key).expect("present");
-                        drop(waits);
-                        for w in p.waiters {
-                            w(Ok(bytes.clone()));
+                    let done = {
+                        let mut waits = peer.waits.lock().unwrap();
+                        // A newer run of the same name keeps its readers waiting.
+                        if waits.get(&key).is_some_and(|p| p.run_id == run_id) {
+                            waits.remove(&key).map(|p| p.waiters)
+                        } else {
+                            None
                         }
+                    };
+                    for w in done.into_iter().flatten() {
+                        w(Ok(bytes.clone()));
                     }
-                    self.notify(&peer.name, Change::Outbox { target });
+                    self.notify(
+                        &peer.name,
+                        Change::Outbox {
+                            target,
+                            name: Some(key.1),
+                        },
+                    );
                 }
                 Effect::Changed(c) => self.notify(&peer.name, c),
             }
@@ -950,7 +997,8 @@ impl Core {
         Ok(())
     }
 
-    /// One run in its savepoint. `Ok(None)`: interrupted (rolled back, still queued).
+    /// One run inside the batch's transaction; the engine keeps the script's own
+    /// effects in a savepoint. `Ok(None)`: interrupted (rolled back, still queued).
     fn run_one(
         &self,
         st: &mut dyn Store,
@@ -961,8 +1009,13 @@ impl Core {
         let submitted = job.submitted_at;
         let params: Value =
             serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
-        st.savepoint()?;
-        let mut outcome = match gate.prepare(self, peer, job) {
+        let hop_block = (job.hops >= self.0.cfg.hop_limit).then(|| {
+            format!(
+                "hop_limit ({}) reached: this script came through {} sends and may not send more",
+                self.0.cfg.hop_limit, job.hops
+            )
+        });
+        let outcome = match gate.prepare(self, peer, job) {
             Ok((host, limits)) => {
                 let input = RunInput {
                     script_name: &job.name,
@@ -972,6 +1025,7 @@ impl Core {
                     params: &params,
                     limits: &limits,
                     stop: &self.0.stop,
+                    send_block: hop_block.as_deref(),
                 };
                 script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
                     e.run(&input, st, &*host)
@@ -986,26 +1040,14 @@ impl Core {
                 logs: vec![],
                 sends: vec![],
                 duration: Duration::ZERO,
+                storage_error: None,
             },
         };
+        if let Some(e) = outcome.storage_error {
+            return Err(e);
+        }
         if outcome.status == Status::Interrupted {
-            st.rollback_to()?;
             return Ok(None);
-        }
-        if outcome.status == Status::Ok
-            && !outcome.sends.is_empty()
-            && job.hops >= self.0.cfg.hop_limit
-        {
-            outcome.status = Status::Limit;
-            outcome.error = Some(format!(
-                "hop_limit ({}) reached: this script came through {} sends and may not send more",
-                self.0.cfg.hop_limit, job.hops
-            ));
-        }
-        if outcome.status != Status::Ok {
-            // The run's effects go; its result, log line and dequeue stay.
-            st.rollback_to()?;
-            st.savepoint()?;
         }
         let finished_at = now_ns();
         let result = RunResult::new(job, &peer.name, &outcome, submitted, finished_at);
@@ -1079,7 +1121,6 @@ impl Core {
             fx.push(Effect::Undelivered);
         }
         st.dequeue(job.seq)?;
-        st.release()?;
         let counter = match outcome.status {
             Status::Ok => &self.0.stats.runs_ok,
             Status::Denied => &self.0.stats.runs_denied,
@@ -1188,6 +1229,7 @@ impl Core {
                 logs: vec![],
                 sends: vec![],
                 duration: Duration::ZERO,
+                storage_error: None,
             };
             let result = RunResult::new(&job, &msg.to, &outcome, msg.created_at, now);
             let payload = serde_json::to_string(&result).unwrap_or_default();

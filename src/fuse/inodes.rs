@@ -99,6 +99,29 @@ impl<K: Clone + Eq + Hash> InodeTable<K> {
         self.lock().by_ino.get(&ino).map(|s| s.key.clone())
     }
 
+    /// A rename succeeded: the kernel now holds `from`'s inode at `to`'s path, so the
+    /// ino follows the rename. `to` is None when the new path cannot be resolved (a
+    /// script renamed into an inbox may already be gone): the ino then keeps its old
+    /// key until forgotten, but a new file at `from`'s path gets a fresh ino. An inode
+    /// that `to` replaced keeps its number and key until forgotten (forget leaves the
+    /// reverse mapping alone once it points elsewhere).
+    pub fn renamed(&self, from: &K, to: Option<&K>) {
+        let mut maps = self.lock();
+        let Some(ino) = maps.by_node.get(from).copied() else {
+            return;
+        };
+        if ino == ROOT_INO {
+            return;
+        }
+        maps.by_node.remove(from);
+        if let Some(to) = to {
+            maps.by_node.insert(to.clone(), ino);
+            if let Some(slot) = maps.by_ino.get_mut(&ino) {
+                slot.key = to.clone();
+            }
+        }
+    }
+
     /// The kernel dropped `n` references. Unknown inos (already dropped, or a forget
     /// that arrives before a lookup it overtook) are ignored; a count that would go
     /// below zero drops the entry.
@@ -198,6 +221,40 @@ mod tests {
         t.forget(a, 1);
         assert_eq!(t.key(a2), Some("a"));
         assert_eq!(t.lookups(a2), Some(1));
+    }
+
+    #[test]
+    fn rename_moves_the_ino_to_the_new_key() {
+        let t = table();
+        let a = t.lookup(&"a");
+        let b = t.lookup(&"b");
+        t.renamed(&"a", Some(&"b"));
+        assert_eq!(t.key(a), Some("b"));
+        assert_eq!(t.get(&"b"), Some(a));
+        assert_eq!(t.get(&"a"), None);
+        // The replaced inode lives until forgotten, and forgetting it does not
+        // disturb the moved one.
+        assert_eq!(t.key(b), Some("b"));
+        t.forget(b, 1);
+        assert_eq!(t.key(b), None);
+        assert_eq!(t.get(&"b"), Some(a));
+        t.forget(a, 1);
+        assert_eq!(t.get(&"b"), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn rename_to_an_unresolved_path_frees_the_old_name() {
+        let t = table();
+        let a = t.lookup(&"a");
+        t.renamed(&"a", None);
+        assert_eq!(t.key(a), Some("a"));
+        let a2 = t.lookup(&"a");
+        assert_ne!(a2, a);
+        t.forget(a, 1);
+        assert_eq!(t.get(&"a"), Some(a2));
+        t.renamed(&"unknown", Some(&"x"));
+        assert_eq!(t.get(&"x"), None);
     }
 
     #[test]

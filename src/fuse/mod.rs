@@ -10,6 +10,7 @@
 //! its run while other requests keep flowing). A reply that is dropped unanswered
 //! becomes EIO, so every path below answers.
 
+mod dir;
 mod inodes;
 
 use std::collections::HashSet;
@@ -191,6 +192,13 @@ fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Nod
     }
 }
 
+impl dir::DirSink for ReplyDirectory {
+    fn add(&mut self, ino: u64, next_offset: u64, kind: Option<Kind>, name: &str) -> bool {
+        let kind = kind.map_or(FileType::Directory, |k| file_type(&k));
+        ReplyDirectory::add(self, INodeNo(ino), next_offset, kind, name)
+    }
+}
+
 /// The `fuser::Filesystem`.
 struct PeerFs {
     vfs: Arc<Vfs>,
@@ -279,6 +287,16 @@ fn open_flags(o: &Opened) -> FopenFlags {
     }
 }
 
+/// The SETATTR fields peerfs looks at.
+struct AttrChange {
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    size: Option<u64>,
+    mtime: Option<TimeOrNow>,
+    fh: Option<FileHandle>,
+}
+
 impl PeerFs {
     /// The node behind an ino the kernel sent. An unknown ino is one the kernel was
     /// told to forget or never got: ESTALE makes it look the path up again.
@@ -297,23 +315,24 @@ impl PeerFs {
         reply.entry(&TTL, &file_attr(ino, attr), Generation(0));
     }
 
-    fn setattr_inner(
-        &self,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        mtime: Option<TimeOrNow>,
-        fh: Option<FileHandle>,
-    ) -> Result<FileAttr, Errno> {
+    fn setattr_inner(&self, ino: INodeNo, c: AttrChange) -> Result<FileAttr, Errno> {
         const OP: &str = "setattr";
+        let AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            fh,
+        } = c;
         let node = self.node(OP, ino)?;
         let fh = fh.map(|f| f.0);
         if mode.is_some() || uid.is_some() || gid.is_some() {
             let cur = self.vfs.getattr(&node, fh).map_err(|e| errno(OP, &e))?;
             let mode_differs = mode.is_some_and(|m| (m & 0o7777) as u16 != cur.perm & 0o7777);
-            if mode_differs || uid.is_some_and(|u| u != cur.uid) || gid.is_some_and(|g| g != cur.gid)
+            if mode_differs
+                || uid.is_some_and(|u| u != cur.uid)
+                || gid.is_some_and(|g| g != cur.gid)
             {
                 return Err(errno(
                     OP,
@@ -404,7 +423,15 @@ impl Filesystem for PeerFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.setattr_inner(ino, mode, uid, gid, size, mtime, fh) {
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            mtime,
+            fh,
+        };
+        match self.setattr_inner(ino, change) {
             Ok(attr) => reply.attr(&TTL, &attr),
             Err(e) => reply.error(e),
         }
@@ -475,9 +502,16 @@ impl Filesystem for PeerFs {
             let name = name_str(OP, name)?;
             let newparent = self.node(OP, newparent)?;
             let newname = name_str(OP, newname)?;
+            // The node the kernel's inode stands for, to move its ino along.
+            let from = self.vfs.lookup(&parent, name).ok().map(|(n, _)| n);
             self.vfs
                 .rename(&parent, name, &newparent, newname, flags.bits())
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| errno(OP, &e))?;
+            if let Some(from) = from {
+                let to = self.vfs.lookup(&newparent, newname).ok().map(|(n, _)| n);
+                self.inodes.renamed(&from, to.as_ref());
+            }
+            Ok(())
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -613,27 +647,11 @@ impl Filesystem for PeerFs {
             reply.error(errno("readdir", &e));
             return;
         };
-        // Position i: 0 is ".", 1 is "..", i >= 2 is entries[i - 2]. Each entry is
-        // added with the position of the next one, the offset the kernel sends back
-        // to continue.
-        let total = entries.len() as u64 + 2;
-        for pos in offset..total {
-            let next = pos + 1;
-            let full = match pos {
-                0 => reply.add(ino, next, FileType::Directory, "."),
-                // The parent's ino is not known here; the kernel does not use it
-                // (it resolves ".." itself), and the root is a valid answer.
-                1 => reply.add(INodeNo(ROOT_INO), next, FileType::Directory, ".."),
-                _ => {
-                    let (name, node, kind) = &entries[(pos - 2) as usize];
-                    let child = self.inodes.ino(node);
-                    reply.add(INodeNo(child), next, file_type(kind), name)
-                }
-            };
-            if full {
-                break;
-            }
-        }
+        // The parent's ino is not known here; the kernel resolves ".." itself, and
+        // the root is a valid answer.
+        dir::fill(&mut reply, ino.0, ROOT_INO, &entries, offset, |node| {
+            self.inodes.ino(node)
+        });
         reply.ok();
     }
 

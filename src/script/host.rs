@@ -83,6 +83,10 @@ pub(super) struct Ctx {
     pub(super) logs: Vec<String>,
     pub(super) sends: Vec<SendRequest>,
     pub(super) fatal: Option<(Status, String)>,
+    /// Whether the run's savepoint is open (opened at the first write).
+    pub(super) savepoint: bool,
+    pub(super) storage_error: Option<crate::error::Error>,
+    send_block: Option<String>,
 }
 
 thread_local! {
@@ -136,6 +140,9 @@ pub(super) fn install(
         logs: Vec::new(),
         sends: Vec::new(),
         fatal: None,
+        savepoint: false,
+        storage_error: None,
+        send_block: input.send_block.map(str::to_string),
     };
     CTX.with(|c| *c.borrow_mut() = Some(ctx));
     Guard(())
@@ -166,6 +173,19 @@ fn check(ctx: &mut Ctx, cap: Capability, object: &str) -> RhaiResult<()> {
 fn store(ctx: &mut Ctx) -> &mut dyn Store {
     // SAFETY: see `install`.
     unsafe { &mut *ctx.store }
+}
+
+/// The store, for a write: the run's savepoint is opened first.
+fn store_w(ctx: &mut Ctx) -> RhaiResult<&mut dyn Store> {
+    if !ctx.savepoint {
+        // SAFETY: see `install`.
+        if let Err(e) = unsafe { &mut *ctx.store }.savepoint() {
+            ctx.storage_error = Some(e.clone());
+            return Err(fatal(ctx, Status::Error, e.message));
+        }
+        ctx.savepoint = true;
+    }
+    Ok(store(ctx))
 }
 
 fn bad_key(key: &str) -> RhaiResult<()> {
@@ -201,14 +221,14 @@ pub(super) fn register(engine: &mut Engine) {
         let v = to_json(&value)?;
         with_ctx(|c| {
             check(c, Capability::Write, key)?;
-            store(c).set(key, &v).map_err(storage_err)
+            store_w(c)?.set(key, &v).map_err(storage_err)
         })
     });
     engine.register_fn("remove", |key: &str| -> RhaiResult<bool> {
         bad_key(key)?;
         with_ctx(|c| {
             check(c, Capability::Write, key)?;
-            store(c).remove(key).map_err(storage_err)
+            store_w(c)?.remove(key).map_err(storage_err)
         })
     });
     engine.register_fn("keys", |prefix: &str| -> RhaiResult<Array> {
@@ -252,6 +272,9 @@ pub(super) fn register(engine: &mut Engine) {
         let params = to_json(&Dynamic::from_map(params))?;
         with_ctx(|c| {
             check(c, Capability::Send, peer)?;
+            if let Some(m) = c.send_block.clone() {
+                return Err(fatal(c, Status::Limit, m));
+            }
             if c.sends.len() >= c.max_sends {
                 let msg = format!(
                     "max_sends ({}) reached: a run may send at most that many scripts",

@@ -110,6 +110,9 @@ pub struct Outcome {
     pub logs: Vec<String>,
     pub sends: Vec<SendRequest>,
     pub duration: Duration,
+    /// The store failed while keeping or undoing the script's effects: the caller
+    /// must abandon its transaction.
+    pub storage_error: Option<crate::error::Error>,
 }
 
 /// Everything a run needs besides the engine.
@@ -122,6 +125,8 @@ pub struct RunInput<'a> {
     pub limits: &'a Limits,
     /// Set by the daemon when it stops: the run ends as `interrupted`.
     pub stop: &'a AtomicBool,
+    /// When set, `send` ends the run with this message (status `limit`).
+    pub send_block: Option<&'a str>,
 }
 
 /// Where `import "lib/x"` and unqualified imports without a peer module look.
@@ -241,7 +246,9 @@ impl ScriptEngine {
         })
     }
 
-    /// Runs one script against `store` (inside the caller's savepoint).
+    /// Runs one script against `store`, inside the caller's transaction. The
+    /// script's own effects sit in a savepoint opened at its first write: kept
+    /// when the status is `ok`, undone otherwise.
     pub fn run(&mut self, input: &RunInput, store: &mut dyn Store, host: &dyn Host) -> Outcome {
         let started = Instant::now();
         let fail = |status, msg: String| Outcome {
@@ -253,6 +260,7 @@ impl ScriptEngine {
             logs: vec![],
             sends: vec![],
             duration: started.elapsed(),
+            storage_error: None,
         };
         let ast = match self.compile(input.script_name, input.source, input.limits) {
             Ok(a) => a,
@@ -278,6 +286,7 @@ impl ScriptEngine {
         let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast);
         let ctx = guard.finish();
 
+        let savepoint = ctx.savepoint;
         let mut out = Outcome {
             status: Status::Ok,
             value: Value::Null,
@@ -287,6 +296,7 @@ impl ScriptEngine {
             logs: ctx.logs,
             sends: ctx.sends,
             duration: started.elapsed(),
+            storage_error: ctx.storage_error,
         };
         match result {
             Ok(v) => match serde_json::to_value(&v) {
@@ -300,6 +310,20 @@ impl ScriptEngine {
                 let (status, msg) = classify(&e, input.limits, ctx.fatal);
                 out.status = status;
                 out.error = Some(msg);
+            }
+        }
+        if out.status != Status::Ok {
+            out.sends.clear();
+            out.logs.clear();
+        }
+        if savepoint {
+            let r = if out.status == Status::Ok {
+                store.release()
+            } else {
+                store.rollback_to()
+            };
+            if let Err(e) = r {
+                out.storage_error.get_or_insert(e);
             }
         }
         out

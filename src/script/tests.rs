@@ -31,6 +31,7 @@ fn run_with(f: &mut Fixture, src: &str, limits: &Limits) -> Outcome {
         params: &params,
         limits,
         stop: &stop,
+        send_block: None,
     };
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);
     e.run(&input, &mut f.store, &OwnerHost)
@@ -43,18 +44,27 @@ fn run(f: &mut Fixture, src: &str) -> Outcome {
 #[test]
 fn value_and_state_keep_types() {
     let mut f = fixture();
-    let o = run(&mut f, r#"set("n", 41); set("m", #{a: [1, "x"]}); get("n") + 1"#);
+    let o = run(
+        &mut f,
+        r#"set("n", 41); set("m", #{a: [1, "x"]}); get("n") + 1"#,
+    );
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
     assert_eq!(o.value, json!(42));
     assert_eq!(f.store.get("m").unwrap(), Some(json!({"a": [1, "x"]})));
-    let o = run(&mut f, r#"let m = get("m"); m.a[1] + get("missing") ?? "none""#);
+    let o = run(
+        &mut f,
+        r#"let m = get("m"); m.a[1] + get("missing") ?? "none""#,
+    );
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
 }
 
 #[test]
 fn caller_target_params_print_and_log() {
     let mut f = fixture();
-    let o = run(&mut f, r#"print("hi " + caller.name); log("noted"); [caller.params.n, target.name]"#);
+    let o = run(
+        &mut f,
+        r#"print("hi " + caller.name); log("noted"); [caller.params.n, target.name]"#,
+    );
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
     assert_eq!(o.value, json!([7, "alice"]));
     assert_eq!(o.output, "hi alice\n");
@@ -75,7 +85,10 @@ fn caller_is_a_constant() {
 #[test]
 fn keys_remove_and_nested_keys() {
     let mut f = fixture();
-    let o = run(&mut f, r#"set("a/1", 1); set("a/2", 2); set("b", 3); remove("b"); keys("a/")"#);
+    let o = run(
+        &mut f,
+        r#"set("a/1", 1); set("a/2", 2); set("b", 3); remove("b"); keys("a/")"#,
+    );
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
     assert_eq!(o.value, json!(["a/1", "a/2"]));
     assert_eq!(f.store.get("b").unwrap(), None);
@@ -132,23 +145,45 @@ fn memory_bombs_hit_size_limits() {
     let mut f = fixture();
     let o = run(&mut f, r#"let s = "xxxxxxxx"; loop { s += s; }"#);
     assert_eq!(o.status, Status::Limit);
-    assert!(o.error.as_ref().unwrap().contains("max_string_size"), "{:?}", o.error);
+    assert!(
+        o.error.as_ref().unwrap().contains("max_string_size"),
+        "{:?}",
+        o.error
+    );
     let o = run(&mut f, "let a = []; loop { a.push(1); }");
     assert_eq!(o.status, Status::Limit);
-    assert!(o.error.as_ref().unwrap().contains("max_array_size"), "{:?}", o.error);
+    assert!(
+        o.error.as_ref().unwrap().contains("max_array_size"),
+        "{:?}",
+        o.error
+    );
     let l = Limits {
         max_map_size: 1000,
         ..Limits::default()
     };
-    let o = run_with(&mut f, "let m = #{}; for i in 0..5000 { m[`k${i}`] = i; } m.len()", &l);
+    let o = run_with(
+        &mut f,
+        "let m = #{}; for i in 0..5000 { m[`k${i}`] = i; } m.len()",
+        &l,
+    );
     assert_eq!(o.status, Status::Limit);
-    assert!(o.error.as_ref().unwrap().contains("max_map_size"), "{:?}", o.error);
+    assert!(
+        o.error.as_ref().unwrap().contains("max_map_size"),
+        "{:?}",
+        o.error
+    );
     // Inside an endless `loop` Rhai does not check the map's size; the operation
     // budget bounds it instead (and so its memory).
-    let o = run(&mut f, "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }");
+    let o = run(
+        &mut f,
+        "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+    );
     assert_eq!(o.status, Status::Limit);
     let e = o.error.unwrap();
-    assert!(e.contains("max_map_size") || e.contains("max_operations"), "{e}");
+    assert!(
+        e.contains("max_map_size") || e.contains("max_operations"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -196,12 +231,16 @@ fn binary_and_huge_scripts_are_refused() {
         params: &params,
         limits: &l,
         stop: &stop,
+        send_block: None,
     };
     let o = e.run(&input, &mut f.store, &OwnerHost);
     assert_eq!(o.status, Status::Error);
     assert!(o.error.unwrap().contains("not UTF-8"));
     let big = vec![b' '; (l.max_script_bytes + 1) as usize];
-    let input = RunInput { source: &big, ..input };
+    let input = RunInput {
+        source: &big,
+        ..input
+    };
     let o = e.run(&input, &mut f.store, &OwnerHost);
     assert_eq!(o.status, Status::Limit);
     assert!(o.error.unwrap().contains("max_script_bytes"));
@@ -219,12 +258,18 @@ fn eval_is_disabled_and_there_is_no_file_access() {
 #[test]
 fn modules_peer_first_then_library_and_lib_prefix() {
     let mut f = fixture();
-    let o = run(&mut f, r#"import "counter" as c; c::incr("v"); c::incr("v")"#);
+    let o = run(
+        &mut f,
+        r#"import "counter" as c; c::incr("v"); c::incr("v")"#,
+    );
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
     assert_eq!(o.value, json!(2));
     // The peer overrides the library's counter, and can still reach the original.
     f.store
-        .set_module("counter", b"import \"lib/counter\" as base; fn incr(k) { base::add(k, 100) }")
+        .set_module(
+            "counter",
+            b"import \"lib/counter\" as base; fn incr(k) { base::add(k, 100) }",
+        )
         .unwrap();
     let o = run(&mut f, r#"import "counter" as c; c::incr("v")"#);
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
@@ -237,7 +282,10 @@ fn modules_peer_first_then_library_and_lib_prefix() {
 #[test]
 fn send_is_recorded_and_bounded() {
     let mut f = fixture();
-    let o = run(&mut f, r#"send("bob", "1 + 1"); send("carol", "2", #{x: 1}); 0"#);
+    let o = run(
+        &mut f,
+        r#"send("bob", "1 + 1"); send("carol", "2", #{x: 1}); 0"#,
+    );
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
     assert_eq!(o.sends.len(), 2);
     assert_eq!(o.sends[1].params, json!({"x": 1}));
@@ -277,6 +325,7 @@ fn stop_flag_interrupts() {
         params: &params,
         limits: &l,
         stop: &stop,
+        send_block: None,
     };
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);
     let o = e.run(&input, &mut f.store, &OwnerHost);
@@ -292,4 +341,3 @@ fn compiled_scripts_are_cached_by_content() {
     run(&mut f, "1 + 2");
     assert_eq!(f.cache.len(), 2);
 }
-

@@ -49,6 +49,10 @@ pub struct SqliteStore {
     log_end: Option<u64>,
     in_txn: bool,
     reader: bool,
+    /// Log lines of the open transaction, written as one row at commit (one insert
+    /// per batch instead of one per event); `marks` are its lengths at savepoints.
+    log_buf: String,
+    marks: Vec<usize>,
 }
 
 impl SqliteStore {
@@ -66,6 +70,8 @@ impl SqliteStore {
             log_end: None,
             in_txn: false,
             reader: false,
+            log_buf: String::new(),
+            marks: Vec::new(),
         };
         store.setup()?;
         Ok(store)
@@ -83,6 +89,8 @@ impl SqliteStore {
             log_end: None,
             in_txn: false,
             reader: true,
+            log_buf: String::new(),
+            marks: Vec::new(),
         })
     }
 
@@ -166,20 +174,32 @@ impl SqliteStore {
     }
 
     fn put(&mut self, key: &str, json: &str, raw: Option<&[u8]>, size: u64) -> Result<()> {
-        let exists: Option<i64> = self
+        // The common case, a key that exists, is one statement.
+        let updated = self
             .conn
-            .prepare_cached("SELECT 1 FROM state WHERE key=?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
-        if exists.is_none() {
-            self.check_shape(key)?;
-        }
-        self.conn
-            .prepare_cached(
-                "INSERT INTO state(key,json,raw,size,mtime) VALUES(?1,?2,?3,?4,?5)
-                 ON CONFLICT(key) DO UPDATE SET json=excluded.json, raw=excluded.raw, size=excluded.size, mtime=excluded.mtime",
-            )?
+            .prepare_cached("UPDATE state SET json=?2, raw=?3, size=?4, mtime=?5 WHERE key=?1")?
             .execute(params![key, json, raw, size as i64, now_ns()])?;
+        if updated > 0 {
+            return Ok(());
+        }
+        self.check_shape(key)?;
+        self.conn
+            .prepare_cached("INSERT INTO state(key,json,raw,size,mtime) VALUES(?1,?2,?3,?4,?5)")?
+            .execute(params![key, json, raw, size as i64, now_ns()])?;
+        Ok(())
+    }
+
+    /// Writes the buffered log lines as one row at the log's end.
+    fn flush_log(&mut self) -> Result<()> {
+        if self.log_buf.is_empty() {
+            return Ok(());
+        }
+        let off = self.load_log_end()?;
+        self.conn
+            .prepare_cached("INSERT INTO log(off, line) VALUES(?1, ?2)")?
+            .execute(params![off as i64, self.log_buf])?;
+        self.log_end = Some(off + self.log_buf.len() as u64);
+        self.log_buf.clear();
         Ok(())
     }
 
@@ -233,18 +253,22 @@ impl Store for SqliteStore {
     }
 
     fn commit(&mut self) -> Result<()> {
-        let r = self.exec("COMMIT");
+        let r = self.flush_log().and_then(|_| self.exec("COMMIT"));
         if r.is_err() {
             let _ = self.exec("ROLLBACK");
             self.log_end = None;
         }
         self.in_txn = false;
+        self.log_buf.clear();
+        self.marks.clear();
         r
     }
 
     fn rollback(&mut self) -> Result<()> {
         self.in_txn = false;
         self.log_end = None;
+        self.log_buf.clear();
+        self.marks.clear();
         if self.conn.is_autocommit() {
             return Ok(());
         }
@@ -252,15 +276,21 @@ impl Store for SqliteStore {
     }
 
     fn savepoint(&mut self) -> Result<()> {
-        self.exec("SAVEPOINT run")
+        self.exec("SAVEPOINT run")?;
+        self.marks.push(self.log_buf.len());
+        Ok(())
     }
 
     fn release(&mut self) -> Result<()> {
-        self.exec("RELEASE run")
+        self.exec("RELEASE run")?;
+        self.marks.pop();
+        Ok(())
     }
 
     fn rollback_to(&mut self) -> Result<()> {
-        self.log_end = None;
+        if let Some(m) = self.marks.pop() {
+            self.log_buf.truncate(m);
+        }
         self.exec("ROLLBACK TO run")?;
         self.exec("RELEASE run")
     }
@@ -501,10 +531,12 @@ impl Store for SqliteStore {
     }
 
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT name, length(source), submitted_at FROM queue ORDER BY seq LIMIT ?1")?;
-        let rows = stmt.query_map([limit as i64], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?)))?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, length(source), submitted_at FROM queue ORDER BY seq LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([limit as i64], |r| {
+            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
@@ -615,21 +647,18 @@ impl Store for SqliteStore {
     }
 
     fn append_log(&mut self, line: &str) -> Result<()> {
-        let off = self.load_log_end()?;
-        let mut l = String::with_capacity(line.len() + 1);
         // One event is one line: newlines inside it are escaped.
         for c in line.chars() {
             match c {
-                '\n' => l.push_str("\\n"),
-                '\r' => l.push_str("\\r"),
-                c => l.push(c),
+                '\n' => self.log_buf.push_str("\\n"),
+                '\r' => self.log_buf.push_str("\\r"),
+                c => self.log_buf.push(c),
             }
         }
-        l.push('\n');
-        self.conn
-            .prepare_cached("INSERT INTO log(off, line) VALUES(?1, ?2)")?
-            .execute(params![off as i64, l])?;
-        self.log_end = Some(off + l.len() as u64);
+        self.log_buf.push('\n');
+        if !self.in_txn {
+            self.flush_log()?;
+        }
         Ok(())
     }
 

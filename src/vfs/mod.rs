@@ -85,6 +85,8 @@ pub type Listing = Arc<Vec<(String, Node, Kind)>>;
 pub type Validator = Box<dyn Fn(&str, &[u8]) -> Result<()> + Send + Sync>;
 /// Lists (and checks) the keys of `other` that `peer` may read: `(peer, other, key)`.
 pub type ReadCheck = Box<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
+/// Tells the FUSE adapter what to invalidate in the kernel's caches.
+pub type Invalidator = Box<dyn Fn(Invalidate) + Send + Sync>;
 
 /// A file that exists only in memory: created and not yet flushed, or a staging
 /// name (`.x`, `x~`) in an inbox or modules folder.
@@ -99,6 +101,8 @@ struct Staged {
 struct Handle {
     node: Node,
     write: bool,
+    /// Made by create(): committed at release even if never written (`touch`).
+    created: bool,
     buf: Vec<u8>,
     dirty: bool,
     snapshot: Option<Arc<Vec<u8>>>,
@@ -115,7 +119,7 @@ pub struct Vfs {
     /// Empty folders made with `mkdir` in state/ (they hold no key yet).
     empty_dirs: Mutex<HashSet<(String, String)>>,
     dirs: Mutex<HashMap<u64, Listing>>,
-    invalidator: RwLock<Option<Box<dyn Fn(Invalidate) + Send + Sync>>>,
+    invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
 }
@@ -126,9 +130,24 @@ impl Listener for ChangeRelay {
     fn changed(&self, peer: &str, change: Change) {
         let p = peer.to_string();
         let inv = match change {
-            Change::Inbox => Invalidate::Dir(Node::Inbox { peer: p.clone(), target: p }),
-            Change::Outbox { target } => Invalidate::Dir(Node::Outbox { peer: p, target }),
-            Change::State => Invalidate::Dir(Node::State { peer: p, dir: String::new() }),
+            Change::Inbox => Invalidate::Dir(Node::Inbox {
+                peer: p.clone(),
+                target: p,
+            }),
+            Change::Outbox { target, name } => {
+                if let (Some(name), Some(f)) = (name, self.0.invalidator.read().unwrap().as_ref()) {
+                    f(Invalidate::File(Node::OutboxFile {
+                        peer: p.clone(),
+                        target: target.clone(),
+                        name,
+                    }));
+                }
+                Invalidate::Dir(Node::Outbox { peer: p, target })
+            }
+            Change::State => Invalidate::Dir(Node::State {
+                peer: p,
+                dir: String::new(),
+            }),
             Change::Log => Invalidate::File(Node::Log(p)),
             Change::Modules => Invalidate::Dir(Node::Modules(p)),
             Change::Meta(k) if k == "groups" => Invalidate::File(Node::Groups(p)),
@@ -169,7 +188,7 @@ impl Vfs {
         &self.core
     }
 
-    pub fn set_invalidator(&self, f: Box<dyn Fn(Invalidate) + Send + Sync>) {
+    pub fn set_invalidator(&self, f: Invalidator) {
         *self.invalidator.write().unwrap() = Some(f);
     }
 
@@ -240,19 +259,35 @@ impl Vfs {
     }
 
     fn staged_get(&self, parent: &Node, name: &str) -> Option<Staged> {
-        self.staged.lock().unwrap().get(&(parent.clone(), name.to_string())).cloned()
+        self.staged
+            .lock()
+            .unwrap()
+            .get(&(parent.clone(), name.to_string()))
+            .cloned()
     }
 
     /// The parent folder of a file node, and the file's name in it.
     fn parent_of(node: &Node) -> Option<(Node, String)> {
         Some(match node {
-            Node::InboxFile { peer, target, name } => (Node::Inbox { peer: peer.clone(), target: target.clone() }, name.clone()),
+            Node::InboxFile { peer, target, name } => (
+                Node::Inbox {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                },
+                name.clone(),
+            ),
             Node::StateFile { peer, key } => {
                 let (dir, name) = match key.rfind('/') {
                     Some(i) => (key[..i].to_string(), key[i + 1..].to_string()),
                     None => (String::new(), key.clone()),
                 };
-                (Node::State { peer: peer.clone(), dir }, name)
+                (
+                    Node::State {
+                        peer: peer.clone(),
+                        dir,
+                    },
+                    name,
+                )
             }
             Node::ModuleFile { peer, name } => (Node::Modules(peer.clone()), name.clone()),
             _ => return None,
@@ -310,9 +345,12 @@ impl Vfs {
             MetaDir => self.dir_attr(None, 0o555),
             MetaFile(n) => self.file_attr(None, self.meta_text(n).len() as u64, 0o444, now_ns()),
             Peer(p) => self.dir_attr(Some(p), 0o700),
-            Inbox { peer, .. } | Outbox { peer, .. } | Modules(peer) | Peers(peer) | View { peer, .. } | ViewState { peer, .. } => {
-                self.dir_attr(Some(peer), 0o755)
-            }
+            Inbox { peer, .. }
+            | Outbox { peer, .. }
+            | Modules(peer)
+            | Peers(peer)
+            | View { peer, .. }
+            | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
             State { peer, dir } => {
                 if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
                     return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
@@ -320,7 +358,10 @@ impl Vfs {
                 self.dir_attr(Some(peer), 0o755)
             }
             InboxFile { peer, target, name } => {
-                let parent = Inbox { peer: peer.clone(), target: target.clone() };
+                let parent = Inbox {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                };
                 if let Some(s) = self.staged_get(&parent, name) {
                     return Ok(self.staged_attr(&s));
                 }
@@ -338,7 +379,12 @@ impl Vfs {
                 match p.read(|s| s.outbox_get(target, name))? {
                     Some(e) => {
                         let size = e.result.as_ref().map(|r| r.len() as u64).unwrap_or(0);
-                        self.file_attr(Some(peer), size, 0o444, e.finished_at.unwrap_or(e.submitted_at))
+                        self.file_attr(
+                            Some(peer),
+                            size,
+                            0o444,
+                            e.finished_at.unwrap_or(e.submitted_at),
+                        )
                     }
                     None => Err(err!(libc::ENOENT, "no result {name:?} in the outbox")),
                 }
@@ -360,7 +406,8 @@ impl Vfs {
                 if let Some(s) = self.staged_get(&Modules(peer.clone()), name) {
                     return Ok(self.staged_attr(&s));
                 }
-                let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let m = module_name(name)
+                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
                 let p = self.core.peer(peer)?;
                 let list = p.read(|s| s.list_modules())?;
                 match list.into_iter().find(|e| e.name == m) {
@@ -395,7 +442,12 @@ impl Vfs {
     }
 
     fn state_dir_exists(&self, peer: &str, dir: &str) -> Result<bool> {
-        if self.empty_dirs.lock().unwrap().contains(&(peer.to_string(), dir.to_string())) {
+        if self
+            .empty_dirs
+            .lock()
+            .unwrap()
+            .contains(&(peer.to_string(), dir.to_string()))
+        {
             return Ok(true);
         }
         let p = self.core.peer(peer)?;
@@ -432,9 +484,18 @@ impl Vfs {
             Peer(p) => {
                 let p = p.clone();
                 match name {
-                    "inbox" => Inbox { peer: p.clone(), target: p },
-                    "outbox" => Outbox { peer: p.clone(), target: p },
-                    "state" => State { peer: p, dir: String::new() },
+                    "inbox" => Inbox {
+                        peer: p.clone(),
+                        target: p,
+                    },
+                    "outbox" => Outbox {
+                        peer: p.clone(),
+                        target: p,
+                    },
+                    "state" => State {
+                        peer: p,
+                        dir: String::new(),
+                    },
                     "modules" => Modules(p),
                     "peers" => Peers(p),
                     "policy.cedar" => Policy(p),
@@ -445,42 +506,84 @@ impl Vfs {
             }
             Inbox { peer, target } => {
                 check_segment("script name", name)?;
-                InboxFile { peer: peer.clone(), target: target.clone(), name: name.to_string() }
+                InboxFile {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    name: name.to_string(),
+                }
             }
             Outbox { peer, target } => {
                 check_segment("result name", name)?;
-                OutboxFile { peer: peer.clone(), target: target.clone(), name: name.to_string() }
+                OutboxFile {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    name: name.to_string(),
+                }
             }
             State { peer, dir } => {
                 let key = join_key(dir, name);
                 check_key(&key)?;
                 if self.staged_get(parent, name).is_some() {
-                    return Ok(StateFile { peer: peer.clone(), key });
+                    return Ok(StateFile {
+                        peer: peer.clone(),
+                        key,
+                    });
                 }
-                if self.empty_dirs.lock().unwrap().contains(&(peer.clone(), key.clone())) {
-                    return Ok(State { peer: peer.clone(), dir: key });
+                if self
+                    .empty_dirs
+                    .lock()
+                    .unwrap()
+                    .contains(&(peer.clone(), key.clone()))
+                {
+                    return Ok(State {
+                        peer: peer.clone(),
+                        dir: key,
+                    });
                 }
                 let p = self.core.peer(peer)?;
                 match p.read(|s| s.stat_key(&key))? {
-                    Some(Some(_)) => StateFile { peer: peer.clone(), key },
-                    Some(None) => State { peer: peer.clone(), dir: key },
+                    Some(Some(_)) => StateFile {
+                        peer: peer.clone(),
+                        key,
+                    },
+                    Some(None) => State {
+                        peer: peer.clone(),
+                        dir: key,
+                    },
                     None => return Err(missing()),
                 }
             }
             Modules(p) => {
                 check_segment("module file name", name)?;
-                ModuleFile { peer: p.clone(), name: name.to_string() }
+                ModuleFile {
+                    peer: p.clone(),
+                    name: name.to_string(),
+                }
             }
             Peers(p) => {
-                if name == p || check_peer_name(name).is_err() || !self.core.registry().exists(name) {
+                if name == p || check_peer_name(name).is_err() || !self.core.registry().exists(name)
+                {
                     return Err(missing());
                 }
-                View { peer: p.clone(), other: name.to_string() }
+                View {
+                    peer: p.clone(),
+                    other: name.to_string(),
+                }
             }
             View { peer, other } => match name {
-                "inbox" => Inbox { peer: peer.clone(), target: other.clone() },
-                "outbox" => Outbox { peer: peer.clone(), target: other.clone() },
-                "state" => ViewState { peer: peer.clone(), other: other.clone(), dir: String::new() },
+                "inbox" => Inbox {
+                    peer: peer.clone(),
+                    target: other.clone(),
+                },
+                "outbox" => Outbox {
+                    peer: peer.clone(),
+                    target: other.clone(),
+                },
+                "state" => ViewState {
+                    peer: peer.clone(),
+                    other: other.clone(),
+                    dir: String::new(),
+                },
                 _ => return Err(missing()),
             },
             ViewState { peer, other, dir } => {
@@ -488,13 +591,21 @@ impl Vfs {
                 check_key(&key)?;
                 let o = self.core.peer(other)?;
                 match o.read(|s| s.stat_key(&key))? {
-                    Some(Some(_)) if self.may_read(peer, other, &key) => ViewStateFile { peer: peer.clone(), other: other.clone(), key },
+                    Some(Some(_)) if self.may_read(peer, other, &key) => ViewStateFile {
+                        peer: peer.clone(),
+                        other: other.clone(),
+                        key,
+                    },
                     Some(None) => {
                         let keys = o.read(|s| s.keys(&format!("{key}/"), 100_000))?;
                         if !keys.iter().any(|k| self.may_read(peer, other, k)) {
                             return Err(missing());
                         }
-                        ViewState { peer: peer.clone(), other: other.clone(), dir: key }
+                        ViewState {
+                            peer: peer.clone(),
+                            other: other.clone(),
+                            dir: key,
+                        }
                     }
                     _ => return Err(missing()),
                 }
@@ -507,13 +618,14 @@ impl Vfs {
     pub fn readdir(&self, node: &Node) -> Result<Vec<(String, Node, Kind)>> {
         use Node::*;
         let mut out: Vec<(String, Node, Kind)> = Vec::new();
-        let staged_in = |out: &mut Vec<(String, Node, Kind)>, parent: &Node, mk: &dyn Fn(String) -> Node| {
-            for ((p, n), _) in self.staged.lock().unwrap().iter() {
-                if p == parent {
-                    out.push((n.clone(), mk(n.clone()), Kind::File));
+        let staged_in =
+            |out: &mut Vec<(String, Node, Kind)>, parent: &Node, mk: &dyn Fn(String) -> Node| {
+                for ((p, n), _) in self.staged.lock().unwrap().iter() {
+                    if p == parent {
+                        out.push((n.clone(), mk(n.clone()), Kind::File));
+                    }
                 }
-            }
-        };
+            };
         match node {
             Root => {
                 out.push((".peerfs".into(), MetaDir, Kind::Dir));
@@ -526,7 +638,16 @@ impl Vfs {
                 out.push(("version".into(), MetaFile("version"), Kind::File));
             }
             Peer(p) => {
-                for n in ["inbox", "outbox", "state", "modules", "peers", "policy.cedar", "groups", "log"] {
+                for n in [
+                    "inbox",
+                    "outbox",
+                    "state",
+                    "modules",
+                    "peers",
+                    "policy.cedar",
+                    "groups",
+                    "log",
+                ] {
                     let c = self.child(node, n)?;
                     let k = if c.is_dir() { Kind::Dir } else { Kind::File };
                     out.push((n.to_string(), c, k));
@@ -535,18 +656,38 @@ impl Vfs {
             }
             Inbox { peer, target } => {
                 let (pe, t) = (peer.clone(), target.clone());
-                staged_in(&mut out, node, &|n| InboxFile { peer: pe.clone(), target: t.clone(), name: n });
+                staged_in(&mut out, node, &|n| InboxFile {
+                    peer: pe.clone(),
+                    target: t.clone(),
+                    name: n,
+                });
                 if peer == target {
                     let p = self.core.peer(peer)?;
                     for (n, _, _) in p.read(|s| s.queue_names(100_000))? {
-                        out.push((n.clone(), InboxFile { peer: peer.clone(), target: target.clone(), name: n }, Kind::File));
+                        out.push((
+                            n.clone(),
+                            InboxFile {
+                                peer: peer.clone(),
+                                target: target.clone(),
+                                name: n,
+                            },
+                            Kind::File,
+                        ));
                     }
                 }
             }
             Outbox { peer, target } => {
                 let p = self.core.peer(peer)?;
                 for e in p.read(|s| s.outbox_list(target))? {
-                    out.push((e.name.clone(), OutboxFile { peer: peer.clone(), target: target.clone(), name: e.name }, Kind::File));
+                    out.push((
+                        e.name.clone(),
+                        OutboxFile {
+                            peer: peer.clone(),
+                            target: target.clone(),
+                            name: e.name,
+                        },
+                        Kind::File,
+                    ));
                 }
             }
             State { peer, dir } => {
@@ -554,20 +695,48 @@ impl Vfs {
                 for e in p.read(|s| s.list_dir(dir))? {
                     let key = join_key(dir, &e.name);
                     if e.is_dir {
-                        out.push((e.name, State { peer: peer.clone(), dir: key }, Kind::Dir));
+                        out.push((
+                            e.name,
+                            State {
+                                peer: peer.clone(),
+                                dir: key,
+                            },
+                            Kind::Dir,
+                        ));
                     } else {
-                        out.push((e.name, StateFile { peer: peer.clone(), key }, Kind::File));
+                        out.push((
+                            e.name,
+                            StateFile {
+                                peer: peer.clone(),
+                                key,
+                            },
+                            Kind::File,
+                        ));
                     }
                 }
                 let pe = peer.clone();
                 let d = dir.clone();
-                staged_in(&mut out, node, &|n| StateFile { peer: pe.clone(), key: join_key(&d, &n) });
-                let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+                staged_in(&mut out, node, &|n| StateFile {
+                    peer: pe.clone(),
+                    key: join_key(&d, &n),
+                });
+                let prefix = if dir.is_empty() {
+                    String::new()
+                } else {
+                    format!("{dir}/")
+                };
                 for (ep, ed) in self.empty_dirs.lock().unwrap().iter() {
                     if ep == peer {
                         if let Some(rest) = ed.strip_prefix(&prefix) {
                             if !rest.contains('/') && !rest.is_empty() {
-                                out.push((rest.to_string(), State { peer: peer.clone(), dir: ed.clone() }, Kind::Dir));
+                                out.push((
+                                    rest.to_string(),
+                                    State {
+                                        peer: peer.clone(),
+                                        dir: ed.clone(),
+                                    },
+                                    Kind::Dir,
+                                ));
                             }
                         }
                     }
@@ -577,27 +746,70 @@ impl Vfs {
                 let peer = self.core.peer(p)?;
                 for e in peer.read(|s| s.list_modules())? {
                     let n = format!("{}.rhai", e.name);
-                    out.push((n.clone(), ModuleFile { peer: p.clone(), name: n }, Kind::File));
+                    out.push((
+                        n.clone(),
+                        ModuleFile {
+                            peer: p.clone(),
+                            name: n,
+                        },
+                        Kind::File,
+                    ));
                 }
                 let pe = p.clone();
-                staged_in(&mut out, node, &|n| ModuleFile { peer: pe.clone(), name: n });
+                staged_in(&mut out, node, &|n| ModuleFile {
+                    peer: pe.clone(),
+                    name: n,
+                });
             }
             Peers(p) => {
                 for (n, _) in self.core.registry().list() {
                     if &n != p {
-                        out.push((n.clone(), View { peer: p.clone(), other: n }, Kind::Dir));
+                        out.push((
+                            n.clone(),
+                            View {
+                                peer: p.clone(),
+                                other: n,
+                            },
+                            Kind::Dir,
+                        ));
                     }
                 }
             }
             View { peer, other } => {
-                out.push(("inbox".into(), Inbox { peer: peer.clone(), target: other.clone() }, Kind::Dir));
-                out.push(("outbox".into(), Outbox { peer: peer.clone(), target: other.clone() }, Kind::Dir));
-                out.push(("state".into(), ViewState { peer: peer.clone(), other: other.clone(), dir: String::new() }, Kind::Dir));
+                out.push((
+                    "inbox".into(),
+                    Inbox {
+                        peer: peer.clone(),
+                        target: other.clone(),
+                    },
+                    Kind::Dir,
+                ));
+                out.push((
+                    "outbox".into(),
+                    Outbox {
+                        peer: peer.clone(),
+                        target: other.clone(),
+                    },
+                    Kind::Dir,
+                ));
+                out.push((
+                    "state".into(),
+                    ViewState {
+                        peer: peer.clone(),
+                        other: other.clone(),
+                        dir: String::new(),
+                    },
+                    Kind::Dir,
+                ));
             }
             ViewState { peer, other, dir } => {
                 if self.read_check.read().unwrap().is_some() {
                     let o = self.core.peer(other)?;
-                    let prefix = if dir.is_empty() { String::new() } else { format!("{dir}/") };
+                    let prefix = if dir.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{dir}/")
+                    };
                     let keys = o.read(|s| s.keys(&prefix, 1_000_000))?;
                     let mut seen = HashSet::new();
                     for k in keys {
@@ -609,10 +821,26 @@ impl Vfs {
                             Some(i) => {
                                 let n = &rest[..i];
                                 if seen.insert(n.to_string()) {
-                                    out.push((n.to_string(), ViewState { peer: peer.clone(), other: other.clone(), dir: join_key(dir, n) }, Kind::Dir));
+                                    out.push((
+                                        n.to_string(),
+                                        ViewState {
+                                            peer: peer.clone(),
+                                            other: other.clone(),
+                                            dir: join_key(dir, n),
+                                        },
+                                        Kind::Dir,
+                                    ));
                                 }
                             }
-                            None => out.push((rest.to_string(), ViewStateFile { peer: peer.clone(), other: other.clone(), key: k.clone() }, Kind::File)),
+                            None => out.push((
+                                rest.to_string(),
+                                ViewStateFile {
+                                    peer: peer.clone(),
+                                    other: other.clone(),
+                                    key: k.clone(),
+                                },
+                                Kind::File,
+                            )),
                         }
                     }
                 }
@@ -654,12 +882,21 @@ impl Vfs {
                 if self.child(parent, name).is_ok() {
                     return Err(err!(libc::EEXIST, "state/{key} already exists"));
                 }
-                self.empty_dirs.lock().unwrap().insert((peer.clone(), key.clone()));
-                let node = Node::State { peer: peer.clone(), dir: key };
+                self.empty_dirs
+                    .lock()
+                    .unwrap()
+                    .insert((peer.clone(), key.clone()));
+                let node = Node::State {
+                    peer: peer.clone(),
+                    dir: key,
+                };
                 let attr = self.attr(&node)?;
                 Ok((node, attr))
             }
-            _ => Err(err!(libc::EACCES, "folders can only be made at the top (a new peer) or under state/")),
+            _ => Err(err!(
+                libc::EACCES,
+                "folders can only be made at the top (a new peer) or under state/"
+            )),
         }
     }
 
@@ -674,7 +911,10 @@ impl Vfs {
                 check_key(&key)?;
                 let p = self.core.peer(peer)?;
                 if !p.read(|s| s.keys(&format!("{key}/"), 1))?.is_empty() {
-                    return Err(err!(libc::ENOTEMPTY, "state/{key} holds keys: remove them first"));
+                    return Err(err!(
+                        libc::ENOTEMPTY,
+                        "state/{key} holds keys: remove them first"
+                    ));
                 }
                 let mut e = self.empty_dirs.lock().unwrap();
                 let pre = format!("{key}/");
@@ -691,42 +931,71 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: &Node, name: &str) -> Result<()> {
-        if self.staged.lock().unwrap().remove(&(parent.clone(), name.to_string())).is_some() {
+        if self
+            .staged
+            .lock()
+            .unwrap()
+            .remove(&(parent.clone(), name.to_string()))
+            .is_some()
+        {
             return Ok(());
         }
         let node = self.child(parent, name)?;
         match &node {
             Node::StateFile { peer, key } => self.core.apply(peer, Op::Remove(key.clone())),
             Node::ModuleFile { peer, name } => {
-                let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let m = module_name(name)
+                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
                 self.core.apply(peer, Op::RemoveModule(m.to_string()))
             }
-            Node::OutboxFile { peer, target, name } => self.core.apply(peer, Op::OutboxRemove(target.clone(), name.clone())),
+            Node::OutboxFile { peer, target, name } => self
+                .core
+                .apply(peer, Op::OutboxRemove(target.clone(), name.clone())),
             Node::InboxFile { .. } => {
                 self.attr(&node)?;
-                Err(err!(libc::EBUSY, "{name} is queued to run: a submitted script cannot be withdrawn"))
+                Err(err!(
+                    libc::EBUSY,
+                    "{name} is queued to run: a submitted script cannot be withdrawn"
+                ))
             }
             Node::State { .. } => Err(err!(libc::EISDIR, "{name} is a folder: use rmdir")),
             _ => Err(err!(libc::EACCES, "{name} cannot be removed")),
         }
     }
 
-    pub fn rename(&self, parent: &Node, name: &str, newparent: &Node, newname: &str, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: &Node,
+        name: &str,
+        newparent: &Node,
+        newname: &str,
+        flags: u32,
+    ) -> Result<()> {
         if parent.peer() != newparent.peer() {
-            return Err(err!(libc::EXDEV, "rename across peers: copy the file instead"));
+            return Err(err!(
+                libc::EXDEV,
+                "rename across peers: copy the file instead"
+            ));
         }
         if flags & libc::RENAME_EXCHANGE != 0 {
             return Err(err!(libc::EINVAL, "RENAME_EXCHANGE is not supported"));
         }
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        if noreplace && self.child(newparent, newname).and_then(|n| self.attr(&n)).is_ok() {
+        if noreplace
+            && self
+                .child(newparent, newname)
+                .and_then(|n| self.attr(&n))
+                .is_ok()
+        {
             return Err(err!(libc::EEXIST, "{newname} exists"));
         }
         let src_key = (parent.clone(), name.to_string());
         let staged = self.staged.lock().unwrap().get(&src_key).cloned();
         match (parent, newparent) {
             (Node::Inbox { .. }, Node::Inbox { .. }) => {
-                let s = staged.ok_or_else(|| err!(libc::EBUSY, "{name} is queued to run: it cannot be renamed"))?;
+                let s = staged.ok_or_else(|| {
+                    err!(libc::EBUSY, "{name} is queued to run: it cannot be renamed")
+                })?;
                 let dst = self.child(newparent, newname)?;
                 if is_staging_name(newname) {
                     let mut st = self.staged.lock().unwrap();
@@ -744,10 +1013,15 @@ impl Vfs {
                 let dst = match self.child(newparent, newname) {
                     Ok(n) => n,
                     Err(_) => {
-                        let Node::State { peer, dir } = newparent else { unreachable!() };
+                        let Node::State { peer, dir } = newparent else {
+                            unreachable!()
+                        };
                         let key = join_key(dir, newname);
                         check_key(&key)?;
-                        Node::StateFile { peer: peer.clone(), key }
+                        Node::StateFile {
+                            peer: peer.clone(),
+                            key,
+                        }
                     }
                 };
                 let Node::StateFile { key: to, .. } = &dst else {
@@ -759,9 +1033,14 @@ impl Vfs {
                         self.staged.lock().unwrap().remove(&src_key);
                         Ok(())
                     }
-                    (Node::StateFile { key: from, .. }, None) => self.core.apply(peer, Op::Rename(from.clone(), to.clone())),
+                    (Node::StateFile { key: from, .. }, None) => {
+                        self.core.apply(peer, Op::Rename(from.clone(), to.clone()))
+                    }
                     // mv falls back to copy-and-remove for folders.
-                    _ => Err(err!(libc::EXDEV, "renaming a state folder: mv copies it instead")),
+                    _ => Err(err!(
+                        libc::EXDEV,
+                        "renaming a state folder: mv copies it instead"
+                    )),
                 }
             }
             (Node::Modules(peer), Node::Modules(_)) => {
@@ -773,14 +1052,19 @@ impl Vfs {
                         return Ok(());
                     }
                     let m = module_name(newname).expect("checked");
-                    self.core.apply(peer, Op::SetModule(m.to_string(), s.data))?;
+                    self.core
+                        .apply(peer, Op::SetModule(m.to_string(), s.data))?;
                     self.staged.lock().unwrap().remove(&src_key);
                     return Ok(());
                 }
-                let from = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
-                let to = module_name(newname).ok_or_else(|| err!(libc::EINVAL, "module files end in .rhai: {newname:?}"))?;
+                let from = module_name(name)
+                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let to = module_name(newname)
+                    .ok_or_else(|| err!(libc::EINVAL, "module files end in .rhai: {newname:?}"))?;
                 let p = self.core.peer(peer)?;
-                let src = p.read(|s| s.module(from))?.ok_or_else(|| err!(libc::ENOENT, "no module {from:?}"))?;
+                let src = p
+                    .read(|s| s.module(from))?
+                    .ok_or_else(|| err!(libc::ENOENT, "no module {from:?}"))?;
                 self.core.apply(peer, Op::SetModule(to.to_string(), src))?;
                 self.core.apply(peer, Op::RemoveModule(from.to_string()))
             }
@@ -791,10 +1075,15 @@ impl Vfs {
     /// Submits a complete script dropped at `node` (an inbox file), durably.
     fn submit(&self, node: &Node, data: Vec<u8>) -> Result<()> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit_async(node, data, Box::new(move |r| {
-            let _ = tx.send(r);
-        }));
-        rx.recv().map_err(|_| err!(libc::EIO, "the daemon stopped"))?
+        self.submit_async(
+            node,
+            data,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| err!(libc::EIO, "the daemon stopped"))?
     }
 
     fn submit_async(&self, node: &Node, data: Vec<u8>, reply: Reply<()>) {
@@ -802,9 +1091,13 @@ impl Vfs {
             return reply(Err(err!(libc::EINVAL, "not an inbox file")));
         };
         let r = if peer == target {
-            self.core.new_job(peer, name, data, &serde_json::json!({})).map(Op::Submit)
+            self.core
+                .new_job(peer, name, data, &serde_json::json!({}))
+                .map(Op::Submit)
         } else {
-            self.core.new_message(peer, target, name, data, &serde_json::json!({}), 1).map(Op::SubmitTo)
+            self.core
+                .new_message(peer, target, name, data, &serde_json::json!({}), 1)
+                .map(Op::SubmitTo)
         };
         match r {
             Ok(op) => self.core.apply_async(peer, op, Some(reply)),
@@ -812,16 +1105,28 @@ impl Vfs {
         }
     }
 
-    pub fn create(&self, parent: &Node, name: &str, flags: i32, who: &Caller) -> Result<(Node, Attr, Opened)> {
+    pub fn create(
+        &self,
+        parent: &Node,
+        name: &str,
+        flags: i32,
+        who: &Caller,
+    ) -> Result<(Node, Attr, Opened)> {
         let node = self.child(parent, name).or_else(|e| match parent {
             Node::State { peer, dir } if e.errno == libc::ENOENT => {
                 let key = join_key(dir, name);
                 check_key(&key)?;
-                Ok(Node::StateFile { peer: peer.clone(), key })
+                Ok(Node::StateFile {
+                    peer: peer.clone(),
+                    key,
+                })
             }
             _ => Err(e),
         })?;
-        if !matches!(node, Node::InboxFile { .. } | Node::StateFile { .. } | Node::ModuleFile { .. }) {
+        if !matches!(
+            node,
+            Node::InboxFile { .. } | Node::StateFile { .. } | Node::ModuleFile { .. }
+        ) {
             return Err(ro(name));
         }
         if self.attr(&node).is_ok() {
@@ -834,11 +1139,33 @@ impl Vfs {
                 return Ok((node, attr, opened));
             }
         }
-        let staged = Staged { data: Vec::new(), uid: who.uid, gid: who.gid, mtime_ns: now_ns() };
+        let staged = Staged {
+            data: Vec::new(),
+            uid: who.uid,
+            gid: who.gid,
+            mtime_ns: now_ns(),
+        };
         let attr = self.staged_attr(&staged);
-        self.staged.lock().unwrap().insert((parent.clone(), name.to_string()), staged);
-        let fh = self.new_handle(Handle { node: node.clone(), write: true, buf: Vec::new(), dirty: true, snapshot: None });
-        Ok((node, attr, Opened { fh, direct_io: false }))
+        self.staged
+            .lock()
+            .unwrap()
+            .insert((parent.clone(), name.to_string()), staged);
+        let fh = self.new_handle(Handle {
+            node: node.clone(),
+            write: true,
+            created: true,
+            buf: Vec::new(),
+            dirty: false,
+            snapshot: None,
+        });
+        Ok((
+            node,
+            attr,
+            Opened {
+                fh,
+                direct_io: false,
+            },
+        ))
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
@@ -859,21 +1186,29 @@ impl Vfs {
             MetaFile(n) => Ok(self.meta_text(n).into_bytes()),
             StateFile { peer, key } => {
                 let p = self.core.peer(peer)?;
-                p.read(|s| s.get_bytes(key))?.ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
+                p.read(|s| s.get_bytes(key))?
+                    .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
             }
             ViewStateFile { other, key, .. } => {
                 let p = self.core.peer(other)?;
-                p.read(|s| s.get_bytes(key))?.ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
+                p.read(|s| s.get_bytes(key))?
+                    .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
             }
             ModuleFile { peer, name } => {
-                let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let m = module_name(name)
+                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
                 let p = self.core.peer(peer)?;
-                p.read(|s| s.module(m))?.ok_or_else(|| err!(libc::ENOENT, "no module {m:?}"))
+                p.read(|s| s.module(m))?
+                    .ok_or_else(|| err!(libc::ENOENT, "no module {m:?}"))
             }
             InboxFile { peer, name, .. } => {
                 let p = self.core.peer(peer)?;
                 let jobs = p.read(|s| s.queued(100_000))?;
-                jobs.into_iter().rev().find(|j| &j.name == name).map(|j| j.source).ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox"))
+                jobs.into_iter()
+                    .rev()
+                    .find(|j| &j.name == name)
+                    .map(|j| j.source)
+                    .ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox"))
             }
             Policy(p) => Ok(self.meta_bytes(p, "policy")?.0),
             Groups(p) => Ok(self.meta_bytes(p, "groups")?.0),
@@ -889,36 +1224,99 @@ impl Vfs {
         let acc = flags & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         if write {
-            if !matches!(node, InboxFile { .. } | StateFile { .. } | ModuleFile { .. } | Policy(_) | Groups(_)) {
+            if !matches!(
+                node,
+                InboxFile { .. } | StateFile { .. } | ModuleFile { .. } | Policy(_) | Groups(_)
+            ) {
                 return Err(ro(&format!("{node:?}")));
             }
             if let InboxFile { .. } = node {
-                if self.attr(node).is_ok() && Self::parent_of(node).and_then(|(p, n)| self.staged_get(&p, &n)).is_none() {
-                    return Err(err!(libc::EBUSY, "a queued script cannot be changed: drop a new one"));
+                if self.attr(node).is_ok()
+                    && Self::parent_of(node)
+                        .and_then(|(p, n)| self.staged_get(&p, &n))
+                        .is_none()
+                {
+                    return Err(err!(
+                        libc::EBUSY,
+                        "a queued script cannot be changed: drop a new one"
+                    ));
                 }
             }
             let trunc = flags & libc::O_TRUNC != 0;
-            let buf = if trunc { Vec::new() } else { self.contents(node).or_else(|e| if e.errno == libc::ENOENT { Ok(Vec::new()) } else { Err(e) })? };
-            let fh = self.new_handle(Handle { node: node.clone(), write: true, buf, dirty: trunc, snapshot: None });
-            return Ok(Opened { fh, direct_io: false });
+            let buf = if trunc {
+                Vec::new()
+            } else {
+                self.contents(node).or_else(|e| {
+                    if e.errno == libc::ENOENT {
+                        Ok(Vec::new())
+                    } else {
+                        Err(e)
+                    }
+                })?
+            };
+            let fh = self.new_handle(Handle {
+                node: node.clone(),
+                write: true,
+                created: false,
+                buf,
+                dirty: trunc,
+                snapshot: None,
+            });
+            return Ok(Opened {
+                fh,
+                direct_io: false,
+            });
         }
         match node {
             OutboxFile { peer, target, name } => {
                 self.attr(node)?;
                 if flags & libc::O_NONBLOCK != 0 && self.core.result_pending(peer, target, name)? {
-                    return Err(err!(libc::EAGAIN, "{name} is pending: its run has not finished"));
+                    return Err(err!(
+                        libc::EAGAIN,
+                        "{name} is pending: its run has not finished"
+                    ));
                 }
-                let fh = self.new_handle(Handle { node: node.clone(), write: false, buf: Vec::new(), dirty: false, snapshot: None });
-                Ok(Opened { fh, direct_io: true })
+                let fh = self.new_handle(Handle {
+                    node: node.clone(),
+                    write: false,
+                    created: false,
+                    buf: Vec::new(),
+                    dirty: false,
+                    snapshot: None,
+                });
+                Ok(Opened {
+                    fh,
+                    direct_io: true,
+                })
             }
             Log(_) => {
-                let fh = self.new_handle(Handle { node: node.clone(), write: false, buf: Vec::new(), dirty: false, snapshot: None });
-                Ok(Opened { fh, direct_io: true })
+                let fh = self.new_handle(Handle {
+                    node: node.clone(),
+                    write: false,
+                    created: false,
+                    buf: Vec::new(),
+                    dirty: false,
+                    snapshot: None,
+                });
+                Ok(Opened {
+                    fh,
+                    direct_io: true,
+                })
             }
             _ => {
                 let data = self.contents(node)?;
-                let fh = self.new_handle(Handle { node: node.clone(), write: false, buf: Vec::new(), dirty: false, snapshot: Some(Arc::new(data)) });
-                Ok(Opened { fh, direct_io: true })
+                let fh = self.new_handle(Handle {
+                    node: node.clone(),
+                    write: false,
+                    created: false,
+                    buf: Vec::new(),
+                    dirty: false,
+                    snapshot: Some(Arc::new(data)),
+                });
+                Ok(Opened {
+                    fh,
+                    direct_io: true,
+                })
             }
         }
     }
@@ -944,23 +1342,31 @@ impl Vfs {
         }
         match &node {
             Node::Log(p) => {
-                let r = self.core.peer(p).and_then(|peer| peer.read(|s| s.read_log(offset, size as usize)));
+                let r = self
+                    .core
+                    .peer(p)
+                    .and_then(|peer| peer.read(|s| s.read_log(offset, size as usize)));
                 reply(r)
             }
             Node::OutboxFile { peer, target, name } => {
                 // Answered when the run has finished; the handle keeps the bytes.
                 let handles = self.handles_ptr();
-                self.core.read_result(peer, target, name, Box::new(move |r| match r {
-                    Ok(bytes) => {
-                        if let Some(h) = handles.upgrade() {
-                            if let Some(h) = h.lock().unwrap().get_mut(&fh) {
-                                h.snapshot = Some(bytes.clone());
+                self.core.read_result(
+                    peer,
+                    target,
+                    name,
+                    Box::new(move |r| match r {
+                        Ok(bytes) => {
+                            if let Some(h) = handles.upgrade() {
+                                if let Some(h) = h.lock().unwrap().get_mut(&fh) {
+                                    h.snapshot = Some(bytes.clone());
+                                }
                             }
+                            reply(Ok(slice(&bytes)))
                         }
-                        reply(Ok(slice(&bytes)))
-                    }
-                    Err(e) => reply(Err(e)),
-                }));
+                        Err(e) => reply(Err(e)),
+                    }),
+                );
             }
             _ => reply(Err(err!(libc::EIO, "nothing to read"))),
         }
@@ -968,18 +1374,25 @@ impl Vfs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let mut hs = self.handles.lock().unwrap();
-        let h = hs.get_mut(&fh).ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
+        let h = hs
+            .get_mut(&fh)
+            .ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
         if !h.write {
             return Err(err!(libc::EBADF, "file not open for writing"));
         }
         let max = match &h.node {
-            Node::InboxFile { .. } | Node::ModuleFile { .. } => self.core.config().limits.max_script_bytes,
+            Node::InboxFile { .. } | Node::ModuleFile { .. } => {
+                self.core.config().limits.max_script_bytes
+            }
             Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
             _ => MAX_STATE_FILE,
         };
         let end = offset + data.len() as u64;
         if end > max {
-            return Err(err!(libc::EFBIG, "file would be {end} bytes: the most allowed here is {max}"));
+            return Err(err!(
+                libc::EFBIG,
+                "file would be {end} bytes: the most allowed here is {max}"
+            ));
         }
         if h.buf.len() < end as usize {
             h.buf.resize(end as usize, 0);
@@ -989,7 +1402,13 @@ impl Vfs {
         Ok(data.len() as u32)
     }
 
-    pub fn setattr(&self, node: &Node, fh: Option<u64>, size: Option<u64>, _mtime_ns: Option<i64>) -> Result<Attr> {
+    pub fn setattr(
+        &self,
+        node: &Node,
+        fh: Option<u64>,
+        size: Option<u64>,
+        _mtime_ns: Option<i64>,
+    ) -> Result<Attr> {
         if let Some(size) = size {
             if let Some(fh) = fh {
                 let mut hs = self.handles.lock().unwrap();
@@ -1016,7 +1435,9 @@ impl Vfs {
                         }
                     }
                 }
-                Node::Policy(_) | Node::Groups(_) => return Err(err!(libc::EACCES, "write the whole file instead")),
+                Node::Policy(_) | Node::Groups(_) => {
+                    return Err(err!(libc::EACCES, "write the whole file instead"))
+                }
                 _ => return Err(ro("this file")),
             }
         }
@@ -1042,6 +1463,7 @@ impl Vfs {
                 return reply(Ok(()));
             }
             h.dirty = false;
+            h.created = false;
             (h.node.clone(), h.buf.clone())
         };
         self.commit(node, data, reply);
@@ -1066,11 +1488,19 @@ impl Vfs {
             }
         };
         match &node {
-            Node::InboxFile { name, .. } | Node::ModuleFile { name, .. } if is_staging_name(name) || (matches!(node, Node::ModuleFile { .. }) && module_name(name).is_none()) => {
+            Node::InboxFile { name, .. } | Node::ModuleFile { name, .. }
+                if is_staging_name(name)
+                    || (matches!(node, Node::ModuleFile { .. }) && module_name(name).is_none()) =>
+            {
                 // Staging files live in memory until renamed to a real name.
                 if let Some(k) = staged_key {
                     let mut st = self.staged.lock().unwrap();
-                    let e = st.entry(k).or_insert(Staged { data: vec![], uid: self.uid, gid: self.gid, mtime_ns: now_ns() });
+                    let e = st.entry(k).or_insert(Staged {
+                        data: vec![],
+                        uid: self.uid,
+                        gid: self.gid,
+                        mtime_ns: now_ns(),
+                    });
                     e.data = data;
                     e.mtime_ns = now_ns();
                 }
@@ -1108,15 +1538,21 @@ impl Vfs {
                 )
             }
             Node::Policy(peer) | Node::Groups(peer) => {
-                let kind = if matches!(node, Node::Policy(_)) { "policy" } else { "groups" };
+                let kind = if matches!(node, Node::Policy(_)) {
+                    "policy"
+                } else {
+                    "groups"
+                };
                 if let Some(v) = self.validator.read().unwrap().as_ref() {
                     if let Err(e) = v(kind, &data) {
-                        let msg = format!("{kind} refused, the old one stays in force: {}", e.message);
+                        let msg =
+                            format!("{kind} refused, the old one stays in force: {}", e.message);
                         self.core.apply_async(peer, Op::Log(msg.clone()), None);
                         return reply(Err(err!(libc::EINVAL, "{msg}")));
                     }
                 }
-                self.core.apply_async(peer, Op::SetMeta(kind.to_string(), data), Some(reply))
+                self.core
+                    .apply_async(peer, Op::SetMeta(kind.to_string(), data), Some(reply))
             }
             _ => reply(Err(ro("this file"))),
         }
@@ -1125,18 +1561,25 @@ impl Vfs {
     pub fn release(&self, fh: u64) {
         let h = self.handles.lock().unwrap().remove(&fh);
         if let Some(h) = h {
-            if h.write && h.dirty {
+            let touch = h.created && matches!(h.node, Node::StateFile { .. });
+            if h.write && (h.dirty || touch) {
                 // No flush came (unusual): commit anyway; nobody waits for the answer.
-                self.commit(h.node.clone(), h.buf, Box::new(|r| {
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "write at release failed");
-                    }
-                }));
+                self.commit(
+                    h.node.clone(),
+                    h.buf,
+                    Box::new(|r| {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "write at release failed");
+                        }
+                    }),
+                );
             } else if h.write {
                 // A created file that was never written and is not a staging name:
                 // its flush committed it; drop the in-memory entry if one is left.
                 if let Some((p, n)) = Self::parent_of(&h.node) {
-                    if !is_staging_name(&n) && !matches!(h.node, Node::ModuleFile { .. } if module_name(&n).is_none()) {
+                    if !is_staging_name(&n)
+                        && !matches!(h.node, Node::ModuleFile { .. } if module_name(&n).is_none())
+                    {
                         self.staged.lock().unwrap().remove(&(p, n));
                     }
                 }
@@ -1146,10 +1589,25 @@ impl Vfs {
 
     pub fn statfs(&self) -> Statfs {
         let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-        let path = std::ffi::CString::new(self.core.registry().data_dir().as_os_str().as_encoded_bytes()).unwrap_or_default();
+        let path = std::ffi::CString::new(
+            self.core
+                .registry()
+                .data_dir()
+                .as_os_str()
+                .as_encoded_bytes(),
+        )
+        .unwrap_or_default();
         let ok = unsafe { libc::statvfs(path.as_ptr(), &mut s) } == 0;
         if !ok {
-            return Statfs { blocks: 0, bfree: 0, bavail: 0, files: 0, ffree: 0, bsize: 4096, namelen: 255 };
+            return Statfs {
+                blocks: 0,
+                bfree: 0,
+                bavail: 0,
+                files: 0,
+                ffree: 0,
+                bsize: 4096,
+                namelen: 255,
+            };
         }
         Statfs {
             blocks: s.f_blocks as u64 * s.f_frsize as u64 / 4096,

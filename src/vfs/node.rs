@@ -11,23 +11,57 @@ pub enum Node {
     MetaFile(&'static str),
     Peer(String),
     /// `peer/inbox` (target == peer) or `peer/peers/target/inbox`.
-    Inbox { peer: String, target: String },
-    InboxFile { peer: String, target: String, name: String },
+    Inbox {
+        peer: String,
+        target: String,
+    },
+    InboxFile {
+        peer: String,
+        target: String,
+        name: String,
+    },
     /// `peer/outbox` (target == peer) or `peer/peers/target/outbox`.
-    Outbox { peer: String, target: String },
-    OutboxFile { peer: String, target: String, name: String },
+    Outbox {
+        peer: String,
+        target: String,
+    },
+    OutboxFile {
+        peer: String,
+        target: String,
+        name: String,
+    },
     /// A folder of the peer's own state ("" is `state/` itself).
-    State { peer: String, dir: String },
-    StateFile { peer: String, key: String },
+    State {
+        peer: String,
+        dir: String,
+    },
+    StateFile {
+        peer: String,
+        key: String,
+    },
     Modules(String),
-    ModuleFile { peer: String, name: String },
+    ModuleFile {
+        peer: String,
+        name: String,
+    },
     /// `peer/peers/`
     Peers(String),
     /// `peer/peers/other/`
-    View { peer: String, other: String },
+    View {
+        peer: String,
+        other: String,
+    },
     /// `peer/peers/other/state/...`: the keys of `other` that `peer` may read.
-    ViewState { peer: String, other: String, dir: String },
-    ViewStateFile { peer: String, other: String, key: String },
+    ViewState {
+        peer: String,
+        other: String,
+        dir: String,
+    },
+    ViewStateFile {
+        peer: String,
+        other: String,
+        key: String,
+    },
     Policy(String),
     Groups(String),
     Log(String),
@@ -57,7 +91,15 @@ impl Node {
         use Node::*;
         matches!(
             self,
-            Root | MetaDir | Peer(_) | Inbox { .. } | Outbox { .. } | State { .. } | Modules(_) | Peers(_) | View { .. } | ViewState { .. }
+            Root | MetaDir
+                | Peer(_)
+                | Inbox { .. }
+                | Outbox { .. }
+                | State { .. }
+                | Modules(_)
+                | Peers(_)
+                | View { .. }
+                | ViewState { .. }
         )
     }
 }

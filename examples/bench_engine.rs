@@ -1,0 +1,158 @@
+//! `scripts-ci/bench engine`: run throughput and memory of the core, no mount.
+//! Prints `name: value unit` lines; every figure comes from this one process run.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use peerfs::peer::Op;
+use peerfs::{Config, Core};
+use serde_json::json;
+
+const SCRIPT: &str = "set(\"k\", n); n";
+
+fn rss_bytes() -> u64 {
+    unsafe { libc::malloc_trim(0) };
+    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn uid() -> (u32, u32) {
+    unsafe { (libc::getuid(), libc::getgid()) }
+}
+
+/// Submits `runs` scripts to each peer without waiting, then waits for every last result.
+fn drive(core: &Core, peers: &[String], runs: usize) -> f64 {
+    let acked = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    for i in 0..runs {
+        for p in peers {
+            let src = format!("let n = {i}; {SCRIPT}");
+            let job = core
+                .new_job(p, &format!("j{i}.rhai"), src.into_bytes(), &json!({}))
+                .unwrap();
+            let a = acked.clone();
+            core.apply_async(
+                p,
+                Op::Submit(job),
+                Some(Box::new(move |r| {
+                    r.expect("submission failed");
+                    a.fetch_add(1, Ordering::Relaxed);
+                })),
+            );
+        }
+    }
+    if std::env::var("PEERFS_BENCH_DEBUG").is_ok() {
+        while acked.load(Ordering::Relaxed) < (runs * peers.len()) as u64 {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        eprintln!("all submissions durable after {:?}", start.elapsed());
+    }
+    let last = format!("j{}.json", runs - 1);
+    for p in peers {
+        // Each peer's submissions are applied in order: once the last is acknowledged
+        // its result can be awaited.
+        loop {
+            match core.wait_result(p, p, &last) {
+                Ok(b) => {
+                    let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+                    assert_eq!(v["status"], "ok", "{v}");
+                    assert_eq!(v["value"], (runs - 1) as i64);
+                    break;
+                }
+                Err(e) if e.errno == libc::ENOENT => {
+                    std::thread::sleep(std::time::Duration::from_micros(200))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(acked.load(Ordering::Relaxed), (runs * peers.len()) as u64);
+    (runs * peers.len()) as f64 / secs
+}
+
+fn eval_only(n: usize) -> f64 {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    let mut engine = rhai::Engine::new();
+    let store: Arc<Mutex<HashMap<String, rhai::Dynamic>>> = Arc::default();
+    let s2 = store.clone();
+    engine.register_fn("set", move |k: &str, v: rhai::Dynamic| {
+        s2.lock().unwrap().insert(k.to_string(), v);
+    });
+    let mut sum = 0i64;
+    let start = Instant::now();
+    for i in 0..n {
+        // Same work per run as the daemon: a distinct source (a cache hit in both).
+        let ast = engine.compile(format!("let n = {i}; {SCRIPT}")).unwrap();
+        let mut scope = rhai::Scope::new();
+        sum += engine.eval_ast_with_scope::<i64>(&mut scope, &ast).unwrap();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert!(sum > 0 && store.lock().unwrap().len() == 1);
+    n as f64 / secs
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let (u, g) = uid();
+    let mut cfg = Config::new(dir.path().join("a"));
+    cfg.workers = 2;
+    let core = Core::start(cfg).unwrap();
+
+    core.create_peer("one", u, g).unwrap();
+    let one = drive(&core, &["one".to_string()], 20_000);
+    println!("engine.one_peer.runs_per_s: {one:.0} runs/s");
+    if std::env::var("PEERFS_BENCH_ONLY").as_deref() == Ok("one") {
+        core.shutdown();
+        return;
+    }
+
+    let many: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
+    for p in &many {
+        core.create_peer(p, u, g).unwrap();
+    }
+    let many_rate = drive(&core, &many, 200);
+    println!("engine.many_peers.runs_per_s: {many_rate:.0} runs/s");
+
+    let eval = eval_only(20_000);
+    println!("engine.eval_only.runs_per_s: {eval:.0} runs/s");
+    println!("engine.durable_vs_eval_ratio: {:.3}", one / eval);
+    core.shutdown();
+    drop(core);
+
+    // Memory: a fresh core; 10,000 peers created (none open), then 1,000 open at once.
+    let mut cfg = Config::new(dir.path().join("b"));
+    cfg.workers = 2;
+    let core = Core::start(cfg).unwrap();
+    // Warm up: the first peer's open and run allocate the engine and caches.
+    core.create_peer("warm", u, g).unwrap();
+    core.run("warm", "w.rhai", "1").unwrap();
+    let before = rss_bytes();
+    for i in 0..10_000 {
+        core.create_peer(&format!("idle{i}"), u, g).unwrap();
+    }
+    let after = rss_bytes();
+    let idle = after.saturating_sub(before) as f64 / 10_000.0;
+    println!("engine.idle_peer_bytes: {idle:.0} bytes");
+
+    let before = rss_bytes();
+    let mut held = Vec::new();
+    for i in 0..1_000 {
+        let name = format!("idle{i}");
+        held.push(core.peer(&name).unwrap());
+        core.run(&name, "o.rhai", "set(\"k\", 1); 1").unwrap();
+    }
+    assert!(core.registry().open_count() >= 1_000);
+    let after = rss_bytes();
+    let open = after.saturating_sub(before) as f64 / 1_000.0;
+    println!("engine.open_peer_bytes: {open:.0} bytes");
+    drop(held);
+    core.shutdown();
+}
