@@ -12,6 +12,7 @@ pub mod error;
 pub mod exec;
 pub mod fuse;
 pub mod peer;
+pub mod policy;
 pub mod script;
 pub mod store;
 pub mod util;

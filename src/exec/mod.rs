@@ -150,6 +150,7 @@ struct Inner {
     cache: Arc<AstCache>,
     listener: RwLock<Option<Arc<dyn Listener>>>,
     gate: RwLock<Arc<dyn Gate>>,
+    policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -181,6 +182,7 @@ impl Core {
     /// Opens the data directory and starts the workers.
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
+        let policy = Arc::new(crate::policy::PolicyGate::new());
         let core = Core(Arc::new(Inner {
             registry,
             ready: Mutex::new(VecDeque::new()),
@@ -189,7 +191,8 @@ impl Core {
             quit: AtomicBool::new(false),
             cache: Arc::new(AstCache::new()),
             listener: RwLock::new(None),
-            gate: RwLock::new(Arc::new(OwnerOnly)),
+            gate: RwLock::new(Arc::new(policy.clone())),
+            policy,
             stats: Stats::default(),
             threads: Mutex::new(Vec::new()),
             cfg,
@@ -239,6 +242,11 @@ impl Core {
 
     pub fn set_listener(&self, l: Arc<dyn Listener>) {
         *self.0.listener.write().unwrap() = Some(l);
+    }
+
+    /// The peers' policies (what the default gate decides with).
+    pub fn policy(&self) -> &Arc<crate::policy::PolicyGate> {
+        &self.0.policy
     }
 
     pub fn set_gate(&self, g: Arc<dyn Gate>) {
@@ -939,7 +947,12 @@ impl Core {
                         },
                     );
                 }
-                Effect::Changed(c) => self.notify(&peer.name, c),
+                Effect::Changed(c) => {
+                    if let Change::Meta(_) = c {
+                        peer.policy_gen.fetch_add(1, Ordering::AcqRel);
+                    }
+                    self.notify(&peer.name, c)
+                }
             }
         }
     }

@@ -70,6 +70,8 @@ pub struct Peer {
     /// Messages handed to their targets and not yet acknowledged.
     pub(crate) inflight: Mutex<std::collections::HashSet<String>>,
     pub(crate) last_used: AtomicI64,
+    /// Bumped when `policy.cedar` or `groups` changes (invalidates cached policies).
+    pub policy_gen: AtomicU64,
 }
 
 impl Peer {
@@ -85,6 +87,7 @@ impl Peer {
             has_undelivered: AtomicBool::new(false),
             inflight: Mutex::new(Default::default()),
             last_used: AtomicI64::new(crate::util::now_ns()),
+            policy_gen: AtomicU64::new(0),
         }
     }
 

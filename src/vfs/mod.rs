@@ -181,6 +181,20 @@ impl Vfs {
             read_check: RwLock::new(None),
         });
         core.set_listener(Arc::new(ChangeRelay(vfs.clone())));
+        vfs.set_validator(Box::new(|kind, bytes| {
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| err!(libc::EINVAL, "{kind} is not UTF-8 text"))?;
+            let r = if kind == "policy" {
+                crate::policy::Policy::parse(text).map(|_| ())
+            } else {
+                crate::policy::Groups::parse(text).map(|_| ())
+            };
+            r.map_err(|e| err!(libc::EINVAL, "{e}"))
+        }));
+        let c = core.clone();
+        vfs.set_read_check(Box::new(move |reader, owner, key| {
+            c.policy().may_read(&c, reader, owner, key)
+        }));
         vfs
     }
 

@@ -1,0 +1,285 @@
+//! The policy at work: decides, for every run and host call of another peer's
+//! script, what it may do (the executor's [`Gate`]), and what one peer may read of
+//! another's state (the mount's `peers/<other>/state/`).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use rhai::{ASTNode, Expr, Stmt, AST};
+use serde_json::Value;
+
+use super::{Action, Groups, Policy, Request};
+use crate::exec::{Core, Gate};
+use crate::peer::Peer;
+use crate::script::{Capability, Host, Limits, OwnerHost};
+use crate::store::{Job, Store};
+
+/// A peer's parsed `policy.cedar` and `groups`.
+pub struct PolicyState {
+    pub policy: Policy,
+    pub groups: Groups,
+}
+
+impl PolicyState {
+    /// Parses stored texts; a stored text that no longer parses (it was validated
+    /// when written) denies everything rather than failing open.
+    pub fn from_texts(policy: &[u8], groups: &[u8]) -> PolicyState {
+        let p = std::str::from_utf8(policy)
+            .ok()
+            .and_then(|t| Policy::parse(t).ok())
+            .unwrap_or_else(Policy::empty);
+        let g = std::str::from_utf8(groups)
+            .ok()
+            .and_then(|t| Groups::parse(t).ok())
+            .unwrap_or_default();
+        PolicyState {
+            policy: p,
+            groups: g,
+        }
+    }
+
+    pub fn decide(
+        &self,
+        caller: &str,
+        target: &str,
+        action: Action,
+        object: &str,
+        script: &str,
+        params: &Value,
+    ) -> super::Decision {
+        let req = Request {
+            caller,
+            target,
+            action,
+            object: Some(object),
+            script,
+            params,
+            now: crate::util::now_ns() / 1_000_000_000,
+        };
+        self.policy.decide(&req, &self.groups)
+    }
+}
+
+/// Cached policy states, by peer, valid while the peer's policy generation holds.
+#[derive(Default)]
+pub struct PolicyGate {
+    cache: Mutex<HashMap<String, (u64, Arc<PolicyState>)>>,
+}
+
+impl PolicyGate {
+    pub fn new() -> PolicyGate {
+        PolicyGate::default()
+    }
+
+    /// The current policy of `peer` (loaded from committed data on first use and
+    /// after every change).
+    pub fn state(&self, peer: &Peer) -> crate::Result<Arc<PolicyState>> {
+        let gen = peer.policy_gen.load(Ordering::Acquire);
+        if let Some((g, s)) = self.cache.lock().unwrap().get(&peer.name) {
+            if *g == gen {
+                return Ok(s.clone());
+            }
+        }
+        let (p, g) = peer.read(|s| Ok((s.meta("policy")?, s.meta("groups")?)))?;
+        let st = Arc::new(PolicyState::from_texts(
+            &p.map(|x| x.0).unwrap_or_default(),
+            &g.map(|x| x.0).unwrap_or_default(),
+        ));
+        let mut c = self.cache.lock().unwrap();
+        if c.len() > 10_000 {
+            c.clear();
+        }
+        c.insert(peer.name.clone(), (gen, st.clone()));
+        Ok(st)
+    }
+
+    /// Whether `reader` may read `key` of `owner` (for `peers/<owner>/state/`).
+    pub fn may_read(&self, core: &Core, reader: &str, owner: &str, key: &str) -> bool {
+        let Ok(p) = core.peer(owner) else {
+            return false;
+        };
+        let Ok(st) = self.state(&p) else { return false };
+        st.decide(reader, owner, Action::Read, key, "", &Value::Null)
+            .allowed
+    }
+}
+
+fn limits_from(base: &Limits, d: &super::Limits) -> Limits {
+    let mut l = base.clone();
+    let tighten = |v: &mut u64, p: Option<u64>| {
+        if let Some(p) = p {
+            *v = (*v).min(p);
+        }
+    };
+    tighten(&mut l.max_operations, d.max_operations);
+    tighten(&mut l.max_wall_ms, d.max_wall_ms);
+    tighten(&mut l.max_string_size, d.max_string_size);
+    tighten(&mut l.max_array_size, d.max_array_size);
+    tighten(&mut l.max_map_size, d.max_map_size);
+    tighten(&mut l.max_output_bytes, d.max_output_bytes);
+    tighten(&mut l.max_call_levels, d.max_call_levels);
+    tighten(&mut l.max_sends, d.max_sends);
+    l
+}
+
+impl Gate for Arc<PolicyGate> {
+    fn prepare(
+        &self,
+        core: &Core,
+        target: &Arc<Peer>,
+        job: &Job,
+    ) -> Result<(Box<dyn Host>, Limits), String> {
+        if job.caller == target.name {
+            return Ok((Box::new(OwnerHost), core.config().limits.clone()));
+        }
+        let state = self
+            .state(target)
+            .map_err(|e| format!("denied: {}'s policy cannot be read: {e}", target.name))?;
+        let params: Value = serde_json::from_str(&job.params).unwrap_or(Value::Null);
+        let d = state.decide(
+            &job.caller,
+            &target.name,
+            Action::Run,
+            &job.name,
+            &job.name,
+            &params,
+        );
+        if !d.allowed {
+            return Err(format!(
+                "denied: run {} by {} at {}: {} (policy.cedar of {})",
+                job.name,
+                job.caller,
+                target.name,
+                d.explain(),
+                target.name
+            ));
+        }
+        let limits = limits_from(&core.config().limits, &d.limits);
+        Ok((
+            Box::new(PolicyHost {
+                gate: self.clone(),
+                core: core.clone(),
+                state,
+                caller: job.caller.clone(),
+                target: target.name.clone(),
+                script: job.name.clone(),
+                params,
+            }),
+            limits,
+        ))
+    }
+}
+
+/// What another peer's script may do, decided by the target's policy at every call.
+pub struct PolicyHost {
+    gate: Arc<PolicyGate>,
+    core: Core,
+    state: Arc<PolicyState>,
+    caller: String,
+    target: String,
+    script: String,
+    params: Value,
+}
+
+fn action_of(cap: Capability) -> Action {
+    match cap {
+        Capability::Read => Action::Read,
+        Capability::Write => Action::Write,
+        Capability::Send => Action::Send,
+        Capability::Import => Action::Import,
+    }
+}
+
+/// The host calls a script can make, found by walking its AST.
+pub fn capabilities_used(ast: &AST) -> Vec<(Capability, &'static str)> {
+    let mut used: Vec<(Capability, &'static str)> = Vec::new();
+    let mut add = |c, f| {
+        if !used.iter().any(|(u, _)| *u == c) {
+            used.push((c, f));
+        }
+    };
+    ast.walk(&mut |nodes: &[ASTNode]| {
+        match nodes.last() {
+            Some(ASTNode::Expr(Expr::FnCall(f, _))) => match f.name.as_str() {
+                "get" => add(Capability::Read, "get"),
+                "keys" => add(Capability::Read, "keys"),
+                "set" => add(Capability::Write, "set"),
+                "remove" => add(Capability::Write, "remove"),
+                "send" => add(Capability::Send, "send"),
+                _ => {}
+            },
+            Some(ASTNode::Stmt(Stmt::Import(..))) => add(Capability::Import, "import"),
+            _ => {}
+        }
+        true
+    });
+    used
+}
+
+impl Host for PolicyHost {
+    fn check(&self, cap: Capability, object: &str) -> Result<(), String> {
+        let action = action_of(cap);
+        let d = self.state.decide(
+            &self.caller,
+            &self.target,
+            action,
+            object,
+            &self.script,
+            &self.params,
+        );
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(format!(
+                "denied: {action} {object:?} by {} at {}: {} (policy.cedar of {})",
+                self.caller,
+                self.target,
+                d.explain(),
+                self.target
+            ))
+        }
+    }
+
+    fn check_script(&self, ast: &AST) -> Result<(), String> {
+        let groups = self.state.groups.groups_of(&self.caller);
+        for (cap, f) in capabilities_used(ast) {
+            let action = action_of(cap);
+            if !self
+                .state
+                .policy
+                .could_ever_allow(&self.caller, &groups, action)
+            {
+                return Err(format!(
+                    "denied before running: the script calls {f}(), and no rule in the policy.cedar of {} can ever allow {} to {action}",
+                    self.target, self.caller
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn caller_get(&self, key: &str) -> Result<Option<Value>, String> {
+        // The caller's own policy decides what the target may read of it (no
+        // confused deputy: the target's code cannot read more than the caller allows).
+        let caller = self.core.peer(&self.caller).map_err(|e| e.message)?;
+        let st = self.gate.state(&caller).map_err(|e| e.message)?;
+        let d = st.decide(
+            &self.target,
+            &self.caller,
+            Action::Read,
+            key,
+            &self.script,
+            &self.params,
+        );
+        if !d.allowed {
+            return Err(format!(
+                "denied: caller_get {key:?}: the policy.cedar of {} does not let {} read it: {}",
+                self.caller,
+                self.target,
+                d.explain()
+            ));
+        }
+        caller.read(|s| s.get(key)).map_err(|e| e.message)
+    }
+}
