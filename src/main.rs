@@ -66,10 +66,35 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PeerCmd,
     },
+    /// Check a policy file, or explain what a peer's policy decides.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
     /// Mount a ready demo (peers alice and bob) and print a short tour.
     Demo {
         /// Where the demo's data and mount go (default: /tmp/peerfs-demo).
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Validate a policy.cedar (and a groups file) against the peerfs schema.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        groups: Option<PathBuf>,
+    },
+    /// Say whether PEER's policy lets CALLER do ACTION (run, read, write, send, import)
+    /// on OBJECT (a script name, key, peer or module), and which policies decided.
+    Explain {
+        #[arg(long)]
+        data: PathBuf,
+        peer: String,
+        caller: String,
+        action: String,
+        object: Option<String>,
     },
 }
 
@@ -138,6 +163,7 @@ fn main() -> ExitCode {
             full,
         } => return run(&peer, &file, &mount, caller.as_deref(), full),
         Cmd::Peer { cmd } => peer_cmd(cmd),
+        Cmd::Policy { cmd } => return policy_cmd(cmd),
         Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
     };
     match r {
@@ -325,6 +351,93 @@ fn run(peer: &str, file: &str, mount: &Path, caller: Option<&str>, full: bool) -
         "limit" => 3,
         _ => 4,
     })
+}
+
+fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
+    use peerfs::policy::{Action, Groups, Policy, PolicyState};
+    let fail = |m: String| {
+        eprintln!("peerfs policy: {m}");
+        ExitCode::from(1)
+    };
+    match cmd {
+        PolicyCmd::Check { file, groups } => {
+            let text = match std::fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("{}: {e}", file.display())),
+            };
+            match Policy::parse(&text) {
+                Ok(p) => {
+                    for w in p.warnings() {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("{}: ok ({} policies)", file.display(), p.len());
+                }
+                Err(e) => return fail(format!("{}: {e}", file.display())),
+            }
+            if let Some(g) = groups {
+                let text = match std::fs::read_to_string(&g) {
+                    Ok(t) => t,
+                    Err(e) => return fail(format!("{}: {e}", g.display())),
+                };
+                if let Err(e) = Groups::parse(&text) {
+                    return fail(format!("{}: {e}", g.display()));
+                }
+                println!("{}: ok", g.display());
+            }
+            ExitCode::SUCCESS
+        }
+        PolicyCmd::Explain {
+            data,
+            peer,
+            caller,
+            action,
+            object,
+        } => {
+            let Some(action) = Action::parse(&action) else {
+                return fail(format!(
+                    "unknown action {action:?}: use run, read, write, send or import"
+                ));
+            };
+            let reg = match peerfs::peer::Registry::new(&data, None) {
+                Ok(r) => r,
+                Err(e) => return fail(e.to_string()),
+            };
+            if !reg.exists(&peer) {
+                return fail(format!("no peer named {peer:?} in {}", data.display()));
+            }
+            let st = match peerfs::store::SqliteStore::open_reader(&reg.path_of(&peer)) {
+                Ok(s) => s,
+                Err(e) => return fail(e.to_string()),
+            };
+            let mut st = st;
+            use peerfs::store::Store;
+            let p = st
+                .meta("policy")
+                .ok()
+                .flatten()
+                .map(|x| x.0)
+                .unwrap_or_default();
+            let g = st
+                .meta("groups")
+                .ok()
+                .flatten()
+                .map(|x| x.0)
+                .unwrap_or_default();
+            let state = PolicyState::from_texts(&p, &g);
+            if caller == peer {
+                println!("allow (the owner's own scripts have every capability)");
+                return ExitCode::SUCCESS;
+            }
+            let obj = object.unwrap_or_default();
+            let d = state.decide(&caller, &peer, action, &obj, &obj, &serde_json::json!({}));
+            println!("{}", d.explain());
+            if d.allowed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            }
+        }
+    }
 }
 
 fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {

@@ -200,16 +200,22 @@ pub fn capabilities_used(ast: &AST) -> Vec<(Capability, &'static str)> {
         }
     };
     ast.walk(&mut |nodes: &[ASTNode]| {
-        match nodes.last() {
-            Some(ASTNode::Expr(Expr::FnCall(f, _))) => match f.name.as_str() {
-                "get" => add(Capability::Read, "get"),
-                "keys" => add(Capability::Read, "keys"),
-                "set" => add(Capability::Write, "set"),
-                "remove" => add(Capability::Write, "remove"),
-                "send" => add(Capability::Send, "send"),
-                _ => {}
-            },
-            Some(ASTNode::Stmt(Stmt::Import(..))) => add(Capability::Import, "import"),
+        // Calls as statements, in expressions and as methods ("k".get()) all count.
+        let name = match nodes.last() {
+            Some(ASTNode::Expr(Expr::FnCall(f, _))) | Some(ASTNode::Stmt(Stmt::FnCall(f, _))) => {
+                Some(f.name.as_str())
+            }
+            Some(ASTNode::Expr(Expr::MethodCall(f, _))) => Some(f.name.as_str()),
+            Some(ASTNode::Stmt(Stmt::Import(..))) => Some("import"),
+            _ => None,
+        };
+        match name {
+            Some("get") => add(Capability::Read, "get"),
+            Some("keys") => add(Capability::Read, "keys"),
+            Some("set") => add(Capability::Write, "set"),
+            Some("remove") => add(Capability::Write, "remove"),
+            Some("send") => add(Capability::Send, "send"),
+            Some("import") => add(Capability::Import, "import"),
             _ => {}
         }
         true
@@ -281,5 +287,29 @@ impl Host for PolicyHost {
             ));
         }
         caller.read(|s| s.get(key)).map_err(|e| e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_host_calls_in_scripts_and_functions() {
+        let e = rhai::Engine::new();
+        let ast = e
+            .compile(r#"print("x"); set("k", 1); fn f() { send("b", "1") } import "m" as m;"#)
+            .unwrap();
+        let used: Vec<Capability> = capabilities_used(&ast).into_iter().map(|c| c.0).collect();
+        assert!(used.contains(&Capability::Write), "{used:?}");
+        assert!(used.contains(&Capability::Send), "{used:?}");
+        assert!(used.contains(&Capability::Import), "{used:?}");
+        assert!(!used.contains(&Capability::Read), "{used:?}");
+        let p = Policy::parse(
+            r#"permit(principal == Peer::"alice", action == Action::"run", resource);"#,
+        )
+        .unwrap();
+        assert!(!p.could_ever_allow("alice", &[], Action::Write));
+        assert!(p.could_ever_allow("alice", &[], Action::Run));
     }
 }
