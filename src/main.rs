@@ -321,7 +321,7 @@ fn run(peer: &str, file: &str, mount: &Path, caller: Option<&str>, full: bool) -
         None => mount.join(peer),
     };
     let stem = peerfs::peer::name::script_stem(&name).to_string();
-    if let Err(e) = std::fs::write(base.join("inbox").join(&name), &src) {
+    if let Err(e) = peerfs::util::write_and_close(&base.join("inbox").join(&name), &src) {
         return fail(format!(
             "submitting to {}: {e}",
             base.join("inbox").display()
