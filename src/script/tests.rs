@@ -341,3 +341,36 @@ fn compiled_scripts_are_cached_by_content() {
     run(&mut f, "1 + 2");
     assert_eq!(f.cache.len(), 2);
 }
+
+#[test]
+fn stop_flag_set_mid_run_interrupts_it() {
+    let mut f = fixture();
+    let stop = Arc::new(AtomicBool::new(false));
+    let params = json!({});
+    let l = Limits {
+        max_operations: u64::MAX / 2,
+        max_wall_ms: 60_000,
+        ..Limits::default()
+    };
+    let s2 = stop.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        s2.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let input = RunInput {
+        script_name: "t.rhai",
+        source: b"let i = 0; while i < 200000000 { i += 1; } i",
+        caller: "a",
+        target: "a",
+        params: &params,
+        limits: &l,
+        stop: &stop,
+        send_block: None,
+    };
+    let started = std::time::Instant::now();
+    let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);
+    let o = e.run(&input, &mut f.store, &OwnerHost);
+    t.join().unwrap();
+    assert_eq!(o.status, Status::Interrupted, "{:?}", o.error);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
