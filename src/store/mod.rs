@@ -114,6 +114,8 @@ pub trait Store: Send {
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>>;
     fn dequeue(&mut self, seq: i64) -> Result<()>;
     fn queue_len(&mut self) -> Result<u64>;
+    /// The newest queued script with this name.
+    fn queued_named(&mut self, name: &str) -> Result<Option<Job>>;
     /// Queued scripts by name: (name, size, submitted_at), oldest first.
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>>;
     /// Whether a message id was already accepted (exactly-once delivery).

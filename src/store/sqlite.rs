@@ -31,6 +31,8 @@ const MIGRATIONS: &[&str] = &[
         payload TEXT NOT NULL, created_at INTEGER NOT NULL, delivered_at INTEGER);
      CREATE INDEX sent_undelivered ON sent(seq) WHERE delivered_at IS NULL;
      CREATE TABLE received(msg_id TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
+    // 2: find a queued script by name without scanning the queue (inbox lookups).
+    "CREATE INDEX queue_name ON queue(name, seq);",
 ];
 
 /// The exclusive upper bound of keys beginning with `prefix` that ends in `/`.
@@ -528,6 +530,16 @@ impl Store for SqliteStore {
             .prepare_cached("SELECT count(*) FROM queue")?
             .query_row([], |r| r.get(0))?;
         Ok(n as u64)
+    }
+
+    fn queued_named(&mut self, name: &str) -> Result<Option<Job>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT seq,id,name,source,caller,params,msg_id,hops,submitted_at FROM queue WHERE name=?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([name], Self::row_job)
+            .optional()?)
     }
 
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>> {
