@@ -908,6 +908,26 @@ mod tests {
     }
 
     #[test]
+    fn an_older_schema_is_migrated_on_open_and_keeps_its_data() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("p.sqlite");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch("PRAGMA user_version=1; INSERT INTO state VALUES('k', '5', NULL, 2, 0);").unwrap();
+        }
+        let mut s = SqliteStore::open(&p, false).unwrap();
+        let v: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        let idx: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM sqlite_master WHERE name='queue_name'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(idx, 1);
+        assert_eq!(s.get("k").unwrap(), Some(json!(5)));
+    }
+
+    #[test]
     fn migrations_refuse_a_newer_schema() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("p.sqlite");
