@@ -549,6 +549,12 @@ impl Core {
                 }
             }
         }
+        // Runs commit without their own fsync: make them durable before exiting.
+        for p in self.0.registry.open_peers() {
+            if let Err(e) = p.writer.lock().unwrap().checkpoint() {
+                tracing::error!(peer = %p.name, error = %e, "checkpoint at shutdown failed");
+            }
+        }
         self.0.registry.sweep(-1, 0);
     }
 
@@ -719,7 +725,7 @@ impl Core {
         let ts = rfc3339(now_ns());
         Ok(match op {
             Op::Submit(job) => {
-                st.enqueue(&job)?;
+                st.enqueue(job)?;
                 let out = format!("{}.json", script_stem(&job.name));
                 st.outbox_pending(&peer.name, &out, &job.id, job.submitted_at)?;
                 st.append_log(&format!(
@@ -748,7 +754,7 @@ impl Core {
                 }
                 let out = format!("{}.json", script_stem(&msg.name));
                 st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
-                st.record_outgoing(&msg)?;
+                st.record_outgoing(msg)?;
                 st.append_log(&format!("{ts} send {} {} to={}", msg.id, msg.name, msg.to))?;
                 self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
                 vec![
@@ -762,27 +768,27 @@ impl Core {
                 ]
             }
             Op::SetBytes(key, bytes) => {
-                crate::peer::name::check_key(&key)?;
-                st.set_bytes(&key, &bytes)?;
+                crate::peer::name::check_key(key)?;
+                st.set_bytes(key, bytes)?;
                 st.append_log(&format!("{ts} write state/{key} {} bytes", bytes.len()))?;
                 self.0.stats.writes.fetch_add(1, Ordering::Relaxed);
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::Remove(key) => {
-                if !st.remove(&key)? {
+                if !st.remove(key)? {
                     return Err(err!(libc::ENOENT, "no state key {key:?}"));
                 }
                 st.append_log(&format!("{ts} remove state/{key}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::Rename(from, to) => {
-                crate::peer::name::check_key(&to)?;
-                st.rename(&from, &to)?;
+                crate::peer::name::check_key(to)?;
+                st.rename(from, to)?;
                 st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::SetModule(name, src) => {
-                st.set_module(&name, &src)?;
+                st.set_module(name, src)?;
                 st.append_log(&format!("{ts} module {name} {} bytes", src.len()))?;
                 vec![
                     Effect::Changed(Change::Modules),
@@ -790,7 +796,7 @@ impl Core {
                 ]
             }
             Op::RemoveModule(name) => {
-                if !st.remove_module(&name)? {
+                if !st.remove_module(name)? {
                     return Err(err!(libc::ENOENT, "no module {name:?}"));
                 }
                 st.append_log(&format!("{ts} remove module {name}"))?;
@@ -800,7 +806,7 @@ impl Core {
                 ]
             }
             Op::SetMeta(k, v) => {
-                st.set_meta(&k, &v)?;
+                st.set_meta(k, v)?;
                 st.append_log(&format!("{ts} {k} updated ({} bytes)", v.len()))?;
                 vec![
                     Effect::Changed(Change::Meta(k.clone())),
@@ -808,7 +814,7 @@ impl Core {
                 ]
             }
             Op::OutboxRemove(target, name) => {
-                if !st.outbox_remove(&target, &name)? {
+                if !st.outbox_remove(target, name)? {
                     return Err(err!(libc::ENOENT, "no result {name:?}"));
                 }
                 vec![Effect::Changed(Change::Outbox {
@@ -821,7 +827,7 @@ impl Core {
                 vec![Effect::Changed(Change::Log)]
             }
             Op::Delivered(id) => {
-                st.mark_delivered(&id, now_ns())?;
+                st.mark_delivered(id, now_ns())?;
                 vec![Effect::None]
             }
             Op::Deliver { from, msg } => {
@@ -856,7 +862,7 @@ impl Core {
                             .and_then(|i| i.as_str())
                             .unwrap_or_default()
                             .to_string();
-                        st.outbox_finish(&from, &msg.name, &run_id, &msg.payload, now_ns())?;
+                        st.outbox_finish(from, &msg.name, &run_id, &msg.payload, now_ns())?;
                         vec![
                             Effect::Result {
                                 target: from.clone(),
@@ -957,16 +963,43 @@ impl Core {
         }
     }
 
-    /// Runs queued scripts, one savepoint each, one commit for the batch.
+    /// Runs queued scripts in one transaction. Its commit is not fsynced on its own
+    /// (see `Store::begin_unsynced`): the runs are replays of durable submissions.
     fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
-        let gate = self.0.gate.read().unwrap().clone();
         let mut st = peer.writer.lock().unwrap();
-        let jobs = st.queued(self.0.cfg.batch_max_runs)?;
-        if jobs.is_empty() {
-            peer.queued.store(0, Ordering::Relaxed);
+        st.begin_unsynced()?;
+        let (effects, finished) = match self.runs_in_txn(&mut *st, peer) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = st.rollback();
+                return Err(e);
+            }
+        };
+        if finished == 0 && effects.is_empty() {
+            let _ = st.rollback();
+            if !self.0.stop.load(Ordering::Relaxed) {
+                peer.queued.store(0, Ordering::Relaxed);
+            }
             return Ok(());
         }
-        st.begin()?;
+        let pre = self.pre_register(peer, &effects);
+        if let Err(e) = st.commit() {
+            self.unregister(peer, pre, &e);
+            return Err(e);
+        }
+        drop(st);
+        self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.publish(peer, effects);
+        peer.queued
+            .fetch_sub(finished.min(peer.queued()), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Runs queued scripts inside the open transaction: up to `batch_max_runs`, or
+    /// until `batch_max_time` has passed. Returns their effects and how many finished.
+    fn runs_in_txn(&self, st: &mut dyn Store, peer: &Arc<Peer>) -> Result<(Vec<Effect>, u64)> {
+        let gate = self.0.gate.read().unwrap().clone();
+        let jobs = st.queued(self.0.cfg.batch_max_runs)?;
         let started = Instant::now();
         let mut effects = Vec::new();
         let mut finished = 0u64;
@@ -974,16 +1007,12 @@ impl Core {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(&mut *st, peer, &job, &*gate) {
-                Ok(Some(fx)) => {
+            match self.run_one(st, peer, &job, &*gate)? {
+                Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
                 }
-                Ok(None) => break, // interrupted: rolled back, stays queued
-                Err(e) => {
-                    let _ = st.rollback();
-                    return Err(e);
-                }
+                None => break, // interrupted: rolled back, stays queued
             }
             if started.elapsed() > self.0.cfg.batch_max_time {
                 break;
@@ -993,21 +1022,7 @@ impl Core {
         if total % 1024 < finished {
             st.prune_runs(self.0.cfg.run_retention)?;
         }
-        let pre = self.pre_register(peer, &effects);
-        if let Err(e) = st.commit() {
-            self.unregister(peer, pre, &e);
-            return Err(e);
-        }
-        drop(st);
-        self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
-        peer.queued
-            .fetch_sub(finished.min(peer.queued()), Ordering::Relaxed);
-        if finished > 0 {
-            effects.push(Effect::Changed(Change::Inbox));
-            effects.push(Effect::Changed(Change::Log));
-        }
-        self.publish(peer, effects);
-        Ok(())
+        Ok((effects, finished))
     }
 
     /// One run inside the batch's transaction; the engine keeps the script's own
@@ -1088,7 +1103,7 @@ impl Core {
             let stem = script_stem(&job.name);
             for (i, s) in outcome.sends.iter().enumerate() {
                 let name = format!("{stem}-{}.rhai", i + 1);
-                let msg = self.new_message(
+                let mut msg = self.new_message(
                     &peer.name,
                     &s.to,
                     &name,
@@ -1096,6 +1111,8 @@ impl Core {
                     &s.params,
                     job.hops + 1,
                 )?;
+                // The same id if the run is replayed: the target runs it once.
+                msg.id = format!("{}-{}", job.id, i + 1);
                 let out = format!("{stem}-{}.json", i + 1);
                 st.outbox_pending(&s.to, &out, &msg.id, msg.created_at)?;
                 st.record_outgoing(&msg)?;
@@ -1121,7 +1138,8 @@ impl Core {
             });
         } else {
             st.record_outgoing(&Outgoing {
-                id: new_id(),
+                // Deterministic, like sends: a replayed run's result is shown once.
+                id: format!("{}-result", job.id),
                 to: job.caller.clone(),
                 kind: "result".into(),
                 name: out_name,

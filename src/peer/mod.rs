@@ -60,8 +60,10 @@ pub(crate) struct PendingResult {
 pub struct Peer {
     pub name: String,
     pub(crate) path: PathBuf,
-    pub(crate) writer: Mutex<SqliteStore>,
+    // Field order is drop order: the read-only connection closes first, so that the
+    // writer is the last connection and its close checkpoints the WAL away.
     reader: Mutex<Option<SqliteStore>>,
+    pub(crate) writer: Mutex<SqliteStore>,
     pub(crate) work: Mutex<Work>,
     /// Outbox entries whose result is not in yet, by (target, file name).
     pub(crate) waits: Mutex<HashMap<(String, String), PendingResult>>,

@@ -78,6 +78,13 @@ pub struct Outgoing {
 pub trait Store: Send {
     // Transactions. `savepoint`/`release`/`rollback_to` nest inside `begin`/`commit`.
     fn begin(&mut self) -> Result<()>;
+    /// A transaction whose commit is atomic and survives a crash of the process, but
+    /// is not fsynced on its own: it reaches the disk with the next synced commit,
+    /// checkpoint or close. For work that is replayed from durable input after a
+    /// power loss (runs of queued scripts).
+    fn begin_unsynced(&mut self) -> Result<()> {
+        self.begin()
+    }
     fn commit(&mut self) -> Result<()>;
     fn rollback(&mut self) -> Result<()>;
     fn savepoint(&mut self) -> Result<()>;
@@ -152,6 +159,9 @@ pub trait Store: Send {
     fn record_outgoing(&mut self, msg: &Outgoing) -> Result<()>;
     fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>>;
     fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()>;
+
+    /// Makes every commit durable and folds the log into the main file.
+    fn checkpoint(&mut self) -> Result<()>;
 
     /// Runs `PRAGMA integrity_check`.
     fn integrity_check(&mut self) -> Result<String>;

@@ -55,6 +55,8 @@ pub struct SqliteStore {
     /// per batch instead of one per event); `marks` are its lengths at savepoints.
     log_buf: String,
     marks: Vec<usize>,
+    /// Whether commits are fsynced (`synchronous=FULL`); run batches turn it off.
+    synced: bool,
 }
 
 impl SqliteStore {
@@ -74,6 +76,7 @@ impl SqliteStore {
             reader: false,
             log_buf: String::new(),
             marks: Vec::new(),
+            synced: true,
         };
         store.setup()?;
         Ok(store)
@@ -93,6 +96,7 @@ impl SqliteStore {
             reader: true,
             log_buf: String::new(),
             marks: Vec::new(),
+            synced: true,
         })
     }
 
@@ -126,6 +130,18 @@ impl SqliteStore {
                 tx.execute_batch(&format!("PRAGMA user_version={}", i + 1))?;
             }
             tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn set_sync(&mut self, full: bool) -> Result<()> {
+        if self.synced != full {
+            self.exec(if full {
+                "PRAGMA synchronous=FULL"
+            } else {
+                "PRAGMA synchronous=NORMAL"
+            })?;
+            self.synced = full;
         }
         Ok(())
     }
@@ -249,6 +265,16 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn begin(&mut self) -> Result<()> {
+        self.set_sync(true)?;
+        self.exec("BEGIN IMMEDIATE")?;
+        self.in_txn = true;
+        Ok(())
+    }
+
+    fn begin_unsynced(&mut self) -> Result<()> {
+        // WAL + synchronous=NORMAL: the commit writes the WAL without fsync. The next
+        // FULL commit fsyncs the WAL, and with it every earlier frame.
+        self.set_sync(false)?;
         self.exec("BEGIN IMMEDIATE")?;
         self.in_txn = true;
         Ok(())
@@ -740,6 +766,12 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn checkpoint(&mut self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn integrity_check(&mut self) -> Result<String> {
         Ok(self
             .conn
@@ -914,14 +946,24 @@ mod tests {
         {
             let c = Connection::open(&p).unwrap();
             c.execute_batch(MIGRATIONS[0]).unwrap();
-            c.execute_batch("PRAGMA user_version=1; INSERT INTO state VALUES('k', '5', NULL, 2, 0);").unwrap();
+            c.execute_batch(
+                "PRAGMA user_version=1; INSERT INTO state VALUES('k', '5', NULL, 2, 0);",
+            )
+            .unwrap();
         }
         let mut s = SqliteStore::open(&p, false).unwrap();
-        let v: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        let v: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
         let idx: i64 = s
             .conn
-            .query_row("SELECT count(*) FROM sqlite_master WHERE name='queue_name'", [], |r| r.get(0))
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name='queue_name'",
+                [],
+                |r| r.get(0),
+            )
             .unwrap();
         assert_eq!(idx, 1);
         assert_eq!(s.get("k").unwrap(), Some(json!(5)));
