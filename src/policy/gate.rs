@@ -15,11 +15,30 @@ use crate::peer::Peer;
 use crate::script::{Capability, Host, Limits, OwnerHost};
 use crate::store::{Job, Store};
 
-/// A peer's parsed `policy.cedar` and `groups`.
+/// A peer's parsed `policy.cedar` and `groups`, with a memo of its decisions.
 pub struct PolicyState {
     pub policy: Policy,
     pub groups: Groups,
+    /// Which parts of the context the policy text mentions: only those go into a
+    /// memo key, so a decision is reused exactly when Cedar would decide the same.
+    uses_script: bool,
+    uses_params: bool,
+    uses_now: bool,
+    memo: Mutex<HashMap<MemoKey, super::Decision>>,
 }
+
+#[derive(Hash, PartialEq, Eq)]
+struct MemoKey {
+    caller: String,
+    action: Action,
+    object: String,
+    script: Option<String>,
+    params: Option<String>,
+    now: Option<i64>,
+}
+
+/// Most memoized decisions per peer; past this the memo starts over.
+const MEMO_MAX: usize = 4096;
 
 impl PolicyState {
     /// Parses stored texts; a stored text that no longer parses (it was validated
@@ -33,12 +52,19 @@ impl PolicyState {
             .ok()
             .and_then(|t| Groups::parse(t).ok())
             .unwrap_or_default();
+        let text = p.text();
         PolicyState {
+            uses_script: text.contains("script"),
+            uses_params: text.contains("params"),
+            uses_now: text.contains("now"),
             policy: p,
             groups: g,
+            memo: Mutex::new(HashMap::new()),
         }
     }
 
+    /// What the policy decides (memoized: the same question gets the same answer
+    /// until the policy changes, and a new policy is a new `PolicyState`).
     pub fn decide(
         &self,
         caller: &str,
@@ -48,6 +74,18 @@ impl PolicyState {
         script: &str,
         params: &Value,
     ) -> super::Decision {
+        let now = crate::util::now_ns() / 1_000_000_000;
+        let key = MemoKey {
+            caller: caller.to_string(),
+            action,
+            object: object.to_string(),
+            script: self.uses_script.then(|| script.to_string()),
+            params: self.uses_params.then(|| params.to_string()),
+            now: self.uses_now.then_some(now),
+        };
+        if let Some(d) = self.memo.lock().unwrap().get(&key) {
+            return d.clone();
+        }
         let req = Request {
             caller,
             target,
@@ -55,9 +93,15 @@ impl PolicyState {
             object: Some(object),
             script,
             params,
-            now: crate::util::now_ns() / 1_000_000_000,
+            now,
         };
-        self.policy.decide(&req, &self.groups)
+        let d = self.policy.decide(&req, &self.groups);
+        let mut m = self.memo.lock().unwrap();
+        if m.len() >= MEMO_MAX {
+            m.clear();
+        }
+        m.insert(key, d.clone());
+        d
     }
 }
 
@@ -293,6 +337,57 @@ impl Host for PolicyHost {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memoized_decisions_still_follow_the_context() {
+        let st = PolicyState::from_texts(
+            br#"permit(principal == Peer::"alice", action == Action::"read", resource) when { context.script == "ok.rhai" };"#,
+            b"",
+        );
+        let p = serde_json::json!({});
+        for _ in 0..2 {
+            assert!(
+                st.decide("alice", "bob", Action::Read, "k", "ok.rhai", &p)
+                    .allowed
+            );
+            assert!(
+                !st.decide("alice", "bob", Action::Read, "k", "other.rhai", &p)
+                    .allowed
+            );
+            assert!(
+                !st.decide("eve", "bob", Action::Read, "k", "ok.rhai", &p)
+                    .allowed
+            );
+        }
+        let st = PolicyState::from_texts(
+            br#"permit(principal, action == Action::"read", resource) when { context.params.hasTag("m") && context.params.getTag("m") == "ro" };"#,
+            b"",
+        );
+        for _ in 0..2 {
+            assert!(
+                st.decide(
+                    "a",
+                    "b",
+                    Action::Read,
+                    "k",
+                    "s",
+                    &serde_json::json!({"m": "ro"})
+                )
+                .allowed
+            );
+            assert!(
+                !st.decide(
+                    "a",
+                    "b",
+                    Action::Read,
+                    "k",
+                    "s",
+                    &serde_json::json!({"m": "rw"})
+                )
+                .allowed
+            );
+        }
+    }
 
     #[test]
     fn finds_host_calls_in_scripts_and_functions() {
