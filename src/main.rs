@@ -175,9 +175,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether `path` is a mount whose daemon is gone ("Transport endpoint is not connected").
+/// Whether `path` is a mount whose daemon is gone ("Transport endpoint is not
+/// connected"). statvfs(2) asks the file system itself; stat could be answered
+/// from the kernel's cache of the mount's root for a moment after the daemon died.
 fn is_stale(path: &Path) -> bool {
-    matches!(std::fs::metadata(path), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 fn unmount(path: &Path) {

@@ -70,6 +70,25 @@ pub fn new_id() -> String {
     String::from_utf8(out.to_vec()).expect("ascii")
 }
 
+/// Writes a whole file and closes it, reporting the error of `close(2)` too (Rust's
+/// `File` drop ignores it). On peerfs, `close` is when a script is submitted or a
+/// value stored: its success is the acknowledgment.
+pub fn write_and_close(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    f.write_all(data)?;
+    let fd = f.into_raw_fd();
+    if unsafe { libc::close(fd) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,23 +112,4 @@ mod tests {
             assert!(set.insert(id.clone()));
         }
     }
-}
-
-/// Writes a whole file and closes it, reporting the error of `close(2)` too (Rust's
-/// `File` drop ignores it). On peerfs, `close` is when a script is submitted or a
-/// value stored: its success is the acknowledgment.
-pub fn write_and_close(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::fd::IntoRawFd;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
-    f.write_all(data)?;
-    let fd = f.into_raw_fd();
-    if unsafe { libc::close(fd) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }

@@ -17,7 +17,11 @@ impl Tmpfs {
             .arg(dir)
             .status()
             .expect("mount(8)");
-        assert!(ok.success(), "cannot mount a tmpfs at {} (this test needs root)", dir.display());
+        assert!(
+            ok.success(),
+            "cannot mount a tmpfs at {} (this test needs root)",
+            dir.display()
+        );
         Tmpfs(dir.to_path_buf())
     }
 }
@@ -35,26 +39,44 @@ struct Daemon {
 
 impl Daemon {
     fn start(mnt: &Path, data: &Path) -> Daemon {
-        assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: this test needs FUSE");
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "/dev/fuse is missing: this test needs FUSE"
+        );
         std::fs::create_dir_all(mnt).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_peerfs"))
-            .args(["mount", mnt.to_str().unwrap(), "--data", data.to_str().unwrap()])
+            .args([
+                "mount",
+                mnt.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let t = Instant::now();
         while std::fs::metadata(mnt.join(".peerfs")).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "peerfs did not mount");
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "peerfs did not mount"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Daemon { child, mnt: mnt.to_path_buf() }
+        Daemon {
+            child,
+            mnt: mnt.to_path_buf(),
+        }
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).status();
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mnt)
+            .status();
         let t = Instant::now();
         while t.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -86,7 +108,11 @@ fn a_full_disk_fails_with_enospc_loses_nothing_and_recovers_without_restart() {
         match write_and_close(&state.join(format!("k{i}")), body.as_bytes()) {
             Ok(()) => acked.push((i, body)),
             Err(e) => {
-                assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "a full disk must be ENOSPC, got {e}");
+                assert_eq!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSPC),
+                    "a full disk must be ENOSPC, got {e}"
+                );
                 enospc = true;
                 break;
             }
@@ -100,16 +126,25 @@ fn a_full_disk_fails_with_enospc_loses_nothing_and_recovers_without_restart() {
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::ENOSPC));
     // Everything acknowledged is intact.
     for (i, body) in &acked {
-        assert_eq!(&std::fs::read_to_string(state.join(format!("k{i}"))).unwrap(), body, "k{i}");
+        assert_eq!(
+            &std::fs::read_to_string(state.join(format!("k{i}"))).unwrap(),
+            body,
+            "k{i}"
+        );
     }
     // Free space: the same daemon works again.
     std::fs::remove_file(small.join("filler")).unwrap();
     write_and_close(&state.join("after"), b"42\n").unwrap();
     write_and_close(&mnt.join("alice/inbox/ok.rhai"), b"get(\"after\") + 1").unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(mnt.join("alice/outbox/ok.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mnt.join("alice/outbox/ok.json")).unwrap()).unwrap();
     assert_eq!(r["value"], 43, "{r}");
     drop(dm);
-    let ic = Command::new("sqlite3").arg(data.join("peers/alice.sqlite")).arg("PRAGMA integrity_check").output().unwrap();
+    let ic = Command::new("sqlite3")
+        .arg(data.join("peers/alice.sqlite"))
+        .arg("PRAGMA integrity_check")
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&ic.stdout).trim(), "ok");
 }
 
@@ -135,11 +170,13 @@ fn a_corrupt_peer_file_fails_alone() {
     let _dm = Daemon::start(&mnt, &data);
     // alice works; bob answers an error for bob alone; the daemon keeps serving.
     write_and_close(&mnt.join("alice/inbox/a.rhai"), b"1 + 1").unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(mnt.join("alice/outbox/a.json")).unwrap()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(mnt.join("alice/outbox/a.json")).unwrap()).unwrap();
     assert_eq!(r["value"], 2);
-    let e = std::fs::read_dir(mnt.join("bob/state")).err().expect("a corrupt store must be an error");
+    let e = std::fs::read_dir(mnt.join("bob/state")).expect_err("a corrupt store must be an error");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
-    let e = write_and_close(&mnt.join("bob/inbox/b.rhai"), b"1").err().expect("a corrupt store refuses submissions");
+    let e = write_and_close(&mnt.join("bob/inbox/b.rhai"), b"1")
+        .expect_err("a corrupt store refuses submissions");
     assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
     write_and_close(&mnt.join("alice/inbox/c.rhai"), b"3").unwrap();
     assert!(std::fs::read(mnt.join("alice/outbox/c.json")).is_ok());

@@ -94,6 +94,16 @@ impl<K: Clone + Eq + Hash> InodeTable<K> {
         self.lock().by_node.get(key).copied()
     }
 
+    /// The inos whose keys match `f` (invalidating every file a change may touch).
+    pub fn matching(&self, f: impl Fn(&K) -> bool) -> Vec<u64> {
+        self.lock()
+            .by_node
+            .iter()
+            .filter(|(k, _)| f(k))
+            .map(|(_, &ino)| ino)
+            .collect()
+    }
+
     /// The key an ino stands for.
     pub fn key(&self, ino: u64) -> Option<K> {
         self.lock().by_ino.get(&ino).map(|s| s.key.clone())
@@ -255,6 +265,18 @@ mod tests {
         assert_eq!(t.get(&"a"), Some(a2));
         t.renamed(&"unknown", Some(&"x"));
         assert_eq!(t.get(&"x"), None);
+    }
+
+    #[test]
+    fn matching_finds_every_ino_whose_key_matches() {
+        let t = table();
+        let a = t.lookup(&"s/a");
+        let b = t.ino(&"s/b");
+        t.lookup(&"x");
+        let mut got = t.matching(|k| k.starts_with("s/"));
+        got.sort();
+        assert_eq!(got, vec![a, b]);
+        assert!(t.matching(|k| k.starts_with("none")).is_empty());
     }
 
     #[test]

@@ -31,10 +31,26 @@ use crate::vfs::{Attr, Caller, Invalidate, Kind, Node, Opened, Vfs};
 use crate::Error;
 use inodes::{InodeTable, ROOT_INO};
 
-/// Short on purpose: the daemon changes directories behind the kernel's back (a
-/// result appears, a script leaves the inbox) and invalidation covers only the
-/// inodes it names; a stale dentry lives at most this long.
+/// Folders' entries and attributes (files get none, see `ttl`). Short on purpose:
+/// the daemon changes directories behind the kernel's back (a result appears, a
+/// script leaves the inbox) and invalidation covers only the inodes it names; a
+/// stale folder dentry lives at most this long.
 const TTL: Duration = Duration::from_secs(1);
+
+/// How long the kernel may keep a node's entry and attributes. Files: not at all.
+/// A run changes state, results and the log behind the kernel's back, and its
+/// change notice reaches the kernel only after the result does (invalidation is
+/// asynchronous, see `install_invalidator`): a cached size could be stale right
+/// after `jq .value outbox/x.json`. The entry goes with the attributes: a cached
+/// dentry of a file a run removed would make the next `open(O_CREAT)` fail with
+/// ENOENT (the kernel checks the attributes, finds the file gone, and never sends
+/// CREATE). A LOOKUP is one read of the store.
+fn ttl(kind: FileType) -> Duration {
+    match kind {
+        FileType::RegularFile => Duration::ZERO,
+        _ => TTL,
+    }
+}
 
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
@@ -164,11 +180,29 @@ fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Nod
             // Ends when the sender (inside the vfs's invalidator) is dropped.
             while let Ok(first) = rx.recv() {
                 let mut inos = HashSet::new();
+                let mut state_of = HashSet::new();
                 for node in std::iter::once(first).chain(rx.try_iter()) {
                     // A node the kernel never saw has nothing cached.
                     if let Some(ino) = inodes.get(&node) {
                         inos.insert(ino);
                     }
+                    if let Node::State { peer, .. } = node {
+                        state_of.insert(peer);
+                    }
+                }
+                if !state_of.is_empty() {
+                    // A run changed state without saying which keys: every file of
+                    // that state, and every other peer's view of it, may have a new
+                    // size or may be gone.
+                    inos.extend(inodes.matching(|n| match n {
+                        Node::State { peer, .. } | Node::StateFile { peer, .. } => {
+                            state_of.contains(peer)
+                        }
+                        Node::ViewState { other, .. } | Node::ViewStateFile { other, .. } => {
+                            state_of.contains(other)
+                        }
+                        _ => false,
+                    }));
                 }
                 for ino in inos {
                     // offset 0, len 0: attributes and all cached pages. ENOENT just
@@ -312,7 +346,8 @@ impl PeerFs {
     /// Counts the lookup before the reply goes out, so a FORGET cannot overtake it.
     fn entry(&self, reply: ReplyEntry, node: &Node, attr: &Attr) {
         let ino = self.inodes.lookup(node);
-        reply.entry(&TTL, &file_attr(ino, attr), Generation(0));
+        let fa = file_attr(ino, attr);
+        reply.entry(&ttl(fa.kind), &fa, Generation(0));
     }
 
     fn setattr_inner(&self, ino: INodeNo, c: AttrChange) -> Result<FileAttr, Errno> {
@@ -400,7 +435,10 @@ impl Filesystem for PeerFs {
                 .map_err(|e| errno(OP, &e))
         });
         match r {
-            Ok(attr) => reply.attr(&TTL, &file_attr(ino.0, &attr)),
+            Ok(attr) => {
+                let fa = file_attr(ino.0, &attr);
+                reply.attr(&ttl(fa.kind), &fa)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -432,7 +470,7 @@ impl Filesystem for PeerFs {
             fh,
         };
         match self.setattr_inner(ino, change) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&ttl(attr.kind), &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -576,7 +614,7 @@ impl Filesystem for PeerFs {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
@@ -585,6 +623,7 @@ impl Filesystem for PeerFs {
         // close(2) waits for this answer: the vfs gives it once a submission is durable.
         self.vfs.flush(
             fh.0,
+            &caller(req),
             Box::new(move |r| match r {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("flush", &e)),
@@ -696,7 +735,7 @@ impl Filesystem for PeerFs {
             Ok((node, attr, opened)) => {
                 let ino = self.inodes.lookup(&node);
                 reply.created(
-                    &TTL,
+                    &ttl(FileType::RegularFile),
                     &file_attr(ino, &attr),
                     Generation(0),
                     FileHandle(opened.fh),

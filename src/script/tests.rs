@@ -191,10 +191,7 @@ fn deep_recursion_hits_call_levels_not_the_stack() {
     let mut f = fixture();
     let o = std::thread::Builder::new()
         .stack_size(64 << 20)
-        .spawn(move || {
-            let o = run(&mut f, "fn r(n) { r(n + 1) } r(0)");
-            o
-        })
+        .spawn(move || run(&mut f, "fn r(n) { r(n + 1) } r(0)"))
         .unwrap()
         .join()
         .unwrap();

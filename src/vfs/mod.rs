@@ -106,6 +106,29 @@ struct Handle {
     buf: Vec<u8>,
     dirty: bool,
     snapshot: Option<Arc<Vec<u8>>>,
+    /// The process (thread group) that opened a writing handle; 0 = unknown. Only
+    /// its close commits, see `flush`.
+    owner: u32,
+    /// Commits of this handle not yet durable, and the closes with nothing new to
+    /// commit that wait for them (close returns only once the bytes are durable).
+    committing: usize,
+    waiters: Vec<Reply<()>>,
+}
+
+/// The thread group of `pid` (FUSE requests carry the thread's id), or `pid` itself
+/// when /proc does not say; 0 stays 0 (a process outside the daemon's pid namespace).
+fn process_of(pid: u32) -> u32 {
+    if pid == 0 {
+        return 0;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(pid)
 }
 
 pub struct Vfs {
@@ -383,7 +406,8 @@ impl Vfs {
                     let p = self.core.peer(peer)?;
                     let q = p.read(|s| s.queue_names(100_000))?;
                     if let Some((_, size, at)) = q.into_iter().rev().find(|(n, _, _)| n == name) {
-                        return self.file_attr(Some(peer), size, 0o444, at);
+                        // Writable: writing the name again submits another run.
+                        return self.file_attr(Some(peer), size, 0o644, at);
                     }
                 }
                 Err(err!(libc::ENOENT, "no script {name:?} in the inbox"))
@@ -456,16 +480,28 @@ impl Vfs {
     }
 
     fn state_dir_exists(&self, peer: &str, dir: &str) -> Result<bool> {
-        if self
-            .empty_dirs
-            .lock()
-            .unwrap()
-            .contains(&(peer.to_string(), dir.to_string()))
-        {
-            return Ok(true);
-        }
         let p = self.core.peer(peer)?;
-        Ok(matches!(p.read(|s| s.stat_key(dir))?, Some(None)))
+        Ok(match p.read(|s| s.stat_key(dir))? {
+            Some(None) => true,
+            Some(Some(_)) => false,
+            None => self
+                .empty_dirs
+                .lock()
+                .unwrap()
+                .contains(&(peer.to_string(), dir.to_string())),
+        })
+    }
+
+    /// A key left `peer`'s state through the mount (rm, mv): its folders stay, empty,
+    /// as they would on any file system, until rmdir (`rm -r` removes the key, then
+    /// the folders, and must find them).
+    fn keep_folders_of(&self, peer: &str, key: &str) {
+        let mut e = self.empty_dirs.lock().unwrap();
+        let mut dir = key;
+        while let Some(i) = dir.rfind('/') {
+            dir = &dir[..i];
+            e.insert((peer.to_string(), dir.to_string()));
+        }
     }
 
     /// The child `name` of `parent`, if it exists.
@@ -543,17 +579,8 @@ impl Vfs {
                         key,
                     });
                 }
-                if self
-                    .empty_dirs
-                    .lock()
-                    .unwrap()
-                    .contains(&(peer.clone(), key.clone()))
-                {
-                    return Ok(State {
-                        peer: peer.clone(),
-                        dir: key,
-                    });
-                }
+                // The store first: a key a script set wins over a folder that
+                // only lives in memory (made by mkdir, or left by rm of its last key).
                 let p = self.core.peer(peer)?;
                 match p.read(|s| s.stat_key(&key))? {
                     Some(Some(_)) => StateFile {
@@ -564,6 +591,17 @@ impl Vfs {
                         peer: peer.clone(),
                         dir: key,
                     },
+                    None if self
+                        .empty_dirs
+                        .lock()
+                        .unwrap()
+                        .contains(&(peer.clone(), key.clone())) =>
+                    {
+                        State {
+                            peer: peer.clone(),
+                            dir: key,
+                        }
+                    }
                     None => return Err(missing()),
                 }
             }
@@ -956,7 +994,11 @@ impl Vfs {
         }
         let node = self.child(parent, name)?;
         match &node {
-            Node::StateFile { peer, key } => self.core.apply(peer, Op::Remove(key.clone())),
+            Node::StateFile { peer, key } => {
+                self.core.apply(peer, Op::Remove(key.clone()))?;
+                self.keep_folders_of(peer, key);
+                Ok(())
+            }
             Node::ModuleFile { peer, name } => {
                 let m = module_name(name)
                     .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
@@ -1048,7 +1090,10 @@ impl Vfs {
                         Ok(())
                     }
                     (Node::StateFile { key: from, .. }, None) => {
-                        self.core.apply(peer, Op::Rename(from.clone(), to.clone()))
+                        self.core
+                            .apply(peer, Op::Rename(from.clone(), to.clone()))?;
+                        self.keep_folders_of(peer, from);
+                        Ok(())
                     }
                     // mv falls back to copy-and-remove for folders.
                     _ => Err(err!(
@@ -1135,6 +1180,12 @@ impl Vfs {
                     key,
                 })
             }
+            // Only inbox, state and modules folders take new files: elsewhere a new
+            // name is a read-only place, not a missing one.
+            _ if e.errno == libc::ENOENT => Err(err!(
+                libc::EACCES,
+                "{name:?}: files can only be made in inbox/, state/ and modules/"
+            )),
             _ => Err(e),
         })?;
         if !matches!(
@@ -1171,6 +1222,9 @@ impl Vfs {
             buf: Vec::new(),
             dirty: false,
             snapshot: None,
+            owner: process_of(who.pid),
+            committing: 0,
+            waiters: Vec::new(),
         });
         Ok((
             node,
@@ -1203,7 +1257,12 @@ impl Vfs {
                 p.read(|s| s.get_bytes(key))?
                     .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
             }
-            ViewStateFile { other, key, .. } => {
+            ViewStateFile { peer, other, key } => {
+                // Checked again here, not only at lookup: the kernel may hold the
+                // inode from before the policy changed.
+                if !self.may_read(peer, other, key) {
+                    return Err(err!(libc::ENOENT, "no readable key {key:?} of {other}"));
+                }
                 let p = self.core.peer(other)?;
                 p.read(|s| s.get_bytes(key))?
                     .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
@@ -1230,7 +1289,7 @@ impl Vfs {
         }
     }
 
-    pub fn open(&self, node: &Node, flags: i32, _who: &Caller) -> Result<Opened> {
+    pub fn open(&self, node: &Node, flags: i32, who: &Caller) -> Result<Opened> {
         use Node::*;
         if node.is_dir() {
             return Err(err!(libc::EISDIR, "is a folder"));
@@ -1244,18 +1303,9 @@ impl Vfs {
             ) {
                 return Err(ro(&format!("{node:?}")));
             }
-            if let InboxFile { .. } = node {
-                if self.attr(node).is_ok()
-                    && Self::parent_of(node)
-                        .and_then(|(p, n)| self.staged_get(&p, &n))
-                        .is_none()
-                {
-                    return Err(err!(
-                        libc::EBUSY,
-                        "a queued script cannot be changed: drop a new one"
-                    ));
-                }
-            }
+            // An inbox file that is queued is not changed by this: whatever the
+            // handle holds at close is submitted as a new run of the same name
+            // (`cp job.rhai inbox/` again while the first is still queued).
             let trunc = flags & libc::O_TRUNC != 0;
             let buf = if trunc {
                 Vec::new()
@@ -1275,6 +1325,9 @@ impl Vfs {
                 buf,
                 dirty: trunc,
                 snapshot: None,
+                owner: process_of(who.pid),
+                committing: 0,
+                waiters: Vec::new(),
             });
             return Ok(Opened {
                 fh,
@@ -1297,6 +1350,9 @@ impl Vfs {
                     buf: Vec::new(),
                     dirty: false,
                     snapshot: None,
+                    owner: 0,
+                    committing: 0,
+                    waiters: Vec::new(),
                 });
                 Ok(Opened {
                     fh,
@@ -1311,6 +1367,9 @@ impl Vfs {
                     buf: Vec::new(),
                     dirty: false,
                     snapshot: None,
+                    owner: 0,
+                    committing: 0,
+                    waiters: Vec::new(),
                 });
                 Ok(Opened {
                     fh,
@@ -1326,6 +1385,9 @@ impl Vfs {
                     buf: Vec::new(),
                     dirty: false,
                     snapshot: Some(Arc::new(data)),
+                    owner: 0,
+                    committing: 0,
+                    waiters: Vec::new(),
                 });
                 Ok(Opened {
                     fh,
@@ -1467,26 +1529,71 @@ impl Vfs {
         Arc::downgrade(&self.staged)
     }
 
-    pub fn flush(&self, fh: u64, reply: Reply<()>) {
+    /// close(2) of a descriptor of `fh` by `who`: commits the handle's writes, and
+    /// answers once they are durable. Only the opening process's close commits. A
+    /// child that inherited the descriptor closes it too, when it exits, often in
+    /// the middle of the writing (`{ echo 'let d ='; cat d.json; echo '; f(d)'; } >
+    /// inbox/x.rhai`: `cat` exits before the last line is written); committing then
+    /// would run half a script. Such a close leaves the handle as it is; the
+    /// opener's close, or else the release, commits it.
+    pub fn flush(&self, fh: u64, who: &Caller, reply: Reply<()>) {
+        {
+            let hs = self.handles.lock().unwrap();
+            if let Some(h) = hs.get(&fh) {
+                if h.write && h.owner != 0 && who.pid != 0 && process_of(who.pid) != h.owner {
+                    return reply(Ok(()));
+                }
+            }
+        }
+        self.flush_now(fh, reply)
+    }
+
+    fn flush_now(&self, fh: u64, reply: Reply<()>) {
         let (node, data) = {
             let mut hs = self.handles.lock().unwrap();
             let Some(h) = hs.get_mut(&fh) else {
                 return reply(Ok(()));
             };
-            if !h.write || !h.dirty {
+            // A state file made and never written (`touch`, `> file`) is stored
+            // here, at close, not at RELEASE: that comes after close() has returned,
+            // and would bring back a key renamed or removed in between.
+            let touch = h.created && matches!(h.node, Node::StateFile { .. });
+            if !h.write || (!h.dirty && !touch) {
+                if h.committing > 0 {
+                    // Another close of this handle took the bytes; answer with it.
+                    h.waiters.push(reply);
+                    return;
+                }
                 return reply(Ok(()));
             }
             h.dirty = false;
             h.created = false;
+            h.committing += 1;
             (h.node.clone(), h.buf.clone())
         };
-        self.commit(node, data, reply);
+        let handles = self.handles_ptr();
+        self.commit(
+            node,
+            data,
+            Box::new(move |r: Result<()>| {
+                let waiters = handles.upgrade().and_then(|hs| {
+                    let mut hs = hs.lock().unwrap();
+                    let h = hs.get_mut(&fh)?;
+                    h.committing -= 1;
+                    (h.committing == 0).then(|| std::mem::take(&mut h.waiters))
+                });
+                for w in waiters.into_iter().flatten() {
+                    w(r.clone());
+                }
+                reply(r)
+            }),
+        );
     }
 
     pub fn fsync(&self, fh: u64, reply: Reply<()>) {
         // Every commit is already durable when it returns: fsync only flushes a
-        // handle's unsaved writes.
-        self.flush(fh, reply)
+        // handle's unsaved writes, whoever asks.
+        self.flush_now(fh, reply)
     }
 
     /// Makes a handle's bytes the file's content: submission, value, module, policy.
@@ -1561,8 +1668,15 @@ impl Vfs {
                     if let Err(e) = v(kind, &data) {
                         let msg =
                             format!("{kind} refused, the old one stays in force: {}", e.message);
-                        self.core.apply_async(peer, Op::Log(msg.clone()), None);
-                        return reply(Err(err!(libc::EINVAL, "{msg}")));
+                        // close() fails once the reason is in the log, so that the
+                        // log shows it as soon as the writer learns of the refusal.
+                        let refusal = err!(libc::EINVAL, "{msg}");
+                        self.core.apply_async(
+                            peer,
+                            Op::Log(msg),
+                            Some(Box::new(move |_| reply(Err(refusal)))),
+                        );
+                        return;
                     }
                 }
                 self.core
