@@ -152,29 +152,16 @@ struct ChangeRelay(Arc<Vfs>);
 impl Listener for ChangeRelay {
     fn changed(&self, peer: &str, change: Change) {
         let p = peer.to_string();
+        // Files are never cached by the kernel (no entry or attribute TTL), so results,
+        // the log, the inbox and the policy need no notice; folders are cached for a
+        // second, so a change of state's folders does.
         let inv = match change {
-            Change::Inbox => Invalidate::Dir(Node::Inbox {
-                peer: p.clone(),
-                target: p,
-            }),
-            Change::Outbox { target, name } => {
-                if let (Some(name), Some(f)) = (name, self.0.invalidator.read().unwrap().as_ref()) {
-                    f(Invalidate::File(Node::OutboxFile {
-                        peer: p.clone(),
-                        target: target.clone(),
-                        name,
-                    }));
-                }
-                Invalidate::Dir(Node::Outbox { peer: p, target })
-            }
+            Change::Inbox | Change::Outbox { .. } | Change::Log | Change::Meta(_) => return,
             Change::State => Invalidate::Dir(Node::State {
                 peer: p,
                 dir: String::new(),
             }),
-            Change::Log => Invalidate::File(Node::Log(p)),
             Change::Modules => Invalidate::Dir(Node::Modules(p)),
-            Change::Meta(k) if k == "groups" => Invalidate::File(Node::Groups(p)),
-            Change::Meta(_) => Invalidate::File(Node::Policy(p)),
         };
         if let Some(f) = self.0.invalidator.read().unwrap().as_ref() {
             f(inv);
@@ -404,10 +391,14 @@ impl Vfs {
                 }
                 if peer == target {
                     let p = self.core.peer(peer)?;
-                    let q = p.read(|s| s.queue_names(100_000))?;
-                    if let Some((_, size, at)) = q.into_iter().rev().find(|(n, _, _)| n == name) {
+                    if let Some(j) = p.read(|s| s.queued_named(name))? {
                         // Writable: writing the name again submits another run.
-                        return self.file_attr(Some(peer), size, 0o644, at);
+                        return self.file_attr(
+                            Some(peer),
+                            j.source.len() as u64,
+                            0o644,
+                            j.submitted_at,
+                        );
                     }
                 }
                 Err(err!(libc::ENOENT, "no script {name:?} in the inbox"))
@@ -1276,10 +1267,7 @@ impl Vfs {
             }
             InboxFile { peer, name, .. } => {
                 let p = self.core.peer(peer)?;
-                let jobs = p.read(|s| s.queued(100_000))?;
-                jobs.into_iter()
-                    .rev()
-                    .find(|j| &j.name == name)
+                p.read(|s| s.queued_named(name))?
                     .map(|j| j.source)
                     .ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox"))
             }
