@@ -109,6 +109,8 @@ struct Handle {
     /// The process (thread group) that opened a writing handle; 0 = unknown. Only
     /// its close commits, see `flush`.
     owner: u32,
+    /// The thread that opened it: a close from it needs no /proc lookup.
+    opener: u32,
     /// Commits of this handle not yet durable, and the closes with nothing new to
     /// commit that wait for them (close returns only once the bytes are durable).
     committing: usize,
@@ -1214,6 +1216,7 @@ impl Vfs {
             dirty: false,
             snapshot: None,
             owner: process_of(who.pid),
+            opener: who.pid,
             committing: 0,
             waiters: Vec::new(),
         });
@@ -1314,6 +1317,7 @@ impl Vfs {
                 dirty: trunc,
                 snapshot: None,
                 owner: process_of(who.pid),
+                opener: who.pid,
                 committing: 0,
                 waiters: Vec::new(),
             });
@@ -1339,6 +1343,7 @@ impl Vfs {
                     dirty: false,
                     snapshot: None,
                     owner: 0,
+                    opener: 0,
                     committing: 0,
                     waiters: Vec::new(),
                 });
@@ -1356,6 +1361,7 @@ impl Vfs {
                     dirty: false,
                     snapshot: None,
                     owner: 0,
+                    opener: 0,
                     committing: 0,
                     waiters: Vec::new(),
                 });
@@ -1374,6 +1380,7 @@ impl Vfs {
                     dirty: false,
                     snapshot: Some(Arc::new(data)),
                     owner: 0,
+                    opener: 0,
                     committing: 0,
                     waiters: Vec::new(),
                 });
@@ -1528,7 +1535,12 @@ impl Vfs {
         {
             let hs = self.handles.lock().unwrap();
             if let Some(h) = hs.get(&fh) {
-                if h.write && h.owner != 0 && who.pid != 0 && process_of(who.pid) != h.owner {
+                if h.write
+                    && h.owner != 0
+                    && who.pid != 0
+                    && who.pid != h.opener
+                    && process_of(who.pid) != h.owner
+                {
                     return reply(Ok(()));
                 }
             }
