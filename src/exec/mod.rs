@@ -634,7 +634,15 @@ impl Core {
 
     fn apply_ops(&self, peer: &Arc<Peer>, ops: Vec<(Op, Option<Ack>)>) {
         let mut st = peer.writer.lock().unwrap();
-        if let Err(e) = st.begin() {
+        // Marks of delivered messages need no fsync of their own: if one is lost,
+        // the message is sent again and the target, which remembers its id, ignores it.
+        let only_marks = ops.iter().all(|(op, _)| matches!(op, Op::Delivered(_)));
+        let begun = if only_marks {
+            st.begin_unsynced()
+        } else {
+            st.begin()
+        };
+        if let Err(e) = begun {
             drop(st);
             tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
             for (_, ack) in ops {
@@ -662,7 +670,13 @@ impl Core {
             results.resize_with(ops.len(), || Ok(()));
         } else {
             effects.clear();
-            let restart = st.rollback().and_then(|_| st.begin());
+            let restart = st.rollback().and_then(|_| {
+                if only_marks {
+                    st.begin_unsynced()
+                } else {
+                    st.begin()
+                }
+            });
             if let Err(e) = restart {
                 drop(st);
                 for (_, ack) in ops {
