@@ -151,6 +151,10 @@ fn hostile_peers_do_not_stop_others() {
         }
     }
     let r = c.run("good", "ok.rhai", "21 * 2").unwrap();
+    for p in ["bad1", "bad2"] {
+        // Ordered after the submissions: once applied, they are durable.
+        c.apply(p, Op::Log("submitted".into())).unwrap();
+    }
     assert_eq!(r["value"], 42);
     let bad: Value =
         serde_json::from_slice(&c.wait_result("bad1", "bad1", "x2.json").unwrap()).unwrap();
