@@ -181,3 +181,83 @@ fn a_corrupt_peer_file_fails_alone() {
     write_and_close(&mnt.join("alice/inbox/c.rhai"), b"3").unwrap();
     assert!(std::fs::read(mnt.join("alice/outbox/c.json")).is_ok());
 }
+
+#[test]
+fn a_busy_store_is_ebusy_for_that_peer_alone_and_recovers() {
+    let d = tempfile::tempdir().unwrap();
+    let c = peerfs::Core::start(peerfs::Config::new(d.path())).unwrap();
+    c.create_peer("alice", 0, 0).unwrap();
+    c.create_peer("bob", 0, 0).unwrap();
+    c.run("alice", "a.rhai", "1").unwrap();
+    // Another process holds alice's file locked (longer than the 5 s busy timeout).
+    let other = rusqlite::Connection::open(d.path().join("peers/alice.sqlite")).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let e = c
+        .apply(
+            "alice",
+            peerfs::peer::Op::SetBytes("k".into(), b"1".to_vec()),
+        )
+        .expect_err("a locked store must refuse the write");
+    assert_eq!(e.errno, libc::EBUSY, "{e}");
+    assert!(
+        e.message.contains("locked") || e.message.contains("busy"),
+        "{e}"
+    );
+    // bob is not affected.
+    assert_eq!(c.run("bob", "b.rhai", "2").unwrap()["value"], 2);
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    c.apply(
+        "alice",
+        peerfs::peer::Op::SetBytes("k".into(), b"1".to_vec()),
+    )
+    .unwrap();
+    c.shutdown();
+}
+
+#[test]
+fn a_read_only_data_directory_is_a_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    {
+        let c = peerfs::Core::start(peerfs::Config::new(&data)).unwrap();
+        c.create_peer("alice", 0, 0).unwrap();
+        c.run("alice", "a.rhai", "set(\"k\", 1); 1").unwrap();
+        c.shutdown();
+    }
+    // Bind the data directory read-only (root can write through file modes).
+    let ro = d.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    assert!(
+        Command::new("mount")
+            .arg("--bind")
+            .arg(&data)
+            .arg(&ro)
+            .status()
+            .unwrap()
+            .success(),
+        "needs root"
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _g = Unmount(ro.clone());
+    assert!(Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&ro)
+        .status()
+        .unwrap()
+        .success());
+    let c = peerfs::Core::start(peerfs::Config::new(&ro)).unwrap();
+    let r = c.submit("alice", "x.rhai", b"1".to_vec());
+    let e = r.expect_err("a read-only store must refuse a submission");
+    assert!(
+        matches!(e.errno, libc::EROFS | libc::EIO | libc::EACCES),
+        "{e}"
+    );
+    assert!(!e.message.is_empty());
+    c.shutdown();
+}
