@@ -1335,60 +1335,35 @@ impl Vfs {
                         "{name} is pending: its run has not finished"
                     ));
                 }
-                let fh = self.new_handle(Handle {
-                    node: node.clone(),
-                    write: false,
-                    created: false,
-                    buf: Vec::new(),
-                    dirty: false,
-                    snapshot: None,
-                    owner: 0,
-                    opener: 0,
-                    committing: 0,
-                    waiters: Vec::new(),
-                });
-                Ok(Opened {
-                    fh,
-                    direct_io: true,
-                })
+                // Read when asked (the read waits for the run).
+                Ok(self.open_reader(node, None))
             }
-            Log(_) => {
-                let fh = self.new_handle(Handle {
-                    node: node.clone(),
-                    write: false,
-                    created: false,
-                    buf: Vec::new(),
-                    dirty: false,
-                    snapshot: None,
-                    owner: 0,
-                    opener: 0,
-                    committing: 0,
-                    waiters: Vec::new(),
-                });
-                Ok(Opened {
-                    fh,
-                    direct_io: true,
-                })
-            }
+            // Read at every request, so `tail -f` sees it grow.
+            Log(_) => Ok(self.open_reader(node, None)),
             _ => {
                 let data = self.contents(node)?;
-                let fh = self.new_handle(Handle {
-                    node: node.clone(),
-                    write: false,
-                    created: false,
-                    buf: Vec::new(),
-                    dirty: false,
-                    snapshot: Some(Arc::new(data)),
-                    owner: 0,
-                    opener: 0,
-                    committing: 0,
-                    waiters: Vec::new(),
-                });
-                Ok(Opened {
-                    fh,
-                    direct_io: true,
-                })
+                Ok(self.open_reader(node, Some(Arc::new(data))))
             }
+        }
+    }
+
+    /// A read-only handle, with the bytes it shows (or `None`: read at each request).
+    fn open_reader(&self, node: &Node, snapshot: Option<Arc<Vec<u8>>>) -> Opened {
+        let fh = self.new_handle(Handle {
+            node: node.clone(),
+            write: false,
+            created: false,
+            buf: Vec::new(),
+            dirty: false,
+            snapshot,
+            owner: 0,
+            opener: 0,
+            committing: 0,
+            waiters: Vec::new(),
+        });
+        Opened {
+            fh,
+            direct_io: true,
         }
     }
 
