@@ -314,4 +314,29 @@ mod tests {
         assert!(all.iter().all(|&i| i == all[0]));
         assert_eq!(t.lookups(all[0]), Some(800));
     }
+
+    #[test]
+    fn forgets_racing_new_lookups_never_lose_a_counted_inode() {
+        let t = std::sync::Arc::new(table());
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let (t, b) = (t.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    b.wait();
+                    for _ in 0..2000 {
+                        let ino = t.lookup(&"x");
+                        // Our own lookup keeps it alive until our forget.
+                        assert_eq!(t.key(ino), Some("x"), "a counted inode vanished");
+                        t.forget(ino, 1);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        // Every lookup was forgotten: the name holds no inode any more.
+        assert_eq!(t.get(&"x"), None);
+    }
 }
