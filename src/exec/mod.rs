@@ -22,7 +22,7 @@ use crate::err;
 use crate::error::{Error, Result};
 use crate::peer::name::{check_peer_name, script_stem};
 use crate::peer::{Ack, Op, Peer, PendingResult, Registry, Waiter};
-use crate::script::{self, AstCache, Host, Library, Limits, Outcome, OwnerHost, RunInput, Status};
+use crate::script::{self, AstCache, Host, Library, Limits, Outcome, RunInput, Status};
 use crate::store::{Job, Outgoing, Store};
 use crate::util::{new_id, now_ns, rfc3339};
 
@@ -117,27 +117,6 @@ pub trait Gate: Send + Sync {
     ) -> std::result::Result<(Box<dyn Host>, Limits), String>;
 }
 
-/// Before policies: other peers may do nothing.
-pub struct OwnerOnly;
-
-impl Gate for OwnerOnly {
-    fn prepare(
-        &self,
-        core: &Core,
-        target: &Arc<Peer>,
-        job: &Job,
-    ) -> std::result::Result<(Box<dyn Host>, Limits), String> {
-        if job.caller == target.name {
-            Ok((Box::new(OwnerHost), core.config().limits.clone()))
-        } else {
-            Err(format!(
-                "denied: {} has no policy, so other peers may not run scripts there",
-                target.name
-            ))
-        }
-    }
-}
-
 struct Inner {
     cfg: Config,
     registry: Registry,
@@ -149,7 +128,7 @@ struct Inner {
     quit: AtomicBool,
     cache: Arc<AstCache>,
     listener: RwLock<Option<Arc<dyn Listener>>>,
-    gate: RwLock<Arc<dyn Gate>>,
+    gate: Arc<dyn Gate>,
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -191,7 +170,7 @@ impl Core {
             quit: AtomicBool::new(false),
             cache: Arc::new(AstCache::new()),
             listener: RwLock::new(None),
-            gate: RwLock::new(Arc::new(policy.clone())),
+            gate: Arc::new(policy.clone()),
             policy,
             stats: Stats::default(),
             threads: Mutex::new(Vec::new()),
@@ -244,13 +223,9 @@ impl Core {
         *self.0.listener.write().unwrap() = Some(l);
     }
 
-    /// The peers' policies (what the default gate decides with).
+    /// The peers' policies (what the gate decides runs and host calls with).
     pub fn policy(&self) -> &Arc<crate::policy::PolicyGate> {
         &self.0.policy
-    }
-
-    pub fn set_gate(&self, g: Arc<dyn Gate>) {
-        *self.0.gate.write().unwrap() = g;
     }
 
     fn notify(&self, peer: &str, change: Change) {
@@ -1012,7 +987,7 @@ impl Core {
     /// Runs queued scripts inside the open transaction: up to `batch_max_runs`, or
     /// until `batch_max_time` has passed. Returns their effects and how many finished.
     fn runs_in_txn(&self, st: &mut dyn Store, peer: &Arc<Peer>) -> Result<(Vec<Effect>, u64)> {
-        let gate = self.0.gate.read().unwrap().clone();
+        let gate = self.0.gate.clone();
         let jobs = st.queued(self.0.cfg.batch_max_runs)?;
         let started = Instant::now();
         let mut effects = Vec::new();

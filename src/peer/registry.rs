@@ -174,11 +174,6 @@ impl Registry {
         Ok((peer, true))
     }
 
-    /// The peer if it is open now.
-    pub fn get_open(&self, name: &str) -> Option<Arc<Peer>> {
-        self.open.lock().unwrap().get(name).cloned()
-    }
-
     pub fn open_count(&self) -> usize {
         self.open.lock().unwrap().len()
     }
