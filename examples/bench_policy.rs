@@ -154,17 +154,13 @@ fn run_loop(core: &Core, tag: &str, runs: usize, as_alice: bool) -> f64 {
     for i in 0..runs {
         let name = format!("{tag}-{i}.rhai");
         let src = script(i).into_bytes();
-        let (peer, op) = if as_alice {
-            let m = core
-                .new_message("alice", "bob", &name, src, &json!({}), 1)
-                .unwrap();
-            ("alice", Op::SubmitTo(m))
-        } else {
-            (
-                "bob",
-                Op::Submit(core.new_job("bob", &name, src, &json!({})).unwrap()),
-            )
-        };
+        // alice's script goes into bob's queue (as a drop in alice/peers/bob/inbox).
+        let caller = if as_alice { "alice" } else { "bob" };
+        let op = Op::Submit(
+            core.new_job_from(caller, "bob", &name, src, &json!({}))
+                .unwrap(),
+        );
+        let peer = "bob";
         if i + 1 < runs {
             // A refused submission shows below: its result never appears.
             core.apply_async(peer, op, None);

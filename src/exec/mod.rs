@@ -23,10 +23,27 @@ use crate::error::{Error, Result};
 use crate::peer::name::{check_peer_name, script_stem};
 use crate::peer::{Ack, Op, Peer, PendingResult, Registry, Waiter};
 use crate::script::{self, AstCache, Host, Library, Limits, Outcome, RunInput, Status};
-use crate::store::{Job, Outgoing, Store};
+use crate::store::{Job, OutboxEntry, Outgoing, Store};
 use crate::util::{new_id, now_ns, rfc3339};
 
 pub use result::RunResult;
+
+/// The outbox row target under which a peer keeps the results of scripts `caller`
+/// dropped at it (`@caller`: `@` is never part of a peer name, so these rows never
+/// mix with the peer's own outbox or its views of others).
+pub fn caller_slot(caller: &str) -> String {
+    format!("@{caller}")
+}
+
+/// Where `peer` keeps the result of a run for `caller`: its own outbox, or the
+/// caller's slot.
+fn result_slot(peer: &str, caller: &str) -> String {
+    if peer == caller {
+        peer.to_string()
+    } else {
+        caller_slot(caller)
+    }
+}
 
 /// The daemon's settings.
 #[derive(Debug, Clone)]
@@ -377,7 +394,27 @@ impl Core {
         Ok(id)
     }
 
-    /// Submits a script from `caller` to run at `target` (caller's `peers/target/inbox`).
+    /// A script `caller` drops at `target` (`MOUNT/caller/peers/target/inbox/`): it
+    /// goes straight into the target's queue (one durable commit at the target, as
+    /// for the owner's scripts) and its result is kept at the target, in a slot of
+    /// the caller's ([`caller_slot`]), shown in `caller/peers/target/outbox/`.
+    pub fn new_job_from(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &Value,
+    ) -> Result<Job> {
+        check_peer_name(caller)?;
+        check_peer_name(target)?;
+        let mut job = self.new_job(caller, name, source, params)?;
+        job.hops = u32::from(caller != target);
+        Ok(job)
+    }
+
+    /// Submits a script from `caller` to run at `target` (caller's `peers/target/inbox`)
+    /// and waits until it is durable; returns the run id.
     pub fn submit_to(
         &self,
         caller: &str,
@@ -386,10 +423,64 @@ impl Core {
         source: Vec<u8>,
         params: &Value,
     ) -> Result<String> {
-        let msg = self.new_message(caller, target, name, source, params, 1)?;
-        let id = msg.id.clone();
-        self.apply(caller, Op::SubmitTo(msg))?;
+        let job = self.new_job_from(caller, target, name, source, params)?;
+        let id = job.id.clone();
+        self.apply(target, Op::Submit(job))?;
         Ok(id)
+    }
+
+    /// Where the result `name` of `peer`'s outbox for `target` lives: the peer
+    /// holding it and the outbox row's target. A script `peer` dropped at `target`
+    /// has its result at `target` (in `peer`'s slot); one that `peer`'s own script
+    /// sent has it at `peer`. When both exist, the dropped one shows.
+    fn result_place(&self, peer: &str, target: &str, name: &str) -> Result<(Arc<Peer>, String)> {
+        if peer != target {
+            if let Ok(t) = self.peer(target) {
+                let slot = caller_slot(peer);
+                let key = (slot.clone(), name.to_string());
+                let held = t.waits.lock().unwrap().contains_key(&key)
+                    || t.read(|s| s.outbox_get(&slot, name))?.is_some();
+                if held {
+                    return Ok((t, slot));
+                }
+            }
+        }
+        Ok((self.peer(peer)?, target.to_string()))
+    }
+
+    /// The results in `peer`'s outbox for `target` (`peer` itself: its own outbox).
+    pub fn outbox_list(&self, peer: &str, target: &str) -> Result<Vec<OutboxEntry>> {
+        let mut out = self.peer(peer)?.read(|s| s.outbox_list(target))?;
+        if peer != target {
+            if let Ok(t) = self.peer(target) {
+                let slot = caller_slot(peer);
+                let held = t.read(|s| s.outbox_list(&slot))?;
+                out.retain(|e| !held.iter().any(|h| h.name == e.name));
+                out.extend(held.into_iter().map(|mut h| {
+                    h.target = target.to_string();
+                    h
+                }));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One result of `peer`'s outbox for `target`.
+    pub fn outbox_get(&self, peer: &str, target: &str, name: &str) -> Result<Option<OutboxEntry>> {
+        let (p, key) = self.result_place(peer, target, name)?;
+        let e = p.read(|s| s.outbox_get(&key, name))?;
+        Ok(e.map(|mut e| {
+            e.target = target.to_string();
+            e
+        }))
+    }
+
+    /// Discards a result (`rm` in an outbox).
+    pub fn outbox_remove(&self, peer: &str, target: &str, name: &str) -> Result<()> {
+        let (p, key) = self.result_place(peer, target, name)?;
+        let holder = p.name.clone();
+        drop(p);
+        self.apply(&holder, Op::OutboxRemove(key, name.to_string()))
     }
 
     pub fn new_message(
@@ -419,10 +510,11 @@ impl Core {
     /// Calls `waiter` with the result in `peer`'s outbox for `target` (`peer` itself
     /// for its own runs) named `name` (e.g. `job.json`), as soon as it is ready.
     pub fn read_result(&self, peer: &str, target: &str, name: &str, waiter: Waiter) {
-        let p = match self.peer(peer) {
-            Ok(p) => p,
+        let (p, target) = match self.result_place(peer, target, name) {
+            Ok(r) => r,
             Err(e) => return waiter(Err(e)),
         };
+        let target = target.as_str();
         let key = (target.to_string(), name.to_string());
         let mut waits = p.waits.lock().unwrap();
         if let Some(pending) = waits.get_mut(&key) {
@@ -462,12 +554,12 @@ impl Core {
 
     /// Whether a result is still pending (for `O_NONBLOCK` opens).
     pub fn result_pending(&self, peer: &str, target: &str, name: &str) -> Result<bool> {
-        let p = self.peer(peer)?;
+        let (p, key) = self.result_place(peer, target, name)?;
         let pending = p
             .waits
             .lock()
             .unwrap()
-            .contains_key(&(target.to_string(), name.to_string()));
+            .contains_key(&(key, name.to_string()));
         Ok(pending)
     }
 
@@ -714,9 +806,18 @@ impl Core {
         let ts = rfc3339(now_ns());
         Ok(match op {
             Op::Submit(job) => {
+                if job.caller != peer.name && !self.0.registry.exists(&job.caller) {
+                    return Err(err!(
+                        libc::ENOENT,
+                        "no peer named {:?} to take the result of {}",
+                        job.caller,
+                        job.name
+                    ));
+                }
                 st.enqueue(job)?;
                 let out = format!("{}.json", script_stem(&job.name));
-                st.outbox_pending(&peer.name, &out, &job.id, job.submitted_at)?;
+                let slot = result_slot(&peer.name, &job.caller);
+                st.outbox_pending(&slot, &out, &job.id, job.submitted_at)?;
                 st.append_log(&format!(
                     "{ts} submit {} {} caller={}",
                     job.id, job.name, job.caller
@@ -725,34 +826,10 @@ impl Core {
                 vec![
                     Effect::Queued,
                     Effect::Pending {
-                        target: peer.name.clone(),
+                        target: slot,
                         name: out,
                         run_id: job.id.clone(),
                     },
-                    Effect::Changed(Change::Log),
-                ]
-            }
-            Op::SubmitTo(msg) => {
-                if !self.0.registry.exists(&msg.to) {
-                    return Err(err!(
-                        libc::ENOENT,
-                        "no peer named {:?} to send {} to",
-                        msg.to,
-                        msg.name
-                    ));
-                }
-                let out = format!("{}.json", script_stem(&msg.name));
-                st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
-                st.record_outgoing(msg)?;
-                st.append_log(&format!("{ts} send {} {} to={}", msg.id, msg.name, msg.to))?;
-                self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
-                vec![
-                    Effect::Pending {
-                        target: msg.to.clone(),
-                        name: out,
-                        run_id: msg.id.clone(),
-                    },
-                    Effect::Undelivered,
                     Effect::Changed(Change::Log),
                 ]
             }
@@ -1117,10 +1194,13 @@ impl Core {
             }
         }
         let out_name = format!("{}.json", script_stem(&job.name));
-        if job.caller == peer.name {
-            st.outbox_finish(&peer.name, &out_name, &job.id, &json, finished_at)?;
+        if job.caller == peer.name || job.msg_id.is_none() {
+            // The owner's script, or one dropped here by the caller: the result is
+            // kept here (see `Core::new_job_from`).
+            let slot = result_slot(&peer.name, &job.caller);
+            st.outbox_finish(&slot, &out_name, &job.id, &json, finished_at)?;
             fx.push(Effect::Result {
-                target: peer.name.clone(),
+                target: slot,
                 name: out_name,
                 run_id: job.id.clone(),
                 bytes: Arc::new(json.into_bytes()),

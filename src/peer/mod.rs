@@ -18,8 +18,6 @@ use crate::store::{Outgoing, SqliteStore};
 pub enum Op {
     /// A script for this peer's queue; `outbox` is where its result will show.
     Submit(crate::store::Job),
-    /// A script this peer sends to another (dropped in `peers/<to>/inbox/`).
-    SubmitTo(Outgoing),
     SetBytes(String, Vec<u8>),
     Remove(String),
     Rename(String, String),

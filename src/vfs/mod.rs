@@ -405,21 +405,18 @@ impl Vfs {
                 }
                 Err(err!(libc::ENOENT, "no script {name:?} in the inbox"))
             }
-            OutboxFile { peer, target, name } => {
-                let p = self.core.peer(peer)?;
-                match p.read(|s| s.outbox_get(target, name))? {
-                    Some(e) => {
-                        let size = e.result.as_ref().map(|r| r.len() as u64).unwrap_or(0);
-                        self.file_attr(
-                            Some(peer),
-                            size,
-                            0o444,
-                            e.finished_at.unwrap_or(e.submitted_at),
-                        )
-                    }
-                    None => Err(err!(libc::ENOENT, "no result {name:?} in the outbox")),
+            OutboxFile { peer, target, name } => match self.core.outbox_get(peer, target, name)? {
+                Some(e) => {
+                    let size = e.result.as_ref().map(|r| r.len() as u64).unwrap_or(0);
+                    self.file_attr(
+                        Some(peer),
+                        size,
+                        0o444,
+                        e.finished_at.unwrap_or(e.submitted_at),
+                    )
                 }
-            }
+                None => Err(err!(libc::ENOENT, "no result {name:?} in the outbox")),
+            },
             StateFile { peer, key } => {
                 if let Some((parent, name)) = Self::parent_of(node) {
                     if let Some(s) = self.staged_get(&parent, &name) {
@@ -722,8 +719,7 @@ impl Vfs {
                 }
             }
             Outbox { peer, target } => {
-                let p = self.core.peer(peer)?;
-                for e in p.read(|s| s.outbox_list(target))? {
+                for e in self.core.outbox_list(peer, target)? {
                     out.push((
                         e.name.clone(),
                         OutboxFile {
@@ -997,9 +993,7 @@ impl Vfs {
                     .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
                 self.core.apply(peer, Op::RemoveModule(m.to_string()))
             }
-            Node::OutboxFile { peer, target, name } => self
-                .core
-                .apply(peer, Op::OutboxRemove(target.clone(), name.clone())),
+            Node::OutboxFile { peer, target, name } => self.core.outbox_remove(peer, target, name),
             Node::InboxFile { .. } => {
                 self.attr(&node)?;
                 Err(err!(
@@ -1142,17 +1136,12 @@ impl Vfs {
         let Node::InboxFile { peer, target, name } = node else {
             return reply(Err(err!(libc::EINVAL, "not an inbox file")));
         };
-        let r = if peer == target {
-            self.core
-                .new_job(peer, name, data, &serde_json::json!({}))
-                .map(Op::Submit)
-        } else {
-            self.core
-                .new_message(peer, target, name, data, &serde_json::json!({}), 1)
-                .map(Op::SubmitTo)
-        };
-        match r {
-            Ok(op) => self.core.apply_async(peer, op, Some(reply)),
+        // A script for another peer goes straight into that peer's queue.
+        match self
+            .core
+            .new_job_from(peer, target, name, data, &serde_json::json!({}))
+        {
+            Ok(job) => self.core.apply_async(target, Op::Submit(job), Some(reply)),
             Err(e) => reply(Err(e)),
         }
     }
