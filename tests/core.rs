@@ -377,3 +377,59 @@ fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
         "ran exactly once"
     );
 }
+
+#[test]
+fn a_dropped_script_is_queued_at_the_target_and_its_result_kept_there() {
+    let d = tempfile::tempdir().unwrap();
+    let c = core(d.path());
+    c.create_peer("alice", uid(), 0).unwrap();
+    c.create_peer("bob", uid(), 0).unwrap();
+    c.apply(
+        "bob",
+        Op::SetMeta(
+            "policy".into(),
+            b"permit (principal == Peer::\"alice\", action == Action::\"run\", resource);".to_vec(),
+        ),
+    )
+    .unwrap();
+    c.submit_to("alice", "bob", "x.rhai", b"6 * 7".to_vec(), &json!({}))
+        .unwrap();
+    let r: Value =
+        serde_json::from_slice(&c.wait_result("alice", "bob", "x.json").unwrap()).unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["value"], 42);
+    assert_eq!(r["caller"], "alice");
+    // Listed in alice's view of bob, not in bob's own outbox or bob's view of alice.
+    let names = |p: &str, t: &str| -> Vec<String> {
+        c.outbox_list(p, t)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    };
+    assert_eq!(names("alice", "bob"), ["x.json"]);
+    assert!(names("bob", "bob").is_empty());
+    assert!(names("bob", "alice").is_empty());
+    c.shutdown();
+    // On disk: bob ran it (caller alice) and keeps the result; alice sent no message.
+    let mut alice =
+        peerfs::store::SqliteStore::open(&d.path().join("peers/alice.sqlite"), false).unwrap();
+    let mut bob =
+        peerfs::store::SqliteStore::open(&d.path().join("peers/bob.sqlite"), false).unwrap();
+    assert!(alice.undelivered(10).unwrap().is_empty());
+    assert!(alice.outbox_list("bob").unwrap().is_empty());
+    let held = bob
+        .outbox_list(&peerfs::exec::caller_slot("alice"))
+        .unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(held[0].result.as_deref().unwrap().contains("\"value\":42"));
+    // After a restart the result is still there for alice.
+    drop((alice, bob));
+    let c = core(d.path());
+    let r: Value =
+        serde_json::from_slice(&c.wait_result("alice", "bob", "x.json").unwrap()).unwrap();
+    assert_eq!(r["value"], 42);
+    c.outbox_remove("alice", "bob", "x.json").unwrap();
+    assert!(c.outbox_list("alice", "bob").unwrap().is_empty());
+    c.shutdown();
+}

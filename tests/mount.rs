@@ -876,6 +876,41 @@ fn policy_cedar_is_validated_at_close_and_applied() {
     // The result is alice's, not bob's.
     assert!(m.names("bob/outbox").is_empty());
     assert_eq!(m.names("alice/peers/bob/outbox"), ["x.json"]);
+    assert!(m.names("bob/peers/alice/outbox").is_empty());
+    // The result of a script alice's own script sent to bob shows beside it.
+    let r = m.run(
+        "alice",
+        "fan.rhai",
+        "send(\"bob\", \"get(`shared/n`) * 10\"); 1",
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    let sent = sh_ok(&format!(
+        "jq -c '[.status, .caller, .value]' {}",
+        q(&m.p("alice/peers/bob/outbox/fan-1.json"))
+    ));
+    assert_eq!(sent.trim(), r#"["ok","alice",20]"#);
+    assert_eq!(m.names("alice/peers/bob/outbox"), ["fan-1.json", "x.json"]);
+    let size = fs::metadata(m.p("alice/peers/bob/outbox/x.json"))
+        .unwrap()
+        .len();
+    assert_eq!(
+        size,
+        fs::read(m.p("alice/peers/bob/outbox/x.json"))
+            .unwrap()
+            .len() as u64
+    );
+    // rm discards either kind; bob's view of alice is untouched.
+    sh_ok(&format!(
+        "rm {} {}",
+        q(&m.p("alice/peers/bob/outbox/x.json")),
+        q(&m.p("alice/peers/bob/outbox/fan-1.json"))
+    ));
+    assert!(m.names("alice/peers/bob/outbox").is_empty());
+    expect_errno(
+        fs::read(m.p("alice/peers/bob/outbox/x.json")),
+        libc::ENOENT,
+        "reading a discarded result",
+    );
 
     // Writing outside shared/* is denied and leaves no trace in bob's state.
     let before = m.names("bob/state");

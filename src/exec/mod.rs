@@ -1134,6 +1134,7 @@ impl Core {
                 logs: vec![],
                 sends: vec![],
                 duration: Duration::ZERO,
+                wrote: false,
                 storage_error: None,
             },
         };
@@ -1228,7 +1229,9 @@ impl Core {
             _ => &self.0.stats.runs_error,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if outcome.status == Status::Ok {
+        // Only a run that wrote changes what the mount shows of the state (a notice
+        // makes the mount invalidate the kernel's cached state entries).
+        if outcome.status == Status::Ok && outcome.wrote {
             fx.push(Effect::Changed(Change::State));
         }
         Ok(Some(fx))
@@ -1329,6 +1332,7 @@ impl Core {
                 logs: vec![],
                 sends: vec![],
                 duration: Duration::ZERO,
+                wrote: false,
                 storage_error: None,
             };
             let result = RunResult::new(&job, &msg.to, &outcome, msg.created_at, now);

@@ -110,6 +110,9 @@ pub struct Outcome {
     pub logs: Vec<String>,
     pub sends: Vec<SendRequest>,
     pub duration: Duration,
+    /// The script changed the target's state (its changes are kept when `status`
+    /// is `Ok`).
+    pub wrote: bool,
     /// The store failed while keeping or undoing the script's effects: the caller
     /// must abandon its transaction.
     pub storage_error: Option<crate::error::Error>,
@@ -260,6 +263,7 @@ impl ScriptEngine {
             logs: vec![],
             sends: vec![],
             duration: started.elapsed(),
+            wrote: false,
             storage_error: None,
         };
         let ast = match self.compile(input.script_name, input.source, input.limits) {
@@ -296,6 +300,7 @@ impl ScriptEngine {
             logs: ctx.logs,
             sends: ctx.sends,
             duration: started.elapsed(),
+            wrote: savepoint,
             storage_error: ctx.storage_error,
         };
         match result {

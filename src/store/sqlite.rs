@@ -88,6 +88,7 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
         conn.execute_batch("PRAGMA cache_size=-256; PRAGMA busy_timeout=5000;")?;
+        conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -110,7 +111,8 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-512;
              PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;",
         )?;
-        self.conn.set_prepared_statement_cache_capacity(32);
+        // Room for every statement this store uses (about 50): none is parsed twice.
+        self.conn.set_prepared_statement_cache_capacity(128);
         let version: i64 = self
             .conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))?;

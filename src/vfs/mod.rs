@@ -49,6 +49,8 @@ pub struct Attr {
 pub struct Opened {
     pub fh: u64,
     pub direct_io: bool,
+    /// A read-only handle: its close needs no FLUSH (the kernel is told so).
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +124,14 @@ struct Handle {
 fn process_of(pid: u32) -> u32 {
     if pid == 0 {
         return 0;
+    }
+    // Fast path: pidfd_open succeeds only for a thread-group leader (the usual
+    // single-threaded `cp`, shell or editor), which is its own process.
+    // SAFETY: a plain syscall with integer arguments; the fd it returns is closed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as libc::c_int) };
+        return pid;
     }
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -1215,6 +1225,7 @@ impl Vfs {
             Opened {
                 fh,
                 direct_io: false,
+                read_only: false,
             },
         ))
     }
@@ -1313,6 +1324,7 @@ impl Vfs {
             return Ok(Opened {
                 fh,
                 direct_io: false,
+                read_only: false,
             });
         }
         match node {
@@ -1353,6 +1365,7 @@ impl Vfs {
         Opened {
             fh,
             direct_io: true,
+            read_only: true,
         }
     }
 
