@@ -433,3 +433,67 @@ fn a_dropped_script_is_queued_at_the_target_and_its_result_kept_there() {
     assert!(c.outbox_list("alice", "bob").unwrap().is_empty());
     c.shutdown();
 }
+
+#[test]
+fn a_script_submitted_to_an_idle_peer_runs_in_its_submission_commit() {
+    let d = tempfile::tempdir().unwrap();
+    let c = core(d.path());
+    c.create_peer("alice", uid(), 0).unwrap();
+    c.run("alice", "warm.rhai", "1").unwrap();
+    let commits = || c.stats().commits.load(std::sync::atomic::Ordering::Relaxed);
+    let before = commits();
+    let id = c
+        .submit("alice", "one.rhai", b"set(\"k\", 5); 6".to_vec())
+        .unwrap();
+    // The result is there when the submission is acknowledged: no wait.
+    assert!(!c.result_pending("alice", "alice", "one.json").unwrap());
+    let r: Value =
+        serde_json::from_slice(&c.wait_result("alice", "alice", "one.json").unwrap()).unwrap();
+    assert_eq!(
+        (r["status"].as_str(), r["value"].as_i64()),
+        (Some("ok"), Some(6))
+    );
+    assert_eq!(r["id"], id.as_str());
+    assert_eq!(commits() - before, 1, "submission and run share one commit");
+    c.shutdown();
+}
+
+#[test]
+fn a_long_script_gives_way_and_still_runs_once_in_order() {
+    let d = tempfile::tempdir().unwrap();
+    let c = core(d.path());
+    c.create_peer("alice", uid(), 0).unwrap();
+    // Runs far longer than the inline budget (1 ms): its first attempt inside the
+    // submission's transaction is rolled back, and it runs from the queue.
+    let long = r#"set("n", (get("n") ?? 0) + 1); let i = 0; while i < 100000 { i += 1; } set("x", 1); get("n")"#;
+    let gave_way = || {
+        c.stats()
+            .runs_gave_way
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert_eq!(gave_way(), 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (name, src) in [("long.rhai", long), ("after.rhai", r#"get("x")"#)] {
+        let job = c
+            .new_job("alice", name, src.as_bytes().to_vec(), &json!({}))
+            .unwrap();
+        let tx = tx.clone();
+        c.apply_async(
+            "alice",
+            Op::Submit(job),
+            Some(Box::new(move |r| tx.send(r).unwrap())),
+        );
+    }
+    for _ in 0..2 {
+        rx.recv().unwrap().unwrap();
+    }
+    let long: Value =
+        serde_json::from_slice(&c.wait_result("alice", "alice", "long.json").unwrap()).unwrap();
+    assert_eq!(long["status"], "ok", "{long}");
+    assert_eq!(long["value"], 1, "the rolled-back attempt left no trace");
+    let after: Value =
+        serde_json::from_slice(&c.wait_result("alice", "alice", "after.json").unwrap()).unwrap();
+    assert_eq!(after["value"], 1, "the later script ran after the long one");
+    assert!(gave_way() >= 1, "the long script's first attempt gave way");
+    c.shutdown();
+}

@@ -120,10 +120,18 @@ fn a_full_disk_fails_with_enospc_loses_nothing_and_recovers_without_restart() {
     }
     assert!(enospc, "the disk never filled");
     assert!(!acked.is_empty());
-    // A submission fails the same way, at close.
-    let big = format!("let s = \"{}\"; 1", "x".repeat(200_000));
+    // A submission that must be stored (this one runs too long to finish inside
+    // its submission's transaction, so it is queued) fails the same way, at close.
+    let big = format!(
+        "let s = \"{}\"; let i = 0; while i < 100000000 {{ i += 1; }} 1",
+        "x".repeat(200_000)
+    );
     let r = write_and_close(&mnt.join("alice/inbox/big.rhai"), big.as_bytes());
     assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::ENOSPC));
+    assert!(
+        std::fs::metadata(mnt.join("alice/outbox/big.json")).is_err(),
+        "a refused script has no result"
+    );
     // Everything acknowledged is intact.
     for (i, body) in &acked {
         assert_eq!(

@@ -63,6 +63,10 @@ pub struct Config {
     /// Most runs committed together; a batch also ends after `batch_max_time`.
     pub batch_max_runs: usize,
     pub batch_max_time: Duration,
+    /// Runs made inside a write transaction, before its commit (see `apply_ops`):
+    /// at most this long in all; a run still going then gives way and stays queued.
+    /// Zero: runs always have a transaction of their own.
+    pub inline_runs: Duration,
     /// Most sends in a chain (alice -> bob -> carol ...): bounds cycles.
     pub hop_limit: u32,
     /// Serve only these peers (isolated deployment).
@@ -84,6 +88,7 @@ impl Config {
             library: Library::Embedded,
             batch_max_runs: 256,
             batch_max_time: Duration::from_millis(20),
+            inline_runs: Duration::from_millis(1),
             hop_limit: 16,
             only: None,
         }
@@ -118,6 +123,9 @@ pub struct Stats {
     pub runs_error: AtomicU64,
     pub runs_denied: AtomicU64,
     pub runs_limit: AtomicU64,
+    /// Runs started inside a write transaction that gave way (rolled back, run
+    /// again from the queue).
+    pub runs_gave_way: AtomicU64,
     pub commits: AtomicU64,
     pub messages_delivered: AtomicU64,
     pub writes: AtomicU64,
@@ -723,8 +731,23 @@ impl Core {
         // per op so that only the failing ones are refused.
         let mut effects = Vec::with_capacity(ops.len());
         let mut fast = true;
+        // A script submitted to an empty queue runs right here, in the transaction
+        // that makes its submission durable (for at most `inline_runs` in all).
+        let budget = self.0.cfg.inline_runs;
+        let inline_until = Instant::now() + budget;
+        let mut inline = (!only_marks
+            && !budget.is_zero()
+            && peer.queued() == 0
+            && !self.0.stop.load(Ordering::Relaxed))
+        .then_some(inline_until);
         for (op, _) in &ops {
-            match self.apply_one(&mut *st, peer, op) {
+            let r = match op {
+                Op::Submit(job) if inline.is_some() => {
+                    self.submit_and_run(&mut *st, peer, job, &mut inline)
+                }
+                _ => self.apply_one(&mut *st, peer, op),
+            };
+            match r {
                 Ok(fx) => effects.extend(fx),
                 Err(_) => {
                     fast = false;
@@ -776,6 +799,36 @@ impl Core {
         }
         let acks: Vec<(Option<Ack>, Result<()>)> =
             ops.into_iter().map(|(_, a)| a).zip(results).collect();
+        // Queued scripts run before this commit, for a short while: a script that
+        // ends within it costs no transaction of its own, and its result is there
+        // when its close returns. A run still going gives way (rolled back, queued).
+        let mut ran = 0;
+        let new_jobs = effects.iter().any(|fx| matches!(fx, Effect::Queued));
+        let left = inline_until.saturating_duration_since(Instant::now());
+        if !only_marks
+            && !budget.is_zero()
+            && !left.is_zero()
+            && (new_jobs || peer.queued() > 0)
+            && !self.0.stop.load(Ordering::Relaxed)
+        {
+            let inline =
+                st.savepoint()
+                    .and_then(|_| match self.runs_in_txn(&mut *st, peer, Some(left)) {
+                        Ok(r) => st.release().map(|_| r),
+                        Err(e) => {
+                            st.rollback_to()?;
+                            Err(e)
+                        }
+                    });
+            match inline {
+                Ok((fx, n)) => {
+                    effects.extend(fx);
+                    ran = n;
+                }
+                // The writes still commit; the scripts run in a batch of their own.
+                Err(e) => tracing::warn!(peer = %peer.name, error = %e, "runs deferred"),
+            }
+        }
         // Pending results are tracked before the commit so no reader misses them.
         let pre = self.pre_register(peer, &effects);
         let committed = st.commit();
@@ -784,6 +837,10 @@ impl Core {
         match committed {
             Ok(()) => {
                 self.publish(peer, effects);
+                if ran > 0 {
+                    peer.queued
+                        .fetch_sub(ran.min(peer.queued()), Ordering::Relaxed);
+                }
                 for (ack, r) in acks {
                     if let Some(a) = ack {
                         a(r);
@@ -800,6 +857,73 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// A submission whose script runs at once, in the same transaction: no queue
+    /// row, one commit for both. A run that does not end by `inline` gives way (rolled
+    /// back) and is queued as usual; so is every later script of the batch
+    /// (`inline` becomes `None`), which keeps the peer's scripts in order.
+    fn submit_and_run(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+        inline: &mut Option<Instant>,
+    ) -> Result<Vec<Effect>> {
+        let Some(deadline) = *inline else {
+            return self.apply_one(st, peer, &Op::Submit(job.clone()));
+        };
+        if Instant::now() >= deadline {
+            *inline = None;
+            return self.apply_one(st, peer, &Op::Submit(job.clone()));
+        }
+        if job.caller != peer.name && !self.0.registry.exists(&job.caller) {
+            return Err(err!(
+                libc::ENOENT,
+                "no peer named {:?} to take the result of {}",
+                job.caller,
+                job.name
+            ));
+        }
+        let ts = rfc3339(now_ns());
+        let out = format!("{}.json", script_stem(&job.name));
+        let slot = result_slot(&peer.name, &job.caller);
+        st.outbox_pending(&slot, &out, &job.id, job.submitted_at)?;
+        st.append_log(&format!(
+            "{ts} submit {} {} caller={}",
+            job.id, job.name, job.caller
+        ))?;
+        self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
+        let mut fx = vec![
+            Effect::Pending {
+                target: slot,
+                name: out,
+                run_id: job.id.clone(),
+            },
+            Effect::Changed(Change::Log),
+        ];
+        let gate = self.0.gate.clone();
+        // `seq` 0: not in the queue, so the run's dequeue removes nothing.
+        let job0 = Job {
+            seq: 0,
+            ..job.clone()
+        };
+        match self.run_one(st, peer, &job0, &*gate, Some(deadline))? {
+            Some(run_fx) => {
+                let total = self.0.stats.runs.fetch_add(1, Ordering::Relaxed) + 1;
+                if total % 1024 == 0 {
+                    st.prune_runs(self.0.cfg.run_retention)?;
+                }
+                fx.extend(run_fx);
+            }
+            None => {
+                self.0.stats.runs_gave_way.fetch_add(1, Ordering::Relaxed);
+                *inline = None;
+                st.enqueue(job)?;
+                fx.push(Effect::Queued);
+            }
+        }
+        Ok(fx)
     }
 
     fn apply_one(&self, st: &mut dyn Store, peer: &Arc<Peer>, op: &Op) -> Result<Vec<Effect>> {
@@ -1034,7 +1158,7 @@ impl Core {
     fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
         let mut st = peer.writer.lock().unwrap();
         st.begin_unsynced()?;
-        let (effects, finished) = match self.runs_in_txn(&mut *st, peer) {
+        let (effects, finished) = match self.runs_in_txn(&mut *st, peer, None) {
             Ok(r) => r,
             Err(e) => {
                 let _ = st.rollback();
@@ -1063,24 +1187,40 @@ impl Core {
 
     /// Runs queued scripts inside the open transaction: up to `batch_max_runs`, or
     /// until `batch_max_time` has passed. Returns their effects and how many finished.
-    fn runs_in_txn(&self, st: &mut dyn Store, peer: &Arc<Peer>) -> Result<(Vec<Effect>, u64)> {
+    /// `inline`: the runs share a write transaction and may take at most this long.
+    fn runs_in_txn(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        inline: Option<Duration>,
+    ) -> Result<(Vec<Effect>, u64)> {
         let gate = self.0.gate.clone();
         let jobs = st.queued(self.0.cfg.batch_max_runs)?;
         let started = Instant::now();
+        let (budget, yield_at) = match inline {
+            Some(b) => (b, Some(started + b)),
+            None => (self.0.cfg.batch_max_time, None),
+        };
         let mut effects = Vec::new();
         let mut finished = 0u64;
         for job in jobs {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(st, peer, &job, &*gate)? {
+            match self.run_one(st, peer, &job, &*gate, yield_at)? {
                 Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
                 }
-                None => break, // interrupted: rolled back, stays queued
+                None => {
+                    // interrupted (stopping, or gave way): rolled back, stays queued
+                    if yield_at.is_some() && !self.0.stop.load(Ordering::Relaxed) {
+                        self.0.stats.runs_gave_way.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
             }
-            if started.elapsed() > self.0.cfg.batch_max_time {
+            if started.elapsed() > budget {
                 break;
             }
         }
@@ -1099,6 +1239,7 @@ impl Core {
         peer: &Arc<Peer>,
         job: &Job,
         gate: &dyn Gate,
+        yield_at: Option<Instant>,
     ) -> Result<Option<Vec<Effect>>> {
         let submitted = job.submitted_at;
         let params: Value =
@@ -1120,6 +1261,7 @@ impl Core {
                     limits: &limits,
                     stop: &self.0.stop,
                     send_block: hop_block.as_deref(),
+                    yield_at,
                 };
                 script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
                     e.run(&input, st, &*host)

@@ -73,6 +73,7 @@ pub(super) struct Ctx {
     caller: String,
     target: String,
     deadline: Instant,
+    yield_at: Option<Instant>,
     max_output: usize,
     max_sends: usize,
     max_wall_ms: u64,
@@ -130,6 +131,7 @@ pub(super) fn install(
         caller: input.caller.to_string(),
         target: input.target.to_string(),
         deadline,
+        yield_at: input.yield_at,
         max_output: input.limits.max_output_bytes as usize,
         max_sends: input.limits.max_sends as usize,
         max_wall_ms: input.limits.max_wall_ms,
@@ -344,7 +346,14 @@ pub(super) fn on_progress(ops: u64) -> Option<Dynamic> {
                 c.fatal = Some((Status::Interrupted, msg.clone()));
                 return Some(msg.into());
             }
-            if Instant::now() > c.deadline {
+            let now = Instant::now();
+            if c.yield_at.is_some_and(|y| now > y) {
+                let msg = "the run gave way to waiting writes: it was rolled back and stays queued"
+                    .to_string();
+                c.fatal = Some((Status::Interrupted, msg.clone()));
+                return Some(msg.into());
+            }
+            if now > c.deadline {
                 let msg = format!(
                     "max_wall_ms ({}) reached: the run took too long",
                     c.max_wall_ms

@@ -130,6 +130,10 @@ pub struct RunInput<'a> {
     pub stop: &'a AtomicBool,
     /// When set, `send` ends the run with this message (status `limit`).
     pub send_block: Option<&'a str>,
+    /// When set, a run still going at this instant ends as `interrupted` (its
+    /// effects rolled back, the script still queued): runs made inside a write
+    /// transaction give way so that the closes waiting for it are not held up.
+    pub yield_at: Option<Instant>,
 }
 
 /// Where `import "lib/x"` and unqualified imports without a peer module look.

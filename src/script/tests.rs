@@ -32,6 +32,7 @@ fn run_with(f: &mut Fixture, src: &str, limits: &Limits) -> Outcome {
         limits,
         stop: &stop,
         send_block: None,
+        yield_at: None,
     };
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);
     e.run(&input, &mut f.store, &OwnerHost)
@@ -229,6 +230,7 @@ fn binary_and_huge_scripts_are_refused() {
         limits: &l,
         stop: &stop,
         send_block: None,
+        yield_at: None,
     };
     let o = e.run(&input, &mut f.store, &OwnerHost);
     assert_eq!(o.status, Status::Error);
@@ -323,6 +325,7 @@ fn stop_flag_interrupts() {
         limits: &l,
         stop: &stop,
         send_block: None,
+        yield_at: None,
     };
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);
     let o = e.run(&input, &mut f.store, &OwnerHost);
@@ -363,6 +366,7 @@ fn stop_flag_set_mid_run_interrupts_it() {
         limits: &l,
         stop: &stop,
         send_block: None,
+        yield_at: None,
     };
     let started = std::time::Instant::now();
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);

@@ -337,7 +337,7 @@ impl Vfs {
                 let s = self.core.stats();
                 let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
                 format!(
-                    "peers {}\nopen_peers {}\nsubmissions {}\nruns {}\nruns_ok {}\nruns_error {}\nruns_denied {}\nruns_limit {}\ncommits {}\nmessages_delivered {}\nwrites {}\nscript_cache {}\n",
+                    "peers {}\nopen_peers {}\nsubmissions {}\nruns {}\nruns_ok {}\nruns_error {}\nruns_denied {}\nruns_limit {}\nruns_gave_way {}\ncommits {}\nmessages_delivered {}\nwrites {}\nscript_cache {}\n",
                     self.core.registry().len(),
                     self.core.registry().open_count(),
                     g(&s.submissions),
@@ -346,6 +346,7 @@ impl Vfs {
                     g(&s.runs_error),
                     g(&s.runs_denied),
                     g(&s.runs_limit),
+                    g(&s.runs_gave_way),
                     g(&s.commits),
                     g(&s.messages_delivered),
                     g(&s.writes),
