@@ -46,14 +46,20 @@
 //! # How `decide` stays fast
 //! Per policy (cached per caller + its groups + action, inside the `Policy`)
 //! only the statements whose principal and action scope match are kept. If none
-//! remain: deny at once. If none of them has a `when`/`unless`: the answer
-//! follows from the resource scope, computed without Cedar (tests cross-check
-//! this against Cedar). Otherwise Cedar evaluates just those statements, with
-//! their (already checked) principal/action scope removed, and only the
-//! entities / context fields their conditions mention are built.
+//! remain: deny at once. At parse time the `when`/`unless` conditions of every
+//! statement are compiled, when they stay within a common subset of Cedar
+//! (literals, `principal` / `resource` / `context.<field>`, attributes, `has`,
+//! tags, `like`, `is`, comparisons, `&&` / `||` / `!`, `in`, `if`), into a
+//! small expression tree (`native.rs`). If every remaining statement compiled,
+//! they are evaluated natively with Cedar's semantics (errors included) and no
+//! Cedar entity, context or request is built; tests cross-check this against
+//! Cedar. Otherwise Cedar evaluates just those statements, with their (already
+//! checked) principal/action scope removed, and only the entities / context
+//! fields their conditions mention are built.
 
 mod gate;
 mod groups;
+mod native;
 #[cfg(test)]
 mod tests;
 
@@ -404,6 +410,11 @@ struct Meta {
     resource: ResourceConstraint,
     /// has a `when` / `unless` clause
     conditional: bool,
+    /// the resource scope, for the native path
+    rscope: ResourceScope,
+    /// the `when` / `unless` clauses compiled for the native evaluator (empty
+    /// for an unconditional policy); `None` if outside its subset (Cedar decides)
+    native: Option<Vec<native::Cond>>,
     /// what evaluating `eval` needs in the request (see [`Needs`])
     needs: Needs,
     /// What `decide` evaluates: the policy with its principal and action scope
@@ -411,6 +422,51 @@ struct Meta {
     /// scopes match, so it is equivalent, but Cedar no longer needs the
     /// principal's group ancestors (no transitive-closure work per request).
     eval: cedar_policy::Policy,
+}
+
+/// A resource scope in plain strings (resources have no parents, so
+/// `resource in X` is `resource == X`).
+#[derive(Debug, Clone)]
+enum ResourceScope {
+    Any,
+    /// `resource is T`
+    Type(String),
+    /// `resource == T::"id"`, `resource in T::"id"`, `resource is T in T::"id"`
+    Uid(String, String),
+    /// `resource is T in U::"id"` with `T != U`
+    Never,
+}
+
+impl ResourceScope {
+    fn of(c: &ResourceConstraint) -> ResourceScope {
+        let uid = |u: &EntityUid| {
+            ResourceScope::Uid(u.type_name().to_string(), u.id().unescaped().to_string())
+        };
+        match c {
+            ResourceConstraint::Any => ResourceScope::Any,
+            ResourceConstraint::Is(t) => ResourceScope::Type(t.to_string()),
+            ResourceConstraint::Eq(u) | ResourceConstraint::In(u) => uid(u),
+            ResourceConstraint::IsIn(t, u) if t == u.type_name() => uid(u),
+            ResourceConstraint::IsIn(..) => ResourceScope::Never,
+        }
+    }
+
+    fn matches(&self, resource_type: &str, object: &str) -> bool {
+        match self {
+            ResourceScope::Any => true,
+            ResourceScope::Type(t) => t == resource_type,
+            ResourceScope::Uid(t, id) => t == resource_type && id == object,
+            ResourceScope::Never => false,
+        }
+    }
+}
+
+/// The native form of `p`'s conditions (see [`native::compile`]).
+fn compile_native(p: &cedar_policy::Policy) -> Option<Vec<native::Cond>> {
+    if !p.has_non_scope_constraint() {
+        return Some(Vec::new());
+    }
+    native::compile(p.to_json().ok()?.get("conditions")?)
 }
 
 /// `p` with principal and action scope unconstrained, plus its needs.
@@ -506,6 +562,23 @@ impl Needs {
 fn scan(v: &serde_json::Value, needs: &mut Needs, ctx_vars: &mut usize, ctx_fields: &mut usize) {
     match v {
         serde_json::Value::Object(map) => {
+            // An entity literal can name the principal, the resource or the
+            // params entity (`Peer::"alice" in Group::"g"`, `Key::"k".key`):
+            // provide the entity it may denote, as plain Cedar would see it.
+            if let Some(ty) = map
+                .get("__entity")
+                .and_then(|e| e.get("type"))
+                .and_then(|t| t.as_str())
+            {
+                match ty {
+                    "Peer" => needs.principal = true,
+                    "Params" => needs.ctx_params = true,
+                    t if Action::ALL.iter().any(|a| a.resource_shape().0 == t) => {
+                        needs.resource = true
+                    }
+                    _ => {}
+                }
+            }
             if let Some(var) = map.get("Var").and_then(|v| v.as_str()) {
                 match var {
                     "principal" => needs.principal = true,
@@ -547,15 +620,14 @@ fn scan(v: &serde_json::Value, needs: &mut Needs, ctx_vars: &mut usize, ctx_fiel
 /// The policies whose principal and action scope can match one (caller,
 /// groups, action), as a ready-to-evaluate set.
 struct Candidates {
-    set: PolicySet,
+    /// the Cedar policy set (`None` when `native`: built only if asked for)
+    set: Option<PolicySet>,
     /// indices into `Inner::ordered`
     chosen: Vec<usize>,
     needs: Needs,
-    /// No candidate has a `when`/`unless`: the outcome follows from the
-    /// resource scope alone, so `decide` skips Cedar (same semantics: with no
-    /// conditions nothing can error; resources have no parents, so
-    /// `resource in X` is `resource == X`).
-    static_only: bool,
+    /// Every candidate's conditions compiled (see [`native`]): `decide`
+    /// evaluates them itself and skips Cedar.
+    native: bool,
 }
 
 /// Cached candidate sets for one caller (valid while its groups are the same).
@@ -669,6 +741,11 @@ fn principal_matches(
     }
 }
 
+/// The Cedar policy set evaluating `chosen`.
+fn cedar_set(chosen: &[&Meta]) -> Result<PolicySet, String> {
+    PolicySet::from_policies(chosen.iter().map(|m| m.eval.clone())).map_err(|e| e.to_string())
+}
+
 fn string_entity(
     uid: EntityUid,
     attr: &str,
@@ -704,6 +781,18 @@ impl Policy {
     /// Parse `text`, validate it against [`SCHEMA`] (strict mode) and check the
     /// `@max_*` / `@id` annotations. Templates (`?principal`) are rejected.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_with(text, true)
+    }
+
+    /// [`Policy::parse`] without the schema validation, so that tests can
+    /// reach evaluation errors (type errors, missing attributes and tags) that
+    /// validated policies cannot have.
+    #[cfg(test)]
+    fn parse_unvalidated(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_with(text, false)
+    }
+
+    fn parse_with(text: &str, validate: bool) -> Result<Policy, PolicyError> {
         let env = env()?;
         let set = match PolicySet::from_str(text) {
             Ok(s) => s,
@@ -759,7 +848,7 @@ impl Policy {
                 at(text, off.or_else(|| start_of(e.policy_id())), &m)
             })
             .collect();
-        if !errors.is_empty() {
+        if validate && !errors.is_empty() {
             return Err(PolicyError::new(errors.join("; ")));
         }
         let warnings: Vec<String> = result
@@ -847,6 +936,8 @@ impl Policy {
                 action: p.action_constraint(),
                 resource: p.resource_constraint(),
                 conditional: p.has_non_scope_constraint(),
+                rscope: ResourceScope::of(&p.resource_constraint()),
+                native: compile_native(p),
                 needs,
                 eval,
             };
@@ -907,7 +998,6 @@ impl Policy {
         &self,
         env: &Env,
         caller: &str,
-        me: &EntityUid,
         groups: &[EntityUid],
         action: Action,
     ) -> Result<Arc<Candidates>, String> {
@@ -927,23 +1017,28 @@ impl Policy {
             }
         }
         let action_uid = &env.actions[slot];
+        let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(caller));
         let chosen: Vec<&Meta> = self
             .inner
             .ordered
             .iter()
             .filter(|m| {
                 covers_action(&m.action, action_uid)
-                    && principal_matches(&m.principal, env, me, groups)
+                    && principal_matches(&m.principal, env, &me, groups)
             })
             .collect();
         let needs = chosen.iter().fold(Needs::default(), |n, m| n.or(m.needs));
-        let set = PolicySet::from_policies(chosen.iter().map(|m| m.eval.clone()))
-            .map_err(|e| e.to_string())?;
+        let native = chosen.iter().all(|m| m.native.is_some());
+        let set = if native {
+            None
+        } else {
+            Some(cedar_set(&chosen)?)
+        };
         let candidates = Arc::new(Candidates {
             set,
             chosen: chosen.iter().map(|m| m.index).collect(),
             needs,
-            static_only: chosen.iter().all(|m| !m.conditional),
+            native,
         });
         let mut cache = self
             .inner
@@ -973,48 +1068,26 @@ impl Policy {
         &self,
         req: &Request,
         groups: &Groups,
-        allow_static: bool,
+        allow_native: bool,
     ) -> Result<Decision, String> {
         let env = env().map_err(|e| e.message)?;
         let action = req.action;
         let group_uids = groups.uids_of(req.caller);
-        let principal =
-            EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(req.caller));
-        let candidates = self.candidates(env, req.caller, &principal, group_uids, action)?;
+        let candidates = self.candidates(env, req.caller, group_uids, action)?;
         if candidates.chosen.is_empty() {
             return Ok(self.finish(action, false, Vec::new(), Vec::new()));
         }
-        let needs = candidates.needs;
-
         let object = req.object.unwrap_or("");
+        if allow_native && candidates.native {
+            return self.decide_native(&candidates, req, group_uids, object);
+        }
+        let needs = candidates.needs;
+        let principal =
+            EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(req.caller));
         let resource_type = &env.resource_types[action.index()];
         let resource =
             EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(object));
 
-        if allow_static && candidates.static_only {
-            let resource_matches = |c: &ResourceConstraint| match c {
-                ResourceConstraint::Any => true,
-                ResourceConstraint::Is(t) => t == resource_type,
-                ResourceConstraint::Eq(uid) | ResourceConstraint::In(uid) => *uid == resource,
-                ResourceConstraint::IsIn(t, uid) => t == resource_type && *uid == resource,
-            };
-            let satisfied: Vec<&Meta> = candidates
-                .chosen
-                .iter()
-                .filter_map(|&i| self.inner.ordered.get(i))
-                .filter(|m| resource_matches(&m.resource))
-                .collect();
-            let forbids: Vec<&Meta> = satisfied
-                .iter()
-                .copied()
-                .filter(|m| m.effect == Effect::Forbid)
-                .collect();
-            return Ok(if forbids.is_empty() {
-                self.finish(action, !satisfied.is_empty(), satisfied, Vec::new())
-            } else {
-                self.finish(action, false, forbids, Vec::new())
-            });
-        }
         let mut entities = Vec::with_capacity(3);
         if needs.principal {
             entities.push(string_entity(
@@ -1093,9 +1166,20 @@ impl Policy {
         )
         .map_err(|e| e.to_string())?;
 
-        let response = env
-            .authorizer
-            .is_authorized(&request, &candidates.set, &entities);
+        let built;
+        let set = match &candidates.set {
+            Some(set) => set,
+            None => {
+                let chosen: Vec<&Meta> = candidates
+                    .chosen
+                    .iter()
+                    .filter_map(|&i| self.inner.ordered.get(i))
+                    .collect();
+                built = cedar_set(&chosen)?;
+                &built
+            }
+        };
+        let response = env.authorizer.is_authorized(&request, set, &entities);
         let allowed = response.decision() == cedar_policy::Decision::Allow;
         let determining: Vec<&Meta> = response
             .diagnostics()
@@ -1116,6 +1200,57 @@ impl Policy {
             })
             .collect();
         Ok(self.finish(action, allowed, determining, errors))
+    }
+
+    /// Decide with the native evaluator (every candidate compiled), with
+    /// Cedar's rules: a policy holds when its resource scope matches, every
+    /// `when` is true and every `unless` false; one that errors does not hold
+    /// and its error is reported; any holding forbid denies (the holding
+    /// forbids decide), else any holding permit allows (the permits decide).
+    fn decide_native(
+        &self,
+        candidates: &Candidates,
+        req: &Request,
+        groups: &[EntityUid],
+        object: &str,
+    ) -> Result<Decision, String> {
+        let action = req.action;
+        let (resource_type, resource_attr) = action.resource_shape();
+        let nreq = native::Req {
+            caller: req.caller,
+            groups,
+            resource_type,
+            resource_attr,
+            object,
+            script: req.script,
+            params: req.params,
+            now: req.now,
+        };
+        let mut permits: Vec<&Meta> = Vec::new();
+        let mut forbids: Vec<&Meta> = Vec::new();
+        let mut errors = Vec::new();
+        for &i in &candidates.chosen {
+            let Some(m) = self.inner.ordered.get(i) else {
+                continue;
+            };
+            if !m.rscope.matches(resource_type, object) {
+                continue;
+            }
+            let Some(conds) = &m.native else {
+                return Err(format!("internal error: {} is not compiled", m.name));
+            };
+            match native::satisfied(conds, &nreq) {
+                Ok(true) if m.effect == Effect::Forbid => forbids.push(m),
+                Ok(true) => permits.push(m),
+                Ok(false) => {}
+                Err(e) => errors.push(format!("{}: {e}", m.name)),
+            }
+        }
+        Ok(if forbids.is_empty() {
+            self.finish(action, !permits.is_empty(), permits, errors)
+        } else {
+            self.finish(action, false, forbids, errors)
+        })
     }
 
     fn finish(
@@ -1142,7 +1277,7 @@ impl Policy {
         }
     }
 
-    /// `decide` without the static shortcut (tests cross-check the two).
+    /// `decide` without the native evaluator (tests cross-check the two).
     #[cfg(test)]
     fn decide_via_cedar(&self, req: &Request, groups: &Groups) -> Decision {
         match self.try_decide(req, groups, false) {
