@@ -911,7 +911,7 @@ impl Core {
         match self.run_one(st, peer, &job0, &*gate, Some(deadline))? {
             Some(run_fx) => {
                 let total = self.0.stats.runs.fetch_add(1, Ordering::Relaxed) + 1;
-                if total % 1024 == 0 {
+                if total.is_multiple_of(1024) {
                     st.prune_runs(self.0.cfg.run_retention)?;
                 }
                 fx.extend(run_fx);
