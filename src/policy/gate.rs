@@ -24,21 +24,40 @@ pub struct PolicyState {
     uses_script: bool,
     uses_params: bool,
     uses_now: bool,
-    memo: Mutex<HashMap<MemoKey, super::Decision>>,
+    memo: Mutex<Memo>,
+    /// `Policy::could_ever_allow` per caller and action (the static check).
+    ever: Mutex<HashMap<String, [Option<bool>; 5]>>,
 }
 
-#[derive(Hash, PartialEq, Eq)]
-struct MemoKey {
-    caller: String,
-    action: Action,
-    object: String,
+/// Decisions by caller, action and object, then by the context parts the policy
+/// uses. Nested by `&str`-keyed maps so that a hit allocates nothing.
+#[derive(Default)]
+struct Memo {
+    by_caller: HashMap<String, [HashMap<String, Vec<MemoEntry>>; 5]>,
+    len: usize,
+}
+
+struct MemoEntry {
     script: Option<String>,
     params: Option<String>,
     now: Option<i64>,
+    decision: Arc<super::Decision>,
 }
 
 /// Most memoized decisions per peer; past this the memo starts over.
 const MEMO_MAX: usize = 4096;
+
+/// One question to a peer's policy.
+pub struct Question<'a> {
+    pub caller: &'a str,
+    pub target: &'a str,
+    pub action: Action,
+    pub object: &'a str,
+    pub script: &'a str,
+    pub params: &'a Value,
+    /// `params` as JSON text, when the asker has it at hand (saves serializing it).
+    pub params_json: Option<&'a str>,
+}
 
 impl PolicyState {
     /// Parses stored texts; a stored text that no longer parses (it was validated
@@ -59,7 +78,8 @@ impl PolicyState {
             uses_now: text.contains("now"),
             policy: p,
             groups: g,
-            memo: Mutex::new(HashMap::new()),
+            memo: Mutex::new(Memo::default()),
+            ever: Mutex::new(HashMap::new()),
         }
     }
 
@@ -74,34 +94,99 @@ impl PolicyState {
         script: &str,
         params: &Value,
     ) -> super::Decision {
-        let now = crate::util::now_ns() / 1_000_000_000;
-        let key = MemoKey {
-            caller: caller.to_string(),
-            action,
-            object: object.to_string(),
-            script: self.uses_script.then(|| script.to_string()),
-            params: self.uses_params.then(|| params.to_string()),
-            now: self.uses_now.then_some(now),
-        };
-        if let Some(d) = self.memo.lock().unwrap().get(&key) {
-            return d.clone();
-        }
-        let req = Request {
+        (*self.ask(&Question {
             caller,
             target,
             action,
-            object: Some(object),
+            object,
             script,
             params,
+            params_json: None,
+        }))
+        .clone()
+    }
+
+    /// [`PolicyState::decide`], shared: a memoized answer costs no allocation.
+    pub fn ask(&self, q: &Question) -> Arc<super::Decision> {
+        let now = crate::util::now_ns() / 1_000_000_000;
+        let script = self.uses_script.then_some(q.script);
+        let owned_params;
+        let params: Option<&str> = if self.uses_params {
+            Some(match q.params_json {
+                Some(p) => p,
+                None => {
+                    owned_params = q.params.to_string();
+                    owned_params.as_str()
+                }
+            })
+        } else {
+            None
+        };
+        let req = Request {
+            caller: q.caller,
+            target: q.target,
+            action: q.action,
+            object: Some(q.object),
+            script: q.script,
+            params: q.params,
             now,
         };
-        let d = self.policy.decide(&req, &self.groups);
-        let mut m = self.memo.lock().unwrap();
-        if m.len() >= MEMO_MAX {
-            m.clear();
+        if q.action == Action::Run {
+            // Its object is the script's name, new at nearly every run: a memo
+            // would only fill up (a decision costs well under a microsecond).
+            return Arc::new(self.policy.decide(&req, &self.groups));
         }
-        m.insert(key, d.clone());
+        let now_key = self.uses_now.then_some(now);
+        let slot = q.action.index();
+        {
+            let memo = self.memo.lock().unwrap();
+            if let Some(e) = memo
+                .by_caller
+                .get(q.caller)
+                .and_then(|per| per[slot].get(q.object))
+                .and_then(|v| {
+                    v.iter().find(|e| {
+                        e.script.as_deref() == script
+                            && e.params.as_deref() == params
+                            && e.now == now_key
+                    })
+                })
+            {
+                return e.decision.clone();
+            }
+        }
+        let d = Arc::new(self.policy.decide(&req, &self.groups));
+        let mut memo = self.memo.lock().unwrap();
+        if memo.len >= MEMO_MAX {
+            *memo = Memo::default();
+        }
+        memo.len += 1;
+        memo.by_caller.entry(q.caller.to_string()).or_default()[slot]
+            .entry(q.object.to_string())
+            .or_default()
+            .push(MemoEntry {
+                script: script.map(str::to_string),
+                params: params.map(str::to_string),
+                now: now_key,
+                decision: d.clone(),
+            });
         d
+    }
+
+    /// `Policy::could_ever_allow` for `caller` (in its groups) and `action`, memoized.
+    fn could_ever_allow(&self, caller: &str, action: Action) -> bool {
+        let slot = action.index();
+        if let Some(Some(v)) = self.ever.lock().unwrap().get(caller).map(|a| a[slot]) {
+            return v;
+        }
+        let groups = self.groups.groups_of(caller);
+        let v = self.policy.could_ever_allow(caller, &groups, action);
+        let mut ever = self.ever.lock().unwrap();
+        if ever.len() >= MEMO_MAX {
+            ever.clear();
+        }
+        ever.entry(caller.to_string()).or_default()[slot] = Some(v);
+        v
     }
 }
 
@@ -181,14 +266,15 @@ impl Gate for Arc<PolicyGate> {
             .state(target)
             .map_err(|e| format!("denied: {}'s policy cannot be read: {e}", target.name))?;
         let params: Value = serde_json::from_str(&job.params).unwrap_or(Value::Null);
-        let d = state.decide(
-            &job.caller,
-            &target.name,
-            Action::Run,
-            &job.name,
-            &job.name,
-            &params,
-        );
+        let d = state.ask(&Question {
+            caller: &job.caller,
+            target: &target.name,
+            action: Action::Run,
+            object: &job.name,
+            script: &job.name,
+            params: &params,
+            params_json: Some(&job.params),
+        });
         if !d.allowed {
             return Err(format!(
                 "denied: run {} by {} at {}: {} (policy.cedar of {})",
@@ -209,6 +295,7 @@ impl Gate for Arc<PolicyGate> {
                 target: target.name.clone(),
                 script: job.name.clone(),
                 params,
+                params_json: job.params.clone(),
             }),
             limits,
         ))
@@ -224,6 +311,7 @@ pub struct PolicyHost {
     target: String,
     script: String,
     params: Value,
+    params_json: String,
 }
 
 fn action_of(cap: Capability) -> Action {
@@ -270,14 +358,15 @@ pub fn capabilities_used(ast: &AST) -> Vec<(Capability, &'static str)> {
 impl Host for PolicyHost {
     fn check(&self, cap: Capability, object: &str) -> Result<(), String> {
         let action = action_of(cap);
-        let d = self.state.decide(
-            &self.caller,
-            &self.target,
+        let d = self.state.ask(&Question {
+            caller: &self.caller,
+            target: &self.target,
             action,
             object,
-            &self.script,
-            &self.params,
-        );
+            script: &self.script,
+            params: &self.params,
+            params_json: Some(&self.params_json),
+        });
         if d.allowed {
             Ok(())
         } else {
@@ -292,14 +381,9 @@ impl Host for PolicyHost {
     }
 
     fn check_script(&self, ast: &AST) -> Result<(), String> {
-        let groups = self.state.groups.groups_of(&self.caller);
         for (cap, f) in capabilities_used(ast) {
             let action = action_of(cap);
-            if !self
-                .state
-                .policy
-                .could_ever_allow(&self.caller, &groups, action)
-            {
+            if !self.state.could_ever_allow(&self.caller, action) {
                 return Err(format!(
                     "denied before running: the script calls {f}(), and no rule in the policy.cedar of {} can ever allow {} to {action}",
                     self.target, self.caller
@@ -386,6 +470,40 @@ mod tests {
                 )
                 .allowed
             );
+        }
+    }
+
+    #[test]
+    fn shared_answers_key_on_the_params_text_and_objects() {
+        let st = PolicyState::from_texts(
+            br#"permit(principal, action == Action::"write", resource) when { resource.key like "pub/*" && context.params.hasTag("m") };
+permit(principal in Group::"g", action == Action::"read", resource);"#,
+            b"g: a\n",
+        );
+        let q = |caller, action, object, json: &str| {
+            let v: Value = serde_json::from_str(json).unwrap();
+            st.ask(&Question {
+                caller,
+                target: "b",
+                action,
+                object,
+                script: "s",
+                params: &v,
+                params_json: Some(json),
+            })
+            .allowed
+        };
+        for _ in 0..3 {
+            assert!(q("a", Action::Write, "pub/x", r#"{"m":"1"}"#));
+            assert!(!q("a", Action::Write, "pub/x", "{}"));
+            assert!(!q("a", Action::Write, "priv/x", r#"{"m":"1"}"#));
+            assert!(q("z", Action::Write, "pub/y", r#"{"m":"1"}"#));
+            assert!(q("a", Action::Read, "anything", "{}"));
+            assert!(!q("z", Action::Read, "anything", "{}"));
+            // The static check, memoized per caller and action.
+            assert!(st.could_ever_allow("a", Action::Read));
+            assert!(!st.could_ever_allow("z", Action::Read));
+            assert!(!st.could_ever_allow("a", Action::Send));
         }
     }
 
