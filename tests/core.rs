@@ -497,3 +497,34 @@ fn a_long_script_gives_way_and_still_runs_once_in_order() {
     assert!(gave_way() >= 1, "the long script's first attempt gave way");
     c.shutdown();
 }
+
+#[test]
+fn a_result_being_replaced_is_never_shown_from_the_older_run() {
+    let d = tempfile::tempdir().unwrap();
+    let c = core(d.path());
+    c.create_peer("alice", uid(), 0).unwrap();
+    assert_eq!(c.run("alice", "x.rhai", "1").unwrap()["value"], 1);
+    let e = c.outbox_get("alice", "alice", "x.json").unwrap().unwrap();
+    assert!(e.result.as_deref().unwrap().contains("\"value\":1"));
+    // A new run of the same name that takes a while: pending until it ends.
+    c.submit(
+        "alice",
+        "x.rhai",
+        b"let i = 0; while i < 100000 { i += 1; } 2".to_vec(),
+    )
+    .unwrap();
+    let e = c.outbox_get("alice", "alice", "x.json").unwrap().unwrap();
+    if let Some(r) = e.result.as_deref() {
+        // Only the new result may show (if it finished already).
+        assert!(r.contains("\"value\":2"), "{r}");
+    }
+    let r: Value =
+        serde_json::from_slice(&c.wait_result("alice", "alice", "x.json").unwrap()).unwrap();
+    assert_eq!(r["value"], 2);
+    let e = c.outbox_get("alice", "alice", "x.json").unwrap().unwrap();
+    assert!(e.result.as_deref().unwrap().contains("\"value\":2"));
+    // Removed: gone from memory as well as from the store.
+    c.outbox_remove("alice", "alice", "x.json").unwrap();
+    assert!(c.outbox_get("alice", "alice", "x.json").unwrap().is_none());
+    c.shutdown();
+}

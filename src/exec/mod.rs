@@ -177,6 +177,8 @@ enum Effect {
         name: String,
         run_id: String,
         bytes: Arc<Vec<u8>>,
+        submitted_at: i64,
+        finished_at: i64,
     },
     Undelivered,
     Changed(Change),
@@ -476,6 +478,16 @@ impl Core {
     /// One result of `peer`'s outbox for `target`.
     pub fn outbox_get(&self, peer: &str, target: &str, name: &str) -> Result<Option<OutboxEntry>> {
         let (p, key) = self.result_place(peer, target, name)?;
+        if let Some(r) = p.recent.lock().unwrap().get(&key, name) {
+            return Ok(Some(OutboxEntry {
+                target: target.to_string(),
+                name: name.to_string(),
+                run_id: r.run_id.clone(),
+                result: Some(String::from_utf8_lossy(&r.bytes).into_owned()),
+                submitted_at: r.submitted_at,
+                finished_at: Some(r.finished_at),
+            }));
+        }
         let e = p.read(|s| s.outbox_get(&key, name))?;
         Ok(e.map(|mut e| {
             e.target = target.to_string();
@@ -531,6 +543,16 @@ impl Core {
         }
         // Not pending: the committed row is final (read under the lock, so a run that
         // finishes now publishes after we looked).
+        let recent = p
+            .recent
+            .lock()
+            .unwrap()
+            .get(target, name)
+            .map(|r| r.bytes.clone());
+        if let Some(bytes) = recent {
+            drop(waits);
+            return waiter(Ok(bytes));
+        }
         match p.read(|s| s.outbox_get(target, name)) {
             Ok(Some(e)) => match e.result {
                 Some(r) => {
@@ -1059,6 +1081,8 @@ impl Core {
                                 name: msg.name.clone(),
                                 run_id,
                                 bytes: Arc::new(msg.payload.clone().into_bytes()),
+                                submitted_at: msg.created_at,
+                                finished_at: now_ns(),
                             },
                             Effect::Changed(Change::Outbox {
                                 target: from.clone(),
@@ -1075,6 +1099,20 @@ impl Core {
     fn pre_register(&self, peer: &Arc<Peer>, effects: &[Effect]) -> Vec<(String, String)> {
         let mut out = Vec::new();
         let mut waits = peer.waits.lock().unwrap();
+        {
+            // A result about to be replaced or removed is no longer served from memory.
+            let mut recent = peer.recent.lock().unwrap();
+            for fx in effects {
+                match fx {
+                    Effect::Pending { target, name, .. }
+                    | Effect::Changed(Change::Outbox {
+                        target,
+                        name: Some(name),
+                    }) => recent.remove(target, name),
+                    _ => {}
+                }
+            }
+        }
         for fx in effects {
             if let Effect::Pending {
                 target,
@@ -1121,15 +1159,29 @@ impl Core {
                     name,
                     run_id,
                     bytes,
+                    submitted_at,
+                    finished_at,
                 } => {
                     let key = (target.clone(), name);
                     let done = {
                         let mut waits = peer.waits.lock().unwrap();
+                        let newer = waits.get(&key).is_some_and(|p| p.run_id != run_id);
+                        if !newer {
+                            peer.recent.lock().unwrap().insert(
+                                key.clone(),
+                                crate::peer::RecentResult {
+                                    run_id: run_id.clone(),
+                                    bytes: bytes.clone(),
+                                    submitted_at,
+                                    finished_at,
+                                },
+                            );
+                        }
                         // A newer run of the same name keeps its readers waiting.
-                        if waits.get(&key).is_some_and(|p| p.run_id == run_id) {
-                            waits.remove(&key).map(|p| p.waiters)
-                        } else {
+                        if newer {
                             None
+                        } else {
+                            waits.remove(&key).map(|p| p.waiters)
                         }
                     };
                     for w in done.into_iter().flatten() {
@@ -1347,6 +1399,8 @@ impl Core {
                 name: out_name,
                 run_id: job.id.clone(),
                 bytes: Arc::new(json.into_bytes()),
+                submitted_at: submitted,
+                finished_at,
             });
         } else {
             st.record_outgoing(&Outgoing {

@@ -108,8 +108,8 @@ struct Handle {
     buf: Vec<u8>,
     dirty: bool,
     snapshot: Option<Arc<Vec<u8>>>,
-    /// The process (thread group) that opened a writing handle; 0 = unknown. Only
-    /// its close commits, see `flush`.
+    /// The process (thread group) that opened a writing handle; 0 = not known yet
+    /// (looked up from `opener` when needed). Only its close commits, see `flush`.
     owner: u32,
     /// The thread that opened it: a close from it needs no /proc lookup.
     opener: u32,
@@ -117,6 +117,22 @@ struct Handle {
     /// commit that wait for them (close returns only once the bytes are durable).
     committing: usize,
     waiters: Vec<Reply<()>>,
+}
+
+/// `pid` if it leads its thread group (is its own process), else 0: the process is
+/// then looked up only if a close comes from another thread (see `Vfs::flush`).
+fn leader(pid: u32) -> u32 {
+    if pid == 0 {
+        return 0;
+    }
+    // SAFETY: a plain syscall with integer arguments; the fd it returns is closed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as libc::c_int) };
+        pid
+    } else {
+        0
+    }
 }
 
 /// The thread group of `pid` (FUSE requests carry the thread's id), or `pid` itself
@@ -404,7 +420,13 @@ impl Vfs {
                 }
                 if peer == target {
                     let p = self.core.peer(peer)?;
-                    if let Some(j) = p.read(|s| s.queued_named(name))? {
+                    // An empty queue needs no look (the usual lookup of a new name).
+                    let queued = if p.queued() > 0 {
+                        p.read(|s| s.queued_named(name))?
+                    } else {
+                        None
+                    };
+                    if let Some(j) = queued {
                         // Writable: writing the name again submits another run.
                         return self.file_attr(
                             Some(peer),
@@ -1215,7 +1237,7 @@ impl Vfs {
             buf: Vec::new(),
             dirty: false,
             snapshot: None,
-            owner: process_of(who.pid),
+            owner: leader(who.pid),
             opener: who.pid,
             committing: 0,
             waiters: Vec::new(),
@@ -1317,7 +1339,7 @@ impl Vfs {
                 buf,
                 dirty: trunc,
                 snapshot: None,
-                owner: process_of(who.pid),
+                owner: leader(who.pid),
                 opener: who.pid,
                 committing: 0,
                 waiters: Vec::new(),
@@ -1511,15 +1533,16 @@ impl Vfs {
     /// opener's close, or else the release, commits it.
     pub fn flush(&self, fh: u64, who: &Caller, reply: Reply<()>) {
         {
-            let hs = self.handles.lock().unwrap();
-            if let Some(h) = hs.get(&fh) {
-                if h.write
-                    && h.owner != 0
-                    && who.pid != 0
-                    && who.pid != h.opener
-                    && process_of(who.pid) != h.owner
-                {
-                    return reply(Ok(()));
+            let mut hs = self.handles.lock().unwrap();
+            if let Some(h) = hs.get_mut(&fh) {
+                if h.write && who.pid != 0 && h.opener != 0 && who.pid != h.opener {
+                    // Another thread or process: does it belong to the opener's?
+                    if h.owner == 0 {
+                        h.owner = process_of(h.opener);
+                    }
+                    if process_of(who.pid) != h.owner {
+                        return reply(Ok(()));
+                    }
                 }
             }
         }
