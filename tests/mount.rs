@@ -145,6 +145,25 @@ fn cp_then_jq_needs_no_polling_and_the_result_is_complete() {
         q(&m.p("alice/outbox/job.json"))
     ));
     assert_eq!(out.trim(), "second");
+    // `stat`, `wc -c` and `ls -l` agree with the bytes of the newer result at once.
+    let bytes = fs::read(m.p("alice/outbox/job.json")).unwrap();
+    let sizes = sh_ok(&format!(
+        "stat -c %s {0} && wc -c < {0} && ls -l {0} | awk '{{print $5}}'",
+        q(&m.p("alice/outbox/job.json"))
+    ));
+    let want = bytes.len().to_string();
+    assert_eq!(sizes.split_whitespace().collect::<Vec<_>>(), [&*want; 3]);
+    let job3 = m.local("job.rhai", "\"third, and longer than the second\"");
+    sh_ok(&format!("cp {} {}", q(&job3), q(&m.p("alice/inbox/"))));
+    let size = fs::metadata(m.p("alice/outbox/job.json")).unwrap().len();
+    let bytes = fs::read(m.p("alice/outbox/job.json")).unwrap();
+    assert_eq!(
+        size,
+        bytes.len() as u64,
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert!(String::from_utf8_lossy(&bytes).contains("longer than the second"));
     // The inbox empties once scripts have run; the outbox keeps one result per stem.
     assert_eq!(m.names("alice/outbox"), ["job.json"]);
     assert!(

@@ -52,6 +52,19 @@ fn ttl(kind: FileType) -> Duration {
     }
 }
 
+/// How long the kernel may keep a node's attributes. Entries of files are never
+/// cached (see `ttl`), so every path lookup fetches fresh attributes anyway; what
+/// this saves is the GETATTR right after a LOOKUP (open's permission check) and on
+/// `fstat` of an open file. Only for scripts in an inbox (nothing but their writer
+/// changes them) and results (read with direct I/O, so a size that lags never cuts
+/// a read short; the daemon invalidates a known result's inode when it changes).
+fn attr_ttl(node: &Node, kind: FileType) -> Duration {
+    match node {
+        Node::InboxFile { .. } | Node::OutboxFile { .. } => TTL,
+        _ => ttl(kind),
+    }
+}
+
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
@@ -174,6 +187,7 @@ pub fn spawn(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> crate::Re
 /// deadlock; a separate thread also lets bursts of changes coalesce.
 fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Node>>) {
     let (tx, rx) = mpsc::channel::<Node>();
+    let known = inodes.clone();
     let spawned = std::thread::Builder::new()
         .name("peerfs-inval".to_string())
         .spawn(move || {
@@ -216,7 +230,15 @@ fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Nod
     match spawned {
         Ok(_) => vfs.set_invalidator(Box::new(move |inv| {
             let node = match inv {
-                Invalidate::Dir(node) | Invalidate::File(node) => node,
+                Invalidate::Dir(node) => node,
+                // A file the kernel does not hold needs no notice (and no wake-up
+                // of the thread): the usual case for a result just published.
+                Invalidate::File(node) => {
+                    if known.get(&node).is_none() {
+                        return;
+                    }
+                    node
+                }
             };
             let _ = tx.send(node);
         })),
@@ -351,7 +373,7 @@ impl PeerFs {
     fn entry(&self, reply: ReplyEntry, node: &Node, attr: &Attr) {
         let ino = self.inodes.lookup(node);
         let fa = file_attr(ino, attr);
-        reply.entry(&ttl(fa.kind), &fa, Generation(0));
+        reply.entry_with_ttls(&attr_ttl(node, fa.kind), &ttl(fa.kind), &fa, Generation(0));
     }
 
     fn setattr_inner(&self, ino: INodeNo, c: AttrChange) -> Result<FileAttr, Errno> {
@@ -436,12 +458,13 @@ impl Filesystem for PeerFs {
         let r = self.node(OP, ino).and_then(|node| {
             self.vfs
                 .getattr(&node, fh.map(|f| f.0))
+                .map(|a| (node, a))
                 .map_err(|e| errno(OP, &e))
         });
         match r {
-            Ok(attr) => {
+            Ok((node, attr)) => {
                 let fa = file_attr(ino.0, &attr);
-                reply.attr(&ttl(fa.kind), &fa)
+                reply.attr(&attr_ttl(&node, fa.kind), &fa)
             }
             Err(e) => reply.error(e),
         }

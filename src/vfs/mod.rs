@@ -180,10 +180,28 @@ struct ChangeRelay(Arc<Vfs>);
 impl Listener for ChangeRelay {
     fn changed(&self, peer: &str, change: Change) {
         let p = peer.to_string();
-        // Files are never cached by the kernel (no entry or attribute TTL), so results,
-        // the log, the inbox and the policy need no notice; folders are cached for a
-        // second, so a change of state's folders does.
+        // Entries of files are never cached by the kernel, so the log, the inbox and
+        // the policy need no notice; results' attributes and folders are cached for a
+        // second, so a change of a result or of state's folders does.
         let inv = match change {
+            // A result came in, was replaced or removed: its size changed (results'
+            // attributes live a second in the kernel, see `fuse::attr_ttl`).
+            Change::Outbox {
+                target,
+                name: Some(name),
+            } => Invalidate::File(match target.strip_prefix('@') {
+                // The slot of a caller: the caller's view of this peer.
+                Some(caller) => Node::OutboxFile {
+                    peer: caller.to_string(),
+                    target: p,
+                    name,
+                },
+                None => Node::OutboxFile {
+                    peer: p,
+                    target,
+                    name,
+                },
+            }),
             Change::Inbox | Change::Outbox { .. } | Change::Log | Change::Meta(_) => return,
             Change::State => Invalidate::Dir(Node::State {
                 peer: p,
