@@ -33,6 +33,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE received(msg_id TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
     // 2: find a queued script by name without scanning the queue (inbox lookups).
     "CREATE INDEX queue_name ON queue(name, seq);",
+    // 3: run history without AUTOINCREMENT: a new seq is still above every kept one
+    // (pruning removes the oldest), and a run no longer writes sqlite_sequence.
+    "CREATE TABLE runs_v3(seq INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL,
+        caller TEXT NOT NULL, status TEXT NOT NULL, result TEXT NOT NULL, finished_at INTEGER NOT NULL);
+     INSERT INTO runs_v3 SELECT seq, id, name, caller, status, result, finished_at FROM runs;
+     DROP TABLE runs;
+     ALTER TABLE runs_v3 RENAME TO runs;",
 ];
 
 /// The exclusive upper bound of keys beginning with `prefix` that ends in `/`.
@@ -949,7 +956,10 @@ mod tests {
             let c = Connection::open(&p).unwrap();
             c.execute_batch(MIGRATIONS[0]).unwrap();
             c.execute_batch(
-                "PRAGMA user_version=1; INSERT INTO state VALUES('k', '5', NULL, 2, 0);",
+                "PRAGMA user_version=1; INSERT INTO state VALUES('k', '5', NULL, 2, 0);
+                 INSERT INTO runs(id, name, caller, status, result, finished_at)
+                    VALUES('r1', 'a.rhai', 'p', 'ok', '{}', 1), ('r2', 'b.rhai', 'p', 'ok', '{}', 2);
+                 DELETE FROM runs WHERE id='r2';",
             )
             .unwrap();
         }
@@ -969,6 +979,43 @@ mod tests {
             .unwrap();
         assert_eq!(idx, 1);
         assert_eq!(s.get("k").unwrap(), Some(json!(5)));
+        // The run history came across (3: without AUTOINCREMENT), and a new run
+        // gets a seq above every kept one.
+        let runs: Vec<(i64, String)> = s
+            .conn
+            .prepare("SELECT seq, id FROM runs ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert_eq!(runs, [(1, "r1".to_string())]);
+        let sql: String = s
+            .conn
+            .query_row("SELECT sql FROM sqlite_master WHERE name='runs'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+        let job = Job {
+            seq: 0,
+            id: "r3".into(),
+            name: "c.rhai".into(),
+            source: vec![],
+            caller: "p".into(),
+            params: "{}".into(),
+            msg_id: None,
+            hops: 0,
+            submitted_at: 3,
+        };
+        s.begin().unwrap();
+        s.record_run(&job, "ok", "{}", 4).unwrap();
+        s.commit().unwrap();
+        let max: i64 = s
+            .conn
+            .query_row("SELECT max(seq) FROM runs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max, 2);
     }
 
     #[test]
