@@ -1832,3 +1832,37 @@ fn stat_shows_what_a_run_just_changed() {
     expect_errno(fs::metadata(&x), libc::ENOENT, "stat of a removed key");
     expect_errno(fs::read(&x), libc::ENOENT, "read of a removed key");
 }
+
+#[test]
+fn listed_inode_numbers_match_stat() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    for i in 0..50 {
+        fs::write(m.p(&format!("alice/state/k{i}")), format!("{i}")).unwrap();
+    }
+    // `ls -i` (numbers from the listing) agrees with `stat` (numbers from lookups),
+    // before and after the files were looked up.
+    for _ in 0..2 {
+        let listed = sh_ok(&format!("cd {} && ls -1i", q(&m.p("alice/state"))));
+        let stat = sh_ok(&format!(
+            "cd {} && stat -c '%i %n' k*",
+            q(&m.p("alice/state"))
+        ));
+        let norm = |s: &str| {
+            let mut v: Vec<(String, String)> = s
+                .lines()
+                .map(|l| {
+                    let mut it = l.split_whitespace();
+                    (
+                        it.next().unwrap().to_string(),
+                        it.next().unwrap().to_string(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(norm(&listed), norm(&stat));
+        assert_eq!(norm(&listed).len(), 50);
+    }
+}

@@ -4,12 +4,16 @@
 //!
 //! Invariants:
 //! - ino 1 is the root, always present, never forgotten.
-//! - Other numbers come from a counter starting at 2 and are never reused, so a stale
-//!   ino held by the kernel can never name a different node.
+//! - A node's number is a hash of the node with the top bit set, so readdir can give
+//!   every entry the number a later lookup will give it without keeping anything.
+//!   A number is only handed out while no other inode holds it: if the hash is
+//!   taken (a collision, or an inode renamed away from this path that the kernel
+//!   still holds), the node gets a number from a counter (2, 3, ...) that is never
+//!   reused. So a number the kernel holds never names a different node.
 //! - `by_node` and `by_ino` always describe the same set of pairs.
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -29,10 +33,23 @@ struct Maps<K> {
 pub struct InodeTable<K> {
     next: AtomicU64,
     maps: Mutex<Maps<K>>,
+    hash: fn(&K) -> u64,
+}
+
+/// The number a node gets when it is free: a fixed-key SipHash (the same in every
+/// run) with the top bit set, so it never meets the root or the counter's numbers.
+fn hashed<K: Hash>(key: &K) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish() | (1 << 63)
 }
 
 impl<K: Clone + Eq + Hash> InodeTable<K> {
     pub fn new(root: K) -> InodeTable<K> {
+        Self::with_hash(root, hashed::<K>)
+    }
+
+    fn with_hash(root: K, hash: fn(&K) -> u64) -> InodeTable<K> {
         let mut by_node = HashMap::new();
         let mut by_ino = HashMap::new();
         by_node.insert(root.clone(), ROOT_INO);
@@ -46,6 +63,7 @@ impl<K: Clone + Eq + Hash> InodeTable<K> {
         InodeTable {
             next: AtomicU64::new(ROOT_INO + 1),
             maps: Mutex::new(Maps { by_node, by_ino }),
+            hash,
         }
     }
 
@@ -59,7 +77,12 @@ impl<K: Clone + Eq + Hash> InodeTable<K> {
         if let Some(&ino) = maps.by_node.get(key) {
             return ino;
         }
-        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        let h = (self.hash)(key);
+        let ino = if maps.by_ino.contains_key(&h) {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            h
+        };
         maps.by_node.insert(key.clone(), ino);
         maps.by_ino.insert(
             ino,
@@ -71,10 +94,17 @@ impl<K: Clone + Eq + Hash> InodeTable<K> {
         ino
     }
 
-    /// The ino of `key`, assigned if it has none, without counting a lookup (readdir).
+    /// The number `key` has, or the one a lookup would give it now, without
+    /// keeping anything (readdir: the kernel does not hold what it lists).
     pub fn ino(&self, key: &K) -> u64 {
-        let mut maps = self.lock();
-        self.ino_locked(&mut maps, key)
+        let maps = self.lock();
+        if let Some(&ino) = maps.by_node.get(key) {
+            return ino;
+        }
+        // If the hash is taken (a collision, or a renamed inode the kernel still
+        // holds), a lookup will hand out a counter number instead; until then the
+        // listing shows the hash (only `ls -i` could tell).
+        (self.hash)(key)
     }
 
     /// The ino of `key`, counting one kernel lookup (lookup, create, mkdir). Call it
@@ -175,13 +205,38 @@ mod tests {
     }
 
     #[test]
-    fn root_is_one_and_first_allocation_is_two() {
+    fn root_is_one_and_nodes_get_their_hash() {
         let t = table();
         assert_eq!(t.get(&"/"), Some(ROOT_INO));
         assert_eq!(t.key(ROOT_INO), Some("/"));
-        assert_eq!(t.lookup(&"a"), 2);
-        assert_eq!(t.lookup(&"b"), 3);
-        assert_eq!(t.ino(&"c"), 4);
+        let (a, b) = (t.lookup(&"a"), t.lookup(&"b"));
+        assert_eq!(a, hashed(&"a"));
+        assert_eq!(b, hashed(&"b"));
+        assert_ne!(a, b);
+        assert!(a >= 1 << 63 && b >= 1 << 63);
+        // A listing shows the number a lookup gives, and keeps nothing.
+        assert_eq!(t.ino(&"c"), hashed(&"c"));
+        assert_eq!(t.len(), 3);
+        assert_eq!(t.lookup(&"c"), hashed(&"c"));
+    }
+
+    #[test]
+    fn a_taken_hash_falls_back_to_numbers_never_reused() {
+        // Every key hashes alike: the first gets the hash, the rest counter numbers.
+        let t = InodeTable::with_hash("/", |_| 1 << 63);
+        let a = t.lookup(&"a");
+        let b = t.lookup(&"b");
+        let c = t.lookup(&"c");
+        assert_eq!(a, 1 << 63);
+        assert_eq!((b, c), (2, 3));
+        assert_eq!(
+            (t.key(a), t.key(b), t.key(c)),
+            (Some("a"), Some("b"), Some("c"))
+        );
+        t.forget(b, 1);
+        assert_eq!(t.lookup(&"b"), 4, "a dropped counter number is not reused");
+        t.forget(a, 1);
+        assert_eq!(t.lookup(&"d"), 1 << 63, "a freed hash is free again");
     }
 
     #[test]
@@ -195,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn forget_to_zero_drops_and_numbers_are_never_reused() {
+    fn forget_to_zero_drops_and_the_node_keeps_its_number() {
         let t = table();
         let a = t.lookup(&"a");
         t.lookup(&"a");
@@ -205,9 +260,8 @@ mod tests {
         assert_eq!(t.key(a), None);
         assert_eq!(t.get(&"a"), None);
         assert_eq!(t.len(), 1);
-        let again = t.lookup(&"a");
-        assert_ne!(again, a);
-        assert!(again > a);
+        // The node gets its number back: nobody else can have held it.
+        assert_eq!(t.lookup(&"a"), a);
     }
 
     #[test]
@@ -226,8 +280,11 @@ mod tests {
         t.forget(a, 1);
         t.forget(a, 1); // second forget of a dropped ino
         assert_eq!(t.key(a), None);
-        // A forget for the old number must not touch the node's new number.
+        // Counts add up per number: a forget that the lookup overtook is taken off
+        // what the kernel holds, as the kernel itself counts.
         let a2 = t.lookup(&"a");
+        assert_eq!(a2, a);
+        t.lookup(&"a");
         t.forget(a, 1);
         assert_eq!(t.key(a2), Some("a"));
         assert_eq!(t.lookups(a2), Some(1));
@@ -271,7 +328,7 @@ mod tests {
     fn matching_finds_every_ino_whose_key_matches() {
         let t = table();
         let a = t.lookup(&"s/a");
-        let b = t.ino(&"s/b");
+        let b = t.lookup(&"s/b");
         t.lookup(&"x");
         let mut got = t.matching(|k| k.starts_with("s/"));
         got.sort();
@@ -288,14 +345,20 @@ mod tests {
     }
 
     #[test]
-    fn readdir_allocation_does_not_count_a_lookup() {
+    fn readdir_numbers_keep_nothing_and_match_later_lookups() {
         let t = table();
         let a = t.ino(&"a");
-        assert_eq!(t.lookups(a), Some(0));
+        assert_eq!(t.lookups(a), None);
+        assert_eq!(t.key(a), None);
         // The kernel looks it up later: same number, counted.
         assert_eq!(t.lookup(&"a"), a);
+        assert_eq!(t.ino(&"a"), a);
         t.forget(a, 1);
         assert_eq!(t.key(a), None);
+        // A renamed inode keeps its number at the new name.
+        let x = t.lookup(&"x");
+        t.renamed(&"x", Some(&"y"));
+        assert_eq!(t.ino(&"y"), x);
     }
 
     #[test]
