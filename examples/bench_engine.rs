@@ -104,6 +104,9 @@ fn main() {
     let (u, g) = uid();
     let mut cfg = Config::new(dir.path().join("a"));
     cfg.workers = 2;
+    if let Ok(us) = std::env::var("PEERFS_INLINE_US") {
+        cfg.inline_runs = std::time::Duration::from_micros(us.parse().unwrap());
+    }
     let core = Core::start(cfg).unwrap();
 
     core.create_peer("one", u, g).unwrap();
