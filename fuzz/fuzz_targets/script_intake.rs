@@ -98,6 +98,7 @@ fn run(source: &[u8]) {
         limits: &l,
         stop: &stop,
         send_block: None,
+        yield_at: None,
     };
     // As the executor does: a transaction around the run, here always undone so
     // every input starts from the same state.
