@@ -528,3 +528,51 @@ fn a_result_being_replaced_is_never_shown_from_the_older_run() {
     assert!(c.outbox_get("alice", "alice", "x.json").unwrap().is_none());
     c.shutdown();
 }
+
+#[test]
+fn a_script_submitted_after_a_policy_change_meets_the_new_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let c = core(d.path());
+    c.create_peer("alice", uid(), 0).unwrap();
+    c.create_peer("bob", uid(), 0).unwrap();
+    let open = "permit (principal == Peer::\"alice\", action, resource);";
+    let closed = "forbid (principal, action == Action::\"write\", resource);\npermit (principal == Peer::\"alice\", action == Action::\"run\", resource);";
+    c.apply("bob", Op::SetMeta("policy".into(), open.into()))
+        .unwrap();
+    for round in 0..5 {
+        // bob is busy with a long script of his own: the change and alice's script
+        // wait for it and are applied in one batch, in this order.
+        c.submit(
+            "bob",
+            &format!("busy{round}.rhai"),
+            b"let i = 0; while i < 100000 { i += 1; } 1".to_vec(),
+        )
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let job = c
+            .new_job_from(
+                "alice",
+                "bob",
+                &format!("w{round}.rhai"),
+                br#"set("k", 1); 1"#.to_vec(),
+                &json!({}),
+            )
+            .unwrap();
+        let policy = if round % 2 == 0 { closed } else { open };
+        for op in [Op::SetMeta("policy".into(), policy.into()), Op::Submit(job)] {
+            let tx = tx.clone();
+            c.apply_async("bob", op, Some(Box::new(move |r| tx.send(r).unwrap())));
+        }
+        for _ in 0..2 {
+            rx.recv().unwrap().unwrap();
+        }
+        let r: Value = serde_json::from_slice(
+            &c.wait_result("alice", "bob", &format!("w{round}.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let want = if round % 2 == 0 { "denied" } else { "ok" };
+        assert_eq!(r["status"], want, "round {round}: {r}");
+    }
+    c.shutdown();
+}

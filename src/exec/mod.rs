@@ -755,7 +755,13 @@ impl Core {
         let mut fast = true;
         // A script submitted to an empty queue runs right here, in the transaction
         // that makes its submission durable (for at most `inline_runs` in all).
-        let budget = self.0.cfg.inline_runs;
+        // Not when the batch changes the policy or groups: runs are checked against
+        // the committed policy, and a script submitted after a change must meet it.
+        let budget = if ops.iter().any(|(op, _)| matches!(op, Op::SetMeta(..))) {
+            Duration::ZERO
+        } else {
+            self.0.cfg.inline_runs
+        };
         let inline_until = Instant::now() + budget;
         let mut inline = (!only_marks
             && !budget.is_zero()
