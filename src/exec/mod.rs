@@ -35,6 +35,11 @@ pub fn caller_slot(caller: &str) -> String {
     format!("@{caller}")
 }
 
+/// The caller whose slot an outbox row's target is, if it is one.
+pub fn slot_caller(target: &str) -> Option<&str> {
+    target.strip_prefix('@')
+}
+
 /// Where `peer` keeps the result of a run for `caller`: its own outbox, or the
 /// caller's slot.
 fn result_slot(peer: &str, caller: &str) -> String {
@@ -444,18 +449,56 @@ impl Core {
     /// has its result at `target` (in `peer`'s slot); one that `peer`'s own script
     /// sent has it at `peer`. When both exist, the dropped one shows.
     fn result_place(&self, peer: &str, target: &str, name: &str) -> Result<(Arc<Peer>, String)> {
+        self.result_at(peer, target, name, false)
+            .map(|(p, key, _)| (p, key))
+    }
+
+    /// [`Core::result_place`], with the entry found there (`None`: none, or its
+    /// submission is not committed yet). `fetch`: also read it when it is `peer`'s
+    /// own (a held one is read anyway, to know where it is).
+    fn result_at(
+        &self,
+        peer: &str,
+        target: &str,
+        name: &str,
+        fetch: bool,
+    ) -> Result<(Arc<Peer>, String, Option<OutboxEntry>)> {
         if peer != target {
             if let Ok(t) = self.peer(target) {
                 let slot = caller_slot(peer);
-                let key = (slot.clone(), name.to_string());
-                let held = t.waits.lock().unwrap().contains_key(&key)
-                    || t.read(|s| s.outbox_get(&slot, name))?.is_some();
-                if held {
-                    return Ok((t, slot));
+                let e = Self::entry(&t, &slot, name)?;
+                if e.is_some()
+                    || t.waits
+                        .lock()
+                        .unwrap()
+                        .contains_key(&(slot.clone(), name.to_string()))
+                {
+                    return Ok((t, slot, e));
                 }
             }
         }
-        Ok((self.peer(peer)?, target.to_string()))
+        let p = self.peer(peer)?;
+        let e = if fetch {
+            Self::entry(&p, target, name)?
+        } else {
+            None
+        };
+        Ok((p, target.to_string(), e))
+    }
+
+    /// The outbox row `(key, name)` of `p`: from memory if just published.
+    fn entry(p: &Peer, key: &str, name: &str) -> Result<Option<OutboxEntry>> {
+        if let Some(r) = p.recent.lock().unwrap().get(key, name) {
+            return Ok(Some(OutboxEntry {
+                target: key.to_string(),
+                name: name.to_string(),
+                run_id: r.run_id.clone(),
+                result: Some(String::from_utf8_lossy(&r.bytes).into_owned()),
+                submitted_at: r.submitted_at,
+                finished_at: Some(r.finished_at),
+            }));
+        }
+        p.read(|s| s.outbox_get(key, name))
     }
 
     /// The results in `peer`'s outbox for `target` (`peer` itself: its own outbox).
@@ -477,18 +520,7 @@ impl Core {
 
     /// One result of `peer`'s outbox for `target`.
     pub fn outbox_get(&self, peer: &str, target: &str, name: &str) -> Result<Option<OutboxEntry>> {
-        let (p, key) = self.result_place(peer, target, name)?;
-        if let Some(r) = p.recent.lock().unwrap().get(&key, name) {
-            return Ok(Some(OutboxEntry {
-                target: target.to_string(),
-                name: name.to_string(),
-                run_id: r.run_id.clone(),
-                result: Some(String::from_utf8_lossy(&r.bytes).into_owned()),
-                submitted_at: r.submitted_at,
-                finished_at: Some(r.finished_at),
-            }));
-        }
-        let e = p.read(|s| s.outbox_get(&key, name))?;
+        let (_, _, e) = self.result_at(peer, target, name, true)?;
         Ok(e.map(|mut e| {
             e.target = target.to_string();
             e
@@ -898,50 +930,21 @@ impl Core {
         job: &Job,
         inline: &mut Option<Instant>,
     ) -> Result<Vec<Effect>> {
-        let Some(deadline) = *inline else {
-            return self.apply_one(st, peer, &Op::Submit(job.clone()));
+        let deadline = match *inline {
+            Some(d) if Instant::now() < d => d,
+            _ => {
+                *inline = None;
+                return self.queue_submission(st, peer, job);
+            }
         };
-        if Instant::now() >= deadline {
-            *inline = None;
-            return self.apply_one(st, peer, &Op::Submit(job.clone()));
-        }
-        if job.caller != peer.name && !self.0.registry.exists(&job.caller) {
-            return Err(err!(
-                libc::ENOENT,
-                "no peer named {:?} to take the result of {}",
-                job.caller,
-                job.name
-            ));
-        }
-        let ts = rfc3339(now_ns());
-        let out = format!("{}.json", script_stem(&job.name));
-        let slot = result_slot(&peer.name, &job.caller);
-        st.outbox_pending(&slot, &out, &job.id, job.submitted_at)?;
-        st.append_log(&format!(
-            "{ts} submit {} {} caller={}",
-            job.id, job.name, job.caller
-        ))?;
-        self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
-        let mut fx = vec![
-            Effect::Pending {
-                target: slot,
-                name: out,
-                run_id: job.id.clone(),
-            },
-            Effect::Changed(Change::Log),
-        ];
+        let mut fx = self.record_submission(st, peer, job)?;
+        // A submission is not in the queue yet (`seq` 0): the run's dequeue removes
+        // nothing.
+        debug_assert_eq!(job.seq, 0);
         let gate = self.0.gate.clone();
-        // `seq` 0: not in the queue, so the run's dequeue removes nothing.
-        let job0 = Job {
-            seq: 0,
-            ..job.clone()
-        };
-        match self.run_one(st, peer, &job0, &*gate, Some(deadline))? {
+        match self.run_one(st, peer, job, &*gate, Some(deadline))? {
             Some(run_fx) => {
-                let total = self.0.stats.runs.fetch_add(1, Ordering::Relaxed) + 1;
-                if total.is_multiple_of(1024) {
-                    st.prune_runs(self.0.cfg.run_retention)?;
-                }
+                self.count_runs(st, 1)?;
                 fx.extend(run_fx);
             }
             None => {
@@ -954,37 +957,69 @@ impl Core {
         Ok(fx)
     }
 
+    /// A submission into the queue (it runs later).
+    fn queue_submission(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+    ) -> Result<Vec<Effect>> {
+        let mut fx = self.record_submission(st, peer, job)?;
+        st.enqueue(job)?;
+        fx.push(Effect::Queued);
+        Ok(fx)
+    }
+
+    /// What every submission records, queued or run at once: its pending result
+    /// (in the caller's slot for another peer's script) and its log line.
+    fn record_submission(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+    ) -> Result<Vec<Effect>> {
+        if job.caller != peer.name && !self.0.registry.exists(&job.caller) {
+            return Err(err!(
+                libc::ENOENT,
+                "no peer named {:?} to take the result of {}",
+                job.caller,
+                job.name
+            ));
+        }
+        let out = format!("{}.json", script_stem(&job.name));
+        let slot = result_slot(&peer.name, &job.caller);
+        st.outbox_pending(&slot, &out, &job.id, job.submitted_at)?;
+        st.append_log(&format!(
+            "{} submit {} {} caller={}",
+            rfc3339(now_ns()),
+            job.id,
+            job.name,
+            job.caller
+        ))?;
+        self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
+        Ok(vec![
+            Effect::Pending {
+                target: slot,
+                name: out,
+                run_id: job.id.clone(),
+            },
+            Effect::Changed(Change::Log),
+        ])
+    }
+
+    /// Counts `n` finished runs; the run history is pruned every 1,024.
+    fn count_runs(&self, st: &mut dyn Store, n: u64) -> Result<()> {
+        let total = self.0.stats.runs.fetch_add(n, Ordering::Relaxed) + n;
+        if total % 1024 < n {
+            st.prune_runs(self.0.cfg.run_retention)?;
+        }
+        Ok(())
+    }
+
     fn apply_one(&self, st: &mut dyn Store, peer: &Arc<Peer>, op: &Op) -> Result<Vec<Effect>> {
         let ts = rfc3339(now_ns());
         Ok(match op {
-            Op::Submit(job) => {
-                if job.caller != peer.name && !self.0.registry.exists(&job.caller) {
-                    return Err(err!(
-                        libc::ENOENT,
-                        "no peer named {:?} to take the result of {}",
-                        job.caller,
-                        job.name
-                    ));
-                }
-                st.enqueue(job)?;
-                let out = format!("{}.json", script_stem(&job.name));
-                let slot = result_slot(&peer.name, &job.caller);
-                st.outbox_pending(&slot, &out, &job.id, job.submitted_at)?;
-                st.append_log(&format!(
-                    "{ts} submit {} {} caller={}",
-                    job.id, job.name, job.caller
-                ))?;
-                self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
-                vec![
-                    Effect::Queued,
-                    Effect::Pending {
-                        target: slot,
-                        name: out,
-                        run_id: job.id.clone(),
-                    },
-                    Effect::Changed(Change::Log),
-                ]
-            }
+            Op::Submit(job) => self.queue_submission(st, peer, job)?,
             Op::SetBytes(key, bytes) => {
                 crate::peer::name::check_key(key)?;
                 st.set_bytes(key, bytes)?;
@@ -1282,10 +1317,7 @@ impl Core {
                 break;
             }
         }
-        let total = self.0.stats.runs.fetch_add(finished, Ordering::Relaxed) + finished;
-        if total % 1024 < finished {
-            st.prune_runs(self.0.cfg.run_retention)?;
-        }
+        self.count_runs(st, finished)?;
         Ok((effects, finished))
     }
 

@@ -52,16 +52,13 @@ fn ttl(kind: FileType) -> Duration {
     }
 }
 
-/// How long the kernel may keep a node's attributes. Entries of files are never
-/// cached (see `ttl`), so every path lookup fetches fresh attributes anyway; what
-/// this saves is the GETATTR right after a LOOKUP (open's permission check) and on
-/// `fstat` of an open file. Only for scripts in an inbox (nothing but their writer
-/// changes them) and results (read with direct I/O, so a size that lags never cuts
-/// a read short; the daemon invalidates a known result's inode when it changes).
+/// How long the kernel may keep a node's attributes (the vfs says which files'
+/// may be kept, see `vfs::attrs_keep`).
 fn attr_ttl(node: &Node, kind: FileType) -> Duration {
-    match node {
-        Node::InboxFile { .. } | Node::OutboxFile { .. } => TTL,
-        _ => ttl(kind),
+    if crate::vfs::attrs_keep(node) {
+        TTL
+    } else {
+        ttl(kind)
     }
 }
 

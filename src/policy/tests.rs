@@ -704,83 +704,8 @@ fn example_open_to_all_but() {
 
 // --- native evaluator vs Cedar ---------------------------------------------
 
-/// bob's 20-statement policy from `examples/bench_policy.rs`.
-const BENCH_POLICY: &str = r#"
-@id("alice-run")
-permit (principal == Peer::"alice", action == Action::"run", resource);
-
-@id("alice-shared")
-permit (principal == Peer::"alice", action in [Action::"read", Action::"write"], resource)
-when { resource.key like "shared/*" };
-
-@id("friends-run")
-@max_operations("200000")
-@max_wall_ms("1000")
-permit (principal in Group::"friends", action == Action::"run", resource);
-
-@id("friends-read-shared")
-permit (principal in Group::"friends", action == Action::"read", resource)
-when { resource.key like "shared/*" };
-
-@id("friends-read-public")
-permit (principal in Group::"friends", action == Action::"read", resource)
-when { resource.key like "public/*" };
-
-@id("friends-import")
-permit (principal in Group::"friends", action == Action::"import", resource == Module::"lib");
-
-@id("everyone-read-public")
-permit (principal, action == Action::"read", resource)
-when { resource.key like "public/*" };
-
-@id("admins-all")
-permit (principal in Group::"admins", action, resource);
-
-@id("readers-ro")
-permit (principal in Group::"readers", action == Action::"read", resource)
-when { context.params.hasTag("mode") && context.params.getTag("mode") == "ro" };
-
-@id("carol-drop")
-permit (principal == Peer::"carol", action == Action::"write", resource)
-when { resource.key like "inbox/carol/*" };
-
-@id("dave-reports-run")
-permit (principal == Peer::"dave", action == Action::"run", resource)
-when { resource.name like "report-*" };
-
-@id("dave-reports-read")
-permit (principal == Peer::"dave", action == Action::"read", resource)
-when { resource.key like "reports/*" };
-
-@id("erin-status")
-permit (principal == Peer::"erin", action == Action::"read", resource)
-when { resource.key == "status" };
-
-@id("erin-run-daytime")
-permit (principal == Peer::"erin", action == Action::"run", resource)
-when { context.now > 0 };
-
-@id("alice-send-bob")
-permit (principal == Peer::"alice", action == Action::"send", resource == Target::"bob");
-
-@id("frank-run")
-permit (principal == Peer::"frank", action == Action::"run", resource);
-
-@id("no-secrets")
-forbid (principal, action in [Action::"read", Action::"write"], resource)
-when { resource.key like "secret/*" };
-
-@id("no-config-writes")
-forbid (principal, action == Action::"write", resource)
-when { resource.key like "config/*" };
-
-@id("no-mallory")
-forbid (principal == Peer::"mallory", action, resource);
-
-@id("sends-only-friends")
-forbid (principal, action == Action::"send", resource)
-unless { principal in Group::"friends" };
-"#;
+/// bob's 20-statement policy of `examples/bench_policy.rs`.
+const BENCH_POLICY: &str = include_str!("../../examples/bench_policy.cedar");
 
 /// Validated policies exercising every construct of the native subset.
 const CONSTRUCTS: &str = r#"

@@ -119,6 +119,15 @@ struct Handle {
     waiters: Vec<Reply<()>>,
 }
 
+/// Whether the kernel may keep `node`'s attributes for a while (entries of files
+/// are never kept, so every path lookup still reaches the daemon): scripts in an
+/// inbox (nothing but their writer changes them) and results (read with direct
+/// I/O, so a size that lags never cuts a read short; a result that changes has its
+/// inode invalidated). It saves the GETATTR after a LOOKUP and on `fstat`.
+pub fn attrs_keep(node: &Node) -> bool {
+    matches!(node, Node::InboxFile { .. } | Node::OutboxFile { .. })
+}
+
 /// `pid` if it leads its thread group (is its own process), else 0: the process is
 /// then looked up only if a close comes from another thread (see `Vfs::flush`).
 fn leader(pid: u32) -> u32 {
@@ -141,12 +150,8 @@ fn process_of(pid: u32) -> u32 {
     if pid == 0 {
         return 0;
     }
-    // Fast path: pidfd_open succeeds only for a thread-group leader (the usual
-    // single-threaded `cp`, shell or editor), which is its own process.
-    // SAFETY: a plain syscall with integer arguments; the fd it returns is closed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd >= 0 {
-        unsafe { libc::close(fd as libc::c_int) };
+    // Fast path: the usual single-threaded `cp`, shell or editor is its own process.
+    if leader(pid) == pid {
         return pid;
     }
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -189,7 +194,7 @@ impl Listener for ChangeRelay {
             Change::Outbox {
                 target,
                 name: Some(name),
-            } => Invalidate::File(match target.strip_prefix('@') {
+            } => Invalidate::File(match crate::exec::slot_caller(&target) {
                 // The slot of a caller: the caller's view of this peer.
                 Some(caller) => Node::OutboxFile {
                     peer: caller.to_string(),
