@@ -766,12 +766,14 @@ impl Core {
         // Marks of delivered messages need no fsync of their own: if one is lost,
         // the message is sent again and the target, which remembers its id, ignores it.
         let only_marks = ops.iter().all(|(op, _)| matches!(op, Op::Delivered(_)));
-        let begun = if only_marks {
-            st.begin_unsynced()
-        } else {
-            st.begin()
+        let begin = |st: &mut dyn Store| {
+            if only_marks {
+                st.begin_unsynced()
+            } else {
+                st.begin()
+            }
         };
-        if let Err(e) = begun {
+        if let Err(e) = begin(&mut *st) {
             drop(st);
             tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
             for (_, ack) in ops {
@@ -789,17 +791,17 @@ impl Core {
         // that makes its submission durable (for at most `inline_runs` in all).
         // Not when the batch changes the policy or groups: runs are checked against
         // the committed policy, and a script submitted after a change must meet it.
-        let budget = if ops.iter().any(|(op, _)| matches!(op, Op::SetMeta(..))) {
+        // Nor in a batch of delivery marks, which has no fsync to share.
+        let budget = if only_marks
+            || self.0.stop.load(Ordering::Relaxed)
+            || ops.iter().any(|(op, _)| matches!(op, Op::SetMeta(..)))
+        {
             Duration::ZERO
         } else {
             self.0.cfg.inline_runs
         };
         let inline_until = Instant::now() + budget;
-        let mut inline = (!only_marks
-            && !budget.is_zero()
-            && peer.queued() == 0
-            && !self.0.stop.load(Ordering::Relaxed))
-        .then_some(inline_until);
+        let mut inline = (!budget.is_zero() && peer.queued() == 0).then_some(inline_until);
         for (op, _) in &ops {
             let r = match op {
                 Op::Submit(job) if inline.is_some() => {
@@ -820,13 +822,7 @@ impl Core {
             results.resize_with(ops.len(), || Ok(()));
         } else {
             effects.clear();
-            let restart = st.rollback().and_then(|_| {
-                if only_marks {
-                    st.begin_unsynced()
-                } else {
-                    st.begin()
-                }
-            });
+            let restart = st.rollback().and_then(|_| begin(&mut *st));
             if let Err(e) = restart {
                 drop(st);
                 for (_, ack) in ops {
@@ -865,9 +861,7 @@ impl Core {
         let mut ran = 0;
         let new_jobs = effects.iter().any(|fx| matches!(fx, Effect::Queued));
         let left = inline_until.saturating_duration_since(Instant::now());
-        if !only_marks
-            && !budget.is_zero()
-            && !left.is_zero()
+        if !left.is_zero()
             && (new_jobs || peer.queued() > 0)
             && !self.0.stop.load(Ordering::Relaxed)
         {

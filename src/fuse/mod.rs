@@ -183,7 +183,7 @@ pub fn spawn(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> crate::Re
 /// a READ that a vfs worker is about to answer, so calling it on that worker could
 /// deadlock; a separate thread also lets bursts of changes coalesce.
 fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Node>>) {
-    let (tx, rx) = mpsc::channel::<Node>();
+    let (tx, rx) = mpsc::channel::<Invalidate>();
     let known = inodes.clone();
     let spawned = std::thread::Builder::new()
         .name("peerfs-inval".to_string())
@@ -192,28 +192,23 @@ fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Nod
             while let Ok(first) = rx.recv() {
                 let mut inos = HashSet::new();
                 let mut state_of = HashSet::new();
-                for node in std::iter::once(first).chain(rx.try_iter()) {
-                    // A node the kernel never saw has nothing cached.
-                    if let Some(ino) = inodes.get(&node) {
-                        inos.insert(ino);
-                    }
-                    if let Node::State { peer, .. } = node {
-                        state_of.insert(peer);
+                for inv in std::iter::once(first).chain(rx.try_iter()) {
+                    match inv {
+                        Invalidate::Dir(node) | Invalidate::File(node) => {
+                            // A node the kernel never saw has nothing cached.
+                            if let Some(ino) = inodes.get(&node) {
+                                inos.insert(ino);
+                            }
+                        }
+                        Invalidate::State(peer) => {
+                            state_of.insert(peer);
+                        }
                     }
                 }
                 if !state_of.is_empty() {
-                    // A run changed state without saying which keys: every file of
-                    // that state, and every other peer's view of it, may have a new
-                    // size or may be gone.
-                    inos.extend(inodes.matching(|n| match n {
-                        Node::State { peer, .. } | Node::StateFile { peer, .. } => {
-                            state_of.contains(peer)
-                        }
-                        Node::ViewState { other, .. } | Node::ViewStateFile { other, .. } => {
-                            state_of.contains(other)
-                        }
-                        _ => false,
-                    }));
+                    inos.extend(
+                        inodes.matching(|n| n.state_of().is_some_and(|p| state_of.contains(p))),
+                    );
                 }
                 for ino in inos {
                     // offset 0, len 0: attributes and all cached pages. ENOENT just
@@ -226,18 +221,14 @@ fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Nod
         });
     match spawned {
         Ok(_) => vfs.set_invalidator(Box::new(move |inv| {
-            let node = match inv {
-                Invalidate::Dir(node) => node,
-                // A file the kernel does not hold needs no notice (and no wake-up
-                // of the thread): the usual case for a result just published.
-                Invalidate::File(node) => {
-                    if known.get(&node).is_none() {
-                        return;
-                    }
-                    node
+            // A file the kernel does not hold needs no notice (and no wake-up of
+            // the thread): the usual case for a result just published.
+            if let Invalidate::File(node) = &inv {
+                if known.get(node).is_none() {
+                    return;
                 }
-            };
-            let _ = tx.send(node);
+            }
+            let _ = tx.send(inv);
         })),
         Err(e) => tracing::warn!(
             "cannot start the invalidation thread ({e}): listings may lag up to {TTL:?}"

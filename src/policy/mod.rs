@@ -407,10 +407,9 @@ struct Meta {
     limits: Limits,
     principal: PrincipalConstraint,
     action: ActionConstraint,
-    resource: ResourceConstraint,
     /// has a `when` / `unless` clause
     conditional: bool,
-    /// the resource scope, for the native path
+    /// the resource scope
     rscope: ResourceScope,
     /// the `when` / `unless` clauses compiled for the native evaluator (empty
     /// for an unconditional policy); `None` if outside its subset (Cedar decides)
@@ -934,7 +933,6 @@ impl Policy {
                 limits,
                 principal: p.principal_constraint(),
                 action: p.action_constraint(),
-                resource: p.resource_constraint(),
                 conditional: p.has_non_scope_constraint(),
                 rscope: ResourceScope::of(&p.resource_constraint()),
                 native: compile_native(p),
@@ -1304,7 +1302,7 @@ impl Policy {
             .collect();
         let principal_matches = |c: &PrincipalConstraint| principal_matches(c, env, &me, &groups);
         let action_uid = &env.actions[action.index()];
-        let resource_type = &env.resource_types[action.index()];
+        let resource_type = action.resource_shape().0;
         let mut permitted = false;
         for m in &self.inner.ordered {
             if !principal_matches(&m.principal) || !covers_action(&m.action, action_uid) {
@@ -1313,9 +1311,9 @@ impl Policy {
             match m.effect {
                 Effect::Permit => permitted = true,
                 Effect::Forbid => {
-                    let all_resources = match &m.resource {
-                        ResourceConstraint::Any => true,
-                        ResourceConstraint::Is(t) => t == resource_type,
+                    let all_resources = match &m.rscope {
+                        ResourceScope::Any => true,
+                        ResourceScope::Type(t) => t == resource_type,
                         _ => false,
                     };
                     if !m.conditional && all_resources {

@@ -79,6 +79,9 @@ pub type Reply<T> = Box<dyn FnOnce(Result<T>) + Send>;
 pub enum Invalidate {
     Dir(Node),
     File(Node),
+    /// Every node that shows this peer's state (`Node::state_of`): a run changed
+    /// keys without saying which, so any of them may have a new size or be gone.
+    State(String),
 }
 
 pub type Listing = Arc<Vec<(String, Node, Kind)>>;
@@ -117,6 +120,40 @@ struct Handle {
     /// commit that wait for them (close returns only once the bytes are durable).
     committing: usize,
     waiters: Vec<Reply<()>>,
+}
+
+impl Handle {
+    /// A handle `who` opened for writing, holding `buf`.
+    fn writer(node: &Node, who: &Caller, buf: Vec<u8>, created: bool, dirty: bool) -> Handle {
+        Handle {
+            node: node.clone(),
+            write: true,
+            created,
+            buf,
+            dirty,
+            snapshot: None,
+            owner: leader(who.pid),
+            opener: who.pid,
+            committing: 0,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// A read-only handle showing `snapshot` (or `None`: read at each request).
+    fn reader(node: &Node, snapshot: Option<Arc<Vec<u8>>>) -> Handle {
+        Handle {
+            node: node.clone(),
+            write: false,
+            created: false,
+            buf: Vec::new(),
+            dirty: false,
+            snapshot,
+            owner: 0,
+            opener: 0,
+            committing: 0,
+            waiters: Vec::new(),
+        }
+    }
 }
 
 /// Whether the kernel may keep `node`'s attributes for a while (entries of files
@@ -208,10 +245,7 @@ impl Listener for ChangeRelay {
                 },
             }),
             Change::Inbox | Change::Outbox { .. } | Change::Log | Change::Meta(_) => return,
-            Change::State => Invalidate::Dir(Node::State {
-                peer: p,
-                dir: String::new(),
-            }),
+            Change::State => Invalidate::State(p),
             Change::Modules => Invalidate::Dir(Node::Modules(p)),
         };
         if let Some(f) = self.0.invalidator.read().unwrap().as_ref() {
@@ -1253,18 +1287,7 @@ impl Vfs {
             .lock()
             .unwrap()
             .insert((parent.clone(), name.to_string()), staged);
-        let fh = self.new_handle(Handle {
-            node: node.clone(),
-            write: true,
-            created: true,
-            buf: Vec::new(),
-            dirty: false,
-            snapshot: None,
-            owner: leader(who.pid),
-            opener: who.pid,
-            committing: 0,
-            waiters: Vec::new(),
-        });
+        let fh = self.new_handle(Handle::writer(&node, who, Vec::new(), true, false));
         Ok((
             node,
             attr,
@@ -1355,18 +1378,7 @@ impl Vfs {
                     }
                 })?
             };
-            let fh = self.new_handle(Handle {
-                node: node.clone(),
-                write: true,
-                created: false,
-                buf,
-                dirty: trunc,
-                snapshot: None,
-                owner: leader(who.pid),
-                opener: who.pid,
-                committing: 0,
-                waiters: Vec::new(),
-            });
+            let fh = self.new_handle(Handle::writer(node, who, buf, false, trunc));
             return Ok(Opened {
                 fh,
                 direct_io: false,
@@ -1396,18 +1408,7 @@ impl Vfs {
 
     /// A read-only handle, with the bytes it shows (or `None`: read at each request).
     fn open_reader(&self, node: &Node, snapshot: Option<Arc<Vec<u8>>>) -> Opened {
-        let fh = self.new_handle(Handle {
-            node: node.clone(),
-            write: false,
-            created: false,
-            buf: Vec::new(),
-            dirty: false,
-            snapshot,
-            owner: 0,
-            opener: 0,
-            committing: 0,
-            waiters: Vec::new(),
-        });
+        let fh = self.new_handle(Handle::reader(node, snapshot));
         Opened {
             fh,
             direct_io: true,

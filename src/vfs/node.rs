@@ -102,6 +102,17 @@ impl Node {
                 | ViewState { .. }
         )
     }
+
+    /// The peer whose state this node shows: its own `state/` or another peer's
+    /// readable part of it (`peers/<other>/state/`).
+    pub fn state_of(&self) -> Option<&str> {
+        use Node::*;
+        match self {
+            State { peer, .. } | StateFile { peer, .. } => Some(peer),
+            ViewState { other, .. } | ViewStateFile { other, .. } => Some(other),
+            _ => None,
+        }
+    }
 }
 
 /// `dir` + `/` + `name` as a state key ("" + name is name).
