@@ -259,7 +259,7 @@ fn serve(
             mount.display()
         ));
     }
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    peerfs::peer::private_dir(&cfg.data_dir)?;
     let core = Core::start(cfg)?;
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
@@ -472,7 +472,7 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
 fn demo(dir: PathBuf) -> peerfs::Result<()> {
     let data = dir.join("data");
     let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&data)?;
+    peerfs::peer::private_dir(&data)?;
     peerfs::demo::prepare(&data)?;
     let tour = peerfs::demo::tour(&mnt);
     let mut cfg = Config::new(&data);

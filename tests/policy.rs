@@ -326,6 +326,7 @@ fn delivery_is_exactly_once_across_crashes() {
         hops: 1,
         payload: String::new(),
         created_at: peerfs::util::now_ns(),
+        ..Default::default()
     };
     {
         // As if alice's daemon committed the send and died before delivering it.

@@ -99,6 +99,8 @@ fn run(source: &[u8]) {
         stop: &stop,
         send_block: None,
         yield_at: None,
+        chain: &[],
+        budget: 0,
     };
     // As the executor does: a transaction around the run, here always undone so
     // every input starts from the same state.

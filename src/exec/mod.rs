@@ -6,7 +6,9 @@
 //! queued right now, no timer). Only after a commit are results published to
 //! waiting readers and messages delivered to other peers.
 
+mod provenance;
 mod result;
+mod test_hooks;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use crate::script::{self, AstCache, Host, Library, Limits, Outcome, RunInput, St
 use crate::store::{Job, OutboxEntry, Outgoing, Store};
 use crate::util::{new_id, now_ns, rfc3339};
 
+use provenance::{chain_note, unreadable_result};
 pub use result::RunResult;
 
 /// The outbox row target under which a peer keeps the results of scripts `caller`
@@ -76,6 +79,15 @@ pub struct Config {
     pub hop_limit: u32,
     /// Serve only these peers (isolated deployment).
     pub only: Option<Vec<String>>,
+    /// Runs a chain may make in all: the first script of a chain has this budget,
+    /// and every run shares what is left of its own among the scripts it sends, so
+    /// any chain ends (a send worm too), however it fans out.
+    pub chain_budget: u64,
+    /// A queued script whose runs started this many times without finishing (the
+    /// daemon crashed or was killed each time) ends with an `error` result.
+    pub max_attempts: u32,
+    /// A message whose delivery failed this many times becomes an `error` result.
+    pub delivery_tries: u32,
 }
 
 impl Config {
@@ -96,6 +108,9 @@ impl Config {
             inline_runs: Duration::from_millis(1),
             hop_limit: 16,
             only: None,
+            chain_budget: 1000,
+            max_attempts: 3,
+            delivery_tries: 5,
         }
     }
 }
@@ -398,6 +413,9 @@ impl Core {
             msg_id: None,
             hops: 0,
             submitted_at: now_ns(),
+            chain: vec![peer.to_string()],
+            budget: self.0.cfg.chain_budget,
+            attempts: 0,
         })
     }
 
@@ -556,6 +574,44 @@ impl Core {
             hops,
             payload: String::new(),
             created_at: job.submitted_at,
+            chain: job.chain,
+            budget: job.budget,
+        })
+    }
+
+    /// The job a script message from `from` becomes at its target: its chain ends
+    /// with `from` whatever the message says (a sender cannot leave itself out),
+    /// its hops within the hop limit, its budget within the daemon's.
+    fn received_job(&self, from: &str, msg: &Outgoing) -> Result<Job> {
+        if msg.hops > self.0.cfg.hop_limit {
+            return Err(err!(
+                libc::EINVAL,
+                "message {} from {from} came through {} sends: more than hop_limit ({})",
+                msg.id,
+                msg.hops,
+                self.0.cfg.hop_limit
+            ));
+        }
+        let mut chain = msg.chain.clone();
+        if chain.last().map(String::as_str) != Some(from) {
+            chain.push(from.to_string());
+        }
+        Ok(Job {
+            seq: 0,
+            id: msg.id.clone(),
+            name: msg.name.clone(),
+            source: msg.source.clone(),
+            caller: from.to_string(),
+            params: msg.params.clone(),
+            msg_id: Some(msg.id.clone()),
+            hops: msg.hops,
+            submitted_at: msg.created_at,
+            chain,
+            budget: match msg.budget {
+                0 => self.0.cfg.chain_budget,
+                b => b.min(self.0.cfg.chain_budget),
+            },
+            attempts: 0,
         })
     }
 
@@ -756,7 +812,9 @@ impl Core {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        if peer.has_undelivered.load(Ordering::Relaxed) {
+        // Not while stopping: deliveries make work at other peers, which makes
+        // more deliveries; what is undelivered stays in `sent` for the next start.
+        if peer.has_undelivered.load(Ordering::Relaxed) && !self.0.stop.load(Ordering::Relaxed) {
             self.deliver(peer);
         }
     }
@@ -855,34 +913,9 @@ impl Core {
         }
         let acks: Vec<(Option<Ack>, Result<()>)> =
             ops.into_iter().map(|(_, a)| a).zip(results).collect();
-        // Queued scripts run before this commit, for a short while: a script that
-        // ends within it costs no transaction of its own, and its result is there
-        // when its close returns. A run still going gives way (rolled back, queued).
-        let mut ran = 0;
-        let new_jobs = effects.iter().any(|fx| matches!(fx, Effect::Queued));
-        let left = inline_until.saturating_duration_since(Instant::now());
-        if !left.is_zero()
-            && (new_jobs || peer.queued() > 0)
-            && !self.0.stop.load(Ordering::Relaxed)
-        {
-            let inline =
-                st.savepoint()
-                    .and_then(|_| match self.runs_in_txn(&mut *st, peer, Some(left)) {
-                        Ok(r) => st.release().map(|_| r),
-                        Err(e) => {
-                            st.rollback_to()?;
-                            Err(e)
-                        }
-                    });
-            match inline {
-                Ok((fx, n)) => {
-                    effects.extend(fx);
-                    ran = n;
-                }
-                // The writes still commit; the scripts run in a batch of their own.
-                Err(e) => tracing::warn!(peer = %peer.name, error = %e, "runs deferred"),
-            }
-        }
+        // Scripts already queued run in `run_batch`, never here: their starts are
+        // counted in a commit before they run (see `Config::max_attempts`).
+        let ran = 0;
         // Pending results are tracked before the commit so no reader misses them.
         let pre = self.pre_register(peer, &effects);
         let committed = st.commit();
@@ -931,6 +964,9 @@ impl Core {
                 return self.queue_submission(st, peer, job);
             }
         };
+        if test_hooks::marked(job) {
+            return self.queue_submission(st, peer, job);
+        }
         let mut fx = self.record_submission(st, peer, job)?;
         // A submission is not in the queue yet (`seq` 0): the run's dequeue removes
         // nothing.
@@ -1084,26 +1120,31 @@ impl Core {
                 st.mark_message(&msg.id)?;
                 match msg.kind.as_str() {
                     "script" => {
-                        let job = Job {
-                            seq: 0,
-                            id: msg.id.clone(),
-                            name: msg.name.clone(),
-                            source: msg.source.clone(),
-                            caller: from.clone(),
-                            params: msg.params.clone(),
-                            msg_id: Some(msg.id.clone()),
-                            hops: msg.hops,
-                            submitted_at: msg.created_at,
-                        };
+                        let job = self.received_job(from, msg)?;
                         st.enqueue(&job)?;
                         st.append_log(&format!(
-                            "{ts} receive {} {} caller={from}",
-                            msg.id, msg.name
+                            "{ts} receive {} {} caller={from}{}",
+                            msg.id,
+                            msg.name,
+                            chain_note(&job.chain, from)
                         ))?;
                         vec![Effect::Queued, Effect::Changed(Change::Log)]
                     }
                     "result" => {
-                        let v: Value = serde_json::from_str(&msg.payload)?;
+                        let (v, payload) = match serde_json::from_str::<Value>(&msg.payload) {
+                            Ok(v) => (v, msg.payload.clone()),
+                            // A result that cannot be read is shown as an error
+                            // result saying so, never retried: its reader is waiting.
+                            Err(e) => {
+                                let v = unreadable_result(from, msg, &e.to_string());
+                                let text = v.to_string();
+                                (v, text)
+                            }
+                        };
+                        let msg = &Outgoing {
+                            payload,
+                            ..msg.clone()
+                        };
                         let run_id = v
                             .get("id")
                             .and_then(|i| i.as_str())
@@ -1242,23 +1283,31 @@ impl Core {
 
     /// Runs queued scripts in one transaction. Its commit is not fsynced on its own
     /// (see `Store::begin_unsynced`): the runs are replays of durable submissions.
+    /// Before they start, their starts are counted in a commit of their own, so a
+    /// script that kills the daemon is counted too (see `Config::max_attempts`).
     fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
         let mut st = peer.writer.lock().unwrap();
+        let mut jobs = match self.count_starts(&mut *st, peer) {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = st.rollback();
+                return Err(e);
+            }
+        };
+        if jobs.is_empty() {
+            if !self.0.stop.load(Ordering::Relaxed) {
+                peer.queued.store(0, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
         st.begin_unsynced()?;
-        let (effects, finished) = match self.runs_in_txn(&mut *st, peer, None) {
+        let (effects, finished) = match self.runs_in_txn(&mut *st, peer, &mut jobs) {
             Ok(r) => r,
             Err(e) => {
                 let _ = st.rollback();
                 return Err(e);
             }
         };
-        if finished == 0 && effects.is_empty() {
-            let _ = st.rollback();
-            if !self.0.stop.load(Ordering::Relaxed) {
-                peer.queued.store(0, Ordering::Relaxed);
-            }
-            return Ok(());
-        }
         let pre = self.pre_register(peer, &effects);
         if let Err(e) = st.commit() {
             self.unregister(peer, pre, &e);
@@ -1272,47 +1321,65 @@ impl Core {
         Ok(())
     }
 
-    /// Runs queued scripts inside the open transaction: up to `batch_max_runs`, or
-    /// until `batch_max_time` has passed. Returns their effects and how many finished.
-    /// `inline`: the runs share a write transaction and may take at most this long.
+    /// The next queued scripts to run, their starts counted and committed. A script
+    /// that started before and never finished runs alone, so that only the script
+    /// that crashes the daemon collects the attempts. Rows refused as invalid leave
+    /// the queue in the same commit.
+    fn count_starts(&self, st: &mut dyn Store, peer: &Arc<Peer>) -> Result<Vec<Job>> {
+        st.begin_unsynced()?;
+        let mut jobs = st.queued(self.0.cfg.batch_max_runs)?;
+        if jobs.first().is_some_and(|j| j.attempts > 0) {
+            jobs.truncate(1);
+        }
+        for j in &mut jobs {
+            st.count_attempt(j.seq, 1)?;
+            j.attempts += 1;
+        }
+        let refused = st.take_refused();
+        st.commit()?;
+        if refused > 0 {
+            peer.queued
+                .fetch_sub(refused.min(peer.queued()), Ordering::Relaxed);
+            self.notify(&peer.name, Change::Log);
+        }
+        Ok(jobs)
+    }
+
+    /// Runs `jobs` (their starts counted) inside the open transaction, until
+    /// `batch_max_time` has passed. Returns their effects and how many finished;
+    /// the starts of those that did not are uncounted (shutdown stopped them).
     fn runs_in_txn(
         &self,
         st: &mut dyn Store,
         peer: &Arc<Peer>,
-        inline: Option<Duration>,
+        jobs: &mut [Job],
     ) -> Result<(Vec<Effect>, u64)> {
         let gate = self.0.gate.clone();
-        let jobs = st.queued(self.0.cfg.batch_max_runs)?;
         let started = Instant::now();
-        let (budget, yield_at) = match inline {
-            Some(b) => (b, Some(started + b)),
-            None => (self.0.cfg.batch_max_time, None),
-        };
+        let budget = self.0.cfg.batch_max_time;
         let mut effects = Vec::new();
-        let mut finished = 0u64;
-        for job in jobs {
+        let mut finished = 0usize;
+        for job in jobs.iter() {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(st, peer, &job, &*gate, yield_at)? {
+            match self.run_one(st, peer, job, &*gate, None)? {
                 Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
                 }
-                None => {
-                    // interrupted (stopping, or gave way): rolled back, stays queued
-                    if yield_at.is_some() && !self.0.stop.load(Ordering::Relaxed) {
-                        self.0.stats.runs_gave_way.fetch_add(1, Ordering::Relaxed);
-                    }
-                    break;
-                }
+                // interrupted (stopping): rolled back, stays queued
+                None => break,
             }
             if started.elapsed() > budget {
                 break;
             }
         }
-        self.count_runs(st, finished)?;
-        Ok((effects, finished))
+        for job in &jobs[finished..] {
+            st.count_attempt(job.seq, -1)?;
+        }
+        self.count_runs(st, finished as u64)?;
+        Ok((effects, finished as u64))
     }
 
     /// One run inside the batch's transaction; the engine keeps the script's own
@@ -1328,13 +1395,31 @@ impl Core {
         let submitted = job.submitted_at;
         let params: Value =
             serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
+        let max_attempts = self.0.cfg.max_attempts;
+        let crashed = (max_attempts > 0 && job.attempts > max_attempts).then(|| {
+            tracing::error!(peer = %peer.name, run = %job.id, script = %job.name, attempts = max_attempts,
+                "a queued script crashed the daemon every time it ran: it ends with an error and is not run again");
+            format!("crashed the daemon {max_attempts} times: it is not run again")
+        });
+        test_hooks::abort_if_marked(job);
+        // The run's share of its chain's budget (a row from before budgets: a new one).
+        let budget = match job.budget {
+            0 => self.0.cfg.chain_budget,
+            b => b.min(self.0.cfg.chain_budget),
+        };
         let hop_block = (job.hops >= self.0.cfg.hop_limit).then(|| {
             format!(
                 "hop_limit ({}) reached: this script came through {} sends and may not send more",
                 self.0.cfg.hop_limit, job.hops
             )
         });
-        let outcome = match gate.prepare(self, peer, job) {
+        let prepared = match crashed {
+            Some(e) => Err((Status::Error, e)),
+            None => gate
+                .prepare(self, peer, job)
+                .map_err(|m| (Status::Denied, m)),
+        };
+        let outcome = match prepared {
             Ok((host, limits)) => {
                 let input = RunInput {
                     script_name: &job.name,
@@ -1346,13 +1431,15 @@ impl Core {
                     stop: &self.0.stop,
                     send_block: hop_block.as_deref(),
                     yield_at,
+                    chain: &job.chain,
+                    budget,
                 };
                 script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
                     e.run(&input, st, &*host)
                 })
             }
-            Err(msg) => Outcome {
-                status: Status::Denied,
+            Err((status, msg)) => Outcome {
+                status,
                 value: Value::Null,
                 output: String::new(),
                 error: Some(msg),
@@ -1383,17 +1470,26 @@ impl Core {
             .map(|e| format!(" error={e}"))
             .unwrap_or_default();
         st.append_log(&format!(
-            "{ts} run {} {} caller={} status={status} {}us{err_txt}",
+            "{ts} run {} {} caller={} status={status} {}us{err_txt}{}",
             job.id,
             job.name,
             job.caller,
-            outcome.duration.as_micros()
+            outcome.duration.as_micros(),
+            chain_note(&job.chain, &job.caller)
         ))?;
         if outcome.status == Status::Ok {
             for l in &outcome.logs {
                 st.append_log(&format!("{ts} log {} {l}", job.id))?;
             }
             let stem = script_stem(&job.name);
+            // Every script sent carries this run's chain (with this peer last) and
+            // an equal part of what is left of its budget (the send limit in the
+            // host keeps each part at least 1).
+            let share = (budget.saturating_sub(1) / outcome.sends.len().max(1) as u64).max(1);
+            let mut chain = job.chain.clone();
+            if chain.last() != Some(&peer.name) {
+                chain.push(peer.name.clone());
+            }
             for (i, s) in outcome.sends.iter().enumerate() {
                 let name = format!("{stem}-{}.rhai", i + 1);
                 let mut msg = self.new_message(
@@ -1406,6 +1502,8 @@ impl Core {
                 )?;
                 // The same id if the run is replayed: the target runs it once.
                 msg.id = format!("{}-{}", job.id, i + 1);
+                msg.chain = chain.clone();
+                msg.budget = share;
                 let out = format!("{stem}-{}.json", i + 1);
                 st.outbox_pending(&s.to, &out, &msg.id, msg.created_at)?;
                 st.record_outgoing(&msg)?;
@@ -1446,6 +1544,7 @@ impl Core {
                 hops: job.hops,
                 payload: json,
                 created_at: finished_at,
+                ..Default::default()
             })?;
             fx.push(Effect::Undelivered);
         }
@@ -1490,6 +1589,7 @@ impl Core {
                 Ok(target) => {
                     let core = self.clone();
                     let sender = peer.clone();
+                    let again = msg.clone();
                     let ack: Ack = Box::new(move |r| match r {
                         Ok(()) => {
                             core.0
@@ -1507,8 +1607,19 @@ impl Core {
                             );
                         }
                         Err(e) => {
-                            tracing::warn!(peer = %sender.name, error = %e, "delivery failed; will retry");
-                            sender.inflight.lock().unwrap().remove(&id);
+                            let tries = {
+                                let mut f = sender.delivery_failures.lock().unwrap();
+                                let n = f.entry(id.clone()).or_insert(0);
+                                *n += 1;
+                                *n
+                            };
+                            if tries >= core.0.cfg.delivery_tries {
+                                sender.delivery_failures.lock().unwrap().remove(&id);
+                                core.undeliverable(&sender, again, &e);
+                            } else {
+                                tracing::warn!(peer = %sender.name, error = %e, tries, "delivery failed; will retry");
+                                sender.inflight.lock().unwrap().remove(&id);
+                            }
                         }
                     });
                     self.push(
@@ -1547,6 +1658,7 @@ impl Core {
                 msg_id: Some(msg.id.clone()),
                 hops: msg.hops,
                 submitted_at: msg.created_at,
+                ..Default::default()
             };
             let outcome = Outcome {
                 status: Status::Error,
@@ -1577,6 +1689,7 @@ impl Core {
                     hops: msg.hops,
                     payload,
                     created_at: now,
+                    ..Default::default()
                 },
             }
         } else {
@@ -1586,6 +1699,26 @@ impl Core {
             ))
         };
         tracing::warn!(peer = %peer.name, to = %msg.to, error = %e, "undeliverable message");
+        if msg.kind == "result" && !provenance::is_replacement(&msg.id) {
+            // Its reader waits at the target: it gets an `error` result that says
+            // why, in place of the one that cannot be delivered.
+            if let Ok(target) = self.peer(&msg.to) {
+                let v = unreadable_result(&peer.name, &msg, &e.message);
+                let replacement = Outgoing {
+                    id: provenance::replacement_id(&msg.id),
+                    payload: v.to_string(),
+                    ..msg.clone()
+                };
+                self.push(
+                    &target,
+                    Op::Deliver {
+                        from: peer.name.clone(),
+                        msg: replacement,
+                    },
+                    None,
+                );
+            }
+        }
         let core = self.clone();
         let sender = peer.clone();
         self.push(

@@ -1,6 +1,8 @@
 //! Peers: names, the open peer (its stores, its pending work, its waiting readers),
 //! and the registry that opens peers lazily and closes idle ones.
 
+mod files;
+pub use files::private_dir;
 pub mod name;
 mod registry;
 
@@ -128,6 +130,9 @@ pub struct Peer {
     pub(crate) has_undelivered: AtomicBool,
     /// Messages handed to their targets and not yet acknowledged.
     pub(crate) inflight: Mutex<std::collections::HashSet<String>>,
+    /// Failed deliveries per message id (past a bound the message becomes an
+    /// `error` result instead of being retried forever).
+    pub(crate) delivery_failures: Mutex<HashMap<String, u32>>,
     pub(crate) last_used: AtomicI64,
     /// Bumped when `policy.cedar` or `groups` changes (invalidates cached policies).
     pub policy_gen: AtomicU64,
@@ -146,6 +151,7 @@ impl Peer {
             queued: AtomicU64::new(0),
             has_undelivered: AtomicBool::new(false),
             inflight: Mutex::new(Default::default()),
+            delivery_failures: Mutex::new(HashMap::new()),
             last_used: AtomicI64::new(crate::util::now_ns()),
             policy_gen: AtomicU64::new(0),
         }

@@ -2,11 +2,11 @@
 //! opened on first use, a bounded number kept open, idle ones closed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::files;
 use super::name::check_peer_name;
 use super::Peer;
 use crate::err;
@@ -34,13 +34,10 @@ impl Registry {
     /// Reads the names of every peer under `data/peers` (no store is opened).
     pub fn new(data: &Path, only: Option<Vec<String>>) -> Result<Registry> {
         let dir = data.join("peers");
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            err!(
-                e.raw_os_error().unwrap_or(libc::EIO),
-                "cannot create {}: {e}",
-                dir.display()
-            )
-        })?;
+        // Private to the daemon when it makes them; an older, more open one is
+        // reported (and left as the operator made it).
+        files::private_dir(&dir)?;
+        files::warn_if_open(data);
         let mut names = BTreeMap::new();
         for ent in std::fs::read_dir(&dir)? {
             let ent = ent?;
@@ -58,15 +55,8 @@ impl Registry {
                     continue;
                 }
             }
-            let md = ent.metadata()?;
-            names.insert(
-                name.into(),
-                PeerInfo {
-                    uid: md.uid(),
-                    gid: md.gid(),
-                    ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-                },
-            );
+            let (uid, gid, ctime_ns) = files::owner_of(data, name, &ent.path())?;
+            names.insert(name.into(), PeerInfo { uid, gid, ctime_ns });
         }
         Ok(Registry {
             data: data.to_path_buf(),
@@ -142,16 +132,15 @@ impl Registry {
             let s = SqliteStore::open(&tmp, true)?;
             drop(s);
         }
-        // The store was closed cleanly: no -wal or -shm remain.
-        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
+        // The store was closed cleanly: no -wal or -shm remain. It stays the
+        // daemon's (SQLite gives its -wal and -shm the same mode); the owner is
+        // recorded beside it.
+        files::make_private(&tmp)?;
+        files::write_owner(&self.data, name, uid, gid)?;
         std::fs::rename(&tmp, &path)?;
         sync_dir(&self.data.join("peers"));
-        let md = std::fs::metadata(&path)?;
-        let info = PeerInfo {
-            uid,
-            gid,
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
-        };
+        let (_, _, ctime_ns) = files::owner_of(&self.data, name, &path)?;
+        let info = PeerInfo { uid, gid, ctime_ns };
         names.insert(name.into(), info);
         Ok(info)
     }
@@ -223,7 +212,7 @@ impl Registry {
             open.remove(name);
         }
         let dir = self.data.join("removed");
-        std::fs::create_dir_all(&dir)?;
+        files::private_dir(&dir)?;
         let stamp = crate::util::rfc3339(crate::util::now_ns()).replace(':', "-");
         let dest = dir.join(format!("{name}.{stamp}.sqlite"));
         let src = self.path_of(name);
@@ -235,6 +224,10 @@ impl Registry {
         }
         std::fs::rename(&src, &dest)?;
         sync_dir(&self.data.join("peers"));
+        let owner = files::owner_file(&self.data, name);
+        if owner.exists() {
+            std::fs::rename(&owner, format!("{}.owner", dest.display()))?;
+        }
         names.remove(name);
         Ok(dest)
     }

@@ -88,6 +88,9 @@ pub(super) struct Ctx {
     pub(super) savepoint: bool,
     pub(super) storage_error: Option<crate::error::Error>,
     send_block: Option<String>,
+    /// The run's share of its chain's budget (0: none) and the chain's origin.
+    budget: u64,
+    origin: String,
 }
 
 thread_local! {
@@ -145,6 +148,12 @@ pub(super) fn install(
         savepoint: false,
         storage_error: None,
         send_block: input.send_block.map(str::to_string),
+        budget: input.budget,
+        origin: input
+            .chain
+            .first()
+            .map_or(input.caller, String::as_str)
+            .to_string(),
     };
     CTX.with(|c| *c.borrow_mut() = Some(ctx));
     Guard(())
@@ -199,7 +208,9 @@ fn storage_err(e: crate::error::Error) -> Box<EvalAltResult> {
 }
 
 fn to_json(v: &Dynamic) -> RhaiResult<Value> {
-    serde_json::to_value(v).map_err(|e| format!("value cannot be stored: {e}").into())
+    let j = serde_json::to_value(v).map_err(|e| format!("value cannot be stored: {e}"))?;
+    super::check_depth(&j, "value").map_err(|e| -> Box<EvalAltResult> { e.into() })?;
+    Ok(j)
 }
 
 fn to_dyn(v: Option<Value>) -> RhaiResult<Dynamic> {
@@ -276,6 +287,18 @@ pub(super) fn register(engine: &mut Engine) {
             check(c, Capability::Send, peer)?;
             if let Some(m) = c.send_block.clone() {
                 return Err(fatal(c, Status::Limit, m));
+            }
+            if c.budget > 0 && c.sends.len() as u64 + 1 >= c.budget {
+                // Each script sent takes at least one run of the chain's budget,
+                // so a chain (a send worm too) ends however it fans out.
+                let msg = format!(
+                    "chain_budget reached: the chain that began at {} may make a bounded number \
+                     of runs in all, and this run's share ({}) lets it send at most {} scripts",
+                    c.origin,
+                    c.budget,
+                    c.budget - 1
+                );
+                return Err(fatal(c, Status::Limit, msg));
             }
             if c.sends.len() >= c.max_sends {
                 let msg = format!(

@@ -134,6 +134,48 @@ pub struct RunInput<'a> {
     /// effects rolled back, the script still queued): runs made inside a write
     /// transaction give way so that the closes waiting for it are not held up.
     pub yield_at: Option<Instant>,
+    /// Provenance: the peers whose scripts led to this one, the origin first and
+    /// the direct caller last (`caller.origin`, `caller.chain`). Empty: `[caller]`.
+    pub chain: &'a [String],
+    /// Runs this run and everything it sends may make in all (its share of its
+    /// chain's budget): it may send at most `budget - 1` scripts. 0: no budget.
+    pub budget: u64,
+}
+
+/// Deepest nesting of arrays and objects a value may have to be kept or shown:
+/// below the JSON parser's own limit (128), so whatever is written can be read back.
+pub const MAX_VALUE_DEPTH: usize = 100;
+
+/// How deeply `v` nests arrays and objects (a scalar is 0).
+pub fn value_depth(v: &Value) -> usize {
+    // Iterative: a value deep enough to matter must not cost stack.
+    let mut max = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        match v {
+            Value::Array(a) => {
+                max = max.max(d + 1);
+                stack.extend(a.iter().map(|x| (x, d + 1)));
+            }
+            Value::Object(o) => {
+                max = max.max(d + 1);
+                stack.extend(o.values().map(|x| (x, d + 1)));
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
+/// `Err` when `v` nests too deeply to be written as JSON and read back.
+pub fn check_depth(v: &Value, what: &str) -> Result<(), String> {
+    let d = value_depth(v);
+    if d > MAX_VALUE_DEPTH {
+        return Err(format!(
+            "{what} nests arrays/maps {d} levels deep: at most {MAX_VALUE_DEPTH} can be kept as JSON"
+        ));
+    }
+    Ok(())
 }
 
 /// Where `import "lib/x"` and unqualified imports without a peer module look.
@@ -281,6 +323,13 @@ impl ScriptEngine {
 
         let mut caller = Map::new();
         caller.insert("name".into(), input.caller.into());
+        let chain: rhai::Array = if input.chain.is_empty() {
+            vec![input.caller.into()]
+        } else {
+            input.chain.iter().map(|p| p.as_str().into()).collect()
+        };
+        caller.insert("origin".into(), chain[0].clone());
+        caller.insert("chain".into(), chain.into());
         let params = rhai::serde::to_dynamic(input.params).unwrap_or(Dynamic::UNIT);
         caller.insert("params".into(), params);
         let mut target = Map::new();
@@ -309,7 +358,15 @@ impl ScriptEngine {
         };
         match result {
             Ok(v) => match serde_json::to_value(&v) {
-                Ok(j) => out.value = j,
+                // A value that could not be read back would poison its result's
+                // delivery: the run that made it fails instead.
+                Ok(j) => match check_depth(&j, "the script's value") {
+                    Ok(()) => out.value = j,
+                    Err(e) => {
+                        out.status = Status::Error;
+                        out.error = Some(e);
+                    }
+                },
                 Err(e) => {
                     out.status = Status::Error;
                     out.error = Some(format!("the script's value cannot be shown as JSON: {e}"));

@@ -33,6 +33,8 @@ fn run_with(f: &mut Fixture, src: &str, limits: &Limits) -> Outcome {
         stop: &stop,
         send_block: None,
         yield_at: None,
+        chain: &[],
+        budget: 0,
     };
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);
     e.run(&input, &mut f.store, &OwnerHost)
@@ -231,6 +233,8 @@ fn binary_and_huge_scripts_are_refused() {
         stop: &stop,
         send_block: None,
         yield_at: None,
+        chain: &[],
+        budget: 0,
     };
     let o = e.run(&input, &mut f.store, &OwnerHost);
     assert_eq!(o.status, Status::Error);
@@ -326,6 +330,8 @@ fn stop_flag_interrupts() {
         stop: &stop,
         send_block: None,
         yield_at: None,
+        chain: &[],
+        budget: 0,
     };
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);
     let o = e.run(&input, &mut f.store, &OwnerHost);
@@ -367,6 +373,8 @@ fn stop_flag_set_mid_run_interrupts_it() {
         stop: &stop,
         send_block: None,
         yield_at: None,
+        chain: &[],
+        budget: 0,
     };
     let started = std::time::Instant::now();
     let mut e = ScriptEngine::new(f.cache.clone(), Library::Embedded);

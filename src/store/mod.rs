@@ -4,6 +4,7 @@
 //! inside `begin()`..`commit()`; each run inside that is wrapped in a savepoint so
 //! that one run's failure never undoes another's (group commit).
 
+pub mod rows;
 pub mod sqlite;
 pub mod value;
 
@@ -11,7 +12,7 @@ use crate::error::Result;
 pub use sqlite::SqliteStore;
 
 /// A submitted script waiting in a peer's queue.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Job {
     pub seq: i64,
     /// The run id (also the result's `id`).
@@ -28,6 +29,15 @@ pub struct Job {
     /// How many sends led to this script (a cycle bound).
     pub hops: u32,
     pub submitted_at: i64,
+    /// Provenance: the peers whose scripts led to this one, the origin first and
+    /// the direct caller last (the owner's own script: just the owner).
+    pub chain: Vec<String>,
+    /// Runs this script and everything it leads to may make in all (its share of
+    /// the chain's budget); 0: not set yet (a new chain: the daemon's default).
+    pub budget: u64,
+    /// Runs of this queued script that started and never finished (counted
+    /// durably before each start: a script that crashes the daemon ends).
+    pub attempts: u32,
 }
 
 /// One child of a listed folder.
@@ -59,7 +69,7 @@ pub struct OutboxEntry {
 }
 
 /// A message recorded in the sender's transaction, delivered after it commits.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Outgoing {
     pub id: String,
     pub to: String,
@@ -72,6 +82,10 @@ pub struct Outgoing {
     /// For `result`: the result JSON.
     pub payload: String,
     pub created_at: i64,
+    /// For `script`: the chain of the run that sent it, ending with the sender.
+    pub chain: Vec<String>,
+    /// For `script`: the share of the chain's budget it carries.
+    pub budget: u64,
 }
 
 /// The storage of one peer. Object safe so that backends can be swapped.
@@ -120,6 +134,16 @@ pub trait Store: Send {
     fn enqueue(&mut self, job: &Job) -> Result<i64>;
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>>;
     fn dequeue(&mut self, seq: i64) -> Result<()>;
+    /// Adds `delta` to the starts of the queued script `seq` (see
+    /// [`Job::attempts`]); the caller commits a start before the run starts.
+    fn count_attempt(&mut self, _seq: i64, _delta: i64) -> Result<()> {
+        Ok(())
+    }
+    /// Queued scripts and outgoing messages refused since the last call because
+    /// their rows are invalid (see [`rows`]); they were removed or marked.
+    fn take_refused(&mut self) -> u64 {
+        0
+    }
     fn queue_len(&mut self) -> Result<u64>;
     /// The newest queued script with this name.
     fn queued_named(&mut self, name: &str) -> Result<Option<Job>>;

@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::value::{parse_file, render};
-use super::{DirEntry, FileStat, Job, OutboxEntry, Outgoing, Store};
+use super::{rows, DirEntry, FileStat, Job, OutboxEntry, Outgoing, Store};
 use crate::err;
 use crate::error::Result;
 use crate::util::now_ns;
@@ -40,6 +40,13 @@ const MIGRATIONS: &[&str] = &[
      INSERT INTO runs_v3 SELECT seq, id, name, caller, status, result, finished_at FROM runs;
      DROP TABLE runs;
      ALTER TABLE runs_v3 RENAME TO runs;",
+    // 4: provenance and budgets of queued scripts and messages, and the starts of
+    // each queued script (a script that crashes the daemon is not retried forever).
+    "ALTER TABLE queue ADD COLUMN chain TEXT;
+     ALTER TABLE queue ADD COLUMN budget INTEGER;
+     ALTER TABLE queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE sent ADD COLUMN chain TEXT;
+     ALTER TABLE sent ADD COLUMN budget INTEGER;",
 ];
 
 /// The exclusive upper bound of keys beginning with `prefix` that ends in `/`.
@@ -64,6 +71,8 @@ pub struct SqliteStore {
     marks: Vec<usize>,
     /// Whether commits are fsynced (`synchronous=FULL`); run batches turn it off.
     synced: bool,
+    /// Rows refused since the last `take_refused` (see `store::rows`).
+    refused: u64,
 }
 
 impl SqliteStore {
@@ -84,6 +93,7 @@ impl SqliteStore {
             log_buf: String::new(),
             marks: Vec::new(),
             synced: true,
+            refused: 0,
         };
         store.setup()?;
         Ok(store)
@@ -105,6 +115,7 @@ impl SqliteStore {
             log_buf: String::new(),
             marks: Vec::new(),
             synced: true,
+            refused: 0,
         })
     }
 
@@ -246,18 +257,31 @@ impl SqliteStore {
         Ok(end)
     }
 
-    fn row_job(r: &rusqlite::Row) -> rusqlite::Result<Job> {
-        Ok(Job {
-            seq: r.get(0)?,
-            id: r.get(1)?,
-            name: r.get(2)?,
-            source: r.get(3)?,
-            caller: r.get(4)?,
-            params: r.get(5)?,
-            msg_id: r.get(6)?,
-            hops: r.get::<_, i64>(7)? as u32,
-            submitted_at: r.get(8)?,
-        })
+    /// The queued jobs of `sql` (selecting [`rows::JOB_COLS`]); rows that fail the
+    /// checks are removed from the queue with the reason in the log, never run.
+    fn jobs(&mut self, sql: &str, arg: rusqlite::types::Value, refuse: bool) -> Result<Vec<Job>> {
+        let rows: Vec<(i64, std::result::Result<Job, String>)> = {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let it = stmt.query_map([arg], rows::job)?;
+            it.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, r) in rows {
+            match r {
+                Ok(j) => out.push(j),
+                Err(why) if refuse => {
+                    tracing::warn!(store = %self.path.display(), seq, reason = %why, "refusing a queued script whose stored row is invalid: it is removed and never runs");
+                    self.dequeue(seq)?;
+                    self.append_log(&format!(
+                        "{} refuse queued row {seq}: {why}",
+                        crate::util::rfc3339(now_ns())
+                    ))?;
+                    self.refused += 1;
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(out)
     }
 
     fn row_outbox(r: &rusqlite::Row) -> rusqlite::Result<OutboxEntry> {
@@ -529,7 +553,7 @@ impl Store for SqliteStore {
     fn enqueue(&mut self, job: &Job) -> Result<i64> {
         self.conn
             .prepare_cached(
-                "INSERT INTO queue(id,name,source,caller,params,msg_id,hops,submitted_at) VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+                "INSERT INTO queue(id,name,source,caller,params,msg_id,hops,submitted_at,chain,budget,attempts) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
             )?
             .execute(params![
                 job.id,
@@ -539,17 +563,28 @@ impl Store for SqliteStore {
                 job.params,
                 job.msg_id,
                 job.hops as i64,
-                job.submitted_at
+                job.submitted_at,
+                rows::chain_text(&job.chain),
+                job.budget as i64,
+                job.attempts as i64
             ])?;
         Ok(self.conn.last_insert_rowid())
     }
 
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq,id,name,source,caller,params,msg_id,hops,submitted_at FROM queue ORDER BY seq LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit as i64], Self::row_job)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let sql = format!("SELECT {} FROM queue ORDER BY seq LIMIT ?1", rows::JOB_COLS);
+        self.jobs(&sql, (limit as i64).into(), !self.reader)
+    }
+
+    fn count_attempt(&mut self, seq: i64, delta: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE queue SET attempts=max(0, attempts+?2) WHERE seq=?1")?
+            .execute([seq, delta])?;
+        Ok(())
+    }
+
+    fn take_refused(&mut self) -> u64 {
+        std::mem::take(&mut self.refused)
     }
 
     fn dequeue(&mut self, seq: i64) -> Result<()> {
@@ -568,23 +603,40 @@ impl Store for SqliteStore {
     }
 
     fn queued_named(&mut self, name: &str) -> Result<Option<Job>> {
-        Ok(self
-            .conn
-            .prepare_cached(
-                "SELECT seq,id,name,source,caller,params,msg_id,hops,submitted_at FROM queue WHERE name=?1 ORDER BY seq DESC LIMIT 1",
-            )?
-            .query_row([name], Self::row_job)
-            .optional()?)
+        // A bad row is not shown (it is refused when the queue runs).
+        let sql = format!(
+            "SELECT {} FROM queue WHERE name=?1 ORDER BY seq DESC LIMIT 1",
+            rows::JOB_COLS
+        );
+        Ok(self.jobs(&sql, name.to_string().into(), false)?.pop())
     }
 
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT name, length(source), submitted_at FROM queue ORDER BY seq LIMIT ?1",
         )?;
+        // Names that are not script names (a store from elsewhere) are not listed.
         let rows = stmt.query_map([limit as i64], |r| {
-            Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            let name = match r.get_ref(0)? {
+                rusqlite::types::ValueRef::Text(b) => std::str::from_utf8(b)
+                    .ok()
+                    .filter(|n| rows::check_script_name(n).is_ok())
+                    .map(str::to_string),
+                _ => None,
+            };
+            Ok(name.map(|n| {
+                (
+                    n,
+                    r.get::<_, i64>(1).unwrap_or(0).max(0) as u64,
+                    r.get(2).unwrap_or(0),
+                )
+            }))
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows
+            .collect::<rusqlite::Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     fn seen_message(&mut self, msg_id: &str) -> Result<bool> {
@@ -742,30 +794,41 @@ impl Store for SqliteStore {
     fn record_outgoing(&mut self, m: &Outgoing) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO sent(id,to_peer,kind,name,source,params,hops,payload,created_at) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9)",
+                "INSERT INTO sent(id,to_peer,kind,name,source,params,hops,payload,created_at,chain,budget) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
             )?
-            .execute(params![m.id, m.to, m.kind, m.name, m.source, m.params, m.hops as i64, m.payload, m.created_at])?;
+            .execute(params![m.id, m.to, m.kind, m.name, m.source, m.params, m.hops as i64, m.payload, m.created_at, rows::chain_text(&m.chain), m.budget as i64])?;
         Ok(())
     }
 
     fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id,to_peer,kind,name,source,params,hops,payload,created_at FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([limit as i64], |r| {
-            Ok(Outgoing {
-                id: r.get(0)?,
-                to: r.get(1)?,
-                kind: r.get(2)?,
-                name: r.get(3)?,
-                source: r.get(4)?,
-                params: r.get(5)?,
-                hops: r.get::<_, i64>(6)? as u32,
-                payload: r.get(7)?,
-                created_at: r.get(8)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        let rows: Vec<(i64, std::result::Result<Outgoing, String>)> = {
+            let sql = format!(
+                "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
+                rows::SENT_COLS
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let it = stmt.query_map([limit as i64], rows::outgoing)?;
+            it.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, r) in rows {
+            match r {
+                Ok(m) => out.push(m),
+                Err(why) => {
+                    // Marked as delivered (kept for whoever investigates), never sent.
+                    tracing::warn!(store = %self.path.display(), seq, reason = %why, "refusing an outgoing message whose stored row is invalid: it is never delivered");
+                    self.conn
+                        .prepare_cached("UPDATE sent SET delivered_at=?2 WHERE seq=?1")?
+                        .execute(params![seq, now_ns()])?;
+                    self.append_log(&format!(
+                        "{} refuse sent row {seq}: {why}",
+                        crate::util::rfc3339(now_ns())
+                    ))?;
+                    self.refused += 1;
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()> {
@@ -921,6 +984,7 @@ mod tests {
             msg_id: None,
             hops: 0,
             submitted_at: 5,
+            ..Default::default()
         };
         let seq = s.enqueue(&job).unwrap();
         assert_eq!(s.queued(10).unwrap()[0].seq, seq);
@@ -1007,6 +1071,7 @@ mod tests {
             msg_id: None,
             hops: 0,
             submitted_at: 3,
+            ..Default::default()
         };
         s.begin().unwrap();
         s.record_run(&job, "ok", "{}", 4).unwrap();
