@@ -9,6 +9,7 @@
 mod provenance;
 mod result;
 mod test_hooks;
+mod wait;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -88,6 +89,9 @@ pub struct Config {
     pub max_attempts: u32,
     /// A message whose delivery failed this many times becomes an `error` result.
     pub delivery_tries: u32,
+    /// Longest a read of a pending result waits (then `ETIMEDOUT`; the result
+    /// stays pending). A reader killed or interrupted meanwhile gets `EINTR`.
+    pub result_wait: Duration,
 }
 
 impl Config {
@@ -111,6 +115,7 @@ impl Config {
             chain_budget: 1000,
             max_attempts: 3,
             delivery_tries: 5,
+            result_wait: Duration::from_secs(120),
         }
     }
 }
@@ -177,6 +182,8 @@ struct Inner {
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Reads waiting for results, watched for their reader's signals and time.
+    watch: wait::Watch,
 }
 
 /// The running core: registry, worker pool, executor. Cheap to clone.
@@ -221,6 +228,7 @@ impl Core {
             policy,
             stats: Stats::default(),
             threads: Mutex::new(Vec::new()),
+            watch: wait::Watch::default(),
             cfg,
         }));
         let mut threads = Vec::new();
@@ -239,6 +247,17 @@ impl Core {
             std::thread::Builder::new()
                 .name("peerfs-sweeper".into())
                 .spawn(move || c.sweeper())?,
+        );
+        let c = core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("peerfs-watch".into())
+                .spawn(move || {
+                    while !c.0.quit.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(100));
+                        c.0.watch.tick();
+                    }
+                })?,
         );
         let c = core.clone();
         threads.push(
@@ -309,7 +328,13 @@ impl Core {
         let mut st = peer.writer.lock().unwrap();
         let queued = st.queue_len()?;
         let unfinished = st.outbox_unfinished()?;
-        let undelivered = !st.undelivered(1)?.is_empty();
+        // Invalid rows are refused (marked) as they are read: look past them.
+        let undelivered = loop {
+            let some = !st.undelivered(1)?.is_empty();
+            if some || st.take_refused() == 0 {
+                break some;
+            }
+        };
         drop(st);
         peer.queued.store(queued, Ordering::Relaxed);
         peer.has_undelivered.store(undelivered, Ordering::Relaxed);
@@ -670,6 +695,16 @@ impl Core {
         }
     }
 
+    /// [`Core::read_result`] for a reader, thread `pid` (0: unknown), whose wait
+    /// is bounded by `Config::result_wait` and ends with `EINTR` when the reader
+    /// is killed or interrupted meanwhile (see `exec::wait`).
+    pub fn read_result_as(&self, peer: &str, target: &str, name: &str, pid: u32, waiter: Waiter) {
+        let (slot, w) = wait::shared(waiter);
+        self.read_result(peer, target, name, w);
+        let what = format!("{peer}'s result {name} from {target}");
+        self.0.watch.add(slot, pid, self.0.cfg.result_wait, what);
+    }
+
     /// Whether a result is still pending (for `O_NONBLOCK` opens).
     pub fn result_pending(&self, peer: &str, target: &str, name: &str) -> Result<bool> {
         let (p, key) = self.result_place(peer, target, name)?;
@@ -714,6 +749,7 @@ impl Core {
             let _ = t.join();
         }
         // Anyone still waiting learns that the daemon stopped.
+        self.0.watch.clear();
         for p in self.0.registry.open_peers() {
             let waits = std::mem::take(&mut *p.waits.lock().unwrap());
             for (_, pr) in waits {
@@ -1401,7 +1437,9 @@ impl Core {
                 "a queued script crashed the daemon every time it ran: it ends with an error and is not run again");
             format!("crashed the daemon {max_attempts} times: it is not run again")
         });
-        test_hooks::abort_if_marked(job);
+        if crashed.is_none() {
+            test_hooks::abort_if_marked(job);
+        }
         // The run's share of its chain's budget (a row from before budgets: a new one).
         let budget = match job.budget {
             0 => self.0.cfg.chain_budget,
@@ -1566,15 +1604,21 @@ impl Core {
 
     /// Hands committed outgoing messages to their targets; retried until they land.
     fn deliver(&self, peer: &Arc<Peer>) {
-        let msgs = match peer.writer.lock().unwrap().undelivered(256) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(peer = %peer.name, error = %e, "cannot read outgoing messages");
-                return;
+        let (msgs, refused) = {
+            let mut st = peer.writer.lock().unwrap();
+            match st.undelivered(256) {
+                Ok(m) => (m, st.take_refused()),
+                Err(e) => {
+                    tracing::error!(peer = %peer.name, error = %e, "cannot read outgoing messages");
+                    return;
+                }
             }
         };
         if msgs.is_empty() {
-            peer.has_undelivered.store(false, Ordering::Relaxed);
+            // Refused rows were marked: more may follow them.
+            if refused == 0 {
+                peer.has_undelivered.store(false, Ordering::Relaxed);
+            }
             return;
         }
         for msg in msgs {

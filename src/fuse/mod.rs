@@ -587,7 +587,7 @@ impl Filesystem for PeerFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -598,10 +598,11 @@ impl Filesystem for PeerFs {
     ) {
         // Answered whenever the vfs calls back: at once, or when a pending result's
         // run finishes. If the vfs drops the callback, fuser answers EIO.
-        self.vfs.read(
+        self.vfs.read_from(
             fh.0,
             offset,
             size,
+            req.pid(),
             Box::new(move |r| match r {
                 Ok(data) => reply.data(&data),
                 Err(e) => reply.error(errno("read", &e)),

@@ -1417,6 +1417,13 @@ impl Vfs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply<Vec<u8>>) {
+        self.read_from(fh, offset, size, 0, reply)
+    }
+
+    /// [`Vfs::read`] by thread `pid` (the FUSE request's): a read that waits for a
+    /// result ends when that reader is killed or interrupted, or after the
+    /// daemon's `result_wait` (see `exec::wait`).
+    pub fn read_from(&self, fh: u64, offset: u64, size: u32, pid: u32, reply: Reply<Vec<u8>>) {
         let slice = move |d: &[u8]| -> Vec<u8> {
             let start = (offset as usize).min(d.len());
             let end = (start + size as usize).min(d.len());
@@ -1446,10 +1453,11 @@ impl Vfs {
             Node::OutboxFile { peer, target, name } => {
                 // Answered when the run has finished; the handle keeps the bytes.
                 let handles = self.handles_ptr();
-                self.core.read_result(
+                self.core.read_result_as(
                     peer,
                     target,
                     name,
+                    pid,
                     Box::new(move |r| match r {
                         Ok(bytes) => {
                             if let Some(h) = handles.upgrade() {
