@@ -380,3 +380,115 @@ fn a_value_too_deep_for_json_fails_its_run_and_the_result_is_delivered() {
     assert_eq!(r["status"], "error", "{r}");
     assert!(r["error"].as_str().unwrap().contains("levels deep"), "{r}");
 }
+
+const WORM: &str = r#"let w = "for i in 0..3 { send(\"mal\", get(\"w\")) } 0"; set("w", w); for i in 0..3 { send("mal", w) } 0"#;
+
+/// Waits until `count` stops changing for a second (at most `t`); its last value.
+fn settles(t: Duration, mut count: impl FnMut() -> u64) -> Option<u64> {
+    let mut last = (count(), std::time::Instant::now());
+    let ok = wait_until(t, || {
+        let n = count();
+        if n != last.0 {
+            last = (n, std::time::Instant::now());
+        }
+        last.1.elapsed() > Duration::from_secs(1)
+    });
+    ok.then_some(last.0)
+}
+
+/// A send worm (each run sends itself three times) ends: the chain shares one
+/// budget of runs, and the run that would exceed it ends with status `limit`.
+#[test]
+fn a_send_worm_ends_within_its_chains_budget() {
+    let m = Mounted::new();
+    m.add_peer("mal");
+    assert_eq!(m.run_ok("mal", "worm.rhai", WORM), 0);
+    let budget = m.core.config().chain_budget;
+    let runs = settles(Duration::from_secs(60), || {
+        m.core
+            .stats()
+            .runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    })
+    .expect("the worm never stopped");
+    assert!(
+        runs <= budget + 2,
+        "{runs} runs: more than the chain's budget ({budget})"
+    );
+    assert!(
+        runs > 20,
+        "the worm hardly ran ({runs} runs): the test shows nothing"
+    );
+    let log = m.log_of("mal");
+    assert!(
+        log.contains("chain_budget reached"),
+        "no run names the limit"
+    );
+}
+
+/// Unmount with a full queue and deliveries in flight finishes promptly, and
+/// after a remount the worm's leftovers still end.
+#[test]
+fn unmount_with_a_worm_queued_finishes_promptly() {
+    let (_d, data, mnt, work) = dirs();
+    let mut dm = Daemon::start(&data, &mnt, &work, &[]);
+    dm.add_peer("mal");
+    assert_eq!(dm.run_ok("mal", "worm.rhai", WORM), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    // fusermount3 where it is installed; umount(8) as root does the same.
+    sh_ok(&format!(
+        "fusermount3 -u {m} 2>/dev/null || umount {m}",
+        m = q(&mnt)
+    ));
+    let st = dm.wait(Duration::from_secs(5));
+    assert!(st.success(), "{st}: {}", dm.log_text());
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    drop(dm);
+    let dm = Daemon::start(&data, &mnt, &work, &[]);
+    let lines = settles(Duration::from_secs(60), || {
+        std::fs::read(dm.p("mal/log")).map_or(0, |l| l.len() as u64)
+    });
+    assert!(lines.is_some(), "the worm went on after the remount");
+    stop(dm);
+}
+
+/// An owner sees its queue in `inbox/` and purges it with `rm`: a withdrawn
+/// script never runs and its result says why.
+#[test]
+fn an_owner_sees_and_withdraws_queued_scripts() {
+    // The first script runs until max_wall_ms (2 s), the others wait meanwhile.
+    let m = Mounted::with(
+        |c| c.limits.max_operations = u64::MAX / 2,
+        Default::default(),
+    );
+    m.add_peer("alice");
+    // Three scripts queued at once (sent by alice's own script): the first runs
+    // for a while, the others wait in the queue.
+    m.run_ok(
+        "alice",
+        "q.rhai",
+        r#"send("alice", "let n = 0; loop { n += 1; }"); send("alice", "set(\"b\", 1); 1"); send("alice", "set(\"c\", 1); 1"); 0"#,
+    );
+    let queued = wait_until(Duration::from_secs(5), || {
+        m.names("alice/inbox").contains(&"q-2.rhai".to_string())
+    });
+    assert!(queued, "queued scripts are listed in the owner's inbox");
+    sh_ok(&format!("rm {}", q(&m.p("alice/inbox/q-2.rhai"))));
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.p("alice/outbox/q-2.json")).unwrap()).unwrap();
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("withdrawn"), "{r}");
+    // The others run in order; the withdrawn one never did.
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.p("alice/outbox/q-3.json")).unwrap()).unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(!m.p("alice/state/b").exists());
+    assert!(m.p("alice/state/c").exists());
+    assert!(m.log_of("alice").contains("withdraw q-2.rhai (1 queued)"));
+    expect_errno(
+        std::fs::remove_file(m.p("alice/inbox/zzz.rhai")),
+        libc::ENOENT,
+        "rm of a script that is not queued",
+    );
+}

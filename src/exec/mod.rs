@@ -208,6 +208,8 @@ enum Effect {
         finished_at: i64,
     },
     Undelivered,
+    /// A queued script left the queue without a run of the batch (withdrawn).
+    Dequeued,
     Changed(Change),
 }
 
@@ -568,6 +570,12 @@ impl Core {
             e.target = target.to_string();
             e
         }))
+    }
+
+    /// Withdraws the queued scripts named `name` of `peer`'s own queue (`rm` in its
+    /// inbox): they end unrun with an `error` result that says so.
+    pub fn withdraw(&self, peer: &str, name: &str) -> Result<()> {
+        self.apply(peer, Op::Withdraw(name.to_string()))
     }
 
     /// Discards a result (`rm` in an outbox).
@@ -1008,7 +1016,7 @@ impl Core {
         // nothing.
         debug_assert_eq!(job.seq, 0);
         let gate = self.0.gate.clone();
-        match self.run_one(st, peer, job, &*gate, Some(deadline))? {
+        match self.run_one(st, peer, job, &*gate, Some(deadline), None)? {
             Some(run_fx) => {
                 self.count_runs(st, 1)?;
                 fx.extend(run_fx);
@@ -1145,6 +1153,25 @@ impl Core {
                 st.append_log(&format!("{ts} {line}"))?;
                 vec![Effect::Changed(Change::Log)]
             }
+            Op::Withdraw(name) => {
+                // Every queued script of that name ends unrun, with a result that
+                // says so (its readers and its sender are answered).
+                let jobs = st.queued_all_named(name)?;
+                if jobs.is_empty() {
+                    return Err(err!(libc::ENOENT, "no queued script named {name:?}"));
+                }
+                let gate = self.0.gate.clone();
+                let mut fx = vec![Effect::Changed(Change::Inbox)];
+                for job in &jobs {
+                    let why = format!("withdrawn by {}'s owner before it ran", peer.name);
+                    if let Some(f) = self.run_one(st, peer, job, &*gate, None, Some(why))? {
+                        fx.extend(f);
+                    }
+                    fx.push(Effect::Dequeued);
+                }
+                st.append_log(&format!("{ts} withdraw {name} ({} queued)", jobs.len()))?;
+                fx
+            }
             Op::Delivered(id) => {
                 st.mark_delivered(id, now_ns())?;
                 vec![Effect::None]
@@ -1266,6 +1293,13 @@ impl Core {
                     peer.queued.fetch_add(1, Ordering::Relaxed);
                 }
                 Effect::Undelivered => peer.has_undelivered.store(true, Ordering::Relaxed),
+                Effect::Dequeued => {
+                    let _ = peer
+                        .queued
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                            Some(n.saturating_sub(1))
+                        });
+                }
                 Effect::Result {
                     target,
                     name,
@@ -1399,7 +1433,7 @@ impl Core {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(st, peer, job, &*gate, None)? {
+            match self.run_one(st, peer, job, &*gate, None, None)? {
                 Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
@@ -1420,6 +1454,8 @@ impl Core {
 
     /// One run inside the batch's transaction; the engine keeps the script's own
     /// effects in a savepoint. `Ok(None)`: interrupted (rolled back, still queued).
+    /// With `end`, the script does not run and ends with status `error` and that
+    /// message (a withdrawn script), recorded like a run.
     fn run_one(
         &self,
         st: &mut dyn Store,
@@ -1427,16 +1463,17 @@ impl Core {
         job: &Job,
         gate: &dyn Gate,
         yield_at: Option<Instant>,
+        end: Option<String>,
     ) -> Result<Option<Vec<Effect>>> {
         let submitted = job.submitted_at;
         let params: Value =
             serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
         let max_attempts = self.0.cfg.max_attempts;
-        let crashed = (max_attempts > 0 && job.attempts > max_attempts).then(|| {
+        let crashed = end.or_else(|| (max_attempts > 0 && job.attempts > max_attempts).then(|| {
             tracing::error!(peer = %peer.name, run = %job.id, script = %job.name, attempts = max_attempts,
                 "a queued script crashed the daemon every time it ran: it ends with an error and is not run again");
             format!("crashed the daemon {max_attempts} times: it is not run again")
-        });
+        }));
         if crashed.is_none() {
             test_hooks::abort_if_marked(job);
         }

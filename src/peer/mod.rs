@@ -35,6 +35,8 @@ pub enum Op {
     /// The target took the message: stop retrying it.
     Delivered(String),
     Log(String),
+    /// The owner withdraws the queued scripts of this name.
+    Withdraw(String),
 }
 
 /// Called once with the outcome of an [`Op`]: after its transaction committed (the

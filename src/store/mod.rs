@@ -147,6 +147,8 @@ pub trait Store: Send {
     fn queue_len(&mut self) -> Result<u64>;
     /// The newest queued script with this name.
     fn queued_named(&mut self, name: &str) -> Result<Option<Job>>;
+    /// Every queued script with this name, oldest first.
+    fn queued_all_named(&mut self, name: &str) -> Result<Vec<Job>>;
     /// Queued scripts by name: (name, size, submitted_at), oldest first.
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>>;
     /// Whether a message id was already accepted (exactly-once delivery).

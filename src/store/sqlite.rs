@@ -611,6 +611,14 @@ impl Store for SqliteStore {
         Ok(self.jobs(&sql, name.to_string().into(), false)?.pop())
     }
 
+    fn queued_all_named(&mut self, name: &str) -> Result<Vec<Job>> {
+        let sql = format!(
+            "SELECT {} FROM queue WHERE name=?1 ORDER BY seq",
+            rows::JOB_COLS
+        );
+        self.jobs(&sql, name.to_string().into(), false)
+    }
+
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT name, length(source), submitted_at FROM queue ORDER BY seq LIMIT ?1",

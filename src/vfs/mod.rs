@@ -1084,6 +1084,11 @@ impl Vfs {
                 self.core.apply(peer, Op::RemoveModule(m.to_string()))
             }
             Node::OutboxFile { peer, target, name } => self.core.outbox_remove(peer, target, name),
+            // The owner withdraws its own queued script (it ends unrun, with a
+            // result saying so); another peer's queue is not the caller's to empty.
+            Node::InboxFile { peer, target, .. } if peer == target => {
+                self.core.withdraw(peer, name)
+            }
             Node::InboxFile { .. } => {
                 self.attr(&node)?;
                 Err(err!(
