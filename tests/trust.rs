@@ -492,3 +492,89 @@ fn an_owner_sees_and_withdraws_queued_scripts() {
         "rm of a script that is not queued",
     );
 }
+
+fn result_at(m: &Mounted, rel: &str) -> serde_json::Value {
+    let p = m.p(rel);
+    let b = std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    serde_json::from_slice(&b).unwrap()
+}
+
+/// Identity laundering: carol permits bob and forbids mal; bob lets his group
+/// (alice and mal) do anything, send included. mal's code sent on by bob must
+/// still meet carol's forbid, and carol sees who is behind it.
+#[test]
+fn a_forbid_holds_for_every_peer_on_the_chain() {
+    let m = Mounted::new();
+    for p in ["alice", "bob", "carol", "mal"] {
+        m.add_peer(p);
+    }
+    m.run_ok("carol", "seed.rhai", r#"set("secret", "s3cret"); 0"#);
+    std::fs::write(
+        m.p("carol/policy.cedar"),
+        r#"permit(principal == Peer::"bob", action, resource);
+forbid(principal == Peer::"mal", action, resource);"#,
+    )
+    .unwrap();
+    std::fs::write(m.p("bob/groups"), "members: alice mal\n").unwrap();
+    std::fs::write(
+        m.p("bob/policy.cedar"),
+        r#"permit(principal in Group::"members", action, resource);"#,
+    )
+    .unwrap();
+    std::fs::write(m.p("mal/policy.cedar"), "permit(principal, action, resource);").unwrap();
+
+    // mal -> bob -> carol -> mal: carol's secret back to mal.
+    let steal = r#"let s = get("secret"); send("mal", "set(\"loot\", \"" + s + "\"); 0"); 0"#;
+    let r = m.run_in("mal/peers/bob", "l.rhai", &format!("send(\"carol\", {steal:?}); 0"));
+    assert_eq!(r["status"], "ok", "{r}");
+    let at_carol = result_at(&m, "bob/peers/carol/outbox/l-1.json");
+    assert_eq!(at_carol["status"], "denied", "{at_carol}");
+    let why = at_carol["error"].as_str().unwrap();
+    assert!(why.contains("for mal, who is on this script's chain (mal>bob)"), "{why}");
+    // A variant that writes carol's state.
+    m.run_in(
+        "mal/peers/bob",
+        "w.rhai",
+        r#"send("carol", "set(\"owned\", 1); 0"); 0"#,
+    );
+    assert_eq!(result_at(&m, "bob/peers/carol/outbox/w-1.json")["status"], "denied");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!m.p("mal/state/loot").exists(), "mal got carol's secret");
+    assert!(!m.p("carol/state/owned").exists(), "mal wrote carol's state");
+    // carol's log says who is behind bob.
+    let log = m.log_of("carol");
+    assert!(
+        log.contains("caller=bob status=denied") && log.contains("origin=mal chain=mal>bob"),
+        "{log}"
+    );
+
+    // The same path from alice (not forbidden) works, and the script sees its
+    // provenance.
+    let r = m.run_in(
+        "alice/peers/bob",
+        "ok.rhai",
+        r#"send("carol", "[caller.name, caller.origin, caller.chain, get(\"secret\")]"); 0"#,
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    let v = result_at(&m, "bob/peers/carol/outbox/ok-1.json");
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        v["value"],
+        serde_json::json!(["bob", "alice", ["alice", "bob"], "s3cret"])
+    );
+    // A direct caller's own script: origin and chain are just the caller.
+    let v = m.run_in("bob/peers/carol", "d.rhai", "[caller.origin, caller.chain]");
+    assert_eq!(v["value"], serde_json::json!(["bob", ["bob"]]), "{v}");
+
+    // context.origin in Cedar: carol accepts only bob's own scripts.
+    std::fs::write(
+        m.p("carol/policy.cedar"),
+        r#"permit(principal == Peer::"bob", action, resource) when { context.origin == "bob" && context.chain.contains("bob") };"#,
+    )
+    .unwrap();
+    let v = m.run_in("bob/peers/carol", "d2.rhai", "1");
+    assert_eq!(v["status"], "ok", "{v}");
+    m.run_in("alice/peers/bob", "o2.rhai", r#"send("carol", "1"); 0"#);
+    let v = result_at(&m, "bob/peers/carol/outbox/o2-1.json");
+    assert_eq!(v["status"], "denied", "{v}");
+}

@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
                     script: "job.rhai",
                     params: &params,
                     now: 1_700_000_000,
+                    chain: &[],
                 };
                 let d = policy.decide(&req, &groups);
                 assert_eq!(d.action, action);

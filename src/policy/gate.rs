@@ -24,6 +24,7 @@ pub struct PolicyState {
     uses_script: bool,
     uses_params: bool,
     uses_now: bool,
+    uses_chain: bool,
     memo: Mutex<Memo>,
     /// `Policy::could_ever_allow` per caller and action (the static check).
     ever: Mutex<HashMap<String, [Option<bool>; 5]>>,
@@ -41,6 +42,7 @@ struct MemoEntry {
     script: Option<String>,
     params: Option<String>,
     now: Option<i64>,
+    chain: Option<String>,
     decision: Arc<super::Decision>,
 }
 
@@ -48,6 +50,7 @@ struct MemoEntry {
 const MEMO_MAX: usize = 4096;
 
 /// One question to a peer's policy.
+#[derive(Clone, Copy)]
 pub struct Question<'a> {
     pub caller: &'a str,
     pub target: &'a str,
@@ -57,6 +60,8 @@ pub struct Question<'a> {
     pub params: &'a Value,
     /// `params` as JSON text, when the asker has it at hand (saves serializing it).
     pub params_json: Option<&'a str>,
+    /// Provenance: origin first, `caller` last (empty: just the caller).
+    pub chain: &'a [String],
 }
 
 impl PolicyState {
@@ -76,6 +81,7 @@ impl PolicyState {
             uses_script: text.contains("script"),
             uses_params: text.contains("params"),
             uses_now: text.contains("now"),
+            uses_chain: text.contains("origin") || text.contains("chain"),
             policy: p,
             groups: g,
             memo: Mutex::new(Memo::default()),
@@ -102,6 +108,7 @@ impl PolicyState {
             script,
             params,
             params_json: None,
+            chain: &[],
         }))
         .clone()
     }
@@ -130,6 +137,7 @@ impl PolicyState {
             script: q.script,
             params: q.params,
             now,
+            chain: q.chain,
         };
         if q.action == Action::Run {
             // Its object is the script's name, new at nearly every run: a memo
@@ -137,6 +145,7 @@ impl PolicyState {
             return Arc::new(self.policy.decide(&req, &self.groups));
         }
         let now_key = self.uses_now.then_some(now);
+        let chain_key = self.uses_chain.then(|| q.chain.join(" "));
         let slot = q.action.index();
         {
             let memo = self.memo.lock().unwrap();
@@ -149,6 +158,7 @@ impl PolicyState {
                         e.script.as_deref() == script
                             && e.params.as_deref() == params
                             && e.now == now_key
+                            && e.chain == chain_key
                     })
                 })
             {
@@ -168,9 +178,48 @@ impl PolicyState {
                 script: script.map(str::to_string),
                 params: params.map(str::to_string),
                 now: now_key,
+                chain: chain_key,
                 decision: d.clone(),
             });
         d
+    }
+
+    /// The provenance rule: permits are decided for the direct caller, forbids for
+    /// every peer on the chain. So a peer this policy forbids cannot act through
+    /// another peer's script (its code sent on by a peer that is permitted): the
+    /// first other peer of the chain (neither the caller nor this policy's owner)
+    /// for whom a forbid holds, with that decision. Its reasons: the direct
+    /// caller is who vouches for the script (its own policy let it send), so its
+    /// permits apply; a forbid names someone whose code must not act here, by any
+    /// path.
+    pub fn chain_forbid(&self, q: &Question) -> Option<(String, Arc<super::Decision>)> {
+        for p in q.chain {
+            if p == q.caller || p == q.target {
+                continue;
+            }
+            let d = self.ask(&Question { caller: p, ..*q });
+            if !d.allowed && !d.policies.is_empty() {
+                return Some((p.clone(), d));
+            }
+        }
+        None
+    }
+
+    /// [`PolicyState::ask`] with the provenance rule ([`PolicyState::chain_forbid`]):
+    /// `Err` is the denial's explanation.
+    fn ask_chain(&self, q: &Question) -> std::result::Result<Arc<super::Decision>, String> {
+        let d = self.ask(q);
+        if !d.allowed {
+            return Err(d.explain());
+        }
+        match self.chain_forbid(q) {
+            None => Ok(d),
+            Some((p, f)) => Err(format!(
+                "{} for {p}, who is on this script's chain ({}): a forbid holds for every peer on the chain",
+                f.explain(),
+                q.chain.join(">")
+            )),
+        }
     }
 
     /// `Policy::could_ever_allow` for `caller` (in its groups) and `action`, memoized.
@@ -266,25 +315,23 @@ impl Gate for Arc<PolicyGate> {
             .state(target)
             .map_err(|e| format!("denied: {}'s policy cannot be read: {e}", target.name))?;
         let params: Value = serde_json::from_str(&job.params).unwrap_or(Value::Null);
-        let d = state.ask(&Question {
-            caller: &job.caller,
-            target: &target.name,
-            action: Action::Run,
-            object: &job.name,
-            script: &job.name,
-            params: &params,
-            params_json: Some(&job.params),
-        });
-        if !d.allowed {
-            return Err(format!(
-                "denied: run {} by {} at {}: {} (policy.cedar of {})",
-                job.name,
-                job.caller,
-                target.name,
-                d.explain(),
-                target.name
-            ));
-        }
+        let d = state
+            .ask_chain(&Question {
+                caller: &job.caller,
+                target: &target.name,
+                action: Action::Run,
+                object: &job.name,
+                script: &job.name,
+                params: &params,
+                params_json: Some(&job.params),
+                chain: &job.chain,
+            })
+            .map_err(|why| {
+                format!(
+                    "denied: run {} by {} at {}: {why} (policy.cedar of {})",
+                    job.name, job.caller, target.name, target.name
+                )
+            })?;
         let limits = limits_from(&core.config().limits, &d.limits);
         Ok((
             Box::new(PolicyHost {
@@ -296,6 +343,7 @@ impl Gate for Arc<PolicyGate> {
                 script: job.name.clone(),
                 params,
                 params_json: job.params.clone(),
+                chain: job.chain.clone(),
             }),
             limits,
         ))
@@ -312,6 +360,7 @@ pub struct PolicyHost {
     script: String,
     params: Value,
     params_json: String,
+    chain: Vec<String>,
 }
 
 fn action_of(cap: Capability) -> Action {
@@ -358,7 +407,7 @@ pub fn capabilities_used(ast: &AST) -> Vec<(Capability, &'static str)> {
 impl Host for PolicyHost {
     fn check(&self, cap: Capability, object: &str) -> Result<(), String> {
         let action = action_of(cap);
-        let d = self.state.ask(&Question {
+        let q = Question {
             caller: &self.caller,
             target: &self.target,
             action,
@@ -366,18 +415,14 @@ impl Host for PolicyHost {
             script: &self.script,
             params: &self.params,
             params_json: Some(&self.params_json),
-        });
-        if d.allowed {
-            Ok(())
-        } else {
-            Err(format!(
-                "denied: {action} {object:?} by {} at {}: {} (policy.cedar of {})",
-                self.caller,
-                self.target,
-                d.explain(),
-                self.target
-            ))
-        }
+            chain: &self.chain,
+        };
+        self.state.ask_chain(&q).map(|_| ()).map_err(|why| {
+            format!(
+                "denied: {action} {object:?} by {} at {}: {why} (policy.cedar of {})",
+                self.caller, self.target, self.target
+            )
+        })
     }
 
     fn check_script(&self, ast: &AST) -> Result<(), String> {
@@ -490,6 +535,7 @@ permit(principal in Group::"g", action == Action::"read", resource);"#,
                 script: "s",
                 params: &v,
                 params_json: Some(json),
+                chain: &[],
             })
             .allowed
         };

@@ -32,6 +32,11 @@
 //!   Use `context.params.hasTag("mode") && context.params.getTag("mode") == "ro"`
 //!   (strict validation requires the `hasTag` guard).
 //! * `context.params_json: String` - the whole params value as compact JSON text.
+//! * `context.origin: String` - the peer whose script began the chain that led to
+//!   this one (the principal itself for a script it dropped or sent first).
+//! * `context.chain: Set<String>` - every peer on that chain, the origin and the
+//!   principal included. The principal is the *direct* caller; a forbid holds for
+//!   every peer on the chain (see `PolicyState::chain_forbid`).
 //!
 //! # Sandbox limits
 //! `permit` policies that can apply to `Action::"run"` may carry annotations
@@ -93,6 +98,8 @@ type Ctx = {
   params: Params,
   params_json: String,
   now: Long,
+  origin: String,
+  chain: Set<String>,
 };
 
 action "run" appliesTo { principal: [Peer], resource: [Script], context: Ctx };
@@ -279,6 +286,9 @@ pub struct Request<'a> {
     pub params: &'a serde_json::Value,
     /// Unix seconds (`context.now`).
     pub now: i64,
+    /// Provenance (`context.origin` is its first peer, `context.chain` all of
+    /// them): origin first, the caller last. Empty: just the caller.
+    pub chain: &'a [String],
 }
 
 /// The outcome of [`Policy::decide`].
@@ -508,6 +518,8 @@ struct Needs {
     ctx_params: bool,
     ctx_params_json: bool,
     ctx_now: bool,
+    /// `context.origin` / `context.chain`
+    ctx_chain: bool,
 }
 
 impl Needs {
@@ -518,6 +530,7 @@ impl Needs {
         ctx_params: true,
         ctx_params_json: true,
         ctx_now: true,
+        ctx_chain: true,
     };
 
     fn or(self, o: Needs) -> Needs {
@@ -528,6 +541,7 @@ impl Needs {
             ctx_params: self.ctx_params || o.ctx_params,
             ctx_params_json: self.ctx_params_json || o.ctx_params_json,
             ctx_now: self.ctx_now || o.ctx_now,
+            ctx_chain: self.ctx_chain || o.ctx_chain,
         }
     }
 
@@ -599,6 +613,7 @@ fn scan(v: &serde_json::Value, needs: &mut Needs, ctx_vars: &mut usize, ctx_fiel
                     Some("params") => needs.ctx_params = true,
                     Some("params_json") => needs.ctx_params_json = true,
                     Some("now") => needs.ctx_now = true,
+                    Some("origin" | "chain") => needs.ctx_chain = true,
                     // unknown field (cannot pass validation): provide all
                     _ => *ctx_fields = 0,
                 }
@@ -1149,6 +1164,26 @@ impl Policy {
         }
         if needs.ctx_now {
             pairs.push(("now".to_string(), RestrictedExpression::new_long(req.now)));
+        }
+        if needs.ctx_chain {
+            let caller = [req.caller.to_string()];
+            let chain = if req.chain.is_empty() {
+                &caller[..]
+            } else {
+                req.chain
+            };
+            pairs.push((
+                "origin".to_string(),
+                RestrictedExpression::new_string(chain[0].clone()),
+            ));
+            pairs.push((
+                "chain".to_string(),
+                RestrictedExpression::new_set(
+                    chain
+                        .iter()
+                        .map(|p| RestrictedExpression::new_string(p.clone())),
+                ),
+            ));
         }
         let context = if pairs.is_empty() {
             Context::empty()

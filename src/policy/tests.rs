@@ -48,6 +48,7 @@ fn req<'a>(
         script,
         params,
         now,
+        chain: &[],
     }
 }
 
@@ -610,6 +611,7 @@ fn policy_is_clone_send_sync_and_keeps_text() {
                 script: "s",
                 params: &json!({}),
                 now: 0,
+                chain: &[],
             },
             &Groups::default(),
         )
@@ -679,7 +681,8 @@ fn example_group_members() {
     let p = parse(example_policy!("group-members.cedar"));
     let g = groups("members: alice bob");
     for a in Action::ALL {
-        assert!(allowed(&p, &g, "bob", a, "x"), "{a}");
+        // Members do not send as this peer (see the policy's comment).
+        assert_eq!(allowed(&p, &g, "bob", a, "x"), a != Action::Send, "{a}");
         assert!(!allowed(&p, &g, "carol", a, "x"), "{a}");
     }
     let d = ask(&p, &g, "alice", Action::Run, "s");
