@@ -50,6 +50,7 @@ fn check_ns() -> f64 {
             script: "job.rhai",
             params,
             now: 1_750_000_000,
+            chain: &[],
         }
     }
     let d = policy.decide(&req("shared/x", &params), &groups);

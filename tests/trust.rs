@@ -521,26 +521,43 @@ forbid(principal == Peer::"mal", action, resource);"#,
         r#"permit(principal in Group::"members", action, resource);"#,
     )
     .unwrap();
-    std::fs::write(m.p("mal/policy.cedar"), "permit(principal, action, resource);").unwrap();
+    std::fs::write(
+        m.p("mal/policy.cedar"),
+        "permit(principal, action, resource);",
+    )
+    .unwrap();
 
     // mal -> bob -> carol -> mal: carol's secret back to mal.
     let steal = r#"let s = get("secret"); send("mal", "set(\"loot\", \"" + s + "\"); 0"); 0"#;
-    let r = m.run_in("mal/peers/bob", "l.rhai", &format!("send(\"carol\", {steal:?}); 0"));
+    let r = m.run_in(
+        "mal/peers/bob",
+        "l.rhai",
+        &format!("send(\"carol\", {steal:?}); 0"),
+    );
     assert_eq!(r["status"], "ok", "{r}");
     let at_carol = result_at(&m, "bob/peers/carol/outbox/l-1.json");
     assert_eq!(at_carol["status"], "denied", "{at_carol}");
     let why = at_carol["error"].as_str().unwrap();
-    assert!(why.contains("for mal, who is on this script's chain (mal>bob)"), "{why}");
+    assert!(
+        why.contains("for mal, who is on this script's chain (mal>bob)"),
+        "{why}"
+    );
     // A variant that writes carol's state.
     m.run_in(
         "mal/peers/bob",
         "w.rhai",
         r#"send("carol", "set(\"owned\", 1); 0"); 0"#,
     );
-    assert_eq!(result_at(&m, "bob/peers/carol/outbox/w-1.json")["status"], "denied");
+    assert_eq!(
+        result_at(&m, "bob/peers/carol/outbox/w-1.json")["status"],
+        "denied"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(!m.p("mal/state/loot").exists(), "mal got carol's secret");
-    assert!(!m.p("carol/state/owned").exists(), "mal wrote carol's state");
+    assert!(
+        !m.p("carol/state/owned").exists(),
+        "mal wrote carol's state"
+    );
     // carol's log says who is behind bob.
     let log = m.log_of("carol");
     assert!(

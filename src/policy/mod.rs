@@ -1310,9 +1310,10 @@ impl Policy {
         }
     }
 
-    /// `decide` without the native evaluator (tests cross-check the two).
-    #[cfg(test)]
-    fn decide_via_cedar(&self, req: &Request, groups: &Groups) -> Decision {
+    /// `decide` without the native evaluator: Cedar alone. Tests and the
+    /// `policy_diff` fuzz target cross-check the two; any difference is a bug.
+    #[doc(hidden)]
+    pub fn decide_via_cedar(&self, req: &Request, groups: &Groups) -> Decision {
         match self.try_decide(req, groups, false) {
             Ok(d) => d,
             Err(e) => Decision::internal_error(req.action, e),
