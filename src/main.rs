@@ -278,20 +278,32 @@ fn serve(
         print!("{t}");
     }
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let signalled = done_tx.clone();
     let joiner = std::thread::spawn(move || {
         let r = session.join();
         let _ = done_tx.send(());
         r
     });
     let m = mount.to_path_buf();
+    let c = core.clone();
     std::thread::spawn(move || {
         if let Ok(s) = sig.recv() {
             tracing::info!(signal = s, "stopping: unmounting");
             unmount(&m);
+            // Readers waiting for results hold the mount (also a lazily unmounted
+            // one): answer them, and stop anyway if the mount still does not end.
+            c.end_waits();
+            std::thread::sleep(Duration::from_secs(5));
+            tracing::warn!("the mount did not end within 5 s of the signal (files still open on a lazily unmounted mount?): stopping anyway");
+            let _ = signalled.send(());
         }
     });
     let _ = done_rx.recv();
-    let r = joiner.join().unwrap_or(Ok(()));
+    let r = if joiner.is_finished() {
+        joiner.join().unwrap_or(Ok(()))
+    } else {
+        Ok(())
+    };
     tracing::info!("unmounted; finishing the runs in flight and closing the stores");
     core.shutdown();
     r

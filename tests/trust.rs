@@ -595,3 +595,34 @@ forbid(principal == Peer::"mal", action, resource);"#,
     let v = result_at(&m, "bob/peers/carol/outbox/o2-1.json");
     assert_eq!(v["status"], "denied", "{v}");
 }
+
+/// After a lazy unmount, with a reader still waiting for a result, SIGTERM
+/// stops the daemon promptly (the waiting read is answered, and the daemon does
+/// not wait for the lazily unmounted mount for ever).
+#[test]
+fn sigterm_after_a_lazy_unmount_with_a_waiting_reader_stops_promptly() {
+    let (_d, data, mnt, work) = dirs();
+    let mut dm = Daemon::start(
+        &data,
+        &mnt,
+        &work,
+        &["--max-wall-ms", "60000", "--max-operations", "100000000000"],
+    );
+    dm.add_peer("alice");
+    std::fs::write(dm.p("alice/inbox/slow.rhai"), "let n = 0; loop { n += 1; }").unwrap();
+    let mut cat = waiting_cat(&dm.p("alice/outbox/slow.json"));
+    assert!(cat.try_wait().unwrap().is_none(), "cat should be waiting");
+    sh_ok(&format!(
+        "fusermount3 -uz {m} 2>/dev/null || umount -l {m}",
+        m = q(&mnt)
+    ));
+    let t0 = std::time::Instant::now();
+    dm.signal(libc::SIGTERM);
+    let st = dm.wait(Duration::from_secs(10));
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+    assert!(st.success(), "{st}: {}", dm.log_text());
+    let st = exits_within(&mut cat, Duration::from_secs(5)).expect("the reader was answered");
+    assert!(!st.success(), "cat read a result that was never ready");
+    let log = dm.log_text();
+    assert!(!log.contains("did not end within 5 s"), "{log}");
+}

@@ -713,6 +713,11 @@ impl Core {
         self.0.watch.add(slot, pid, self.0.cfg.result_wait, what);
     }
 
+    /// Answers every read waiting for a result with `ENOTCONN` (the daemon stops).
+    pub fn end_waits(&self) {
+        self.0.watch.clear();
+    }
+
     /// Whether a result is still pending (for `O_NONBLOCK` opens).
     pub fn result_pending(&self, peer: &str, target: &str, name: &str) -> Result<bool> {
         let (p, key) = self.result_place(peer, target, name)?;

@@ -28,6 +28,8 @@ struct Watched {
 #[derive(Default)]
 pub(crate) struct Watch {
     reads: Mutex<Vec<Watched>>,
+    /// Set when the daemon stops: a read that would wait is answered at once.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// `waiter`, callable once from either side: the run's publication or the watch.
@@ -53,6 +55,13 @@ impl Watch {
         what: String,
     ) {
         if slot.lock().unwrap().is_none() {
+            return;
+        }
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            let w = slot.lock().unwrap().take();
+            if let Some(w) = w {
+                w(Err(stopped()));
+            }
             return;
         }
         self.reads.lock().unwrap().push(Watched {
@@ -106,18 +115,26 @@ impl Watch {
         }
     }
 
-    /// Answers every read still waiting (the daemon stops).
+    /// Answers every read still waiting, and from now on every read that would
+    /// wait, with `ENOTCONN` (the daemon stops).
     pub(crate) fn clear(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         for w in std::mem::take(&mut *self.reads.lock().unwrap()) {
             let f = w.slot.lock().unwrap().take();
             if let Some(f) = f {
-                f(Err(err!(
-                    libc::EINTR,
-                    "the daemon stopped before the result was ready"
-                )));
+                f(Err(stopped()));
             }
         }
     }
+}
+
+/// Not `EINTR`: readers such as coreutils' retry a read that fails with `EINTR`
+/// when no signal came, and this one would fail again.
+fn stopped() -> crate::Error {
+    err!(
+        libc::ENOTCONN,
+        "the daemon is stopping: the result was not ready (it runs after the next start)"
+    )
 }
 
 /// Whether thread `pid` has a fatal or interrupting signal pending (or is gone).
