@@ -626,3 +626,46 @@ fn sigterm_after_a_lazy_unmount_with_a_waiting_reader_stops_promptly() {
     let log = dm.log_text();
     assert!(!log.contains("did not end within 5 s"), "{log}");
 }
+
+/// A message its target refuses every time (here: one that claims more sends
+/// than the hop limit) is not retried for ever: after a few tries its sender
+/// gets an `error` result with the reason.
+#[test]
+fn a_message_that_keeps_failing_delivery_becomes_an_error_result() {
+    let (_d, data, mnt, work) = dirs();
+    let dm = Daemon::start(&data, &mnt, &work, &[]);
+    dm.add_peer("alice");
+    dm.add_peer("mal");
+    stop(dm);
+    {
+        let now = peerfs::util::now_ns();
+        let c = rusqlite::Connection::open(data.join("peers/mal.sqlite")).unwrap();
+        c.execute(
+            "INSERT INTO sent(id,to_peer,kind,name,source,params,hops,payload,created_at) \
+             VALUES('M6','alice','script','far.rhai','1','{}',20,'',?1)",
+            [now],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO outbox(target,name,run_id,result,submitted_at) VALUES('alice','far.json','M6',NULL,?1)",
+            [now],
+        )
+        .unwrap();
+    }
+    let dm = Daemon::start(&data, &mnt, &work, &[]);
+    let r = std::fs::read(dm.p("mal/peers/alice/outbox/far.json"))
+        .unwrap_or_else(|e| panic!("read far.json: {e}: {}", dm.log_text()));
+    let r: serde_json::Value = serde_json::from_slice(&r).unwrap();
+    assert_eq!(r["status"], "error", "{r}");
+    let why = r["error"].as_str().unwrap();
+    assert!(
+        why.contains("cannot deliver far.rhai to alice") && why.contains("hop_limit"),
+        "{r}"
+    );
+    let log = stop(dm);
+    assert_eq!(
+        log.matches("delivery failed; will retry").count(),
+        4,
+        "{log}"
+    );
+}
