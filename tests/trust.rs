@@ -91,6 +91,18 @@ fn the_data_directory_is_private_and_a_more_open_one_is_reported() {
     let wal = data.join("peers/alice.sqlite-wal");
     assert!(wal.exists(), "the store is open in WAL mode");
     assert_eq!(mode(&wal), 0o600, "alice.sqlite-wal");
+    // Another local user, with the way to DATA open, cannot read alice's store.
+    sh_ok(&format!("chmod 0755 {}", q(data.parent().unwrap())));
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", "cat"])
+        .arg(&store)
+        .output()
+        .expect("runuser (these tests run as root)");
+    assert!(!out.status.success(), "nobody read alice's store");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
     let log = stop(dm);
     assert!(!log.contains("readable by other local users"), "{log}");
 
