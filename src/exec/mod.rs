@@ -1380,6 +1380,17 @@ impl Core {
             Ok(r) => r,
             Err(e) => {
                 let _ = st.rollback();
+                // A failing store (a full disk) is not a crash of the script: its
+                // starts are taken back (best effort), so it is not ended for it.
+                let undo = st.begin_unsynced().and_then(|_| {
+                    for j in &jobs {
+                        st.count_attempt(j.seq, -1)?;
+                    }
+                    st.commit()
+                });
+                if undo.is_err() {
+                    let _ = st.rollback();
+                }
                 return Err(e);
             }
         };
