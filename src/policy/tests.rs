@@ -1084,3 +1084,33 @@ fn outside_the_subset_cedar_decides() {
     assert!(ask(&p, &g, "x", Action::Read, "a").allowed);
     assert!(!ask(&p, &g, "x", Action::Read, "c").allowed);
 }
+
+#[test]
+fn context_origin_and_chain_follow_the_request_chain() {
+    let p = parse(
+        r#"@id("bobs-own")
+permit (principal == Peer::"bob", action, resource) when { context.origin == "bob" };
+@id("no-mal-writes")
+forbid (principal, action == Action::"write", resource) when { context.chain.contains("mal") };"#,
+    );
+    let g = Groups::default();
+    let params = json!({});
+    let direct: Vec<String> = vec!["bob".into()];
+    let via_mal: Vec<String> = vec!["mal".into(), "bob".into()];
+    let q = |action, chain: &[String]| {
+        let r = Request {
+            chain,
+            ..req("bob", action, Some("k"), "s", &params, 0)
+        };
+        check(&p, &g, &r)
+    };
+    // An empty chain is the caller alone, like an explicit one.
+    assert!(q(Action::Read, &[]).allowed);
+    assert!(q(Action::Write, &direct).allowed);
+    let d = q(Action::Read, &via_mal);
+    assert!(!d.allowed && d.policies.is_empty(), "{}", d.explain());
+    assert_eq!(
+        q(Action::Write, &via_mal).explain(),
+        "deny (forbid no-mal-writes)"
+    );
+}
