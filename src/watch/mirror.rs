@@ -218,15 +218,7 @@ impl Mirror {
             let Ok(list) = self.core.outbox_list(peer, &view) else {
                 continue;
             };
-            let dir = if view == peer {
-                self.root.join(peer).join("outbox")
-            } else {
-                self.root
-                    .join(peer)
-                    .join("peers")
-                    .join(&view)
-                    .join("outbox")
-            };
+            let dir = self.view_dir(peer, &view, "outbox");
             for e in list {
                 let (Some(r), Some(f)) = (e.result, e.finished_at) else {
                     continue;
@@ -313,15 +305,7 @@ impl Mirror {
     /// mirror was touched from outside; what differs from what this process wrote
     /// is undone and logged.
     fn sync_view(&mut self, viewer: &str, owner: &str, check: bool) {
-        let dir = if viewer == owner {
-            self.root.join(viewer).join("state")
-        } else {
-            self.root
-                .join(viewer)
-                .join("peers")
-                .join(owner)
-                .join("state")
-        };
+        let dir = self.view_dir(viewer, owner, "state");
         if !dir.is_dir() {
             return;
         }
@@ -349,6 +333,10 @@ impl Mirror {
         for (rel, bytes) in &want {
             let path = dir.join(rel);
             let h = content_hash(bytes);
+            // Outside a check, a file this process wrote is trusted unread.
+            if !check && self.written.get(&path) == Some(&h) {
+                continue;
+            }
             let disk = std::fs::read(&path).ok().map(|d| content_hash(&d));
             if disk == Some(h) {
                 self.written.insert(path, h);
