@@ -100,6 +100,9 @@ pub fn take(path: &Path, owner: u32, max: u64) -> io::Result<Result<Taken, Skip>
         return Ok(Err(Skip::TooBig(m.len())));
     }
     let fd = f.as_raw_fd();
+    // A writer opening the file breaks the lease and the kernel signals the holder:
+    // SIGIO by default, which would end the daemon. SIGURG is ignored by default.
+    unsafe { libc::fcntl(fd, F_SETSIG, libc::SIGURG) };
     let leased = unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0;
     if !leased && io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN) {
         return Ok(Err(Skip::BeingWritten));
@@ -107,8 +110,13 @@ pub fn take(path: &Path, owner: u32, max: u64) -> io::Result<Result<Taken, Skip>
     let mut data = Vec::with_capacity(m.len() as usize);
     let r = (&f).take(max + 1).read_to_end(&mut data);
     let m2 = f.metadata();
+    // A lease being broken shows as F_UNLCK: a writer opened it while we read.
+    let kept = !leased || unsafe { libc::fcntl(fd, libc::F_GETLEASE) } == libc::F_RDLCK;
     if leased {
         unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+    if !kept {
+        return Ok(Err(Skip::BeingWritten));
     }
     r?;
     let m2 = m2?;
@@ -125,6 +133,9 @@ pub fn take(path: &Path, owner: u32, max: u64) -> io::Result<Result<Taken, Skip>
         data,
     }))
 }
+
+/// fcntl's F_SETSIG (asm-generic/fcntl.h; the libc crate has it only for musl).
+const F_SETSIG: libc::c_int = 10;
 
 static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -183,11 +194,6 @@ pub fn replace(
     })
 }
 
-/// fsyncs a folder, making the renames into it durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
-
 /// Makes `dir` (and its parents) with `mode`, owned by `owner`.
 pub fn make_dir(dir: &Path, mode: u32, owner: (u32, u32)) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -229,6 +235,35 @@ mod tests {
             take(&d.path().join("l.rhai"), uid, 100).unwrap(),
             Err(Skip::NotAFile)
         ));
+    }
+
+    #[test]
+    fn writers_opening_during_takes_neither_end_the_process_nor_are_taken_half() {
+        // A writer's open breaks a lease held by a take: the kernel signals the
+        // holder (SIGIO, deadly, unless the take chose another signal).
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("b.rhai");
+        std::fs::write(&p, b"1").unwrap();
+        let uid = unsafe { libc::getuid() };
+        let p2 = p.clone();
+        let w = std::thread::spawn(move || {
+            for _ in 0..2000 {
+                drop(std::fs::OpenOptions::new().append(true).open(&p2).unwrap());
+            }
+        });
+        let (mut taken, mut busy) = (0, 0);
+        while !w.is_finished() {
+            match take(&p, uid, 100).unwrap() {
+                Ok(t) => {
+                    assert_eq!(t.data, b"1");
+                    taken += 1
+                }
+                Err(Skip::BeingWritten) => busy += 1,
+                Err(s) => panic!("{s:?}"),
+            }
+        }
+        w.join().unwrap();
+        assert!(taken + busy > 0);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! - Results: `outbox/<stem>.json` (own runs), `peers/<t>/outbox/<stem>.json`
 //!   (scripts dropped at `t`, results of sends to `t`), each written under a
-//!   temporary name in the same folder, fsynced, renamed; then the folders are
-//!   fsynced and `DIR/.peerfs/mirrored` records up to when results are on disk.
+//!   temporary name in the same folder, fsynced, renamed; `DIR/.peerfs/mirrored`
+//!   records up to when results were written, and a restart rewrites those that
+//!   finished since (a minute before it) and are missing or older on disk.
 //! - State: `state/` of each peer and `peers/<o>/state/` (the keys of `o` whose
 //!   policy lets the viewer read them), each file replaced atomically, mode 0444.
 //!   A change made to a mirror from outside (a write, a new file, an `rm`) is
@@ -29,6 +30,12 @@ use super::{owner_of, SpoolStats};
 /// a restart rewrites only later ones (so it does not bring back results that were
 /// removed with `rm` long ago). Commits follow a run's end well within it.
 const MIRROR_SLACK_NS: i64 = 60_000_000_000;
+
+/// A result to write: who sees it, and its bytes.
+type Pending = (String, Arc<Vec<u8>>);
+
+/// Threads that write and fsync one batch of results.
+const SYNC_THREADS: usize = 4;
 
 pub(super) enum Note {
     Change(String, Change),
@@ -69,7 +76,7 @@ pub(super) struct Mirror {
 #[derive(Default)]
 struct Batch {
     /// Result files to write: path -> (viewer, bytes).
-    results: BTreeMap<PathBuf, (String, Arc<Vec<u8>>)>,
+    results: BTreeMap<PathBuf, Pending>,
     state: BTreeSet<String>,
     logs: BTreeSet<String>,
     layouts: BTreeSet<String>,
@@ -186,7 +193,8 @@ impl Mirror {
                 mark.to_string().as_bytes(),
                 0o644,
                 unsafe { (libc::getuid(), libc::getgid()) },
-                true,
+                // A lost mark is an older one: a restart rewrites a little more.
+                false,
             );
         }
         for p in &b.state {
@@ -249,40 +257,53 @@ impl Mirror {
             .collect()
     }
 
-    /// Writes every result fsynced under a temporary name, then renames them all
-    /// and fsyncs their folders: one round of syncs for the whole batch.
-    fn write_results(&self, results: &BTreeMap<PathBuf, (String, Arc<Vec<u8>>)>) {
-        let mut tmps = Vec::with_capacity(results.len());
-        for (path, (viewer, bytes)) in results {
+    /// Results under temporary names beside them, fsynced.
+    fn write_tmps<'a>(&self, chunk: &[(&'a PathBuf, &Pending)]) -> Vec<(PathBuf, &'a PathBuf)> {
+        let mut tmps = Vec::with_capacity(chunk.len());
+        for &(path, (viewer, bytes)) in chunk {
+            let own = owner_of(&self.core, viewer);
             if let Some(dir) = path.parent() {
                 if !dir.is_dir() {
-                    let _ = files::make_dir(dir, 0o755, owner_of(&self.core, viewer));
+                    let _ = files::make_dir(dir, 0o755, own);
                 }
             }
-            match files::write_tmp(path, bytes, 0o644, owner_of(&self.core, viewer), true) {
+            match files::write_tmp(path, bytes, 0o644, own, true) {
                 Ok(t) => tmps.push((t, path)),
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot write a result")
                 }
             }
         }
-        let mut dirs = BTreeSet::new();
+        tmps
+    }
+
+    /// Writes every result fsynced under a temporary name, then renames them all.
+    fn write_results(&self, results: &BTreeMap<PathBuf, Pending>) {
+        let items: Vec<_> = results.iter().collect();
+        // fsyncs wait on the disk, not the CPU: a few at once (each thread its share).
+        let threads = items.len().div_ceil(16).clamp(1, SYNC_THREADS);
+        let per = items.len().div_ceil(threads);
+        let tmps: Vec<(PathBuf, &PathBuf)> = std::thread::scope(|sc| {
+            let hs: Vec<_> = items
+                .chunks(per)
+                .map(|chunk| sc.spawn(move || self.write_tmps(chunk)))
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        // The folders are not fsynced: a rename lost in a crash is redone at the
+        // restart (see `layout_results`: results since the last mark).
         for (tmp, path) in tmps {
             match std::fs::rename(&tmp, path) {
                 Ok(()) => {
                     self.stats.results_written.fetch_add(1, Ordering::Relaxed);
-                    if let Some(d) = path.parent() {
-                        dirs.insert(d.to_path_buf());
-                    }
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
                     tracing::warn!(file = %path.display(), error = %e, "cannot publish a result");
                 }
             }
-        }
-        for d in dirs {
-            let _ = files::sync_dir(&d);
         }
     }
 

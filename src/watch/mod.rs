@@ -73,6 +73,8 @@ struct Shared {
     forget: Mutex<HashMap<String, Vec<String>>>,
     /// Policy or groups texts refused already (not logged again on a rescan).
     refused: Mutex<HashSet<(String, &'static str, u128)>>,
+    /// Peers whose folders are scanned again at a given time.
+    later: Mutex<Vec<(Instant, String)>>,
     tx: Mutex<Sender<Msg>>,
     mirror: Sender<mirror::Note>,
     stats: Arc<SpoolStats>,
@@ -123,6 +125,7 @@ impl Spool {
             inflight: Mutex::new(HashSet::new()),
             forget: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashSet::new()),
+            later: Mutex::new(Vec::new()),
             tx: Mutex::new(tx.clone()),
             mirror: mtx.clone(),
             stats: stats.clone(),
@@ -197,6 +200,13 @@ impl Spool {
             "spool stopped"
         );
     }
+}
+
+/// Changed in the last second.
+fn young(m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let ctime = m.ctime() * 1_000_000_000 + m.ctime_nsec();
+    crate::util::now_ns() - ctime < 1_000_000_000
 }
 
 fn owner_of(core: &Core, peer: &str) -> (u32, u32) {
@@ -299,11 +309,10 @@ impl Shared {
     }
 
     fn intake_loop(self: Arc<Self>, rx: Receiver<Msg>) {
-        let mut later: Vec<(Instant, String)> = Vec::new();
         let mut last_flush = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(Msg::Fs(Ok(ev))) => self.event(ev, &mut later),
+                Ok(Msg::Fs(Ok(ev))) => self.event(ev),
                 Ok(Msg::Fs(Err(e))) => {
                     tracing::warn!(error = %e, "file watcher error: rescanning");
                     self.scan_all(false);
@@ -313,14 +322,18 @@ impl Shared {
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             let now = Instant::now();
-            later.retain(|(t, peer)| {
-                if *t <= now {
-                    self.scan_peer(peer, false);
-                    false
-                } else {
-                    true
-                }
-            });
+            let due: Vec<String> = {
+                let mut later = self.later.lock().unwrap();
+                let (due, keep) = later.drain(..).partition(|(t, _)| *t <= now);
+                *later = keep;
+                let mut due: Vec<String> = due.into_iter().map(|(_, p)| p).collect::<Vec<_>>();
+                due.sort();
+                due.dedup();
+                due
+            };
+            for peer in due {
+                self.scan_peer(&peer, false);
+            }
             if now.duration_since(last_flush) > Duration::from_millis(500) {
                 self.flush_forget(false);
                 last_flush = now;
@@ -328,7 +341,7 @@ impl Shared {
         }
     }
 
-    fn event(self: &Arc<Self>, ev: notify::Event, later: &mut Vec<(Instant, String)>) {
+    fn event(self: &Arc<Self>, ev: notify::Event) {
         use notify::event::{
             AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind, RenameMode,
         };
@@ -339,10 +352,9 @@ impl Shared {
             return;
         }
         match ev.kind {
-            // Complete: closed after writing, renamed in, or linked in (a link is
-            // taken only when nobody writes it, see `files::take`).
+            // Complete: closed after writing, or renamed in. Not at creation: a
+            // file's creation is seen before its writer holds it open.
             EventKind::Access(AccessKind::Close(AccessMode::Write))
-            | EventKind::Create(CreateKind::File)
             | EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
                 for p in &ev.paths {
                     self.path_changed(p);
@@ -351,13 +363,12 @@ impl Shared {
             EventKind::Create(CreateKind::Folder) => {
                 for p in &ev.paths {
                     match self.place(p) {
-                        Some(Place::PeerDir(name)) => self.new_peer_dir(p, &name, later),
+                        Some(Place::PeerDir(name)) => self.new_peer_dir(p, &name),
                         Some(place) => {
                             if let Some(peer) = self.peer_of(&place, p) {
                                 // Files made in it before its watch existed.
-                                let now = Instant::now();
-                                later.push((now + Duration::from_millis(100), peer.clone()));
-                                later.push((now + Duration::from_secs(1), peer));
+                                self.scan_later(&peer, Duration::from_millis(100));
+                                self.scan_later(&peer, Duration::from_secs(1));
                             }
                         }
                         None => {}
@@ -412,7 +423,7 @@ impl Shared {
         }
     }
 
-    fn new_peer_dir(self: &Arc<Self>, path: &Path, name: &str, later: &mut Vec<(Instant, String)>) {
+    fn new_peer_dir(self: &Arc<Self>, path: &Path, name: &str) {
         if name.starts_with('.') || self.core.registry().exists(name) {
             return;
         }
@@ -435,10 +446,12 @@ impl Shared {
             tracing::error!(peer = name, error = %e, "cannot lay out the new peer's folder");
         }
         self.scan_peer(name, false);
-        later.push((
-            Instant::now() + Duration::from_millis(200),
-            name.to_string(),
-        ));
+        self.scan_later(name, Duration::from_millis(200));
+    }
+
+    fn scan_later(&self, peer: &str, after: Duration) {
+        let at = Instant::now() + after;
+        self.later.lock().unwrap().push((at, peer.to_string()));
     }
 
     /// Every folder of every peer, as after an overflow (`startup`: skip what the
@@ -452,7 +465,7 @@ impl Shared {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if e.path().is_dir() && !self.core.registry().exists(&name) {
-                        self.new_peer_dir(&e.path(), &name, &mut Vec::new());
+                        self.new_peer_dir(&e.path(), &name);
                     }
                 }
             }
@@ -483,7 +496,14 @@ impl Shared {
             // Oldest first is unknowable; names at least give a stable order.
             names.sort();
             for n in names {
-                self.intake(peer, &target, &n, &inbox.join(&n), startup);
+                let path = inbox.join(&n);
+                // An empty file this young may be one whose writer's open(2) has
+                // not returned yet (creation is visible first): look again later.
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() == 0 && young(&m)) {
+                    self.scan_later(peer, Duration::from_secs(1));
+                    continue;
+                }
+                self.intake(peer, &target, &n, &path, startup);
             }
         }
         for (kind, file) in [("policy", "policy.cedar"), ("groups", "groups")] {
