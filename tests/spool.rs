@@ -304,3 +304,39 @@ fn a_restart_skips_what_was_taken_and_submits_what_was_left() {
     assert_eq!(state_of(&dir, "alice", "count").as_deref(), Some("1"));
     d.stop();
 }
+
+#[test]
+fn scripts_written_in_place_one_after_another_are_all_taken() {
+    // A close's event can be read before the kernel has dropped the writer's count
+    // (the lease is then refused): such a script must still be taken, soon.
+    let (_t, _data, dir, mut d) = serving(&["w0", "w1"]);
+    let writers: Vec<_> = (0..2)
+        .map(|w| {
+            let peer = dir.join(format!("w{w}"));
+            std::thread::spawn(move || {
+                for i in 0..1500 {
+                    let name = format!("s{i}");
+                    peerfs::util::write_and_close(
+                        &peer.join("inbox").join(format!("{name}.rhai")),
+                        b"1 + 2",
+                    )
+                    .unwrap();
+                    let out = peer.join("outbox").join(format!("{name}.json"));
+                    let end = std::time::Instant::now() + T;
+                    let r: serde_json::Value = loop {
+                        if let Ok(b) = std::fs::read(&out) {
+                            break serde_json::from_slice(&b).unwrap();
+                        }
+                        assert!(std::time::Instant::now() < end, "{name} was never taken");
+                        std::thread::sleep(Duration::from_micros(500));
+                    };
+                    assert_eq!(r["value"], 3, "{r}");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    d.stop();
+}

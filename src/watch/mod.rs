@@ -53,6 +53,8 @@ const MAX_META_FILE: u64 = crate::vfs::MAX_META_FILE;
 #[derive(Debug, Default)]
 pub struct SpoolStats {
     pub taken: AtomicU64,
+    /// Takes put off because a writer still held the file.
+    pub held: AtomicU64,
     pub rescans: AtomicU64,
     pub overflows: AtomicU64,
     pub results_written: AtomicU64,
@@ -75,6 +77,8 @@ struct Shared {
     refused: Mutex<HashSet<(String, &'static str, u128)>>,
     /// Peers whose folders are scanned again at a given time.
     later: Mutex<Vec<(Instant, String)>>,
+    /// Inbox files found held by a writer, looked at again (when, which, how often).
+    retry: Mutex<Vec<(Instant, PathBuf, u32)>>,
     tx: Mutex<Sender<Msg>>,
     mirror: Sender<mirror::Note>,
     stats: Arc<SpoolStats>,
@@ -126,6 +130,7 @@ impl Spool {
             forget: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashSet::new()),
             later: Mutex::new(Vec::new()),
+            retry: Mutex::new(Vec::new()),
             tx: Mutex::new(tx.clone()),
             mirror: mtx.clone(),
             stats: stats.clone(),
@@ -194,6 +199,7 @@ impl Spool {
         let s = &self.shared.stats;
         tracing::info!(
             taken = s.taken.load(Ordering::Relaxed),
+            held = s.held.load(Ordering::Relaxed),
             results = s.results_written.load(Ordering::Relaxed),
             rescans = s.rescans.load(Ordering::Relaxed),
             overflows = s.overflows.load(Ordering::Relaxed),
@@ -311,7 +317,16 @@ impl Shared {
     fn intake_loop(self: Arc<Self>, rx: Receiver<Msg>) {
         let mut last_flush = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            let wait = self
+                .retry
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(t, _, _)| t.saturating_duration_since(Instant::now()))
+                .min()
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            match rx.recv_timeout(wait) {
                 Ok(Msg::Fs(Ok(ev))) => self.event(ev),
                 Ok(Msg::Fs(Err(e))) => {
                     tracing::warn!(error = %e, "file watcher error: rescanning");
@@ -333,6 +348,15 @@ impl Shared {
             };
             for peer in due {
                 self.scan_peer(&peer, false);
+            }
+            let again: Vec<(PathBuf, u32)> = {
+                let mut retry = self.retry.lock().unwrap();
+                let (due, keep) = retry.drain(..).partition(|(t, _, _)| *t <= now);
+                *retry = keep;
+                due.into_iter().map(|(_, p, n)| (p, n)).collect()
+            };
+            for (p, n) in again {
+                self.path_changed_try(&p, n);
             }
             if now.duration_since(last_flush) > Duration::from_millis(500) {
                 self.flush_forget(false);
@@ -404,6 +428,11 @@ impl Shared {
     }
 
     fn path_changed(self: &Arc<Self>, p: &Path) {
+        self.path_changed_try(p, 0)
+    }
+
+    /// `tries`: how often this inbox file was found held by a writer already.
+    fn path_changed_try(self: &Arc<Self>, p: &Path, tries: u32) {
         let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
             return;
         };
@@ -415,7 +444,7 @@ impl Shared {
                 caller,
                 target,
                 name,
-            }) => self.intake(&caller, &target, &name, p, false),
+            }) => self.intake(&caller, &target, &name, p, false, tries),
             Some(Place::Meta(peer, kind)) => self.meta_file(&peer, kind, p),
             Some(Place::Module(peer, rel)) => self.module_file(&peer, &rel, p),
             Some(Place::State { viewer, owner }) => self.state_touched(&viewer, &owner, p),
@@ -503,7 +532,7 @@ impl Shared {
                     self.scan_later(peer, Duration::from_secs(1));
                     continue;
                 }
-                self.intake(peer, &target, &n, &path, startup);
+                self.intake(peer, &target, &n, &path, startup, 0);
             }
         }
         for (kind, file) in [("policy", "policy.cedar"), ("groups", "groups")] {
@@ -536,6 +565,7 @@ impl Shared {
         name: &str,
         path: &Path,
         startup: bool,
+        tries: u32,
     ) {
         if is_staging_name(name) || !self.core.registry().exists(caller) {
             return;
@@ -549,7 +579,19 @@ impl Shared {
         let max = self.core.config().limits.max_script_bytes;
         let t = match files::take(path, owner_of(&self.core, caller).0, max) {
             Ok(Ok(t)) => t,
-            Ok(Err(files::Skip::NotAFile | files::Skip::BeingWritten)) => return done(()),
+            Ok(Err(files::Skip::NotAFile)) => return done(()),
+            Ok(Err(files::Skip::BeingWritten)) => {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+                // The close's event can come before the kernel counts the writer
+                // gone: look again soon (2 ms, doubling, for about a second). A
+                // writer that really still holds it brings its own event.
+                if tries < 10 {
+                    let at = Instant::now() + Duration::from_millis(2 << tries);
+                    let mut retry = self.retry.lock().unwrap();
+                    retry.push((at, path.to_path_buf(), tries + 1));
+                }
+                return done(());
+            }
             Ok(Err(files::Skip::Foreign(uid))) => {
                 done(());
                 let why = format!("owned by uid {uid}, not by the peer's owner");
