@@ -340,3 +340,64 @@ fn scripts_written_in_place_one_after_another_are_all_taken() {
     }
     d.stop();
 }
+
+#[test]
+fn a_peer_folder_with_symlinks_gives_the_daemon_no_more_than_its_owner_has() {
+    use std::os::unix::fs::PermissionsExt;
+    // The daemon runs as root here; alice belongs to nobody (65534). Whatever alice
+    // puts in her folder, the daemon acts there with nobody's rights.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (data, dir) = (t.path().join("data"), t.path().join("spool"));
+    let o = peerfs(&[
+        "peer",
+        "create",
+        "alice",
+        "--uid",
+        "65534",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Root's private folder, with a script only root may read.
+    let secret = t.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(secret.join("steal.rhai"), "40 + 2").unwrap();
+    let mut d = SpoolDaemon::start(&data, &dir, t.path());
+    let a = dir.join("alice");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A normal run still works (results written as nobody).
+    sh(&format!("echo '{COUNT}' > {}/inbox/ok.rhai", q(&a)));
+    assert_eq!(wait_json(&a.join("outbox/ok.json"), T)["value"], 1);
+    // state/ and outbox/ replaced by symlinks into root's folder.
+    sh(&format!(
+        "rm -r {0}/state {0}/outbox && ln -s {1} {0}/state && ln -s {1} {0}/outbox",
+        q(&a),
+        q(&secret)
+    ));
+    sh(&format!(
+        "echo 'set(\"planted\", 1); 1' > {}/inbox/plant.rhai",
+        q(&a)
+    ));
+    assert!(wait_until(T, || names(&a.join("inbox")).is_empty()));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        names(&secret),
+        ["steal.rhai"],
+        "the daemon wrote into root's folder"
+    );
+    // An inbox that is a symlink into root's folder: nothing there is taken, at a
+    // restart either.
+    d.stop();
+    sh(&format!(
+        "rm -r {0}/inbox && ln -s {1} {0}/inbox",
+        q(&a),
+        q(&secret)
+    ));
+    let mut d = SpoolDaemon::start(&data, &dir, t.path());
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(names(&secret), ["steal.rhai"]);
+    d.stop();
+}

@@ -134,6 +134,43 @@ pub fn take(path: &Path, owner: u32, max: u64) -> io::Result<Result<Taken, Skip>
     }))
 }
 
+/// Runs `f` with the file-system identity of `owner` (uid, gid) when the daemon
+/// runs as root: fsuid, fsgid and no supplementary groups, for this thread only
+/// (raw syscalls; glibc would apply `setgroups` to every thread). So a peer's folder
+/// gives the daemon no more than its owner has: a symlink in it to `/etc`, or a
+/// file only root may read, fails as it would for the owner.
+pub fn as_owner<T>(owner: (u32, u32), f: impl FnOnce() -> T) -> T {
+    if unsafe { libc::geteuid() } != 0 || owner.0 == 0 {
+        return f();
+    }
+    // Restores what was before (also inside an outer `as_owner`).
+    struct Back {
+        uid: libc::c_int,
+        gid: libc::c_int,
+        groups: Vec<libc::gid_t>,
+    }
+    impl Drop for Back {
+        fn drop(&mut self) {
+            unsafe {
+                libc::setfsuid(self.uid as libc::uid_t);
+                libc::setfsgid(self.gid as libc::gid_t);
+                libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr());
+            }
+        }
+    }
+    let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) }.max(0) as usize;
+    let mut groups = vec![0; n];
+    let n = unsafe { libc::getgroups(n as libc::c_int, groups.as_mut_ptr()) }.max(0) as usize;
+    groups.truncate(n);
+    let _back = unsafe {
+        libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>());
+        let gid = libc::setfsgid(owner.1);
+        let uid = libc::setfsuid(owner.0);
+        Back { uid, gid, groups }
+    };
+    f()
+}
+
 /// fcntl's F_SETSIG (asm-generic/fcntl.h; the libc crate has it only for musl).
 const F_SETSIG: libc::c_int = 10;
 

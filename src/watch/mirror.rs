@@ -23,7 +23,7 @@ use crate::peer::Op;
 use crate::store::Store;
 use crate::util::now_ns;
 
-use super::files::{self, content_hash, TMP_PREFIX};
+use super::files::{self, as_owner, content_hash, TMP_PREFIX};
 use super::{owner_of, SpoolStats};
 
 /// Results finished this long before the last `mirrored` mark are on disk already:
@@ -235,7 +235,7 @@ impl Mirror {
                     continue;
                 }
                 let path = dir.join(&e.name);
-                let shown = std::fs::read(&path)
+                let shown = as_owner(owner_of(&self.core, peer), || std::fs::read(&path))
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                     .and_then(|v| v["id"].as_str().map(str::to_string));
@@ -258,17 +258,23 @@ impl Mirror {
     }
 
     /// Results under temporary names beside them, fsynced.
-    fn write_tmps<'a>(&self, chunk: &[(&'a PathBuf, &Pending)]) -> Vec<(PathBuf, &'a PathBuf)> {
+    fn write_tmps<'a>(
+        &self,
+        chunk: &[(&'a PathBuf, &Pending)],
+    ) -> Vec<(PathBuf, &'a PathBuf, (u32, u32))> {
         let mut tmps = Vec::with_capacity(chunk.len());
         for &(path, (viewer, bytes)) in chunk {
             let own = owner_of(&self.core, viewer);
-            if let Some(dir) = path.parent() {
-                if !dir.is_dir() {
-                    let _ = files::make_dir(dir, 0o755, own);
+            let written = as_owner(own, || {
+                if let Some(dir) = path.parent() {
+                    if !dir.is_dir() {
+                        let _ = files::make_dir(dir, 0o755, own);
+                    }
                 }
-            }
-            match files::write_tmp(path, bytes, 0o644, own, true) {
-                Ok(t) => tmps.push((t, path)),
+                files::write_tmp(path, bytes, 0o644, own, true)
+            });
+            match written {
+                Ok(t) => tmps.push((t, path, own)),
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot write a result")
                 }
@@ -283,7 +289,7 @@ impl Mirror {
         // fsyncs wait on the disk, not the CPU: a few at once (each thread its share).
         let threads = items.len().div_ceil(16).clamp(1, SYNC_THREADS);
         let per = items.len().div_ceil(threads);
-        let tmps: Vec<(PathBuf, &PathBuf)> = std::thread::scope(|sc| {
+        let tmps: Vec<(PathBuf, &PathBuf, (u32, u32))> = std::thread::scope(|sc| {
             let hs: Vec<_> = items
                 .chunks(per)
                 .map(|chunk| sc.spawn(move || self.write_tmps(chunk)))
@@ -294,13 +300,13 @@ impl Mirror {
         });
         // The folders are not fsynced: a rename lost in a crash is redone at the
         // restart (see `layout_results`: results since the last mark).
-        for (tmp, path) in tmps {
-            match std::fs::rename(&tmp, path) {
+        for (tmp, path, own) in tmps {
+            match as_owner(own, || std::fs::rename(&tmp, path)) {
                 Ok(()) => {
                     self.stats.results_written.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
+                    let _ = as_owner(own, || std::fs::remove_file(&tmp));
                     tracing::warn!(file = %path.display(), error = %e, "cannot publish a result");
                 }
             }
@@ -338,9 +344,32 @@ impl Mirror {
             }
         };
         let own = owner_of(&self.core, viewer);
+        let undone = as_owner(own, || self.sync_files(&dir, &want, own, check));
+        for u in undone {
+            let where_ = if viewer == owner {
+                String::new()
+            } else {
+                format!(" of peers/{owner}")
+            };
+            let line = format!(
+                "spool: {u}{where_}: state/ is a read-only mirror of the keys (change them with a script)"
+            );
+            tracing::warn!(peer = viewer, "{line}");
+            self.core.apply_async(viewer, Op::Log(line), None);
+        }
+    }
+
+    /// Makes the files under `dir` the `want`ed ones; returns what was undone.
+    fn sync_files(
+        &mut self,
+        dir: &Path,
+        want: &BTreeMap<String, Vec<u8>>,
+        own: (u32, u32),
+        check: bool,
+    ) -> Vec<String> {
         let mut undone = Vec::new();
         let mut have = Vec::new();
-        list_files(&dir, &dir, &mut have);
+        list_files(dir, dir, &mut have);
         for rel in &have {
             let path = dir.join(rel);
             if !want.contains_key(rel) {
@@ -351,7 +380,7 @@ impl Mirror {
                 self.written.remove(&path);
             }
         }
-        for (rel, bytes) in &want {
+        for (rel, bytes) in want {
             let path = dir.join(rel);
             let h = content_hash(bytes);
             // Outside a check, a file this process wrote is trusted unread.
@@ -382,19 +411,8 @@ impl Mirror {
                 Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot mirror a key"),
             }
         }
-        remove_empty_dirs(&dir, &dir);
-        for u in undone {
-            let where_ = if viewer == owner {
-                String::new()
-            } else {
-                format!(" of peers/{owner}")
-            };
-            let line = format!(
-                "spool: {u}{where_}: state/ is a read-only mirror of the keys (change them with a script)"
-            );
-            tracing::warn!(peer = viewer, "{line}");
-            self.core.apply_async(viewer, Op::Log(line), None);
-        }
+        remove_empty_dirs(dir, dir);
+        undone
     }
 
     /// The files `viewer`'s mirror of `owner` should hold: key path -> bytes.
@@ -416,6 +434,10 @@ impl Mirror {
     /// Appends the store's log lines that `log` lacks (rewrites it if it was
     /// changed from outside).
     fn sync_log(&self, peer: &str) -> crate::Result<()> {
+        as_owner(owner_of(&self.core, peer), || self.sync_log_inside(peer))
+    }
+
+    fn sync_log_inside(&self, peer: &str) -> crate::Result<()> {
         use std::io::Write;
         let path = self.root.join(peer).join("log");
         let p = self.core.peer(peer)?;

@@ -39,6 +39,7 @@ use crate::peer::Op;
 use crate::store::Store;
 
 pub use client::drop_and_wait;
+use files::as_owner;
 pub use files::{content_hash, Ident, TMP_PREFIX};
 
 /// The meta key under which a target records a script taken from `caller`'s folder.
@@ -143,9 +144,14 @@ impl Spool {
             .spawn(move || m.run(mrx))?;
         // Watch first: what arrives while the tree is laid out and scanned is seen.
         let ftx = tx.clone();
-        let mut watcher = notify::recommended_watcher(move |ev| {
-            let _ = ftx.send(Msg::Fs(ev));
-        })
+        // Symlinks in peers' folders are not followed: nothing outside is watched.
+        let config = notify::Config::default().with_follow_symlinks(false);
+        let mut watcher = notify::RecommendedWatcher::new(
+            move |ev| {
+                let _ = ftx.send(Msg::Fs(ev));
+            },
+            config,
+        )
         .map_err(|e| err!(libc::EIO, "cannot watch {}: {e}", root.display()))?;
         watcher
             .watch(&root, RecursiveMode::Recursive)
@@ -270,7 +276,22 @@ impl Shared {
     fn layout(&self, peer: &str) -> Result<()> {
         let own = owner_of(&self.core, peer);
         let dir = self.peer_dir(peer);
+        if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(err!(
+                libc::ENOTDIR,
+                "{} is not a folder (a symlink?): remove it so that the peer's folder can be made",
+                dir.display()
+            ));
+        }
+        // The peer's folder itself as the daemon (DIR may be its own); inside it,
+        // everything as the peer's owner (see `as_owner`).
         files::make_dir(&dir, 0o700, own)?;
+        as_owner(own, || self.layout_inside(peer, &dir, own))?;
+        let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
+        Ok(())
+    }
+
+    fn layout_inside(&self, peer: &str, dir: &Path, own: (u32, u32)) -> Result<()> {
         for sub in ["inbox", "outbox", "state", "modules", "peers"] {
             files::make_dir(&dir.join(sub), 0o755, own)?;
         }
@@ -286,9 +307,12 @@ impl Shared {
                 if viewer != peer && !self.peer_dir(viewer).is_dir() {
                     continue;
                 }
-                for sub in ["inbox", "outbox", "state"] {
-                    files::make_dir(&v.join(sub), 0o755, o)?;
-                }
+                as_owner(o, || -> Result<()> {
+                    for sub in ["inbox", "outbox", "state"] {
+                        files::make_dir(&v.join(sub), 0o755, o)?;
+                    }
+                    Ok(())
+                })?;
             }
         }
         let p = self.core.peer(peer)?;
@@ -310,7 +334,6 @@ impl Shared {
                 }
             }
         }
-        let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
         Ok(())
     }
 
@@ -461,7 +484,13 @@ impl Shared {
             return;
         }
         use std::os::unix::fs::MetadataExt;
-        let Ok(m) = std::fs::metadata(path) else {
+        let Ok(m) = std::fs::symlink_metadata(path).and_then(|m| {
+            if m.is_dir() {
+                Ok(m)
+            } else {
+                Err(std::io::ErrorKind::NotADirectory.into())
+            }
+        }) else {
             return;
         };
         match self.core.create_peer(name, m.uid(), m.gid()) {
@@ -493,7 +522,8 @@ impl Shared {
             if let Ok(rd) = std::fs::read_dir(&self.root) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if e.path().is_dir() && !self.core.registry().exists(&name) {
+                    let dir = e.file_type().is_ok_and(|t| t.is_dir());
+                    if dir && !self.core.registry().exists(&name) {
                         self.new_peer_dir(&e.path(), &name);
                     }
                 }
@@ -505,6 +535,16 @@ impl Shared {
     }
 
     fn scan_peer(self: &Arc<Self>, peer: &str, startup: bool) {
+        as_owner(owner_of(&self.core, peer), || {
+            self.scan_peer_inside(peer, startup)
+        });
+        let _ = self.mirror.send(mirror::Note::Check {
+            viewer: peer.to_string(),
+            owner: None,
+        });
+    }
+
+    fn scan_peer_inside(self: &Arc<Self>, peer: &str, startup: bool) {
         let dir = self.peer_dir(peer);
         let mut inboxes = vec![(peer.to_string(), dir.join("inbox"))];
         if let Ok(rd) = std::fs::read_dir(dir.join("peers")) {
@@ -551,10 +591,6 @@ impl Shared {
                 }
             }
         }
-        let _ = self.mirror.send(mirror::Note::Check {
-            viewer: peer.to_string(),
-            owner: None,
-        });
     }
 
     /// Takes the script `name` that `caller` dropped for `target` at `path`.
@@ -577,7 +613,8 @@ impl Shared {
             self.inflight.lock().unwrap().remove(path);
         };
         let max = self.core.config().limits.max_script_bytes;
-        let t = match files::take(path, owner_of(&self.core, caller).0, max) {
+        let own = owner_of(&self.core, caller);
+        let t = match as_owner(own, || files::take(path, own.0, max)) {
             Ok(Ok(t)) => t,
             Ok(Err(files::Skip::NotAFile)) => return done(()),
             Ok(Err(files::Skip::BeingWritten)) => {
@@ -619,7 +656,7 @@ impl Shared {
                 if r == record {
                     // Taken before a restart: its submission committed.
                     tracing::info!(file = %path.display(), "already submitted before the restart: removing it");
-                    let _ = std::fs::remove_file(path);
+                    let _ = as_owner(own, || std::fs::remove_file(path));
                     self.forget
                         .lock()
                         .unwrap()
@@ -654,7 +691,7 @@ impl Shared {
                     // since it was taken (then the new content is taken too).
                     let same = std::fs::symlink_metadata(&p).is_ok_and(|m| ident.same_file(&m));
                     if same {
-                        if let Err(e) = std::fs::remove_file(&p) {
+                        if let Err(e) = as_owner(own, || std::fs::remove_file(&p)) {
                             tracing::warn!(file = %p.display(), error = %e, "cannot remove a submitted script");
                         }
                     }
@@ -721,7 +758,9 @@ impl Shared {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let aside = path.with_file_name(format!("{name}.refused~"));
-        let _ = std::fs::rename(path, &aside);
+        let _ = as_owner(owner_of(&self.core, caller), || {
+            std::fs::rename(path, &aside)
+        });
         let line = format!("spool: {name} refused: {why} (renamed to {name}.refused~)");
         tracing::warn!(peer = caller, "{line}");
         self.core.apply_async(caller, Op::Log(line), None);
@@ -730,7 +769,8 @@ impl Shared {
     /// `policy.cedar` or `groups` of `peer`, applied when it differs from the
     /// store's, after the same validation as on the mount.
     fn meta_file(&self, peer: &str, kind: &'static str, path: &Path) {
-        let Ok(Ok(t)) = files::take(path, owner_of(&self.core, peer).0, MAX_META_FILE) else {
+        let own = owner_of(&self.core, peer);
+        let Ok(Ok(t)) = as_owner(own, || files::take(path, own.0, MAX_META_FILE)) else {
             return;
         };
         let Ok(p) = self.core.peer(peer) else { return };
@@ -790,11 +830,9 @@ impl Shared {
         }
         let Ok(p) = self.core.peer(peer) else { return };
         let cur = p.read(|s| s.module(m)).ok().flatten();
-        let op = match files::take(
-            path,
-            owner_of(&self.core, peer).0,
-            self.core.config().limits.max_script_bytes,
-        ) {
+        let own = owner_of(&self.core, peer);
+        let max = self.core.config().limits.max_script_bytes;
+        let op = match as_owner(own, || files::take(path, own.0, max)) {
             Ok(Ok(t)) if cur.as_deref() != Some(&t.data[..]) => {
                 Op::SetModule(m.to_string(), t.data)
             }
