@@ -16,19 +16,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod bench_support;
+
+use bench_support::{check_ok, timed_writers, WRITERS};
 use peerfs::peer::Op;
 use peerfs::{Config, Core};
 
-/// Writer threads in the throughput loops. Each drives its own peer (`w0`..`w3`):
-/// a peer is a serial actor, so one peer per writer is the design's parallelism
-/// (four owners at work), and is the fair match for bindfs's four independent
-/// directories. A single shared peer serializes every run on one actor (its group
-/// commit batches the writers instead: `PEERFS_BENCH_SHARED_PEER=1` measures that;
-/// it was within the noise of this choice on this 2-core machine).
-const WRITERS: usize = 4;
 /// Files (scripts) per throughput round, over all writers.
 const FILES: usize = 5_000;
 /// Rounds of each loop, interleaved peerfs, bindfs, peerfs, ...; the best counts.
@@ -111,39 +107,6 @@ fn mount_bindfs(src: &Path, dst: &Path) -> Mounted {
 
 fn mkdirs(p: &Path) {
     std::fs::create_dir_all(p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-}
-
-fn check_ok(path: &Path, bytes: &[u8]) {
-    let v: serde_json::Value = serde_json::from_slice(bytes)
-        .unwrap_or_else(|e| panic!("{} is not JSON ({e}): {bytes:?}", path.display()));
-    assert!(
-        v["status"] == "ok" && v["value"] == 3,
-        "{}: {v}",
-        path.display()
-    );
-}
-
-/// Runs `work(writer)` on WRITERS threads started together; returns the wall time.
-fn timed_writers(work: impl Fn(usize) + Send + Sync + 'static) -> Duration {
-    let work = Arc::new(work);
-    let barrier = Arc::new(Barrier::new(WRITERS + 1));
-    let threads: Vec<_> = (0..WRITERS)
-        .map(|w| {
-            let (work, barrier) = (work.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                work(w)
-            })
-        })
-        .collect();
-    barrier.wait();
-    let start = Instant::now();
-    for t in threads {
-        if let Err(p) = t.join() {
-            std::panic::resume_unwind(p);
-        }
-    }
-    start.elapsed()
 }
 
 /// The peer writer `w` drops its scripts at (`PEERFS_BENCH_SHARED_PEER=1`: all at
@@ -254,14 +217,7 @@ struct Bench {
 impl Bench {
     fn start() -> Bench {
         let root = bench_root();
-        let run_id = format!(
-            "run-{}-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-            std::process::id()
-        );
+        let run_id = bench_support::run_id();
         let run = root.join(&run_id);
         let (data, mnt, bmnt) = (run.join("data"), run.join("mnt"), run.join("bindfs-mnt"));
         // bindfs's source: every run's fresh folders and the reused 100k folder.

@@ -5,7 +5,8 @@
 //! The layers, bottom up: [`store`] (the storage trait and SQLite), [`script`] (the
 //! sandboxed Rhai engine), [`peer`] (names and the registry), [`exec`] (per-peer
 //! serial actors on a worker pool), [`policy`] (Cedar), [`vfs`] (the mount's tree as
-//! plain Rust) and [`fuse`] (the thin fuser adapter).
+//! plain Rust) and [`fuse`] (the thin fuser adapter); [`watch`] serves the same
+//! tree as plain folders (spool mode).
 
 pub mod demo;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod script;
 pub mod store;
 pub mod util;
 pub mod vfs;
+pub mod watch;
 
 pub use error::{Error, Result};
 pub use exec::{Config, Core};

@@ -1,4 +1,4 @@
-//! The `peerfs` command: mount, run, peer, policy, demo.
+//! The `peerfs` command: mount, serve, run, peer, policy, demo.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,31 +19,46 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What `mount` and `serve` share: the data and the daemon's tuning.
+#[derive(clap::Args)]
+struct DaemonOpts {
+    #[arg(long)]
+    data: PathBuf,
+    /// Serve only this peer (repeatable): an isolated deployment.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// Worker threads running scripts (default: 2 per core, at least 4).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Most milliseconds one run may take.
+    #[arg(long)]
+    max_wall_ms: Option<u64>,
+    /// Most Rhai operations one run may take.
+    #[arg(long)]
+    max_operations: Option<u64>,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT or SIGTERM.
     Mount {
         mount: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        /// Serve only this peer (repeatable): an isolated deployment.
-        #[arg(long = "peer")]
-        peers: Vec<String>,
+        #[command(flatten)]
+        opts: DaemonOpts,
         /// Let other users in (their own peers only: peer folders are 0700).
         #[arg(long)]
         allow_other: bool,
         /// Clean up a stale mount left by a killed daemon first.
         #[arg(long)]
         force: bool,
-        /// Worker threads running scripts (default: 2 per core, at least 4).
+    },
+    /// Serve DATA's peers as plain folders under DIR (spool mode, no FUSE needed)
+    /// until SIGINT or SIGTERM.
+    Serve {
         #[arg(long)]
-        workers: Option<usize>,
-        /// Most milliseconds one run may take.
-        #[arg(long)]
-        max_wall_ms: Option<u64>,
-        /// Most Rhai operations one run may take.
-        #[arg(long)]
-        max_operations: Option<u64>,
+        spool: PathBuf,
+        #[command(flatten)]
+        opts: DaemonOpts,
     },
     /// Drop a script into PEER's inbox through the mount, wait, print its value as JSON.
     /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 interrupted, 64 usage or I/O problem.
@@ -52,8 +67,11 @@ enum Cmd {
         /// The script file, or - for standard input.
         file: String,
         /// The mount (default: $PEERFS_MOUNT).
-        #[arg(long, env = "PEERFS_MOUNT")]
-        mount: PathBuf,
+        #[arg(long, env = "PEERFS_MOUNT", required_unless_present = "spool")]
+        mount: Option<PathBuf>,
+        /// A spool folder served by `peerfs serve` instead of a mount (default: $PEERFS_SPOOL).
+        #[arg(long, env = "PEERFS_SPOOL", conflicts_with = "mount")]
+        spool: Option<PathBuf>,
         /// Run it at PEER as this caller (drops it in CALLER/peers/PEER/inbox).
         #[arg(long = "as")]
         caller: Option<String>,
@@ -132,36 +150,29 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Mount {
             mount,
-            data,
-            peers,
+            opts,
             allow_other,
             force,
-            workers,
-            max_wall_ms,
-            max_operations,
         } => {
-            let mut cfg = Config::new(&data);
-            if !peers.is_empty() {
-                cfg.only = Some(peers);
-            }
-            if let Some(w) = workers {
-                cfg.workers = w;
-            }
-            if let Some(m) = max_wall_ms {
-                cfg.limits.max_wall_ms = m;
-            }
-            if let Some(m) = max_operations {
-                cfg.limits.max_operations = m;
-            }
+            let cfg = tuned(opts);
             serve(cfg, &mount, allow_other, force, None)
         }
+        Cmd::Serve { spool, opts } => serve_spool(tuned(opts), &spool),
         Cmd::Run {
             peer,
             file,
             mount,
+            spool,
             caller,
             full,
-        } => return run(&peer, &file, &mount, caller.as_deref(), full),
+        } => {
+            let place = match (spool, mount) {
+                (Some(s), _) => Place::Spool(s),
+                (None, Some(m)) => Place::Mount(m),
+                (None, None) => unreachable!("clap requires --mount or --spool"),
+            };
+            return run(&peer, &file, &place, caller.as_deref(), full);
+        }
         Cmd::Peer { cmd } => peer_cmd(cmd),
         Cmd::Policy { cmd } => return policy_cmd(cmd),
         Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
@@ -309,7 +320,60 @@ fn serve(
     r
 }
 
-fn run(peer: &str, file: &str, mount: &Path, caller: Option<&str>, full: bool) -> ExitCode {
+/// The daemon's config from the options `mount` and `serve` share.
+fn tuned(o: DaemonOpts) -> Config {
+    let DaemonOpts {
+        data,
+        peers,
+        workers,
+        max_wall_ms,
+        max_operations,
+    } = o;
+    let mut cfg = Config::new(data);
+    if !peers.is_empty() {
+        cfg.only = Some(peers);
+    }
+    if let Some(w) = workers {
+        cfg.workers = w;
+    }
+    if let Some(m) = max_wall_ms {
+        cfg.limits.max_wall_ms = m;
+    }
+    if let Some(m) = max_operations {
+        cfg.limits.max_operations = m;
+    }
+    cfg
+}
+
+/// Serves the spool folder until SIGINT or SIGTERM.
+fn serve_spool(cfg: Config, spool: &Path) -> peerfs::Result<()> {
+    let sig = signals();
+    std::fs::create_dir_all(&cfg.data_dir)?;
+    let core = Core::start(cfg)?;
+    let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
+        Ok(s) => s,
+        Err(e) => {
+            core.shutdown();
+            return Err(e);
+        }
+    };
+    tracing::info!(spool = %spool.display(), data = %core.config().data_dir.display(), "peerfs serving the spool");
+    if let Ok(s) = sig.recv() {
+        tracing::info!(signal = s, "stopping");
+    }
+    sp.stop();
+    core.shutdown();
+    sp.finish();
+    Ok(())
+}
+
+/// Where `peerfs run` drops its script.
+enum Place {
+    Mount(PathBuf),
+    Spool(PathBuf),
+}
+
+fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("peerfs run: {msg}");
         ExitCode::from(64)
@@ -335,21 +399,31 @@ fn run(peer: &str, file: &str, mount: &Path, caller: Option<&str>, full: bool) -
             Err(e) => return fail(format!("reading {file}: {e}")),
         }
     };
+    let root = match place {
+        Place::Mount(m) | Place::Spool(m) => m,
+    };
     let base = match caller {
-        Some(c) => mount.join(c).join("peers").join(peer),
-        None => mount.join(peer),
+        Some(c) => root.join(c).join("peers").join(peer),
+        None => root.join(peer),
     };
     let stem = peerfs::peer::name::script_stem(&name).to_string();
-    if let Err(e) = peerfs::util::write_and_close(&base.join("inbox").join(&name), &src) {
-        return fail(format!(
-            "submitting to {}: {e}",
-            base.join("inbox").display()
-        ));
-    }
     let out = base.join("outbox").join(format!("{stem}.json"));
-    let bytes = match std::fs::read(&out) {
-        Ok(b) => b,
-        Err(e) => return fail(format!("reading {}: {e}", out.display())),
+    let bytes = if let Place::Spool(_) = place {
+        match peerfs::watch::drop_and_wait(&base, &name, &src) {
+            Ok(b) => b,
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        if let Err(e) = peerfs::util::write_and_close(&base.join("inbox").join(&name), &src) {
+            return fail(format!(
+                "submitting to {}: {e}",
+                base.join("inbox").display()
+            ));
+        }
+        match std::fs::read(&out) {
+            Ok(b) => b,
+            Err(e) => return fail(format!("reading {}: {e}", out.display())),
+        }
     };
     let v: serde_json::Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,

@@ -872,7 +872,9 @@ impl Core {
         let mut st = peer.writer.lock().unwrap();
         // Marks of delivered messages need no fsync of their own: if one is lost,
         // the message is sent again and the target, which remembers its id, ignores it.
-        let only_marks = ops.iter().all(|(op, _)| matches!(op, Op::Delivered(_)));
+        let only_marks = ops
+            .iter()
+            .all(|(op, _)| matches!(op, Op::Delivered(_) | Op::Forget(_)));
         let begin = |st: &mut dyn Store| {
             if only_marks {
                 st.begin_unsynced()
@@ -914,6 +916,8 @@ impl Core {
                 Op::Submit(job) if inline.is_some() => {
                     self.submit_and_run(&mut *st, peer, job, &mut inline)
                 }
+                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut *st, op)
+                    .and_then(|_| self.submit_and_run(&mut *st, peer, job, &mut inline)),
                 _ => self.apply_one(&mut *st, peer, op),
             };
             match r {
@@ -1036,6 +1040,27 @@ impl Core {
         Ok(fx)
     }
 
+    /// The spool intake's records of an [`Op::Intake`] or [`Op::Forget`].
+    fn intake_records(st: &mut dyn Store, op: &Op) -> Result<()> {
+        let forget = match op {
+            Op::Intake {
+                key,
+                record,
+                forget,
+                ..
+            } => {
+                st.set_meta(key, record)?;
+                forget
+            }
+            Op::Forget(forget) => forget,
+            _ => return Ok(()),
+        };
+        for k in forget {
+            st.remove_meta(k)?;
+        }
+        Ok(())
+    }
+
     /// A submission into the queue (it runs later).
     fn queue_submission(
         &self,
@@ -1099,6 +1124,14 @@ impl Core {
         let ts = rfc3339(now_ns());
         Ok(match op {
             Op::Submit(job) => self.queue_submission(st, peer, job)?,
+            Op::Intake { job, .. } => {
+                Self::intake_records(st, op)?;
+                self.queue_submission(st, peer, job)?
+            }
+            Op::Forget(_) => {
+                Self::intake_records(st, op)?;
+                vec![Effect::None]
+            }
             Op::SetBytes(key, bytes) => {
                 crate::peer::name::check_key(key)?;
                 st.set_bytes(key, bytes)?;

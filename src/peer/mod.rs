@@ -37,6 +37,20 @@ pub enum Op {
     Log(String),
     /// The owner withdraws the queued scripts of this name.
     Withdraw(String),
+    /// A script a spool intake took from a folder: submitted like [`Op::Submit`],
+    /// and in the same transaction `record` is stored under the meta key `key` (what
+    /// was taken, so a restart that finds the file still there skips it) and the
+    /// meta keys in `forget` (files already removed) are dropped.
+    Intake {
+        job: crate::store::Job,
+        key: String,
+        record: Vec<u8>,
+        forget: Vec<String>,
+    },
+    /// Drops spool intake records of files already removed (no fsync of its own: a
+    /// record left behind only matches a file with the same name, size, inode,
+    /// mtime and content hash).
+    Forget(Vec<String>),
 }
 
 /// Called once with the outcome of an [`Op`]: after its transaction committed (the

@@ -129,6 +129,7 @@ pub trait Store: Send {
     // Small named documents: `policy`, `groups`, settings.
     fn meta(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>>;
     fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()>;
+    fn remove_meta(&mut self, key: &str) -> Result<()>;
 
     // The queue.
     fn enqueue(&mut self, job: &Job) -> Result<i64>;

@@ -550,6 +550,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn remove_meta(&mut self, key: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM meta WHERE k=?1")?
+            .execute([key])?;
+        Ok(())
+    }
+
     fn enqueue(&mut self, job: &Job) -> Result<i64> {
         self.conn
             .prepare_cached(

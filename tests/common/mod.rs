@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -316,27 +317,14 @@ impl Daemon {
     /// Starts `peerfs mount MNT --data DATA ARGS...` and waits until the mount serves.
     pub fn start(data: &Path, mnt: &Path, work: &Path, args: &[&str]) -> Daemon {
         require_fuse();
-        std::fs::create_dir_all(work).unwrap();
-        let n = std::fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
-        let stderr = work.join(format!("daemon-{n}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_peerfs"))
-            .arg("mount")
-            .arg(mnt)
-            .arg("--data")
-            .arg(data)
-            .args(args)
-            .env("RUST_LOG", "peerfs=info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn peerfs mount");
-        let mut d = Daemon {
-            child: Some(child),
-            mnt: mnt.to_path_buf(),
-            work: work.to_path_buf(),
-            stderr,
-        };
+        let mut cmd = vec![
+            OsStr::new("mount"),
+            mnt.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ];
+        cmd.extend(args.iter().map(OsStr::new));
+        let mut d = Daemon::spawn(&cmd, mnt, work);
         let up = wait_until(Duration::from_secs(20), || {
             if let Some(Ok(Some(st))) = d.child.as_mut().map(|c| c.try_wait()) {
                 panic!(
@@ -353,6 +341,27 @@ impl Daemon {
             std::fs::read_to_string(&d.stderr).unwrap_or_default()
         );
         d
+    }
+
+    /// Starts `peerfs ARGS...` (stderr to a new log in `work`) without waiting.
+    pub fn spawn(args: &[&OsStr], mnt: &Path, work: &Path) -> Daemon {
+        std::fs::create_dir_all(work).unwrap();
+        let n = std::fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
+        let stderr = work.join(format!("daemon-{n}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_peerfs"))
+            .args(args)
+            .env("RUST_LOG", "peerfs=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("spawn peerfs");
+        Daemon {
+            child: Some(child),
+            mnt: mnt.to_path_buf(),
+            work: work.to_path_buf(),
+            stderr,
+        }
     }
 
     pub fn pid(&self) -> i32 {

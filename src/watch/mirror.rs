@@ -1,0 +1,501 @@
+//! The spool's mirror thread: writes what the executor committed into the tree.
+//!
+//! - Results: `outbox/<stem>.json` (own runs), `peers/<t>/outbox/<stem>.json`
+//!   (scripts dropped at `t`, results of sends to `t`), each written under a
+//!   temporary name in the same folder, fsynced, renamed; `DIR/.peerfs/mirrored`
+//!   records up to when results were written, and a restart rewrites those that
+//!   finished since (a minute before it) and are missing or older on disk.
+//! - State: `state/` of each peer and `peers/<o>/state/` (the keys of `o` whose
+//!   policy lets the viewer read them), each file replaced atomically, mode 0444.
+//!   A change made to a mirror from outside (a write, a new file, an `rm`) is
+//!   undone and logged in the viewer's `log`.
+//! - Log: the store's audit log, appended to `log`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::exec::{slot_caller, Change, Core, Listener};
+use crate::peer::Op;
+use crate::store::Store;
+use crate::util::now_ns;
+
+use super::files::{self, as_owner, content_hash, TMP_PREFIX};
+use super::{owner_of, SpoolStats};
+
+/// Results finished this long before the last `mirrored` mark are on disk already:
+/// a restart rewrites only later ones (so it does not bring back results that were
+/// removed with `rm` long ago). Commits follow a run's end well within it.
+const MIRROR_SLACK_NS: i64 = 60_000_000_000;
+
+/// A result to write: who sees it, and its bytes.
+type Pending = (String, Arc<Vec<u8>>);
+
+/// Threads that write and fsync one batch of results.
+const SYNC_THREADS: usize = 4;
+
+pub(super) enum Note {
+    Change(String, Change),
+    /// A peer's folder was laid out: fill in its results, state and log.
+    Layout(String),
+    /// Something happened in `viewer`'s state mirror of `owner` (every one of
+    /// `viewer`'s mirrors when `None`): undo what was not ours.
+    Check {
+        viewer: String,
+        owner: Option<String>,
+    },
+    Stop,
+}
+
+/// The executor's listener: hands changes to the mirror thread.
+pub(super) struct Relay(pub(super) Mutex<Sender<Note>>);
+
+impl Listener for Relay {
+    fn changed(&self, peer: &str, change: Change) {
+        let _ = self
+            .0
+            .lock()
+            .unwrap()
+            .send(Note::Change(peer.to_string(), change));
+    }
+}
+
+pub(super) struct Mirror {
+    core: Core,
+    root: PathBuf,
+    stats: Arc<SpoolStats>,
+    /// Hash of what this process last wrote to each state mirror file.
+    written: HashMap<PathBuf, u128>,
+    /// Results finished after this are rewritten by a layout (see MIRROR_SLACK_NS).
+    since: i64,
+}
+
+#[derive(Default)]
+struct Batch {
+    /// Result files to write: path -> (viewer, bytes).
+    results: BTreeMap<PathBuf, Pending>,
+    state: BTreeSet<String>,
+    logs: BTreeSet<String>,
+    layouts: BTreeSet<String>,
+    checks: BTreeSet<(String, Option<String>)>,
+    stop: bool,
+}
+
+impl Mirror {
+    pub(super) fn new(core: Core, root: PathBuf, stats: Arc<SpoolStats>) -> Mirror {
+        let since = std::fs::read_to_string(root.join(".peerfs/mirrored"))
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+            .map(|t| t - MIRROR_SLACK_NS)
+            .unwrap_or(i64::MIN);
+        Mirror {
+            core,
+            root,
+            stats,
+            written: HashMap::new(),
+            since,
+        }
+    }
+
+    pub(super) fn run(mut self, rx: Receiver<Note>) {
+        loop {
+            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+                Ok(n) => n,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            // Everything noticed before this moment is in the channel now.
+            let mark = now_ns();
+            let mut b = Batch::default();
+            self.add(&mut b, first);
+            while let Ok(n) = rx.try_recv() {
+                self.add(&mut b, n);
+            }
+            let stop = b.stop;
+            self.apply(b, mark);
+            if stop {
+                return;
+            }
+        }
+    }
+
+    fn add(&self, b: &mut Batch, n: Note) {
+        match n {
+            Note::Stop => b.stop = true,
+            Note::Layout(p) => {
+                b.layouts.insert(p);
+            }
+            Note::Check { viewer, owner } => {
+                b.checks.insert((viewer, owner));
+            }
+            Note::Change(peer, c) => {
+                match c {
+                    Change::Outbox {
+                        target,
+                        name: Some(name),
+                    } => self.result(b, &peer, &target, &name),
+                    Change::State | Change::Meta(_) => {
+                        b.state.insert(peer.clone());
+                    }
+                    _ => {}
+                }
+                b.logs.insert(peer);
+            }
+        }
+    }
+
+    /// Where `peer`'s outbox row `(target, name)` shows, and who sees it.
+    fn result_place(&self, peer: &str, target: &str) -> (String, String, PathBuf) {
+        let (viewer, view) = match slot_caller(target) {
+            Some(c) => (c.to_string(), peer.to_string()),
+            None => (peer.to_string(), target.to_string()),
+        };
+        let dir = self.view_dir(&viewer, &view, "outbox");
+        (viewer, view, dir)
+    }
+
+    /// `viewer`'s `sub` folder (outbox, state) of `view`: its own, or under `peers/`.
+    fn view_dir(&self, viewer: &str, view: &str, sub: &str) -> PathBuf {
+        if viewer == view {
+            self.root.join(viewer).join(sub)
+        } else {
+            self.root.join(viewer).join("peers").join(view).join(sub)
+        }
+    }
+
+    fn result(&self, b: &mut Batch, peer: &str, target: &str, name: &str) {
+        let (viewer, view, dir) = self.result_place(peer, target);
+        match self.core.outbox_get(&viewer, &view, name) {
+            Ok(Some(e)) => {
+                if let Some(r) = e.result {
+                    b.results
+                        .insert(dir.join(name), (viewer, Arc::new(r.into_bytes())));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(peer, name, error = %e, "cannot read a result to mirror"),
+        }
+    }
+
+    fn apply(&mut self, mut b: Batch, mark: i64) {
+        for p in std::mem::take(&mut b.layouts) {
+            self.layout_results(&mut b, &p);
+            b.state.insert(p.clone());
+            b.logs.insert(p);
+        }
+        if !b.results.is_empty() {
+            self.write_results(&b.results);
+            let _ = files::replace(
+                &self.root.join(".peerfs/mirrored"),
+                mark.to_string().as_bytes(),
+                0o644,
+                unsafe { (libc::getuid(), libc::getgid()) },
+                // A lost mark is an older one: a restart rewrites a little more.
+                false,
+            );
+        }
+        for p in &b.state {
+            self.sync_state(p, false);
+        }
+        for (viewer, owner) in &b.checks {
+            match owner {
+                Some(o) => self.sync_view(viewer, o, true),
+                None => {
+                    for o in self.owners_seen_by(viewer) {
+                        self.sync_view(viewer, &o, true);
+                    }
+                }
+            }
+        }
+        for p in &b.logs {
+            if let Err(e) = self.sync_log(p) {
+                tracing::warn!(peer = %p, error = %e, "cannot mirror the log");
+            }
+        }
+    }
+
+    /// Results of `peer` (own and views) finished since the last mark whose file
+    /// is missing or shows another run: a crash came between commit and write.
+    fn layout_results(&self, b: &mut Batch, peer: &str) {
+        let mut views = vec![peer.to_string()];
+        views.extend(self.others(peer));
+        for view in views {
+            let Ok(list) = self.core.outbox_list(peer, &view) else {
+                continue;
+            };
+            let dir = self.view_dir(peer, &view, "outbox");
+            for e in list {
+                let (Some(r), Some(f)) = (e.result, e.finished_at) else {
+                    continue;
+                };
+                if f < self.since {
+                    continue;
+                }
+                let path = dir.join(&e.name);
+                let shown = as_owner(owner_of(&self.core, peer), || std::fs::read(&path))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                    .and_then(|v| v["id"].as_str().map(str::to_string));
+                if shown.as_deref() != Some(e.run_id.as_str()) {
+                    b.results
+                        .insert(path, (peer.to_string(), Arc::new(r.into_bytes())));
+                }
+            }
+        }
+    }
+
+    fn others(&self, peer: &str) -> Vec<String> {
+        self.core
+            .registry()
+            .list()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n != peer)
+            .collect()
+    }
+
+    /// Results under temporary names beside them, fsynced.
+    fn write_tmps<'a>(
+        &self,
+        chunk: &[(&'a PathBuf, &Pending)],
+    ) -> Vec<(PathBuf, &'a PathBuf, (u32, u32))> {
+        let mut tmps = Vec::with_capacity(chunk.len());
+        for &(path, (viewer, bytes)) in chunk {
+            let own = owner_of(&self.core, viewer);
+            let written = as_owner(own, || {
+                if let Some(dir) = path.parent() {
+                    if !dir.is_dir() {
+                        let _ = files::make_dir(dir, 0o755, own);
+                    }
+                }
+                files::write_tmp(path, bytes, 0o644, own, true)
+            });
+            match written {
+                Ok(t) => tmps.push((t, path, own)),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot write a result")
+                }
+            }
+        }
+        tmps
+    }
+
+    /// Writes every result fsynced under a temporary name, then renames them all.
+    fn write_results(&self, results: &BTreeMap<PathBuf, Pending>) {
+        let items: Vec<_> = results.iter().collect();
+        // fsyncs wait on the disk, not the CPU: a few at once (each thread its share).
+        let threads = items.len().div_ceil(16).clamp(1, SYNC_THREADS);
+        let per = items.len().div_ceil(threads);
+        let tmps: Vec<(PathBuf, &PathBuf, (u32, u32))> = std::thread::scope(|sc| {
+            let hs: Vec<_> = items
+                .chunks(per)
+                .map(|chunk| sc.spawn(move || self.write_tmps(chunk)))
+                .collect();
+            hs.into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        // The folders are not fsynced: a rename lost in a crash is redone at the
+        // restart (see `layout_results`: results since the last mark).
+        for (tmp, path, own) in tmps {
+            match as_owner(own, || std::fs::rename(&tmp, path)) {
+                Ok(()) => {
+                    self.stats.results_written.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    let _ = as_owner(own, || std::fs::remove_file(&tmp));
+                    tracing::warn!(file = %path.display(), error = %e, "cannot publish a result");
+                }
+            }
+        }
+    }
+
+    /// The peers whose state `viewer` has a mirror of: itself and every other.
+    fn owners_seen_by(&self, viewer: &str) -> Vec<String> {
+        let mut v = vec![viewer.to_string()];
+        v.extend(self.others(viewer));
+        v
+    }
+
+    /// Every mirror of `owner`'s state: its own and every other peer's view.
+    fn sync_state(&mut self, owner: &str, check: bool) {
+        self.sync_view(owner, owner, check);
+        for viewer in self.others(owner) {
+            self.sync_view(&viewer, owner, check);
+        }
+    }
+
+    /// Makes `viewer`'s mirror of `owner`'s state match the store. `check`: the
+    /// mirror was touched from outside; what differs from what this process wrote
+    /// is undone and logged.
+    fn sync_view(&mut self, viewer: &str, owner: &str, check: bool) {
+        let dir = self.view_dir(viewer, owner, "state");
+        if !dir.is_dir() {
+            return;
+        }
+        let want = match self.wanted(viewer, owner) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(peer = owner, error = %e, "cannot read the state to mirror");
+                return;
+            }
+        };
+        let own = owner_of(&self.core, viewer);
+        let undone = as_owner(own, || self.sync_files(&dir, &want, own, check));
+        for u in undone {
+            let where_ = if viewer == owner {
+                String::new()
+            } else {
+                format!(" of peers/{owner}")
+            };
+            let line = format!(
+                "spool: {u}{where_}: state/ is a read-only mirror of the keys (change them with a script)"
+            );
+            tracing::warn!(peer = viewer, "{line}");
+            self.core.apply_async(viewer, Op::Log(line), None);
+        }
+    }
+
+    /// Makes the files under `dir` the `want`ed ones; returns what was undone.
+    fn sync_files(
+        &mut self,
+        dir: &Path,
+        want: &BTreeMap<String, Vec<u8>>,
+        own: (u32, u32),
+        check: bool,
+    ) -> Vec<String> {
+        let mut undone = Vec::new();
+        let mut have = Vec::new();
+        list_files(dir, dir, &mut have);
+        for rel in &have {
+            let path = dir.join(rel);
+            if !want.contains_key(rel) {
+                if check && !self.written.contains_key(&path) {
+                    undone.push(format!("new file state/{rel} removed"));
+                }
+                let _ = std::fs::remove_file(&path);
+                self.written.remove(&path);
+            }
+        }
+        for (rel, bytes) in want {
+            let path = dir.join(rel);
+            let h = content_hash(bytes);
+            // Outside a check, a file this process wrote is trusted unread.
+            if !check && self.written.get(&path) == Some(&h) {
+                continue;
+            }
+            let disk = std::fs::read(&path).ok().map(|d| content_hash(&d));
+            if disk == Some(h) {
+                self.written.insert(path, h);
+                continue;
+            }
+            if check && disk != self.written.get(&path).copied() {
+                undone.push(format!("change to state/{rel} undone"));
+            }
+            if let Some(parent) = path.parent() {
+                if parent.exists() && !parent.is_dir() {
+                    let _ = std::fs::remove_file(parent);
+                }
+                let _ = files::make_dir(parent, 0o755, own);
+            }
+            if path.is_dir() {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+            match files::replace(&path, bytes, 0o444, own, false) {
+                Ok(()) => {
+                    self.written.insert(path, h);
+                }
+                Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot mirror a key"),
+            }
+        }
+        remove_empty_dirs(dir, dir);
+        undone
+    }
+
+    /// The files `viewer`'s mirror of `owner` should hold: key path -> bytes.
+    fn wanted(&self, viewer: &str, owner: &str) -> crate::Result<BTreeMap<String, Vec<u8>>> {
+        let p = self.core.peer(owner)?;
+        let keys = p.read(|s| s.keys("", usize::MAX >> 1))?;
+        let mut out = BTreeMap::new();
+        for k in keys {
+            if viewer != owner && !self.core.policy().may_read(&self.core, viewer, owner, &k) {
+                continue;
+            }
+            if let Some(b) = p.read(|s| s.get_bytes(&k))? {
+                out.insert(k, b);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends the store's log lines that `log` lacks (rewrites it if it was
+    /// changed from outside).
+    fn sync_log(&self, peer: &str) -> crate::Result<()> {
+        as_owner(owner_of(&self.core, peer), || self.sync_log_inside(peer))
+    }
+
+    fn sync_log_inside(&self, peer: &str) -> crate::Result<()> {
+        use std::io::Write;
+        let path = self.root.join(peer).join("log");
+        let p = self.core.peer(peer)?;
+        let total = p.read(|s| s.log_size())?;
+        let have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let own = owner_of(&self.core, peer);
+        if have > total || !path.exists() {
+            let all = p.read(|s| s.read_log(0, total as usize))?;
+            files::replace(&path, &all, 0o644, own, false)?;
+            return Ok(());
+        }
+        if have == total {
+            return Ok(());
+        }
+        let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+        let mut off = have;
+        while off < total {
+            let chunk = p.read(|s| s.read_log(off, ((total - off) as usize).min(1 << 20)))?;
+            if chunk.is_empty() {
+                break;
+            }
+            f.write_all(&chunk)?;
+            off += chunk.len() as u64;
+        }
+        Ok(())
+    }
+}
+
+/// Files under `dir` as key paths relative to `base` (the spool's own temporary
+/// files left by a crash are removed).
+fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TMP_PREFIX) {
+            let _ = std::fs::remove_file(&p);
+        } else if e.file_type().is_ok_and(|t| t.is_dir()) {
+            list_files(base, &p, out);
+        } else if let Ok(rel) = p.strip_prefix(base) {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+}
+
+fn remove_empty_dirs(base: &Path, dir: &Path) -> bool {
+    let mut empty = true;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            if !remove_empty_dirs(base, &p) {
+                empty = false;
+            }
+        } else {
+            empty = false;
+        }
+    }
+    if empty && dir != base {
+        return std::fs::remove_dir(dir).is_ok();
+    }
+    empty
+}
