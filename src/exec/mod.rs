@@ -1693,6 +1693,12 @@ impl Core {
                                 .stats
                                 .messages_delivered
                                 .fetch_add(1, Ordering::Relaxed);
+                            {
+                                let mut f = sender.delivery_failures.lock().unwrap();
+                                if !f.is_empty() {
+                                    f.remove(&id);
+                                }
+                            }
                             let s2 = sender.clone();
                             let id2 = id.clone();
                             core.push(
