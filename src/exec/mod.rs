@@ -964,7 +964,6 @@ impl Core {
             ops.into_iter().map(|(_, a)| a).zip(results).collect();
         // Scripts already queued run in `run_batch`, never here: their starts are
         // counted in a commit before they run (see `Config::max_attempts`).
-        let ran = 0;
         // Pending results are tracked before the commit so no reader misses them.
         let pre = self.pre_register(peer, &effects);
         let committed = st.commit();
@@ -973,10 +972,6 @@ impl Core {
         match committed {
             Ok(()) => {
                 self.publish(peer, effects);
-                if ran > 0 {
-                    peer.queued
-                        .fetch_sub(ran.min(peer.queued()), Ordering::Relaxed);
-                }
                 for (ack, r) in acks {
                     if let Some(a) = ack {
                         a(r);
