@@ -968,7 +968,6 @@ impl Core {
             ops.into_iter().map(|(_, a)| a).zip(results).collect();
         // Scripts already queued run in `run_batch`, never here: their starts are
         // counted in a commit before they run (see `Config::max_attempts`).
-        let ran = 0;
         // Pending results are tracked before the commit so no reader misses them.
         let pre = self.pre_register(peer, &effects);
         let committed = st.commit();
@@ -977,10 +976,6 @@ impl Core {
         match committed {
             Ok(()) => {
                 self.publish(peer, effects);
-                if ran > 0 {
-                    peer.queued
-                        .fetch_sub(ran.min(peer.queued()), Ordering::Relaxed);
-                }
                 for (ack, r) in acks {
                     if let Some(a) = ack {
                         a(r);
@@ -1726,6 +1721,12 @@ impl Core {
                                 .stats
                                 .messages_delivered
                                 .fetch_add(1, Ordering::Relaxed);
+                            {
+                                let mut f = sender.delivery_failures.lock().unwrap();
+                                if !f.is_empty() {
+                                    f.remove(&id);
+                                }
+                            }
                             let s2 = sender.clone();
                             let id2 = id.clone();
                             core.push(
