@@ -81,6 +81,13 @@ fn a_plain_folder_driven_with_cp_mv_redirect_and_rm() {
     assert_eq!(names(&a.join("inbox")), [".hidden.rhai", "edit.rhai~"]);
     assert!(!a.join("outbox/.hidden.json").exists() && !a.join("outbox/edit.json").exists());
 
+    // A script over the size limit can never run: set aside, reason in the log.
+    std::fs::write(a.join("inbox/huge.rhai"), vec![b' '; 2 << 20]).unwrap();
+    assert!(log_has(&dir, "alice", "huge.rhai refused"));
+    assert!(wait_until(T, || names(&a.join("inbox"))
+        .contains(&"huge.rhai.refused~".to_string())));
+    std::fs::remove_file(a.join("inbox/huge.rhai.refused~")).unwrap();
+
     // The documented idiom: discard the old result, drop, wait, read.
     let v = sh(&format!(
         "cd {}; rm -f outbox/job.json; cp {} inbox/ && until [ -s outbox/job.json ]; do sleep 0.05; done; jq .value outbox/job.json",
