@@ -138,6 +138,8 @@ fn a_plain_folder_driven_with_cp_mv_redirect_and_rm() {
         q(&a)
     ));
     assert_eq!(wait_json(&a.join("outbox/imp.json"), T)["value"], 42);
+    sh(&format!("rm {}/modules/m.rhai", q(&a)));
+    assert!(log_has(&dir, "alice", "remove module m"));
     d.stop();
 }
 
