@@ -81,6 +81,13 @@ fn a_plain_folder_driven_with_cp_mv_redirect_and_rm() {
     assert_eq!(names(&a.join("inbox")), [".hidden.rhai", "edit.rhai~"]);
     assert!(!a.join("outbox/.hidden.json").exists() && !a.join("outbox/edit.json").exists());
 
+    // A script over the size limit can never run: set aside, reason in the log.
+    std::fs::write(a.join("inbox/huge.rhai"), vec![b' '; 2 << 20]).unwrap();
+    assert!(log_has(&dir, "alice", "huge.rhai refused"));
+    assert!(wait_until(T, || names(&a.join("inbox"))
+        .contains(&"huge.rhai.refused~".to_string())));
+    std::fs::remove_file(a.join("inbox/huge.rhai.refused~")).unwrap();
+
     // The documented idiom: discard the old result, drop, wait, read.
     let v = sh(&format!(
         "cd {}; rm -f outbox/job.json; cp {} inbox/ && until [ -s outbox/job.json ]; do sleep 0.05; done; jq .value outbox/job.json",
@@ -131,6 +138,8 @@ fn a_plain_folder_driven_with_cp_mv_redirect_and_rm() {
         q(&a)
     ));
     assert_eq!(wait_json(&a.join("outbox/imp.json"), T)["value"], 42);
+    sh(&format!("rm {}/modules/m.rhai", q(&a)));
+    assert!(log_has(&dir, "alice", "remove module m"));
     d.stop();
 }
 
@@ -400,4 +409,34 @@ fn a_peer_folder_with_symlinks_gives_the_daemon_no_more_than_its_owner_has() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(names(&secret), ["steal.rhai"]);
     d.stop();
+}
+
+#[test]
+fn a_peer_of_another_user_closed_when_idle_serves_again() {
+    use std::os::unix::fs::PermissionsExt;
+    // The folder is the owner's, the store the daemon's: a peer closed when idle is
+    // opened again (by a drop, a scan, the log mirror) as the daemon, and serves.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = peerfs::Config::new(t.path().join("data"));
+    cfg.idle_close = Duration::from_millis(100);
+    let core = peerfs::Core::start(cfg).unwrap();
+    core.create_peer("alice", 65534, 65534).unwrap();
+    let dir = t.path().join("spool");
+    let mut spool = peerfs::watch::Spool::start(core.clone(), &dir).unwrap();
+    let a = dir.join("alice");
+    for i in 0..3 {
+        // Long enough for the sweeper to close the idle peer.
+        std::thread::sleep(Duration::from_millis(800));
+        sh(&format!("echo '{COUNT}' > {}/inbox/j{i}.rhai", q(&a)));
+        assert_eq!(
+            wait_json(&a.join(format!("outbox/j{i}.json")), T)["value"],
+            i + 1
+        );
+    }
+    assert!(log_has(&dir, "alice", "j2.rhai"));
+    spool.stop();
+    core.shutdown();
+    spool.finish();
 }

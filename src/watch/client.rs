@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
-use crate::util::{new_id, now_ns, rfc3339};
+use crate::util::{now_ns, rfc3339};
 
 /// Drops `src` as `name` into `base/inbox/` (written under a staging name, fsynced,
 /// renamed in) and waits until `base/outbox/<stem>.json` holds the result of this
@@ -24,9 +24,9 @@ pub fn drop_and_wait(base: &Path, name: &str, src: &[u8]) -> Result<Vec<u8>> {
     }
     // Results carry millisecond times: anything submitted from this millisecond on.
     let since = rfc3339(now_ns() / 1_000_000 * 1_000_000);
-    let staged = inbox.join(format!(".{name}.{}", new_id().to_lowercase()));
     let me = unsafe { (libc::getuid(), libc::getgid()) };
-    let tmp = super::files::write_tmp(&staged, src, 0o644, me, true)?;
+    // A staging name beside it (`.peerfs-tmp-*`), fsynced, then renamed in.
+    let tmp = super::files::write_tmp(&inbox.join(name), src, 0o644, me, true)?;
     std::fs::rename(&tmp, inbox.join(name))
         .map_err(|e| err!(libc::EIO, "submitting to {}: {e}", inbox.display()))?;
     let out = base

@@ -12,6 +12,7 @@
 //! - Log: the store's audit log, appended to `log`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -434,25 +435,30 @@ impl Mirror {
     /// Appends the store's log lines that `log` lacks (rewrites it if it was
     /// changed from outside).
     fn sync_log(&self, peer: &str) -> crate::Result<()> {
-        as_owner(owner_of(&self.core, peer), || self.sync_log_inside(peer))
-    }
-
-    fn sync_log_inside(&self, peer: &str) -> crate::Result<()> {
         use std::io::Write;
         let path = self.root.join(peer).join("log");
+        let own = owner_of(&self.core, peer);
+        // The store as the daemon, the folder as the owner (see `as_owner`).
         let p = self.core.peer(peer)?;
         let total = p.read(|s| s.log_size())?;
-        let have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        let own = owner_of(&self.core, peer);
-        if have > total || !path.exists() {
+        let have = as_owner(own, || std::fs::symlink_metadata(&path))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        if have == Some(total) {
+            return Ok(());
+        }
+        let Some(have) = have.filter(|h| *h < total) else {
             let all = p.read(|s| s.read_log(0, total as usize))?;
-            files::replace(&path, &all, 0o644, own, false)?;
+            as_owner(own, || files::replace(&path, &all, 0o644, own, false))?;
             return Ok(());
-        }
-        if have == total {
-            return Ok(());
-        }
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path)?;
+        };
+        let mut f = as_owner(own, || {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+        })?;
         let mut off = have;
         while off < total {
             let chunk = p.read(|s| s.read_log(off, ((total - off) as usize).min(1 << 20)))?;

@@ -286,12 +286,31 @@ impl Shared {
         // The peer's folder itself as the daemon (DIR may be its own); inside it,
         // everything as the peer's owner (see `as_owner`).
         files::make_dir(&dir, 0o700, own)?;
-        as_owner(own, || self.layout_inside(peer, &dir, own))?;
+        // What the store has, read as the daemon before acting as the owner.
+        let p = self.core.peer(peer)?;
+        let mut texts = Vec::new();
+        for (kind, file) in [("policy", "policy.cedar"), ("groups", "groups")] {
+            let text = p.read(|s| s.meta(kind))?.map(|m| m.0).unwrap_or_default();
+            texts.push((dir.join(file), text));
+        }
+        for m in p.read(|s| s.list_modules())? {
+            if let Some(src) = p.read(|s| s.module(&m.name))? {
+                texts.push((dir.join("modules").join(format!("{}.rhai", m.name)), src));
+            }
+        }
+        as_owner(own, || self.layout_inside(peer, &dir, own, &texts))?;
         let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
         Ok(())
     }
 
-    fn layout_inside(&self, peer: &str, dir: &Path, own: (u32, u32)) -> Result<()> {
+    /// The folders, and `texts` (policy, groups, modules) where they are missing.
+    fn layout_inside(
+        &self,
+        peer: &str,
+        dir: &Path,
+        own: (u32, u32),
+        texts: &[(PathBuf, Vec<u8>)],
+    ) -> Result<()> {
         for sub in ["inbox", "outbox", "state", "modules", "peers"] {
             files::make_dir(&dir.join(sub), 0o755, own)?;
         }
@@ -315,23 +334,12 @@ impl Shared {
                 })?;
             }
         }
-        let p = self.core.peer(peer)?;
-        for (kind, file) in [("policy", "policy.cedar"), ("groups", "groups")] {
-            let path = dir.join(file);
+        for (path, text) in texts {
             if !path.exists() {
-                let text = p.read(|s| s.meta(kind))?.map(|m| m.0).unwrap_or_default();
-                files::replace(&path, &text, 0o644, own, false)?;
-            }
-        }
-        for m in p.read(|s| s.list_modules())? {
-            let path = dir.join("modules").join(format!("{}.rhai", m.name));
-            if !path.exists() {
-                if let Some(src) = p.read(|s| s.module(&m.name))? {
-                    if let Some(parent) = path.parent() {
-                        files::make_dir(parent, 0o755, own)?;
-                    }
-                    files::replace(&path, &src, 0o644, own, false)?;
+                if let Some(parent) = path.parent() {
+                    files::make_dir(parent, 0o755, own)?;
                 }
+                files::replace(path, text, 0o644, own, false)?;
             }
         }
         Ok(())
@@ -535,26 +543,28 @@ impl Shared {
     }
 
     fn scan_peer(self: &Arc<Self>, peer: &str, startup: bool) {
-        as_owner(owner_of(&self.core, peer), || {
-            self.scan_peer_inside(peer, startup)
-        });
+        self.scan_peer_inside(peer, startup);
         let _ = self.mirror.send(mirror::Note::Check {
             viewer: peer.to_string(),
             owner: None,
         });
     }
 
+    /// Listings as the owner (see `as_owner`); each take does its own switch, and
+    /// submissions (which may open stores) happen as the daemon.
     fn scan_peer_inside(self: &Arc<Self>, peer: &str, startup: bool) {
+        let own = owner_of(&self.core, peer);
+        let read_dir = |d: &Path| as_owner(own, || std::fs::read_dir(d));
         let dir = self.peer_dir(peer);
         let mut inboxes = vec![(peer.to_string(), dir.join("inbox"))];
-        if let Ok(rd) = std::fs::read_dir(dir.join("peers")) {
+        if let Ok(rd) = read_dir(&dir.join("peers")) {
             for e in rd.flatten() {
                 let t = e.file_name().to_string_lossy().into_owned();
                 inboxes.push((t, e.path().join("inbox")));
             }
         }
         for (target, inbox) in inboxes {
-            let Ok(rd) = std::fs::read_dir(&inbox) else {
+            let Ok(rd) = read_dir(&inbox) else {
                 continue;
             };
             let mut names: Vec<String> = rd
@@ -568,7 +578,8 @@ impl Shared {
                 let path = inbox.join(&n);
                 // An empty file this young may be one whose writer's open(2) has
                 // not returned yet (creation is visible first): look again later.
-                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() == 0 && young(&m)) {
+                let meta = as_owner(own, || std::fs::symlink_metadata(&path));
+                if meta.is_ok_and(|m| m.len() == 0 && young(&m)) {
                     self.scan_later(peer, Duration::from_secs(1));
                     continue;
                 }
@@ -581,9 +592,9 @@ impl Shared {
         let mods = dir.join("modules");
         let mut stack = vec![mods.clone()];
         while let Some(d) = stack.pop() {
-            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            for e in read_dir(&d).into_iter().flatten().flatten() {
                 let p = e.path();
-                if p.is_dir() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
                     stack.push(p);
                 } else if let Ok(rel) = p.strip_prefix(&mods) {
                     let rel = rel.to_string_lossy().into_owned();
