@@ -380,6 +380,12 @@ fn a_peer_folder_with_symlinks_gives_the_daemon_no_more_than_its_owner_has() {
     // A normal run still works (results written as nobody).
     sh(&format!("echo '{COUNT}' > {}/inbox/ok.rhai", q(&a)));
     assert_eq!(wait_json(&a.join("outbox/ok.json"), T)["value"], 1);
+    // The state mirror is refreshed after the result is written: wait for it, or the
+    // rm below races the mirror's own writes into state/.
+    assert!(wait_until(T, || state_of(&dir, "alice", "count")
+        .as_deref()
+        == Some("1")));
+    std::thread::sleep(Duration::from_millis(200));
     // state/ and outbox/ replaced by symlinks into root's folder.
     sh(&format!(
         "rm -r {0}/state {0}/outbox && ln -s {1} {0}/state && ln -s {1} {0}/outbox",
