@@ -7,6 +7,7 @@
 //! serial actors on a worker pool), [`policy`] (Cedar), [`vfs`] (the mount's tree as
 //! plain Rust) and [`fuse`] (the thin fuser adapter).
 
+pub mod config;
 pub mod demo;
 pub mod error;
 pub mod exec;

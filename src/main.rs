@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use peerfs::config::{DaemonArgs, Effective, FlagValue};
 use peerfs::{Config, Core};
 
 #[derive(Parser)]
@@ -24,26 +25,19 @@ enum Cmd {
     /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT or SIGTERM.
     Mount {
         mount: PathBuf,
-        #[arg(long)]
-        data: PathBuf,
-        /// Serve only this peer (repeatable): an isolated deployment.
-        #[arg(long = "peer")]
-        peers: Vec<String>,
-        /// Let other users in (their own peers only: peer folders are 0700).
+        #[command(flatten)]
+        daemon: DaemonArgs,
+        /// Let other users in (their own peers only: peer folders are 0700; key `mount.allow_other`).
         #[arg(long)]
         allow_other: bool,
-        /// Clean up a stale mount left by a killed daemon first.
+        /// Clean up a stale mount left by a killed daemon first (key `mount.force`).
         #[arg(long)]
         force: bool,
-        /// Worker threads running scripts (default: 2 per core, at least 4).
-        #[arg(long)]
-        workers: Option<usize>,
-        /// Most milliseconds one run may take.
-        #[arg(long)]
-        max_wall_ms: Option<u64>,
-        /// Most Rhai operations one run may take.
-        #[arg(long)]
-        max_operations: Option<u64>,
+    },
+    /// Show the effective configuration (flags over the config file over the defaults).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
     },
     /// Drop a script into PEER's inbox through the mount, wait, print its value as JSON.
     /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 interrupted, 64 usage or I/O problem.
@@ -75,6 +69,15 @@ enum Cmd {
     Demo {
         /// Where the demo's data and mount go (default: /tmp/peerfs-demo).
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration as TOML, each value with where it came from.
+    Show {
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
 }
 
@@ -121,50 +124,70 @@ enum PeerCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "peerfs=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mount {
             mount,
-            data,
-            peers,
+            daemon,
             allow_other,
             force,
-            workers,
-            max_wall_ms,
-            max_operations,
         } => {
-            let mut cfg = Config::new(&data);
-            if !peers.is_empty() {
-                cfg.only = Some(peers);
+            let mut extra = Vec::new();
+            for (on, key, flag) in [
+                (allow_other, "mount.allow_other", "--allow-other"),
+                (force, "mount.force", "--force"),
+            ] {
+                if on {
+                    extra.push(FlagValue {
+                        key: key.into(),
+                        value: toml::Value::Boolean(true),
+                        flag: flag.into(),
+                    });
+                }
             }
-            if let Some(w) = workers {
-                cfg.workers = w;
+            let eff = match load_config(&daemon, extra) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            peerfs::config::init_logging(&eff.settings.log);
+            match eff.core_config() {
+                Ok(cfg) => {
+                    let m = &eff.settings.mount;
+                    serve(cfg, &mount, m.allow_other, m.force, None)
+                }
+                Err(e) => {
+                    eprintln!("peerfs mount: {e}");
+                    return ExitCode::from(64);
+                }
             }
-            if let Some(m) = max_wall_ms {
-                cfg.limits.max_wall_ms = m;
-            }
-            if let Some(m) = max_operations {
-                cfg.limits.max_operations = m;
-            }
-            serve(cfg, &mount, allow_other, force, None)
         }
-        Cmd::Run {
-            peer,
-            file,
-            mount,
-            caller,
-            full,
-        } => return run(&peer, &file, &mount, caller.as_deref(), full),
-        Cmd::Peer { cmd } => peer_cmd(cmd),
-        Cmd::Policy { cmd } => return policy_cmd(cmd),
-        Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
+        Cmd::Config {
+            cmd: ConfigCmd::Show { daemon },
+        } => {
+            return match load_config(&daemon, Vec::new()) {
+                Ok(e) => {
+                    print!("{}", e.show());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
+        }
+        cmd => {
+            peerfs::config::init_logging(&Default::default());
+            match cmd {
+                Cmd::Run {
+                    peer,
+                    file,
+                    mount,
+                    caller,
+                    full,
+                } => return run(&peer, &file, &mount, caller.as_deref(), full),
+                Cmd::Peer { cmd } => peer_cmd(cmd),
+                Cmd::Policy { cmd } => return policy_cmd(cmd),
+                Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
+                Cmd::Mount { .. } | Cmd::Config { .. } => unreachable!("handled above"),
+            }
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +196,18 @@ fn main() -> ExitCode {
             ExitCode::from(64)
         }
     }
+}
+
+/// The config file (`--config`/`PEERFS_CONFIG`) with the flags over it; a refusal
+/// is printed (key, reason, line) and becomes exit status 64.
+fn load_config(daemon: &DaemonArgs, extra: Vec<FlagValue>) -> Result<Effective, ExitCode> {
+    let fail = |e: String| {
+        eprintln!("peerfs: {e}");
+        ExitCode::from(64)
+    };
+    let mut flags = daemon.flags().map_err(fail)?;
+    flags.extend(extra);
+    peerfs::config::load(daemon.config.as_deref(), &flags).map_err(fail)
 }
 
 /// Whether `path` is a mount whose daemon is gone ("Transport endpoint is not

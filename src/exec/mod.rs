@@ -60,8 +60,11 @@ pub struct Config {
     pub max_open_peers: usize,
     /// An open peer with no work is closed after this long.
     pub idle_close: Duration,
-    /// Sandbox limits for every run (a policy can only tighten them).
+    /// Sandbox limits for scripts other peers send (the target's policy can only
+    /// tighten them): config `[limits.others]`.
     pub limits: Limits,
+    /// Sandbox limits for a peer's own scripts: config `[limits.own]`.
+    pub own_limits: Limits,
     /// Runs kept in each peer's history.
     pub run_retention: u64,
     pub library: Library,
@@ -72,8 +75,6 @@ pub struct Config {
     /// at most this long in all; a run still going then gives way and stays queued.
     /// Zero: runs always have a transaction of their own.
     pub inline_runs: Duration,
-    /// Most sends in a chain (alice -> bob -> carol ...): bounds cycles.
-    pub hop_limit: u32,
     /// Serve only these peers (isolated deployment).
     pub only: Option<Vec<String>>,
 }
@@ -88,13 +89,13 @@ impl Config {
             workers: (cores * 2).max(4),
             max_open_peers: 4096,
             idle_close: Duration::from_secs(30),
-            limits: Limits::default(),
+            limits: Limits::others(),
+            own_limits: Limits::own(),
             run_retention: 10_000,
             library: Library::Embedded,
             batch_max_runs: 256,
             batch_max_time: Duration::from_millis(20),
             inline_runs: Duration::from_millis(1),
-            hop_limit: 16,
             only: None,
         }
     }
@@ -380,14 +381,7 @@ impl Core {
 
     /// A new job for `peer`'s own queue (the owner's script).
     pub fn new_job(&self, peer: &str, name: &str, source: Vec<u8>, params: &Value) -> Result<Job> {
-        let max = self.0.cfg.limits.max_script_bytes;
-        if source.len() as u64 > max {
-            return Err(err!(
-                libc::EFBIG,
-                "script {name} is {} bytes: the most a script may have is {max} (max_script_bytes)",
-                source.len()
-            ));
-        }
+        self.check_script_size(name, source.len(), true)?;
         Ok(Job {
             seq: 0,
             id: new_id(),
@@ -423,9 +417,33 @@ impl Core {
     ) -> Result<Job> {
         check_peer_name(caller)?;
         check_peer_name(target)?;
+        self.check_script_size(name, source.len(), caller == target)?;
         let mut job = self.new_job(caller, name, source, params)?;
         job.hops = u32::from(caller != target);
         Ok(job)
+    }
+
+    /// The limits a run gets before any policy: the owner's own, or others'.
+    pub fn base_limits(&self, own: bool) -> &Limits {
+        if own {
+            &self.0.cfg.own_limits
+        } else {
+            &self.0.cfg.limits
+        }
+    }
+
+    fn check_script_size(&self, name: &str, len: usize, own: bool) -> Result<()> {
+        let (max, set) = (
+            self.base_limits(own).max_script_bytes,
+            if own { "own" } else { "others" },
+        );
+        if len as u64 > max {
+            return Err(err!(
+                libc::EFBIG,
+                "script {name} is {len} bytes: the most a script may have is {max} (limits.{set}.max_script_bytes)"
+            ));
+        }
+        Ok(())
     }
 
     /// Submits a script from `caller` to run at `target` (caller's `peers/target/inbox`)
@@ -1328,14 +1346,14 @@ impl Core {
         let submitted = job.submitted_at;
         let params: Value =
             serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
-        let hop_block = (job.hops >= self.0.cfg.hop_limit).then(|| {
-            format!(
-                "hop_limit ({}) reached: this script came through {} sends and may not send more",
-                self.0.cfg.hop_limit, job.hops
-            )
-        });
         let outcome = match gate.prepare(self, peer, job) {
             Ok((host, limits)) => {
+                let hop_block = (u64::from(job.hops) >= limits.hop_limit).then(|| {
+                    format!(
+                        "hop_limit ({}) reached: this script came through {} sends and may not send more",
+                        limits.hop_limit, job.hops
+                    )
+                });
                 let input = RunInput {
                     script_name: &job.name,
                     source: &job.source,

@@ -1476,10 +1476,12 @@ impl Vfs {
             return Err(err!(libc::EBADF, "file not open for writing"));
         }
         let max = match &h.node {
-            Node::InboxFile { .. } | Node::ModuleFile { .. } => {
-                self.core.config().limits.max_script_bytes
+            Node::InboxFile { peer, target, .. } => {
+                self.core.base_limits(peer == target).max_script_bytes
             }
+            Node::ModuleFile { .. } => self.core.base_limits(true).max_script_bytes,
             Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
+            Node::StateFile { .. } => self.core.base_limits(true).max_value_bytes,
             _ => MAX_STATE_FILE,
         };
         let end = offset + data.len() as u64;
