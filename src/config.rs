@@ -100,6 +100,9 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsSettings {
+    /// Record run durations, commit latency, policy decisions and per-peer
+    /// figures (the plain counters count either way).
+    pub enabled: bool,
     /// Serve `GET /metrics` on this address (e.g. `127.0.0.1:9464`); unset: only
     /// the mount's `.peerfs/metrics` file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -113,6 +116,7 @@ pub struct MetricsSettings {
 impl Default for MetricsSettings {
     fn default() -> MetricsSettings {
         MetricsSettings {
+            enabled: true,
             listen: None,
             top_peers: 20,
         }
@@ -462,6 +466,8 @@ impl Effective {
         }
         c.limits = s.limits.others.clone();
         c.own_limits = s.limits.own.clone();
+        c.metrics = s.metrics.enabled;
+        c.metrics_top_peers = s.metrics.top_peers as usize;
         Ok(c)
     }
 }

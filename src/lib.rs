@@ -12,6 +12,7 @@ pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod fuse;
+pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod script;

@@ -153,7 +153,8 @@ fn main() -> ExitCode {
             match eff.core_config() {
                 Ok(cfg) => {
                     let m = &eff.settings.mount;
-                    serve(cfg, &mount, m.allow_other, m.force, None)
+                    let listen = eff.settings.metrics.listen;
+                    serve(cfg, &mount, m.allow_other, m.force, listen, None)
                 }
                 Err(e) => {
                     eprintln!("peerfs mount: {e}");
@@ -271,6 +272,7 @@ fn serve(
     mount: &Path,
     allow_other: bool,
     force: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
     tour: Option<String>,
 ) -> peerfs::Result<()> {
     let sig = signals();
@@ -296,6 +298,15 @@ fn serve(
     }
     std::fs::create_dir_all(&cfg.data_dir)?;
     let core = Core::start(cfg)?;
+    if let Some(addr) = metrics_listen {
+        if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
+            core.shutdown();
+            return Err(peerfs::err!(
+                libc::EADDRINUSE,
+                "metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"
+            ));
+        }
+    }
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
         allow_other,
@@ -512,5 +523,5 @@ fn demo(dir: PathBuf) -> peerfs::Result<()> {
     let tour = peerfs::demo::tour(&mnt);
     let mut cfg = Config::new(&data);
     cfg.idle_close = Duration::from_secs(60);
-    serve(cfg, &mnt, false, true, Some(tour))
+    serve(cfg, &mnt, false, true, None, Some(tour))
 }

@@ -77,6 +77,10 @@ pub struct Config {
     pub inline_runs: Duration,
     /// Serve only these peers (isolated deployment).
     pub only: Option<Vec<String>>,
+    /// Record run durations, commit latency, decisions and per-peer figures
+    /// (config `metrics.enabled`), and export the busiest `metrics_top_peers`.
+    pub metrics: bool,
+    pub metrics_top_peers: usize,
 }
 
 impl Config {
@@ -97,6 +101,8 @@ impl Config {
             batch_max_time: Duration::from_millis(20),
             inline_runs: Duration::from_millis(1),
             only: None,
+            metrics: true,
+            metrics_top_peers: 20,
         }
     }
 }
@@ -162,6 +168,7 @@ struct Inner {
     gate: Arc<dyn Gate>,
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
+    metrics: crate::metrics::Metrics,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -206,6 +213,7 @@ impl Core {
             gate: Arc::new(policy.clone()),
             policy,
             stats: Stats::default(),
+            metrics: crate::metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
             cfg,
         }));
@@ -246,6 +254,10 @@ impl Core {
 
     pub fn stats(&self) -> &Stats {
         &self.0.stats
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.metrics
     }
 
     pub fn cache(&self) -> &Arc<AstCache> {
@@ -903,7 +915,9 @@ impl Core {
         }
         // Pending results are tracked before the commit so no reader misses them.
         let pre = self.pre_register(peer, &effects);
+        let t = Instant::now();
         let committed = st.commit();
+        self.0.metrics.commit(t.elapsed());
         drop(st);
         self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
         match committed {
@@ -1278,7 +1292,10 @@ impl Core {
             return Ok(());
         }
         let pre = self.pre_register(peer, &effects);
-        if let Err(e) = st.commit() {
+        let t = Instant::now();
+        let committed = st.commit();
+        self.0.metrics.commit(t.elapsed());
+        if let Err(e) = committed {
             self.unregister(peer, pre, &e);
             return Err(e);
         }
@@ -1346,7 +1363,13 @@ impl Core {
         let submitted = job.submitted_at;
         let params: Value =
             serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
-        let outcome = match gate.prepare(self, peer, job) {
+        let prepared = gate.prepare(self, peer, job);
+        let foreign = job.caller != peer.name;
+        if foreign {
+            self.0.metrics.run_decision(prepared.is_ok());
+        }
+        let admitted = prepared.is_ok();
+        let outcome = match prepared {
             Ok((host, limits)) => {
                 let hop_block = (u64::from(job.hops) >= limits.hop_limit).then(|| {
                     format!(
@@ -1387,6 +1410,9 @@ impl Core {
         }
         if outcome.status == Status::Interrupted {
             return Ok(None);
+        }
+        if foreign && admitted && outcome.status == Status::Denied {
+            self.0.metrics.script_denied();
         }
         let finished_at = now_ns();
         let result = RunResult::new(job, &peer.name, &outcome, submitted, finished_at);
@@ -1475,6 +1501,9 @@ impl Core {
             _ => &self.0.stats.runs_error,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .metrics
+            .run(&peer.name, outcome.status, outcome.duration);
         // Only a run that wrote changes what the mount shows of the state (a notice
         // makes the mount invalidate the kernel's cached state entries).
         if outcome.status == Status::Ok && outcome.wrote {

@@ -406,6 +406,7 @@ impl Vfs {
     fn meta_text(&self, name: &str) -> String {
         match name {
             "version" => format!("version {}\n", env!("CARGO_PKG_VERSION")),
+            "metrics" => crate::metrics::text(&self.core),
             _ => {
                 let s = self.core.stats();
                 let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -609,6 +610,7 @@ impl Vfs {
             MetaDir => match name {
                 "version" => MetaFile("version"),
                 "stats" => MetaFile("stats"),
+                "metrics" => MetaFile("metrics"),
                 _ => return Err(missing()),
             },
             Peer(p) => {
@@ -766,6 +768,7 @@ impl Vfs {
                 }
             }
             MetaDir => {
+                out.push(("metrics".into(), MetaFile("metrics"), Kind::File));
                 out.push(("stats".into(), MetaFile("stats"), Kind::File));
                 out.push(("version".into(), MetaFile("version"), Kind::File));
             }
