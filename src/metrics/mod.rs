@@ -204,7 +204,8 @@ pub fn text(core: &Core) -> String {
     out
 }
 
-fn rss_bytes() -> u64 {
+/// Resident memory of this process, from `/proc/self/statm`.
+pub fn rss_bytes() -> u64 {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = s
         .split_whitespace()
