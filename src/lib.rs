@@ -17,6 +17,7 @@ pub mod peer;
 pub mod policy;
 pub mod script;
 pub mod store;
+pub mod top;
 pub mod util;
 pub mod vfs;
 

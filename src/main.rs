@@ -34,6 +34,12 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// A live view of a mount: peers by activity, runs/s, durations, queues, denials (q quits).
+    Top {
+        /// The mount to watch (default: $PEERFS_MOUNT).
+        #[arg(env = "PEERFS_MOUNT")]
+        mount: PathBuf,
+    },
     /// Show the effective configuration (flags over the config file over the defaults).
     Config {
         #[command(subcommand)]
@@ -173,6 +179,15 @@ fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
+        Cmd::Top { mount } => {
+            return match peerfs::top::run(&mount) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("peerfs top: {e}");
+                    ExitCode::from(64)
+                }
+            };
+        }
         cmd => {
             peerfs::config::init_logging(&Default::default());
             match cmd {
@@ -186,7 +201,9 @@ fn main() -> ExitCode {
                 Cmd::Peer { cmd } => peer_cmd(cmd),
                 Cmd::Policy { cmd } => return policy_cmd(cmd),
                 Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
-                Cmd::Mount { .. } | Cmd::Config { .. } => unreachable!("handled above"),
+                Cmd::Mount { .. } | Cmd::Config { .. } | Cmd::Top { .. } => {
+                    unreachable!("handled above")
+                }
             }
         }
     };
