@@ -493,3 +493,45 @@ fn hop_limit_raised_and_lowered_takes_effect() {
     assert_eq!(chain_length("others", 3), 2);
     assert_eq!(chain_length("others", 8), 7);
 }
+
+/// The defaults for own scripts let ordinary programs run (a prime sieve over a
+/// million numbers, a map of a million entries), which others' defaults refuse.
+#[test]
+fn ordinary_programs_run_under_the_own_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    // No data folder anywhere: the config says so.
+    let e = config::load(None, &[]).unwrap();
+    assert!(e.core_config().unwrap_err().contains("--data"));
+    let mut cfg = peerfs::Config::new(d.path());
+    let defaults = config::Settings::default();
+    cfg.own_limits = defaults.limits.own.clone();
+    // Every default but the wall clock: how many seconds these take depends on
+    // the machine's load (the operations limit bounds the work itself).
+    cfg.own_limits.max_wall_ms = 120_000;
+    cfg.limits = defaults.limits.others.clone();
+    let c = Core::start(cfg).unwrap();
+    let (u, g) = unsafe { (libc::getuid(), libc::getgid()) };
+    for n in ["alice", "bob"] {
+        c.create_peer(n, u, g).unwrap();
+    }
+    c.apply(
+        "bob",
+        Op::SetMeta("policy".into(), OPEN.as_bytes().to_vec()),
+    )
+    .unwrap();
+    let sieve = "let n = 1000000; let prime = []; prime.pad(n + 1, true); \
+                 let count = 0; \
+                 for i in 2..=n { if prime[i] { count += 1; let j = i * i; \
+                 while j <= n { prime[j] = false; j += i; } } } count";
+    let r = c.run("alice", "sieve.rhai", sieve).unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["value"], 78498);
+    let map = "let m = #{}; for i in 0..1000000 { m[`k${i}`] = i; } m.len()";
+    let r = c.run("alice", "map.rhai", map).unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["value"], 1_000_000);
+    // The same sieve sent by alice to bob meets the tight defaults.
+    let r = run_probe(&c, false, sieve).unwrap();
+    assert_eq!(r["status"], "limit", "{r}");
+    c.shutdown();
+}
