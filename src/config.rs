@@ -103,9 +103,12 @@ pub struct MetricsSettings {
     /// Record run durations, commit latency, policy decisions and per-peer
     /// figures (the plain counters count either way).
     pub enabled: bool,
-    /// Serve `GET /metrics` on this address (e.g. `127.0.0.1:9464`); unset: only
-    /// the mount's `.peerfs/metrics` file.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Serve `GET /metrics` on this address (e.g. `127.0.0.1:9464`, or a bare
+    /// port for loopback); unset: only the mount's `.peerfs/metrics` file.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "listen_addr"
+    )]
     pub listen: Option<SocketAddr>,
     /// Per-peer series are exported for at most this many peers (the busiest), so
     /// that ten thousand peers do not make ten thousand series.
@@ -174,6 +177,28 @@ fn between<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
         )));
     }
     Ok(v)
+}
+
+/// `HOST:PORT`, or a port (number or text) meaning `127.0.0.1:PORT`.
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Port(u16),
+        Text(String),
+    }
+    let text = match Given::deserialize(d)? {
+        Given::Port(p) => return Ok(Some(SocketAddr::from(([127, 0, 0, 1], p)))),
+        Given::Text(t) => t,
+    };
+    if let Ok(p) = text.parse::<u16>() {
+        return Ok(Some(SocketAddr::from(([127, 0, 0, 1], p))));
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address: use HOST:PORT (127.0.0.1:9464), or a port for loopback"
+        ))
+    })
 }
 
 /// Where a value came from.
@@ -370,6 +395,16 @@ pub fn load(file: Option<&Path>, flags: &[FlagValue]) -> Result<Effective, Strin
             e.to_string().trim_end()
         )
     })?;
+    // Show what was understood (`9464` is `127.0.0.1:9464`), with the sources kept.
+    if let Ok(eff) = toml::Value::try_from(&settings) {
+        let mut understood = BTreeMap::new();
+        flatten("", &eff, &Source::Default, &mut understood);
+        for (k, (v, _)) in values.iter_mut() {
+            if let Some((e, _)) = understood.remove(k) {
+                *v = e;
+            }
+        }
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&settings.log.level) {
         return Err(format!(
             "log.level {:?} ({}) is not a log filter ({e}): use e.g. \"info\" or \"peerfs=debug\"",
@@ -434,6 +469,15 @@ impl Effective {
             "# The effective peerfs configuration: each value with where it came from\n\
              # (flag > file > default).\n",
         );
+        for (key, how) in [
+            ("data", "--data DATA"),
+            ("library", "a folder of NAME.rhai modules"),
+            ("metrics.listen", "--metrics-listen ADDR"),
+        ] {
+            if !self.values.contains_key(key) {
+                let _ = writeln!(s, "# {key} is not set ({how})");
+            }
+        }
         for (section, keys) in sections {
             if !section.is_empty() {
                 let _ = writeln!(s, "\n[{section}]");

@@ -3,6 +3,8 @@
 //! and every sandbox limit raised and lowered through the config, for a peer's
 //! own scripts and for others' scripts, shown to take effect.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -107,6 +109,13 @@ fn flag_wins_over_file_and_file_over_default() {
     assert_eq!(
         shown(&out, "", "workers"),
         format!("workers = 3  # file {fs}")
+    );
+    // Optional keys left unset are named; a bare port means loopback.
+    let (_, out, _) = peerfs(&["config", "show", "--metrics-listen", "9464"], &[]);
+    assert!(out.contains("# data is not set"), "{out}");
+    assert_eq!(
+        shown(&out, "metrics", "listen"),
+        "listen = \"127.0.0.1:9464\"  # flag --metrics-listen"
     );
     // The legacy flags set both limit sets.
     let (_, out, _) = peerfs(&["config", "show", "--max-wall-ms", "99"], &[]);
@@ -534,4 +543,79 @@ fn ordinary_programs_run_under_the_own_defaults() {
     let r = run_probe(&c, false, sieve).unwrap();
     assert_eq!(r["status"], "limit", "{r}");
     c.shutdown();
+}
+
+/// `mount.peerfs` (what mount(8) runs for an fstab line) turns `-o` options into
+/// config keys: mount(8)'s own are skipped, a key takes effect, an unknown key
+/// stops the mount.
+#[test]
+fn fstab_options_are_config_keys() {
+    common::require_fuse();
+    let d = tempfile::tempdir().unwrap();
+    let (data, mnt, log) = (
+        d.path().join("data"),
+        d.path().join("mnt"),
+        d.path().join("peerfs.log"),
+    );
+    std::fs::create_dir_all(&mnt).unwrap();
+    let bin_dir = Path::new(BIN).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let helper = concat!(env!("CARGO_MANIFEST_DIR"), "/mount-examples/mount.peerfs");
+    let mount = |opts: &str| {
+        Command::new("sh")
+            .arg(helper)
+            .arg(&data)
+            .arg(&mnt)
+            .args(["-o", opts])
+            .env("PATH", &path)
+            .env("PEERFS_LOG", &log)
+            .env_remove("PEERFS_CONFIG")
+            .status()
+            .unwrap()
+    };
+    let st = mount("rw,nofail,_netdev,workers=2,limits.own.max_operations=1000");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let unmount = || {
+        Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(common::wait_until(Duration::from_secs(10), || {
+            !common::is_mounted(&mnt)
+        }));
+    };
+    std::fs::create_dir(mnt.join("alice")).unwrap();
+    std::fs::write(
+        mnt.join("alice/inbox/l.rhai"),
+        "let i = 0; while i < 5000 { i += 1 } i",
+    )
+    .unwrap();
+    let r: Value =
+        serde_json::from_slice(&std::fs::read(mnt.join("alice/outbox/l.json")).unwrap()).unwrap();
+    unmount();
+    assert_eq!(r["status"], "limit", "{r}");
+    assert!(
+        r["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_operations (1000)"),
+        "{r}"
+    );
+
+    let st = mount("nofail,limits.own.bogus=1");
+    assert!(!st.success(), "an unknown key must stop the mount");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("unknown field `bogus`"), "{text}");
+    if common::is_mounted(&mnt) {
+        unmount();
+    }
 }
