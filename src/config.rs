@@ -49,6 +49,9 @@ pub struct Settings {
     /// Most runs committed together (one fsync).
     #[serde(deserialize_with = "between::<_, 1, 100_000>")]
     pub batch_max_runs: u64,
+    /// Compiled scripts and modules kept in the cache.
+    #[serde(deserialize_with = "between::<_, 1, 10_000_000>")]
+    pub script_cache_entries: u64,
     /// A folder of `NAME.rhai` modules to use as the shared library instead of
     /// the one built into the binary.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -158,6 +161,7 @@ impl Default for Settings {
             idle_close_ms: c.idle_close.as_millis() as u64,
             run_retention: c.run_retention,
             batch_max_runs: c.batch_max_runs as u64,
+            script_cache_entries: c.script_cache_entries as u64,
             library: None,
             mount: MountSettings::default(),
             log: LogSettings::default(),
@@ -505,6 +509,7 @@ impl Effective {
         c.idle_close = Duration::from_millis(s.idle_close_ms);
         c.run_retention = s.run_retention;
         c.batch_max_runs = s.batch_max_runs as usize;
+        c.script_cache_entries = s.script_cache_entries as usize;
         if let Some(l) = &s.library {
             c.library = Library::Dir(l.clone());
         }

@@ -619,3 +619,34 @@ fn fstab_options_are_config_keys() {
         unmount();
     }
 }
+
+/// `script_cache_entries` bounds the compiled-script cache.
+#[test]
+fn the_script_cache_size_is_a_key() {
+    for (entries, most) in [(2u64, 2usize), (100, 6)] {
+        let d = tempfile::tempdir().unwrap();
+        let f = write(
+            d.path(),
+            "c.toml",
+            &format!(
+                "data = {:?}\nscript_cache_entries = {entries}\n",
+                d.path().join("data")
+            ),
+        );
+        let c = Core::start(config::load(Some(&f), &[]).unwrap().core_config().unwrap()).unwrap();
+        let (u, g) = unsafe { (libc::getuid(), libc::getgid()) };
+        c.create_peer("a", u, g).unwrap();
+        for i in 0..6 {
+            c.run("a", &format!("s{i}.rhai"), &format!("{i}")).unwrap();
+        }
+        let n = c.cache().len();
+        assert!(
+            n <= most && n >= 1,
+            "script_cache_entries = {entries}: {n} cached"
+        );
+        if entries == 100 {
+            assert_eq!(n, 6);
+        }
+        c.shutdown();
+    }
+}

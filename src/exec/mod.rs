@@ -81,6 +81,8 @@ pub struct Config {
     /// (config `metrics.enabled`), and export the busiest `metrics_top_peers`.
     pub metrics: bool,
     pub metrics_top_peers: usize,
+    /// Compiled scripts and modules cached at most.
+    pub script_cache_entries: usize,
 }
 
 impl Config {
@@ -103,6 +105,7 @@ impl Config {
             only: None,
             metrics: true,
             metrics_top_peers: 20,
+            script_cache_entries: crate::script::cache::MAX_ENTRIES,
         }
     }
 }
@@ -208,7 +211,7 @@ impl Core {
             ready_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             quit: AtomicBool::new(false),
-            cache: Arc::new(AstCache::new()),
+            cache: Arc::new(AstCache::with_capacity(cfg.script_cache_entries)),
             listener: RwLock::new(None),
             gate: Arc::new(policy.clone()),
             policy,

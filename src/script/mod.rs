@@ -5,7 +5,7 @@
 //! (the target's store, caller, limits, output buffer) in a thread-local for the
 //! duration of `eval`, so the registered host functions reach it without locks.
 
-mod cache;
+pub(crate) mod cache;
 mod host;
 
 use std::cell::RefCell;
