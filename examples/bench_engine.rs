@@ -13,13 +13,7 @@ const SCRIPT: &str = "set(\"k\", n); n";
 
 fn rss_bytes() -> u64 {
     unsafe { libc::malloc_trim(0) };
-    let s = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = s
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    pages * 4096
+    peerfs::metrics::rss_bytes()
 }
 
 fn uid() -> (u32, u32) {
@@ -102,6 +96,10 @@ fn eval_only(n: usize) -> f64 {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let (u, g) = uid();
+    if std::env::var("PEERFS_BENCH_ONLY").as_deref() == Ok("metrics") {
+        metrics_overhead(&dir.path().join("metrics"));
+        return;
+    }
     let mut cfg = Config::new(dir.path().join("a"));
     cfg.workers = 2;
     if let Ok(us) = std::env::var("PEERFS_INLINE_US") {
@@ -123,6 +121,8 @@ fn main() {
     }
     let many_rate = drive(&core, &many, 200);
     println!("engine.many_peers.runs_per_s: {many_rate:.0} runs/s");
+
+    metrics_overhead(&dir.path().join("metrics"));
 
     let eval = eval_only(20_000);
     println!("engine.eval_only.runs_per_s: {eval:.0} runs/s");
@@ -158,4 +158,50 @@ fn main() {
     println!("engine.open_peer_bytes: {open:.0} bytes");
     drop(held);
     core.shutdown();
+}
+
+/// `engine.metrics_overhead_ratio`: one peer's runs/s with metrics recorded over
+/// the same without (`metrics.enabled = false`), on two cores side by side in this
+/// process. Rounds alternate between them so that a noisy neighbour hits both;
+/// each side's best round counts.
+fn metrics_overhead(dir: &std::path::Path) {
+    let (u, g) = uid();
+    let start = |on: bool| {
+        let mut cfg = Config::new(dir.join(if on { "on" } else { "off" }));
+        cfg.workers = 2;
+        cfg.metrics = on;
+        let c = Core::start(cfg).unwrap();
+        c.create_peer("one", u, g).unwrap();
+        c
+    };
+    let (on, off) = (start(true), start(false));
+    let (mut best_on, mut best_off) = (0f64, 0f64);
+    for round in 0..6 {
+        // Fresh peers per round: a peer's growing run history is not what is measured.
+        let name = format!("r{round}");
+        for c in [&on, &off] {
+            c.create_peer(&name, u, g).unwrap();
+        }
+        let peers = [name];
+        best_on = best_on.max(drive(&on, &peers, 5_000));
+        best_off = best_off.max(drive(&off, &peers, 5_000));
+    }
+    println!("engine.metrics_on.runs_per_s: {best_on:.0} runs/s");
+    println!("engine.metrics_off.runs_per_s: {best_off:.0} runs/s");
+    println!("engine.metrics_overhead_ratio: {:.3}", best_on / best_off);
+    // What recording one run costs by itself (a run and a commit's worth), less
+    // exposed to the neighbours' load than the ratio above: its share of a run.
+    let m = peerfs::metrics::Metrics::new(true, 20);
+    let n = 1_000_000;
+    let t = Instant::now();
+    for i in 0..n {
+        let took = std::time::Duration::from_micros(20 + (i % 64) as u64);
+        m.run("one", peerfs::script::Status::Ok, took);
+        m.commit(took);
+    }
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    println!("engine.metrics_record_ns: {ns:.0} ns/run");
+    println!("engine.metrics_record_share: {:.4}", ns * best_off / 1e9);
+    on.shutdown();
+    off.shutdown();
 }

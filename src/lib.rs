@@ -8,14 +8,17 @@
 //! plain Rust) and [`fuse`] (the thin fuser adapter); [`watch`] serves the same
 //! tree as plain folders (spool mode).
 
+pub mod config;
 pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod fuse;
+pub mod metrics;
 pub mod peer;
 pub mod policy;
 pub mod script;
 pub mod store;
+pub mod top;
 pub mod util;
 pub mod vfs;
 pub mod watch;

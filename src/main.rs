@@ -1,4 +1,4 @@
-//! The `peerfs` command: mount, serve, run, peer, policy, demo.
+//! The `peerfs` command: mount, serve, run, peer, policy, config, top, demo.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use peerfs::config::{DaemonArgs, Effective, FlagValue};
 use peerfs::{Config, Core};
 
 #[derive(Parser)]
@@ -19,36 +20,17 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// What `mount` and `serve` share: the data and the daemon's tuning.
-#[derive(clap::Args)]
-struct DaemonOpts {
-    #[arg(long)]
-    data: PathBuf,
-    /// Serve only this peer (repeatable): an isolated deployment.
-    #[arg(long = "peer")]
-    peers: Vec<String>,
-    /// Worker threads running scripts (default: 2 per core, at least 4).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Most milliseconds one run may take.
-    #[arg(long)]
-    max_wall_ms: Option<u64>,
-    /// Most Rhai operations one run may take.
-    #[arg(long)]
-    max_operations: Option<u64>,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT or SIGTERM.
     Mount {
         mount: PathBuf,
         #[command(flatten)]
-        opts: DaemonOpts,
-        /// Let other users in (their own peers only: peer folders are 0700).
+        daemon: DaemonArgs,
+        /// Let other users in (their own peers only: peer folders are 0700; key `mount.allow_other`).
         #[arg(long)]
         allow_other: bool,
-        /// Clean up a stale mount left by a killed daemon first.
+        /// Clean up a stale mount left by a killed daemon first (key `mount.force`).
         #[arg(long)]
         force: bool,
     },
@@ -58,7 +40,18 @@ enum Cmd {
         #[arg(long)]
         spool: PathBuf,
         #[command(flatten)]
-        opts: DaemonOpts,
+        daemon: DaemonArgs,
+    },
+    /// A live view of a mount: peers by activity, runs/s, durations, queues, denials (q quits).
+    Top {
+        /// The mount to watch (default: $PEERFS_MOUNT).
+        #[arg(env = "PEERFS_MOUNT")]
+        mount: PathBuf,
+    },
+    /// Show the effective configuration (flags over the config file over the defaults).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
     },
     /// Drop a script into PEER's inbox through the mount, wait, print its value as JSON.
     /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 interrupted, 64 usage or I/O problem.
@@ -93,6 +86,15 @@ enum Cmd {
     Demo {
         /// Where the demo's data and mount go (default: /tmp/peerfs-demo).
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Print the effective configuration as TOML, each value with where it came from.
+    Show {
+        #[command(flatten)]
+        daemon: DaemonArgs,
     },
 }
 
@@ -139,43 +141,104 @@ enum PeerCmd {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "peerfs=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Mount {
             mount,
-            opts,
+            daemon,
             allow_other,
             force,
         } => {
-            let cfg = tuned(opts);
-            serve(cfg, &mount, allow_other, force, None)
-        }
-        Cmd::Serve { spool, opts } => serve_spool(tuned(opts), &spool),
-        Cmd::Run {
-            peer,
-            file,
-            mount,
-            spool,
-            caller,
-            full,
-        } => {
-            let place = match (spool, mount) {
-                (Some(s), _) => Place::Spool(s),
-                (None, Some(m)) => Place::Mount(m),
-                (None, None) => unreachable!("clap requires --mount or --spool"),
+            let mut extra = Vec::new();
+            for (on, key, flag) in [
+                (allow_other, "mount.allow_other", "--allow-other"),
+                (force, "mount.force", "--force"),
+            ] {
+                if on {
+                    extra.push(FlagValue {
+                        key: key.into(),
+                        value: toml::Value::Boolean(true),
+                        flag: flag.into(),
+                    });
+                }
+            }
+            let eff = match load_config(&daemon, extra) {
+                Ok(e) => e,
+                Err(code) => return code,
             };
-            return run(&peer, &file, &place, caller.as_deref(), full);
+            peerfs::config::init_logging(&eff.settings.log);
+            match eff.core_config() {
+                Ok(cfg) => {
+                    let m = &eff.settings.mount;
+                    let listen = eff.settings.metrics.listen;
+                    serve(cfg, &mount, m.allow_other, m.force, listen, None)
+                }
+                Err(e) => {
+                    eprintln!("peerfs mount: {e}");
+                    return ExitCode::from(64);
+                }
+            }
         }
-        Cmd::Peer { cmd } => peer_cmd(cmd),
-        Cmd::Policy { cmd } => return policy_cmd(cmd),
-        Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
+        Cmd::Serve { spool, daemon } => {
+            let eff = match load_config(&daemon, Vec::new()) {
+                Ok(e) => e,
+                Err(code) => return code,
+            };
+            peerfs::config::init_logging(&eff.settings.log);
+            match eff.core_config() {
+                Ok(cfg) => serve_spool(cfg, &spool, eff.settings.metrics.listen),
+                Err(e) => {
+                    eprintln!("peerfs serve: {e}");
+                    return ExitCode::from(64);
+                }
+            }
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Show { daemon },
+        } => {
+            return match load_config(&daemon, Vec::new()) {
+                Ok(e) => {
+                    print!("{}", e.show());
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
+        }
+        Cmd::Top { mount } => {
+            return match peerfs::top::run(&mount) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("peerfs top: {e}");
+                    ExitCode::from(64)
+                }
+            };
+        }
+        cmd => {
+            peerfs::config::init_logging(&Default::default());
+            match cmd {
+                Cmd::Run {
+                    peer,
+                    file,
+                    mount,
+                    spool,
+                    caller,
+                    full,
+                } => {
+                    let place = match (spool, mount) {
+                        (Some(s), _) => Place::Spool(s),
+                        (None, Some(m)) => Place::Mount(m),
+                        (None, None) => unreachable!("clap requires --mount or --spool"),
+                    };
+                    return run(&peer, &file, &place, caller.as_deref(), full);
+                }
+                Cmd::Peer { cmd } => peer_cmd(cmd),
+                Cmd::Policy { cmd } => return policy_cmd(cmd),
+                Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
+                Cmd::Mount { .. } | Cmd::Serve { .. } | Cmd::Config { .. } | Cmd::Top { .. } => {
+                    unreachable!("handled above")
+                }
+            }
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -184,6 +247,18 @@ fn main() -> ExitCode {
             ExitCode::from(64)
         }
     }
+}
+
+/// The config file (`--config`/`PEERFS_CONFIG`) with the flags over it; a refusal
+/// is printed (key, reason, line) and becomes exit status 64.
+fn load_config(daemon: &DaemonArgs, extra: Vec<FlagValue>) -> Result<Effective, ExitCode> {
+    let fail = |e: String| {
+        eprintln!("peerfs: {e}");
+        ExitCode::from(64)
+    };
+    let mut flags = daemon.flags().map_err(fail)?;
+    flags.extend(extra);
+    peerfs::config::load(daemon.config.as_deref(), &flags).map_err(fail)
 }
 
 /// Whether `path` is a mount whose daemon is gone ("Transport endpoint is not
@@ -247,6 +322,7 @@ fn serve(
     mount: &Path,
     allow_other: bool,
     force: bool,
+    metrics_listen: Option<std::net::SocketAddr>,
     tour: Option<String>,
 ) -> peerfs::Result<()> {
     let sig = signals();
@@ -272,6 +348,15 @@ fn serve(
     }
     peerfs::peer::private_dir(&cfg.data_dir)?;
     let core = Core::start(cfg)?;
+    if let Some(addr) = metrics_listen {
+        if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
+            core.shutdown();
+            return Err(peerfs::err!(
+                libc::EADDRINUSE,
+                "metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"
+            ));
+        }
+    }
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
         allow_other,
@@ -320,36 +405,24 @@ fn serve(
     r
 }
 
-/// The daemon's config from the options `mount` and `serve` share.
-fn tuned(o: DaemonOpts) -> Config {
-    let DaemonOpts {
-        data,
-        peers,
-        workers,
-        max_wall_ms,
-        max_operations,
-    } = o;
-    let mut cfg = Config::new(data);
-    if !peers.is_empty() {
-        cfg.only = Some(peers);
-    }
-    if let Some(w) = workers {
-        cfg.workers = w;
-    }
-    if let Some(m) = max_wall_ms {
-        cfg.limits.max_wall_ms = m;
-    }
-    if let Some(m) = max_operations {
-        cfg.limits.max_operations = m;
-    }
-    cfg
-}
-
 /// Serves the spool folder until SIGINT or SIGTERM.
-fn serve_spool(cfg: Config, spool: &Path) -> peerfs::Result<()> {
+fn serve_spool(
+    cfg: Config,
+    spool: &Path,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> peerfs::Result<()> {
     let sig = signals();
-    std::fs::create_dir_all(&cfg.data_dir)?;
+    peerfs::peer::private_dir(&cfg.data_dir)?;
     let core = Core::start(cfg)?;
+    if let Some(addr) = metrics_listen {
+        if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
+            core.shutdown();
+            return Err(peerfs::err!(
+                libc::EADDRINUSE,
+                "metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"
+            ));
+        }
+    }
     let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
         Ok(s) => s,
         Err(e) => {
@@ -563,5 +636,5 @@ fn demo(dir: PathBuf) -> peerfs::Result<()> {
     let tour = peerfs::demo::tour(&mnt);
     let mut cfg = Config::new(&data);
     cfg.idle_close = Duration::from_secs(60);
-    serve(cfg, &mnt, false, true, Some(tour))
+    serve(cfg, &mnt, false, true, None, Some(tour))
 }

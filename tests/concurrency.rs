@@ -166,8 +166,8 @@ fn readers_racing_a_rerun_of_the_same_name_get_a_complete_result() {
 fn shutdown_while_runs_are_in_flight_keeps_them_queued() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(d.path());
-    cfg.limits.max_operations = u64::MAX / 2;
-    cfg.limits.max_wall_ms = 60_000;
+    cfg.own_limits.max_operations = u64::MAX / 2;
+    cfg.own_limits.max_wall_ms = 60_000;
     let c = Core::start(cfg.clone()).unwrap();
     c.create_peer("p", 0, 0).unwrap();
     // Submitted together (a blocking submit would wait for the run in progress).

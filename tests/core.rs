@@ -132,7 +132,7 @@ fn hostile_peers_do_not_stop_others() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(d.path());
     cfg.workers = 4;
-    cfg.limits.max_wall_ms = 300;
+    cfg.own_limits.max_wall_ms = 300;
     let c = Core::start(cfg).unwrap();
     for p in ["bad1", "bad2", "good"] {
         c.create_peer(p, uid(), 0).unwrap();
@@ -212,7 +212,7 @@ fn bad_peer_names_and_unknown_peers_are_clear_errors() {
         c.create_peer("alice", uid(), 0).unwrap_err().errno,
         libc::EEXIST
     );
-    let big = vec![b'1'; 2 << 20];
+    let big = vec![b'1'; 17 << 20];
     assert_eq!(
         c.submit("alice", "big.rhai", big).unwrap_err().errno,
         libc::EFBIG
@@ -306,8 +306,8 @@ fn state_written_as_bytes_reads_as_typed_values() {
 fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
     if let Ok(dir) = std::env::var("PEERFS_CRASH_CHILD") {
         let mut cfg = Config::new(&dir);
-        cfg.limits.max_operations = u64::MAX / 2;
-        cfg.limits.max_wall_ms = 600_000;
+        cfg.own_limits.max_operations = u64::MAX / 2;
+        cfg.own_limits.max_wall_ms = 600_000;
         let c = Core::start(cfg).unwrap();
         c.submit(
             "p",
@@ -359,8 +359,8 @@ fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
         assert_eq!(s.integrity_check().unwrap(), "ok");
     }
     let mut cfg = Config::new(d.path());
-    cfg.limits.max_operations = u64::MAX / 2;
-    cfg.limits.max_wall_ms = 600_000;
+    cfg.own_limits.max_operations = u64::MAX / 2;
+    cfg.own_limits.max_wall_ms = 600_000;
     let c = Core::start(cfg).unwrap();
     let r: Value = serde_json::from_slice(&c.wait_result("p", "p", "slow.json").unwrap()).unwrap();
     assert_eq!(r["status"], "ok", "{r}");

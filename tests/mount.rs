@@ -240,8 +240,8 @@ fn busy_script(m: &impl MountPaths, peer: &str, secs: f64) -> (String, u64) {
 fn reading_a_pending_result_waits_while_other_requests_flow() {
     let m = Mounted::with(
         |c| {
-            c.limits.max_operations = 500_000_000;
-            c.limits.max_wall_ms = 30_000;
+            c.own_limits.max_operations = 500_000_000;
+            c.own_limits.max_wall_ms = 30_000;
         },
         MountOptions::default(),
     );
@@ -1209,8 +1209,8 @@ fn a_child_that_inherited_the_descriptor_does_not_submit_half_a_script() {
 fn every_close_of_a_handle_returns_once_its_bytes_are_durable() {
     let m = Mounted::with(
         |c| {
-            c.limits.max_operations = 500_000_000;
-            c.limits.max_wall_ms = 30_000;
+            c.own_limits.max_operations = 500_000_000;
+            c.own_limits.max_wall_ms = 30_000;
         },
         MountOptions::default(),
     );
@@ -1240,8 +1240,8 @@ fn every_close_of_a_handle_returns_once_its_bytes_are_durable() {
 fn the_same_name_dropped_again_while_queued_runs_again() {
     let m = Mounted::with(
         |c| {
-            c.limits.max_operations = 500_000_000;
-            c.limits.max_wall_ms = 30_000;
+            c.own_limits.max_operations = 500_000_000;
+            c.own_limits.max_wall_ms = 30_000;
         },
         MountOptions::default(),
     );

@@ -217,7 +217,7 @@ fn chains_carry_the_right_caller_at_every_hop() {
 fn cycles_stop_at_the_hop_limit() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(d.path());
-    cfg.hop_limit = 6;
+    cfg.limits.hop_limit = 6;
     let c = Core::start(cfg).unwrap();
     peers(&c, &["alice", "bob"]);
     let both = |other: &str| {
@@ -277,7 +277,7 @@ fn send_storms_are_bounded_and_rolled_back() {
         .run(
             "alice",
             "storm.rhai",
-            r#"for i in 0..5000 { send("bob", "1"); } 1"#,
+            r#"for i in 0..20000 { send("bob", "1"); } 1"#,
         )
         .unwrap();
     assert_eq!(r["status"], "limit", "{r}");

@@ -64,8 +64,11 @@ pub struct Config {
     pub max_open_peers: usize,
     /// An open peer with no work is closed after this long.
     pub idle_close: Duration,
-    /// Sandbox limits for every run (a policy can only tighten them).
+    /// Sandbox limits for scripts other peers send (the target's policy can only
+    /// tighten them): config `[limits.others]`.
     pub limits: Limits,
+    /// Sandbox limits for a peer's own scripts: config `[limits.own]`.
+    pub own_limits: Limits,
     /// Runs kept in each peer's history.
     pub run_retention: u64,
     pub library: Library,
@@ -76,8 +79,6 @@ pub struct Config {
     /// at most this long in all; a run still going then gives way and stays queued.
     /// Zero: runs always have a transaction of their own.
     pub inline_runs: Duration,
-    /// Most sends in a chain (alice -> bob -> carol ...): bounds cycles.
-    pub hop_limit: u32,
     /// Serve only these peers (isolated deployment).
     pub only: Option<Vec<String>>,
     /// Runs a chain may make in all: the first script of a chain has this budget,
@@ -92,6 +93,12 @@ pub struct Config {
     /// Longest a read of a pending result waits (then `ETIMEDOUT`; the result
     /// stays pending). A reader killed or interrupted meanwhile gets `EINTR`.
     pub result_wait: Duration,
+    /// Record run durations, commit latency, decisions and per-peer figures
+    /// (config `metrics.enabled`), and export the busiest `metrics_top_peers`.
+    pub metrics: bool,
+    pub metrics_top_peers: usize,
+    /// Compiled scripts and modules cached at most.
+    pub script_cache_entries: usize,
 }
 
 impl Config {
@@ -104,18 +111,21 @@ impl Config {
             workers: (cores * 2).max(4),
             max_open_peers: 4096,
             idle_close: Duration::from_secs(30),
-            limits: Limits::default(),
+            limits: Limits::others(),
+            own_limits: Limits::own(),
             run_retention: 10_000,
             library: Library::Embedded,
             batch_max_runs: 256,
             batch_max_time: Duration::from_millis(20),
             inline_runs: Duration::from_millis(1),
-            hop_limit: 16,
             only: None,
             chain_budget: 1000,
             max_attempts: 3,
             delivery_tries: 5,
             result_wait: Duration::from_secs(120),
+            metrics: true,
+            metrics_top_peers: 20,
+            script_cache_entries: crate::script::cache::MAX_ENTRIES,
         }
     }
 }
@@ -181,6 +191,7 @@ struct Inner {
     gate: Arc<dyn Gate>,
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
+    metrics: crate::metrics::Metrics,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Reads waiting for results, watched for their reader's signals and time.
     watch: wait::Watch,
@@ -224,11 +235,12 @@ impl Core {
             ready_cv: Condvar::new(),
             stop: AtomicBool::new(false),
             quit: AtomicBool::new(false),
-            cache: Arc::new(AstCache::new()),
+            cache: Arc::new(AstCache::with_capacity(cfg.script_cache_entries)),
             listener: RwLock::new(None),
             gate: Arc::new(policy.clone()),
             policy,
             stats: Stats::default(),
+            metrics: crate::metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
             watch: wait::Watch::default(),
             cfg,
@@ -281,6 +293,10 @@ impl Core {
 
     pub fn stats(&self) -> &Stats {
         &self.0.stats
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.0.metrics
     }
 
     pub fn cache(&self) -> &Arc<AstCache> {
@@ -422,14 +438,7 @@ impl Core {
 
     /// A new job for `peer`'s own queue (the owner's script).
     pub fn new_job(&self, peer: &str, name: &str, source: Vec<u8>, params: &Value) -> Result<Job> {
-        let max = self.0.cfg.limits.max_script_bytes;
-        if source.len() as u64 > max {
-            return Err(err!(
-                libc::EFBIG,
-                "script {name} is {} bytes: the most a script may have is {max} (max_script_bytes)",
-                source.len()
-            ));
-        }
+        self.check_script_size(name, source.len(), true)?;
         Ok(Job {
             seq: 0,
             id: new_id(),
@@ -468,9 +477,33 @@ impl Core {
     ) -> Result<Job> {
         check_peer_name(caller)?;
         check_peer_name(target)?;
+        self.check_script_size(name, source.len(), caller == target)?;
         let mut job = self.new_job(caller, name, source, params)?;
         job.hops = u32::from(caller != target);
         Ok(job)
+    }
+
+    /// The limits a run gets before any policy: the owner's own, or others'.
+    pub fn base_limits(&self, own: bool) -> &Limits {
+        if own {
+            &self.0.cfg.own_limits
+        } else {
+            &self.0.cfg.limits
+        }
+    }
+
+    fn check_script_size(&self, name: &str, len: usize, own: bool) -> Result<()> {
+        let (max, set) = (
+            self.base_limits(own).max_script_bytes,
+            if own { "own" } else { "others" },
+        );
+        if len as u64 > max {
+            return Err(err!(
+                libc::EFBIG,
+                "script {name} is {len} bytes: the most a script may have is {max} (limits.{set}.max_script_bytes)"
+            ));
+        }
+        Ok(())
     }
 
     /// Submits a script from `caller` to run at `target` (caller's `peers/target/inbox`)
@@ -616,13 +649,15 @@ impl Core {
     /// with `from` whatever the message says (a sender cannot leave itself out),
     /// its hops within the hop limit, its budget within the daemon's.
     fn received_job(&self, from: &str, msg: &Outgoing) -> Result<Job> {
-        if msg.hops > self.0.cfg.hop_limit {
+        // A bound on the row, not the run's own limit (which the run checks): no
+        // script of either set of limits may have come through more sends.
+        let hop_limit = self.0.cfg.limits.hop_limit.max(self.0.cfg.own_limits.hop_limit);
+        if u64::from(msg.hops) > hop_limit {
             return Err(err!(
                 libc::EINVAL,
-                "message {} from {from} came through {} sends: more than hop_limit ({})",
+                "message {} from {from} came through {} sends: more than hop_limit ({hop_limit})",
                 msg.id,
                 msg.hops,
-                self.0.cfg.hop_limit
             ));
         }
         let mut chain = msg.chain.clone();
@@ -970,7 +1005,9 @@ impl Core {
         // counted in a commit before they run (see `Config::max_attempts`).
         // Pending results are tracked before the commit so no reader misses them.
         let pre = self.pre_register(peer, &effects);
+        let t = Instant::now();
         let committed = st.commit();
+        self.0.metrics.commit(t.elapsed());
         drop(st);
         self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
         match committed {
@@ -1423,7 +1460,10 @@ impl Core {
             }
         };
         let pre = self.pre_register(peer, &effects);
-        if let Err(e) = st.commit() {
+        let t = Instant::now();
+        let committed = st.commit();
+        self.0.metrics.commit(t.elapsed());
+        if let Err(e) = committed {
             self.unregister(peer, pre, &e);
             return Err(e);
         }
@@ -1526,20 +1566,26 @@ impl Core {
             0 => self.0.cfg.chain_budget,
             b => b.min(self.0.cfg.chain_budget),
         };
-        let hop_block = (job.hops >= self.0.cfg.hop_limit).then(|| {
-            format!(
-                "hop_limit ({}) reached: this script came through {} sends and may not send more",
-                self.0.cfg.hop_limit, job.hops
-            )
-        });
+        let foreign = job.caller != peer.name;
         let prepared = match crashed {
             Some(e) => Err((Status::Error, e)),
-            None => gate
-                .prepare(self, peer, job)
-                .map_err(|m| (Status::Denied, m)),
+            None => {
+                let p = gate.prepare(self, peer, job);
+                if foreign {
+                    self.0.metrics.run_decision(p.is_ok());
+                }
+                p.map_err(|m| (Status::Denied, m))
+            }
         };
+        let admitted = prepared.is_ok();
         let outcome = match prepared {
             Ok((host, limits)) => {
+                let hop_block = (u64::from(job.hops) >= limits.hop_limit).then(|| {
+                    format!(
+                        "hop_limit ({}) reached: this script came through {} sends and may not send more",
+                        limits.hop_limit, job.hops
+                    )
+                });
                 let input = RunInput {
                     script_name: &job.name,
                     source: &job.source,
@@ -1575,6 +1621,9 @@ impl Core {
         }
         if outcome.status == Status::Interrupted {
             return Ok(None);
+        }
+        if foreign && admitted && outcome.status == Status::Denied {
+            self.0.metrics.script_denied();
         }
         let finished_at = now_ns();
         let result = RunResult::new(job, &peer.name, &outcome, submitted, finished_at);
@@ -1675,6 +1724,9 @@ impl Core {
             _ => &self.0.stats.runs_error,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .metrics
+            .run(&peer.name, outcome.status, outcome.duration);
         // Only a run that wrote changes what the mount shows of the state (a notice
         // makes the mount invalidate the kernel's cached state entries).
         if outcome.status == Status::Ok && outcome.wrote {

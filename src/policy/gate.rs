@@ -309,7 +309,7 @@ impl Gate for Arc<PolicyGate> {
         job: &Job,
     ) -> Result<(Box<dyn Host>, Limits), String> {
         if job.caller == target.name {
-            return Ok((Box::new(OwnerHost), core.config().limits.clone()));
+            return Ok((Box::new(OwnerHost), core.config().own_limits.clone()));
         }
         let state = self
             .state(target)

@@ -6,20 +6,35 @@ use std::sync::{Arc, Mutex};
 
 use rhai::{Engine, ParseError, AST};
 
-/// Most entries kept; past this the cache starts over (cheap, and bounded).
-const MAX_ENTRIES: usize = 4096;
+/// Most entries kept by default; past the most the cache starts over (cheap, and
+/// bounded). Config key `script_cache_entries`.
+pub const MAX_ENTRIES: usize = 4096;
 
 /// (content hash, max expression depth) -> (source, compiled script).
 type Entries = HashMap<(u64, usize), (Arc<str>, Arc<AST>)>;
 
-#[derive(Default)]
 pub struct AstCache {
     map: Mutex<Entries>,
+    max: usize,
+}
+
+impl Default for AstCache {
+    fn default() -> AstCache {
+        AstCache::with_capacity(MAX_ENTRIES)
+    }
 }
 
 impl AstCache {
     pub fn new() -> AstCache {
         AstCache::default()
+    }
+
+    /// A cache of at most `max` compiled scripts (at least 1).
+    pub fn with_capacity(max: usize) -> AstCache {
+        AstCache {
+            map: Mutex::new(HashMap::new()),
+            max: max.max(1),
+        }
     }
 
     pub fn compile(&self, engine: &Engine, text: &str) -> Result<Arc<AST>, ParseError> {
@@ -33,7 +48,7 @@ impl AstCache {
         }
         let ast = Arc::new(engine.compile(text)?);
         let mut map = self.map.lock().unwrap();
-        if map.len() >= MAX_ENTRIES {
+        if map.len() >= self.max {
             map.clear();
         }
         map.insert(key, (Arc::from(text), ast.clone()));

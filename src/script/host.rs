@@ -78,6 +78,7 @@ pub(super) struct Ctx {
     max_sends: usize,
     max_wall_ms: u64,
     max_string: usize,
+    max_value: u64,
     pub(super) output: String,
     output_over: bool,
     pub(super) ops: u64,
@@ -139,6 +140,7 @@ pub(super) fn install(
         max_sends: input.limits.max_sends as usize,
         max_wall_ms: input.limits.max_wall_ms,
         max_string: input.limits.max_string_size as usize,
+        max_value: input.limits.max_value_bytes,
         output: String::new(),
         output_over: false,
         ops: 0,
@@ -179,6 +181,30 @@ fn check(ctx: &mut Ctx, cap: Capability, object: &str) -> RhaiResult<()> {
     let host = unsafe { &*ctx.host };
     host.check(cap, object)
         .map_err(|m| fatal(ctx, Status::Denied, m))
+}
+
+/// `max_value_bytes`: the value's JSON encoding, counted without building it.
+fn check_value_size(ctx: &mut Ctx, key: &str, v: &Value) -> RhaiResult<()> {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len() as u64;
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, v);
+    if n.0 > ctx.max_value {
+        let msg = format!(
+            "max_value_bytes ({}) reached: the value for key {key:?} is {} bytes as JSON",
+            ctx.max_value, n.0
+        );
+        return Err(fatal(ctx, Status::Limit, msg));
+    }
+    Ok(())
 }
 
 fn store(ctx: &mut Ctx) -> &mut dyn Store {
@@ -234,6 +260,7 @@ pub(super) fn register(engine: &mut Engine) {
         let v = to_json(&value)?;
         with_ctx(|c| {
             check(c, Capability::Write, key)?;
+            check_value_size(c, key, &v)?;
             store_w(c)?.set(key, &v).map_err(storage_err)
         })
     });

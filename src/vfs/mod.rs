@@ -406,6 +406,7 @@ impl Vfs {
     fn meta_text(&self, name: &str) -> String {
         match name {
             "version" => format!("version {}\n", env!("CARGO_PKG_VERSION")),
+            "metrics" => crate::metrics::text(&self.core),
             _ => {
                 let s = self.core.stats();
                 let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -609,6 +610,7 @@ impl Vfs {
             MetaDir => match name {
                 "version" => MetaFile("version"),
                 "stats" => MetaFile("stats"),
+                "metrics" => MetaFile("metrics"),
                 _ => return Err(missing()),
             },
             Peer(p) => {
@@ -766,6 +768,7 @@ impl Vfs {
                 }
             }
             MetaDir => {
+                out.push(("metrics".into(), MetaFile("metrics"), Kind::File));
                 out.push(("stats".into(), MetaFile("stats"), Kind::File));
                 out.push(("version".into(), MetaFile("version"), Kind::File));
             }
@@ -1489,10 +1492,12 @@ impl Vfs {
             return Err(err!(libc::EBADF, "file not open for writing"));
         }
         let max = match &h.node {
-            Node::InboxFile { .. } | Node::ModuleFile { .. } => {
-                self.core.config().limits.max_script_bytes
+            Node::InboxFile { peer, target, .. } => {
+                self.core.base_limits(peer == target).max_script_bytes
             }
+            Node::ModuleFile { .. } => self.core.base_limits(true).max_script_bytes,
             Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
+            Node::StateFile { .. } => self.core.base_limits(true).max_value_bytes,
             _ => MAX_STATE_FILE,
         };
         let end = offset + data.len() as u64;

@@ -232,6 +232,7 @@ impl Mounted {
         let mut cfg = Config::new(data);
         cfg.workers = 2;
         cfg.limits.max_wall_ms = 2000;
+        cfg.own_limits.max_wall_ms = 2000;
         cfg
     }
 

@@ -1,0 +1,536 @@
+//! The daemon's configuration: a TOML file, command-line flags over it, defaults
+//! under both (flag > file > default).
+//!
+//! Every setting has one key (`workers`, `limits.own.max_wall_ms`, `log.format`,
+//! ...). The file is read with serde and `deny_unknown_fields`, so an unknown key,
+//! a value of the wrong type or a limit out of range is refused at start with the
+//! key, the reason and the file's line. Flags are turned into the same keys
+//! (`--workers 4` is `workers = 4`, `-o limits.own.max_operations=5000` any key),
+//! so `mount.peerfs`/fstab `-o` options, the flags and the file are one namespace.
+//!
+//! How the layers merge: the defaults, the file and the flags are each flattened
+//! to `dotted.key -> value`, laid over each other, and the result is deserialized
+//! once more into [`Settings`]; the flat map remembers where each value came from,
+//! for `peerfs config show`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::exec::Config;
+use crate::script::{Library, Limits};
+
+/// Everything a config file can say. Shared by every daemon subcommand (`mount`,
+/// `serve`); settings of one subcommand only live in its own table (`[mount]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// The data folder: `DATA/peers/<name>.sqlite`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// Serve only these peers (isolated deployment); empty: every peer in `data`.
+    pub peers: Vec<String>,
+    /// Worker threads running scripts.
+    #[serde(deserialize_with = "between::<_, 1, 4096>")]
+    pub workers: u64,
+    /// Open peers kept at most (idle ones beyond this are closed first).
+    #[serde(deserialize_with = "between::<_, 1, 10_000_000>")]
+    pub max_open_peers: u64,
+    /// An open peer with no work is closed after this many milliseconds.
+    #[serde(deserialize_with = "between::<_, 1, 86_400_000>")]
+    pub idle_close_ms: u64,
+    /// Runs kept in each peer's history.
+    #[serde(deserialize_with = "between::<_, 1, 1_000_000_000>")]
+    pub run_retention: u64,
+    /// Most runs committed together (one fsync).
+    #[serde(deserialize_with = "between::<_, 1, 100_000>")]
+    pub batch_max_runs: u64,
+    /// Compiled scripts and modules kept in the cache.
+    #[serde(deserialize_with = "between::<_, 1, 10_000_000>")]
+    pub script_cache_entries: u64,
+    /// A folder of `NAME.rhai` modules to use as the shared library instead of
+    /// the one built into the binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub library: Option<PathBuf>,
+    pub mount: MountSettings,
+    pub log: LogSettings,
+    pub metrics: MetricsSettings,
+    pub limits: LimitSets,
+}
+
+/// `[mount]`: settings of `peerfs mount` only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MountSettings {
+    /// Let other users in (their own peers only: peer folders are 0700).
+    pub allow_other: bool,
+    /// Clean up a stale mount left by a killed daemon first.
+    pub force: bool,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// A tracing filter (`info`, `peerfs=debug`, ...); `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> LogSettings {
+        LogSettings {
+            level: "peerfs=info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Record run durations, commit latency, policy decisions and per-peer
+    /// figures (the plain counters count either way).
+    pub enabled: bool,
+    /// Serve `GET /metrics` on this address (e.g. `127.0.0.1:9464`, or a bare
+    /// port for loopback); unset: only the mount's `.peerfs/metrics` file.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "listen_addr"
+    )]
+    pub listen: Option<SocketAddr>,
+    /// Per-peer series are exported for at most this many peers (the busiest), so
+    /// that ten thousand peers do not make ten thousand series.
+    #[serde(deserialize_with = "between::<_, 0, 1000>")]
+    pub top_peers: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> MetricsSettings {
+        MetricsSettings {
+            enabled: true,
+            listen: None,
+            top_peers: 20,
+        }
+    }
+}
+
+/// `[limits.own]` and `[limits.others]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSets {
+    /// A peer's own scripts (dropped into its own `inbox/`).
+    #[serde(default = "Limits::own")]
+    pub own: Limits,
+    /// Scripts other peers send; the target's policy can tighten them further.
+    #[serde(default = "Limits::others")]
+    pub others: Limits,
+}
+
+impl Default for LimitSets {
+    fn default() -> LimitSets {
+        LimitSets {
+            own: Limits::own(),
+            others: Limits::others(),
+        }
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        let c = Config::new("");
+        Settings {
+            data: None,
+            peers: Vec::new(),
+            workers: c.workers as u64,
+            max_open_peers: c.max_open_peers as u64,
+            idle_close_ms: c.idle_close.as_millis() as u64,
+            run_retention: c.run_retention,
+            batch_max_runs: c.batch_max_runs as u64,
+            script_cache_entries: c.script_cache_entries as u64,
+            library: None,
+            mount: MountSettings::default(),
+            log: LogSettings::default(),
+            metrics: MetricsSettings::default(),
+            limits: LimitSets::default(),
+        }
+    }
+}
+
+fn between<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
+    d: D,
+) -> Result<u64, D::Error> {
+    let v = u64::deserialize(d)?;
+    if !(MIN..=MAX).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is out of range: use a value from {MIN} to {MAX}"
+        )));
+    }
+    Ok(v)
+}
+
+/// `HOST:PORT`, or a port (number or text) meaning `127.0.0.1:PORT`.
+fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Port(u16),
+        Text(String),
+    }
+    let text = match Given::deserialize(d)? {
+        Given::Port(p) => return Ok(Some(SocketAddr::from(([127, 0, 0, 1], p)))),
+        Given::Text(t) => t,
+    };
+    if let Ok(p) = text.parse::<u16>() {
+        return Ok(Some(SocketAddr::from(([127, 0, 0, 1], p))));
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an address: use HOST:PORT (127.0.0.1:9464), or a port for loopback"
+        ))
+    })
+}
+
+/// Where a value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File(PathBuf),
+    /// The flag as it was given (`--workers`, `-o`).
+    Flag(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::File(p) => write!(f, "file {}", p.display()),
+            Source::Flag(s) => write!(f, "flag {s}"),
+        }
+    }
+}
+
+/// A setting given on the command line, as a config key.
+#[derive(Debug, Clone)]
+pub struct FlagValue {
+    pub key: String,
+    pub value: toml::Value,
+    /// How the user spelled it, for messages (`--workers`).
+    pub flag: String,
+}
+
+/// The command-line flags every daemon subcommand shares (`mount`, `serve`):
+/// flatten it into the subcommand with `#[command(flatten)]`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DaemonArgs {
+    /// A TOML config file (keys: `peerfs config show` lists them all).
+    #[arg(long, env = "PEERFS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The data folder (key `data`).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Serve only this peer (repeatable): an isolated deployment (key `peers`).
+    #[arg(long = "peer", value_name = "NAME")]
+    pub peers: Vec<String>,
+    /// Worker threads running scripts (key `workers`; default: 2 per core, at least 4).
+    #[arg(long)]
+    pub workers: Option<u64>,
+    /// Most milliseconds one run may take, own scripts and others' alike (keys
+    /// `limits.own.max_wall_ms` and `limits.others.max_wall_ms`).
+    #[arg(long)]
+    pub max_wall_ms: Option<u64>,
+    /// Most Rhai operations one run may take, own scripts and others' alike (keys
+    /// `limits.own.max_operations` and `limits.others.max_operations`).
+    #[arg(long)]
+    pub max_operations: Option<u64>,
+    /// Log lines as text (default) or JSON (key `log.format`).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `peerfs=debug` (key `log.level`; RUST_LOG wins when set).
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (key `metrics.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Any config key: `-o KEY=VALUE` (repeatable, or comma-separated as in fstab);
+    /// a bare `KEY` means `KEY=true`.
+    #[arg(short = 'o', value_name = "KEY=VALUE")]
+    pub options: Vec<String>,
+}
+
+impl DaemonArgs {
+    /// The flags as config keys, in the order given (a later one wins).
+    pub fn flags(&self) -> Result<Vec<FlagValue>, String> {
+        let mut out = Vec::new();
+        let mut put = |key: &str, value: toml::Value, flag: &str| {
+            out.push(FlagValue {
+                key: key.into(),
+                value,
+                flag: flag.into(),
+            })
+        };
+        let path = |p: &Path| toml::Value::String(p.to_string_lossy().into_owned());
+        if let Some(d) = &self.data {
+            put("data", path(d), "--data");
+        }
+        if !self.peers.is_empty() {
+            let names = self.peers.iter().cloned().map(toml::Value::String);
+            put("peers", toml::Value::Array(names.collect()), "--peer");
+        }
+        if let Some(w) = self.workers {
+            put("workers", int(w), "--workers");
+        }
+        for set in ["own", "others"] {
+            if let Some(m) = self.max_wall_ms {
+                put(
+                    &format!("limits.{set}.max_wall_ms"),
+                    int(m),
+                    "--max-wall-ms",
+                );
+            }
+            if let Some(m) = self.max_operations {
+                let key = format!("limits.{set}.max_operations");
+                put(&key, int(m), "--max-operations");
+            }
+        }
+        if let Some(f) = self.log_format {
+            let s = if f == LogFormat::Json { "json" } else { "text" };
+            put("log.format", toml::Value::String(s.into()), "--log-format");
+        }
+        if let Some(l) = &self.log_level {
+            put("log.level", toml::Value::String(l.clone()), "--log-level");
+        }
+        if let Some(a) = &self.metrics_listen {
+            let v = toml::Value::String(a.clone());
+            put("metrics.listen", v, "--metrics-listen");
+        }
+        for o in self.options.iter().flat_map(|o| o.split(',')) {
+            let o = o.trim();
+            if o.is_empty() {
+                continue;
+            }
+            let (key, value) = match o.split_once('=') {
+                Some((k, v)) => (k.trim(), parse_value(v.trim())),
+                None => (o, toml::Value::Boolean(true)),
+            };
+            if key.is_empty() {
+                return Err(format!("-o {o:?} has no key: use -o KEY=VALUE"));
+            }
+            put(key, value, &format!("-o {key}"));
+        }
+        Ok(out)
+    }
+}
+
+fn int(v: u64) -> toml::Value {
+    toml::Value::Integer(i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// A `-o` value: TOML when it is (numbers, booleans, quoted strings, arrays),
+/// otherwise the text itself (`data=/srv/peerfs`).
+fn parse_value(v: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(v.into())),
+        Err(_) => toml::Value::String(v.into()),
+    }
+}
+
+/// The effective configuration and where each value came from.
+#[derive(Debug, Clone)]
+pub struct Effective {
+    pub settings: Settings,
+    /// `dotted.key -> (value, source)`, for every key that has a value.
+    pub values: BTreeMap<String, (toml::Value, Source)>,
+}
+
+/// Reads the config file (if any) and lays the flags over it.
+pub fn load(file: Option<&Path>, flags: &[FlagValue]) -> Result<Effective, String> {
+    let mut values = BTreeMap::new();
+    let defaults = toml::Value::try_from(Settings::default())
+        .map_err(|e| format!("the built-in defaults do not serialize: {e}"))?;
+    flatten("", &defaults, &Source::Default, &mut values);
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "config file {}: {e}: check the path given with --config or PEERFS_CONFIG",
+                path.display()
+            )
+        })?;
+        // Typed first: this is where unknown keys, bad types and out-of-range
+        // values are caught, with the line.
+        toml::from_str::<Settings>(&text).map_err(|e| {
+            format!(
+                "config file {}: {}",
+                path.display(),
+                e.to_string().trim_end()
+            )
+        })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let src = Source::File(path.to_path_buf());
+        flatten("", &toml::Value::Table(table), &src, &mut values);
+    }
+    for f in flags {
+        values.insert(
+            f.key.clone(),
+            (f.value.clone(), Source::Flag(f.flag.clone())),
+        );
+    }
+    let merged = unflatten(&values);
+    let settings = Settings::deserialize(toml::Value::Table(merged)).map_err(|e| {
+        let by: Vec<&str> = flags.iter().map(|f| f.flag.as_str()).collect();
+        format!(
+            "command-line settings ({}): {}",
+            by.join(", "),
+            e.to_string().trim_end()
+        )
+    })?;
+    // Show what was understood (`9464` is `127.0.0.1:9464`), with the sources kept.
+    if let Ok(eff) = toml::Value::try_from(&settings) {
+        let mut understood = BTreeMap::new();
+        flatten("", &eff, &Source::Default, &mut understood);
+        for (k, (v, _)) in values.iter_mut() {
+            if let Some((e, _)) = understood.remove(k) {
+                *v = e;
+            }
+        }
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&settings.log.level) {
+        return Err(format!(
+            "log.level {:?} ({}) is not a log filter ({e}): use e.g. \"info\" or \"peerfs=debug\"",
+            settings.log.level, values["log.level"].1
+        ));
+    }
+    Ok(Effective { settings, values })
+}
+
+fn flatten(
+    prefix: &str,
+    v: &toml::Value,
+    src: &Source,
+    out: &mut BTreeMap<String, (toml::Value, Source)>,
+) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, src, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string(), (v.clone(), src.clone()));
+        }
+    }
+}
+
+fn unflatten(values: &BTreeMap<String, (toml::Value, Source)>) -> toml::Table {
+    let mut root = toml::Table::new();
+    for (key, (v, _)) in values {
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let last = parts.pop().unwrap_or_default();
+        let mut t = &mut root;
+        for p in parts {
+            let e = t
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if !e.is_table() {
+                *e = toml::Value::Table(toml::Table::new());
+            }
+            t = e.as_table_mut().expect("just made a table");
+        }
+        t.insert(last.to_string(), v.clone());
+    }
+    root
+}
+
+impl Effective {
+    /// The effective configuration as TOML, each value with its source.
+    pub fn show(&self) -> String {
+        let mut sections: BTreeMap<&str, Vec<(&str, &toml::Value, &Source)>> = BTreeMap::new();
+        for (key, (v, src)) in &self.values {
+            let (section, name) = key.rsplit_once('.').unwrap_or(("", key));
+            sections.entry(section).or_default().push((name, v, src));
+        }
+        let mut s = String::from(
+            "# The effective peerfs configuration: each value with where it came from\n\
+             # (flag > file > default).\n",
+        );
+        for (key, how) in [
+            ("data", "--data DATA"),
+            ("library", "a folder of NAME.rhai modules"),
+            ("metrics.listen", "--metrics-listen ADDR"),
+        ] {
+            if !self.values.contains_key(key) {
+                let _ = writeln!(s, "# {key} is not set ({how})");
+            }
+        }
+        for (section, keys) in sections {
+            if !section.is_empty() {
+                let _ = writeln!(s, "\n[{section}]");
+            }
+            for (name, v, src) in keys {
+                let _ = writeln!(s, "{name} = {v}  # {src}");
+            }
+        }
+        s
+    }
+
+    /// The executor's settings. `data` must be set somewhere.
+    pub fn core_config(&self) -> Result<Config, String> {
+        let s = &self.settings;
+        let data = s
+            .data
+            .as_ref()
+            .ok_or("no data folder: pass --data DATA or put data = \"DATA\" in the config file")?;
+        let mut c = Config::new(data);
+        if !s.peers.is_empty() {
+            c.only = Some(s.peers.clone());
+        }
+        c.workers = s.workers as usize;
+        c.max_open_peers = s.max_open_peers as usize;
+        c.idle_close = Duration::from_millis(s.idle_close_ms);
+        c.run_retention = s.run_retention;
+        c.batch_max_runs = s.batch_max_runs as usize;
+        c.script_cache_entries = s.script_cache_entries as usize;
+        if let Some(l) = &s.library {
+            c.library = Library::Dir(l.clone());
+        }
+        c.limits = s.limits.others.clone();
+        c.own_limits = s.limits.own.clone();
+        c.metrics = s.metrics.enabled;
+        c.metrics_top_peers = s.metrics.top_peers as usize;
+        Ok(c)
+    }
+}
+
+/// Installs the global tracing subscriber: text or JSON lines on stderr.
+pub fn init_logging(log: &LogSettings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
+        .unwrap_or_else(|_| "peerfs=info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Text => b.try_init(),
+        LogFormat::Json => b.json().try_init(),
+    };
+}
