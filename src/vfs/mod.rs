@@ -110,6 +110,10 @@ struct Handle {
     created: bool,
     buf: Vec<u8>,
     dirty: bool,
+    /// Bytes were written through this handle (not only truncated). A policy,
+    /// groups or module handle that was only truncated is not applied at a flush
+    /// (see `flush_now`).
+    wrote: bool,
     snapshot: Option<Arc<Vec<u8>>>,
     /// The process (thread group) that opened a writing handle; 0 = not known yet
     /// (looked up from `opener` when needed). Only its close commits, see `flush`.
@@ -131,6 +135,7 @@ impl Handle {
             created,
             buf,
             dirty,
+            wrote: false,
             snapshot: None,
             owner: leader(who.pid),
             opener: who.pid,
@@ -147,6 +152,7 @@ impl Handle {
             created: false,
             buf: Vec::new(),
             dirty: false,
+            wrote: false,
             snapshot,
             owner: 0,
             opener: 0,
@@ -1475,26 +1481,40 @@ impl Vfs {
         if !h.write {
             return Err(err!(libc::EBADF, "file not open for writing"));
         }
-        let max = match &h.node {
-            Node::InboxFile { .. } | Node::ModuleFile { .. } => {
-                self.core.config().limits.max_script_bytes
-            }
-            Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
-            _ => MAX_STATE_FILE,
-        };
-        let end = offset + data.len() as u64;
-        if end > max {
-            return Err(err!(
-                libc::EFBIG,
-                "file would be {end} bytes: the most allowed here is {max}"
-            ));
-        }
+        let end = offset.saturating_add(data.len() as u64);
+        self.check_size(&h.node, end)?;
         if h.buf.len() < end as usize {
             h.buf.resize(end as usize, 0);
         }
         h.buf[offset as usize..end as usize].copy_from_slice(data);
         h.dirty = true;
+        h.wrote = true;
         Ok(data.len() as u32)
+    }
+
+    /// The largest a file at `node` may grow: a value, a script or module, a
+    /// policy or groups file.
+    pub fn size_cap(&self, node: &Node) -> u64 {
+        match node {
+            Node::InboxFile { .. } | Node::ModuleFile { .. } => {
+                self.core.config().limits.max_script_bytes
+            }
+            Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
+            _ => MAX_STATE_FILE,
+        }
+    }
+
+    /// Every size or end offset the kernel hands in is checked here, before
+    /// anything is allocated from it: `EFBIG` past the cap, nothing changed.
+    fn check_size(&self, node: &Node, size: u64) -> Result<()> {
+        let max = self.size_cap(node);
+        if size > max {
+            return Err(err!(
+                libc::EFBIG,
+                "file would be {size} bytes: the most allowed here is {max}"
+            ));
+        }
+        Ok(())
     }
 
     pub fn setattr(
@@ -1505,6 +1525,7 @@ impl Vfs {
         _mtime_ns: Option<i64>,
     ) -> Result<Attr> {
         if let Some(size) = size {
+            self.check_size(node, size)?;
             if let Some(fh) = fh {
                 let mut hs = self.handles.lock().unwrap();
                 if let Some(h) = hs.get_mut(&fh).filter(|h| h.write) {
@@ -1583,7 +1604,14 @@ impl Vfs {
             // here, at close, not at RELEASE: that comes after close() has returned,
             // and would bring back a key renamed or removed in between.
             let touch = h.created && matches!(h.node, Node::StateFile { .. });
-            if !h.write || (!h.dirty && !touch) {
+            // A policy, groups or module handle that was truncated (`O_TRUNC`,
+            // `ftruncate`) and not written since is not applied at a flush: `echo
+            // bad > policy.cedar` flushes once at the shell's dup2 before `echo`
+            // writes, and applying the empty text then would replace the policy
+            // that must stay in force when "bad" is refused. The release applies a
+            // truncation that no write followed (`: > policy.cedar`).
+            let truncated_only = h.dirty && !h.wrote && validated_whole(&h.node);
+            if !h.write || (!h.dirty && !touch) || truncated_only {
                 if h.committing > 0 {
                     // Another close of this handle took the bytes; answer with it.
                     h.waiters.push(reply);
@@ -1772,6 +1800,15 @@ impl Vfs {
             namelen: 255,
         }
     }
+}
+
+/// Files whose whole text is checked before it is applied: a truncation of them
+/// waits in the handle like a write.
+fn validated_whole(node: &Node) -> bool {
+    matches!(
+        node,
+        Node::Policy(_) | Node::Groups(_) | Node::ModuleFile { .. }
+    )
 }
 
 /// `x.rhai` -> module `x` (module files end in `.rhai`; others are staging files).
