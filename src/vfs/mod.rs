@@ -26,6 +26,10 @@ use crate::util::now_ns;
 pub const MAX_STATE_FILE: u64 = 64 << 20;
 /// Largest policy or groups file.
 pub const MAX_META_FILE: u64 = 1 << 20;
+/// Bytes one peer may hold in the daemon's memory at once in open write handles
+/// and staging files (beyond it `EDQUOT`): one peer cannot take the memory that
+/// every other peer's writes need.
+pub const BUFFER_BUDGET: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -218,6 +222,8 @@ pub struct Vfs {
     /// Empty folders made with `mkdir` in state/ (they hold no key yet).
     empty_dirs: Mutex<HashSet<(String, String)>>,
     dirs: Mutex<HashMap<u64, Listing>>,
+    /// See [`BUFFER_BUDGET`].
+    budget: AtomicU64,
     invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
@@ -277,6 +283,7 @@ impl Vfs {
             staged: Arc::new(Mutex::new(HashMap::new())),
             empty_dirs: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
+            budget: AtomicU64::new(BUFFER_BUDGET),
             invalidator: RwLock::new(None),
             validator: RwLock::new(None),
             read_check: RwLock::new(None),
@@ -309,6 +316,42 @@ impl Vfs {
 
     pub fn set_validator(&self, f: Validator) {
         *self.validator.write().unwrap() = Some(f);
+    }
+
+    /// The bytes one peer may hold in write handles and staging files.
+    pub fn set_buffer_budget(&self, bytes: u64) {
+        self.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Refuses `more` bytes of buffers for the peer acting at `node` when it would
+    /// pass its budget. `hs` is the handle table, locked by the caller.
+    fn check_budget(&self, node: &Node, hs: &HashMap<u64, Handle>, more: u64) -> Result<()> {
+        let Some(peer) = node.peer() else {
+            return Ok(());
+        };
+        let in_handles: u64 = hs
+            .values()
+            .filter(|h| h.write && h.node.peer() == Some(peer))
+            .map(|h| h.buf.len() as u64)
+            .sum();
+        let staged: u64 = self
+            .staged
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((p, _), _)| p.peer() == Some(peer))
+            .map(|(_, s)| s.data.len() as u64)
+            .sum();
+        let budget = self.budget.load(Ordering::Relaxed);
+        let held = in_handles + staged;
+        if held.saturating_add(more) > budget {
+            return Err(err!(
+                libc::EDQUOT,
+                "{peer} holds {held} bytes in open files and staging files, and {more} more \
+                 would pass its budget of {budget}: close or remove some first"
+            ));
+        }
+        Ok(())
     }
 
     pub fn set_read_check(&self, f: ReadCheck) {
@@ -1384,7 +1427,10 @@ impl Vfs {
                     }
                 })?
             };
-            let fh = self.new_handle(Handle::writer(node, who, buf, false, trunc));
+            let mut hs = self.handles.lock().unwrap();
+            self.check_budget(node, &hs, buf.len() as u64)?;
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            hs.insert(fh, Handle::writer(node, who, buf, false, trunc));
             return Ok(Opened {
                 fh,
                 direct_io: false,
@@ -1484,6 +1530,11 @@ impl Vfs {
         let end = offset.saturating_add(data.len() as u64);
         self.check_size(&h.node, end)?;
         if h.buf.len() < end as usize {
+            let (node, more) = (h.node.clone(), end - h.buf.len() as u64);
+            self.check_budget(&node, &hs, more)?;
+        }
+        let h = hs.get_mut(&fh).expect("looked up above");
+        if h.buf.len() < end as usize {
             h.buf.resize(end as usize, 0);
         }
         h.buf[offset as usize..end as usize].copy_from_slice(data);
@@ -1528,7 +1579,9 @@ impl Vfs {
             self.check_size(node, size)?;
             if let Some(fh) = fh {
                 let mut hs = self.handles.lock().unwrap();
-                if let Some(h) = hs.get_mut(&fh).filter(|h| h.write) {
+                if let Some(len) = hs.get(&fh).filter(|h| h.write).map(|h| h.buf.len() as u64) {
+                    self.check_budget(node, &hs, size.saturating_sub(len))?;
+                    let h = hs.get_mut(&fh).expect("looked up above");
                     h.buf.resize(size as usize, 0);
                     h.dirty = true;
                     drop(hs);
@@ -1544,6 +1597,12 @@ impl Vfs {
                 }
                 Node::InboxFile { .. } | Node::ModuleFile { .. } => {
                     if let Some((p, n)) = Self::parent_of(node) {
+                        let len = self.staged_get(&p, &n).map_or(0, |s| s.data.len() as u64);
+                        self.check_budget(
+                            node,
+                            &self.handles.lock().unwrap(),
+                            size.saturating_sub(len),
+                        )?;
                         if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
                             s.data.resize(size as usize, 0);
                         } else {
