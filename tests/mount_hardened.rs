@@ -157,3 +157,101 @@ fn a_refused_policy_written_with_a_shell_redirection_leaves_the_old_one_in_force
         "`: > policy.cedar` did not empty the policy"
     );
 }
+
+#[test]
+fn rsync_a_copies_a_tree_once_and_a_second_run_copies_nothing() {
+    let m = two_peers();
+    let src = m.work.join("src");
+    fs::create_dir_all(src.join("sub/deep")).unwrap();
+    for (f, text) in [("a", "one\n"), ("sub/b", "{\"n\":2}\n"), ("sub/deep/c", "")] {
+        fs::write(src.join(f), text).unwrap();
+    }
+    sh_ok(&format!(
+        "chmod 755 {s} {s}/sub {s}/sub/deep && chmod 644 {s}/a {s}/sub/b {s}/sub/deep/c && \
+         touch -d '2020-01-02 03:04:05' {s}/a {s}/sub/b {s}/sub/deep/c {s}/sub/deep {s}/sub {s}",
+        s = q(&src)
+    ));
+    let dst = m.p("alice/state/dst");
+    sh_ok(&format!("rsync -a {}/ {}/", q(&src), q(&dst)));
+    sh_ok(&format!("diff -r {} {}", q(&src), q(&dst)));
+    let md = fs::metadata(dst.join("sub/b")).unwrap();
+    assert_eq!(
+        md.mtime(),
+        fs::metadata(src.join("sub/b")).unwrap().mtime(),
+        "the time rsync set is kept"
+    );
+    let again = sh_ok(&format!(
+        "rsync -a --itemize-changes {}/ {}/",
+        q(&src),
+        q(&dst)
+    ));
+    assert_eq!(again, "", "a second rsync found changes");
+
+    // touch -d and install -m.
+    sh_ok(&format!(
+        "touch -d '2001-02-03 04:05:06' {}",
+        q(&m.p("alice/state/x"))
+    ));
+    let t = fs::metadata(m.p("alice/state/x")).unwrap().mtime();
+    assert_eq!(t, 981173106, "touch -d kept");
+    sh_ok(&format!(
+        "install -m 0755 {} {}",
+        q(&src.join("a")),
+        q(&m.p("alice/state/inst"))
+    ));
+    assert_eq!(fs::read(m.p("alice/state/inst")).unwrap(), b"one\n");
+}
+
+#[test]
+fn folder_times_move_when_entries_come_and_go() {
+    let m = two_peers();
+    let dir = m.p("alice/state");
+    fs::create_dir(dir.join("f")).unwrap();
+    let t0 = fs::metadata(dir.join("f")).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(dir.join("f/k"), b"1").unwrap();
+    let t1 = fs::metadata(dir.join("f")).unwrap().modified().unwrap();
+    assert!(t1 > t0, "a new entry moves the folder's mtime");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::remove_file(dir.join("f/k")).unwrap();
+    let md = fs::metadata(dir.join("f")).unwrap();
+    assert!(md.modified().unwrap() > t1, "a removed entry moves it too");
+    assert_eq!(md.ctime(), md.mtime());
+    // A new file's ctime is its own, not the mount's start.
+    fs::write(dir.join("new"), b"1").unwrap();
+    let md = fs::metadata(dir.join("new")).unwrap();
+    assert_eq!(md.ctime(), md.mtime());
+}
+
+#[test]
+fn paths_as_long_as_pathconf_says_are_keys() {
+    let m = two_peers();
+    let state = m.p("alice/state");
+    let c = std::ffi::CString::new(state.as_os_str().as_encoded_bytes()).unwrap();
+    let max = unsafe { libc::pathconf(c.as_ptr(), libc::_PC_PATH_MAX) };
+    assert_eq!(max, 4096);
+    // Segments of 200 bytes up to a path just under PATH_MAX.
+    let room = 4095 - state.as_os_str().len() - 1;
+    let seg = "s".repeat(200);
+    let mut key = String::new();
+    while key.len() + 201 < room - 10 {
+        if !key.is_empty() {
+            key.push('/');
+        }
+        key.push_str(&seg);
+    }
+    fs::create_dir_all(state.join(&key)).unwrap();
+    let leaf = format!("{key}/{}", "e".repeat(room - key.len() - 1));
+    let path = state.join(&leaf);
+    assert_eq!(path.as_os_str().len(), 4095);
+    fs::write(&path, b"deep").unwrap();
+    assert_eq!(fs::read(&path).unwrap(), b"deep");
+    assert!(leaf.len() > 1024);
+    // One byte more is the kernel's ENAMETOOLONG, before peerfs.
+    expect_errno(
+        fs::write(format!("{}e", path.display()), b"x"),
+        libc::ENAMETOOLONG,
+        "a path past PATH_MAX",
+    );
+    still_serves(&m);
+}

@@ -1034,6 +1034,12 @@ impl Core {
                 st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
+            Op::SetMtime(key, mtime) => {
+                if !st.set_mtime(key, *mtime)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                vec![Effect::Changed(Change::State)]
+            }
             Op::SetModule(name, src) => {
                 st.set_module(name, src)?;
                 st.append_log(&format!("{ts} module {name} {} bytes", src.len()))?;

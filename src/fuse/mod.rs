@@ -382,21 +382,12 @@ impl PeerFs {
         let node = self.node(OP, ino)?;
         let fh = fh.map(|f| f.0);
         if mode.is_some() || uid.is_some() || gid.is_some() {
-            let cur = self.vfs.getattr(&node, fh).map_err(|e| errno(OP, &e))?;
-            let mode_differs = mode.is_some_and(|m| (m & 0o7777) as u16 != cur.perm & 0o7777);
-            if mode_differs
-                || uid.is_some_and(|u| u != cur.uid)
-                || gid.is_some_and(|g| g != cur.gid)
-            {
-                return Err(errno(
-                    OP,
-                    &Error::new(
-                        libc::EPERM,
-                        "peerfs does not support chmod/chown: a peer's files keep the \
-                         peer's owner and mode",
-                    ),
-                ));
-            }
+            // Accepted and not kept (vfat's `quiet`): what `ls -l` shows is what is
+            // enforced, see `Vfs::chmod`.
+            let cur = self
+                .vfs
+                .chmod(&node, fh, mode, uid, gid)
+                .map_err(|e| errno(OP, &e))?;
             if size.is_none() && mtime.is_none() {
                 return Ok(file_attr(ino.0, &cur));
             }

@@ -467,6 +467,14 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn set_mtime(&mut self, key: &str, mtime_ns: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE state SET mtime=?2 WHERE key=?1")?
+            .execute(params![key, mtime_ns])?
+            > 0)
+    }
+
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>> {
         let mut stmt = self
             .conn

@@ -224,6 +224,9 @@ pub struct Vfs {
     dirs: Mutex<HashMap<u64, Listing>>,
     /// See [`BUFFER_BUDGET`].
     budget: AtomicU64,
+    /// When an entry last came or went in a folder through the mount (its mtime
+    /// and ctime; a folder not changed since the mount started shows the peer's).
+    dir_times: Mutex<HashMap<Node, i64>>,
     invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
@@ -284,6 +287,7 @@ impl Vfs {
             empty_dirs: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
             budget: AtomicU64::new(BUFFER_BUDGET),
+            dir_times: Mutex::new(HashMap::new()),
             invalidator: RwLock::new(None),
             validator: RwLock::new(None),
             read_check: RwLock::new(None),
@@ -398,7 +402,9 @@ impl Vfs {
         a.size = size;
         a.nlink = 1;
         if mtime_ns > 0 {
+            // The store keeps one time per file: its contents' or the one set.
             a.mtime_ns = mtime_ns;
+            a.ctime_ns = mtime_ns;
         }
         Ok(a)
     }
@@ -514,7 +520,12 @@ impl Vfs {
                 if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
                     return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
                 }
-                self.dir_attr(Some(peer), 0o755)
+                let mut a = self.dir_attr(Some(peer), 0o755)?;
+                if let Some(&t) = self.dir_times.lock().unwrap().get(node) {
+                    a.mtime_ns = t;
+                    a.ctime_ns = t;
+                }
+                Ok(a)
             }
             InboxFile { peer, target, name } => {
                 let parent = Inbox {
@@ -630,6 +641,13 @@ impl Vfs {
         while let Some(i) = dir.rfind('/') {
             dir = &dir[..i];
             e.insert((peer.to_string(), dir.to_string()));
+        }
+    }
+
+    /// An entry came or went in `dir`: its times move (POSIX: mtime and ctime).
+    fn entries_changed(&self, dir: &Node) {
+        if matches!(dir, Node::State { .. }) {
+            self.dir_times.lock().unwrap().insert(dir.clone(), now_ns());
         }
     }
 
@@ -1070,6 +1088,7 @@ impl Vfs {
                     peer: peer.clone(),
                     dir: key,
                 };
+                self.entries_changed(parent);
                 let attr = self.attr(&node)?;
                 Ok((node, attr))
             }
@@ -1104,6 +1123,8 @@ impl Vfs {
                 if !e.remove(&(peer.clone(), key.clone())) {
                     return Err(err!(libc::ENOENT, "no state folder {key:?}"));
                 }
+                drop(e);
+                self.entries_changed(parent);
                 Ok(())
             }
             _ => Err(err!(libc::EACCES, "this folder cannot be removed")),
@@ -1125,6 +1146,7 @@ impl Vfs {
             Node::StateFile { peer, key } => {
                 self.core.apply(peer, Op::Remove(key.clone()))?;
                 self.keep_folders_of(peer, key);
+                self.entries_changed(parent);
                 Ok(())
             }
             Node::ModuleFile { peer, name } => {
@@ -1191,6 +1213,8 @@ impl Vfs {
                 Ok(())
             }
             (Node::State { peer, .. }, Node::State { .. }) => {
+                self.entries_changed(parent);
+                self.entries_changed(newparent);
                 let src = self.child(parent, name)?;
                 let dst = match self.child(newparent, newname) {
                     Ok(n) => n,
@@ -1336,6 +1360,7 @@ impl Vfs {
             .lock()
             .unwrap()
             .insert((parent.clone(), name.to_string()), staged);
+        self.entries_changed(parent);
         let fh = self.new_handle(Handle::writer(&node, who, Vec::new(), true, false));
         Ok((
             node,
@@ -1568,13 +1593,60 @@ impl Vfs {
         Ok(())
     }
 
+    /// chmod/chown: accepted and not kept, as vfat's `quiet` option does, so that
+    /// `rsync -a`, `install -m` and `cp -p` work. What `ls -l` shows stays what is
+    /// enforced: a peer's files belong to its owner (the kernel lets only the owner
+    /// or root get here, `default_permissions`) and the peer's folder is 0700.
+    pub fn chmod(
+        &self,
+        node: &Node,
+        fh: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Attr> {
+        let cur = self.getattr(node, fh)?;
+        let differs = mode.is_some_and(|m| (m & 0o7777) as u16 != cur.perm & 0o7777)
+            || uid.is_some_and(|u| u != cur.uid)
+            || gid.is_some_and(|g| g != cur.gid);
+        if differs {
+            tracing::debug!(?node, ?mode, ?uid, ?gid, "chmod/chown accepted, not kept");
+        }
+        Ok(cur)
+    }
+
     pub fn setattr(
         &self,
         node: &Node,
         fh: Option<u64>,
         size: Option<u64>,
-        _mtime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
     ) -> Result<Attr> {
+        let r = self.set_size(node, fh, size)?;
+        let Some(t) = mtime_ns else {
+            return Ok(r);
+        };
+        // The time set is kept: by the store for a value, in memory for a staging
+        // file; the daemon's own files keep their times.
+        if let Some((p, n)) = Self::parent_of(node) {
+            if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
+                s.mtime_ns = t;
+                return Ok(self.staged_attr(s));
+            }
+        }
+        match node {
+            Node::StateFile { peer, key } => {
+                self.core.apply(peer, Op::SetMtime(key.clone(), t))?;
+            }
+            Node::State { .. } => {
+                self.dir_times.lock().unwrap().insert(node.clone(), t);
+            }
+            _ => {}
+        }
+        self.getattr(node, fh)
+    }
+
+    fn set_size(&self, node: &Node, fh: Option<u64>, size: Option<u64>) -> Result<Attr> {
         if let Some(size) = size {
             self.check_size(node, size)?;
             if let Some(fh) = fh {
