@@ -255,3 +255,24 @@ fn paths_as_long_as_pathconf_says_are_keys() {
     );
     still_serves(&m);
 }
+
+#[test]
+fn special_files_and_links_are_eperm_and_the_mount_serves_on() {
+    let m = two_peers();
+    let s = |rel: &str| q(&m.p(rel));
+    for cmd in [
+        format!("mkfifo {}", s("alice/state/fifo")),
+        format!("ln -s x {}", s("alice/state/sym")),
+        format!("ln {} {}", s("alice/state/x"), s("alice/state/hard")),
+    ] {
+        let out = sh(&cmd);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Operation not permitted"),
+            "{cmd}: {} {err}",
+            out.status
+        );
+    }
+    assert_eq!(m.names("alice/state"), ["x"]);
+    still_serves(&m);
+}

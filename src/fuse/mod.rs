@@ -509,6 +509,23 @@ impl Filesystem for PeerFs {
         }
     }
 
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // fuser's default is ENOSYS; the rule is the vfs's.
+        reply.error(errno(
+            "mknod",
+            &crate::vfs::special_file(&name.to_string_lossy()),
+        ));
+    }
+
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         const OP: &str = "unlink";
         let r = (|| {

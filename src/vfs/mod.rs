@@ -1933,6 +1933,15 @@ impl Vfs {
     }
 }
 
+/// mknod (fifos, sockets, devices): a peer's store holds values, not special files.
+/// Symbolic and hard links are refused the same way (`EPERM`, fuser's answer).
+pub fn special_file(name: &str) -> Error {
+    err!(
+        libc::EPERM,
+        "{name:?}: peerfs holds files and folders only (no fifos, sockets or devices)"
+    )
+}
+
 /// Files whose whole text is checked before it is applied: a truncation of them
 /// waits in the handle like a write.
 fn validated_whole(node: &Node) -> bool {
