@@ -276,3 +276,36 @@ fn special_files_and_links_are_eperm_and_the_mount_serves_on() {
     assert_eq!(m.names("alice/state"), ["x"]);
     still_serves(&m);
 }
+
+#[test]
+fn a_state_folder_renames_within_state_and_over_an_empty_folder() {
+    let m = two_peers();
+    let st = |rel: &str| m.p(&format!("alice/state/{rel}"));
+    fs::create_dir_all(st("f/s")).unwrap();
+    fs::write(st("f/a"), b"1").unwrap();
+    fs::write(st("f/s/b"), b"2").unwrap();
+    fs::create_dir(st("f/empty")).unwrap();
+    fs::rename(st("f"), st("g")).expect("rename(2) of a folder in one parent");
+    assert_eq!(fs::read(st("g/a")).unwrap(), b"1");
+    assert_eq!(fs::read(st("g/s/b")).unwrap(), b"2");
+    assert!(st("g/empty").is_dir(), "an empty folder inside moves too");
+    expect_errno(fs::metadata(st("f")), libc::ENOENT, "the old folder");
+
+    fs::create_dir(st("h")).unwrap();
+    fs::rename(st("g"), st("h")).expect("over an empty folder");
+    assert_eq!(fs::read(st("h/s/b")).unwrap(), b"2");
+
+    fs::create_dir(st("i")).unwrap();
+    fs::write(st("i/k"), b"3").unwrap();
+    expect_errno(
+        fs::rename(st("h"), st("i")),
+        libc::ENOTEMPTY,
+        "over a non-empty folder",
+    );
+    expect_errno(fs::rename(st("h"), st("x")), libc::ENOTDIR, "over a file");
+    assert_eq!(fs::read(st("i/k")).unwrap(), b"3");
+    // Into another folder, and what a script sees.
+    fs::rename(st("h"), st("i/h")).unwrap();
+    assert_eq!(m.run_ok("alice", "k.rhai", r#"get("i/h/s/b")"#), 2);
+    still_serves(&m);
+}

@@ -1034,6 +1034,12 @@ impl Core {
                 st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
+            Op::RenameDir(from, to) => {
+                crate::peer::name::check_key(to)?;
+                let n = st.rename_dir(from, to)?;
+                st.append_log(&format!("{ts} rename state/{from}/ state/{to}/ ({n} keys)"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
             Op::SetMtime(key, mtime) => {
                 if !st.set_mtime(key, *mtime)? {
                     return Err(err!(libc::ENOENT, "no state key {key:?}"));

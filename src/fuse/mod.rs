@@ -575,7 +575,14 @@ impl Filesystem for PeerFs {
                 .map_err(|e| errno(OP, &e))?;
             if let Some(from) = from {
                 let to = self.vfs.lookup(&newparent, newname).ok().map(|(n, _)| n);
-                self.inodes.renamed(&from, to.as_ref());
+                if let (Node::State { peer, dir: old }, Some(Node::State { dir: new, .. })) =
+                    (&from, &to)
+                {
+                    // A folder: everything under it the kernel holds moves too.
+                    self.inodes.rekey(|n| n.moved(peer, old, new));
+                } else {
+                    self.inodes.renamed(&from, to.as_ref());
+                }
             }
             Ok(())
         })();

@@ -467,6 +467,33 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn rename_dir(&mut self, from: &str, to: &str) -> Result<u64> {
+        if to == from || to.starts_with(&format!("{from}/")) {
+            return Err(err!(
+                libc::EINVAL,
+                "state folder {from:?} cannot move into itself ({to:?})"
+            ));
+        }
+        if self.folder_exists(to)? {
+            return Err(err!(libc::ENOTEMPTY, "state folder {to:?} holds keys"));
+        }
+        if self.stat_key(to)?.flatten().is_some() {
+            return Err(err!(libc::ENOTDIR, "state key {to:?} holds a value"));
+        }
+        self.check_shape(to)?;
+        let lo = format!("{from}/");
+        let hi = prefix_end(&lo);
+        // substr counts characters of TEXT: the prefix's length in characters.
+        let skip = lo.chars().count() as i64 + 1;
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE state SET key = ?3 || '/' || substr(key, ?4) WHERE key >= ?1 AND key < ?2",
+            )?
+            .execute(params![lo, hi, to, skip])?;
+        Ok(n as u64)
+    }
+
     fn set_mtime(&mut self, key: &str, mtime_ns: i64) -> Result<bool> {
         Ok(self
             .conn
@@ -956,6 +983,26 @@ mod tests {
             .query_row("SELECT count(*) FROM state_data", [], |r| r.get(0))
             .unwrap();
         assert_eq!(rows, 3, "one blob per key, none left behind");
+    }
+
+    #[test]
+    fn a_folder_moves_with_every_key_in_it() {
+        let (_d, mut s) = store();
+        s.begin().unwrap();
+        for k in ["d/a", "d/s/b", "dé/x", "d-", "e/k"] {
+            s.set(k, &json!(k)).unwrap();
+        }
+        assert_eq!(s.rename_dir("d", "n/m").unwrap(), 2);
+        assert_eq!(s.rename_dir("n", "e").unwrap_err().errno, libc::ENOTEMPTY);
+        assert_eq!(s.rename_dir("n", "d-").unwrap_err().errno, libc::ENOTDIR);
+        assert_eq!(s.rename_dir("n", "n/m/o").unwrap_err().errno, libc::EINVAL);
+        assert_eq!(s.rename_dir("dé", "ü").unwrap(), 1);
+        s.commit().unwrap();
+        assert_eq!(
+            s.keys("", 100).unwrap(),
+            ["d-", "e/k", "n/m/a", "n/m/s/b", "ü/x"]
+        );
+        assert_eq!(s.get("n/m/s/b").unwrap(), Some(json!("d/s/b")));
     }
 
     #[test]

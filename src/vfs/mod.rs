@@ -1216,6 +1216,9 @@ impl Vfs {
                 self.entries_changed(parent);
                 self.entries_changed(newparent);
                 let src = self.child(parent, name)?;
+                if let Node::State { dir: from, .. } = &src {
+                    return self.rename_folder(peer, from, newparent, newname);
+                }
                 let dst = match self.child(newparent, newname) {
                     Ok(n) => n,
                     Err(_) => {
@@ -1279,6 +1282,59 @@ impl Vfs {
             }
             _ => Err(err!(libc::EACCES, "{name} cannot be moved there")),
         }
+    }
+
+    /// rename(2) of a folder in `state/`: every key under it moves in one
+    /// transaction; over an empty folder it replaces it, over one with entries it
+    /// is `ENOTEMPTY`, over a file `ENOTDIR`.
+    fn rename_folder(&self, peer: &str, from: &str, newparent: &Node, newname: &str) -> Result<()> {
+        let Node::State { dir, .. } = newparent else {
+            return Err(err!(libc::EXDEV, "a state folder stays in state/"));
+        };
+        let to = join_key(dir, newname);
+        check_key(&to)?;
+        if to == from {
+            return Ok(());
+        }
+        match self.child(newparent, newname) {
+            Ok(Node::State { .. }) => {
+                if !self
+                    .readdir(&Node::State {
+                        peer: peer.to_string(),
+                        dir: to.clone(),
+                    })?
+                    .is_empty()
+                {
+                    return Err(err!(libc::ENOTEMPTY, "state/{to} is not empty"));
+                }
+            }
+            Ok(_) => return Err(err!(libc::ENOTDIR, "state/{to} is a file")),
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(err!(libc::EINVAL, "state/{from} cannot move into itself"));
+        }
+        self.core
+            .apply(peer, Op::RenameDir(from.to_string(), to.clone()))?;
+        // Empty folders inside move along; the old folder's parents stay.
+        let mut e = self.empty_dirs.lock().unwrap();
+        let pre = format!("{from}/");
+        let moved: Vec<(String, String)> = e
+            .iter()
+            .filter(|(p, d)| p == peer && (d == from || d.starts_with(&pre)))
+            .cloned()
+            .collect();
+        for (p, d) in moved {
+            e.remove(&(p.clone(), d.clone()));
+            e.insert((p, format!("{to}{}", &d[from.len()..])));
+        }
+        e.remove(&(peer.to_string(), to.clone()));
+        // The new folder shows even when it holds no key.
+        e.insert((peer.to_string(), to.clone()));
+        drop(e);
+        self.keep_folders_of(peer, from);
+        Ok(())
     }
 
     /// Submits a complete script dropped at `node` (an inbox file), durably.
