@@ -309,3 +309,46 @@ fn a_state_folder_renames_within_state_and_over_an_empty_folder() {
     assert_eq!(m.run_ok("alice", "k.rhai", r#"get("i/h/s/b")"#), 2);
     still_serves(&m);
 }
+
+#[test]
+fn a_file_unlinked_while_open_stays_gone_and_fstat_works() {
+    let m = two_peers();
+    let st = |rel: &str| m.p(&format!("alice/state/{rel}"));
+    // open(O_CREAT), write, unlink, close: the name stays gone.
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(st("f"))
+        .unwrap();
+    f.write_all(b"hi").unwrap();
+    fs::remove_file(st("f")).unwrap();
+    let md = f.metadata().expect("fstat of an open, unlinked file");
+    assert_eq!((md.len(), md.nlink()), (2, 0));
+    close(f).unwrap();
+    expect_errno(fs::metadata(st("f")), libc::ENOENT, "f after close");
+    // The same for a file that existed, opened for writing and for reading.
+    fs::write(st("g"), b"abc").unwrap();
+    let mut w = OpenOptions::new().write(true).open(st("g")).unwrap();
+    let r = fs::File::open(st("g")).unwrap();
+    fs::remove_file(st("g")).unwrap();
+    w.write_all(b"z").unwrap();
+    assert_eq!(r.metadata().unwrap().len(), 3);
+    let mut back = String::new();
+    std::io::Read::read_to_string(&mut &r, &mut back).unwrap();
+    assert_eq!(back, "abc", "an open reader keeps its bytes");
+    close(w).unwrap();
+    drop(r);
+    expect_errno(fs::metadata(st("g")), libc::ENOENT, "g after close");
+    assert_eq!(m.names("alice/state"), ["x"]);
+}
+
+#[test]
+fn state_folders_say_their_link_count_is_not_counted() {
+    let m = two_peers();
+    fs::create_dir_all(m.p("alice/state/a/b")).unwrap();
+    // 2 would tell find's leaf optimisation "no subfolders"; 1 means "not counted".
+    assert_eq!(fs::metadata(m.p("alice/state/a")).unwrap().nlink(), 1);
+    let found = sh_ok(&format!("find {} -type d | wc -l", q(&m.p("alice/state"))));
+    assert_eq!(found.trim(), "3");
+}

@@ -118,6 +118,8 @@ struct Handle {
     /// groups or module handle that was only truncated is not applied at a flush
     /// (see `flush_now`).
     wrote: bool,
+    /// Its name was removed while it was open: its close stores nothing.
+    unlinked: bool,
     snapshot: Option<Arc<Vec<u8>>>,
     /// The process (thread group) that opened a writing handle; 0 = not known yet
     /// (looked up from `opener` when needed). Only its close commits, see `flush`.
@@ -140,6 +142,7 @@ impl Handle {
             buf,
             dirty,
             wrote: false,
+            unlinked: false,
             snapshot: None,
             owner: leader(who.pid),
             opener: who.pid,
@@ -157,6 +160,7 @@ impl Handle {
             buf: Vec::new(),
             dirty: false,
             wrote: false,
+            unlinked: false,
             snapshot,
             owner: 0,
             opener: 0,
@@ -491,16 +495,46 @@ impl Vfs {
 
     /// The attributes of a node (which must exist).
     pub fn getattr(&self, node: &Node, fh: Option<u64>) -> Result<Attr> {
+        let mut snapshot = None;
         if let Some(fh) = fh {
             let h = self.handles.lock().unwrap();
             if let Some(h) = h.get(&fh) {
+                let peer = h.node.peer().map(str::to_string);
                 if h.write {
-                    let peer = h.node.peer().map(str::to_string);
-                    return self.file_attr(peer.as_deref(), h.buf.len() as u64, 0o644, now_ns());
+                    let mut a =
+                        self.file_attr(peer.as_deref(), h.buf.len() as u64, 0o644, now_ns())?;
+                    if h.unlinked {
+                        a.nlink = 0;
+                    }
+                    return Ok(a);
                 }
+                snapshot = h.snapshot.as_ref().map(|s| (peer, s.len() as u64));
             }
         }
-        self.attr(node)
+        match self.attr(node) {
+            // fstat of a file removed while open (the kernel sends no handle with
+            // it): what an open handle of it still shows, with no link left.
+            Err(e) if e.errno == libc::ENOENT => {
+                let held = snapshot.or_else(|| {
+                    let hs = self.handles.lock().unwrap();
+                    hs.values().find(|h| &h.node == node).map(|h| {
+                        let len = if h.write {
+                            h.buf.len()
+                        } else {
+                            h.snapshot.as_ref().map_or(0, |s| s.len())
+                        };
+                        (h.node.peer().map(str::to_string), len as u64)
+                    })
+                });
+                let Some((peer, len)) = held else {
+                    return Err(e);
+                };
+                let mut a = self.file_attr(peer.as_deref(), len, 0o644, now_ns())?;
+                a.nlink = 0;
+                Ok(a)
+            }
+            r => r,
+        }
     }
 
     fn attr(&self, node: &Node) -> Result<Attr> {
@@ -521,6 +555,10 @@ impl Vfs {
                     return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
                 }
                 let mut a = self.dir_attr(Some(peer), 0o755)?;
+                // Its subfolders are not counted (that would scan every key under
+                // it): 1 is the convention for "not counted", so find and fts never
+                // take 2 to mean "no subfolders" and skip them.
+                a.nlink = 1;
                 if let Some(&t) = self.dir_times.lock().unwrap().get(node) {
                     a.mtime_ns = t;
                     a.ctime_ns = t;
@@ -1132,6 +1170,28 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: &Node, name: &str) -> Result<()> {
+        let r = self.unlink_inner(parent, name);
+        if r.is_ok() {
+            // Handles still open on it store nothing at their close: the name is
+            // gone, and POSIX gives an unlinked file's bytes no name to come back to.
+            if let Ok(node) = self.child(parent, name).or_else(|_| match parent {
+                Node::State { peer, dir } => Ok(Node::StateFile {
+                    peer: peer.clone(),
+                    key: join_key(dir, name),
+                }),
+                _ => Err(err!(libc::ENOENT, "gone")),
+            }) {
+                for h in self.handles.lock().unwrap().values_mut() {
+                    if h.write && h.node == node {
+                        h.unlinked = true;
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    fn unlink_inner(&self, parent: &Node, name: &str) -> Result<()> {
         if self
             .staged
             .lock()
@@ -1798,7 +1858,7 @@ impl Vfs {
             // that must stay in force when "bad" is refused. The release applies a
             // truncation that no write followed (`: > policy.cedar`).
             let truncated_only = h.dirty && !h.wrote && validated_whole(&h.node);
-            if !h.write || (!h.dirty && !touch) || truncated_only {
+            if !h.write || (!h.dirty && !touch) || truncated_only || h.unlinked {
                 if h.committing > 0 {
                     // Another close of this handle took the bytes; answer with it.
                     h.waiters.push(reply);
@@ -1930,7 +1990,7 @@ impl Vfs {
         let h = self.handles.lock().unwrap().remove(&fh);
         if let Some(h) = h {
             let touch = h.created && matches!(h.node, Node::StateFile { .. });
-            if h.write && (h.dirty || touch) {
+            if h.write && !h.unlinked && (h.dirty || touch) {
                 // No flush came (unusual): commit anyway; nobody waits for the answer.
                 self.commit(
                     h.node.clone(),
