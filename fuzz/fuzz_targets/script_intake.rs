@@ -10,6 +10,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "shared/temp.rs"]
+mod temp;
 use peerfs::script::{
     AstCache, Capability, Host, Library, Limits, OwnerHost, RunInput, ScriptEngine, Status,
 };
@@ -22,23 +25,10 @@ struct Fixture {
 }
 
 static FIXTURE: OnceLock<Mutex<Fixture>> = OnceLock::new();
-static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-
-extern "C" fn remove_dir() {
-    if let Some(d) = DIR.get() {
-        let _ = std::fs::remove_dir_all(d);
-    }
-}
 
 fn fixture() -> &'static Mutex<Fixture> {
     FIXTURE.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("peerfs-fuzz-script-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
-        DIR.set(dir.clone()).unwrap();
-        unsafe { libc::atexit(remove_dir) };
+        let dir = temp::temp_dir("peerfs-fuzz-script-");
         let mut store = SqliteStore::open(&dir.join("alice.sqlite"), true).expect("store");
         store.set("n", &json!(41)).unwrap();
         store.set("shared/doc", &json!({"a": [1, "x"]})).unwrap();

@@ -6,39 +6,21 @@
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "shared/temp.rs"]
+mod temp;
 use peerfs::peer::Op;
 use peerfs::vfs::{Kind, Node, Vfs};
-use peerfs::{Config, Core};
 
 struct World {
     vfs: Arc<Vfs>,
 }
 
 static WORLD: OnceLock<World> = OnceLock::new();
-static DIR: OnceLock<std::path::PathBuf> = OnceLock::new();
-
-extern "C" fn remove_dir() {
-    if let Some(d) = DIR.get() {
-        let _ = std::fs::remove_dir_all(d);
-    }
-}
 
 fn world() -> &'static World {
     WORLD.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("peerfs-fuzz-vfs-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
-        DIR.set(dir.clone()).unwrap();
-        unsafe { libc::atexit(remove_dir) };
-        let mut cfg = Config::new(&dir);
-        cfg.workers = 2;
-        let core = Core::start(cfg).expect("core");
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        for p in ["alice", "bob"] {
-            core.create_peer(p, uid, gid).expect("peer");
-        }
+        let core = temp::core_with_alice_and_bob("peerfs-fuzz-vfs-");
         let set = |peer: &str, key: &str, val: &[u8]| {
             core.apply(peer, Op::SetBytes(key.into(), val.to_vec()))
                 .expect("set");

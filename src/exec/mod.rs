@@ -651,7 +651,12 @@ impl Core {
     fn received_job(&self, from: &str, msg: &Outgoing) -> Result<Job> {
         // A bound on the row, not the run's own limit (which the run checks): no
         // script of either set of limits may have come through more sends.
-        let hop_limit = self.0.cfg.limits.hop_limit.max(self.0.cfg.own_limits.hop_limit);
+        let hop_limit = self
+            .0
+            .cfg
+            .limits
+            .hop_limit
+            .max(self.0.cfg.own_limits.hop_limit);
         if u64::from(msg.hops) > hop_limit {
             return Err(err!(
                 libc::EINVAL,
@@ -1183,6 +1188,18 @@ impl Core {
                 st.rename(from, to)?;
                 st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::RenameDir(from, to) => {
+                crate::peer::name::check_key(to)?;
+                let n = st.rename_dir(from, to)?;
+                st.append_log(&format!("{ts} rename state/{from}/ state/{to}/ ({n} keys)"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::SetMtime(key, mtime) => {
+                if !st.set_mtime(key, *mtime)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                vec![Effect::Changed(Change::State)]
             }
             Op::SetModule(name, src) => {
                 st.set_module(name, src)?;

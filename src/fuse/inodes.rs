@@ -162,6 +162,26 @@ impl<K: Clone + Eq + Hash> InodeTable<K> {
         }
     }
 
+    /// Every key `f` maps to a new one takes its ino along (the children of a
+    /// renamed folder, which the kernel may still hold).
+    pub fn rekey(&self, f: impl Fn(&K) -> Option<K>) {
+        let mut maps = self.lock();
+        let moved: Vec<(K, K, u64)> = maps
+            .by_node
+            .iter()
+            .filter_map(|(k, &ino)| f(k).map(|n| (k.clone(), n, ino)))
+            .collect();
+        for (old, new, ino) in moved {
+            if maps.by_node.get(&old) == Some(&ino) {
+                maps.by_node.remove(&old);
+            }
+            maps.by_node.insert(new.clone(), ino);
+            if let Some(slot) = maps.by_ino.get_mut(&ino) {
+                slot.key = new;
+            }
+        }
+    }
+
     /// The kernel dropped `n` references. Unknown inos (already dropped, or a forget
     /// that arrives before a lookup it overtook) are ignored; a count that would go
     /// below zero drops the entry.

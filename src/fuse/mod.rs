@@ -65,13 +65,18 @@ fn attr_ttl(node: &Node, kind: FileType) -> Duration {
 /// Largest write the kernel may send in one request.
 const MAX_WRITE: u32 = 1 << 20;
 
+/// Dispatch threads by default (see `MountOptions::n_threads`).
+pub const DISPATCH_THREADS: usize = 4;
+
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
     /// Let users other than the daemon's own uid in (`allow_other`; needs
     /// `user_allow_other` in /etc/fuse.conf unless the daemon runs as root).
     pub allow_other: bool,
-    /// fuser dispatch threads. One is best on 2 cores (see CONVENTIONS.md).
+    /// fuser dispatch threads. One is fastest for small files on 2 cores, but then
+    /// one slow request (opening a 64 MiB value reads all of it) stalls every user
+    /// of the mount; with several, a neighbour's requests keep flowing.
     pub n_threads: usize,
     /// The source column of /proc/mounts.
     pub fsname: String,
@@ -81,7 +86,7 @@ impl Default for MountOptions {
     fn default() -> MountOptions {
         MountOptions {
             allow_other: false,
-            n_threads: 1,
+            n_threads: DISPATCH_THREADS,
             fsname: "peerfs".to_string(),
         }
     }
@@ -377,21 +382,12 @@ impl PeerFs {
         let node = self.node(OP, ino)?;
         let fh = fh.map(|f| f.0);
         if mode.is_some() || uid.is_some() || gid.is_some() {
-            let cur = self.vfs.getattr(&node, fh).map_err(|e| errno(OP, &e))?;
-            let mode_differs = mode.is_some_and(|m| (m & 0o7777) as u16 != cur.perm & 0o7777);
-            if mode_differs
-                || uid.is_some_and(|u| u != cur.uid)
-                || gid.is_some_and(|g| g != cur.gid)
-            {
-                return Err(errno(
-                    OP,
-                    &Error::new(
-                        libc::EPERM,
-                        "peerfs does not support chmod/chown: a peer's files keep the \
-                         peer's owner and mode",
-                    ),
-                ));
-            }
+            // Accepted and not kept (vfat's `quiet`): what `ls -l` shows is what is
+            // enforced, see `Vfs::chmod`.
+            let cur = self
+                .vfs
+                .chmod(&node, fh, mode, uid, gid)
+                .map_err(|e| errno(OP, &e))?;
             if size.is_none() && mtime.is_none() {
                 return Ok(file_attr(ino.0, &cur));
             }
@@ -513,6 +509,23 @@ impl Filesystem for PeerFs {
         }
     }
 
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        // fuser's default is ENOSYS; the rule is the vfs's.
+        reply.error(errno(
+            "mknod",
+            &crate::vfs::special_file(&name.to_string_lossy()),
+        ));
+    }
+
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         const OP: &str = "unlink";
         let r = (|| {
@@ -562,7 +575,14 @@ impl Filesystem for PeerFs {
                 .map_err(|e| errno(OP, &e))?;
             if let Some(from) = from {
                 let to = self.vfs.lookup(&newparent, newname).ok().map(|(n, _)| n);
-                self.inodes.renamed(&from, to.as_ref());
+                if let (Node::State { peer, dir: old }, Some(Node::State { dir: new, .. })) =
+                    (&from, &to)
+                {
+                    // A folder: everything under it the kernel holds moves too.
+                    self.inodes.rekey(|n| n.moved(peer, old, new));
+                } else {
+                    self.inodes.renamed(&from, to.as_ref());
+                }
             }
             Ok(())
         })();

@@ -23,6 +23,10 @@ pub enum Op {
     SetBytes(String, Vec<u8>),
     Remove(String),
     Rename(String, String),
+    /// Every key under the folder `from` moved under `to`, in one transaction.
+    RenameDir(String, String),
+    /// A key's modification time set (`touch -d`, `utimensat`, rsync's times).
+    SetMtime(String, i64),
     SetModule(String, Vec<u8>),
     RemoveModule(String),
     SetMeta(String, Vec<u8>),

@@ -6,7 +6,10 @@ use crate::error::Result;
 /// Longest peer name.
 pub const MAX_PEER_NAME: usize = 64;
 /// Longest state key (all segments and slashes).
-pub const MAX_KEY: usize = 1024;
+/// PATH_MAX less its NUL: `pathconf(_PC_PATH_MAX)` says 4096 on Linux whatever the
+/// file system, and the kernel refuses a longer path itself, so every path under
+/// `state/` the kernel lets through is a key peerfs takes.
+pub const MAX_KEY: usize = 4095;
 /// Longest single path segment of a key, module or script name (a file name).
 pub const MAX_SEGMENT: usize = 255;
 
@@ -75,7 +78,7 @@ pub fn check_segment(what: &str, seg: &str) -> Result<()> {
     Ok(())
 }
 
-/// A state key: segments joined by `/` (each a valid segment), at most 1024 bytes.
+/// A state key: segments joined by `/` (each a valid segment), at most 4095 bytes.
 /// `a/b` is shown as the file `b` in the folder `a`.
 pub fn check_key(key: &str) -> Result<()> {
     if key.len() > MAX_KEY {
@@ -163,7 +166,7 @@ mod tests {
             libc::ENAMETOOLONG
         );
         assert_eq!(
-            check_key(&"x/".repeat(600)).unwrap_err().errno,
+            check_key(&"x/".repeat(2100)).unwrap_err().errno,
             libc::ENAMETOOLONG
         );
     }

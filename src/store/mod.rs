@@ -113,6 +113,11 @@ pub trait Store: Send {
     fn remove(&mut self, key: &str) -> Result<bool>;
     /// Moves a value to another key (replacing it), keeping its bytes and type.
     fn rename(&mut self, from: &str, to: &str) -> Result<()>;
+    /// Moves every key under the folder `from` under `to` (which must hold no key
+    /// and not be a value); returns how many moved.
+    fn rename_dir(&mut self, from: &str, to: &str) -> Result<u64>;
+    /// Sets a value's modification time; false if there is no such key.
+    fn set_mtime(&mut self, key: &str, mtime_ns: i64) -> Result<bool>;
     /// Every key that begins with `prefix`, sorted.
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>>;
     /// The immediate children of the folder `dir` ("" for the top), sorted by name.

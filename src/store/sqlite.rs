@@ -47,7 +47,26 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
      ALTER TABLE sent ADD COLUMN chain TEXT;
      ALTER TABLE sent ADD COLUMN budget INTEGER;",
+    // 5: a value's metadata apart from its bytes, and its bytes stored once. The
+    // size and time of a key were read from a row whose big blobs came first, so a
+    // stat walked the overflow chain of a 64 MiB value; and a value written through
+    // a file was kept twice (the raw bytes and their JSON text, ~14x for NULs).
+    // `state` rows are small; `state_data` holds one blob per key: JSON text of a
+    // value set by a script (`typed` 1) or the bytes written to the file (0).
+    "CREATE TABLE state_data(id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+     CREATE TABLE state_v4(key TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
+        typed INTEGER NOT NULL, id INTEGER NOT NULL) WITHOUT ROWID;
+     INSERT INTO state_v4(key, size, mtime, typed, id)
+        SELECT key, size, mtime, raw IS NULL, row_number() OVER (ORDER BY key) FROM state;
+     INSERT INTO state_data(id, data)
+        SELECT v.id, coalesce(s.raw, CAST(s.json AS BLOB)) FROM state_v4 v JOIN state s USING(key);
+     DROP TABLE state;
+     ALTER TABLE state_v4 RENAME TO state;",
 ];
+
+/// Free pages past which a change that freed them gives them back to the file
+/// system (`auto_vacuum=INCREMENTAL`): about 1 MiB.
+const RECLAIM_PAGES: i64 = 256;
 
 /// The exclusive upper bound of keys beginning with `prefix` that ends in `/`.
 fn prefix_end(prefix: &str) -> String {
@@ -143,6 +162,10 @@ impl SqliteStore {
                 MIGRATIONS.len()
             ));
         }
+        if version == 0 {
+            // Before any table exists: a fresh store gives freed pages back.
+            self.conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
+        }
         if version < MIGRATIONS.len() {
             let tx = self.conn.transaction()?;
             for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
@@ -150,6 +173,31 @@ impl SqliteStore {
                 tx.execute_batch(&format!("PRAGMA user_version={}", i + 1))?;
             }
             tx.commit()?;
+        }
+        let vacuum: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if vacuum != 2 {
+            // A store made before incremental vacuum: switched once (VACUUM
+            // rewrites the file), so that space of removed values is reclaimed.
+            tracing::info!(store = %self.path.display(), "enabling incremental vacuum");
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")?;
+        }
+        Ok(())
+    }
+
+    /// Gives free pages back to the file system once there are many (after a big
+    /// value was removed or replaced by a smaller one), inside the open transaction.
+    fn reclaim(&mut self) -> Result<()> {
+        let free: i64 = self
+            .conn
+            .prepare_cached("PRAGMA freelist_count")?
+            .query_row([], |r| r.get(0))?;
+        if free > RECLAIM_PAGES {
+            let mut stmt = self.conn.prepare_cached("PRAGMA incremental_vacuum")?;
+            let mut rows = stmt.query([])?;
+            while rows.next()?.is_some() {}
         }
         Ok(())
     }
@@ -211,20 +259,41 @@ impl SqliteStore {
             .is_some())
     }
 
-    fn put(&mut self, key: &str, json: &str, raw: Option<&[u8]>, size: u64) -> Result<()> {
-        // The common case, a key that exists, is one statement.
+    /// Stores `data` (JSON text if `typed`, else a file's bytes) as `key`'s value.
+    fn put(&mut self, key: &str, typed: bool, data: &[u8], size: u64) -> Result<()> {
+        let now = now_ns();
         let updated = self
             .conn
-            .prepare_cached("UPDATE state SET json=?2, raw=?3, size=?4, mtime=?5 WHERE key=?1")?
-            .execute(params![key, json, raw, size as i64, now_ns()])?;
+            .prepare_cached(
+                "UPDATE state_data SET data=?2 WHERE id=(SELECT id FROM state WHERE key=?1)",
+            )?
+            .execute(params![key, data])?;
         if updated > 0 {
-            return Ok(());
+            self.conn
+                .prepare_cached("UPDATE state SET size=?2, mtime=?3, typed=?4 WHERE key=?1")?
+                .execute(params![key, size as i64, now, typed])?;
+            return self.reclaim();
         }
         self.check_shape(key)?;
         self.conn
-            .prepare_cached("INSERT INTO state(key,json,raw,size,mtime) VALUES(?1,?2,?3,?4,?5)")?
-            .execute(params![key, json, raw, size as i64, now_ns()])?;
+            .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
+            .execute(params![data])?;
+        let id = self.conn.last_insert_rowid();
+        self.conn
+            .prepare_cached("INSERT INTO state(key,size,mtime,typed,id) VALUES(?1,?2,?3,?4,?5)")?
+            .execute(params![key, size as i64, now, typed, id])?;
         Ok(())
+    }
+
+    /// A key's stored form: whether it is JSON text, and the blob.
+    fn stored(&mut self, key: &str) -> Result<Option<(bool, Vec<u8>)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT s.typed, d.data FROM state s JOIN state_data d ON d.id=s.id WHERE s.key=?1",
+            )?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
     }
 
     /// Writes the buffered log lines as one row at the log's end.
@@ -357,27 +426,18 @@ impl Store for SqliteStore {
     }
 
     fn get(&mut self, key: &str) -> Result<Option<Value>> {
-        let json: Option<String> = self
-            .conn
-            .prepare_cached("SELECT json FROM state WHERE key=?1")?
-            .query_row([key], |r| r.get(0))
-            .optional()?;
-        match json {
-            Some(j) => Ok(Some(serde_json::from_str(&j)?)),
-            None => Ok(None),
-        }
+        Ok(match self.stored(key)? {
+            None => None,
+            Some((true, json)) => Some(serde_json::from_slice(&json)?),
+            Some((false, raw)) => Some(parse_file(&raw)),
+        })
     }
 
     fn get_bytes(&mut self, key: &str) -> Result<Option<Vec<u8>>> {
-        let row: Option<(String, Option<Vec<u8>>)> = self
-            .conn
-            .prepare_cached("SELECT json, raw FROM state WHERE key=?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        Ok(match row {
+        Ok(match self.stored(key)? {
             None => None,
-            Some((_, Some(raw))) => Some(raw),
-            Some((json, None)) => Some(render(&serde_json::from_str(&json)?)),
+            Some((true, json)) => Some(render(&serde_json::from_slice(&json)?)),
+            Some((false, raw)) => Some(raw),
         })
     }
 
@@ -387,36 +447,83 @@ impl Store for SqliteStore {
             Value::String(s) => s.len() as u64,
             _ => json.len() as u64 + 1,
         };
-        self.put(key, &json, None, size)
+        self.put(key, true, json.as_bytes(), size)
     }
 
     fn set_bytes(&mut self, key: &str, bytes: &[u8]) -> Result<()> {
-        let json = serde_json::to_string(&parse_file(bytes))?;
-        self.put(key, &json, Some(bytes), bytes.len() as u64)
+        self.put(key, false, bytes, bytes.len() as u64)
     }
 
     fn remove(&mut self, key: &str) -> Result<bool> {
-        Ok(self
+        self.conn
+            .prepare_cached("DELETE FROM state_data WHERE id=(SELECT id FROM state WHERE key=?1)")?
+            .execute([key])?;
+        let removed = self
             .conn
             .prepare_cached("DELETE FROM state WHERE key=?1")?
             .execute([key])?
-            > 0)
+            > 0;
+        if removed {
+            self.reclaim()?;
+        }
+        Ok(removed)
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        let row: Option<(String, Option<Vec<u8>>, i64)> = self
-            .conn
-            .prepare_cached("SELECT json, raw, size FROM state WHERE key=?1")?
-            .query_row([from], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        let Some((json, raw, size)) = row else {
+        if self.stat_key(from)?.flatten().is_none() {
             return Err(err!(libc::ENOENT, "no state key {from:?}"));
-        };
+        }
         if from == to {
             return Ok(());
         }
-        self.remove(from)?;
-        self.put(to, &json, raw.as_deref(), size as u64)
+        // The bytes stay where they are: only the key moves (and keeps its mtime,
+        // as rename(2) does: rsync sets a temporary file's times, then renames it).
+        match self.stat_key(to)? {
+            Some(Some(_)) => {
+                self.remove(to)?;
+            }
+            // A folder of keys (EISDIR) or a value among its parents (ENOTDIR).
+            _ => self.check_shape(to)?,
+        }
+        self.conn
+            .prepare_cached("UPDATE state SET key=?2 WHERE key=?1")?
+            .execute([from, to])?;
+        Ok(())
+    }
+
+    fn rename_dir(&mut self, from: &str, to: &str) -> Result<u64> {
+        if to == from || to.starts_with(&format!("{from}/")) {
+            return Err(err!(
+                libc::EINVAL,
+                "state folder {from:?} cannot move into itself ({to:?})"
+            ));
+        }
+        if self.folder_exists(to)? {
+            return Err(err!(libc::ENOTEMPTY, "state folder {to:?} holds keys"));
+        }
+        if self.stat_key(to)?.flatten().is_some() {
+            return Err(err!(libc::ENOTDIR, "state key {to:?} holds a value"));
+        }
+        self.check_shape(to)?;
+        let lo = format!("{from}/");
+        let hi = prefix_end(&lo);
+        // substr counts characters of TEXT: the prefix's length in characters.
+        let skip = lo.chars().count() as i64 + 1;
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE state SET key = ?3 || '/' || substr(key, ?4) WHERE key >= ?1 AND key < ?2",
+            )?
+            .execute(params![lo, hi, to, skip])?;
+        Ok(n as u64)
+    }
+
+    fn set_mtime(&mut self, key: &str, mtime_ns: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE state SET mtime=?2 WHERE key=?1")?
+            .execute(params![key, mtime_ns])?
+            > 0)
     }
 
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>> {
@@ -877,6 +984,105 @@ mod tests {
         (d, s)
     }
 
+    /// The store's file size once every commit is folded into it.
+    fn file_size(s: &mut SqliteStore) -> u64 {
+        s.checkpoint().unwrap();
+        std::fs::metadata(s.path()).unwrap().len()
+    }
+
+    #[test]
+    fn a_value_is_stored_once_and_its_space_comes_back_after_remove() {
+        let (_d, mut s) = store();
+        let base = file_size(&mut s);
+        let big = vec![0u8; 8 << 20];
+        s.begin().unwrap();
+        s.set_bytes("z", &big).unwrap();
+        s.commit().unwrap();
+        let full = file_size(&mut s);
+        assert!(
+            full - base < (big.len() as u64) * 11 / 10,
+            "8 MiB of NULs took {} bytes on disk",
+            full - base
+        );
+        assert_eq!(s.get_bytes("z").unwrap().unwrap(), big);
+        assert_eq!(s.get("z").unwrap(), Some(json!("\0".repeat(8 << 20))));
+        assert_eq!(s.stat_key("z").unwrap().unwrap().unwrap().size, 8 << 20);
+
+        // Replaced by a small value, then by a big one again and removed: the file
+        // gives the space back each time.
+        s.begin().unwrap();
+        s.set("z", &json!(1)).unwrap();
+        s.commit().unwrap();
+        assert!(
+            file_size(&mut s) < base + (2 << 20),
+            "space kept after a shrink"
+        );
+        s.begin().unwrap();
+        s.set_bytes("z", &big).unwrap();
+        s.commit().unwrap();
+        s.begin().unwrap();
+        assert!(s.remove("z").unwrap());
+        s.commit().unwrap();
+        let after = file_size(&mut s);
+        assert!(
+            after < base + (2 << 20),
+            "after rm the store is {after} bytes (it was {base} before the value)"
+        );
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn rename_moves_the_key_and_keeps_bytes_type_and_time() {
+        let (_d, mut s) = store();
+        s.begin().unwrap();
+        s.set_bytes("a", b"raw\n").unwrap();
+        s.set("n", &json!({"x": 1})).unwrap();
+        s.set("dir/k", &json!(2)).unwrap();
+        s.commit().unwrap();
+        let t = s.stat_key("a").unwrap().unwrap().unwrap().mtime_ns;
+        s.begin().unwrap();
+        s.rename("a", "b").unwrap();
+        s.rename("n", "b2").unwrap();
+        assert_eq!(s.rename("b", "dir").unwrap_err().errno, libc::EISDIR);
+        assert_eq!(s.rename("b", "b2/x").unwrap_err().errno, libc::ENOTDIR);
+        s.rename("b2", "b").unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.get("a").unwrap(), None);
+        assert_eq!(s.get("b").unwrap(), Some(json!({"x": 1})));
+        s.begin().unwrap();
+        s.set_bytes("a", b"raw\n").unwrap();
+        s.rename("a", "c").unwrap();
+        s.commit().unwrap();
+        assert_eq!(s.get_bytes("c").unwrap().unwrap(), b"raw\n");
+        assert_eq!(s.get("c").unwrap(), Some(json!("raw")));
+        assert!(s.stat_key("c").unwrap().unwrap().unwrap().mtime_ns >= t);
+        let rows: i64 = s
+            .conn
+            .query_row("SELECT count(*) FROM state_data", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 3, "one blob per key, none left behind");
+    }
+
+    #[test]
+    fn a_folder_moves_with_every_key_in_it() {
+        let (_d, mut s) = store();
+        s.begin().unwrap();
+        for k in ["d/a", "d/s/b", "dé/x", "d-", "e/k"] {
+            s.set(k, &json!(k)).unwrap();
+        }
+        assert_eq!(s.rename_dir("d", "n/m").unwrap(), 2);
+        assert_eq!(s.rename_dir("n", "e").unwrap_err().errno, libc::ENOTEMPTY);
+        assert_eq!(s.rename_dir("n", "d-").unwrap_err().errno, libc::ENOTDIR);
+        assert_eq!(s.rename_dir("n", "n/m/o").unwrap_err().errno, libc::EINVAL);
+        assert_eq!(s.rename_dir("dé", "ü").unwrap(), 1);
+        s.commit().unwrap();
+        assert_eq!(
+            s.keys("", 100).unwrap(),
+            ["d-", "e/k", "n/m/a", "n/m/s/b", "ü/x"]
+        );
+        assert_eq!(s.get("n/m/s/b").unwrap(), Some(json!("d/s/b")));
+    }
+
     #[test]
     fn values_keep_their_type() {
         let (_d, mut s) = store();
@@ -1036,6 +1242,7 @@ mod tests {
             c.execute_batch(MIGRATIONS[0]).unwrap();
             c.execute_batch(
                 "PRAGMA user_version=1; INSERT INTO state VALUES('k', '5', NULL, 2, 0);
+                 INSERT INTO state VALUES('f', '\"hi\"', X'68690a', 3, 7);
                  INSERT INTO runs(id, name, caller, status, result, finished_at)
                     VALUES('r1', 'a.rhai', 'p', 'ok', '{}', 1), ('r2', 'b.rhai', 'p', 'ok', '{}', 2);
                  DELETE FROM runs WHERE id='r2';",
@@ -1058,6 +1265,21 @@ mod tests {
             .unwrap();
         assert_eq!(idx, 1);
         assert_eq!(s.get("k").unwrap(), Some(json!(5)));
+        assert_eq!(s.get_bytes("k").unwrap().unwrap(), b"5\n");
+        assert_eq!(s.get_bytes("f").unwrap().unwrap(), b"hi\n");
+        assert_eq!(s.get("f").unwrap(), Some(json!("hi")));
+        assert_eq!(
+            s.stat_key("f").unwrap(),
+            Some(Some(FileStat {
+                size: 3,
+                mtime_ns: 7
+            }))
+        );
+        let vacuum: i64 = s
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(vacuum, 2, "an old store is switched to incremental vacuum");
         // The run history came across (3: without AUTOINCREMENT), and a new run
         // gets a seq above every kept one.
         let runs: Vec<(i64, String)> = s

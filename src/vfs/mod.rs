@@ -26,6 +26,10 @@ use crate::util::now_ns;
 pub const MAX_STATE_FILE: u64 = 64 << 20;
 /// Largest policy or groups file.
 pub const MAX_META_FILE: u64 = 1 << 20;
+/// Bytes one peer may hold in the daemon's memory at once in open write handles
+/// and staging files (beyond it `EDQUOT`): one peer cannot take the memory that
+/// every other peer's writes need.
+pub const BUFFER_BUDGET: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -110,6 +114,12 @@ struct Handle {
     created: bool,
     buf: Vec<u8>,
     dirty: bool,
+    /// Bytes were written through this handle (not only truncated). A policy,
+    /// groups or module handle that was only truncated is not applied at a flush
+    /// (see `flush_now`).
+    wrote: bool,
+    /// Its name was removed while it was open: its close stores nothing.
+    unlinked: bool,
     snapshot: Option<Arc<Vec<u8>>>,
     /// The process (thread group) that opened a writing handle; 0 = not known yet
     /// (looked up from `opener` when needed). Only its close commits, see `flush`.
@@ -131,6 +141,8 @@ impl Handle {
             created,
             buf,
             dirty,
+            wrote: false,
+            unlinked: false,
             snapshot: None,
             owner: leader(who.pid),
             opener: who.pid,
@@ -147,6 +159,8 @@ impl Handle {
             created: false,
             buf: Vec::new(),
             dirty: false,
+            wrote: false,
+            unlinked: false,
             snapshot,
             owner: 0,
             opener: 0,
@@ -212,6 +226,11 @@ pub struct Vfs {
     /// Empty folders made with `mkdir` in state/ (they hold no key yet).
     empty_dirs: Mutex<HashSet<(String, String)>>,
     dirs: Mutex<HashMap<u64, Listing>>,
+    /// See [`BUFFER_BUDGET`].
+    budget: AtomicU64,
+    /// When an entry last came or went in a folder through the mount (its mtime
+    /// and ctime; a folder not changed since the mount started shows the peer's).
+    dir_times: Mutex<HashMap<Node, i64>>,
     invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
@@ -271,6 +290,8 @@ impl Vfs {
             staged: Arc::new(Mutex::new(HashMap::new())),
             empty_dirs: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
+            budget: AtomicU64::new(BUFFER_BUDGET),
+            dir_times: Mutex::new(HashMap::new()),
             invalidator: RwLock::new(None),
             validator: RwLock::new(None),
             read_check: RwLock::new(None),
@@ -303,6 +324,42 @@ impl Vfs {
 
     pub fn set_validator(&self, f: Validator) {
         *self.validator.write().unwrap() = Some(f);
+    }
+
+    /// The bytes one peer may hold in write handles and staging files.
+    pub fn set_buffer_budget(&self, bytes: u64) {
+        self.budget.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Refuses `more` bytes of buffers for the peer acting at `node` when it would
+    /// pass its budget. `hs` is the handle table, locked by the caller.
+    fn check_budget(&self, node: &Node, hs: &HashMap<u64, Handle>, more: u64) -> Result<()> {
+        let Some(peer) = node.peer() else {
+            return Ok(());
+        };
+        let in_handles: u64 = hs
+            .values()
+            .filter(|h| h.write && h.node.peer() == Some(peer))
+            .map(|h| h.buf.len() as u64)
+            .sum();
+        let staged: u64 = self
+            .staged
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((p, _), _)| p.peer() == Some(peer))
+            .map(|(_, s)| s.data.len() as u64)
+            .sum();
+        let budget = self.budget.load(Ordering::Relaxed);
+        let held = in_handles + staged;
+        if held.saturating_add(more) > budget {
+            return Err(err!(
+                libc::EDQUOT,
+                "{peer} holds {held} bytes in open files and staging files, and {more} more \
+                 would pass its budget of {budget}: close or remove some first"
+            ));
+        }
+        Ok(())
     }
 
     pub fn set_read_check(&self, f: ReadCheck) {
@@ -349,7 +406,9 @@ impl Vfs {
         a.size = size;
         a.nlink = 1;
         if mtime_ns > 0 {
+            // The store keeps one time per file: its contents' or the one set.
             a.mtime_ns = mtime_ns;
+            a.ctime_ns = mtime_ns;
         }
         Ok(a)
     }
@@ -437,16 +496,46 @@ impl Vfs {
 
     /// The attributes of a node (which must exist).
     pub fn getattr(&self, node: &Node, fh: Option<u64>) -> Result<Attr> {
+        let mut snapshot = None;
         if let Some(fh) = fh {
             let h = self.handles.lock().unwrap();
             if let Some(h) = h.get(&fh) {
+                let peer = h.node.peer().map(str::to_string);
                 if h.write {
-                    let peer = h.node.peer().map(str::to_string);
-                    return self.file_attr(peer.as_deref(), h.buf.len() as u64, 0o644, now_ns());
+                    let mut a =
+                        self.file_attr(peer.as_deref(), h.buf.len() as u64, 0o644, now_ns())?;
+                    if h.unlinked {
+                        a.nlink = 0;
+                    }
+                    return Ok(a);
                 }
+                snapshot = h.snapshot.as_ref().map(|s| (peer, s.len() as u64));
             }
         }
-        self.attr(node)
+        match self.attr(node) {
+            // fstat of a file removed while open (the kernel sends no handle with
+            // it): what an open handle of it still shows, with no link left.
+            Err(e) if e.errno == libc::ENOENT => {
+                let held = snapshot.or_else(|| {
+                    let hs = self.handles.lock().unwrap();
+                    hs.values().find(|h| &h.node == node).map(|h| {
+                        let len = if h.write {
+                            h.buf.len()
+                        } else {
+                            h.snapshot.as_ref().map_or(0, |s| s.len())
+                        };
+                        (h.node.peer().map(str::to_string), len as u64)
+                    })
+                });
+                let Some((peer, len)) = held else {
+                    return Err(e);
+                };
+                let mut a = self.file_attr(peer.as_deref(), len, 0o644, now_ns())?;
+                a.nlink = 0;
+                Ok(a)
+            }
+            r => r,
+        }
     }
 
     fn attr(&self, node: &Node) -> Result<Attr> {
@@ -466,7 +555,16 @@ impl Vfs {
                 if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
                     return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
                 }
-                self.dir_attr(Some(peer), 0o755)
+                let mut a = self.dir_attr(Some(peer), 0o755)?;
+                // Its subfolders are not counted (that would scan every key under
+                // it): 1 is the convention for "not counted", so find and fts never
+                // take 2 to mean "no subfolders" and skip them.
+                a.nlink = 1;
+                if let Some(&t) = self.dir_times.lock().unwrap().get(node) {
+                    a.mtime_ns = t;
+                    a.ctime_ns = t;
+                }
+                Ok(a)
             }
             InboxFile { peer, target, name } => {
                 let parent = Inbox {
@@ -582,6 +680,13 @@ impl Vfs {
         while let Some(i) = dir.rfind('/') {
             dir = &dir[..i];
             e.insert((peer.to_string(), dir.to_string()));
+        }
+    }
+
+    /// An entry came or went in `dir`: its times move (POSIX: mtime and ctime).
+    fn entries_changed(&self, dir: &Node) {
+        if matches!(dir, Node::State { .. }) {
+            self.dir_times.lock().unwrap().insert(dir.clone(), now_ns());
         }
     }
 
@@ -1024,6 +1129,7 @@ impl Vfs {
                     peer: peer.clone(),
                     dir: key,
                 };
+                self.entries_changed(parent);
                 let attr = self.attr(&node)?;
                 Ok((node, attr))
             }
@@ -1058,6 +1164,8 @@ impl Vfs {
                 if !e.remove(&(peer.clone(), key.clone())) {
                     return Err(err!(libc::ENOENT, "no state folder {key:?}"));
                 }
+                drop(e);
+                self.entries_changed(parent);
                 Ok(())
             }
             _ => Err(err!(libc::EACCES, "this folder cannot be removed")),
@@ -1065,6 +1173,28 @@ impl Vfs {
     }
 
     pub fn unlink(&self, parent: &Node, name: &str) -> Result<()> {
+        let r = self.unlink_inner(parent, name);
+        if r.is_ok() {
+            // Handles still open on it store nothing at their close: the name is
+            // gone, and POSIX gives an unlinked file's bytes no name to come back to.
+            if let Ok(node) = self.child(parent, name).or_else(|_| match parent {
+                Node::State { peer, dir } => Ok(Node::StateFile {
+                    peer: peer.clone(),
+                    key: join_key(dir, name),
+                }),
+                _ => Err(err!(libc::ENOENT, "gone")),
+            }) {
+                for h in self.handles.lock().unwrap().values_mut() {
+                    if h.write && h.node == node {
+                        h.unlinked = true;
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    fn unlink_inner(&self, parent: &Node, name: &str) -> Result<()> {
         if self
             .staged
             .lock()
@@ -1079,6 +1209,7 @@ impl Vfs {
             Node::StateFile { peer, key } => {
                 self.core.apply(peer, Op::Remove(key.clone()))?;
                 self.keep_folders_of(peer, key);
+                self.entries_changed(parent);
                 Ok(())
             }
             Node::ModuleFile { peer, name } => {
@@ -1150,7 +1281,12 @@ impl Vfs {
                 Ok(())
             }
             (Node::State { peer, .. }, Node::State { .. }) => {
+                self.entries_changed(parent);
+                self.entries_changed(newparent);
                 let src = self.child(parent, name)?;
+                if let Node::State { dir: from, .. } = &src {
+                    return self.rename_folder(peer, from, newparent, newname);
+                }
                 let dst = match self.child(newparent, newname) {
                     Ok(n) => n,
                     Err(_) => {
@@ -1214,6 +1350,59 @@ impl Vfs {
             }
             _ => Err(err!(libc::EACCES, "{name} cannot be moved there")),
         }
+    }
+
+    /// rename(2) of a folder in `state/`: every key under it moves in one
+    /// transaction; over an empty folder it replaces it, over one with entries it
+    /// is `ENOTEMPTY`, over a file `ENOTDIR`.
+    fn rename_folder(&self, peer: &str, from: &str, newparent: &Node, newname: &str) -> Result<()> {
+        let Node::State { dir, .. } = newparent else {
+            return Err(err!(libc::EXDEV, "a state folder stays in state/"));
+        };
+        let to = join_key(dir, newname);
+        check_key(&to)?;
+        if to == from {
+            return Ok(());
+        }
+        match self.child(newparent, newname) {
+            Ok(Node::State { .. }) => {
+                if !self
+                    .readdir(&Node::State {
+                        peer: peer.to_string(),
+                        dir: to.clone(),
+                    })?
+                    .is_empty()
+                {
+                    return Err(err!(libc::ENOTEMPTY, "state/{to} is not empty"));
+                }
+            }
+            Ok(_) => return Err(err!(libc::ENOTDIR, "state/{to} is a file")),
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(err!(libc::EINVAL, "state/{from} cannot move into itself"));
+        }
+        self.core
+            .apply(peer, Op::RenameDir(from.to_string(), to.clone()))?;
+        // Empty folders inside move along; the old folder's parents stay.
+        let mut e = self.empty_dirs.lock().unwrap();
+        let pre = format!("{from}/");
+        let moved: Vec<(String, String)> = e
+            .iter()
+            .filter(|(p, d)| p == peer && (d == from || d.starts_with(&pre)))
+            .cloned()
+            .collect();
+        for (p, d) in moved {
+            e.remove(&(p.clone(), d.clone()));
+            e.insert((p, format!("{to}{}", &d[from.len()..])));
+        }
+        e.remove(&(peer.to_string(), to.clone()));
+        // The new folder shows even when it holds no key.
+        e.insert((peer.to_string(), to.clone()));
+        drop(e);
+        self.keep_folders_of(peer, from);
+        Ok(())
     }
 
     /// Submits a complete script dropped at `node` (an inbox file), durably.
@@ -1295,6 +1484,7 @@ impl Vfs {
             .lock()
             .unwrap()
             .insert((parent.clone(), name.to_string()), staged);
+        self.entries_changed(parent);
         let fh = self.new_handle(Handle::writer(&node, who, Vec::new(), true, false));
         Ok((
             node,
@@ -1386,7 +1576,10 @@ impl Vfs {
                     }
                 })?
             };
-            let fh = self.new_handle(Handle::writer(node, who, buf, false, trunc));
+            let mut hs = self.handles.lock().unwrap();
+            self.check_budget(node, &hs, buf.len() as u64)?;
+            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+            hs.insert(fh, Handle::writer(node, who, buf, false, trunc));
             return Ok(Opened {
                 fh,
                 direct_io: false,
@@ -1491,7 +1684,26 @@ impl Vfs {
         if !h.write {
             return Err(err!(libc::EBADF, "file not open for writing"));
         }
-        let max = match &h.node {
+        let end = offset.saturating_add(data.len() as u64);
+        self.check_size(&h.node, end)?;
+        if h.buf.len() < end as usize {
+            let (node, more) = (h.node.clone(), end - h.buf.len() as u64);
+            self.check_budget(&node, &hs, more)?;
+        }
+        let h = hs.get_mut(&fh).expect("looked up above");
+        if h.buf.len() < end as usize {
+            h.buf.resize(end as usize, 0);
+        }
+        h.buf[offset as usize..end as usize].copy_from_slice(data);
+        h.dirty = true;
+        h.wrote = true;
+        Ok(data.len() as u32)
+    }
+
+    /// The largest a file at `node` may grow: a value, a script or module, a
+    /// policy or groups file.
+    pub fn size_cap(&self, node: &Node) -> u64 {
+        match node {
             Node::InboxFile { peer, target, .. } => {
                 self.core.base_limits(peer == target).max_script_bytes
             }
@@ -1499,20 +1711,42 @@ impl Vfs {
             Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
             Node::StateFile { .. } => self.core.base_limits(true).max_value_bytes,
             _ => MAX_STATE_FILE,
-        };
-        let end = offset + data.len() as u64;
-        if end > max {
+        }
+    }
+
+    /// Every size or end offset the kernel hands in is checked here, before
+    /// anything is allocated from it: `EFBIG` past the cap, nothing changed.
+    fn check_size(&self, node: &Node, size: u64) -> Result<()> {
+        let max = self.size_cap(node);
+        if size > max {
             return Err(err!(
                 libc::EFBIG,
-                "file would be {end} bytes: the most allowed here is {max}"
+                "file would be {size} bytes: the most allowed here is {max}"
             ));
         }
-        if h.buf.len() < end as usize {
-            h.buf.resize(end as usize, 0);
+        Ok(())
+    }
+
+    /// chmod/chown: accepted and not kept, as vfat's `quiet` option does, so that
+    /// `rsync -a`, `install -m` and `cp -p` work. What `ls -l` shows stays what is
+    /// enforced: a peer's files belong to its owner (the kernel lets only the owner
+    /// or root get here, `default_permissions`) and the peer's folder is 0700.
+    pub fn chmod(
+        &self,
+        node: &Node,
+        fh: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> Result<Attr> {
+        let cur = self.getattr(node, fh)?;
+        let differs = mode.is_some_and(|m| (m & 0o7777) as u16 != cur.perm & 0o7777)
+            || uid.is_some_and(|u| u != cur.uid)
+            || gid.is_some_and(|g| g != cur.gid);
+        if differs {
+            tracing::debug!(?node, ?mode, ?uid, ?gid, "chmod/chown accepted, not kept");
         }
-        h.buf[offset as usize..end as usize].copy_from_slice(data);
-        h.dirty = true;
-        Ok(data.len() as u32)
+        Ok(cur)
     }
 
     pub fn setattr(
@@ -1520,12 +1754,40 @@ impl Vfs {
         node: &Node,
         fh: Option<u64>,
         size: Option<u64>,
-        _mtime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
     ) -> Result<Attr> {
+        let r = self.set_size(node, fh, size)?;
+        let Some(t) = mtime_ns else {
+            return Ok(r);
+        };
+        // The time set is kept: by the store for a value, in memory for a staging
+        // file; the daemon's own files keep their times.
+        if let Some((p, n)) = Self::parent_of(node) {
+            if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
+                s.mtime_ns = t;
+                return Ok(self.staged_attr(s));
+            }
+        }
+        match node {
+            Node::StateFile { peer, key } => {
+                self.core.apply(peer, Op::SetMtime(key.clone(), t))?;
+            }
+            Node::State { .. } => {
+                self.dir_times.lock().unwrap().insert(node.clone(), t);
+            }
+            _ => {}
+        }
+        self.getattr(node, fh)
+    }
+
+    fn set_size(&self, node: &Node, fh: Option<u64>, size: Option<u64>) -> Result<Attr> {
         if let Some(size) = size {
+            self.check_size(node, size)?;
             if let Some(fh) = fh {
                 let mut hs = self.handles.lock().unwrap();
-                if let Some(h) = hs.get_mut(&fh).filter(|h| h.write) {
+                if let Some(len) = hs.get(&fh).filter(|h| h.write).map(|h| h.buf.len() as u64) {
+                    self.check_budget(node, &hs, size.saturating_sub(len))?;
+                    let h = hs.get_mut(&fh).expect("looked up above");
                     h.buf.resize(size as usize, 0);
                     h.dirty = true;
                     drop(hs);
@@ -1541,6 +1803,12 @@ impl Vfs {
                 }
                 Node::InboxFile { .. } | Node::ModuleFile { .. } => {
                     if let Some((p, n)) = Self::parent_of(node) {
+                        let len = self.staged_get(&p, &n).map_or(0, |s| s.data.len() as u64);
+                        self.check_budget(
+                            node,
+                            &self.handles.lock().unwrap(),
+                            size.saturating_sub(len),
+                        )?;
                         if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
                             s.data.resize(size as usize, 0);
                         } else {
@@ -1601,7 +1869,14 @@ impl Vfs {
             // here, at close, not at RELEASE: that comes after close() has returned,
             // and would bring back a key renamed or removed in between.
             let touch = h.created && matches!(h.node, Node::StateFile { .. });
-            if !h.write || (!h.dirty && !touch) {
+            // A policy, groups or module handle that was truncated (`O_TRUNC`,
+            // `ftruncate`) and not written since is not applied at a flush: `echo
+            // bad > policy.cedar` flushes once at the shell's dup2 before `echo`
+            // writes, and applying the empty text then would replace the policy
+            // that must stay in force when "bad" is refused. The release applies a
+            // truncation that no write followed (`: > policy.cedar`).
+            let truncated_only = h.dirty && !h.wrote && validated_whole(&h.node);
+            if !h.write || (!h.dirty && !touch) || truncated_only || h.unlinked {
                 if h.committing > 0 {
                     // Another close of this handle took the bytes; answer with it.
                     h.waiters.push(reply);
@@ -1733,7 +2008,7 @@ impl Vfs {
         let h = self.handles.lock().unwrap().remove(&fh);
         if let Some(h) = h {
             let touch = h.created && matches!(h.node, Node::StateFile { .. });
-            if h.write && (h.dirty || touch) {
+            if h.write && !h.unlinked && (h.dirty || touch) {
                 // No flush came (unusual): commit anyway; nobody waits for the answer.
                 self.commit(
                     h.node.clone(),
@@ -1790,6 +2065,24 @@ impl Vfs {
             namelen: 255,
         }
     }
+}
+
+/// mknod (fifos, sockets, devices): a peer's store holds values, not special files.
+/// Symbolic and hard links are refused the same way (`EPERM`, fuser's answer).
+pub fn special_file(name: &str) -> Error {
+    err!(
+        libc::EPERM,
+        "{name:?}: peerfs holds files and folders only (no fifos, sockets or devices)"
+    )
+}
+
+/// Files whose whole text is checked before it is applied: a truncation of them
+/// waits in the handle like a write.
+fn validated_whole(node: &Node) -> bool {
+    matches!(
+        node,
+        Node::Policy(_) | Node::Groups(_) | Node::ModuleFile { .. }
+    )
 }
 
 /// `x.rhai` -> module `x` (module files end in `.rhai`; others are staging files).

@@ -115,6 +115,28 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Where a node of `peer`'s state is after its folder `from` moved to `to`
+    /// (`None`: not under `from`).
+    pub fn moved(&self, peer: &str, from: &str, to: &str) -> Option<Node> {
+        let re = |k: &str| {
+            let rest = k.strip_prefix(from)?;
+            (rest.is_empty() || rest.starts_with('/')).then(|| format!("{to}{rest}"))
+        };
+        match self {
+            Node::State { peer: p, dir } if p == peer => Some(Node::State {
+                peer: p.clone(),
+                dir: re(dir)?,
+            }),
+            Node::StateFile { peer: p, key } if p == peer => Some(Node::StateFile {
+                peer: p.clone(),
+                key: re(key)?,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// `dir` + `/` + `name` as a state key ("" + name is name).
 pub fn join_key(dir: &str, name: &str) -> String {
     if dir.is_empty() {
