@@ -226,7 +226,7 @@ fn check(data: &Path, acked: &Acked, settled: bool) -> Vec<String> {
     let count_val: i64 = alice
         .0
         .query_row(
-            "SELECT coalesce((SELECT CAST(json AS INTEGER) FROM state WHERE key='count'), 0)",
+            "SELECT coalesce((SELECT CAST(CAST(d.data AS TEXT) AS INTEGER) FROM state s JOIN state_data d ON d.id = s.id WHERE s.key='count'), 0)",
             [],
             |r| r.get(0),
         )

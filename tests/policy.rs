@@ -271,7 +271,11 @@ fn cycles_stop_at_the_hop_limit() {
 #[test]
 fn send_storms_are_bounded_and_rolled_back() {
     let d = tempfile::tempdir().unwrap();
-    let c = start(d.path());
+    // max_sends below the chain's budget, so that the send limit is what ends it.
+    let mut cfg = Config::new(d.path());
+    cfg.workers = 4;
+    cfg.own_limits.max_sends = 500;
+    let c = Core::start(cfg).unwrap();
     peers(&c, &["alice", "bob"]);
     let r = c
         .run(

@@ -131,7 +131,9 @@ fn sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice() {
     let db = rusqlite::Connection::open(data.join("peers/alice.sqlite")).unwrap();
     let mut ran = BTreeMap::new();
     let mut count = 0i64;
-    let mut stmt = db.prepare("SELECT key, json FROM state").unwrap();
+    let mut stmt = db
+        .prepare("SELECT s.key, CAST(d.data AS TEXT) FROM state s JOIN state_data d ON d.id = s.id")
+        .unwrap();
     let rows = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
         .unwrap();

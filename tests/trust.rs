@@ -324,8 +324,9 @@ fn a_reader_waiting_for_a_result_can_be_killed_interrupted_and_times_out() {
     use std::os::unix::process::ExitStatusExt;
     let m = Mounted::with(
         |c| {
-            c.limits.max_wall_ms = 30_000;
-            c.limits.max_operations = u64::MAX / 2;
+            // alice's own script: her own limits let it run past result_wait.
+            c.own_limits.max_wall_ms = 30_000;
+            c.own_limits.max_operations = u64::MAX / 2;
             c.result_wait = Duration::from_secs(4);
         },
         Default::default(),
@@ -471,7 +472,10 @@ fn unmount_with_a_worm_queued_finishes_promptly() {
 fn an_owner_sees_and_withdraws_queued_scripts() {
     // The first script runs until max_wall_ms (2 s), the others wait meanwhile.
     let m = Mounted::with(
-        |c| c.limits.max_operations = u64::MAX / 2,
+        |c| {
+            c.limits.max_operations = u64::MAX / 2;
+            c.own_limits.max_operations = u64::MAX / 2;
+        },
         Default::default(),
     );
     m.add_peer("alice");

@@ -1,4 +1,4 @@
-//! The result file: one JSON object per run (DESIGN §1), fields in this order.
+//! The result file: one JSON object per run (the shape users read, see docs/guide.md), fields in this order.
 
 use serde::Serialize;
 use serde_json::Value;
