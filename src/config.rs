@@ -52,6 +52,20 @@ pub struct Settings {
     /// Compiled scripts and modules kept in the cache.
     #[serde(deserialize_with = "between::<_, 1, 10_000_000>")]
     pub script_cache_entries: u64,
+    /// Runs a chain of sends may make in all (a script and every script it leads
+    /// to share it), so that any chain, a send worm too, ends.
+    #[serde(deserialize_with = "between::<_, 1, 1_000_000_000>")]
+    pub chain_budget: u64,
+    /// Starts of a queued script that never finished (it crashed the daemon)
+    /// after which it ends with an `error` result.
+    #[serde(deserialize_with = "between::<_, 1, 1_000>")]
+    pub max_attempts: u64,
+    /// Failed deliveries of a message after which it becomes an `error` result.
+    #[serde(deserialize_with = "between::<_, 1, 1_000_000>")]
+    pub delivery_tries: u64,
+    /// Longest a read of a pending result waits, in milliseconds (then `ETIMEDOUT`).
+    #[serde(deserialize_with = "between::<_, 1, 86_400_000>")]
+    pub result_wait_ms: u64,
     /// A folder of `NAME.rhai` modules to use as the shared library instead of
     /// the one built into the binary.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,6 +176,10 @@ impl Default for Settings {
             run_retention: c.run_retention,
             batch_max_runs: c.batch_max_runs as u64,
             script_cache_entries: c.script_cache_entries as u64,
+            chain_budget: c.chain_budget,
+            max_attempts: u64::from(c.max_attempts),
+            delivery_tries: u64::from(c.delivery_tries),
+            result_wait_ms: c.result_wait.as_millis() as u64,
             library: None,
             mount: MountSettings::default(),
             log: LogSettings::default(),
@@ -510,6 +528,10 @@ impl Effective {
         c.run_retention = s.run_retention;
         c.batch_max_runs = s.batch_max_runs as usize;
         c.script_cache_entries = s.script_cache_entries as usize;
+        c.chain_budget = s.chain_budget;
+        c.max_attempts = s.max_attempts as u32;
+        c.delivery_tries = s.delivery_tries as u32;
+        c.result_wait = Duration::from_millis(s.result_wait_ms);
         if let Some(l) = &s.library {
             c.library = Library::Dir(l.clone());
         }

@@ -154,6 +154,29 @@ fn the_library_view_of_precedence_is_the_same() {
     assert_eq!(c.limits.max_array_size, 10_000);
 }
 
+/// The trust settings (chain budget, crash starts, delivery tries, result wait)
+/// are keys too, with their ranges.
+#[test]
+fn the_trust_settings_are_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "c.toml",
+        "data = \"/x\"\nchain_budget = 50\nmax_attempts = 2\ndelivery_tries = 9\nresult_wait_ms = 1500\n",
+    );
+    let c = config::load(Some(&f), &[]).unwrap().core_config().unwrap();
+    assert_eq!(c.chain_budget, 50);
+    assert_eq!(c.max_attempts, 2);
+    assert_eq!(c.delivery_tries, 9);
+    assert_eq!(c.result_wait, Duration::from_millis(1500));
+    let f = write(d.path(), "bad.toml", "data = \"/x\"\nmax_attempts = 0\n");
+    let e = config::load(Some(&f), &[]).unwrap_err();
+    assert!(
+        e.contains("max_attempts") && e.contains("out of range"),
+        "{e}"
+    );
+}
+
 /// `peerfs mount` refuses a bad config at start, before mounting, with exit 64
 /// and a message naming the key, the reason and the line.
 fn refused(text: &str, wants: &[&str]) {
