@@ -346,17 +346,7 @@ fn serve(
             mount.display()
         ));
     }
-    peerfs::peer::private_dir(&cfg.data_dir)?;
-    let core = Core::start(cfg)?;
-    if let Some(addr) = metrics_listen {
-        if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
-            core.shutdown();
-            return Err(peerfs::err!(
-                libc::EADDRINUSE,
-                "metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"
-            ));
-        }
-    }
+    let core = start_core(cfg, metrics_listen)?;
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
         allow_other,
@@ -405,13 +395,8 @@ fn serve(
     r
 }
 
-/// Serves the spool folder until SIGINT or SIGTERM.
-fn serve_spool(
-    cfg: Config,
-    spool: &Path,
-    metrics_listen: Option<std::net::SocketAddr>,
-) -> peerfs::Result<()> {
-    let sig = signals();
+/// Starts the executor on a private data folder, with the metrics listener if asked.
+fn start_core(cfg: Config, metrics_listen: Option<std::net::SocketAddr>) -> peerfs::Result<Core> {
     peerfs::peer::private_dir(&cfg.data_dir)?;
     let core = Core::start(cfg)?;
     if let Some(addr) = metrics_listen {
@@ -423,6 +408,17 @@ fn serve_spool(
             ));
         }
     }
+    Ok(core)
+}
+
+/// Serves the spool folder until SIGINT or SIGTERM.
+fn serve_spool(
+    cfg: Config,
+    spool: &Path,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> peerfs::Result<()> {
+    let sig = signals();
+    let core = start_core(cfg, metrics_listen)?;
     let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
         Ok(s) => s,
         Err(e) => {
