@@ -191,7 +191,7 @@ fn metrics_overhead(dir: &std::path::Path) {
     println!("engine.metrics_overhead_ratio: {:.3}", best_on / best_off);
     // What recording one run costs by itself (a run and a commit's worth), less
     // exposed to the neighbours' load than the ratio above: its share of a run.
-    let m = peerfs::metrics::Metrics::new(true, 20);
+    let m = peerfs::exec::metrics::Metrics::new(true, 20);
     let n = 1_000_000;
     let t = Instant::now();
     for i in 0..n {

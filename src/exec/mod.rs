@@ -6,6 +6,7 @@
 //! queued right now, no timer). Only after a commit are results published to
 //! waiting readers and messages delivered to other peers.
 
+pub mod metrics;
 mod provenance;
 mod result;
 mod test_hooks;
@@ -191,7 +192,7 @@ struct Inner {
     gate: Arc<dyn Gate>,
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
-    metrics: crate::metrics::Metrics,
+    metrics: metrics::Metrics,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Reads waiting for results, watched for their reader's signals and time.
     watch: wait::Watch,
@@ -240,7 +241,7 @@ impl Core {
             gate: Arc::new(policy.clone()),
             policy,
             stats: Stats::default(),
-            metrics: crate::metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
+            metrics: metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
             watch: wait::Watch::default(),
             cfg,
@@ -295,7 +296,7 @@ impl Core {
         &self.0.stats
     }
 
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &metrics::Metrics {
         &self.0.metrics
     }
 

@@ -56,7 +56,7 @@ pub(crate) fn write_owner(data: &Path, name: &str, uid: u32, gid: u32) -> Result
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
     std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))?;
     std::fs::rename(&tmp, &f)?;
-    super::registry::sync_dir(&dir);
+    sync_dir(&dir);
     Ok(())
 }
 
@@ -129,5 +129,12 @@ pub(crate) fn warn_if_open(data: &Path) {
              state and policy around the mount. Fix: chmod -R go-rwx {}",
             data.display()
         );
+    }
+}
+
+/// fsyncs a directory so that a rename in it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
     }
 }

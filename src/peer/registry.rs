@@ -138,7 +138,7 @@ impl Registry {
         files::make_private(&tmp)?;
         files::write_owner(&self.data, name, uid, gid)?;
         std::fs::rename(&tmp, &path)?;
-        sync_dir(&self.data.join("peers"));
+        files::sync_dir(&self.data.join("peers"));
         let (_, _, ctime_ns) = files::owner_of(&self.data, name, &path)?;
         let info = PeerInfo { uid, gid, ctime_ns };
         names.insert(name.into(), info);
@@ -223,19 +223,12 @@ impl Registry {
             }
         }
         std::fs::rename(&src, &dest)?;
-        sync_dir(&self.data.join("peers"));
+        files::sync_dir(&self.data.join("peers"));
         let owner = files::owner_file(&self.data, name);
         if owner.exists() {
             std::fs::rename(&owner, format!("{}.owner", dest.display()))?;
         }
         names.remove(name);
         Ok(dest)
-    }
-}
-
-/// fsyncs a directory so that a rename in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
     }
 }
