@@ -6,6 +6,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -423,4 +424,44 @@ impl Drop for Daemon {
             force_unmount(&self.mnt);
         }
     }
+}
+
+// Shared by the mount tests.
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_peerfs");
+
+pub fn log_lines_with<'a>(log: &'a str, words: &[&str]) -> Vec<&'a str> {
+    log.lines()
+        .filter(|l| words.iter().all(|w| l.split(' ').any(|t| t == *w)))
+        .collect()
+}
+
+/// Opens `path` read-only with O_NONBLOCK; the errno on failure.
+pub fn open_nonblock(path: &Path) -> Result<(), i32> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    unsafe { libc::close(fd) };
+    Ok(())
+}
+
+/// A loop that keeps `peer`'s actor busy for about `secs`, calibrated on the run's
+/// own `duration_us` (not the round trip, which load and fsync stretch); the
+/// mount's max_operations must allow it. Returns the loop count.
+pub fn busy_loops(m: &impl MountPaths, peer: &str, secs: f64) -> u64 {
+    let r = m.run(
+        peer,
+        "calibrate.rhai",
+        "let i = 0; while i < 300000 { i += 1 } i",
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    let per = r["duration_us"].as_f64().unwrap().max(1000.0) / 1e6;
+    ((300_000.0 * secs / per) as u64).clamp(300_000, 400_000_000)
+}
+
+pub fn busy_script(m: &impl MountPaths, peer: &str, secs: f64) -> (String, u64) {
+    let n = busy_loops(m, peer, secs);
+    (format!("let i = 0; while i < {n} {{ i += 1 }} i"), n)
 }
