@@ -3,17 +3,18 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-
-use serde_json::Value;
 
 use super::provenance::unreadable_result;
-use super::{provenance, Core, RunResult};
+use super::run::failed_outcome;
+use super::state::rt;
+use super::submit::message_job;
+use super::transport::way_down;
+use super::{provenance, Ack, Core, MessageKind, Op, RunResult};
 use crate::error::Error;
 use crate::peer::name::script_stem;
-use crate::peer::{Ack, Op, Peer};
-use crate::script::{Outcome, Status};
-use crate::store::{Job, Outgoing, Store};
+use crate::peer::Peer;
+use crate::script::Status;
+use crate::store::{Outgoing, Store};
 use crate::util::{new_id, now_ns};
 
 impl Core {
@@ -32,114 +33,95 @@ impl Core {
         if msgs.is_empty() {
             // Refused rows were marked: more may follow them.
             if refused == 0 {
-                peer.has_undelivered.store(false, Ordering::Relaxed);
+                rt(peer).has_undelivered.store(false, Ordering::Relaxed);
             }
             return;
         }
+        let transport = self.transport();
         for msg in msgs {
-            {
-                let mut inflight = peer.inflight.lock().unwrap();
-                if !inflight.insert(msg.id.clone()) {
-                    continue;
-                }
+            if !rt(peer).inflight.lock().unwrap().insert(msg.id.clone()) {
+                continue;
             }
-            let id = msg.id.clone();
-            match self.peer(&msg.to) {
-                Ok(target) => {
-                    let core = self.clone();
-                    let sender = peer.clone();
-                    let again = msg.clone();
-                    let ack: Ack = Box::new(move |r| match r {
-                        Ok(()) => {
-                            core.0
-                                .stats
-                                .messages_delivered
-                                .fetch_add(1, Ordering::Relaxed);
-                            {
-                                let mut f = sender.delivery_failures.lock().unwrap();
-                                if !f.is_empty() {
-                                    f.remove(&id);
-                                }
-                            }
-                            let s2 = sender.clone();
-                            let id2 = id.clone();
-                            core.push(
-                                &sender,
-                                Op::Delivered(id.clone()),
-                                Some(Box::new(move |_| {
-                                    s2.inflight.lock().unwrap().remove(&id2);
-                                })),
-                            );
-                        }
-                        Err(e) => {
-                            let tries = {
-                                let mut f = sender.delivery_failures.lock().unwrap();
-                                let n = f.entry(id.clone()).or_insert(0);
-                                *n += 1;
-                                *n
-                            };
-                            if tries >= core.0.cfg.delivery_tries {
-                                sender.delivery_failures.lock().unwrap().remove(&id);
-                                core.undeliverable(&sender, again, &e);
-                            } else {
-                                tracing::warn!(peer = %sender.name, error = %e, tries, "delivery failed; will retry");
-                                sender.inflight.lock().unwrap().remove(&id);
-                            }
-                        }
-                    });
-                    self.push(
-                        &target,
-                        Op::Deliver {
-                            from: peer.name.clone(),
-                            msg,
-                        },
-                        Some(ack),
-                    );
-                }
-                Err(e) if e.errno == libc::ENOENT => {
-                    // The target does not exist (or was removed): the sender gets a
-                    // clear error result instead of a message lost in silence.
-                    self.undeliverable(peer, msg, &e);
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %peer.name, to = %msg.to, error = %e, "delivery failed; will retry");
-                    peer.inflight.lock().unwrap().remove(&id);
-                }
-            }
+            let ack = self.delivery_ack(peer, msg.clone());
+            transport.deliver(&peer.name, msg, ack);
         }
     }
 
+    /// What the sender does when the transport answers for `msg`: marks it
+    /// delivered, makes it an error result (no such peer, or refused too often),
+    /// or lets it wait for the next try (see [`super::Transport::deliver`]).
+    fn delivery_ack(&self, peer: &Arc<Peer>, msg: Outgoing) -> Ack {
+        let core = self.clone();
+        let sender = peer.clone();
+        Box::new(move |r| {
+            let id = msg.id.clone();
+            match r {
+                Ok(()) => {
+                    core.0
+                        .stats
+                        .messages_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    {
+                        let mut f = rt(&sender).delivery_failures.lock().unwrap();
+                        if !f.is_empty() {
+                            f.remove(&id);
+                        }
+                    }
+                    core.mark_delivered(&sender, id);
+                }
+                // The target does not exist (or was removed): the sender gets a
+                // clear error result instead of a message lost in silence.
+                Err(e) if e.errno == libc::ENOENT => core.undeliverable(&sender, msg, &e),
+                Err(e) if way_down(&e) => {
+                    tracing::warn!(peer = %sender.name, to = %msg.to, error = %e, "delivery failed; will retry");
+                    rt(&sender).inflight.lock().unwrap().remove(&id);
+                }
+                Err(e) => {
+                    let tries = {
+                        let mut f = rt(&sender).delivery_failures.lock().unwrap();
+                        let n = f.entry(id.clone()).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    if tries >= core.0.cfg.delivery_tries {
+                        rt(&sender).delivery_failures.lock().unwrap().remove(&id);
+                        core.undeliverable(&sender, msg, &e);
+                    } else {
+                        tracing::warn!(peer = %sender.name, error = %e, tries, "delivery failed; will retry");
+                        rt(&sender).inflight.lock().unwrap().remove(&id);
+                    }
+                }
+            }
+        })
+    }
+
+    /// Marks message `id` of `sender` delivered (no more tries); it leaves the
+    /// messages in flight once the mark is applied.
+    fn mark_delivered(&self, sender: &Arc<Peer>, id: String) {
+        let s2 = sender.clone();
+        let id2 = id.clone();
+        self.push(
+            sender,
+            Op::Delivered(id),
+            Some(Box::new(move |_| {
+                rt(&s2).inflight.lock().unwrap().remove(&id2);
+            })),
+        );
+    }
+
+    /// Ends a message that cannot be delivered: a script becomes an `error` result
+    /// at its sender, a result is dropped (logged) and its reader at the target
+    /// gets an `error` result in its place.
     pub(super) fn undeliverable(&self, peer: &Arc<Peer>, msg: Outgoing, e: &Error) {
         let id = msg.id.clone();
-        let op = if msg.kind == "script" {
+        let kind = MessageKind::of(&msg).ok();
+        let op = if kind == Some(MessageKind::Script) {
             let now = now_ns();
-            let job = Job {
-                seq: 0,
-                id: msg.id.clone(),
-                name: msg.name.clone(),
-                source: vec![],
-                caller: peer.name.clone(),
-                params: msg.params.clone(),
-                msg_id: Some(msg.id.clone()),
-                hops: msg.hops,
-                submitted_at: msg.created_at,
-                ..Default::default()
-            };
-            let outcome = Outcome {
-                status: Status::Error,
-                value: Value::Null,
-                output: String::new(),
-                error: Some(format!(
-                    "cannot deliver {} to {}: {}",
-                    msg.name, msg.to, e.message
-                )),
-                operations: 0,
-                logs: vec![],
-                sends: vec![],
-                duration: Duration::ZERO,
-                wrote: false,
-                storage_error: None,
-            };
+            let job = message_job(&msg, &peer.name);
+            let outcome = failed_outcome(
+                Status::Error,
+                format!("cannot deliver {} to {}: {}", msg.name, msg.to, e.message),
+            );
             let result = RunResult::new(&job, &msg.to, &outcome, msg.created_at, now);
             let payload = serde_json::to_string(&result).unwrap_or_default();
             Op::Deliver {
@@ -147,7 +129,7 @@ impl Core {
                 msg: Outgoing {
                     id: new_id(),
                     to: peer.name.clone(),
-                    kind: "result".into(),
+                    kind: MessageKind::Result.as_str().into(),
                     name: format!("{}.json", script_stem(&msg.name)),
                     source: vec![],
                     params: String::new(),
@@ -164,25 +146,17 @@ impl Core {
             ))
         };
         tracing::warn!(peer = %peer.name, to = %msg.to, error = %e, "undeliverable message");
-        if msg.kind == "result" && !provenance::is_replacement(&msg.id) {
+        if kind == Some(MessageKind::Result) && !provenance::is_replacement(&msg.id) {
             // Its reader waits at the target: it gets an `error` result that says
-            // why, in place of the one that cannot be delivered.
-            if let Ok(target) = self.peer(&msg.to) {
-                let v = unreadable_result(&peer.name, &msg, &e.message);
-                let replacement = Outgoing {
-                    id: provenance::replacement_id(&msg.id),
-                    payload: v.to_string(),
-                    ..msg.clone()
-                };
-                self.push(
-                    &target,
-                    Op::Deliver {
-                        from: peer.name.clone(),
-                        msg: replacement,
-                    },
-                    None,
-                );
-            }
+            // why, in place of the one that cannot be delivered (when the target
+            // is a peer of this daemon).
+            let v = unreadable_result(&peer.name, &msg, &e.message);
+            let replacement = Outgoing {
+                id: provenance::replacement_id(&msg.id),
+                payload: v.to_string(),
+                ..msg.clone()
+            };
+            self.deliver_local(&peer.name, replacement, Box::new(|_| {}));
         }
         let core = self.clone();
         let sender = peer.clone();
@@ -191,16 +165,9 @@ impl Core {
             op,
             Some(Box::new(move |r| {
                 if r.is_ok() {
-                    let s2 = sender.clone();
-                    core.push(
-                        &sender,
-                        Op::Delivered(id.clone()),
-                        Some(Box::new(move |_| {
-                            s2.inflight.lock().unwrap().remove(&id);
-                        })),
-                    );
+                    core.mark_delivered(&sender, id);
                 } else {
-                    sender.inflight.lock().unwrap().remove(&id);
+                    rt(&sender).inflight.lock().unwrap().remove(&id);
                 }
             })),
         );

@@ -15,8 +15,10 @@ mod pool;
 mod provenance;
 mod result;
 mod run;
+mod state;
 mod submit;
 mod test_hooks;
+mod transport;
 mod txn;
 mod wait;
 
@@ -29,14 +31,18 @@ use std::time::Duration;
 
 use crate::err;
 use crate::error::Result;
-use crate::peer::{Peer, PendingResult, Registry};
+use crate::peer::{Peer, Registry};
 use crate::script::{AstCache, Host, Limits};
 use crate::store::{Job, Store};
 
 pub use config::{Config, Stats};
+pub use ops::{Ack, Op};
 use outbox::result_slot;
+pub use outbox::Waiter;
 pub use outbox::{caller_slot, slot_caller};
 pub use result::RunResult;
+use state::{rt, PendingResult};
+pub use transport::{InProcess, MessageKind, Transport};
 
 /// What changed at a peer, for caches above (the mount's kernel entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +85,9 @@ struct Inner {
     quit: AtomicBool,
     cache: Arc<AstCache>,
     listener: RwLock<Option<Arc<dyn Listener>>>,
-    gate: Arc<dyn Gate>,
+    /// How messages of local peers reach their targets.
+    transport: RwLock<Arc<dyn Transport>>,
+    /// The peers' policies: the one [`Gate`] of every run.
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
     metrics: metrics::Metrics,
@@ -97,7 +105,8 @@ impl Core {
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
         let policy = Arc::new(crate::policy::PolicyGate::new());
-        let core = Core(Arc::new(Inner {
+        let core = Core(Arc::new_cyclic(|me| Inner {
+            transport: RwLock::new(Arc::new(InProcess::of(me.clone()))),
             registry,
             ready: Mutex::new(VecDeque::new()),
             ready_cv: Condvar::new(),
@@ -105,7 +114,6 @@ impl Core {
             quit: AtomicBool::new(false),
             cache: Arc::new(AstCache::with_capacity(cfg.script_cache_entries)),
             listener: RwLock::new(None),
-            gate: Arc::new(policy.clone()),
             policy,
             stats: Stats::default(),
             metrics: metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
@@ -222,10 +230,12 @@ impl Core {
             }
         };
         drop(st);
-        peer.queued.store(queued, Ordering::Relaxed);
-        peer.has_undelivered.store(undelivered, Ordering::Relaxed);
+        rt(peer).queued.store(queued, Ordering::Relaxed);
+        rt(peer)
+            .has_undelivered
+            .store(undelivered, Ordering::Relaxed);
         {
-            let mut w = peer.waits.lock().unwrap();
+            let mut w = rt(peer).waits.lock().unwrap();
             for e in unfinished {
                 w.entry((e.target, e.name)).or_insert(PendingResult {
                     run_id: e.run_id,
@@ -266,7 +276,7 @@ impl Core {
         // Anyone still waiting learns that the daemon stopped.
         self.0.watch.clear();
         for p in self.0.registry.open_peers() {
-            let waits = std::mem::take(&mut *p.waits.lock().unwrap());
+            let waits = std::mem::take(&mut *rt(&p).waits.lock().unwrap());
             for (_, pr) in waits {
                 for w in pr.waiters {
                     w(Err(err!(
@@ -275,7 +285,7 @@ impl Core {
                     )));
                 }
             }
-            let ops = std::mem::take(&mut p.work.lock().unwrap().ops);
+            let ops = std::mem::take(&mut rt(&p).work.lock().unwrap().ops);
             for (_, ack) in ops {
                 if let Some(a) = ack {
                     a(Err(err!(

@@ -9,15 +9,60 @@ use serde_json::Value;
 
 use super::provenance::{chain_note, unreadable_result};
 use super::txn::Effect;
-use super::{result_slot, test_hooks, Change, Core};
+use super::{result_slot, test_hooks, Change, Core, MessageKind};
 use crate::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
-use crate::peer::{Op, Peer};
+use crate::peer::Peer;
 use crate::store::{Job, Outgoing, Store};
 use crate::util::{now_ns, rfc3339};
 
 use std::sync::atomic::Ordering;
+
+/// A change to a peer's storage, made by its actor in a transaction.
+pub enum Op {
+    /// A script for this peer's queue; `outbox` is where its result will show.
+    Submit(Job),
+    SetBytes(String, Vec<u8>),
+    Remove(String),
+    Rename(String, String),
+    /// Every key under the folder `from` moved under `to`, in one transaction.
+    RenameDir(String, String),
+    /// A key's modification time set (`touch -d`, `utimensat`, rsync's times).
+    SetMtime(String, i64),
+    SetModule(String, Vec<u8>),
+    RemoveModule(String),
+    SetMeta(String, Vec<u8>),
+    OutboxRemove(String, String),
+    /// A message from another peer (a script to run, or a result to show).
+    Deliver {
+        from: String,
+        msg: Outgoing,
+    },
+    /// The target took the message: stop retrying it.
+    Delivered(String),
+    Log(String),
+    /// The owner withdraws the queued scripts of this name.
+    Withdraw(String),
+    /// A script a spool intake took from a folder: submitted like [`Op::Submit`],
+    /// and in the same transaction `record` is stored under the meta key `key` (what
+    /// was taken, so a restart that finds the file still there skips it) and the
+    /// meta keys in `forget` (files already removed) are dropped.
+    Intake {
+        job: Job,
+        key: String,
+        record: Vec<u8>,
+        forget: Vec<String>,
+    },
+    /// Drops spool intake records of files already removed (no fsync of its own: a
+    /// record left behind only matches a file with the same name, size, inode,
+    /// mtime and content hash).
+    Forget(Vec<String>),
+}
+
+/// Called once with the outcome of an [`Op`]: after its transaction committed (the
+/// change is on disk) or failed.
+pub type Ack = Box<dyn FnOnce(Result<()>) + Send>;
 
 impl Core {
     /// A submission whose script runs at once, in the same transaction: no queue
@@ -45,8 +90,7 @@ impl Core {
         // A submission is not in the queue yet (`seq` 0): the run's dequeue removes
         // nothing.
         debug_assert_eq!(job.seq, 0);
-        let gate = self.0.gate.clone();
-        match self.run_one(st, peer, job, &*gate, Some(deadline), None)? {
+        match self.run_one(st, peer, job, Some(deadline), None)? {
             Some(run_fx) => {
                 self.count_runs(st, 1)?;
                 fx.extend(run_fx);
@@ -227,11 +271,10 @@ impl Core {
                 if jobs.is_empty() {
                     return Err(err!(libc::ENOENT, "no queued script named {name:?}"));
                 }
-                let gate = self.0.gate.clone();
                 let mut fx = vec![Effect::Changed(Change::Inbox)];
                 for job in &jobs {
                     let why = format!("withdrawn by {}'s owner before it ran", peer.name);
-                    if let Some(f) = self.run_one(st, peer, job, &*gate, None, Some(why))? {
+                    if let Some(f) = self.run_one(st, peer, job, None, Some(why))? {
                         fx.extend(f);
                     }
                     fx.push(Effect::Dequeued);
@@ -248,8 +291,8 @@ impl Core {
                     return Ok(vec![Effect::None]);
                 }
                 st.mark_message(&msg.id)?;
-                match msg.kind.as_str() {
-                    "script" => {
+                match MessageKind::of(msg)? {
+                    MessageKind::Script => {
                         let job = self.received_job(from, msg)?;
                         st.enqueue(&job)?;
                         st.append_log(&format!(
@@ -260,7 +303,7 @@ impl Core {
                         ))?;
                         vec![Effect::Queued, Effect::Changed(Change::Log)]
                     }
-                    "result" => {
+                    MessageKind::Result => {
                         let (v, payload) = match serde_json::from_str::<Value>(&msg.payload) {
                             Ok(v) => (v, msg.payload.clone()),
                             // A result that cannot be read is shown as an error
@@ -296,7 +339,6 @@ impl Core {
                             }),
                         ]
                     }
-                    other => return Err(err!(libc::EINVAL, "unknown message kind {other:?}")),
                 }
             }
         })

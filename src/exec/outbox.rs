@@ -2,18 +2,22 @@
 //! the target), listing and removing results, and readers waiting for a result
 //! (`read_result` and the blocking and bounded forms around it).
 
-use std::sync::mpsc;
 use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::state::{rt, PendingResult};
+use super::Op;
 use super::{wait, Core};
 use crate::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
-use crate::peer::{Op, Peer, PendingResult, Waiter};
+use crate::peer::Peer;
 use crate::store::OutboxEntry;
 use crate::store::Store;
+
+/// Called once with a result's JSON bytes (or an error) when it is ready.
+pub type Waiter = Box<dyn FnOnce(Result<Arc<Vec<u8>>>) + Send>;
 
 /// The outbox row target under which a peer keeps the results of scripts `caller`
 /// dropped at it (`@caller`: `@` is never part of a peer name, so these rows never
@@ -67,7 +71,8 @@ impl Core {
                 let slot = caller_slot(peer);
                 let e = Self::entry(&t, &slot, name)?;
                 if e.is_some()
-                    || t.waits
+                    || rt(&t)
+                        .waits
                         .lock()
                         .unwrap()
                         .contains_key(&(slot.clone(), name.to_string()))
@@ -87,7 +92,7 @@ impl Core {
 
     /// The outbox row `(key, name)` of `p`: from memory if just published.
     pub(super) fn entry(p: &Peer, key: &str, name: &str) -> Result<Option<OutboxEntry>> {
-        if let Some(r) = p.recent.lock().unwrap().get(key, name) {
+        if let Some(r) = rt(p).recent.lock().unwrap().get(key, name) {
             return Ok(Some(OutboxEntry {
                 target: key.to_string(),
                 name: name.to_string(),
@@ -149,14 +154,14 @@ impl Core {
         };
         let target = target.as_str();
         let key = (target.to_string(), name.to_string());
-        let mut waits = p.waits.lock().unwrap();
+        let mut waits = rt(&p).waits.lock().unwrap();
         if let Some(pending) = waits.get_mut(&key) {
             pending.waiters.push(waiter);
             return;
         }
         // Not pending: the committed row is final (read under the lock, so a run that
         // finishes now publishes after we looked).
-        let recent = p
+        let recent = rt(&p)
             .recent
             .lock()
             .unwrap()
@@ -213,7 +218,7 @@ impl Core {
     /// Whether a result is still pending (for `O_NONBLOCK` opens).
     pub fn result_pending(&self, peer: &str, target: &str, name: &str) -> Result<bool> {
         let (p, key) = self.result_place(peer, target, name)?;
-        let pending = p
+        let pending = rt(&p)
             .waits
             .lock()
             .unwrap()
@@ -223,17 +228,9 @@ impl Core {
 
     /// Waits for a result (blocking).
     pub fn wait_result(&self, peer: &str, target: &str, name: &str) -> Result<Arc<Vec<u8>>> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.read_result(
-            peer,
-            target,
-            name,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.recv()
-            .map_err(|_| err!(libc::EIO, "the daemon stopped before the result was ready"))?
+        wait::block_on("the daemon stopped before the result was ready", |w| {
+            self.read_result(peer, target, name, w)
+        })
     }
 
     /// Submits the owner's script, waits for its result and returns it parsed.

@@ -3,24 +3,41 @@
 //! and retries deliveries, and the entry points that queue an [`Op`].
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Core;
-use crate::err;
+use super::state::rt;
+use super::{wait, Ack, Core, Op};
 use crate::error::Result;
-use crate::peer::{Ack, Op, Peer};
+use crate::peer::Peer;
 
 impl Core {
+    /// Makes sure `peer`'s actor gets a turn (its work, queued runs, deliveries).
     pub(super) fn schedule(&self, peer: &Arc<Peer>) {
-        let mut w = peer.work.lock().unwrap();
+        self.push_work(peer, None);
+    }
+
+    /// Queues `op` for `peer`'s actor and schedules it.
+    pub(super) fn push(&self, peer: &Arc<Peer>, op: Op, ack: Option<Ack>) {
+        self.push_work(peer, Some((op, ack)));
+    }
+
+    /// Adds `work` (if any) to `peer`'s ops and puts the peer in the ready queue
+    /// unless it is there or a worker holds it already.
+    fn push_work(&self, peer: &Arc<Peer>, work: Option<(Op, Option<Ack>)>) {
+        let mut w = rt(peer).work.lock().unwrap();
+        w.ops.extend(work);
         if !w.scheduled {
             w.scheduled = true;
             drop(w);
-            self.0.ready.lock().unwrap().push_back(peer.clone());
-            self.0.ready_cv.notify_one();
+            self.ready(peer.clone());
         }
+    }
+
+    /// Puts a scheduled peer at the back of the ready queue.
+    fn ready(&self, peer: Arc<Peer>) {
+        self.0.ready.lock().unwrap().push_back(peer);
+        self.0.ready_cv.notify_one();
     }
 
     /// Queues `op` for `peer`'s actor; `ack` is called after it committed (or failed).
@@ -35,33 +52,11 @@ impl Core {
         }
     }
 
-    pub(super) fn push(&self, p: &Arc<Peer>, op: Op, ack: Option<Ack>) {
-        let mut w = p.work.lock().unwrap();
-        w.ops.push((op, ack));
-        if !w.scheduled {
-            w.scheduled = true;
-            drop(w);
-            self.0.ready.lock().unwrap().push_back(p.clone());
-            self.0.ready_cv.notify_one();
-        }
-    }
-
     /// Applies `op` and waits until it is durable.
     pub fn apply(&self, peer: &str, op: Op) -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.apply_async(
-            peer,
-            op,
-            Some(Box::new(move |r| {
-                let _ = tx.send(r);
-            })),
-        );
-        rx.recv().map_err(|_| {
-            err!(
-                libc::EIO,
-                "the daemon stopped before the change was applied"
-            )
-        })?
+        wait::block_on("the daemon stopped before the change was applied", |ack| {
+            self.apply_async(peer, op, Some(ack))
+        })
     }
 
     pub(super) fn sweeper(&self) {
@@ -74,7 +69,7 @@ impl Core {
                 self.0.registry.sweep(idle, self.0.cfg.max_open_peers);
                 // Retry deliveries that did not land (target busy, disk full, ...).
                 for p in self.0.registry.open_peers() {
-                    if p.has_undelivered.load(Ordering::Relaxed) {
+                    if rt(&p).has_undelivered.load(Ordering::Relaxed) {
                         self.schedule(&p);
                     }
                 }
@@ -105,11 +100,10 @@ impl Core {
             };
             self.process(&peer);
             let stop = self.0.stop.load(Ordering::Relaxed);
-            let mut w = peer.work.lock().unwrap();
-            if !w.ops.is_empty() || (!stop && peer.queued() > 0) {
+            let mut w = rt(&peer).work.lock().unwrap();
+            if !w.ops.is_empty() || (!stop && rt(&peer).queued() > 0) {
                 drop(w);
-                self.0.ready.lock().unwrap().push_back(peer);
-                self.0.ready_cv.notify_one();
+                self.ready(peer);
             } else {
                 w.scheduled = false;
             }
@@ -118,11 +112,11 @@ impl Core {
 
     /// One turn of a peer's actor.
     pub(super) fn process(&self, peer: &Arc<Peer>) {
-        let ops = std::mem::take(&mut peer.work.lock().unwrap().ops);
+        let ops = std::mem::take(&mut rt(peer).work.lock().unwrap().ops);
         if !ops.is_empty() {
             self.apply_ops(peer, ops);
         }
-        if peer.queued() > 0 && !self.0.stop.load(Ordering::Relaxed) {
+        if rt(peer).queued() > 0 && !self.0.stop.load(Ordering::Relaxed) {
             if let Err(e) = self.run_batch(peer) {
                 tracing::error!(peer = %peer.name, error = %e, "run batch failed; the scripts stay queued");
                 // Do not spin on a failing store: the sweeper's retry comes later.
@@ -131,7 +125,8 @@ impl Core {
         }
         // Not while stopping: deliveries make work at other peers, which makes
         // more deliveries; what is undelivered stays in `sent` for the next start.
-        if peer.has_undelivered.load(Ordering::Relaxed) && !self.0.stop.load(Ordering::Relaxed) {
+        if rt(peer).has_undelivered.load(Ordering::Relaxed) && !self.0.stop.load(Ordering::Relaxed)
+        {
             self.deliver(peer);
         }
     }

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::provenance::chain_note;
+use super::state::rt;
 use super::txn::Effect;
-use super::{result_slot, test_hooks, Change, Core, Gate, RunResult};
+use super::{result_slot, test_hooks, Change, Core, Gate, MessageKind, RunResult};
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
@@ -34,7 +35,7 @@ impl Core {
         };
         if jobs.is_empty() {
             if !self.0.stop.load(Ordering::Relaxed) {
-                peer.queued.store(0, Ordering::Relaxed);
+                rt(peer).queued.store(0, Ordering::Relaxed);
             }
             return Ok(());
         }
@@ -68,8 +69,9 @@ impl Core {
         drop(st);
         self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.publish(peer, effects);
-        peer.queued
-            .fetch_sub(finished.min(peer.queued()), Ordering::Relaxed);
+        rt(peer)
+            .queued
+            .fetch_sub(finished.min(rt(peer).queued()), Ordering::Relaxed);
         Ok(())
     }
 
@@ -90,8 +92,9 @@ impl Core {
         let refused = st.take_refused();
         st.commit()?;
         if refused > 0 {
-            peer.queued
-                .fetch_sub(refused.min(peer.queued()), Ordering::Relaxed);
+            rt(peer)
+                .queued
+                .fetch_sub(refused.min(rt(peer).queued()), Ordering::Relaxed);
             self.notify(&peer.name, Change::Log);
         }
         Ok(jobs)
@@ -106,7 +109,6 @@ impl Core {
         peer: &Arc<Peer>,
         jobs: &mut [Job],
     ) -> Result<(Vec<Effect>, u64)> {
-        let gate = self.0.gate.clone();
         let started = Instant::now();
         let budget = self.0.cfg.batch_max_time;
         let mut effects = Vec::new();
@@ -115,7 +117,7 @@ impl Core {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(st, peer, job, &*gate, None, None)? {
+            match self.run_one(st, peer, job, None, None)? {
                 Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
@@ -143,7 +145,6 @@ impl Core {
         st: &mut dyn Store,
         peer: &Arc<Peer>,
         job: &Job,
-        gate: &dyn Gate,
         yield_at: Option<Instant>,
         end: Option<String>,
     ) -> Result<Option<Vec<Effect>>> {
@@ -160,15 +161,12 @@ impl Core {
             test_hooks::abort_if_marked(job);
         }
         // The run's share of its chain's budget (a row from before budgets: a new one).
-        let budget = match job.budget {
-            0 => self.0.cfg.chain_budget,
-            b => b.min(self.0.cfg.chain_budget),
-        };
+        let budget = self.budget_within(job.budget);
         let foreign = job.caller != peer.name;
         let prepared = match crashed {
             Some(e) => Err((Status::Error, e)),
             None => {
-                let p = gate.prepare(self, peer, job);
+                let p = Gate::prepare(&self.0.policy, self, peer, job);
                 if foreign {
                     self.0.metrics.run_decision(p.is_ok());
                 }
@@ -201,18 +199,7 @@ impl Core {
                     e.run(&input, st, &*host)
                 })
             }
-            Err((status, msg)) => Outcome {
-                status,
-                value: Value::Null,
-                output: String::new(),
-                error: Some(msg),
-                operations: 0,
-                logs: vec![],
-                sends: vec![],
-                duration: Duration::ZERO,
-                wrote: false,
-                storage_error: None,
-            },
+            Err((status, msg)) => failed_outcome(status, msg),
         };
         if let Some(e) = outcome.storage_error {
             return Err(e);
@@ -303,7 +290,7 @@ impl Core {
                 // Deterministic, like sends: a replayed run's result is shown once.
                 id: format!("{}-result", job.id),
                 to: job.caller.clone(),
-                kind: "result".into(),
+                kind: MessageKind::Result.as_str().into(),
                 name: out_name,
                 source: Vec::new(),
                 params: String::new(),
@@ -340,5 +327,22 @@ impl Core {
             st.prune_runs(self.0.cfg.run_retention)?;
         }
         Ok(())
+    }
+}
+
+/// The outcome of a script that did not run: `status` and the `error` that says
+/// why (refused by the policy, withdrawn, undeliverable, crashed too often).
+pub(super) fn failed_outcome(status: Status, error: String) -> Outcome {
+    Outcome {
+        status,
+        value: Value::Null,
+        output: String::new(),
+        error: Some(error),
+        operations: 0,
+        logs: vec![],
+        sends: vec![],
+        duration: Duration::ZERO,
+        wrote: false,
+        storage_error: None,
     }
 }

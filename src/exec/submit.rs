@@ -5,10 +5,10 @@
 use serde_json::Value;
 
 use super::Core;
+use super::{MessageKind, Op};
 use crate::err;
 use crate::error::Result;
 use crate::peer::name::check_peer_name;
-use crate::peer::Op;
 use crate::script::Limits;
 use crate::store::{Job, Outgoing};
 use crate::util::{new_id, now_ns};
@@ -114,7 +114,7 @@ impl Core {
         Ok(Outgoing {
             id: job.id,
             to: target.to_string(),
-            kind: "script".into(),
+            kind: MessageKind::Script.as_str().into(),
             name: job.name,
             source: job.source,
             params: job.params,
@@ -146,26 +146,39 @@ impl Core {
                 msg.hops,
             ));
         }
-        let mut chain = msg.chain.clone();
-        if chain.last().map(String::as_str) != Some(from) {
-            chain.push(from.to_string());
+        let mut job = message_job(msg, from);
+        if job.chain.last().map(String::as_str) != Some(from) {
+            job.chain.push(from.to_string());
         }
-        Ok(Job {
-            seq: 0,
-            id: msg.id.clone(),
-            name: msg.name.clone(),
-            source: msg.source.clone(),
-            caller: from.to_string(),
-            params: msg.params.clone(),
-            msg_id: Some(msg.id.clone()),
-            hops: msg.hops,
-            submitted_at: msg.created_at,
-            chain,
-            budget: match msg.budget {
-                0 => self.0.cfg.chain_budget,
-                b => b.min(self.0.cfg.chain_budget),
-            },
-            attempts: 0,
-        })
+        job.budget = self.budget_within(msg.budget);
+        Ok(job)
+    }
+
+    /// A budget a row carries, within the daemon's `chain_budget` (0, a row from
+    /// before budgets: a new chain's).
+    pub(super) fn budget_within(&self, budget: u64) -> u64 {
+        match budget {
+            0 => self.0.cfg.chain_budget,
+            b => b.min(self.0.cfg.chain_budget),
+        }
+    }
+}
+
+/// The job that message `msg` stands for, from `caller`: its id, name, source,
+/// params, hops, time, chain and budget as the message has them.
+pub(super) fn message_job(msg: &Outgoing, caller: &str) -> Job {
+    Job {
+        seq: 0,
+        id: msg.id.clone(),
+        name: msg.name.clone(),
+        source: msg.source.clone(),
+        caller: caller.to_string(),
+        params: msg.params.clone(),
+        msg_id: Some(msg.id.clone()),
+        hops: msg.hops,
+        submitted_at: msg.created_at,
+        chain: msg.chain.clone(),
+        budget: msg.budget,
+        attempts: 0,
     }
 }

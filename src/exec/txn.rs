@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::state::{rt, PendingResult, RecentResult};
+use super::{Ack, Op};
 use super::{Change, Core};
 use crate::error::{Error, Result};
-use crate::peer::{Ack, Op, Peer, PendingResult};
+use crate::peer::Peer;
 use crate::store::Store;
 
 /// An in-memory consequence of an op or run, applied after its commit.
@@ -78,7 +80,7 @@ impl Core {
             self.0.cfg.inline_runs
         };
         let inline_until = Instant::now() + budget;
-        let mut inline = (!budget.is_zero() && peer.queued() == 0).then_some(inline_until);
+        let mut inline = (!budget.is_zero() && rt(peer).queued() == 0).then_some(inline_until);
         for (op, _) in &ops {
             let r = match op {
                 Op::Submit(job) if inline.is_some() => {
@@ -170,10 +172,10 @@ impl Core {
         effects: &[Effect],
     ) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut waits = peer.waits.lock().unwrap();
+        let mut waits = rt(peer).waits.lock().unwrap();
         {
             // A result about to be replaced or removed is no longer served from memory.
-            let mut recent = peer.recent.lock().unwrap();
+            let mut recent = rt(peer).recent.lock().unwrap();
             for fx in effects {
                 match fx {
                     Effect::Pending { target, name, .. }
@@ -208,7 +210,7 @@ impl Core {
     }
 
     pub(super) fn unregister(&self, peer: &Arc<Peer>, keys: Vec<(String, String)>, e: &Error) {
-        let mut waits = peer.waits.lock().unwrap();
+        let mut waits = rt(peer).waits.lock().unwrap();
         for k in keys {
             if let Some(p) = waits.remove(&k) {
                 for w in p.waiters {
@@ -223,15 +225,16 @@ impl Core {
             match fx {
                 Effect::None | Effect::Pending { .. } => {}
                 Effect::Queued => {
-                    peer.queued.fetch_add(1, Ordering::Relaxed);
+                    rt(peer).queued.fetch_add(1, Ordering::Relaxed);
                 }
-                Effect::Undelivered => peer.has_undelivered.store(true, Ordering::Relaxed),
+                Effect::Undelivered => rt(peer).has_undelivered.store(true, Ordering::Relaxed),
                 Effect::Dequeued => {
-                    let _ = peer
-                        .queued
-                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                            Some(n.saturating_sub(1))
-                        });
+                    let _ =
+                        rt(peer)
+                            .queued
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                Some(n.saturating_sub(1))
+                            });
                 }
                 Effect::Result {
                     target,
@@ -243,12 +246,12 @@ impl Core {
                 } => {
                     let key = (target.clone(), name);
                     let done = {
-                        let mut waits = peer.waits.lock().unwrap();
+                        let mut waits = rt(peer).waits.lock().unwrap();
                         let newer = waits.get(&key).is_some_and(|p| p.run_id != run_id);
                         if !newer {
-                            peer.recent.lock().unwrap().insert(
+                            rt(peer).recent.lock().unwrap().insert(
                                 key.clone(),
-                                crate::peer::RecentResult {
+                                RecentResult {
                                     run_id: run_id.clone(),
                                     bytes: bytes.clone(),
                                     submitted_at,
