@@ -5,6 +5,14 @@
 //! savepoint per run, and commits many runs per fsync (group commit: whatever is
 //! queued right now, no timer). Only after a commit are results published to
 //! waiting readers and messages delivered to other peers.
+//!
+//! This file holds the [`Core`] (start, the open peers and their recovery,
+//! shutdown); the rest lives beside it: `config` (settings and counters),
+//! `state` (the executor's state of an open peer), `pool` (ready queue, workers,
+//! sweeper), `submit` (jobs and messages), `txn` (group commit and its effects),
+//! `ops` (what each [`Op`] does), `run` (batches of runs, one run), `deliver` and
+//! `transport` (messages to other peers), `outbox` and `wait` (results and the
+//! readers waiting for them).
 
 mod config;
 mod deliver;

@@ -44,7 +44,7 @@ impl Core {
     /// A script `caller` drops at `target` (`MOUNT/caller/peers/target/inbox/`): it
     /// goes straight into the target's queue (one durable commit at the target, as
     /// for the owner's scripts) and its result is kept at the target, in a slot of
-    /// the caller's ([`caller_slot`]), shown in `caller/peers/target/outbox/`.
+    /// the caller's ([`super::caller_slot`]), shown in `caller/peers/target/outbox/`.
     pub fn new_job_from(
         &self,
         caller: &str,
