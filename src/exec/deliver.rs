@@ -4,12 +4,13 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::op::{Ack, Op};
 use super::provenance::unreadable_result;
 use super::run::failed_outcome;
 use super::state::rt;
 use super::submit::message_job;
 use super::transport::way_down;
-use super::{provenance, Ack, Core, MessageKind, Op, RunResult};
+use super::{provenance, Core, MessageKind, RunResult};
 use crate::error::Error;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;

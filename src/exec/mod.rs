@@ -8,21 +8,24 @@
 //!
 //! This file holds the [`Core`] (start, the open peers and their recovery,
 //! shutdown); the rest lives beside it: `config` (settings and counters),
-//! `state` (the executor's state of an open peer), `pool` (ready queue, workers,
-//! sweeper), `submit` (jobs and messages), `txn` (group commit and its effects),
-//! `ops` (what each [`Op`] does), `run` (batches of runs, one run), `deliver` and
-//! `transport` (messages to other peers), `outbox` and `wait` (results and the
-//! readers waiting for them).
+//! `op` (the [`Op`]s and their callbacks), `state` (the executor's state of an
+//! open peer), `pool` (ready queue, workers, sweeper), `submit` (jobs and
+//! messages), `txn` (group commit and its effects), `apply` (what each op does),
+//! `run` (batches of runs, one run), `deliver` and `transport` (messages to
+//! other peers), `slot`, `outbox` and `wait` (results and the readers waiting
+//! for them).
 
+mod apply;
 mod config;
 mod deliver;
 pub mod metrics;
-mod ops;
+mod op;
 mod outbox;
 mod pool;
 mod provenance;
 mod result;
 mod run;
+mod slot;
 mod state;
 mod submit;
 mod test_hooks;
@@ -44,11 +47,9 @@ use crate::script::{AstCache, Host, Limits};
 use crate::store::{Job, Store};
 
 pub use config::{Config, Stats};
-pub use ops::{Ack, Op};
-use outbox::result_slot;
-pub use outbox::Waiter;
-pub use outbox::{caller_slot, slot_caller};
+pub use op::{Ack, Op, Waiter};
 pub use result::RunResult;
+pub use slot::{caller_slot, slot_caller};
 use state::{rt, PendingResult};
 pub use transport::{InProcess, MessageKind, Transport};
 

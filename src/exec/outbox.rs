@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::op::{Op, Waiter};
+use super::slot::caller_slot;
 use super::state::{rt, PendingResult};
-use super::Op;
 use super::{wait, Core};
 use crate::err;
 use crate::error::Result;
@@ -15,31 +16,6 @@ use crate::peer::name::script_stem;
 use crate::peer::Peer;
 use crate::store::OutboxEntry;
 use crate::store::Store;
-
-/// Called once with a result's JSON bytes (or an error) when it is ready.
-pub type Waiter = Box<dyn FnOnce(Result<Arc<Vec<u8>>>) + Send>;
-
-/// The outbox row target under which a peer keeps the results of scripts `caller`
-/// dropped at it (`@caller`: `@` is never part of a peer name, so these rows never
-/// mix with the peer's own outbox or its views of others).
-pub fn caller_slot(caller: &str) -> String {
-    format!("@{caller}")
-}
-
-/// The caller whose slot an outbox row's target is, if it is one.
-pub fn slot_caller(target: &str) -> Option<&str> {
-    target.strip_prefix('@')
-}
-
-/// Where `peer` keeps the result of a run for `caller`: its own outbox, or the
-/// caller's slot.
-pub(super) fn result_slot(peer: &str, caller: &str) -> String {
-    if peer == caller {
-        peer.to_string()
-    } else {
-        caller_slot(caller)
-    }
-}
 
 impl Core {
     /// Where the result `name` of `peer`'s outbox for `target` lives: the peer

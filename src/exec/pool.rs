@@ -6,8 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::op::{Ack, Op};
 use super::state::rt;
-use super::{wait, Ack, Core, Op};
+use super::{wait, Core};
 use crate::error::Result;
 use crate::peer::Peer;
 

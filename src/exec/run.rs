@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::provenance::chain_note;
+use super::slot::result_slot;
 use super::state::rt;
 use super::txn::Effect;
-use super::{result_slot, test_hooks, Change, Core, Gate, MessageKind, RunResult};
+use super::{test_hooks, Change, Core, Gate, MessageKind, RunResult};
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{Ack, Op, Waiter};
+use super::op::{Ack, Op, Waiter};
 use crate::peer::{Attached, Peer};
 
 /// The executor's state of an open peer.

@@ -5,7 +5,8 @@
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
 
-use super::{Ack, Core, Inner, Op};
+use super::op::{Ack, Op};
+use super::{Core, Inner};
 use crate::err;
 use crate::error::{Error, Result};
 use crate::store::Outgoing;

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::op::{Ack, Op};
 use super::state::{rt, PendingResult, RecentResult};
-use super::{Ack, Op};
 use super::{Change, Core};
 use crate::error::{Error, Result};
 use crate::peer::Peer;

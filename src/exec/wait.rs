@@ -17,7 +17,7 @@
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::Waiter;
+use super::op::Waiter;
 use crate::err;
 use crate::error::Result;
 
