@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::{Config, Core};
 use serde_json::json;
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 mod bench_support;
 
 use bench_support::{check_ok, timed_writers, WRITERS};
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::{Config, Core};
 
 /// Files (scripts) per throughput round, over all writers.

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::policy::{Action, Groups, Policy, Request};
 use peerfs::{Config, Core};
 use serde_json::{json, Value};

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::{Config, Core};
 use serde_json::json;
 

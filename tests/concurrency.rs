@@ -5,7 +5,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::{Config, Core};
 use serde_json::{json, Value};
 

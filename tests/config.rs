@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use peerfs::config::{self, DaemonArgs};
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::Core;
 use serde_json::{json, Value};
 

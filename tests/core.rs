@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::store::Store;
 use peerfs::{Config, Core};
 use serde_json::{json, Value};

@@ -203,7 +203,7 @@ fn a_busy_store_is_ebusy_for_that_peer_alone_and_recovers() {
     let e = c
         .apply(
             "alice",
-            peerfs::peer::Op::SetBytes("k".into(), b"1".to_vec()),
+            peerfs::exec::Op::SetBytes("k".into(), b"1".to_vec()),
         )
         .expect_err("a locked store must refuse the write");
     assert_eq!(e.errno, libc::EBUSY, "{e}");
@@ -217,7 +217,7 @@ fn a_busy_store_is_ebusy_for_that_peer_alone_and_recovers() {
     drop(other);
     c.apply(
         "alice",
-        peerfs::peer::Op::SetBytes("k".into(), b"1".to_vec()),
+        peerfs::exec::Op::SetBytes("k".into(), b"1".to_vec()),
     )
     .unwrap();
     c.shutdown();

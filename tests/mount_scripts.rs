@@ -469,7 +469,7 @@ fn the_same_name_dropped_again_while_queued_runs_again() {
         .new_job("alice", "slow2.rhai", slow.into_bytes(), &json!({}))
         .unwrap();
     m.core
-        .apply_async("alice", peerfs::peer::Op::Submit(slow2), None);
+        .apply_async("alice", peerfs::exec::Op::Submit(slow2), None);
     let job = m.local(
         "job.rhai",
         "let n = (get(\"n\") ?? 0) + 1; set(\"n\", n); n",

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::store::{Outgoing, SqliteStore, Store};
 use peerfs::{Config, Core};
 use serde_json::{json, Value};

@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "shared/temp.rs"]
 mod temp;
-use peerfs::peer::Op;
+use peerfs::exec::Op;
 use peerfs::vfs::{Kind, Node, Vfs};
 
 struct World {

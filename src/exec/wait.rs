@@ -10,12 +10,29 @@
 //! reader neither blocks nor ignores, answers the read with `EINTR` (the kernel
 //! then delivers the signal); a read still waiting after `Config::result_wait`
 //! is answered with `ETIMEDOUT` (the result stays: read it again later).
+//!
+//! Also the blocking form of a callback ([`block_on`]), for callers that wait
+//! on the calling thread (`Core::apply`, `Core::wait_result`).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::op::Waiter;
 use crate::err;
-use crate::peer::Waiter;
+use crate::error::Result;
+
+/// Calls `start` with a callback and blocks until the callback is called; `Err`
+/// with `EIO` and `stopped` when it is dropped uncalled (the daemon stopped).
+pub(crate) fn block_on<T: Send + 'static>(
+    stopped: &str,
+    start: impl FnOnce(Box<dyn FnOnce(Result<T>) + Send>),
+) -> Result<T> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    start(Box::new(move |r| {
+        let _ = tx.send(r);
+    }));
+    rx.recv().map_err(|_| err!(libc::EIO, "{stopped}"))?
+}
 
 /// One waiting read: its answer (taken by whoever answers first), its caller.
 struct Watched {

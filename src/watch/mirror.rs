@@ -19,8 +19,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::exec::Op;
 use crate::exec::{slot_caller, Change, Core, Listener};
-use crate::peer::Op;
 use crate::store::Store;
 use crate::util::now_ns;
 

@@ -1,0 +1,302 @@
+//! What each [`Op`] does to a peer's store, and the log line it writes
+//! (`apply_one`), with the submissions a write transaction makes and may run
+//! at once (`submit_and_run`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::op::Op;
+use super::provenance::{chain_note, unreadable_result};
+use super::slot::result_slot;
+use super::txn::Effect;
+use super::{test_hooks, Change, Core, MessageKind};
+use crate::err;
+use crate::error::Result;
+use crate::peer::name::script_stem;
+use crate::peer::Peer;
+use crate::store::{Job, Outgoing, Store};
+use crate::util::{now_ns, rfc3339};
+
+impl Core {
+    /// A submission whose script runs at once, in the same transaction: no queue
+    /// row, one commit for both. A run that does not end by `inline` gives way (rolled
+    /// back) and is queued as usual; so is every later script of the batch
+    /// (`inline` becomes `None`), which keeps the peer's scripts in order.
+    pub(super) fn submit_and_run(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+        inline: &mut Option<Instant>,
+    ) -> Result<Vec<Effect>> {
+        let deadline = match *inline {
+            Some(d) if Instant::now() < d => d,
+            _ => {
+                *inline = None;
+                return self.queue_submission(st, peer, job);
+            }
+        };
+        if test_hooks::marked(job) {
+            return self.queue_submission(st, peer, job);
+        }
+        let mut fx = self.record_submission(st, peer, job)?;
+        // A submission is not in the queue yet (`seq` 0): the run's dequeue removes
+        // nothing.
+        debug_assert_eq!(job.seq, 0);
+        match self.run_one(st, peer, job, Some(deadline), None)? {
+            Some(run_fx) => {
+                self.count_runs(st, 1)?;
+                fx.extend(run_fx);
+            }
+            None => {
+                self.0.stats.runs_gave_way.fetch_add(1, Ordering::Relaxed);
+                *inline = None;
+                st.enqueue(job)?;
+                fx.push(Effect::Queued);
+            }
+        }
+        Ok(fx)
+    }
+
+    /// The spool intake's records of an [`Op::Intake`] or [`Op::Forget`].
+    pub(super) fn intake_records(st: &mut dyn Store, op: &Op) -> Result<()> {
+        let forget = match op {
+            Op::Intake {
+                key,
+                record,
+                forget,
+                ..
+            } => {
+                st.set_meta(key, record)?;
+                forget
+            }
+            Op::Forget(forget) => forget,
+            _ => return Ok(()),
+        };
+        for k in forget {
+            st.remove_meta(k)?;
+        }
+        Ok(())
+    }
+
+    /// A submission into the queue (it runs later).
+    pub(super) fn queue_submission(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+    ) -> Result<Vec<Effect>> {
+        let mut fx = self.record_submission(st, peer, job)?;
+        st.enqueue(job)?;
+        fx.push(Effect::Queued);
+        Ok(fx)
+    }
+
+    /// What every submission records, queued or run at once: its pending result
+    /// (in the caller's slot for another peer's script) and its log line.
+    pub(super) fn record_submission(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+    ) -> Result<Vec<Effect>> {
+        if job.caller != peer.name && !self.0.registry.exists(&job.caller) {
+            return Err(err!(
+                libc::ENOENT,
+                "no peer named {:?} to take the result of {}",
+                job.caller,
+                job.name
+            ));
+        }
+        let out = format!("{}.json", script_stem(&job.name));
+        let slot = result_slot(&peer.name, &job.caller);
+        st.outbox_pending(&slot, &out, &job.id, job.submitted_at)?;
+        st.append_log(&format!(
+            "{} submit {} {} caller={}",
+            rfc3339(now_ns()),
+            job.id,
+            job.name,
+            job.caller
+        ))?;
+        self.0.stats.submissions.fetch_add(1, Ordering::Relaxed);
+        Ok(vec![
+            Effect::Pending {
+                target: slot,
+                name: out,
+                run_id: job.id.clone(),
+            },
+            Effect::Changed(Change::Log),
+        ])
+    }
+
+    pub(super) fn apply_one(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        op: &Op,
+    ) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
+        Ok(match op {
+            Op::Submit(job) => self.queue_submission(st, peer, job)?,
+            Op::Intake { job, .. } => {
+                Self::intake_records(st, op)?;
+                self.queue_submission(st, peer, job)?
+            }
+            Op::Forget(_) => {
+                Self::intake_records(st, op)?;
+                vec![Effect::None]
+            }
+            Op::SetBytes(key, bytes) => {
+                crate::peer::name::check_key(key)?;
+                st.set_bytes(key, bytes)?;
+                st.append_log(&format!("{ts} write state/{key} {} bytes", bytes.len()))?;
+                self.0.stats.writes.fetch_add(1, Ordering::Relaxed);
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::Remove(key) => {
+                if !st.remove(key)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                st.append_log(&format!("{ts} remove state/{key}"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::Rename(from, to) => {
+                crate::peer::name::check_key(to)?;
+                st.rename(from, to)?;
+                st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::RenameDir(from, to) => {
+                crate::peer::name::check_key(to)?;
+                let n = st.rename_dir(from, to)?;
+                st.append_log(&format!("{ts} rename state/{from}/ state/{to}/ ({n} keys)"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::SetMtime(key, mtime) => {
+                if !st.set_mtime(key, *mtime)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                vec![Effect::Changed(Change::State)]
+            }
+            Op::SetModule(name, src) => {
+                st.set_module(name, src)?;
+                st.append_log(&format!("{ts} module {name} {} bytes", src.len()))?;
+                vec![
+                    Effect::Changed(Change::Modules),
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::RemoveModule(name) => {
+                if !st.remove_module(name)? {
+                    return Err(err!(libc::ENOENT, "no module {name:?}"));
+                }
+                st.append_log(&format!("{ts} remove module {name}"))?;
+                vec![
+                    Effect::Changed(Change::Modules),
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::SetMeta(k, v) => {
+                st.set_meta(k, v)?;
+                st.append_log(&format!("{ts} {k} updated ({} bytes)", v.len()))?;
+                vec![
+                    Effect::Changed(Change::Meta(k.clone())),
+                    Effect::Changed(Change::Log),
+                ]
+            }
+            Op::OutboxRemove(target, name) => {
+                if !st.outbox_remove(target, name)? {
+                    return Err(err!(libc::ENOENT, "no result {name:?}"));
+                }
+                vec![Effect::Changed(Change::Outbox {
+                    target: target.clone(),
+                    name: Some(name.clone()),
+                })]
+            }
+            Op::Log(line) => {
+                st.append_log(&format!("{ts} {line}"))?;
+                vec![Effect::Changed(Change::Log)]
+            }
+            Op::Withdraw(name) => {
+                // Every queued script of that name ends unrun, with a result that
+                // says so (its readers and its sender are answered).
+                let jobs = st.queued_all_named(name)?;
+                if jobs.is_empty() {
+                    return Err(err!(libc::ENOENT, "no queued script named {name:?}"));
+                }
+                let mut fx = vec![Effect::Changed(Change::Inbox)];
+                for job in &jobs {
+                    let why = format!("withdrawn by {}'s owner before it ran", peer.name);
+                    if let Some(f) = self.run_one(st, peer, job, None, Some(why))? {
+                        fx.extend(f);
+                    }
+                    fx.push(Effect::Dequeued);
+                }
+                st.append_log(&format!("{ts} withdraw {name} ({} queued)", jobs.len()))?;
+                fx
+            }
+            Op::Delivered(id) => {
+                st.mark_delivered(id, now_ns())?;
+                vec![Effect::None]
+            }
+            Op::Deliver { from, msg } => {
+                if st.seen_message(&msg.id)? {
+                    return Ok(vec![Effect::None]);
+                }
+                st.mark_message(&msg.id)?;
+                match MessageKind::of(msg)? {
+                    MessageKind::Script => {
+                        let job = self.received_job(from, msg)?;
+                        st.enqueue(&job)?;
+                        st.append_log(&format!(
+                            "{ts} receive {} {} caller={from}{}",
+                            msg.id,
+                            msg.name,
+                            chain_note(&job.chain, from)
+                        ))?;
+                        vec![Effect::Queued, Effect::Changed(Change::Log)]
+                    }
+                    MessageKind::Result => {
+                        let (v, payload) = match serde_json::from_str::<Value>(&msg.payload) {
+                            Ok(v) => (v, msg.payload.clone()),
+                            // A result that cannot be read is shown as an error
+                            // result saying so, never retried: its reader is waiting.
+                            Err(e) => {
+                                let v = unreadable_result(from, msg, &e.to_string());
+                                let text = v.to_string();
+                                (v, text)
+                            }
+                        };
+                        let msg = &Outgoing {
+                            payload,
+                            ..msg.clone()
+                        };
+                        let run_id = v
+                            .get("id")
+                            .and_then(|i| i.as_str())
+                            .unwrap_or_default()
+                            .to_string();
+                        st.outbox_finish(from, &msg.name, &run_id, &msg.payload, now_ns())?;
+                        vec![
+                            Effect::Result {
+                                target: from.clone(),
+                                name: msg.name.clone(),
+                                run_id,
+                                bytes: Arc::new(msg.payload.clone().into_bytes()),
+                                submitted_at: msg.created_at,
+                                finished_at: now_ns(),
+                            },
+                            Effect::Changed(Change::Outbox {
+                                target: from.clone(),
+                                name: None,
+                            }),
+                        ]
+                    }
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! The vocabulary of a peer's actor: the changes it applies ([`Op`]) and the
+//! callbacks that answer them ([`Ack`]) and readers of results ([`Waiter`]).
+
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::store::{Job, Outgoing};
+
+/// A change to a peer's storage, made by its actor in a transaction.
+pub enum Op {
+    /// A script for this peer's queue; `outbox` is where its result will show.
+    Submit(Job),
+    SetBytes(String, Vec<u8>),
+    Remove(String),
+    Rename(String, String),
+    /// Every key under the folder `from` moved under `to`, in one transaction.
+    RenameDir(String, String),
+    /// A key's modification time set (`touch -d`, `utimensat`, rsync's times).
+    SetMtime(String, i64),
+    SetModule(String, Vec<u8>),
+    RemoveModule(String),
+    SetMeta(String, Vec<u8>),
+    OutboxRemove(String, String),
+    /// A message from another peer (a script to run, or a result to show).
+    Deliver {
+        from: String,
+        msg: Outgoing,
+    },
+    /// The target took the message: stop retrying it.
+    Delivered(String),
+    Log(String),
+    /// The owner withdraws the queued scripts of this name.
+    Withdraw(String),
+    /// A script a spool intake took from a folder: submitted like [`Op::Submit`],
+    /// and in the same transaction `record` is stored under the meta key `key` (what
+    /// was taken, so a restart that finds the file still there skips it) and the
+    /// meta keys in `forget` (files already removed) are dropped.
+    Intake {
+        job: Job,
+        key: String,
+        record: Vec<u8>,
+        forget: Vec<String>,
+    },
+    /// Drops spool intake records of files already removed (no fsync of its own: a
+    /// record left behind only matches a file with the same name, size, inode,
+    /// mtime and content hash).
+    Forget(Vec<String>),
+}
+
+/// Called once with the outcome of an [`Op`]: after its transaction committed (the
+/// change is on disk) or failed.
+pub type Ack = Box<dyn FnOnce(Result<()>) + Send>;
+
+/// Called once with a result's JSON bytes (or an error) when it is ready.
+pub type Waiter = Box<dyn FnOnce(Result<Arc<Vec<u8>>>) + Send>;

@@ -1,0 +1,134 @@
+//! The worker pool: the ready queue of peers with work, one actor turn at a time
+//! per peer (`schedule`, `worker`, `process`), the sweeper that closes idle peers
+//! and retries deliveries, and the entry points that queue an [`Op`].
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::op::{Ack, Op};
+use super::state::rt;
+use super::{wait, Core};
+use crate::error::Result;
+use crate::peer::Peer;
+
+impl Core {
+    /// Makes sure `peer`'s actor gets a turn (its work, queued runs, deliveries).
+    pub(super) fn schedule(&self, peer: &Arc<Peer>) {
+        self.push_work(peer, None);
+    }
+
+    /// Queues `op` for `peer`'s actor and schedules it.
+    pub(super) fn push(&self, peer: &Arc<Peer>, op: Op, ack: Option<Ack>) {
+        self.push_work(peer, Some((op, ack)));
+    }
+
+    /// Adds `work` (if any) to `peer`'s ops and puts the peer in the ready queue
+    /// unless it is there or a worker holds it already.
+    fn push_work(&self, peer: &Arc<Peer>, work: Option<(Op, Option<Ack>)>) {
+        let mut w = rt(peer).work.lock().unwrap();
+        w.ops.extend(work);
+        if !w.scheduled {
+            w.scheduled = true;
+            drop(w);
+            self.ready(peer.clone());
+        }
+    }
+
+    /// Puts a scheduled peer at the back of the ready queue.
+    fn ready(&self, peer: Arc<Peer>) {
+        self.0.ready.lock().unwrap().push_back(peer);
+        self.0.ready_cv.notify_one();
+    }
+
+    /// Queues `op` for `peer`'s actor; `ack` is called after it committed (or failed).
+    pub fn apply_async(&self, peer: &str, op: Op, ack: Option<Ack>) {
+        match self.peer(peer) {
+            Ok(p) => self.push(&p, op, ack),
+            Err(e) => {
+                if let Some(a) = ack {
+                    a(Err(e))
+                }
+            }
+        }
+    }
+
+    /// Applies `op` and waits until it is durable.
+    pub fn apply(&self, peer: &str, op: Op) -> Result<()> {
+        wait::block_on("the daemon stopped before the change was applied", |ack| {
+            self.apply_async(peer, op, Some(ack))
+        })
+    }
+
+    pub(super) fn sweeper(&self) {
+        let idle = self.0.cfg.idle_close.as_nanos() as i64;
+        let mut tick = 0u64;
+        while !self.0.quit.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            tick += 1;
+            if tick.is_multiple_of(5) {
+                self.0.registry.sweep(idle, self.0.cfg.max_open_peers);
+                // Retry deliveries that did not land (target busy, disk full, ...).
+                for p in self.0.registry.open_peers() {
+                    if rt(&p).has_undelivered.load(Ordering::Relaxed) {
+                        self.schedule(&p);
+                    }
+                }
+            } else if self.0.registry.open_count() > self.0.cfg.max_open_peers {
+                self.0.registry.sweep(idle, self.0.cfg.max_open_peers);
+            }
+        }
+    }
+
+    pub(super) fn worker(&self) {
+        loop {
+            let peer = {
+                let mut q = self.0.ready.lock().unwrap();
+                loop {
+                    if let Some(p) = q.pop_front() {
+                        break p;
+                    }
+                    if self.0.quit.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    q = self
+                        .0
+                        .ready_cv
+                        .wait_timeout(q, Duration::from_millis(200))
+                        .unwrap()
+                        .0;
+                }
+            };
+            self.process(&peer);
+            let stop = self.0.stop.load(Ordering::Relaxed);
+            let mut w = rt(&peer).work.lock().unwrap();
+            if !w.ops.is_empty() || (!stop && rt(&peer).queued() > 0) {
+                drop(w);
+                self.ready(peer);
+            } else {
+                w.scheduled = false;
+            }
+        }
+    }
+
+    /// One turn of a peer's actor.
+    pub(super) fn process(&self, peer: &Arc<Peer>) {
+        let ops = std::mem::take(&mut rt(peer).work.lock().unwrap().ops);
+        if !ops.is_empty() {
+            self.apply_ops(peer, ops);
+        }
+        if rt(peer).queued() > 0 && !self.0.stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.run_batch(peer) {
+                tracing::error!(peer = %peer.name, error = %e, "run batch failed; the scripts stay queued");
+                // Do not spin on a failing store: the sweeper's retry comes later.
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Not while stopping: deliveries make work at other peers, which makes
+        // more deliveries; what is undelivered stays in `sent` for the next start.
+        if rt(peer).has_undelivered.load(Ordering::Relaxed) && !self.0.stop.load(Ordering::Relaxed)
+        {
+            self.deliver(peer);
+        }
+    }
+}

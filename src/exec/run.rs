@@ -1,0 +1,349 @@
+//! Running queued scripts: a batch in one unsynced transaction (`run_batch`),
+//! its starts counted first (`count_starts`), and one run (`run_one`): the gate,
+//! the engine, the result and the messages it sends.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::provenance::chain_note;
+use super::slot::result_slot;
+use super::state::rt;
+use super::txn::Effect;
+use super::{test_hooks, Change, Core, Gate, MessageKind, RunResult};
+use crate::error::Result;
+use crate::peer::name::script_stem;
+use crate::peer::Peer;
+use crate::script::{self, Outcome, RunInput, Status};
+use crate::store::{Job, Outgoing, Store};
+use crate::util::{now_ns, rfc3339};
+
+impl Core {
+    /// Runs queued scripts in one transaction. Its commit is not fsynced on its own
+    /// (see `Store::begin_unsynced`): the runs are replays of durable submissions.
+    /// Before they start, their starts are counted in a commit of their own, so a
+    /// script that kills the daemon is counted too (see `Config::max_attempts`).
+    pub(super) fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
+        let mut st = peer.writer.lock().unwrap();
+        let mut jobs = match self.count_starts(&mut *st, peer) {
+            Ok(j) => j,
+            Err(e) => {
+                let _ = st.rollback();
+                return Err(e);
+            }
+        };
+        if jobs.is_empty() {
+            if !self.0.stop.load(Ordering::Relaxed) {
+                rt(peer).queued.store(0, Ordering::Relaxed);
+            }
+            return Ok(());
+        }
+        st.begin_unsynced()?;
+        let (effects, finished) = match self.runs_in_txn(&mut *st, peer, &mut jobs) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = st.rollback();
+                // A failing store (a full disk) is not a crash of the script: its
+                // starts are taken back (best effort), so it is not ended for it.
+                let undo = st.begin_unsynced().and_then(|_| {
+                    for j in &jobs {
+                        st.count_attempt(j.seq, -1)?;
+                    }
+                    st.commit()
+                });
+                if undo.is_err() {
+                    let _ = st.rollback();
+                }
+                return Err(e);
+            }
+        };
+        let pre = self.pre_register(peer, &effects);
+        let t = Instant::now();
+        let committed = st.commit();
+        self.0.metrics.commit(t.elapsed());
+        if let Err(e) = committed {
+            self.unregister(peer, pre, &e);
+            return Err(e);
+        }
+        drop(st);
+        self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.publish(peer, effects);
+        rt(peer)
+            .queued
+            .fetch_sub(finished.min(rt(peer).queued()), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The next queued scripts to run, their starts counted and committed. A script
+    /// that started before and never finished runs alone, so that only the script
+    /// that crashes the daemon collects the attempts. Rows refused as invalid leave
+    /// the queue in the same commit.
+    pub(super) fn count_starts(&self, st: &mut dyn Store, peer: &Arc<Peer>) -> Result<Vec<Job>> {
+        st.begin_unsynced()?;
+        let mut jobs = st.queued(self.0.cfg.batch_max_runs)?;
+        if jobs.first().is_some_and(|j| j.attempts > 0) {
+            jobs.truncate(1);
+        }
+        for j in &mut jobs {
+            st.count_attempt(j.seq, 1)?;
+            j.attempts += 1;
+        }
+        let refused = st.take_refused();
+        st.commit()?;
+        if refused > 0 {
+            rt(peer)
+                .queued
+                .fetch_sub(refused.min(rt(peer).queued()), Ordering::Relaxed);
+            self.notify(&peer.name, Change::Log);
+        }
+        Ok(jobs)
+    }
+
+    /// Runs `jobs` (their starts counted) inside the open transaction, until
+    /// `batch_max_time` has passed. Returns their effects and how many finished;
+    /// the starts of those that did not are uncounted (shutdown stopped them).
+    pub(super) fn runs_in_txn(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        jobs: &mut [Job],
+    ) -> Result<(Vec<Effect>, u64)> {
+        let started = Instant::now();
+        let budget = self.0.cfg.batch_max_time;
+        let mut effects = Vec::new();
+        let mut finished = 0usize;
+        for job in jobs.iter() {
+            if self.0.stop.load(Ordering::Relaxed) {
+                break;
+            }
+            match self.run_one(st, peer, job, None, None)? {
+                Some(fx) => {
+                    effects.extend(fx);
+                    finished += 1;
+                }
+                // interrupted (stopping): rolled back, stays queued
+                None => break,
+            }
+            if started.elapsed() > budget {
+                break;
+            }
+        }
+        for job in &jobs[finished..] {
+            st.count_attempt(job.seq, -1)?;
+        }
+        self.count_runs(st, finished as u64)?;
+        Ok((effects, finished as u64))
+    }
+
+    /// One run inside the batch's transaction; the engine keeps the script's own
+    /// effects in a savepoint. `Ok(None)`: interrupted (rolled back, still queued).
+    /// With `end`, the script does not run and ends with status `error` and that
+    /// message (a withdrawn script), recorded like a run.
+    pub(super) fn run_one(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+        yield_at: Option<Instant>,
+        end: Option<String>,
+    ) -> Result<Option<Vec<Effect>>> {
+        let submitted = job.submitted_at;
+        let params: Value =
+            serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
+        let max_attempts = self.0.cfg.max_attempts;
+        let crashed = end.or_else(|| (max_attempts > 0 && job.attempts > max_attempts).then(|| {
+            tracing::error!(peer = %peer.name, run = %job.id, script = %job.name, attempts = max_attempts,
+                "a queued script crashed the daemon every time it ran: it ends with an error and is not run again");
+            format!("crashed the daemon {max_attempts} times: it is not run again")
+        }));
+        if crashed.is_none() {
+            test_hooks::abort_if_marked(job);
+        }
+        // The run's share of its chain's budget (a row from before budgets: a new one).
+        let budget = self.budget_within(job.budget);
+        let foreign = job.caller != peer.name;
+        let prepared = match crashed {
+            Some(e) => Err((Status::Error, e)),
+            None => {
+                let p = Gate::prepare(&self.0.policy, self, peer, job);
+                if foreign {
+                    self.0.metrics.run_decision(p.is_ok());
+                }
+                p.map_err(|m| (Status::Denied, m))
+            }
+        };
+        let admitted = prepared.is_ok();
+        let outcome = match prepared {
+            Ok((host, limits)) => {
+                let hop_block = (u64::from(job.hops) >= limits.hop_limit).then(|| {
+                    format!(
+                        "hop_limit ({}) reached: this script came through {} sends and may not send more",
+                        limits.hop_limit, job.hops
+                    )
+                });
+                let input = RunInput {
+                    script_name: &job.name,
+                    source: &job.source,
+                    caller: &job.caller,
+                    target: &peer.name,
+                    params: &params,
+                    limits: &limits,
+                    stop: &self.0.stop,
+                    send_block: hop_block.as_deref(),
+                    yield_at,
+                    chain: &job.chain,
+                    budget,
+                };
+                script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
+                    e.run(&input, st, &*host)
+                })
+            }
+            Err((status, msg)) => failed_outcome(status, msg),
+        };
+        if let Some(e) = outcome.storage_error {
+            return Err(e);
+        }
+        if outcome.status == Status::Interrupted {
+            return Ok(None);
+        }
+        if foreign && admitted && outcome.status == Status::Denied {
+            self.0.metrics.script_denied();
+        }
+        let finished_at = now_ns();
+        let result = RunResult::new(job, &peer.name, &outcome, submitted, finished_at);
+        let json = serde_json::to_string(&result)?;
+        let ts = rfc3339(finished_at);
+        let mut fx = Vec::new();
+        let status = outcome.status.as_str();
+        st.record_run(job, status, &json, finished_at)?;
+        let err_txt = outcome
+            .error
+            .as_deref()
+            .map(|e| format!(" error={e}"))
+            .unwrap_or_default();
+        st.append_log(&format!(
+            "{ts} run {} {} caller={} status={status} {}us{err_txt}{}",
+            job.id,
+            job.name,
+            job.caller,
+            outcome.duration.as_micros(),
+            chain_note(&job.chain, &job.caller)
+        ))?;
+        if outcome.status == Status::Ok {
+            for l in &outcome.logs {
+                st.append_log(&format!("{ts} log {} {l}", job.id))?;
+            }
+            let stem = script_stem(&job.name);
+            // Every script sent carries this run's chain (with this peer last) and
+            // an equal part of what is left of its budget (the send limit in the
+            // host keeps each part at least 1).
+            let share = (budget.saturating_sub(1) / outcome.sends.len().max(1) as u64).max(1);
+            let mut chain = job.chain.clone();
+            if chain.last() != Some(&peer.name) {
+                chain.push(peer.name.clone());
+            }
+            for (i, s) in outcome.sends.iter().enumerate() {
+                let name = format!("{stem}-{}.rhai", i + 1);
+                let mut msg = self.new_message(
+                    &peer.name,
+                    &s.to,
+                    &name,
+                    s.source.clone().into_bytes(),
+                    &s.params,
+                    job.hops + 1,
+                )?;
+                // The same id if the run is replayed: the target runs it once.
+                msg.id = format!("{}-{}", job.id, i + 1);
+                msg.chain = chain.clone();
+                msg.budget = share;
+                let out = format!("{stem}-{}.json", i + 1);
+                st.outbox_pending(&s.to, &out, &msg.id, msg.created_at)?;
+                st.record_outgoing(&msg)?;
+                fx.push(Effect::Pending {
+                    target: s.to.clone(),
+                    name: out,
+                    run_id: msg.id.clone(),
+                });
+                fx.push(Effect::Undelivered);
+            }
+            if !outcome.sends.is_empty() {
+                fx.push(Effect::Changed(Change::State));
+            }
+        }
+        let out_name = format!("{}.json", script_stem(&job.name));
+        if job.caller == peer.name || job.msg_id.is_none() {
+            // The owner's script, or one dropped here by the caller: the result is
+            // kept here (see `Core::new_job_from`).
+            let slot = result_slot(&peer.name, &job.caller);
+            st.outbox_finish(&slot, &out_name, &job.id, &json, finished_at)?;
+            fx.push(Effect::Result {
+                target: slot,
+                name: out_name,
+                run_id: job.id.clone(),
+                bytes: Arc::new(json.into_bytes()),
+                submitted_at: submitted,
+                finished_at,
+            });
+        } else {
+            st.record_outgoing(&Outgoing {
+                // Deterministic, like sends: a replayed run's result is shown once.
+                id: format!("{}-result", job.id),
+                to: job.caller.clone(),
+                kind: MessageKind::Result.as_str().into(),
+                name: out_name,
+                source: Vec::new(),
+                params: String::new(),
+                hops: job.hops,
+                payload: json,
+                created_at: finished_at,
+                ..Default::default()
+            })?;
+            fx.push(Effect::Undelivered);
+        }
+        st.dequeue(job.seq)?;
+        let counter = match outcome.status {
+            Status::Ok => &self.0.stats.runs_ok,
+            Status::Denied => &self.0.stats.runs_denied,
+            Status::Limit => &self.0.stats.runs_limit,
+            _ => &self.0.stats.runs_error,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .metrics
+            .run(&peer.name, outcome.status, outcome.duration);
+        // Only a run that wrote changes what the mount shows of the state (a notice
+        // makes the mount invalidate the kernel's cached state entries).
+        if outcome.status == Status::Ok && outcome.wrote {
+            fx.push(Effect::Changed(Change::State));
+        }
+        Ok(Some(fx))
+    }
+
+    /// Counts `n` finished runs; the run history is pruned every 1,024.
+    pub(super) fn count_runs(&self, st: &mut dyn Store, n: u64) -> Result<()> {
+        let total = self.0.stats.runs.fetch_add(n, Ordering::Relaxed) + n;
+        if total % 1024 < n {
+            st.prune_runs(self.0.cfg.run_retention)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of a script that did not run: `status` and the `error` that says
+/// why (refused by the policy, withdrawn, undeliverable, crashed too often).
+pub(super) fn failed_outcome(status: Status, error: String) -> Outcome {
+    Outcome {
+        status,
+        value: Value::Null,
+        output: String::new(),
+        error: Some(error),
+        operations: 0,
+        logs: vec![],
+        sends: vec![],
+        duration: Duration::ZERO,
+        wrote: false,
+        storage_error: None,
+    }
+}

@@ -1,0 +1,165 @@
+//! The executor's state of one open peer ([`PeerState`], attached to its
+//! [`Peer`](crate::peer::Peer)): the ops queued for its actor, its queued-run
+//! count, the messages in flight and their failures, the readers waiting for
+//! its results, and the results it published last.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::op::{Ack, Op, Waiter};
+use crate::peer::{Attached, Peer};
+
+/// The executor's state of an open peer.
+#[derive(Default)]
+pub(crate) struct PeerState {
+    pub(crate) work: Mutex<Work>,
+    /// Outbox entries whose result is not in yet, by (target, file name).
+    pub(crate) waits: Mutex<HashMap<(String, String), PendingResult>>,
+    /// The latest results, served without a read of the store (a script's result
+    /// is usually read right after it is published).
+    pub(crate) recent: Mutex<Recent>,
+    pub(crate) queued: AtomicU64,
+    pub(crate) has_undelivered: AtomicBool,
+    /// Messages handed to their targets and not yet acknowledged.
+    pub(crate) inflight: Mutex<HashSet<String>>,
+    /// Failed deliveries per message id (past a bound the message becomes an
+    /// `error` result instead of being retried forever).
+    pub(crate) delivery_failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Attached for PeerState {
+    fn busy(&self) -> bool {
+        let w = self.work.lock().unwrap();
+        w.scheduled
+            || !w.ops.is_empty()
+            || self.queued() > 0
+            || self.has_undelivered.load(Ordering::Relaxed)
+            || !self.waits.lock().unwrap().is_empty()
+    }
+
+    fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+impl PeerState {
+    /// Queued runs not finished yet.
+    pub(crate) fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+/// The executor's state of `peer` (made on first use).
+pub(crate) fn rt(peer: &Peer) -> &PeerState {
+    peer.attached::<PeerState>()
+}
+
+#[derive(Default)]
+pub(crate) struct Work {
+    pub(crate) ops: Vec<(Op, Option<Ack>)>,
+    pub(crate) scheduled: bool,
+}
+
+/// A published result kept in memory (see [`Recent`]).
+pub(crate) struct RecentResult {
+    pub(crate) run_id: String,
+    pub(crate) bytes: Arc<Vec<u8>>,
+    pub(crate) submitted_at: i64,
+    pub(crate) finished_at: i64,
+}
+
+/// The last few results published at a peer, bounded in count and bytes: a copy of
+/// committed outbox rows, dropped before a change to the row commits.
+#[derive(Default)]
+pub(crate) struct Recent {
+    map: HashMap<(String, String), RecentResult>,
+    order: VecDeque<(String, String)>,
+    bytes: usize,
+}
+
+impl Recent {
+    const MAX_ENTRIES: usize = 64;
+    const MAX_BYTES: usize = 64 * 1024;
+
+    pub(crate) fn insert(&mut self, key: (String, String), r: RecentResult) {
+        if r.bytes.len() > Self::MAX_BYTES / 4 {
+            self.remove(&key.0, &key.1);
+            return;
+        }
+        self.bytes += r.bytes.len();
+        if let Some(old) = self.map.insert(key.clone(), r) {
+            self.bytes -= old.bytes.len();
+        } else {
+            self.order.push_back(key);
+        }
+        while self.map.len() > Self::MAX_ENTRIES || self.bytes > Self::MAX_BYTES {
+            let Some(k) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = self.map.remove(&k) {
+                self.bytes -= old.bytes.len();
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, target: &str, name: &str) -> Option<&RecentResult> {
+        // Keys are owned pairs; a lookup by borrowed parts would need a second map.
+        self.map.get(&(target.to_string(), name.to_string()))
+    }
+
+    pub(crate) fn remove(&mut self, target: &str, name: &str) {
+        let key = (target.to_string(), name.to_string());
+        if let Some(old) = self.map.remove(&key) {
+            self.bytes -= old.bytes.len();
+            self.order.retain(|k| *k != key);
+        }
+    }
+}
+
+/// A result not in yet and the readers waiting for it.
+pub(crate) struct PendingResult {
+    pub(crate) run_id: String,
+    pub(crate) waiters: Vec<Waiter>,
+}
+
+#[cfg(test)]
+mod recent_tests {
+    use super::*;
+
+    fn r(id: &str, len: usize) -> RecentResult {
+        RecentResult {
+            run_id: id.to_string(),
+            bytes: Arc::new(vec![b'x'; len]),
+            submitted_at: 1,
+            finished_at: 2,
+        }
+    }
+
+    #[test]
+    fn recent_results_stay_bounded_and_forget_on_request() {
+        let mut rec = Recent::default();
+        for i in 0..200 {
+            rec.insert(("p".into(), format!("{i}.json")), r(&i.to_string(), 100));
+        }
+        assert_eq!(rec.map.len(), Recent::MAX_ENTRIES);
+        assert!(rec.get("p", "0.json").is_none(), "the oldest went first");
+        assert_eq!(rec.get("p", "199.json").unwrap().run_id, "199");
+        assert_eq!(rec.bytes, Recent::MAX_ENTRIES * 100);
+        // Replacing keeps one entry and counts bytes once.
+        rec.insert(("p".into(), "199.json".into()), r("new", 10));
+        assert_eq!(rec.get("p", "199.json").unwrap().run_id, "new");
+        assert_eq!(rec.bytes, (Recent::MAX_ENTRIES - 1) * 100 + 10);
+        rec.remove("p", "199.json");
+        assert!(rec.get("p", "199.json").is_none());
+        assert_eq!(rec.order.len(), rec.map.len());
+        // Byte bound: large results are not kept at all.
+        rec.insert(("p".into(), "big.json".into()), r("b", Recent::MAX_BYTES));
+        assert!(rec.get("p", "big.json").is_none());
+        for i in 0..40 {
+            rec.insert(("q".into(), format!("{i}")), r("m", Recent::MAX_BYTES / 8));
+        }
+        assert!(rec.bytes <= Recent::MAX_BYTES);
+        assert_eq!(rec.order.len(), rec.map.len());
+    }
+}

@@ -1,0 +1,185 @@
+//! New work: the jobs and messages the owner's and other peers' scripts become
+//! (`new_job`, `new_job_from`, `new_message`, `received_job`), their size check,
+//! and the submissions that wait until they are durable.
+
+use serde_json::Value;
+
+use super::op::Op;
+use super::Core;
+use super::MessageKind;
+use crate::err;
+use crate::error::Result;
+use crate::peer::name::check_peer_name;
+use crate::script::Limits;
+use crate::store::{Job, Outgoing};
+use crate::util::{new_id, now_ns};
+
+impl Core {
+    /// A new job for `peer`'s own queue (the owner's script).
+    pub fn new_job(&self, peer: &str, name: &str, source: Vec<u8>, params: &Value) -> Result<Job> {
+        self.check_script_size(name, source.len(), true)?;
+        Ok(Job {
+            seq: 0,
+            id: new_id(),
+            name: name.to_string(),
+            source,
+            caller: peer.to_string(),
+            params: serde_json::to_string(params)?,
+            msg_id: None,
+            hops: 0,
+            submitted_at: now_ns(),
+            chain: vec![peer.to_string()],
+            budget: self.0.cfg.chain_budget,
+            attempts: 0,
+        })
+    }
+
+    /// Submits the owner's script and waits until it is durable; returns the run id.
+    pub fn submit(&self, peer: &str, name: &str, source: Vec<u8>) -> Result<String> {
+        let job = self.new_job(peer, name, source, &Value::Object(Default::default()))?;
+        let id = job.id.clone();
+        self.apply(peer, Op::Submit(job))?;
+        Ok(id)
+    }
+
+    /// A script `caller` drops at `target` (`MOUNT/caller/peers/target/inbox/`): it
+    /// goes straight into the target's queue (one durable commit at the target, as
+    /// for the owner's scripts) and its result is kept at the target, in a slot of
+    /// the caller's ([`super::caller_slot`]), shown in `caller/peers/target/outbox/`.
+    pub fn new_job_from(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &Value,
+    ) -> Result<Job> {
+        check_peer_name(caller)?;
+        check_peer_name(target)?;
+        self.check_script_size(name, source.len(), caller == target)?;
+        let mut job = self.new_job(caller, name, source, params)?;
+        job.hops = u32::from(caller != target);
+        Ok(job)
+    }
+
+    /// The limits a run gets before any policy: the owner's own, or others'.
+    pub fn base_limits(&self, own: bool) -> &Limits {
+        if own {
+            &self.0.cfg.own_limits
+        } else {
+            &self.0.cfg.limits
+        }
+    }
+
+    pub(super) fn check_script_size(&self, name: &str, len: usize, own: bool) -> Result<()> {
+        let (max, set) = (
+            self.base_limits(own).max_script_bytes,
+            if own { "own" } else { "others" },
+        );
+        if len as u64 > max {
+            return Err(err!(
+                libc::EFBIG,
+                "script {name} is {len} bytes: the most a script may have is {max} (limits.{set}.max_script_bytes)"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Submits a script from `caller` to run at `target` (caller's `peers/target/inbox`)
+    /// and waits until it is durable; returns the run id.
+    pub fn submit_to(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &Value,
+    ) -> Result<String> {
+        let job = self.new_job_from(caller, target, name, source, params)?;
+        let id = job.id.clone();
+        self.apply(target, Op::Submit(job))?;
+        Ok(id)
+    }
+
+    pub fn new_message(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &Value,
+        hops: u32,
+    ) -> Result<Outgoing> {
+        check_peer_name(target)?;
+        let job = self.new_job(caller, name, source, params)?;
+        Ok(Outgoing {
+            id: job.id,
+            to: target.to_string(),
+            kind: MessageKind::Script.as_str().into(),
+            name: job.name,
+            source: job.source,
+            params: job.params,
+            hops,
+            payload: String::new(),
+            created_at: job.submitted_at,
+            chain: job.chain,
+            budget: job.budget,
+        })
+    }
+
+    /// The job a script message from `from` becomes at its target: its chain ends
+    /// with `from` whatever the message says (a sender cannot leave itself out),
+    /// its hops within the hop limit, its budget within the daemon's.
+    pub(super) fn received_job(&self, from: &str, msg: &Outgoing) -> Result<Job> {
+        // A bound on the row, not the run's own limit (which the run checks): no
+        // script of either set of limits may have come through more sends.
+        let hop_limit = self
+            .0
+            .cfg
+            .limits
+            .hop_limit
+            .max(self.0.cfg.own_limits.hop_limit);
+        if u64::from(msg.hops) > hop_limit {
+            return Err(err!(
+                libc::EINVAL,
+                "message {} from {from} came through {} sends: more than hop_limit ({hop_limit})",
+                msg.id,
+                msg.hops,
+            ));
+        }
+        let mut job = message_job(msg, from);
+        if job.chain.last().map(String::as_str) != Some(from) {
+            job.chain.push(from.to_string());
+        }
+        job.budget = self.budget_within(msg.budget);
+        Ok(job)
+    }
+
+    /// A budget a row carries, within the daemon's `chain_budget` (0, a row from
+    /// before budgets: a new chain's).
+    pub(super) fn budget_within(&self, budget: u64) -> u64 {
+        match budget {
+            0 => self.0.cfg.chain_budget,
+            b => b.min(self.0.cfg.chain_budget),
+        }
+    }
+}
+
+/// The job that message `msg` stands for, from `caller`: its id, name, source,
+/// params, hops, time, chain and budget as the message has them.
+pub(super) fn message_job(msg: &Outgoing, caller: &str) -> Job {
+    Job {
+        seq: 0,
+        id: msg.id.clone(),
+        name: msg.name.clone(),
+        source: msg.source.clone(),
+        caller: caller.to_string(),
+        params: msg.params.clone(),
+        msg_id: Some(msg.id.clone()),
+        hops: msg.hops,
+        submitted_at: msg.created_at,
+        chain: msg.chain.clone(),
+        budget: msg.budget,
+        attempts: 0,
+    }
+}

@@ -1,0 +1,289 @@
+//! The write transaction of a peer's actor: the queued ops applied together
+//! (group commit, a savepoint per op when one fails), and the in-memory
+//! [`Effect`]s of a commit (pending results registered before it, results
+//! published and listeners told after it).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::op::{Ack, Op};
+use super::state::{rt, PendingResult, RecentResult};
+use super::{Change, Core};
+use crate::error::{Error, Result};
+use crate::peer::Peer;
+use crate::store::Store;
+
+/// An in-memory consequence of an op or run, applied after its commit.
+pub(super) enum Effect {
+    None,
+    Queued,
+    Pending {
+        target: String,
+        name: String,
+        run_id: String,
+    },
+    Result {
+        target: String,
+        name: String,
+        run_id: String,
+        bytes: Arc<Vec<u8>>,
+        submitted_at: i64,
+        finished_at: i64,
+    },
+    Undelivered,
+    /// A queued script left the queue without a run of the batch (withdrawn).
+    Dequeued,
+    Changed(Change),
+}
+
+impl Core {
+    pub(super) fn apply_ops(&self, peer: &Arc<Peer>, ops: Vec<(Op, Option<Ack>)>) {
+        let mut st = peer.writer.lock().unwrap();
+        // Marks of delivered messages need no fsync of their own: if one is lost,
+        // the message is sent again and the target, which remembers its id, ignores it.
+        let only_marks = ops
+            .iter()
+            .all(|(op, _)| matches!(op, Op::Delivered(_) | Op::Forget(_)));
+        let begin = |st: &mut dyn Store| {
+            if only_marks {
+                st.begin_unsynced()
+            } else {
+                st.begin()
+            }
+        };
+        if let Err(e) = begin(&mut *st) {
+            drop(st);
+            tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
+            for (_, ack) in ops {
+                if let Some(a) = ack {
+                    a(Err(e.clone()));
+                }
+            }
+            return;
+        }
+        // Fast path: every op in one go. If one fails, start over with a savepoint
+        // per op so that only the failing ones are refused.
+        let mut effects = Vec::with_capacity(ops.len());
+        let mut fast = true;
+        // A script submitted to an empty queue runs right here, in the transaction
+        // that makes its submission durable (for at most `inline_runs` in all).
+        // Not when the batch changes the policy or groups: runs are checked against
+        // the committed policy, and a script submitted after a change must meet it.
+        // Nor in a batch of delivery marks, which has no fsync to share.
+        let budget = if only_marks
+            || self.0.stop.load(Ordering::Relaxed)
+            || ops.iter().any(|(op, _)| matches!(op, Op::SetMeta(..)))
+        {
+            Duration::ZERO
+        } else {
+            self.0.cfg.inline_runs
+        };
+        let inline_until = Instant::now() + budget;
+        let mut inline = (!budget.is_zero() && rt(peer).queued() == 0).then_some(inline_until);
+        for (op, _) in &ops {
+            let r = match op {
+                Op::Submit(job) if inline.is_some() => {
+                    self.submit_and_run(&mut *st, peer, job, &mut inline)
+                }
+                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut *st, op)
+                    .and_then(|_| self.submit_and_run(&mut *st, peer, job, &mut inline)),
+                _ => self.apply_one(&mut *st, peer, op),
+            };
+            match r {
+                Ok(fx) => effects.extend(fx),
+                Err(_) => {
+                    fast = false;
+                    break;
+                }
+            }
+        }
+        let mut results: Vec<Result<()>> = Vec::with_capacity(ops.len());
+        if fast {
+            results.resize_with(ops.len(), || Ok(()));
+        } else {
+            effects.clear();
+            let restart = st.rollback().and_then(|_| begin(&mut *st));
+            if let Err(e) = restart {
+                drop(st);
+                for (_, ack) in ops {
+                    if let Some(a) = ack {
+                        a(Err(e.clone()));
+                    }
+                }
+                return;
+            }
+            for (op, _) in &ops {
+                let r = st.savepoint().and_then(|_| {
+                    let r = self.apply_one(&mut *st, peer, op);
+                    match &r {
+                        Ok(_) => st.release()?,
+                        Err(_) => st.rollback_to()?,
+                    }
+                    r
+                });
+                match r {
+                    Ok(fx) => {
+                        effects.extend(fx);
+                        results.push(Ok(()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.name, error = %e, "change refused");
+                        results.push(Err(e));
+                    }
+                }
+            }
+        }
+        let acks: Vec<(Option<Ack>, Result<()>)> =
+            ops.into_iter().map(|(_, a)| a).zip(results).collect();
+        // Scripts already queued run in `run_batch`, never here: their starts are
+        // counted in a commit before they run (see `Config::max_attempts`).
+        // Pending results are tracked before the commit so no reader misses them.
+        let pre = self.pre_register(peer, &effects);
+        let t = Instant::now();
+        let committed = st.commit();
+        self.0.metrics.commit(t.elapsed());
+        drop(st);
+        self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
+        match committed {
+            Ok(()) => {
+                self.publish(peer, effects);
+                for (ack, r) in acks {
+                    if let Some(a) = ack {
+                        a(r);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer.name, error = %e, "commit failed; the changes were rolled back");
+                self.unregister(peer, pre, &e);
+                for (ack, _) in acks {
+                    if let Some(a) = ack {
+                        a(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn pre_register(
+        &self,
+        peer: &Arc<Peer>,
+        effects: &[Effect],
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut waits = rt(peer).waits.lock().unwrap();
+        {
+            // A result about to be replaced or removed is no longer served from memory.
+            let mut recent = rt(peer).recent.lock().unwrap();
+            for fx in effects {
+                match fx {
+                    Effect::Pending { target, name, .. }
+                    | Effect::Changed(Change::Outbox {
+                        target,
+                        name: Some(name),
+                    }) => recent.remove(target, name),
+                    _ => {}
+                }
+            }
+        }
+        for fx in effects {
+            if let Effect::Pending {
+                target,
+                name,
+                run_id,
+            } = fx
+            {
+                let key = (target.clone(), name.clone());
+                // A newer run of the same name: its readers wait for the newer result.
+                waits
+                    .entry(key.clone())
+                    .or_insert(PendingResult {
+                        run_id: String::new(),
+                        waiters: vec![],
+                    })
+                    .run_id = run_id.clone();
+                out.push(key);
+            }
+        }
+        out
+    }
+
+    pub(super) fn unregister(&self, peer: &Arc<Peer>, keys: Vec<(String, String)>, e: &Error) {
+        let mut waits = rt(peer).waits.lock().unwrap();
+        for k in keys {
+            if let Some(p) = waits.remove(&k) {
+                for w in p.waiters {
+                    w(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    pub(super) fn publish(&self, peer: &Arc<Peer>, effects: Vec<Effect>) {
+        for fx in effects {
+            match fx {
+                Effect::None | Effect::Pending { .. } => {}
+                Effect::Queued => {
+                    rt(peer).queued.fetch_add(1, Ordering::Relaxed);
+                }
+                Effect::Undelivered => rt(peer).has_undelivered.store(true, Ordering::Relaxed),
+                Effect::Dequeued => {
+                    let _ =
+                        rt(peer)
+                            .queued
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                Some(n.saturating_sub(1))
+                            });
+                }
+                Effect::Result {
+                    target,
+                    name,
+                    run_id,
+                    bytes,
+                    submitted_at,
+                    finished_at,
+                } => {
+                    let key = (target.clone(), name);
+                    let done = {
+                        let mut waits = rt(peer).waits.lock().unwrap();
+                        let newer = waits.get(&key).is_some_and(|p| p.run_id != run_id);
+                        if !newer {
+                            rt(peer).recent.lock().unwrap().insert(
+                                key.clone(),
+                                RecentResult {
+                                    run_id: run_id.clone(),
+                                    bytes: bytes.clone(),
+                                    submitted_at,
+                                    finished_at,
+                                },
+                            );
+                        }
+                        // A newer run of the same name keeps its readers waiting.
+                        if newer {
+                            None
+                        } else {
+                            waits.remove(&key).map(|p| p.waiters)
+                        }
+                    };
+                    for w in done.into_iter().flatten() {
+                        w(Ok(bytes.clone()));
+                    }
+                    self.notify(
+                        &peer.name,
+                        Change::Outbox {
+                            target,
+                            name: Some(key.1),
+                        },
+                    );
+                }
+                Effect::Changed(c) => {
+                    if let Change::Meta(_) = c {
+                        peer.policy_gen.fetch_add(1, Ordering::AcqRel);
+                    }
+                    self.notify(&peer.name, c)
+                }
+            }
+        }
+    }
+}
