@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use peerfs::exec::{Config, Core};
 use peerfs::peer::Op;
-use peerfs::{Config, Core};
 use serde_json::json;
 
 const SCRIPT: &str = "set(\"k\", n); n";

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 mod bench_support;
 
 use bench_support::{check_ok, timed_writers, WRITERS};
+use peerfs::exec::{Config, Core};
 use peerfs::peer::Op;
-use peerfs::{Config, Core};
 
 /// Files (scripts) per throughput round, over all writers.
 const FILES: usize = 5_000;

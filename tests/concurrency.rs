@@ -5,8 +5,8 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
+use peerfs::exec::{Config, Core};
 use peerfs::peer::Op;
-use peerfs::{Config, Core};
 use serde_json::{json, Value};
 
 fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {

@@ -2,9 +2,9 @@
 
 use std::time::Duration;
 
+use peerfs::exec::{Config, Core};
 use peerfs::peer::Op;
 use peerfs::store::Store;
-use peerfs::{Config, Core};
 use serde_json::{json, Value};
 
 fn core(dir: &std::path::Path) -> Core {

@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::err;
+use crate::error::err;
 use crate::error::{Error, Result};
 use crate::peer::name::{check_peer_name, script_stem};
 use crate::peer::{Ack, Op, Peer, PendingResult, Registry, Waiter};
-use crate::script::{self, AstCache, Host, Library, Limits, Outcome, RunInput, Status};
+use crate::script::{self, AstCache, Library, Limits, Outcome, RunInput, Status};
 use crate::store::{Job, OutboxEntry, Outgoing, Store};
 use crate::util::{new_id, now_ns, rfc3339};
 
@@ -167,17 +167,6 @@ pub struct Stats {
     pub writes: AtomicU64,
 }
 
-/// Decides, for a run, what the script may do and under which limits.
-pub trait Gate: Send + Sync {
-    /// `Err` = refused at `run` (the message names the action and the policy).
-    fn prepare(
-        &self,
-        core: &Core,
-        target: &Arc<Peer>,
-        job: &Job,
-    ) -> std::result::Result<(Box<dyn Host>, Limits), String>;
-}
-
 struct Inner {
     cfg: Config,
     registry: Registry,
@@ -189,7 +178,6 @@ struct Inner {
     quit: AtomicBool,
     cache: Arc<AstCache>,
     listener: RwLock<Option<Arc<dyn Listener>>>,
-    gate: Arc<dyn Gate>,
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
     metrics: metrics::Metrics,
@@ -201,6 +189,17 @@ struct Inner {
 /// The running core: registry, worker pool, executor. Cheap to clone.
 #[derive(Clone)]
 pub struct Core(Arc<Inner>);
+
+/// What the policy reaches through the core: peers (opened and recovered as
+/// [`Core::peer`] does) and the configured limits.
+impl crate::policy::Peers for Core {
+    fn peer(&self, name: &str) -> Result<Arc<Peer>> {
+        Core::peer(self, name)
+    }
+    fn base_limits(&self, own: bool) -> &Limits {
+        Core::base_limits(self, own)
+    }
+}
 
 /// An in-memory consequence of an op or run, applied after its commit.
 enum Effect {
@@ -229,7 +228,6 @@ impl Core {
     /// Opens the data directory and starts the workers.
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
-        let policy = Arc::new(crate::policy::PolicyGate::new());
         let core = Core(Arc::new(Inner {
             registry,
             ready: Mutex::new(VecDeque::new()),
@@ -238,8 +236,7 @@ impl Core {
             quit: AtomicBool::new(false),
             cache: Arc::new(AstCache::with_capacity(cfg.script_cache_entries)),
             listener: RwLock::new(None),
-            gate: Arc::new(policy.clone()),
-            policy,
+            policy: Arc::new(crate::policy::PolicyGate::new()),
             stats: Stats::default(),
             metrics: metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
@@ -308,7 +305,7 @@ impl Core {
         *self.0.listener.write().unwrap() = Some(l);
     }
 
-    /// The peers' policies (what the gate decides runs and host calls with).
+    /// The peers' policies (what decides runs and host calls).
     pub fn policy(&self) -> &Arc<crate::policy::PolicyGate> {
         &self.0.policy
     }
@@ -1062,8 +1059,7 @@ impl Core {
         // A submission is not in the queue yet (`seq` 0): the run's dequeue removes
         // nothing.
         debug_assert_eq!(job.seq, 0);
-        let gate = self.0.gate.clone();
-        match self.run_one(st, peer, job, &*gate, Some(deadline), None)? {
+        match self.run_one(st, peer, job, Some(deadline), None)? {
             Some(run_fx) => {
                 self.count_runs(st, 1)?;
                 fx.extend(run_fx);
@@ -1248,11 +1244,10 @@ impl Core {
                 if jobs.is_empty() {
                     return Err(err!(libc::ENOENT, "no queued script named {name:?}"));
                 }
-                let gate = self.0.gate.clone();
                 let mut fx = vec![Effect::Changed(Change::Inbox)];
                 for job in &jobs {
                     let why = format!("withdrawn by {}'s owner before it ran", peer.name);
-                    if let Some(f) = self.run_one(st, peer, job, &*gate, None, Some(why))? {
+                    if let Some(f) = self.run_one(st, peer, job, None, Some(why))? {
                         fx.extend(f);
                     }
                     fx.push(Effect::Dequeued);
@@ -1526,7 +1521,6 @@ impl Core {
         peer: &Arc<Peer>,
         jobs: &mut [Job],
     ) -> Result<(Vec<Effect>, u64)> {
-        let gate = self.0.gate.clone();
         let started = Instant::now();
         let budget = self.0.cfg.batch_max_time;
         let mut effects = Vec::new();
@@ -1535,7 +1529,7 @@ impl Core {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(st, peer, job, &*gate, None, None)? {
+            match self.run_one(st, peer, job, None, None)? {
                 Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
@@ -1563,7 +1557,6 @@ impl Core {
         st: &mut dyn Store,
         peer: &Arc<Peer>,
         job: &Job,
-        gate: &dyn Gate,
         yield_at: Option<Instant>,
         end: Option<String>,
     ) -> Result<Option<Vec<Effect>>> {
@@ -1588,7 +1581,7 @@ impl Core {
         let prepared = match crashed {
             Some(e) => Err((Status::Error, e)),
             None => {
-                let p = gate.prepare(self, peer, job);
+                let p = self.0.policy.prepare(self, peer, job);
                 if foreign {
                     self.0.metrics.run_decision(p.is_ok());
                 }

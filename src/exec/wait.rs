@@ -14,7 +14,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::err;
+use crate::error::err;
 use crate::peer::Waiter;
 
 /// One waiting read: its answer (taken by whoever answers first), its caller.

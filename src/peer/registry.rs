@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::files;
 use super::name::check_peer_name;
 use super::Peer;
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::store::SqliteStore;
 

@@ -1,6 +1,8 @@
 //! The policy at work: decides, for every run and host call of another peer's
-//! script, what it may do (the executor's [`Gate`]), and what one peer may read of
-//! another's state (the mount's `peers/<other>/state/`).
+//! script, what it may do ([`PolicyGate::prepare`], which the executor calls before
+//! every run), and what one peer may read of another's state (the mount's
+//! `peers/<other>/state/`). It reaches other peers only through [`Peers`], which
+//! the executor implements: the policy layer knows nothing of the executor.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -9,11 +11,86 @@ use std::sync::{Arc, Mutex};
 use rhai::{ASTNode, Expr, Stmt, AST};
 use serde_json::Value;
 
-use super::{Action, Groups, Policy, Request};
-use crate::exec::{Core, Gate};
+use super::{Action, Decision, Groups, Policy, PolicyText, Request};
+use crate::error::Result;
 use crate::peer::Peer;
 use crate::script::{Capability, Host, Limits, OwnerHost};
 use crate::store::{Job, Store};
+
+/// What the policy needs of the daemon around it: other peers, opened by name (a
+/// script's caller, whose own policy guards what the target may read of it), and
+/// the limits a run gets before any policy.
+pub trait Peers: Clone + Send + Sync + 'static {
+    /// The open peer `name` (opened, and recovered, if it was closed).
+    fn peer(&self, name: &str) -> Result<Arc<Peer>>;
+    /// The limits a run gets before any policy: the owner's own, or others'.
+    fn base_limits(&self, own: bool) -> &Limits;
+}
+
+/// The rule every run and host call meets, stated once: the owner's own scripts
+/// have every capability, and its policy is not even read for them; every other
+/// peer's script gets what the owner's policy decides.
+pub fn owns(caller: &str, target: &str) -> bool {
+    caller == target
+}
+
+/// What a peer's policy answers one question, by the rule of a run
+/// ([`owns`], then [`PolicyState::ask_chain`]): what `peerfs policy explain` shows.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// The caller is the target: every capability.
+    Owner,
+    Allowed(Arc<Decision>),
+    /// Denied, with the explanation.
+    Denied(String),
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        !matches!(self, Verdict::Denied(_))
+    }
+
+    /// One line, as [`Decision::explain`].
+    pub fn explain(&self) -> String {
+        match self {
+            Verdict::Owner => "allow (the owner's own scripts have every capability)".into(),
+            Verdict::Allowed(d) => d.explain(),
+            Verdict::Denied(why) => why.clone(),
+        }
+    }
+}
+
+/// What `target`'s policy, read from its store `s`, answers `caller` doing `action`
+/// on `object` (which is also the script's name; no params, no chain): the
+/// same rule and decision a run meets.
+pub fn verdict(
+    s: &mut dyn Store,
+    caller: &str,
+    target: &str,
+    action: Action,
+    object: &str,
+) -> Result<Verdict> {
+    if owns(caller, target) {
+        return Ok(Verdict::Owner);
+    }
+    let state = PolicyState::load(s)?;
+    let params = serde_json::json!({});
+    Ok(
+        match state.ask_chain(&Question {
+            caller,
+            target,
+            action,
+            object,
+            script: object,
+            params: &params,
+            params_json: None,
+            chain: &[],
+        }) {
+            Ok(d) => Verdict::Allowed(d),
+            Err(why) => Verdict::Denied(why),
+        },
+    )
+}
 
 /// A peer's parsed `policy.cedar` and `groups`, with a memo of its decisions.
 pub struct PolicyState {
@@ -43,7 +120,7 @@ struct MemoEntry {
     params: Option<String>,
     now: Option<i64>,
     chain: Option<String>,
-    decision: Arc<super::Decision>,
+    decision: Arc<Decision>,
 }
 
 /// Most memoized decisions per peer; past this the memo starts over.
@@ -89,6 +166,16 @@ impl PolicyState {
         }
     }
 
+    /// Reads a peer's policy and groups from its store ([`PolicyState::from_texts`]).
+    pub fn load(s: &mut dyn Store) -> Result<PolicyState> {
+        let p = s.meta(PolicyText::Policy.key())?.map(|x| x.0);
+        let g = s.meta(PolicyText::Groups.key())?.map(|x| x.0);
+        Ok(PolicyState::from_texts(
+            &p.unwrap_or_default(),
+            &g.unwrap_or_default(),
+        ))
+    }
+
     /// What the policy decides (memoized: the same question gets the same answer
     /// until the policy changes, and a new policy is a new `PolicyState`).
     pub fn decide(
@@ -99,7 +186,7 @@ impl PolicyState {
         object: &str,
         script: &str,
         params: &Value,
-    ) -> super::Decision {
+    ) -> Decision {
         (*self.ask(&Question {
             caller,
             target,
@@ -114,7 +201,7 @@ impl PolicyState {
     }
 
     /// [`PolicyState::decide`], shared: a memoized answer costs no allocation.
-    pub fn ask(&self, q: &Question) -> Arc<super::Decision> {
+    pub fn ask(&self, q: &Question) -> Arc<Decision> {
         let now = crate::util::now_ns() / 1_000_000_000;
         let script = self.uses_script.then_some(q.script);
         let owned_params;
@@ -192,7 +279,7 @@ impl PolicyState {
     /// caller is who vouches for the script (its own policy let it send), so its
     /// permits apply; a forbid names someone whose code must not act here, by any
     /// path.
-    pub fn chain_forbid(&self, q: &Question) -> Option<(String, Arc<super::Decision>)> {
+    pub fn chain_forbid(&self, q: &Question) -> Option<(String, Arc<Decision>)> {
         for p in q.chain {
             if p == q.caller || p == q.target {
                 continue;
@@ -207,7 +294,7 @@ impl PolicyState {
 
     /// [`PolicyState::ask`] with the provenance rule ([`PolicyState::chain_forbid`]):
     /// `Err` is the denial's explanation.
-    fn ask_chain(&self, q: &Question) -> std::result::Result<Arc<super::Decision>, String> {
+    pub fn ask_chain(&self, q: &Question) -> std::result::Result<Arc<Decision>, String> {
         let d = self.ask(q);
         if !d.allowed {
             return Err(d.explain());
@@ -252,18 +339,14 @@ impl PolicyGate {
 
     /// The current policy of `peer` (loaded from committed data on first use and
     /// after every change).
-    pub fn state(&self, peer: &Peer) -> crate::Result<Arc<PolicyState>> {
+    pub fn state(&self, peer: &Peer) -> Result<Arc<PolicyState>> {
         let gen = peer.policy_gen.load(Ordering::Acquire);
         if let Some((g, s)) = self.cache.lock().unwrap().get(&peer.name) {
             if *g == gen {
                 return Ok(s.clone());
             }
         }
-        let (p, g) = peer.read(|s| Ok((s.meta("policy")?, s.meta("groups")?)))?;
-        let st = Arc::new(PolicyState::from_texts(
-            &p.map(|x| x.0).unwrap_or_default(),
-            &g.map(|x| x.0).unwrap_or_default(),
-        ));
+        let st = Arc::new(peer.read(|s| PolicyState::load(s))?);
         let mut c = self.cache.lock().unwrap();
         if c.len() > 10_000 {
             c.clear();
@@ -273,8 +356,8 @@ impl PolicyGate {
     }
 
     /// Whether `reader` may read `key` of `owner` (for `peers/<owner>/state/`).
-    pub fn may_read(&self, core: &Core, reader: &str, owner: &str, key: &str) -> bool {
-        let Ok(p) = core.peer(owner) else {
+    pub fn may_read(&self, peers: &impl Peers, reader: &str, owner: &str, key: &str) -> bool {
+        let Ok(p) = peers.peer(owner) else {
             return false;
         };
         let Ok(st) = self.state(&p) else { return false };
@@ -301,15 +384,18 @@ fn limits_from(base: &Limits, d: &super::Limits) -> Limits {
     l
 }
 
-impl Gate for Arc<PolicyGate> {
-    fn prepare(
-        &self,
-        core: &Core,
+impl PolicyGate {
+    /// Before a run of `job` at `target`: its host (what decides each host call)
+    /// and its limits, or `Err` = refused at `run` (the message names the action
+    /// and the policy).
+    pub fn prepare<P: Peers>(
+        self: &Arc<Self>,
+        peers: &P,
         target: &Arc<Peer>,
         job: &Job,
-    ) -> Result<(Box<dyn Host>, Limits), String> {
-        if job.caller == target.name {
-            return Ok((Box::new(OwnerHost), core.config().own_limits.clone()));
+    ) -> std::result::Result<(Box<dyn Host>, Limits), String> {
+        if owns(&job.caller, &target.name) {
+            return Ok((Box::new(OwnerHost), peers.base_limits(true).clone()));
         }
         let state = self
             .state(target)
@@ -332,11 +418,11 @@ impl Gate for Arc<PolicyGate> {
                     job.name, job.caller, target.name, target.name
                 )
             })?;
-        let limits = limits_from(&core.config().limits, &d.limits);
+        let limits = limits_from(peers.base_limits(false), &d.limits);
         Ok((
             Box::new(PolicyHost {
                 gate: self.clone(),
-                core: core.clone(),
+                peers: peers.clone(),
                 state,
                 caller: job.caller.clone(),
                 target: target.name.clone(),
@@ -351,9 +437,9 @@ impl Gate for Arc<PolicyGate> {
 }
 
 /// What another peer's script may do, decided by the target's policy at every call.
-pub struct PolicyHost {
+pub struct PolicyHost<P> {
     gate: Arc<PolicyGate>,
-    core: Core,
+    peers: P,
     state: Arc<PolicyState>,
     caller: String,
     target: String,
@@ -404,7 +490,7 @@ pub fn capabilities_used(ast: &AST) -> Vec<(Capability, &'static str)> {
     used
 }
 
-impl Host for PolicyHost {
+impl<P: Peers> Host for PolicyHost<P> {
     fn check(&self, cap: Capability, object: &str) -> Result<(), String> {
         let action = action_of(cap);
         let q = Question {
@@ -441,7 +527,7 @@ impl Host for PolicyHost {
     fn caller_get(&self, key: &str) -> Result<Option<Value>, String> {
         // The caller's own policy decides what the target may read of it (no
         // confused deputy: the target's code cannot read more than the caller allows).
-        let caller = self.core.peer(&self.caller).map_err(|e| e.message)?;
+        let caller = self.peers.peer(&self.caller).map_err(|e| e.message)?;
         let st = self.gate.state(&caller).map_err(|e| e.message)?;
         let d = st.decide(
             &self.target,

@@ -68,7 +68,9 @@ mod native;
 #[cfg(test)]
 mod tests;
 
-pub use gate::{capabilities_used, PolicyGate, PolicyHost, PolicyState};
+pub use gate::{
+    capabilities_used, owns, verdict, Peers, PolicyGate, PolicyHost, PolicyState, Question, Verdict,
+};
 pub use groups::{valid_name, Groups};
 
 use std::collections::{HashMap, HashSet};
@@ -193,6 +195,41 @@ impl fmt::Display for PolicyError {
 }
 
 impl std::error::Error for PolicyError {}
+
+/// The two texts a peer's policy is made of: each is stored under a meta key of the
+/// peer's store and shown as a file of its folder (the mount's and the spool's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyText {
+    /// `policy.cedar`: the Cedar policy.
+    Policy,
+    /// `groups`: the groups file.
+    Groups,
+}
+
+impl PolicyText {
+    pub const ALL: [PolicyText; 2] = [PolicyText::Policy, PolicyText::Groups];
+
+    /// The meta key it is stored under.
+    pub const fn key(self) -> &'static str {
+        match self {
+            PolicyText::Policy => "policy",
+            PolicyText::Groups => "groups",
+        }
+    }
+
+    /// The file name it is shown as.
+    pub const fn file(self) -> &'static str {
+        match self {
+            PolicyText::Policy => "policy.cedar",
+            PolicyText::Groups => "groups",
+        }
+    }
+
+    /// The text stored under the meta key `key`, if it is one.
+    pub fn of_key(key: &str) -> Option<PolicyText> {
+        PolicyText::ALL.into_iter().find(|t| t.key() == key)
+    }
+}
 
 /// Sandbox limits for a script, from `@max_*` annotations. `None` = no limit
 /// from the policy (the caller applies its own defaults).

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::value::{parse_file, render};
 use super::{rows, DirEntry, FileStat, Job, OutboxEntry, Outgoing, Store};
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::util::now_ns;
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::exec::Core;
 use crate::peer::name::{check_module_name, check_peer_name, is_staging_name};
