@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 
 use peerfs::exec::{Config, Core};
-use peerfs::store::Store;
 use peerfs::vfs::{Caller, Node, Vfs, MAX_STATE_FILE};
 use proptest::prelude::*;
 

@@ -920,7 +920,7 @@ impl Core {
                 st.begin()
             }
         };
-        if let Err(e) = begin(&mut *st) {
+        if let Err(e) = begin(&mut **st) {
             drop(st);
             tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
             for (_, ack) in ops {
@@ -952,11 +952,11 @@ impl Core {
         for (op, _) in &ops {
             let r = match op {
                 Op::Submit(job) if inline.is_some() => {
-                    self.submit_and_run(&mut *st, peer, job, &mut inline)
+                    self.submit_and_run(&mut **st, peer, job, &mut inline)
                 }
-                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut *st, op)
-                    .and_then(|_| self.submit_and_run(&mut *st, peer, job, &mut inline)),
-                _ => self.apply_one(&mut *st, peer, op),
+                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut **st, op)
+                    .and_then(|_| self.submit_and_run(&mut **st, peer, job, &mut inline)),
+                _ => self.apply_one(&mut **st, peer, op),
             };
             match r {
                 Ok(fx) => effects.extend(fx),
@@ -971,7 +971,7 @@ impl Core {
             results.resize_with(ops.len(), || Ok(()));
         } else {
             effects.clear();
-            let restart = st.rollback().and_then(|_| begin(&mut *st));
+            let restart = st.rollback().and_then(|_| begin(&mut **st));
             if let Err(e) = restart {
                 drop(st);
                 for (_, ack) in ops {
@@ -983,7 +983,7 @@ impl Core {
             }
             for (op, _) in &ops {
                 let r = st.savepoint().and_then(|_| {
-                    let r = self.apply_one(&mut *st, peer, op);
+                    let r = self.apply_one(&mut **st, peer, op);
                     match &r {
                         Ok(_) => st.release()?,
                         Err(_) => st.rollback_to()?,
@@ -1440,7 +1440,7 @@ impl Core {
     /// script that kills the daemon is counted too (see `Config::max_attempts`).
     fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
         let mut st = peer.writer.lock().unwrap();
-        let mut jobs = match self.count_starts(&mut *st, peer) {
+        let mut jobs = match self.count_starts(&mut **st, peer) {
             Ok(j) => j,
             Err(e) => {
                 let _ = st.rollback();
@@ -1454,7 +1454,7 @@ impl Core {
             return Ok(());
         }
         st.begin_unsynced()?;
-        let (effects, finished) = match self.runs_in_txn(&mut *st, peer, &mut jobs) {
+        let (effects, finished) = match self.runs_in_txn(&mut **st, peer, &mut jobs) {
             Ok(r) => r,
             Err(e) => {
                 let _ = st.rollback();

@@ -7,14 +7,13 @@ pub mod name;
 mod registry;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use registry::{PeerInfo, Registry};
 
 use crate::error::Result;
-use crate::store::{Outgoing, SqliteStore};
+use crate::store::{OpenReader, Outgoing, Store};
 
 /// A change to a peer's storage, made by its actor in a transaction.
 pub enum Op {
@@ -135,11 +134,11 @@ pub(crate) struct PendingResult {
 /// that holds `work.scheduled`); readers use a second, read-only connection.
 pub struct Peer {
     pub name: String,
-    pub(crate) path: PathBuf,
     // Field order is drop order: the read-only connection closes first, so that the
     // writer is the last connection and its close checkpoints the WAL away.
-    reader: Mutex<Option<SqliteStore>>,
-    pub(crate) writer: Mutex<SqliteStore>,
+    reader: Mutex<Option<Box<dyn Store>>>,
+    open_reader: OpenReader,
+    pub(crate) writer: Mutex<Box<dyn Store>>,
     pub(crate) work: Mutex<Work>,
     /// Outbox entries whose result is not in yet, by (target, file name).
     pub(crate) waits: Mutex<HashMap<(String, String), PendingResult>>,
@@ -159,10 +158,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub(crate) fn new(name: String, path: PathBuf, store: SqliteStore) -> Peer {
+    pub(crate) fn new(name: String, store: Box<dyn Store>) -> Peer {
         Peer {
             name,
-            path,
+            open_reader: store.reader_opener(),
             writer: Mutex::new(store),
             reader: Mutex::new(None),
             work: Mutex::new(Work::default()),
@@ -183,13 +182,13 @@ impl Peer {
     }
 
     /// Runs `f` on the read-only connection (opened on first use): committed data only.
-    pub fn read<T>(&self, f: impl FnOnce(&mut SqliteStore) -> Result<T>) -> Result<T> {
+    pub fn read<T>(&self, f: impl FnOnce(&mut dyn Store) -> Result<T>) -> Result<T> {
         self.touch();
-        let mut g: MutexGuard<Option<SqliteStore>> = self.reader.lock().unwrap();
+        let mut g: MutexGuard<Option<Box<dyn Store>>> = self.reader.lock().unwrap();
         if g.is_none() {
-            *g = Some(SqliteStore::open_reader(&self.path)?);
+            *g = Some((self.open_reader)()?);
         }
-        f(g.as_mut().expect("reader opened"))
+        f(g.as_deref_mut().expect("reader opened"))
     }
 
     /// Queued runs not finished yet.

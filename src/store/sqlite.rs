@@ -366,6 +366,11 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn reader_opener(&self) -> super::OpenReader {
+        let path = self.path.clone();
+        Box::new(move || Ok(Box::new(SqliteStore::open_reader(&path)?)))
+    }
+
     fn begin(&mut self) -> Result<()> {
         self.set_sync(true)?;
         self.exec("BEGIN IMMEDIATE")?;

@@ -19,7 +19,6 @@ use crate::error::{Error, Result};
 use crate::exec::{Change, Core, Listener};
 use crate::peer::name::{check_key, check_peer_name, check_segment, is_staging_name};
 use crate::peer::Op;
-use crate::store::Store;
 use crate::util::now_ns;
 
 /// Largest state value written through a file.

@@ -36,7 +36,6 @@ use crate::error::Result;
 use crate::exec::Core;
 use crate::peer::name::{check_module_name, check_peer_name, is_staging_name};
 use crate::peer::Op;
-use crate::store::Store;
 
 pub use client::drop_and_wait;
 use files::as_owner;
