@@ -366,24 +366,6 @@ impl PolicyGate {
     }
 }
 
-fn limits_from(base: &Limits, d: &super::Limits) -> Limits {
-    let mut l = base.clone();
-    let tighten = |v: &mut u64, p: Option<u64>| {
-        if let Some(p) = p {
-            *v = (*v).min(p);
-        }
-    };
-    tighten(&mut l.max_operations, d.max_operations);
-    tighten(&mut l.max_wall_ms, d.max_wall_ms);
-    tighten(&mut l.max_string_size, d.max_string_size);
-    tighten(&mut l.max_array_size, d.max_array_size);
-    tighten(&mut l.max_map_size, d.max_map_size);
-    tighten(&mut l.max_output_bytes, d.max_output_bytes);
-    tighten(&mut l.max_call_levels, d.max_call_levels);
-    tighten(&mut l.max_sends, d.max_sends);
-    l
-}
-
 impl PolicyGate {
     /// Before a run of `job` at `target`: its host (what decides each host call)
     /// and its limits, or `Err` = refused at `run` (the message names the action
@@ -418,7 +400,7 @@ impl PolicyGate {
                     job.name, job.caller, target.name, target.name
                 )
             })?;
-        let limits = limits_from(peers.base_limits(false), &d.limits);
+        let limits = peers.base_limits(false).tightened(&d.limits);
         Ok((
             Box::new(PolicyHost {
                 gate: self.clone(),

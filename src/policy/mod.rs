@@ -231,80 +231,22 @@ impl PolicyText {
     }
 }
 
-/// Sandbox limits for a script, from `@max_*` annotations. `None` = no limit
-/// from the policy (the caller applies its own defaults).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub max_operations: Option<u64>,
-    pub max_wall_ms: Option<u64>,
-    pub max_string_size: Option<u64>,
-    pub max_array_size: Option<u64>,
-    pub max_map_size: Option<u64>,
-    pub max_output_bytes: Option<u64>,
-    pub max_call_levels: Option<u64>,
-    pub max_sends: Option<u64>,
-}
+/// Sandbox limits from a policy's `@max_*` annotations: `None` = no limit from the
+/// policy (the caller applies its own defaults).
+pub type Limits = crate::script::Limits<Option<u64>>;
 
-impl Limits {
-    /// The annotation names understood (without the `@`).
-    pub const NAMES: [&'static str; 8] = [
-        "max_operations",
-        "max_wall_ms",
-        "max_string_size",
-        "max_array_size",
-        "max_map_size",
-        "max_output_bytes",
-        "max_call_levels",
-        "max_sends",
-    ];
-
-    fn slot(&mut self, name: &str) -> Option<&mut Option<u64>> {
-        Some(match name {
-            "max_operations" => &mut self.max_operations,
-            "max_wall_ms" => &mut self.max_wall_ms,
-            "max_string_size" => &mut self.max_string_size,
-            "max_array_size" => &mut self.max_array_size,
-            "max_map_size" => &mut self.max_map_size,
-            "max_output_bytes" => &mut self.max_output_bytes,
-            "max_call_levels" => &mut self.max_call_levels,
-            "max_sends" => &mut self.max_sends,
-            _ => return None,
-        })
-    }
-
-    fn fields(&self) -> [Option<u64>; 8] {
-        [
-            self.max_operations,
-            self.max_wall_ms,
-            self.max_string_size,
-            self.max_array_size,
-            self.max_map_size,
-            self.max_output_bytes,
-            self.max_call_levels,
-            self.max_sends,
-        ]
-    }
-
-    /// True when no limit is set.
-    pub fn is_empty(&self) -> bool {
-        self.fields().iter().all(Option::is_none)
-    }
-
-    /// Per-field minimum; a `None` side does not constrain.
-    pub fn min(&self, other: &Limits) -> Limits {
-        let mut out = self.clone();
-        for (name, theirs) in Limits::NAMES.iter().zip(other.fields()) {
-            if let Some(slot) = out.slot(name) {
-                *slot = match (*slot, theirs) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, None) => a,
-                    (None, b) => b,
-                };
-            }
-        }
-        out
-    }
-}
+/// The limits a policy's annotations may set (`@max_operations("100000")` ...),
+/// in the order its errors name them.
+pub const ANNOTATED_LIMITS: [&str; 8] = [
+    "max_operations",
+    "max_wall_ms",
+    "max_string_size",
+    "max_array_size",
+    "max_map_size",
+    "max_output_bytes",
+    "max_call_levels",
+    "max_sends",
+];
 
 /// One authorization question: may `caller`'s script, running against
 /// `target`, do `action` on `object`?
@@ -934,12 +876,13 @@ impl Policy {
                     }
                     name = value.to_string();
                 } else if key.starts_with("max_") {
-                    let Some(slot) = limits.slot(key) else {
+                    let known = ANNOTATED_LIMITS.contains(&key);
+                    let Some(slot) = limits.field_mut(key).filter(|_| known) else {
                         return Err(err_at(
                             key,
                             format!(
                                 "unknown sandbox limit @{key} (known: {})",
-                                Limits::NAMES.join(", ")
+                                ANNOTATED_LIMITS.join(", ")
                             ),
                         ));
                     };
