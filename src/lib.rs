@@ -12,9 +12,10 @@
 //!   export), over
 //! * [`exec`] (per-peer serial actors on a worker pool), over
 //! * [`policy`] (Cedar: what another peer's script may do), over
-//! * [`script`] (the sandboxed Rhai engine and its limits), over
-//! * [`peer`] (names, the open peer and the registry), over
+//! * [`script`] (the sandboxed Rhai engine and its limits) and [`peer`] (the open
+//!   peer and the registry), side by side, over
 //! * [`store`] (the storage trait and its SQLite backend), over
+//! * [`names`] (what a peer name, key or script name may be), over
 //! * [`error`] and [`util`].
 //!
 //! [`demo`] prepares the demo's peers; [`top`] is `peerfs top`'s view.
@@ -25,6 +26,7 @@ pub mod error;
 pub mod exec;
 pub mod fuse;
 pub mod metrics;
+pub mod names;
 pub mod peer;
 pub mod policy;
 pub mod script;

@@ -2,8 +2,9 @@
 //! and the registry that opens peers lazily and closes idle ones.
 
 mod files;
+/// What a peer name, key or script name may be ([`crate::names`]), also here.
+pub use crate::names as name;
 pub use files::private_dir;
-pub mod name;
 mod registry;
 
 use std::collections::HashMap;

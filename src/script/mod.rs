@@ -150,7 +150,7 @@ impl Library {
                 .find(|(n, _)| *n == name)
                 .map(|(_, s)| s.to_string()),
             Library::Dir(d) => {
-                crate::peer::name::check_module_name(name).ok()?;
+                crate::names::check_module_name(name).ok()?;
                 std::fs::read_to_string(d.join(format!("{name}.rhai"))).ok()
             }
         }
