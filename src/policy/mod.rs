@@ -66,21 +66,22 @@
 //! This file holds the vocabulary (the schema, [`Action`], [`PolicyText`],
 //! [`Request`], [`Decision`]) and the parsed [`Policy`]'s shape; `parse.rs` reads
 //! and validates a policy text, `decide.rs` answers requests, `native.rs` is the
-//! native evaluator, `groups.rs` the groups file, and `gate.rs` the policy at work
-//! for runs, host calls and reads of another peer's state.
+//! native evaluator, `groups.rs` the groups file, `state.rs` a peer's policy with
+//! its memo of decisions, and `gate.rs` the policy at work for runs, host calls
+//! and reads of another peer's state.
 
 mod decide;
 mod gate;
 mod groups;
 mod native;
 mod parse;
+mod state;
 #[cfg(test)]
 mod tests;
 
-pub use gate::{
-    capabilities_used, owns, verdict, Peers, PolicyGate, PolicyHost, PolicyState, Question, Verdict,
-};
+pub use gate::{capabilities_used, owns, verdict, Peers, PolicyGate, PolicyHost, Verdict};
 pub use groups::{valid_name, Groups};
+pub use state::{PolicyState, Question};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
