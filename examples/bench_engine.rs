@@ -5,8 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use peerfs::exec::Op;
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core, Op};
 use serde_json::json;
 
 const SCRIPT: &str = "set(\"k\", n); n";

@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 mod bench_support;
 
 use bench_support::{check_ok, timed_writers, WRITERS};
-use peerfs::exec::Op;
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core, Op};
 
 /// Files (scripts) per throughput round, over all writers.
 const FILES: usize = 5_000;

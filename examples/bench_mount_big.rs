@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core};
 
 const BIG: usize = 16 << 20;
 /// Entries of each listed folder.

@@ -6,9 +6,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use peerfs::exec::Op;
+use peerfs::exec::{Config, Core, Op};
 use peerfs::policy::{Action, Groups, Policy, Request};
-use peerfs::{Config, Core};
 use serde_json::{json, Value};
 
 /// bob's policy: 20 statements of the kinds real ones have: principals by name and

@@ -9,8 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerfs::exec::Op;
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core, Op};
 use serde_json::json;
 
 const GOOD: &str = r#"let n = (get("n") ?? 0) + 1; set("n", n); n"#;

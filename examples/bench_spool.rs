@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 mod bench_support;
 
 use bench_support::{check_ok, timed_writers, WRITERS};
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core};
 
 const FILES: usize = 5_000;
 const ROUNDS: usize = 3;

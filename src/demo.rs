@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::peer::Registry;
+use crate::policy::PolicyText;
 use crate::store::{SqliteStore, Store};
 
 /// bob lets alice run scripts, read his state and write under `shared/`.
@@ -33,7 +34,7 @@ pub fn prepare(data: &Path) -> Result<()> {
         let mut s = SqliteStore::open(&reg.path_of(name), false)?;
         s.set_module("greeting", GREETING_MODULE.as_bytes())?;
         if name == "bob" {
-            s.set_meta("policy", BOB_POLICY.as_bytes())?;
+            s.set_meta(PolicyText::Policy.key(), BOB_POLICY.as_bytes())?;
             s.set(
                 "shared/welcome",
                 &serde_json::json!("hi alice, write under shared/"),

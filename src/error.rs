@@ -30,13 +30,14 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// `err!(libc::EINVAL, "peer name {name:?} ...")`
-#[macro_export]
+/// `err!(libc::EINVAL, "peer name {name:?} ...")`: an [`Error`] with a formatted
+/// message.
 macro_rules! err {
     ($errno:expr, $($arg:tt)*) => {
         $crate::error::Error::new($errno, format!($($arg)*))
     };
 }
+pub(crate) use err;
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Error {

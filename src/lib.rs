@@ -2,11 +2,23 @@
 //! mount backed by its own SQLite file; peers cooperate by sending each other Rhai
 //! scripts that each receiver checks against its own Cedar policy.
 //!
-//! The layers, bottom up: [`store`] (the storage trait and SQLite), [`script`] (the
-//! sandboxed Rhai engine), [`peer`] (names and the registry), [`exec`] (per-peer
-//! serial actors on a worker pool), [`policy`] (Cedar), [`vfs`] (the mount's tree as
-//! plain Rust) and [`fuse`] (the thin fuser adapter); [`watch`] serves the same
-//! tree as plain folders (spool mode).
+//! The layers, top down (each imports only from layers below it):
+//!
+//! * the `peerfs` command (`main.rs`), over
+//! * [`fuse`] (the thin fuser adapter) and [`watch`] (the same tree as plain
+//!   folders: spool mode), over
+//! * [`vfs`] (the mount's tree as plain Rust), over
+//! * [`config`] (the config file and flags) and [`metrics`] (the Prometheus
+//!   export), over
+//! * [`exec`] (per-peer serial actors on a worker pool), over
+//! * [`policy`] (Cedar: what another peer's script may do), over
+//! * [`script`] (the sandboxed Rhai engine and its limits) and [`peer`] (the open
+//!   peer and the registry), side by side, over
+//! * [`store`] (the storage trait and its SQLite backend), over
+//! * [`names`] (what a peer name, key or script name may be), over
+//! * [`error`] and [`util`].
+//!
+//! [`demo`] prepares the demo's peers; [`top`] is `peerfs top`'s view.
 
 pub mod config;
 pub mod demo;
@@ -14,6 +26,7 @@ pub mod error;
 pub mod exec;
 pub mod fuse;
 pub mod metrics;
+pub mod names;
 pub mod peer;
 pub mod policy;
 pub mod script;
@@ -24,4 +37,3 @@ pub mod vfs;
 pub mod watch;
 
 pub use error::{Error, Result};
-pub use exec::{Config, Core};

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use peerfs::config::{DaemonArgs, Effective, FlagValue};
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core};
 
 #[derive(Parser)]
 #[command(
@@ -328,11 +328,11 @@ fn serve(
     let sig = signals();
     if is_stale(mount) {
         if !force {
-            return Err(peerfs::err!(
+            return Err(peerfs::Error::new(
                 libc::EBUSY,
-                "{} is a stale peerfs mount (its daemon was killed): run `fusermount3 -u {}` or pass --force",
+                format!("{} is a stale peerfs mount (its daemon was killed): run `fusermount3 -u {}` or pass --force",
                 mount.display(),
-                mount.display()
+                mount.display()),
             ));
         }
         tracing::warn!(mount = %mount.display(), "cleaning up a stale mount (--force)");
@@ -340,10 +340,9 @@ fn serve(
     }
     std::fs::create_dir_all(mount)?;
     if is_mounted(mount) {
-        return Err(peerfs::err!(
+        return Err(peerfs::Error::new(
             libc::EBUSY,
-            "{} is already mounted: unmount it first",
-            mount.display()
+            format!("{} is already mounted: unmount it first", mount.display()),
         ));
     }
     let core = start_core(cfg, metrics_listen)?;
@@ -402,9 +401,9 @@ fn start_core(cfg: Config, metrics_listen: Option<std::net::SocketAddr>) -> peer
     if let Some(addr) = metrics_listen {
         if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
             core.shutdown();
-            return Err(peerfs::err!(
+            return Err(peerfs::Error::new(
                 libc::EADDRINUSE,
-                "metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"
+                format!("metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"),
             ));
         }
     }
@@ -516,7 +515,7 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
 }
 
 fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
-    use peerfs::policy::{Action, Groups, Policy, PolicyState};
+    use peerfs::policy::{Action, Groups, Policy};
     let fail = |m: String| {
         eprintln!("peerfs policy: {m}");
         ExitCode::from(1)
@@ -567,33 +566,17 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
             if !reg.exists(&peer) {
                 return fail(format!("no peer named {peer:?} in {}", data.display()));
             }
-            let st = match peerfs::store::SqliteStore::open_reader(&reg.path_of(&peer)) {
+            let mut st = match peerfs::store::SqliteStore::open_reader(&reg.path_of(&peer)) {
                 Ok(s) => s,
                 Err(e) => return fail(e.to_string()),
             };
-            let mut st = st;
-            use peerfs::store::Store;
-            let p = st
-                .meta("policy")
-                .ok()
-                .flatten()
-                .map(|x| x.0)
-                .unwrap_or_default();
-            let g = st
-                .meta("groups")
-                .ok()
-                .flatten()
-                .map(|x| x.0)
-                .unwrap_or_default();
-            let state = PolicyState::from_texts(&p, &g);
-            if caller == peer {
-                println!("allow (the owner's own scripts have every capability)");
-                return ExitCode::SUCCESS;
-            }
             let obj = object.unwrap_or_default();
-            let d = state.decide(&caller, &peer, action, &obj, &obj, &serde_json::json!({}));
+            let d = match peerfs::policy::verdict(&mut st, &caller, &peer, action, &obj) {
+                Ok(d) => d,
+                Err(e) => return fail(e.to_string()),
+            };
             println!("{}", d.explain());
-            if d.allowed {
+            if d.allowed() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(2)

@@ -5,8 +5,7 @@
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use peerfs::exec::Op;
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core, Op};
 use serde_json::{json, Value};
 
 fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {

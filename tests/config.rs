@@ -10,8 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use peerfs::config::{self, DaemonArgs};
-use peerfs::exec::Op;
-use peerfs::Core;
+use peerfs::exec::{Core, Op};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_peerfs");
@@ -534,7 +533,7 @@ fn ordinary_programs_run_under_the_own_defaults() {
     // No data folder anywhere: the config says so.
     let e = config::load(None, &[]).unwrap();
     assert!(e.core_config().unwrap_err().contains("--data"));
-    let mut cfg = peerfs::Config::new(d.path());
+    let mut cfg = peerfs::exec::Config::new(d.path());
     let defaults = config::Settings::default();
     cfg.own_limits = defaults.limits.own.clone();
     // Every default but the wall clock: how many seconds these take depends on

@@ -2,9 +2,8 @@
 
 use std::time::Duration;
 
-use peerfs::exec::Op;
+use peerfs::exec::{Config, Core, Op};
 use peerfs::store::Store;
-use peerfs::{Config, Core};
 use serde_json::{json, Value};
 
 fn core(dir: &std::path::Path) -> Core {

@@ -161,7 +161,7 @@ fn a_corrupt_peer_file_fails_alone() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     {
-        let c = peerfs::Core::start(peerfs::Config::new(&data)).unwrap();
+        let c = peerfs::exec::Core::start(peerfs::exec::Config::new(&data)).unwrap();
         c.create_peer("alice", 0, 0).unwrap();
         c.create_peer("bob", 0, 0).unwrap();
         c.run("bob", "x.rhai", "set(\"k\", 1); 1").unwrap();
@@ -193,7 +193,7 @@ fn a_corrupt_peer_file_fails_alone() {
 #[test]
 fn a_busy_store_is_ebusy_for_that_peer_alone_and_recovers() {
     let d = tempfile::tempdir().unwrap();
-    let c = peerfs::Core::start(peerfs::Config::new(d.path())).unwrap();
+    let c = peerfs::exec::Core::start(peerfs::exec::Config::new(d.path())).unwrap();
     c.create_peer("alice", 0, 0).unwrap();
     c.create_peer("bob", 0, 0).unwrap();
     c.run("alice", "a.rhai", "1").unwrap();
@@ -228,7 +228,7 @@ fn a_read_only_data_directory_is_a_clear_error() {
     let d = tempfile::tempdir().unwrap();
     let data = d.path().join("data");
     {
-        let c = peerfs::Core::start(peerfs::Config::new(&data)).unwrap();
+        let c = peerfs::exec::Core::start(peerfs::exec::Config::new(&data)).unwrap();
         c.create_peer("alice", 0, 0).unwrap();
         c.run("alice", "a.rhai", "set(\"k\", 1); 1").unwrap();
         c.shutdown();
@@ -259,7 +259,7 @@ fn a_read_only_data_directory_is_a_clear_error() {
         .status()
         .unwrap()
         .success());
-    let c = peerfs::Core::start(peerfs::Config::new(&ro)).unwrap();
+    let c = peerfs::exec::Core::start(peerfs::exec::Config::new(&ro)).unwrap();
     let r = c.submit("alice", "x.rhai", b"1".to_vec());
     let e = r.expect_err("a read-only store must refuse a submission");
     assert!(

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use common::*;
-use peerfs::{Config, Core};
+use peerfs::exec::{Config, Core};
 use prometheus_parse::{Sample, Scrape, Value};
 
 /// Parses the text strictly: every line that is not a comment must become a

@@ -4,9 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use peerfs::exec::Op;
+use peerfs::exec::{Config, Core, Op};
 use peerfs::store::{Outgoing, SqliteStore, Store};
-use peerfs::{Config, Core};
 use serde_json::{json, Value};
 
 fn start(dir: &std::path::Path) -> Core {

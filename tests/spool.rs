@@ -425,9 +425,9 @@ fn a_peer_of_another_user_closed_when_idle_serves_again() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
     let t = tempfile::tempdir().unwrap();
     std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut cfg = peerfs::Config::new(t.path().join("data"));
+    let mut cfg = peerfs::exec::Config::new(t.path().join("data"));
     cfg.idle_close = Duration::from_millis(100);
-    let core = peerfs::Core::start(cfg).unwrap();
+    let core = peerfs::exec::Core::start(cfg).unwrap();
     core.create_peer("alice", 65534, 65534).unwrap();
     let dir = t.path().join("spool");
     let mut spool = peerfs::watch::Spool::start(core.clone(), &dir).unwrap();

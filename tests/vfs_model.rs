@@ -7,9 +7,8 @@
 use std::collections::BTreeMap;
 use std::sync::mpsc;
 
-use peerfs::store::Store;
+use peerfs::exec::{Config, Core};
 use peerfs::vfs::{Caller, Node, Vfs, MAX_STATE_FILE};
-use peerfs::{Config, Core};
 use proptest::prelude::*;
 
 const CAP: u64 = MAX_STATE_FILE;

@@ -13,7 +13,7 @@ use libfuzzer_sys::fuzz_target;
 mod temp;
 use peerfs::store::Store;
 use peerfs::vfs::{Caller, Node, Vfs};
-use peerfs::Core;
+use peerfs::exec::Core;
 
 struct World {
     core: Core,

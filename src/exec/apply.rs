@@ -13,7 +13,7 @@ use super::provenance::{chain_note, unreadable_result};
 use super::slot::result_slot;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core, MessageKind};
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;

@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
 use crate::script::Status;
-use crate::store::{Outgoing, Store};
+use crate::store::Outgoing;
 use crate::util::{new_id, now_ns};
 
 impl Core {

@@ -40,11 +40,10 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::peer::{Peer, Registry};
-use crate::script::{AstCache, Host, Limits};
-use crate::store::{Job, Store};
+use crate::script::{AstCache, Limits};
 
 pub use config::{Config, Stats};
 pub use op::{Ack, Op, Waiter};
@@ -72,15 +71,15 @@ pub trait Listener: Send + Sync {
     fn changed(&self, peer: &str, change: Change);
 }
 
-/// Decides, for a run, what the script may do and under which limits.
-pub trait Gate: Send + Sync {
-    /// `Err` = refused at `run` (the message names the action and the policy).
-    fn prepare(
-        &self,
-        core: &Core,
-        target: &Arc<Peer>,
-        job: &Job,
-    ) -> std::result::Result<(Box<dyn Host>, Limits), String>;
+/// What the policy reaches through the core: peers (opened and recovered as
+/// [`Core::peer`] does) and the configured limits.
+impl crate::policy::Peers for Core {
+    fn peer(&self, name: &str) -> Result<Arc<Peer>> {
+        Core::peer(self, name)
+    }
+    fn base_limits(&self, own: bool) -> &Limits {
+        Core::base_limits(self, own)
+    }
 }
 
 struct Inner {
@@ -96,7 +95,7 @@ struct Inner {
     listener: RwLock<Option<Arc<dyn Listener>>>,
     /// How messages of local peers reach their targets.
     transport: RwLock<Arc<dyn Transport>>,
-    /// The peers' policies: the one [`Gate`] of every run.
+    /// The peers' policies: what decides every run and host call.
     policy: Arc<crate::policy::PolicyGate>,
     stats: Stats,
     metrics: metrics::Metrics,
@@ -192,7 +191,7 @@ impl Core {
         *self.0.listener.write().unwrap() = Some(l);
     }
 
-    /// The peers' policies (what the gate decides runs and host calls with).
+    /// The peers' policies (what decides runs and host calls).
     pub fn policy(&self) -> &Arc<crate::policy::PolicyGate> {
         &self.0.policy
     }

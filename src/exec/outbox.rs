@@ -10,12 +10,11 @@ use super::op::{Op, Waiter};
 use super::slot::caller_slot;
 use super::state::{rt, PendingResult};
 use super::{wait, Core};
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
 use crate::store::OutboxEntry;
-use crate::store::Store;
 
 impl Core {
     /// Where the result `name` of `peer`'s outbox for `target` lives: the peer

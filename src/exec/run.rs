@@ -12,7 +12,7 @@ use super::provenance::chain_note;
 use super::slot::result_slot;
 use super::state::rt;
 use super::txn::Effect;
-use super::{test_hooks, Change, Core, Gate, MessageKind, RunResult};
+use super::{test_hooks, Change, Core, MessageKind, RunResult};
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
@@ -27,7 +27,7 @@ impl Core {
     /// script that kills the daemon is counted too (see `Config::max_attempts`).
     pub(super) fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
         let mut st = peer.writer.lock().unwrap();
-        let mut jobs = match self.count_starts(&mut *st, peer) {
+        let mut jobs = match self.count_starts(&mut **st, peer) {
             Ok(j) => j,
             Err(e) => {
                 let _ = st.rollback();
@@ -41,7 +41,7 @@ impl Core {
             return Ok(());
         }
         st.begin_unsynced()?;
-        let (effects, finished) = match self.runs_in_txn(&mut *st, peer, &mut jobs) {
+        let (effects, finished) = match self.runs_in_txn(&mut **st, peer, &mut jobs) {
             Ok(r) => r,
             Err(e) => {
                 let _ = st.rollback();
@@ -167,7 +167,7 @@ impl Core {
         let prepared = match crashed {
             Some(e) => Err((Status::Error, e)),
             None => {
-                let p = Gate::prepare(&self.0.policy, self, peer, job);
+                let p = self.0.policy.prepare(self, peer, job);
                 if foreign {
                     self.0.metrics.run_decision(p.is_ok());
                 }

@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::op::Op;
 use super::Core;
 use super::MessageKind;
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::check_peer_name;
 use crate::script::Limits;

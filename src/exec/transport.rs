@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 
 use super::op::{Ack, Op};
 use super::{Core, Inner};
-use crate::err;
+use crate::error::err;
 use crate::error::{Error, Result};
 use crate::store::Outgoing;
 

@@ -52,7 +52,7 @@ impl Core {
                 st.begin()
             }
         };
-        if let Err(e) = begin(&mut *st) {
+        if let Err(e) = begin(&mut **st) {
             drop(st);
             tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
             for (_, ack) in ops {
@@ -84,11 +84,11 @@ impl Core {
         for (op, _) in &ops {
             let r = match op {
                 Op::Submit(job) if inline.is_some() => {
-                    self.submit_and_run(&mut *st, peer, job, &mut inline)
+                    self.submit_and_run(&mut **st, peer, job, &mut inline)
                 }
-                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut *st, op)
-                    .and_then(|_| self.submit_and_run(&mut *st, peer, job, &mut inline)),
-                _ => self.apply_one(&mut *st, peer, op),
+                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut **st, op)
+                    .and_then(|_| self.submit_and_run(&mut **st, peer, job, &mut inline)),
+                _ => self.apply_one(&mut **st, peer, op),
             };
             match r {
                 Ok(fx) => effects.extend(fx),
@@ -103,7 +103,7 @@ impl Core {
             results.resize_with(ops.len(), || Ok(()));
         } else {
             effects.clear();
-            let restart = st.rollback().and_then(|_| begin(&mut *st));
+            let restart = st.rollback().and_then(|_| begin(&mut **st));
             if let Err(e) = restart {
                 drop(st);
                 for (_, ack) in ops {
@@ -115,7 +115,7 @@ impl Core {
             }
             for (op, _) in &ops {
                 let r = st.savepoint().and_then(|_| {
-                    let r = self.apply_one(&mut *st, peer, op);
+                    let r = self.apply_one(&mut **st, peer, op);
                     match &r {
                         Ok(_) => st.release()?,
                         Err(_) => st.rollback_to()?,

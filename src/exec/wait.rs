@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::op::Waiter;
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 
 /// Calls `start` with a callback and blocks until the callback is called; `Err`

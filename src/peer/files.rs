@@ -8,7 +8,7 @@
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 
 /// Creates `dir` (and missing parents) with mode 0700.

@@ -2,18 +2,18 @@
 //! it), and the registry that opens peers lazily and closes idle ones.
 
 mod files;
+/// What a peer name, key or script name may be ([`crate::names`]), also here.
+pub use crate::names as name;
 pub use files::private_dir;
-pub mod name;
 mod registry;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use registry::{PeerInfo, Registry};
 
 use crate::error::Result;
-use crate::store::SqliteStore;
+use crate::store::{OpenReader, Store};
 
 /// What a layer above keeps for each open peer (the executor's queue, counters
 /// and waiting readers), held here without this layer knowing its type. The
@@ -29,11 +29,11 @@ pub trait Attached: std::any::Any + Send + Sync {
 /// executor's, see [`Attached`]); readers use a second, read-only connection.
 pub struct Peer {
     pub name: String,
-    pub(crate) path: PathBuf,
     // Field order is drop order: the read-only connection closes first, so that the
     // writer is the last connection and its close checkpoints the WAL away.
-    reader: Mutex<Option<SqliteStore>>,
-    pub(crate) writer: Mutex<SqliteStore>,
+    reader: Mutex<Option<Box<dyn Store>>>,
+    open_reader: OpenReader,
+    pub(crate) writer: Mutex<Box<dyn Store>>,
     /// The executor's state of this peer, made on first use.
     attached: OnceLock<Box<dyn Attached>>,
     pub(crate) last_used: AtomicI64,
@@ -42,10 +42,10 @@ pub struct Peer {
 }
 
 impl Peer {
-    pub(crate) fn new(name: String, path: PathBuf, store: SqliteStore) -> Peer {
+    pub(crate) fn new(name: String, store: Box<dyn Store>) -> Peer {
         Peer {
             name,
-            path,
+            open_reader: store.reader_opener(),
             writer: Mutex::new(store),
             reader: Mutex::new(None),
             attached: OnceLock::new(),
@@ -60,13 +60,13 @@ impl Peer {
     }
 
     /// Runs `f` on the read-only connection (opened on first use): committed data only.
-    pub fn read<T>(&self, f: impl FnOnce(&mut SqliteStore) -> Result<T>) -> Result<T> {
+    pub fn read<T>(&self, f: impl FnOnce(&mut dyn Store) -> Result<T>) -> Result<T> {
         self.touch();
-        let mut g: MutexGuard<Option<SqliteStore>> = self.reader.lock().unwrap();
+        let mut g: MutexGuard<Option<Box<dyn Store>>> = self.reader.lock().unwrap();
         if g.is_none() {
-            *g = Some(SqliteStore::open_reader(&self.path)?);
+            *g = Some((self.open_reader)()?);
         }
-        f(g.as_mut().expect("reader opened"))
+        f(g.as_deref_mut().expect("reader opened"))
     }
 
     /// The state a layer above attached to this peer, made with `T::default()`

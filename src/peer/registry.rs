@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::files;
 use super::name::check_peer_name;
 use super::Peer;
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::store::SqliteStore;
 
@@ -158,7 +158,7 @@ impl Registry {
         }
         let path = self.path_of(name);
         let store = SqliteStore::open(&path, false)?;
-        let peer = Arc::new(Peer::new(name.to_string(), path, store));
+        let peer = Arc::new(Peer::new(name.to_string(), Box::new(store)));
         open.insert(name.to_string(), peer.clone());
         Ok((peer, true))
     }

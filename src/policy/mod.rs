@@ -61,15 +61,27 @@
 //! Cedar. Otherwise Cedar evaluates just those statements, with their (already
 //! checked) principal/action scope removed, and only the entities / context
 //! fields their conditions mention are built.
+//!
+//! # Where things are
+//! This file holds the vocabulary (the schema, [`Action`], [`PolicyText`],
+//! [`Request`], [`Decision`]) and the parsed [`Policy`]'s shape; `parse.rs` reads
+//! and validates a policy text, `decide.rs` answers requests, `native.rs` is the
+//! native evaluator, `groups.rs` the groups file, `state.rs` a peer's policy with
+//! its memo of decisions, and `gate.rs` the policy at work for runs, host calls
+//! and reads of another peer's state.
 
+mod decide;
 mod gate;
 mod groups;
 mod native;
+mod parse;
+mod state;
 #[cfg(test)]
 mod tests;
 
-pub use gate::{capabilities_used, PolicyGate, PolicyHost, PolicyState};
+pub use gate::{capabilities_used, owns, verdict, Peers, PolicyGate, PolicyHost, Verdict};
 pub use groups::{valid_name, Groups};
+pub use state::{PolicyState, Question};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -81,6 +93,8 @@ use cedar_policy::{
     EntityUid, PolicyId, PolicySet, PrincipalConstraint, ResourceConstraint, RestrictedExpression,
     ValidationMode, Validator,
 };
+
+use parse::scan;
 
 /// The Cedar schema (cedarschema syntax) every `policy.cedar` is validated against.
 pub const SCHEMA: &str = r#"// peerfs policy schema
@@ -194,80 +208,57 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-/// Sandbox limits for a script, from `@max_*` annotations. `None` = no limit
-/// from the policy (the caller applies its own defaults).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Limits {
-    pub max_operations: Option<u64>,
-    pub max_wall_ms: Option<u64>,
-    pub max_string_size: Option<u64>,
-    pub max_array_size: Option<u64>,
-    pub max_map_size: Option<u64>,
-    pub max_output_bytes: Option<u64>,
-    pub max_call_levels: Option<u64>,
-    pub max_sends: Option<u64>,
+/// The two texts a peer's policy is made of: each is stored under a meta key of the
+/// peer's store and shown as a file of its folder (the mount's and the spool's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyText {
+    /// `policy.cedar`: the Cedar policy.
+    Policy,
+    /// `groups`: the groups file.
+    Groups,
 }
 
-impl Limits {
-    /// The annotation names understood (without the `@`).
-    pub const NAMES: [&'static str; 8] = [
-        "max_operations",
-        "max_wall_ms",
-        "max_string_size",
-        "max_array_size",
-        "max_map_size",
-        "max_output_bytes",
-        "max_call_levels",
-        "max_sends",
-    ];
+impl PolicyText {
+    pub const ALL: [PolicyText; 2] = [PolicyText::Policy, PolicyText::Groups];
 
-    fn slot(&mut self, name: &str) -> Option<&mut Option<u64>> {
-        Some(match name {
-            "max_operations" => &mut self.max_operations,
-            "max_wall_ms" => &mut self.max_wall_ms,
-            "max_string_size" => &mut self.max_string_size,
-            "max_array_size" => &mut self.max_array_size,
-            "max_map_size" => &mut self.max_map_size,
-            "max_output_bytes" => &mut self.max_output_bytes,
-            "max_call_levels" => &mut self.max_call_levels,
-            "max_sends" => &mut self.max_sends,
-            _ => return None,
-        })
-    }
-
-    fn fields(&self) -> [Option<u64>; 8] {
-        [
-            self.max_operations,
-            self.max_wall_ms,
-            self.max_string_size,
-            self.max_array_size,
-            self.max_map_size,
-            self.max_output_bytes,
-            self.max_call_levels,
-            self.max_sends,
-        ]
-    }
-
-    /// True when no limit is set.
-    pub fn is_empty(&self) -> bool {
-        self.fields().iter().all(Option::is_none)
-    }
-
-    /// Per-field minimum; a `None` side does not constrain.
-    pub fn min(&self, other: &Limits) -> Limits {
-        let mut out = self.clone();
-        for (name, theirs) in Limits::NAMES.iter().zip(other.fields()) {
-            if let Some(slot) = out.slot(name) {
-                *slot = match (*slot, theirs) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, None) => a,
-                    (None, b) => b,
-                };
-            }
+    /// The meta key it is stored under.
+    pub const fn key(self) -> &'static str {
+        match self {
+            PolicyText::Policy => "policy",
+            PolicyText::Groups => "groups",
         }
-        out
+    }
+
+    /// The file name it is shown as.
+    pub const fn file(self) -> &'static str {
+        match self {
+            PolicyText::Policy => "policy.cedar",
+            PolicyText::Groups => "groups",
+        }
+    }
+
+    /// The text stored under the meta key `key`, if it is one.
+    pub fn of_key(key: &str) -> Option<PolicyText> {
+        PolicyText::ALL.into_iter().find(|t| t.key() == key)
     }
 }
+
+/// Sandbox limits from a policy's `@max_*` annotations: `None` = no limit from the
+/// policy (the caller applies its own defaults).
+pub type Limits = crate::script::Limits<Option<u64>>;
+
+/// The limits a policy's annotations may set (`@max_operations("100000")` ...),
+/// in the order its errors name them.
+pub const ANNOTATED_LIMITS: [&str; 8] = [
+    "max_operations",
+    "max_wall_ms",
+    "max_string_size",
+    "max_array_size",
+    "max_map_size",
+    "max_output_bytes",
+    "max_call_levels",
+    "max_sends",
+];
 
 /// One authorization question: may `caller`'s script, running against
 /// `target`, do `action` on `object`?
@@ -470,41 +461,6 @@ impl ResourceScope {
     }
 }
 
-/// The native form of `p`'s conditions (see [`native::compile`]).
-fn compile_native(p: &cedar_policy::Policy) -> Option<Vec<native::Cond>> {
-    if !p.has_non_scope_constraint() {
-        return Some(Vec::new());
-    }
-    native::compile(p.to_json().ok()?.get("conditions")?)
-}
-
-/// `p` with principal and action scope unconstrained, plus its needs.
-fn unscoped(p: &cedar_policy::Policy) -> (cedar_policy::Policy, Needs) {
-    let needs = Needs::of(p);
-    let rewritten = p.to_json().ok().and_then(|mut json| {
-        let obj = json.as_object_mut()?;
-        obj.insert("principal".into(), serde_json::json!({ "op": "All" }));
-        obj.insert("action".into(), serde_json::json!({ "op": "All" }));
-        cedar_policy::Policy::from_json(Some(p.id().clone()), json).ok()
-    });
-    match rewritten {
-        Some(q) => (q, needs),
-        None => {
-            let scope_needs_groups = matches!(
-                p.principal_constraint(),
-                PrincipalConstraint::In(_) | PrincipalConstraint::IsIn(..)
-            );
-            (
-                p.clone(),
-                Needs {
-                    principal: needs.principal || scope_needs_groups,
-                    ..needs
-                },
-            )
-        }
-    }
-}
-
 /// Which parts of the Cedar request a set of policies can observe; parts
 /// nobody looks at are not built (building entities dominates `decide`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -572,65 +528,6 @@ impl Needs {
     }
 }
 
-fn scan(v: &serde_json::Value, needs: &mut Needs, ctx_vars: &mut usize, ctx_fields: &mut usize) {
-    match v {
-        serde_json::Value::Object(map) => {
-            // An entity literal can name the principal, the resource or the
-            // params entity (`Peer::"alice" in Group::"g"`, `Key::"k".key`):
-            // provide the entity it may denote, as plain Cedar would see it.
-            if let Some(ty) = map
-                .get("__entity")
-                .and_then(|e| e.get("type"))
-                .and_then(|t| t.as_str())
-            {
-                match ty {
-                    "Peer" => needs.principal = true,
-                    "Params" => needs.ctx_params = true,
-                    t if Action::ALL.iter().any(|a| a.resource_shape().0 == t) => {
-                        needs.resource = true
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(var) = map.get("Var").and_then(|v| v.as_str()) {
-                match var {
-                    "principal" => needs.principal = true,
-                    "resource" => needs.resource = true,
-                    "context" => *ctx_vars += 1,
-                    _ => {}
-                }
-            }
-            for op in [".", "has"] {
-                let Some(inner) = map.get(op) else { continue };
-                let is_context = inner.get("left").and_then(|l| l.get("Var"))
-                    == Some(&serde_json::Value::from("context"));
-                if !is_context {
-                    continue;
-                }
-                *ctx_fields += 1;
-                match inner.get("attr").and_then(|a| a.as_str()) {
-                    Some("script") => needs.ctx_script = true,
-                    Some("params") => needs.ctx_params = true,
-                    Some("params_json") => needs.ctx_params_json = true,
-                    Some("now") => needs.ctx_now = true,
-                    Some("origin" | "chain") => needs.ctx_chain = true,
-                    // unknown field (cannot pass validation): provide all
-                    _ => *ctx_fields = 0,
-                }
-            }
-            for child in map.values() {
-                scan(child, needs, ctx_vars, ctx_fields);
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for child in items {
-                scan(child, needs, ctx_vars, ctx_fields);
-            }
-        }
-        _ => {}
-    }
-}
-
 /// The policies whose principal and action scope can match one (caller,
 /// groups, action), as a ready-to-evaluate set.
 struct Candidates {
@@ -681,683 +578,5 @@ impl fmt::Debug for Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy::empty()
-    }
-}
-
-/// `line:col` (1-based, col in characters) of a byte offset into `text`.
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let mut offset = offset.min(text.len());
-    while !text.is_char_boundary(offset) {
-        offset -= 1;
-    }
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |p| p + 1);
-    let col = before[line_start..].chars().count() + 1;
-    (line, col)
-}
-
-fn at(text: &str, offset: Option<usize>, msg: &str) -> String {
-    match offset {
-        Some(o) => {
-            let (l, c) = line_col(text, o);
-            format!("{l}:{c}: {msg}")
-        }
-        None => msg.to_string(),
-    }
-}
-
-/// Cedar diagnostic -> (message incl. help, first label offset).
-fn detail<E>(e: &E) -> (String, Option<usize>)
-where
-    for<'a> cedar_policy::ffi::DetailedError: From<&'a E>,
-{
-    let d = cedar_policy::ffi::DetailedError::from(e);
-    let mut msg = d.message;
-    if let Some(help) = d.help {
-        msg.push_str(&format!(" (help: {help})"));
-    }
-    (msg, d.source_locations.first().map(|l| l.loc.start))
-}
-
-fn id_str(id: &PolicyId) -> &str {
-    AsRef::<str>::as_ref(id)
-}
-
-/// `policyN` -> N
-fn auto_index(id: &str) -> Option<usize> {
-    id.strip_prefix("policy")?.parse().ok()
-}
-
-fn covers_action(c: &ActionConstraint, action: &EntityUid) -> bool {
-    match c {
-        ActionConstraint::Any => true,
-        ActionConstraint::Eq(a) => a == action,
-        ActionConstraint::In(list) => list.iter().any(|a| a == action),
-    }
-}
-
-/// Can a principal scope constraint match `me` whose groups are `groups`?
-/// (Groups have no parents, so `in` is "is me or one of my groups".)
-fn principal_matches(
-    c: &PrincipalConstraint,
-    env: &Env,
-    me: &EntityUid,
-    groups: &[EntityUid],
-) -> bool {
-    let me_or_my_group = |uid: &EntityUid| uid == me || groups.contains(uid);
-    match c {
-        PrincipalConstraint::Any => true,
-        PrincipalConstraint::Eq(uid) => uid == me,
-        PrincipalConstraint::In(uid) => me_or_my_group(uid),
-        PrincipalConstraint::Is(t) => *t == env.peer,
-        PrincipalConstraint::IsIn(t, uid) => *t == env.peer && me_or_my_group(uid),
-    }
-}
-
-/// The Cedar policy set evaluating `chosen`.
-fn cedar_set(chosen: &[&Meta]) -> Result<PolicySet, String> {
-    PolicySet::from_policies(chosen.iter().map(|m| m.eval.clone())).map_err(|e| e.to_string())
-}
-
-fn string_entity(
-    uid: EntityUid,
-    attr: &str,
-    value: &str,
-    parents: &[EntityUid],
-) -> Result<Entity, String> {
-    Entity::new_with_tags(
-        uid,
-        [(
-            attr.to_string(),
-            RestrictedExpression::new_string(value.to_string()),
-        )],
-        parents.iter().cloned(),
-        [],
-    )
-    .map_err(|e| e.to_string())
-}
-
-impl Policy {
-    /// The empty policy: denies everything.
-    pub fn empty() -> Policy {
-        Policy {
-            inner: Arc::new(Inner {
-                text: String::new(),
-                meta: HashMap::new(),
-                ordered: Vec::new(),
-                warnings: Vec::new(),
-                cache: RwLock::new(HashMap::new()),
-            }),
-        }
-    }
-
-    /// Parse `text`, validate it against [`SCHEMA`] (strict mode) and check the
-    /// `@max_*` / `@id` annotations. Templates (`?principal`) are rejected.
-    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
-        Policy::parse_with(text, true)
-    }
-
-    /// [`Policy::parse`] without the schema validation, so that tests can
-    /// reach evaluation errors (type errors, missing attributes and tags) that
-    /// validated policies cannot have.
-    #[cfg(test)]
-    fn parse_unvalidated(text: &str) -> Result<Policy, PolicyError> {
-        Policy::parse_with(text, false)
-    }
-
-    fn parse_with(text: &str, validate: bool) -> Result<Policy, PolicyError> {
-        let env = env()?;
-        let set = match PolicySet::from_str(text) {
-            Ok(s) => s,
-            Err(errs) => {
-                let msgs: Vec<String> = errs
-                    .iter()
-                    .map(|e| {
-                        let (m, off) = detail(e);
-                        at(text, off, &m)
-                    })
-                    .collect();
-                return Err(PolicyError::new(msgs.join("; ")));
-            }
-        };
-        if let Some(t) = set.templates().next() {
-            let off = ["?principal", "?resource"]
-                .iter()
-                .filter_map(|slot| text.find(slot))
-                .min();
-            return Err(PolicyError::new(at(
-                text,
-                off,
-                &format!(
-                    "policy `{}` is a template (uses ?principal/?resource); templates are not supported",
-                    t.id()
-                ),
-            )));
-        }
-
-        // File order and byte offset of every policy (Cedar numbers them policy0..).
-        let mut policies: Vec<&cedar_policy::Policy> = set.policies().collect();
-        policies.sort_by_key(|p| auto_index(id_str(p.id())).unwrap_or(usize::MAX));
-        let mut starts: HashMap<String, (usize, String)> = HashMap::new();
-        let mut cursor = 0;
-        for p in &policies {
-            let src = p.to_cedar().unwrap_or_default();
-            let start = text
-                .get(cursor..)
-                .and_then(|rest| rest.find(&src))
-                .map(|o| o + cursor);
-            if let Some(s) = start {
-                cursor = s + src.len();
-            }
-            starts.insert(p.id().to_string(), (start.unwrap_or(0), src));
-        }
-        let start_of = |id: &PolicyId| starts.get(id_str(id)).map(|(s, _)| *s);
-
-        let result = env.validator.validate(&set, ValidationMode::Strict);
-        let errors: Vec<String> = result
-            .validation_errors()
-            .map(|e| {
-                let (m, off) = detail(e);
-                at(text, off.or_else(|| start_of(e.policy_id())), &m)
-            })
-            .collect();
-        if validate && !errors.is_empty() {
-            return Err(PolicyError::new(errors.join("; ")));
-        }
-        let warnings: Vec<String> = result
-            .validation_warnings()
-            .map(|w| {
-                let (m, off) = detail(w);
-                at(text, off.or_else(|| start_of(w.policy_id())), &m)
-            })
-            .collect();
-
-        // Annotations.
-        let run = &env.actions[Action::Run.index()];
-        let mut meta = HashMap::new();
-        let mut ordered = Vec::new();
-        let mut names = HashSet::new();
-        for (index, p) in policies.iter().enumerate() {
-            let (start, src) = starts
-                .get(id_str(p.id()))
-                .map(|(s, t)| (*s, t.as_str()))
-                .unwrap_or((0, ""));
-            let err_at = |key: &str, msg: String| {
-                let off = src.find(&format!("@{key}")).map_or(start, |o| start + o);
-                let msg = format!("for policy `{}`, {msg}", p.id());
-                PolicyError::new(at(text, Some(off), &msg))
-            };
-            let mut name = p.id().to_string();
-            let mut limits = Limits::default();
-            for (key, value) in p.annotations() {
-                if key == "id" {
-                    if value.is_empty() {
-                        return Err(err_at(key, "@id must not be empty".into()));
-                    }
-                    name = value.to_string();
-                } else if key.starts_with("max_") {
-                    let Some(slot) = limits.slot(key) else {
-                        return Err(err_at(
-                            key,
-                            format!(
-                                "unknown sandbox limit @{key} (known: {})",
-                                Limits::NAMES.join(", ")
-                            ),
-                        ));
-                    };
-                    let parsed = if value.bytes().all(|b| b.is_ascii_digit()) {
-                        value.parse::<u64>().ok()
-                    } else {
-                        None
-                    };
-                    let Some(n) = parsed else {
-                        return Err(err_at(
-                            key,
-                            format!("@{key}(\"{value}\") is not a non-negative integer"),
-                        ));
-                    };
-                    *slot = Some(n);
-                    if p.effect() != Effect::Permit {
-                        return Err(err_at(
-                            key,
-                            format!("@{key} is only allowed on permit policies"),
-                        ));
-                    }
-                    if !covers_action(&p.action_constraint(), run) {
-                        return Err(err_at(
-                            key,
-                            format!(
-                                "@{key} has no effect: sandbox limits apply only to permits that can match Action::\"run\""
-                            ),
-                        ));
-                    }
-                }
-            }
-            if !names.insert(name.clone()) {
-                return Err(err_at(
-                    "id",
-                    format!("duplicate policy name `{name}` (@id must be unique)"),
-                ));
-            }
-            let (eval, needs) = unscoped(p);
-            let m = Meta {
-                index,
-                name,
-                effect: p.effect(),
-                limits,
-                principal: p.principal_constraint(),
-                action: p.action_constraint(),
-                conditional: p.has_non_scope_constraint(),
-                rscope: ResourceScope::of(&p.resource_constraint()),
-                native: compile_native(p),
-                needs,
-                eval,
-            };
-            meta.insert(p.id().to_string(), m.clone());
-            ordered.push(m);
-        }
-
-        Ok(Policy {
-            inner: Arc::new(Inner {
-                text: text.to_string(),
-                meta,
-                ordered,
-                warnings,
-                cache: RwLock::new(HashMap::new()),
-            }),
-        })
-    }
-
-    /// The source text this policy was parsed from.
-    pub fn text(&self) -> &str {
-        &self.inner.text
-    }
-
-    /// Number of policies (permit + forbid statements).
-    pub fn len(&self) -> usize {
-        self.inner.ordered.len()
-    }
-
-    /// True for an empty policy set (denies everything).
-    pub fn is_empty(&self) -> bool {
-        self.inner.ordered.is_empty()
-    }
-
-    /// Validator warnings (e.g. a policy that can never apply), `line:col: msg`.
-    pub fn warnings(&self) -> &[String] {
-        &self.inner.warnings
-    }
-
-    /// Authorize one request. Never panics; internal failures deny with an error.
-    pub fn decide(&self, req: &Request, groups: &Groups) -> Decision {
-        if self.inner.ordered.is_empty() {
-            return Decision {
-                allowed: false,
-                action: req.action,
-                policies: Vec::new(),
-                limits: Limits::default(),
-                errors: Vec::new(),
-            };
-        }
-        match self.try_decide(req, groups, true) {
-            Ok(d) => d,
-            Err(e) => Decision::internal_error(req.action, e),
-        }
-    }
-
-    /// The candidate policies for (caller, groups, action), cached per caller.
-    fn candidates(
-        &self,
-        env: &Env,
-        caller: &str,
-        groups: &[EntityUid],
-        action: Action,
-    ) -> Result<Arc<Candidates>, String> {
-        let slot = action.index();
-        {
-            let cache = self
-                .inner
-                .cache
-                .read()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(entry) = cache.get(caller) {
-                if entry.groups == groups {
-                    if let Some(c) = &entry.per_action[slot] {
-                        return Ok(Arc::clone(c));
-                    }
-                }
-            }
-        }
-        let action_uid = &env.actions[slot];
-        let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(caller));
-        let chosen: Vec<&Meta> = self
-            .inner
-            .ordered
-            .iter()
-            .filter(|m| {
-                covers_action(&m.action, action_uid)
-                    && principal_matches(&m.principal, env, &me, groups)
-            })
-            .collect();
-        let needs = chosen.iter().fold(Needs::default(), |n, m| n.or(m.needs));
-        let native = chosen.iter().all(|m| m.native.is_some());
-        let set = if native {
-            None
-        } else {
-            Some(cedar_set(&chosen)?)
-        };
-        let candidates = Arc::new(Candidates {
-            set,
-            chosen: chosen.iter().map(|m| m.index).collect(),
-            needs,
-            native,
-        });
-        let mut cache = self
-            .inner
-            .cache
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= MAX_CACHED_CALLERS && !cache.contains_key(caller) {
-            cache.clear();
-        }
-        let entry = cache
-            .entry(caller.to_string())
-            .or_insert_with(|| CallerEntry {
-                groups: groups.to_vec(),
-                per_action: Default::default(),
-            });
-        if entry.groups != groups {
-            *entry = CallerEntry {
-                groups: groups.to_vec(),
-                per_action: Default::default(),
-            };
-        }
-        entry.per_action[slot] = Some(Arc::clone(&candidates));
-        Ok(candidates)
-    }
-
-    fn try_decide(
-        &self,
-        req: &Request,
-        groups: &Groups,
-        allow_native: bool,
-    ) -> Result<Decision, String> {
-        let env = env().map_err(|e| e.message)?;
-        let action = req.action;
-        let group_uids = groups.uids_of(req.caller);
-        let candidates = self.candidates(env, req.caller, group_uids, action)?;
-        if candidates.chosen.is_empty() {
-            return Ok(self.finish(action, false, Vec::new(), Vec::new()));
-        }
-        let object = req.object.unwrap_or("");
-        if allow_native && candidates.native {
-            return self.decide_native(&candidates, req, group_uids, object);
-        }
-        let needs = candidates.needs;
-        let principal =
-            EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(req.caller));
-        let resource_type = &env.resource_types[action.index()];
-        let resource =
-            EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(object));
-
-        let mut entities = Vec::with_capacity(3);
-        if needs.principal {
-            entities.push(string_entity(
-                principal.clone(),
-                "name",
-                req.caller,
-                group_uids,
-            )?);
-        }
-        if needs.resource {
-            entities.push(string_entity(
-                resource.clone(),
-                action.resource_shape().1,
-                object,
-                &[],
-            )?);
-        }
-        if needs.ctx_params {
-            let tags: Vec<(String, RestrictedExpression)> = match req.params {
-                serde_json::Value::Object(map) => map
-                    .iter()
-                    .map(|(k, v)| {
-                        let s = match v {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (k.clone(), RestrictedExpression::new_string(s))
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            entities.push(
-                Entity::new_with_tags(env.params_uid.clone(), [], [], tags)
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let entities = if entities.is_empty() {
-            Entities::empty()
-        } else {
-            Entities::from_entities(entities, None).map_err(|e| e.to_string())?
-        };
-
-        let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
-        if needs.ctx_script {
-            pairs.push((
-                "script".to_string(),
-                RestrictedExpression::new_string(req.script.to_string()),
-            ));
-        }
-        if needs.ctx_params {
-            pairs.push((
-                "params".to_string(),
-                RestrictedExpression::new_entity_uid(env.params_uid.clone()),
-            ));
-        }
-        if needs.ctx_params_json {
-            pairs.push((
-                "params_json".to_string(),
-                RestrictedExpression::new_string(req.params.to_string()),
-            ));
-        }
-        if needs.ctx_now {
-            pairs.push(("now".to_string(), RestrictedExpression::new_long(req.now)));
-        }
-        if needs.ctx_chain {
-            let caller = [req.caller.to_string()];
-            let chain = if req.chain.is_empty() {
-                &caller[..]
-            } else {
-                req.chain
-            };
-            pairs.push((
-                "origin".to_string(),
-                RestrictedExpression::new_string(chain[0].clone()),
-            ));
-            pairs.push((
-                "chain".to_string(),
-                RestrictedExpression::new_set(
-                    chain
-                        .iter()
-                        .map(|p| RestrictedExpression::new_string(p.clone())),
-                ),
-            ));
-        }
-        let context = if pairs.is_empty() {
-            Context::empty()
-        } else {
-            Context::from_pairs(pairs).map_err(|e| e.to_string())?
-        };
-        let request = cedar_policy::Request::new(
-            principal,
-            env.actions[action.index()].clone(),
-            resource,
-            context,
-            None,
-        )
-        .map_err(|e| e.to_string())?;
-
-        let built;
-        let set = match &candidates.set {
-            Some(set) => set,
-            None => {
-                let chosen: Vec<&Meta> = candidates
-                    .chosen
-                    .iter()
-                    .filter_map(|&i| self.inner.ordered.get(i))
-                    .collect();
-                built = cedar_set(&chosen)?;
-                &built
-            }
-        };
-        let response = env.authorizer.is_authorized(&request, set, &entities);
-        let allowed = response.decision() == cedar_policy::Decision::Allow;
-        let determining: Vec<&Meta> = response
-            .diagnostics()
-            .reason()
-            .filter_map(|id| self.inner.meta.get(id_str(id)))
-            .collect();
-        let errors = response
-            .diagnostics()
-            .errors()
-            .map(|e| {
-                let cedar_policy::AuthorizationError::PolicyEvaluationError(pe) = e;
-                let name = self
-                    .inner
-                    .meta
-                    .get(id_str(pe.policy_id()))
-                    .map_or_else(|| pe.policy_id().to_string(), |m| m.name.clone());
-                format!("{name}: {}", pe.inner())
-            })
-            .collect();
-        Ok(self.finish(action, allowed, determining, errors))
-    }
-
-    /// Decide with the native evaluator (every candidate compiled), with
-    /// Cedar's rules: a policy holds when its resource scope matches, every
-    /// `when` is true and every `unless` false; one that errors does not hold
-    /// and its error is reported; any holding forbid denies (the holding
-    /// forbids decide), else any holding permit allows (the permits decide).
-    fn decide_native(
-        &self,
-        candidates: &Candidates,
-        req: &Request,
-        groups: &[EntityUid],
-        object: &str,
-    ) -> Result<Decision, String> {
-        let action = req.action;
-        let (resource_type, resource_attr) = action.resource_shape();
-        let nreq = native::Req {
-            caller: req.caller,
-            groups,
-            resource_type,
-            resource_attr,
-            object,
-            script: req.script,
-            params: req.params,
-            now: req.now,
-        };
-        let mut permits: Vec<&Meta> = Vec::new();
-        let mut forbids: Vec<&Meta> = Vec::new();
-        let mut errors = Vec::new();
-        for &i in &candidates.chosen {
-            let Some(m) = self.inner.ordered.get(i) else {
-                continue;
-            };
-            if !m.rscope.matches(resource_type, object) {
-                continue;
-            }
-            let Some(conds) = &m.native else {
-                return Err(format!("internal error: {} is not compiled", m.name));
-            };
-            match native::satisfied(conds, &nreq) {
-                Ok(true) if m.effect == Effect::Forbid => forbids.push(m),
-                Ok(true) => permits.push(m),
-                Ok(false) => {}
-                Err(e) => errors.push(format!("{}: {e}", m.name)),
-            }
-        }
-        Ok(if forbids.is_empty() {
-            self.finish(action, !permits.is_empty(), permits, errors)
-        } else {
-            self.finish(action, false, forbids, errors)
-        })
-    }
-
-    fn finish(
-        &self,
-        action: Action,
-        allowed: bool,
-        mut determining: Vec<&Meta>,
-        errors: Vec<String>,
-    ) -> Decision {
-        determining.sort_by_key(|m| m.index);
-        let limits = if allowed && action == Action::Run {
-            determining
-                .iter()
-                .fold(Limits::default(), |acc, m| acc.min(&m.limits))
-        } else {
-            Limits::default()
-        };
-        Decision {
-            allowed,
-            action,
-            policies: determining.iter().map(|m| m.name.clone()).collect(),
-            limits,
-            errors,
-        }
-    }
-
-    /// `decide` without the native evaluator: Cedar alone. Tests and the
-    /// `policy_diff` fuzz target cross-check the two; any difference is a bug.
-    #[doc(hidden)]
-    pub fn decide_via_cedar(&self, req: &Request, groups: &Groups) -> Decision {
-        match self.try_decide(req, groups, false) {
-            Ok(d) => d,
-            Err(e) => Decision::internal_error(req.action, e),
-        }
-    }
-
-    /// Conservative static check, for refusing a script before it runs.
-    ///
-    /// Returns `false` only if no `permit` can ever match `caller` (with
-    /// `caller_groups`) and `action` judging by its principal and action scope,
-    /// or if an unconditional `forbid` (no `when`/`unless`, resource scope
-    /// unconstrained or `is <the action's resource type>`) matches them.
-    /// Conditions of permits are ignored (assumed satisfiable).
-    pub fn could_ever_allow(&self, caller: &str, caller_groups: &[String], action: Action) -> bool {
-        let Ok(env) = env() else {
-            return false;
-        };
-        let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(caller));
-        let groups: Vec<EntityUid> = caller_groups
-            .iter()
-            .map(|g| EntityUid::from_type_name_and_id(env.group.clone(), EntityId::new(g)))
-            .collect();
-        let principal_matches = |c: &PrincipalConstraint| principal_matches(c, env, &me, &groups);
-        let action_uid = &env.actions[action.index()];
-        let resource_type = action.resource_shape().0;
-        let mut permitted = false;
-        for m in &self.inner.ordered {
-            if !principal_matches(&m.principal) || !covers_action(&m.action, action_uid) {
-                continue;
-            }
-            match m.effect {
-                Effect::Permit => permitted = true,
-                Effect::Forbid => {
-                    let all_resources = match &m.rscope {
-                        ResourceScope::Any => true,
-                        ResourceScope::Type(t) => t == resource_type,
-                        _ => false,
-                    };
-                    if !m.conditional && all_resources {
-                        return false;
-                    }
-                }
-            }
-        }
-        permitted
     }
 }

@@ -10,7 +10,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, Position, Scope, 
 use serde_json::Value;
 
 use super::{AstCache, Library, RunInput, Status};
-use crate::peer::name::{check_key, check_module_name, check_peer_name};
+use crate::names::{check_key, check_module_name, check_peer_name};
 use crate::store::Store;
 
 /// What a host call needs the policy's leave for.

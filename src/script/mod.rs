@@ -7,6 +7,7 @@
 
 pub(crate) mod cache;
 mod host;
+mod limits;
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
@@ -18,190 +19,9 @@ use serde_json::Value;
 
 pub use cache::AstCache;
 pub use host::{Capability, Host, OwnerHost, SendRequest};
+pub use limits::{Bounded, Limits};
 
 use crate::store::Store;
-
-/// Sandbox limits for one run. The daemon's config holds two sets of defaults:
-/// [`Limits::own`] for a peer's own scripts and [`Limits::others`] for scripts
-/// other peers send it (which the target's policy can only make tighter).
-///
-/// Every field is a key of the config file's `[limits.own]` and `[limits.others]`
-/// tables; a value outside `1..=` [`Limits::ceiling`] is refused at start.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    #[serde(deserialize_with = "bounded::max_operations")]
-    pub max_operations: u64,
-    #[serde(deserialize_with = "bounded::max_wall_ms")]
-    pub max_wall_ms: u64,
-    #[serde(deserialize_with = "bounded::max_call_levels")]
-    pub max_call_levels: u64,
-    #[serde(deserialize_with = "bounded::max_expr_depth")]
-    pub max_expr_depth: u64,
-    #[serde(deserialize_with = "bounded::max_string_size")]
-    pub max_string_size: u64,
-    #[serde(deserialize_with = "bounded::max_array_size")]
-    pub max_array_size: u64,
-    #[serde(deserialize_with = "bounded::max_map_size")]
-    pub max_map_size: u64,
-    #[serde(deserialize_with = "bounded::max_output_bytes")]
-    pub max_output_bytes: u64,
-    #[serde(deserialize_with = "bounded::max_sends")]
-    pub max_sends: u64,
-    #[serde(deserialize_with = "bounded::max_script_bytes")]
-    pub max_script_bytes: u64,
-    #[serde(deserialize_with = "bounded::max_modules")]
-    pub max_modules: u64,
-    /// Most sends in a chain (alice -> bob -> carol ...): bounds cycles.
-    #[serde(deserialize_with = "bounded::hop_limit")]
-    pub hop_limit: u64,
-    /// Largest value one `set` may store (its JSON encoding, in bytes), and the
-    /// largest state file the owner may write through the mount.
-    #[serde(deserialize_with = "bounded::max_value_bytes")]
-    pub max_value_bytes: u64,
-}
-
-impl Default for Limits {
-    /// The tight set: what other peers' scripts get.
-    fn default() -> Limits {
-        Limits::others()
-    }
-}
-
-impl Limits {
-    /// Defaults for scripts other peers send: tight, so that a hostile sender
-    /// costs its target little.
-    pub fn others() -> Limits {
-        Limits {
-            max_operations: 1_000_000,
-            max_wall_ms: 2_000,
-            max_call_levels: 64,
-            max_expr_depth: 64,
-            max_string_size: 1 << 20,
-            max_array_size: 10_000,
-            max_map_size: 10_000,
-            max_output_bytes: 64 << 10,
-            max_sends: 100,
-            max_script_bytes: 1 << 20,
-            max_modules: 32,
-            hop_limit: 16,
-            max_value_bytes: 1 << 20,
-        }
-    }
-
-    /// Defaults for a peer's own scripts: room for ordinary programs (loops over
-    /// millions of elements, arrays and maps of millions of entries, seconds of
-    /// CPU). The owner only spends its own worker time.
-    pub fn own() -> Limits {
-        Limits {
-            max_operations: 500_000_000,
-            max_wall_ms: 10_000,
-            max_call_levels: 256,
-            max_expr_depth: 128,
-            max_string_size: 64 << 20,
-            max_array_size: 4_000_000,
-            max_map_size: 4_000_000,
-            max_output_bytes: 16 << 20,
-            max_sends: 10_000,
-            max_script_bytes: 16 << 20,
-            max_modules: 1024,
-            hop_limit: 16,
-            max_value_bytes: 64 << 20,
-        }
-    }
-
-    /// The largest value each limit accepts, and why. The depth limits are bounded
-    /// by the worker threads' 64 MiB stacks: past them a deep script would crash
-    /// the daemon instead of ending with `limit`.
-    pub fn ceiling(name: &str) -> Option<(u64, &'static str)> {
-        Some(match name {
-            "max_operations" => (1 << 50, "no run needs more"),
-            "max_wall_ms" => (86_400_000, "one day"),
-            "max_call_levels" => (
-                1_000,
-                "deeper recursion would overflow a worker thread's 64 MiB stack",
-            ),
-            "max_expr_depth" => (
-                1_000,
-                "deeper nesting would overflow a worker thread's 64 MiB stack while compiling",
-            ),
-            "max_string_size" | "max_value_bytes" | "max_output_bytes" => (
-                1 << 30,
-                "1 GiB: values live in memory and in one SQLite row",
-            ),
-            "max_array_size" | "max_map_size" => (1 << 30, "no run needs more"),
-            "max_sends" => (1_000_000, "no run needs more"),
-            "max_script_bytes" => (1 << 30, "1 GiB: scripts are held in memory"),
-            "max_modules" => (100_000, "no run needs more"),
-            "hop_limit" => (1_000, "longer chains are cycles"),
-            _ => return None,
-        })
-    }
-
-    /// The tighter of two limit sets, field by field.
-    pub fn min(&self, o: &Limits) -> Limits {
-        Limits {
-            max_operations: self.max_operations.min(o.max_operations),
-            max_wall_ms: self.max_wall_ms.min(o.max_wall_ms),
-            max_call_levels: self.max_call_levels.min(o.max_call_levels),
-            max_expr_depth: self.max_expr_depth.min(o.max_expr_depth),
-            max_string_size: self.max_string_size.min(o.max_string_size),
-            max_array_size: self.max_array_size.min(o.max_array_size),
-            max_map_size: self.max_map_size.min(o.max_map_size),
-            max_output_bytes: self.max_output_bytes.min(o.max_output_bytes),
-            max_sends: self.max_sends.min(o.max_sends),
-            max_script_bytes: self.max_script_bytes.min(o.max_script_bytes),
-            max_modules: self.max_modules.min(o.max_modules),
-            hop_limit: self.hop_limit.min(o.hop_limit),
-            max_value_bytes: self.max_value_bytes.min(o.max_value_bytes),
-        }
-    }
-}
-
-/// Range-checked deserializers for [`Limits`]: a bad value is refused where it is
-/// read, so the config file's error names its line.
-mod bounded {
-    use serde::{Deserialize, Deserializer};
-
-    fn check<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<u64, D::Error> {
-        let v = u64::deserialize(d)?;
-        let (max, why) = super::Limits::ceiling(name).expect("every limit has a ceiling");
-        if v == 0 {
-            return Err(serde::de::Error::custom(format!(
-                "{name} = 0 would refuse every run: use a value from 1 to {max}"
-            )));
-        }
-        if v > max {
-            return Err(serde::de::Error::custom(format!(
-                "{name} = {v} is above {max} ({why}): use a value from 1 to {max}"
-            )));
-        }
-        Ok(v)
-    }
-
-    macro_rules! bounded {
-        ($($n:ident),*) => {$(
-            pub(super) fn $n<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-                check(d, stringify!($n))
-            }
-        )*};
-    }
-    bounded!(
-        max_operations,
-        max_wall_ms,
-        max_call_levels,
-        max_expr_depth,
-        max_string_size,
-        max_array_size,
-        max_map_size,
-        max_output_bytes,
-        max_sends,
-        max_script_bytes,
-        max_modules,
-        hop_limit,
-        max_value_bytes
-    );
-}
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,7 +150,7 @@ impl Library {
                 .find(|(n, _)| *n == name)
                 .map(|(_, s)| s.to_string()),
             Library::Dir(d) => {
-                crate::peer::name::check_module_name(name).ok()?;
+                crate::names::check_module_name(name).ok()?;
                 std::fs::read_to_string(d.join(format!("{name}.rhai"))).ok()
             }
         }

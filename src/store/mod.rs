@@ -88,8 +88,17 @@ pub struct Outgoing {
     pub budget: u64,
 }
 
-/// The storage of one peer. Object safe so that backends can be swapped.
+/// Opens read-only handles on one store, each seeing only committed data and never
+/// blocking its writer (see [`Store::reader_opener`]).
+pub type OpenReader = Box<dyn Fn() -> Result<Box<dyn Store>> + Send + Sync>;
+
+/// The storage of one peer. Object safe so that backends can be swapped: a peer
+/// holds its store as a `Box<dyn Store>`.
 pub trait Store: Send {
+    /// How to open read-only handles on this store, for its readers (asked once,
+    /// when the peer opens; the handle itself is opened on first read).
+    fn reader_opener(&self) -> OpenReader;
+
     // Transactions. `savepoint`/`release`/`rollback_to` nest inside `begin`/`commit`.
     fn begin(&mut self) -> Result<()>;
     /// A transaction whose commit is atomic and survives a crash of the process, but

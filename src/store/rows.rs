@@ -9,7 +9,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::Row;
 
 use super::{Job, Outgoing};
-use crate::peer::name::{check_peer_name, check_segment, is_staging_name};
+use crate::names::{check_peer_name, check_segment, is_staging_name};
 
 /// The queue's columns, in the order [`job`] reads them.
 pub(crate) const JOB_COLS: &str =

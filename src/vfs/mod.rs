@@ -14,12 +14,11 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use node::{join_key, Node};
 
-use crate::err;
+use crate::error::err;
 use crate::error::{Error, Result};
 use crate::exec::Op;
 use crate::exec::{Change, Core, Listener};
 use crate::peer::name::{check_key, check_peer_name, check_segment, is_staging_name};
-use crate::store::Store;
 use crate::util::now_ns;
 
 /// Largest state value written through a file.

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::util::{now_ns, rfc3339};

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use crate::exec::Op;
 use crate::exec::{slot_caller, Change, Core, Listener};
-use crate::store::Store;
 use crate::util::now_ns;
 
 use super::files::{self, as_owner, content_hash, TMP_PREFIX};

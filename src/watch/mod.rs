@@ -32,12 +32,11 @@ use std::time::{Duration, Instant};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 use crate::exec::Core;
 use crate::exec::Op;
 use crate::peer::name::{check_module_name, check_peer_name, is_staging_name};
-use crate::store::Store;
 
 pub use client::drop_and_wait;
 use files::as_owner;

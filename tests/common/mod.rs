@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use peerfs::exec::{Config, Core};
 use peerfs::fuse::{MountOptions, Session};
-use peerfs::{Config, Core};
 use serde_json::Value;
 
 pub fn uid() -> u32 {

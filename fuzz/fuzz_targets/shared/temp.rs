@@ -26,10 +26,10 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 
 /// A core over a fresh folder with the peers alice and bob (owned by this uid).
 #[allow(dead_code)] // not every target needs one
-pub fn core_with_alice_and_bob(prefix: &str) -> peerfs::Core {
-    let mut cfg = peerfs::Config::new(temp_dir(prefix));
+pub fn core_with_alice_and_bob(prefix: &str) -> peerfs::exec::Core {
+    let mut cfg = peerfs::exec::Config::new(temp_dir(prefix));
     cfg.workers = 2;
-    let core = peerfs::Core::start(cfg).expect("core");
+    let core = peerfs::exec::Core::start(cfg).expect("core");
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     for p in ["alice", "bob"] {
         core.create_peer(p, uid, gid).expect("peer");

@@ -1,6 +1,6 @@
 //! Names of peers, state keys and scripts: what is allowed, and clear errors.
 
-use crate::err;
+use crate::error::err;
 use crate::error::Result;
 
 /// Longest peer name.

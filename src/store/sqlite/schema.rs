@@ -1,0 +1,104 @@
+//! The SQLite backend's tables: every migration, in order, and the setup of a
+//! connection that applies the ones a store lacks.
+
+use super::SqliteStore;
+use crate::error::{err, Result};
+
+/// Every migration, in order; `user_version` is the number applied.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE state(key TEXT PRIMARY KEY, json TEXT NOT NULL, raw BLOB, size INTEGER NOT NULL, mtime INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE modules(name TEXT PRIMARY KEY, source BLOB NOT NULL, mtime INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE meta(k TEXT PRIMARY KEY, v BLOB NOT NULL, mtime INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE queue(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+        source BLOB NOT NULL, caller TEXT NOT NULL, params TEXT NOT NULL, msg_id TEXT, hops INTEGER NOT NULL,
+        submitted_at INTEGER NOT NULL);
+     CREATE TABLE runs(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, name TEXT NOT NULL,
+        caller TEXT NOT NULL, status TEXT NOT NULL, result TEXT NOT NULL, finished_at INTEGER NOT NULL);
+     CREATE TABLE outbox(target TEXT NOT NULL, name TEXT NOT NULL, run_id TEXT NOT NULL, result TEXT,
+        submitted_at INTEGER NOT NULL, finished_at INTEGER, PRIMARY KEY(target, name)) WITHOUT ROWID;
+     CREATE TABLE log(off INTEGER PRIMARY KEY, line TEXT NOT NULL);
+     CREATE TABLE sent(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, to_peer TEXT NOT NULL,
+        kind TEXT NOT NULL, name TEXT NOT NULL, source BLOB NOT NULL, params TEXT NOT NULL, hops INTEGER NOT NULL,
+        payload TEXT NOT NULL, created_at INTEGER NOT NULL, delivered_at INTEGER);
+     CREATE INDEX sent_undelivered ON sent(seq) WHERE delivered_at IS NULL;
+     CREATE TABLE received(msg_id TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;",
+    // 2: find a queued script by name without scanning the queue (inbox lookups).
+    "CREATE INDEX queue_name ON queue(name, seq);",
+    // 3: run history without AUTOINCREMENT: a new seq is still above every kept one
+    // (pruning removes the oldest), and a run no longer writes sqlite_sequence.
+    "CREATE TABLE runs_v3(seq INTEGER PRIMARY KEY, id TEXT NOT NULL, name TEXT NOT NULL,
+        caller TEXT NOT NULL, status TEXT NOT NULL, result TEXT NOT NULL, finished_at INTEGER NOT NULL);
+     INSERT INTO runs_v3 SELECT seq, id, name, caller, status, result, finished_at FROM runs;
+     DROP TABLE runs;
+     ALTER TABLE runs_v3 RENAME TO runs;",
+    // 4: provenance and budgets of queued scripts and messages, and the starts of
+    // each queued script (a script that crashes the daemon is not retried forever).
+    "ALTER TABLE queue ADD COLUMN chain TEXT;
+     ALTER TABLE queue ADD COLUMN budget INTEGER;
+     ALTER TABLE queue ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE sent ADD COLUMN chain TEXT;
+     ALTER TABLE sent ADD COLUMN budget INTEGER;",
+    // 5: a value's metadata apart from its bytes, and its bytes stored once. The
+    // size and time of a key were read from a row whose big blobs came first, so a
+    // stat walked the overflow chain of a 64 MiB value; and a value written through
+    // a file was kept twice (the raw bytes and their JSON text, ~14x for NULs).
+    // `state` rows are small; `state_data` holds one blob per key: JSON text of a
+    // value set by a script (`typed` 1) or the bytes written to the file (0).
+    "CREATE TABLE state_data(id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+     CREATE TABLE state_v4(key TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime INTEGER NOT NULL,
+        typed INTEGER NOT NULL, id INTEGER NOT NULL) WITHOUT ROWID;
+     INSERT INTO state_v4(key, size, mtime, typed, id)
+        SELECT key, size, mtime, raw IS NULL, row_number() OVER (ORDER BY key) FROM state;
+     INSERT INTO state_data(id, data)
+        SELECT v.id, coalesce(s.raw, CAST(s.json AS BLOB)) FROM state_v4 v JOIN state s USING(key);
+     DROP TABLE state;
+     ALTER TABLE state_v4 RENAME TO state;",
+];
+
+impl SqliteStore {
+    pub(super) fn setup(&mut self) -> Result<()> {
+        // synchronous=FULL in WAL mode: every commit fsyncs the WAL before it returns.
+        self.conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-512;
+             PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;",
+        )?;
+        // Room for every statement this store uses (about 50): none is parsed twice.
+        self.conn.set_prepared_statement_cache_capacity(128);
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let version = version as usize;
+        if version > MIGRATIONS.len() {
+            return Err(err!(
+                libc::EIO,
+                "peer store {} has schema version {version}, newer than this peerfs knows ({}): upgrade peerfs",
+                self.path.display(),
+                MIGRATIONS.len()
+            ));
+        }
+        if version == 0 {
+            // Before any table exists: a fresh store gives freed pages back.
+            self.conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
+        }
+        if version < MIGRATIONS.len() {
+            let tx = self.conn.transaction()?;
+            for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
+                tx.execute_batch(m)?;
+                tx.execute_batch(&format!("PRAGMA user_version={}", i + 1))?;
+            }
+            tx.commit()?;
+        }
+        let vacuum: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if vacuum != 2 {
+            // A store made before incremental vacuum: switched once (VACUUM
+            // rewrites the file), so that space of removed values is reclaimed.
+            tracing::info!(store = %self.path.display(), "enabling incremental vacuum");
+            self.conn
+                .execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")?;
+        }
+        Ok(())
+    }
+}
