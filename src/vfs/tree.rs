@@ -1,0 +1,540 @@
+//! The tree: what a name under a folder is ([`Vfs::lookup`], the path grammar of
+//! every [`Node`] kind), what a folder lists ([`Vfs::readdir`] and the directory
+//! handles), and making and removing folders (a peer at the top, folders in
+//! `state/`). The listing of another peer's readable state (`peers/<other>/state/`)
+//! is in `child`'s and `readdir`'s `ViewState` arms.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::*;
+use crate::err;
+use crate::error::{Error, Result};
+use crate::peer::name::{check_key, check_peer_name, check_segment};
+use crate::util::now_ns;
+
+/// mknod (fifos, sockets, devices): a peer's store holds values, not special files.
+/// Symbolic and hard links are refused the same way (`EPERM`, fuser's answer).
+pub fn special_file(name: &str) -> Error {
+    err!(
+        libc::EPERM,
+        "{name:?}: peerfs holds files and folders only (no fifos, sockets or devices)"
+    )
+}
+
+impl Vfs {
+    pub(super) fn state_dir_exists(&self, peer: &str, dir: &str) -> Result<bool> {
+        let p = self.core.peer(peer)?;
+        Ok(match p.read(|s| s.stat_key(dir))? {
+            Some(None) => true,
+            Some(Some(_)) => false,
+            None => self
+                .empty_dirs
+                .lock()
+                .unwrap()
+                .contains(&(peer.to_string(), dir.to_string())),
+        })
+    }
+
+    /// A key left `peer`'s state through the mount (rm, mv): its folders stay, empty,
+    /// as they would on any file system, until rmdir (`rm -r` removes the key, then
+    /// the folders, and must find them).
+    pub(super) fn keep_folders_of(&self, peer: &str, key: &str) {
+        let mut e = self.empty_dirs.lock().unwrap();
+        let mut dir = key;
+        while let Some(i) = dir.rfind('/') {
+            dir = &dir[..i];
+            e.insert((peer.to_string(), dir.to_string()));
+        }
+    }
+
+    /// An entry came or went in `dir`: its times move (POSIX: mtime and ctime).
+    pub(super) fn entries_changed(&self, dir: &Node) {
+        if matches!(dir, Node::State { .. }) {
+            self.dir_times.lock().unwrap().insert(dir.clone(), now_ns());
+        }
+    }
+
+    /// The child `name` of `parent`, if it exists.
+    pub fn lookup(&self, parent: &Node, name: &str) -> Result<(Node, Attr)> {
+        let node = self.child(parent, name)?;
+        let attr = self.attr(&node)?;
+        Ok((node, attr))
+    }
+
+    /// The node `name` under `parent` would be (it may not exist).
+    pub(super) fn child(&self, parent: &Node, name: &str) -> Result<Node> {
+        use Node::*;
+        let missing = || err!(libc::ENOENT, "{name:?} does not exist here");
+        Ok(match parent {
+            Root => {
+                if name == ".peerfs" {
+                    MetaDir
+                } else {
+                    if check_peer_name(name).is_err() || !self.core.registry().exists(name) {
+                        return Err(missing());
+                    }
+                    Peer(name.to_string())
+                }
+            }
+            MetaDir => match name {
+                "version" => MetaFile("version"),
+                "stats" => MetaFile("stats"),
+                "metrics" => MetaFile("metrics"),
+                _ => return Err(missing()),
+            },
+            Peer(p) => {
+                let p = p.clone();
+                match name {
+                    "inbox" => Inbox {
+                        peer: p.clone(),
+                        target: p,
+                    },
+                    "outbox" => Outbox {
+                        peer: p.clone(),
+                        target: p,
+                    },
+                    "state" => State {
+                        peer: p,
+                        dir: String::new(),
+                    },
+                    "modules" => Modules(p),
+                    "peers" => Peers(p),
+                    "policy.cedar" => Policy(p),
+                    "groups" => Groups(p),
+                    "log" => Log(p),
+                    _ => return Err(missing()),
+                }
+            }
+            Inbox { peer, target } => {
+                check_segment("script name", name)?;
+                InboxFile {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    name: name.to_string(),
+                }
+            }
+            Outbox { peer, target } => {
+                check_segment("result name", name)?;
+                OutboxFile {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    name: name.to_string(),
+                }
+            }
+            State { peer, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                if self.staged_get(parent, name).is_some() {
+                    return Ok(StateFile {
+                        peer: peer.clone(),
+                        key,
+                    });
+                }
+                // The store first: a key a script set wins over a folder that
+                // only lives in memory (made by mkdir, or left by rm of its last key).
+                let p = self.core.peer(peer)?;
+                match p.read(|s| s.stat_key(&key))? {
+                    Some(Some(_)) => StateFile {
+                        peer: peer.clone(),
+                        key,
+                    },
+                    Some(None) => State {
+                        peer: peer.clone(),
+                        dir: key,
+                    },
+                    None if self
+                        .empty_dirs
+                        .lock()
+                        .unwrap()
+                        .contains(&(peer.clone(), key.clone())) =>
+                    {
+                        State {
+                            peer: peer.clone(),
+                            dir: key,
+                        }
+                    }
+                    None => return Err(missing()),
+                }
+            }
+            Modules(p) => {
+                check_segment("module file name", name)?;
+                ModuleFile {
+                    peer: p.clone(),
+                    name: name.to_string(),
+                }
+            }
+            Peers(p) => {
+                if name == p || check_peer_name(name).is_err() || !self.core.registry().exists(name)
+                {
+                    return Err(missing());
+                }
+                View {
+                    peer: p.clone(),
+                    other: name.to_string(),
+                }
+            }
+            View { peer, other } => match name {
+                "inbox" => Inbox {
+                    peer: peer.clone(),
+                    target: other.clone(),
+                },
+                "outbox" => Outbox {
+                    peer: peer.clone(),
+                    target: other.clone(),
+                },
+                "state" => ViewState {
+                    peer: peer.clone(),
+                    other: other.clone(),
+                    dir: String::new(),
+                },
+                _ => return Err(missing()),
+            },
+            ViewState { peer, other, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                let o = self.core.peer(other)?;
+                match o.read(|s| s.stat_key(&key))? {
+                    Some(Some(_)) if self.may_read(peer, other, &key) => ViewStateFile {
+                        peer: peer.clone(),
+                        other: other.clone(),
+                        key,
+                    },
+                    Some(None) => {
+                        let keys = o.read(|s| s.keys(&format!("{key}/"), 100_000))?;
+                        if !keys.iter().any(|k| self.may_read(peer, other, k)) {
+                            return Err(missing());
+                        }
+                        ViewState {
+                            peer: peer.clone(),
+                            other: other.clone(),
+                            dir: key,
+                        }
+                    }
+                    _ => return Err(missing()),
+                }
+            }
+            _ => return Err(err!(libc::ENOTDIR, "not a folder")),
+        })
+    }
+
+    /// The children of a folder, sorted by name (the adapter adds `.` and `..`).
+    pub fn readdir(&self, node: &Node) -> Result<Vec<(String, Node, Kind)>> {
+        use Node::*;
+        let mut out: Vec<(String, Node, Kind)> = Vec::new();
+        let staged_in =
+            |out: &mut Vec<(String, Node, Kind)>, parent: &Node, mk: &dyn Fn(String) -> Node| {
+                for ((p, n), _) in self.staged.lock().unwrap().iter() {
+                    if p == parent {
+                        out.push((n.clone(), mk(n.clone()), Kind::File));
+                    }
+                }
+            };
+        match node {
+            Root => {
+                out.push((".peerfs".into(), MetaDir, Kind::Dir));
+                for (n, _) in self.core.registry().list() {
+                    out.push((n.clone(), Peer(n), Kind::Dir));
+                }
+            }
+            MetaDir => {
+                out.push(("metrics".into(), MetaFile("metrics"), Kind::File));
+                out.push(("stats".into(), MetaFile("stats"), Kind::File));
+                out.push(("version".into(), MetaFile("version"), Kind::File));
+            }
+            Peer(p) => {
+                for n in [
+                    "inbox",
+                    "outbox",
+                    "state",
+                    "modules",
+                    "peers",
+                    "policy.cedar",
+                    "groups",
+                    "log",
+                ] {
+                    let c = self.child(node, n)?;
+                    let k = if c.is_dir() { Kind::Dir } else { Kind::File };
+                    out.push((n.to_string(), c, k));
+                }
+                let _ = p;
+            }
+            Inbox { peer, target } => {
+                let (pe, t) = (peer.clone(), target.clone());
+                staged_in(&mut out, node, &|n| InboxFile {
+                    peer: pe.clone(),
+                    target: t.clone(),
+                    name: n,
+                });
+                if peer == target {
+                    let p = self.core.peer(peer)?;
+                    for (n, _, _) in p.read(|s| s.queue_names(100_000))? {
+                        out.push((
+                            n.clone(),
+                            InboxFile {
+                                peer: peer.clone(),
+                                target: target.clone(),
+                                name: n,
+                            },
+                            Kind::File,
+                        ));
+                    }
+                }
+            }
+            Outbox { peer, target } => {
+                for e in self.core.outbox_list(peer, target)? {
+                    out.push((
+                        e.name.clone(),
+                        OutboxFile {
+                            peer: peer.clone(),
+                            target: target.clone(),
+                            name: e.name,
+                        },
+                        Kind::File,
+                    ));
+                }
+            }
+            State { peer, dir } => {
+                let p = self.core.peer(peer)?;
+                for e in p.read(|s| s.list_dir(dir))? {
+                    let key = join_key(dir, &e.name);
+                    if e.is_dir {
+                        out.push((
+                            e.name,
+                            State {
+                                peer: peer.clone(),
+                                dir: key,
+                            },
+                            Kind::Dir,
+                        ));
+                    } else {
+                        out.push((
+                            e.name,
+                            StateFile {
+                                peer: peer.clone(),
+                                key,
+                            },
+                            Kind::File,
+                        ));
+                    }
+                }
+                let pe = peer.clone();
+                let d = dir.clone();
+                staged_in(&mut out, node, &|n| StateFile {
+                    peer: pe.clone(),
+                    key: join_key(&d, &n),
+                });
+                let prefix = if dir.is_empty() {
+                    String::new()
+                } else {
+                    format!("{dir}/")
+                };
+                for (ep, ed) in self.empty_dirs.lock().unwrap().iter() {
+                    if ep == peer {
+                        if let Some(rest) = ed.strip_prefix(&prefix) {
+                            if !rest.contains('/') && !rest.is_empty() {
+                                out.push((
+                                    rest.to_string(),
+                                    State {
+                                        peer: peer.clone(),
+                                        dir: ed.clone(),
+                                    },
+                                    Kind::Dir,
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            Modules(p) => {
+                let peer = self.core.peer(p)?;
+                for e in peer.read(|s| s.list_modules())? {
+                    let n = format!("{}.rhai", e.name);
+                    out.push((
+                        n.clone(),
+                        ModuleFile {
+                            peer: p.clone(),
+                            name: n,
+                        },
+                        Kind::File,
+                    ));
+                }
+                let pe = p.clone();
+                staged_in(&mut out, node, &|n| ModuleFile {
+                    peer: pe.clone(),
+                    name: n,
+                });
+            }
+            Peers(p) => {
+                for (n, _) in self.core.registry().list() {
+                    if &n != p {
+                        out.push((
+                            n.clone(),
+                            View {
+                                peer: p.clone(),
+                                other: n,
+                            },
+                            Kind::Dir,
+                        ));
+                    }
+                }
+            }
+            View { peer, other } => {
+                out.push((
+                    "inbox".into(),
+                    Inbox {
+                        peer: peer.clone(),
+                        target: other.clone(),
+                    },
+                    Kind::Dir,
+                ));
+                out.push((
+                    "outbox".into(),
+                    Outbox {
+                        peer: peer.clone(),
+                        target: other.clone(),
+                    },
+                    Kind::Dir,
+                ));
+                out.push((
+                    "state".into(),
+                    ViewState {
+                        peer: peer.clone(),
+                        other: other.clone(),
+                        dir: String::new(),
+                    },
+                    Kind::Dir,
+                ));
+            }
+            ViewState { peer, other, dir } => {
+                if self.read_check.read().unwrap().is_some() {
+                    let o = self.core.peer(other)?;
+                    let prefix = if dir.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{dir}/")
+                    };
+                    let keys = o.read(|s| s.keys(&prefix, 1_000_000))?;
+                    let mut seen = HashSet::new();
+                    for k in keys {
+                        if !self.may_read(peer, other, &k) {
+                            continue;
+                        }
+                        let rest = &k[prefix.len()..];
+                        match rest.find('/') {
+                            Some(i) => {
+                                let n = &rest[..i];
+                                if seen.insert(n.to_string()) {
+                                    out.push((
+                                        n.to_string(),
+                                        ViewState {
+                                            peer: peer.clone(),
+                                            other: other.clone(),
+                                            dir: join_key(dir, n),
+                                        },
+                                        Kind::Dir,
+                                    ));
+                                }
+                            }
+                            None => out.push((
+                                rest.to_string(),
+                                ViewStateFile {
+                                    peer: peer.clone(),
+                                    other: other.clone(),
+                                    key: k.clone(),
+                                },
+                                Kind::File,
+                            )),
+                        }
+                    }
+                }
+            }
+            _ => return Err(err!(libc::ENOTDIR, "not a folder")),
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    pub fn opendir(&self, node: &Node) -> Result<u64> {
+        let list = Arc::new(self.readdir(node)?);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, list);
+        Ok(fh)
+    }
+
+    pub fn readdir_handle(&self, fh: u64) -> Option<Listing> {
+        self.dirs.lock().unwrap().get(&fh).cloned()
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    pub fn mkdir(&self, parent: &Node, name: &str, who: &Caller) -> Result<(Node, Attr)> {
+        match parent {
+            Node::Root => {
+                if name == ".peerfs" {
+                    return Err(err!(libc::EEXIST, ".peerfs is the daemon's own folder"));
+                }
+                self.core.create_peer(name, who.uid, who.gid)?;
+                self.lookup(parent, name)
+            }
+            Node::State { peer, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                if self.child(parent, name).is_ok() {
+                    return Err(err!(libc::EEXIST, "state/{key} already exists"));
+                }
+                self.empty_dirs
+                    .lock()
+                    .unwrap()
+                    .insert((peer.clone(), key.clone()));
+                let node = Node::State {
+                    peer: peer.clone(),
+                    dir: key,
+                };
+                self.entries_changed(parent);
+                let attr = self.attr(&node)?;
+                Ok((node, attr))
+            }
+            _ => Err(err!(
+                libc::EACCES,
+                "folders can only be made at the top (a new peer) or under state/"
+            )),
+        }
+    }
+
+    pub fn rmdir(&self, parent: &Node, name: &str) -> Result<()> {
+        match parent {
+            Node::Root => {
+                check_peer_name(name)?;
+                self.core.remove_peer(name).map(|_| ())
+            }
+            Node::State { peer, dir } => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                let p = self.core.peer(peer)?;
+                if !p.read(|s| s.keys(&format!("{key}/"), 1))?.is_empty() {
+                    return Err(err!(
+                        libc::ENOTEMPTY,
+                        "state/{key} holds keys: remove them first"
+                    ));
+                }
+                let mut e = self.empty_dirs.lock().unwrap();
+                let pre = format!("{key}/");
+                if e.iter().any(|(ep, d)| ep == peer && d.starts_with(&pre)) {
+                    return Err(err!(libc::ENOTEMPTY, "state/{key} holds folders"));
+                }
+                if !e.remove(&(peer.clone(), key.clone())) {
+                    return Err(err!(libc::ENOENT, "no state folder {key:?}"));
+                }
+                drop(e);
+                self.entries_changed(parent);
+                Ok(())
+            }
+            _ => Err(err!(libc::EACCES, "this folder cannot be removed")),
+        }
+    }
+}
