@@ -2,8 +2,9 @@
 //! what SETATTR changes (sizes, times, chmod and chown), the cache lifetimes the
 //! kernel is given, the typed flags, staging of `policy.cedar`, `groups` and
 //! modules (nothing applies until the close that validates the whole text), size
-//! and offset checks (`EFBIG`), the per-peer buffer budget (`EDQUOT`), rename rules
-//! (files and folders), and unlink while open.
+//! and offset checks (`EFBIG`), the per-peer buffer budget (`EDQUOT`, readers
+//! included), rename rules (files and folders), unlink while open, and what
+//! `state/` keeps across a restart (empty folders, modes, folder times).
 
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -29,15 +30,21 @@ impl Drop for Fs {
     }
 }
 
-fn fs() -> Fs {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = Config::new(dir.path().join("data"));
+/// A core and its vfs over the data folder `data` (as at a mount).
+fn start(data: &std::path::Path) -> (Core, Arc<Vfs>) {
+    let mut cfg = Config::new(data);
     cfg.workers = 2;
     let core = Core::start(cfg).unwrap();
+    let vfs = Vfs::new(core.clone());
+    (core, vfs)
+}
+
+fn fs() -> Fs {
+    let dir = tempfile::tempdir().unwrap();
+    let (core, vfs) = start(&dir.path().join("data"));
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     core.create_peer("alice", uid, gid).unwrap();
     core.create_peer("bob", uid, gid).unwrap();
-    let vfs = Vfs::new(core.clone());
     Fs {
         _dir: dir,
         core,
@@ -668,4 +675,175 @@ fn a_child_closing_an_inherited_descriptor_does_not_commit() {
     };
     let text = String::from_utf8(f.read(&result).unwrap()).unwrap();
     assert!(text.contains("\"ok\""), "the whole script ran: {text}");
+}
+
+// ---- what state/ keeps: modes, empty folders, folder times ----
+
+#[test]
+fn modes_set_in_state_are_kept_and_shown() {
+    let f = fs();
+    let root = state("");
+    f.put(&root, "k", b"v").unwrap();
+    let a = f
+        .vfs
+        .setattr(&key("k"), None, SetAttr::mode(0o100600))
+        .unwrap();
+    assert_eq!(a.perm, 0o600);
+    // Kept over a rewrite and a rename, as on any file system.
+    f.put(&root, "k", b"rewritten").unwrap();
+    assert_eq!(f.attr(&key("k")).perm, 0o600);
+    f.vfs
+        .rename(&root, "k", &root, "k2", RenameFlags::NONE)
+        .unwrap();
+    assert_eq!(f.attr(&key("k2")).perm, 0o600);
+    // Set-id and sticky bits are not kept.
+    let a = f
+        .vfs
+        .setattr(&key("k2"), None, SetAttr::mode(0o4755))
+        .unwrap();
+    assert_eq!(a.perm, 0o755);
+
+    // chmod before the first close (rsync's temporary files, `install -m`): shown
+    // at once, and stored with the value.
+    let flags = OpenFlags::from_libc(libc::O_RDWR | libc::O_CREAT | libc::O_EXCL);
+    let (t, _, o) = f.vfs.create(&root, ".t.XXXX", flags, &f.who).unwrap();
+    let a = f.vfs.setattr(&t, None, SetAttr::mode(0o700)).unwrap();
+    assert_eq!(a.perm, 0o700);
+    f.vfs.write(o.fh, 0, b"#!/bin/sh\n").unwrap();
+    assert_eq!(f.vfs.getattr(&t, Some(o.fh)).unwrap().perm, 0o700);
+    f.close(o.fh).unwrap();
+    f.vfs
+        .rename(&root, ".t.XXXX", &root, "run.sh", RenameFlags::NONE)
+        .unwrap();
+    assert_eq!(f.attr(&key("run.sh")).perm, 0o700);
+
+    // Folders keep theirs; a peer's own files and folders keep the daemon's.
+    f.vfs.mkdir(&root, "d", &f.who).unwrap();
+    assert_eq!(f.attr(&state("d")).perm, 0o755);
+    let a = f
+        .vfs
+        .setattr(&state("d"), None, SetAttr::mode(0o750))
+        .unwrap();
+    assert_eq!(a.perm, 0o750);
+    // A folder that only holds keys (a script set e/x) takes a mode too.
+    f.core
+        .apply(
+            "alice",
+            peerfs::peer::Op::SetBytes("e/x".into(), b"1".to_vec()),
+        )
+        .unwrap();
+    let a = f
+        .vfs
+        .setattr(&state("e"), None, SetAttr::mode(0o700))
+        .unwrap();
+    assert_eq!(a.perm, 0o700);
+    let inbox_dir = inbox();
+    let a = f
+        .vfs
+        .setattr(&inbox_dir, None, SetAttr::mode(0o700))
+        .unwrap();
+    assert_eq!(a.perm, 0o755, "the daemon's folders keep their mode");
+}
+
+#[test]
+fn empty_folders_their_modes_and_times_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let who = Caller {
+        uid,
+        gid,
+        pid: std::process::id(),
+    };
+    let root = state("");
+    let t = 1_577_934_245_000_000_000;
+    {
+        let (core, vfs) = start(&data);
+        core.create_peer("alice", uid, gid).unwrap();
+        vfs.mkdir(&root, "e", &who).unwrap();
+        vfs.mkdir(&state("e"), "inner", &who).unwrap();
+        let change = SetAttr {
+            mode: Some(0o700),
+            mtime: Some(SetTime::At(t)),
+            ..SetAttr::default()
+        };
+        vfs.setattr(&state("e"), None, change).unwrap();
+        // rm of a folder's last key leaves the folder.
+        vfs.mkdir(&root, "d", &who).unwrap();
+        let flags = OpenFlags::from_libc(libc::O_WRONLY | libc::O_CREAT);
+        let (_, _, o) = vfs.create(&state("d"), "x", flags, &who).unwrap();
+        wait(|r| vfs.flush(o.fh, &who, r)).unwrap();
+        vfs.release(o.fh);
+        vfs.unlink(&state("d"), "x").unwrap();
+        // A folder moved with its empty folder inside.
+        vfs.mkdir(&root, "m", &who).unwrap();
+        vfs.mkdir(&state("m"), "sub", &who).unwrap();
+        vfs.rename(&root, "m", &root, "moved", RenameFlags::NONE)
+            .unwrap();
+        core.shutdown();
+    }
+    let (core, vfs) = start(&data);
+    assert_eq!(
+        names(&vfs.readdir(&root).unwrap()),
+        ["d", "e", "moved"],
+        "empty folders survive"
+    );
+    assert_eq!(names(&vfs.readdir(&state("e")).unwrap()), ["inner"]);
+    assert_eq!(names(&vfs.readdir(&state("moved")).unwrap()), ["sub"]);
+    let (_, a) = vfs.lookup(&root, "e").unwrap();
+    assert_eq!((a.kind, a.perm, a.mtime_ns), (Kind::Dir, 0o700, t));
+    assert_eq!(vfs.lookup(&root, "d").unwrap().1.kind, Kind::Dir);
+    // rmdir: not while it holds a folder; then gone for good.
+    assert_eq!(vfs.rmdir(&root, "e").unwrap_err().errno, libc::ENOTEMPTY);
+    vfs.rmdir(&state("e"), "inner").unwrap();
+    vfs.rmdir(&root, "e").unwrap();
+    assert_eq!(vfs.rmdir(&root, "e").unwrap_err().errno, libc::ENOENT);
+    core.shutdown();
+    drop(vfs);
+    let (core, vfs) = start(&data);
+    assert_eq!(names(&vfs.readdir(&root).unwrap()), ["d", "moved"]);
+    core.shutdown();
+}
+
+#[test]
+fn read_only_handles_count_against_the_budget() {
+    let f = fs();
+    f.vfs.set_buffer_budget(1 << 20);
+    f.put(&state(""), "big", &vec![7u8; 600 << 10]).unwrap();
+    // Each reader holds the value's bytes from its open to its release.
+    let r1 = f.vfs.open(&key("big"), OpenFlags::READ, &f.who).unwrap();
+    let e = f
+        .vfs
+        .open(&key("big"), OpenFlags::READ, &f.who)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EDQUOT, "{}", e.message);
+    // A writer's buffer and a reader's snapshot share it.
+    let e = f
+        .vfs
+        .open(&key("big"), OpenFlags::WRITE, &f.who)
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EDQUOT);
+    f.vfs.release(r1.fh);
+    let r2 = f.vfs.open(&key("big"), OpenFlags::READ, &f.who).unwrap();
+    f.vfs.release(r2.fh);
+    // Another peer's readers are its own.
+    let bob = Node::State {
+        peer: "bob".into(),
+        dir: String::new(),
+    };
+    f.put(&bob, "big", &vec![7u8; 600 << 10]).unwrap();
+    let rb = f
+        .vfs
+        .open(
+            &Node::StateFile {
+                peer: "bob".into(),
+                key: "big".into(),
+            },
+            OpenFlags::READ,
+            &f.who,
+        )
+        .unwrap();
+    let r3 = f.vfs.open(&key("big"), OpenFlags::READ, &f.who).unwrap();
+    f.vfs.release(r3.fh);
+    f.vfs.release(rb.fh);
 }

@@ -154,7 +154,7 @@ impl Vfs {
         Attr {
             kind: Kind::File,
             size: s.data.len() as u64,
-            perm: 0o644,
+            perm: s.mode.map_or(0o644, |m| m as u16),
             uid: s.uid,
             gid: s.gid,
             mtime_ns: s.mtime_ns,
@@ -167,13 +167,15 @@ impl Vfs {
     pub fn getattr(&self, node: &Node, fh: Option<u64>) -> Result<Attr> {
         let mut snapshot = None;
         if let Some(fh) = fh {
-            let h = self.handles.lock().unwrap();
-            if let Some(h) = h.get(&fh) {
+            let hs = self.handles.lock().unwrap();
+            if let Some(h) = hs.get(&fh) {
                 let peer = h.node.peer().map(str::to_string);
                 if h.write {
-                    let mut a =
-                        self.file_attr(peer.as_deref(), h.buf.len() as u64, 0o644, now_ns())?;
-                    if h.unlinked {
+                    let (len, node, unlinked) = (h.buf.len() as u64, h.node.clone(), h.unlinked);
+                    drop(hs);
+                    let perm = self.perm_of(&node);
+                    let mut a = self.file_attr(peer.as_deref(), len, perm, now_ns())?;
+                    if unlinked {
                         a.nlink = 0;
                     }
                     return Ok(a);
@@ -224,7 +226,17 @@ impl Vfs {
                 if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
                     return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
                 }
-                let mut a = self.dir_attr(Some(peer), 0o755)?;
+                let kept = if dir.is_empty() {
+                    None
+                } else {
+                    self.core.peer(peer)?.read(|s| s.folder(dir))?
+                };
+                let perm = kept.and_then(|f| f.mode).map_or(0o755, |m| m as u16);
+                let mut a = self.dir_attr(Some(peer), perm)?;
+                if let Some(t) = kept.and_then(|f| f.mtime_ns) {
+                    a.mtime_ns = t;
+                    a.ctime_ns = t;
+                }
                 // Its subfolders are not counted (that would scan every key under
                 // it): 1 is the convention for "not counted", so find and fts never
                 // take 2 to mean "no subfolders" and skip them.
@@ -283,7 +295,10 @@ impl Vfs {
                 }
                 let p = self.core.peer(peer)?;
                 match p.read(|s| s.stat_key(key))? {
-                    Some(Some(st)) => self.file_attr(Some(peer), st.size, 0o644, st.mtime_ns),
+                    Some(Some(st)) => {
+                        let perm = st.mode.map_or(0o644, |m| m as u16);
+                        self.file_attr(Some(peer), st.size, perm, st.mtime_ns)
+                    }
                     Some(None) => Err(err!(libc::EISDIR, "state key {key:?} is a folder")),
                     None => Err(err!(libc::ENOENT, "no state key {key:?}")),
                 }
@@ -327,10 +342,40 @@ impl Vfs {
         }
     }
 
-    /// chmod/chown: accepted and not kept, as vfat's `quiet` option does, so that
-    /// `rsync -a`, `install -m` and `cp -p` work. What `ls -l` shows stays what is
-    /// enforced: a peer's files belong to its owner (the kernel lets only the owner
-    /// or root get here, `default_permissions`) and the peer's folder is 0700.
+    /// The permission bits a state file shows (see [`Vfs::chmod`]): those set on
+    /// it, else 0644; other files' are the daemon's.
+    pub(super) fn perm_of(&self, node: &Node) -> u16 {
+        if let Some((p, n)) = Node::parent_of(node) {
+            if let Some(m) = self
+                .staged
+                .lock()
+                .unwrap()
+                .get(&(p, n))
+                .and_then(|s| s.mode)
+            {
+                return m as u16;
+            }
+        }
+        let Node::StateFile { peer, key } = node else {
+            return 0o644;
+        };
+        let mode = self
+            .core
+            .peer(peer)
+            .and_then(|p| p.read(|s| s.stat_key(key)));
+        match mode {
+            Ok(Some(Some(st))) => st.mode.map_or(0o644, |m| m as u16),
+            _ => 0o644,
+        }
+    }
+
+    /// chmod/chown, accepted within what the peer's owner may do (as vfat's
+    /// `quiet` option does for what it cannot keep), so that `rsync -a`,
+    /// `install -m` and `cp -p` work, and what `ls -l` shows is what is enforced
+    /// (the kernel checks the modes shown, `default_permissions`). In `state/` the
+    /// permission bits of files and folders are kept (set-id and sticky bits are
+    /// not); elsewhere the daemon's modes stay. Owners are not kept anywhere: a
+    /// peer's files belong to its owner, and the peer's folder stays 0700.
     pub(super) fn chmod(
         &self,
         node: &Node,
@@ -340,13 +385,57 @@ impl Vfs {
         gid: Option<u32>,
     ) -> Result<Attr> {
         let cur = self.getattr(node, fh)?;
-        let differs = mode.is_some_and(|m| (m & 0o7777) as u16 != cur.perm & 0o7777)
-            || uid.is_some_and(|u| u != cur.uid)
-            || gid.is_some_and(|g| g != cur.gid);
-        if differs {
-            tracing::debug!(?node, ?mode, ?uid, ?gid, "chmod/chown accepted, not kept");
+        if uid.is_some_and(|u| u != cur.uid) || gid.is_some_and(|g| g != cur.gid) {
+            tracing::debug!(
+                ?node,
+                ?uid,
+                ?gid,
+                "chown accepted, not kept: the peer's owner owns it"
+            );
         }
-        Ok(cur)
+        let Some(mode) = mode else {
+            return Ok(cur);
+        };
+        if mode & 0o7000 != 0 {
+            tracing::debug!(?node, mode, "set-id and sticky bits are not kept");
+        }
+        let perm = mode & 0o777;
+        match node {
+            Node::StateFile { peer, key } => {
+                // Made and not yet closed (rsync's temporary file, `install`): kept
+                // with it, and stored when it is.
+                if let Some((p, n)) = Node::parent_of(node) {
+                    if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
+                        s.mode = Some(perm);
+                    }
+                }
+                match self.core.apply(peer, Op::SetMode(key.clone(), perm)) {
+                    // Not stored yet (staged), or unlinked while open.
+                    Err(e) if e.errno == libc::ENOENT => {}
+                    r => r?,
+                }
+                self.getattr(node, fh)
+            }
+            Node::State { peer, dir } if !dir.is_empty() => {
+                let set = Op::SetDirAttrs {
+                    dir: dir.clone(),
+                    mode: Some(perm),
+                    mtime: None,
+                };
+                self.core.apply(peer, set)?;
+                self.getattr(node, fh)
+            }
+            _ => {
+                if perm as u16 != cur.perm {
+                    tracing::debug!(
+                        ?node,
+                        mode,
+                        "chmod accepted, not kept: the daemon's own mode"
+                    );
+                }
+                Ok(cur)
+            }
+        }
     }
 
     /// SETATTR of `node` (through handle `fh` when the kernel names one): chmod and
@@ -376,8 +465,8 @@ impl Vfs {
         let Some(t) = mtime_ns else {
             return Ok(r);
         };
-        // The time set is kept: by the store for a value, in memory for a staging
-        // file; the daemon's own files keep their times.
+        // The time set is kept: by the store for a value or a folder, in memory
+        // for a staging file; the daemon's own files keep their times.
         if let Some((p, n)) = Node::parent_of(node) {
             if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
                 s.mtime_ns = t;
@@ -388,7 +477,15 @@ impl Vfs {
             Node::StateFile { peer, key } => {
                 self.core.apply(peer, Op::SetMtime(key.clone(), t))?;
             }
-            Node::State { .. } => {
+            Node::State { peer, dir } => {
+                if !dir.is_empty() {
+                    let set = Op::SetDirAttrs {
+                        dir: dir.clone(),
+                        mode: None,
+                        mtime: Some(t),
+                    };
+                    self.core.apply(peer, set)?;
+                }
                 self.dir_times.lock().unwrap().insert(node.clone(), t);
             }
             _ => {}

@@ -47,8 +47,8 @@ impl Vfs {
         let node = self.child(parent, name)?;
         match &node {
             Node::StateFile { peer, key } => {
+                // Its folders stay (the store keeps them, see `Op::Remove`).
                 self.core.apply(peer, Op::Remove(key.clone()))?;
-                self.keep_folders_of(peer, key);
                 self.entries_changed(parent);
                 Ok(())
             }
@@ -148,13 +148,15 @@ impl Vfs {
                 match (&src, staged) {
                     (_, Some(s)) => {
                         self.core.apply(peer, Op::SetBytes(to.clone(), s.data))?;
+                        if let Some(m) = s.mode {
+                            self.core.apply(peer, Op::SetMode(to.clone(), m))?;
+                        }
                         self.staged.lock().unwrap().remove(&src_key);
                         Ok(())
                     }
                     (Node::StateFile { key: from, .. }, None) => {
                         self.core
                             .apply(peer, Op::Rename(from.clone(), to.clone()))?;
-                        self.keep_folders_of(peer, from);
                         Ok(())
                     }
                     // mv falls back to copy-and-remove for folders.
@@ -232,23 +234,8 @@ impl Vfs {
         }
         self.core
             .apply(peer, Op::RenameDir(from.to_string(), to.clone()))?;
-        // Empty folders inside move along; the old folder's parents stay.
-        let mut e = self.empty_dirs.lock().unwrap();
-        let pre = format!("{from}/");
-        let moved: Vec<(String, String)> = e
-            .iter()
-            .filter(|(p, d)| p == peer && (d == from || d.starts_with(&pre)))
-            .cloned()
-            .collect();
-        for (p, d) in moved {
-            e.remove(&(p.clone(), d.clone()));
-            e.insert((p, format!("{to}{}", &d[from.len()..])));
-        }
-        e.remove(&(peer.to_string(), to.clone()));
-        // The new folder shows even when it holds no key.
-        e.insert((peer.to_string(), to.clone()));
-        drop(e);
-        self.keep_folders_of(peer, from);
+        // Kept folders inside move along and the old folder's parents stay (the
+        // store does both in the same transaction).
         Ok(())
     }
 
@@ -326,6 +313,7 @@ impl Vfs {
             uid: who.uid,
             gid: who.gid,
             mtime_ns: now_ns(),
+            mode: None,
         };
         let attr = self.staged_attr(&staged);
         self.staged
@@ -425,6 +413,7 @@ impl Vfs {
                         uid: self.uid,
                         gid: self.gid,
                         mtime_ns: now_ns(),
+                        mode: None,
                     });
                     e.data = data;
                     e.mtime_ns = now_ns();
@@ -439,16 +428,36 @@ impl Vfs {
                     reply(r)
                 }),
             ),
-            Node::StateFile { peer, key } => self.core.apply_async(
-                peer,
-                Op::SetBytes(key.clone(), data),
-                Some(Box::new(move |r| {
-                    if r.is_ok() {
-                        unstage();
-                    }
-                    reply(r)
-                })),
-            ),
+            Node::StateFile { peer, key } => {
+                // A mode set before the first close (rsync's temporary files) is
+                // stored once the value is.
+                let mode = staged_key
+                    .as_ref()
+                    .and_then(|k| self.staged.lock().unwrap().get(k).and_then(|s| s.mode));
+                let (core, p, k) = (self.core.clone(), peer.clone(), key.clone());
+                self.core.apply_async(
+                    peer,
+                    Op::SetBytes(key.clone(), data),
+                    Some(Box::new(move |r| match (r, mode) {
+                        (Ok(()), Some(m)) => core.apply_async(
+                            &p,
+                            Op::SetMode(k, m),
+                            Some(Box::new(move |r| {
+                                if r.is_ok() {
+                                    unstage();
+                                }
+                                reply(r)
+                            })),
+                        ),
+                        (r, _) => {
+                            if r.is_ok() {
+                                unstage();
+                            }
+                            reply(r)
+                        }
+                    })),
+                )
+            }
             Node::ModuleFile { peer, name } => {
                 let m = module_name(name).expect("checked above").to_string();
                 self.core.apply_async(

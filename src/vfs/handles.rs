@@ -19,6 +19,8 @@ pub(super) struct Staged {
     pub(super) uid: u32,
     pub(super) gid: u32,
     pub(super) mtime_ns: i64,
+    /// Permission bits set by chmod before it was stored (state files).
+    pub(super) mode: Option<u32>,
 }
 
 pub(super) struct Handle {
@@ -147,10 +149,18 @@ impl Vfs {
         let Some(peer) = node.peer() else {
             return Ok(());
         };
+        // A writer holds its buffer, a reader the snapshot it shows (a value's
+        // bytes read at open, a result once read): both are the daemon's memory.
         let in_handles: u64 = hs
             .values()
-            .filter(|h| h.write && h.node.peer() == Some(peer))
-            .map(|h| h.buf.len() as u64)
+            .filter(|h| h.node.peer() == Some(peer))
+            .map(|h| {
+                if h.write {
+                    h.buf.len() as u64
+                } else {
+                    h.snapshot.as_ref().map_or(0, |s| s.len() as u64)
+                }
+            })
             .sum();
         let staged: u64 = self
             .staged
@@ -165,7 +175,7 @@ impl Vfs {
         if held.saturating_add(more) > budget {
             return Err(err!(
                 libc::EDQUOT,
-                "{peer} holds {held} bytes in open files and staging files, and {more} more \
+                "{peer} holds {held} bytes in open files (read or written) and staging files, and {more} more \
                  would pass its budget of {budget}: close or remove some first"
             ));
         }
@@ -284,7 +294,15 @@ impl Vfs {
             Log(_) => Ok(self.open_reader(node, None)),
             _ => {
                 let data = self.contents(node)?;
-                Ok(self.open_reader(node, Some(Arc::new(data))))
+                let mut hs = self.handles.lock().unwrap();
+                self.check_budget(node, &hs, data.len() as u64)?;
+                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+                hs.insert(fh, Handle::reader(node, Some(Arc::new(data))));
+                Ok(Opened {
+                    fh,
+                    direct_io: true,
+                    read_only: true,
+                })
             }
         }
     }

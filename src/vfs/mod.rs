@@ -26,7 +26,7 @@ mod meta;
 pub mod node;
 mod tree;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -47,9 +47,9 @@ use crate::util::now_ns;
 pub const MAX_STATE_FILE: u64 = 64 << 20;
 /// Largest policy or groups file.
 pub const MAX_META_FILE: u64 = 1 << 20;
-/// Bytes one peer may hold in the daemon's memory at once in open write handles
-/// and staging files (beyond it `EDQUOT`): one peer cannot take the memory that
-/// every other peer's writes need.
+/// Bytes one peer may hold in the daemon's memory at once in open handles (a
+/// writer's buffer, a reader's snapshot) and staging files (beyond it `EDQUOT`):
+/// one peer cannot take the memory that every other peer's files need.
 pub const BUFFER_BUDGET: u64 = 256 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +126,6 @@ pub struct Vfs {
     next_fh: AtomicU64,
     handles: Arc<Mutex<HashMap<u64, Handle>>>,
     staged: Arc<Mutex<HashMap<(Node, String), Staged>>>,
-    /// Empty folders made with `mkdir` in state/ (they hold no key yet).
-    empty_dirs: Mutex<HashSet<(String, String)>>,
     dirs: Mutex<HashMap<u64, Listing>>,
     /// See [`BUFFER_BUDGET`].
     budget: AtomicU64,
@@ -191,7 +189,6 @@ impl Vfs {
             next_fh: AtomicU64::new(1),
             handles: Arc::new(Mutex::new(HashMap::new())),
             staged: Arc::new(Mutex::new(HashMap::new())),
-            empty_dirs: Mutex::new(HashSet::new()),
             dirs: Mutex::new(HashMap::new()),
             budget: AtomicU64::new(BUFFER_BUDGET),
             dir_times: Mutex::new(HashMap::new()),

@@ -17,7 +17,7 @@ use crate::peer::name::is_staging_name;
 /// | `Peer` | its fixed entries | – | – | – | – |
 /// | `Inbox`, `InboxFile` | queued scripts, staging files | a close submits; `.x`/`x~` stage in memory | staging → real name submits | withdraws own queued script | size of a staging file |
 /// | `Outbox`, `OutboxFile` | results (a read waits for the run) | – | – | removes a result | – |
-/// | `State`, `StateFile` | values; folders | a close stores the value; mkdir | files and folders within `state/` | rm (folders stay), rmdir | size, mtime |
+/// | `State`, `StateFile` | values; folders | a close stores the value; mkdir (kept until rmdir) | files and folders within `state/` | rm (folders stay), rmdir | size, mtime, mode (kept) |
 /// | `Modules`, `ModuleFile` | `x.rhai` modules, staging files | a close stores a module | staging → `x.rhai` stores it | removes a module | – |
 /// | `Peers`, `View` | other peers, their inbox/outbox/state | through their inbox | – | – | – |
 /// | `ViewState`, `ViewStateFile` | the keys the policy lets this peer read | – | – | – | – |

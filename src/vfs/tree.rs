@@ -12,6 +12,7 @@ use super::*;
 use crate::err;
 use crate::error::{Error, Result};
 use crate::peer::name::{check_key, check_peer_name, check_segment};
+use crate::peer::Op;
 use crate::util::now_ns;
 
 /// mknod (fifos, sockets, devices): a peer's store holds values, not special files.
@@ -24,29 +25,11 @@ pub fn special_file(name: &str) -> Error {
 }
 
 impl Vfs {
+    /// Whether `dir` is a folder of `peer`'s state: it holds keys, or the store
+    /// keeps it (made with mkdir, or left empty through the mount).
     pub(super) fn state_dir_exists(&self, peer: &str, dir: &str) -> Result<bool> {
         let p = self.core.peer(peer)?;
-        Ok(match p.read(|s| s.stat_key(dir))? {
-            Some(None) => true,
-            Some(Some(_)) => false,
-            None => self
-                .empty_dirs
-                .lock()
-                .unwrap()
-                .contains(&(peer.to_string(), dir.to_string())),
-        })
-    }
-
-    /// A key left `peer`'s state through the mount (rm, mv): its folders stay, empty,
-    /// as they would on any file system, until rmdir (`rm -r` removes the key, then
-    /// the folders, and must find them).
-    pub(super) fn keep_folders_of(&self, peer: &str, key: &str) {
-        let mut e = self.empty_dirs.lock().unwrap();
-        let mut dir = key;
-        while let Some(i) = dir.rfind('/') {
-            dir = &dir[..i];
-            e.insert((peer.to_string(), dir.to_string()));
-        }
+        Ok(matches!(p.read(|s| s.stat_key(dir))?, Some(None)))
     }
 
     /// An entry came or went in `dir`: its times move (POSIX: mtime and ctime).
@@ -132,8 +115,8 @@ impl Vfs {
                         key,
                     });
                 }
-                // The store first: a key a script set wins over a folder that
-                // only lives in memory (made by mkdir, or left by rm of its last key).
+                // A key wins over a kept folder of the same name (a script may set
+                // a key where the mount left an empty folder).
                 let p = self.core.peer(peer)?;
                 match p.read(|s| s.stat_key(&key))? {
                     Some(Some(_)) => StateFile {
@@ -144,17 +127,6 @@ impl Vfs {
                         peer: peer.clone(),
                         dir: key,
                     },
-                    None if self
-                        .empty_dirs
-                        .lock()
-                        .unwrap()
-                        .contains(&(peer.clone(), key.clone())) =>
-                    {
-                        State {
-                            peer: peer.clone(),
-                            dir: key,
-                        }
-                    }
                     None => return Err(missing()),
                 }
             }
@@ -330,20 +302,18 @@ impl Vfs {
                 } else {
                     format!("{dir}/")
                 };
-                for (ep, ed) in self.empty_dirs.lock().unwrap().iter() {
-                    if ep == peer {
-                        if let Some(rest) = ed.strip_prefix(&prefix) {
-                            if !rest.contains('/') && !rest.is_empty() {
-                                out.push((
-                                    rest.to_string(),
-                                    State {
-                                        peer: peer.clone(),
-                                        dir: ed.clone(),
-                                    },
-                                    Kind::Dir,
-                                ));
-                            }
-                        }
+                // Kept folders that hold no key yet (the store lists folders of keys).
+                for (kept, _) in p.read(|s| s.folders(&prefix))? {
+                    let rest = &kept[prefix.len()..];
+                    if !rest.is_empty() && !rest.contains('/') {
+                        out.push((
+                            rest.to_string(),
+                            State {
+                                peer: peer.clone(),
+                                dir: kept.clone(),
+                            },
+                            Kind::Dir,
+                        ));
                     }
                 }
             }
@@ -487,10 +457,8 @@ impl Vfs {
                 if self.child(parent, name).is_ok() {
                     return Err(err!(libc::EEXIST, "state/{key} already exists"));
                 }
-                self.empty_dirs
-                    .lock()
-                    .unwrap()
-                    .insert((peer.clone(), key.clone()));
+                // Kept by the store: an empty folder survives a remount.
+                self.core.apply(peer, Op::MakeDir(key.clone()))?;
                 let node = Node::State {
                     peer: peer.clone(),
                     dir: key,
@@ -522,15 +490,13 @@ impl Vfs {
                         "state/{key} holds keys: remove them first"
                     ));
                 }
-                let mut e = self.empty_dirs.lock().unwrap();
-                let pre = format!("{key}/");
-                if e.iter().any(|(ep, d)| ep == peer && d.starts_with(&pre)) {
+                if !p.read(|s| s.folders(&format!("{key}/")))?.is_empty() {
                     return Err(err!(libc::ENOTEMPTY, "state/{key} holds folders"));
                 }
-                if !e.remove(&(peer.clone(), key.clone())) {
-                    return Err(err!(libc::ENOENT, "no state folder {key:?}"));
+                if let Some(Some(_)) = p.read(|s| s.stat_key(&key))? {
+                    return Err(err!(libc::ENOTDIR, "state/{key} is a file"));
                 }
-                drop(e);
+                self.core.apply(peer, Op::RemoveDir(key.clone()))?;
                 self.entries_changed(parent);
                 Ok(())
             }
