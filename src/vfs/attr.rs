@@ -316,16 +316,7 @@ impl Vfs {
                     None => Err(err!(libc::ENOENT, "no module {m:?}")),
                 }
             }
-            ViewStateFile { peer, other, key } => {
-                if !self.may_read(peer, other, key) {
-                    return Err(err!(libc::ENOENT, "no readable key {key:?} of {other}"));
-                }
-                let o = self.core.peer(other)?;
-                match o.read(|s| s.stat_key(key))? {
-                    Some(Some(st)) => self.file_attr(Some(peer), st.size, 0o444, st.mtime_ns),
-                    _ => Err(err!(libc::ENOENT, "no readable key {key:?} of {other}")),
-                }
-            }
+            ViewStateFile { peer, other, key } => self.view_attr(peer, other, key),
             Policy(p) => {
                 let (b, t) = self.meta_bytes(p, "policy")?;
                 self.file_attr(Some(p), b.len() as u64, 0o644, t)

@@ -211,16 +211,7 @@ impl Vfs {
                 p.read(|s| s.get_bytes(key))?
                     .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
             }
-            ViewStateFile { peer, other, key } => {
-                // Checked again here, not only at lookup: the kernel may hold the
-                // inode from before the policy changed.
-                if !self.may_read(peer, other, key) {
-                    return Err(err!(libc::ENOENT, "no readable key {key:?} of {other}"));
-                }
-                let p = self.core.peer(other)?;
-                p.read(|s| s.get_bytes(key))?
-                    .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
-            }
+            ViewStateFile { peer, other, key } => self.view_bytes(peer, other, key),
             ModuleFile { peer, name } => {
                 let m = module_name(name)
                     .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;

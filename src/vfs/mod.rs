@@ -14,7 +14,8 @@
 //! - [`flags`]: open and rename flags as types;
 //! - `handles`: open, read, write, the buffer budget, staging, the opener rule;
 //! - `commit`: create, write-back at close, rename, unlink, submission;
-//! - `meta`: `.peerfs/` files and statfs.
+//! - `meta`: `.peerfs/` files and statfs;
+//! - `view`: another peer's view (`peers/<other>/`, the part of its state a peer may read).
 //!
 //! This file holds the shared types and the [`Vfs`] itself.
 
@@ -25,6 +26,7 @@ mod handles;
 mod meta;
 pub mod node;
 mod tree;
+mod view;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

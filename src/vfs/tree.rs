@@ -1,10 +1,8 @@
 //! The tree: what a name under a folder is ([`Vfs::lookup`], the path grammar of
 //! every [`Node`] kind), what a folder lists ([`Vfs::readdir`] and the directory
 //! handles), and making and removing folders (a peer at the top, folders in
-//! `state/`). The listing of another peer's readable state (`peers/<other>/state/`)
-//! is in `child`'s and `readdir`'s `ViewState` arms.
+//! `state/`). Another peer's view (`peers/<other>/`) is in `view.rs`.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -138,8 +136,7 @@ impl Vfs {
                 }
             }
             Peers(p) => {
-                if name == p || check_peer_name(name).is_err() || !self.core.registry().exists(name)
-                {
+                if !self.is_other_peer(p, name) {
                     return Err(missing());
                 }
                 View {
@@ -163,30 +160,7 @@ impl Vfs {
                 },
                 _ => return Err(missing()),
             },
-            ViewState { peer, other, dir } => {
-                let key = join_key(dir, name);
-                check_key(&key)?;
-                let o = self.core.peer(other)?;
-                match o.read(|s| s.stat_key(&key))? {
-                    Some(Some(_)) if self.may_read(peer, other, &key) => ViewStateFile {
-                        peer: peer.clone(),
-                        other: other.clone(),
-                        key,
-                    },
-                    Some(None) => {
-                        let keys = o.read(|s| s.keys(&format!("{key}/"), 100_000))?;
-                        if !keys.iter().any(|k| self.may_read(peer, other, k)) {
-                            return Err(missing());
-                        }
-                        ViewState {
-                            peer: peer.clone(),
-                            other: other.clone(),
-                            dir: key,
-                        }
-                    }
-                    _ => return Err(missing()),
-                }
-            }
+            ViewState { peer, other, dir } => self.view_child(peer, other, dir, name)?,
             _ => return Err(err!(libc::ENOTDIR, "not a folder")),
         })
     }
@@ -337,17 +311,15 @@ impl Vfs {
                 });
             }
             Peers(p) => {
-                for (n, _) in self.core.registry().list() {
-                    if &n != p {
-                        out.push((
-                            n.clone(),
-                            View {
-                                peer: p.clone(),
-                                other: n,
-                            },
-                            Kind::Dir,
-                        ));
-                    }
+                for n in self.other_peers(p) {
+                    out.push((
+                        n.clone(),
+                        View {
+                            peer: p.clone(),
+                            other: n,
+                        },
+                        Kind::Dir,
+                    ));
                 }
             }
             View { peer, other } => {
@@ -377,49 +349,7 @@ impl Vfs {
                     Kind::Dir,
                 ));
             }
-            ViewState { peer, other, dir } => {
-                if self.read_check.read().unwrap().is_some() {
-                    let o = self.core.peer(other)?;
-                    let prefix = if dir.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{dir}/")
-                    };
-                    let keys = o.read(|s| s.keys(&prefix, 1_000_000))?;
-                    let mut seen = HashSet::new();
-                    for k in keys {
-                        if !self.may_read(peer, other, &k) {
-                            continue;
-                        }
-                        let rest = &k[prefix.len()..];
-                        match rest.find('/') {
-                            Some(i) => {
-                                let n = &rest[..i];
-                                if seen.insert(n.to_string()) {
-                                    out.push((
-                                        n.to_string(),
-                                        ViewState {
-                                            peer: peer.clone(),
-                                            other: other.clone(),
-                                            dir: join_key(dir, n),
-                                        },
-                                        Kind::Dir,
-                                    ));
-                                }
-                            }
-                            None => out.push((
-                                rest.to_string(),
-                                ViewStateFile {
-                                    peer: peer.clone(),
-                                    other: other.clone(),
-                                    key: k.clone(),
-                                },
-                                Kind::File,
-                            )),
-                        }
-                    }
-                }
-            }
+            ViewState { peer, other, dir } => out.extend(self.view_listing(peer, other, dir)?),
             _ => return Err(err!(libc::ENOTDIR, "not a folder")),
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
