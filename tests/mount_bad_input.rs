@@ -171,11 +171,17 @@ fn bad_input_gets_a_clear_errno() {
         libc::ENOENT,
         "rm a missing inbox file",
     );
-    // chmod is accepted and not kept (vfat's `quiet`): a peer's files keep the
-    // peer's mode, and `ls -l` shows it.
-    fs::set_permissions(m.p("alice/state/x"), fs::Permissions::from_mode(0o777)).unwrap();
+    // chmod in state/ is kept and shown; of the daemon's own files it is accepted
+    // and not kept (vfat's `quiet`): they keep the daemon's mode, and `ls -l`
+    // shows it.
+    fs::set_permissions(m.p("alice/state/x"), fs::Permissions::from_mode(0o750)).unwrap();
     assert_eq!(
         fs::metadata(m.p("alice/state/x")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    fs::set_permissions(m.p("alice/policy.cedar"), fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(
+        fs::metadata(m.p("alice/policy.cedar")).unwrap().mode() & 0o7777,
         0o644
     );
 }

@@ -352,3 +352,101 @@ fn state_folders_say_their_link_count_is_not_counted() {
     let found = sh_ok(&format!("find {} -type d | wc -l", q(&m.p("alice/state"))));
     assert_eq!(found.trim(), "3");
 }
+
+/// `rsync -a` of a tree whose files and folders have varied modes: the copy is the
+/// same (`diff -r`), `ls -l` shows the modes it was given, a second run copies
+/// nothing, and after a remount (a new daemon over the same data) empty folders,
+/// modes and folder times are all still there.
+#[test]
+fn rsync_a_keeps_modes_and_a_remount_keeps_empty_folders_modes_and_times() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, mnt, work) = (
+        d.path().join("data"),
+        d.path().join("mnt"),
+        d.path().join("work"),
+    );
+    fs::create_dir_all(&mnt).unwrap();
+    fs::create_dir_all(&work).unwrap();
+    let src = work.join("src");
+    for dir in ["priv", "shared/inner", "empty", "shared/empty-too"] {
+        fs::create_dir_all(src.join(dir)).unwrap();
+    }
+    let files = [
+        ("secret", "0600"),
+        ("group-readable", "0640"),
+        ("run.sh", "0700"),
+        ("priv/k", "0600"),
+        ("shared/n", "0644"),
+        ("shared/inner/x", "0640"),
+    ];
+    for (f, mode) in files {
+        fs::write(src.join(f), format!("{f}\n")).unwrap();
+        sh_ok(&format!("chmod {mode} {}", q(&src.join(f))));
+    }
+    sh_ok(&format!(
+        "cd {s} && chmod 0750 priv shared shared/inner && chmod 0700 empty && \
+         chmod 0755 . shared/empty-too && \
+         find . -depth -exec touch -h -d '2020-01-02 03:04:05' {{}} +",
+        s = q(&src)
+    ));
+    let dst = |dm: &Daemon| dm.p("alice/state/dst");
+    // What `ls -l` would show, for every path of the tree, as (path, mode, mtime).
+    let listing = |root: &std::path::Path| -> Vec<(String, u32, i64)> {
+        let out = sh_ok(&format!("cd {} && find . | sort", q(root)));
+        out.lines()
+            .map(|p| {
+                let md = fs::symlink_metadata(root.join(p)).unwrap();
+                (p.to_string(), md.mode() & 0o7777, md.mtime())
+            })
+            .collect()
+    };
+
+    let mut dm = Daemon::start(&data, &mnt, &work, &[]);
+    dm.add_peer("alice");
+    sh_ok(&format!("rsync -a {}/ {}/", q(&src), q(&dst(&dm))));
+    sh_ok(&format!("diff -r {} {}", q(&src), q(&dst(&dm))));
+    assert_eq!(
+        listing(&dst(&dm)),
+        listing(&src),
+        "modes and times as given"
+    );
+    let again = sh_ok(&format!(
+        "rsync -a --itemize-changes {}/ {}/",
+        q(&src),
+        q(&dst(&dm))
+    ));
+    assert_eq!(again, "", "a second rsync found changes");
+    sh_ok(&format!(
+        "fusermount3 -u {m} 2>/dev/null || umount {m}",
+        m = q(&mnt)
+    ));
+    let st = dm.wait(std::time::Duration::from_secs(10));
+    assert!(st.success(), "{st}: {}", dm.log_text());
+    drop(dm);
+
+    let mut dm = Daemon::start(&data, &mnt, &work, &[]);
+    assert_eq!(
+        listing(&dst(&dm)),
+        listing(&src),
+        "after a remount: the empty folders, the modes and the times"
+    );
+    sh_ok(&format!("diff -r {} {}", q(&src), q(&dst(&dm))));
+    let again = sh_ok(&format!(
+        "rsync -a --itemize-changes {}/ {}/",
+        q(&src),
+        q(&dst(&dm))
+    ));
+    assert_eq!(again, "", "rsync after the remount found changes");
+    // chmod(1) on the mount: shown at once (`ls -l` truthful).
+    let ro = dst(&dm).join("secret");
+    sh_ok(&format!("chmod 0400 {}", q(&ro)));
+    assert_eq!(fs::metadata(&ro).unwrap().mode() & 0o777, 0o400);
+    sh_ok(&format!("chmod 0600 {}", q(&ro)));
+    assert_eq!(fs::metadata(&ro).unwrap().mode() & 0o777, 0o600);
+    sh_ok(&format!(
+        "fusermount3 -u {m} 2>/dev/null || umount {m}",
+        m = q(&mnt)
+    ));
+    let st = dm.wait(std::time::Duration::from_secs(10));
+    assert!(st.success(), "{st}: {}", dm.log_text());
+}

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::mpsc;
 
 use peerfs::exec::{Config, Core};
-use peerfs::vfs::{Caller, Node, Vfs, MAX_STATE_FILE};
+use peerfs::vfs::{Caller, Node, SetAttr, Vfs, MAX_STATE_FILE};
 use proptest::prelude::*;
 
 const CAP: u64 = MAX_STATE_FILE;
@@ -286,11 +286,11 @@ fn run(fs: &Fs, op: &Op) -> Result<Option<Vec<u8>>, i32> {
         Op::Write(i, off, len, byte) => fs.write(path(i), *off, &vec![*byte; *len]).map(|_| None),
         Op::Truncate(i, size) => fs
             .node(path(i))
-            .and_then(|n| fs.vfs.setattr(&n, None, Some(*size), None))
+            .and_then(|n| fs.vfs.setattr(&n, None, SetAttr::size(*size)))
             .map(|_| None),
         Op::Ftruncate(i, size) => fs.node(path(i)).and_then(|n| {
             let fh = fs.vfs.open(&n, libc::O_WRONLY, &fs.who)?.fh;
-            let t = fs.vfs.setattr(&n, Some(fh), Some(*size), None);
+            let t = fs.vfs.setattr(&n, Some(fh), SetAttr::size(*size));
             let c = fs.close(fh);
             t.and(c).map(|_| None)
         }),
@@ -422,8 +422,7 @@ fn buffers_of_one_peer_have_a_budget() {
                 key: "h3".into(),
             },
             Some(o.fh),
-            Some(600 << 10),
-            None,
+            SetAttr::size(600 << 10),
         )
         .unwrap_err();
     assert_eq!(e.errno, libc::EDQUOT);

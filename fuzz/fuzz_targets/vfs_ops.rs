@@ -12,8 +12,8 @@ use libfuzzer_sys::fuzz_target;
 #[path = "shared/temp.rs"]
 mod temp;
 use peerfs::store::Store;
-use peerfs::vfs::{Caller, Node, Vfs};
 use peerfs::exec::Core;
+use peerfs::vfs::{Caller, Node, SetAttr, Vfs};
 
 struct World {
     core: Core,
@@ -150,7 +150,7 @@ fuzz_target!(|data: &[u8]| {
             4 => {
                 if let Some(n) = &node {
                     let fh = open.last().copied();
-                    ok_or_errno("setattr", vfs.setattr(n, fh, Some(size), None));
+                    ok_or_errno("setattr", vfs.setattr(n, fh, SetAttr::size(size)));
                     if size > vfs.size_cap(n) {
                         // A refused size leaves the file as it was.
                         let again = vfs.getattr(n, None);

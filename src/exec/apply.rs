@@ -160,18 +160,22 @@ impl Core {
                 if !st.remove(key)? {
                     return Err(err!(libc::ENOENT, "no state key {key:?}"));
                 }
+                // Removed through the mount: its folders stay until rmdir.
+                crate::store::keep_parents(st, key, now_ns())?;
                 st.append_log(&format!("{ts} remove state/{key}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::Rename(from, to) => {
                 crate::peer::name::check_key(to)?;
                 st.rename(from, to)?;
+                crate::store::keep_parents(st, from, now_ns())?;
                 st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::RenameDir(from, to) => {
                 crate::peer::name::check_key(to)?;
                 let n = st.rename_dir(from, to)?;
+                crate::store::keep_parents(st, from, now_ns())?;
                 st.append_log(&format!("{ts} rename state/{from}/ state/{to}/ ({n} keys)"))?;
                 vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
@@ -179,6 +183,29 @@ impl Core {
                 if !st.set_mtime(key, *mtime)? {
                     return Err(err!(libc::ENOENT, "no state key {key:?}"));
                 }
+                vec![Effect::Changed(Change::State)]
+            }
+            Op::SetMode(key, mode) => {
+                if !st.set_mode(key, *mode)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                vec![Effect::Changed(Change::State)]
+            }
+            Op::MakeDir(dir) => {
+                crate::peer::name::check_key(dir)?;
+                st.keep_folder(dir, None, Some(now_ns()))?;
+                st.append_log(&format!("{ts} mkdir state/{dir}/"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::RemoveDir(dir) => {
+                if !st.forget_folder(dir)? {
+                    return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
+                }
+                st.append_log(&format!("{ts} rmdir state/{dir}/"))?;
+                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            Op::SetDirAttrs { dir, mode, mtime } => {
+                st.keep_folder(dir, *mode, *mtime)?;
                 vec![Effect::Changed(Change::State)]
             }
             Op::SetModule(name, src) => {

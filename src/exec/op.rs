@@ -17,6 +17,18 @@ pub enum Op {
     RenameDir(String, String),
     /// A key's modification time set (`touch -d`, `utimensat`, rsync's times).
     SetMtime(String, i64),
+    /// A key's permission bits set (chmod).
+    SetMode(String, u32),
+    /// A folder made in `state/` (mkdir): kept while it holds no key.
+    MakeDir(String),
+    /// A kept folder of `state/` removed (rmdir of an empty folder).
+    RemoveDir(String),
+    /// A `state/` folder's permission bits or time set (chmod, utimensat).
+    SetDirAttrs {
+        dir: String,
+        mode: Option<u32>,
+        mtime: Option<i64>,
+    },
     SetModule(String, Vec<u8>),
     RemoveModule(String),
     SetMeta(String, Vec<u8>),

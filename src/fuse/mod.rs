@@ -1,9 +1,10 @@
 //! The FUSE adapter: a thin translation between fuser 0.18 and [`crate::vfs`].
 //!
 //! Each callback turns the kernel's arguments into the vfs's (an inode number into a
-//! `Node`, an `OsStr` into a `&str`), calls the vfs, and answers. Every rule about
-//! what a path means lives in the vfs, which tests drive without FUSE. The only state
-//! kept here is the inode table (`inodes`).
+//! `Node`, an `OsStr` into a `&str`, raw flags into `vfs::OpenFlags`/`RenameFlags`),
+//! calls the vfs, and answers. Every rule about what a path means, what SETATTR
+//! changes and how long the kernel may cache lives in the vfs, which `tests/vfs.rs`
+//! drives without FUSE. The only state kept here is the inode table (`inodes`).
 //!
 //! Replies are owned values in fuser 0.18: `read`, `flush` and `fsync` hand theirs
 //! to the vfs, which answers later from another thread (a pending result waits for
@@ -27,38 +28,24 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 
-use crate::vfs::{Attr, Caller, Invalidate, Kind, Node, Opened, Vfs};
+use crate::vfs::{flags, Attr, Caller, Invalidate, Kind, Node, Opened, SetAttr, SetTime, Vfs};
 use crate::Error;
 use inodes::{InodeTable, ROOT_INO};
 
-/// Folders' entries and attributes (files get none, see `ttl`). Short on purpose:
-/// the daemon changes directories behind the kernel's back (a result appears, a
-/// script leaves the inbox) and invalidation covers only the inodes it names; a
-/// stale folder dentry lives at most this long.
-const TTL: Duration = Duration::from_secs(1);
-
-/// How long the kernel may keep a node's entry and attributes. Files: not at all.
-/// A run changes state, results and the log behind the kernel's back, and its
-/// change notice reaches the kernel only after the result does (invalidation is
-/// asynchronous, see `install_invalidator`): a cached size could be stale right
-/// after `jq .value outbox/x.json`. The entry goes with the attributes: a cached
-/// dentry of a file a run removed would make the next `open(O_CREAT)` fail with
-/// ENOENT (the kernel checks the attributes, finds the file gone, and never sends
-/// CREATE). A LOOKUP is one read of the store.
+/// How long the kernel may keep a node's entry and attributes: the vfs's rule
+/// (see `vfs::entry_ttl`, `vfs::attr_ttl`), in fuser's terms.
 fn ttl(kind: FileType) -> Duration {
-    match kind {
-        FileType::RegularFile => Duration::ZERO,
-        _ => TTL,
-    }
+    crate::vfs::entry_ttl(kind_of(kind))
 }
 
-/// How long the kernel may keep a node's attributes (the vfs says which files'
-/// may be kept, see `vfs::attrs_keep`).
 fn attr_ttl(node: &Node, kind: FileType) -> Duration {
-    if crate::vfs::attrs_keep(node) {
-        TTL
-    } else {
-        ttl(kind)
+    crate::vfs::attr_ttl(node, kind_of(kind))
+}
+
+fn kind_of(kind: FileType) -> Kind {
+    match kind {
+        FileType::Directory => Kind::Dir,
+        _ => Kind::File,
     }
 }
 
@@ -236,7 +223,8 @@ fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Nod
             let _ = tx.send(inv);
         })),
         Err(e) => tracing::warn!(
-            "cannot start the invalidation thread ({e}): listings may lag up to {TTL:?}"
+            "cannot start the invalidation thread ({e}): listings may lag up to {:?}",
+            crate::vfs::CACHE_TTL
         ),
     }
 }
@@ -340,14 +328,11 @@ fn open_flags(o: &Opened) -> FopenFlags {
     f
 }
 
-/// The SETATTR fields peerfs looks at.
-struct AttrChange {
-    mode: Option<u32>,
-    uid: Option<u32>,
-    gid: Option<u32>,
-    size: Option<u64>,
-    mtime: Option<TimeOrNow>,
-    fh: Option<FileHandle>,
+fn set_time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::SpecificTime(t) => SetTime::At(time_ns(t)),
+        TimeOrNow::Now => SetTime::Now,
+    }
 }
 
 impl PeerFs {
@@ -367,43 +352,6 @@ impl PeerFs {
         let ino = self.inodes.lookup(node);
         let fa = file_attr(ino, attr);
         reply.entry_with_ttls(&attr_ttl(node, fa.kind), &ttl(fa.kind), &fa, Generation(0));
-    }
-
-    fn setattr_inner(&self, ino: INodeNo, c: AttrChange) -> Result<FileAttr, Errno> {
-        const OP: &str = "setattr";
-        let AttrChange {
-            mode,
-            uid,
-            gid,
-            size,
-            mtime,
-            fh,
-        } = c;
-        let node = self.node(OP, ino)?;
-        let fh = fh.map(|f| f.0);
-        if mode.is_some() || uid.is_some() || gid.is_some() {
-            // Accepted and not kept (vfat's `quiet`): what `ls -l` shows is what is
-            // enforced, see `Vfs::chmod`.
-            let cur = self
-                .vfs
-                .chmod(&node, fh, mode, uid, gid)
-                .map_err(|e| errno(OP, &e))?;
-            if size.is_none() && mtime.is_none() {
-                return Ok(file_attr(ino.0, &cur));
-            }
-        }
-        let mtime_ns = mtime.map(|t| match t {
-            TimeOrNow::SpecificTime(t) => time_ns(t),
-            TimeOrNow::Now => time_ns(SystemTime::now()),
-        });
-        let attr = if size.is_none() && mtime_ns.is_none() {
-            // atime/ctime only: nothing peerfs keeps; answer the current attributes.
-            self.vfs.getattr(&node, fh)
-        } else {
-            self.vfs.setattr(&node, fh, size, mtime_ns)
-        }
-        .map_err(|e| errno(OP, &e))?;
-        Ok(file_attr(ino.0, &attr))
     }
 }
 
@@ -462,7 +410,7 @@ impl Filesystem for PeerFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
@@ -472,16 +420,25 @@ impl Filesystem for PeerFs {
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let change = AttrChange {
+        const OP: &str = "setattr";
+        let change = SetAttr {
             mode,
             uid,
             gid,
             size,
-            mtime,
-            fh,
+            atime: atime.map(set_time),
+            mtime: mtime.map(set_time),
         };
-        match self.setattr_inner(ino, change) {
-            Ok(attr) => reply.attr(&ttl(attr.kind), &attr),
+        let r = self.node(OP, ino).and_then(|node| {
+            self.vfs
+                .setattr(&node, fh.map(|f| f.0), change)
+                .map_err(|e| errno(OP, &e))
+        });
+        match r {
+            Ok(attr) => {
+                let fa = file_attr(ino.0, &attr);
+                reply.attr(&ttl(fa.kind), &fa)
+            }
             Err(e) => reply.error(e),
         }
     }
@@ -571,7 +528,13 @@ impl Filesystem for PeerFs {
             // The node the kernel's inode stands for, to move its ino along.
             let from = self.vfs.lookup(&parent, name).ok().map(|(n, _)| n);
             self.vfs
-                .rename(&parent, name, &newparent, newname, flags.bits())
+                .rename(
+                    &parent,
+                    name,
+                    &newparent,
+                    newname,
+                    flags::RenameFlags::from_libc(flags.bits()),
+                )
                 .map_err(|e| errno(OP, &e))?;
             if let Some(from) = from {
                 let to = self.vfs.lookup(&newparent, newname).ok().map(|(n, _)| n);
@@ -596,7 +559,7 @@ impl Filesystem for PeerFs {
         const OP: &str = "open";
         let r = self.node(OP, ino).and_then(|node| {
             self.vfs
-                .open(&node, flags.0, &caller(req))
+                .open(&node, flags::OpenFlags::from_libc(flags.0), &caller(req))
                 .map_err(|e| errno(OP, &e))
         });
         match r {
@@ -764,7 +727,12 @@ impl Filesystem for PeerFs {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
             self.vfs
-                .create(&parent, name, flags, &caller(req))
+                .create(
+                    &parent,
+                    name,
+                    flags::OpenFlags::from_libc(flags),
+                    &caller(req),
+                )
                 .map_err(|e| errno(OP, &e))
         })();
         match r {

@@ -54,6 +54,32 @@ pub struct DirEntry {
 pub struct FileStat {
     pub size: u64,
     pub mtime_ns: i64,
+    /// Permission bits set with chmod (`None`: never set, the mount shows 0644).
+    pub mode: Option<u32>,
+}
+
+/// A folder of `state/` kept apart from its keys: made with mkdir, left by the
+/// removal or move of its last key through the mount, or given a mode or a time.
+/// A folder exists while it holds keys or is kept; a kept one lasts until rmdir.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folder {
+    /// Permission bits set with chmod (`None`: the mount shows 0755).
+    pub mode: Option<u32>,
+    /// When it was made, last changed entries, or the time set (`None`: not known).
+    pub mtime_ns: Option<i64>,
+}
+
+/// Keeps the folders above `key` (a key that left them through the mount): they
+/// stay, empty, until rmdir, as on any file system; the parent's time moves to `now`.
+pub fn keep_parents(st: &mut dyn Store, key: &str, now: i64) -> Result<()> {
+    let mut dir = key;
+    let mut first = true;
+    while let Some(i) = dir.rfind('/') {
+        dir = &dir[..i];
+        st.keep_folder(dir, None, first.then_some(now))?;
+        first = false;
+    }
+    Ok(())
 }
 
 /// The latest result of one script name, as the outbox shows it.
@@ -127,6 +153,17 @@ pub trait Store: Send {
     fn rename_dir(&mut self, from: &str, to: &str) -> Result<u64>;
     /// Sets a value's modification time; false if there is no such key.
     fn set_mtime(&mut self, key: &str, mtime_ns: i64) -> Result<bool>;
+    /// Sets a value's permission bits; false if there is no such key.
+    fn set_mode(&mut self, key: &str, mode: u32) -> Result<bool>;
+    /// `dir`, if it is a kept folder (see [`Folder`]).
+    fn folder(&mut self, dir: &str) -> Result<Option<Folder>>;
+    /// The kept folders whose path begins with `prefix`, sorted.
+    fn folders(&mut self, prefix: &str) -> Result<Vec<(String, Folder)>>;
+    /// Keeps `dir` as a folder; a mode or time given replaces the one kept. A folder
+    /// newly kept is a new entry of its parent (whose time moves).
+    fn keep_folder(&mut self, dir: &str, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<()>;
+    /// Stops keeping `dir` (rmdir); false if it was not kept.
+    fn forget_folder(&mut self, dir: &str) -> Result<bool>;
     /// Every key that begins with `prefix`, sorted.
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>>;
     /// The immediate children of the folder `dir` ("" for the top), sorted by name.

@@ -1,7 +1,28 @@
-//! What a path on the mount means: one [`Node`] per file or folder.
+//! What a path on the mount means: one [`Node`] per file or folder, and the
+//! naming rules that go with it (module file names, a file's parent folder).
+
+use crate::peer::name::is_staging_name;
 
 /// The identity of a file or folder on the mount. The FUSE adapter gives each node
 /// an inode number; every rule about what a node allows lives in the vfs.
+///
+/// What each kind allows, in one place (the operations are in the vfs's rooms:
+/// `tree` for lookup/readdir/mkdir/rmdir, `attr` for stat/setattr, `handles` for
+/// open/read/write, `commit` for create/close/rename/unlink):
+///
+/// | kind | read | write, create | rename | unlink, rmdir | setattr |
+/// |---|---|---|---|---|---|
+/// | `Root` | lists peers and `.peerfs` | mkdir: a new peer | – | rmdir: removes a peer | – |
+/// | `MetaDir`, `MetaFile` | figures made at open | – | – | – | – |
+/// | `Peer` | its fixed entries | – | – | – | – |
+/// | `Inbox`, `InboxFile` | queued scripts, staging files | a close submits; `.x`/`x~` stage in memory | staging → real name submits | withdraws own queued script | size of a staging file |
+/// | `Outbox`, `OutboxFile` | results (a read waits for the run) | – | – | removes a result | – |
+/// | `State`, `StateFile` | values; folders | a close stores the value; mkdir (kept until rmdir) | files and folders within `state/` | rm (folders stay), rmdir | size, mtime, mode (kept) |
+/// | `Modules`, `ModuleFile` | `x.rhai` modules, staging files | a close stores a module | staging → `x.rhai` stores it | removes a module | – |
+/// | `Peers`, `View` | other peers, their inbox/outbox/state | through their inbox | – | – | – |
+/// | `ViewState`, `ViewStateFile` | the keys the policy lets this peer read | – | – | – | – |
+/// | `Policy`, `Groups` | the text in force | a close validates and applies the whole text | – | – | – |
+/// | `Log` | read as it grows | – | – | – | – |
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
     Root,
@@ -143,5 +164,45 @@ pub fn join_key(dir: &str, name: &str) -> String {
         name.to_string()
     } else {
         format!("{dir}/{name}")
+    }
+}
+
+/// `x.rhai` -> module `x` (module files end in `.rhai`; others are staging files).
+pub fn module_name(file: &str) -> Option<&str> {
+    let m = file.strip_suffix(".rhai")?;
+    if m.is_empty() || is_staging_name(file) {
+        return None;
+    }
+    Some(m)
+}
+
+impl Node {
+    /// The parent folder of a file node, and the file's name in it (the key of
+    /// its staged entry, see `handles`).
+    pub fn parent_of(node: &Node) -> Option<(Node, String)> {
+        Some(match node {
+            Node::InboxFile { peer, target, name } => (
+                Node::Inbox {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                },
+                name.clone(),
+            ),
+            Node::StateFile { peer, key } => {
+                let (dir, name) = match key.rfind('/') {
+                    Some(i) => (key[..i].to_string(), key[i + 1..].to_string()),
+                    None => (String::new(), key.clone()),
+                };
+                (
+                    Node::State {
+                        peer: peer.clone(),
+                        dir,
+                    },
+                    name,
+                )
+            }
+            Node::ModuleFile { peer, name } => (Node::Modules(peer.clone()), name.clone()),
+            _ => return None,
+        })
     }
 }

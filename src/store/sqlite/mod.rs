@@ -8,6 +8,7 @@
 //! `schema` (the tables and their migrations), `state` (how a value is kept: the
 //! shape of keys and folders, one blob per value, giving space back) and the tests.
 
+mod folders;
 mod schema;
 mod state;
 #[cfg(test)]
@@ -19,7 +20,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::value::{parse_file, render};
-use super::{rows, DirEntry, FileStat, Job, OutboxEntry, Outgoing, Store};
+use super::{rows, DirEntry, FileStat, Folder, Job, OutboxEntry, Outgoing, Store};
 use crate::error::err;
 use crate::error::Result;
 use crate::util::now_ns;
@@ -280,6 +281,7 @@ impl Store for SqliteStore {
             .execute([key])?
             > 0;
         if removed {
+            self.touch_parent(key, now_ns())?;
             self.reclaim()?;
         }
         Ok(removed)
@@ -304,7 +306,8 @@ impl Store for SqliteStore {
         self.conn
             .prepare_cached("UPDATE state SET key=?2 WHERE key=?1")?
             .execute([from, to])?;
-        Ok(())
+        self.touch_parent(from, now_ns())?;
+        self.touch_parent(to, now_ns())
     }
 
     fn rename_dir(&mut self, from: &str, to: &str) -> Result<u64> {
@@ -331,6 +334,7 @@ impl Store for SqliteStore {
                 "UPDATE state SET key = ?3 || '/' || substr(key, ?4) WHERE key >= ?1 AND key < ?2",
             )?
             .execute(params![lo, hi, to, skip])?;
+        self.move_folders(from, to)?;
         Ok(n as u64)
     }
 
@@ -340,6 +344,30 @@ impl Store for SqliteStore {
             .prepare_cached("UPDATE state SET mtime=?2 WHERE key=?1")?
             .execute(params![key, mtime_ns])?
             > 0)
+    }
+
+    fn set_mode(&mut self, key: &str, mode: u32) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("UPDATE state SET mode=?2 WHERE key=?1")?
+            .execute(params![key, mode])?
+            > 0)
+    }
+
+    fn folder(&mut self, dir: &str) -> Result<Option<Folder>> {
+        self.kept_folder(dir)
+    }
+
+    fn folders(&mut self, prefix: &str) -> Result<Vec<(String, Folder)>> {
+        self.kept_folders(prefix)
+    }
+
+    fn keep_folder(&mut self, dir: &str, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<()> {
+        self.keep(dir, mode, mtime_ns)
+    }
+
+    fn forget_folder(&mut self, dir: &str) -> Result<bool> {
+        self.forget(dir)
     }
 
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>> {
@@ -402,22 +430,25 @@ impl Store for SqliteStore {
     }
 
     fn stat_key(&mut self, key: &str) -> Result<Option<Option<FileStat>>> {
-        let row: Option<(i64, i64)> = self
+        let row: Option<(i64, i64, Option<u32>)> = self
             .conn
-            .prepare_cached("SELECT size, mtime FROM state WHERE key=?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT size, mtime, mode FROM state WHERE key=?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        if let Some((size, mtime)) = row {
+        if let Some((size, mtime, mode)) = row {
             return Ok(Some(Some(FileStat {
                 size: size as u64,
                 mtime_ns: mtime,
+                mode,
             })));
         }
-        Ok(if self.folder_exists(key)? {
-            Some(None)
-        } else {
-            None
-        })
+        Ok(
+            if self.folder_exists(key)? || self.kept_folder(key)?.is_some() {
+                Some(None)
+            } else {
+                None
+            },
+        )
     }
 
     fn module(&mut self, name: &str) -> Result<Option<Vec<u8>>> {

@@ -54,6 +54,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         SELECT v.id, coalesce(s.raw, CAST(s.json AS BLOB)) FROM state_v4 v JOIN state s USING(key);
      DROP TABLE state;
      ALTER TABLE state_v4 RENAME TO state;",
+    // 6: what chmod sets on a value, and folders kept apart from keys (an empty
+    // folder survives a remount; a folder's mode and time are kept), see `folders.rs`.
+    "ALTER TABLE state ADD COLUMN mode INTEGER;
+     CREATE TABLE state_dirs(dir TEXT PRIMARY KEY, mode INTEGER, mtime INTEGER) WITHOUT ROWID;",
 ];
 
 impl SqliteStore {

@@ -100,7 +100,7 @@ impl SqliteStore {
         self.conn
             .prepare_cached("INSERT INTO state(key,size,mtime,typed,id) VALUES(?1,?2,?3,?4,?5)")?
             .execute(params![key, size as i64, now, typed, id])?;
-        Ok(())
+        self.touch_parent(key, now)
     }
 
     /// A key's stored form: whether it is JSON text, and the blob.

@@ -299,7 +299,8 @@ fn an_older_schema_is_migrated_on_open_and_keeps_its_data() {
         s.stat_key("f").unwrap(),
         Some(Some(FileStat {
             size: 3,
-            mtime_ns: 7
+            mtime_ns: 7,
+            mode: None,
         }))
     );
     let vacuum: i64 = s

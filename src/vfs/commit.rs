@@ -1,0 +1,530 @@
+//! Commit: how bytes and names become durable. Creating a file, writing a handle
+//! back at close ([`Vfs::flush`] → `flush_now` → `commit`: a script is submitted, a
+//! value or module stored, a policy or groups file validated and applied), renames
+//! (files and state folders), unlink, and submission to the executor.
+
+use super::handles::validated_whole;
+use super::*;
+use crate::error::err;
+use crate::error::Result;
+use crate::exec::Op;
+use crate::peer::name::{check_key, is_staging_name};
+use crate::util::now_ns;
+
+impl Vfs {
+    pub fn unlink(&self, parent: &Node, name: &str) -> Result<()> {
+        let r = self.unlink_inner(parent, name);
+        if r.is_ok() {
+            // Handles still open on it store nothing at their close: the name is
+            // gone, and POSIX gives an unlinked file's bytes no name to come back to.
+            if let Ok(node) = self.child(parent, name).or_else(|_| match parent {
+                Node::State { peer, dir } => Ok(Node::StateFile {
+                    peer: peer.clone(),
+                    key: join_key(dir, name),
+                }),
+                _ => Err(err!(libc::ENOENT, "gone")),
+            }) {
+                for h in self.handles.lock().unwrap().values_mut() {
+                    if h.write && h.node == node {
+                        h.unlinked = true;
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    pub(super) fn unlink_inner(&self, parent: &Node, name: &str) -> Result<()> {
+        if self
+            .staged
+            .lock()
+            .unwrap()
+            .remove(&(parent.clone(), name.to_string()))
+            .is_some()
+        {
+            return Ok(());
+        }
+        let node = self.child(parent, name)?;
+        match &node {
+            Node::StateFile { peer, key } => {
+                // Its folders stay (the store keeps them, see `Op::Remove`).
+                self.core.apply(peer, Op::Remove(key.clone()))?;
+                self.entries_changed(parent);
+                Ok(())
+            }
+            Node::ModuleFile { peer, name } => {
+                let m = module_name(name)
+                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                self.core.apply(peer, Op::RemoveModule(m.to_string()))
+            }
+            Node::OutboxFile { peer, target, name } => self.core.outbox_remove(peer, target, name),
+            // The owner withdraws its own queued script (it ends unrun, with a
+            // result saying so); another peer's queue is not the caller's to empty.
+            Node::InboxFile { peer, target, .. } if peer == target => {
+                self.core.withdraw(peer, name)
+            }
+            Node::InboxFile { .. } => {
+                self.attr(&node)?;
+                Err(err!(
+                    libc::EBUSY,
+                    "{name} is queued to run: a submitted script cannot be withdrawn"
+                ))
+            }
+            Node::State { .. } => Err(err!(libc::EISDIR, "{name} is a folder: use rmdir")),
+            _ => Err(err!(libc::EACCES, "{name} cannot be removed")),
+        }
+    }
+
+    pub fn rename(
+        &self,
+        parent: &Node,
+        name: &str,
+        newparent: &Node,
+        newname: &str,
+        flags: impl Into<RenameFlags>,
+    ) -> Result<()> {
+        if parent.peer() != newparent.peer() {
+            return Err(err!(
+                libc::EXDEV,
+                "rename across peers: copy the file instead"
+            ));
+        }
+        let flags = flags.into();
+        if flags.exchange {
+            return Err(err!(libc::EINVAL, "RENAME_EXCHANGE is not supported"));
+        }
+        let noreplace = flags.noreplace;
+        if noreplace
+            && self
+                .child(newparent, newname)
+                .and_then(|n| self.attr(&n))
+                .is_ok()
+        {
+            return Err(err!(libc::EEXIST, "{newname} exists"));
+        }
+        let src_key = (parent.clone(), name.to_string());
+        let staged = self.staged.lock().unwrap().get(&src_key).cloned();
+        match (parent, newparent) {
+            (Node::Inbox { .. }, Node::Inbox { .. }) => {
+                let s = staged.ok_or_else(|| {
+                    err!(libc::EBUSY, "{name} is queued to run: it cannot be renamed")
+                })?;
+                let dst = self.child(newparent, newname)?;
+                if is_staging_name(newname) {
+                    let mut st = self.staged.lock().unwrap();
+                    st.remove(&src_key);
+                    st.insert((newparent.clone(), newname.to_string()), s);
+                    return Ok(());
+                }
+                // Renamed into the inbox under a real name: submitted, durably, now.
+                self.submit(&dst, s.data)?;
+                self.staged.lock().unwrap().remove(&src_key);
+                Ok(())
+            }
+            (Node::State { peer, .. }, Node::State { .. }) => {
+                self.entries_changed(parent);
+                self.entries_changed(newparent);
+                let src = self.child(parent, name)?;
+                if let Node::State { dir: from, .. } = &src {
+                    return self.rename_folder(peer, from, newparent, newname);
+                }
+                let dst = match self.child(newparent, newname) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        let Node::State { peer, dir } = newparent else {
+                            unreachable!()
+                        };
+                        let key = join_key(dir, newname);
+                        check_key(&key)?;
+                        Node::StateFile {
+                            peer: peer.clone(),
+                            key,
+                        }
+                    }
+                };
+                let Node::StateFile { key: to, .. } = &dst else {
+                    return Err(err!(libc::EISDIR, "{newname} is a folder"));
+                };
+                match (&src, staged) {
+                    (_, Some(s)) => {
+                        self.core.apply(peer, Op::SetBytes(to.clone(), s.data))?;
+                        if let Some(m) = s.mode {
+                            self.core.apply(peer, Op::SetMode(to.clone(), m))?;
+                        }
+                        self.staged.lock().unwrap().remove(&src_key);
+                        Ok(())
+                    }
+                    (Node::StateFile { key: from, .. }, None) => {
+                        self.core
+                            .apply(peer, Op::Rename(from.clone(), to.clone()))?;
+                        Ok(())
+                    }
+                    // mv falls back to copy-and-remove for folders.
+                    _ => Err(err!(
+                        libc::EXDEV,
+                        "renaming a state folder: mv copies it instead"
+                    )),
+                }
+            }
+            (Node::Modules(peer), Node::Modules(_)) => {
+                if let Some(s) = staged {
+                    if is_staging_name(newname) || module_name(newname).is_none() {
+                        let mut st = self.staged.lock().unwrap();
+                        st.remove(&src_key);
+                        st.insert((newparent.clone(), newname.to_string()), s);
+                        return Ok(());
+                    }
+                    let m = module_name(newname).expect("checked");
+                    self.core
+                        .apply(peer, Op::SetModule(m.to_string(), s.data))?;
+                    self.staged.lock().unwrap().remove(&src_key);
+                    return Ok(());
+                }
+                let from = module_name(name)
+                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+                let to = module_name(newname)
+                    .ok_or_else(|| err!(libc::EINVAL, "module files end in .rhai: {newname:?}"))?;
+                let p = self.core.peer(peer)?;
+                let src = p
+                    .read(|s| s.module(from))?
+                    .ok_or_else(|| err!(libc::ENOENT, "no module {from:?}"))?;
+                self.core.apply(peer, Op::SetModule(to.to_string(), src))?;
+                self.core.apply(peer, Op::RemoveModule(from.to_string()))
+            }
+            _ => Err(err!(libc::EACCES, "{name} cannot be moved there")),
+        }
+    }
+
+    /// rename(2) of a folder in `state/`: every key under it moves in one
+    /// transaction; over an empty folder it replaces it, over one with entries it
+    /// is `ENOTEMPTY`, over a file `ENOTDIR`.
+    pub(super) fn rename_folder(
+        &self,
+        peer: &str,
+        from: &str,
+        newparent: &Node,
+        newname: &str,
+    ) -> Result<()> {
+        let Node::State { dir, .. } = newparent else {
+            return Err(err!(libc::EXDEV, "a state folder stays in state/"));
+        };
+        let to = join_key(dir, newname);
+        check_key(&to)?;
+        if to == from {
+            return Ok(());
+        }
+        match self.child(newparent, newname) {
+            Ok(Node::State { .. }) => {
+                if !self
+                    .readdir(&Node::State {
+                        peer: peer.to_string(),
+                        dir: to.clone(),
+                    })?
+                    .is_empty()
+                {
+                    return Err(err!(libc::ENOTEMPTY, "state/{to} is not empty"));
+                }
+            }
+            Ok(_) => return Err(err!(libc::ENOTDIR, "state/{to} is a file")),
+            Err(e) if e.errno == libc::ENOENT => {}
+            Err(e) => return Err(e),
+        }
+        if to.starts_with(&format!("{from}/")) {
+            return Err(err!(libc::EINVAL, "state/{from} cannot move into itself"));
+        }
+        self.core
+            .apply(peer, Op::RenameDir(from.to_string(), to.clone()))?;
+        // Kept folders inside move along and the old folder's parents stay (the
+        // store does both in the same transaction).
+        Ok(())
+    }
+
+    /// Submits a complete script dropped at `node` (an inbox file), durably.
+    pub(super) fn submit(&self, node: &Node, data: Vec<u8>) -> Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.submit_async(
+            node,
+            data,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| err!(libc::EIO, "the daemon stopped"))?
+    }
+
+    pub(super) fn submit_async(&self, node: &Node, data: Vec<u8>, reply: Reply<()>) {
+        let Node::InboxFile { peer, target, name } = node else {
+            return reply(Err(err!(libc::EINVAL, "not an inbox file")));
+        };
+        // A script for another peer goes straight into that peer's queue.
+        match self
+            .core
+            .new_job_from(peer, target, name, data, &serde_json::json!({}))
+        {
+            Ok(job) => self.core.apply_async(target, Op::Submit(job), Some(reply)),
+            Err(e) => reply(Err(e)),
+        }
+    }
+
+    pub fn create(
+        &self,
+        parent: &Node,
+        name: &str,
+        flags: impl Into<OpenFlags>,
+        who: &Caller,
+    ) -> Result<(Node, Attr, Opened)> {
+        let flags = flags.into();
+        let node = self.child(parent, name).or_else(|e| match parent {
+            Node::State { peer, dir } if e.errno == libc::ENOENT => {
+                let key = join_key(dir, name);
+                check_key(&key)?;
+                Ok(Node::StateFile {
+                    peer: peer.clone(),
+                    key,
+                })
+            }
+            // Only inbox, state and modules folders take new files: elsewhere a new
+            // name is a read-only place, not a missing one.
+            _ if e.errno == libc::ENOENT => Err(err!(
+                libc::EACCES,
+                "{name:?}: files can only be made in inbox/, state/ and modules/"
+            )),
+            _ => Err(e),
+        })?;
+        if !matches!(
+            node,
+            Node::InboxFile { .. } | Node::StateFile { .. } | Node::ModuleFile { .. }
+        ) {
+            return Err(ro(name));
+        }
+        if self.attr(&node).is_ok() {
+            if flags.exclusive {
+                return Err(err!(libc::EEXIST, "{name} exists"));
+            }
+            if !matches!(node, Node::InboxFile { .. }) {
+                let opened = self.open(&node, flags.truncating(), who)?;
+                let attr = self.getattr(&node, Some(opened.fh))?;
+                return Ok((node, attr, opened));
+            }
+        }
+        let staged = Staged {
+            data: Vec::new(),
+            uid: who.uid,
+            gid: who.gid,
+            mtime_ns: now_ns(),
+            mode: None,
+        };
+        let attr = self.staged_attr(&staged);
+        self.staged
+            .lock()
+            .unwrap()
+            .insert((parent.clone(), name.to_string()), staged);
+        self.entries_changed(parent);
+        let fh = self.new_handle(Handle::writer(&node, who, Vec::new(), true, false));
+        Ok((
+            node,
+            attr,
+            Opened {
+                fh,
+                direct_io: false,
+                read_only: false,
+            },
+        ))
+    }
+
+    pub(super) fn flush_now(&self, fh: u64, reply: Reply<()>) {
+        let (node, data) = {
+            let mut hs = self.handles.lock().unwrap();
+            let Some(h) = hs.get_mut(&fh) else {
+                return reply(Ok(()));
+            };
+            // A state file made and never written (`touch`, `> file`) is stored
+            // here, at close, not at RELEASE: that comes after close() has returned,
+            // and would bring back a key renamed or removed in between.
+            let touch = h.created && matches!(h.node, Node::StateFile { .. });
+            // A policy, groups or module handle that was truncated (`O_TRUNC`,
+            // `ftruncate`) and not written since is not applied at a flush: `echo
+            // bad > policy.cedar` flushes once at the shell's dup2 before `echo`
+            // writes, and applying the empty text then would replace the policy
+            // that must stay in force when "bad" is refused. The release applies a
+            // truncation that no write followed (`: > policy.cedar`).
+            let truncated_only = h.dirty && !h.wrote && validated_whole(&h.node);
+            if !h.write || (!h.dirty && !touch) || truncated_only || h.unlinked {
+                if h.committing > 0 {
+                    // Another close of this handle took the bytes; answer with it.
+                    h.waiters.push(reply);
+                    return;
+                }
+                return reply(Ok(()));
+            }
+            h.dirty = false;
+            h.created = false;
+            h.committing += 1;
+            (h.node.clone(), h.buf.clone())
+        };
+        let handles = self.handles_ptr();
+        self.commit(
+            node,
+            data,
+            Box::new(move |r: Result<()>| {
+                let waiters = handles.upgrade().and_then(|hs| {
+                    let mut hs = hs.lock().unwrap();
+                    let h = hs.get_mut(&fh)?;
+                    h.committing -= 1;
+                    (h.committing == 0).then(|| std::mem::take(&mut h.waiters))
+                });
+                for w in waiters.into_iter().flatten() {
+                    w(r.clone());
+                }
+                reply(r)
+            }),
+        );
+    }
+
+    pub fn fsync(&self, fh: u64, reply: Reply<()>) {
+        // Every commit is already durable when it returns: fsync only flushes a
+        // handle's unsaved writes, whoever asks.
+        self.flush_now(fh, reply)
+    }
+
+    /// Makes a handle's bytes the file's content: submission, value, module, policy.
+    pub(super) fn commit(&self, node: Node, data: Vec<u8>, reply: Reply<()>) {
+        let staged_key = Node::parent_of(&node);
+        let unstage = {
+            let staged = self.staged_ptr();
+            let key = staged_key.clone();
+            move || {
+                if let (Some(s), Some(k)) = (staged.upgrade(), key) {
+                    s.lock().unwrap().remove(&k);
+                }
+            }
+        };
+        match &node {
+            Node::InboxFile { name, .. } | Node::ModuleFile { name, .. }
+                if is_staging_name(name)
+                    || (matches!(node, Node::ModuleFile { .. }) && module_name(name).is_none()) =>
+            {
+                // Staging files live in memory until renamed to a real name.
+                if let Some(k) = staged_key {
+                    let mut st = self.staged.lock().unwrap();
+                    let e = st.entry(k).or_insert(Staged {
+                        data: vec![],
+                        uid: self.uid,
+                        gid: self.gid,
+                        mtime_ns: now_ns(),
+                        mode: None,
+                    });
+                    e.data = data;
+                    e.mtime_ns = now_ns();
+                }
+                reply(Ok(()))
+            }
+            Node::InboxFile { .. } => self.submit_async(
+                &node,
+                data,
+                Box::new(move |r| {
+                    unstage();
+                    reply(r)
+                }),
+            ),
+            Node::StateFile { peer, key } => {
+                // A mode set before the first close (rsync's temporary files) is
+                // stored once the value is.
+                let mode = staged_key
+                    .as_ref()
+                    .and_then(|k| self.staged.lock().unwrap().get(k).and_then(|s| s.mode));
+                let (core, p, k) = (self.core.clone(), peer.clone(), key.clone());
+                self.core.apply_async(
+                    peer,
+                    Op::SetBytes(key.clone(), data),
+                    Some(Box::new(move |r| match (r, mode) {
+                        (Ok(()), Some(m)) => core.apply_async(
+                            &p,
+                            Op::SetMode(k, m),
+                            Some(Box::new(move |r| {
+                                if r.is_ok() {
+                                    unstage();
+                                }
+                                reply(r)
+                            })),
+                        ),
+                        (r, _) => {
+                            if r.is_ok() {
+                                unstage();
+                            }
+                            reply(r)
+                        }
+                    })),
+                )
+            }
+            Node::ModuleFile { peer, name } => {
+                let m = module_name(name).expect("checked above").to_string();
+                self.core.apply_async(
+                    peer,
+                    Op::SetModule(m, data),
+                    Some(Box::new(move |r| {
+                        if r.is_ok() {
+                            unstage();
+                        }
+                        reply(r)
+                    })),
+                )
+            }
+            Node::Policy(peer) | Node::Groups(peer) => {
+                let kind = if matches!(node, Node::Policy(_)) {
+                    "policy"
+                } else {
+                    "groups"
+                };
+                if let Some(v) = self.validator.read().unwrap().as_ref() {
+                    if let Err(e) = v(kind, &data) {
+                        let msg =
+                            format!("{kind} refused, the old one stays in force: {}", e.message);
+                        // close() fails once the reason is in the log, so that the
+                        // log shows it as soon as the writer learns of the refusal.
+                        let refusal = err!(libc::EINVAL, "{msg}");
+                        self.core.apply_async(
+                            peer,
+                            Op::Log(msg),
+                            Some(Box::new(move |_| reply(Err(refusal)))),
+                        );
+                        return;
+                    }
+                }
+                self.core
+                    .apply_async(peer, Op::SetMeta(kind.to_string(), data), Some(reply))
+            }
+            _ => reply(Err(ro("this file"))),
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        let h = self.handles.lock().unwrap().remove(&fh);
+        if let Some(h) = h {
+            let touch = h.created && matches!(h.node, Node::StateFile { .. });
+            if h.write && !h.unlinked && (h.dirty || touch) {
+                // No flush came (unusual): commit anyway; nobody waits for the answer.
+                self.commit(
+                    h.node.clone(),
+                    h.buf,
+                    Box::new(|r| {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "write at release failed");
+                        }
+                    }),
+                );
+            } else if h.write {
+                // A created file that was never written and is not a staging name:
+                // its flush committed it; drop the in-memory entry if one is left.
+                if let Some((p, n)) = Node::parent_of(&h.node) {
+                    if !is_staging_name(&n)
+                        && !matches!(h.node, Node::ModuleFile { .. } if module_name(&n).is_none())
+                    {
+                        self.staged.lock().unwrap().remove(&(p, n));
+                    }
+                }
+            }
+        }
+    }
+}
