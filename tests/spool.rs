@@ -387,11 +387,17 @@ fn a_peer_folder_with_symlinks_gives_the_daemon_no_more_than_its_owner_has() {
         == Some("1")));
     std::thread::sleep(Duration::from_millis(200));
     // state/ and outbox/ replaced by symlinks into root's folder.
-    sh(&format!(
-        "rm -r {0}/state {0}/outbox && ln -s {1} {0}/state && ln -s {1} {0}/outbox",
+    // The mirror may still be writing into state/ on a loaded machine (`rm -r`
+    // then meets a folder that is not empty): try again until the swap is done.
+    let swap = format!(
+        "rm -rf {0}/state {0}/outbox && ln -sT {1} {0}/state && ln -sT {1} {0}/outbox",
         q(&a),
         q(&secret)
-    ));
+    );
+    assert!(
+        wait_until(T, || common::sh(&swap).status.success()),
+        "state/ and outbox/ could not be replaced by symlinks"
+    );
     sh(&format!(
         "echo 'set(\"planted\", 1); 1' > {}/inbox/plant.rhai",
         q(&a)
