@@ -13,6 +13,7 @@ pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod fuse;
+pub mod lattice;
 pub mod metrics;
 pub mod peer;
 pub mod policy;

@@ -10,6 +10,7 @@ pub mod metrics;
 mod provenance;
 mod result;
 mod test_hooks;
+pub mod transport;
 mod wait;
 
 use std::collections::VecDeque;
@@ -196,6 +197,8 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Reads waiting for results, watched for their reader's signals and time.
     watch: wait::Watch,
+    /// How messages leave (`None`: in process).
+    transport: RwLock<Option<Arc<dyn transport::Transport>>>,
 }
 
 /// The running core: registry, worker pool, executor. Cheap to clone.
@@ -244,6 +247,7 @@ impl Core {
             metrics: metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
             watch: wait::Watch::default(),
+            transport: RwLock::new(None),
             cfg,
         }));
         let mut threads = Vec::new();
@@ -321,7 +325,12 @@ impl Core {
 
     /// Creates a peer owned by `uid:gid`.
     pub fn create_peer(&self, name: &str, uid: u32, gid: u32) -> Result<()> {
+        if self.0.registry.exists(name) {
+            return Err(err!(libc::EEXIST, "peer {name:?} already exists"));
+        }
+        crate::lattice::claim(name)?;
         self.0.registry.create(name, uid, gid)?;
+        crate::lattice::serve_new(name);
         tracing::info!(peer = name, uid, "peer created");
         Ok(())
     }
@@ -517,6 +526,13 @@ impl Core {
         source: Vec<u8>,
         params: &Value,
     ) -> Result<String> {
+        if crate::lattice::serves_elsewhere(self, target) {
+            // Served by another daemon of the lattice: a message from the caller.
+            let msg = self.drop_message(caller, target, name, source, params)?;
+            let id = msg.id.clone();
+            self.apply(caller, Op::Send(msg))?;
+            return Ok(id);
+        }
         let job = self.new_job_from(caller, target, name, source, params)?;
         let id = job.id.clone();
         self.apply(target, Op::Submit(job))?;
@@ -1264,6 +1280,21 @@ impl Core {
                 st.mark_delivered(id, now_ns())?;
                 vec![Effect::None]
             }
+            Op::Send(msg) => {
+                let out = format!("{}.json", script_stem(&msg.name));
+                st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
+                st.record_outgoing(msg)?;
+                st.append_log(&format!("{ts} send {} {} to {}", msg.id, msg.name, msg.to))?;
+                vec![
+                    Effect::Pending {
+                        target: msg.to.clone(),
+                        name: out,
+                        run_id: msg.id.clone(),
+                    },
+                    Effect::Undelivered,
+                    Effect::Changed(Change::Log),
+                ]
+            }
             Op::Deliver { from, msg } => {
                 if st.seen_message(&msg.id)? {
                     return Ok(vec![Effect::None]);
@@ -1772,6 +1803,7 @@ impl Core {
             }
             return;
         }
+        let transport = self.transport();
         for msg in msgs {
             {
                 let mut inflight = peer.inflight.lock().unwrap();
@@ -1780,68 +1812,55 @@ impl Core {
                 }
             }
             let id = msg.id.clone();
-            match self.peer(&msg.to) {
-                Ok(target) => {
-                    let core = self.clone();
-                    let sender = peer.clone();
-                    let again = msg.clone();
-                    let ack: Ack = Box::new(move |r| match r {
-                        Ok(()) => {
-                            core.0
-                                .stats
-                                .messages_delivered
-                                .fetch_add(1, Ordering::Relaxed);
-                            {
-                                let mut f = sender.delivery_failures.lock().unwrap();
-                                if !f.is_empty() {
-                                    f.remove(&id);
-                                }
-                            }
-                            let s2 = sender.clone();
-                            let id2 = id.clone();
-                            core.push(
-                                &sender,
-                                Op::Delivered(id.clone()),
-                                Some(Box::new(move |_| {
-                                    s2.inflight.lock().unwrap().remove(&id2);
-                                })),
-                            );
+            let core = self.clone();
+            let sender = peer.clone();
+            let again = msg.clone();
+            let ack: Ack = Box::new(move |r| match r {
+                Ok(()) => {
+                    core.0
+                        .stats
+                        .messages_delivered
+                        .fetch_add(1, Ordering::Relaxed);
+                    {
+                        let mut f = sender.delivery_failures.lock().unwrap();
+                        if !f.is_empty() {
+                            f.remove(&id);
                         }
-                        Err(e) => {
-                            let tries = {
-                                let mut f = sender.delivery_failures.lock().unwrap();
-                                let n = f.entry(id.clone()).or_insert(0);
-                                *n += 1;
-                                *n
-                            };
-                            if tries >= core.0.cfg.delivery_tries {
-                                sender.delivery_failures.lock().unwrap().remove(&id);
-                                core.undeliverable(&sender, again, &e);
-                            } else {
-                                tracing::warn!(peer = %sender.name, error = %e, tries, "delivery failed; will retry");
-                                sender.inflight.lock().unwrap().remove(&id);
-                            }
-                        }
-                    });
-                    self.push(
-                        &target,
-                        Op::Deliver {
-                            from: peer.name.clone(),
-                            msg,
-                        },
-                        Some(ack),
+                    }
+                    let s2 = sender.clone();
+                    let id2 = id.clone();
+                    core.push(
+                        &sender,
+                        Op::Delivered(id.clone()),
+                        Some(Box::new(move |_| {
+                            s2.inflight.lock().unwrap().remove(&id2);
+                        })),
                     );
                 }
-                Err(e) if e.errno == libc::ENOENT => {
-                    // The target does not exist (or was removed): the sender gets a
-                    // clear error result instead of a message lost in silence.
-                    self.undeliverable(peer, msg, &e);
+                // The target does not exist (or was removed): the sender gets a
+                // clear error result instead of a message lost in silence.
+                Err(e) if e.errno == libc::ENOENT => core.undeliverable(&sender, again, &e),
+                Err(e) if transport::is_transient(e.errno) => {
+                    tracing::warn!(peer = %sender.name, to = %again.to, error = %e, "delivery failed; will retry");
+                    sender.inflight.lock().unwrap().remove(&id);
                 }
                 Err(e) => {
-                    tracing::warn!(peer = %peer.name, to = %msg.to, error = %e, "delivery failed; will retry");
-                    peer.inflight.lock().unwrap().remove(&id);
+                    let tries = {
+                        let mut f = sender.delivery_failures.lock().unwrap();
+                        let n = f.entry(id.clone()).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    if tries >= core.0.cfg.delivery_tries {
+                        sender.delivery_failures.lock().unwrap().remove(&id);
+                        core.undeliverable(&sender, again, &e);
+                    } else {
+                        tracing::warn!(peer = %sender.name, error = %e, tries, "delivery failed; will retry");
+                        sender.inflight.lock().unwrap().remove(&id);
+                    }
                 }
-            }
+            });
+            transport.deliver(&peer.name, msg, ack);
         }
     }
 

@@ -800,7 +800,9 @@ impl Vfs {
                 }
             }
             Peers(p) => {
-                if name == p || check_peer_name(name).is_err() || !self.core.registry().exists(name)
+                if name == p
+                    || check_peer_name(name).is_err()
+                    || !crate::lattice::known(&self.core, name)
                 {
                     return Err(missing());
                 }
@@ -1001,7 +1003,8 @@ impl Vfs {
                 });
             }
             Peers(p) => {
-                for (n, _) in self.core.registry().list() {
+                let local = self.core.registry().list().into_iter().map(|(n, _)| n);
+                for n in local.chain(crate::lattice::remote_peers(&self.core)) {
                     if &n != p {
                         out.push((
                             n.clone(),
@@ -1423,6 +1426,9 @@ impl Vfs {
         let Node::InboxFile { peer, target, name } = node else {
             return reply(Err(err!(libc::EINVAL, "not an inbox file")));
         };
+        if crate::lattice::serves_elsewhere(&self.core, target) {
+            return self.core.drop_remote(peer, target, name, data, reply);
+        }
         // A script for another peer goes straight into that peer's queue.
         match self
             .core
