@@ -357,3 +357,78 @@ fn faults_every_acknowledged_message_runs_once() {
     drop(a);
     drop(b);
 }
+
+#[test]
+fn spool_worker_joins_the_lattice() {
+    let lab = Lab::new();
+    let url = lab.nats.url();
+    let a = lab.mount("d1", "w1", &url, &[]);
+    fs::write(
+        a.mnt.join("alice/policy.cedar"),
+        r#"permit(principal == Peer::"bob", action == Action::"run", resource);"#,
+    )
+    .unwrap();
+    // bob is served by `peerfs serve --spool` with w2's credentials.
+    let spool = lab.p("spool");
+    let creds = lab.p("nats/w2.creds");
+    let data = lab.p("d2");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "serve".as_ref(),
+        "--spool".as_ref(),
+        spool.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--nats".as_ref(),
+        url.as_ref(),
+        "--nats-creds".as_ref(),
+        creds.as_os_str(),
+        "--lattice".as_ref(),
+        LATTICE.as_ref(),
+    ];
+    let mut s = Daemon::spawn(&args, &spool, &lab.p("ws"));
+    assert!(
+        wait_until(Duration::from_secs(20), || spool
+            .join("bob/peers/alice/outbox")
+            .is_dir()),
+        "the spool's peers/ does not show alice: {}",
+        s.log_text()
+    );
+    fs::write(b_policy_path(&spool), BOB_POLICY).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::read_to_string(
+            spool.join("bob/log")
+        )
+        .unwrap_or_default()
+        .contains("policy")),
+        "bob's policy was not taken: {}",
+        s.log_text()
+    );
+    // A drop on alice's mount runs at the spool's bob.
+    assert!(wait_until(Duration::from_secs(10), || ls(&a
+        .mnt
+        .join("alice/peers"))
+        == ["bob"]));
+    fs::write(a.mnt.join("alice/peers/bob/inbox/s.rhai"), "target.name").unwrap();
+    assert_eq!(value(&a.mnt.join("alice/peers/bob/outbox/s.json")), "bob");
+    // And the spool's bob sends to alice on the mount.
+    let tmp = lab.p("ws/send.rhai");
+    fs::write(
+        &tmp,
+        r#"send("alice", "caller.name + \" at \" + target.name"); 1"#,
+    )
+    .unwrap();
+    fs::rename(&tmp, spool.join("bob/inbox/send.rhai")).unwrap();
+    let res = spool.join("bob/peers/alice/outbox/send-1.json");
+    assert!(
+        wait_until(Duration::from_secs(20), || res.exists()),
+        "no result of bob's send in the spool: {}",
+        s.log_text()
+    );
+    assert_eq!(value(&res), "bob at alice");
+    s.signal(libc::SIGTERM);
+    assert!(s.wait(Duration::from_secs(20)).success());
+}
+
+fn b_policy_path(spool: &Path) -> PathBuf {
+    spool.join("bob/policy.cedar")
+}
