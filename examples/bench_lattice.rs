@@ -81,6 +81,8 @@ fn create(data: &Path, peer: &str) {
     assert!(Command::new(bin())
         .args(["peer", "create", peer, "--data"])
         .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .status()
         .unwrap()
         .success());
@@ -89,7 +91,9 @@ fn create(data: &Path, peer: &str) {
 fn mount(data: &Path, mnt: &Path, lattice: Option<(&str, &Path)>) -> Proc {
     std::fs::create_dir_all(mnt).unwrap();
     let mut c = Command::new(bin());
+    // 10,000 sends from one run: more than the default chain budget.
     c.arg("mount").arg(mnt).arg("--data").arg(data);
+    c.args(["-o", "chain_budget=100000"]);
     if let Some((url, creds)) = lattice {
         c.args(["--nats", url, "--lattice", LATTICE, "--nats-creds"])
             .arg(creds);
@@ -126,6 +130,7 @@ fn round_trips(mnt: &Path, tag: &str, n: usize) -> Duration {
             r#"send("bob", "1 + 1"); 0"#,
         )
         .unwrap();
+        std::fs::read(mnt.join(format!("alice/outbox/{name}.json"))).unwrap();
         let r = std::fs::read(mnt.join(format!("alice/peers/bob/outbox/{name}-1.json"))).unwrap();
         v.push(t.elapsed());
         assert!(
@@ -146,6 +151,10 @@ fn throughput(mnt: &Path, tag: &str, n: usize) -> f64 {
         format!(r#"for i in 0..{n} {{ send("bob", "1"); }} 0"#),
     )
     .unwrap();
+    // The sending run first (its sends' result rows exist once it committed).
+    let own = std::fs::read(mnt.join(format!("alice/outbox/{name}.json"))).unwrap();
+    let own = String::from_utf8_lossy(&own);
+    assert!(own.contains("\"ok\""), "{own}");
     let out = mnt.join("alice/peers/bob/outbox");
     let r = std::fs::read(out.join(format!("{name}-{n}.json"))).unwrap();
     assert!(String::from_utf8_lossy(&r).contains("\"ok\""));
