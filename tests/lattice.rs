@@ -174,6 +174,28 @@ fn two_daemons_one_lattice() {
     assert_eq!(value(&a.mnt.join("alice/outbox/fan.json")), "sent");
     assert_eq!(value(&a.mnt.join("alice/peers/bob/outbox/fan-1.json")), 42);
 
+    // caller_get across daemons: alice's own policy decides what bob reads of her.
+    fs::write(
+        a.mnt.join("alice/policy.cedar"),
+        r#"permit(principal == Peer::"bob", action == Action::"read", resource) when { resource.key == "shared" };"#,
+    )
+    .unwrap();
+    fs::write(a.mnt.join("alice/state/shared"), "\"s3\"").unwrap();
+    fs::write(a.mnt.join("alice/state/private"), "\"no\"").unwrap();
+    fs::write(
+        a.mnt.join("alice/peers/bob/inbox/peek.rhai"),
+        r#"caller_get("shared")"#,
+    )
+    .unwrap();
+    assert_eq!(value(&a.mnt.join("alice/peers/bob/outbox/peek.json")), "s3");
+    fs::write(
+        a.mnt.join("alice/peers/bob/inbox/pry.rhai"),
+        r#"caller_get("private")"#,
+    )
+    .unwrap();
+    let pry = fs::read_to_string(a.mnt.join("alice/peers/bob/outbox/pry.json")).unwrap();
+    assert!(pry.contains("denied"), "{pry}");
+
     // A new peer is claimed in the directory; a name already served is EEXIST.
     fs::create_dir(a.mnt.join("carol")).unwrap();
     assert!(wait_until(Duration::from_secs(10), || ls(&b

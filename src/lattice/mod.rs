@@ -13,7 +13,10 @@
 
 pub mod server;
 
+pub use read::remote_get;
+
 mod directory;
+mod read;
 mod transport;
 mod wire;
 
@@ -413,6 +416,7 @@ impl Lattice {
         }
         self.rt
             .spawn(transport::consume(self.clone(), peer.to_string()));
+        self.rt.spawn(read::serve(self.clone(), peer.to_string()));
     }
 }
 

@@ -107,6 +107,8 @@ pub fn publish_allow(names: &Names, peers: &[String]) -> Vec<String> {
         v.push(format!("$JS.API.CONSUMER.INFO.{stream}.{c}"));
         v.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{c}"));
         v.push(format!("$JS.ACK.{stream}.{c}.>"));
+        // Reads of other peers' state as this peer (request/reply).
+        v.push(format!("peerfs.{l}.read.*.{p}"));
     }
     v.push("$JS.API.INFO".into());
     for s in [&stream, &kv] {
@@ -184,11 +186,18 @@ impl Init {
                 _ => secret()?,
             };
             let allow = publish_allow(&names, &w.peers);
+            let mut sub = vec!["_INBOX.>".to_string()];
+            sub.extend(
+                w.peers
+                    .iter()
+                    .map(|p| format!("peerfs.{}.read.{p}.*", names.lattice)),
+            );
             let _ = writeln!(
                 conf,
-                "    {{\n      user: \"{}\"\n      password: \"{password}\"\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [\"_INBOX.>\"] }}\n      }}\n    }}",
+                "    {{\n      user: \"{}\"\n      password: \"{password}\"\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n      }}\n    }}",
                 w.name,
-                quoted(&allow)
+                quoted(&allow),
+                quoted(&sub)
             );
             let creds = Creds {
                 user: w.name.clone(),
