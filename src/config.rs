@@ -74,6 +74,58 @@ pub struct Settings {
     pub log: LogSettings,
     pub metrics: MetricsSettings,
     pub limits: LimitSets,
+    pub lattice: LatticeSettings,
+}
+
+/// `[lattice]`: joining other daemons over NATS JetStream (docs/lattice.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LatticeSettings {
+    /// `nats://[user:password@]host:port`; unset: this daemon is on its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats: Option<String>,
+    /// A credentials file written by `peerfs lattice init`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creds: Option<PathBuf>,
+    /// The lattice's name (daemons on one NATS with one name see each other).
+    pub name: String,
+    /// This worker's name in the directory (default: its NATS user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    /// How long JetStream waits for a delivered message's acknowledgement.
+    #[serde(deserialize_with = "between::<_, 100, 3_600_000>")]
+    pub ack_wait_ms: u64,
+    /// How long a request to NATS may take before it fails (`ETIMEDOUT`).
+    #[serde(deserialize_with = "between::<_, 10, 600_000>")]
+    pub timeout_ms: u64,
+}
+
+impl Default for LatticeSettings {
+    fn default() -> LatticeSettings {
+        let o = crate::lattice::Options::new("");
+        LatticeSettings {
+            nats: None,
+            creds: None,
+            name: o.name,
+            worker: None,
+            ack_wait_ms: o.ack_wait.as_millis() as u64,
+            timeout_ms: o.timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl LatticeSettings {
+    /// How to join, when `nats` is set.
+    pub fn options(&self) -> Option<crate::lattice::Options> {
+        let url = self.nats.as_ref()?;
+        let mut o = crate::lattice::Options::new(url.clone());
+        o.creds = self.creds.clone();
+        o.name = self.name.clone();
+        o.worker = self.worker.clone();
+        o.ack_wait = Duration::from_millis(self.ack_wait_ms);
+        o.timeout = Duration::from_millis(self.timeout_ms);
+        Some(o)
+    }
 }
 
 /// `[mount]`: settings of `peerfs mount` only.
@@ -185,6 +237,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             metrics: MetricsSettings::default(),
             limits: LimitSets::default(),
+            lattice: LatticeSettings::default(),
         }
     }
 }
@@ -284,6 +337,16 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (key `metrics.listen`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// Join a lattice on this NATS server: `nats://[user:password@]host:port`
+    /// (key `lattice.nats`).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    /// The worker's credentials file from `peerfs lattice init` (key `lattice.creds`).
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// The lattice's name (key `lattice.name`; default `default`).
+    #[arg(long, value_name = "NAME")]
+    pub lattice: Option<String>,
     /// Any config key: `-o KEY=VALUE` (repeatable, or comma-separated as in fstab);
     /// a bare `KEY` means `KEY=true`.
     #[arg(short = 'o', value_name = "KEY=VALUE")]
@@ -335,6 +398,15 @@ impl DaemonArgs {
         if let Some(a) = &self.metrics_listen {
             let v = toml::Value::String(a.clone());
             put("metrics.listen", v, "--metrics-listen");
+        }
+        if let Some(u) = &self.nats {
+            put("lattice.nats", toml::Value::String(u.clone()), "--nats");
+        }
+        if let Some(c) = &self.nats_creds {
+            put("lattice.creds", path(c), "--nats-creds");
+        }
+        if let Some(n) = &self.lattice {
+            put("lattice.name", toml::Value::String(n.clone()), "--lattice");
         }
         for o in self.options.iter().flat_map(|o| o.split(',')) {
             let o = o.trim();

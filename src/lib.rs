@@ -25,6 +25,7 @@ pub mod demo;
 pub mod error;
 pub mod exec;
 pub mod fuse;
+pub mod lattice;
 pub mod metrics;
 pub mod names;
 pub mod peer;

@@ -82,10 +82,33 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
+    /// Set up a lattice of workers on NATS JetStream (see docs/lattice.md).
+    Lattice {
+        #[command(subcommand)]
+        cmd: LatticeCmd,
+    },
     /// Mount a ready demo (peers alice and bob) and print a short tour.
     Demo {
         /// Where the demo's data and mount go (default: /tmp/peerfs-demo).
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum LatticeCmd {
+    /// Write DIR/nats-server.conf (JetStream on, one user per worker, each allowed
+    /// to publish only as its own peers) and DIR/WORKER.creds for every worker.
+    Init {
+        dir: PathBuf,
+        /// A worker and the peers it serves (repeatable): `--worker w1=alice,carol`.
+        #[arg(long = "worker", value_name = "NAME=PEER,...", required = true)]
+        workers: Vec<String>,
+        /// The lattice's name.
+        #[arg(long, default_value = "default")]
+        lattice: String,
+        /// Where the server listens (loopback by default).
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        listen: String,
     },
 }
 
@@ -171,7 +194,8 @@ fn main() -> ExitCode {
                 Ok(cfg) => {
                     let m = &eff.settings.mount;
                     let listen = eff.settings.metrics.listen;
-                    serve(cfg, &mount, m.allow_other, m.force, listen, None)
+                    let lattice = eff.settings.lattice.options();
+                    serve(cfg, &mount, m.allow_other, m.force, listen, None, lattice)
                 }
                 Err(e) => {
                     eprintln!("peerfs mount: {e}");
@@ -186,7 +210,12 @@ fn main() -> ExitCode {
             };
             peerfs::config::init_logging(&eff.settings.log);
             match eff.core_config() {
-                Ok(cfg) => serve_spool(cfg, &spool, eff.settings.metrics.listen),
+                Ok(cfg) => serve_spool(
+                    cfg,
+                    &spool,
+                    eff.settings.metrics.listen,
+                    eff.settings.lattice.options(),
+                ),
                 Err(e) => {
                     eprintln!("peerfs serve: {e}");
                     return ExitCode::from(64);
@@ -233,6 +262,15 @@ fn main() -> ExitCode {
                 }
                 Cmd::Peer { cmd } => peer_cmd(cmd),
                 Cmd::Policy { cmd } => return policy_cmd(cmd),
+                Cmd::Lattice {
+                    cmd:
+                        LatticeCmd::Init {
+                            dir,
+                            workers,
+                            lattice,
+                            listen,
+                        },
+                } => lattice_init(&dir, &workers, lattice, listen),
                 Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
                 Cmd::Mount { .. } | Cmd::Serve { .. } | Cmd::Config { .. } | Cmd::Top { .. } => {
                     unreachable!("handled above")
@@ -324,6 +362,7 @@ fn serve(
     force: bool,
     metrics_listen: Option<std::net::SocketAddr>,
     tour: Option<String>,
+    lattice: Option<peerfs::lattice::Options>,
 ) -> peerfs::Result<()> {
     let sig = signals();
     if is_stale(mount) {
@@ -345,7 +384,7 @@ fn serve(
             format!("{} is already mounted: unmount it first", mount.display()),
         ));
     }
-    let core = start_core(cfg, metrics_listen)?;
+    let core = start_core(cfg, metrics_listen, lattice)?;
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
         allow_other,
@@ -395,9 +434,19 @@ fn serve(
 }
 
 /// Starts the executor on a private data folder, with the metrics listener if asked.
-fn start_core(cfg: Config, metrics_listen: Option<std::net::SocketAddr>) -> peerfs::Result<Core> {
+fn start_core(
+    cfg: Config,
+    metrics_listen: Option<std::net::SocketAddr>,
+    lattice: Option<peerfs::lattice::Options>,
+) -> peerfs::Result<Core> {
     peerfs::peer::private_dir(&cfg.data_dir)?;
     let core = Core::start(cfg)?;
+    if let Some(o) = lattice {
+        if let Err(e) = peerfs::lattice::join(&core, o) {
+            core.shutdown();
+            return Err(e);
+        }
+    }
     if let Some(addr) = metrics_listen {
         if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
             core.shutdown();
@@ -415,9 +464,10 @@ fn serve_spool(
     cfg: Config,
     spool: &Path,
     metrics_listen: Option<std::net::SocketAddr>,
+    lattice: Option<peerfs::lattice::Options>,
 ) -> peerfs::Result<()> {
     let sig = signals();
-    let core = start_core(cfg, metrics_listen)?;
+    let core = start_core(cfg, metrics_listen, lattice)?;
     let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
         Ok(s) => s,
         Err(e) => {
@@ -615,5 +665,32 @@ fn demo(dir: PathBuf) -> peerfs::Result<()> {
     let tour = peerfs::demo::tour(&mnt);
     let mut cfg = Config::new(&data);
     cfg.idle_close = Duration::from_secs(60);
-    serve(cfg, &mnt, false, true, None, Some(tour))
+    serve(cfg, &mnt, false, true, None, Some(tour), None)
+}
+
+/// `peerfs lattice init`: prints what it wrote and how to start the server.
+fn lattice_init(
+    dir: &Path,
+    workers: &[String],
+    lattice: String,
+    listen: String,
+) -> peerfs::Result<()> {
+    let workers = workers
+        .iter()
+        .map(|w| peerfs::lattice::server::Worker::parse(w))
+        .collect::<peerfs::Result<Vec<_>>>()?;
+    let init = peerfs::lattice::server::Init {
+        dir: dir.to_path_buf(),
+        lattice,
+        listen,
+        workers,
+    };
+    for p in init.write()? {
+        println!("wrote {}", p.display());
+    }
+    println!(
+        "start the server with: nats-server -c {}",
+        dir.join("nats-server.conf").display()
+    );
+    Ok(())
 }

@@ -269,6 +269,21 @@ impl Core {
                 st.mark_delivered(id, now_ns())?;
                 vec![Effect::None]
             }
+            Op::Send(msg) => {
+                let out = format!("{}.json", script_stem(&msg.name));
+                st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
+                st.record_outgoing(msg)?;
+                st.append_log(&format!("{ts} send {} {} to {}", msg.id, msg.name, msg.to))?;
+                vec![
+                    Effect::Pending {
+                        target: msg.to.clone(),
+                        name: out,
+                        run_id: msg.id.clone(),
+                    },
+                    Effect::Undelivered,
+                    Effect::Changed(Change::Log),
+                ]
+            }
             Op::Deliver { from, msg } => {
                 if st.seen_message(&msg.id)? {
                     return Ok(vec![Effect::None]);

@@ -50,7 +50,7 @@ pub use op::{Ack, Op, Waiter};
 pub use result::RunResult;
 pub use slot::{caller_slot, slot_caller};
 use state::{rt, PendingResult};
-pub use transport::{InProcess, MessageKind, Transport};
+pub use transport::{is_transient, InProcess, MessageKind, Transport};
 
 /// What changed at a peer, for caches above (the mount's kernel entries).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,20 @@ impl crate::policy::Peers for Core {
     }
     fn base_limits(&self, own: bool) -> &Limits {
         Core::base_limits(self, own)
+    }
+    fn serves_elsewhere(&self, name: &str) -> bool {
+        Core::serves_elsewhere(self, name)
+    }
+    fn remote_get(
+        &self,
+        owner: &str,
+        reader: &str,
+        key: &str,
+        script: &str,
+        params: &serde_json::Value,
+    ) -> std::result::Result<Option<serde_json::Value>, String> {
+        self.transport()
+            .remote_get(owner, reader, key, script, params)
     }
 }
 
@@ -204,7 +218,14 @@ impl Core {
 
     /// Creates a peer owned by `uid:gid`.
     pub fn create_peer(&self, name: &str, uid: u32, gid: u32) -> Result<()> {
+        if self.0.registry.exists(name) {
+            return Err(err!(libc::EEXIST, "peer {name:?} already exists"));
+        }
+        // In a lattice: no other daemon may serve a peer of this name.
+        let transport = self.transport();
+        transport.claim(name)?;
         self.0.registry.create(name, uid, gid)?;
+        transport.serve_new(name);
         tracing::info!(peer = name, uid, "peer created");
         Ok(())
     }

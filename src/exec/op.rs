@@ -40,6 +40,10 @@ pub enum Op {
     },
     /// The target took the message: stop retrying it.
     Delivered(String),
+    /// A script this peer sends to a peer of another daemon (dropped into its
+    /// `peers/<to>/inbox/`): recorded with its pending result row, delivered after
+    /// the commit; its result comes back into this peer's outbox for `to`.
+    Send(Outgoing),
     Log(String),
     /// The owner withdraws the queued scripts of this name.
     Withdraw(String),

@@ -95,6 +95,13 @@ impl Core {
         source: Vec<u8>,
         params: &Value,
     ) -> Result<String> {
+        if self.serves_elsewhere(target) {
+            // Served by another daemon of the lattice: a message from the caller.
+            let msg = self.drop_message(caller, target, name, source, params)?;
+            let id = msg.id.clone();
+            self.apply(caller, Op::Send(msg))?;
+            return Ok(id);
+        }
         let job = self.new_job_from(caller, target, name, source, params)?;
         let id = job.id.clone();
         self.apply(target, Op::Submit(job))?;

@@ -60,12 +60,50 @@ pub trait Transport: Send + Sync {
     ///  - any other errno: the target refused it: counted, an error result after
     ///    `delivery_tries`.
     fn deliver(&self, from: &str, msg: Outgoing, ack: Ack);
+
+    /// Whether another daemon serves `peer` (the lattice's directory says so).
+    /// In process: never.
+    fn serves_elsewhere(&self, _peer: &str) -> bool {
+        false
+    }
+
+    /// The peers other daemons serve (sorted). In process: none.
+    fn remote_peers(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Claims a peer about to be created here: `EEXIST` when another daemon
+    /// serves a peer of that name.
+    fn claim(&self, _peer: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// A peer was created here: messages for it start to flow.
+    fn serve_new(&self, _peer: &str) {}
+
+    /// Reads `key` of `owner`, a peer of another daemon, for a script of `owner`'s
+    /// running at `reader`, as `owner`'s policy decides there (`caller_get`).
+    fn remote_get(
+        &self,
+        owner: &str,
+        _reader: &str,
+        _key: &str,
+        _script: &str,
+        _params: &serde_json::Value,
+    ) -> std::result::Result<Option<serde_json::Value>, String> {
+        Err(format!("peer {owner:?} is not served by this daemon"))
+    }
 }
 
 /// Whether a delivery error means the way to the target is down (retried, not
 /// counted; see [`Transport::deliver`]).
 pub(super) fn way_down(e: &Error) -> bool {
-    matches!(e.errno, libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::EAGAIN)
+    is_transient(e.errno)
+}
+
+/// [`way_down`] by errno, for transports that map their own errors.
+pub fn is_transient(errno: i32) -> bool {
+    matches!(errno, libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::EAGAIN)
 }
 
 /// Delivery to peers of this daemon ([`Core::deliver_local`]).
@@ -106,6 +144,51 @@ impl Core {
 
     pub(super) fn transport(&self) -> Arc<dyn Transport> {
         self.0.transport.read().unwrap().clone()
+    }
+
+    /// Whether `peer` is served by another daemon of the lattice (and not here).
+    pub fn serves_elsewhere(&self, peer: &str) -> bool {
+        !self.0.registry.exists(peer) && self.transport().serves_elsewhere(peer)
+    }
+
+    /// Whether `peer` exists here or anywhere in the lattice.
+    pub fn knows(&self, peer: &str) -> bool {
+        self.0.registry.exists(peer) || self.transport().serves_elsewhere(peer)
+    }
+
+    /// The peers of the lattice served by other daemons, sorted.
+    pub fn remote_peers(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .transport()
+            .remote_peers()
+            .into_iter()
+            .filter(|p| !self.0.registry.exists(p))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The message a script `caller` drops for `target`, a peer of another daemon
+    /// of the lattice, becomes (sent from `caller` by [`Op::Send`]).
+    pub fn drop_message(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &serde_json::Value,
+    ) -> Result<Outgoing> {
+        self.check_script_size(name, source.len(), false)?;
+        self.new_message(caller, target, name, source, params, 1)
+    }
+
+    /// Drops a script at `target` served elsewhere: `ack` once it is durable at
+    /// `caller` (it leaves with the caller's other messages).
+    pub fn drop_remote(&self, caller: &str, target: &str, name: &str, source: Vec<u8>, ack: Ack) {
+        match self.drop_message(caller, target, name, source, &serde_json::json!({})) {
+            Ok(msg) => self.apply_async(caller, Op::Send(msg), Some(ack)),
+            Err(e) => ack(Err(e)),
+        }
     }
 
     /// Hands `msg` from `from` to its target, a peer of this daemon: the target's

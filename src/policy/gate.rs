@@ -26,6 +26,22 @@ pub trait Peers: Clone + Send + Sync + 'static {
     fn peer(&self, name: &str) -> Result<Arc<Peer>>;
     /// The limits a run gets before any policy: the owner's own, or others'.
     fn base_limits(&self, own: bool) -> &Limits;
+    /// Whether `name` is served by another daemon of the lattice (not here).
+    fn serves_elsewhere(&self, _name: &str) -> bool {
+        false
+    }
+    /// `key` of `owner` (served elsewhere) for `reader`, as `owner`'s policy decides
+    /// where it is served.
+    fn remote_get(
+        &self,
+        owner: &str,
+        _reader: &str,
+        _key: &str,
+        _script: &str,
+        _params: &Value,
+    ) -> Result<Option<Value>, String> {
+        Err(format!("peer {owner:?} is not served here"))
+    }
 }
 
 /// The rule every run and host call meets, stated once: the owner's own scripts
@@ -276,6 +292,10 @@ impl<P: Peers> Host for PolicyHost<P> {
     fn caller_get(&self, key: &str) -> Result<Option<Value>, String> {
         // The caller's own policy decides what the target may read of it (no
         // confused deputy: the target's code cannot read more than the caller allows).
+        if self.peers.serves_elsewhere(&self.caller) {
+            let (c, t) = (&self.caller, &self.target);
+            return self.peers.remote_get(c, t, key, &self.script, &self.params);
+        }
         let caller = self.peers.peer(&self.caller).map_err(|e| e.message)?;
         let st = self.gate.state(&caller).map_err(|e| e.message)?;
         let d = st.decide(

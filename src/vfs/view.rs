@@ -20,6 +20,8 @@ impl Vfs {
             .list()
             .into_iter()
             .map(|(n, _)| n)
+            // In a lattice, the peers other daemons serve too.
+            .chain(self.core.remote_peers())
             .filter(|n| n != peer)
             .collect();
         out.sort();
@@ -28,7 +30,7 @@ impl Vfs {
 
     /// Whether `name` is a peer `peer` sees under `peers/`.
     pub(super) fn is_other_peer(&self, peer: &str, name: &str) -> bool {
-        name != peer && check_peer_name(name).is_ok() && self.core.registry().exists(name)
+        name != peer && check_peer_name(name).is_ok() && self.core.knows(name)
     }
 
     /// The node `name` is in the folder `dir` of `other`'s state as `peer` sees it:

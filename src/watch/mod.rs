@@ -334,6 +334,12 @@ impl Shared {
                 })?;
             }
         }
+        // Peers of the other daemons of the lattice, as the directory said at start.
+        for other in self.core.remote_peers() {
+            for sub in ["inbox", "outbox", "state"] {
+                files::make_dir(&dir.join("peers").join(&other).join(sub), 0o755, own)?;
+            }
+        }
         for (path, text) in texts {
             if !path.exists() {
                 if let Some(parent) = path.parent() {

@@ -1,0 +1,334 @@
+//! `scripts-ci/bench lattice`: sends between daemons over NATS JetStream against
+//! sends within one daemon, measured in the same run. Every daemon is a real
+//! `peerfs mount` (child process) on its own data folder; one nats-server (free
+//! loopback port, temporary store) carries the lattice.
+//!
+//! - round trip: alice's script sends one script to bob and the result is read
+//!   back in `alice/peers/bob/outbox/` (the read waits): p50 of 200, with bob in
+//!   the same daemon (`in_process`) and in another one (`cross_worker`);
+//! - throughput: one script at alice sends 10,000 scripts to bob; the clock stops
+//!   when the last result is back;
+//! - many: 100 peers over 4 daemons, each sending 50 scripts to other peers;
+//! - faults: nats-server SIGKILLed and restarted while 500 sends are in flight;
+//!   every script must run once (`lost`, `doubled` count the others).
+//!
+//! Needs `nats-server` (scripts-ci/setup installs it) and FUSE.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const LATTICE: &str = "bench";
+const ALL: &str =
+    r#"permit(principal, action in [Action::"run", Action::"read", Action::"write"], resource);"#;
+
+fn bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().unwrap().parent().unwrap().join("peerfs")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_until(t: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + t;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+struct Proc(Child, Option<PathBuf>);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(m) = &self.1 {
+            let _ = Command::new("fusermount3").arg("-u").arg(m).status();
+            std::thread::sleep(Duration::from_millis(200));
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(m)
+                .status();
+        }
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn nats(conf: &Path, port: u16) -> Proc {
+    let c = Command::new("nats-server")
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server");
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    Proc(c, None)
+}
+
+fn create(data: &Path, peer: &str) {
+    assert!(Command::new(bin())
+        .args(["peer", "create", peer, "--data"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn mount(data: &Path, mnt: &Path, lattice: Option<(&str, &Path)>) -> Proc {
+    std::fs::create_dir_all(mnt).unwrap();
+    let mut c = Command::new(bin());
+    // 10,000 sends from one run: more than the default chain budget.
+    c.arg("mount").arg(mnt).arg("--data").arg(data);
+    c.args(["-o", "chain_budget=100000"]);
+    if let Some((url, creds)) = lattice {
+        c.args(["--nats", url, "--lattice", LATTICE, "--nats-creds"])
+            .arg(creds);
+    }
+    let child = c
+        .env("RUST_LOG", "peerfs=error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || mnt
+            .join(".peerfs/version")
+            .exists()),
+        "mount {} did not come up",
+        mnt.display()
+    );
+    Proc(child, Some(mnt.to_path_buf()))
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// p50 of `n` round trips alice → bob (results in `alice/peers/bob/outbox/`).
+fn round_trips(mnt: &Path, tag: &str, n: usize) -> Duration {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("rt-{tag}-{i}");
+        let t = Instant::now();
+        std::fs::write(
+            mnt.join(format!("alice/inbox/{name}.rhai")),
+            r#"send("bob", "1 + 1"); 0"#,
+        )
+        .unwrap();
+        std::fs::read(mnt.join(format!("alice/outbox/{name}.json"))).unwrap();
+        let r = std::fs::read(mnt.join(format!("alice/peers/bob/outbox/{name}-1.json"))).unwrap();
+        v.push(t.elapsed());
+        assert!(
+            String::from_utf8_lossy(&r).contains("\"ok\""),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
+    }
+    p50(v)
+}
+
+/// Sends/s of `n` sends alice → bob, until every result is back.
+fn throughput(mnt: &Path, tag: &str, n: usize) -> f64 {
+    let name = format!("tp-{tag}");
+    let t = Instant::now();
+    std::fs::write(
+        mnt.join(format!("alice/inbox/{name}.rhai")),
+        format!(r#"for i in 0..{n} {{ send("bob", "1"); }} 0"#),
+    )
+    .unwrap();
+    // The sending run first (its sends' result rows exist once it committed).
+    let own = std::fs::read(mnt.join(format!("alice/outbox/{name}.json"))).unwrap();
+    let own = String::from_utf8_lossy(&own);
+    assert!(own.contains("\"ok\""), "{own}");
+    let out = mnt.join("alice/peers/bob/outbox");
+    let r = std::fs::read(out.join(format!("{name}-{n}.json"))).unwrap();
+    assert!(String::from_utf8_lossy(&r).contains("\"ok\""));
+    // The last result can overtake others only after a fault: count them all.
+    assert!(wait_until(Duration::from_secs(120), || {
+        std::fs::read_dir(&out)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{name}-"))
+            })
+            .count()
+            == n
+    }));
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let workers: Vec<String> = (0..4)
+        .map(|w| {
+            let mut peers: Vec<String> = (0..25).map(|i| format!("p{w}x{i}")).collect();
+            match w {
+                0 => peers.push("alice".into()),
+                1 => peers.push("bob".into()),
+                _ => {}
+            }
+            format!("w{w}={}", peers.join(","))
+        })
+        .collect();
+    let mut init = Command::new(bin());
+    init.args(["lattice", "init"])
+        .arg(d.join("nats"))
+        .args(["--lattice", LATTICE, "--listen"])
+        .arg(format!("127.0.0.1:{port}"));
+    for w in &workers {
+        init.args(["--worker", w]);
+    }
+    assert!(init.stdout(Stdio::null()).status().unwrap().success());
+    let mut server = Some(nats(&d.join("nats/nats-server.conf"), port));
+    let url = format!("nats://127.0.0.1:{port}");
+
+    // In process: alice and bob in one daemon, no lattice.
+    let solo = d.join("solo");
+    create(&solo, "alice");
+    create(&solo, "bob");
+    let rt_in;
+    let tp_in;
+    {
+        let m = mount(&solo, &d.join("m-solo"), None);
+        std::fs::write(m.1.as_ref().unwrap().join("bob/policy.cedar"), ALL).unwrap();
+        let mnt = m.1.clone().unwrap();
+        round_trips(&mnt, "warm", 20);
+        rt_in = round_trips(&mnt, "m", 200);
+        tp_in = throughput(&mnt, "in", 10_000);
+    }
+
+    // Across workers: w0 (alice, p0x*) and w1 (bob, p1x*), then w2 and w3.
+    let mut mounts = Vec::new();
+    for w in 0..4 {
+        let data = d.join(format!("d{w}"));
+        for i in 0..25 {
+            create(&data, &format!("p{w}x{i}"));
+        }
+        match w {
+            0 => create(&data, "alice"),
+            1 => create(&data, "bob"),
+            _ => {}
+        }
+        let creds = d.join(format!("nats/w{w}.creds"));
+        mounts.push(mount(&data, &d.join(format!("m{w}")), Some((&url, &creds))));
+    }
+    let mnt = |w: usize| mounts[w].1.clone().unwrap();
+    std::fs::write(mnt(1).join("bob/policy.cedar"), ALL).unwrap();
+    for w in 0..4 {
+        for i in 0..25 {
+            std::fs::write(mnt(w).join(format!("p{w}x{i}/policy.cedar")), ALL).unwrap();
+        }
+    }
+    assert!(wait_until(Duration::from_secs(20), || mnt(0)
+        .join("alice/peers/bob")
+        .exists()));
+    round_trips(&mnt(0), "warm", 20);
+    let rt_x = round_trips(&mnt(0), "x", 200);
+    let tp_x = throughput(&mnt(0), "x", 10_000);
+
+    // Many: every peer sends 50 scripts to peers of the other daemons.
+    let t = Instant::now();
+    for w in 0..4 {
+        for i in 0..25 {
+            let targets: Vec<String> = (0..50)
+                .map(|k| format!("\"p{}x{}\"", (w + 1 + k % 3) % 4, (i + k) % 25))
+                .collect();
+            std::fs::write(
+                mnt(w).join(format!("p{w}x{i}/inbox/many.rhai")),
+                format!(
+                    "for t in [{}] {{ send(t, \"set(\\\"got/\\\" + caller.name, 1); 1\"); }} 0",
+                    targets.join(",")
+                ),
+            )
+            .unwrap();
+        }
+    }
+    let total = 4 * 25 * 50;
+    let mut last = Instant::now();
+    let done = wait_until(Duration::from_secs(300), || {
+        let mut n = 0;
+        for w in 0..4 {
+            for i in 0..25 {
+                let peers = mnt(w).join(format!("p{w}x{i}/peers"));
+                if let Ok(rd) = std::fs::read_dir(&peers) {
+                    for e in rd.flatten() {
+                        if let Ok(o) = std::fs::read_dir(e.path().join("outbox")) {
+                            n += o
+                                .flatten()
+                                .filter(|f| f.file_name().to_string_lossy().starts_with("many-"))
+                                .count();
+                        }
+                    }
+                }
+            }
+        }
+        last = Instant::now();
+        n >= total
+    });
+    assert!(done, "many: not every result came back");
+    let many = total as f64 / (last - t).as_secs_f64();
+
+    // Faults: nats-server killed and restarted with 500 sends in flight.
+    let n = 500;
+    std::fs::write(
+        mnt(0).join("alice/inbox/fault.rhai"),
+        format!(r#"for i in 0..{n} {{ send("bob", "set(\"f/\" + caller.params.i, (get(\"f/\" + caller.params.i) ?? 0) + 1); 1", #{{ i: i }}); }} 0"#),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    drop(server.take());
+    std::thread::sleep(Duration::from_millis(500));
+    server = Some(nats(&d.join("nats/nats-server.conf"), port));
+    let state = mnt(1).join("bob/state/f");
+    let count = || std::fs::read_dir(&state).map(|r| r.count()).unwrap_or(0);
+    wait_until(Duration::from_secs(120), || count() >= n);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut lost = 0;
+    let mut doubled = 0;
+    for i in 0..n {
+        match std::fs::read_to_string(state.join(i.to_string())) {
+            Ok(v) if v.trim() == "1" => {}
+            Ok(_) => doubled += 1,
+            Err(_) => lost += 1,
+        }
+    }
+    drop(mounts);
+    drop(server);
+
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "lattice.in_process.send_round_trip_us.p50: {:.0}",
+        us(rt_in)
+    );
+    println!(
+        "lattice.cross_worker.send_round_trip_us.p50: {:.0}",
+        us(rt_x)
+    );
+    println!("lattice.round_trip_ratio: {:.2}", us(rt_x) / us(rt_in));
+    println!("lattice.in_process.sends_per_s: {tp_in:.0}");
+    println!("lattice.cross_worker.sends_per_s: {tp_x:.0}");
+    println!("lattice.throughput_ratio: {:.2}", tp_x / tp_in);
+    println!("lattice.many.sends_per_s: {many:.0}");
+    println!("lattice.faults.lost: {lost}");
+    println!("lattice.faults.doubled: {doubled}");
+}

@@ -1,0 +1,456 @@
+//! Two (or three) daemons on one lattice: each `peerfs mount` a real mount over its
+//! own data folder, one nats-server per test (free loopback port, temporary store,
+//! configuration from `peerfs lattice init`), stopped by pid.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "lattice_support/mod.rs"]
+mod support;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{errno, wait_until, Daemon};
+use support::{init, Nats, Proxy};
+
+const LATTICE: &str = "t";
+
+/// A deployment: w1 serves alice (and may serve carol), w2 serves bob.
+struct Lab {
+    dir: tempfile::TempDir,
+    nats: Nats,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        init(
+            &dir.path().join("nats"),
+            LATTICE,
+            port,
+            &["w1=alice,carol", "w2=bob"],
+        );
+        for (data, peer) in [("d1", "alice"), ("d2", "bob")] {
+            create_peer(&dir.path().join(data), peer);
+        }
+        let nats = Nats::start(&dir.path().join("nats/nats-server.conf"), port);
+        Lab { dir, nats }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `peerfs mount` of data folder `n` (`d1`, `d2`, ...) with `worker`'s credentials.
+    fn mount(&self, n: &str, worker: &str, url: &str, extra: &[&str]) -> Daemon {
+        let creds = self.p(&format!("nats/{worker}.creds"));
+        let mut args = vec![
+            "--nats",
+            url,
+            "--nats-creds",
+            creds.to_str().unwrap(),
+            "--lattice",
+            LATTICE,
+            "-o",
+            "lattice.ack_wait_ms=1000",
+            "-o",
+            "lattice.timeout_ms=1000",
+        ];
+        args.extend_from_slice(extra);
+        Daemon::start(
+            &self.p(n),
+            &self.p(&format!("m{n}")),
+            &self.p(&format!("w{n}")),
+            &args,
+        )
+    }
+
+    /// The same, expected to refuse to start; returns its log.
+    fn mount_refused(&self, n: &str, worker: &str, extra: &[&str]) -> String {
+        let creds = self.p(&format!("nats/{worker}.creds"));
+        let mnt = self.p(&format!("m{n}"));
+        fs::create_dir_all(&mnt).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_peerfs"))
+            .arg("mount")
+            .arg(&mnt)
+            .arg("--data")
+            .arg(self.p(n))
+            .args(["--nats", &self.nats.url(), "--nats-creds"])
+            .arg(&creds)
+            .args(["--lattice", LATTICE, "-o", "lattice.timeout_ms=1000"])
+            .args(extra)
+            .env("RUST_LOG", "peerfs=info")
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "a worker that may not serve its peer started"
+        );
+        assert!(!common::is_mounted(&mnt), "it mounted anyway");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+fn create_peer(data: &Path, peer: &str) {
+    let st = Command::new(env!("CARGO_BIN_EXE_peerfs"))
+        .args(["peer", "create", peer, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
+const BOB_POLICY: &str = r#"permit(principal == Peer::"alice", action in [Action::"run", Action::"read", Action::"write"], resource);"#;
+
+/// The value of a result file (a read waits for the run).
+fn value(path: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "ok", "{}: {v}", path.display());
+    v["value"].clone()
+}
+
+fn state_int(path: &Path) -> Option<i64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn ls(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_daemons_one_lattice() {
+    let lab = Lab::new();
+    let url = lab.nats.url();
+    let a = lab.mount("d1", "w1", &url, &[]);
+    let b = lab.mount("d2", "w2", &url, &[]);
+    fs::write(b.mnt.join("bob/policy.cedar"), BOB_POLICY).unwrap();
+
+    // Every daemon sees every peer.
+    assert!(
+        wait_until(Duration::from_secs(10), || ls(&a.mnt.join("alice/peers"))
+            == ["bob"]),
+        "alice/peers: {:?}",
+        ls(&a.mnt.join("alice/peers"))
+    );
+    assert_eq!(ls(&b.mnt.join("bob/peers")), ["alice"]);
+
+    // A drop into peers/bob/inbox/ runs at bob, the result shows at alice.
+    fs::write(
+        a.mnt.join("alice/peers/bob/inbox/who.rhai"),
+        r#"set("seen", caller.name); target.name + " for " + caller.name"#,
+    )
+    .unwrap();
+    let v = value(&a.mnt.join("alice/peers/bob/outbox/who.json"));
+    assert_eq!(v, "bob for alice");
+    assert_eq!(
+        fs::read_to_string(b.mnt.join("bob/state/seen"))
+            .unwrap()
+            .trim(),
+        "alice"
+    );
+
+    // send() across daemons, its result back in alice's outbox for bob.
+    fs::write(
+        a.mnt.join("alice/inbox/fan.rhai"),
+        r#"send("bob", "set(\"sent\", caller.name); 7 * 6"); "sent""#,
+    )
+    .unwrap();
+    assert_eq!(value(&a.mnt.join("alice/outbox/fan.json")), "sent");
+    assert_eq!(value(&a.mnt.join("alice/peers/bob/outbox/fan-1.json")), 42);
+
+    // caller_get across daemons: alice's own policy decides what bob reads of her.
+    fs::write(
+        a.mnt.join("alice/policy.cedar"),
+        r#"permit(principal == Peer::"bob", action == Action::"read", resource) when { resource.key == "shared" };"#,
+    )
+    .unwrap();
+    fs::write(a.mnt.join("alice/state/shared"), "\"s3\"").unwrap();
+    fs::write(a.mnt.join("alice/state/private"), "\"no\"").unwrap();
+    fs::write(
+        a.mnt.join("alice/peers/bob/inbox/peek.rhai"),
+        r#"caller_get("shared")"#,
+    )
+    .unwrap();
+    assert_eq!(value(&a.mnt.join("alice/peers/bob/outbox/peek.json")), "s3");
+    fs::write(
+        a.mnt.join("alice/peers/bob/inbox/pry.rhai"),
+        r#"caller_get("private")"#,
+    )
+    .unwrap();
+    let pry = fs::read_to_string(a.mnt.join("alice/peers/bob/outbox/pry.json")).unwrap();
+    assert!(pry.contains("denied"), "{pry}");
+
+    // A new peer is claimed in the directory; a name already served is EEXIST.
+    fs::create_dir(a.mnt.join("carol")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || ls(&b
+        .mnt
+        .join("bob/peers"))
+        == ["alice", "carol"]));
+    let e = fs::create_dir(a.mnt.join("bob")).unwrap_err();
+    assert_eq!(errno(&e), libc::EEXIST, "mkdir of a peer served elsewhere");
+    let e = fs::create_dir(b.mnt.join("carol")).unwrap_err();
+    assert_eq!(errno(&e), libc::EEXIST, "mkdir of carol at w2");
+
+    // A second worker serving bob refuses to start, naming the first.
+    create_peer(&lab.p("d3"), "bob");
+    let log = lab.mount_refused("d3", "w2", &["-o", "lattice.worker=w9"]);
+    assert!(
+        log.contains("bob is already served by worker w2"),
+        "second worker's log: {log}"
+    );
+
+    // A rogue worker with w1's credentials cannot act as bob.
+    let log = lab.mount_refused("d3", "w1", &["--peer", "bob"]);
+    assert!(
+        log.contains("cannot register peer bob")
+            || log.contains("bob is already served by worker w2"),
+        "rogue's log: {log}"
+    );
+
+    // Nor can a raw client with w1's credentials publish as bob.
+    let creds = peerfs::lattice::server::Creds::read(&lab.p("nats/w1.creds")).unwrap();
+    let refused = raw_publish_as_bob(&url, &creds);
+    assert!(
+        refused,
+        "JetStream acknowledged a publish as bob with w1's credentials"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let log = fs::read_to_string(a.mnt.join("alice/log")).unwrap();
+    assert!(
+        !log.contains("caller=bob"),
+        "a run with caller=bob happened at alice: {log}"
+    );
+    let nats_log = lab.nats.log_text();
+    assert!(
+        nats_log.contains(r#"Publish Violation - User "w1", Subject "peerfs.t.msg.alice.bob""#),
+        "the server did not refuse the raw publish: {nats_log}"
+    );
+    drop(a);
+    drop(b);
+}
+
+/// Publishes a message from "bob" to alice through JetStream with w1's
+/// credentials; true when the server refused it (no acknowledgement).
+fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::server::Creds) -> bool {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = async_nats::ConnectOptions::new()
+            .user_and_password(c.user.clone(), c.password.clone())
+            .connect(url)
+            .await
+            .unwrap();
+        let js = async_nats::jetstream::new(client.clone());
+        let body = serde_json::json!({
+            "from": "bob", "id": "forged-1", "to": "alice", "kind": "script",
+            "name": "forged.rhai", "source": "set(\"pwned\", 1)", "params": "{}",
+            "hops": 0, "payload": "", "created_at": 0, "chain": [], "budget": 0
+        })
+        .to_string();
+        // Core NATS as well: the server drops it.
+        let _ = client
+            .publish("peerfs.t.msg.alice.bob", body.clone().into())
+            .await;
+        let _ = client.flush().await;
+        let r = tokio::time::timeout(Duration::from_secs(3), async {
+            js.publish("peerfs.t.msg.alice.bob", body.into())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        })
+        .await;
+        !matches!(r, Ok(Ok(_)))
+    })
+}
+
+/// Alice sends `n` scripts to bob, each recording its number and counting runs.
+fn send_many(a: &Daemon, name: &str, n: usize) {
+    let script = format!(
+        r#"for i in 0..{n} {{ send("bob", "set(\"c\", (get(\"c\") ?? 0) + 1); set(\"m/{name}-\" + caller.params.i, 1);", #{{ i: i }}); }} "queued""#
+    );
+    fs::write(a.mnt.join(format!("alice/inbox/{name}.rhai")), script).unwrap();
+}
+
+/// Waits until bob counted `want` runs in all, then checks that every message
+/// ran once: as many runs as distinct messages, and every result back at alice.
+fn expect_once(a: &Daemon, b_state: &Path, name: &str, n: usize, want_total: i64) {
+    let c = b_state.join("c");
+    let ok = wait_until(Duration::from_secs(60), || {
+        state_int(&c) == Some(want_total)
+    });
+    assert!(
+        ok,
+        "bob counted {:?} runs, want {want_total}",
+        state_int(&c)
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(state_int(&c), Some(want_total), "a message ran twice");
+    let seen = ls(&b_state.join("m"))
+        .into_iter()
+        .filter(|k| k.starts_with(&format!("{name}-")))
+        .count();
+    assert_eq!(seen, n, "distinct messages of {name} applied");
+    let outbox = a.mnt.join("alice/peers/bob/outbox");
+    let ok = wait_until(Duration::from_secs(30), || {
+        ls(&outbox)
+            .iter()
+            .filter(|f| f.starts_with(&format!("{name}-")))
+            .count()
+            == n
+    });
+    assert!(
+        ok,
+        "results of {name} back at alice: {:?}",
+        ls(&outbox).len()
+    );
+    for i in 1..=n {
+        let r: serde_json::Value = serde_json::from_str(
+            &fs::read_to_string(outbox.join(format!("{name}-{i}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["status"], "ok", "{name}-{i}: {r}");
+    }
+}
+
+#[test]
+fn faults_every_acknowledged_message_runs_once() {
+    let mut lab = Lab::new();
+    let proxy = Proxy::start(lab.nats.port);
+    // NATS down at daemon start: local work goes on, messages wait.
+    lab.nats.kill9();
+    let mut a = lab.mount("d1", "w1", &lab.nats.url(), &[]);
+    let b_url = proxy.url();
+    let mut b = lab.mount("d2", "w2", &b_url, &[]);
+    fs::write(b.mnt.join("bob/policy.cedar"), BOB_POLICY).unwrap();
+    fs::write(a.mnt.join("alice/inbox/local.rhai"), "1 + 1").unwrap();
+    assert_eq!(value(&a.mnt.join("alice/outbox/local.json")), 2);
+    send_many(&a, "down", 20);
+    assert_eq!(value(&a.mnt.join("alice/outbox/down.json")), "queued");
+    // A read of a pending remote result does not hang the mount.
+    lab.nats.restart();
+    let b_state = b.mnt.join("bob/state");
+    expect_once(&a, &b_state, "down", 20, 20);
+
+    // nats-server SIGKILLed and restarted mid-stream (its store on disk).
+    send_many(&a, "restart", 200);
+    std::thread::sleep(Duration::from_millis(150));
+    lab.nats.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.nats.restart();
+    expect_once(&a, &b_state, "restart", 200, 220);
+
+    // bob's worker SIGKILLed mid-run and restarted.
+    send_many(&a, "crash", 200);
+    std::thread::sleep(Duration::from_millis(200));
+    b.kill9();
+    // (Dropping the killed daemon unmounts what it left.)
+    drop(b);
+    let mut b = lab.mount("d2", "w2", &b_url, &[]);
+    expect_once(&a, &b_state, "crash", 200, 420);
+
+    // A partition between bob's worker and NATS, longer than the ack wait (1 s).
+    send_many(&a, "cut", 200);
+    std::thread::sleep(Duration::from_millis(100));
+    proxy.cut();
+    std::thread::sleep(Duration::from_millis(2500));
+    proxy.heal();
+    expect_once(&a, &b_state, "cut", 200, 620);
+
+    a.kill9();
+    b.kill9();
+    drop(a);
+    drop(b);
+}
+
+#[test]
+fn spool_worker_joins_the_lattice() {
+    let lab = Lab::new();
+    let url = lab.nats.url();
+    let a = lab.mount("d1", "w1", &url, &[]);
+    fs::write(
+        a.mnt.join("alice/policy.cedar"),
+        r#"permit(principal == Peer::"bob", action == Action::"run", resource);"#,
+    )
+    .unwrap();
+    // bob is served by `peerfs serve --spool` with w2's credentials.
+    let spool = lab.p("spool");
+    let creds = lab.p("nats/w2.creds");
+    let data = lab.p("d2");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "serve".as_ref(),
+        "--spool".as_ref(),
+        spool.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--nats".as_ref(),
+        url.as_ref(),
+        "--nats-creds".as_ref(),
+        creds.as_os_str(),
+        "--lattice".as_ref(),
+        LATTICE.as_ref(),
+    ];
+    let mut s = Daemon::spawn(&args, &spool, &lab.p("ws"));
+    assert!(
+        wait_until(Duration::from_secs(20), || spool
+            .join("bob/peers/alice/outbox")
+            .is_dir()),
+        "the spool's peers/ does not show alice: {}",
+        s.log_text()
+    );
+    fs::write(b_policy_path(&spool), BOB_POLICY).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::read_to_string(
+            spool.join("bob/log")
+        )
+        .unwrap_or_default()
+        .contains("policy")),
+        "bob's policy was not taken: {}",
+        s.log_text()
+    );
+    // A drop on alice's mount runs at the spool's bob.
+    assert!(wait_until(Duration::from_secs(10), || ls(&a
+        .mnt
+        .join("alice/peers"))
+        == ["bob"]));
+    fs::write(a.mnt.join("alice/peers/bob/inbox/s.rhai"), "target.name").unwrap();
+    assert_eq!(value(&a.mnt.join("alice/peers/bob/outbox/s.json")), "bob");
+    // And the spool's bob sends to alice on the mount.
+    let tmp = lab.p("ws/send.rhai");
+    fs::write(
+        &tmp,
+        r#"send("alice", "caller.name + \" at \" + target.name"); 1"#,
+    )
+    .unwrap();
+    fs::rename(&tmp, spool.join("bob/inbox/send.rhai")).unwrap();
+    let res = spool.join("bob/peers/alice/outbox/send-1.json");
+    assert!(
+        wait_until(Duration::from_secs(20), || res.exists()),
+        "no result of bob's send in the spool: {}",
+        s.log_text()
+    );
+    assert_eq!(value(&res), "bob at alice");
+    s.signal(libc::SIGTERM);
+    assert!(s.wait(Duration::from_secs(20)).success());
+}
+
+fn b_policy_path(spool: &Path) -> PathBuf {
+    spool.join("bob/policy.cedar")
+}

@@ -1,0 +1,199 @@
+//! Helpers for lattice tests: a nats-server of their own (free loopback port,
+//! temporary store, stopped by pid), the configuration `peerfs lattice init`
+//! writes, and a TCP proxy that can stop forwarding (a partition).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `peerfs lattice init DIR --lattice NAME --listen 127.0.0.1:PORT --worker ...`.
+pub fn init(dir: &Path, lattice: &str, port: u16, workers: &[&str]) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peerfs"));
+    cmd.args(["lattice", "init"])
+        .arg(dir)
+        .args(["--lattice", lattice, "--listen"])
+        .arg(format!("127.0.0.1:{port}"));
+    for w in workers {
+        cmd.args(["--worker", w]);
+    }
+    let out = cmd.output().expect("peerfs lattice init");
+    assert!(
+        out.status.success(),
+        "lattice init failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A nats-server started from `conf`; stopped (SIGKILL, by pid) on drop.
+pub struct Nats {
+    pub conf: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start(conf: &Path, port: u16) -> Nats {
+        let mut n = Nats {
+            conf: conf.to_path_buf(),
+            port,
+            log: conf.with_extension("log"),
+            child: None,
+        };
+        n.restart();
+        n
+    }
+
+    /// Starts it (again, on the same store).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("nats-server")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server (scripts-ci/setup installs it)");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < end,
+                "nats-server did not listen: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A TCP proxy from a free loopback port to `to`. `cut()` drops every connection
+/// and refuses new ones' traffic until `heal()` (a partition).
+pub struct Proxy {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(to: u16) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c2, k2, s2) = (cut.clone(), conns.clone(), stop.clone());
+        l.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !s2.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((a, _)) => {
+                        a.set_nonblocking(false).unwrap();
+                        if c2.load(Ordering::Relaxed) {
+                            let _ = a.shutdown(Shutdown::Both);
+                            continue;
+                        }
+                        let Ok(b) = TcpStream::connect(("127.0.0.1", to)) else {
+                            continue;
+                        };
+                        k2.lock().unwrap().push(a.try_clone().unwrap());
+                        k2.lock().unwrap().push(b.try_clone().unwrap());
+                        pump(a.try_clone().unwrap(), b.try_clone().unwrap(), c2.clone());
+                        pump(b, a, c2.clone());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            conns,
+            stop,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if cut.load(Ordering::Relaxed) || to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
