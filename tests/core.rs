@@ -245,18 +245,23 @@ fn removing_a_peer_moves_its_file_aside() {
 }
 
 #[test]
-fn sends_to_unknown_peers_end_as_error_results() {
+fn a_send_to_no_peer_at_all_is_an_error_of_the_run() {
     let d = tempfile::tempdir().unwrap();
     let c = core(d.path());
     c.create_peer("alice", uid(), 0).unwrap();
     let r = c
-        .run("alice", "s.rhai", r#"send("nobody", "1"); 1"#)
+        .run("alice", "s.rhai", r#"set("k", 1); send("nobody", "1"); 1"#)
         .unwrap();
-    assert_eq!(r["status"], "ok");
-    let res: Value =
-        serde_json::from_slice(&c.wait_result("alice", "nobody", "s-1.json").unwrap()).unwrap();
-    assert_eq!(res["status"], "error");
-    assert!(res["error"].as_str().unwrap().contains("nobody"), "{res}");
+    assert_eq!(r["status"], "error", "{r}");
+    let why = r["error"].as_str().unwrap();
+    assert!(why.contains("no peer \"nobody\""), "{r}");
+    // The failed run left nothing behind: no state, no message, no pending result.
+    assert_eq!(c.run("alice", "g.rhai", r#"get("k")"#).unwrap()["value"], Value::Null);
+    assert!(c.outbox_list("alice", "nobody").unwrap().is_empty());
+    // A peer that exists is still sent to.
+    c.create_peer("bob", uid(), 0).unwrap();
+    let r = c.run("alice", "t.rhai", r#"send("bob", "1"); 1"#).unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
     c.shutdown();
 }
 

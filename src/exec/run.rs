@@ -16,7 +16,7 @@ use super::{test_hooks, Change, Core, MessageKind, RunResult};
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
-use crate::script::{self, Outcome, RunInput, Status};
+use crate::script::{self, Capability, Host, Outcome, RunInput, Status};
 use crate::store::{Job, Outgoing, Store};
 use crate::util::{now_ns, rfc3339};
 
@@ -196,8 +196,9 @@ impl Core {
                     chain: &job.chain,
                     budget,
                 };
+                let host = KnownPeers { inner: host, core: self };
                 script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
-                    e.run(&input, st, &*host)
+                    e.run(&input, st, &host)
                 })
             }
             Err((status, msg)) => failed_outcome(status, msg),
@@ -345,5 +346,27 @@ pub(super) fn failed_outcome(status: Status, error: String) -> Outcome {
         duration: Duration::ZERO,
         wrote: false,
         storage_error: None,
+    }
+}
+
+/// The run's host, which also knows which peers exist (here or in the lattice),
+/// so that a `send` to no peer at all is an error of the run.
+struct KnownPeers<'a> {
+    inner: Box<dyn Host>,
+    core: &'a Core,
+}
+
+impl Host for KnownPeers<'_> {
+    fn check(&self, cap: Capability, object: &str) -> std::result::Result<(), String> {
+        self.inner.check(cap, object)
+    }
+    fn check_script(&self, ast: &rhai::AST) -> std::result::Result<(), String> {
+        self.inner.check_script(ast)
+    }
+    fn caller_get(&self, key: &str) -> std::result::Result<Option<Value>, String> {
+        self.inner.caller_get(key)
+    }
+    fn knows_peer(&self, peer: &str) -> bool {
+        self.core.knows(peer)
     }
 }

@@ -51,6 +51,10 @@ pub trait Host {
     }
     /// Reads the caller's state, as the caller's own policy lets the target.
     fn caller_get(&self, key: &str) -> Result<Option<Value>, String>;
+    /// Whether a peer named `peer` exists for `send` (here, or in the lattice).
+    fn knows_peer(&self, _peer: &str) -> bool {
+        true
+    }
 }
 
 /// The owner's own scripts: every capability; the caller's state is the target's.
@@ -312,6 +316,15 @@ pub(super) fn register(engine: &mut Engine) {
         let params = to_json(&Dynamic::from_map(params))?;
         with_ctx(|c| {
             check(c, Capability::Send, peer)?;
+            let host = unsafe { &*c.host };
+            if !host.knows_peer(peer) {
+                // A clear error now, not a message that could never be delivered.
+                return Err(format!(
+                    "send: no peer {peer:?} here (this daemon does not serve it, and no daemon \
+                     of a lattice does)"
+                )
+                .into());
+            }
             if let Some(m) = c.send_block.clone() {
                 return Err(fatal(c, Status::Limit, m));
             }
