@@ -7,10 +7,12 @@
 //! * the `peerfs` command (`main.rs`), over
 //! * [`fuse`] (the thin fuser adapter) and [`watch`] (the same tree as plain
 //!   folders: spool mode), over
-//! * [`vfs`] (the mount's tree as plain Rust), over
-//! * [`config`] (the config file and flags) and [`metrics`] (the Prometheus
-//!   export), over
-//! * [`exec`] (per-peer serial actors on a worker pool), over
+//! * [`vfs`] (the mount's tree as plain Rust) and [`config`] (the config file
+//!   and flags), side by side, over
+//! * [`metrics`] (the Prometheus export) and [`lattice`] (daemons as one system
+//!   over NATS JetStream: the directory, the transport, credentials), over
+//! * [`exec`] (per-peer serial actors on a worker pool; messages leave through
+//!   its `Transport` seam), over
 //! * [`policy`] (Cedar: what another peer's script may do), over
 //! * [`script`] (the sandboxed Rhai engine and its limits) and [`peer`] (the open
 //!   peer and the registry), side by side, over

@@ -256,7 +256,10 @@ fn a_send_to_no_peer_at_all_is_an_error_of_the_run() {
     let why = r["error"].as_str().unwrap();
     assert!(why.contains("no peer \"nobody\""), "{r}");
     // The failed run left nothing behind: no state, no message, no pending result.
-    assert_eq!(c.run("alice", "g.rhai", r#"get("k")"#).unwrap()["value"], Value::Null);
+    assert_eq!(
+        c.run("alice", "g.rhai", r#"get("k")"#).unwrap()["value"],
+        Value::Null
+    );
     assert!(c.outbox_list("alice", "nobody").unwrap().is_empty());
     // A peer that exists is still sent to.
     c.create_peer("bob", uid(), 0).unwrap();

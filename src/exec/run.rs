@@ -196,7 +196,10 @@ impl Core {
                     chain: &job.chain,
                     budget,
                 };
-                let host = KnownPeers { inner: host, core: self };
+                let host = KnownPeers {
+                    inner: host,
+                    core: self,
+                };
                 script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
                     e.run(&input, st, &host)
                 })
@@ -367,6 +370,6 @@ impl Host for KnownPeers<'_> {
         self.inner.caller_get(key)
     }
     fn knows_peer(&self, peer: &str) -> bool {
-        self.core.knows(peer)
+        self.core.may_send_to(peer)
     }
 }

@@ -61,6 +61,12 @@ pub trait Transport: Send + Sync {
     ///    `delivery_tries`.
     fn deliver(&self, from: &str, msg: Outgoing, ack: Ack);
 
+    /// Whether this transport reaches other daemons (a lattice): a peer not served
+    /// here may then be served elsewhere, or be so once the directory is read.
+    fn spans_daemons(&self) -> bool {
+        false
+    }
+
     /// Whether another daemon serves `peer` (the lattice's directory says so).
     /// In process: never.
     fn serves_elsewhere(&self, _peer: &str) -> bool {
@@ -154,6 +160,13 @@ impl Core {
     /// Whether `peer` exists here or anywhere in the lattice.
     pub fn knows(&self, peer: &str) -> bool {
         self.0.registry.exists(peer) || self.transport().serves_elsewhere(peer)
+    }
+
+    /// Whether a script here may `send` to `peer`: a peer of this daemon, or any
+    /// peer at all in a lattice (the directory there has the last word, at
+    /// delivery, and NATS may be away for now).
+    pub fn may_send_to(&self, peer: &str) -> bool {
+        self.0.registry.exists(peer) || self.transport().spans_daemons()
     }
 
     /// The peers of the lattice served by other daemons, sorted.

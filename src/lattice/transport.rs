@@ -36,6 +36,10 @@ pub(super) struct Publish {
 pub(super) struct Nats(pub(super) Arc<Lattice>);
 
 impl Transport for Nats {
+    fn spans_daemons(&self) -> bool {
+        true
+    }
+
     fn serves_elsewhere(&self, peer: &str) -> bool {
         self.0.worker_of(peer).is_some()
     }

@@ -320,8 +320,8 @@ pub(super) fn register(engine: &mut Engine) {
             if !host.knows_peer(peer) {
                 // A clear error now, not a message that could never be delivered.
                 return Err(format!(
-                    "send: no peer {peer:?} here (this daemon does not serve it, and no daemon \
-                     of a lattice does)"
+                    "send: no peer {peer:?} here: this daemon does not serve it, and it is in \
+                     no lattice (`--nats`) that could reach another daemon"
                 )
                 .into());
             }

@@ -1,0 +1,144 @@
+//! Opening a store (the writer, read-only handles), its sync mode, and the
+//! helpers the `Store` methods share: the log's buffered tail, rows of jobs and
+//! outbox entries.
+
+use super::*;
+
+impl SqliteStore {
+    /// Opens (creating if `create`) the store at `path` and runs pending migrations.
+    pub fn open(path: &Path, create: bool) -> Result<SqliteStore> {
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
+        let mut store = SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            log_end: None,
+            in_txn: false,
+            reader: false,
+            log_buf: String::new(),
+            marks: Vec::new(),
+            synced: true,
+            refused: 0,
+        };
+        store.setup()?;
+        Ok(store)
+    }
+
+    /// A second, read-only connection: sees only committed data, never blocks the writer.
+    pub fn open_reader(path: &Path) -> Result<SqliteStore> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
+        conn.execute_batch("PRAGMA cache_size=-256; PRAGMA busy_timeout=5000;")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(SqliteStore {
+            conn,
+            path: path.to_path_buf(),
+            log_end: None,
+            in_txn: false,
+            reader: true,
+            log_buf: String::new(),
+            marks: Vec::new(),
+            synced: true,
+            refused: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) fn set_sync(&mut self, full: bool) -> Result<()> {
+        if self.synced != full {
+            self.exec(if full {
+                "PRAGMA synchronous=FULL"
+            } else {
+                "PRAGMA synchronous=NORMAL"
+            })?;
+            self.synced = full;
+        }
+        Ok(())
+    }
+
+    pub(super) fn exec(&self, sql: &str) -> Result<()> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    /// Writes the buffered log lines as one row at the log's end.
+    pub(super) fn flush_log(&mut self) -> Result<()> {
+        if self.log_buf.is_empty() {
+            return Ok(());
+        }
+        let off = self.load_log_end()?;
+        self.conn
+            .prepare_cached("INSERT INTO log(off, line) VALUES(?1, ?2)")?
+            .execute(params![off as i64, self.log_buf])?;
+        self.log_end = Some(off + self.log_buf.len() as u64);
+        self.log_buf.clear();
+        Ok(())
+    }
+
+    pub(super) fn load_log_end(&mut self) -> Result<u64> {
+        if let Some(e) = self.log_end {
+            return Ok(e);
+        }
+        let end: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT off + length(CAST(line AS BLOB)) FROM log ORDER BY off DESC LIMIT 1",
+            )?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let end = end.unwrap_or(0) as u64;
+        self.log_end = Some(end);
+        Ok(end)
+    }
+
+    /// The queued jobs of `sql` (selecting [`rows::JOB_COLS`]); rows that fail the
+    /// checks are removed from the queue with the reason in the log, never run.
+    pub(super) fn jobs(
+        &mut self,
+        sql: &str,
+        arg: rusqlite::types::Value,
+        refuse: bool,
+    ) -> Result<Vec<Job>> {
+        let rows: Vec<(i64, std::result::Result<Job, String>)> = {
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            let it = stmt.query_map([arg], rows::job)?;
+            it.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, r) in rows {
+            match r {
+                Ok(j) => out.push(j),
+                Err(why) if refuse => {
+                    tracing::warn!(store = %self.path.display(), seq, reason = %why, "refusing a queued script whose stored row is invalid: it is removed and never runs");
+                    self.dequeue(seq)?;
+                    self.append_log(&format!(
+                        "{} refuse queued row {seq}: {why}",
+                        crate::util::rfc3339(now_ns())
+                    ))?;
+                    self.refused += 1;
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(out)
+    }
+
+    pub(super) fn row_outbox(r: &rusqlite::Row) -> rusqlite::Result<OutboxEntry> {
+        Ok(OutboxEntry {
+            target: r.get(0)?,
+            name: r.get(1)?,
+            run_id: r.get(2)?,
+            result: r.get(3)?,
+            submitted_at: r.get(4)?,
+            finished_at: r.get(5)?,
+        })
+    }
+}
