@@ -123,7 +123,10 @@ fn enospc_lost(bin: &Path) -> usize {
 fn main() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(dir.path());
+    // The hostile scripts are the bad peers' own (dropped into their own inbox):
+    // they get the limits other peers' scripts get, with 1 s of wall time.
     cfg.limits.max_wall_ms = 1000;
+    cfg.own_limits = cfg.limits.clone();
     let core = Core::start(cfg).unwrap();
     let (u, g) = unsafe { (libc::getuid(), libc::getgid()) };
     for i in 0..8 {

@@ -11,7 +11,6 @@ use libfuzzer_sys::fuzz_target;
 
 #[path = "shared/temp.rs"]
 mod temp;
-use peerfs::store::Store;
 use peerfs::exec::Core;
 use peerfs::vfs::{Caller, Node, SetAttr, Vfs};
 
