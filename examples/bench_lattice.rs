@@ -53,9 +53,11 @@ impl Drop for Proc {
         if let Some(m) = &self.1 {
             let _ = Command::new("fusermount3").arg("-u").arg(m).status();
             std::thread::sleep(Duration::from_millis(200));
+            // Only a mount the first unmount left behind is still there: quiet.
             let _ = Command::new("fusermount3")
                 .args(["-u", "-z"])
                 .arg(m)
+                .stderr(Stdio::null())
                 .status();
         }
         unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
