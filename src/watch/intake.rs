@@ -443,8 +443,15 @@ impl Shared {
     /// store's, after the same validation as on the mount.
     pub(super) fn meta_file(&self, peer: &str, kind: &'static str, path: &Path) {
         let own = owner_of(&self.core, peer);
-        let Ok(Ok(t)) = as_owner(own, || files::take(path, own.0, MAX_META_FILE)) else {
-            return;
+        let t = match as_owner(own, || files::take(path, own.0, MAX_META_FILE)) {
+            Ok(Ok(t)) => t,
+            Ok(Err(files::Skip::BeingWritten)) => {
+                // A writer still holds it: read it again shortly (its close may
+                // have come and gone while the lease was refused).
+                self.scan_later(peer, Duration::from_millis(100));
+                return;
+            }
+            _ => return,
         };
         let Ok(p) = self.core.peer(peer) else { return };
         let cur = p
