@@ -223,6 +223,65 @@ fn folder_times_move_when_entries_come_and_go() {
     assert_eq!(md.ctime(), md.mtime());
 }
 
+/// ctime is the time of the last change of any kind: chmod, chown, `touch -d` and
+/// `mv` move it and leave mtime; a write moves both. For files and folders alike.
+#[test]
+fn ctime_moves_on_chmod_chown_utimens_and_rename() {
+    let m = two_peers();
+    let dir = m.p("alice/state");
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(20));
+    let times = |p: &std::path::Path| {
+        let md = fs::metadata(p).unwrap();
+        (
+            md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        )
+    };
+    fs::create_dir(dir.join("d")).unwrap();
+    fs::write(dir.join("d/f"), b"1").unwrap();
+    let f = dir.join("d/f");
+    let (m0, c0) = times(&f);
+    assert_eq!(m0, c0, "a write moves both");
+    pause();
+    sh_ok(&format!("chmod 600 {}", q(&f)));
+    let (m1, c1) = times(&f);
+    assert_eq!(m1, m0, "chmod leaves mtime");
+    assert!(c1 > c0, "chmod moves ctime");
+    pause();
+    sh_ok(&format!("chown 0:0 {}", q(&f)));
+    let (m2, c2) = times(&f);
+    assert_eq!(m2, m0, "chown leaves mtime");
+    assert!(c2 > c1, "chown moves ctime");
+    pause();
+    sh_ok(&format!("touch -d '2001-02-03 04:05:06' {}", q(&f)));
+    let (m3, c3) = times(&f);
+    assert_eq!(m3 / 1_000_000_000, 981_173_106, "touch -d kept");
+    assert!(c3 > c2, "touch -d moves ctime to now, not to the time set");
+    pause();
+    fs::rename(&f, dir.join("d/g")).unwrap();
+    let (m4, c4) = times(&dir.join("d/g"));
+    assert_eq!(m4, m3, "mv leaves mtime");
+    assert!(c4 > c3, "mv moves ctime");
+    assert_eq!(fs::metadata(dir.join("d/g")).unwrap().mode() & 0o777, 0o600);
+    // A folder: chmod and touch -d move its ctime, not its mtime.
+    let d = dir.join("d");
+    let (dm0, dc0) = times(&d);
+    pause();
+    sh_ok(&format!("chmod 750 {}", q(&d)));
+    let (dm1, dc1) = times(&d);
+    assert_eq!(dm1, dm0, "chmod of a folder leaves mtime");
+    assert!(dc1 > dc0, "chmod of a folder moves ctime");
+    pause();
+    sh_ok(&format!("touch -d '2001-02-03 04:05:06' {}", q(&d)));
+    let (dm2, dc2) = times(&d);
+    assert_eq!(
+        dm2 / 1_000_000_000,
+        981_173_106,
+        "touch -d of a folder kept"
+    );
+    assert!(dc2 > dc1, "touch -d of a folder moves ctime");
+}
+
 #[test]
 fn paths_as_long_as_pathconf_says_are_keys() {
     let m = two_peers();

@@ -56,6 +56,8 @@ pub struct FileStat {
     pub mtime_ns: i64,
     /// Permission bits set with chmod (`None`: never set, the mount shows 0644).
     pub mode: Option<u32>,
+    /// When its contents, mode, times or name last changed (POSIX ctime).
+    pub ctime_ns: i64,
 }
 
 /// A folder of `state/` kept apart from its keys: made with mkdir, left by the
@@ -67,6 +69,8 @@ pub struct Folder {
     pub mode: Option<u32>,
     /// When it was made, last changed entries, or the time set (`None`: not known).
     pub mtime_ns: Option<i64>,
+    /// When it was made, changed entries, mode or times (`None`: not known).
+    pub ctime_ns: Option<i64>,
 }
 
 /// Keeps the folders above `key` (a key that left them through the mount): they

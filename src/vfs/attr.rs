@@ -158,7 +158,7 @@ impl Vfs {
             uid: s.uid,
             gid: s.gid,
             mtime_ns: s.mtime_ns,
-            ctime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
             nlink: 1,
         }
     }
@@ -235,15 +235,17 @@ impl Vfs {
                 let mut a = self.dir_attr(Some(peer), perm)?;
                 if let Some(t) = kept.and_then(|f| f.mtime_ns) {
                     a.mtime_ns = t;
+                }
+                if let Some(t) = kept.and_then(|f| f.ctime_ns) {
                     a.ctime_ns = t;
                 }
                 // Its subfolders are not counted (that would scan every key under
                 // it): 1 is the convention for "not counted", so find and fts never
                 // take 2 to mean "no subfolders" and skip them.
                 a.nlink = 1;
-                if let Some(&t) = self.dir_times.lock().unwrap().get(node) {
-                    a.mtime_ns = t;
-                    a.ctime_ns = t;
+                if let Some(&(m, c)) = self.dir_times.lock().unwrap().get(node) {
+                    a.mtime_ns = m;
+                    a.ctime_ns = c;
                 }
                 Ok(a)
             }
@@ -297,7 +299,9 @@ impl Vfs {
                 match p.read(|s| s.stat_key(key))? {
                     Some(Some(st)) => {
                         let perm = st.mode.map_or(0o644, |m| m as u16);
-                        self.file_attr(Some(peer), st.size, perm, st.mtime_ns)
+                        let mut a = self.file_attr(Some(peer), st.size, perm, st.mtime_ns)?;
+                        a.ctime_ns = st.ctime_ns;
+                        Ok(a)
                     }
                     Some(None) => Err(err!(libc::EISDIR, "state key {key:?} is a folder")),
                     None => Err(err!(libc::ENOENT, "no state key {key:?}")),
@@ -384,7 +388,10 @@ impl Vfs {
                 "chown accepted, not kept: the peer's owner owns it"
             );
         }
-        let Some(mode) = mode else {
+        // A chown changes nothing kept but the change time (POSIX): the mode
+        // shown is set again, which moves it.
+        let Some(mode) = mode.or((uid.is_some() || gid.is_some()).then_some(cur.perm as u32))
+        else {
             return Ok(cur);
         };
         if mode & 0o7000 != 0 {
@@ -398,6 +405,7 @@ impl Vfs {
                 if let Some((p, n)) = Node::parent_of(node) {
                     if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
                         s.mode = Some(perm);
+                        s.ctime_ns = now_ns();
                     }
                 }
                 match self.core.apply(peer, Op::SetMode(key.clone(), perm)) {
@@ -414,6 +422,9 @@ impl Vfs {
                     mtime: None,
                 };
                 self.core.apply(peer, set)?;
+                if let Some(t) = self.dir_times.lock().unwrap().get_mut(node) {
+                    t.1 = now_ns();
+                }
                 self.getattr(node, fh)
             }
             _ => {
@@ -461,6 +472,7 @@ impl Vfs {
         if let Some((p, n)) = Node::parent_of(node) {
             if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
                 s.mtime_ns = t;
+                s.ctime_ns = now_ns();
                 return Ok(self.staged_attr(s));
             }
         }
@@ -477,7 +489,10 @@ impl Vfs {
                     };
                     self.core.apply(peer, set)?;
                 }
-                self.dir_times.lock().unwrap().insert(node.clone(), t);
+                self.dir_times
+                    .lock()
+                    .unwrap()
+                    .insert(node.clone(), (t, now_ns()));
             }
             _ => {}
         }
@@ -515,6 +530,8 @@ impl Vfs {
                         )?;
                         if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
                             s.data.resize(size as usize, 0);
+                            s.mtime_ns = now_ns();
+                            s.ctime_ns = s.mtime_ns;
                         } else {
                             return Err(err!(libc::EACCES, "truncate a module by writing it"));
                         }

@@ -317,6 +317,7 @@ impl Vfs {
             uid: who.uid,
             gid: who.gid,
             mtime_ns: now_ns(),
+            ctime_ns: now_ns(),
             mode: None,
         };
         let attr = self.staged_attr(&staged);
@@ -417,10 +418,12 @@ impl Vfs {
                         uid: self.uid,
                         gid: self.gid,
                         mtime_ns: now_ns(),
+                        ctime_ns: now_ns(),
                         mode: None,
                     });
                     e.data = data;
                     e.mtime_ns = now_ns();
+                    e.ctime_ns = e.mtime_ns;
                 }
                 reply(Ok(()))
             }

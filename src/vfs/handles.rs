@@ -19,6 +19,8 @@ pub(super) struct Staged {
     pub(super) uid: u32,
     pub(super) gid: u32,
     pub(super) mtime_ns: i64,
+    /// When it was made or last changed (contents, mode or times).
+    pub(super) ctime_ns: i64,
     /// Permission bits set by chmod before it was stored (state files).
     pub(super) mode: Option<u32>,
 }

@@ -132,7 +132,7 @@ pub struct Vfs {
     budget: AtomicU64,
     /// When an entry last came or went in a folder through the mount (its mtime
     /// and ctime; a folder not changed since the mount started shows the peer's).
-    dir_times: Mutex<HashMap<Node, i64>>,
+    dir_times: Mutex<HashMap<Node, (i64, i64)>>,
     invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,

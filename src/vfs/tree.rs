@@ -33,7 +33,11 @@ impl Vfs {
     /// An entry came or went in `dir`: its times move (POSIX: mtime and ctime).
     pub(super) fn entries_changed(&self, dir: &Node) {
         if matches!(dir, Node::State { .. }) {
-            self.dir_times.lock().unwrap().insert(dir.clone(), now_ns());
+            let now = now_ns();
+            self.dir_times
+                .lock()
+                .unwrap()
+                .insert(dir.clone(), (now, now));
         }
     }
 

@@ -13,11 +13,14 @@ impl SqliteStore {
     pub(super) fn kept_folder(&mut self, dir: &str) -> Result<Option<Folder>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT mode, mtime FROM state_dirs WHERE dir=?1")?
+            .prepare_cached(
+                "SELECT mode, mtime, coalesce(ctime, mtime) FROM state_dirs WHERE dir=?1",
+            )?
             .query_row([dir], |r| {
                 Ok(Folder {
                     mode: r.get(0)?,
                     mtime_ns: r.get(1)?,
+                    ctime_ns: r.get(2)?,
                 })
             })
             .optional()?)
@@ -26,7 +29,9 @@ impl SqliteStore {
     pub(super) fn kept_folders(&mut self, prefix: &str) -> Result<Vec<(String, Folder)>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT dir, mode, mtime FROM state_dirs WHERE dir>=?1 ORDER BY dir")?;
+            .prepare_cached(
+                "SELECT dir, mode, mtime, coalesce(ctime, mtime) FROM state_dirs WHERE dir>=?1 ORDER BY dir",
+            )?;
         let mut rows = stmt.query([prefix])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -37,6 +42,7 @@ impl SqliteStore {
             let f = Folder {
                 mode: r.get(1)?,
                 mtime_ns: r.get(2)?,
+                ctime_ns: r.get(3)?,
             };
             out.push((dir, f));
         }
@@ -45,12 +51,15 @@ impl SqliteStore {
 
     pub(super) fn keep(&mut self, dir: &str, mode: Option<u32>, mtime: Option<i64>) -> Result<()> {
         let new = self.kept_folder(dir)?.is_none();
+        // A new row, a mode or a time set: the folder's ctime moves to now.
+        let now = crate::util::now_ns();
         self.conn
             .prepare_cached(
-                "INSERT INTO state_dirs(dir, mode, mtime) VALUES(?1, ?2, ?3)
-                 ON CONFLICT(dir) DO UPDATE SET mode=coalesce(?2, mode), mtime=coalesce(?3, mtime)",
+                "INSERT INTO state_dirs(dir, mode, mtime, ctime) VALUES(?1, ?2, ?3, ?4)
+                 ON CONFLICT(dir) DO UPDATE SET mode=coalesce(?2, mode), mtime=coalesce(?3, mtime),
+                    ctime=CASE WHEN ?2 IS NULL AND ?3 IS NULL THEN ctime ELSE ?4 END",
             )?
-            .execute(params![dir, mode, mtime])?;
+            .execute(params![dir, mode, mtime, now])?;
         if new {
             self.touch_parent(dir, crate::util::now_ns())?;
         }
@@ -73,7 +82,7 @@ impl SqliteStore {
     pub(super) fn touch_parent(&mut self, key: &str, now: i64) -> Result<()> {
         if let Some(i) = key.rfind('/') {
             self.conn
-                .prepare_cached("UPDATE state_dirs SET mtime=?2 WHERE dir=?1")?
+                .prepare_cached("UPDATE state_dirs SET mtime=?2, ctime=?2 WHERE dir=?1")?
                 .execute(params![&key[..i], now])?;
         }
         Ok(())
@@ -103,7 +112,7 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{keep_parents, Folder, SqliteStore, Store};
+    use crate::store::{keep_parents, SqliteStore, Store};
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let d = tempfile::tempdir().unwrap();
@@ -121,14 +130,17 @@ mod tests {
         let a = s.folder("a").unwrap().unwrap();
         assert_eq!(a.mode, Some(0o750));
         assert!(a.mtime_ns.unwrap() > 5);
+        let before = s.folder("a").unwrap().unwrap().ctime_ns.unwrap();
         s.keep_folder("a", None, Some(7)).unwrap();
-        assert_eq!(
-            s.folder("a").unwrap(),
-            Some(Folder {
-                mode: Some(0o750),
-                mtime_ns: Some(7)
-            })
+        let a = s.folder("a").unwrap().unwrap();
+        assert_eq!((a.mode, a.mtime_ns), (Some(0o750), Some(7)));
+        assert!(
+            a.ctime_ns.unwrap() >= before,
+            "a time set moves ctime to now"
         );
+        // Kept again with nothing set: ctime stays.
+        s.keep_folder("a", None, None).unwrap();
+        assert_eq!(s.folder("a").unwrap().unwrap().ctime_ns, a.ctime_ns);
         s.set_bytes("a/k", b"v").unwrap();
         assert!(s.folder("a").unwrap().unwrap().mtime_ns.unwrap() > 7);
         s.rename_dir("a", "z").unwrap();
@@ -157,5 +169,34 @@ mod tests {
         s.rename("f", "g").unwrap();
         let st = s.stat_key("g").unwrap().unwrap().unwrap();
         assert_eq!((st.size, st.mode), (2, Some(0o600)));
+    }
+
+    #[test]
+    fn ctime_moves_on_every_change_and_mtime_only_with_the_contents() {
+        let (_d, mut s) = store();
+        let stat = |s: &mut SqliteStore, k: &str| s.stat_key(k).unwrap().unwrap().unwrap();
+        s.set_bytes("f", b"1").unwrap();
+        let st = stat(&mut s, "f");
+        assert_eq!(st.ctime_ns, st.mtime_ns, "a write moves both");
+        assert!(s.set_mtime("f", 5).unwrap());
+        let st = stat(&mut s, "f");
+        assert_eq!(st.mtime_ns, 5, "the time set is kept");
+        assert!(st.ctime_ns > 5, "and ctime is the time of the change");
+        let c = st.ctime_ns;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(s.set_mode("f", 0o600).unwrap());
+        let st = stat(&mut s, "f");
+        assert_eq!(st.mtime_ns, 5, "chmod leaves mtime");
+        assert!(st.ctime_ns > c, "chmod moves ctime");
+        let c = st.ctime_ns;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        s.rename("f", "g").unwrap();
+        let st = stat(&mut s, "g");
+        assert_eq!(st.mtime_ns, 5, "rename leaves mtime");
+        assert!(st.ctime_ns > c, "rename moves ctime");
+        s.keep_folder("d", None, Some(3)).unwrap();
+        let d = s.folder("d").unwrap().unwrap();
+        assert_eq!(d.mtime_ns, Some(3));
+        assert!(d.ctime_ns.unwrap() > 3);
     }
 }

@@ -171,8 +171,8 @@ impl Store for SqliteStore {
             _ => self.check_shape(to)?,
         }
         self.conn
-            .prepare_cached("UPDATE state SET key=?2 WHERE key=?1")?
-            .execute([from, to])?;
+            .prepare_cached("UPDATE state SET key=?2, ctime=?3 WHERE key=?1")?
+            .execute(params![from, to, now_ns()])?;
         self.touch_parent(from, now_ns())?;
         self.touch_parent(to, now_ns())
     }
@@ -208,16 +208,16 @@ impl Store for SqliteStore {
     fn set_mtime(&mut self, key: &str, mtime_ns: i64) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached("UPDATE state SET mtime=?2 WHERE key=?1")?
-            .execute(params![key, mtime_ns])?
+            .prepare_cached("UPDATE state SET mtime=?2, ctime=?3 WHERE key=?1")?
+            .execute(params![key, mtime_ns, now_ns()])?
             > 0)
     }
 
     fn set_mode(&mut self, key: &str, mode: u32) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached("UPDATE state SET mode=?2 WHERE key=?1")?
-            .execute(params![key, mode])?
+            .prepare_cached("UPDATE state SET mode=?2, ctime=?3 WHERE key=?1")?
+            .execute(params![key, mode, now_ns()])?
             > 0)
     }
 
@@ -297,16 +297,19 @@ impl Store for SqliteStore {
     }
 
     fn stat_key(&mut self, key: &str) -> Result<Option<Option<FileStat>>> {
-        let row: Option<(i64, i64, Option<u32>)> = self
+        let row: Option<(i64, i64, Option<u32>, i64)> = self
             .conn
-            .prepare_cached("SELECT size, mtime, mode FROM state WHERE key=?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .prepare_cached(
+                "SELECT size, mtime, mode, coalesce(ctime, mtime) FROM state WHERE key=?1",
+            )?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .optional()?;
-        if let Some((size, mtime, mode)) = row {
+        if let Some((size, mtime, mode, ctime)) = row {
             return Ok(Some(Some(FileStat {
                 size: size as u64,
                 mtime_ns: mtime,
                 mode,
+                ctime_ns: ctime,
             })));
         }
         Ok(

@@ -58,6 +58,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // folder survives a remount; a folder's mode and time are kept), see `folders.rs`.
     "ALTER TABLE state ADD COLUMN mode INTEGER;
      CREATE TABLE state_dirs(dir TEXT PRIMARY KEY, mode INTEGER, mtime INTEGER) WITHOUT ROWID;",
+    // 7: a change time of its own (ctime moves on chmod, chown, utimens and rename,
+    // where mtime stays); NULL: the same as mtime (rows from before).
+    "ALTER TABLE state ADD COLUMN ctime INTEGER;
+     ALTER TABLE state_dirs ADD COLUMN ctime INTEGER;",
 ];
 
 impl SqliteStore {

@@ -88,7 +88,9 @@ impl SqliteStore {
             .execute(params![key, data])?;
         if updated > 0 {
             self.conn
-                .prepare_cached("UPDATE state SET size=?2, mtime=?3, typed=?4 WHERE key=?1")?
+                .prepare_cached(
+                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4 WHERE key=?1",
+                )?
                 .execute(params![key, size as i64, now, typed])?;
             return self.reclaim();
         }
@@ -98,7 +100,9 @@ impl SqliteStore {
             .execute(params![data])?;
         let id = self.conn.last_insert_rowid();
         self.conn
-            .prepare_cached("INSERT INTO state(key,size,mtime,typed,id) VALUES(?1,?2,?3,?4,?5)")?
+            .prepare_cached(
+                "INSERT INTO state(key,size,mtime,ctime,typed,id) VALUES(?1,?2,?3,?3,?4,?5)",
+            )?
             .execute(params![key, size as i64, now, typed, id])?;
         self.touch_parent(key, now)
     }

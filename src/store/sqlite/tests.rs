@@ -301,6 +301,7 @@ fn an_older_schema_is_migrated_on_open_and_keeps_its_data() {
             size: 3,
             mtime_ns: 7,
             mode: None,
+            ctime_ns: 7,
         }))
     );
     let vacuum: i64 = s
