@@ -314,3 +314,34 @@ fn policy_cedar_is_validated_at_close_and_applied() {
     assert_eq!(r["target"], "carol");
     assert!(m.names("alice/peers/carol/state").is_empty());
 }
+
+/// Without a lattice, a drop for a peer this daemon does not serve is `ENOENT` at
+/// once, with the reason in the daemon's log: never a silent loss.
+#[test]
+fn a_drop_for_a_peer_served_nowhere_is_enoent_with_the_reason_logged() {
+    let d = tempfile::tempdir().unwrap();
+    let (data, mnt, work) = (
+        d.path().join("data"),
+        d.path().join("mnt"),
+        d.path().join("work"),
+    );
+    fs::create_dir_all(&mnt).unwrap();
+    let dm = Daemon::start(&data, &mnt, &work, &[]);
+    dm.add_peer("alice");
+    let src = dm.local("x.rhai", "1");
+    let to = dm.p("alice/peers/nobody/inbox/x.rhai");
+    let e = fs::copy(&src, &to).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+    assert!(!dm.p("alice/peers/nobody").exists());
+    let logged = wait_until(Duration::from_secs(5), || {
+        dm.log_text()
+            .contains("no peer named \"nobody\" is served here, and this daemon is in no lattice")
+    });
+    assert!(logged, "no reason in the log: {}", dm.log_text());
+    // Logged once per name, not once per lookup.
+    let _ = fs::copy(&src, &to);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(dm.log_text().matches("peers/nobody:").count(), 1);
+    // The mount serves on.
+    assert_eq!(dm.run_ok("alice", "ok.rhai", "40 + 2"), 42);
+}

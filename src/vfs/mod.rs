@@ -133,6 +133,8 @@ pub struct Vfs {
     /// When an entry last came or went in a folder through the mount (its mtime
     /// and ctime; a folder not changed since the mount started shows the peer's).
     dir_times: Mutex<HashMap<Node, (i64, i64)>>,
+    /// The unknown names looked up under `peers/` whose reason was logged.
+    unknown_peers: Mutex<std::collections::HashSet<String>>,
     invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
@@ -193,6 +195,7 @@ impl Vfs {
             dirs: Mutex::new(HashMap::new()),
             budget: AtomicU64::new(BUFFER_BUDGET),
             dir_times: Mutex::new(HashMap::new()),
+            unknown_peers: Mutex::new(Default::default()),
             invalidator: RwLock::new(None),
             validator: RwLock::new(None),
             read_check: RwLock::new(None),

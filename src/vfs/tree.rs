@@ -141,7 +141,7 @@ impl Vfs {
             }
             Peers(p) => {
                 if !self.is_other_peer(p, name) {
-                    return Err(missing());
+                    return Err(self.no_such_peer(p, name).unwrap_or_else(missing));
                 }
                 View {
                     peer: p.clone(),
@@ -436,5 +436,24 @@ impl Vfs {
             }
             _ => Err(err!(libc::EACCES, "this folder cannot be removed")),
         }
+    }
+
+    /// `peers/<name>/` of a peer that is served nowhere `peer` can reach: `ENOENT`
+    /// with the reason, logged once per name (a drop there is never a silent loss).
+    fn no_such_peer(&self, peer: &str, name: &str) -> Option<crate::error::Error> {
+        if name == peer || crate::peer::name::check_peer_name(name).is_err() {
+            return None;
+        }
+        let why = if self.core.may_send_to(name) {
+            "is served here or, by the lattice's directory, by another worker"
+        } else {
+            "is served here, and this daemon is in no lattice (--nats joins one)"
+        };
+        let e = err!(libc::ENOENT, "no peer named {name:?} {why}");
+        let mut logged = self.unknown_peers.lock().unwrap();
+        if logged.len() < 1024 && logged.insert(name.to_string()) {
+            tracing::info!(peer, target = name, "peers/{name}: {}", e.message);
+        }
+        Some(e)
     }
 }
