@@ -215,6 +215,15 @@ fn two_daemons_one_lattice() {
         "second worker's log: {log}"
     );
 
+    // Nor does a second process of w2 itself (the same credentials, which the
+    // directory cannot tell from a restart): the first one answers for bob.
+    let log = lab.mount_refused("d3", "w2", &[]);
+    assert!(
+        log.contains("bob is already served by worker w2 (pid"),
+        "second process's log: {log}"
+    );
+    assert!(log.contains(&format!("pid {} on", b.pid())), "{log}");
+
     // A rogue worker with w1's credentials cannot act as bob.
     let log = lab.mount_refused("d3", "w1", &["--peer", "bob"]);
     assert!(

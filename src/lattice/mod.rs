@@ -15,6 +15,7 @@ pub mod server;
 
 pub use read::remote_get;
 
+mod alive;
 mod directory;
 mod read;
 mod transport;
@@ -139,6 +140,10 @@ pub struct Lattice {
     kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
     /// The local peers whose consumer runs.
     serving: Mutex<std::collections::HashSet<String>>,
+    /// The local peers this process answers for (see `alive`).
+    answering: Mutex<std::collections::HashSet<String>>,
+    /// This process among the worker's (see `alive`).
+    instance: String,
     publisher: tokio::sync::mpsc::UnboundedSender<transport::Publish>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -217,6 +222,8 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
         dir_loaded: AtomicBool::new(false),
         kv: tokio::sync::OnceCell::new(),
         serving: Mutex::new(Default::default()),
+        answering: Mutex::new(Default::default()),
+        instance: alive::instance(),
         publisher: ptx,
         stop,
     });
@@ -329,16 +336,22 @@ impl Lattice {
         }
     }
 
-    async fn register(&self, peer: &str) -> Result<()> {
+    async fn register(self: &Arc<Self>, peer: &str) -> Result<()> {
         let kv = self.kv.get().ok_or_else(|| {
             err!(
                 libc::EHOSTUNREACH,
                 "the lattice directory is not reachable yet"
             )
         })?;
+        if !self.answering.lock().unwrap().contains(peer) {
+            alive::refuse_if_served(self, peer).await?;
+        }
         let c = self.client.clone();
         let connected = move || c.connection_state() == async_nats::connection::State::Connected;
         directory::register(kv, peer, &self.worker, self.opts.timeout, connected).await?;
+        if self.answering.lock().unwrap().insert(peer.to_string()) {
+            self.rt.spawn(alive::answer(self.clone(), peer.to_string()));
+        }
         self.dir
             .write()
             .unwrap()

@@ -109,6 +109,8 @@ pub fn publish_allow(names: &Names, peers: &[String]) -> Vec<String> {
         v.push(format!("$JS.ACK.{stream}.{c}.>"));
         // Reads of other peers' state as this peer (request/reply).
         v.push(format!("peerfs.{l}.read.*.{p}"));
+        // Whether another process of this worker serves the peer now.
+        v.push(names.alive_subject(p));
     }
     v.push("$JS.API.INFO".into());
     for s in [&stream, &kv] {
@@ -187,11 +189,12 @@ impl Init {
             };
             let allow = publish_allow(&names, &w.peers);
             let mut sub = vec!["_INBOX.>".to_string()];
-            sub.extend(
-                w.peers
-                    .iter()
-                    .map(|p| format!("peerfs.{}.read.{p}.*", names.lattice)),
-            );
+            sub.extend(w.peers.iter().flat_map(|p| {
+                [
+                    format!("peerfs.{}.read.{p}.*", names.lattice),
+                    names.alive_subject(p),
+                ]
+            }));
             let _ = writeln!(
                 conf,
                 "    {{\n      user: \"{}\"\n      password: \"{password}\"\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n      }}\n    }}",

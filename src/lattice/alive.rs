@@ -1,0 +1,109 @@
+//! One process per peer. The directory names a peer's worker, not its process, so
+//! a second process started with the same worker's credentials would take the
+//! directory's entry for its own restart. Each process therefore answers
+//! `peerfs.<lattice>.alive.<peer>` for the peers it serves, and a process about to
+//! serve a peer asks first: an answer means another process serves it now
+//! (refused, naming it); no responders (or no answer in time: a connection that
+//! died with its host) means it is free. Only the worker's own credentials may
+//! subscribe or publish there (`server::publish_allow`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::Lattice;
+use crate::error::err;
+use crate::error::Result;
+
+/// Who serves a peer: enough for an operator to find the process.
+#[derive(Serialize, Deserialize)]
+struct Here {
+    worker: String,
+    instance: String,
+    pid: u32,
+    host: String,
+}
+
+impl super::Names {
+    pub fn alive_subject(&self, peer: &str) -> String {
+        format!("peerfs.{}.alive.{peer}", self.lattice)
+    }
+}
+
+/// This process: a random id, its pid and host.
+pub(super) fn instance() -> String {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// `EEXIST` when another process answers for `peer`.
+pub(super) async fn refuse_if_served(l: &Lattice, peer: &str) -> Result<()> {
+    let subject = l.names.alive_subject(peer);
+    let wait = l.opts.timeout.min(Duration::from_secs(2));
+    let asked = tokio::time::timeout(wait, l.client.request(subject, l.instance.clone().into()));
+    match asked.await {
+        Ok(Ok(m)) => {
+            let who = serde_json::from_slice::<Here>(&m.payload)
+                .map(|h| format!("worker {} (pid {} on {})", h.worker, h.pid, h.host))
+                .unwrap_or_else(|_| format!("another process of worker {}", l.worker));
+            Err(err!(
+                libc::EEXIST,
+                "peer {peer} is already served by {who}: one process serves a peer"
+            ))
+        }
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        // A subscription whose process is gone (its host died, the server has not
+        // noticed yet) answers nothing; a server that does not let this worker
+        // ask (a configuration from before) neither.
+        Ok(Err(e)) => {
+            tracing::debug!(peer, error = %e, "nobody answers for the peer");
+            Ok(())
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+/// Answers for `peer` as long as the lattice runs (requests of this very process,
+/// which cannot happen after the first answer starts, are not answered).
+pub(super) async fn answer(l: Arc<Lattice>, peer: String) {
+    let mut stop = l.stop.subscribe();
+    let mut sub = match l.client.subscribe(l.names.alive_subject(&peer)).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(peer = %peer, error = %e, "cannot answer for the peer: a second process could serve it");
+            return;
+        }
+    };
+    let here = serde_json::to_vec(&Here {
+        worker: l.worker.clone(),
+        instance: l.instance.clone(),
+        pid: std::process::id(),
+        host: host(),
+    })
+    .unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            m = sub.next() => {
+                let Some(m) = m else { return };
+                if m.payload.as_ref() == l.instance.as_bytes() {
+                    continue;
+                }
+                if let Some(reply) = m.reply {
+                    let _ = l.client.publish(reply, here.clone().into()).await;
+                }
+            }
+        }
+    }
+}
