@@ -463,3 +463,134 @@ fn spool_worker_joins_the_lattice() {
 fn b_policy_path(spool: &Path) -> PathBuf {
     spool.join("bob/policy.cedar")
 }
+
+/// Every file under `root` with its bytes, and every folder (bytes `None`),
+/// by path relative to `root`, sorted.
+fn tree(root: &Path) -> Vec<(String, Option<Vec<u8>>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for name in ls(&root.join(&rel)) {
+            let r = rel.join(&name);
+            let p = root.join(&r);
+            if p.is_dir() {
+                out.push((r.display().to_string(), None));
+                todo.push(r);
+            } else {
+                let bytes = fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                out.push((r.display().to_string(), Some(bytes)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+const READ_PUB: &str = r#"permit(principal == Peer::"alice", action == Action::"read", resource) when { resource.key like "pub/*" };"#;
+
+#[test]
+fn remote_state_view_shows_what_the_owners_policy_lets_read() {
+    let lab = Lab::new();
+    let url = lab.nats.url();
+    let a = lab.mount("d1", "w1", &url, &[]);
+    let mut b = lab.mount("d2", "w2", &url, &[]);
+    // carol, served by alice's daemon, gets the same state and policy as bob:
+    // what alice sees of bob (remote) must be what she sees of carol (local).
+    fs::create_dir(a.mnt.join("carol")).unwrap();
+    let big: String = (0..(3 << 20) / 16).map(|i| format!("{i:015}\n")).collect();
+    for owner in [b.mnt.join("bob"), a.mnt.join("carol")] {
+        let st = owner.join("state");
+        fs::create_dir_all(st.join("pub/deep")).unwrap();
+        fs::create_dir_all(st.join("other")).unwrap();
+        fs::write(st.join("pub/a"), "\"hello\"").unwrap();
+        fs::write(st.join("pub/deep/b"), "[1, 2, 3]").unwrap();
+        fs::write(st.join("pub/big"), &big).unwrap();
+        fs::write(st.join("secret"), "42").unwrap();
+        fs::write(st.join("other/c"), "\"no\"").unwrap();
+        fs::write(owner.join("policy.cedar"), READ_PUB).unwrap();
+    }
+    let view = a.mnt.join("alice/peers/bob/state");
+    assert!(
+        wait_until(Duration::from_secs(10), || ls(&view) == ["pub"]),
+        "alice/peers/bob/state: {:?}: {}",
+        ls(&view),
+        a.log_text()
+    );
+    assert_eq!(ls(&view.join("pub")), ["a", "big", "deep"]);
+    assert_eq!(ls(&view.join("pub/deep")), ["b"]);
+    assert_eq!(fs::read(view.join("pub/a")).unwrap(), b"\"hello\"");
+    assert_eq!(
+        fs::read(view.join("pub/deep/b")).unwrap(),
+        fs::read(b.mnt.join("bob/state/pub/deep/b")).unwrap()
+    );
+    // A value larger than one NATS message comes in chunks, whole.
+    let got = fs::read(view.join("pub/big")).unwrap();
+    assert!(got == big.as_bytes(), "pub/big: {} bytes", got.len());
+    let md = fs::metadata(view.join("pub/a")).unwrap();
+    assert_eq!(md.len(), 7);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o444
+    );
+    assert!(fs::metadata(view.join("pub/deep")).unwrap().is_dir());
+    for hidden in ["secret", "other", "other/c", "nothing"] {
+        let e = fs::read(view.join(hidden)).unwrap_err();
+        assert_eq!(errno(&e), libc::ENOENT, "{hidden}");
+    }
+    let e = fs::write(view.join("pub/a"), "1").unwrap_err();
+    assert!(
+        [libc::EACCES, libc::EROFS, libc::EPERM].contains(&errno(&e)),
+        "a write to a remote view: {e}"
+    );
+    // Exactly what a peer of the same daemon shows.
+    assert_eq!(tree(&view), tree(&a.mnt.join("alice/peers/carol/state")));
+    // coreutils see the same.
+    let out = common::sh_ok(&format!(
+        "ls {} && cat {}",
+        common::q(&view.join("pub")),
+        common::q(&view.join("pub/a"))
+    ));
+    assert_eq!(out, "a\nbig\ndeep\n\"hello\"");
+
+    // The view follows bob's values and bob's policy.
+    fs::write(b.mnt.join("bob/state/pub/a"), "\"changed\"").unwrap();
+    assert_eq!(fs::read(view.join("pub/a")).unwrap(), b"\"changed\"");
+    fs::write(
+        b.mnt.join("bob/policy.cedar"),
+        r#"permit(principal == Peer::"alice", action == Action::"read", resource) when { resource.key == "secret" };"#,
+    )
+    .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || ls(&view) == ["secret"]),
+        "after bob's policy changed: {:?}",
+        ls(&view)
+    );
+    assert_eq!(fs::read(view.join("secret")).unwrap(), b"42");
+    let e = fs::read(view.join("pub/a")).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOENT, "pub/a after bob revoked it");
+
+    // bob's worker stopped: fail fast with an errno, never hang.
+    b.signal(libc::SIGTERM);
+    assert!(b.wait(Duration::from_secs(20)).success());
+    std::thread::sleep(Duration::from_millis(1100));
+    let ls_view = || fs::read_dir(&view).map(|d| d.count());
+    let cat_secret = || fs::read(view.join("secret")).map(|v| v.len());
+    for (what, op) in [
+        ("ls", &ls_view as &dyn Fn() -> std::io::Result<usize>),
+        ("cat", &cat_secret),
+    ] {
+        let t = std::time::Instant::now();
+        let e = op().expect_err(what);
+        assert!(
+            [libc::EHOSTUNREACH, libc::ETIMEDOUT].contains(&errno(&e)),
+            "{what} with bob's worker stopped: {e}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{what} took {:?}",
+            t.elapsed()
+        );
+    }
+    drop(b);
+    drop(a);
+}

@@ -9,7 +9,7 @@ use super::op::{Ack, Op};
 use super::{Core, Inner};
 use crate::error::err;
 use crate::error::{Error, Result};
-use crate::store::Outgoing;
+use crate::store::{DirEntry, Outgoing};
 
 /// What a message between peers carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +99,29 @@ pub trait Transport: Send + Sync {
     ) -> std::result::Result<Option<serde_json::Value>, String> {
         Err(format!("peer {owner:?} is not served by this daemon"))
     }
+
+    /// The children of the folder `dir` of `owner` (a peer of another daemon)
+    /// that `owner`'s policy lets `reader` see, decided where `owner` is served
+    /// (`peers/<owner>/state/` of a remote peer). `ENOENT` in process.
+    fn remote_view_list(&self, owner: &str, _reader: &str, _dir: &str) -> Result<Vec<DirEntry>> {
+        Err(not_here(owner))
+    }
+
+    /// `key` of `owner` as `reader` may see it there: a readable value, a folder
+    /// holding one, or `None`.
+    fn remote_view_stat(&self, owner: &str, _reader: &str, _key: &str) -> Result<Option<DirEntry>> {
+        Err(not_here(owner))
+    }
+
+    /// The bytes of `key` of `owner`, if `reader` may read it there (`ENOENT`
+    /// otherwise).
+    fn remote_view_bytes(&self, owner: &str, _reader: &str, _key: &str) -> Result<Vec<u8>> {
+        Err(not_here(owner))
+    }
+}
+
+fn not_here(owner: &str) -> Error {
+    err!(libc::ENOENT, "peer {owner:?} is not served by this daemon")
 }
 
 /// Whether a delivery error means the way to the target is down (retried, not
@@ -179,6 +202,27 @@ impl Core {
             .collect();
         v.sort();
         v
+    }
+
+    /// [`Transport::remote_view_list`]: what `reader` sees of the folder `dir` of
+    /// `owner`, a peer served by another daemon.
+    pub fn remote_view_list(&self, owner: &str, reader: &str, dir: &str) -> Result<Vec<DirEntry>> {
+        self.transport().remote_view_list(owner, reader, dir)
+    }
+
+    /// [`Transport::remote_view_stat`].
+    pub fn remote_view_stat(
+        &self,
+        owner: &str,
+        reader: &str,
+        key: &str,
+    ) -> Result<Option<DirEntry>> {
+        self.transport().remote_view_stat(owner, reader, key)
+    }
+
+    /// [`Transport::remote_view_bytes`].
+    pub fn remote_view_bytes(&self, owner: &str, reader: &str, key: &str) -> Result<Vec<u8>> {
+        self.transport().remote_view_bytes(owner, reader, key)
     }
 
     /// The message a script `caller` drops for `target`, a peer of another daemon

@@ -22,7 +22,7 @@ use super::{wire, Lattice};
 use crate::error::err;
 use crate::error::Result;
 use crate::exec::{is_transient, Ack, Transport};
-use crate::store::Outgoing;
+use crate::store::{DirEntry, Outgoing};
 
 /// A publish handed to the publisher task.
 pub(super) struct Publish {
@@ -67,6 +67,18 @@ impl Transport for Nats {
         params: &serde_json::Value,
     ) -> std::result::Result<Option<serde_json::Value>, String> {
         super::read::remote_get(owner, reader, key, script, params)
+    }
+
+    fn remote_view_list(&self, owner: &str, reader: &str, dir: &str) -> Result<Vec<DirEntry>> {
+        super::read::remote_view_list(owner, reader, dir)
+    }
+
+    fn remote_view_stat(&self, owner: &str, reader: &str, key: &str) -> Result<Option<DirEntry>> {
+        super::read::remote_view_stat(owner, reader, key)
+    }
+
+    fn remote_view_bytes(&self, owner: &str, reader: &str, key: &str) -> Result<Vec<u8>> {
+        super::read::remote_view_bytes(owner, reader, key)
     }
 
     fn deliver(&self, from: &str, msg: Outgoing, ack: Ack) {

@@ -6,6 +6,7 @@ mod files;
 pub use crate::names as name;
 pub use files::private_dir;
 mod registry;
+mod view;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};

@@ -40,8 +40,9 @@ pub struct Job {
     pub attempts: u32,
 }
 
-/// One child of a listed folder.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One child of a listed folder (also what a lattice answers for a remote
+/// peer's view, hence serde).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DirEntry {
     pub name: String,
     pub is_dir: bool,

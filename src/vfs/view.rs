@@ -4,12 +4,11 @@
 //! attributes ([`Vfs::view_attr`]) and bytes ([`Vfs::view_bytes`]). Every read of
 //! another peer's state through the mount is here.
 
-use std::collections::HashSet;
-
 use super::*;
 use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::{check_key, check_peer_name};
+use crate::store::DirEntry;
 
 impl Vfs {
     /// The peers `peer` sees under `peers/`: every other peer, sorted.
@@ -33,6 +32,18 @@ impl Vfs {
         name != peer && check_peer_name(name).is_ok() && self.core.knows(name)
     }
 
+    /// `key` of `other` as `peer` may see it: a readable value, a folder holding
+    /// one, or `None`. A peer served by another daemon of the lattice is asked
+    /// there, and its policy decides there, as it would here.
+    fn view_stat(&self, peer: &str, other: &str, key: &str) -> Result<Option<DirEntry>> {
+        if self.core.serves_elsewhere(other) {
+            return self.core.remote_view_stat(other, peer, key);
+        }
+        self.core
+            .peer(other)?
+            .view_stat(key, |k| self.may_read(peer, other, k))
+    }
+
     /// The node `name` is in the folder `dir` of `other`'s state as `peer` sees it:
     /// a readable key, or a folder holding one.
     pub(super) fn view_child(
@@ -42,28 +53,20 @@ impl Vfs {
         dir: &str,
         name: &str,
     ) -> Result<Node> {
-        let missing = || err!(libc::ENOENT, "{name:?} does not exist here");
         let key = join_key(dir, name);
         check_key(&key)?;
-        let o = self.core.peer(other)?;
-        match o.read(|s| s.stat_key(&key))? {
-            Some(Some(_)) if self.may_read(peer, other, &key) => Ok(Node::ViewStateFile {
+        match self.view_stat(peer, other, &key)? {
+            Some(e) if e.is_dir => Ok(Node::ViewState {
+                peer: peer.to_string(),
+                other: other.to_string(),
+                dir: key,
+            }),
+            Some(_) => Ok(Node::ViewStateFile {
                 peer: peer.to_string(),
                 other: other.to_string(),
                 key,
             }),
-            Some(None) => {
-                let keys = o.read(|s| s.keys(&format!("{key}/"), 100_000))?;
-                if !keys.iter().any(|k| self.may_read(peer, other, k)) {
-                    return Err(missing());
-                }
-                Ok(Node::ViewState {
-                    peer: peer.to_string(),
-                    other: other.to_string(),
-                    dir: key,
-                })
-            }
-            _ => Err(missing()),
+            None => Err(err!(libc::ENOENT, "{name:?} does not exist here")),
         }
     }
 
@@ -74,60 +77,38 @@ impl Vfs {
         other: &str,
         dir: &str,
     ) -> Result<Vec<(String, Node, Kind)>> {
-        let mut out = Vec::new();
-        if self.read_check.read().unwrap().is_none() {
-            return Ok(out);
-        }
-        let o = self.core.peer(other)?;
-        let prefix = if dir.is_empty() {
-            String::new()
+        let entries = if self.core.serves_elsewhere(other) {
+            self.core.remote_view_list(other, peer, dir)?
+        } else if self.read_check.read().unwrap().is_none() {
+            Vec::new()
         } else {
-            format!("{dir}/")
+            self.core
+                .peer(other)?
+                .view_list(dir, |k| self.may_read(peer, other, k))?
         };
-        let keys = o.read(|s| s.keys(&prefix, 1_000_000))?;
-        let mut seen = HashSet::new();
-        for k in keys {
-            if !self.may_read(peer, other, &k) {
-                continue;
-            }
-            let rest = &k[prefix.len()..];
-            match rest.find('/') {
-                Some(i) => {
-                    let n = &rest[..i];
-                    if seen.insert(n.to_string()) {
-                        out.push((
-                            n.to_string(),
-                            Node::ViewState {
-                                peer: peer.to_string(),
-                                other: other.to_string(),
-                                dir: join_key(dir, n),
-                            },
-                            Kind::Dir,
-                        ));
-                    }
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let key = join_key(dir, &e.name);
+                let (peer, other) = (peer.to_string(), other.to_string());
+                if e.is_dir {
+                    let n = Node::ViewState {
+                        peer,
+                        other,
+                        dir: key,
+                    };
+                    (e.name, n, Kind::Dir)
+                } else {
+                    (e.name, Node::ViewStateFile { peer, other, key }, Kind::File)
                 }
-                None => out.push((
-                    rest.to_string(),
-                    Node::ViewStateFile {
-                        peer: peer.to_string(),
-                        other: other.to_string(),
-                        key: k.clone(),
-                    },
-                    Kind::File,
-                )),
-            }
-        }
-        Ok(out)
+            })
+            .collect())
     }
 
     /// The attributes of `other`'s key as `peer` sees it (read-only).
     pub(super) fn view_attr(&self, peer: &str, other: &str, key: &str) -> Result<Attr> {
-        if !self.may_read(peer, other, key) {
-            return Err(err!(libc::ENOENT, "no readable key {key:?} of {other}"));
-        }
-        let o = self.core.peer(other)?;
-        match o.read(|s| s.stat_key(key))? {
-            Some(Some(st)) => self.file_attr(Some(peer), st.size, 0o444, st.mtime_ns),
+        match self.view_stat(peer, other, key)? {
+            Some(e) if !e.is_dir => self.file_attr(Some(peer), e.size, 0o444, e.mtime_ns),
             _ => Err(err!(libc::ENOENT, "no readable key {key:?} of {other}")),
         }
     }
@@ -135,11 +116,11 @@ impl Vfs {
     /// The bytes of `other`'s key, if `peer` may read it. Checked here too, not only
     /// at lookup: the kernel may hold the inode from before the policy changed.
     pub(super) fn view_bytes(&self, peer: &str, other: &str, key: &str) -> Result<Vec<u8>> {
-        if !self.may_read(peer, other, key) {
-            return Err(err!(libc::ENOENT, "no readable key {key:?} of {other}"));
+        if self.core.serves_elsewhere(other) {
+            return self.core.remote_view_bytes(other, peer, key);
         }
-        let o = self.core.peer(other)?;
-        o.read(|s| s.get_bytes(key))?
-            .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?}"))
+        self.core
+            .peer(other)?
+            .view_bytes(key, |k| self.may_read(peer, other, k))
     }
 }
