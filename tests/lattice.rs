@@ -490,7 +490,7 @@ const READ_PUB: &str = r#"permit(principal == Peer::"alice", action == Action::"
 
 #[test]
 fn remote_state_view_shows_what_the_owners_policy_lets_read() {
-    let lab = Lab::new();
+    let mut lab = Lab::new();
     let url = lab.nats.url();
     let a = lab.mount("d1", "w1", &url, &[]);
     let mut b = lab.mount("d2", "w2", &url, &[]);
@@ -573,7 +573,19 @@ fn remote_state_view_shows_what_the_owners_policy_lets_read() {
     b.signal(libc::SIGTERM);
     assert!(b.wait(Duration::from_secs(20)).success());
     std::thread::sleep(Duration::from_millis(1100));
-    let ls_view = || fs::read_dir(&view).map(|d| d.count());
+    fails_fast(&view, "bob's worker stopped");
+    // NATS itself away: the same.
+    lab.nats.kill9();
+    std::thread::sleep(Duration::from_millis(300));
+    fails_fast(&view, "NATS stopped");
+    drop(b);
+    drop(a);
+}
+
+/// `ls VIEW` and `cat VIEW/secret` fail with `EHOSTUNREACH` or `ETIMEDOUT`
+/// within a few seconds.
+fn fails_fast(view: &Path, why: &str) {
+    let ls_view = || fs::read_dir(view).map(|d| d.count());
     let cat_secret = || fs::read(view.join("secret")).map(|v| v.len());
     for (what, op) in [
         ("ls", &ls_view as &dyn Fn() -> std::io::Result<usize>),
@@ -583,14 +595,12 @@ fn remote_state_view_shows_what_the_owners_policy_lets_read() {
         let e = op().expect_err(what);
         assert!(
             [libc::EHOSTUNREACH, libc::ETIMEDOUT].contains(&errno(&e)),
-            "{what} with bob's worker stopped: {e}"
+            "{what} with {why}: {e}"
         );
         assert!(
             t.elapsed() < Duration::from_secs(5),
-            "{what} took {:?}",
+            "{what} with {why} took {:?}",
             t.elapsed()
         );
     }
-    drop(b);
-    drop(a);
 }

@@ -2,7 +2,9 @@
 //! ([`Vfs::other_peers`]), and the part of `<other>`'s state the policy lets `peer`
 //! read: its names ([`Vfs::view_child`]), listings ([`Vfs::view_listing`]),
 //! attributes ([`Vfs::view_attr`]) and bytes ([`Vfs::view_bytes`]). Every read of
-//! another peer's state through the mount is here.
+//! another peer's state through the mount is here. What is readable is decided by
+//! `crate::peer::Peer::view_list` and friends, here for a peer of this daemon and
+//! at the owner's worker for a peer another daemon of the lattice serves.
 
 use super::*;
 use crate::error::err;
