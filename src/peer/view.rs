@@ -86,3 +86,69 @@ impl Peer {
             .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?} of {}", self.name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    fn peer(keys: &[&str]) -> (tempfile::TempDir, Peer) {
+        let d = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&d.path().join("bob.sqlite"), true).unwrap();
+        let p = Peer::new("bob".into(), Box::new(s));
+        for k in keys {
+            p.writer
+                .lock()
+                .unwrap()
+                .set(k, &serde_json::json!(k))
+                .unwrap();
+        }
+        (d, p)
+    }
+
+    fn names(v: Vec<DirEntry>) -> Vec<(String, bool)> {
+        v.into_iter().map(|e| (e.name, e.is_dir)).collect()
+    }
+
+    #[test]
+    fn only_readable_keys_and_the_folders_holding_them() {
+        let (_d, p) = peer(&[
+            "pub/a",
+            "pub/deep/b",
+            "secret",
+            "other/c",
+            "mixed/no",
+            "mixed/pub",
+        ]);
+        let may = |k: &str| k.starts_with("pub/") || k == "mixed/pub";
+        let s = |v: &[(&str, bool)]| -> Vec<(String, bool)> {
+            v.iter().map(|(n, d)| (n.to_string(), *d)).collect()
+        };
+        assert_eq!(
+            names(p.view_list("", may).unwrap()),
+            s(&[("mixed", true), ("pub", true)])
+        );
+        assert_eq!(
+            names(p.view_list("pub", may).unwrap()),
+            s(&[("a", false), ("deep", true)])
+        );
+        assert_eq!(
+            names(p.view_list("mixed", may).unwrap()),
+            s(&[("pub", false)])
+        );
+        assert!(p.view_list("other", may).unwrap().is_empty());
+
+        let a = p.view_stat("pub/a", may).unwrap().unwrap();
+        assert_eq!((a.name.as_str(), a.is_dir, a.size), ("a", false, 5));
+        assert!(p.view_stat("pub/deep", may).unwrap().unwrap().is_dir);
+        for hidden in ["secret", "other", "other/c", "mixed/no", "none"] {
+            assert_eq!(p.view_stat(hidden, may).unwrap(), None, "{hidden}");
+        }
+        assert_eq!(p.view_bytes("pub/a", may).unwrap(), b"pub/a");
+        assert_eq!(p.view_bytes("secret", may).unwrap_err().errno, libc::ENOENT);
+        assert_eq!(
+            p.view_bytes("pub/none", may).unwrap_err().errno,
+            libc::ENOENT
+        );
+    }
+}
