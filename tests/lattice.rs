@@ -569,22 +569,28 @@ fn remote_state_view_shows_what_the_owners_policy_lets_read() {
     let e = fs::read(view.join("pub/a")).unwrap_err();
     assert_eq!(errno(&e), libc::ENOENT, "pub/a after bob revoked it");
 
+    // bob's worker there but not answering (frozen): ETIMEDOUT after
+    // lattice.timeout_ms (1 s here).
+    b.signal(libc::SIGSTOP);
+    fails_fast(&view, "bob's worker frozen", &[libc::ETIMEDOUT]);
+    b.signal(libc::SIGCONT);
     // bob's worker stopped: fail fast with an errno, never hang.
     b.signal(libc::SIGTERM);
     assert!(b.wait(Duration::from_secs(20)).success());
     std::thread::sleep(Duration::from_millis(1100));
-    fails_fast(&view, "bob's worker stopped");
+    fails_fast(&view, "bob's worker stopped", UNREACHABLE);
     // NATS itself away: the same.
     lab.nats.kill9();
     std::thread::sleep(Duration::from_millis(300));
-    fails_fast(&view, "NATS stopped");
+    fails_fast(&view, "NATS stopped", UNREACHABLE);
     drop(b);
     drop(a);
 }
 
-/// `ls VIEW` and `cat VIEW/secret` fail with `EHOSTUNREACH` or `ETIMEDOUT`
-/// within a few seconds.
-fn fails_fast(view: &Path, why: &str) {
+const UNREACHABLE: &[i32] = &[libc::EHOSTUNREACH, libc::ETIMEDOUT];
+
+/// `ls VIEW` and `cat VIEW/secret` fail with one of `want` within a few seconds.
+fn fails_fast(view: &Path, why: &str, want: &[i32]) {
     let ls_view = || fs::read_dir(view).map(|d| d.count());
     let cat_secret = || fs::read(view.join("secret")).map(|v| v.len());
     for (what, op) in [
@@ -593,10 +599,7 @@ fn fails_fast(view: &Path, why: &str) {
     ] {
         let t = std::time::Instant::now();
         let e = op().expect_err(what);
-        assert!(
-            [libc::EHOSTUNREACH, libc::ETIMEDOUT].contains(&errno(&e)),
-            "{what} with {why}: {e}"
-        );
+        assert!(want.contains(&errno(&e)), "{what} with {why}: {e}");
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "{what} with {why} took {:?}",
