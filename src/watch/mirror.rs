@@ -222,6 +222,8 @@ impl Mirror {
     fn layout_results(&self, b: &mut Batch, peer: &str) {
         let mut views = vec![peer.to_string()];
         views.extend(self.others(peer));
+        // Results of drops and sends to peers of other daemons of the lattice.
+        views.extend(self.core.remote_peers());
         for view in views {
             let Ok(list) = self.core.outbox_list(peer, &view) else {
                 continue;
