@@ -307,6 +307,30 @@ fn a_crash_after_the_intake_committed_sends_once() {
     assert_eq!(count(&a), Some(1), "the crashed drop ran twice");
     let log = fs::read_to_string(sp.join("bob/log")).unwrap();
     assert_eq!(log.matches(" crash.rhai to alice").count(), 1, "{log}");
+
+    // SIGKILL right after a burst of drops (wherever it lands: before the take,
+    // between the commit and the removal, after): each runs once all the same.
+    let mut s = s;
+    let burst: Vec<String> = (0..6).map(|i| format!("k{i}.rhai")).collect();
+    for n in &burst {
+        let stage = inbox.join(format!(".{n}"));
+        fs::write(&stage, COUNT).unwrap();
+        fs::rename(&stage, inbox.join(n)).unwrap();
+    }
+    s.kill9();
+    let s = lab.spool(&[]);
+    for n in &burst {
+        let res = sp
+            .join("bob/peers/alice/outbox")
+            .join(n.replace(".rhai", ".json"));
+        let v = wait_result(&res, Duration::from_secs(30), &s);
+        assert_eq!(v["value"], "bob at alice", "{v}");
+    }
+    assert!(wait_until(Duration::from_secs(5), || names(&inbox).is_empty()));
+    let want = Some(1 + burst.len() as i64);
+    assert!(wait_until(Duration::from_secs(10), || count(&a) == want));
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(count(&a), want, "a drop ran twice after SIGKILL");
 }
 
 #[test]

@@ -16,6 +16,12 @@
 //! The file leaves the inbox only after that commit. A restart that finds a file
 //! whose record matches knows it was taken and only removes it; every other file
 //! left in an inbox is submitted. An inotify queue overflow rescans every folder.
+//!
+//! In a lattice, a script dropped into `peers/<t>/inbox/` for a peer `t` served by
+//! another daemon is sent instead ([`Op::IntakeSend`]): the record goes to the
+//! caller's store (`spool.sent/<t>/<name>`) with the outgoing message, in one
+//! transaction, and the rest is the same. `peers/` follows the directory
+//! (`follow_directory`).
 
 mod client;
 mod files;
