@@ -164,7 +164,8 @@ impl Core {
 
     /// Whether a script here may `send` to `peer`: a peer of this daemon, or any
     /// peer at all in a lattice (the directory there has the last word, at
-    /// delivery, and NATS may be away for now).
+    /// delivery, and NATS may be away for now; so also while a daemon started
+    /// with `lattice.nats` has not joined yet).
     pub fn may_send_to(&self, peer: &str) -> bool {
         self.0.registry.exists(peer) || self.0.cfg.joins_lattice || self.transport().spans_daemons()
     }
