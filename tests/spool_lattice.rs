@@ -372,3 +372,88 @@ fn without_a_lattice_a_drop_to_an_unknown_peer_is_refused() {
     s.signal(libc::SIGTERM);
     assert!(s.wait(Duration::from_secs(20)).success());
 }
+
+/// A lattice as the spool sees it, in process: a directory the test changes, and
+/// a transport that keeps what it is handed (acknowledged, as JetStream would).
+struct FakeLattice {
+    peers: std::sync::Mutex<Vec<String>>,
+    sent: std::sync::Mutex<Vec<peerfs::store::Outgoing>>,
+}
+
+impl peerfs::exec::Transport for FakeLattice {
+    fn deliver(&self, _from: &str, msg: peerfs::store::Outgoing, ack: peerfs::exec::Ack) {
+        self.sent.lock().unwrap().push(msg);
+        ack(Ok(()))
+    }
+    fn spans_daemons(&self) -> bool {
+        true
+    }
+    fn serves_elsewhere(&self, peer: &str) -> bool {
+        self.peers.lock().unwrap().iter().any(|p| p == peer)
+    }
+    fn remote_peers(&self) -> Vec<String> {
+        self.peers.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn peers_follow_the_directory_both_ways_and_a_remote_drop_leaves_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (data, sp) = (t.path().join("data"), t.path().join("spool"));
+    let mut cfg = peerfs::exec::Config::new(&data);
+    cfg.workers = 2;
+    let core = peerfs::exec::Core::start(cfg).unwrap();
+    core.create_peer("bob", common::uid(), common::gid())
+        .unwrap();
+    let lattice = std::sync::Arc::new(FakeLattice {
+        peers: std::sync::Mutex::new(vec!["alice".into()]),
+        sent: Default::default(),
+    });
+    core.set_transport(lattice.clone());
+    let mut spool = peerfs::watch::Spool::start(core.clone(), &sp).unwrap();
+    let view = |p: &str| sp.join("bob/peers").join(p);
+    assert!(view("alice").join("inbox").is_dir());
+
+    // A drop for alice becomes one message from bob, recorded with the take.
+    fs::write(view("alice").join("inbox/job.rhai"), "40 + 2").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        names(&view("alice").join("inbox")).is_empty()
+    }));
+    assert!(wait_until(Duration::from_secs(5), || lattice
+        .sent
+        .lock()
+        .unwrap()
+        .len()
+        == 1));
+    {
+        let sent = lattice.sent.lock().unwrap();
+        assert_eq!(
+            (sent[0].to.as_str(), sent[0].name.as_str()),
+            ("alice", "job.rhai")
+        );
+        assert_eq!(sent[0].source, b"40 + 2");
+    }
+
+    // The directory changes: carol comes, alice goes.
+    *lattice.peers.lock().unwrap() = vec!["carol".into()];
+    assert!(
+        wait_until(Duration::from_secs(5), || view("carol")
+            .join("outbox")
+            .is_dir()
+            && !view("alice").exists()),
+        "bob/peers: {:?}",
+        names(&sp.join("bob/peers"))
+    );
+
+    // A peer made here (mkdir) sees the remote ones too.
+    fs::create_dir(sp.join("dave")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || sp
+        .join("dave/peers/carol/inbox")
+        .is_dir()
+        && sp.join("dave/peers/bob/inbox").is_dir()));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(lattice.sent.lock().unwrap().len(), 1, "sent twice");
+    spool.stop();
+    core.shutdown();
+    spool.finish();
+}
