@@ -434,6 +434,19 @@ fn peers_follow_the_directory_both_ways_and_a_remote_drop_leaves_once() {
         assert_eq!(sent[0].source, b"40 + 2");
     }
 
+    // A remote peer's state is not mirrored: what is put there is undone.
+    let stray = view("alice").join("state/x");
+    fs::write(&stray, "1").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !stray.exists()),
+        "a file in peers/alice/state/ stays"
+    );
+    assert!(wait_until(Duration::from_secs(5), || fs::read_to_string(
+        sp.join("bob/log")
+    )
+    .unwrap_or_default()
+    .contains("new file state/x removed of peers/alice")));
+
     // The directory changes: carol comes, alice goes.
     *lattice.peers.lock().unwrap() = vec!["carol".into()];
     assert!(
