@@ -611,6 +611,7 @@ impl Effective {
         c.own_limits = s.limits.own.clone();
         c.metrics = s.metrics.enabled;
         c.metrics_top_peers = s.metrics.top_peers as usize;
+        c.joins_lattice = s.lattice.nats.is_some();
         Ok(c)
     }
 }

@@ -61,10 +61,17 @@ impl Core {
         Ok(fx)
     }
 
-    /// The spool intake's records of an [`Op::Intake`] or [`Op::Forget`].
+    /// The spool intake's records of an [`Op::Intake`], [`Op::IntakeSend`] or
+    /// [`Op::Forget`].
     pub(super) fn intake_records(st: &mut dyn Store, op: &Op) -> Result<()> {
         let forget = match op {
             Op::Intake {
+                key,
+                record,
+                forget,
+                ..
+            }
+            | Op::IntakeSend {
                 key,
                 record,
                 forget,
@@ -80,6 +87,31 @@ impl Core {
             st.remove_meta(k)?;
         }
         Ok(())
+    }
+
+    /// A script this peer sends to a peer of another daemon ([`Op::Send`]): its
+    /// pending result in this peer's outbox for the target and its outgoing row,
+    /// delivered after the commit.
+    fn record_send(st: &mut dyn Store, msg: &Outgoing) -> Result<Vec<Effect>> {
+        let out = format!("{}.json", script_stem(&msg.name));
+        st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
+        st.record_outgoing(msg)?;
+        st.append_log(&format!(
+            "{} send {} {} to {}",
+            rfc3339(now_ns()),
+            msg.id,
+            msg.name,
+            msg.to
+        ))?;
+        Ok(vec![
+            Effect::Pending {
+                target: msg.to.clone(),
+                name: out,
+                run_id: msg.id.clone(),
+            },
+            Effect::Undelivered,
+            Effect::Changed(Change::Log),
+        ])
     }
 
     /// A submission into the queue (it runs later).
@@ -144,6 +176,10 @@ impl Core {
             Op::Intake { job, .. } => {
                 Self::intake_records(st, op)?;
                 self.queue_submission(st, peer, job)?
+            }
+            Op::IntakeSend { msg, .. } => {
+                Self::intake_records(st, op)?;
+                Self::record_send(st, msg)?
             }
             Op::Forget(_) => {
                 Self::intake_records(st, op)?;
@@ -269,21 +305,7 @@ impl Core {
                 st.mark_delivered(id, now_ns())?;
                 vec![Effect::None]
             }
-            Op::Send(msg) => {
-                let out = format!("{}.json", script_stem(&msg.name));
-                st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
-                st.record_outgoing(msg)?;
-                st.append_log(&format!("{ts} send {} {} to {}", msg.id, msg.name, msg.to))?;
-                vec![
-                    Effect::Pending {
-                        target: msg.to.clone(),
-                        name: out,
-                        run_id: msg.id.clone(),
-                    },
-                    Effect::Undelivered,
-                    Effect::Changed(Change::Log),
-                ]
-            }
+            Op::Send(msg) => Self::record_send(st, msg)?,
             Op::Deliver { from, msg } => {
                 if st.seen_message(&msg.id)? {
                     return Ok(vec![Effect::None]);

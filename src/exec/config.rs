@@ -51,6 +51,11 @@ pub struct Config {
     pub metrics_top_peers: usize,
     /// Compiled scripts and modules cached at most.
     pub script_cache_entries: usize,
+    /// The daemon joins a lattice once started (`lattice.nats` is set): until its
+    /// transport is in place, a message for a peer not served here waits in its
+    /// sender's store (the directory decides once it is read), and scripts may
+    /// `send` to any peer, as in the lattice.
+    pub joins_lattice: bool,
 }
 
 impl Config {
@@ -78,6 +83,7 @@ impl Config {
             metrics: true,
             metrics_top_peers: 20,
             script_cache_entries: crate::script::cache::MAX_ENTRIES,
+            joins_lattice: false,
         }
     }
 }

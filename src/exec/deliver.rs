@@ -39,7 +39,14 @@ impl Core {
             return;
         }
         let transport = self.transport();
+        // Started to join a lattice that is not joined yet (recovery runs before
+        // the lattice's transport is set): a message for a peer not served here
+        // waits, so that the directory decides, not the in-process transport.
+        let unjoined = self.0.cfg.joins_lattice && !transport.spans_daemons();
         for msg in msgs {
+            if unjoined && !self.0.registry.exists(&msg.to) {
+                continue;
+            }
             if !rt(peer).inflight.lock().unwrap().insert(msg.id.clone()) {
                 continue;
             }

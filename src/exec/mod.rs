@@ -28,7 +28,7 @@ mod run;
 mod slot;
 mod state;
 mod submit;
-mod test_hooks;
+pub(crate) mod test_hooks;
 mod transport;
 mod txn;
 mod wait;

@@ -57,6 +57,17 @@ pub enum Op {
         record: Vec<u8>,
         forget: Vec<String>,
     },
+    /// A script a spool intake took from `caller`'s `peers/<to>/inbox/` for a peer
+    /// served by another daemon of the lattice: sent like [`Op::Send`] (its
+    /// outgoing row and pending result at this peer, the caller), and in the same
+    /// transaction the intake's `record` is stored under `key` and the keys in
+    /// `forget` are dropped, as for [`Op::Intake`]: taken and sent exactly once.
+    IntakeSend {
+        msg: Outgoing,
+        key: String,
+        record: Vec<u8>,
+        forget: Vec<String>,
+    },
     /// Drops spool intake records of files already removed (no fsync of its own: a
     /// record left behind only matches a file with the same name, size, inode,
     /// mtime and content hash).

@@ -187,9 +187,10 @@ impl Core {
 
     /// Whether a script here may `send` to `peer`: a peer of this daemon, or any
     /// peer at all in a lattice (the directory there has the last word, at
-    /// delivery, and NATS may be away for now).
+    /// delivery, and NATS may be away for now; so also while a daemon started
+    /// with `lattice.nats` has not joined yet).
     pub fn may_send_to(&self, peer: &str) -> bool {
-        self.0.registry.exists(peer) || self.transport().spans_daemons()
+        self.0.registry.exists(peer) || self.0.cfg.joins_lattice || self.transport().spans_daemons()
     }
 
     /// The peers of the lattice served by other daemons, sorted.

@@ -6,9 +6,17 @@
 
 use super::*;
 
+/// What a taken script becomes: a submission at a peer of this daemon, or a
+/// message from the caller to a peer of another daemon.
+enum Taken {
+    Submit(crate::store::Job),
+    Send(crate::store::Outgoing),
+}
+
 impl Shared {
     pub(super) fn intake_loop(self: Arc<Self>, rx: Receiver<Msg>) {
         let mut last_flush = Instant::now();
+        let mut last_follow = Instant::now();
         while !self.stop.load(Ordering::SeqCst) {
             let wait = self
                 .retry
@@ -54,6 +62,10 @@ impl Shared {
             if now.duration_since(last_flush) > Duration::from_millis(500) {
                 self.flush_forget(false);
                 last_flush = now;
+            }
+            if now.duration_since(last_follow) > Duration::from_secs(1) {
+                self.follow_directory();
+                last_follow = now;
             }
         }
     }
@@ -318,33 +330,54 @@ impl Shared {
                 return done(());
             }
         };
-        let key = taken_key(caller, name);
+        // A drop for a peer that another daemon of the lattice serves (or may:
+        // the directory decides at delivery, NATS may be away for now) leaves as a
+        // message from the caller, as on the mount: the record then lives in the
+        // caller's store, in the transaction that writes the outgoing row.
+        let remote = target != caller && !self.core.registry().exists(target);
+        if remote && !self.core.may_send_to(target) {
+            done(());
+            let why = format!(
+                "no peer {target} here: this daemon is in no lattice (--nats), so peers/{target}/inbox/ reaches nobody (make the peer with `mkdir DIR/{target}`, or join the lattice that serves it)"
+            );
+            return self.refuse(caller, path, &why);
+        }
+        let (store, key) = if remote {
+            (caller, sent_key(target, name))
+        } else {
+            (target, taken_key(caller, name))
+        };
         let record = t.ident.record();
         if startup {
-            let recorded = self
-                .core
-                .peer(target)
-                .and_then(|p| p.read(|s| s.meta(&key)));
+            let recorded = self.core.peer(store).and_then(|p| p.read(|s| s.meta(&key)));
             if let Ok(Some((r, _))) = recorded {
                 if r == record {
-                    // Taken before a restart: its submission committed.
+                    // Taken before a restart: its submission (or send) committed.
                     tracing::info!(file = %path.display(), "already submitted before the restart: removing it");
                     let _ = as_owner(own, || std::fs::remove_file(path));
                     self.forget
                         .lock()
                         .unwrap()
-                        .entry(target.to_string())
+                        .entry(store.to_string())
                         .or_default()
                         .push(key);
                     return done(());
                 }
             }
         }
-        let job = match self
-            .core
-            .new_job_from(caller, target, name, t.data, &serde_json::json!({}))
-        {
-            Ok(j) => j,
+        let crash = crate::exec::test_hooks::take_marked(&t.data);
+        let params = serde_json::json!({});
+        let what = if remote {
+            self.core
+                .drop_message(caller, target, name, t.data, &params)
+                .map(Taken::Send)
+        } else {
+            self.core
+                .new_job_from(caller, target, name, t.data, &params)
+                .map(Taken::Submit)
+        };
+        let what = match what {
+            Ok(w) => w,
             Err(e) => {
                 done(());
                 return self.refuse(caller, path, &e.message);
@@ -354,12 +387,15 @@ impl Shared {
         let ident = t.ident;
         let p = path.to_path_buf();
         let me = Arc::downgrade(self);
-        let (caller_s, target_s) = (caller.to_string(), target.to_string());
+        let (caller_s, store_s) = (caller.to_string(), store.to_string());
         let k2 = key.clone();
         let ack = Box::new(move |r: Result<()>| {
             let Some(me) = me.upgrade() else { return };
             match r {
                 Ok(()) => {
+                    if crash {
+                        crate::exec::test_hooks::abort_after_take(&p);
+                    }
                     // Committed: now it may leave the inbox, unless it was rewritten
                     // since it was taken (then the new content is taken too).
                     let same = std::fs::symlink_metadata(&p).is_ok_and(|m| ident.same_file(&m));
@@ -371,7 +407,7 @@ impl Shared {
                     me.forget
                         .lock()
                         .unwrap()
-                        .entry(target_s)
+                        .entry(store_s)
                         .or_default()
                         .push(k2);
                     me.inflight.lock().unwrap().remove(&p);
@@ -390,20 +426,25 @@ impl Shared {
             }
         });
         let mut forget = self.forget.lock().unwrap();
-        let mut f = forget.remove(target).unwrap_or_default();
+        let mut f = forget.remove(store).unwrap_or_default();
         // This op records `key` anew: an older record's removal must not follow it.
         f.retain(|k| *k != key);
-        // Pushed under the lock: no Forget of the same key overtakes this op.
-        self.core.apply_async(
-            target,
-            Op::Intake {
+        let op = match what {
+            Taken::Submit(job) => Op::Intake {
                 job,
                 key,
                 record,
                 forget: f,
             },
-            Some(ack),
-        );
+            Taken::Send(msg) => Op::IntakeSend {
+                msg,
+                key,
+                record,
+                forget: f,
+            },
+        };
+        // Pushed under the lock: no Forget of the same key overtakes this op.
+        self.core.apply_async(store, op, Some(ack));
     }
 
     /// Sends the records of removed files to their stores (`wait`: durably, at stop).

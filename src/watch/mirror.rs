@@ -222,6 +222,8 @@ impl Mirror {
     fn layout_results(&self, b: &mut Batch, peer: &str) {
         let mut views = vec![peer.to_string()];
         views.extend(self.others(peer));
+        // Results of drops and sends to peers of other daemons of the lattice.
+        views.extend(self.core.remote_peers());
         for view in views {
             let Ok(list) = self.core.outbox_list(peer, &view) else {
                 continue;
@@ -417,6 +419,11 @@ impl Mirror {
 
     /// The files `viewer`'s mirror of `owner` should hold: key path -> bytes.
     fn wanted(&self, viewer: &str, owner: &str) -> crate::Result<BTreeMap<String, Vec<u8>>> {
+        if viewer != owner && !self.core.registry().exists(owner) {
+            // A peer of another daemon of the lattice: its state is not mirrored
+            // (the mirror stays empty, and what is put in it is undone).
+            return Ok(BTreeMap::new());
+        }
         let p = self.core.peer(owner)?;
         let keys = p.read(|s| s.keys("", usize::MAX >> 1))?;
         let mut out = BTreeMap::new();

@@ -16,13 +16,19 @@
 //! The file leaves the inbox only after that commit. A restart that finds a file
 //! whose record matches knows it was taken and only removes it; every other file
 //! left in an inbox is submitted. An inotify queue overflow rescans every folder.
+//!
+//! In a lattice, a script dropped into `peers/<t>/inbox/` for a peer `t` served by
+//! another daemon is sent instead ([`Op::IntakeSend`]): the record goes to the
+//! caller's store (`spool.sent/<t>/<name>`) with the outgoing message, in one
+//! transaction, and the rest is the same. `peers/` follows the directory
+//! (`follow_directory`).
 
 mod client;
 mod files;
 mod intake;
 mod mirror;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -45,6 +51,12 @@ pub use files::{content_hash, Ident, TMP_PREFIX};
 /// The meta key under which a target records a script taken from `caller`'s folder.
 pub fn taken_key(caller: &str, name: &str) -> String {
     format!("spool.taken/{caller}/{name}")
+}
+
+/// The meta key under which `caller` records a script taken from its
+/// `peers/<target>/inbox/` and sent to `target`, a peer of another daemon.
+pub fn sent_key(target: &str, name: &str) -> String {
+    format!("spool.sent/{target}/{name}")
 }
 
 /// Largest policy or groups file (as on the mount).
@@ -80,6 +92,9 @@ struct Shared {
     later: Mutex<Vec<(Instant, String)>>,
     /// Inbox files found held by a writer, looked at again (when, which, how often).
     retry: Mutex<Vec<(Instant, PathBuf, u32)>>,
+    /// The peers of other daemons of the lattice whose `peers/<p>/` folders are
+    /// laid out (the directory's copy when last looked at, see `follow_directory`).
+    remote: Mutex<BTreeSet<String>>,
     tx: Mutex<Sender<Msg>>,
     mirror: Sender<mirror::Note>,
     stats: Arc<SpoolStats>,
@@ -132,6 +147,7 @@ impl Spool {
             refused: Mutex::new(HashSet::new()),
             later: Mutex::new(Vec::new()),
             retry: Mutex::new(Vec::new()),
+            remote: Mutex::new(BTreeSet::new()),
             tx: Mutex::new(tx.clone()),
             mirror: mtx.clone(),
             stats: stats.clone(),
@@ -162,6 +178,9 @@ impl Spool {
                     root.display()
                 )
             })?;
+        // The remote peers as the layout below sees them (a peer listed after
+        // this is laid out by `follow_directory`).
+        *shared.remote.lock().unwrap() = core.remote_peers().into_iter().collect();
         for (name, _) in core.registry().list() {
             if let Err(e) = shared.layout(&name) {
                 tracing::error!(peer = %name, error = %e, "cannot lay out the peer's spool folder");
@@ -334,7 +353,7 @@ impl Shared {
                 })?;
             }
         }
-        // Peers of the other daemons of the lattice, as the directory said at start.
+        // Peers of the other daemons of the lattice (later ones: `follow_directory`).
         for other in self.core.remote_peers() {
             for sub in ["inbox", "outbox", "state"] {
                 files::make_dir(&dir.join("peers").join(&other).join(sub), 0o755, own)?;
@@ -349,5 +368,71 @@ impl Shared {
             }
         }
         Ok(())
+    }
+}
+
+impl Shared {
+    /// Makes every peer's `peers/` follow the lattice's directory: a peer another
+    /// daemon started serving gets its `peers/<p>/` folders, one that left the
+    /// directory (and is not served here) loses them. The directory's copy is
+    /// kept current by its watch, which tells nobody: this looks at it, cheaply,
+    /// about once a second.
+    pub(super) fn follow_directory(&self) {
+        let now: BTreeSet<String> = self.core.remote_peers().into_iter().collect();
+        let (added, gone): (Vec<String>, Vec<String>) = {
+            let mut known = self.remote.lock().unwrap();
+            if *known == now {
+                return;
+            }
+            let added = now.difference(&known).cloned().collect();
+            let gone = known.difference(&now).cloned().collect();
+            *known = now;
+            (added, gone)
+        };
+        // A peer that left the directory because it is served here now keeps
+        // the folders its layout made.
+        let gone: Vec<String> = gone
+            .into_iter()
+            .filter(|p| !self.core.registry().exists(p))
+            .collect();
+        for (peer, _) in self.core.registry().list() {
+            let dir = self.peer_dir(&peer);
+            if !dir.is_dir() {
+                continue;
+            }
+            let own = owner_of(&self.core, &peer);
+            let r = as_owner(own, || -> Result<()> {
+                for other in &added {
+                    for sub in ["inbox", "outbox", "state"] {
+                        files::make_dir(&dir.join("peers").join(other).join(sub), 0o755, own)?;
+                    }
+                }
+                for other in &gone {
+                    unlay_view(&dir.join("peers").join(other));
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                tracing::warn!(peer = %peer, error = %e, "cannot lay out the peers of the lattice");
+            }
+        }
+        if !added.is_empty() || !gone.is_empty() {
+            tracing::info!(added = ?added, gone = ?gone, "spool peers/ follows the lattice directory");
+        }
+    }
+}
+
+/// Removes `peers/<gone>/`, a peer no longer in the lattice: its state mirror and
+/// its results' files (the results stay in the store's run history and log).
+/// A script still waiting in its inbox keeps the folder (it is refused or sent,
+/// and the delivery's error comes back as a result).
+fn unlay_view(view: &Path) {
+    for sub in ["outbox", "state"] {
+        let _ = std::fs::remove_dir_all(view.join(sub));
+    }
+    if std::fs::remove_dir(view.join("inbox")).is_ok() {
+        let _ = std::fs::remove_dir(view);
+    } else if view.join("inbox").exists() {
+        tracing::info!(folder = %view.display(), "a peer left the lattice: its inbox keeps what is in it");
     }
 }

@@ -347,12 +347,18 @@ impl Daemon {
 
     /// Starts `peerfs ARGS...` (stderr to a new log in `work`) without waiting.
     pub fn spawn(args: &[&OsStr], mnt: &Path, work: &Path) -> Daemon {
+        Daemon::spawn_env(args, mnt, work, &[])
+    }
+
+    /// [`Daemon::spawn`] with `env` set too (test hooks).
+    pub fn spawn_env(args: &[&OsStr], mnt: &Path, work: &Path, env: &[(&str, &str)]) -> Daemon {
         std::fs::create_dir_all(work).unwrap();
         let n = std::fs::read_dir(work).map(|d| d.count()).unwrap_or(0);
         let stderr = work.join(format!("daemon-{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_peerfs"))
             .args(args)
             .env("RUST_LOG", "peerfs=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).unwrap())

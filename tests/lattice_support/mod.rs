@@ -39,6 +39,47 @@ pub fn init(dir: &Path, lattice: &str, port: u16, workers: &[&str]) {
     );
 }
 
+/// A temporary folder with a lattice's configuration (`nats/`, from
+/// `peerfs lattice init`), data folders with their first peers, and its own
+/// nats-server (stopped by pid on drop).
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub nats: Nats,
+}
+
+impl Setup {
+    /// `workers` as for `--worker` (`w1=alice,carol`); `peers`: (data folder, peer)
+    /// made before the server starts.
+    pub fn new(lattice: &str, workers: &[&str], peers: &[(&str, &str)]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        init(&dir.path().join("nats"), lattice, port, workers);
+        for (data, peer) in peers {
+            create_peer(&dir.path().join(data), peer);
+        }
+        let nats = Nats::start(&dir.path().join("nats/nats-server.conf"), port);
+        Setup { dir, nats }
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+/// `peerfs peer create PEER --data DATA`.
+pub fn create_peer(data: &Path, peer: &str) {
+    let st = Command::new(env!("CARGO_BIN_EXE_peerfs"))
+        .args(["peer", "create", peer, "--data"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+}
+
 /// A nats-server started from `conf`; stopped (SIGKILL, by pid) on drop.
 pub struct Nats {
     pub conf: PathBuf,
