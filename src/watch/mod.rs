@@ -319,6 +319,7 @@ impl Shared {
         }
         as_owner(own, || self.layout_inside(peer, &dir, own, &texts))?;
         let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
+        self.scan_new_folders(peer);
         Ok(())
     }
 
@@ -372,6 +373,14 @@ impl Shared {
 }
 
 impl Shared {
+    /// Folders just made in `peer`'s tree are watched once the watcher has seen
+    /// them made (it adds their watch from its own thread): a script written into
+    /// one before that brings no event. Look at the peer again a little later.
+    fn scan_new_folders(&self, peer: &str) {
+        self.scan_later(peer, Duration::from_millis(300));
+        self.scan_later(peer, Duration::from_secs(2));
+    }
+
     /// Makes every peer's `peers/` follow the lattice's directory: a peer another
     /// daemon started serving gets its `peers/<p>/` folders, one that left the
     /// directory (and is not served here) loses them. The directory's copy is
@@ -418,6 +427,11 @@ impl Shared {
         }
         if !added.is_empty() || !gone.is_empty() {
             tracing::info!(added = ?added, gone = ?gone, "spool peers/ follows the lattice directory");
+        }
+        if !added.is_empty() {
+            for (peer, _) in self.core.registry().list() {
+                self.scan_new_folders(&peer);
+            }
         }
     }
 }
