@@ -164,7 +164,11 @@ fn a_moved_peer_keeps_receiving_each_message_once() {
     // Not handed over while w1 serves alice, nor by a worker that does not serve it.
     let o = lab.release("alice", "w3", "w1");
     assert!(!o.status.success(), "released while served: {}", text(&o));
-    assert!(text(&o).contains("still served"), "{}", text(&o));
+    assert!(
+        text(&o).contains("alice is still served by worker w1 (pid"),
+        "{}",
+        text(&o)
+    );
     let o = lab.release("alice", "w3", "w2");
     assert!(!o.status.success(), "released by w2: {}", text(&o));
     assert!(

@@ -136,9 +136,8 @@ impl Release {
     }
 }
 
-/// `EBUSY` when a daemon still serves `peer`: such a daemon answers reads of the
-/// peer's state (`peerfs.<lattice>.read.<peer>.*`, see `read.rs`), even a request
-/// that does not parse. The peer's own worker may ask as the peer itself.
+/// `EBUSY` when a process still serves `peer`: it answers on the peer's alive
+/// subject (see `alive.rs`), which the peer's worker may ask on.
 async fn still_served(
     client: &async_nats::Client,
     names: &Names,
@@ -146,21 +145,28 @@ async fn still_served(
     worker: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let subject = names.read_subject(peer, peer);
-    let asked = tokio::time::timeout(timeout, client.request(subject, Vec::new().into())).await;
+    let subject = names.alive_subject(peer);
+    let asked = tokio::time::timeout(timeout, client.request(subject, "release".into())).await;
     match asked {
         Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Ok(Ok(_)) => Err(err!(
-            libc::EBUSY,
-            "peer {peer} is still served by a running daemon (worker {worker}): stop serving it there first (stop the daemon, or restart it with a --peer list without {peer}), then release it"
-        )),
+        Ok(Ok(m)) => {
+            let here: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            let who = match (here["pid"].as_u64(), here["host"].as_str()) {
+                (Some(pid), Some(host)) => format!("pid {pid} on {host}"),
+                _ => "a running process".into(),
+            };
+            Err(err!(
+                libc::EBUSY,
+                "peer {peer} is still served by worker {worker} ({who}): stop serving it there first (stop the daemon, or restart it with a --peer list without {peer}), then release it"
+            ))
+        }
         Ok(Err(e)) => Err(err!(
             libc::EHOSTUNREACH,
             "cannot tell whether peer {peer} is still served: {e}"
         )),
         Err(_) => Err(err!(
             libc::ETIMEDOUT,
-            "cannot tell whether peer {peer} is still served: no answer within {timeout:?} (may worker {worker} still publish as {peer}? release before `lattice init` takes the peer from it)"
+            "cannot tell whether peer {peer} is still served: no answer within {timeout:?} (may worker {worker} still ask as {peer}? release before `lattice init` takes the peer from it)"
         )),
     }
 }
