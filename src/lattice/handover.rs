@@ -183,3 +183,45 @@ fn refused_update(peer: &str, worker: &str, bucket: &str, e: kv::UpdateError) ->
         "cannot hand over peer {peer} in the directory: {e}"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(peer: &str, to: &str, url: &str) -> Release {
+        Release {
+            url: url.into(),
+            creds: None,
+            lattice: "lab".into(),
+            peer: peer.into(),
+            to: to.into(),
+            timeout: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn refused_before_asking_nats() {
+        // Nothing listens on port 9: each refusal must come before a connection.
+        let e = release("alice", "w1", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{e}");
+        assert!(e.message.contains("pass the new worker"), "{e}");
+        let e = release("alice", "w 3", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{e}");
+        let e = release("a b", "w3", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{e}");
+        let e = release("alice", "w3", "nats://127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert!(e.message.contains("old worker's --nats-creds"), "{e}");
+        let e = release("alice", "w3", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EHOSTUNREACH, "{e}");
+    }
+}
