@@ -110,6 +110,24 @@ enum LatticeCmd {
         #[arg(long, default_value = "127.0.0.1:4222")]
         listen: String,
     },
+    /// Hand PEER over to worker TO in the directory (moving a peer, see
+    /// docs/lattice.md): run with the old worker's credentials after it stopped
+    /// serving PEER; refused unless the directory names that worker.
+    Release {
+        peer: String,
+        /// The worker that serves PEER from now on.
+        #[arg(long, value_name = "WORKER")]
+        to: String,
+        /// The NATS server: `nats://[user:password@]host:port`.
+        #[arg(long, value_name = "URL")]
+        nats: String,
+        /// The old worker's credentials file from `peerfs lattice init`.
+        #[arg(long, value_name = "FILE")]
+        nats_creds: Option<PathBuf>,
+        /// The lattice's name.
+        #[arg(long, default_value = "default")]
+        lattice: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -271,6 +289,25 @@ fn main() -> ExitCode {
                             listen,
                         },
                 } => lattice_init(&dir, &workers, lattice, listen),
+                Cmd::Lattice {
+                    cmd:
+                        LatticeCmd::Release {
+                            peer,
+                            to,
+                            nats,
+                            nats_creds,
+                            lattice,
+                        },
+                } => peerfs::lattice::handover::Release {
+                    url: nats,
+                    creds: nats_creds,
+                    lattice,
+                    peer,
+                    to,
+                    timeout: Duration::from_secs(2),
+                }
+                .run()
+                .map(|done| println!("{done}")),
                 Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
                 Cmd::Mount { .. } | Cmd::Serve { .. } | Cmd::Config { .. } | Cmd::Top { .. } => {
                     unreachable!("handled above")

@@ -11,6 +11,7 @@
 //! The lattice runs on a small tokio runtime on its own thread; the executor's
 //! threads hand it work through channels and never block inside it.
 
+pub mod handover;
 pub mod server;
 
 pub use read::remote_get;

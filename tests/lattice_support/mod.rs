@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+use std::fs;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -237,4 +238,49 @@ fn pump(mut from: TcpStream, mut to: TcpStream, cut: Arc<AtomicBool>) {
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     });
+}
+
+impl Nats {
+    /// Reloads its configuration (SIGHUP, by pid) and waits until it says so.
+    pub fn reload(&self) {
+        const DONE: &str = "Reloaded server configuration";
+        let before = self.log_text().matches(DONE).count();
+        let pid = self.child.as_ref().expect("running").id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0, "SIGHUP {pid}");
+        let end = Instant::now() + Duration::from_secs(15);
+        while self.log_text().matches(DONE).count() == before {
+            assert!(
+                Instant::now() < end,
+                "nats-server did not reload: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A state file holding an integer.
+pub fn state_int(path: &Path) -> Option<i64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The names in a folder, sorted (none when it cannot be read).
+pub fn ls(path: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(path)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The value of an `ok` result file (a read waits for the run).
+pub fn value(path: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["status"], "ok", "{}: {v}", path.display());
+    v["value"].clone()
 }

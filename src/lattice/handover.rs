@@ -1,0 +1,227 @@
+//! `peerfs lattice release PEER --to WORKER`: the directory's part of moving a peer.
+//!
+//! Run with the old worker's credentials after it stopped serving the peer, it
+//! rewrites the peer's entry from the old worker to the new one, and only if the
+//! entry still names the old worker (a compare-and-set on the entry's revision, so a
+//! claim racing with it is never overwritten). The new worker's claim then finds
+//! its own name and succeeds; the old worker, started again with the peer, is
+//! refused naming the new one.
+//!
+//! The entry is handed over rather than deleted: while no entry exists, a sender's
+//! daemon finds no such peer anywhere in the lattice and its `send()` ends as an
+//! error result. With the entry naming the new worker, messages keep going to the
+//! stream, where they wait under the peer's consumer (which is the peer's, not a
+//! worker's: nothing in JetStream changes) until the new worker takes them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+
+use super::{check_token, server::Creds, url_user, Names};
+use crate::error::err;
+use crate::error::{Error, Result};
+use crate::peer::name::check_peer_name;
+
+/// What `lattice release` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// `nats://[user:password@]host:port`.
+    pub url: String,
+    /// The old worker's credentials file (its user names the worker).
+    pub creds: Option<PathBuf>,
+    pub lattice: String,
+    pub peer: String,
+    /// The worker that serves the peer from now on.
+    pub to: String,
+    /// How long each request to NATS may take.
+    pub timeout: Duration,
+}
+
+impl Release {
+    /// Hands the peer over; returns what was done, for the operator.
+    pub fn run(&self) -> Result<String> {
+        check_peer_name(&self.peer)?;
+        check_token("worker", &self.to)?;
+        let names = Names::new(&self.lattice)?;
+        let creds = self.creds.as_deref().map(Creds::read).transpose()?;
+        let worker = match (&creds, url_user(&self.url)) {
+            (Some(c), _) => c.user.clone(),
+            (None, Some(u)) => u,
+            (None, None) => {
+                return Err(err!(
+                    libc::EINVAL,
+                    "no worker: pass the old worker's --nats-creds (or its user in the --nats URL)"
+                ))
+            }
+        };
+        if worker == self.to {
+            return Err(err!(
+                libc::EINVAL,
+                "--to {} names the worker whose credentials these are: pass the new worker",
+                self.to
+            ));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(self.hand_over(&names, &worker, creds))
+    }
+
+    async fn hand_over(&self, names: &Names, worker: &str, creds: Option<Creds>) -> Result<String> {
+        let (peer, to, timeout) = (self.peer.as_str(), self.to.as_str(), self.timeout);
+        let mut co = async_nats::ConnectOptions::new()
+            .name(format!("peerfs lattice release ({worker})"))
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout));
+        if let Some(c) = creds {
+            co = co.user_and_password(c.user, c.password);
+        }
+        let client = co
+            .connect(self.url.as_str())
+            .await
+            .map_err(|e| err!(libc::EHOSTUNREACH, "nats {}: {e}", self.url))?;
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(timeout);
+        let bucket = names.bucket();
+        let dir = js.get_key_value(&bucket).await.map_err(|e| {
+            err!(
+                libc::ENOENT,
+                "the directory of the lattice {} (KV bucket {bucket}): {e} (has a worker of this lattice ever joined it?)",
+                names.lattice
+            )
+        })?;
+        let entry = dir
+            .entry(peer)
+            .await
+            .map_err(|e| super::directory::unreachable("the lattice directory", e))?
+            .filter(|e| e.operation == kv::Operation::Put);
+        let Some(entry) = entry else {
+            return Err(err!(
+                libc::ENOENT,
+                "peer {peer} has no entry in the directory of the lattice {}: nothing to hand over (its new worker claims it when it starts)",
+                names.lattice
+            ));
+        };
+        let holder = String::from_utf8_lossy(&entry.value).into_owned();
+        if holder == to {
+            return Ok(format!(
+                "peer {peer} is already handed over to worker {to} (nothing changed)"
+            ));
+        }
+        if holder != worker {
+            return Err(err!(
+                libc::EEXIST,
+                "peer {peer} is served by worker {holder}, not by {worker} (whose credentials these are): release it with {holder}'s credentials"
+            ));
+        }
+        still_served(&client, names, peer, worker, timeout).await?;
+        match dir
+            .update(peer, to.to_string().into(), entry.revision)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(peer, from = worker, to, "peer handed over in the lattice directory");
+                Ok(format!(
+                    "peer {peer} handed over from worker {worker} to worker {to} in the directory of the lattice {}",
+                    names.lattice
+                ))
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(err!(
+                libc::EAGAIN,
+                "the directory entry of {peer} changed while it was handed over: run the release again"
+            )),
+            Err(e) => Err(refused_update(peer, worker, &names.bucket(), e)),
+        }
+    }
+}
+
+/// `EBUSY` when a process still serves `peer`: it answers on the peer's alive
+/// subject (see `alive.rs`), which the peer's worker may ask on.
+async fn still_served(
+    client: &async_nats::Client,
+    names: &Names,
+    peer: &str,
+    worker: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let subject = names.alive_subject(peer);
+    let asked = tokio::time::timeout(timeout, client.request(subject, "release".into())).await;
+    match asked {
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Ok(Ok(m)) => {
+            let here: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            let who = match (here["pid"].as_u64(), here["host"].as_str()) {
+                (Some(pid), Some(host)) => format!("pid {pid} on {host}"),
+                _ => "a running process".into(),
+            };
+            Err(err!(
+                libc::EBUSY,
+                "peer {peer} is still served by worker {worker} ({who}): stop serving it there first (stop the daemon, or restart it with a --peer list without {peer}), then release it"
+            ))
+        }
+        Ok(Err(e)) => Err(err!(
+            libc::EHOSTUNREACH,
+            "cannot tell whether peer {peer} is still served: {e}"
+        )),
+        Err(_) => Err(err!(
+            libc::ETIMEDOUT,
+            "cannot tell whether peer {peer} is still served: no answer within {timeout:?} (may worker {worker} still ask as {peer}? release before `lattice init` takes the peer from it)"
+        )),
+    }
+}
+
+fn refused_update(peer: &str, worker: &str, bucket: &str, e: kv::UpdateError) -> Error {
+    if e.kind() == kv::UpdateErrorKind::TimedOut {
+        return err!(
+            libc::EACCES,
+            "the server did not acknowledge the new directory entry of {peer}: may worker {worker} still publish on $KV.{bucket}.{peer}? (release before `lattice init` takes the peer from it)"
+        );
+    }
+    err!(
+        libc::EHOSTUNREACH,
+        "cannot hand over peer {peer} in the directory: {e}"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(peer: &str, to: &str, url: &str) -> Release {
+        Release {
+            url: url.into(),
+            creds: None,
+            lattice: "lab".into(),
+            peer: peer.into(),
+            to: to.into(),
+            timeout: Duration::from_millis(200),
+        }
+    }
+
+    #[test]
+    fn refused_before_asking_nats() {
+        // Nothing listens on port 9: each refusal must come before a connection.
+        let e = release("alice", "w1", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{e}");
+        assert!(e.message.contains("pass the new worker"), "{e}");
+        let e = release("alice", "w 3", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{e}");
+        let e = release("a b", "w3", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EINVAL, "{e}");
+        let e = release("alice", "w3", "nats://127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert!(e.message.contains("old worker's --nats-creds"), "{e}");
+        let e = release("alice", "w3", "nats://w1:s@127.0.0.1:9")
+            .run()
+            .unwrap_err();
+        assert_eq!(e.errno, libc::EHOSTUNREACH, "{e}");
+    }
+}
