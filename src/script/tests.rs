@@ -146,6 +146,12 @@ fn endless_loop_hits_wall_time() {
 #[test]
 fn memory_bombs_hit_size_limits() {
     let mut f = fixture();
+    // Each bomb must meet its size limit, not the wall clock of a loaded machine.
+    let roomy = Limits {
+        max_wall_ms: 120_000,
+        ..Limits::default()
+    };
+    let run = |f: &mut Fixture, src: &str| run_with(f, src, &roomy);
     let o = run(&mut f, r#"let s = "xxxxxxxx"; loop { s += s; }"#);
     assert_eq!(o.status, Status::Limit);
     assert!(
@@ -162,7 +168,7 @@ fn memory_bombs_hit_size_limits() {
     );
     let l = Limits {
         max_map_size: 1000,
-        ..Limits::default()
+        ..roomy
     };
     let o = run_with(
         &mut f,
