@@ -394,6 +394,15 @@ impl peerfs::exec::Transport for FakeLattice {
     fn remote_peers(&self) -> Vec<String> {
         self.peers.lock().unwrap().clone()
     }
+    // A remote peer that lets bob read nothing.
+    fn remote_view_list(
+        &self,
+        _owner: &str,
+        _reader: &str,
+        _dir: &str,
+    ) -> peerfs::Result<Vec<peerfs::store::DirEntry>> {
+        Ok(Vec::new())
+    }
 }
 
 #[test]
@@ -434,7 +443,8 @@ fn peers_follow_the_directory_both_ways_and_a_remote_drop_leaves_once() {
         assert_eq!(sent[0].source, b"40 + 2");
     }
 
-    // A remote peer's state is not mirrored: what is put there is undone.
+    // A remote peer's state mirror holds what its worker lets bob read (here
+    // nothing): what is put there is undone.
     let stray = view("alice").join("state/x");
     fs::write(&stray, "1").unwrap();
     assert!(
@@ -469,4 +479,66 @@ fn peers_follow_the_directory_both_ways_and_a_remote_drop_leaves_once() {
     spool.stop();
     core.shutdown();
     spool.finish();
+}
+
+/// The spool's `peers/<remote>/state/` mirrors what the remote peer's policy lets
+/// the viewer read, as the mount's view does: polled from the owner's worker,
+/// following changes of the values and of the policy, read-only (what is put
+/// there from outside is undone).
+#[test]
+fn the_spools_view_of_a_remote_peers_state_follows_its_policy() {
+    let lab = Lab::new();
+    let a = lab.mount();
+    let policy = |glob: &str| {
+        format!(
+            r#"permit(principal == Peer::"bob", action == Action::"read", resource) when {{ resource.key like "{glob}" }};"#
+        )
+    };
+    fs::write(a.mnt.join("alice/policy.cedar"), policy("pub/*")).unwrap();
+    fs::create_dir_all(a.mnt.join("alice/state/pub/deep")).unwrap();
+    fs::write(a.mnt.join("alice/state/pub/x"), "one").unwrap();
+    fs::write(a.mnt.join("alice/state/pub/deep/y"), "two").unwrap();
+    fs::write(a.mnt.join("alice/state/secret"), "no").unwrap();
+    let s = lab.spool(&[]);
+    let view = lab.spool_dir().join("bob/peers/alice/state");
+    let read = |rel: &str| fs::read_to_string(view.join(rel)).ok();
+    assert!(
+        wait_until(Duration::from_secs(20), || read("pub/x").as_deref()
+            == Some("one")),
+        "pub/x not mirrored: {}",
+        s.log_text()
+    );
+    assert_eq!(read("pub/deep/y").as_deref(), Some("two"));
+    assert!(
+        !view.join("secret").exists(),
+        "an unreadable key is mirrored"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(view.join("pub/x"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o444);
+
+    // A value changed at alice shows.
+    fs::write(a.mnt.join("alice/state/pub/x"), "uno").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || read("pub/x")
+        .as_deref()
+        == Some("uno")));
+    // What is put there from outside is undone, with a line in bob's log.
+    fs::write(view.join("pub/mine"), "x").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !view
+        .join("pub/mine")
+        .exists()));
+    assert!(wait_until(Duration::from_secs(5), || fs::read_to_string(
+        lab.spool_dir().join("bob/log")
+    )
+    .unwrap_or_default()
+    .contains("new file state/pub/mine removed")));
+    // The policy narrows: what it no longer lets bob read leaves the mirror.
+    fs::write(a.mnt.join("alice/policy.cedar"), policy("pub/deep/*")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || read("pub/x").is_none()));
+    assert_eq!(read("pub/deep/y").as_deref(), Some("two"));
+    drop(s);
+    drop(a);
 }

@@ -71,7 +71,18 @@ pub(super) struct Mirror {
     written: HashMap<PathBuf, u128>,
     /// Results finished after this are rewritten by a layout (see MIRROR_SLACK_NS).
     since: i64,
+    /// What the mirror of a remote peer's key was written from: (size, mtime), so
+    /// that a poll fetches only the keys that changed (see [`REMOTE_POLL`]).
+    remote_seen: HashMap<PathBuf, (u64, i64)>,
+    /// This one keeps the mirrors of remote peers' state (a thread of its own, see
+    /// [`Mirror::poll`]), not the others.
+    remote: bool,
 }
+
+/// How often the mirrors of remote peers' state (`peers/<remote>/state/`) are
+/// brought up to date: another daemon's commits tell this one nothing, so they
+/// are polled, one listing request per folder of readable keys.
+const REMOTE_POLL: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Batch {
@@ -97,6 +108,8 @@ impl Mirror {
             stats,
             written: HashMap::new(),
             since,
+            remote_seen: HashMap::new(),
+            remote: false,
         }
     }
 
@@ -334,12 +347,21 @@ impl Mirror {
     /// mirror was touched from outside; what differs from what this process wrote
     /// is undone and logged.
     fn sync_view(&mut self, viewer: &str, owner: &str, check: bool) {
+        if (viewer != owner && self.core.serves_elsewhere(owner)) != self.remote {
+            return;
+        }
         let dir = self.view_dir(viewer, owner, "state");
         if !dir.is_dir() {
             return;
         }
         let want = match self.wanted(viewer, owner) {
             Ok(w) => w,
+            // Another daemon's peer out of reach: the mirror stays as it was
+            // until the next poll reaches it.
+            Err(e) if self.core.serves_elsewhere(owner) => {
+                tracing::debug!(peer = owner, viewer, error = %e, "cannot reach the state to mirror");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(peer = owner, error = %e, "cannot read the state to mirror");
                 return;
@@ -417,11 +439,75 @@ impl Mirror {
         undone
     }
 
+    /// Keeps every local peer's mirror of every remote peer's state up to date
+    /// until `stop` (see [`REMOTE_POLL`]). Its own thread: a remote worker slow
+    /// to answer holds up no result and no local mirror. Each poll is a check:
+    /// what was changed from outside since is undone and logged.
+    pub(super) fn poll(mut self, stop: impl Fn() -> bool) {
+        self.remote = true;
+        let mut last = std::time::Instant::now() - REMOTE_POLL;
+        while !stop() {
+            if last.elapsed() < REMOTE_POLL {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            last = std::time::Instant::now();
+            let remote = self.core.remote_peers();
+            for (viewer, _) in self.core.registry().list() {
+                for owner in &remote {
+                    self.sync_view(&viewer, owner, true);
+                }
+            }
+        }
+    }
+
+    /// What `viewer` may read of `owner`, a peer of another daemon, as the owner's
+    /// worker answers: key path -> bytes. A key whose size and time are those it
+    /// was last mirrored from is taken from the mirror's file, not fetched again.
+    fn wanted_remote(
+        &mut self,
+        viewer: &str,
+        owner: &str,
+    ) -> crate::Result<BTreeMap<String, Vec<u8>>> {
+        let base = self.view_dir(viewer, owner, "state");
+        let mut out = BTreeMap::new();
+        let mut dirs = vec![String::new()];
+        while let Some(dir) = dirs.pop() {
+            for e in self.core.remote_view_list(owner, viewer, &dir)? {
+                let key = if dir.is_empty() {
+                    e.name.clone()
+                } else {
+                    format!("{dir}/{}", e.name)
+                };
+                if e.is_dir {
+                    dirs.push(key);
+                    continue;
+                }
+                let path = base.join(&key);
+                let seen = (e.size, e.mtime_ns);
+                if self.remote_seen.get(&path) == Some(&seen) {
+                    if let Ok(b) = std::fs::read(&path) {
+                        if self.written.get(&path) == Some(&content_hash(&b)) {
+                            out.insert(key, b);
+                            continue;
+                        }
+                    }
+                }
+                let b = self.core.remote_view_bytes(owner, viewer, &key)?;
+                self.remote_seen.insert(path, seen);
+                out.insert(key, b);
+            }
+        }
+        Ok(out)
+    }
+
     /// The files `viewer`'s mirror of `owner` should hold: key path -> bytes.
-    fn wanted(&self, viewer: &str, owner: &str) -> crate::Result<BTreeMap<String, Vec<u8>>> {
+    fn wanted(&mut self, viewer: &str, owner: &str) -> crate::Result<BTreeMap<String, Vec<u8>>> {
         if viewer != owner && !self.core.registry().exists(owner) {
-            // A peer of another daemon of the lattice: its state is not mirrored
-            // (the mirror stays empty, and what is put in it is undone).
+            if self.core.serves_elsewhere(owner) {
+                return self.wanted_remote(viewer, owner);
+            }
+            // Served nowhere (any more): the mirror is emptied.
             return Ok(BTreeMap::new());
         }
         let p = self.core.peer(owner)?;

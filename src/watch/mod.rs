@@ -107,6 +107,8 @@ pub struct Spool {
     watcher: Option<notify::RecommendedWatcher>,
     intake: Option<JoinHandle<()>>,
     mirror: Option<JoinHandle<()>>,
+    /// Mirrors remote peers' state (in a lattice).
+    poller: Option<JoinHandle<()>>,
 }
 
 /// Where a path of the tree is.
@@ -154,6 +156,13 @@ impl Spool {
             stop: AtomicBool::new(false),
         });
         core.set_listener(Arc::new(mirror::Relay(Mutex::new(mtx))));
+        let poller = {
+            let m = mirror::Mirror::new(core.clone(), root.clone(), stats.clone());
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name("peerfs-spool-remote".into())
+                .spawn(move || m.poll(|| s.stop.load(Ordering::SeqCst)))?
+        };
         let m = mirror::Mirror::new(core.clone(), root.clone(), stats);
         let mirror = std::thread::Builder::new()
             .name("peerfs-spool-mirror".into())
@@ -197,6 +206,7 @@ impl Spool {
             watcher: Some(watcher),
             intake: Some(intake),
             mirror: Some(mirror),
+            poller: Some(poller),
         })
     }
 
@@ -210,6 +220,9 @@ impl Spool {
         self.watcher.take();
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.intake.take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.poller.take() {
             let _ = t.join();
         }
         self.shared.flush_forget(true);
