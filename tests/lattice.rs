@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{errno, wait_until, Daemon};
-use support::{init, Nats, Proxy};
+use support::{create_peer, init, ls, state_int, value, Nats, Proxy};
 
 const LATTICE: &str = "t";
 
@@ -94,44 +94,7 @@ impl Lab {
     }
 }
 
-fn create_peer(data: &Path, peer: &str) {
-    let st = Command::new(env!("CARGO_BIN_EXE_peerfs"))
-        .args(["peer", "create", peer, "--data"])
-        .arg(data)
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-}
-
 const BOB_POLICY: &str = r#"permit(principal == Peer::"alice", action in [Action::"run", Action::"read", Action::"write"], resource);"#;
-
-/// The value of a result file (a read waits for the run).
-fn value(path: &Path) -> serde_json::Value {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["status"], "ok", "{}: {v}", path.display());
-    v["value"].clone()
-}
-
-fn state_int(path: &Path) -> Option<i64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn ls(path: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(path)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 #[test]
 fn two_daemons_one_lattice() {

@@ -32,13 +32,9 @@ impl super::Names {
     }
 }
 
-/// This process: a random id, its pid and host.
+/// This process: a random id among the worker's processes.
 pub(super) fn instance() -> String {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = std::io::Read::read_exact(&mut f, &mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    super::server::secret().unwrap_or_else(|_| format!("pid{}", std::process::id()))
 }
 
 fn host() -> String {
@@ -47,30 +43,57 @@ fn host() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
+/// What asking for a peer on its alive subject found.
+pub(super) enum Asked {
+    /// A process answered: who it is ("worker w1 (pid 4242 on host-a)").
+    Served(String),
+    /// No responders: no process serves the peer.
+    Free,
+    /// No answer within the time (`ETIMEDOUT`), or the request failed.
+    Unknown(crate::error::Error),
+}
+
+/// Asks who serves `peer` now (`me`: this process's instance, which its own
+/// answer ignores), waiting up to `wait`.
+pub(super) async fn ask(
+    client: &async_nats::Client,
+    names: &super::Names,
+    peer: &str,
+    me: &str,
+    wait: Duration,
+) -> Asked {
+    let asked = tokio::time::timeout(
+        wait,
+        client.request(names.alive_subject(peer), me.to_string().into()),
+    );
+    match asked.await {
+        Ok(Ok(m)) => Asked::Served(
+            serde_json::from_slice::<Here>(&m.payload)
+                .map(|h| format!("worker {} (pid {} on {})", h.worker, h.pid, h.host))
+                .unwrap_or_else(|_| "a running process".into()),
+        ),
+        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Asked::Free,
+        Ok(Err(e)) => Asked::Unknown(err!(libc::EHOSTUNREACH, "{e}")),
+        Err(_) => Asked::Unknown(err!(libc::ETIMEDOUT, "no answer within {wait:?}")),
+    }
+}
+
 /// `EEXIST` when another process answers for `peer`.
 pub(super) async fn refuse_if_served(l: &Lattice, peer: &str) -> Result<()> {
-    let subject = l.names.alive_subject(peer);
     let wait = l.opts.timeout.min(Duration::from_secs(2));
-    let asked = tokio::time::timeout(wait, l.client.request(subject, l.instance.clone().into()));
-    match asked.await {
-        Ok(Ok(m)) => {
-            let who = serde_json::from_slice::<Here>(&m.payload)
-                .map(|h| format!("worker {} (pid {} on {})", h.worker, h.pid, h.host))
-                .unwrap_or_else(|_| format!("another process of worker {}", l.worker));
-            Err(err!(
-                libc::EEXIST,
-                "peer {peer} is already served by {who}: one process serves a peer"
-            ))
-        }
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+    match ask(&l.client, &l.names, peer, &l.instance, wait).await {
+        Asked::Served(who) => Err(err!(
+            libc::EEXIST,
+            "peer {peer} is already served by {who}: one process serves a peer"
+        )),
+        Asked::Free => Ok(()),
         // A subscription whose process is gone (its host died, the server has not
         // noticed yet) answers nothing; a server that does not let this worker
         // ask (a configuration from before) neither.
-        Ok(Err(e)) => {
+        Asked::Unknown(e) => {
             tracing::debug!(peer, error = %e, "nobody answers for the peer");
             Ok(())
         }
-        Err(_) => Ok(()),
     }
 }
 

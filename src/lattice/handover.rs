@@ -145,28 +145,20 @@ async fn still_served(
     worker: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let subject = names.alive_subject(peer);
-    let asked = tokio::time::timeout(timeout, client.request(subject, "release".into())).await;
-    match asked {
-        Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-        Ok(Ok(m)) => {
-            let here: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-            let who = match (here["pid"].as_u64(), here["host"].as_str()) {
-                (Some(pid), Some(host)) => format!("pid {pid} on {host}"),
-                _ => "a running process".into(),
-            };
-            Err(err!(
-                libc::EBUSY,
-                "peer {peer} is still served by worker {worker} ({who}): stop serving it there first (stop the daemon, or restart it with a --peer list without {peer}), then release it"
-            ))
-        }
-        Ok(Err(e)) => Err(err!(
-            libc::EHOSTUNREACH,
-            "cannot tell whether peer {peer} is still served: {e}"
+    match super::alive::ask(client, names, peer, "release", timeout).await {
+        super::alive::Asked::Free => Ok(()),
+        super::alive::Asked::Served(who) => Err(err!(
+            libc::EBUSY,
+            "peer {peer} is still served by {who}: stop serving it there first (stop the daemon, or restart it with a --peer list without {peer}), then release it"
         )),
-        Err(_) => Err(err!(
+        super::alive::Asked::Unknown(e) if e.errno == libc::ETIMEDOUT => Err(err!(
             libc::ETIMEDOUT,
             "cannot tell whether peer {peer} is still served: no answer within {timeout:?} (may worker {worker} still ask as {peer}? release before `lattice init` takes the peer from it)"
+        )),
+        super::alive::Asked::Unknown(e) => Err(err!(
+            libc::EHOSTUNREACH,
+            "cannot tell whether peer {peer} is still served: {}",
+            e.message
         )),
     }
 }

@@ -84,7 +84,7 @@ pub struct Init {
 }
 
 /// A secret of 32 random hex digits from the kernel.
-fn secret() -> Result<String> {
+pub(super) fn secret() -> Result<String> {
     let mut b = [0u8; 16];
     let mut f = std::fs::File::open("/dev/urandom")?;
     std::io::Read::read_exact(&mut f, &mut b)?;
