@@ -5,9 +5,11 @@
 //!
 //! - round trip: alice's script sends one script to bob and the result is read
 //!   back in `alice/peers/bob/outbox/` (the read waits): p50 of 200, with bob in
-//!   the same daemon (`in_process`) and in another one (`cross_worker`);
+//!   the same daemon (`in_process`) and in another one (`cross_worker`), measured
+//!   in turns of 20 with every daemon up, so that both see the same machine;
 //! - throughput: one script at alice sends 10,000 scripts to bob; the clock stops
-//!   when the last result is back;
+//!   when the last result is back; the mean of two runs each, in the order
+//!   in-process, cross, cross, in-process;
 //! - many: 100 peers over 4 daemons, each sending 50 scripts to other peers;
 //! - faults: nats-server SIGKILLed and restarted while 500 sends are in flight;
 //!   every script must run once (`lost`, `doubled` count the others).
@@ -121,8 +123,8 @@ fn p50(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// p50 of `n` round trips alice → bob (results in `alice/peers/bob/outbox/`).
-fn round_trips(mnt: &Path, tag: &str, n: usize) -> Duration {
+/// `n` round trips alice → bob (results in `alice/peers/bob/outbox/`).
+fn round_trips(mnt: &Path, tag: &str, n: usize) -> Vec<Duration> {
     let mut v = Vec::with_capacity(n);
     for i in 0..n {
         let name = format!("rt-{tag}-{i}");
@@ -141,7 +143,7 @@ fn round_trips(mnt: &Path, tag: &str, n: usize) -> Duration {
             String::from_utf8_lossy(&r)
         );
     }
-    p50(v)
+    v
 }
 
 /// Sends/s of `n` sends alice → bob, until every result is back.
@@ -204,20 +206,15 @@ fn main() {
     let mut server = Some(nats(&d.join("nats/nats-server.conf"), port));
     let url = format!("nats://127.0.0.1:{port}");
 
-    // In process: alice and bob in one daemon, no lattice.
+    // In process: alice and bob in one daemon, no lattice. It stays mounted while
+    // the lattice's daemons run, and the two are measured in turns, so that both
+    // figures of a ratio see the same machine.
     let solo = d.join("solo");
     create(&solo, "alice");
     create(&solo, "bob");
-    let rt_in;
-    let tp_in;
-    {
-        let m = mount(&solo, &d.join("m-solo"), None);
-        std::fs::write(m.1.as_ref().unwrap().join("bob/policy.cedar"), ALL).unwrap();
-        let mnt = m.1.clone().unwrap();
-        round_trips(&mnt, "warm", 20);
-        rt_in = round_trips(&mnt, "m", 200);
-        tp_in = throughput(&mnt, "in", 10_000);
-    }
+    let solo_mount = mount(&solo, &d.join("m-solo"), None);
+    let solo_mnt = solo_mount.1.clone().unwrap();
+    std::fs::write(solo_mnt.join("bob/policy.cedar"), ALL).unwrap();
 
     // Across workers: w0 (alice, p0x*) and w1 (bob, p1x*), then w2 and w3.
     let mut mounts = Vec::new();
@@ -244,9 +241,23 @@ fn main() {
     assert!(wait_until(Duration::from_secs(20), || mnt(0)
         .join("alice/peers/bob")
         .exists()));
+    round_trips(&solo_mnt, "warm", 20);
     round_trips(&mnt(0), "warm", 20);
-    let rt_x = round_trips(&mnt(0), "x", 200);
-    let tp_x = throughput(&mnt(0), "x", 10_000);
+    // 200 round trips each, in ten turns of 20.
+    let (mut rt_in, mut rt_x) = (Vec::new(), Vec::new());
+    for turn in 0..10 {
+        rt_in.extend(round_trips(&solo_mnt, &format!("m{turn}"), 20));
+        rt_x.extend(round_trips(&mnt(0), &format!("x{turn}"), 20));
+    }
+    let (rt_in, rt_x) = (p50(rt_in), p50(rt_x));
+    // 10,000 sends each, twice, in the order in, cross, cross, in.
+    let mut tp = [0.0f64; 2];
+    for (k, which) in [0, 1, 1, 0].into_iter().enumerate() {
+        let m = if which == 0 { solo_mnt.clone() } else { mnt(0) };
+        tp[which] += throughput(&m, &format!("t{k}"), 10_000) / 2.0;
+    }
+    let [tp_in, tp_x] = tp;
+    drop(solo_mount);
 
     // Many: every peer sends 50 scripts to peers of the other daemons.
     let t = Instant::now();

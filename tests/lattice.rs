@@ -217,19 +217,31 @@ fn two_daemons_one_lattice() {
     drop(b);
 }
 
-/// Publishes a message from "bob" to alice through JetStream with w1's
-/// credentials; true when the server refused it (no acknowledgement).
-fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::server::Creds) -> bool {
+/// A runtime for a test's own NATS client, and the client, connected with `c`'s
+/// credentials.
+fn raw_client(
+    url: &str,
+    c: &peerfs::lattice::server::Creds,
+) -> (tokio::runtime::Runtime, async_nats::Client) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let client = rt
+        .block_on(
+            async_nats::ConnectOptions::new()
+                .user_and_password(c.user.clone(), c.password.clone())
+                .connect(url),
+        )
+        .unwrap();
+    (rt, client)
+}
+
+/// Publishes a message from "bob" to alice through JetStream with w1's
+/// credentials; true when the server refused it (no acknowledgement).
+fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::server::Creds) -> bool {
+    let (rt, client) = raw_client(url, c);
     rt.block_on(async {
-        let client = async_nats::ConnectOptions::new()
-            .user_and_password(c.user.clone(), c.password.clone())
-            .connect(url)
-            .await
-            .unwrap();
         let js = async_nats::jetstream::new(client.clone());
         let body = serde_json::json!({
             "from": "bob", "id": "forged-1", "to": "alice", "kind": "script",
@@ -250,6 +262,107 @@ fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::server::Creds) -> bool {
         })
         .await;
         !matches!(r, Ok(Ok(_)))
+    })
+}
+
+/// Messages travel in batches (one JetStream message for several of one sender
+/// to one target). A batch is applied message by message, each once whatever
+/// batches it came in; a batch with one message that claims another sender is
+/// refused whole. A message too big for the server ends as an error result.
+#[test]
+fn batches_apply_each_message_once_and_a_forged_batch_not_at_all() {
+    let lab = Lab::new();
+    let url = lab.nats.url();
+    let b = lab.mount("d2", "w2", &url, &[]);
+    fs::write(b.mnt.join("bob/policy.cedar"), BOB_POLICY).unwrap();
+    let creds = peerfs::lattice::server::Creds::read(&lab.p("nats/w1.creds")).unwrap();
+    let msg = |n: u32, from: &str| {
+        serde_json::json!({
+            "from": from, "id": format!("raw-{n}"), "to": "bob", "kind": "script",
+            "name": format!("raw-{n}.rhai"),
+            "source": format!(r#"set("c", (get("c") ?? 0) + 1); set("m/{n}", 1); {n}"#),
+            "params": "{}", "hops": 1, "payload": "", "created_at": 1, "chain": [from],
+            "budget": 0
+        })
+    };
+    let batch = |v: &[serde_json::Value]| serde_json::Value::from(v.to_vec()).to_string();
+    let c = b.mnt.join("bob/state/c");
+    raw_publish(
+        &url,
+        &creds,
+        &[(
+            "b1",
+            batch(&[msg(1, "alice"), msg(2, "alice"), msg(3, "alice")]),
+        )],
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || state_int(&c) == Some(3)),
+        "bob applied {:?} of the batch's 3 messages",
+        state_int(&c)
+    );
+    // The same messages again, grouped otherwise (new JetStream ids): nothing new.
+    raw_publish(
+        &url,
+        &creds,
+        &[
+            ("b2", batch(&[msg(2, "alice"), msg(3, "alice")])),
+            ("b3", msg(1, "alice").to_string()),
+        ],
+    );
+    // One message in a batch claims carol (w1 serves her, but not this subject).
+    raw_publish(
+        &url,
+        &creds,
+        &[("b4", batch(&[msg(4, "alice"), msg(5, "carol")]))],
+    );
+    let log = || fs::read_to_string(&b.stderr).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || log()
+            .contains("claims to come from carol")),
+        "the forged batch was not refused: {}",
+        log()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(state_int(&c), Some(3), "a message of a batch ran twice");
+    assert_eq!(ls(&b.mnt.join("bob/state/m")), ["1", "2", "3"]);
+
+    // Too big for NATS (max_payload 1 MiB): an error result, not endless retries.
+    let a = lab.mount("d1", "w1", &url, &["-o", "delivery_tries=2"]);
+    assert!(wait_until(Duration::from_secs(20), || a
+        .mnt
+        .join("alice/peers/bob")
+        .exists()));
+    fs::write(
+        a.mnt.join("alice/inbox/big.rhai"),
+        r#"let s = "1;"; for i in 0..20 { s += s; } send("bob", s); s.len()"#,
+    )
+    .unwrap();
+    assert_eq!(value(&a.mnt.join("alice/outbox/big.json")), 2 << 20);
+    let r: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(a.mnt.join("alice/peers/bob/outbox/big-1.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("max_payload"), "{r}");
+    drop(a);
+    drop(b);
+}
+
+/// Publishes each `(Nats-Msg-Id, body)` on alice→bob's subject through
+/// JetStream with `c`'s credentials, each acknowledged.
+fn raw_publish(url: &str, c: &peerfs::lattice::server::Creds, msgs: &[(&str, String)]) {
+    let (rt, client) = raw_client(url, c);
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(client);
+        for (id, body) in msgs {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Nats-Msg-Id", *id);
+            js.publish_with_headers("peerfs.t.msg.bob.alice", h, body.clone().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
     })
 }
 

@@ -50,6 +50,7 @@ impl Core {
             if !rt(peer).inflight.lock().unwrap().insert(msg.id.clone()) {
                 continue;
             }
+            tracing::trace!(peer = %peer.name, to = %msg.to, id = %msg.id, "to deliver");
             let ack = self.delivery_ack(peer, msg.clone());
             transport.deliver(&peer.name, msg, ack);
         }
@@ -65,6 +66,7 @@ impl Core {
             let id = msg.id.clone();
             match r {
                 Ok(()) => {
+                    tracing::trace!(peer = %sender.name, id = %id, "delivered");
                     core.0
                         .stats
                         .messages_delivered

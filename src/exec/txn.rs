@@ -221,6 +221,7 @@ impl Core {
     }
 
     pub(super) fn publish(&self, peer: &Arc<Peer>, effects: Vec<Effect>) {
+        tracing::trace!(peer = %peer.name, effects = effects.len(), "committed");
         for fx in effects {
             match fx {
                 Effect::None | Effect::Pending { .. } => {}

@@ -99,7 +99,7 @@ impl super::Names {
 }
 
 /// The server's largest message (1 MiB unless its configuration says otherwise).
-fn max_payload(l: &Lattice) -> usize {
+pub(super) fn max_payload(l: &Lattice) -> usize {
     match l.client.server_info().max_payload {
         0 => 1 << 20,
         n => n,

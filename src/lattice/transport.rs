@@ -18,6 +18,7 @@ use async_nats::jetstream::{self, consumer, stream, AckKind};
 use futures_util::StreamExt;
 
 use super::directory::unreachable;
+use super::read::max_payload;
 use super::{wire, Lattice};
 use crate::error::err;
 use crate::error::Result;
@@ -121,35 +122,124 @@ impl Transport for Nats {
     }
 }
 
+/// What a message's headers and subject may take of `max_payload`.
+const HEADER_ROOM: usize = 1024;
+/// Most messages one JetStream message carries.
+const BATCH_MESSAGES: usize = 256;
+/// Most bytes of a batch (and at most half the server's `max_payload`); a single
+/// message may be larger, up to `max_payload`.
+const BATCH_BYTES: usize = 256 << 10;
+
 /// Publishes in order; each acknowledgement is awaited on its own task.
+///
+/// Messages already waiting for the same subject (one sender to one target) go
+/// out together, as one JetStream message ([`wire::batch`]): under load the
+/// server stores, delivers and acknowledges one message for many. Nothing waits
+/// to fill a batch, so a lone message goes out at once. Each message of a batch
+/// is marked delivered only after JetStream acknowledged the batch; the target
+/// applies each message once by its id, whatever batches it came in.
 pub(super) async fn publisher(
     l: Arc<Lattice>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Publish>,
 ) {
-    while let Some(p) = rx.recv().await {
-        let mut h = async_nats::HeaderMap::new();
-        h.insert("Nats-Msg-Id", p.id.as_str());
-        let sent =
-            l.js.publish_with_headers(p.subject, h, p.payload.into())
-                .await;
-        let timeout = l.opts.timeout;
-        match sent {
-            Ok(fut) => {
-                tokio::spawn(async move {
-                    let r = match tokio::time::timeout(timeout, fut).await {
-                        Ok(Ok(_)) => Ok(()),
-                        Ok(Err(e)) => Err(unreachable(&format!("publish of {}", p.id), e)),
-                        Err(_) => Err(err!(
-                            libc::ETIMEDOUT,
-                            "no acknowledgement from JetStream for {} within {timeout:?}",
-                            p.id
-                        )),
-                    };
-                    (p.ack)(r);
-                });
+    let mut next: Option<Publish> = None;
+    loop {
+        let first = match next.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let cap = BATCH_BYTES.min(max_payload(&l) / 2);
+        let batch = group(first, &mut rx, &mut next, cap);
+        publish(&l, batch).await;
+    }
+}
+
+/// `first` and the publishes waiting behind it for the same subject, up to
+/// [`BATCH_MESSAGES`] and `cap` bytes; the first one for another subject is kept
+/// in `next`.
+fn group(
+    first: Publish,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Publish>,
+    next: &mut Option<Publish>,
+    cap: usize,
+) -> Vec<Publish> {
+    let mut size = first.payload.len();
+    let mut batch = vec![first];
+    while batch.len() < BATCH_MESSAGES {
+        match rx.try_recv() {
+            Ok(p) if p.subject == batch[0].subject && size + p.payload.len() < cap => {
+                size += p.payload.len() + 1;
+                batch.push(p);
             }
-            Err(e) => (p.ack)(Err(unreachable(&format!("publish of {}", p.id), e))),
+            Ok(p) => {
+                *next = Some(p);
+                break;
+            }
+            Err(_) => break,
         }
+    }
+    batch
+}
+
+/// One JetStream publish of `batch` (one message or several for one subject);
+/// its acknowledgement answers each of them.
+async fn publish(l: &Lattice, batch: Vec<Publish>) {
+    let (subject, id, payload) = if batch.len() == 1 {
+        let p = &batch[0];
+        (p.subject.clone(), p.id.clone(), p.payload.clone())
+    } else {
+        let first = &batch[0];
+        let last = &batch[batch.len() - 1];
+        (
+            first.subject.clone(),
+            // The same messages sent again make the same id, which JetStream's
+            // duplicate window drops; other groupings the target recognises.
+            format!("{}..{}", first.id, last.id),
+            wire::batch(batch.iter().map(|p| &p.payload[..])),
+        )
+    };
+    let acks: Vec<Ack> = batch.into_iter().map(|p| p.ack).collect();
+    let acks_n = acks.len();
+    let answer = move |r: Result<()>| {
+        for ack in acks {
+            ack(r.clone());
+        }
+    };
+    // Too big for the server, now and at every retry: the sender's delivery
+    // tries end it as an error result that says why.
+    let max = max_payload(l);
+    if payload.len() + HEADER_ROOM > max {
+        return answer(Err(err!(
+            libc::EFBIG,
+            "message {id} is {} bytes: more than the lattice's NATS max_payload ({max})",
+            payload.len()
+        )));
+    }
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", id.as_str());
+    let timeout = l.opts.timeout;
+    tracing::trace!(%subject, %id, messages = acks_n, "publish");
+    match l.js.publish_with_headers(subject, h, payload.into()).await {
+        Ok(fut) => {
+            tokio::spawn(async move {
+                let r = match tokio::time::timeout(timeout, fut).await {
+                    Ok(Ok(_)) => {
+                        tracing::trace!(%id, "stored");
+                        Ok(())
+                    }
+                    Ok(Err(e)) => Err(unreachable(&format!("publish of {id}"), e)),
+                    Err(_) => Err(err!(
+                        libc::ETIMEDOUT,
+                        "no acknowledgement from JetStream for {id} within {timeout:?}"
+                    )),
+                };
+                answer(r);
+            });
+        }
+        Err(e) => answer(Err(unreachable(&format!("publish of {id}"), e))),
     }
 }
 
@@ -232,34 +322,38 @@ async fn open_consumer(l: &Lattice, peer: &str) -> Result<consumer::pull::Stream
         .map_err(|e| unreachable(&format!("consumer {name}"), e))
 }
 
-/// One delivered message: checked, queued at its target, acknowledged after the commit.
+/// One delivered JetStream message (one peerfs message or a batch): checked,
+/// queued at its target, acknowledged after the commits.
 fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
     let subject = m.subject.to_string();
     let checked = match (
         l.names.parse_msg_subject(&subject),
-        wire::decode(&m.payload),
+        wire::decode_all(&m.payload),
     ) {
-        (Some((to, from)), Ok((sender, msg))) => {
-            if to != peer || msg.to != peer {
-                Err(format!(
-                    "a message on {subject} for {} handed to {peer}",
-                    msg.to
-                ))
-            } else if from != sender {
-                // Identity by subject permission: only `from`'s worker may publish
-                // on this subject, whatever the message claims.
-                Err(format!(
-                    "message {} on {subject} claims to come from {sender}: refused",
-                    msg.id
-                ))
-            } else {
-                Ok((sender, msg))
-            }
-        }
+        (Some((to, from)), Ok(msgs)) => msgs
+            .into_iter()
+            .map(|(sender, msg)| {
+                if to != peer || msg.to != peer {
+                    Err(format!(
+                        "a message on {subject} for {} handed to {peer}",
+                        msg.to
+                    ))
+                } else if from != sender {
+                    // Identity by subject permission: only `from`'s worker may publish
+                    // on this subject, whatever the message claims.
+                    Err(format!(
+                        "message {} on {subject} claims to come from {sender}: refused",
+                        msg.id
+                    ))
+                } else {
+                    Ok((sender, msg))
+                }
+            })
+            .collect::<std::result::Result<Vec<_>, String>>(),
         (None, _) => Err(format!("a message on an unexpected subject {subject}")),
         (_, Err(e)) => Err(format!("{e} (on {subject})")),
     };
-    let (from, msg) = match checked {
+    let msgs = match checked {
         Ok(x) => x,
         Err(why) => {
             tracing::warn!(peer, "{why}");
@@ -269,24 +363,40 @@ fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
             return;
         }
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    l.core.deliver_local(
-        &from,
-        msg,
-        Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    );
+    tracing::trace!(%subject, messages = msgs.len(), "taken");
+    let mut answers = Vec::with_capacity(msgs.len());
+    for (from, msg) in msgs {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        l.core.deliver_local(
+            &from,
+            msg,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        answers.push(rx);
+    }
     let tries = l.core.config().delivery_tries as i64;
     let peer = peer.to_string();
     tokio::spawn(async move {
-        let r = rx
-            .await
-            .unwrap_or_else(|_| Err(err!(libc::EAGAIN, "the daemon stopped")));
-        let kind = match r {
-            Ok(()) => AckKind::Ack,
-            Err(e) if is_transient(e.errno) => AckKind::Nak(Some(Duration::from_millis(500))),
-            Err(e) => {
+        // A transient failure of any message brings the whole batch back (the
+        // applied ones are recognised by their ids); a refusal counts tries.
+        let mut transient = None;
+        let mut refused = None;
+        for rx in answers {
+            match rx
+                .await
+                .unwrap_or_else(|_| Err(err!(libc::EAGAIN, "the daemon stopped")))
+            {
+                Ok(()) => {}
+                Err(e) if is_transient(e.errno) => transient = Some(e),
+                Err(e) => refused = Some(e),
+            }
+        }
+        let kind = match (transient, refused) {
+            (None, None) => AckKind::Ack,
+            (Some(_), _) => AckKind::Nak(Some(Duration::from_millis(500))),
+            (None, Some(e)) => {
                 let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
                 if delivered >= tries {
                     tracing::error!(peer = %peer, error = %e, delivered, "message refused; dropped");
@@ -297,9 +407,78 @@ fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
                 }
             }
         };
+        tracing::trace!(peer = %peer, ?kind, "applied; acknowledging");
         if let Err(e) = m.ack_with(kind).await {
             // Redelivered after the ack wait, and recognised by its id then.
             tracing::debug!(error = %e, "acknowledgement not sent");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(subject: &str, id: &str, bytes: usize) -> Publish {
+        Publish {
+            subject: subject.into(),
+            id: id.into(),
+            payload: vec![b'x'; bytes],
+            ack: Box::new(|_| {}),
+        }
+    }
+
+    /// What waits for one subject goes out together, in order; another subject,
+    /// the message and byte caps each end a batch.
+    #[test]
+    fn waiting_publishes_for_one_subject_go_out_together_in_order() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for (s, id) in [
+            ("a", "1"),
+            ("a", "2"),
+            ("a", "3"),
+            ("b", "4"),
+            ("a", "5"),
+            ("a", "6"),
+        ] {
+            tx.send(p(s, id, 10)).unwrap();
+        }
+        let mut next = None;
+        let mut out = Vec::new();
+        while let Some(first) = next.take().or_else(|| rx.try_recv().ok()) {
+            let b = group(first, &mut rx, &mut next, BATCH_BYTES);
+            out.push(
+                b.iter()
+                    .map(|p| format!("{}{}", p.subject, p.id))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            );
+        }
+        assert_eq!(out, ["a1 a2 a3", "b4", "a5 a6"]);
+
+        for i in 0..BATCH_MESSAGES + 3 {
+            tx.send(p("a", &i.to_string(), 1)).unwrap();
+        }
+        let first = rx.try_recv().unwrap();
+        assert_eq!(
+            group(first, &mut rx, &mut next, BATCH_BYTES).len(),
+            BATCH_MESSAGES
+        );
+        let first = rx.try_recv().unwrap();
+        assert_eq!(group(first, &mut rx, &mut next, BATCH_BYTES).len(), 3);
+
+        // Bytes: two of a third of the cap fit, the third starts the next batch;
+        // one larger than the cap goes alone.
+        for id in ["1", "2", "3"] {
+            tx.send(p("a", id, BATCH_BYTES / 3)).unwrap();
+        }
+        tx.send(p("a", "big", BATCH_BYTES * 2)).unwrap();
+        let sizes: Vec<usize> = std::iter::from_fn(|| {
+            let first = next.take().or_else(|| rx.try_recv().ok())?;
+            Some(group(first, &mut rx, &mut next, BATCH_BYTES).len())
+        })
+        .collect();
+        assert_eq!(sizes, [2, 1, 1]);
+        assert!(next.is_none());
+    }
 }

@@ -52,15 +52,48 @@ pub(super) fn encode(from: &str, m: &Outgoing) -> Vec<u8> {
     serde_json::to_vec(&w).expect("a message serializes")
 }
 
+/// Several encoded messages (of one sender to one target, in order) as one
+/// JetStream message: a JSON array of them.
+pub(super) fn batch<'a>(encoded: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = vec![b'['];
+    for (i, e) in encoded.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.push(b']');
+    out
+}
+
+/// `(from, message)` of each message a JetStream message carries: one (an
+/// object) or a batch (an array, see [`batch`]).
+pub(super) fn decode_all(bytes: &[u8]) -> Result<Vec<(String, Outgoing)>> {
+    let bad =
+        |e: serde_json::Error| err!(libc::EINVAL, "a lattice message that does not parse: {e}");
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return Ok(vec![decode(bytes)?]);
+    }
+    let all: Vec<Wire> = serde_json::from_slice(bytes).map_err(bad)?;
+    if all.is_empty() {
+        return Err(err!(libc::EINVAL, "a lattice batch without messages"));
+    }
+    Ok(all.into_iter().map(from_wire).collect())
+}
+
 /// `(from, message)`.
 pub(super) fn decode(bytes: &[u8]) -> Result<(String, Outgoing)> {
     let w: Wire = serde_json::from_slice(bytes)
         .map_err(|e| err!(libc::EINVAL, "a lattice message that does not parse: {e}"))?;
+    Ok(from_wire(w))
+}
+
+fn from_wire(w: Wire) -> (String, Outgoing) {
     let source = match w.source_bytes {
         Some(b) => b,
         None => w.source.into_bytes(),
     };
-    Ok((
+    (
         w.from,
         Outgoing {
             id: w.id,
@@ -75,7 +108,7 @@ pub(super) fn decode(bytes: &[u8]) -> Result<(String, Outgoing)> {
             chain: w.chain,
             budget: w.budget,
         },
-    ))
+    )
 }
 
 #[cfg(test)]
@@ -112,5 +145,33 @@ mod tests {
             decode(&encode("alice", &bin)).unwrap().1.source,
             vec![0xff, 0]
         );
+    }
+
+    #[test]
+    fn a_batch_carries_its_messages_in_order() {
+        let m = |id: &str| Outgoing {
+            id: id.into(),
+            to: "bob".into(),
+            kind: "script".into(),
+            name: format!("{id}.rhai"),
+            source: b"1".to_vec(),
+            ..Default::default()
+        };
+        let one = encode("alice", &m("a"));
+        assert_eq!(decode_all(&one).unwrap()[0].1.id, "a");
+        let (a, b, c) = (
+            encode("alice", &m("a")),
+            encode("alice", &m("b")),
+            encode("carol", &m("c")),
+        );
+        let all = decode_all(&batch([&a[..], &b[..], &c[..]])).unwrap();
+        let ids: Vec<(&str, &str)> = all
+            .iter()
+            .map(|(f, m)| (f.as_str(), m.id.as_str()))
+            .collect();
+        assert_eq!(ids, [("alice", "a"), ("alice", "b"), ("carol", "c")]);
+        assert!(decode_all(b"[]").is_err());
+        assert!(decode_all(b"[{\"from\": 1}]").is_err());
+        assert!(decode_all(&batch([&a[..], &b"{"[..]])).is_err());
     }
 }
