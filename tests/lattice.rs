@@ -269,12 +269,22 @@ fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::server::Creds) -> bool {
 /// to one target). A batch is applied message by message, each once whatever
 /// batches it came in; a batch with one message that claims another sender is
 /// refused whole. A message too big for the server ends as an error result.
+/// The target is closed while idle: each batch opens it again.
 #[test]
 fn batches_apply_each_message_once_and_a_forged_batch_not_at_all() {
     let lab = Lab::new();
     let url = lab.nats.url();
-    let b = lab.mount("d2", "w2", &url, &[]);
+    // Bob is closed while idle, so a batch also opens his store on its way in.
+    let b = lab.mount("d2", "w2", &url, &["-o", "idle_close_ms=200"]);
     fs::write(b.mnt.join("bob/policy.cedar"), BOB_POLICY).unwrap();
+    let stats = b.mnt.join(".peerfs/stats");
+    assert!(
+        wait_until(Duration::from_secs(10), || fs::read_to_string(&stats)
+            .unwrap()
+            .contains("\nopen_peers 0\n")),
+        "bob stayed open: {}",
+        fs::read_to_string(&stats).unwrap()
+    );
     let creds = peerfs::lattice::server::Creds::read(&lab.p("nats/w1.creds")).unwrap();
     let msg = |n: u32, from: &str| {
         serde_json::json!({

@@ -276,7 +276,7 @@ pub(super) async fn consume(l: Arc<Lattice>, peer: String) {
                 tokio::select! {
                     _ = stop.changed() => return,
                     m = msgs.next() => match m {
-                        Some(Ok(m)) => take(&l, &peer, m),
+                        Some(Ok(m)) => take(&l, &peer, m).await,
                         Some(Err(e)) => {
                             tracing::debug!(peer = %peer, error = %e, "consumer");
                             if l.client.connection_state() != async_nats::connection::State::Connected {
@@ -324,7 +324,7 @@ async fn open_consumer(l: &Lattice, peer: &str) -> Result<consumer::pull::Stream
 
 /// One delivered JetStream message (one peerfs message or a batch): checked,
 /// queued at its target, acknowledged after the commits.
-fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
+async fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
     let subject = m.subject.to_string();
     let checked = match (
         l.names.parse_msg_subject(&subject),
@@ -364,6 +364,15 @@ fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
         }
     };
     tracing::trace!(%subject, messages = msgs.len(), "taken");
+    // A peer closed while idle is opened (its store, its recovery) on a blocking
+    // thread: on the runtime's thread it would hold up every other peer's
+    // messages. This peer's next message waits for it, so the order holds.
+    if !l.core.registry().is_open(peer) {
+        let (core, p) = (l.core.clone(), peer.to_string());
+        if let Err(e) = tokio::task::spawn_blocking(move || core.peer(&p).map(|_| ())).await {
+            tracing::warn!(peer, error = %e, "opening the peer's store failed");
+        }
+    }
     let mut answers = Vec::with_capacity(msgs.len());
     for (from, msg) in msgs {
         let (tx, rx) = tokio::sync::oneshot::channel();

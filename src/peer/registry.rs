@@ -163,6 +163,11 @@ impl Registry {
         Ok((peer, true))
     }
 
+    /// Whether `name` is open now (its store need not be opened to reach it).
+    pub fn is_open(&self, name: &str) -> bool {
+        self.open.lock().unwrap().contains_key(name)
+    }
+
     pub fn open_count(&self) -> usize {
         self.open.lock().unwrap().len()
     }
