@@ -643,6 +643,47 @@ fn sigterm_after_a_lazy_unmount_with_a_waiting_reader_stops_promptly() {
     assert!(!log.contains("did not end within 5 s"), "{log}");
 }
 
+/// A FUSE connection aborted from outside (`abort` in fusectl, what an operator
+/// does to a hung mount) stops the daemon as an unmount does: exit 0, the
+/// stores closed, nothing lost.
+#[test]
+fn an_aborted_fuse_connection_stops_the_daemon_like_an_unmount() {
+    let (_d, data, mnt, work) = dirs();
+    let ctl = Path::new("/sys/fs/fuse/connections");
+    // fusectl, mounted for this test when the machine has not (and left so
+    // afterwards only if it was).
+    let mounted_here = std::fs::read_dir(ctl)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(true)
+        && !std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .contains(" /sys/fs/fuse/connections ");
+    if mounted_here {
+        sh_ok("mount -t fusectl fusectl /sys/fs/fuse/connections");
+    }
+    let mut dm = Daemon::start(&data, &mnt, &work, &[]);
+    dm.add_peer("alice");
+    std::fs::write(dm.p("alice/state/k"), "7").unwrap();
+    let dev = std::fs::metadata(&mnt).unwrap().dev();
+    let conn = ctl.join(libc::minor(dev).to_string());
+    assert!(
+        conn.join("abort").exists(),
+        "no fusectl entry {} for the mount",
+        conn.display()
+    );
+    std::fs::write(conn.join("abort"), "1").unwrap();
+    let st = dm.wait(Duration::from_secs(10));
+    let log = dm.log_text();
+    if mounted_here {
+        sh_ok("umount /sys/fs/fuse/connections");
+    }
+    assert!(st.success(), "{st}: {log}");
+    assert!(log.contains("closing the stores"), "{log}");
+    assert!(!is_mounted(&mnt), "the aborted mount was left behind");
+    let dm = Daemon::start(&data, &mnt, &work, &[]);
+    assert_eq!(std::fs::read_to_string(dm.p("alice/state/k")).unwrap(), "7");
+}
+
 /// A message its target refuses every time (here: one that claims more sends
 /// than the hop limit) is not retried for ever: after a few tries its sender
 /// gets an `error` result with the reason.

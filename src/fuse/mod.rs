@@ -102,7 +102,16 @@ impl Session {
     /// `umount MOUNT`).
     pub fn join(mut self) -> crate::Result<()> {
         let result = match self.inner.take() {
-            Some(bg) => bg.join().map_err(|e| mount_error("serving", e)),
+            // A connection the kernel reports as aborted rather than unmounted
+            // (seen once as a lazily unmounted mount went with its last open
+            // file, after SIGTERM): the mount is gone either way.
+            Some(bg) => match bg.join() {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+                    tracing::warn!("the mount's FUSE connection was aborted: the mount is gone");
+                    Ok(())
+                }
+                r => r.map_err(|e| mount_error("serving", e)),
+            },
             None => Ok(()),
         };
         self.detach_invalidator();
