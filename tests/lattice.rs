@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{errno, wait_until, Daemon};
-use support::{create_peer, init, ls, state_int, value, Nats, Proxy};
+use support::{create_peer, init, join_args, ls, state_int, value, Nats, Proxy, QUICK};
 
 const LATTICE: &str = "t";
 
@@ -47,19 +47,9 @@ impl Lab {
     /// `peerfs mount` of data folder `n` (`d1`, `d2`, ...) with `worker`'s credentials.
     fn mount(&self, n: &str, worker: &str, url: &str, extra: &[&str]) -> Daemon {
         let creds = self.p(&format!("nats/{worker}.creds"));
-        let mut args = vec![
-            "--nats",
-            url,
-            "--nats-creds",
-            creds.to_str().unwrap(),
-            "--lattice",
-            LATTICE,
-            "-o",
-            "lattice.ack_wait_ms=1000",
-            "-o",
-            "lattice.timeout_ms=1000",
-        ];
-        args.extend_from_slice(extra);
+        let mut args = join_args(url, &creds, LATTICE);
+        args.extend(QUICK.iter().chain(extra).map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Daemon::start(
             &self.p(n),
             &self.p(&format!("m{n}")),
@@ -78,9 +68,8 @@ impl Lab {
             .arg(&mnt)
             .arg("--data")
             .arg(self.p(n))
-            .args(["--nats", &self.nats.url(), "--nats-creds"])
-            .arg(&creds)
-            .args(["--lattice", LATTICE, "-o", "lattice.timeout_ms=1000"])
+            .args(join_args(&self.nats.url(), &creds, LATTICE))
+            .args(["-o", "lattice.timeout_ms=1000"])
             .args(extra)
             .env("RUST_LOG", "peerfs=info")
             .output()
@@ -489,19 +478,15 @@ fn spool_worker_joins_the_lattice() {
     let spool = lab.p("spool");
     let creds = lab.p("nats/w2.creds");
     let data = lab.p("d2");
-    let args: Vec<&std::ffi::OsStr> = vec![
+    let join = join_args(&url, &creds, LATTICE);
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "serve".as_ref(),
         "--spool".as_ref(),
         spool.as_os_str(),
         "--data".as_ref(),
         data.as_os_str(),
-        "--nats".as_ref(),
-        url.as_ref(),
-        "--nats-creds".as_ref(),
-        creds.as_os_str(),
-        "--lattice".as_ref(),
-        LATTICE.as_ref(),
     ];
+    args.extend(join.iter().map(std::ffi::OsStr::new));
     let mut s = Daemon::spawn(&args, &spool, &lab.p("ws"));
     assert!(
         wait_until(Duration::from_secs(20), || spool

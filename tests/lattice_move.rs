@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{wait_until, Daemon};
-use support::{init, ls, state_int, value, Nats};
+use support::{init, join_args, ls, state_int, value, Nats, QUICK};
 
 const LATTICE: &str = "mv";
 
@@ -33,20 +33,9 @@ impl Lab {
     }
 
     fn args(&self, worker: &str) -> Vec<String> {
-        [
-            "--nats",
-            &self.nats.url(),
-            "--nats-creds",
-            self.creds(worker).to_str().unwrap(),
-            "--lattice",
-            LATTICE,
-            "-o",
-            "lattice.ack_wait_ms=1000",
-            "-o",
-            "lattice.timeout_ms=1000",
-        ]
-        .map(String::from)
-        .to_vec()
+        let mut args = join_args(&self.nats.url(), &self.creds(worker), LATTICE);
+        args.extend(QUICK.map(String::from));
+        args
     }
 
     /// `peerfs mount` of data folder `n` with `worker`'s credentials.

@@ -252,12 +252,7 @@ fn http_get(port: u16, path: &str) -> (String, HashMap<String, String>, String) 
 
 #[test]
 fn the_http_listener_serves_the_same_metrics_and_logs_can_be_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, mnt, work) = (
-        dir.path().join("data"),
-        dir.path().join("mnt"),
-        dir.path().join("work"),
-    );
+    let (_dir, data, mnt, work) = dirs();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::start(

@@ -418,14 +418,7 @@ fn state_folders_say_their_link_count_is_not_counted() {
 /// modes and folder times are all still there.
 #[test]
 fn rsync_a_keeps_modes_and_a_remount_keeps_empty_folders_modes_and_times() {
-    let d = tempfile::tempdir().unwrap();
-    let (data, mnt, work) = (
-        d.path().join("data"),
-        d.path().join("mnt"),
-        d.path().join("work"),
-    );
-    fs::create_dir_all(&mnt).unwrap();
-    fs::create_dir_all(&work).unwrap();
+    let (_d, data, mnt, work) = dirs();
     let src = work.join("src");
     for dir in ["priv", "shared/inner", "empty", "shared/empty-too"] {
         fs::create_dir_all(src.join(dir)).unwrap();

@@ -18,12 +18,7 @@ use serde_json::Value;
 
 #[test]
 fn a_daemon_killed_mid_write_runs_no_half_script_and_loses_no_acked_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, mnt, work) = (
-        dir.path().join("data"),
-        dir.path().join("mnt"),
-        dir.path().join("work"),
-    );
+    let (_dir, data, mnt, work) = dirs();
     let limits = ["--max-operations", "500000000", "--max-wall-ms", "30000"];
     let mut d = Daemon::start(&data, &mnt, &work, &limits);
     d.add_peer("alice");
@@ -157,12 +152,7 @@ fn a_daemon_killed_mid_write_runs_no_half_script_and_loses_no_acked_one() {
 
 #[test]
 fn sigterm_unmounts_exits_0_and_a_restart_shows_the_same_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, mnt, work) = (
-        dir.path().join("data"),
-        dir.path().join("mnt"),
-        dir.path().join("work"),
-    );
+    let (_dir, data, mnt, work) = dirs();
     let mut d = Daemon::start(&data, &mnt, &work, &[]);
     d.add_peer("alice");
     fs::write(d.p("alice/state/x"), "5\n").unwrap();
@@ -234,12 +224,7 @@ fn sigterm_unmounts_exits_0_and_a_restart_shows_the_same_state() {
 
 #[test]
 fn force_restart_right_after_a_kill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (data, mnt, work) = (
-        dir.path().join("data"),
-        dir.path().join("mnt"),
-        dir.path().join("work"),
-    );
+    let (_dir, data, mnt, work) = dirs();
     let mut d = Daemon::start(&data, &mnt, &work, &[]);
     d.add_peer("alice");
     fs::write(d.p("alice/state/x"), "1").unwrap();

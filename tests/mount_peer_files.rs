@@ -319,13 +319,7 @@ fn policy_cedar_is_validated_at_close_and_applied() {
 /// once, with the reason in the daemon's log: never a silent loss.
 #[test]
 fn a_drop_for_a_peer_served_nowhere_is_enoent_with_the_reason_logged() {
-    let d = tempfile::tempdir().unwrap();
-    let (data, mnt, work) = (
-        d.path().join("data"),
-        d.path().join("mnt"),
-        d.path().join("work"),
-    );
-    fs::create_dir_all(&mnt).unwrap();
+    let (_d, data, mnt, work) = dirs();
     let dm = Daemon::start(&data, &mnt, &work, &[]);
     dm.add_peer("alice");
     let src = dm.local("x.rhai", "1");

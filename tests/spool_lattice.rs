@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use common::{q, sh_ok, wait_until, Daemon};
 use spool_support::names;
-use support::{create_peer, Setup};
+use support::{create_peer, join_args, Setup, QUICK};
 
 const LATTICE: &str = "t";
 
@@ -45,25 +45,10 @@ impl Lab {
 
     /// alice's mount (w1), with a policy that lets bob run, read and write there.
     fn mount(&self) -> Daemon {
-        let creds = self.p("nats/w1.creds");
-        let url = self.nats.url();
-        let a = Daemon::start(
-            &self.p("d1"),
-            &self.p("md1"),
-            &self.p("wd1"),
-            &[
-                "--nats",
-                &url,
-                "--nats-creds",
-                creds.to_str().unwrap(),
-                "--lattice",
-                LATTICE,
-                "-o",
-                "lattice.ack_wait_ms=1000",
-                "-o",
-                "lattice.timeout_ms=1000",
-            ],
-        );
+        let mut args = join_args(&self.nats.url(), &self.p("nats/w1.creds"), LATTICE);
+        args.extend(QUICK.map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let a = Daemon::start(&self.p("d1"), &self.p("md1"), &self.p("wd1"), &args);
         fs::write(a.mnt.join("alice/policy.cedar"), ALICE_POLICY).unwrap();
         a
     }
@@ -76,21 +61,16 @@ impl Lab {
     fn spool(&self, env: &[(&str, &str)]) -> Daemon {
         let spool = self.spool_dir();
         let (creds, data, url) = (self.p("nats/w2.creds"), self.p("d2"), self.nats.url());
-        let args: Vec<&OsStr> = vec![
+        let join = join_args(&url, &creds, LATTICE);
+        let mut args: Vec<&OsStr> = vec![
             "serve".as_ref(),
             "--spool".as_ref(),
             spool.as_os_str(),
             "--data".as_ref(),
             data.as_os_str(),
-            "--nats".as_ref(),
-            url.as_ref(),
-            "--nats-creds".as_ref(),
-            creds.as_os_str(),
-            "--lattice".as_ref(),
-            LATTICE.as_ref(),
-            "-o".as_ref(),
-            "lattice.ack_wait_ms=1000".as_ref(),
         ];
+        args.extend(join.iter().map(std::ffi::OsStr::new));
+        args.extend(["-o", "lattice.ack_wait_ms=1000"].map(OsStr::new));
         let mut d = Daemon::spawn_env(&args, &spool, &self.p("ws"), env);
         let up = wait_until(Duration::from_secs(30), || {
             if let Some(Ok(Some(st))) = d.child.as_mut().map(|c| c.try_wait()) {

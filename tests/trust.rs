@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,17 +17,6 @@ fn mode(p: &Path) -> u32 {
         .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
         .mode()
         & 0o777
-}
-
-/// A fresh temp dir with mnt/ and work/; data/ is left for the daemon to make.
-fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    let mnt = d.path().join("mnt");
-    let work = d.path().join("work");
-    std::fs::create_dir_all(&mnt).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    (d, data, mnt, work)
 }
 
 /// `peerfs mount` with extra environment variables (a `Daemon` like

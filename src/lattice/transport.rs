@@ -186,18 +186,15 @@ fn group(
 
 /// One JetStream publish of `batch` (one message or several for one subject);
 /// its acknowledgement answers each of them.
-async fn publish(l: &Lattice, batch: Vec<Publish>) {
-    let (subject, id, payload) = if batch.len() == 1 {
-        let p = &batch[0];
-        (p.subject.clone(), p.id.clone(), p.payload.clone())
+async fn publish(l: &Lattice, mut batch: Vec<Publish>) {
+    let subject = batch[0].subject.clone();
+    let (id, payload) = if batch.len() == 1 {
+        (batch[0].id.clone(), std::mem::take(&mut batch[0].payload))
     } else {
-        let first = &batch[0];
-        let last = &batch[batch.len() - 1];
         (
-            first.subject.clone(),
             // The same messages sent again make the same id, which JetStream's
             // duplicate window drops; other groupings the target recognises.
-            format!("{}..{}", first.id, last.id),
+            format!("{}..{}", batch[0].id, batch[batch.len() - 1].id),
             wire::batch(batch.iter().map(|p| &p.payload[..])),
         )
     };

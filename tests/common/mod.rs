@@ -121,6 +121,18 @@ pub fn is_mounted(path: &Path) -> bool {
         })
 }
 
+/// A fresh temp dir with mnt/ and work/: `(dir, data, mnt, work)`; data/ is
+/// left for the daemon to make.
+pub fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    let mnt = d.path().join("mnt");
+    let work = d.path().join("work");
+    std::fs::create_dir_all(&mnt).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    (d, data, mnt, work)
+}
+
 /// Polls `f` every 20 ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;

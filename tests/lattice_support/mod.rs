@@ -22,6 +22,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The flags that join `lattice` at `url` with the credentials file `creds`.
+pub fn join_args(url: &str, creds: &Path, lattice: &str) -> Vec<String> {
+    vec![
+        "--nats".into(),
+        url.into(),
+        "--nats-creds".into(),
+        creds.to_str().unwrap().into(),
+        "--lattice".into(),
+        lattice.into(),
+    ]
+}
+
+/// A 1 s acknowledgement wait and timeout: faults show within a test's patience.
+pub const QUICK: [&str; 4] = [
+    "-o",
+    "lattice.ack_wait_ms=1000",
+    "-o",
+    "lattice.timeout_ms=1000",
+];
+
 /// `peerfs lattice init DIR --lattice NAME --listen 127.0.0.1:PORT --worker ...`.
 pub fn init(dir: &Path, lattice: &str, port: u16, workers: &[&str]) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peerfs"));
