@@ -97,7 +97,7 @@ pub trait Transport: Send + Sync {
         _script: &str,
         _params: &serde_json::Value,
     ) -> std::result::Result<Option<serde_json::Value>, String> {
-        Err(format!("peer {owner:?} is not served by this daemon"))
+        Err(not_here(owner).message)
     }
 
     /// The children of the folder `dir` of `owner` (a peer of another daemon)
