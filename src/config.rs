@@ -81,7 +81,8 @@ pub struct Settings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LatticeSettings {
-    /// `nats://[user:password@]host:port`; unset: this daemon is on its own.
+    /// `nats://host:port` (credentials only from `creds`); unset: the URL of the
+    /// credentials file, and with no file either, this daemon is on its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nats: Option<String>,
     /// A credentials file written by `peerfs lattice init`.
@@ -115,12 +116,28 @@ impl Default for LatticeSettings {
 }
 
 impl LatticeSettings {
-    /// How to join, when `nats` is set.
+    /// How to join, when `nats` or `creds` is set. The credentials file from
+    /// `lattice init` names the server and the lattice: they are used where
+    /// `nats` and `name` are not set (a credentials file that cannot be read is
+    /// reported when the daemon joins).
     pub fn options(&self) -> Option<crate::lattice::Options> {
-        let url = self.nats.as_ref()?;
-        let mut o = crate::lattice::Options::new(url.clone());
+        let file = self
+            .creds
+            .as_ref()
+            .and_then(|f| crate::lattice::server::Creds::read(f).ok());
+        let url = match (&self.nats, &file) {
+            (Some(u), _) => u.clone(),
+            (None, Some(c)) => c.url.clone().unwrap_or_default(),
+            (None, None) if self.creds.is_some() => String::new(),
+            (None, None) => return None,
+        };
+        let default_name = crate::lattice::Options::new("").name;
+        let mut o = crate::lattice::Options::new(url);
         o.creds = self.creds.clone();
-        o.name = self.name.clone();
+        o.name = match file.and_then(|c| c.lattice) {
+            Some(l) if self.name == default_name => l,
+            _ => self.name.clone(),
+        };
         o.worker = self.worker.clone();
         o.ack_wait = Duration::from_millis(self.ack_wait_ms);
         o.timeout = Duration::from_millis(self.timeout_ms);
@@ -337,8 +354,9 @@ pub struct DaemonArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (key `metrics.listen`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
-    /// Join a lattice on this NATS server: `nats://[user:password@]host:port`
-    /// (key `lattice.nats`).
+    /// Join a lattice on this NATS server: `nats://host:port` (key
+    /// `lattice.nats`; default: the URL in --nats-creds). Credentials only from
+    /// --nats-creds, never in the URL.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
     /// The worker's credentials file from `peerfs lattice init` (key `lattice.creds`).
@@ -611,7 +629,7 @@ impl Effective {
         c.own_limits = s.limits.own.clone();
         c.metrics = s.metrics.enabled;
         c.metrics_top_peers = s.metrics.top_peers as usize;
-        c.joins_lattice = s.lattice.nats.is_some();
+        c.joins_lattice = s.lattice.nats.is_some() || s.lattice.creds.is_some();
         Ok(c)
     }
 }

@@ -97,7 +97,9 @@ enum Cmd {
 #[derive(Subcommand)]
 enum LatticeCmd {
     /// Write DIR/nats-server.conf (JetStream on, one user per worker, each allowed
-    /// to publish only as its own peers) and DIR/WORKER.creds for every worker.
+    /// to publish only as its own peers, plus the operator's `admin`),
+    /// DIR/lattice.toml (what `provision` makes), DIR/admin.creds and
+    /// DIR/WORKER.creds for every worker.
     Init {
         dir: PathBuf,
         /// A worker and the peers it serves (repeatable): `--worker w1=alice,carol`.
@@ -109,6 +111,26 @@ enum LatticeCmd {
         /// Where the server listens (loopback by default).
         #[arg(long, default_value = "127.0.0.1:4222")]
         listen: String,
+        /// The most bytes the lattice's waiting messages may take in the server.
+        #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+        max_bytes: u64,
+        /// The most messages waiting from one sender to one target.
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        max_pending: u64,
+    },
+    /// Make (or complete, after `init` changed the plan) the lattice's stream,
+    /// directory and one consumer per peer, with the operator's credentials
+    /// (DIR/admin.creds); repair directory entries that name no worker.
+    Provision {
+        /// The folder `lattice init` wrote.
+        dir: PathBuf,
+        /// The NATS server (default: the one `init` was told of).
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// How long a message handed to a worker waits for its acknowledgement
+        /// before it is handed out again.
+        #[arg(long, value_name = "MS", default_value_t = 10_000)]
+        ack_wait_ms: u64,
     },
     /// Hand PEER over to worker TO in the directory (moving a peer, see
     /// docs/lattice.md): run with the old worker's credentials after it stopped
@@ -118,15 +140,15 @@ enum LatticeCmd {
         /// The worker that serves PEER from now on.
         #[arg(long, value_name = "WORKER")]
         to: String,
-        /// The NATS server: `nats://[user:password@]host:port`.
-        #[arg(long, value_name = "URL")]
-        nats: String,
         /// The old worker's credentials file from `peerfs lattice init`.
         #[arg(long, value_name = "FILE")]
-        nats_creds: Option<PathBuf>,
-        /// The lattice's name.
-        #[arg(long, default_value = "default")]
-        lattice: String,
+        nats_creds: PathBuf,
+        /// The NATS server: `nats://host:port` (default: the credentials file's).
+        #[arg(long, value_name = "URL")]
+        nats: Option<String>,
+        /// The lattice's name (default: the credentials file's).
+        #[arg(long)]
+        lattice: Option<String>,
     },
 }
 
@@ -280,34 +302,7 @@ fn main() -> ExitCode {
                 }
                 Cmd::Peer { cmd } => peer_cmd(cmd),
                 Cmd::Policy { cmd } => return policy_cmd(cmd),
-                Cmd::Lattice {
-                    cmd:
-                        LatticeCmd::Init {
-                            dir,
-                            workers,
-                            lattice,
-                            listen,
-                        },
-                } => lattice_init(&dir, &workers, lattice, listen),
-                Cmd::Lattice {
-                    cmd:
-                        LatticeCmd::Release {
-                            peer,
-                            to,
-                            nats,
-                            nats_creds,
-                            lattice,
-                        },
-                } => peerfs::lattice::handover::Release {
-                    url: nats,
-                    creds: nats_creds,
-                    lattice,
-                    peer,
-                    to,
-                    timeout: Duration::from_secs(2),
-                }
-                .run()
-                .map(|done| println!("{done}")),
+                Cmd::Lattice { cmd } => lattice_cmd(cmd),
                 Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
                 Cmd::Mount { .. } | Cmd::Serve { .. } | Cmd::Config { .. } | Cmd::Top { .. } => {
                     unreachable!("handled above")
@@ -705,29 +700,72 @@ fn demo(dir: PathBuf) -> peerfs::Result<()> {
     serve(cfg, &mnt, false, true, None, Some(tour), None)
 }
 
-/// `peerfs lattice init`: prints what it wrote and how to start the server.
-fn lattice_init(
-    dir: &Path,
-    workers: &[String],
-    lattice: String,
-    listen: String,
-) -> peerfs::Result<()> {
-    let workers = workers
-        .iter()
-        .map(|w| peerfs::lattice::server::Worker::parse(w))
-        .collect::<peerfs::Result<Vec<_>>>()?;
-    let init = peerfs::lattice::server::Init {
-        dir: dir.to_path_buf(),
-        lattice,
-        listen,
-        workers,
-    };
-    for p in init.write()? {
-        println!("wrote {}", p.display());
+/// `peerfs lattice ...`.
+fn lattice_cmd(cmd: LatticeCmd) -> peerfs::Result<()> {
+    use peerfs::lattice::{handover, provision, server};
+    match cmd {
+        LatticeCmd::Init {
+            dir,
+            workers,
+            lattice,
+            listen,
+            max_bytes,
+            max_pending,
+        } => {
+            let workers = workers
+                .iter()
+                .map(|w| server::Worker::parse(w))
+                .collect::<peerfs::Result<Vec<_>>>()?;
+            let init = server::Init {
+                dir: dir.clone(),
+                lattice,
+                listen,
+                workers,
+                max_bytes,
+                max_pending,
+            };
+            for p in init.write()? {
+                println!("wrote {}", p.display());
+            }
+            println!(
+                "start the server with: nats-server -c {}\nthen make the lattice's objects with: peerfs lattice provision {}",
+                dir.join("nats-server.conf").display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        LatticeCmd::Provision {
+            dir,
+            nats,
+            ack_wait_ms,
+        } => {
+            let done = provision::Provision {
+                dir,
+                url: nats,
+                ack_wait: Duration::from_millis(ack_wait_ms.max(100)),
+                timeout: Duration::from_secs(5),
+            }
+            .run()?;
+            for d in done {
+                println!("{d}");
+            }
+            Ok(())
+        }
+        LatticeCmd::Release {
+            peer,
+            to,
+            nats,
+            nats_creds,
+            lattice,
+        } => handover::Release {
+            url: nats.unwrap_or_default(),
+            creds: Some(nats_creds),
+            lattice: lattice.unwrap_or_default(),
+            peer,
+            to,
+            timeout: Duration::from_secs(2),
+        }
+        .run()
+        .map(|done| println!("{done}")),
     }
-    println!(
-        "start the server with: nats-server -c {}",
-        dir.join("nats-server.conf").display()
-    );
-    Ok(())
 }

@@ -159,11 +159,11 @@ fn two_daemons_one_lattice() {
     let e = fs::create_dir(b.mnt.join("carol")).unwrap_err();
     assert_eq!(errno(&e), libc::EEXIST, "mkdir of carol at w2");
 
-    // A second worker serving bob refuses to start, naming the first.
+    // A worker cannot take another name than its NATS user's.
     create_peer(&lab.p("d3"), "bob");
     let log = lab.mount_refused("d3", "w2", &["-o", "lattice.worker=w9"]);
     assert!(
-        log.contains("bob is already served by worker w2"),
+        log.contains("is not the user of the credentials (w2)"),
         "second worker's log: {log}"
     );
 
@@ -180,7 +180,8 @@ fn two_daemons_one_lattice() {
     let log = lab.mount_refused("d3", "w1", &["--peer", "bob"]);
     assert!(
         log.contains("cannot register peer bob")
-            || log.contains("bob is already served by worker w2"),
+            || log.contains("bob is already served by worker w2")
+            || log.contains("bob is not among the peers of worker w1"),
         "rogue's log: {log}"
     );
 
@@ -220,6 +221,8 @@ fn raw_client(
         .block_on(
             async_nats::ConnectOptions::new()
                 .user_and_password(c.user.clone(), c.password.clone())
+                // The only inbox the server lets this user read.
+                .custom_inbox_prefix(format!("_INBOX_{}", c.user))
                 .connect(url),
         )
         .unwrap();

@@ -307,10 +307,14 @@ impl Core {
             }
             Op::Send(msg) => Self::record_send(st, msg)?,
             Op::Deliver { from, msg } => {
-                if st.seen_message(&msg.id)? {
+                // Recognised by sender and id: another sender (a rogue worker's
+                // peer) using the same id marks only its own. Rows from before
+                // the sender was part of the key hold the id alone.
+                let key = received_key(from, &msg.id);
+                if st.seen_message(&key)? || st.seen_message(&msg.id)? {
                     return Ok(vec![Effect::None]);
                 }
-                st.mark_message(&msg.id)?;
+                st.mark_message(&key)?;
                 match MessageKind::of(msg)? {
                     MessageKind::Script => {
                         let job = self.received_job(from, msg)?;
@@ -363,4 +367,10 @@ impl Core {
             }
         })
     }
+}
+
+/// How a received message is remembered: its sender and its id (a peer name
+/// holds no `/`).
+fn received_key(from: &str, id: &str) -> String {
+    format!("{from}/{id}")
 }

@@ -123,6 +123,12 @@ pub(super) async fn answer(l: Arc<Lattice>, peer: String) {
                 if m.payload.as_ref() == l.instance.as_bytes() {
                     continue;
                 }
+                // Only this worker's processes may ask (the server's permissions);
+                // the answer goes only into this worker's inbox.
+                if !m.reply.as_deref().is_some_and(|r| l.reply_goes_to(r, &l.worker)) {
+                    tracing::warn!(peer = %peer, reply = ?m.reply, "an alive request whose reply is not this worker's inbox: not answered");
+                    continue;
+                }
                 if let Some(reply) = m.reply {
                     let _ = l.client.publish(reply, here.clone().into()).await;
                 }

@@ -24,36 +24,39 @@ pub(super) fn unreachable(what: &str, e: impl std::fmt::Display) -> Error {
     err!(errno, "{what}: {text}")
 }
 
-/// The directory's bucket, made if missing. Made as its stream (what
-/// `create_key_value` would make), because that call first asks for the account's
-/// details in a form a 2.9 server does not give.
-pub(super) async fn ensure_bucket(l: &Lattice) -> Result<kv::Store> {
-    use async_nats::jetstream::stream;
+/// The directory's bucket, made by `peerfs lattice provision` (a worker may not
+/// make or change it), checked to be as provisioning makes it.
+pub(super) async fn check_bucket(l: &Lattice) -> Result<kv::Store> {
     let bucket = l.names.bucket();
-    if let Ok(s) = l.js.get_key_value(&bucket).await {
-        return Ok(s);
-    }
-    l.js.create_stream(stream::Config {
-        name: format!("KV_{bucket}"),
-        description: Some("peerfs: which worker serves which peer".into()),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        storage: stream::StorageType::File,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        num_replicas: 1,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| unreachable(&format!("the lattice directory {bucket}"), e))?;
+    let name = l.names.kv_stream();
+    let mut s = match l.js.get_stream(&name).await {
+        Ok(s) => s,
+        Err(e) if super::provision::not_found(&e) => {
+            return Err(err!(
+                libc::EACCES,
+                "the lattice directory {bucket} does not exist: make it with `peerfs lattice provision` (the operator's credentials; docs/lattice.md)"
+            ))
+        }
+        Err(e) => return Err(unreachable(&format!("the lattice directory {bucket}"), e)),
+    };
+    let info = s
+        .info()
+        .await
+        .map_err(|e| unreachable(&format!("the lattice directory {bucket}"), e))?;
+    super::provision::check_bucket(&l.names, &info.config)?;
     l.js.get_key_value(&bucket)
         .await
         .map_err(|e| unreachable(&format!("the lattice directory {bucket}"), e))
 }
 
-fn served_by(peer: &str, owner: &str) -> Error {
+pub(super) fn served_by(peer: &str, owner: &str) -> Error {
+    if super::check_token("worker", owner).is_err() {
+        let shown: String = owner.chars().take(60).collect();
+        return err!(
+            libc::EACCES,
+            "the directory entry of peer {peer} is damaged (it holds {shown:?}, no worker's name): repair it with `peerfs lattice provision` (the operator's credentials)"
+        );
+    }
     err!(
         libc::EEXIST,
         "peer {peer} is already served by worker {owner} in the lattice: stop it there (or move it, see docs/lattice.md) first"

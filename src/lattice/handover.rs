@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 
-use super::{check_token, server::Creds, url_user, Names};
+use super::{check_token, server::Creds, Names};
 use crate::error::err;
 use crate::error::{Error, Result};
 use crate::peer::name::check_peer_name;
@@ -26,10 +26,11 @@ use crate::peer::name::check_peer_name;
 /// What `lattice release` is asked to do.
 #[derive(Debug, Clone)]
 pub struct Release {
-    /// `nats://[user:password@]host:port`.
+    /// `nats://host:port` (empty: the credentials file's).
     pub url: String,
     /// The old worker's credentials file (its user names the worker).
     pub creds: Option<PathBuf>,
+    /// Empty: the credentials file's.
     pub lattice: String,
     pub peer: String,
     /// The worker that serves the peer from now on.
@@ -43,18 +44,20 @@ impl Release {
     pub fn run(&self) -> Result<String> {
         check_peer_name(&self.peer)?;
         check_token("worker", &self.to)?;
-        let names = Names::new(&self.lattice)?;
-        let creds = self.creds.as_deref().map(Creds::read).transpose()?;
-        let worker = match (&creds, url_user(&self.url)) {
-            (Some(c), _) => c.user.clone(),
-            (None, Some(u)) => u,
-            (None, None) => {
-                return Err(err!(
-                    libc::EINVAL,
-                    "no worker: pass the old worker's --nats-creds (or its user in the --nats URL)"
-                ))
-            }
+        super::refuse_secret_in_url(&self.url)?;
+        let Some(creds) = self.creds.as_deref().map(Creds::read).transpose()? else {
+            return Err(err!(
+                libc::EINVAL,
+                "no worker: pass the old worker's --nats-creds"
+            ));
         };
+        let lattice = match (self.lattice.as_str(), creds.lattice.as_deref()) {
+            ("", Some(l)) => l.to_string(),
+            ("", None) => super::Options::new("").name,
+            (l, _) => l.to_string(),
+        };
+        let names = Names::new(&lattice)?;
+        let worker = creds.user.clone();
         if worker == self.to {
             return Err(err!(
                 libc::EINVAL,
@@ -68,19 +71,20 @@ impl Release {
         rt.block_on(self.hand_over(&names, &worker, creds))
     }
 
-    async fn hand_over(&self, names: &Names, worker: &str, creds: Option<Creds>) -> Result<String> {
+    async fn hand_over(&self, names: &Names, worker: &str, creds: Creds) -> Result<String> {
         let (peer, to, timeout) = (self.peer.as_str(), self.to.as_str(), self.timeout);
-        let mut co = async_nats::ConnectOptions::new()
-            .name(format!("peerfs lattice release ({worker})"))
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout));
-        if let Some(c) = creds {
-            co = co.user_and_password(c.user, c.password);
-        }
-        let client = co
-            .connect(self.url.as_str())
-            .await
-            .map_err(|e| err!(libc::EHOSTUNREACH, "nats {}: {e}", self.url))?;
+        let url = match (self.url.as_str(), creds.url.as_deref()) {
+            ("", Some(u)) => u.to_string(),
+            (u, _) => u.to_string(),
+        };
+        let client = super::provision::connect(
+            &url,
+            Some(&creds),
+            names,
+            format!("peerfs lattice release ({worker})"),
+            timeout,
+        )
+        .await?;
         let mut js = async_nats::jetstream::new(client.clone());
         js.set_timeout(timeout);
         let bucket = names.bucket();
@@ -180,10 +184,10 @@ fn refused_update(peer: &str, worker: &str, bucket: &str, e: kv::UpdateError) ->
 mod tests {
     use super::*;
 
-    fn release(peer: &str, to: &str, url: &str) -> Release {
+    fn release(peer: &str, to: &str, url: &str, creds: Option<PathBuf>) -> Release {
         Release {
             url: url.into(),
-            creds: None,
+            creds,
             lattice: "lab".into(),
             peer: peer.into(),
             to: to.into(),
@@ -193,25 +197,33 @@ mod tests {
 
     #[test]
     fn refused_before_asking_nats() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w1.creds");
+        std::fs::write(&f, "user = \"w1\"\npassword = \"s\"\n").unwrap();
+        let creds = || Some(f.clone());
         // Nothing listens on port 9: each refusal must come before a connection.
-        let e = release("alice", "w1", "nats://w1:s@127.0.0.1:9")
+        let e = release("alice", "w1", "nats://127.0.0.1:9", creds())
             .run()
             .unwrap_err();
         assert_eq!(e.errno, libc::EINVAL, "{e}");
         assert!(e.message.contains("pass the new worker"), "{e}");
-        let e = release("alice", "w 3", "nats://w1:s@127.0.0.1:9")
+        let e = release("alice", "w 3", "nats://127.0.0.1:9", creds())
             .run()
             .unwrap_err();
         assert_eq!(e.errno, libc::EINVAL, "{e}");
-        let e = release("a b", "w3", "nats://w1:s@127.0.0.1:9")
+        let e = release("a b", "w3", "nats://127.0.0.1:9", creds())
             .run()
             .unwrap_err();
         assert_eq!(e.errno, libc::EINVAL, "{e}");
-        let e = release("alice", "w3", "nats://127.0.0.1:9")
+        let e = release("alice", "w3", "nats://127.0.0.1:9", None)
             .run()
             .unwrap_err();
         assert!(e.message.contains("old worker's --nats-creds"), "{e}");
-        let e = release("alice", "w3", "nats://w1:s@127.0.0.1:9")
+        let e = release("alice", "w3", "nats://w1:s@127.0.0.1:9", creds())
+            .run()
+            .unwrap_err();
+        assert!(e.message.contains("process list"), "{e}");
+        let e = release("alice", "w3", "nats://127.0.0.1:9", creds())
             .run()
             .unwrap_err();
         assert_eq!(e.errno, libc::EHOSTUNREACH, "{e}");

@@ -12,6 +12,7 @@
 //! threads hand it work through channels and never block inside it.
 
 pub mod handover;
+pub mod provision;
 pub mod server;
 
 pub use read::remote_get;
@@ -35,7 +36,7 @@ use crate::exec::Core;
 /// How to join a lattice (`[lattice]` in the config file, `--nats` and friends).
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// `nats://[user:password@]host:port`.
+    /// `nats://host:port` (credentials come only from `creds`).
     pub url: String,
     /// A credentials file written by `peerfs lattice init` (`user` and `password`).
     pub creds: Option<PathBuf>,
@@ -93,9 +94,34 @@ impl Names {
     pub fn msg_subject(&self, to: &str, from: &str) -> String {
         format!("peerfs.{}.msg.{to}.{from}", self.lattice)
     }
-    /// Every message subject of the lattice.
-    pub fn msg_all(&self) -> String {
-        format!("peerfs.{}.msg.>", self.lattice)
+    /// The messages to `peer` (its consumer's filter, and its subjects of the stream).
+    pub fn msg_to(&self, peer: &str) -> String {
+        format!("peerfs.{}.msg.{peer}.*", self.lattice)
+    }
+    /// The messages from `peer` (what its worker may publish).
+    pub fn msg_from(&self, peer: &str) -> String {
+        format!("peerfs.{}.msg.*.{peer}", self.lattice)
+    }
+    /// The directory's stream.
+    pub fn kv_stream(&self) -> String {
+        format!("KV_{}", self.bucket())
+    }
+    /// `peer`'s entry of the directory.
+    pub fn entry_subject(&self, peer: &str) -> String {
+        format!("$KV.{}.{peer}", self.bucket())
+    }
+    /// The reads of `owner`'s state (what `owner`'s worker answers).
+    pub fn read_all(&self, owner: &str) -> String {
+        format!("peerfs.{}.read.{owner}.*", self.lattice)
+    }
+    /// The reads as `reader` (what `reader`'s worker may ask).
+    pub fn read_as(&self, reader: &str) -> String {
+        format!("peerfs.{}.read.*.{reader}", self.lattice)
+    }
+    /// The inbox prefix of a NATS user: its replies and JetStream deliveries
+    /// arrive under it, and only it may subscribe there.
+    pub fn inbox_prefix(&self, user: &str) -> String {
+        format!("_INBOX_{user}")
     }
     /// The consumer that hands out `peer`'s messages (one per peer, shared by
     /// whichever worker serves it: moving a peer moves nothing in JetStream).
@@ -136,6 +162,10 @@ pub struct Lattice {
     js: async_nats::jetstream::Context,
     /// Peer → worker, as the directory says (kept current by a watch).
     dir: RwLock<HashMap<String, String>>,
+    /// The peers the stream has subjects for (provisioned), as read at setup: a
+    /// message to one of them waits in the stream even before its worker first
+    /// claimed it.
+    provisioned: RwLock<std::collections::HashSet<String>>,
     /// The directory has been read once (until then, remote names are unknown).
     dir_loaded: AtomicBool,
     kv: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
@@ -145,6 +175,11 @@ pub struct Lattice {
     answering: Mutex<std::collections::HashSet<String>>,
     /// This process among the worker's (see `alive`).
     instance: String,
+    /// The peers the credentials file says this worker may serve (`None`: a file
+    /// from before it said).
+    allowed: Option<std::collections::HashSet<String>>,
+    /// The key of the message ids this process publishes (see [`Lattice::msg_id`]).
+    msg_key: (u64, u64),
     publisher: tokio::sync::mpsc::UnboundedSender<transport::Publish>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -166,21 +201,38 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
         return Err(err!(libc::EALREADY, "this daemon already joined a lattice"));
     }
     let names = Names::new(&opts.name)?;
-    let (user, password) = match &opts.creds {
-        Some(f) => {
-            let c = server::Creds::read(f)?;
-            (Some(c.user), Some(c.password))
-        }
-        None => (None, None),
-    };
-    let worker = match (&opts.worker, &user, url_user(&opts.url)) {
-        (Some(w), _, _) => w.clone(),
-        (None, Some(u), _) => u.clone(),
-        (None, None, Some(u)) => u,
-        (None, None, None) => {
+    refuse_secret_in_url(&opts.url)?;
+    let creds = opts.creds.as_deref().map(server::Creds::read).transpose()?;
+    if let Some(c) = &creds {
+        if let Some(l) = c.lattice.as_deref().filter(|l| *l != opts.name) {
             return Err(err!(
                 libc::EINVAL,
-                "no worker name: pass --nats-creds (its user names the worker), a user in the --nats URL, or set lattice.worker"
+                "the credentials {} are for the lattice {l}, not {}: drop --lattice (the file names it) or pass that worker's credentials",
+                opts.creds.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+                opts.name
+            ));
+        }
+    }
+    if opts.url.is_empty() {
+        return Err(err!(
+            libc::EINVAL,
+            "no NATS server: pass --nats nats://HOST:PORT (the credentials file names none)"
+        ));
+    }
+    let worker = match (&opts.worker, &creds) {
+        (Some(w), Some(c)) if *w != c.user => {
+            return Err(err!(
+                libc::EINVAL,
+                "lattice.worker {w:?} is not the user of the credentials ({}): a worker's name is its NATS user; drop lattice.worker",
+                c.user
+            ))
+        }
+        (Some(w), _) => w.clone(),
+        (None, Some(c)) => c.user.clone(),
+        (None, None) => {
+            return Err(err!(
+                libc::EINVAL,
+                "no worker name: pass --nats-creds (its user names the worker) or set lattice.worker"
             ))
         }
     };
@@ -195,8 +247,11 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
         .event_callback(|e| async move {
             tracing::info!(event = %e, "nats");
         });
-    if let (Some(u), Some(p)) = (user, password) {
-        co = co.user_and_password(u, p);
+    // Replies and deliveries under the worker's (its user's) own prefix: the
+    // server lets no other worker read there.
+    co = co.custom_inbox_prefix(names.inbox_prefix(&worker));
+    if let Some(c) = &creds {
+        co = co.user_and_password(c.user.clone(), c.password.clone());
     }
     let url = opts.url.clone();
     let client = rt
@@ -221,10 +276,16 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
         js,
         dir: RwLock::new(HashMap::new()),
         dir_loaded: AtomicBool::new(false),
+        provisioned: RwLock::new(Default::default()),
         kv: tokio::sync::OnceCell::new(),
         serving: Mutex::new(Default::default()),
         answering: Mutex::new(Default::default()),
         instance: alive::instance(),
+        allowed: creds
+            .as_ref()
+            .filter(|c| !c.peers.is_empty())
+            .map(|c| c.peers.iter().cloned().collect()),
+        msg_key: msg_key(),
         publisher: ptx,
         stop,
     });
@@ -255,12 +316,33 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
     Ok(l)
 }
 
-/// The user in `nats://user:password@host`, if any.
-fn url_user(url: &str) -> Option<String> {
+/// Credentials in a URL would be in argv (every local user's `ps`) and in
+/// `config show`: they come from a file (`--nats-creds`) only.
+pub(crate) fn refuse_secret_in_url(url: &str) -> Result<()> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let (auth, _) = rest.rsplit_once('@')?;
-    let user = auth.split(':').next()?;
-    (!user.is_empty()).then(|| user.to_string())
+    let host = rest.split('/').next().unwrap_or(rest);
+    if host.contains('@') {
+        return Err(err!(
+            libc::EINVAL,
+            "--nats: credentials in the URL would be readable in the process list; pass nats://HOST:PORT and the credentials file from `peerfs lattice init` with --nats-creds"
+        ));
+    }
+    Ok(())
+}
+
+/// A random key from the kernel (a fixed one only if there is no
+/// `/dev/urandom`, where ids then stay unique but not secret).
+fn msg_key() -> (u64, u64) {
+    let mut b = [0u8; 16];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    if let Err(e) = read {
+        tracing::warn!(error = %e, "no random key for message ids");
+    }
+    (
+        u64::from_le_bytes(b[..8].try_into().unwrap()),
+        u64::from_le_bytes(b[8..].try_into().unwrap()),
+    )
 }
 
 /// A current-thread runtime driven by its own thread for the life of the process.
@@ -284,9 +366,64 @@ impl Lattice {
         &self.names
     }
 
+    /// Whether `reply` is in the inbox of `worker` (its NATS user): the only place
+    /// an answer to a request from that worker goes. A request names its own
+    /// reply subject, so a worker could otherwise have another publish anything
+    /// anywhere that one may publish (its directory entry, its peers' messages,
+    /// their acknowledgements).
+    fn reply_goes_to(&self, reply: &str, worker: &str) -> bool {
+        reply
+            .strip_prefix(self.names.inbox_prefix(worker).as_str())
+            .is_some_and(|rest| rest.starts_with('.') && !rest.contains(['*', '>']))
+    }
+
     /// The worker serving `peer`, as the directory says.
     pub fn worker_of(&self, peer: &str) -> Option<String> {
         self.dir.read().unwrap().get(peer).cloned()
+    }
+
+    /// The `Nats-Msg-Id` of a message (or batch) `id` on `subject`: the id and a
+    /// keyed hash of both that no other worker can compute. JetStream's
+    /// duplicate window is the stream's, so an id another worker could predict
+    /// (a result's is its script's id and `-result`) would let it publish first
+    /// under that id and have the real message dropped as a duplicate. The key
+    /// is this process's: a message published again after a restart gets another
+    /// id, and its target recognises it by sender and id in its store.
+    fn msg_id(&self, subject: &str, id: &str) -> String {
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        use std::hash::Hasher;
+        let mut h = SipHasher13::new_with_keys(self.msg_key.0, self.msg_key.1);
+        h.write(subject.as_bytes());
+        h.write_u8(0);
+        h.write(id.as_bytes());
+        format!("{id}.{:032x}", h.finish128().as_u128())
+    }
+
+    /// `EACCES` when the credentials file does not name `peer` among this
+    /// worker's peers (the server would refuse every publish as it).
+    fn check_allowed(&self, peer: &str) -> Result<()> {
+        match &self.allowed {
+            Some(a) if !a.contains(peer) => {
+                let mut list: Vec<&str> = a.iter().map(String::as_str).collect();
+                list.sort();
+                Err(err!(
+                    libc::EACCES,
+                    "peer {peer} is not among the peers of worker {} in the lattice {} (its credentials allow {}): add it with `peerfs lattice init ... --worker {}={},{peer}` and `peerfs lattice provision`, then reload nats-server and restart this worker",
+                    self.worker,
+                    self.names.lattice,
+                    if list.is_empty() { "none".to_string() } else { list.join(", ") },
+                    self.worker,
+                    list.join(",")
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `peer` is a peer of the lattice: in the directory, or provisioned
+    /// (its worker has not claimed it yet).
+    pub fn knows(&self, peer: &str) -> bool {
+        self.worker_of(peer).is_some() || self.provisioned.read().unwrap().contains(peer)
     }
 
     /// Whether the directory has been read (remote peers are known).
@@ -302,11 +439,33 @@ impl Lattice {
     /// Stream, bucket, registration of the local peers, the directory's watch and
     /// the consumers.
     async fn setup(self: Arc<Self>) -> Result<()> {
-        transport::ensure_stream(&self).await?;
-        let kv = directory::ensure_bucket(&self).await?;
+        let peers: Vec<String> = self
+            .core
+            .registry()
+            .list()
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        for p in &peers {
+            self.check_allowed(p)?;
+        }
+        let s = transport::check_stream(&self, &peers).await?;
+        let prefix = format!("peerfs.{}.msg.", self.names.lattice);
+        *self.provisioned.write().unwrap() = s
+            .cached_info()
+            .config
+            .subjects
+            .iter()
+            .filter_map(|x| x.strip_prefix(&prefix)?.strip_suffix(".*"))
+            .map(String::from)
+            .collect();
+        for p in &peers {
+            transport::check_consumer(&self, &s, p).await?;
+        }
+        let kv = directory::check_bucket(&self).await?;
         let _ = self.kv.set(kv);
-        for (peer, _) in self.core.registry().list() {
-            self.register(&peer).await?;
+        for peer in &peers {
+            self.register(peer).await?;
         }
         directory::load(&self).await?;
         self.rt.spawn(directory::watch(self.clone()));
@@ -318,6 +477,7 @@ impl Lattice {
 
     /// [`Lattice::setup`] until it works (NATS was away at start).
     async fn setup_later(self: Arc<Self>) {
+        let mut said = None;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             if *self.stop.borrow() {
@@ -328,9 +488,19 @@ impl Lattice {
                     tracing::info!(lattice = %self.names.lattice, "joined the lattice (NATS is back)");
                     return;
                 }
-                Err(e) if e.errno == libc::EEXIST || e.errno == libc::EACCES => {
+                Err(e) if e.errno == libc::EEXIST => {
                     tracing::error!(error = %e, "cannot join the lattice: its peers stay local");
                     return;
+                }
+                // Not provisioned (yet: the operator may run `lattice provision`
+                // now, or JetStream is still loading its streams after a
+                // restart): said once, tried again.
+                Err(e) if e.errno == libc::EACCES => {
+                    if said.as_ref() != Some(&e.message) {
+                        tracing::error!(error = %e, "cannot join the lattice yet: its peers stay local until it is provisioned");
+                        said = Some(e.message);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
                 }
                 Err(e) => tracing::debug!(error = %e, "lattice not joined yet"),
             }
@@ -360,10 +530,20 @@ impl Lattice {
         Ok(())
     }
 
+    /// Claims a peer made while the daemon runs (`mkdir`): refused at once, with
+    /// the reason, when this worker may not serve it or it is not provisioned.
     fn claim(self: &Arc<Self>, peer: &str) -> Result<()> {
+        if let Some(w) = self.worker_of(peer).filter(|w| *w != self.worker) {
+            return Err(directory::served_by(peer, &w));
+        }
+        self.check_allowed(peer)?;
         let l = self.clone();
         let p = peer.to_string();
-        self.block_on(async move { l.register(&p).await })
+        self.block_on(async move {
+            let s = transport::check_stream(&l, std::slice::from_ref(&p)).await?;
+            transport::check_consumer(&l, &s, &p).await?;
+            l.register(&p).await
+        })
     }
 
     /// Runs `f` on the lattice's runtime and waits for it (from a thread of the
@@ -376,7 +556,9 @@ impl Lattice {
         self.rt.spawn(async move {
             let _ = tx.send(f.await);
         });
-        rx.recv_timeout(self.opts.timeout + Duration::from_secs(1))
+        // A claim asks several times (stream, consumer, who serves, the entry's
+        // create, which may wait 3 timeouts); each step has its own deadline.
+        rx.recv_timeout(self.opts.timeout * 6 + Duration::from_secs(1))
             .unwrap_or_else(|_| Err(err!(libc::ETIMEDOUT, "the lattice did not answer in time")))
     }
 
@@ -407,11 +589,10 @@ mod tests {
     }
 
     #[test]
-    fn url_users() {
-        assert_eq!(
-            url_user("nats://w1:s@127.0.0.1:4222").as_deref(),
-            Some("w1")
-        );
-        assert_eq!(url_user("nats://127.0.0.1:4222"), None);
+    fn secrets_in_urls_are_refused() {
+        assert!(refuse_secret_in_url("nats://w1:s@127.0.0.1:4222").is_err());
+        assert!(refuse_secret_in_url("w1@127.0.0.1:4222").is_err());
+        refuse_secret_in_url("nats://127.0.0.1:4222").unwrap();
+        refuse_secret_in_url("127.0.0.1:4222").unwrap();
     }
 }

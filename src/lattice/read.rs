@@ -110,7 +110,7 @@ pub(super) fn max_payload(l: &Lattice) -> usize {
 /// Each answer reads the store on a blocking thread (a listing or a big value
 /// must not hold up the lattice's runtime).
 pub(super) async fn serve(l: Arc<Lattice>, peer: String) {
-    let subject = format!("peerfs.{}.read.{peer}.*", l.names.lattice);
+    let subject = l.names.read_all(&peer);
     let mut stop = l.stop.subscribe();
     let mut sub = match l.client.subscribe(subject.clone()).await {
         Ok(s) => s,
@@ -126,6 +126,13 @@ pub(super) async fn serve(l: Arc<Lattice>, peer: String) {
                 let Some(m) = m else { return };
                 let Some(reply) = m.reply.clone() else { continue };
                 let reader = m.subject.rsplit('.').next().unwrap_or_default().to_string();
+                // Only the reader's worker may ask as the reader; the answer goes
+                // only into that worker's inbox, whatever reply the request names.
+                let to = l.worker_of(&reader);
+                if !to.as_deref().is_some_and(|w| l.reply_goes_to(&reply, w)) {
+                    tracing::warn!(peer = %peer, reader = %reader, reply = %reply, worker = ?to, "a read request whose reply is not the reader's worker's inbox: not answered");
+                    continue;
+                }
                 let (l, peer) = (l.clone(), peer.clone());
                 tokio::spawn(async move {
                     let l2 = l.clone();

@@ -4,12 +4,18 @@
 //! Each worker is a NATS user with a generated password. It may publish only:
 //! - messages whose sender is one of its peers: `peerfs.<l>.msg.*.<peer>`;
 //! - its peers' entries of the directory: `$KV.peerfs_<l>.<peer>`;
-//! - the JetStream API calls on the lattice's stream and bucket (create and read
-//!   them, its peers' consumers, the directory's watch) and their acknowledgements;
-//! - replies (`_INBOX.>`).
+//! - reads of the lattice's stream and directory, and pulls from and
+//!   acknowledgements of its own peers' consumers (never a create or an update:
+//!   the operator's `admin` user makes them, `peerfs lattice provision`);
+//! - replies to requests it received (`allow_responses`: once each).
+//!
+//! It may subscribe only to its own inbox prefix (`_INBOX_<worker>.>`, which its
+//! client uses for every reply and JetStream delivery) and to the requests for
+//! its own peers.
 //!
 //! Identity follows: a worker cannot publish a message as a peer it does not
-//! serve, nor claim such a peer in the directory, whatever its code does.
+//! serve, claim such a peer in the directory, read another worker's replies or
+//! deliveries, or touch another peer's consumer, whatever its code does.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -50,16 +56,32 @@ impl Worker {
 }
 
 /// A worker's credentials file: `user` and `password` (TOML).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Creds {
     pub user: String,
     pub password: String,
     /// The lattice these credentials are for.
     #[serde(default)]
     pub lattice: Option<String>,
-    /// Where the server listens (a hint for `--nats`).
+    /// Where the server listens (used when `--nats` is not given).
     #[serde(default)]
     pub url: Option<String>,
+    /// The peers this worker may serve (the server's permissions say the same).
+    #[serde(default)]
+    pub peers: Vec<String>,
+}
+
+/// Never the password.
+impl std::fmt::Debug for Creds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Creds")
+            .field("user", &self.user)
+            .field("password", &"<secret>")
+            .field("lattice", &self.lattice)
+            .field("url", &self.url)
+            .field("peers", &self.peers)
+            .finish()
+    }
 }
 
 impl Creds {
@@ -81,6 +103,10 @@ pub struct Init {
     pub lattice: String,
     pub listen: String,
     pub workers: Vec<Worker>,
+    /// The most bytes the lattice's messages may take in the server's store.
+    pub max_bytes: u64,
+    /// The most messages waiting from one sender to one target.
+    pub max_pending: u64,
 }
 
 /// A secret of 32 random hex digits from the kernel.
@@ -91,42 +117,60 @@ pub(super) fn secret() -> Result<String> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
-/// The publish permissions of a worker serving `peers`.
+/// The publish permissions of a worker serving `peers`. Replies to requests it
+/// received are allowed by the server's `allow_responses` (once each), not by a
+/// subject here: a worker may publish into no other worker's inbox.
 pub fn publish_allow(names: &Names, peers: &[String]) -> Vec<String> {
-    let l = &names.lattice;
     let stream = names.stream();
-    let kv = format!("KV_{}", names.bucket());
+    let kv = names.kv_stream();
     let mut v = Vec::new();
     for p in peers {
-        v.push(format!("peerfs.{l}.msg.*.{p}"));
-        v.push(format!("$KV.{}.{p}", names.bucket()));
+        v.push(names.msg_from(p));
+        v.push(names.entry_subject(p));
         let c = names.consumer(p);
-        v.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{c}.>"));
-        v.push(format!("$JS.API.CONSUMER.CREATE.{stream}.{c}"));
-        v.push(format!("$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{c}"));
+        // Its peers' consumers: read their configuration and pull from them;
+        // never create or change one (`peerfs lattice provision` makes them).
         v.push(format!("$JS.API.CONSUMER.INFO.{stream}.{c}"));
         v.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{c}"));
         v.push(format!("$JS.ACK.{stream}.{c}.>"));
         // Reads of other peers' state as this peer (request/reply).
-        v.push(format!("peerfs.{l}.read.*.{p}"));
+        v.push(names.read_as(p));
         // Whether another process of this worker serves the peer now.
         v.push(names.alive_subject(p));
     }
     v.push("$JS.API.INFO".into());
     for s in [&stream, &kv] {
         v.push(format!("$JS.API.STREAM.INFO.{s}"));
-        v.push(format!("$JS.API.STREAM.CREATE.{s}"));
     }
-    // The directory: reads, and the ordered consumers of its watch and key list.
+    // The directory: reads, and the ordered consumers of its watch and key list
+    // (they read the directory's stream, which keeps its entries whatever
+    // consumers it has).
     v.push(format!("$JS.API.STREAM.MSG.GET.{kv}"));
     v.push(format!("$JS.API.DIRECT.GET.{kv}.>"));
     v.push(format!("$JS.API.CONSUMER.CREATE.{kv}"));
     v.push(format!("$JS.API.CONSUMER.CREATE.{kv}.>"));
-    v.push(format!("$JS.API.CONSUMER.DELETE.{kv}.>"));
     v.push(format!("$JS.API.CONSUMER.INFO.{kv}.>"));
     v.push(format!("$JS.FC.{kv}.>"));
-    v.push("_INBOX.>".into());
     v
+}
+
+/// What a worker may subscribe to: its own inbox, and the requests for its peers.
+pub fn subscribe_allow(names: &Names, worker: &str, peers: &[String]) -> Vec<String> {
+    let mut v = vec![format!("{}.>", names.inbox_prefix(worker))];
+    for p in peers {
+        v.push(names.read_all(p));
+        v.push(names.alive_subject(p));
+    }
+    v
+}
+
+/// The operator's user (`admin.creds`): `peerfs lattice provision` makes and
+/// checks the lattice's stream, directory and consumers with it. No worker has
+/// these rights.
+pub const ADMIN: &str = "admin";
+
+fn admin_publish(names: &Names) -> Vec<String> {
+    vec!["$JS.API.>".into(), format!("$KV.{}.>", names.bucket())]
 }
 
 fn quoted(list: &[String]) -> String {
@@ -137,27 +181,11 @@ fn quoted(list: &[String]) -> String {
 }
 
 impl Init {
-    /// Writes `nats-server.conf` and `<worker>.creds` (mode 0600) into `dir`.
+    /// Writes `nats-server.conf`, `lattice.toml` (what `provision` makes),
+    /// `admin.creds` and `<worker>.creds` (mode 0600) into `dir`.
     pub fn write(&self) -> Result<Vec<PathBuf>> {
         let names = Names::new(&self.lattice)?;
-        if self.workers.is_empty() {
-            return Err(err!(
-                libc::EINVAL,
-                "no workers: pass --worker NAME=PEER,..."
-            ));
-        }
-        let mut seen = std::collections::HashMap::new();
-        for w in &self.workers {
-            for p in &w.peers {
-                if let Some(other) = seen.insert(p.clone(), w.name.clone()) {
-                    return Err(err!(
-                        libc::EINVAL,
-                        "peer {p} is given to both {other} and {}: a peer has one worker",
-                        w.name
-                    ));
-                }
-            }
-        }
+        self.check()?;
         std::fs::create_dir_all(&self.dir)?;
         let store = self.dir.join("jetstream");
         let (host, port) = self
@@ -168,7 +196,8 @@ impl Init {
         let _ = writeln!(
             conf,
             "# nats-server configuration for the peerfs lattice {:?}, written by `peerfs lattice init`.\n\
-             # Each worker may publish only as the peers it serves; rerun init after moving a peer.\n\
+             # Each worker may publish only as the peers it serves, read only its own inbox\n\
+             # (_INBOX_<worker>) and its peers' consumers; rerun init after moving a peer.\n\
              # Loopback only: for several machines set `listen` to a reachable address and add TLS\n\
              # (see docs/lattice.md).\n\
              listen: \"{host}:{port}\"\n\
@@ -179,52 +208,124 @@ impl Init {
         );
         let mut written = Vec::new();
         let url = format!("nats://{host}:{port}");
+        let admin = self.creds_of(ADMIN, &[], &url)?;
+        user_conf(
+            &mut conf,
+            &admin.user,
+            &admin.password,
+            &admin_publish(&names),
+            &[format!("{}.>", names.inbox_prefix(ADMIN))],
+        );
+        written.push(self.write_creds(&admin, "the operator (peerfs lattice provision)")?);
         for w in &self.workers {
-            let path = self.dir.join(format!("{}.creds", w.name));
-            // Written again (a peer moved): the worker keeps its secret, so that
-            // only the server needs a reload.
-            let password = match Creds::read(&path) {
-                Ok(c) if c.user == w.name => c.password,
-                _ => secret()?,
-            };
-            let allow = publish_allow(&names, &w.peers);
-            let mut sub = vec!["_INBOX.>".to_string()];
-            sub.extend(w.peers.iter().flat_map(|p| {
-                [
-                    format!("peerfs.{}.read.{p}.*", names.lattice),
-                    names.alive_subject(p),
-                ]
-            }));
-            let _ = writeln!(
-                conf,
-                "    {{\n      user: \"{}\"\n      password: \"{password}\"\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n      }}\n    }}",
-                w.name,
-                quoted(&allow),
-                quoted(&sub)
+            let creds = self.creds_of(&w.name, &w.peers, &url)?;
+            user_conf(
+                &mut conf,
+                &w.name,
+                &creds.password,
+                &publish_allow(&names, &w.peers),
+                &subscribe_allow(&names, &w.name, &w.peers),
             );
-            let creds = Creds {
-                user: w.name.clone(),
-                password,
-                lattice: Some(self.lattice.clone()),
-                url: Some(url.clone()),
-            };
-            write_private(
-                &path,
-                &format!(
-                    "# peerfs lattice credentials of worker {} (peers: {})\n{}",
-                    w.name,
-                    w.peers.join(", "),
-                    toml::to_string(&creds).map_err(|e| err!(libc::EINVAL, "{e}"))?
-                ),
-            )?;
-            written.push(path);
+            let what = format!("worker {} (peers: {})", w.name, w.peers.join(", "));
+            written.push(self.write_creds(&creds, &what)?);
         }
         conf.push_str("  ]\n}\n");
         let path = self.dir.join("nats-server.conf");
         write_private(&path, &conf)?;
         written.insert(0, path);
+        let plan = super::provision::Plan {
+            lattice: self.lattice.clone(),
+            url,
+            max_bytes: self.max_bytes,
+            max_pending: self.max_pending,
+            workers: self
+                .workers
+                .iter()
+                .map(|w| (w.name.clone(), w.peers.clone()))
+                .collect(),
+        };
+        let path = self.dir.join(super::provision::PLAN);
+        write_private(&path, &plan.to_toml()?)?;
+        written.insert(1, path);
         Ok(written)
     }
+
+    fn check(&self) -> Result<()> {
+        if self.workers.is_empty() {
+            return Err(err!(
+                libc::EINVAL,
+                "no workers: pass --worker NAME=PEER,..."
+            ));
+        }
+        let mut seen = std::collections::HashMap::new();
+        for w in &self.workers {
+            if w.name == ADMIN {
+                return Err(err!(
+                    libc::EINVAL,
+                    "--worker {ADMIN}: that name is the operator's (admin.creds); name the worker otherwise"
+                ));
+            }
+            for p in &w.peers {
+                if let Some(other) = seen.insert(p.clone(), w.name.clone()) {
+                    return Err(err!(
+                        libc::EINVAL,
+                        "peer {p} is given to both {other} and {}: a peer has one worker",
+                        w.name
+                    ));
+                }
+            }
+        }
+        if self.max_bytes < 1 << 20 || self.max_pending == 0 {
+            return Err(err!(
+                libc::EINVAL,
+                "--max-bytes must be at least 1 MiB and --max-pending at least 1"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `user`'s credentials: written again (a peer moved), a user keeps its
+    /// secret, so that only the server needs a reload.
+    fn creds_of(&self, user: &str, peers: &[String], url: &str) -> Result<Creds> {
+        let path = self.dir.join(format!("{user}.creds"));
+        let password = match Creds::read(&path) {
+            Ok(c) if c.user == user => c.password,
+            _ => secret()?,
+        };
+        Ok(Creds {
+            user: user.to_string(),
+            password,
+            lattice: Some(self.lattice.clone()),
+            url: Some(url.to_string()),
+            peers: peers.to_vec(),
+        })
+    }
+
+    fn write_creds(&self, c: &Creds, what: &str) -> Result<PathBuf> {
+        let path = self.dir.join(format!("{}.creds", c.user));
+        let text = toml::to_string(c).map_err(|e| err!(libc::EINVAL, "{e}"))?;
+        write_private(
+            &path,
+            &format!("# peerfs lattice credentials of {what}\n{text}"),
+        )?;
+        Ok(path)
+    }
+}
+
+/// One user of `nats-server.conf`.
+fn user_conf(
+    conf: &mut String,
+    user: &str,
+    password: &str,
+    publish: &[String],
+    subscribe: &[String],
+) {
+    let _ = writeln!(
+        conf,
+        "    {{\n      user: \"{user}\"\n      password: \"{password}\"\n      permissions: {{\n        publish: {{ allow: [{}] }}\n        subscribe: {{ allow: [{}] }}\n        allow_responses: true\n      }}\n    }}",
+        quoted(publish),
+        quoted(subscribe)
+    );
 }
 
 fn write_private(path: &Path, text: &str) -> Result<()> {
@@ -257,6 +358,8 @@ mod tests {
             lattice: "lab".into(),
             listen: "127.0.0.1:4222".into(),
             workers: vec![w.clone(), Worker::parse("w2=alice").unwrap()],
+            max_bytes: 1 << 30,
+            max_pending: 10_000,
         };
         assert!(init.write().is_err());
     }
@@ -269,5 +372,28 @@ mod tests {
         assert!(allow.contains(&"$KV.peerfs_lab.alice".to_string()));
         assert!(!allow.iter().any(|s| s.contains("bob")));
         assert!(!allow.iter().any(|s| s == ">" || s == "$JS.API.>"));
+        // No inbox but replies; no stream or message consumer changes.
+        assert!(!allow.iter().any(|s| s.starts_with("_INBOX")));
+        assert!(!allow.iter().any(|s| s.contains("STREAM.CREATE")
+            || s.contains("STREAM.UPDATE")
+            || s.contains("DELETE")
+            || s.contains(&format!("CREATE.{}", n.stream()))));
+        let sub = subscribe_allow(&n, "w1", &["alice".into()]);
+        assert_eq!(sub[0], "_INBOX_w1.>");
+        assert!(!sub
+            .iter()
+            .any(|s| s.contains("bob") || s.starts_with("_INBOX.")));
+    }
+
+    #[test]
+    fn credentials_never_print_the_password() {
+        let c = Creds {
+            user: "w1".into(),
+            password: "hunter2".into(),
+            lattice: None,
+            url: None,
+            peers: vec![],
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

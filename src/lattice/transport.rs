@@ -1,8 +1,11 @@
 //! Messages between daemons over JetStream.
 //!
 //! Out: a message for a peer served elsewhere is published on
-//! `peerfs.<lattice>.msg.<to>.<from>` with its id as `Nats-Msg-Id` (JetStream drops
-//! a second copy within the duplicate window); the sender marks it delivered only
+//! `peerfs.<lattice>.msg.<to>.<from>` with a `Nats-Msg-Id` made of its id and a
+//! keyed hash of it that no other worker can compute (JetStream drops a second
+//! copy within the duplicate window, and that window, which is the stream's and
+//! not a subject's, cannot be used to drop another's message by guessing its
+//! id); the sender marks it delivered only
 //! after JetStream's acknowledgement. Publishes go out in the order they were
 //! handed over (one task), so the order per sender→target pair holds.
 //!
@@ -19,7 +22,7 @@ use futures_util::StreamExt;
 
 use super::directory::unreachable;
 use super::read::max_payload;
-use super::{wire, Lattice};
+use super::{provision, wire, Lattice};
 use crate::error::err;
 use crate::error::Result;
 use crate::exec::{is_transient, Ack, Transport};
@@ -94,7 +97,7 @@ impl Transport for Nats {
                 msg.id
             )));
         }
-        if l.worker_of(&msg.to).is_none() {
+        if !l.knows(&msg.to) {
             return ack(Err(err!(
                 libc::ENOENT,
                 "no peer {} here or anywhere in the lattice {}",
@@ -216,7 +219,7 @@ async fn publish(l: &Lattice, mut batch: Vec<Publish>) {
         )));
     }
     let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", id.as_str());
+    h.insert("Nats-Msg-Id", l.msg_id(&subject, &id).as_str());
     let timeout = l.opts.timeout;
     tracing::trace!(%subject, %id, messages = acks_n, "publish");
     match l.js.publish_with_headers(subject, h, payload.into()).await {
@@ -240,36 +243,62 @@ async fn publish(l: &Lattice, mut batch: Vec<Publish>) {
     }
 }
 
-pub(super) async fn ensure_stream(l: &Lattice) -> Result<stream::Stream> {
+/// The lattice's stream, made by `peerfs lattice provision` (a worker may not
+/// make or change it), checked to be as provisioning makes it for `peers`.
+pub(super) async fn check_stream(l: &Lattice, peers: &[String]) -> Result<stream::Stream> {
     let name = l.names.stream();
-    if let Ok(s) = l.js.get_stream(&name).await {
-        return Ok(s);
+    let mut s = match l.js.get_stream(&name).await {
+        Ok(s) => s,
+        Err(e) if provision::not_found(&e) => {
+            return Err(err!(
+                libc::EACCES,
+                "the lattice stream {name} does not exist: make it with `peerfs lattice provision` (the operator's credentials; docs/lattice.md)"
+            ))
+        }
+        Err(e) => return Err(unreachable(&format!("the lattice stream {name}"), e)),
+    };
+    let info = s
+        .info()
+        .await
+        .map_err(|e| unreachable(&format!("the lattice stream {name}"), e))?;
+    provision::check_stream(&l.names, &info.config, peers)?;
+    Ok(s)
+}
+
+/// `peer`'s consumer, made by `peerfs lattice provision`, checked to hand out
+/// `peer`'s messages only (`EACCES` naming what differs, or that it is missing).
+pub(super) async fn check_consumer(
+    l: &Lattice,
+    s: &stream::Stream,
+    peer: &str,
+) -> Result<consumer::PullConsumer> {
+    let name = l.names.consumer(peer);
+    match s.get_consumer::<consumer::pull::Config>(&name).await {
+        Ok(c) => {
+            provision::check_consumer(&l.names, peer, &c.cached_info().config)?;
+            Ok(c)
+        }
+        Err(e) if provision::not_found(&e) => Err(err!(
+            libc::EACCES,
+            "peer {peer} has no consumer {name} in the lattice {}: add it to the lattice (`peerfs lattice init` with {peer} among this worker's peers, `peerfs lattice provision`, and a reload of nats-server)",
+            l.names.lattice
+        )),
+        Err(e) => Err(unreachable(&format!("consumer {name}"), e)),
     }
-    l.js.create_stream(stream::Config {
-        name: name.clone(),
-        description: Some(
-            "peerfs: messages between peers, kept until their target took them".into(),
-        ),
-        subjects: vec![l.names.msg_all()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| unreachable(&format!("the lattice stream {name}"), e))
 }
 
 /// Hands the messages for the local `peer` to its actor, for as long as this
 /// daemon serves it (re-creating the consumer after NATS comes back).
 pub(super) async fn consume(l: Arc<Lattice>, peer: String) {
     let mut stop = l.stop.subscribe();
+    let mut warned = false;
     loop {
         if *stop.borrow() {
             return;
         }
         match open_consumer(&l, &peer).await {
             Ok(mut msgs) => loop {
+                warned = false;
                 tokio::select! {
                     _ = stop.changed() => return,
                     m = msgs.next() => match m {
@@ -284,6 +313,14 @@ pub(super) async fn consume(l: Arc<Lattice>, peer: String) {
                     }
                 }
             },
+            Err(e) if e.errno == libc::EACCES => {
+                // Not provisioned, or changed by someone else: said once, and
+                // looked at again later (provisioning may follow).
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(peer = %peer, error = %e, "cannot take the peer's messages");
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             Err(e) => tracing::debug!(peer = %peer, error = %e, "cannot open the consumer yet"),
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -291,25 +328,9 @@ pub(super) async fn consume(l: Arc<Lattice>, peer: String) {
 }
 
 async fn open_consumer(l: &Lattice, peer: &str) -> Result<consumer::pull::Stream> {
-    let s = ensure_stream(l).await?;
+    let s = check_stream(l, &[peer.to_string()]).await?;
+    let c = check_consumer(l, &s, peer).await?;
     let name = l.names.consumer(peer);
-    let c: consumer::PullConsumer = s
-        .get_or_create_consumer(
-            &name,
-            consumer::pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: format!("peerfs.{}.msg.{peer}.*", l.names.lattice),
-                ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: l.opts.ack_wait,
-                deliver_policy: consumer::DeliverPolicy::All,
-                max_ack_pending: 10_000,
-                // Its state is rebuilt from the stream (docs/lattice.md, sizing).
-                num_replicas: 1,
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| unreachable(&format!("consumer {name}"), e))?;
     c.stream()
         .max_messages_per_batch(500)
         .heartbeat(Duration::from_secs(5))

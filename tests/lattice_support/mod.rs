@@ -147,6 +147,33 @@ impl Nats {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.provision();
+    }
+
+    /// `peerfs lattice provision` of its folder, as the operator runs it after
+    /// starting the server (and after each `lattice init`): the stream, the
+    /// directory and the peers' consumers (with the 1 s ack wait of [`QUICK`]).
+    pub fn provision(&self) {
+        let dir = self.conf.parent().unwrap();
+        let end = Instant::now() + Duration::from_secs(15);
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_peerfs"))
+                .args(["lattice", "provision"])
+                .arg(dir)
+                .args(["--ack-wait-ms", "1000"])
+                .output()
+                .expect("peerfs lattice provision");
+            if out.status.success() {
+                return;
+            }
+            // JetStream may need a moment after the server listens.
+            assert!(
+                Instant::now() < end,
+                "lattice provision failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -276,6 +303,7 @@ impl Nats {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.provision();
     }
 }
 
