@@ -83,7 +83,7 @@ pub struct Settings {
 pub struct LatticeSettings {
     /// `nats://host:port` (credentials only from `creds`); unset: the URL of the
     /// credentials file, and with no file either, this daemon is on its own.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "nats_url")]
     pub nats: Option<String>,
     /// A credentials file written by `peerfs lattice init`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -269,6 +269,13 @@ fn between<'de, D: Deserializer<'de>, const MIN: u64, const MAX: u64>(
         )));
     }
     Ok(v)
+}
+
+/// A NATS URL without credentials (they would show in `ps` and `config show`).
+fn nats_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    crate::lattice::refuse_secret_in_url(&url).map_err(|e| serde::de::Error::custom(e.message))?;
+    Ok(Some(url))
 }
 
 /// `HOST:PORT`, or a port (number or text) meaning `127.0.0.1:PORT`.

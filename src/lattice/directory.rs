@@ -63,6 +63,16 @@ pub(super) fn served_by(peer: &str, owner: &str) -> Error {
     )
 }
 
+/// `EEXIST` (naming it) when the directory names another worker for `peer`.
+pub(super) async fn refuse_if_elsewhere(kv: &kv::Store, peer: &str, worker: &str) -> Result<()> {
+    match kv.get(peer).await {
+        Ok(Some(v)) if v.as_ref() != worker.as_bytes() => {
+            Err(served_by(peer, &String::from_utf8_lossy(&v)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Claims `peer` for `worker`: created if absent, accepted if it is already
 /// `worker`'s (a restart), `EEXIST` naming the worker that serves it otherwise.
 pub(super) async fn register(

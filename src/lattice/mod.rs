@@ -283,8 +283,8 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
         instance: alive::instance(),
         allowed: creds
             .as_ref()
-            .filter(|c| !c.peers.is_empty())
-            .map(|c| c.peers.iter().cloned().collect()),
+            .and_then(|c| c.peers.as_ref())
+            .map(|p| p.iter().cloned().collect()),
         msg_key: msg_key(),
         publisher: ptx,
         stop,
@@ -446,7 +446,11 @@ impl Lattice {
             .into_iter()
             .map(|(p, _)| p)
             .collect();
+        // Served by another worker (moved away): said first, before anything
+        // this worker may no longer ask about the peer.
+        let kv = directory::check_bucket(&self).await?;
         for p in &peers {
+            directory::refuse_if_elsewhere(&kv, p, &self.worker).await?;
             self.check_allowed(p)?;
         }
         let s = transport::check_stream(&self, &peers).await?;
@@ -462,7 +466,6 @@ impl Lattice {
         for p in &peers {
             transport::check_consumer(&self, &s, p).await?;
         }
-        let kv = directory::check_bucket(&self).await?;
         let _ = self.kv.set(kv);
         for peer in &peers {
             self.register(peer).await?;

@@ -66,9 +66,10 @@ pub struct Creds {
     /// Where the server listens (used when `--nats` is not given).
     #[serde(default)]
     pub url: Option<String>,
-    /// The peers this worker may serve (the server's permissions say the same).
-    #[serde(default)]
-    pub peers: Vec<String>,
+    /// The peers this worker may serve (the server's permissions say the same);
+    /// absent in files written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peers: Option<Vec<String>>,
 }
 
 /// Never the password.
@@ -297,7 +298,7 @@ impl Init {
             password,
             lattice: Some(self.lattice.clone()),
             url: Some(url.to_string()),
-            peers: peers.to_vec(),
+            peers: Some(peers.to_vec()),
         })
     }
 
@@ -392,7 +393,7 @@ mod tests {
             password: "hunter2".into(),
             lattice: None,
             url: None,
-            peers: vec![],
+            peers: None,
         };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
