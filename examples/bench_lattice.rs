@@ -78,6 +78,18 @@ fn nats(conf: &Path, port: u16) -> Proc {
     assert!(wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }));
+    // The stream, directory and consumers, made by the operator (idempotent).
+    assert!(
+        wait_until(Duration::from_secs(10), || Command::new(bin())
+            .args(["lattice", "provision"])
+            .arg(conf.parent().unwrap())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()),
+        "lattice provision"
+    );
     Proc(c, None)
 }
 

@@ -592,6 +592,15 @@ impl Effective {
             ("data", "--data DATA"),
             ("library", "a folder of NAME.rhai modules"),
             ("metrics.listen", "--metrics-listen ADDR"),
+            (
+                "lattice.creds",
+                "--nats-creds FILE from `peerfs lattice init`: joins its lattice",
+            ),
+            (
+                "lattice.nats",
+                "--nats nats://HOST:PORT; default: the credentials file's",
+            ),
+            ("lattice.worker", "default: the credentials' user"),
         ] {
             if !self.values.contains_key(key) {
                 let _ = writeln!(s, "# {key} is not set ({how})");

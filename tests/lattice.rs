@@ -158,6 +158,15 @@ fn two_daemons_one_lattice() {
     assert_eq!(errno(&e), libc::EEXIST, "mkdir of a peer served elsewhere");
     let e = fs::create_dir(b.mnt.join("carol")).unwrap_err();
     assert_eq!(errno(&e), libc::EEXIST, "mkdir of carol at w2");
+    // A peer this worker's credentials do not list: refused at once, saying why.
+    let e = fs::create_dir(b.mnt.join("zed")).unwrap_err();
+    assert_eq!(errno(&e), libc::EACCES, "mkdir of a peer w2 may not serve");
+    assert!(
+        b.log_text()
+            .contains("zed is not among the peers of worker w2"),
+        "{}",
+        b.log_text()
+    );
 
     // A worker cannot take another name than its NATS user's.
     create_peer(&lab.p("d3"), "bob");

@@ -64,9 +64,10 @@ impl Lab {
         Creds::read(&self.p(&format!("nats/{user}.creds"))).unwrap()
     }
 
+    /// The credentials file alone: it names the server and the lattice.
     fn args(&self, worker: &str) -> Vec<String> {
         let creds = self.p(&format!("nats/{worker}.creds"));
-        let mut args = join_args(&self.nats.url(), &creds, LATTICE);
+        let mut args = vec!["--nats-creds".to_string(), creds.to_str().unwrap().into()];
         args.extend(QUICK.iter().map(|a| a.to_string()));
         args
     }
@@ -540,9 +541,28 @@ fn a_rogue_worker_cannot_fill_the_server_or_make_the_stream() {
     let alice = lab.mount("d1", "w1");
     drop(alice);
 
+    // Another lattice than the credentials': refused, naming both.
+    let creds = lab.p("nats/w1.creds");
+    fs::create_dir_all(lab.p("m-other")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_peerfs"))
+        .arg("mount")
+        .arg(lab.p("m-other"))
+        .arg("--data")
+        .arg(lab.p("d1"))
+        .args(join_args(&url, &creds, "other"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("are for the lattice r, not other"),
+        "{err}"
+    );
+
     // Credentials never in argv, never printed.
     let out = Command::new(env!("CARGO_BIN_EXE_peerfs"))
-        .args(["mount", "/nonexistent-mnt", "--data"])
+        .arg("mount")
+        .arg(lab.p("m-other"))
+        .arg("--data")
         .arg(lab.p("d1"))
         .args([
             "--nats",

@@ -245,7 +245,16 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
         .max_reconnects(None)
         .reconnect_delay_callback(|n| Duration::from_millis((100 * n as u64).min(1000)))
         .event_callback(|e| async move {
-            tracing::info!(event = %e, "nats");
+            use async_nats::Event;
+            match e {
+                Event::Connected | Event::Disconnected => tracing::info!(event = %e, "nats"),
+                // A permissions violation: this worker asked for something its
+                // credentials do not allow (a configuration to fix, not noise).
+                Event::ServerError(_) => tracing::warn!(event = %e, "nats"),
+                // Connection attempts while the server is away, slow consumers:
+                // every retry would say it again.
+                _ => tracing::debug!(event = %e, "nats"),
+            }
         });
     // Replies and deliveries under the worker's (its user's) own prefix: the
     // server lets no other worker read there.
