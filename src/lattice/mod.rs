@@ -15,8 +15,6 @@ pub mod handover;
 pub mod provision;
 pub mod server;
 
-pub use read::remote_get;
-
 mod alive;
 mod directory;
 mod read;
@@ -26,7 +24,7 @@ mod wire;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use crate::error::err;
@@ -101,6 +99,14 @@ impl Names {
     /// The messages from `peer` (what its worker may publish).
     pub fn msg_from(&self, peer: &str) -> String {
         format!("peerfs.{}.msg.*.{peer}", self.lattice)
+    }
+    /// The JetStream API subject `verb` (`INFO`, `MSG.NEXT`) of `peer`'s consumer.
+    pub fn consumer_api(&self, verb: &str, peer: &str) -> String {
+        format!("$JS.API.CONSUMER.{verb}.{}.{}", self.stream(), self.consumer(peer))
+    }
+    /// The acknowledgements of the messages `peer`'s consumer hands out.
+    pub fn acks_of(&self, peer: &str) -> String {
+        format!("$JS.ACK.{}.{}.>", self.stream(), self.consumer(peer))
     }
     /// The directory's stream.
     pub fn kv_stream(&self) -> String {
@@ -184,22 +190,12 @@ pub struct Lattice {
     stop: tokio::sync::watch::Sender<bool>,
 }
 
-static CURRENT: OnceLock<Arc<Lattice>> = OnceLock::new();
-
-/// The lattice this daemon joined, if any.
-pub fn current() -> Option<&'static Arc<Lattice>> {
-    CURRENT.get()
-}
-
 /// Joins the lattice: connects, registers every local peer and starts their
 /// consumers, and routes `core`'s messages through NATS. Refuses (`EEXIST`) when
 /// another worker serves one of the local peers. When NATS cannot be reached
 /// within `start_wait`, local work starts anyway and the lattice is joined in the
 /// background.
 pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
-    if CURRENT.get().is_some() {
-        return Err(err!(libc::EALREADY, "this daemon already joined a lattice"));
-    }
     let names = Names::new(&opts.name)?;
     refuse_secret_in_url(&opts.url)?;
     let creds = opts.creds.as_deref().map(server::Creds::read).transpose()?;
@@ -319,7 +315,6 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
             l.rt.spawn(l.clone().setup_later());
         }
     }
-    let _ = CURRENT.set(l.clone());
     core.set_transport(Arc::new(transport::Nats(l.clone())));
     tracing::info!(lattice = %l.names.lattice, worker = %l.worker, "joined the lattice");
     Ok(l)

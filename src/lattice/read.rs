@@ -267,10 +267,7 @@ fn view(l: &Lattice, p: &Peer, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>
 /// One request to `owner`'s worker, as `reader`: its reply (the JSON, and what
 /// follows it). Fails fast: `EHOSTUNREACH` when NATS or the owner's worker is not
 /// there, `ETIMEDOUT` when no answer comes within `lattice.timeout_ms`.
-fn ask(owner: &str, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>)> {
-    let Some(l) = super::current() else {
-        return Err(err!(libc::ENOENT, "no peer {owner} here"));
-    };
+fn ask(l: &Lattice, owner: &str, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>)> {
     if !l.ready() || l.client.connection_state() != async_nats::connection::State::Connected {
         return Err(err!(
             libc::EHOSTUNREACH,
@@ -312,6 +309,7 @@ fn ask(owner: &str, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>)> {
 
 /// `ask`, for a view kind: the owner's error becomes this side's, errno and all.
 fn ask_view(
+    l: &Lattice,
     owner: &str,
     reader: &str,
     kind: Kind,
@@ -325,7 +323,7 @@ fn ask_view(
         params: Value::Null,
         offset,
     };
-    let (resp, rest) = ask(owner, reader, &req)?;
+    let (resp, rest) = ask(l, owner, reader, &req)?;
     match resp.error {
         Some(e) => Err(Error::new(resp.errno.unwrap_or(libc::EIO), e)),
         None => Ok((resp, rest)),
@@ -333,7 +331,8 @@ fn ask_view(
 }
 
 /// `caller_get(key)` at `reader` (local) of `owner`'s state (another daemon's).
-pub fn remote_get(
+pub(super) fn remote_get(
+    l: &Lattice,
     owner: &str,
     reader: &str,
     key: &str,
@@ -347,7 +346,7 @@ pub fn remote_get(
         params: params.clone(),
         offset: 0,
     };
-    let (resp, _) = ask(owner, reader, &req).map_err(|e| {
+    let (resp, _) = ask(l, owner, reader, &req).map_err(|e| {
         format!(
             "caller_get {key:?}: {owner} is served by another daemon, which cannot be reached: {} (errno {})",
             e.message, e.errno
@@ -360,14 +359,24 @@ pub fn remote_get(
 }
 
 /// The children of the folder `dir` of `owner` that `reader` may see.
-pub fn remote_view_list(owner: &str, reader: &str, dir: &str) -> Result<Vec<DirEntry>> {
-    let (resp, _) = ask_view(owner, reader, Kind::List, dir, 0)?;
+pub(super) fn remote_view_list(
+    l: &Lattice,
+    owner: &str,
+    reader: &str,
+    dir: &str,
+) -> Result<Vec<DirEntry>> {
+    let (resp, _) = ask_view(l, owner, reader, Kind::List, dir, 0)?;
     Ok(resp.entries.unwrap_or_default())
 }
 
 /// `key` of `owner` as `reader` may see it (`None`: nothing readable there).
-pub fn remote_view_stat(owner: &str, reader: &str, key: &str) -> Result<Option<DirEntry>> {
-    match ask_view(owner, reader, Kind::Stat, key, 0) {
+pub(super) fn remote_view_stat(
+    l: &Lattice,
+    owner: &str,
+    reader: &str,
+    key: &str,
+) -> Result<Option<DirEntry>> {
+    match ask_view(l, owner, reader, Kind::Stat, key, 0) {
         Ok((resp, _)) => Ok(resp.entry),
         Err(e) if e.errno == libc::ENOENT => Ok(None),
         Err(e) => Err(e),
@@ -377,12 +386,17 @@ pub fn remote_view_stat(owner: &str, reader: &str, key: &str) -> Result<Option<D
 /// The bytes of `key` of `owner`, chunk by chunk; starts over when the value
 /// changes between chunks (its size or time differ), `EAGAIN` when it keeps
 /// changing.
-pub fn remote_view_bytes(owner: &str, reader: &str, key: &str) -> Result<Vec<u8>> {
+pub(super) fn remote_view_bytes(
+    l: &Lattice,
+    owner: &str,
+    reader: &str,
+    key: &str,
+) -> Result<Vec<u8>> {
     'again: for _ in 0..BYTES_TRIES {
         let mut out: Vec<u8> = Vec::new();
         let mut first = None;
         loop {
-            let (resp, chunk) = ask_view(owner, reader, Kind::Bytes, key, out.len() as u64)?;
+            let (resp, chunk) = ask_view(l, owner, reader, Kind::Bytes, key, out.len() as u64)?;
             let this = (resp.size.unwrap_or(0), resp.mtime_ns.unwrap_or(0));
             if *first.get_or_insert(this) != this {
                 continue 'again;

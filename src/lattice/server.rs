@@ -128,12 +128,11 @@ pub fn publish_allow(names: &Names, peers: &[String]) -> Vec<String> {
     for p in peers {
         v.push(names.msg_from(p));
         v.push(names.entry_subject(p));
-        let c = names.consumer(p);
         // Its peers' consumers: read their configuration and pull from them;
         // never create or change one (`peerfs lattice provision` makes them).
-        v.push(format!("$JS.API.CONSUMER.INFO.{stream}.{c}"));
-        v.push(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{c}"));
-        v.push(format!("$JS.ACK.{stream}.{c}.>"));
+        v.push(names.consumer_api("INFO", p));
+        v.push(names.consumer_api("MSG.NEXT", p));
+        v.push(names.acks_of(p));
         // Reads of other peers' state as this peer (request/reply).
         v.push(names.read_as(p));
         // Whether another process of this worker serves the peer now.

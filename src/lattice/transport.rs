@@ -70,19 +70,19 @@ impl Transport for Nats {
         script: &str,
         params: &serde_json::Value,
     ) -> std::result::Result<Option<serde_json::Value>, String> {
-        super::read::remote_get(owner, reader, key, script, params)
+        super::read::remote_get(&self.0, owner, reader, key, script, params)
     }
 
     fn remote_view_list(&self, owner: &str, reader: &str, dir: &str) -> Result<Vec<DirEntry>> {
-        super::read::remote_view_list(owner, reader, dir)
+        super::read::remote_view_list(&self.0, owner, reader, dir)
     }
 
     fn remote_view_stat(&self, owner: &str, reader: &str, key: &str) -> Result<Option<DirEntry>> {
-        super::read::remote_view_stat(owner, reader, key)
+        super::read::remote_view_stat(&self.0, owner, reader, key)
     }
 
     fn remote_view_bytes(&self, owner: &str, reader: &str, key: &str) -> Result<Vec<u8>> {
-        super::read::remote_view_bytes(owner, reader, key)
+        super::read::remote_view_bytes(&self.0, owner, reader, key)
     }
 
     fn deliver(&self, from: &str, msg: Outgoing, ack: Ack) {
