@@ -361,9 +361,9 @@ struct FakeLattice {
 }
 
 impl peerfs::exec::Transport for FakeLattice {
-    fn deliver(&self, _from: &str, msg: peerfs::store::Outgoing, ack: peerfs::exec::Ack) {
+    fn deliver(&self, _from: &str, msg: peerfs::store::Outgoing, ack: peerfs::exec::DeliveryAck) {
         self.sent.lock().unwrap().push(msg);
-        ack(Ok(()))
+        ack(peerfs::exec::Delivery::Taken)
     }
     fn spans_daemons(&self) -> bool {
         true

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use peerfs::error::Error;
-use peerfs::exec::{Ack, InProcess, MessageKind, Transport};
 use peerfs::exec::{Config, Core};
+use peerfs::exec::{Delivery, DeliveryAck, InProcess, MessageKind, Transport};
 use peerfs::store::Outgoing;
 use serde_json::Value;
 
@@ -21,21 +21,24 @@ fn core(dir: &std::path::Path, delivery_tries: u32) -> Core {
     Core::start(cfg).unwrap()
 }
 
-/// Answers the first `refusals` deliveries with `errno`, then delivers in
+/// How the test transport answers a refused delivery.
+type Answer = fn(Error) -> Delivery;
+
+/// Answers the first `refusals` deliveries with `answer`, then delivers in
 /// process; records the kind of every message it was handed.
 struct Refusing {
     local: InProcess,
-    errno: i32,
+    answer: Answer,
     refusals: u32,
     calls: AtomicU32,
     kinds: Mutex<Vec<MessageKind>>,
 }
 
 impl Refusing {
-    fn new(c: &Core, errno: i32, refusals: u32) -> Arc<Refusing> {
+    fn new(c: &Core, answer: Answer, refusals: u32) -> Arc<Refusing> {
         Arc::new(Refusing {
             local: InProcess::new(c),
-            errno,
+            answer,
             refusals,
             calls: AtomicU32::new(0),
             kinds: Mutex::new(Vec::new()),
@@ -44,13 +47,16 @@ impl Refusing {
 }
 
 impl Transport for Refusing {
-    fn deliver(&self, from: &str, msg: Outgoing, ack: Ack) {
+    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
         self.kinds
             .lock()
             .unwrap()
             .push(MessageKind::of(&msg).unwrap());
         if self.calls.fetch_add(1, Ordering::SeqCst) < self.refusals {
-            return ack(Err(Error::new(self.errno, "refused by the test transport")));
+            return ack((self.answer)(Error::new(
+                libc::EIO,
+                "refused by the test transport",
+            )));
         }
         self.local.deliver(from, msg, ack)
     }
@@ -60,13 +66,13 @@ impl Transport for Refusing {
 fn alice_and_bob(
     dir: &std::path::Path,
     delivery_tries: u32,
-    errno: i32,
+    answer: Answer,
     refusals: u32,
 ) -> (Core, Arc<Refusing>) {
     let c = core(dir, delivery_tries);
     c.create_peer("alice", uid(), 0).unwrap();
     c.create_peer("bob", uid(), 0).unwrap();
-    let t = Refusing::new(&c, errno, refusals);
+    let t = Refusing::new(&c, answer, refusals);
     c.set_transport(t.clone());
     (c, t)
 }
@@ -81,7 +87,7 @@ fn sent_result(c: &Core) -> Value {
 #[test]
 fn a_way_down_is_retried_without_counting_against_delivery_tries() {
     let d = tempfile::tempdir().unwrap();
-    let (c, t) = alice_and_bob(d.path(), 1, libc::EAGAIN, 3);
+    let (c, t) = alice_and_bob(d.path(), 1, Delivery::WayDown, 3);
     let r = sent_result(&c);
     // bob ran it (and, without a policy, denied it): the message got there.
     assert_eq!(r["status"], "denied", "{r}");
@@ -101,15 +107,19 @@ fn a_way_down_is_retried_without_counting_against_delivery_tries() {
 /// anywhere ends the message at once, however many tries are allowed.
 #[test]
 fn refusals_and_unknown_peers_end_as_error_results() {
-    for (tries, errno, calls) in [(2, libc::EIO, 2), (1000, libc::ENOENT, 1)] {
+    let cases: [(u32, Answer, u32, &str); 2] = [
+        (2, Delivery::Refused, 2, "refused"),
+        (1000, Delivery::NoSuchPeer, 1, "no such peer"),
+    ];
+    for (tries, answer, calls, what) in cases {
         let d = tempfile::tempdir().unwrap();
-        let (c, t) = alice_and_bob(d.path(), tries, errno, u32::MAX);
+        let (c, t) = alice_and_bob(d.path(), tries, answer, u32::MAX);
         let r = sent_result(&c);
         assert_eq!(r["status"], "error", "{r}");
         let why = r["error"].as_str().unwrap();
         assert!(why.contains("cannot deliver s-1.rhai to bob"), "{r}");
         assert!(why.contains("refused by the test transport"), "{r}");
-        assert_eq!(t.calls.load(Ordering::SeqCst), calls, "errno {errno}");
+        assert_eq!(t.calls.load(Ordering::SeqCst), calls, "{what}");
         c.shutdown();
     }
 }

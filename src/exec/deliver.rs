@@ -4,12 +4,12 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::op::{Ack, Op};
+use super::op::Op;
 use super::provenance::unreadable_result;
 use super::run::failed_outcome;
 use super::state::rt;
 use super::submit::message_job;
-use super::transport::way_down;
+use super::transport::{Delivery, DeliveryAck};
 use super::{provenance, Core, MessageKind, RunResult};
 use crate::error::Error;
 use crate::peer::name::script_stem;
@@ -59,13 +59,13 @@ impl Core {
     /// What the sender does when the transport answers for `msg`: marks it
     /// delivered, makes it an error result (no such peer, or refused too often),
     /// or lets it wait for the next try (see [`super::Transport::deliver`]).
-    fn delivery_ack(&self, peer: &Arc<Peer>, msg: Outgoing) -> Ack {
+    fn delivery_ack(&self, peer: &Arc<Peer>, msg: Outgoing) -> DeliveryAck {
         let core = self.clone();
         let sender = peer.clone();
         Box::new(move |r| {
             let id = msg.id.clone();
             match r {
-                Ok(()) => {
+                Delivery::Taken => {
                     tracing::trace!(peer = %sender.name, id = %id, "delivered");
                     core.0
                         .stats
@@ -81,12 +81,12 @@ impl Core {
                 }
                 // The target does not exist (or was removed): the sender gets a
                 // clear error result instead of a message lost in silence.
-                Err(e) if e.errno == libc::ENOENT => core.undeliverable(&sender, msg, &e),
-                Err(e) if way_down(&e) => {
+                Delivery::NoSuchPeer(e) => core.undeliverable(&sender, msg, &e),
+                Delivery::WayDown(e) => {
                     tracing::warn!(peer = %sender.name, to = %msg.to, error = %e, "delivery failed; will retry");
                     rt(&sender).inflight.lock().unwrap().remove(&id);
                 }
-                Err(e) => {
+                Delivery::Refused(e) => {
                     let tries = {
                         let mut f = rt(&sender).delivery_failures.lock().unwrap();
                         let n = f.entry(id.clone()).or_insert(0);

@@ -50,7 +50,7 @@ pub use op::{Ack, Op, Waiter};
 pub use result::RunResult;
 pub use slot::{caller_slot, slot_caller};
 use state::{rt, PendingResult};
-pub use transport::{is_transient, InProcess, MessageKind, Transport};
+pub use transport::{Delivery, DeliveryAck, InProcess, MessageKind, Transport};
 
 /// What changed at a peer, for caches above (the mount's kernel entries).
 #[derive(Debug, Clone, PartialEq, Eq)]

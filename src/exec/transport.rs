@@ -47,19 +47,31 @@ impl FromStr for MessageKind {
     }
 }
 
+/// How a delivery ended: what the sender does next depends on it alone.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The target (or a durable relay such as JetStream) took the message: the
+    /// sender marks it delivered.
+    Taken,
+    /// No such peer anywhere: the sender gets an error result now.
+    NoSuchPeer(Error),
+    /// The way there is down (NATS away, the daemon stopping, the target's store
+    /// not openable now): retried later, not counted against `delivery_tries`
+    /// (the message waits in the sender's store).
+    WayDown(Error),
+    /// The target refused it: counted; an error result after `delivery_tries`.
+    Refused(Error),
+}
+
+/// Called exactly once with how a delivery ended.
+pub type DeliveryAck = Box<dyn FnOnce(Delivery) + Send>;
+
 /// How a message of a local peer reaches its target: in this daemon
 /// (`InProcess`, today's code) or through another daemon (the lattice).
 pub trait Transport: Send + Sync {
-    /// Hands `msg`, written by the local peer `from`, towards `msg.to`. `ack` is
-    /// called exactly once: `Ok(())` once the target (or a durable relay such as
-    /// JetStream) has taken the message, and the sender may mark it delivered;
-    /// `Err(e)` otherwise, where
-    ///  - `e.errno == ENOENT`: no such peer anywhere: the sender gets an error result now;
-    ///  - `EHOSTUNREACH`, `ETIMEDOUT`, `EAGAIN`: the way there is down: retried later,
-    ///    not counted against `delivery_tries` (the message waits in the sender's store);
-    ///  - any other errno: the target refused it: counted, an error result after
-    ///    `delivery_tries`.
-    fn deliver(&self, from: &str, msg: Outgoing, ack: Ack);
+    /// Hands `msg`, written by the local peer `from`, towards `msg.to`; `ack` is
+    /// called exactly once with how it ended ([`Delivery`]).
+    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck);
 
     /// Whether this transport reaches other daemons (a lattice): a peer not served
     /// here may then be served elsewhere, or be so once the directory is read.
@@ -124,17 +136,6 @@ fn not_here(owner: &str) -> Error {
     err!(libc::ENOENT, "peer {owner:?} is not served by this daemon")
 }
 
-/// Whether a delivery error means the way to the target is down (retried, not
-/// counted; see [`Transport::deliver`]).
-pub(super) fn way_down(e: &Error) -> bool {
-    is_transient(e.errno)
-}
-
-/// [`way_down`] by errno, for transports that map their own errors.
-pub fn is_transient(errno: i32) -> bool {
-    matches!(errno, libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::EAGAIN)
-}
-
 /// Delivery to peers of this daemon ([`Core::deliver_local`]).
 pub struct InProcess {
     // Weak: the core holds its transport.
@@ -152,10 +153,10 @@ impl InProcess {
 }
 
 impl Transport for InProcess {
-    fn deliver(&self, from: &str, msg: Outgoing, ack: Ack) {
+    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
         match self.core.upgrade() {
             Some(inner) => Core(inner).deliver_local(from, msg, ack),
-            None => ack(Err(err!(
+            None => ack(Delivery::WayDown(err!(
                 libc::EAGAIN,
                 "the daemon is stopping: message {} waits for the next start",
                 msg.id
@@ -251,23 +252,19 @@ impl Core {
 
     /// Hands `msg` from `from` to its target, a peer of this daemon: the target's
     /// actor takes it in its next transaction, and `ack` is called after that
-    /// commit. Errors follow [`Transport::deliver`]: `ENOENT` when there is no
-    /// such peer, `EAGAIN` when it cannot be opened now, and a refusal by the
-    /// target never with one of those errnos (it is counted).
-    pub fn deliver_local(&self, from: &str, msg: Outgoing, ack: Ack) {
+    /// commit ([`Delivery::Taken`]); no such peer, a store that cannot be opened
+    /// now, or the target's refusal otherwise.
+    pub fn deliver_local(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
         let target = match self.peer(&msg.to) {
             Ok(t) => t,
-            Err(e) if e.errno == libc::ENOENT => return ack(Err(e)),
-            Err(e) => return ack(Err(Error::new(libc::EAGAIN, e.message))),
+            Err(e) if e.errno == libc::ENOENT => return ack(Delivery::NoSuchPeer(e)),
+            Err(e) => return ack(Delivery::WayDown(e)),
         };
         let refused: Ack = Box::new(move |r| {
-            ack(r.map_err(|e| {
-                if e.errno == libc::ENOENT || way_down(&e) {
-                    Error::new(libc::EIO, e.message)
-                } else {
-                    e
-                }
-            }))
+            ack(match r {
+                Ok(()) => Delivery::Taken,
+                Err(e) => Delivery::Refused(e),
+            })
         });
         self.push(
             &target,

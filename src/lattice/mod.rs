@@ -102,7 +102,11 @@ impl Names {
     }
     /// The JetStream API subject `verb` (`INFO`, `MSG.NEXT`) of `peer`'s consumer.
     pub fn consumer_api(&self, verb: &str, peer: &str) -> String {
-        format!("$JS.API.CONSUMER.{verb}.{}.{}", self.stream(), self.consumer(peer))
+        format!(
+            "$JS.API.CONSUMER.{verb}.{}.{}",
+            self.stream(),
+            self.consumer(peer)
+        )
     }
     /// The acknowledgements of the messages `peer`'s consumer hands out.
     pub fn acks_of(&self, peer: &str) -> String {

@@ -25,7 +25,7 @@ use super::read::max_payload;
 use super::{provision, wire, Lattice};
 use crate::error::err;
 use crate::error::Result;
-use crate::exec::{is_transient, Ack, Transport};
+use crate::exec::{Ack, Delivery, DeliveryAck, Transport};
 use crate::store::{DirEntry, Outgoing};
 
 /// A publish handed to the publisher task.
@@ -85,11 +85,14 @@ impl Transport for Nats {
         super::read::remote_view_bytes(&self.0, owner, reader, key)
     }
 
-    fn deliver(&self, from: &str, msg: Outgoing, ack: Ack) {
+    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
         let l = &self.0;
         if l.core.registry().exists(&msg.to) {
             return l.core.deliver_local(from, msg, ack);
         }
+        // The lattice's own errors, named by errno where NATS' errors are mapped
+        // (`directory::unreachable`), become what the sender does next here.
+        let ack: Ack = Box::new(move |r| ack(outcome(r)));
         if !l.ready() {
             return ack(Err(err!(
                 libc::EHOSTUNREACH,
@@ -122,6 +125,18 @@ impl Transport for Nats {
         if let Err(e) = l.publisher.send(p) {
             (e.0.ack)(Err(err!(libc::EAGAIN, "the lattice is stopping")));
         }
+    }
+}
+
+/// How a publish (or its refusal before it) ended, for the sender.
+fn outcome(r: Result<()>) -> Delivery {
+    match r {
+        Ok(()) => Delivery::Taken,
+        Err(e) if e.errno == libc::ENOENT => Delivery::NoSuchPeer(e),
+        Err(e) if matches!(e.errno, libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::EAGAIN) => {
+            Delivery::WayDown(e)
+        }
+        Err(e) => Delivery::Refused(e),
     }
 }
 
@@ -413,11 +428,11 @@ async fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
         for rx in answers {
             match rx
                 .await
-                .unwrap_or_else(|_| Err(err!(libc::EAGAIN, "the daemon stopped")))
+                .unwrap_or_else(|_| Delivery::WayDown(err!(libc::EAGAIN, "the daemon stopped")))
             {
-                Ok(()) => {}
-                Err(e) if is_transient(e.errno) => transient = Some(e),
-                Err(e) => refused = Some(e),
+                Delivery::Taken => {}
+                Delivery::WayDown(e) => transient = Some(e),
+                Delivery::NoSuchPeer(e) | Delivery::Refused(e) => refused = Some(e),
             }
         }
         let kind = match (transient, refused) {
