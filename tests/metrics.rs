@@ -1,7 +1,7 @@
 //! Metrics: `.peerfs/metrics` parsed by a Prometheus text parser (the
 //! `prometheus-parse` crate) with the values the runs must have produced; per-peer
-//! series bounded to the busiest peers; `--metrics-listen` serving the same over
-//! HTTP; `--log-format json`.
+//! series only when asked for (`metrics.peer_labels`) and bounded to the busiest
+//! peers; `--metrics-listen` serving the same over HTTP; `--log-format json`.
 
 mod common;
 
@@ -86,7 +86,10 @@ fn histogram_count(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn the_metrics_file_parses_and_counts_what_happened() {
-    let m = Mounted::new();
+    let m = Mounted::with(
+        |c| c.metrics_peer_labels = true,
+        peerfs::fuse::MountOptions::default(),
+    );
     m.add_peer("alice");
     m.add_peer("bob");
     m.add_peer("mallory");
@@ -181,6 +184,7 @@ fn per_peer_series_are_bounded_to_the_busiest() {
     let mut cfg = Config::new(d.path());
     cfg.workers = 2;
     cfg.metrics_top_peers = 3;
+    cfg.metrics_peer_labels = true;
     let c = Core::start(cfg).unwrap();
     for i in 0..8 {
         let name = format!("p{i}");
@@ -216,6 +220,7 @@ fn per_peer_series_are_bounded_to_the_busiest() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(d.path());
     cfg.metrics = false;
+    cfg.metrics_peer_labels = true;
     let c = Core::start(cfg).unwrap();
     c.create_peer("a", uid(), gid()).unwrap();
     c.run("a", "x.rhai", "1").unwrap();
@@ -259,7 +264,14 @@ fn the_http_listener_serves_the_same_metrics_and_logs_can_be_json() {
         &data,
         &mnt,
         &work,
-        &["--metrics-listen", &addr, "--log-format", "json"],
+        &[
+            "--metrics-listen",
+            &addr,
+            "--log-format",
+            "json",
+            "-o",
+            "metrics.peer_labels=true",
+        ],
     );
     d.add_peer("alice");
     d.run_ok("alice", "a.rhai", "1");
@@ -323,4 +335,35 @@ fn a_taken_metrics_address_stops_the_start_with_a_clear_message() {
         "{err}"
     );
     assert!(!is_mounted(&dir.path().join("mnt")));
+}
+
+/// Both surfaces are open to more than the peers' owners (every user of the mount,
+/// every client of the listener): by default they name no peer, and still count
+/// every run daemon-wide.
+#[test]
+fn by_default_neither_surface_names_a_peer() {
+    let (_dir, data, mnt, work) = dirs();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&data, &mnt, &work, &["--metrics-listen", &addr]);
+    d.add_peer("alice");
+    d.add_peer("bobbity");
+    d.run_ok("alice", "a.rhai", "1");
+    d.run_ok("bobbity", "b.rhai", "2");
+    let (status, _, body) = http_get(port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let file = std::fs::read_to_string(d.p(".peerfs/metrics")).unwrap();
+    for text in [&body, &file] {
+        let s = parse(text);
+        assert_eq!(value(&s, "peerfs_runs_total", &[("status", "ok")]), 2.0);
+        assert_eq!(histogram_count(&s, "peerfs_run_duration_seconds", &[]), 2.0);
+        assert!(
+            !text.contains("alice") && !text.contains("bobbity"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("peer=") && !text.contains("peerfs_peer_"),
+            "{text}"
+        );
+    }
 }

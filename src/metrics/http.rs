@@ -15,8 +15,8 @@ use crate::exec::Core;
 pub fn serve(core: Core, addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let l = TcpListener::bind(addr)?;
     let bound = l.local_addr()?;
-    if !bound.ip().is_loopback() {
-        tracing::warn!(%bound, "metrics are served beyond this machine: anyone who can reach the address sees peer names");
+    if !bound.ip().is_loopback() && core.config().metrics_peer_labels {
+        tracing::warn!(%bound, "metrics are served beyond this machine with metrics.peer_labels: anyone who can reach the address sees peer names");
     }
     std::thread::Builder::new()
         .name("peerfs-metrics".into())
