@@ -200,6 +200,10 @@ pub struct MetricsSettings {
     /// that ten thousand peers do not make ten thousand series.
     #[serde(deserialize_with = "between::<_, 0, 1000>")]
     pub top_peers: u64,
+    /// Export per-peer series (`peer="alice"`) at all. Off by default: the metrics
+    /// are readable by every user of the mount and every client of the listener,
+    /// and a peer's name says who has a peer.
+    pub peer_labels: bool,
 }
 
 impl Default for MetricsSettings {
@@ -208,6 +212,7 @@ impl Default for MetricsSettings {
             enabled: true,
             listen: None,
             top_peers: 20,
+            peer_labels: false,
         }
     }
 }
@@ -645,6 +650,7 @@ impl Effective {
         c.own_limits = s.limits.own.clone();
         c.metrics = s.metrics.enabled;
         c.metrics_top_peers = s.metrics.top_peers as usize;
+        c.metrics_peer_labels = s.metrics.peer_labels;
         c.joins_lattice = s.lattice.nats.is_some() || s.lattice.creds.is_some();
         Ok(c)
     }

@@ -559,7 +559,8 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
     let stem = peerfs::peer::name::script_stem(&name).to_string();
     let out = base.join("outbox").join(format!("{stem}.json"));
     let bytes = if let Place::Spool(_) = place {
-        match peerfs::watch::drop_and_wait(&base, &name, &src) {
+        let log = root.join(caller.unwrap_or(peer)).join("log");
+        match peerfs::watch::drop_and_wait(&base, &log, &name, &src) {
             Ok(b) => b,
             Err(e) => return fail(e.to_string()),
         }

@@ -1,7 +1,7 @@
 //! Metrics: `.peerfs/metrics` parsed by a Prometheus text parser (the
 //! `prometheus-parse` crate) with the values the runs must have produced; per-peer
-//! series bounded to the busiest peers; `--metrics-listen` serving the same over
-//! HTTP; `--log-format json`.
+//! series only when asked for (`metrics.peer_labels`) and bounded to the busiest
+//! peers; `--metrics-listen` serving the same over HTTP; `--log-format json`.
 
 mod common;
 
@@ -86,7 +86,10 @@ fn histogram_count(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[test]
 fn the_metrics_file_parses_and_counts_what_happened() {
-    let m = Mounted::new();
+    let m = Mounted::with(
+        |c| c.metrics_peer_labels = true,
+        peerfs::fuse::MountOptions::default(),
+    );
     m.add_peer("alice");
     m.add_peer("bob");
     m.add_peer("mallory");
@@ -181,6 +184,7 @@ fn per_peer_series_are_bounded_to_the_busiest() {
     let mut cfg = Config::new(d.path());
     cfg.workers = 2;
     cfg.metrics_top_peers = 3;
+    cfg.metrics_peer_labels = true;
     let c = Core::start(cfg).unwrap();
     for i in 0..8 {
         let name = format!("p{i}");
@@ -216,6 +220,7 @@ fn per_peer_series_are_bounded_to_the_busiest() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(d.path());
     cfg.metrics = false;
+    cfg.metrics_peer_labels = true;
     let c = Core::start(cfg).unwrap();
     c.create_peer("a", uid(), gid()).unwrap();
     c.run("a", "x.rhai", "1").unwrap();
@@ -259,7 +264,14 @@ fn the_http_listener_serves_the_same_metrics_and_logs_can_be_json() {
         &data,
         &mnt,
         &work,
-        &["--metrics-listen", &addr, "--log-format", "json"],
+        &[
+            "--metrics-listen",
+            &addr,
+            "--log-format",
+            "json",
+            "-o",
+            "metrics.peer_labels=true",
+        ],
     );
     d.add_peer("alice");
     d.run_ok("alice", "a.rhai", "1");
@@ -323,4 +335,166 @@ fn a_taken_metrics_address_stops_the_start_with_a_clear_message() {
         "{err}"
     );
     assert!(!is_mounted(&dir.path().join("mnt")));
+}
+
+/// Both surfaces are open to more than the peers' owners (every user of the mount,
+/// every client of the listener): by default they name no peer, and still count
+/// every run daemon-wide.
+#[test]
+fn by_default_neither_surface_names_a_peer() {
+    let (_dir, data, mnt, work) = dirs();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&data, &mnt, &work, &["--metrics-listen", &addr]);
+    d.add_peer("alice");
+    d.add_peer("bobbity");
+    d.run_ok("alice", "a.rhai", "1");
+    d.run_ok("bobbity", "b.rhai", "2");
+    let (status, _, body) = http_get(port, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let file = std::fs::read_to_string(d.p(".peerfs/metrics")).unwrap();
+    for text in [&body, &file] {
+        let s = parse(text);
+        assert_eq!(value(&s, "peerfs_runs_total", &[("status", "ok")]), 2.0);
+        assert_eq!(histogram_count(&s, "peerfs_run_duration_seconds", &[]), 2.0);
+        assert!(
+            !text.contains("alice") && !text.contains("bobbity"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("peer=") && !text.contains("peerfs_peer_"),
+            "{text}"
+        );
+    }
+}
+
+/// A daemon serving metrics on a free loopback port.
+fn listening() -> (tempfile::TempDir, Daemon, u16) {
+    let (dir, data, mnt, work) = dirs();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&data, &mnt, &work, &["--metrics-listen", &addr]);
+    (dir, d, port)
+}
+
+/// Whether a scrape on a fresh connection is answered 200 with the metrics.
+fn scrape_ok(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    if write!(s, "GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let resp = String::from_utf8_lossy(&resp);
+    resp.starts_with("HTTP/1.1 200 OK") && resp.contains("peerfs_runs_total")
+}
+
+/// The daemon's resident memory, from `/proc/PID/status`.
+fn rss_bytes_of(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+fn cut_off(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionReset | BrokenPipe | ConnectionAborted)
+}
+
+#[test]
+fn a_request_line_without_end_is_cut_off_and_memory_stays_bounded() {
+    let (_dir, d, port) = listening();
+    assert!(scrape_ok(port));
+    let before = rss_bytes_of(d.pid());
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(b"GET /").unwrap();
+    // 64 MiB of one request line, no newline, as fast as the daemon takes it.
+    let chunk = vec![b'a'; 1 << 20];
+    let mut refused = None;
+    for _ in 0..64 {
+        if let Err(e) = s.write_all(&chunk) {
+            refused = Some(e);
+            break;
+        }
+    }
+    let after = rss_bytes_of(d.pid());
+    match refused {
+        Some(e) => assert!(cut_off(&e), "the write failed, but not by a close: {e}"),
+        None => panic!("the daemon read a 64 MiB request line"),
+    }
+    assert!(
+        after < before + (32 << 20),
+        "resident memory grew from {before} to {after} bytes"
+    );
+    drop(s);
+    assert!(scrape_ok(port), "a scrape after is answered");
+}
+
+#[test]
+fn a_slow_client_does_not_hold_up_a_scrape_and_is_cut_off() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let (_dir, _d, port) = listening();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let slow = {
+        let sent = sent.clone();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // One byte every 2 s, for at most a minute: returns how it ended.
+        std::thread::spawn(move || {
+            for b in b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nX-Slow: "
+                .iter()
+                .cycle()
+                .take(30)
+            {
+                if let Err(e) = s.write_all(&[*b]) {
+                    return Some(e);
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_secs(2));
+            }
+            None
+        })
+    };
+    assert!(wait_until(Duration::from_secs(10), || sent
+        .load(Ordering::SeqCst)
+        >= 2));
+    assert!(
+        scrape_ok(port),
+        "a scrape is answered while the slow client sends"
+    );
+    assert!(!slow.is_finished(), "the slow client was still connected");
+    match slow.join().unwrap() {
+        Some(e) => assert!(cut_off(&e), "{e}"),
+        None => panic!("the slow client was never cut off"),
+    }
+    assert!(scrape_ok(port));
+}
+
+#[test]
+fn a_flood_of_connections_is_turned_away_and_scrapes_go_on() {
+    let (_dir, mut d, port) = listening();
+    // Held open, sending nothing, far more than the daemon serves at once.
+    let flood: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    // The excess is closed at once, the rest when their head is overdue: a scrape
+    // is answered while the flood's sockets are all still open.
+    assert!(
+        wait_until(Duration::from_secs(60), || scrape_ok(port)),
+        "no scrape answered while the flood held its connections"
+    );
+    let alive = d.child.as_mut().unwrap().try_wait().unwrap().is_none();
+    assert!(alive, "the daemon is still running");
+    let text = std::fs::read_to_string(d.p(".peerfs/metrics")).unwrap();
+    assert!(text.contains("peerfs_runs_total"));
+    drop(flood);
+    assert!(scrape_ok(port));
 }

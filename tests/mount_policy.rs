@@ -243,3 +243,44 @@ fn confused_deputy_and_chains_through_the_mount() {
         "bob"
     );
 }
+
+/// Rhai's own map, array and string methods are not state access: a caller bob
+/// lets only `run` may use them, while a state call is still refused before the
+/// run, also through a function pointer.
+#[test]
+fn values_methods_are_not_state_access_for_a_run_only_caller() {
+    let m = Mounted::new();
+    for p in ["alice", "bob"] {
+        m.add_peer(p);
+    }
+    m.run_ok("bob", "seed.rhai", r#"set("private", 2); 0"#);
+    std::fs::write(
+        m.p("bob/policy.cedar"),
+        r#"permit(principal == Peer::"alice", action == Action::"run", resource);"#,
+    )
+    .unwrap();
+    let r = m.run_in(
+        "alice/peers/bob",
+        "m.rhai",
+        r#"let m = #{a: 1, b: 2}; let a = [3, 4]; let s = "xy"; m.keys().len() + m.get("a") + a.get(0) + s.len()"#,
+    );
+    assert_eq!(
+        (r["status"].as_str(), r["value"].as_i64()),
+        (Some("ok"), Some(8)),
+        "{r}"
+    );
+    for (name, src, what) in [
+        ("k.rhai", r#"keys().len()"#, "keys()"),
+        ("p.rhai", r#""pri".keys()"#, "keys()"),
+        ("f.rhai", r#"Fn("get").call("private")"#, "get()"),
+    ] {
+        let r = m.run_in("alice/peers/bob", name, src);
+        assert_eq!(r["status"], "denied", "{src}: {r}");
+        let e = r["error"].as_str().unwrap();
+        assert!(
+            e.contains("before running") && e.contains(what),
+            "{src}: {r}"
+        );
+        assert!(!r.to_string().contains("private"), "{r}");
+    }
+}

@@ -82,8 +82,9 @@ fn a_plain_folder_driven_with_cp_mv_redirect_and_rm() {
     assert!(!a.join("outbox/.hidden.json").exists() && !a.join("outbox/edit.json").exists());
 
     // A script over the size limit can never run: set aside, reason in the log.
-    std::fs::write(a.join("inbox/huge.rhai"), vec![b' '; 2 << 20]).unwrap();
+    std::fs::write(a.join("inbox/huge.rhai"), vec![b' '; 17 << 20]).unwrap();
     assert!(log_has(&dir, "alice", "huge.rhai refused"));
+    assert!(log_has(&dir, "alice", "(limits.own.max_script_bytes)"));
     assert!(wait_until(T, || names(&a.join("inbox"))
         .contains(&"huge.rhai.refused~".to_string())));
     std::fs::remove_file(a.join("inbox/huge.rhai.refused~")).unwrap();
@@ -451,4 +452,74 @@ fn a_peer_of_another_user_closed_when_idle_serves_again() {
     spool.stop();
     core.shutdown();
     spool.finish();
+}
+
+/// `peerfs run` as a child, stopped (by pid) if it has not ended within a minute:
+/// a client that never notices a refusal fails the test instead of hanging it.
+fn run_bounded(args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_peerfs"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ended = wait_until(Duration::from_secs(60), || c.try_wait().unwrap().is_some());
+    if !ended {
+        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+    }
+    let out = c.wait_with_output().unwrap();
+    assert!(ended, "peerfs run {args:?} still waiting after a minute");
+    out
+}
+
+/// A script of `size` bytes (a comment, then `6 * 7`).
+fn padded(size: usize) -> Vec<u8> {
+    let mut v = b"// ".to_vec();
+    v.resize(size - 6, b'x');
+    v.extend_from_slice(b"\n6 * 7");
+    v
+}
+
+#[test]
+fn an_owners_script_gets_the_owners_size_limit_and_run_notices_a_refusal() {
+    let (t, _data, dir, mut d) = serving(&["alice", "bob"]);
+    let dir_s = dir.to_str().unwrap();
+    // 2 MiB: over others' limit (1 MiB), within the owner's (16 MiB).
+    let big = t.path().join("big.rhai");
+    std::fs::write(&big, padded(2 << 20)).unwrap();
+    std::fs::copy(&big, dir.join("alice/inbox/dropped.rhai")).unwrap();
+    let r = wait_json(&dir.join("alice/outbox/dropped.json"), T);
+    assert_eq!(
+        (r["status"].as_str(), r["value"].as_i64()),
+        (Some("ok"), Some(42)),
+        "{r}"
+    );
+    let big_s = big.to_str().unwrap();
+    let o = run_bounded(&["run", "alice", big_s, "--spool", dir_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "42");
+
+    // The same script sent to bob meets others' limit: refused, and run says so.
+    let o = run_bounded(&["run", "bob", big_s, "--as", "alice", "--spool", dir_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("refused big.rhai") && err.contains("limits.others.max_script_bytes"),
+        "{err}"
+    );
+    assert!(names(&dir.join("alice/peers/bob/inbox")).contains(&"big.rhai.refused~".into()));
+
+    // Over the owner's limit: refused as well, naming the owner's limit.
+    let huge = t.path().join("huge.rhai");
+    std::fs::write(&huge, padded(17 << 20)).unwrap();
+    let o = run_bounded(&["run", "alice", huge.to_str().unwrap(), "--spool", dir_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("refused huge.rhai") && err.contains("limits.own.max_script_bytes"),
+        "{err}"
+    );
+    d.stop();
 }

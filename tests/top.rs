@@ -55,7 +55,10 @@ fn row(screen: &str, peer: &str) -> Option<Vec<String>> {
 
 #[test]
 fn top_shows_peers_by_activity_and_quits_on_q() {
-    let m = Mounted::new();
+    let m = Mounted::with(
+        |c| c.metrics_peer_labels = true,
+        peerfs::fuse::MountOptions::default(),
+    );
     for p in ["alice", "bob", "mallory"] {
         m.add_peer(p);
     }
@@ -150,6 +153,43 @@ fn top_shows_peers_by_activity_and_quits_on_q() {
         "top did not quit on q:\n{}",
         t.screen()
     );
+}
+
+/// By default the metrics name no peer: top shows the daemon-wide line and says
+/// how to get the per-peer table.
+#[test]
+fn top_without_peer_labels_shows_the_daemon_wide_figures_and_says_why_no_peers() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.run_ok("alice", "a0.rhai", "1");
+    m.run_ok("alice", "a1.rhai", "1");
+    let t = Tmux::new("top-plain");
+    let cmd = format!("{BIN} top {}", q(&m.mnt));
+    let out = t.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "120",
+        "-y",
+        "30",
+        &cmd,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut screen = String::new();
+    let seen = wait_until(Duration::from_secs(15), || {
+        screen = t.screen();
+        screen.contains("runs 2 ") && screen.contains("metrics.peer_labels = true")
+    });
+    assert!(seen, "{screen}");
+    assert!(row(&screen, "alice").is_none(), "{screen}");
+    t.cmd(&["send-keys", "-t", "top", "q"]);
+    assert!(wait_until(Duration::from_secs(5), || !t.alive()));
 }
 
 #[test]

@@ -49,6 +49,10 @@ pub struct Config {
     /// (config `metrics.enabled`), and export the busiest `metrics_top_peers`.
     pub metrics: bool,
     pub metrics_top_peers: usize,
+    /// Export per-peer series (labelled with peer names) at all (config
+    /// `metrics.peer_labels`): the metrics are readable by every user of the mount
+    /// and every client of the listener, and peer names are who has a peer.
+    pub metrics_peer_labels: bool,
     /// Compiled scripts and modules cached at most.
     pub script_cache_entries: usize,
     /// The daemon joins a lattice once started (`lattice.nats` is set): until its
@@ -82,6 +86,7 @@ impl Config {
             result_wait: Duration::from_secs(120),
             metrics: true,
             metrics_top_peers: 20,
+            metrics_peer_labels: false,
             script_cache_entries: crate::script::cache::MAX_ENTRIES,
             joins_lattice: false,
         }

@@ -1,82 +1,124 @@
-//! `GET /metrics` over HTTP for a Prometheus server to scrape.
+//! `GET /metrics` over HTTP for a Prometheus server to scrape: hyper's HTTP/1
+//! server on a current-thread tokio runtime of its own thread, so a scrape never
+//! waits on the executor's threads or the lattice's runtime, nor they on it.
 //!
-//! A std listener rather than an HTTP crate: one read-only endpoint, requests of
-//! a few hundred bytes, one scrape every few seconds. An HTTP server crate would
-//! bring an async runtime or a thread pool for no gain here.
+//! Any uid on the machine can connect, so every connection is bounded: in size
+//! (a request head of at most [`MAX_HEAD_BYTES`]; the body is never read), in time
+//! (the head within [`HEAD_TIMEOUT`], the whole connection within
+//! [`CONNECTION_TIMEOUT`]) and in number ([`MAX_CONNECTIONS`] at once; one more is
+//! closed as soon as it is accepted). A client that sends a line without end, or
+//! a byte every few seconds, or opens hundreds of connections, is cut off, and
+//! the next scrape is answered.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::Semaphore;
+
 use crate::exec::Core;
+
+/// Connections served at once; a scrape every few seconds needs one.
+const MAX_CONNECTIONS: usize = 16;
+/// The most a request line and its headers may have (hyper's read buffer; its
+/// smallest is 8 KiB). A longer head is answered 431 and the connection closed.
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Longest a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection lasts, from accept to close, whatever it does.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Listens on `addr` and answers scrapes on a thread of its own until the
 /// process ends. Fails at once when the address cannot be bound.
 pub fn serve(core: Core, addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind(addr)?;
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
     let bound = l.local_addr()?;
-    if !bound.ip().is_loopback() {
-        tracing::warn!(%bound, "metrics are served beyond this machine: anyone who can reach the address sees peer names");
+    if !bound.ip().is_loopback() && core.config().metrics_peer_labels {
+        tracing::warn!(%bound, "metrics are served beyond this machine with metrics.peer_labels: anyone who can reach the address sees peer names");
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let l = {
+        let _in = rt.enter();
+        tokio::net::TcpListener::from_std(l)?
+    };
     std::thread::Builder::new()
         .name("peerfs-metrics".into())
-        .spawn(move || {
-            for s in l.incoming() {
-                match s {
-                    Ok(s) => {
-                        if let Err(e) = answer(&core, s) {
-                            tracing::debug!(error = %e, "metrics request failed");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "metrics listener: accept failed"),
-                }
-            }
-        })?;
+        .spawn(move || rt.block_on(accept(core, l)))?;
     tracing::info!(%bound, "serving metrics at http://{bound}/metrics");
     Ok(bound)
 }
 
-fn answer(core: &Core, mut s: TcpStream) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut line = String::new();
-    r.read_line(&mut line)?;
-    // The headers are not needed: read them to the blank line, within bounds.
-    let mut h = String::new();
-    for _ in 0..100 {
-        h.clear();
-        if r.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
-            break;
-        }
+async fn accept(core: Core, l: tokio::net::TcpListener) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (s, from) = match l.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, say: let connections end, do not spin.
+                tracing::warn!(error = %e, "metrics listener: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%from, "metrics listener: {MAX_CONNECTIONS} connections already, closed");
+            continue;
+        };
+        let core = core.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .keep_alive(false)
+                .serve_connection(
+                    TokioIo::new(s),
+                    hyper::service::service_fn(|req| {
+                        std::future::ready(Ok::<_, Infallible>(answer(&core, &req)))
+                    }),
+                );
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%from, error = %e, "metrics request failed"),
+                Err(_) => tracing::debug!(%from, "metrics connection took too long, closed"),
+            }
+        });
     }
-    let mut parts = line.split_whitespace();
-    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = path.split('?').next().unwrap_or("");
-    let (status, ctype, body) = match (method, path) {
-        ("GET", "/metrics") | ("HEAD", "/metrics") => (
-            "200 OK",
+}
+
+fn answer(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    let (status, ctype, body) = match (get, req.uri().path()) {
+        (true, "/metrics") => (
+            StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             super::text(core),
         ),
-        ("GET", _) | ("HEAD", _) => (
-            "404 Not Found",
+        (true, _) => (
+            StatusCode::NOT_FOUND,
             "text/plain",
             "peerfs serves only /metrics\n".to_string(),
         ),
-        _ => (
-            "405 Method Not Allowed",
+        (false, _) => (
+            StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "use GET /metrics\n".to_string(),
         ),
     };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    if method != "HEAD" {
-        s.write_all(body.as_bytes())?;
-    }
-    s.flush()
+    // hyper sends the length, and no body to a HEAD.
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r
 }

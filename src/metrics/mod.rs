@@ -7,9 +7,12 @@
 //! decisions, per-peer figures) the executor records as it happens
 //! (`crate::exec::metrics`), and this module reads at scrape time.
 //!
-//! Per-peer series are bounded: every peer's figures are kept (a few dozen bytes
-//! each), but only the `top_peers` busiest are exported, so ten thousand peers do
-//! not make ten thousand series.
+//! Per-peer series name peers, and both surfaces are open to more than the peers'
+//! owners (every user of the mount, every client of the listener), so they are
+//! exported only when the operator asks (`metrics.peer_labels`); the daemon-wide
+//! series carry no peer label. They are bounded too: every peer's figures are kept
+//! (a few dozen bytes each), but only the `top_peers` busiest are exported, so ten
+//! thousand peers do not make ten thousand series.
 
 mod http;
 
@@ -97,9 +100,11 @@ pub fn text(core: &Core) -> String {
         Unit::Bytes,
         g(rss_bytes()),
     );
-    let queue_of: HashMap<&str, u64> = open.iter().map(|p| (&*p.name, p.queued())).collect();
-    let peers = top_peers(m, |p| queue_of.get(p).copied().unwrap_or(0));
-    reg.register_collector(Box::new(peers));
+    if core.config().metrics_peer_labels {
+        let queue_of: HashMap<&str, u64> = open.iter().map(|p| (&*p.name, p.queued())).collect();
+        let peers = top_peers(m, |p| queue_of.get(p).copied().unwrap_or(0));
+        reg.register_collector(Box::new(peers));
+    }
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &reg);

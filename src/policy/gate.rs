@@ -8,9 +8,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use rhai::{ASTNode, Expr, Stmt, AST};
+use rhai::AST;
 use serde_json::Value;
 
+use super::calls::capabilities_used;
 use super::state::{PolicyState, Question};
 use super::{Action, Decision};
 use crate::error::Result;
@@ -221,38 +222,6 @@ fn action_of(cap: Capability) -> Action {
         Capability::Send => Action::Send,
         Capability::Import => Action::Import,
     }
-}
-
-/// The host calls a script can make, found by walking its AST.
-pub fn capabilities_used(ast: &AST) -> Vec<(Capability, &'static str)> {
-    let mut used: Vec<(Capability, &'static str)> = Vec::new();
-    let mut add = |c, f| {
-        if !used.iter().any(|(u, _)| *u == c) {
-            used.push((c, f));
-        }
-    };
-    ast.walk(&mut |nodes: &[ASTNode]| {
-        // Calls as statements, in expressions and as methods ("k".get()) all count.
-        let name = match nodes.last() {
-            Some(ASTNode::Expr(Expr::FnCall(f, _))) | Some(ASTNode::Stmt(Stmt::FnCall(f, _))) => {
-                Some(f.name.as_str())
-            }
-            Some(ASTNode::Expr(Expr::MethodCall(f, _))) => Some(f.name.as_str()),
-            Some(ASTNode::Stmt(Stmt::Import(..))) => Some("import"),
-            _ => None,
-        };
-        match name {
-            Some("get") => add(Capability::Read, "get"),
-            Some("keys") => add(Capability::Read, "keys"),
-            Some("set") => add(Capability::Write, "set"),
-            Some("remove") => add(Capability::Write, "remove"),
-            Some("send") => add(Capability::Send, "send"),
-            Some("import") => add(Capability::Import, "import"),
-            _ => {}
-        }
-        true
-    });
-    used
 }
 
 impl<P: Peers> Host for PolicyHost<P> {

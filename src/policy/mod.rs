@@ -70,6 +70,7 @@
 //! its memo of decisions, and `gate.rs` the policy at work for runs, host calls
 //! and reads of another peer's state.
 
+mod calls;
 mod decide;
 mod gate;
 mod groups;
@@ -79,7 +80,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use gate::{capabilities_used, owns, verdict, Peers, PolicyGate, PolicyHost, Verdict};
+pub use calls::capabilities_used;
+pub use gate::{owns, verdict, Peers, PolicyGate, PolicyHost, Verdict};
 pub use groups::{valid_name, Groups};
 pub use state::{PolicyState, Question};
 

@@ -3,7 +3,9 @@
 //! It reads only what the mount shows every user (`MOUNT/.peerfs/metrics`), once
 //! a second, so it needs no access to the daemon or its data: anyone who can read
 //! the mount can watch it. Peers are the ones the metrics export (the
-//! `metrics.top_peers` busiest), sorted by runs per second.
+//! `metrics.top_peers` busiest, and only with `metrics.peer_labels`: without it
+//! the metrics name no peer, and the view shows the daemon-wide line alone),
+//! sorted by runs per second.
 
 pub mod model;
 
@@ -131,10 +133,15 @@ fn draw(f: &mut Frame, mount: &Path, s: &Summary, rows: &[PeerRow], problem: Opt
         Constraint::Length(6),
         Constraint::Length(6),
     ];
+    let title = if rows.is_empty() {
+        " peers: none in the metrics (the daemon exports them with metrics.peer_labels = true) "
+    } else {
+        " peers, busiest first "
+    };
     f.render_widget(
         Table::new(body, widths)
             .header(header)
-            .block(Block::bordered().title(" peers, busiest first ")),
+            .block(Block::bordered().title(title)),
         table,
     );
     let foot_text = match problem {

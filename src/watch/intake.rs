@@ -297,7 +297,13 @@ impl Shared {
         let done = |_: ()| {
             self.inflight.lock().unwrap().remove(path);
         };
-        let max = self.core.config().limits.max_script_bytes;
+        // The owner's own limit for its own scripts, others' for the rest: the
+        // same as the mount and the submission itself (`check_script_size`).
+        let mine = crate::policy::owns(caller, target);
+        let (max, set) = (
+            self.core.base_limits(mine).max_script_bytes,
+            limit_set(mine),
+        );
         let own = owner_of(&self.core, caller);
         let t = match as_owner(own, || files::take(path, own.0, max)) {
             Ok(Ok(t)) => t,
@@ -321,8 +327,9 @@ impl Shared {
             }
             Ok(Err(files::Skip::TooBig(n))) => {
                 done(());
-                let why =
-                    format!("{n} bytes: the most a script may have is {max} (max_script_bytes)");
+                let why = format!(
+                    "{n} bytes: the most a script may have is {max} (limits.{set}.max_script_bytes)"
+                );
                 return self.refuse(caller, path, &why);
             }
             Err(e) => {
@@ -552,7 +559,8 @@ impl Shared {
         let Ok(p) = self.core.peer(peer) else { return };
         let cur = p.read(|s| s.module(m)).ok().flatten();
         let own = owner_of(&self.core, peer);
-        let max = self.core.config().limits.max_script_bytes;
+        // A module is written by its owner, as on the mount.
+        let max = self.core.base_limits(true).max_script_bytes;
         let op = match as_owner(own, || files::take(path, own.0, max)) {
             Ok(Ok(t)) if cur.as_deref() != Some(&t.data[..]) => {
                 Op::SetModule(m.to_string(), t.data)
@@ -578,5 +586,14 @@ impl Shared {
             viewer: viewer.to_string(),
             owner: Some(owner.to_string()),
         });
+    }
+}
+
+/// The name of a limit set in the config (`limits.own`, `limits.others`).
+fn limit_set(own: bool) -> &'static str {
+    if own {
+        "own"
+    } else {
+        "others"
     }
 }
