@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use peerfs::config::{DaemonArgs, Effective, FlagValue};
 use peerfs::exec::{Config, Core};
+use peerfs::lock::FolderLock;
 
 #[derive(Parser)]
 #[command(
@@ -72,7 +73,8 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
-    /// Create, list or remove peers in a data directory (while no daemon serves it).
+    /// Create, list or remove peers in a data directory (create and remove are
+    /// refused while a daemon serves it: use mkdir MOUNT/NAME there).
     Peer {
         #[command(subcommand)]
         cmd: PeerCmd,
@@ -211,9 +213,7 @@ fn main() -> ExitCode {
             match eff.core_config() {
                 Ok(cfg) => {
                     let m = &eff.settings.mount;
-                    let listen = eff.settings.metrics.listen;
-                    let lattice = eff.settings.lattice.options();
-                    serve(cfg, &mount, m.allow_other, m.force, listen, None, lattice)
+                    serve(cfg, &mount, m.allow_other, m.force, None, Start::of(&eff))
                 }
                 Err(e) => {
                     eprintln!("peerfs mount: {e}");
@@ -228,12 +228,7 @@ fn main() -> ExitCode {
             };
             peerfs::config::init_logging(&eff.settings.log);
             match eff.core_config() {
-                Ok(cfg) => serve_spool(
-                    cfg,
-                    &spool,
-                    eff.settings.metrics.listen,
-                    eff.settings.lattice.options(),
-                ),
+                Ok(cfg) => serve_spool(cfg, &spool, Start::of(&eff)),
                 Err(e) => {
                     eprintln!("peerfs serve: {e}");
                     return ExitCode::from(64);
@@ -319,7 +314,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("peerfs: {e}");
-            ExitCode::from(64)
+            if e.errno == peerfs::lock::HELD {
+                ExitCode::from(75)
+            } else {
+                ExitCode::from(64)
+            }
         }
     }
 }
@@ -392,14 +391,32 @@ fn signals() -> std::sync::mpsc::Receiver<i32> {
     rx
 }
 
+/// What a daemon starts with besides the executor's settings.
+struct Start {
+    metrics_listen: Option<std::net::SocketAddr>,
+    lattice: Option<peerfs::lattice::Options>,
+    /// The data folder's lock, when the caller took it already (the demo, which
+    /// prepares its peers first).
+    held: Option<FolderLock>,
+}
+
+impl Start {
+    fn of(eff: &Effective) -> Start {
+        Start {
+            metrics_listen: eff.settings.metrics.listen,
+            lattice: eff.settings.lattice.options(),
+            held: None,
+        }
+    }
+}
+
 fn serve(
     cfg: Config,
     mount: &Path,
     allow_other: bool,
     force: bool,
-    metrics_listen: Option<std::net::SocketAddr>,
     tour: Option<String>,
-    lattice: Option<peerfs::lattice::Options>,
+    start: Start,
 ) -> peerfs::Result<()> {
     let sig = signals();
     if is_stale(mount) {
@@ -421,7 +438,7 @@ fn serve(
             format!("{} is already mounted: unmount it first", mount.display()),
         ));
     }
-    let core = start_core(cfg, metrics_listen, lattice)?;
+    let (core, _lock) = start_core(cfg, start)?;
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
         allow_other,
@@ -471,20 +488,22 @@ fn serve(
 }
 
 /// Starts the executor on a private data folder, with the metrics listener if asked.
-fn start_core(
-    cfg: Config,
-    metrics_listen: Option<std::net::SocketAddr>,
-    lattice: Option<peerfs::lattice::Options>,
-) -> peerfs::Result<Core> {
-    peerfs::peer::private_dir(&cfg.data_dir)?;
+/// The data folder's lock (`held`, or taken here) is returned with the core: keep
+/// it until after [`Core::shutdown`], so that no other process opens the stores
+/// while they close.
+fn start_core(cfg: Config, start: Start) -> peerfs::Result<(Core, FolderLock)> {
+    let lock = match start.held {
+        Some(l) => l,
+        None => lock_data(&cfg.data_dir, "a daemon")?,
+    };
     let core = Core::start(cfg)?;
-    if let Some(o) = lattice {
+    if let Some(o) = start.lattice {
         if let Err(e) = peerfs::lattice::join(&core, o) {
             core.shutdown();
             return Err(e);
         }
     }
-    if let Some(addr) = metrics_listen {
+    if let Some(addr) = start.metrics_listen {
         if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
             core.shutdown();
             return Err(peerfs::Error::new(
@@ -493,18 +512,14 @@ fn start_core(
             ));
         }
     }
-    Ok(core)
+    Ok((core, lock))
 }
 
 /// Serves the spool folder until SIGINT or SIGTERM.
-fn serve_spool(
-    cfg: Config,
-    spool: &Path,
-    metrics_listen: Option<std::net::SocketAddr>,
-    lattice: Option<peerfs::lattice::Options>,
-) -> peerfs::Result<()> {
+fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     let sig = signals();
-    let core = start_core(cfg, metrics_listen, lattice)?;
+    let spool_lock = FolderLock::spool(spool, "a daemon")?;
+    let (core, _lock) = start_core(cfg, start)?;
     let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
         Ok(s) => s,
         Err(e) => {
@@ -519,6 +534,7 @@ fn serve_spool(
     sp.stop();
     core.shutdown();
     sp.finish();
+    drop(spool_lock);
     Ok(())
 }
 
@@ -672,10 +688,18 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
     }
 }
 
+/// Makes the data folder if missing and takes its lock (the daemon that serves
+/// it holds it: changing its peers behind the daemon's back makes ghosts).
+fn lock_data(data: &Path, who: &str) -> peerfs::Result<FolderLock> {
+    peerfs::peer::private_dir(data)?;
+    FolderLock::data(data, who)
+}
+
 fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
     use peerfs::peer::Registry;
     match cmd {
         PeerCmd::Create { name, data, uid } => {
+            let _lock = lock_data(&data, "peer create")?;
             let r = Registry::new(&data, None)?;
             let uid = uid.unwrap_or_else(|| unsafe { libc::getuid() });
             r.create(&name, uid, unsafe { libc::getgid() })?;
@@ -687,7 +711,9 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
             }
         }
         PeerCmd::Remove { name, data } => {
-            let p = Registry::new(&data, None)?.remove(&name)?;
+            let _lock = lock_data(&data, "peer remove")?;
+            let r = Registry::new(&data, None)?;
+            let p = r.remove(&name)?;
             println!("moved peer {name} to {}", p.display());
         }
     }
@@ -698,11 +724,18 @@ fn demo(dir: PathBuf) -> peerfs::Result<()> {
     let data = dir.join("data");
     let mnt = dir.join("mnt");
     peerfs::peer::private_dir(&data)?;
+    // Before the peers are prepared: another demo may be serving them.
+    let lock = FolderLock::data(&data, "the demo")?;
     peerfs::demo::prepare(&data)?;
     let tour = peerfs::demo::tour(&mnt);
     let mut cfg = Config::new(&data);
     cfg.idle_close = Duration::from_secs(60);
-    serve(cfg, &mnt, false, true, None, Some(tour), None)
+    let start = Start {
+        metrics_listen: None,
+        lattice: None,
+        held: Some(lock),
+    };
+    serve(cfg, &mnt, false, true, Some(tour), start)
 }
 
 /// `peerfs lattice init`: prints what it wrote and how to start the server.
