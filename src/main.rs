@@ -10,11 +10,54 @@ use peerfs::config::{DaemonArgs, Effective, FlagValue};
 use peerfs::exec::{Config, Core};
 use peerfs::lock::FolderLock;
 
+/// The exit status of every `peerfs` command: one table, in the help
+/// ([`EXIT_STATUS`]) and in docs/operating.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Ok = 0,
+    /// run: the script ended with an error; policy check: the file is refused.
+    Failed = 1,
+    /// run, policy explain: denied.
+    Denied = 2,
+    /// run: a limit ended the script.
+    Limit = 3,
+    /// run: no result (the daemon stopped before the script ended).
+    NoResult = 4,
+    /// A bad argument, flag or config value, or a start refused (sysexits' EX_USAGE).
+    Usage = 64,
+    /// A file, mount, spool or store could not be read or written (EX_IOERR).
+    Io = 74,
+    /// The data or spool folder is held by another peerfs process (EX_TEMPFAIL).
+    Busy = 75,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// [`Exit`] for people, at the end of `peerfs --help`.
+const EXIT_STATUS: &str = "\
+Exit status (every command):
+  0   done (run: the script ended ok; policy explain: allowed; mount, serve,
+      demo: stopped by an unmount or a signal)
+  1   run: the script ended with an error; policy check: the file is refused
+  2   run, policy explain: denied
+  3   run: a limit ended the script
+  4   run: no result (the daemon stopped before the script ended)
+  64  usage: a bad argument, flag or config value, or a start refused (a mount
+      path that does not exist, a metrics address in use, ...)
+  74  a file, mount, spool or store could not be read or written
+  75  the data or spool folder is held by another peerfs process (its pid is
+      named): try again once it has stopped";
+
 #[derive(Parser)]
 #[command(
     name = "peerfs",
     version,
-    about = "Every peer a directory: data, logic and policy in one SQLite file, scripts in by cp, results out by cat"
+    about = "Every peer a directory: data, logic and policy in one SQLite file, scripts in by cp, results out by cat",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -55,7 +98,7 @@ enum Cmd {
         cmd: ConfigCmd,
     },
     /// Drop a script into PEER's inbox through the mount, wait, print its value as JSON.
-    /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 interrupted, 64 usage or I/O problem.
+    /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 no result, 64 usage, 74 I/O.
     Run {
         peer: String,
         /// The script file, or - for standard input.
@@ -184,7 +227,20 @@ enum PeerCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The parser's own errors exit 2 by default, which is "denied" here.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version print to stdout and are no error.
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
+        }
+    };
     let r = match cli.cmd {
         Cmd::Mount {
             mount,
@@ -217,7 +273,7 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("peerfs mount: {e}");
-                    return ExitCode::from(64);
+                    return Exit::Usage.into();
                 }
             }
         }
@@ -231,7 +287,7 @@ fn main() -> ExitCode {
                 Ok(cfg) => serve_spool(cfg, &spool, Start::of(&eff)),
                 Err(e) => {
                     eprintln!("peerfs serve: {e}");
-                    return ExitCode::from(64);
+                    return Exit::Usage.into();
                 }
             }
         }
@@ -251,7 +307,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("peerfs top: {e}");
-                    ExitCode::from(64)
+                    Exit::Usage.into()
                 }
             };
         }
@@ -315,9 +371,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("peerfs: {e}");
             if e.errno == peerfs::lock::HELD {
-                ExitCode::from(75)
+                Exit::Busy.into()
             } else {
-                ExitCode::from(64)
+                Exit::Usage.into()
             }
         }
     }
@@ -328,7 +384,7 @@ fn main() -> ExitCode {
 fn load_config(daemon: &DaemonArgs, extra: Vec<FlagValue>) -> Result<Effective, ExitCode> {
     let fail = |e: String| {
         eprintln!("peerfs: {e}");
-        ExitCode::from(64)
+        ExitCode::from(Exit::Usage)
     };
     let mut flags = daemon.flags().map_err(fail)?;
     flags.extend(extra);
@@ -547,7 +603,7 @@ enum Place {
 fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("peerfs run: {msg}");
-        ExitCode::from(64)
+        ExitCode::from(Exit::Io)
     };
     let (src, name) = if file == "-" {
         let mut s = Vec::new();
@@ -609,25 +665,25 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
         }
     }
     ExitCode::from(match status {
-        "ok" => 0,
-        "error" => 1,
-        "denied" => 2,
-        "limit" => 3,
-        _ => 4,
+        "ok" => Exit::Ok,
+        "error" => Exit::Failed,
+        "denied" => Exit::Denied,
+        "limit" => Exit::Limit,
+        _ => Exit::NoResult,
     })
 }
 
 fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
     use peerfs::policy::{Action, Groups, Policy};
-    let fail = |m: String| {
+    let fail = |code: Exit, m: String| {
         eprintln!("peerfs policy: {m}");
-        ExitCode::from(1)
+        ExitCode::from(code)
     };
     match cmd {
         PolicyCmd::Check { file, groups } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
-                Err(e) => return fail(format!("{}: {e}", file.display())),
+                Err(e) => return fail(Exit::Io, format!("{}: {e}", file.display())),
             };
             match Policy::parse(&text) {
                 Ok(p) => {
@@ -636,15 +692,15 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
                     }
                     println!("{}: ok ({} policies)", file.display(), p.len());
                 }
-                Err(e) => return fail(format!("{}: {e}", file.display())),
+                Err(e) => return fail(Exit::Failed, format!("{}: {e}", file.display())),
             }
             if let Some(g) = groups {
                 let text = match std::fs::read_to_string(&g) {
                     Ok(t) => t,
-                    Err(e) => return fail(format!("{}: {e}", g.display())),
+                    Err(e) => return fail(Exit::Io, format!("{}: {e}", g.display())),
                 };
                 if let Err(e) = Groups::parse(&text) {
-                    return fail(format!("{}: {e}", g.display()));
+                    return fail(Exit::Failed, format!("{}: {e}", g.display()));
                 }
                 println!("{}: ok", g.display());
             }
@@ -657,33 +713,40 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
             action,
             object,
         } => {
+            // Explaining is not running: its errors are usage (64) or I/O (74),
+            // never a script's error (1).
             let Some(action) = Action::parse(&action) else {
-                return fail(format!(
-                    "unknown action {action:?}: use run, read, write, send or import"
-                ));
+                return fail(
+                    Exit::Usage,
+                    format!("unknown action {action:?}: use run, read, write, send or import"),
+                );
             };
+            if !data.join("peers").is_dir() {
+                let m = format!(
+                    "{} is not a peerfs data folder (no peers/ in it): check --data",
+                    data.display()
+                );
+                return fail(Exit::Usage, m);
+            }
             let reg = match peerfs::peer::Registry::new(&data, None) {
                 Ok(r) => r,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Exit::Io, e.to_string()),
             };
             if !reg.exists(&peer) {
-                return fail(format!("no peer named {peer:?} in {}", data.display()));
+                let m = format!("no peer named {peer:?} in {}", data.display());
+                return fail(Exit::Usage, m);
             }
             let mut st = match peerfs::store::SqliteStore::open_reader(&reg.path_of(&peer)) {
                 Ok(s) => s,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Exit::Io, e.to_string()),
             };
             let obj = object.unwrap_or_default();
             let d = match peerfs::policy::verdict(&mut st, &caller, &peer, action, &obj) {
                 Ok(d) => d,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Exit::Io, e.to_string()),
             };
             println!("{}", d.explain());
-            if d.allowed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
+            ExitCode::from(if d.allowed() { Exit::Ok } else { Exit::Denied })
         }
     }
 }

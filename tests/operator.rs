@@ -148,3 +148,103 @@ fn a_second_demo_on_the_same_folder_is_refused() {
     assert_eq!(d.wait(T).code(), Some(0));
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn usage_errors_exit_64_everywhere_and_help_and_version_exit_0() {
+    let t = tempfile::tempdir().unwrap();
+    let s = |a: &str| a.to_string();
+    // Each is refused by the argument parser (clap's own status would be 2,
+    // which is "denied" here).
+    let cases: Vec<Vec<String>> = vec![
+        vec![],
+        vec![s("--no-such-flag")],
+        vec![s("serve")],
+        vec![s("top")],
+        vec![s("mount")],
+        vec![
+            s("run"),
+            s("alice"),
+            s("-"),
+            s("--mount"),
+            s("m"),
+            s("--spool"),
+            s("s"),
+        ],
+        vec![s("peer"), s("create"), s("carol")],
+        vec![
+            s("mount"),
+            t.path().display().to_string(),
+            s("--workers"),
+            s("many"),
+        ],
+    ];
+    for args in &cases {
+        let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        let o = peerfs(&a);
+        assert_eq!(o.status.code(), Some(64), "peerfs {args:?}: {}", text(&o));
+        assert!(!text(&o).is_empty(), "peerfs {args:?} said nothing");
+    }
+    let o = peerfs(&["--help".as_ref()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for line in [
+        "64  usage",
+        "75  the data or spool folder",
+        "2   run, policy explain: denied",
+    ] {
+        assert!(help.contains(line), "--help lacks {line:?}:\n{help}");
+    }
+    let o = peerfs(&["--version".as_ref()]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("peerfs "));
+    let o = peerfs(&["run".as_ref(), "--help".as_ref()]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn policy_explain_and_check_errors_are_not_a_scripts_error() {
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    let d = data.as_os_str();
+    let o = peerfs(&[
+        "peer".as_ref(),
+        "create".as_ref(),
+        "alice".as_ref(),
+        "--data".as_ref(),
+        d,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let explain = |args: &[&str], data: &OsStr| {
+        let mut a: Vec<&OsStr> = vec![
+            "policy".as_ref(),
+            "explain".as_ref(),
+            "--data".as_ref(),
+            data,
+        ];
+        a.extend(args.iter().map(OsStr::new));
+        peerfs(&a)
+    };
+    // Denied by the default policy: 2, with the reason on stdout.
+    let o = explain(&["alice", "bob", "run", "x.rhai"], d);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!o.stdout.is_empty());
+    // Errors of the explaining itself: usage, never 1 (a script's error).
+    let o = explain(&["alice", "bob", "fly"], d);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("fly"), "{}", text(&o));
+    let o = explain(&["carol", "bob", "run"], d);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains("carol"), "{}", text(&o));
+    let missing = t.path().join("nothing-here");
+    let o = explain(&["alice", "bob", "run"], missing.as_os_str());
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(!missing.exists(), "explain made {}", missing.display());
+
+    // policy check: a refused file is 1, an unreadable one 74.
+    let bad = t.path().join("bad.cedar");
+    std::fs::write(&bad, "permit(principal, action, resource").unwrap();
+    let o = peerfs(&["policy".as_ref(), "check".as_ref(), bad.as_os_str()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let o = peerfs(&["policy".as_ref(), "check".as_ref(), missing.as_os_str()]);
+    assert_eq!(o.status.code(), Some(74), "{}", text(&o));
+}
