@@ -66,7 +66,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT or SIGTERM.
+    /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT, SIGTERM or SIGHUP.
     Mount {
         mount: PathBuf,
         #[command(flatten)]
@@ -79,7 +79,7 @@ enum Cmd {
         force: bool,
     },
     /// Serve DATA's peers as plain folders under DIR (spool mode, no FUSE needed)
-    /// until SIGINT or SIGTERM.
+    /// until SIGINT, SIGTERM or SIGHUP.
     Serve {
         #[arg(long)]
         spool: PathBuf,
@@ -427,7 +427,9 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(&*canon.to_string_lossy()))
 }
 
-/// Blocks SIGINT and SIGTERM in every thread and returns a receiver of them.
+/// Blocks SIGINT, SIGTERM and SIGHUP (a closed terminal) in every thread and
+/// returns a receiver of them: each stops the daemon cleanly. SIGPIPE needs
+/// nothing: Rust ignores it, so a write to a closed pipe is an error, not a death.
 fn signals() -> std::sync::mpsc::Receiver<i32> {
     let (tx, rx) = std::sync::mpsc::channel();
     unsafe {
@@ -435,6 +437,7 @@ fn signals() -> std::sync::mpsc::Receiver<i32> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         let set2 = set;
         std::thread::spawn(move || loop {
@@ -509,7 +512,10 @@ fn serve(
     };
     tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
     if let Some(t) = tour {
-        print!("{t}");
+        // Not print!, which panics when stdout is closed (`peerfs demo | head`).
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(t.as_bytes()).and_then(|()| out.flush());
     }
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let signalled = done_tx.clone();
@@ -571,7 +577,7 @@ fn start_core(cfg: Config, start: Start) -> peerfs::Result<(Core, FolderLock)> {
     Ok((core, lock))
 }
 
-/// Serves the spool folder until SIGINT or SIGTERM.
+/// Serves the spool folder until SIGINT, SIGTERM or SIGHUP.
 fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     let sig = signals();
     let spool_lock = FolderLock::spool(spool, "a daemon")?;

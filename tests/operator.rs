@@ -6,6 +6,7 @@ mod common;
 mod spool_support;
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -247,4 +248,116 @@ fn policy_explain_and_check_errors_are_not_a_scripts_error() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let o = peerfs(&["policy".as_ref(), "check".as_ref(), missing.as_os_str()]);
     assert_eq!(o.status.code(), Some(74), "{}", text(&o));
+}
+
+/// `peerfs ARGS` with stdout and stderr into one pipe; returns the child and the
+/// pipe's read end (drop it to close the pipe, as when `| tee` is interrupted).
+fn spawn_into_pipe(args: &[&OsStr]) -> (std::process::Child, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (r, w) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    };
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "peerfs=info")
+        .stdin(Stdio::null())
+        .stdout(w.try_clone().unwrap())
+        .stderr(w)
+        .spawn()
+        .unwrap();
+    (child, r)
+}
+
+/// Every `-wal` and `-shm` file under `dir`.
+fn wal_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let n = e.file_name().to_string_lossy().into_owned();
+            if p.is_dir() {
+                todo.push(p);
+            } else if n.ends_with("-wal") || n.ends_with("-shm") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// A mount whose output went to a pipe that is now closed: each signal stops it
+/// cleanly, exit 0, stores closed (no -wal, no -shm), mount gone.
+#[test]
+fn every_signal_stops_a_daemon_whose_output_pipe_is_closed_cleanly() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let (_dir, data, mnt, work) = dirs();
+        let args = [
+            "mount".as_ref(),
+            mnt.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ];
+        let (mut child, reader) = spawn_into_pipe(&args);
+        let pid = child.id() as i32;
+        assert!(
+            wait_until(T, || std::fs::read(mnt.join(".peerfs/version")).is_ok()),
+            "the mount did not come up (signal {sig})"
+        );
+        // The reader goes, as `tee` does on Ctrl-C.
+        drop(reader);
+        let m = Guard(&mnt);
+        std::fs::create_dir(mnt.join("alice")).unwrap();
+        std::fs::write(mnt.join("alice/inbox/a.rhai"), "set(\"x\", 1); 1").unwrap();
+        let r = std::fs::read_to_string(mnt.join("alice/outbox/a.json")).unwrap();
+        assert!(r.contains("\"ok\""), "{r}");
+        // A refusal logs a warning: written into the closed pipe.
+        assert!(std::fs::create_dir(mnt.join("a b")).is_err());
+        assert!(data.join("peers/alice.sqlite").exists());
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+        let st = wait_exit(&mut child);
+        assert_eq!(st.code(), Some(0), "signal {sig}: {st}");
+        assert!(!is_mounted(&mnt), "signal {sig}: still mounted");
+        assert_eq!(
+            wal_files(&data),
+            Vec::<std::path::PathBuf>::new(),
+            "signal {sig}"
+        );
+        drop(m);
+        let _ = work;
+    }
+}
+
+/// Waits up to `T` for `child` to exit; kills it (by its pid) past that.
+fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let mut st = None;
+    wait_until(T, || {
+        st = child.try_wait().unwrap();
+        st.is_some()
+    });
+    st.unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("peerfs did not exit within {T:?}");
+    })
+}
+
+/// Unmounts what a test mounted through a child it manages itself.
+struct Guard<'a>(&'a Path);
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if is_mounted(self.0) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(self.0)
+                .status();
+        }
+    }
 }
