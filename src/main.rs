@@ -467,6 +467,61 @@ impl Start {
             held: None,
         }
     }
+
+    /// What can be checked before anything is made, so that a refused start
+    /// creates nothing: the data folder is a folder (or missing), the metrics
+    /// address can be bound.
+    fn check(&self, data: &Path) -> peerfs::Result<()> {
+        check_data_path(data)?;
+        if let Some(addr) = self.metrics_listen {
+            // Bound again by the metrics listener at the end of the start (std
+            // sets SO_REUSEADDR, so the port is free again at once).
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                return Err(peerfs::Error::new(
+                    libc::EADDRINUSE,
+                    format!("metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `--data` names a folder, or nothing yet (then it is made).
+fn check_data_path(data: &Path) -> peerfs::Result<()> {
+    match std::fs::metadata(data) {
+        Ok(md) if !md.is_dir() => Err(peerfs::Error::new(
+            libc::ENOTDIR,
+            format!(
+                "--data {} is a file: name the data folder (it is made if missing)",
+                data.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A folder that a start may make (the data or spool folder): removed again if
+/// the start fails, so that a refused start leaves nothing behind; kept once the
+/// daemon serves. A folder that existed before is never touched.
+struct Fresh(Option<PathBuf>);
+
+impl Fresh {
+    fn new(dir: &Path) -> Fresh {
+        Fresh((!dir.exists()).then(|| dir.to_path_buf()))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
 }
 
 fn serve(
@@ -478,6 +533,7 @@ fn serve(
     start: Start,
 ) -> peerfs::Result<()> {
     let sig = signals();
+    start.check(&cfg.data_dir)?;
     if is_stale(mount) {
         if !force {
             return Err(peerfs::Error::new(
@@ -490,13 +546,35 @@ fn serve(
         tracing::warn!(mount = %mount.display(), "cleaning up a stale mount (--force)");
         unmount(mount);
     }
-    std::fs::create_dir_all(mount)?;
+    // Never made here: a typo would mount over a new folder nobody looks at.
+    if !mount.is_dir() {
+        return Err(peerfs::Error::new(
+            libc::ENOENT,
+            format!(
+                "mount path {} is not a folder: make it first (mkdir -p {})",
+                mount.display(),
+                mount.display()
+            ),
+        ));
+    }
     if is_mounted(mount) {
         return Err(peerfs::Error::new(
             libc::EBUSY,
             format!("{} is already mounted: unmount it first", mount.display()),
         ));
     }
+    if let Some(n) = std::fs::read_dir(mount)
+        .ok()
+        .map(|d| d.count())
+        .filter(|n| *n > 0)
+    {
+        tracing::warn!(
+            mount = %mount.display(),
+            entries = n,
+            "the mount folder is not empty: what is in it stays hidden until the unmount"
+        );
+    }
+    let fresh = Fresh::new(&cfg.data_dir);
     let (core, _lock) = start_core(cfg, start)?;
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
@@ -510,6 +588,7 @@ fn serve(
             return Err(e);
         }
     };
+    fresh.keep();
     tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
     if let Some(t) = tour {
         // Not print!, which panics when stdout is closed (`peerfs demo | head`).
@@ -580,6 +659,8 @@ fn start_core(cfg: Config, start: Start) -> peerfs::Result<(Core, FolderLock)> {
 /// Serves the spool folder until SIGINT, SIGTERM or SIGHUP.
 fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     let sig = signals();
+    start.check(&cfg.data_dir)?;
+    let fresh = (Fresh::new(spool), Fresh::new(&cfg.data_dir));
     let spool_lock = FolderLock::spool(spool, "a daemon")?;
     let (core, _lock) = start_core(cfg, start)?;
     let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
@@ -589,6 +670,8 @@ fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
             return Err(e);
         }
     };
+    fresh.0.keep();
+    fresh.1.keep();
     tracing::info!(spool = %spool.display(), data = %core.config().data_dir.display(), "peerfs serving the spool");
     if let Ok(s) = sig.recv() {
         tracing::info!(signal = s, "stopping");
@@ -760,6 +843,7 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
 /// Makes the data folder if missing and takes its lock (the daemon that serves
 /// it holds it: changing its peers behind the daemon's back makes ghosts).
 fn lock_data(data: &Path, who: &str) -> peerfs::Result<FolderLock> {
+    check_data_path(data)?;
     peerfs::peer::private_dir(data)?;
     FolderLock::data(data, who)
 }
@@ -793,6 +877,7 @@ fn demo(dir: PathBuf) -> peerfs::Result<()> {
     let data = dir.join("data");
     let mnt = dir.join("mnt");
     peerfs::peer::private_dir(&data)?;
+    std::fs::create_dir_all(&mnt)?;
     // Before the peers are prepared: another demo may be serving them.
     let lock = FolderLock::data(&data, "the demo")?;
     peerfs::demo::prepare(&data)?;

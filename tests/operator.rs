@@ -361,3 +361,115 @@ impl Drop for Guard<'_> {
         }
     }
 }
+
+#[test]
+fn a_mount_path_that_does_not_exist_is_refused_and_nothing_is_made() {
+    let t = tempfile::tempdir().unwrap();
+    let (mnt, data) = (t.path().join("typo"), t.path().join("data"));
+    let o = peerfs(&[
+        "mount".as_ref(),
+        mnt.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        text(&o).contains(&mnt.display().to_string()),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("mkdir -p"), "{}", text(&o));
+    assert!(!mnt.exists(), "the mount path was made");
+    assert!(!data.exists(), "the data folder was made");
+}
+
+#[test]
+fn a_refused_start_makes_no_data_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let (mnt, data) = (t.path().join("mnt"), t.path().join("data"));
+    std::fs::create_dir(&mnt).unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let o = peerfs(&[
+        "mount".as_ref(),
+        mnt.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--metrics-listen".as_ref(),
+        addr.as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(text(&o).contains(&addr), "{}", text(&o));
+    assert!(!is_mounted(&mnt));
+    assert!(!data.exists(), "a refused start made the data folder");
+    // The same in spool mode: neither the spool nor the data folder.
+    let spool = t.path().join("spool");
+    let o = peerfs(&[
+        "serve".as_ref(),
+        "--spool".as_ref(),
+        spool.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--metrics-listen".as_ref(),
+        addr.as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        !spool.exists() && !data.exists(),
+        "a refused serve made folders"
+    );
+}
+
+#[test]
+fn data_naming_a_file_says_so() {
+    let t = tempfile::tempdir().unwrap();
+    let (mnt, file) = (t.path().join("mnt"), t.path().join("notes.txt"));
+    std::fs::create_dir(&mnt).unwrap();
+    std::fs::write(&file, "x").unwrap();
+    let f = file.as_os_str();
+    let spool = t.path().join("spool");
+    for args in [
+        vec!["mount".as_ref(), mnt.as_os_str(), "--data".as_ref(), f],
+        vec![
+            "serve".as_ref(),
+            "--spool".as_ref(),
+            spool.as_os_str(),
+            "--data".as_ref(),
+            f,
+        ],
+        vec![
+            "peer".as_ref(),
+            "create".as_ref(),
+            "alice".as_ref(),
+            "--data".as_ref(),
+            f,
+        ],
+    ] {
+        let o = peerfs(&args);
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+        let err = text(&o);
+        assert!(
+            err.contains("is a file") && err.contains("notes.txt"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("os error"), "{args:?}: {err}");
+    }
+    assert!(!is_mounted(&mnt));
+    assert!(!spool.exists());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+}
+
+#[test]
+fn a_mount_over_a_non_empty_folder_is_warned_about() {
+    let (_dir, data, mnt, work) = dirs();
+    std::fs::write(mnt.join("forgotten.txt"), "hidden by the mount").unwrap();
+    let mut d = Daemon::start(&data, &mnt, &work, &[]);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait(T).code(), Some(0));
+    let log = d.log_text();
+    assert!(log.contains("WARN") && log.contains("not empty"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("forgotten.txt")).unwrap(),
+        "hidden by the mount"
+    );
+}
