@@ -473,3 +473,44 @@ fn a_mount_over_a_non_empty_folder_is_warned_about() {
         "hidden by the mount"
     );
 }
+
+/// docs/spool.md: peer folders are 0700, also one made by its owner's `mkdir`
+/// (which gets the umask's 0755): another local user cannot look in.
+#[test]
+fn a_spool_peer_folder_made_by_a_users_mkdir_becomes_0700() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test needs root (runuser)"
+    );
+    let t = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = t.path().join("spool");
+    let d = SpoolDaemon::start(&t.path().join("data"), &spool, t.path());
+    // DIR lets its users make peers (docs/spool.md).
+    std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let carol = spool.join("carol");
+    sh_ok(&format!(
+        "umask 022; runuser -u nobody -- mkdir {}",
+        q(&carol)
+    ));
+    assert!(
+        wait_until(T, || carol.join("peers").is_dir()),
+        "carol was not laid out: {}",
+        d.log_text()
+    );
+    let md = std::fs::metadata(&carol).unwrap();
+    assert_eq!(md.uid(), 65534);
+    assert_eq!(
+        md.mode() & 0o777,
+        0o700,
+        "carol's folder is {:o}",
+        md.mode() & 0o777
+    );
+    // Another user cannot list it.
+    let o = sh(&format!("runuser -u daemon -- ls {}", q(&carol)));
+    assert!(!o.status.success(), "another user listed carol's folder");
+    // carol can use it.
+    sh_ok(&format!("runuser -u nobody -- ls {}/inbox", q(&carol)));
+}
