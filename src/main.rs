@@ -103,8 +103,8 @@ enum Cmd {
         peer: String,
         /// The script file, or - for standard input.
         file: String,
-        /// The mount (default: $PEERFS_MOUNT).
-        #[arg(long, env = "PEERFS_MOUNT", required_unless_present = "spool")]
+        /// The mount (default: $PEERFS_MOUNT, else the only peerfs mount there is).
+        #[arg(long, env = "PEERFS_MOUNT")]
         mount: Option<PathBuf>,
         /// A spool folder served by `peerfs serve` instead of a mount (default: $PEERFS_SPOOL).
         #[arg(long, env = "PEERFS_SPOOL", conflicts_with = "mount")]
@@ -325,7 +325,13 @@ fn main() -> ExitCode {
                     let place = match (spool, mount) {
                         (Some(s), _) => Place::Spool(s),
                         (None, Some(m)) => Place::Mount(m),
-                        (None, None) => unreachable!("clap requires --mount or --spool"),
+                        (None, None) => match only_mount() {
+                            Ok(m) => Place::Mount(m),
+                            Err(e) => {
+                                eprintln!("peerfs run: {e}");
+                                return Exit::Usage.into();
+                            }
+                        },
                     };
                     return run(&peer, &file, &place, caller.as_deref(), full);
                 }
@@ -590,12 +596,14 @@ fn serve(
     };
     fresh.keep();
     tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
-    if let Some(t) = tour {
-        // Not print!, which panics when stdout is closed (`peerfs demo | head`).
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(t.as_bytes()).and_then(|()| out.flush());
-    }
+    say(&tour.unwrap_or_else(|| {
+        format!(
+            "peerfs: ready: {} serves the peers of {}; stop with Ctrl-C or fusermount3 -u {}\n",
+            mount.display(),
+            core.config().data_dir.display(),
+            mount.display()
+        )
+    }));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let signalled = done_tx.clone();
     let joiner = std::thread::spawn(move || {
@@ -626,6 +634,14 @@ fn serve(
     tracing::info!("unmounted; finishing the runs in flight and closing the stores");
     core.shutdown();
     r
+}
+
+/// A daemon's own words on stdout, once it serves (the demo's tour, a ready
+/// line): not print!, which panics when stdout is closed (`peerfs demo | head`).
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
 
 /// Starts the executor on a private data folder, with the metrics listener if asked.
@@ -673,6 +689,11 @@ fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     fresh.0.keep();
     fresh.1.keep();
     tracing::info!(spool = %spool.display(), data = %core.config().data_dir.display(), "peerfs serving the spool");
+    say(&format!(
+        "peerfs: ready: {} serves the peers of {} as plain folders; stop with Ctrl-C\n",
+        spool.display(),
+        core.config().data_dir.display()
+    ));
     if let Ok(s) = sig.recv() {
         tracing::info!(signal = s, "stopping");
     }
@@ -681,6 +702,29 @@ fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     sp.finish();
     drop(spool_lock);
     Ok(())
+}
+
+/// The one peerfs mount of this mount namespace, for `peerfs run` without
+/// `--mount`; with none or several, a message saying how to name one.
+fn only_mount() -> Result<PathBuf, String> {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let found = peerfs::fuse::mounts_in(&table);
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(
+            "no peerfs mount found: name one with --mount MOUNT (or PEERFS_MOUNT), \
+             or a spool folder with --spool DIR"
+                .into(),
+        ),
+        many => Err(format!(
+            "{} peerfs mounts ({}): name one with --mount MOUNT (or PEERFS_MOUNT)",
+            many.len(),
+            many.iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// Where `peerfs run` drops its script.

@@ -514,3 +514,124 @@ fn a_spool_peer_folder_made_by_a_users_mkdir_becomes_0700() {
     // carol can use it.
     sh_ok(&format!("runuser -u nobody -- ls {}/inbox", q(&carol)));
 }
+
+/// A plain `mount` says on stdout when it serves: the line comes once the mount
+/// is up (a script can wait for it), and start-up logs no line per peer.
+#[test]
+fn a_mount_prints_a_ready_line_once_it_serves_and_starts_quietly() {
+    use std::io::BufRead;
+    let (_dir, data, mnt, work) = dirs();
+    // Two peers from before, made by the peer command.
+    for p in ["alice", "bob"] {
+        let o = peerfs(&[
+            "peer".as_ref(),
+            "create".as_ref(),
+            p.as_ref(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let log = work.join("daemon.log");
+    let mut child = Command::new(BIN)
+        .args([
+            "mount".as_ref(),
+            mnt.as_os_str(),
+            "--data".as_ref(),
+            data.as_os_str(),
+        ])
+        .env("RUST_LOG", "peerfs=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _g = Guard(&mnt);
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains("ready") && line.contains(&mnt.display().to_string()),
+        "{line:?}"
+    );
+    // Up when it says so: no waiting needed.
+    assert!(is_mounted(&mnt));
+    std::fs::create_dir(mnt.join("carol")).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap().count(),
+        4,
+        ".peerfs, alice, bob, carol"
+    );
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert_eq!(wait_exit(&mut child).code(), Some(0));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("vacuum"), "a line per peer at start:\n{log}");
+    // The stores were made with incremental vacuum from the start.
+    for p in ["alice", "carol"] {
+        let c = rusqlite::Connection::open(data.join(format!("peers/{p}.sqlite"))).unwrap();
+        let v: i64 = c.query_row("PRAGMA auto_vacuum", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, 2, "{p}");
+    }
+}
+
+/// `peerfs run` without --mount uses the only peerfs mount; with none or two it
+/// says how to name one. Run in a mount namespace of its own, where the mounts
+/// of other tests (and other users) are lazily unmounted first.
+#[test]
+fn run_finds_the_only_mount() {
+    require_fuse();
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| q(&t.path().join(n));
+    std::fs::write(t.path().join("job.rhai"), "40 + 2").unwrap();
+    for d in ["m1", "m2"] {
+        std::fs::create_dir(t.path().join(d)).unwrap();
+    }
+    let script = format!(
+        r#"set -u
+ms=$(cat /proc/self/mounts)
+echo "$ms" | while read -r dev mp fs rest; do [ "$fs" = fuse.peerfs ] && umount -l "$mp"; done
+pids=""
+trap 'for x in $pids; do kill -TERM $x; done; wait' EXIT
+up() {{ i=0; until [ -e "$1/.peerfs/version" ] || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done; }}
+{bin} run alice {job} >/dev/null 2>{err0}; echo "none=$?"
+{bin} mount {m1} --data {d1} >/dev/null 2>&1 & pids="$pids $!"
+up {m1}
+mkdir {m1}/alice
+{bin} run alice {job}; echo "one=$?"
+{bin} mount {m2} --data {d2} >/dev/null 2>&1 & pids="$pids $!"
+up {m2}
+{bin} run alice {job} >/dev/null 2>{err2}; echo "two=$?"
+"#,
+        bin = q(Path::new(BIN)),
+        job = p("job.rhai"),
+        m1 = p("m1"),
+        m2 = p("m2"),
+        d1 = p("d1"),
+        d2 = p("d2"),
+        err0 = p("err0"),
+        err2 = p("err2"),
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(so.contains("none=64"), "{so}\n{se}");
+    assert!(so.contains("42\none=0"), "{so}\n{se}");
+    assert!(so.contains("two=64"), "{so}\n{se}");
+    let err0 = std::fs::read_to_string(t.path().join("err0")).unwrap();
+    assert!(
+        err0.contains("no peerfs mount") && err0.contains("--mount"),
+        "{err0}"
+    );
+    let err2 = std::fs::read_to_string(t.path().join("err2")).unwrap();
+    assert!(
+        err2.contains("2 peerfs mounts") && err2.contains("m2"),
+        "{err2}"
+    );
+    // The namespace's mounts went with their daemons.
+    assert!(!is_mounted(&t.path().join("m1")));
+}

@@ -142,12 +142,54 @@ fn mount_error(what: &str, e: std::io::Error) -> Error {
     )
 }
 
+/// The file system type of a peerfs mount made through fusermount3; one that
+/// root makes with mount(2) shows as plain `fuse` with the source `peerfs`.
+pub const FSTYPE: &str = "fuse.peerfs";
+
+/// The mount points of peerfs mounts in `table` (the text of /proc/self/mounts),
+/// for `peerfs run` without `--mount`. The kernel writes a space, tab, newline
+/// or backslash in a path as an octal escape (`\040`).
+pub fn mounts_in(table: &str) -> Vec<std::path::PathBuf> {
+    table
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (source, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            let ours = fstype == FSTYPE || (fstype == "fuse" && source == "peerfs");
+            ours.then(|| unescape_mount_path(point))
+        })
+        .collect()
+}
+
+fn unescape_mount_path(p: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out).into()
+}
+
 /// Mount `vfs` at `mountpoint` and serve it on background threads.
 pub fn spawn(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> crate::Result<Session> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("peerfs".to_string()),
+        MountOption::Subtype(FSTYPE["fuse.".len()..].to_string()),
         // Peer directories are 0700 and owned by the peer's owner: the kernel's
         // permission checks are what make "identity is the path" hold.
         MountOption::DefaultPermissions,
@@ -757,5 +799,29 @@ impl Filesystem for PeerFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod mounts_tests {
+    use super::*;
+
+    #[test]
+    fn mounts_in_finds_peerfs_mounts_only_with_escaped_paths() {
+        let table = "proc /proc proc rw 0 0\n\
+                     peerfs /tmp/a\\040b fuse.peerfs rw,nosuid 0 0\n\
+                     other /mnt/x fuse.sshfs rw 0 0\n\
+                     peerfs /srv/m fuse.peerfs rw 0 0\n\
+                     peerfs /srv/root fuse rw,default_permissions 0 0\n\
+                     sshfs /mnt/y fuse rw 0 0\n";
+        assert_eq!(
+            mounts_in(table),
+            [
+                std::path::PathBuf::from("/tmp/a b"),
+                "/srv/m".into(),
+                "/srv/root".into()
+            ]
+        );
+        assert!(mounts_in("").is_empty());
     }
 }
