@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use peerfs::config::{DaemonArgs, Effective, FlagValue};
 use peerfs::exec::{Config, Core};
 use peerfs::lock::FolderLock;
@@ -137,6 +137,11 @@ enum Cmd {
         /// Where the demo's data and mount go (default: /tmp/peerfs-demo).
         dir: Option<PathBuf>,
     },
+    /// Print shell completions: `source <(peerfs completions bash)`, or save them
+    /// where the shell looks (`peerfs completions fish > ~/.config/fish/completions/peerfs.fish`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) on stdout: `peerfs man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -302,6 +307,20 @@ fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "peerfs", &mut out);
+            return print_out(&out);
+        }
+        Cmd::Man => {
+            return match man_page() {
+                Ok(page) => print_out(&page),
+                Err(e) => {
+                    eprintln!("peerfs man: {e}");
+                    Exit::Io.into()
+                }
+            };
+        }
         Cmd::Top { mount } => {
             return match peerfs::top::run(&mount) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -366,7 +385,12 @@ fn main() -> ExitCode {
                 .run()
                 .map(|done| println!("{done}")),
                 Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
-                Cmd::Mount { .. } | Cmd::Serve { .. } | Cmd::Config { .. } | Cmd::Top { .. } => {
+                Cmd::Mount { .. }
+                | Cmd::Serve { .. }
+                | Cmd::Config { .. }
+                | Cmd::Top { .. }
+                | Cmd::Completions { .. }
+                | Cmd::Man => {
                     unreachable!("handled above")
                 }
             }
@@ -702,6 +726,38 @@ fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     sp.finish();
     drop(spool_lock);
     Ok(())
+}
+
+/// The manual page: clap_mangen's sections, with the exit statuses under their
+/// usual heading (clap_mangen would put them under EXTRA).
+fn man_page() -> std::io::Result<Vec<u8>> {
+    let man = clap_mangen::Man::new(Cli::command());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    man.render_subcommands_section(&mut out)?;
+    // Plain text in no-fill mode: no line of the table starts with a dot or
+    // holds a backslash, roff's only special characters here.
+    let table = EXIT_STATUS.trim_start_matches("Exit status (every command):\n");
+    out.extend_from_slice(format!(".SH \"EXIT STATUS\"\n.nf\n{table}\n.fi\n").as_bytes());
+    man.render_version_section(&mut out)?;
+    Ok(out)
+}
+
+/// Generated text on stdout; a closed stdout (`peerfs man | head`) is no error.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("peerfs: writing to standard output: {e}");
+            Exit::Io.into()
+        }
+        _ => Exit::Ok.into(),
+    }
 }
 
 /// The one peerfs mount of this mount namespace, for `peerfs run` without

@@ -635,3 +635,73 @@ up {m2}
     // The namespace's mounts went with their daemons.
     assert!(!is_mounted(&t.path().join("m1")));
 }
+
+/// Completions come from the clap definitions: bash's complete subcommands and
+/// flags when sourced; zsh's and fish's are their shells' formats.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("peerfs.bash");
+    let o = peerfs(&["completions".as_ref(), "bash".as_ref()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    std::fs::write(&f, &o.stdout).unwrap();
+    // What bash offers after `peerfs mo<TAB>` and `peerfs mount /m --al<TAB>`.
+    let complete = |words: &str| {
+        sh_ok(&format!(
+            "bash -c 'source {}; COMP_WORDS=({words}); COMP_CWORD=$((${{#COMP_WORDS[@]}}-1)); \
+             _peerfs peerfs \"${{COMP_WORDS[-1]}}\" \"${{COMP_WORDS[-2]}}\"; echo \"${{COMPREPLY[@]}}\"'",
+            q(&f)
+        ))
+    };
+    assert_eq!(complete("peerfs mo").trim(), "mount");
+    assert_eq!(complete("peerfs mount /m --al").trim(), "--allow-other");
+    let c = complete("peerfs comp");
+    assert_eq!(c.trim(), "completions", "{c}");
+
+    let o = peerfs(&["completions".as_ref(), "zsh".as_ref()]);
+    assert_eq!(o.status.code(), Some(0));
+    let z = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        z.starts_with("#compdef peerfs") && z.contains("--spool"),
+        "{z}"
+    );
+    let o = peerfs(&["completions".as_ref(), "fish".as_ref()]);
+    assert_eq!(o.status.code(), Some(0));
+    let fish = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        fish.contains("complete -c peerfs") && fish.contains("allow-other"),
+        "{fish}"
+    );
+    // An unknown shell is a usage error.
+    let o = peerfs(&["completions".as_ref(), "cmd.exe".as_ref()]);
+    assert_eq!(o.status.code(), Some(64));
+}
+
+/// `peerfs man` is a roff page that man(1) renders, with the subcommands and
+/// the exit statuses.
+#[test]
+fn the_man_page_renders() {
+    let t = tempfile::tempdir().unwrap();
+    let f = t.path().join("peerfs.1");
+    let o = peerfs(&["man".as_ref()]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(o.stdout.starts_with(b".ie") || o.stdout.starts_with(b".TH"));
+    std::fs::write(&f, &o.stdout).unwrap();
+    let page = sh_ok(&format!("MANWIDTH=100 man -l {} 2>&1 | col -b", q(&f)));
+    for want in [
+        "peerfs",
+        "SYNOPSIS",
+        "mount",
+        "serve",
+        "completions",
+        "EXIT STATUS",
+        "75",
+    ] {
+        assert!(page.contains(want), "the page lacks {want:?}:\n{page}");
+    }
+    // A reader gone early (`peerfs man | head -1`) is no error, and no panic.
+    let (mut child, reader) = spawn_into_pipe(&["man".as_ref()]);
+    drop(reader);
+    let st = wait_exit(&mut child);
+    assert_eq!(st.code(), Some(0), "{st}");
+}
