@@ -705,3 +705,65 @@ fn the_man_page_renders() {
     let st = wait_exit(&mut child);
     assert_eq!(st.code(), Some(0), "{st}");
 }
+
+/// A refused file operation is explained, in words, in the log of the peer whose
+/// folder it was in: the user of the mount may not see the daemon's stderr.
+#[test]
+fn refusals_are_written_in_words_to_the_peers_log() {
+    let (_dir, data, mnt, work) = dirs();
+    let d = Daemon::start(&data, &mnt, &work, &[]);
+    d.add_peer("alice");
+    d.add_peer("bob");
+    std::fs::write(
+        d.p("bob/policy.cedar"),
+        "permit(principal == Peer::\"alice\", action == Action::\"read\", resource);",
+    )
+    .unwrap();
+    d.run_ok("bob", "w.rhai", "set(\"shared/welcome\", \"hi\"); 1");
+    let view = d.p("alice/peers/bob/state/shared/welcome");
+    assert_eq!(
+        std::fs::read_to_string(&view).unwrap().trim(),
+        "\"hi\"".trim_matches('"')
+    );
+
+    // Each refused with an errno only...
+    let tab = d.p("alice/state/a\tb");
+    assert!(std::fs::write(&tab, "1").is_err());
+    assert!(std::fs::write(&view, "mine now").is_err());
+    assert!(std::fs::write(d.p("alice/notes.txt"), "x").is_err());
+    let bad = d.p("alice/policy.cedar");
+    // The refusal comes at close (which std::fs::write does not check).
+    let mut f = std::fs::File::create(&bad).unwrap();
+    std::io::Write::write_all(&mut f, b"permit(principal, action").unwrap();
+    expect_errno(close(f), libc::EINVAL, "close of a bad policy");
+
+    // ... and in words in alice's log.
+    let mut log = String::new();
+    let all_there = wait_until(T, || {
+        log = d.log_of("alice");
+        log.matches(" refused ").count() >= 3 && log.contains("policy refused")
+    });
+    assert!(all_there, "{log}");
+    let line = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(" refused ") && l.contains(what))
+            .unwrap_or_else(|| panic!("no refusal of {what:?} in alice's log:\n{log}"))
+            .to_string()
+    };
+    assert!(
+        line("alice/state/a\\tb").contains("control character"),
+        "{log}"
+    );
+    let l = line("alice/peers/bob/state/shared/welcome");
+    assert!(l.contains("read-only"), "{l}");
+    let l = line("notes.txt");
+    assert!(l.contains("inbox"), "{l}");
+    assert!(log.contains("peerfs policy check"), "{log}");
+    // No Rust debug text.
+    assert!(
+        !log.contains("ViewStateFile") && !log.contains("{ peer"),
+        "{log}"
+    );
+    // bob's log has none of alice's refusals.
+    assert!(!d.log_of("bob").contains("refused"), "{}", d.log_of("bob"));
+}

@@ -398,6 +398,13 @@ impl PeerFs {
         })
     }
 
+    /// [`errno`], and the refusal in the peer's log (the vfs decides which
+    /// errors are refusals worth a line).
+    fn refuse(&self, op: &str, at: &Node, name: Option<&str>, e: &Error) -> Errno {
+        self.vfs.refused(op, at, name, e);
+        errno(op, e)
+    }
+
     /// Counts the lookup before the reply goes out, so a FORGET cannot overtake it.
     fn entry(&self, reply: ReplyEntry, node: &Node, attr: &Attr) {
         let ino = self.inodes.lookup(node);
@@ -423,7 +430,9 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
-            self.vfs.lookup(&parent, name).map_err(|e| errno(OP, &e))
+            self.vfs
+                .lookup(&parent, name)
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok((node, attr)) => self.entry(reply, &node, &attr),
@@ -483,7 +492,7 @@ impl Filesystem for PeerFs {
         let r = self.node(OP, ino).and_then(|node| {
             self.vfs
                 .setattr(&node, fh.map(|f| f.0), change)
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &node, None, &e))
         });
         match r {
             Ok(attr) => {
@@ -509,7 +518,7 @@ impl Filesystem for PeerFs {
             let name = name_str(OP, name)?;
             self.vfs
                 .mkdir(&parent, name, &caller(req))
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok((node, attr)) => self.entry(reply, &node, &attr),
@@ -539,7 +548,9 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
-            self.vfs.unlink(&parent, name).map_err(|e| errno(OP, &e))
+            self.vfs
+                .unlink(&parent, name)
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -552,7 +563,9 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
-            self.vfs.rmdir(&parent, name).map_err(|e| errno(OP, &e))
+            self.vfs
+                .rmdir(&parent, name)
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -586,7 +599,7 @@ impl Filesystem for PeerFs {
                     newname,
                     flags::RenameFlags::from_libc(flags.bits()),
                 )
-                .map_err(|e| errno(OP, &e))?;
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))?;
             if let Some(from) = from {
                 let to = self.vfs.lookup(&newparent, newname).ok().map(|(n, _)| n);
                 if let (Node::State { peer, dir: old }, Some(Node::State { dir: new, .. })) =
@@ -611,7 +624,7 @@ impl Filesystem for PeerFs {
         let r = self.node(OP, ino).and_then(|node| {
             self.vfs
                 .open(&node, flags::OpenFlags::from_libc(flags.0), &caller(req))
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &node, None, &e))
         });
         match r {
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
@@ -658,7 +671,10 @@ impl Filesystem for PeerFs {
     ) {
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", &e)),
+            Err(e) => {
+                self.vfs.refused_fh("write", fh.0, &e);
+                reply.error(errno("write", &e))
+            }
         }
     }
 
@@ -784,7 +800,7 @@ impl Filesystem for PeerFs {
                     flags::OpenFlags::from_libc(flags),
                     &caller(req),
                 )
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok((node, attr, opened)) => {

@@ -486,8 +486,16 @@ impl Vfs {
                 };
                 if let Some(v) = self.validator.read().unwrap().as_ref() {
                     if let Err(e) = v(kind, &data) {
-                        let msg =
-                            format!("{kind} refused, the old one stays in force: {}", e.message);
+                        let check = if kind == "policy" {
+                            "peerfs policy check FILE"
+                        } else {
+                            "peerfs policy check POLICY --groups FILE"
+                        };
+                        let msg = format!(
+                            "{kind} refused, the old one stays in force: {} (check a file \
+                             with `{check}` before copying it in)",
+                            e.message
+                        );
                         // close() fails once the reason is in the log, so that the
                         // log shows it as soon as the writer learns of the refusal.
                         let refusal = err!(libc::EINVAL, "{msg}");

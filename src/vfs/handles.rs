@@ -244,7 +244,7 @@ impl Vfs {
                 node,
                 InboxFile { .. } | StateFile { .. } | ModuleFile { .. } | Policy(_) | Groups(_)
             ) {
-                return Err(ro(&format!("{node:?}")));
+                return Err(ro(&node.to_string()));
             }
             // An inbox file that is queued is not changed by this: whatever the
             // handle holds at close is submitted as a new run of the same name

@@ -41,7 +41,7 @@ use handles::{Handle, Staged};
 
 use crate::error::err;
 use crate::error::{Error, Result};
-use crate::exec::{Change, Core, Listener};
+use crate::exec::{self, Change, Core, Listener};
 use crate::util::now_ns;
 
 /// Largest state value written through a file.
@@ -237,6 +237,54 @@ impl Vfs {
 
     pub fn set_read_check(&self, f: ReadCheck) {
         *self.read_check.write().unwrap() = Some(f);
+    }
+
+    /// Writes a refused file operation, in words, to the log of the peer whose
+    /// folder it was in (`at` is the node acted on, or the folder of `name`), so
+    /// that a user who sees only `Invalid argument` finds the reason in `log`.
+    /// The answers every program expects (no such name, already there, not yet,
+    /// no extended attributes) are no refusals. Refusals at the mount's root have
+    /// no peer: they stay in the daemon's log.
+    pub fn refused(&self, op: &str, at: &Node, name: Option<&str>, e: &Error) {
+        let expected = [
+            libc::ENOENT,
+            libc::EEXIST,
+            libc::EAGAIN,
+            libc::EINTR,
+            libc::ENODATA,
+            libc::ENOSYS,
+            libc::EOPNOTSUPP,
+            libc::ERANGE,
+            libc::ESTALE,
+        ];
+        if expected.contains(&e.errno) {
+            return;
+        }
+        let Some(peer) = at.peer() else { return };
+        if !self.core.registry().exists(peer) {
+            return;
+        }
+        let what = match name {
+            Some(n) => format!("{at}/{n}"),
+            None => at.to_string(),
+        };
+        // One line in the log, whatever the name and the message hold.
+        let why = e.message.replace(['\n', '\r'], " ");
+        let line = format!("refused {op} {}: {why}", what.escape_debug());
+        self.core.apply_async(peer, exec::Op::Log(line), None);
+    }
+
+    /// [`Vfs::refused`] for an operation on an open handle.
+    pub fn refused_fh(&self, op: &str, fh: u64, e: &Error) {
+        let node = self
+            .handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .map(|h| h.node.clone());
+        if let Some(node) = node {
+            self.refused(op, &node, None, e);
+        }
     }
 
     fn may_read(&self, peer: &str, other: &str, key: &str) -> bool {

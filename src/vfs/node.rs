@@ -136,6 +136,56 @@ impl Node {
     }
 }
 
+/// The node's path in the mount (`alice/peers/bob/state/shared/welcome`), as
+/// people see it: for messages and the log.
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use Node::*;
+        let sub = |f: &mut std::fmt::Formatter<'_>, rest: &str| {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                write!(f, "/{rest}")
+            }
+        };
+        // `peer/` for a peer's own folder, `peer/peers/target/` for a view.
+        let at = |f: &mut std::fmt::Formatter<'_>, peer: &str, target: &str| {
+            if peer == target {
+                write!(f, "{peer}")
+            } else {
+                write!(f, "{peer}/peers/{target}")
+            }
+        };
+        match self {
+            Root => write!(f, "the mount's root"),
+            MetaDir => write!(f, ".peerfs"),
+            MetaFile(n) => write!(f, ".peerfs/{n}"),
+            Peer(p) => write!(f, "{p}"),
+            Inbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/inbox")),
+            InboxFile { peer, target, name } => {
+                at(f, peer, target).and_then(|()| write!(f, "/inbox/{name}"))
+            }
+            Outbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/outbox")),
+            OutboxFile { peer, target, name } => {
+                at(f, peer, target).and_then(|()| write!(f, "/outbox/{name}"))
+            }
+            State { peer, dir } => write!(f, "{peer}/state").and_then(|()| sub(f, dir)),
+            StateFile { peer, key } => write!(f, "{peer}/state/{key}"),
+            Modules(p) => write!(f, "{p}/modules"),
+            ModuleFile { peer, name } => write!(f, "{peer}/modules/{name}"),
+            Peers(p) => write!(f, "{p}/peers"),
+            View { peer, other } => write!(f, "{peer}/peers/{other}"),
+            ViewState { peer, other, dir } => {
+                write!(f, "{peer}/peers/{other}/state").and_then(|()| sub(f, dir))
+            }
+            ViewStateFile { peer, other, key } => write!(f, "{peer}/peers/{other}/state/{key}"),
+            Policy(p) => write!(f, "{p}/policy.cedar"),
+            Groups(p) => write!(f, "{p}/groups"),
+            Log(p) => write!(f, "{p}/log"),
+        }
+    }
+}
+
 impl Node {
     /// Where a node of `peer`'s state is after its folder `from` moved to `to`
     /// (`None`: not under `from`).
