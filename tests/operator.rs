@@ -767,3 +767,87 @@ fn refusals_are_written_in_words_to_the_peers_log() {
     // bob's log has none of alice's refusals.
     assert!(!d.log_of("bob").contains("refused"), "{}", d.log_of("bob"));
 }
+
+/// Editors write a new file beside the one they edit and rename it into place:
+/// `sed -i`, vim (swap file), `mv .new policy.cedar`. The peer's folder takes
+/// their files and validates at the rename as at a close.
+#[test]
+fn policy_and_groups_can_be_edited_with_sed_vim_and_mv() {
+    let (_dir, data, mnt, work) = dirs();
+    let d = Daemon::start(&data, &mnt, &work, &[]);
+    d.add_peer("alice");
+    let a = d.p("alice");
+    let policy = a.join("policy.cedar");
+    let allow = |who: &str| {
+        format!("permit(principal == Peer::\"{who}\", action == Action::\"run\", resource);\n")
+    };
+    std::fs::write(&policy, allow("bob")).unwrap();
+
+    // sed -i: a temporary file, renamed onto policy.cedar.
+    sh_ok(&format!(
+        "cd {} && sed -i 's/bob/carol/' policy.cedar",
+        q(&a)
+    ));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), allow("carol"));
+    // A bad edit is refused at the rename; the policy in force stays.
+    let o = sh(&format!(
+        "cd {} && sed -i 's/permit/permit((/' policy.cedar",
+        q(&a)
+    ));
+    assert!(
+        !o.status.success(),
+        "a broken policy was renamed into place"
+    );
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), allow("carol"));
+    assert!(
+        d.log_of("alice").contains("policy refused"),
+        "{}",
+        d.log_of("alice")
+    );
+
+    // vim, with its swap file beside the file.
+    sh_ok(&format!(
+        "cd {} && timeout 20 vim -Es -N -u NONE -i NONE +'set swapfile' +'%s/carol/dave/' +wq policy.cedar",
+        q(&a)
+    ));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), allow("dave"));
+
+    // Written under a dot name, then mv'd into place; groups the same way.
+    sh_ok(&format!(
+        "cd {0} && printf '%s' {1} > .policy.new && mv .policy.new policy.cedar && \
+         echo 'friends: bob carol' > .groups.new && mv .groups.new groups",
+        q(&a),
+        q(Path::new(&allow("eve")))
+    ));
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), allow("eve"));
+    assert_eq!(
+        std::fs::read_to_string(a.join("groups")).unwrap(),
+        "friends: bob carol\n"
+    );
+    // The editors' files are gone, and only they were ever allowed.
+    assert_eq!(
+        d.names("alice"),
+        [
+            "groups",
+            "inbox",
+            "log",
+            "modules",
+            "outbox",
+            "peers",
+            "policy.cedar",
+            "state"
+        ]
+    );
+    expect_errno(
+        std::fs::write(a.join("notes.txt"), "x"),
+        libc::EACCES,
+        "a file of no editor",
+    );
+    // policy.cedar itself is not renamed away.
+    expect_errno(
+        std::fs::rename(&policy, a.join("policy.cedar~")),
+        libc::EACCES,
+        "mv policy.cedar away",
+    );
+    assert_eq!(std::fs::read_to_string(&policy).unwrap(), allow("eve"));
+}

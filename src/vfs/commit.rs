@@ -166,6 +166,7 @@ impl Vfs {
                     )),
                 }
             }
+            (Node::Peer(peer), Node::Peer(_)) => self.rename_edit(peer, name, newname, staged),
             (Node::Modules(peer), Node::Modules(_)) => {
                 if let Some(s) = staged {
                     if is_staging_name(newname) || module_name(newname).is_none() {
@@ -193,6 +194,50 @@ impl Vfs {
             }
             _ => Err(err!(libc::EACCES, "{name} cannot be moved there")),
         }
+    }
+
+    /// rename(2) in a peer's own folder: an editor's file renamed onto
+    /// `policy.cedar` or `groups` is validated and applied as at a close (`sed -i`,
+    /// `mv .new policy.cedar`); between editor's names it just moves.
+    fn rename_edit(
+        &self,
+        peer: &str,
+        name: &str,
+        newname: &str,
+        staged: Option<Staged>,
+    ) -> Result<()> {
+        let src = (Node::Peer(peer.to_string()), name.to_string());
+        let Some(s) = staged else {
+            return Err(err!(
+                libc::EACCES,
+                "{name} stays where it is: edit it in place, or write a new one beside it \
+                 and rename that onto it"
+            ));
+        };
+        let dst = match newname {
+            "policy.cedar" => Node::Policy(peer.to_string()),
+            "groups" => Node::Groups(peer.to_string()),
+            n if is_edit_name(n) => {
+                let mut st = self.staged.lock().unwrap();
+                st.remove(&src);
+                st.insert((Node::Peer(peer.to_string()), n.to_string()), s);
+                return Ok(());
+            }
+            _ => return Err(err!(libc::EACCES, "{newname}: a file of the peer's folder can be renamed onto policy.cedar or groups only")),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.commit(
+            dst,
+            s.data,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| err!(libc::EIO, "the daemon stopped"))??;
+        self.staged.lock().unwrap().remove(&src);
+        self.entries_changed(&Node::Peer(peer.to_string()));
+        Ok(())
     }
 
     /// rename(2) of a folder in `state/`: every key under it moves in one
@@ -288,17 +333,28 @@ impl Vfs {
                     key,
                 })
             }
+            // An editor's file beside policy.cedar and groups (`sed -i`, vim).
+            Node::Peer(peer) if e.errno == libc::ENOENT && is_edit_name(name) => {
+                Ok(Node::EditFile {
+                    peer: peer.clone(),
+                    name: name.to_string(),
+                })
+            }
             // Only inbox, state and modules folders take new files: elsewhere a new
             // name is a read-only place, not a missing one.
             _ if e.errno == libc::ENOENT => Err(err!(
                 libc::EACCES,
-                "{name:?}: files can only be made in inbox/, state/ and modules/"
+                "{name:?}: files can only be made in inbox/, state/ and modules/ (and an \
+                 editor's temporary, swap or backup files beside policy.cedar and groups)"
             )),
             _ => Err(e),
         })?;
         if !matches!(
             node,
-            Node::InboxFile { .. } | Node::StateFile { .. } | Node::ModuleFile { .. }
+            Node::InboxFile { .. }
+                | Node::StateFile { .. }
+                | Node::ModuleFile { .. }
+                | Node::EditFile { .. }
         ) {
             return Err(ro(name));
         }
@@ -406,8 +462,11 @@ impl Vfs {
             }
         };
         match &node {
-            Node::InboxFile { name, .. } | Node::ModuleFile { name, .. }
+            Node::InboxFile { name, .. }
+            | Node::ModuleFile { name, .. }
+            | Node::EditFile { name, .. }
                 if is_staging_name(name)
+                    || matches!(node, Node::EditFile { .. })
                     || (matches!(node, Node::ModuleFile { .. }) && module_name(name).is_none()) =>
             {
                 // Staging files live in memory until renamed to a real name.
@@ -535,6 +594,7 @@ impl Vfs {
                 if let Some((p, n)) = Node::parent_of(&h.node) {
                     if !is_staging_name(&n)
                         && !matches!(h.node, Node::ModuleFile { .. } if module_name(&n).is_none())
+                        && !matches!(h.node, Node::EditFile { .. })
                     {
                         self.staged.lock().unwrap().remove(&(p, n));
                     }

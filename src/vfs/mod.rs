@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use attr::{attr_ttl, attrs_keep, entry_ttl, SetAttr, SetTime, CACHE_TTL};
 pub use flags::{OpenFlags, RenameFlags};
-pub use node::{join_key, module_name, Node};
+pub use node::{is_edit_name, join_key, module_name, Node};
 pub use tree::special_file;
 
 use handles::{Handle, Staged};

@@ -86,6 +86,23 @@ pub enum Node {
     Policy(String),
     Groups(String),
     Log(String),
+    /// A file an editor writes beside `policy.cedar` and `groups` (see
+    /// [`is_edit_name`]): kept in memory; renamed onto one of them, it is
+    /// validated and applied as at a close.
+    EditFile {
+        peer: String,
+        name: String,
+    },
+}
+
+/// The names editors give their files in the folder of the file they edit:
+/// `sed -i`'s temporary (`sedXXXXXX`), vim's swap and backup files
+/// (`.policy.cedar.swp`, `policy.cedar~`), any dot name.
+pub fn is_edit_name(name: &str) -> bool {
+    let sed = name.len() == 9
+        && name.starts_with("sed")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric());
+    sed || crate::peer::name::is_staging_name(name)
 }
 
 impl Node {
@@ -104,7 +121,8 @@ impl Node {
             | ModuleFile { peer, .. }
             | View { peer, .. }
             | ViewState { peer, .. }
-            | ViewStateFile { peer, .. } => Some(peer),
+            | ViewStateFile { peer, .. }
+            | EditFile { peer, .. } => Some(peer),
         }
     }
 
@@ -182,6 +200,7 @@ impl std::fmt::Display for Node {
             Policy(p) => write!(f, "{p}/policy.cedar"),
             Groups(p) => write!(f, "{p}/groups"),
             Log(p) => write!(f, "{p}/log"),
+            EditFile { peer, name } => write!(f, "{peer}/{name}"),
         }
     }
 }
@@ -252,6 +271,7 @@ impl Node {
                 )
             }
             Node::ModuleFile { peer, name } => (Node::Modules(peer.clone()), name.clone()),
+            Node::EditFile { peer, name } => (Node::Peer(peer.clone()), name.clone()),
             _ => return None,
         })
     }

@@ -89,6 +89,10 @@ impl Vfs {
                     "policy.cedar" => Policy(p),
                     "groups" => Groups(p),
                     "log" => Log(p),
+                    _ if self.staged_get(parent, name).is_some() => EditFile {
+                        peer: p,
+                        name: name.to_string(),
+                    },
                     _ => return Err(missing()),
                 }
             }
@@ -208,7 +212,10 @@ impl Vfs {
                     let k = if c.is_dir() { Kind::Dir } else { Kind::File };
                     out.push((n.to_string(), c, k));
                 }
-                let _ = p;
+                staged_in(&mut out, node, &|n| EditFile {
+                    peer: p.clone(),
+                    name: n,
+                });
             }
             Inbox { peer, target } => {
                 let (pe, t) = (peer.clone(), target.clone());
