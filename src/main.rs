@@ -822,6 +822,14 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
         Some(c) => root.join(c).join("peers").join(peer),
         None => root.join(peer),
     };
+    // A peer that is not there is a wrong argument (64), not an I/O problem.
+    if !base.is_dir() {
+        eprintln!(
+            "peerfs run: no peer folder {}: check PEER (and --as) and the mount",
+            base.display()
+        );
+        return Exit::Usage.into();
+    }
     let stem = peerfs::peer::name::script_stem(&name).to_string();
     let out = base.join("outbox").join(format!("{stem}.json"));
     let bytes = if let Place::Spool(_) = place {

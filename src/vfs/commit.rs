@@ -35,6 +35,25 @@ impl Vfs {
     }
 
     pub(super) fn unlink_inner(&self, parent: &Node, name: &str) -> Result<()> {
+        if let Node::Inbox { peer, target } = parent {
+            if self.submitting(parent, name) {
+                // Its close is submitting it: the submission is on its way to the
+                // queue, and a withdrawal sent now follows it there (a peer's
+                // changes are applied in order), so it never runs and its result
+                // says so. Removing only the listed name would let it run.
+                if peer != target {
+                    return Err(err!(
+                        libc::EBUSY,
+                        "{name} is being submitted to {target}: a submitted script cannot be withdrawn"
+                    ));
+                }
+                self.staged
+                    .lock()
+                    .unwrap()
+                    .remove(&(parent.clone(), name.to_string()));
+                return self.core.withdraw(peer, name);
+            }
+        }
         if self
             .staged
             .lock()
@@ -61,7 +80,17 @@ impl Vfs {
             // The owner withdraws its own queued script (it ends unrun, with a
             // result saying so); another peer's queue is not the caller's to empty.
             Node::InboxFile { peer, target, .. } if peer == target => {
-                self.core.withdraw(peer, name)
+                // Listed, so queued a moment ago: if the withdrawal finds it gone,
+                // it was taken to run in between, and the rm is refused saying so.
+                let listed = self.attr(&node).is_ok();
+                self.core.withdraw(peer, name).map_err(|e| match e.errno {
+                    libc::ENOENT if listed => err!(
+                        libc::EBUSY,
+                        "{name} started to run before it could be withdrawn: its result \
+                         will be in outbox/"
+                    ),
+                    _ => e,
+                })
             }
             Node::InboxFile { .. } => {
                 self.attr(&node)?;
@@ -73,6 +102,23 @@ impl Vfs {
             Node::State { .. } => Err(err!(libc::EISDIR, "{name} is a folder: use rmdir")),
             _ => Err(err!(libc::EACCES, "{name} cannot be removed")),
         }
+    }
+
+    /// Whether a close is submitting the inbox file `name` of `inbox` now.
+    fn submitting(&self, inbox: &Node, name: &str) -> bool {
+        let Node::Inbox { peer, target } = inbox else {
+            return false;
+        };
+        let node = Node::InboxFile {
+            peer: peer.clone(),
+            target: target.clone(),
+            name: name.to_string(),
+        };
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|h| h.node == node && h.committing > 0)
     }
 
     pub fn rename(
