@@ -766,6 +766,13 @@ fn refusals_are_written_in_words_to_the_peers_log() {
     );
     // bob's log has none of alice's refusals.
     assert!(!d.log_of("bob").contains("refused"), "{}", d.log_of("bob"));
+    // A peer that could not be made has no log: .peerfs/refused says why.
+    expect_errno(std::fs::create_dir(d.p("a b")), libc::EINVAL, "mkdir 'a b'");
+    let refused = std::fs::read_to_string(d.p(".peerfs/refused")).unwrap();
+    assert!(
+        refused.contains("refused mkdir a b: peer name"),
+        "{refused}"
+    );
 }
 
 /// Editors write a new file beside the one they edit and rename it into place:

@@ -135,6 +135,9 @@ pub struct Vfs {
     dir_times: Mutex<HashMap<Node, (i64, i64)>>,
     /// The unknown names looked up under `peers/` whose reason was logged.
     unknown_peers: Mutex<std::collections::HashSet<String>>,
+    /// The last refusals at the mount's root (no peer's log to put them in):
+    /// `.peerfs/refused`.
+    root_refusals: Mutex<std::collections::VecDeque<String>>,
     invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
@@ -177,6 +180,9 @@ impl Listener for ChangeRelay {
     }
 }
 
+/// Lines kept in `.peerfs/refused`.
+const ROOT_REFUSALS_KEPT: usize = 32;
+
 fn ro(what: &str) -> Error {
     err!(libc::EACCES, "{what} is read-only")
 }
@@ -196,6 +202,7 @@ impl Vfs {
             budget: AtomicU64::new(BUFFER_BUDGET),
             dir_times: Mutex::new(HashMap::new()),
             unknown_peers: Mutex::new(Default::default()),
+            root_refusals: Mutex::new(Default::default()),
             invalidator: RwLock::new(None),
             validator: RwLock::new(None),
             read_check: RwLock::new(None),
@@ -260,18 +267,28 @@ impl Vfs {
         if expected.contains(&e.errno) {
             return;
         }
-        let Some(peer) = at.peer() else { return };
-        if !self.core.registry().exists(peer) {
-            return;
-        }
-        let what = match name {
-            Some(n) => format!("{at}/{n}"),
-            None => at.to_string(),
+        let what = match (at, name) {
+            (Node::Root, Some(n)) => n.to_string(),
+            (_, Some(n)) => format!("{at}/{n}"),
+            (_, None) => at.to_string(),
         };
-        // One line in the log, whatever the name and the message hold.
+        // One line, whatever the name and the message hold.
         let why = e.message.replace(['\n', '\r'], " ");
         let line = format!("refused {op} {}: {why}", what.escape_debug());
-        self.core.apply_async(peer, exec::Op::Log(line), None);
+        match at.peer() {
+            Some(peer) if self.core.registry().exists(peer) => {
+                self.core.apply_async(peer, exec::Op::Log(line), None)
+            }
+            Some(_) => {}
+            // A peer that could not be made (`mkdir 'a b'`) has no log yet.
+            None => {
+                let mut r = self.root_refusals.lock().unwrap();
+                if r.len() == ROOT_REFUSALS_KEPT {
+                    r.pop_front();
+                }
+                r.push_back(format!("{} {line}\n", crate::util::rfc3339(now_ns())));
+            }
+        }
     }
 
     /// [`Vfs::refused`] for an operation on an open handle.

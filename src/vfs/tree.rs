@@ -67,6 +67,7 @@ impl Vfs {
                 "version" => MetaFile("version"),
                 "stats" => MetaFile("stats"),
                 "metrics" => MetaFile("metrics"),
+                "refused" => MetaFile("refused"),
                 _ => return Err(missing()),
             },
             Peer(p) => {
@@ -194,6 +195,7 @@ impl Vfs {
             }
             MetaDir => {
                 out.push(("metrics".into(), MetaFile("metrics"), Kind::File));
+                out.push(("refused".into(), MetaFile("refused"), Kind::File));
                 out.push(("stats".into(), MetaFile("stats"), Kind::File));
                 out.push(("version".into(), MetaFile("version"), Kind::File));
             }
