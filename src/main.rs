@@ -538,7 +538,12 @@ struct Fresh(Option<PathBuf>);
 
 impl Fresh {
     fn new(dir: &Path) -> Fresh {
-        Fresh((!dir.exists()).then(|| dir.to_path_buf()))
+        // The topmost folder the start would make: the missing parents are made too.
+        let top = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last();
+        Fresh(top.map(Path::to_path_buf))
     }
 
     fn keep(mut self) {

@@ -402,6 +402,25 @@ fn a_refused_start_makes_no_data_folder() {
     assert!(text(&o).contains(&addr), "{}", text(&o));
     assert!(!is_mounted(&mnt));
     assert!(!data.exists(), "a refused start made the data folder");
+    // A start refused after the data folder was made (no NATS server where the
+    // lattice is said to be) removes it, and the missing parents it made too.
+    let deep = t.path().join("new/deeper/data");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let o = peerfs(&[
+        "mount".as_ref(),
+        mnt.as_os_str(),
+        "--data".as_ref(),
+        deep.as_os_str(),
+        "--nats".as_ref(),
+        url.as_ref(),
+        "-o".as_ref(),
+        "lattice.timeout_ms=500".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(!is_mounted(&mnt));
+    assert!(!t.path().join("new").exists(), "a refused start left folders");
     // The same in spool mode: neither the spool nor the data folder.
     let spool = t.path().join("spool");
     let o = peerfs(&[
