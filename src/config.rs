@@ -661,9 +661,13 @@ pub fn init_logging(log: &LogSettings) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| "peerfs=info".into());
+    // A log line that cannot be written (stderr a pipe whose reader is gone, as
+    // in `peerfs mount ... 2>&1 | tee` after Ctrl-C) is dropped: reporting it
+    // would write to the same closed stderr, which panics.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match log.format {
         LogFormat::Text => b.try_init(),
         LogFormat::Json => b.json().try_init(),

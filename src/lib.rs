@@ -20,7 +20,8 @@
 //! * [`names`] (what a peer name, key or script name may be), over
 //! * [`error`] and [`util`].
 //!
-//! [`demo`] prepares the demo's peers; [`top`] is `peerfs top`'s view.
+//! [`demo`] prepares the demo's peers; [`top`] is `peerfs top`'s view; [`lock`]
+//! keeps a data or spool folder to one process.
 
 pub mod config;
 pub mod demo;
@@ -28,6 +29,7 @@ pub mod error;
 pub mod exec;
 pub mod fuse;
 pub mod lattice;
+pub mod lock;
 pub mod metrics;
 pub mod names;
 pub mod peer;

@@ -5,15 +5,59 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use peerfs::config::{DaemonArgs, Effective, FlagValue};
 use peerfs::exec::{Config, Core};
+use peerfs::lock::FolderLock;
+
+/// The exit status of every `peerfs` command: one table, in the help
+/// ([`EXIT_STATUS`]) and in docs/operating.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Ok = 0,
+    /// run: the script ended with an error; policy check: the file is refused.
+    Failed = 1,
+    /// run, policy explain: denied.
+    Denied = 2,
+    /// run: a limit ended the script.
+    Limit = 3,
+    /// run: no result (the daemon stopped before the script ended).
+    NoResult = 4,
+    /// A bad argument, flag or config value, or a start refused (sysexits' EX_USAGE).
+    Usage = 64,
+    /// A file, mount, spool or store could not be read or written (EX_IOERR).
+    Io = 74,
+    /// The data or spool folder is held by another peerfs process (EX_TEMPFAIL).
+    Busy = 75,
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}
+
+/// [`Exit`] for people, at the end of `peerfs --help`.
+const EXIT_STATUS: &str = "\
+Exit status (every command):
+  0   done (run: the script ended ok; policy explain: allowed; mount, serve,
+      demo: stopped by an unmount or a signal)
+  1   run: the script ended with an error; policy check: the file is refused
+  2   run, policy explain: denied
+  3   run: a limit ended the script
+  4   run: no result (the daemon stopped before the script ended)
+  64  usage: a bad argument, flag or config value, or a start refused (a mount
+      path that does not exist, a metrics address in use, ...)
+  74  a file, mount, spool or store could not be read or written
+  75  the data or spool folder is held by another peerfs process (its pid is
+      named): try again once it has stopped";
 
 #[derive(Parser)]
 #[command(
     name = "peerfs",
     version,
-    about = "Every peer a directory: data, logic and policy in one SQLite file, scripts in by cp, results out by cat"
+    about = "Every peer a directory: data, logic and policy in one SQLite file, scripts in by cp, results out by cat",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     #[command(subcommand)]
@@ -22,7 +66,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT or SIGTERM.
+    /// Mount DATA's peers at MOUNT and serve until unmounted (fusermount3 -u), SIGINT, SIGTERM or SIGHUP.
     Mount {
         mount: PathBuf,
         #[command(flatten)]
@@ -35,7 +79,7 @@ enum Cmd {
         force: bool,
     },
     /// Serve DATA's peers as plain folders under DIR (spool mode, no FUSE needed)
-    /// until SIGINT or SIGTERM.
+    /// until SIGINT, SIGTERM or SIGHUP.
     Serve {
         #[arg(long)]
         spool: PathBuf,
@@ -54,13 +98,13 @@ enum Cmd {
         cmd: ConfigCmd,
     },
     /// Drop a script into PEER's inbox through the mount, wait, print its value as JSON.
-    /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 interrupted, 64 usage or I/O problem.
+    /// Exit status: 0 ok, 1 error, 2 denied, 3 limit, 4 no result, 64 usage, 74 I/O.
     Run {
         peer: String,
         /// The script file, or - for standard input.
         file: String,
-        /// The mount (default: $PEERFS_MOUNT).
-        #[arg(long, env = "PEERFS_MOUNT", required_unless_present = "spool")]
+        /// The mount (default: $PEERFS_MOUNT, else the only peerfs mount there is).
+        #[arg(long, env = "PEERFS_MOUNT")]
         mount: Option<PathBuf>,
         /// A spool folder served by `peerfs serve` instead of a mount (default: $PEERFS_SPOOL).
         #[arg(long, env = "PEERFS_SPOOL", conflicts_with = "mount")]
@@ -72,7 +116,8 @@ enum Cmd {
         #[arg(long)]
         full: bool,
     },
-    /// Create, list or remove peers in a data directory (while no daemon serves it).
+    /// Create, list or remove peers in a data directory (create and remove are
+    /// refused while a daemon serves it: use mkdir MOUNT/NAME there).
     Peer {
         #[command(subcommand)]
         cmd: PeerCmd,
@@ -92,6 +137,11 @@ enum Cmd {
         /// Where the demo's data and mount go (default: /tmp/peerfs-demo).
         dir: Option<PathBuf>,
     },
+    /// Print shell completions: `source <(peerfs completions bash)`, or save them
+    /// where the shell looks (`peerfs completions fish > ~/.config/fish/completions/peerfs.fish`).
+    Completions { shell: clap_complete::Shell },
+    /// Print the manual page (roff) on stdout: `peerfs man | man -l -`.
+    Man,
 }
 
 #[derive(Subcommand)]
@@ -204,7 +254,20 @@ enum PeerCmd {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The parser's own errors exit 2 by default, which is "denied" here.
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // --help and --version print to stdout and are no error.
+            let _ = e.print();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
+        }
+    };
     let r = match cli.cmd {
         Cmd::Mount {
             mount,
@@ -233,13 +296,11 @@ fn main() -> ExitCode {
             match eff.core_config() {
                 Ok(cfg) => {
                     let m = &eff.settings.mount;
-                    let listen = eff.settings.metrics.listen;
-                    let lattice = eff.settings.lattice.options();
-                    serve(cfg, &mount, m.allow_other, m.force, listen, None, lattice)
+                    serve(cfg, &mount, m.allow_other, m.force, None, Start::of(&eff))
                 }
                 Err(e) => {
                     eprintln!("peerfs mount: {e}");
-                    return ExitCode::from(64);
+                    return Exit::Usage.into();
                 }
             }
         }
@@ -250,15 +311,10 @@ fn main() -> ExitCode {
             };
             peerfs::config::init_logging(&eff.settings.log);
             match eff.core_config() {
-                Ok(cfg) => serve_spool(
-                    cfg,
-                    &spool,
-                    eff.settings.metrics.listen,
-                    eff.settings.lattice.options(),
-                ),
+                Ok(cfg) => serve_spool(cfg, &spool, Start::of(&eff)),
                 Err(e) => {
                     eprintln!("peerfs serve: {e}");
-                    return ExitCode::from(64);
+                    return Exit::Usage.into();
                 }
             }
         }
@@ -273,12 +329,26 @@ fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
+        Cmd::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "peerfs", &mut out);
+            return print_out(&out);
+        }
+        Cmd::Man => {
+            return match man_page() {
+                Ok(page) => print_out(&page),
+                Err(e) => {
+                    eprintln!("peerfs man: {e}");
+                    Exit::Io.into()
+                }
+            };
+        }
         Cmd::Top { mount } => {
             return match peerfs::top::run(&mount) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("peerfs top: {e}");
-                    ExitCode::from(64)
+                    Exit::Usage.into()
                 }
             };
         }
@@ -296,7 +366,13 @@ fn main() -> ExitCode {
                     let place = match (spool, mount) {
                         (Some(s), _) => Place::Spool(s),
                         (None, Some(m)) => Place::Mount(m),
-                        (None, None) => unreachable!("clap requires --mount or --spool"),
+                        (None, None) => match only_mount() {
+                            Ok(m) => Place::Mount(m),
+                            Err(e) => {
+                                eprintln!("peerfs run: {e}");
+                                return Exit::Usage.into();
+                            }
+                        },
                     };
                     return run(&peer, &file, &place, caller.as_deref(), full);
                 }
@@ -304,7 +380,12 @@ fn main() -> ExitCode {
                 Cmd::Policy { cmd } => return policy_cmd(cmd),
                 Cmd::Lattice { cmd } => lattice_cmd(cmd),
                 Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
-                Cmd::Mount { .. } | Cmd::Serve { .. } | Cmd::Config { .. } | Cmd::Top { .. } => {
+                Cmd::Mount { .. }
+                | Cmd::Serve { .. }
+                | Cmd::Config { .. }
+                | Cmd::Top { .. }
+                | Cmd::Completions { .. }
+                | Cmd::Man => {
                     unreachable!("handled above")
                 }
             }
@@ -314,7 +395,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("peerfs: {e}");
-            ExitCode::from(64)
+            if e.errno == peerfs::lock::HELD {
+                Exit::Busy.into()
+            } else {
+                Exit::Usage.into()
+            }
         }
     }
 }
@@ -324,7 +409,7 @@ fn main() -> ExitCode {
 fn load_config(daemon: &DaemonArgs, extra: Vec<FlagValue>) -> Result<Effective, ExitCode> {
     let fail = |e: String| {
         eprintln!("peerfs: {e}");
-        ExitCode::from(64)
+        ExitCode::from(Exit::Usage)
     };
     let mut flags = daemon.flags().map_err(fail)?;
     flags.extend(extra);
@@ -367,7 +452,9 @@ fn is_mounted(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(1) == Some(&*canon.to_string_lossy()))
 }
 
-/// Blocks SIGINT and SIGTERM in every thread and returns a receiver of them.
+/// Blocks SIGINT, SIGTERM and SIGHUP (a closed terminal) in every thread and
+/// returns a receiver of them: each stops the daemon cleanly. SIGPIPE needs
+/// nothing: Rust ignores it, so a write to a closed pipe is an error, not a death.
 fn signals() -> std::sync::mpsc::Receiver<i32> {
     let (tx, rx) = std::sync::mpsc::channel();
     unsafe {
@@ -375,6 +462,7 @@ fn signals() -> std::sync::mpsc::Receiver<i32> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         let set2 = set;
         std::thread::spawn(move || loop {
@@ -387,16 +475,95 @@ fn signals() -> std::sync::mpsc::Receiver<i32> {
     rx
 }
 
+/// What a daemon starts with besides the executor's settings.
+struct Start {
+    metrics_listen: Option<std::net::SocketAddr>,
+    lattice: Option<peerfs::lattice::Options>,
+    /// The data folder's lock, when the caller took it already (the demo, which
+    /// prepares its peers first).
+    held: Option<FolderLock>,
+}
+
+impl Start {
+    fn of(eff: &Effective) -> Start {
+        Start {
+            metrics_listen: eff.settings.metrics.listen,
+            lattice: eff.settings.lattice.options(),
+            held: None,
+        }
+    }
+
+    /// What can be checked before anything is made, so that a refused start
+    /// creates nothing: the data folder is a folder (or missing), the metrics
+    /// address can be bound.
+    fn check(&self, data: &Path) -> peerfs::Result<()> {
+        check_data_path(data)?;
+        if let Some(addr) = self.metrics_listen {
+            // Bound again by the metrics listener at the end of the start (std
+            // sets SO_REUSEADDR, so the port is free again at once).
+            if let Err(e) = std::net::TcpListener::bind(addr) {
+                return Err(peerfs::Error::new(
+                    libc::EADDRINUSE,
+                    format!("metrics.listen {addr}: {e}: choose a free address or leave metrics.listen unset"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `--data` names a folder, or nothing yet (then it is made).
+fn check_data_path(data: &Path) -> peerfs::Result<()> {
+    match std::fs::metadata(data) {
+        Ok(md) if !md.is_dir() => Err(peerfs::Error::new(
+            libc::ENOTDIR,
+            format!(
+                "--data {} is a file: name the data folder (it is made if missing)",
+                data.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A folder that a start may make (the data or spool folder): removed again if
+/// the start fails, so that a refused start leaves nothing behind; kept once the
+/// daemon serves. A folder that existed before is never touched.
+struct Fresh(Option<PathBuf>);
+
+impl Fresh {
+    fn new(dir: &Path) -> Fresh {
+        // The topmost folder the start would make: the missing parents are made too.
+        let top = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+            .last();
+        Fresh(top.map(Path::to_path_buf))
+    }
+
+    fn keep(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take() {
+            let _ = std::fs::remove_dir_all(&d);
+        }
+    }
+}
+
 fn serve(
     cfg: Config,
     mount: &Path,
     allow_other: bool,
     force: bool,
-    metrics_listen: Option<std::net::SocketAddr>,
     tour: Option<String>,
-    lattice: Option<peerfs::lattice::Options>,
+    start: Start,
 ) -> peerfs::Result<()> {
     let sig = signals();
+    start.check(&cfg.data_dir)?;
     if is_stale(mount) {
         if !force {
             return Err(peerfs::Error::new(
@@ -409,14 +576,36 @@ fn serve(
         tracing::warn!(mount = %mount.display(), "cleaning up a stale mount (--force)");
         unmount(mount);
     }
-    std::fs::create_dir_all(mount)?;
+    // Never made here: a typo would mount over a new folder nobody looks at.
+    if !mount.is_dir() {
+        return Err(peerfs::Error::new(
+            libc::ENOENT,
+            format!(
+                "mount path {} is not a folder: make it first (mkdir -p {})",
+                mount.display(),
+                mount.display()
+            ),
+        ));
+    }
     if is_mounted(mount) {
         return Err(peerfs::Error::new(
             libc::EBUSY,
             format!("{} is already mounted: unmount it first", mount.display()),
         ));
     }
-    let core = start_core(cfg, metrics_listen, lattice)?;
+    if let Some(n) = std::fs::read_dir(mount)
+        .ok()
+        .map(|d| d.count())
+        .filter(|n| *n > 0)
+    {
+        tracing::warn!(
+            mount = %mount.display(),
+            entries = n,
+            "the mount folder is not empty: what is in it stays hidden until the unmount"
+        );
+    }
+    let fresh = Fresh::new(&cfg.data_dir);
+    let (core, _lock) = start_core(cfg, start)?;
     let vfs = peerfs::vfs::Vfs::new(core.clone());
     let opts = peerfs::fuse::MountOptions {
         allow_other,
@@ -429,10 +618,16 @@ fn serve(
             return Err(e);
         }
     };
+    fresh.keep();
     tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
-    if let Some(t) = tour {
-        print!("{t}");
-    }
+    say(&tour.unwrap_or_else(|| {
+        format!(
+            "peerfs: ready: {} serves the peers of {}; stop with Ctrl-C or fusermount3 -u {}\n",
+            mount.display(),
+            core.config().data_dir.display(),
+            mount.display()
+        )
+    }));
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let signalled = done_tx.clone();
     let joiner = std::thread::spawn(move || {
@@ -465,21 +660,31 @@ fn serve(
     r
 }
 
+/// A daemon's own words on stdout, once it serves (the demo's tour, a ready
+/// line): not print!, which panics when stdout is closed (`peerfs demo | head`).
+fn say(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Starts the executor on a private data folder, with the metrics listener if asked.
-fn start_core(
-    cfg: Config,
-    metrics_listen: Option<std::net::SocketAddr>,
-    lattice: Option<peerfs::lattice::Options>,
-) -> peerfs::Result<Core> {
-    peerfs::peer::private_dir(&cfg.data_dir)?;
+/// The data folder's lock (`held`, or taken here) is returned with the core: keep
+/// it until after [`Core::shutdown`], so that no other process opens the stores
+/// while they close.
+fn start_core(cfg: Config, start: Start) -> peerfs::Result<(Core, FolderLock)> {
+    let lock = match start.held {
+        Some(l) => l,
+        None => lock_data(&cfg.data_dir, "a daemon")?,
+    };
     let core = Core::start(cfg)?;
-    if let Some(o) = lattice {
+    if let Some(o) = start.lattice {
         if let Err(e) = peerfs::lattice::join(&core, o) {
             core.shutdown();
             return Err(e);
         }
     }
-    if let Some(addr) = metrics_listen {
+    if let Some(addr) = start.metrics_listen {
         if let Err(e) = peerfs::metrics::serve(core.clone(), addr) {
             core.shutdown();
             return Err(peerfs::Error::new(
@@ -488,18 +693,16 @@ fn start_core(
             ));
         }
     }
-    Ok(core)
+    Ok((core, lock))
 }
 
-/// Serves the spool folder until SIGINT or SIGTERM.
-fn serve_spool(
-    cfg: Config,
-    spool: &Path,
-    metrics_listen: Option<std::net::SocketAddr>,
-    lattice: Option<peerfs::lattice::Options>,
-) -> peerfs::Result<()> {
+/// Serves the spool folder until SIGINT, SIGTERM or SIGHUP.
+fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     let sig = signals();
-    let core = start_core(cfg, metrics_listen, lattice)?;
+    start.check(&cfg.data_dir)?;
+    let fresh = (Fresh::new(spool), Fresh::new(&cfg.data_dir));
+    let spool_lock = FolderLock::spool(spool, "a daemon")?;
+    let (core, _lock) = start_core(cfg, start)?;
     let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
         Ok(s) => s,
         Err(e) => {
@@ -507,14 +710,77 @@ fn serve_spool(
             return Err(e);
         }
     };
+    fresh.0.keep();
+    fresh.1.keep();
     tracing::info!(spool = %spool.display(), data = %core.config().data_dir.display(), "peerfs serving the spool");
+    say(&format!(
+        "peerfs: ready: {} serves the peers of {} as plain folders; stop with Ctrl-C\n",
+        spool.display(),
+        core.config().data_dir.display()
+    ));
     if let Ok(s) = sig.recv() {
         tracing::info!(signal = s, "stopping");
     }
     sp.stop();
     core.shutdown();
     sp.finish();
+    drop(spool_lock);
     Ok(())
+}
+
+/// The manual page: clap_mangen's sections, with the exit statuses under their
+/// usual heading (clap_mangen would put them under EXTRA).
+fn man_page() -> std::io::Result<Vec<u8>> {
+    let man = clap_mangen::Man::new(Cli::command());
+    let mut out = Vec::new();
+    man.render_title(&mut out)?;
+    man.render_name_section(&mut out)?;
+    man.render_synopsis_section(&mut out)?;
+    man.render_description_section(&mut out)?;
+    man.render_options_section(&mut out)?;
+    man.render_subcommands_section(&mut out)?;
+    // Plain text in no-fill mode: no line of the table starts with a dot or
+    // holds a backslash, roff's only special characters here.
+    let table = EXIT_STATUS.trim_start_matches("Exit status (every command):\n");
+    out.extend_from_slice(format!(".SH \"EXIT STATUS\"\n.nf\n{table}\n.fi\n").as_bytes());
+    man.render_version_section(&mut out)?;
+    Ok(out)
+}
+
+/// Generated text on stdout; a closed stdout (`peerfs man | head`) is no error.
+fn print_out(bytes: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("peerfs: writing to standard output: {e}");
+            Exit::Io.into()
+        }
+        _ => Exit::Ok.into(),
+    }
+}
+
+/// The one peerfs mount of this mount namespace, for `peerfs run` without
+/// `--mount`; with none or several, a message saying how to name one.
+fn only_mount() -> Result<PathBuf, String> {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let found = peerfs::fuse::mounts_in(&table);
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(
+            "no peerfs mount found: name one with --mount MOUNT (or PEERFS_MOUNT), \
+             or a spool folder with --spool DIR"
+                .into(),
+        ),
+        many => Err(format!(
+            "{} peerfs mounts ({}): name one with --mount MOUNT (or PEERFS_MOUNT)",
+            many.len(),
+            many.iter()
+                .map(|m| m.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// Where `peerfs run` drops its script.
@@ -526,7 +792,7 @@ enum Place {
 fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("peerfs run: {msg}");
-        ExitCode::from(64)
+        ExitCode::from(Exit::Io)
     };
     let (src, name) = if file == "-" {
         let mut s = Vec::new();
@@ -556,6 +822,14 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
         Some(c) => root.join(c).join("peers").join(peer),
         None => root.join(peer),
     };
+    // A peer that is not there is a wrong argument (64), not an I/O problem.
+    if !base.is_dir() {
+        eprintln!(
+            "peerfs run: no peer folder {}: check PEER (and --as) and the mount",
+            base.display()
+        );
+        return Exit::Usage.into();
+    }
     let stem = peerfs::peer::name::script_stem(&name).to_string();
     let out = base.join("outbox").join(format!("{stem}.json"));
     let bytes = if let Place::Spool(_) = place {
@@ -589,25 +863,25 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
         }
     }
     ExitCode::from(match status {
-        "ok" => 0,
-        "error" => 1,
-        "denied" => 2,
-        "limit" => 3,
-        _ => 4,
+        "ok" => Exit::Ok,
+        "error" => Exit::Failed,
+        "denied" => Exit::Denied,
+        "limit" => Exit::Limit,
+        _ => Exit::NoResult,
     })
 }
 
 fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
     use peerfs::policy::{Action, Groups, Policy};
-    let fail = |m: String| {
+    let fail = |code: Exit, m: String| {
         eprintln!("peerfs policy: {m}");
-        ExitCode::from(1)
+        ExitCode::from(code)
     };
     match cmd {
         PolicyCmd::Check { file, groups } => {
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
-                Err(e) => return fail(format!("{}: {e}", file.display())),
+                Err(e) => return fail(Exit::Io, format!("{}: {e}", file.display())),
             };
             match Policy::parse(&text) {
                 Ok(p) => {
@@ -616,15 +890,15 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
                     }
                     println!("{}: ok ({} policies)", file.display(), p.len());
                 }
-                Err(e) => return fail(format!("{}: {e}", file.display())),
+                Err(e) => return fail(Exit::Failed, format!("{}: {e}", file.display())),
             }
             if let Some(g) = groups {
                 let text = match std::fs::read_to_string(&g) {
                     Ok(t) => t,
-                    Err(e) => return fail(format!("{}: {e}", g.display())),
+                    Err(e) => return fail(Exit::Io, format!("{}: {e}", g.display())),
                 };
                 if let Err(e) = Groups::parse(&text) {
-                    return fail(format!("{}: {e}", g.display()));
+                    return fail(Exit::Failed, format!("{}: {e}", g.display()));
                 }
                 println!("{}: ok", g.display());
             }
@@ -637,41 +911,57 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
             action,
             object,
         } => {
+            // Explaining is not running: its errors are usage (64) or I/O (74),
+            // never a script's error (1).
             let Some(action) = Action::parse(&action) else {
-                return fail(format!(
-                    "unknown action {action:?}: use run, read, write, send or import"
-                ));
+                return fail(
+                    Exit::Usage,
+                    format!("unknown action {action:?}: use run, read, write, send or import"),
+                );
             };
+            if !data.join("peers").is_dir() {
+                let m = format!(
+                    "{} is not a peerfs data folder (no peers/ in it): check --data",
+                    data.display()
+                );
+                return fail(Exit::Usage, m);
+            }
             let reg = match peerfs::peer::Registry::new(&data, None) {
                 Ok(r) => r,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Exit::Io, e.to_string()),
             };
             if !reg.exists(&peer) {
-                return fail(format!("no peer named {peer:?} in {}", data.display()));
+                let m = format!("no peer named {peer:?} in {}", data.display());
+                return fail(Exit::Usage, m);
             }
             let mut st = match peerfs::store::SqliteStore::open_reader(&reg.path_of(&peer)) {
                 Ok(s) => s,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Exit::Io, e.to_string()),
             };
             let obj = object.unwrap_or_default();
             let d = match peerfs::policy::verdict(&mut st, &caller, &peer, action, &obj) {
                 Ok(d) => d,
-                Err(e) => return fail(e.to_string()),
+                Err(e) => return fail(Exit::Io, e.to_string()),
             };
             println!("{}", d.explain());
-            if d.allowed() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
+            ExitCode::from(if d.allowed() { Exit::Ok } else { Exit::Denied })
         }
     }
+}
+
+/// Makes the data folder if missing and takes its lock (the daemon that serves
+/// it holds it: changing its peers behind the daemon's back makes ghosts).
+fn lock_data(data: &Path, who: &str) -> peerfs::Result<FolderLock> {
+    check_data_path(data)?;
+    peerfs::peer::private_dir(data)?;
+    FolderLock::data(data, who)
 }
 
 fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
     use peerfs::peer::Registry;
     match cmd {
         PeerCmd::Create { name, data, uid } => {
+            let _lock = lock_data(&data, "peer create")?;
             let r = Registry::new(&data, None)?;
             let uid = uid.unwrap_or_else(|| unsafe { libc::getuid() });
             r.create(&name, uid, unsafe { libc::getgid() })?;
@@ -683,7 +973,9 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
             }
         }
         PeerCmd::Remove { name, data } => {
-            let p = Registry::new(&data, None)?.remove(&name)?;
+            let _lock = lock_data(&data, "peer remove")?;
+            let r = Registry::new(&data, None)?;
+            let p = r.remove(&name)?;
             println!("moved peer {name} to {}", p.display());
         }
     }
@@ -694,11 +986,19 @@ fn demo(dir: PathBuf) -> peerfs::Result<()> {
     let data = dir.join("data");
     let mnt = dir.join("mnt");
     peerfs::peer::private_dir(&data)?;
+    std::fs::create_dir_all(&mnt)?;
+    // Before the peers are prepared: another demo may be serving them.
+    let lock = FolderLock::data(&data, "the demo")?;
     peerfs::demo::prepare(&data)?;
     let tour = peerfs::demo::tour(&mnt);
     let mut cfg = Config::new(&data);
     cfg.idle_close = Duration::from_secs(60);
-    serve(cfg, &mnt, false, true, None, Some(tour), None)
+    let start = Start {
+        metrics_listen: None,
+        lattice: None,
+        held: Some(lock),
+    };
+    serve(cfg, &mnt, false, true, Some(tour), start)
 }
 
 /// `peerfs lattice ...`.

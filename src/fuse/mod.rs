@@ -142,12 +142,54 @@ fn mount_error(what: &str, e: std::io::Error) -> Error {
     )
 }
 
+/// The file system type of a peerfs mount made through fusermount3; one that
+/// root makes with mount(2) shows as plain `fuse` with the source `peerfs`.
+pub const FSTYPE: &str = "fuse.peerfs";
+
+/// The mount points of peerfs mounts in `table` (the text of /proc/self/mounts),
+/// for `peerfs run` without `--mount`. The kernel writes a space, tab, newline
+/// or backslash in a path as an octal escape (`\040`).
+pub fn mounts_in(table: &str) -> Vec<std::path::PathBuf> {
+    table
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (source, point, fstype) = (f.next()?, f.next()?, f.next()?);
+            let ours = fstype == FSTYPE || (fstype == "fuse" && source == "peerfs");
+            ours.then(|| unescape_mount_path(point))
+        })
+        .collect()
+}
+
+fn unescape_mount_path(p: &str) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out).into()
+}
+
 /// Mount `vfs` at `mountpoint` and serve it on background threads.
 pub fn spawn(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> crate::Result<Session> {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.fsname.clone()),
-        MountOption::Subtype("peerfs".to_string()),
+        MountOption::Subtype(FSTYPE["fuse.".len()..].to_string()),
         // Peer directories are 0700 and owned by the peer's owner: the kernel's
         // permission checks are what make "identity is the path" hold.
         MountOption::DefaultPermissions,
@@ -356,6 +398,13 @@ impl PeerFs {
         })
     }
 
+    /// [`errno`], and the refusal in the peer's log (the vfs decides which
+    /// errors are refusals worth a line).
+    fn refuse(&self, op: &str, at: &Node, name: Option<&str>, e: &Error) -> Errno {
+        self.vfs.refused(op, at, name, e);
+        errno(op, e)
+    }
+
     /// Counts the lookup before the reply goes out, so a FORGET cannot overtake it.
     fn entry(&self, reply: ReplyEntry, node: &Node, attr: &Attr) {
         let ino = self.inodes.lookup(node);
@@ -381,7 +430,9 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
-            self.vfs.lookup(&parent, name).map_err(|e| errno(OP, &e))
+            self.vfs
+                .lookup(&parent, name)
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok((node, attr)) => self.entry(reply, &node, &attr),
@@ -441,7 +492,7 @@ impl Filesystem for PeerFs {
         let r = self.node(OP, ino).and_then(|node| {
             self.vfs
                 .setattr(&node, fh.map(|f| f.0), change)
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &node, None, &e))
         });
         match r {
             Ok(attr) => {
@@ -467,7 +518,7 @@ impl Filesystem for PeerFs {
             let name = name_str(OP, name)?;
             self.vfs
                 .mkdir(&parent, name, &caller(req))
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok((node, attr)) => self.entry(reply, &node, &attr),
@@ -497,7 +548,9 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
-            self.vfs.unlink(&parent, name).map_err(|e| errno(OP, &e))
+            self.vfs
+                .unlink(&parent, name)
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -510,7 +563,9 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
-            self.vfs.rmdir(&parent, name).map_err(|e| errno(OP, &e))
+            self.vfs
+                .rmdir(&parent, name)
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok(()) => reply.ok(),
@@ -544,7 +599,7 @@ impl Filesystem for PeerFs {
                     newname,
                     flags::RenameFlags::from_libc(flags.bits()),
                 )
-                .map_err(|e| errno(OP, &e))?;
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))?;
             if let Some(from) = from {
                 let to = self.vfs.lookup(&newparent, newname).ok().map(|(n, _)| n);
                 if let (Node::State { peer, dir: old }, Some(Node::State { dir: new, .. })) =
@@ -569,7 +624,7 @@ impl Filesystem for PeerFs {
         let r = self.node(OP, ino).and_then(|node| {
             self.vfs
                 .open(&node, flags::OpenFlags::from_libc(flags.0), &caller(req))
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &node, None, &e))
         });
         match r {
             Ok(o) => reply.opened(FileHandle(o.fh), open_flags(&o)),
@@ -616,7 +671,10 @@ impl Filesystem for PeerFs {
     ) {
         match self.vfs.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", &e)),
+            Err(e) => {
+                self.vfs.refused_fh("write", fh.0, &e);
+                reply.error(errno("write", &e))
+            }
         }
     }
 
@@ -742,7 +800,7 @@ impl Filesystem for PeerFs {
                     flags::OpenFlags::from_libc(flags),
                     &caller(req),
                 )
-                .map_err(|e| errno(OP, &e))
+                .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
             Ok((node, attr, opened)) => {
@@ -757,5 +815,29 @@ impl Filesystem for PeerFs {
             }
             Err(e) => reply.error(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod mounts_tests {
+    use super::*;
+
+    #[test]
+    fn mounts_in_finds_peerfs_mounts_only_with_escaped_paths() {
+        let table = "proc /proc proc rw 0 0\n\
+                     peerfs /tmp/a\\040b fuse.peerfs rw,nosuid 0 0\n\
+                     other /mnt/x fuse.sshfs rw 0 0\n\
+                     peerfs /srv/m fuse.peerfs rw 0 0\n\
+                     peerfs /srv/root fuse rw,default_permissions 0 0\n\
+                     sshfs /mnt/y fuse rw 0 0\n";
+        assert_eq!(
+            mounts_in(table),
+            [
+                std::path::PathBuf::from("/tmp/a b"),
+                "/srv/m".into(),
+                "/srv/root".into()
+            ]
+        );
+        assert!(mounts_in("").is_empty());
     }
 }

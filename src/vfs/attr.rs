@@ -249,6 +249,10 @@ impl Vfs {
                 }
                 Ok(a)
             }
+            EditFile { peer, name } => match self.staged_get(&Peer(peer.clone()), name) {
+                Some(s) => Ok(self.staged_attr(&s)),
+                None => Err(err!(libc::ENOENT, "no file {name:?}")),
+            },
             InboxFile { peer, target, name } => {
                 let parent = Inbox {
                     peer: peer.clone(),
@@ -520,7 +524,7 @@ impl Vfs {
                     b.resize(size as usize, 0);
                     self.core.apply(peer, Op::SetBytes(key.clone(), b))?;
                 }
-                Node::InboxFile { .. } | Node::ModuleFile { .. } => {
+                Node::InboxFile { .. } | Node::ModuleFile { .. } | Node::EditFile { .. } => {
                     if let Some((p, n)) = Node::parent_of(node) {
                         let len = self.staged_get(&p, &n).map_or(0, |s| s.data.len() as u64);
                         self.check_budget(

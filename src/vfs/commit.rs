@@ -35,6 +35,25 @@ impl Vfs {
     }
 
     pub(super) fn unlink_inner(&self, parent: &Node, name: &str) -> Result<()> {
+        if let Node::Inbox { peer, target } = parent {
+            if self.submitting(parent, name) {
+                // Its close is submitting it: the submission is on its way to the
+                // queue, and a withdrawal sent now follows it there (a peer's
+                // changes are applied in order), so it never runs and its result
+                // says so. Removing only the listed name would let it run.
+                if peer != target {
+                    return Err(err!(
+                        libc::EBUSY,
+                        "{name} is being submitted to {target}: a submitted script cannot be withdrawn"
+                    ));
+                }
+                self.staged
+                    .lock()
+                    .unwrap()
+                    .remove(&(parent.clone(), name.to_string()));
+                return self.core.withdraw(peer, name);
+            }
+        }
         if self
             .staged
             .lock()
@@ -61,7 +80,17 @@ impl Vfs {
             // The owner withdraws its own queued script (it ends unrun, with a
             // result saying so); another peer's queue is not the caller's to empty.
             Node::InboxFile { peer, target, .. } if peer == target => {
-                self.core.withdraw(peer, name)
+                // Listed, so queued a moment ago: if the withdrawal finds it gone,
+                // it was taken to run in between, and the rm is refused saying so.
+                let listed = self.attr(&node).is_ok();
+                self.core.withdraw(peer, name).map_err(|e| match e.errno {
+                    libc::ENOENT if listed => err!(
+                        libc::EBUSY,
+                        "{name} started to run before it could be withdrawn: its result \
+                         will be in outbox/"
+                    ),
+                    _ => e,
+                })
             }
             Node::InboxFile { .. } => {
                 self.attr(&node)?;
@@ -73,6 +102,23 @@ impl Vfs {
             Node::State { .. } => Err(err!(libc::EISDIR, "{name} is a folder: use rmdir")),
             _ => Err(err!(libc::EACCES, "{name} cannot be removed")),
         }
+    }
+
+    /// Whether a close is submitting the inbox file `name` of `inbox` now.
+    fn submitting(&self, inbox: &Node, name: &str) -> bool {
+        let Node::Inbox { peer, target } = inbox else {
+            return false;
+        };
+        let node = Node::InboxFile {
+            peer: peer.clone(),
+            target: target.clone(),
+            name: name.to_string(),
+        };
+        self.handles
+            .lock()
+            .unwrap()
+            .values()
+            .any(|h| h.node == node && h.committing > 0)
     }
 
     pub fn rename(
@@ -166,6 +212,7 @@ impl Vfs {
                     )),
                 }
             }
+            (Node::Peer(peer), Node::Peer(_)) => self.rename_edit(peer, name, newname, staged),
             (Node::Modules(peer), Node::Modules(_)) => {
                 if let Some(s) = staged {
                     if is_staging_name(newname) || module_name(newname).is_none() {
@@ -193,6 +240,50 @@ impl Vfs {
             }
             _ => Err(err!(libc::EACCES, "{name} cannot be moved there")),
         }
+    }
+
+    /// rename(2) in a peer's own folder: an editor's file renamed onto
+    /// `policy.cedar` or `groups` is validated and applied as at a close (`sed -i`,
+    /// `mv .new policy.cedar`); between editor's names it just moves.
+    fn rename_edit(
+        &self,
+        peer: &str,
+        name: &str,
+        newname: &str,
+        staged: Option<Staged>,
+    ) -> Result<()> {
+        let src = (Node::Peer(peer.to_string()), name.to_string());
+        let Some(s) = staged else {
+            return Err(err!(
+                libc::EACCES,
+                "{name} stays where it is: edit it in place, or write a new one beside it \
+                 and rename that onto it"
+            ));
+        };
+        let dst = match newname {
+            "policy.cedar" => Node::Policy(peer.to_string()),
+            "groups" => Node::Groups(peer.to_string()),
+            n if is_edit_name(n) => {
+                let mut st = self.staged.lock().unwrap();
+                st.remove(&src);
+                st.insert((Node::Peer(peer.to_string()), n.to_string()), s);
+                return Ok(());
+            }
+            _ => return Err(err!(libc::EACCES, "{newname}: a file of the peer's folder can be renamed onto policy.cedar or groups only")),
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.commit(
+            dst,
+            s.data,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv()
+            .map_err(|_| err!(libc::EIO, "the daemon stopped"))??;
+        self.staged.lock().unwrap().remove(&src);
+        self.entries_changed(&Node::Peer(peer.to_string()));
+        Ok(())
     }
 
     /// rename(2) of a folder in `state/`: every key under it moves in one
@@ -288,17 +379,28 @@ impl Vfs {
                     key,
                 })
             }
+            // An editor's file beside policy.cedar and groups (`sed -i`, vim).
+            Node::Peer(peer) if e.errno == libc::ENOENT && is_edit_name(name) => {
+                Ok(Node::EditFile {
+                    peer: peer.clone(),
+                    name: name.to_string(),
+                })
+            }
             // Only inbox, state and modules folders take new files: elsewhere a new
             // name is a read-only place, not a missing one.
             _ if e.errno == libc::ENOENT => Err(err!(
                 libc::EACCES,
-                "{name:?}: files can only be made in inbox/, state/ and modules/"
+                "{name:?}: files can only be made in inbox/, state/ and modules/ (and an \
+                 editor's temporary, swap or backup files beside policy.cedar and groups)"
             )),
             _ => Err(e),
         })?;
         if !matches!(
             node,
-            Node::InboxFile { .. } | Node::StateFile { .. } | Node::ModuleFile { .. }
+            Node::InboxFile { .. }
+                | Node::StateFile { .. }
+                | Node::ModuleFile { .. }
+                | Node::EditFile { .. }
         ) {
             return Err(ro(name));
         }
@@ -406,8 +508,11 @@ impl Vfs {
             }
         };
         match &node {
-            Node::InboxFile { name, .. } | Node::ModuleFile { name, .. }
+            Node::InboxFile { name, .. }
+            | Node::ModuleFile { name, .. }
+            | Node::EditFile { name, .. }
                 if is_staging_name(name)
+                    || matches!(node, Node::EditFile { .. })
                     || (matches!(node, Node::ModuleFile { .. }) && module_name(name).is_none()) =>
             {
                 // Staging files live in memory until renamed to a real name.
@@ -486,8 +591,16 @@ impl Vfs {
                 };
                 if let Some(v) = self.validator.read().unwrap().as_ref() {
                     if let Err(e) = v(kind, &data) {
-                        let msg =
-                            format!("{kind} refused, the old one stays in force: {}", e.message);
+                        let check = if kind == "policy" {
+                            "peerfs policy check FILE"
+                        } else {
+                            "peerfs policy check POLICY --groups FILE"
+                        };
+                        let msg = format!(
+                            "{kind} refused, the old one stays in force: {} (check a file \
+                             with `{check}` before copying it in)",
+                            e.message
+                        );
                         // close() fails once the reason is in the log, so that the
                         // log shows it as soon as the writer learns of the refusal.
                         let refusal = err!(libc::EINVAL, "{msg}");
@@ -527,6 +640,7 @@ impl Vfs {
                 if let Some((p, n)) = Node::parent_of(&h.node) {
                     if !is_staging_name(&n)
                         && !matches!(h.node, Node::ModuleFile { .. } if module_name(&n).is_none())
+                        && !matches!(h.node, Node::EditFile { .. })
                     {
                         self.staged.lock().unwrap().remove(&(p, n));
                     }

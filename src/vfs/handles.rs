@@ -242,9 +242,14 @@ impl Vfs {
         if flags.write {
             if !matches!(
                 node,
-                InboxFile { .. } | StateFile { .. } | ModuleFile { .. } | Policy(_) | Groups(_)
+                InboxFile { .. }
+                    | StateFile { .. }
+                    | ModuleFile { .. }
+                    | Policy(_)
+                    | Groups(_)
+                    | EditFile { .. }
             ) {
-                return Err(ro(&format!("{node:?}")));
+                return Err(ro(&node.to_string()));
             }
             // An inbox file that is queued is not changed by this: whatever the
             // handle holds at close is submitted as a new run of the same name
@@ -401,7 +406,8 @@ impl Vfs {
                 self.core.base_limits(peer == target).max_script_bytes
             }
             Node::ModuleFile { .. } => self.core.base_limits(true).max_script_bytes,
-            Node::Policy(_) | Node::Groups(_) => MAX_META_FILE,
+            // An editor's file becomes a policy or groups file, or goes.
+            Node::Policy(_) | Node::Groups(_) | Node::EditFile { .. } => MAX_META_FILE,
             Node::StateFile { .. } => self.core.base_limits(true).max_value_bytes,
             _ => MAX_STATE_FILE,
         }

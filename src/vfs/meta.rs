@@ -11,6 +11,13 @@ impl Vfs {
         match name {
             "version" => format!("version {}\n", env!("CARGO_PKG_VERSION")),
             "metrics" => crate::metrics::text(&self.core),
+            "refused" => self
+                .root_refusals
+                .lock()
+                .unwrap()
+                .iter()
+                .map(String::as_str)
+                .collect(),
             _ => {
                 let s = self.core.stats();
                 let g = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -34,14 +34,14 @@ use std::sync::{Arc, Mutex, RwLock};
 
 pub use attr::{attr_ttl, attrs_keep, entry_ttl, SetAttr, SetTime, CACHE_TTL};
 pub use flags::{OpenFlags, RenameFlags};
-pub use node::{join_key, module_name, Node};
+pub use node::{is_edit_name, join_key, module_name, Node};
 pub use tree::special_file;
 
 use handles::{Handle, Staged};
 
 use crate::error::err;
 use crate::error::{Error, Result};
-use crate::exec::{Change, Core, Listener};
+use crate::exec::{self, Change, Core, Listener};
 use crate::util::now_ns;
 
 /// Largest state value written through a file.
@@ -135,6 +135,9 @@ pub struct Vfs {
     dir_times: Mutex<HashMap<Node, (i64, i64)>>,
     /// The unknown names looked up under `peers/` whose reason was logged.
     unknown_peers: Mutex<std::collections::HashSet<String>>,
+    /// The last refusals at the mount's root (no peer's log to put them in):
+    /// `.peerfs/refused`.
+    root_refusals: Mutex<std::collections::VecDeque<String>>,
     invalidator: RwLock<Option<Invalidator>>,
     validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
@@ -177,6 +180,9 @@ impl Listener for ChangeRelay {
     }
 }
 
+/// Lines kept in `.peerfs/refused`.
+const ROOT_REFUSALS_KEPT: usize = 32;
+
 fn ro(what: &str) -> Error {
     err!(libc::EACCES, "{what} is read-only")
 }
@@ -196,6 +202,7 @@ impl Vfs {
             budget: AtomicU64::new(BUFFER_BUDGET),
             dir_times: Mutex::new(HashMap::new()),
             unknown_peers: Mutex::new(Default::default()),
+            root_refusals: Mutex::new(Default::default()),
             invalidator: RwLock::new(None),
             validator: RwLock::new(None),
             read_check: RwLock::new(None),
@@ -237,6 +244,64 @@ impl Vfs {
 
     pub fn set_read_check(&self, f: ReadCheck) {
         *self.read_check.write().unwrap() = Some(f);
+    }
+
+    /// Writes a refused file operation, in words, to the log of the peer whose
+    /// folder it was in (`at` is the node acted on, or the folder of `name`), so
+    /// that a user who sees only `Invalid argument` finds the reason in `log`.
+    /// The answers every program expects (no such name, already there, not yet,
+    /// no extended attributes) are no refusals. Refusals at the mount's root have
+    /// no peer: they stay in the daemon's log.
+    pub fn refused(&self, op: &str, at: &Node, name: Option<&str>, e: &Error) {
+        let expected = [
+            libc::ENOENT,
+            libc::EEXIST,
+            libc::EAGAIN,
+            libc::EINTR,
+            libc::ENODATA,
+            libc::ENOSYS,
+            libc::EOPNOTSUPP,
+            libc::ERANGE,
+            libc::ESTALE,
+        ];
+        if expected.contains(&e.errno) {
+            return;
+        }
+        let what = match (at, name) {
+            (Node::Root, Some(n)) => n.to_string(),
+            (_, Some(n)) => format!("{at}/{n}"),
+            (_, None) => at.to_string(),
+        };
+        // One line, whatever the name and the message hold.
+        let why = e.message.replace(['\n', '\r'], " ");
+        let line = format!("refused {op} {}: {why}", what.escape_debug());
+        match at.peer() {
+            Some(peer) if self.core.registry().exists(peer) => {
+                self.core.apply_async(peer, exec::Op::Log(line), None)
+            }
+            Some(_) => {}
+            // A peer that could not be made (`mkdir 'a b'`) has no log yet.
+            None => {
+                let mut r = self.root_refusals.lock().unwrap();
+                if r.len() == ROOT_REFUSALS_KEPT {
+                    r.pop_front();
+                }
+                r.push_back(format!("{} {line}\n", crate::util::rfc3339(now_ns())));
+            }
+        }
+    }
+
+    /// [`Vfs::refused`] for an operation on an open handle.
+    pub fn refused_fh(&self, op: &str, fh: u64, e: &Error) {
+        let node = self
+            .handles
+            .lock()
+            .unwrap()
+            .get(&fh)
+            .map(|h| h.node.clone());
+        if let Some(node) = node {
+            self.refused(op, &node, None, e);
+        }
     }
 
     fn may_read(&self, peer: &str, other: &str, key: &str) -> bool {

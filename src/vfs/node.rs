@@ -86,6 +86,23 @@ pub enum Node {
     Policy(String),
     Groups(String),
     Log(String),
+    /// A file an editor writes beside `policy.cedar` and `groups` (see
+    /// [`is_edit_name`]): kept in memory; renamed onto one of them, it is
+    /// validated and applied as at a close.
+    EditFile {
+        peer: String,
+        name: String,
+    },
+}
+
+/// The names editors give their files in the folder of the file they edit:
+/// `sed -i`'s temporary (`sedXXXXXX`), vim's swap and backup files
+/// (`.policy.cedar.swp`, `policy.cedar~`), any dot name.
+pub fn is_edit_name(name: &str) -> bool {
+    let sed = name.len() == 9
+        && name.starts_with("sed")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric());
+    sed || crate::peer::name::is_staging_name(name)
 }
 
 impl Node {
@@ -104,7 +121,8 @@ impl Node {
             | ModuleFile { peer, .. }
             | View { peer, .. }
             | ViewState { peer, .. }
-            | ViewStateFile { peer, .. } => Some(peer),
+            | ViewStateFile { peer, .. }
+            | EditFile { peer, .. } => Some(peer),
         }
     }
 
@@ -132,6 +150,57 @@ impl Node {
             State { peer, .. } | StateFile { peer, .. } => Some(peer),
             ViewState { other, .. } | ViewStateFile { other, .. } => Some(other),
             _ => None,
+        }
+    }
+}
+
+/// The node's path in the mount (`alice/peers/bob/state/shared/welcome`), as
+/// people see it: for messages and the log.
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use Node::*;
+        let sub = |f: &mut std::fmt::Formatter<'_>, rest: &str| {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                write!(f, "/{rest}")
+            }
+        };
+        // `peer/` for a peer's own folder, `peer/peers/target/` for a view.
+        let at = |f: &mut std::fmt::Formatter<'_>, peer: &str, target: &str| {
+            if peer == target {
+                write!(f, "{peer}")
+            } else {
+                write!(f, "{peer}/peers/{target}")
+            }
+        };
+        match self {
+            Root => write!(f, "the mount's root"),
+            MetaDir => write!(f, ".peerfs"),
+            MetaFile(n) => write!(f, ".peerfs/{n}"),
+            Peer(p) => write!(f, "{p}"),
+            Inbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/inbox")),
+            InboxFile { peer, target, name } => {
+                at(f, peer, target).and_then(|()| write!(f, "/inbox/{name}"))
+            }
+            Outbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/outbox")),
+            OutboxFile { peer, target, name } => {
+                at(f, peer, target).and_then(|()| write!(f, "/outbox/{name}"))
+            }
+            State { peer, dir } => write!(f, "{peer}/state").and_then(|()| sub(f, dir)),
+            StateFile { peer, key } => write!(f, "{peer}/state/{key}"),
+            Modules(p) => write!(f, "{p}/modules"),
+            ModuleFile { peer, name } => write!(f, "{peer}/modules/{name}"),
+            Peers(p) => write!(f, "{p}/peers"),
+            View { peer, other } => write!(f, "{peer}/peers/{other}"),
+            ViewState { peer, other, dir } => {
+                write!(f, "{peer}/peers/{other}/state").and_then(|()| sub(f, dir))
+            }
+            ViewStateFile { peer, other, key } => write!(f, "{peer}/peers/{other}/state/{key}"),
+            Policy(p) => write!(f, "{p}/policy.cedar"),
+            Groups(p) => write!(f, "{p}/groups"),
+            Log(p) => write!(f, "{p}/log"),
+            EditFile { peer, name } => write!(f, "{peer}/{name}"),
         }
     }
 }
@@ -202,6 +271,7 @@ impl Node {
                 )
             }
             Node::ModuleFile { peer, name } => (Node::Modules(peer.clone()), name.clone()),
+            Node::EditFile { peer, name } => (Node::Peer(peer.clone()), name.clone()),
             _ => return None,
         })
     }

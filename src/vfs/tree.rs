@@ -67,6 +67,7 @@ impl Vfs {
                 "version" => MetaFile("version"),
                 "stats" => MetaFile("stats"),
                 "metrics" => MetaFile("metrics"),
+                "refused" => MetaFile("refused"),
                 _ => return Err(missing()),
             },
             Peer(p) => {
@@ -89,6 +90,10 @@ impl Vfs {
                     "policy.cedar" => Policy(p),
                     "groups" => Groups(p),
                     "log" => Log(p),
+                    _ if self.staged_get(parent, name).is_some() => EditFile {
+                        peer: p,
+                        name: name.to_string(),
+                    },
                     _ => return Err(missing()),
                 }
             }
@@ -190,6 +195,7 @@ impl Vfs {
             }
             MetaDir => {
                 out.push(("metrics".into(), MetaFile("metrics"), Kind::File));
+                out.push(("refused".into(), MetaFile("refused"), Kind::File));
                 out.push(("stats".into(), MetaFile("stats"), Kind::File));
                 out.push(("version".into(), MetaFile("version"), Kind::File));
             }
@@ -208,7 +214,10 @@ impl Vfs {
                     let k = if c.is_dir() { Kind::Dir } else { Kind::File };
                     out.push((n.to_string(), c, k));
                 }
-                let _ = p;
+                staged_in(&mut out, node, &|n| EditFile {
+                    peer: p.clone(),
+                    name: n,
+                });
             }
             Inbox { peer, target } => {
                 let (pe, t) = (peer.clone(), target.clone());

@@ -29,6 +29,7 @@ mod intake;
 mod mirror;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -318,6 +319,14 @@ impl Shared {
         // The peer's folder itself as the daemon (DIR may be its own); inside it,
         // everything as the peer's owner (see `as_owner`).
         files::make_dir(&dir, 0o700, own)?;
+        // A folder made by its owner's mkdir has the umask's mode (0755 mostly):
+        // the peer's folder is private all the same.
+        let md = std::fs::metadata(&dir)?;
+        if md.permissions().mode() & 0o777 != 0o700 {
+            if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
+                tracing::warn!(folder = %dir.display(), error = %e, "cannot make the peer's folder private (0700)");
+            }
+        }
         // What the store has, read as the daemon before acting as the owner.
         let p = self.core.peer(peer)?;
         let mut texts = Vec::new();

@@ -329,8 +329,11 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `peerfs mount MNT --data DATA ARGS...` and waits until the mount serves.
+    /// MNT is made first, as an operator does (`peerfs mount` refuses a missing
+    /// one); a stale mount there (ENOTCONN) is the daemon's to refuse or clean.
     pub fn start(data: &Path, mnt: &Path, work: &Path, args: &[&str]) -> Daemon {
         require_fuse();
+        let _ = std::fs::create_dir_all(mnt);
         let mut cmd = vec![
             OsStr::new("mount"),
             mnt.as_os_str(),

@@ -66,6 +66,14 @@ pub(super) const MIGRATIONS: &[&str] = &[
 
 impl SqliteStore {
     pub(super) fn setup(&mut self) -> Result<()> {
+        // auto_vacuum first: switching to WAL writes the file's first page, after
+        // which a fresh store can no longer take auto_vacuum without a VACUUM.
+        let fresh: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if fresh == 0 {
+            self.conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
+        }
         // synchronous=FULL in WAL mode: every commit fsyncs the WAL before it returns.
         self.conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-512;
@@ -85,10 +93,6 @@ impl SqliteStore {
                 MIGRATIONS.len()
             ));
         }
-        if version == 0 {
-            // Before any table exists: a fresh store gives freed pages back.
-            self.conn.execute_batch("PRAGMA auto_vacuum=INCREMENTAL")?;
-        }
         if version < MIGRATIONS.len() {
             let tx = self.conn.transaction()?;
             for (i, m) in MIGRATIONS.iter().enumerate().skip(version) {
@@ -103,7 +107,7 @@ impl SqliteStore {
         if vacuum != 2 {
             // A store made before incremental vacuum: switched once (VACUUM
             // rewrites the file), so that space of removed values is reclaimed.
-            tracing::info!(store = %self.path.display(), "enabling incremental vacuum");
+            tracing::debug!(store = %self.path.display(), "enabling incremental vacuum");
             self.conn
                 .execute_batch("PRAGMA auto_vacuum=INCREMENTAL; VACUUM;")?;
         }
