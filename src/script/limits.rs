@@ -137,7 +137,7 @@ limits! {
     /// what it freed, counted from the run's start), checked at every operation
     /// and before a step that would make a big value at once.
     max_memory_bytes("bounded::max_memory_bytes"):
-        others 16 << 20, own 256 << 20, ceiling 1 << 36, "64 GiB: more than a worker should hold";
+        others 8 << 20, own 256 << 20, ceiling 1 << 36, "64 GiB: more than a worker should hold";
     max_output_bytes("bounded::max_output_bytes"):
         others 64 << 10, own 16 << 20, ceiling 1 << 30, IN_ONE_ROW;
     max_sends("bounded::max_sends"):
