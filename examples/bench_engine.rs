@@ -99,6 +99,10 @@ fn main() {
         metrics_overhead(&dir.path().join("metrics"));
         return;
     }
+    if std::env::var("PEERFS_BENCH_ONLY").as_deref() == Ok("corpus") {
+        corpus_vs_stock(&dir.path().join("corpus"));
+        return;
+    }
     let mut cfg = Config::new(dir.path().join("a"));
     cfg.workers = 2;
     if let Ok(us) = std::env::var("PEERFS_INLINE_US") {
@@ -122,6 +126,7 @@ fn main() {
     println!("engine.many_peers.runs_per_s: {many_rate:.0} runs/s");
 
     metrics_overhead(&dir.path().join("metrics"));
+    corpus_vs_stock(&dir.path().join("corpus"));
 
     let eval = eval_only(20_000);
     println!("engine.eval_only.runs_per_s: {eval:.0} runs/s");
@@ -203,4 +208,111 @@ fn metrics_overhead(dir: &std::path::Path) {
     println!("engine.metrics_record_share: {:.4}", ns * best_off / 1e9);
     on.shutdown();
     off.shutdown();
+}
+
+/// Scripts of the kinds Rhai ships as examples, each with the value it must give.
+const CORPUS: [(&str, &str, i64); 6] = [
+    (
+        "array_1m",
+        "let a = []; for i in 0..1_000_000 { a.push(i); } let s = 0; for x in a { s += x; } s",
+        499_999_500_000,
+    ),
+    (
+        "map_10k_strings",
+        "let m = #{}; for i in 0..10_000 { m[`key${i}`] = `value ${i}`; }
+         let n = 0; for k in m.keys() { n += m[k].len(); } n",
+        98_890,
+    ),
+    (
+        "string_build",
+        r#"let s = ""; for i in 0..100_000 { s += `${i},`; } s.len()"#,
+        588_890,
+    ),
+    (
+        "nested_loops",
+        "let n = 0; for i in 0..1000 { for j in 0..1000 { if (i + j) % 7 == 0 { n += 1; } } } n",
+        142_857,
+    ),
+    (
+        "recursion",
+        "fn fib(n) { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } } fib(24)",
+        46_368,
+    ),
+    (
+        "closures_objects",
+        "let make = |k| |x| x * k;
+         let fs = []; for k in 0..1000 { fs.push(make.call(k)); }
+         let obj = #{ total: 0 }; obj.add = |x| { this.total += x; };
+         for i in 0..100_000 { obj.add(i); }
+         let sum = 0; for f in fs { sum += f.call(3); }
+         obj.total + sum",
+        4_999_950_000 + 1_498_500,
+    ),
+];
+
+/// `engine.corpus_vs_stock_ratio`: each corpus script's time in a stock
+/// `rhai::Engine` over its time as an owner's script through peerfs (a run of the
+/// core, owner's default limits), in this process; rounds alternate between the
+/// two and each side's best of three counts. The figure is the worst script's.
+/// Both sides run over peerfs's counting allocator (it is the process's).
+fn corpus_vs_stock(dir: &std::path::Path) {
+    let (u, g) = uid();
+    let mut cfg = Config::new(dir.to_path_buf());
+    cfg.workers = 2;
+    let core = Core::start(cfg).unwrap();
+    core.create_peer("corpus", u, g).unwrap();
+    let stock = rhai::Engine::new();
+    let mut worst = f64::MAX;
+    for (name, src, want) in CORPUS {
+        let (mut best_peerfs, mut best_stock) = (f64::MAX, f64::MAX);
+        for round in 0..3 {
+            let t = Instant::now();
+            let r = core
+                .run("corpus", &format!("{name}{round}.rhai"), src)
+                .unwrap();
+            best_peerfs = best_peerfs.min(t.elapsed().as_secs_f64());
+            assert_eq!(r["status"], "ok", "{name}: {r}");
+            assert_eq!(r["value"], want, "{name}: {r}");
+            let t = Instant::now();
+            let v = stock.eval::<i64>(src).unwrap();
+            best_stock = best_stock.min(t.elapsed().as_secs_f64());
+            assert_eq!(v, want, "{name} (stock)");
+        }
+        if std::env::var("PEERFS_BENCH_RHAI_LIMITS").is_ok() {
+            rhai_size_limits(name, src, best_stock);
+        }
+        let ratio = best_stock / best_peerfs;
+        println!(
+            "engine.corpus.{name}_ms: {:.1} ms (stock {:.1} ms)",
+            best_peerfs * 1e3,
+            best_stock * 1e3
+        );
+        println!("engine.corpus.{name}_ratio: {ratio:.3}");
+        worst = worst.min(ratio);
+    }
+    println!("engine.corpus_vs_stock_ratio: {worst:.3}");
+    core.shutdown();
+}
+
+/// With PEERFS_BENCH_RHAI_LIMITS set: the script in a stock engine with Rhai's own
+/// size limits at the owner's old defaults (how peerfs bounded memory before
+/// max_memory_bytes), against the stock engine's `best_stock`; stopped after 20 s.
+fn rhai_size_limits(name: &str, src: &str, best_stock: f64) {
+    let mut e = rhai::Engine::new();
+    e.set_max_string_size(64 << 20);
+    e.set_max_array_size(4_000_000);
+    e.set_max_map_size(4_000_000);
+    let t = Instant::now();
+    e.on_progress(move |_| (t.elapsed().as_secs() >= 20).then(|| "20 s".into()));
+    let r = e.eval::<i64>(src);
+    let took = t.elapsed().as_secs_f64();
+    let done = if r.is_ok() {
+        ""
+    } else {
+        " (stopped: did not finish)"
+    };
+    println!(
+        "engine.corpus.{name}_rhai_size_limits_ratio: {:.4}{done}",
+        best_stock / took
+    );
 }

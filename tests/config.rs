@@ -323,19 +323,25 @@ fn probes() -> Vec<Probe> {
             "max_string_size",
             1_000,
             10_000,
-            "let s = \"x\"; for i in 0..12 { s += s } s.len()",
+            "let s = \"x\"; for i in 0..12 { s += s } s",
         ),
         p(
             "max_array_size",
             1_000,
             5_000,
-            "let a = []; for i in 0..2000 { a.push(i) } a.len()",
+            "let a = []; for i in 0..2000 { a.push(i) } a",
         ),
         p(
             "max_map_size",
             1_000,
             5_000,
-            "let m = #{}; for i in 0..2000 { m[`k${i}`] = i } m.len()",
+            "let m = #{}; for i in 0..2000 { m[`k${i}`] = i } m",
+        ),
+        p(
+            "max_memory_bytes",
+            1 << 20,
+            64 << 20,
+            "let a = []; for i in 0..200000 { a.push(i) } a.len()",
         ),
         p(
             "max_output_bytes",

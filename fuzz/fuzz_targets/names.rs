@@ -1,7 +1,8 @@
 //! Names of peers, keys and scripts: every accepted name obeys the documented rules,
 //! and every name that obeys them is accepted.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 use peerfs::peer::name::{
     check_key, check_module_name, check_peer_name, check_segment, is_staging_name, script_stem,

@@ -8,8 +8,9 @@
 //! conditions the native subset covers (and a few it does not, which Cedar then
 //! decides on both sides), groups over a few peers, and requests with varied
 //! callers, objects, params and times.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 use peerfs::policy::{Action, Groups, Policy, Request};
 use serde_json::json;
@@ -79,7 +80,7 @@ fn cond(b: &mut Bytes, depth: u8) -> String {
 }
 
 fn statement(b: &mut Bytes) -> String {
-    let effect = if b.next() % 3 == 0 {
+    let effect = if b.next().is_multiple_of(3) {
         "forbid"
     } else {
         "permit"
@@ -99,7 +100,11 @@ fn statement(b: &mut Bytes) -> String {
     };
     let mut s = format!("{effect} ({principal}, {action}, resource)");
     for _ in 0..b.next() % 3 {
-        let kw = if b.next() % 4 == 0 { "unless" } else { "when" };
+        let kw = if b.next().is_multiple_of(4) {
+            "unless"
+        } else {
+            "when"
+        };
         s.push_str(&format!(" {kw} {{ {} }}", cond(b, 2)));
     }
     s.push_str(";\n");

@@ -4,11 +4,12 @@
 //!
 //! Inputs of odd length run as a guest (bob at alice, reads of `shared/*` only);
 //! even ones as the owner.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 
 #[path = "shared/temp.rs"]

@@ -1,8 +1,9 @@
 //! How state values become file bytes and back: parsing any bytes never panics, a
 //! rendered non-string value parses back to itself, and text that is not JSON is kept
 //! as a string (less one trailing newline).
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 use peerfs::store::value::{parse_file, render};
 use serde_json::Value;

@@ -3,10 +3,11 @@
 //! .peerfs/, another peer's view), with sizes and offsets drawn from the edges.
 //! Every operation gives a result or a clear errno, never a panic or an abort; a
 //! refused size changes nothing; the store stays intact.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 use std::sync::{mpsc, Arc, OnceLock};
 
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 
 #[path = "shared/temp.rs"]

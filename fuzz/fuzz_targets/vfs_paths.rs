@@ -1,10 +1,11 @@
 //! Path resolution on the mount: any '/'-separated path walked with `lookup` from
 //! the root (and `readdir` on every folder reached) gives errors, never panics; a
 //! node `lookup` returns has attributes, and a folder's listing agrees with lookup.
-#![no_main]
+#![cfg_attr(fuzzing, no_main)]
 
 use std::sync::{Arc, OnceLock};
 
+#[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
 
 #[path = "shared/temp.rs"]

@@ -41,7 +41,7 @@
 //! # Sandbox limits
 //! `permit` policies that can apply to `Action::"run"` may carry annotations
 //! `@max_operations("100000")`, `@max_wall_ms`, `@max_string_size`,
-//! `@max_array_size`, `@max_map_size`, `@max_output_bytes`, `@max_call_levels`,
+//! `@max_array_size`, `@max_map_size`, `@max_memory_bytes`, `@max_output_bytes`, `@max_call_levels`,
 //! `@max_sends` (decimal `u64`). When a `run` request is allowed, the limits are
 //! the minimum, per limit, over all satisfied permit policies. An unknown
 //! `@max_*` annotation, a non-numeric value, a limit on a `forbid`, or a limit on
@@ -251,12 +251,13 @@ pub type Limits = crate::script::Limits<Option<u64>>;
 
 /// The limits a policy's annotations may set (`@max_operations("100000")` ...),
 /// in the order its errors name them.
-pub const ANNOTATED_LIMITS: [&str; 8] = [
+pub const ANNOTATED_LIMITS: [&str; 9] = [
     "max_operations",
     "max_wall_ms",
     "max_string_size",
     "max_array_size",
     "max_map_size",
+    "max_memory_bytes",
     "max_output_bytes",
     "max_call_levels",
     "max_sends",

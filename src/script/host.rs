@@ -82,7 +82,12 @@ pub(super) struct Ctx {
     max_sends: usize,
     max_wall_ms: u64,
     max_string: usize,
+    max_array: usize,
+    max_map: usize,
     max_value: u64,
+    /// `max_memory_bytes`, and the thread's count of held bytes when the run began.
+    max_memory: i64,
+    mem_base: i64,
     pub(super) output: String,
     output_over: bool,
     pub(super) ops: u64,
@@ -144,7 +149,11 @@ pub(super) fn install(
         max_sends: input.limits.max_sends as usize,
         max_wall_ms: input.limits.max_wall_ms,
         max_string: input.limits.max_string_size as usize,
+        max_array: input.limits.max_array_size as usize,
+        max_map: input.limits.max_map_size as usize,
         max_value: input.limits.max_value_bytes,
+        max_memory: input.limits.max_memory_bytes.min(i64::MAX as u64) as i64,
+        mem_base: super::alloc::thread_held(),
         output: String::new(),
         output_over: false,
         ops: 0,
@@ -243,6 +252,16 @@ fn to_json(v: &Dynamic) -> RhaiResult<Value> {
     Ok(j)
 }
 
+/// `max_string_size`, `max_array_size` and `max_map_size` on a value leaving the
+/// run (stored, sent): once per value, not at every change inside the script.
+fn check_sizes(ctx: &mut Ctx, what: &str, v: &Value) -> RhaiResult<()> {
+    let (a, m, s) = (ctx.max_array, ctx.max_map, ctx.max_string);
+    match super::sizes::size_error(v, what, a as u64, m as u64, s as u64) {
+        Some(msg) => Err(fatal(ctx, Status::Limit, msg)),
+        None => Ok(()),
+    }
+}
+
 fn to_dyn(v: Option<Value>) -> RhaiResult<Dynamic> {
     match v {
         None => Ok(Dynamic::UNIT),
@@ -264,6 +283,7 @@ pub(super) fn register(engine: &mut Engine) {
         let v = to_json(&value)?;
         with_ctx(|c| {
             check(c, Capability::Write, key)?;
+            check_sizes(c, &format!("the value for key {key:?}"), &v)?;
             check_value_size(c, key, &v)?;
             store_w(c)?.set(key, &v).map_err(storage_err)
         })
@@ -316,6 +336,7 @@ pub(super) fn register(engine: &mut Engine) {
         let params = to_json(&Dynamic::from_map(params))?;
         with_ctx(|c| {
             check(c, Capability::Send, peer)?;
+            check_sizes(c, "the params sent", &params)?;
             let host = unsafe { &*c.host };
             if !host.knows_peer(peer) {
                 // A clear error now, not a message that could never be delivered.
@@ -393,6 +414,18 @@ pub(super) fn on_progress(ops: u64) -> Option<Dynamic> {
         let mut b = c.borrow_mut();
         let c = b.as_mut()?;
         c.ops = ops;
+        // O(1): one thread-local read. A step that copies a big value at once can
+        // pass the limit by that value's size before this sees it; steps that make
+        // a value of a size they are given check before allocating (`guard`).
+        let held = super::alloc::thread_held().wrapping_sub(c.mem_base);
+        if held > c.max_memory {
+            let msg = format!(
+                "max_memory_bytes ({}) reached: the run held {held} bytes",
+                c.max_memory
+            );
+            c.fatal = Some((Status::Limit, msg.clone()));
+            return Some(msg.into());
+        }
         if c.output_over {
             let msg = format!(
                 "max_output_bytes ({}) reached: the script printed too much",
@@ -471,4 +504,43 @@ impl rhai::ModuleResolver for Resolver {
             .map_err(|e| Box::new(EvalAltResult::ErrorInModule(path.to_string(), e, pos)))?;
         Ok(m.into())
     }
+}
+
+/// What a step that makes a value of a given size makes.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Making {
+    /// A string of that many characters.
+    String,
+    /// An array or BLOB of that many elements.
+    Array,
+}
+
+/// Before a step makes a value of a size the script gave it (`pad`, `blob(n)`):
+/// refused when `count` is over the limit for what it makes, or `bytes` more would
+/// pass `max_memory_bytes`, so no such allocation is ever attempted.
+pub(super) fn reserve(making: Making, count: u64, bytes: u64) -> RhaiResult<()> {
+    CTX.with(|c| {
+        let mut b = c.borrow_mut();
+        let Some(c) = b.as_mut() else {
+            return Ok(());
+        };
+        let (name, max, unit) = match making {
+            Making::String => ("max_string_size", c.max_string, "characters"),
+            Making::Array => ("max_array_size", c.max_array, "elements"),
+        };
+        if count > max as u64 {
+            let msg = format!("{name} ({max}) reached: a step would make {count} {unit}");
+            return Err(fatal(c, Status::Limit, msg));
+        }
+        let held = super::alloc::thread_held().wrapping_sub(c.mem_base);
+        if held.saturating_add(bytes.min(i64::MAX as u64) as i64) > c.max_memory {
+            let msg = format!(
+                "max_memory_bytes ({}) reached: a step would allocate {bytes} bytes more than \
+                 the {held} the run holds",
+                c.max_memory
+            );
+            return Err(fatal(c, Status::Limit, msg));
+        }
+        Ok(())
+    })
 }

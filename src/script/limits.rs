@@ -121,12 +121,23 @@ limits! {
     max_expr_depth("bounded::max_expr_depth"):
         others 64, own 128, ceiling 1_000,
         "deeper nesting would overflow a worker thread's 64 MiB stack while compiling";
+    /// Longest string (bytes) one step may make (`pad`) and that a run may return,
+    /// store or send; strings a script builds step by step are bounded by
+    /// `max_memory_bytes`.
     max_string_size("bounded::max_string_size"):
         others 1 << 20, own 64 << 20, ceiling 1 << 30, IN_ONE_ROW;
+    /// Most elements of an array or bytes of a BLOB one step may make (`pad`,
+    /// `blob(n)`), and of the arrays in a value a run returns, stores or sends.
     max_array_size("bounded::max_array_size"):
         others 10_000, own 4_000_000, ceiling 1 << 30, NO_RUN_NEEDS_MORE;
+    /// Most entries of the maps in a value a run returns, stores or sends.
     max_map_size("bounded::max_map_size"):
         others 10_000, own 4_000_000, ceiling 1 << 30, NO_RUN_NEEDS_MORE;
+    /// Most bytes a run may hold allocated at once (its thread's allocations less
+    /// what it freed, counted from the run's start), checked at every operation
+    /// and before a step that would make a big value at once.
+    max_memory_bytes("bounded::max_memory_bytes"):
+        others 8 << 20, own 256 << 20, ceiling 1 << 36, "64 GiB: more than a worker should hold";
     max_output_bytes("bounded::max_output_bytes"):
         others 64 << 10, own 16 << 20, ceiling 1 << 30, IN_ONE_ROW;
     max_sends("bounded::max_sends"):

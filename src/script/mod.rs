@@ -5,9 +5,11 @@
 //! (the target's store, caller, limits, output buffer) in a thread-local for the
 //! duration of `eval`, so the registered host functions reach it without locks.
 
+mod alloc;
 pub(crate) mod cache;
 mod host;
 mod limits;
+mod sizes;
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;
@@ -168,6 +170,7 @@ impl ScriptEngine {
         // No dynamic code: every script that runs is one the policy checked.
         engine.disable_symbol("eval");
         host::register(&mut engine);
+        sizes::register(&mut engine);
         engine.set_module_resolver(host::Resolver {
             cache: cache.clone(),
             library,
@@ -186,9 +189,7 @@ impl ScriptEngine {
             l.max_expr_depth as usize,
             (l.max_expr_depth / 2).max(1) as usize,
         );
-        e.set_max_string_size(l.max_string_size as usize);
-        e.set_max_array_size(l.max_array_size as usize);
-        e.set_max_map_size(l.max_map_size as usize);
+        // Rhai's string, array and map size limits stay unset (0): see `sizes`.
         e.set_max_modules(l.max_modules as usize);
     }
 
@@ -308,7 +309,19 @@ impl ScriptEngine {
                 // A value that could not be read back would poison its result's
                 // delivery: the run that made it fails instead.
                 Ok(j) => match check_depth(&j, "the script's value") {
-                    Ok(()) => out.value = j,
+                    Ok(()) => match sizes::size_error(
+                        &j,
+                        "the script's value",
+                        input.limits.max_array_size,
+                        input.limits.max_map_size,
+                        input.limits.max_string_size,
+                    ) {
+                        None => out.value = j,
+                        Some(e) => {
+                            out.status = Status::Limit;
+                            out.error = Some(e);
+                        }
+                    },
                     Err(e) => {
                         out.status = Status::Error;
                         out.error = Some(e);

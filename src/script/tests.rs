@@ -143,56 +143,170 @@ fn endless_loop_hits_wall_time() {
     assert!(o.error.unwrap().contains("max_wall_ms (50)"));
 }
 
+fn assert_limit(o: &Outcome, names: &[&str]) {
+    assert_eq!(o.status, Status::Limit, "{:?}", o.error);
+    let e = o.error.as_deref().unwrap();
+    assert!(names.iter().any(|n| e.contains(n)), "{e}");
+}
+
 #[test]
-fn memory_bombs_hit_size_limits() {
+fn memory_bombs_hit_the_memory_limit() {
     let mut f = fixture();
-    // Each bomb must meet its size limit, not the wall clock of a loaded machine.
+    // Each bomb must meet its limit, not the wall clock of a loaded machine.
     let roomy = Limits {
         max_wall_ms: 120_000,
+        max_operations: 1 << 40,
+        max_memory_bytes: 16 << 20,
         ..Limits::default()
     };
     let run = |f: &mut Fixture, src: &str| run_with(f, src, &roomy);
-    let o = run(&mut f, r#"let s = "xxxxxxxx"; loop { s += s; }"#);
-    assert_eq!(o.status, Status::Limit);
-    assert!(
-        o.error.as_ref().unwrap().contains("max_string_size"),
-        "{:?}",
-        o.error
-    );
-    let o = run(&mut f, "let a = []; loop { a.push(1); }");
-    assert_eq!(o.status, Status::Limit);
-    assert!(
-        o.error.as_ref().unwrap().contains("max_array_size"),
-        "{:?}",
-        o.error
-    );
+    for bomb in [
+        r#"let s = "xxxxxxxx"; loop { s += s; }"#,
+        r#"let s = "x"; loop { s = s + s; }"#,
+        "let a = []; loop { a.push(1); }",
+        "let a = [1]; loop { a += a; }",
+        "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+        "let a = []; let i = 0; loop { a.push(`${i}`); i += 1; }",
+        "let a = [[]]; loop { a.push(a[a.len() - 1] + [1]); }",
+        "let b = blob(); loop { b += b + blob(10); }",
+        "fn f(a) { a.push(a.len()); f(a) } let all = []; loop { all.push([1, 2, 3]); }",
+    ] {
+        let o = run(&mut f, bomb);
+        assert_limit(&o, &["max_memory_bytes (16777216) reached: the run held"]);
+    }
+}
+
+#[test]
+fn one_step_bombs_are_refused_before_allocating() {
+    let mut f = fixture();
+    // A petabyte: had any of these been attempted, the allocation would fail and
+    // the process abort.
+    for (src, limit) in [
+        (
+            r#"let s = " "; s.pad(1_000_000_000_000_000, " "); s.len()"#,
+            "max_string_size",
+        ),
+        (
+            r#"let s = ""; s.pad(1_000_000_000_000_000, 'x'); s.len()"#,
+            "max_string_size",
+        ),
+        (
+            "let a = []; a.pad(1_000_000_000_000_000, 0); a.len()",
+            "max_array_size",
+        ),
+        (
+            "let b = blob(1_000_000_000_000_000); b.len()",
+            "max_array_size",
+        ),
+        (
+            "let b = blob(1_000_000_000_000_000, 7); b.len()",
+            "max_array_size",
+        ),
+        (
+            "let b = blob(); b.pad(1_000_000_000_000_000, 7); b.len()",
+            "max_array_size",
+        ),
+    ] {
+        let o = run(&mut f, src);
+        assert_limit(&o, &[&format!("{limit} (")]);
+        assert!(o.error.unwrap().contains("a step would make"));
+    }
+    // Within the size limits but over the memory left: refused before the step
+    // too (the message says what the step would allocate, not what was held).
     let l = Limits {
-        max_map_size: 1000,
-        ..roomy
+        max_memory_bytes: 1 << 20,
+        max_string_size: 1 << 30,
+        max_array_size: 1 << 30,
+        ..Limits::default()
     };
-    let o = run_with(
-        &mut f,
-        "let m = #{}; for i in 0..5000 { m[`k${i}`] = i; } m.len()",
-        &l,
-    );
-    assert_eq!(o.status, Status::Limit);
-    assert!(
-        o.error.as_ref().unwrap().contains("max_map_size"),
-        "{:?}",
-        o.error
-    );
-    // Inside an endless `loop` Rhai does not check the map's size; the operation
-    // budget bounds it instead (and so its memory).
+    for src in [
+        r#"let s = ""; s.pad(100_000_000, "x"); s.len()"#,
+        "let a = []; a.pad(10_000_000, 0); a.len()",
+        r#"let a = []; let y = "x"; y.pad(10_000, "y"); a.pad(1000, y); a.len()"#,
+        "let b = blob(100_000_000); b.len()",
+    ] {
+        let o = run_with(&mut f, src, &l);
+        assert_limit(
+            &o,
+            &["max_memory_bytes (1048576) reached: a step would allocate"],
+        );
+    }
+    // Under every limit, the same steps work as Rhai's own.
     let o = run(
         &mut f,
-        "let m = #{}; let i = 0; loop { m[`k${i}`] = i; i += 1; }",
+        r#"let s = "ab"; s.pad(5, "xy"); let t = "a"; t.pad(3, 'é');
+           let a = [1]; a.pad(3, "z"); let b = blob(2, 0x141); b.pad(4, 9);
+           [s, t, a, b.to_array(), blob(1).len()]"#,
     );
-    assert_eq!(o.status, Status::Limit);
-    let e = o.error.unwrap();
-    assert!(
-        e.contains("max_map_size") || e.contains("max_operations"),
-        "{e}"
+    assert_eq!(o.status, Status::Ok, "{:?}", o.error);
+    assert_eq!(
+        o.value,
+        json!(["abxyx", "aéé", [1, "z", "z"], [0x41, 0x41, 9, 9], 1])
     );
+}
+
+#[test]
+fn values_leaving_a_run_meet_the_size_limits() {
+    let mut f = fixture();
+    let l = Limits {
+        max_array_size: 1000,
+        max_map_size: 1000,
+        max_string_size: 1000,
+        ..Limits::default()
+    };
+    let cases = [
+        ("let a = []; a.pad(999, 0); a", None),
+        ("let a = []; for i in 0..2000 { a.push(i) } a.len()", None),
+        (
+            "let a = []; for i in 0..2000 { a.push(i) } a",
+            Some("max_array_size (1000)"),
+        ),
+        (
+            "let m = #{}; for i in 0..2000 { m[`k${i}`] = i } m",
+            Some("max_map_size (1000)"),
+        ),
+        (
+            r#"let s = ""; for i in 0..2000 { s += "x" } set("k", s); 1"#,
+            Some("max_string_size (1000)"),
+        ),
+        (
+            r#"let a = []; for i in 0..600 { a.push([i, i]) } set("k", a); 1"#,
+            Some("max_array_size (1000)"),
+        ),
+        (
+            r#"let m = #{}; for i in 0..2000 { m[`k${i}`] = i } send("bob", "1", m); 1"#,
+            Some("max_map_size (1000)"),
+        ),
+    ];
+    for (src, limit) in cases {
+        let o = run_with(&mut f, src, &l);
+        match limit {
+            None => assert_eq!(o.status, Status::Ok, "{src}: {:?}", o.error),
+            Some(name) => assert_limit(&o, &[name]),
+        }
+    }
+    assert_eq!(f.store.get("k").unwrap(), None);
+}
+
+#[test]
+fn big_values_are_built_at_the_owners_limits() {
+    let mut f = fixture();
+    // Rhai's own for2.rhai: a million numbers pushed, then summed. With Rhai's size
+    // limits set this was quadratic and never ended within max_wall_ms.
+    let o = run_with(
+        &mut f,
+        "let a = []; for i in 0..1_000_000 { a.push(i) } let s = 0; for x in a { s += x } s",
+        &Limits::own(),
+    );
+    assert_eq!(o.status, Status::Ok, "{:?}", o.error);
+    assert_eq!(o.value, json!(499_999_500_000i64));
+    let o = run_with(
+        &mut f,
+        "let m = #{}; for i in 0..10_000 { m[`key${i}`] = `value ${i}` } m.len()",
+        &Limits::own(),
+    );
+    assert_eq!(o.status, Status::Ok, "{:?}", o.error);
+    assert_eq!(o.value, json!(10_000));
 }
 
 #[test]
