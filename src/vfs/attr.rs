@@ -1,6 +1,7 @@
 //! Attributes: what `stat` shows for each [`Node`] kind ([`Vfs::getattr`]), how long
 //! the kernel may keep them ([`entry_ttl`], [`attr_ttl`]), and what SETATTR changes
-//! ([`Vfs::setattr`]: size, times, and the chmod/chown rule).
+//! ([`Vfs::setattr`]: size, times, and the chmod/chown rule). The modes of a
+//! peer's fixed entries are the layout's (`crate::layout`).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use super::*;
 use crate::error::err;
 use crate::error::Result;
 use crate::exec::Op;
+use crate::layout::Room;
 use crate::util::now_ns;
 
 /// Whether the kernel may keep `node`'s attributes for a while (entries of files
@@ -216,12 +218,20 @@ impl Vfs {
             MetaDir => self.dir_attr(None, 0o555),
             MetaFile(n) => self.file_attr(None, self.meta_text(n).len() as u64, 0o444, now_ns()),
             Peer(p) => self.dir_attr(Some(p), 0o700),
-            Inbox { peer, .. }
-            | Outbox { peer, .. }
-            | Modules(peer)
-            | Peers(peer)
-            | View { peer, .. }
-            | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
+            Inbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Inbox)),
+            Outbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Outbox)),
+            Modules(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Modules)),
+            Peers(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Peers)),
+            View { peer, .. } | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
+            Reserved {
+                peer, name, kind, ..
+            } => {
+                let perm = self.layout.entry(name).map_or(0o555, |e| e.mode);
+                match kind {
+                    Kind::Dir => self.dir_attr(Some(peer), perm),
+                    Kind::File => self.file_attr(Some(peer), 0, perm, now_ns()),
+                }
+            }
             State { peer, dir } => {
                 if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
                     return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
@@ -231,7 +241,9 @@ impl Vfs {
                 } else {
                     self.core.peer(peer)?.read(|s| s.folder(dir))?
                 };
-                let perm = kept.and_then(|f| f.mode).map_or(0o755, |m| m as u16);
+                let perm = kept
+                    .and_then(|f| f.mode)
+                    .map_or(self.entry_mode(Room::State), |m| m as u16);
                 let mut a = self.dir_attr(Some(peer), perm)?;
                 if let Some(t) = kept.and_then(|f| f.mtime_ns) {
                     a.mtime_ns = t;
@@ -325,20 +337,27 @@ impl Vfs {
                 }
             }
             ViewStateFile { peer, other, key } => self.view_attr(peer, other, key),
-            Policy(p) => {
-                let (b, t) = self.meta_bytes(p, "policy")?;
-                self.file_attr(Some(p), b.len() as u64, 0o644, t)
-            }
-            Groups(p) => {
-                let (b, t) = self.meta_bytes(p, "groups")?;
-                self.file_attr(Some(p), b.len() as u64, 0o644, t)
+            Policy(_) | Groups(_) => {
+                let (p, text) = node.as_text().expect("a policy text");
+                let (b, t) = self.meta_bytes(p, text)?;
+                self.file_attr(
+                    Some(p),
+                    b.len() as u64,
+                    self.entry_mode(Room::Text(text)),
+                    t,
+                )
             }
             Log(p) => {
                 let peer = self.core.peer(p)?;
                 let size = peer.read(|s| s.log_size())?;
-                self.file_attr(Some(p), size, 0o444, now_ns())
+                self.file_attr(Some(p), size, self.entry_mode(Room::Log), now_ns())
             }
         }
+    }
+
+    /// The permission bits the layout gives the entry that `room` serves.
+    fn entry_mode(&self, room: Room) -> u16 {
+        self.layout.of_room(room).map_or(0o555, |e| e.mode)
     }
 
     /// The permission bits a state file shows (see [`Vfs::chmod`]): those set on

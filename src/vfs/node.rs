@@ -1,7 +1,11 @@
 //! What a path on the mount means: one [`Node`] per file or folder, and the
 //! naming rules that go with it (module file names, a file's parent folder).
+//! Which names a peer's folder holds is `crate::layout`'s; each of its rooms has
+//! its kinds of node here.
 
+use crate::layout::Kind;
 use crate::peer::name::is_staging_name;
+use crate::policy::PolicyText;
 
 /// The identity of a file or folder on the mount. The FUSE adapter gives each node
 /// an inode number; every rule about what a node allows lives in the vfs.
@@ -23,6 +27,7 @@ use crate::peer::name::is_staging_name;
 /// | `ViewState`, `ViewStateFile` | the keys the policy lets this peer read | – | – | – | – |
 /// | `Policy`, `Groups` | the text in force | a close validates and applies the whole text | – | – | – |
 /// | `Log` | read as it grows | – | – | – | – |
+/// | `Reserved` | empty | – | – | – | – |
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
     Root,
@@ -86,6 +91,14 @@ pub enum Node {
     Policy(String),
     Groups(String),
     Log(String),
+    /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
+    /// in `peer`'s own folder (target == peer) or its view of `target`.
+    Reserved {
+        peer: String,
+        target: String,
+        name: &'static str,
+        kind: Kind,
+    },
     /// A file an editor writes beside `policy.cedar` and `groups` (see
     /// [`is_edit_name`]): kept in memory; renamed onto one of them, it is
     /// validated and applied as at a close.
@@ -122,7 +135,25 @@ impl Node {
             | View { peer, .. }
             | ViewState { peer, .. }
             | ViewStateFile { peer, .. }
-            | EditFile { peer, .. } => Some(peer),
+            | EditFile { peer, .. }
+            | Reserved { peer, .. } => Some(peer),
+        }
+    }
+
+    /// The file of `peer`'s folder that shows its `text`.
+    pub fn text(peer: &str, text: PolicyText) -> Node {
+        match text {
+            PolicyText::Policy => Node::Policy(peer.to_string()),
+            PolicyText::Groups => Node::Groups(peer.to_string()),
+        }
+    }
+
+    /// The peer and the policy text a `policy.cedar` or `groups` node shows.
+    pub fn as_text(&self) -> Option<(&str, PolicyText)> {
+        match self {
+            Node::Policy(p) => Some((p, PolicyText::Policy)),
+            Node::Groups(p) => Some((p, PolicyText::Groups)),
+            _ => None,
         }
     }
 
@@ -130,7 +161,11 @@ impl Node {
         use Node::*;
         matches!(
             self,
-            Root | MetaDir
+            Reserved {
+                kind: Kind::Dir,
+                ..
+            } | Root
+                | MetaDir
                 | Peer(_)
                 | Inbox { .. }
                 | Outbox { .. }
@@ -197,9 +232,12 @@ impl std::fmt::Display for Node {
                 write!(f, "{peer}/peers/{other}/state").and_then(|()| sub(f, dir))
             }
             ViewStateFile { peer, other, key } => write!(f, "{peer}/peers/{other}/state/{key}"),
-            Policy(p) => write!(f, "{p}/policy.cedar"),
-            Groups(p) => write!(f, "{p}/groups"),
+            Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
+            Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
             Log(p) => write!(f, "{p}/log"),
+            Reserved {
+                peer, target, name, ..
+            } => at(f, peer, target).and_then(|()| write!(f, "/{name}")),
             EditFile { peer, name } => write!(f, "{peer}/{name}"),
         }
     }
