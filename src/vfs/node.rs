@@ -194,6 +194,10 @@ impl Node {
 impl std::fmt::Display for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use Node::*;
+        // The names of the layout's entries.
+        use crate::layout as l;
+        let (inbox, outbox, state) = (l::INBOX.name, l::OUTBOX.name, l::STATE.name);
+        let (modules, peers, log) = (l::MODULES.name, l::PEERS.name, l::LOG.name);
         let sub = |f: &mut std::fmt::Formatter<'_>, rest: &str| {
             if rest.is_empty() {
                 Ok(())
@@ -206,7 +210,7 @@ impl std::fmt::Display for Node {
             if peer == target {
                 write!(f, "{peer}")
             } else {
-                write!(f, "{peer}/peers/{target}")
+                write!(f, "{peer}/{peers}/{target}")
             }
         };
         match self {
@@ -214,27 +218,29 @@ impl std::fmt::Display for Node {
             MetaDir => write!(f, ".peerfs"),
             MetaFile(n) => write!(f, ".peerfs/{n}"),
             Peer(p) => write!(f, "{p}"),
-            Inbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/inbox")),
+            Inbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/{inbox}")),
             InboxFile { peer, target, name } => {
-                at(f, peer, target).and_then(|()| write!(f, "/inbox/{name}"))
+                at(f, peer, target).and_then(|()| write!(f, "/{inbox}/{name}"))
             }
-            Outbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/outbox")),
+            Outbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/{outbox}")),
             OutboxFile { peer, target, name } => {
-                at(f, peer, target).and_then(|()| write!(f, "/outbox/{name}"))
+                at(f, peer, target).and_then(|()| write!(f, "/{outbox}/{name}"))
             }
-            State { peer, dir } => write!(f, "{peer}/state").and_then(|()| sub(f, dir)),
-            StateFile { peer, key } => write!(f, "{peer}/state/{key}"),
-            Modules(p) => write!(f, "{p}/modules"),
-            ModuleFile { peer, name } => write!(f, "{peer}/modules/{name}"),
-            Peers(p) => write!(f, "{p}/peers"),
-            View { peer, other } => write!(f, "{peer}/peers/{other}"),
+            State { peer, dir } => write!(f, "{peer}/{state}").and_then(|()| sub(f, dir)),
+            StateFile { peer, key } => write!(f, "{peer}/{state}/{key}"),
+            Modules(p) => write!(f, "{p}/{modules}"),
+            ModuleFile { peer, name } => write!(f, "{peer}/{modules}/{name}"),
+            Peers(p) => write!(f, "{p}/{peers}"),
+            View { peer, other } => write!(f, "{peer}/{peers}/{other}"),
             ViewState { peer, other, dir } => {
-                write!(f, "{peer}/peers/{other}/state").and_then(|()| sub(f, dir))
+                write!(f, "{peer}/{peers}/{other}/{state}").and_then(|()| sub(f, dir))
             }
-            ViewStateFile { peer, other, key } => write!(f, "{peer}/peers/{other}/state/{key}"),
+            ViewStateFile { peer, other, key } => {
+                write!(f, "{peer}/{peers}/{other}/{state}/{key}")
+            }
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
-            Log(p) => write!(f, "{p}/log"),
+            Log(p) => write!(f, "{p}/{log}"),
             Reserved {
                 peer, target, name, ..
             } => at(f, peer, target).and_then(|()| write!(f, "/{name}")),
