@@ -455,13 +455,15 @@ fn a_peer_of_another_user_closed_when_idle_serves_again() {
 }
 
 /// A peer's folder is one description (`peerfs::layout`): an entry added to it in
-/// one line shows in a real mount (its folder and its view in `peers/<other>/`,
-/// with the entry's mode, read-only) and in a spool's folders alike.
+/// one line shows in a real mount (a folder in the peer's folder and its view in
+/// `peers/<other>/`, a file in its folder only; with the entry's mode, read-only)
+/// and in a spool's folders alike.
 #[test]
 fn an_entry_added_to_the_layout_shows_in_the_mount_and_the_spool() {
     use peerfs::layout::{Entry, Layout};
     use std::os::unix::fs::PermissionsExt;
-    let layout = Layout::with(Entry::folder("made-up", 0o555).in_view());
+    let layout = Layout::standard().with(Entry::folder("made-up", 0o555).in_view());
+    let layout = std::sync::Arc::new(layout.with(Entry::file("made-up.txt", 0o444)));
 
     let shown = |base: &Path| {
         for at in [base.join("alice"), base.join("alice/peers/bob")] {
@@ -475,6 +477,11 @@ fn an_entry_added_to_the_layout_shows_in_the_mount_and_the_spool() {
             assert_eq!(m.permissions().mode() & 0o777, 0o555, "{}", at.display());
             assert!(names(&at.join("made-up")).is_empty());
         }
+        let f = base.join("alice/made-up.txt");
+        let m = std::fs::metadata(&f).unwrap();
+        assert!(m.is_file(), "{}", f.display());
+        assert_eq!((m.len(), m.permissions().mode() & 0o777), (0, 0o444));
+        assert!(!names(&base.join("alice/peers/bob")).contains(&"made-up.txt".into()));
     };
     let t = tempfile::tempdir().unwrap();
     let start = |data: &str| {
@@ -493,8 +500,10 @@ fn an_entry_added_to_the_layout_shows_in_the_mount_and_the_spool() {
     let vfs = peerfs::vfs::Vfs::with_layout(core.clone(), layout.clone());
     let session = peerfs::fuse::spawn(vfs, &mnt, &Default::default()).unwrap();
     shown(&mnt);
-    let e = std::fs::write(mnt.join("alice/made-up/x"), "1").unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+    for f in ["alice/made-up/x", "alice/made-up.txt"] {
+        let e = std::fs::write(mnt.join(f), "1").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{f}: {e}");
+    }
     // The standard entries are still there.
     let own = names(&mnt.join("alice"));
     for n in [

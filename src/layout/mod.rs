@@ -10,8 +10,6 @@
 
 pub mod text;
 
-use std::sync::Arc;
-
 use crate::policy::PolicyText;
 
 pub use text::apply_text;
@@ -182,19 +180,17 @@ pub struct Layout {
 
 impl Layout {
     /// [`PEER_FOLDER`].
-    pub fn standard() -> Arc<Layout> {
-        Arc::new(Layout {
+    pub fn standard() -> Layout {
+        Layout {
             entries: PEER_FOLDER.to_vec(),
-        })
+        }
     }
 
-    /// The standard layout with `entry` added (or put in place of the entry of
-    /// the same name).
-    pub fn with(entry: Entry) -> Arc<Layout> {
-        let mut entries = PEER_FOLDER.to_vec();
-        entries.retain(|e| e.name != entry.name);
-        entries.push(entry);
-        Arc::new(Layout { entries })
+    /// This layout with `entry` added (in place of an entry of the same name).
+    pub fn with(mut self, entry: Entry) -> Layout {
+        self.entries.retain(|e| e.name != entry.name);
+        self.entries.push(entry);
+        self
     }
 
     /// A peer's own folder.
@@ -244,10 +240,11 @@ mod tests {
 
     #[test]
     fn an_entry_added_replaces_one_of_its_name() {
-        let l = Layout::with(Entry::folder("tables", 0o555).in_view());
+        let l = Layout::standard().with(Entry::folder("tables", 0o555).in_view());
         assert_eq!(l.entry("tables").unwrap().room, Room::Reserved);
         assert!(l.view_entry("tables").is_some());
-        let l = Layout::with(Entry::file("log", 0o400));
+        let l = Layout::standard().with(Entry::file("log", 0o400));
         assert_eq!(l.entries().len(), PEER_FOLDER.len());
+        assert_eq!(l.entry("log").unwrap().kind, Kind::File);
     }
 }

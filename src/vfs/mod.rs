@@ -190,7 +190,7 @@ impl Vfs {
     /// A vfs over `core` serving the standard layout; it registers itself for
     /// change notices.
     pub fn new(core: Core) -> Arc<Vfs> {
-        Vfs::with_layout(core, Layout::standard())
+        Vfs::with_layout(core, Arc::new(Layout::standard()))
     }
 
     /// A vfs over `core` whose peers' folders hold `layout`'s entries.

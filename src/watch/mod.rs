@@ -143,7 +143,7 @@ impl Spool {
     /// Lays out `root` for every peer of `core` (the standard layout), submits
     /// what was left in the inboxes, and starts watching.
     pub fn start(core: Core, root: &Path) -> Result<Spool> {
-        Spool::start_with_layout(core, root, Layout::standard())
+        Spool::start_with_layout(core, root, Arc::new(Layout::standard()))
     }
 
     /// [`Spool::start`] with peers' folders holding `layout`'s entries.
