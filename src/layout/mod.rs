@@ -213,6 +213,20 @@ impl Layout {
         self.view().find(|e| e.name == name)
     }
 
+    /// The entries of `kind` that a peer's owner writes, for messages:
+    /// `inbox/, state/ and modules/` (each name followed by `suffix`).
+    pub fn written(&self, kind: Kind, suffix: &str) -> String {
+        let names: Vec<String> = (self.entries.iter())
+            .filter(|e| e.kind == kind && e.writer == Writer::Owner)
+            .map(|e| format!("{}{suffix}", e.name))
+            .collect();
+        match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => "nothing".to_string(),
+        }
+    }
+
     /// The entry served by `room` (each room but [`Room::Reserved`] has one).
     pub fn of_room(&self, room: Room) -> Option<&Entry> {
         self.entries.iter().find(|e| e.room == room)
@@ -236,6 +250,8 @@ mod tests {
         }
         let view: Vec<_> = l.view().map(|e| e.name).collect();
         assert_eq!(view, ["inbox", "outbox", "state"]);
+        assert_eq!(l.written(Kind::Dir, "/"), "inbox/, state/ and modules/");
+        assert_eq!(l.written(Kind::File, ""), "policy.cedar and groups");
     }
 
     #[test]

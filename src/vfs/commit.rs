@@ -391,12 +391,14 @@ impl Vfs {
                     name: name.to_string(),
                 })
             }
-            // Only inbox, state and modules folders take new files: elsewhere a new
-            // name is a read-only place, not a missing one.
+            // Only the folders the owner writes (inbox, state, modules) take new
+            // files: elsewhere a new name is a read-only place, not a missing one.
             _ if e.errno == libc::ENOENT => Err(err!(
                 libc::EACCES,
-                "{name:?}: files can only be made in inbox/, state/ and modules/ (and an \
-                 editor's temporary, swap or backup files beside policy.cedar and groups)"
+                "{name:?}: files can only be made in {} (and an editor's temporary, swap or \
+                 backup files beside {})",
+                self.layout.written(Kind::Dir, "/"),
+                self.layout.written(Kind::File, "")
             )),
             _ => Err(e),
         })?;
