@@ -351,6 +351,16 @@ impl Shared {
             }
         }
         // What the store has, read as the daemon before acting as the owner.
+        let texts = self.stored_files(peer, &dir)?;
+        as_owner(own, || self.layout_inside(peer, &dir, own, &texts))?;
+        let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
+        self.scan_new_folders(peer);
+        Ok(())
+    }
+
+    /// The files of `peer`'s folder (at `dir`) with what the store holds: the
+    /// policy texts, the modules, and the layout's reserved files (empty).
+    fn stored_files(&self, peer: &str, dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>, u16)>> {
         let p = self.core.peer(peer)?;
         let mut texts = Vec::new();
         for e in self.layout.entries() {
@@ -376,10 +386,7 @@ impl Shared {
                 _ => {}
             }
         }
-        as_owner(own, || self.layout_inside(peer, &dir, own, &texts))?;
-        let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
-        self.scan_new_folders(peer);
-        Ok(())
+        Ok(texts)
     }
 
     /// The folders, and `texts` (policy, groups, modules) where they are missing.
