@@ -462,7 +462,7 @@ fn a_peer_of_another_user_closed_when_idle_serves_again() {
 fn an_entry_added_to_the_layout_shows_in_the_mount_and_the_spool() {
     use peerfs::layout::{Entry, Layout};
     use std::os::unix::fs::PermissionsExt;
-    let layout = Layout::standard().with(Entry::folder("made-up", 0o555).in_view());
+    let layout = Layout::standard().with(Entry::folder("made-up", 0o555).in_views());
     let layout = std::sync::Arc::new(layout.with(Entry::file("made-up.txt", 0o444)));
 
     let shown = |base: &Path| {

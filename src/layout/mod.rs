@@ -95,8 +95,8 @@ impl Entry {
         }
     }
 
-    /// The same entry, shown in `peers/<other>/` too.
-    pub const fn in_view(self) -> Entry {
+    /// The same entry, shown in `peers/<other>/` too (sets [`Entry::in_view`]).
+    pub const fn in_views(self) -> Entry {
         Entry {
             in_view: true,
             ..self
@@ -256,7 +256,7 @@ mod tests {
 
     #[test]
     fn an_entry_added_replaces_one_of_its_name() {
-        let l = Layout::standard().with(Entry::folder("tables", 0o555).in_view());
+        let l = Layout::standard().with(Entry::folder("tables", 0o555).in_views());
         assert_eq!(l.entry("tables").unwrap().room, Room::Reserved);
         assert!(l.view_entry("tables").is_some());
         let l = Layout::standard().with(Entry::file("log", 0o400));
