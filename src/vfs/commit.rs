@@ -274,7 +274,13 @@ impl Vfs {
                 st.insert((Node::Peer(peer.to_string()), n.to_string()), s);
                 return Ok(());
             }
-            (None, _) => return Err(err!(libc::EACCES, "{newname}: a file of the peer's folder can be renamed onto policy.cedar or groups only")),
+            (None, _) => {
+                let texts = self.layout.written(Kind::File, "");
+                return Err(err!(
+                    libc::EACCES,
+                    "{newname}: a file of the peer's folder can be renamed onto {texts} only"
+                ));
+            }
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.commit(

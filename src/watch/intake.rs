@@ -236,7 +236,7 @@ impl Shared {
         let mut inboxes: Vec<(String, PathBuf)> = (self.layout.entries().iter().filter(submit))
             .map(|e| (peer.to_string(), dir.join(e.name)))
             .collect();
-        if let Ok(rd) = read_dir(&self.view_dir(peer, "")) {
+        if let Ok(rd) = read_dir(&self.peers_dir(peer)) {
             for v in rd.flatten() {
                 let t = v.file_name().to_string_lossy().into_owned();
                 for e in self.layout.view().filter(submit) {

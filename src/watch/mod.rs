@@ -430,13 +430,16 @@ impl Shared {
         Ok(())
     }
 
+    /// `viewer`'s `peers/`.
+    fn peers_dir(&self, viewer: &str) -> PathBuf {
+        let peers = self.layout.of_room(Room::Peers);
+        self.peer_dir(viewer)
+            .join(peers.unwrap_or(&crate::layout::PEERS).name)
+    }
+
     /// `viewer`'s view of `of`: `peers/<of>/`.
     fn view_dir(&self, viewer: &str, of: &str) -> PathBuf {
-        let peers = self
-            .layout
-            .of_room(Room::Peers)
-            .unwrap_or(&crate::layout::PEERS);
-        self.peer_dir(viewer).join(peers.name).join(of)
+        self.peers_dir(viewer).join(of)
     }
 
     /// The folders of a view (`peers/<other>/`), as `own` (the viewer's owner).
