@@ -214,15 +214,16 @@ impl Layout {
     }
 
     /// The entries of `kind` that a peer's owner writes, for messages:
-    /// `inbox/, state/ and modules/` (each name followed by `suffix`).
-    pub fn written(&self, kind: Kind, suffix: &str) -> String {
+    /// `inbox/, state/ and modules/` (each name followed by `suffix`, the last
+    /// joined by `conj`: "and", "or").
+    pub fn written(&self, kind: Kind, suffix: &str, conj: &str) -> String {
         let names: Vec<String> = (self.entries.iter())
             .filter(|e| e.kind == kind && e.writer == Writer::Owner)
             .map(|e| format!("{}{suffix}", e.name))
             .collect();
         match names.split_last() {
             Some((last, [])) => last.clone(),
-            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            Some((last, rest)) => format!("{} {conj} {last}", rest.join(", ")),
             None => "nothing".to_string(),
         }
     }
@@ -250,8 +251,11 @@ mod tests {
         }
         let view: Vec<_> = l.view().map(|e| e.name).collect();
         assert_eq!(view, ["inbox", "outbox", "state"]);
-        assert_eq!(l.written(Kind::Dir, "/"), "inbox/, state/ and modules/");
-        assert_eq!(l.written(Kind::File, ""), "policy.cedar and groups");
+        assert_eq!(
+            l.written(Kind::Dir, "/", "and"),
+            "inbox/, state/ and modules/"
+        );
+        assert_eq!(l.written(Kind::File, "", "or"), "policy.cedar or groups");
     }
 
     #[test]

@@ -275,7 +275,7 @@ impl Vfs {
                 return Ok(());
             }
             (None, _) => {
-                let texts = self.layout.written(Kind::File, "");
+                let texts = self.layout.written(Kind::File, "", "or");
                 return Err(err!(
                     libc::EACCES,
                     "{newname}: a file of the peer's folder can be renamed onto {texts} only"
@@ -403,8 +403,8 @@ impl Vfs {
                 libc::EACCES,
                 "{name:?}: files can only be made in {} (and an editor's temporary, swap or \
                  backup files beside {})",
-                self.layout.written(Kind::Dir, "/"),
-                self.layout.written(Kind::File, "")
+                self.layout.written(Kind::Dir, "/", "and"),
+                self.layout.written(Kind::File, "", "and")
             )),
             _ => Err(e),
         })?;
