@@ -11,6 +11,7 @@
 //! The lattice runs on a small tokio runtime on its own thread; the executor's
 //! threads hand it work through channels and never block inside it.
 
+pub mod creds;
 pub mod handover;
 pub mod provision;
 pub mod server;
@@ -202,7 +203,7 @@ pub struct Lattice {
 pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
     let names = Names::new(&opts.name)?;
     refuse_secret_in_url(&opts.url)?;
-    let creds = opts.creds.as_deref().map(server::Creds::read).transpose()?;
+    let creds = opts.creds.as_deref().map(creds::Creds::read).transpose()?;
     if let Some(c) = &creds {
         if let Some(l) = c.lattice.as_deref().filter(|l| *l != opts.name) {
             return Err(err!(

@@ -309,7 +309,7 @@ impl ScriptEngine {
                 // A value that could not be read back would poison its result's
                 // delivery: the run that made it fails instead.
                 Ok(j) => match check_depth(&j, "the script's value") {
-                    Ok(()) => match sizes::size_error(
+                    Ok(()) => match limits::size_error(
                         &j,
                         "the script's value",
                         input.limits.max_array_size,
