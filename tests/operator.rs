@@ -420,7 +420,10 @@ fn a_refused_start_makes_no_data_folder() {
     ]);
     assert_eq!(o.status.code(), Some(64), "{}", text(&o));
     assert!(!is_mounted(&mnt));
-    assert!(!t.path().join("new").exists(), "a refused start left folders");
+    assert!(
+        !t.path().join("new").exists(),
+        "a refused start left folders"
+    );
     // The same in spool mode: neither the spool nor the data folder.
     let spool = t.path().join("spool");
     let o = peerfs(&[
