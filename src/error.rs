@@ -29,6 +29,9 @@ impl Eq for Error {}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The errno of [`Error::stopped`].
+pub const STOPPED: i32 = libc::ENOTCONN;
+
 impl Error {
     pub fn new(errno: i32, message: impl Into<String>) -> Error {
         Error {
@@ -36,6 +39,21 @@ impl Error {
             message: message.into(),
             source: None,
         }
+    }
+
+    /// The daemon stopped before `what` happened (a result was ready, a change
+    /// applied, a message taken). One errno for every such answer: `ENOTCONN`, what
+    /// the kernel answers for a mount whose daemon is gone. Not `EINTR` (readers
+    /// such as coreutils' retry it when no signal came, and it would fail again),
+    /// not `EIO` (that says the data is broken), not `EAGAIN` (nothing comes back
+    /// before the next start).
+    pub fn stopped(what: impl fmt::Display) -> Error {
+        Error::new(STOPPED, format!("the daemon stopped before {what}"))
+    }
+
+    /// Whether this is [`Error::stopped`].
+    pub fn is_stopped(&self) -> bool {
+        self.errno == STOPPED
     }
 
     /// This error, remembering `source` as the one it was made from.
@@ -97,5 +115,33 @@ impl From<rusqlite::Error> for Error {
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Error {
         Error::new(libc::EINVAL, format!("json: {e}")).with_source(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stopped_is_one_errno_and_says_what_did_not_happen() {
+        let e = Error::stopped("the result was ready");
+        assert!(e.is_stopped());
+        assert_eq!(e.errno, libc::ENOTCONN);
+        assert_eq!(
+            e.to_string(),
+            "the daemon stopped before the result was ready"
+        );
+        assert!(!err!(libc::EIO, "broken").is_stopped());
+    }
+
+    #[test]
+    fn a_converted_error_keeps_its_source() {
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let e = Error::from(io);
+        assert_eq!(e.errno, libc::ENOSPC);
+        let source = std::error::Error::source(&e).expect("a source");
+        assert_eq!(source.to_string(), e.message);
+        assert_eq!(e.clone(), e, "a clone shares its source");
+        assert!(std::error::Error::source(&err!(libc::EIO, "x")).is_none());
     }
 }

@@ -308,19 +308,13 @@ impl Core {
             let waits = std::mem::take(&mut *rt(&p).waits.lock().unwrap());
             for (_, pr) in waits {
                 for w in pr.waiters {
-                    w(Err(err!(
-                        libc::EINTR,
-                        "the daemon stopped before the result was ready"
-                    )));
+                    w(Err(crate::Error::stopped("the result was ready")));
                 }
             }
             let ops = std::mem::take(&mut rt(&p).work.lock().unwrap().ops);
             for (_, ack) in ops {
                 if let Some(a) = ack {
-                    a(Err(err!(
-                        libc::EIO,
-                        "the daemon stopped before the change was applied"
-                    )));
+                    a(Err(crate::Error::stopped("the change was applied")));
                 }
             }
         }

@@ -156,11 +156,10 @@ impl Transport for InProcess {
     fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
         match self.core.upgrade() {
             Some(inner) => Core(inner).deliver_local(from, msg, ack),
-            None => ack(Delivery::WayDown(err!(
-                libc::EAGAIN,
-                "the daemon is stopping: message {} waits for the next start",
+            None => ack(Delivery::WayDown(Error::stopped(format_args!(
+                "message {} was delivered: it waits for the next start",
                 msg.id
-            ))),
+            )))),
         }
     }
 }

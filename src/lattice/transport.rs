@@ -123,7 +123,7 @@ impl Transport for Nats {
             ack,
         };
         if let Err(e) = l.publisher.send(p) {
-            (e.0.ack)(Err(err!(libc::EAGAIN, "the lattice is stopping")));
+            (e.0.ack)(Err(crate::Error::stopped("the message was published")));
         }
     }
 }
@@ -133,7 +133,7 @@ fn outcome(r: Result<()>) -> Delivery {
     match r {
         Ok(()) => Delivery::Taken,
         Err(e) if e.errno == libc::ENOENT => Delivery::NoSuchPeer(e),
-        Err(e) if matches!(e.errno, libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::EAGAIN) => {
+        Err(e) if e.is_stopped() || matches!(e.errno, libc::EHOSTUNREACH | libc::ETIMEDOUT) => {
             Delivery::WayDown(e)
         }
         Err(e) => Delivery::Refused(e),
@@ -426,10 +426,9 @@ async fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
         let mut transient = None;
         let mut refused = None;
         for rx in answers {
-            match rx
-                .await
-                .unwrap_or_else(|_| Delivery::WayDown(err!(libc::EAGAIN, "the daemon stopped")))
-            {
+            match rx.await.unwrap_or_else(|_| {
+                Delivery::WayDown(crate::Error::stopped("the message was applied"))
+            }) {
                 Delivery::Taken => {}
                 Delivery::WayDown(e) => transient = Some(e),
                 Delivery::NoSuchPeer(e) | Delivery::Refused(e) => refused = Some(e),
