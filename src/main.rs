@@ -407,7 +407,7 @@ fn main() -> ExitCode {
 /// The config file (`--config`/`PEERFS_CONFIG`) with the flags over it; a refusal
 /// is printed (key, reason, line) and becomes exit status 64.
 fn load_config(daemon: &DaemonArgs, extra: Vec<FlagValue>) -> Result<Effective, ExitCode> {
-    let fail = |e: String| {
+    let fail = |e: peerfs::Error| {
         eprintln!("peerfs: {e}");
         ExitCode::from(Exit::Usage)
     };

@@ -90,7 +90,7 @@ impl crate::policy::Peers for Core {
         key: &str,
         script: &str,
         params: &serde_json::Value,
-    ) -> std::result::Result<Option<serde_json::Value>, String> {
+    ) -> Result<Option<serde_json::Value>> {
         self.transport()
             .remote_get(owner, reader, key, script, params)
     }

@@ -108,8 +108,8 @@ pub trait Transport: Send + Sync {
         _key: &str,
         _script: &str,
         _params: &serde_json::Value,
-    ) -> std::result::Result<Option<serde_json::Value>, String> {
-        Err(not_here(owner).message)
+    ) -> Result<Option<serde_json::Value>> {
+        Err(not_here(owner))
     }
 
     /// The children of the folder `dir` of `owner` (a peer of another daemon)

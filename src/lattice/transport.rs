@@ -69,7 +69,7 @@ impl Transport for Nats {
         key: &str,
         script: &str,
         params: &serde_json::Value,
-    ) -> std::result::Result<Option<serde_json::Value>, String> {
+    ) -> Result<Option<serde_json::Value>> {
         super::read::remote_get(&self.0, owner, reader, key, script, params)
     }
 

@@ -30,7 +30,7 @@ impl Policy {
         caller: &str,
         groups: &[EntityUid],
         action: Action,
-    ) -> Result<Arc<Candidates>, String> {
+    ) -> Result<Arc<Candidates>, PolicyError> {
         let slot = action.index();
         {
             let cache = self
@@ -99,8 +99,8 @@ impl Policy {
         req: &Request,
         groups: &Groups,
         allow_native: bool,
-    ) -> Result<Decision, String> {
-        let env = env().map_err(|e| e.message)?;
+    ) -> Result<Decision, PolicyError> {
+        let env = env()?;
         let action = req.action;
         let group_uids = groups.uids_of(req.caller);
         let candidates = self.candidates(env, req.caller, group_uids, action)?;
@@ -150,14 +150,13 @@ impl Policy {
                 _ => Vec::new(),
             };
             entities.push(
-                Entity::new_with_tags(env.params_uid.clone(), [], [], tags)
-                    .map_err(|e| e.to_string())?,
+                Entity::new_with_tags(env.params_uid.clone(), [], [], tags).map_err(internal)?,
             );
         }
         let entities = if entities.is_empty() {
             Entities::empty()
         } else {
-            Entities::from_entities(entities, None).map_err(|e| e.to_string())?
+            Entities::from_entities(entities, None).map_err(internal)?
         };
 
         let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
@@ -205,7 +204,7 @@ impl Policy {
         let context = if pairs.is_empty() {
             Context::empty()
         } else {
-            Context::from_pairs(pairs).map_err(|e| e.to_string())?
+            Context::from_pairs(pairs).map_err(internal)?
         };
         let request = cedar_policy::Request::new(
             principal,
@@ -214,7 +213,7 @@ impl Policy {
             context,
             None,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(internal)?;
 
         let built;
         let set = match &candidates.set {
@@ -263,7 +262,7 @@ impl Policy {
         req: &Request,
         groups: &[EntityUid],
         object: &str,
-    ) -> Result<Decision, String> {
+    ) -> Result<Decision, PolicyError> {
         let action = req.action;
         let (resource_type, resource_attr) = action.resource_shape();
         let nreq = native::Req {
@@ -287,7 +286,10 @@ impl Policy {
                 continue;
             }
             let Some(conds) = &m.native else {
-                return Err(format!("internal error: {} is not compiled", m.name));
+                return Err(PolicyError::new(format!(
+                    "internal error: {} is not compiled",
+                    m.name
+                )));
             };
             match native::satisfied(conds, &nreq) {
                 Ok(true) if m.effect == Effect::Forbid => forbids.push(m),
@@ -398,8 +400,8 @@ pub(super) fn principal_matches(
 }
 
 /// The Cedar policy set evaluating `chosen`.
-pub(super) fn cedar_set(chosen: &[&Meta]) -> Result<PolicySet, String> {
-    PolicySet::from_policies(chosen.iter().map(|m| m.eval.clone())).map_err(|e| e.to_string())
+pub(super) fn cedar_set(chosen: &[&Meta]) -> Result<PolicySet, PolicyError> {
+    PolicySet::from_policies(chosen.iter().map(|m| m.eval.clone())).map_err(internal)
 }
 
 pub(super) fn string_entity(
@@ -407,7 +409,7 @@ pub(super) fn string_entity(
     attr: &str,
     value: &str,
     parents: &[EntityUid],
-) -> Result<Entity, String> {
+) -> Result<Entity, PolicyError> {
     Entity::new_with_tags(
         uid,
         [(
@@ -417,5 +419,11 @@ pub(super) fn string_entity(
         parents.iter().cloned(),
         [],
     )
-    .map_err(|e| e.to_string())
+    .map_err(internal)
+}
+
+/// A Cedar object peerfs builds that Cedar refused: a bug of peerfs, reported
+/// with the decision (which denies).
+fn internal(e: impl std::fmt::Display) -> PolicyError {
+    PolicyError::new(format!("internal error: {e}"))
 }

@@ -306,32 +306,35 @@ impl Val<'_> {
         }
     }
 
-    fn type_error(&self, expected: &str) -> String {
-        format!("type error: expected {expected}, got {}", self.type_name())
+    fn type_error(&self, expected: &str) -> EvalError {
+        EvalError(format!(
+            "type error: expected {expected}, got {}",
+            self.type_name()
+        ))
     }
 
-    fn bool(&self) -> Result<bool, String> {
+    fn bool(&self) -> Result<bool, EvalError> {
         match self {
             Val::Bool(b) => Ok(*b),
             other => Err(other.type_error("bool")),
         }
     }
 
-    fn long(&self) -> Result<i64, String> {
+    fn long(&self) -> Result<i64, EvalError> {
         match self {
             Val::Long(n) => Ok(*n),
             other => Err(other.type_error("long")),
         }
     }
 
-    fn entity(&self) -> Result<(&str, &str), String> {
+    fn entity(&self) -> Result<(&str, &str), EvalError> {
         match self {
             Val::Entity(t, id) => Ok((t, id)),
             other => Err(other.type_error("entity")),
         }
     }
 
-    fn string(&self) -> Result<&str, String> {
+    fn string(&self) -> Result<&str, EvalError> {
         match self {
             Val::Str(s) => Ok(s),
             other => Err(other.type_error("string")),
@@ -380,7 +383,7 @@ impl<'a> Req<'a> {
                 && self.groups.iter().any(|g| g.id().unescaped() == i2))
     }
 
-    fn attr(&self, (ty, id): (&'a str, &'a str), attr: &str) -> Result<Val<'a>, String> {
+    fn attr(&self, (ty, id): (&'a str, &'a str), attr: &str) -> Result<Val<'a>, EvalError> {
         if self.is_principal(ty, id) {
             if attr == "name" {
                 return Ok(Val::Str(Cow::Borrowed(self.caller)));
@@ -390,12 +393,15 @@ impl<'a> Req<'a> {
                 return Ok(Val::Str(Cow::Borrowed(self.object)));
             }
         } else if !self.is_params(ty, id) {
-            return Err(format!("entity `{}` does not exist", entity_str(ty, id)));
+            return Err(EvalError(format!(
+                "entity `{}` does not exist",
+                entity_str(ty, id)
+            )));
         }
-        Err(format!(
+        Err(EvalError(format!(
             "`{}` does not have the attribute `{attr}`",
             entity_str(ty, id)
-        ))
+        )))
     }
 
     fn has(&self, (ty, id): (&str, &str), attr: &str) -> bool {
@@ -420,7 +426,7 @@ impl<'a> Req<'a> {
         self.is_principal(ty, id) || self.is_resource(ty, id) || self.is_params(ty, id)
     }
 
-    fn eval(&self, e: &'a Expr) -> Result<Val<'a>, String> {
+    fn eval(&self, e: &'a Expr) -> Result<Val<'a>, EvalError> {
         Ok(match e {
             Expr::Bool(b) => Val::Bool(*b),
             Expr::Long(n) => Val::Long(*n),
@@ -466,13 +472,16 @@ impl<'a> Req<'a> {
                 match self.tag((ty, id), tag) {
                     Some(v) => v,
                     None if !self.entity_exists(ty, id) => {
-                        return Err(format!("entity `{}` does not exist", entity_str(ty, id)))
+                        return Err(EvalError(format!(
+                            "entity `{}` does not exist",
+                            entity_str(ty, id)
+                        )))
                     }
                     None => {
-                        return Err(format!(
+                        return Err(EvalError(format!(
                             "`{}` does not have the tag `{tag}`",
                             entity_str(ty, id)
-                        ))
+                        )))
                     }
                 }
             }
@@ -537,9 +546,20 @@ impl<'a> Req<'a> {
     }
 }
 
+/// An error evaluating a condition, worded as Cedar words its own: the policy
+/// then does not hold, and the error is reported with the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EvalError(pub String);
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Does a policy with these conditions hold for `req` (its scopes already
 /// matched)? `Err` = evaluation error (the policy is then not satisfied).
-pub(super) fn satisfied(conds: &[Cond], req: &Req) -> Result<bool, String> {
+pub(super) fn satisfied(conds: &[Cond], req: &Req) -> Result<bool, EvalError> {
     for c in conds {
         if req.eval(&c.body)?.bool()? != c.want {
             return Ok(false);

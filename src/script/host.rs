@@ -10,6 +10,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, Position, Scope, 
 use serde_json::Value;
 
 use super::{AstCache, Library, RunInput, Status};
+use crate::error::Result;
 use crate::names::{check_key, check_module_name, check_peer_name};
 use crate::store::Store;
 
@@ -44,13 +45,13 @@ pub struct SendRequest {
 /// The policy side of a run: what the caller may do at the target.
 pub trait Host {
     /// `Err(message)` names the action and the deciding policy.
-    fn check(&self, cap: Capability, object: &str) -> Result<(), String>;
+    fn check(&self, cap: Capability, object: &str) -> Result<()>;
     /// A static check over the compiled script before it runs.
-    fn check_script(&self, _ast: &AST) -> Result<(), String> {
+    fn check_script(&self, _ast: &AST) -> Result<()> {
         Ok(())
     }
     /// Reads the caller's state, as the caller's own policy lets the target.
-    fn caller_get(&self, key: &str) -> Result<Option<Value>, String>;
+    fn caller_get(&self, key: &str) -> Result<Option<Value>>;
     /// Whether a peer named `peer` exists for `send` (here, or in the lattice).
     fn knows_peer(&self, _peer: &str) -> bool {
         true
@@ -61,10 +62,10 @@ pub trait Host {
 pub struct OwnerHost;
 
 impl Host for OwnerHost {
-    fn check(&self, _: Capability, _: &str) -> Result<(), String> {
+    fn check(&self, _: Capability, _: &str) -> Result<()> {
         Ok(())
     }
-    fn caller_get(&self, _key: &str) -> Result<Option<Value>, String> {
+    fn caller_get(&self, _key: &str) -> Result<Option<Value>> {
         // Never reached: the owner's caller_get reads its own store directly.
         Ok(None)
     }
@@ -193,7 +194,7 @@ fn check(ctx: &mut Ctx, cap: Capability, object: &str) -> RhaiResult<()> {
     // SAFETY: see `install`.
     let host = unsafe { &*ctx.host };
     host.check(cap, object)
-        .map_err(|m| fatal(ctx, Status::Denied, m))
+        .map_err(|e| fatal(ctx, Status::Denied, e.message))
 }
 
 /// `max_value_bytes`: the value's JSON encoding, counted without building it.
@@ -248,7 +249,7 @@ fn storage_err(e: crate::error::Error) -> Box<EvalAltResult> {
 
 fn to_json(v: &Dynamic) -> RhaiResult<Value> {
     let j = serde_json::to_value(v).map_err(|e| format!("value cannot be stored: {e}"))?;
-    super::check_depth(&j, "value").map_err(|e| -> Box<EvalAltResult> { e.into() })?;
+    super::check_depth(&j, "value").map_err(|e| -> Box<EvalAltResult> { e.message.into() })?;
     Ok(j)
 }
 
@@ -327,7 +328,7 @@ pub(super) fn register(engine: &mut Engine) {
             }
             let host = unsafe { &*c.host };
             host.caller_get(key)
-                .map_err(|m| fatal(c, Status::Denied, m))
+                .map_err(|e| fatal(c, Status::Denied, e.message))
         })?;
         to_dyn(v)
     });

@@ -117,10 +117,11 @@ pub fn value_depth(v: &Value) -> usize {
 }
 
 /// `Err` when `v` nests too deeply to be written as JSON and read back.
-pub fn check_depth(v: &Value, what: &str) -> Result<(), String> {
+pub fn check_depth(v: &Value, what: &str) -> crate::error::Result<()> {
     let d = value_depth(v);
     if d > MAX_VALUE_DEPTH {
-        return Err(format!(
+        return Err(crate::error::err!(
+            libc::EINVAL,
             "{what} nests arrays/maps {d} levels deep: at most {MAX_VALUE_DEPTH} can be kept as JSON"
         ));
     }
@@ -265,7 +266,7 @@ impl ScriptEngine {
             Err((s, m)) => return fail(s, m),
         };
         if let Err(denied) = host.check_script(&ast) {
-            return fail(Status::Denied, denied);
+            return fail(Status::Denied, denied.message);
         }
         self.apply(input.limits);
 
@@ -324,7 +325,7 @@ impl ScriptEngine {
                     },
                     Err(e) => {
                         out.status = Status::Error;
-                        out.error = Some(e);
+                        out.error = Some(e.message);
                     }
                 },
                 Err(e) => {

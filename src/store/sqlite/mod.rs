@@ -640,7 +640,7 @@ impl Store for SqliteStore {
     }
 
     fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>> {
-        let rows: Vec<(i64, std::result::Result<Outgoing, String>)> = {
+        let rows: Vec<(i64, std::result::Result<Outgoing, rows::BadRow>)> = {
             let sql = format!(
                 "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
                 rows::SENT_COLS
