@@ -268,129 +268,149 @@ fn main() -> ExitCode {
             .into();
         }
     };
-    let r = match cli.cmd {
+    match cli.cmd {
         Cmd::Mount {
             mount,
             daemon,
             allow_other,
             force,
-        } => {
-            let mut extra = Vec::new();
-            for (on, key, flag) in [
-                (allow_other, "mount.allow_other", "--allow-other"),
-                (force, "mount.force", "--force"),
-            ] {
-                if on {
-                    extra.push(FlagValue {
-                        key: key.into(),
-                        value: toml::Value::Boolean(true),
-                        flag: flag.into(),
-                    });
-                }
-            }
-            let eff = match load_config(&daemon, extra) {
-                Ok(e) => e,
-                Err(code) => return code,
-            };
-            peerfs::config::init_logging(&eff.settings.log);
-            match eff.core_config() {
-                Ok(cfg) => {
-                    let m = &eff.settings.mount;
-                    serve(cfg, &mount, m.allow_other, m.force, None, Start::of(&eff))
-                }
-                Err(e) => {
-                    eprintln!("peerfs mount: {e}");
-                    return Exit::Usage.into();
-                }
-            }
-        }
-        Cmd::Serve { spool, daemon } => {
-            let eff = match load_config(&daemon, Vec::new()) {
-                Ok(e) => e,
-                Err(code) => return code,
-            };
-            peerfs::config::init_logging(&eff.settings.log);
-            match eff.core_config() {
-                Ok(cfg) => serve_spool(cfg, &spool, Start::of(&eff)),
-                Err(e) => {
-                    eprintln!("peerfs serve: {e}");
-                    return Exit::Usage.into();
-                }
-            }
-        }
+        } => mount_cmd(&mount, &daemon, allow_other, force),
+        Cmd::Serve { spool, daemon } => serve_cmd(&spool, &daemon),
         Cmd::Config {
             cmd: ConfigCmd::Show { daemon },
-        } => {
-            return match load_config(&daemon, Vec::new()) {
-                Ok(e) => {
-                    print!("{}", e.show());
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
-            };
-        }
+        } => match load_config(&daemon, Vec::new()) {
+            Ok(e) => {
+                print!("{}", e.show());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "peerfs", &mut out);
-            return print_out(&out);
+            print_out(&out)
         }
-        Cmd::Man => {
-            return match man_page() {
-                Ok(page) => print_out(&page),
-                Err(e) => {
-                    eprintln!("peerfs man: {e}");
-                    Exit::Io.into()
-                }
-            };
-        }
-        Cmd::Top { mount } => {
-            return match peerfs::top::run(&mount) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("peerfs top: {e}");
-                    Exit::Usage.into()
-                }
-            };
-        }
+        Cmd::Man => match man_page() {
+            Ok(page) => print_out(&page),
+            Err(e) => {
+                eprintln!("peerfs man: {e}");
+                Exit::Io.into()
+            }
+        },
+        Cmd::Top { mount } => match peerfs::top::run(&mount) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("peerfs top: {e}");
+                Exit::Usage.into()
+            }
+        },
         cmd => {
             peerfs::config::init_logging(&Default::default());
-            match cmd {
-                Cmd::Run {
-                    peer,
-                    file,
-                    mount,
-                    spool,
-                    caller,
-                    full,
-                } => {
-                    let place = match (spool, mount) {
-                        (Some(s), _) => Place::Spool(s),
-                        (None, Some(m)) => Place::Mount(m),
-                        (None, None) => match only_mount() {
-                            Ok(m) => Place::Mount(m),
-                            Err(e) => {
-                                eprintln!("peerfs run: {e}");
-                                return Exit::Usage.into();
-                            }
-                        },
-                    };
-                    return run(&peer, &file, &place, caller.as_deref(), full);
-                }
-                Cmd::Peer { cmd } => peer_cmd(cmd),
-                Cmd::Policy { cmd } => return policy_cmd(cmd),
-                Cmd::Lattice { cmd } => lattice_cmd(cmd),
-                Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
-                Cmd::Mount { .. }
-                | Cmd::Serve { .. }
-                | Cmd::Config { .. }
-                | Cmd::Top { .. }
-                | Cmd::Completions { .. }
-                | Cmd::Man => {
-                    unreachable!("handled above")
-                }
-            }
+            client_cmd(cmd)
+        }
+    }
+}
+
+/// The commands that act on a mount, a spool or a data folder without serving
+/// it (logging at the defaults).
+fn client_cmd(cmd: Cmd) -> ExitCode {
+    let r = match cmd {
+        Cmd::Run {
+            peer,
+            file,
+            mount,
+            spool,
+            caller,
+            full,
+        } => {
+            let place = match (spool, mount) {
+                (Some(s), _) => Place::Spool(s),
+                (None, Some(m)) => Place::Mount(m),
+                (None, None) => match only_mount() {
+                    Ok(m) => Place::Mount(m),
+                    Err(e) => {
+                        eprintln!("peerfs run: {e}");
+                        return Exit::Usage.into();
+                    }
+                },
+            };
+            return run(&peer, &file, &place, caller.as_deref(), full);
+        }
+        Cmd::Peer { cmd } => peer_cmd(cmd),
+        Cmd::Policy { cmd } => return policy_cmd(cmd),
+        Cmd::Lattice { cmd } => lattice_cmd(cmd),
+        Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
+        Cmd::Mount { .. }
+        | Cmd::Serve { .. }
+        | Cmd::Config { .. }
+        | Cmd::Top { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Man => {
+            unreachable!("main handles the daemon's and the local commands")
         }
     };
+    exit_code(r)
+}
+
+/// `peerfs mount`: the config with `--allow-other` and `--force` over it, then
+/// [`serve`] until unmounted.
+fn mount_cmd(mount: &Path, daemon: &DaemonArgs, allow_other: bool, force: bool) -> ExitCode {
+    let mut extra = Vec::new();
+    for (on, key, flag) in [
+        (allow_other, "mount.allow_other", "--allow-other"),
+        (force, "mount.force", "--force"),
+    ] {
+        if on {
+            extra.push(FlagValue {
+                key: key.into(),
+                value: toml::Value::Boolean(true),
+                flag: flag.into(),
+            });
+        }
+    }
+    let eff = match load_config(daemon, extra) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    peerfs::config::init_logging(&eff.settings.log);
+    match eff.core_config() {
+        Ok(cfg) => {
+            let m = &eff.settings.mount;
+            exit_code(serve(
+                cfg,
+                mount,
+                m.allow_other,
+                m.force,
+                None,
+                Start::of(&eff),
+            ))
+        }
+        Err(e) => {
+            eprintln!("peerfs mount: {e}");
+            Exit::Usage.into()
+        }
+    }
+}
+
+/// `peerfs serve`: the config, then [`serve_spool`] until stopped.
+fn serve_cmd(spool: &Path, daemon: &DaemonArgs) -> ExitCode {
+    let eff = match load_config(daemon, Vec::new()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    peerfs::config::init_logging(&eff.settings.log);
+    match eff.core_config() {
+        Ok(cfg) => exit_code(serve_spool(cfg, spool, Start::of(&eff))),
+        Err(e) => {
+            eprintln!("peerfs serve: {e}");
+            Exit::Usage.into()
+        }
+    }
+}
+
+/// A command's outcome as its exit status: 0, 75 when another daemon holds the
+/// data folder, else 64 (the error printed).
+fn exit_code(r: peerfs::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

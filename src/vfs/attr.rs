@@ -222,65 +222,12 @@ impl Vfs {
             | Peers(peer)
             | View { peer, .. }
             | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
-            State { peer, dir } => {
-                if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
-                    return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
-                }
-                let kept = if dir.is_empty() {
-                    None
-                } else {
-                    self.core.peer(peer)?.read(|s| s.folder(dir))?
-                };
-                let perm = kept.and_then(|f| f.mode).map_or(0o755, |m| m as u16);
-                let mut a = self.dir_attr(Some(peer), perm)?;
-                if let Some(t) = kept.and_then(|f| f.mtime_ns) {
-                    a.mtime_ns = t;
-                }
-                if let Some(t) = kept.and_then(|f| f.ctime_ns) {
-                    a.ctime_ns = t;
-                }
-                // Its subfolders are not counted (that would scan every key under
-                // it): 1 is the convention for "not counted", so find and fts never
-                // take 2 to mean "no subfolders" and skip them.
-                a.nlink = 1;
-                if let Some(&(m, c)) = self.dir_times.lock().unwrap().get(node) {
-                    a.mtime_ns = m;
-                    a.ctime_ns = c;
-                }
-                Ok(a)
-            }
+            State { peer, dir } => self.state_dir_attr(node, peer, dir),
             EditFile { peer, name } => match self.staged_get(&Peer(peer.clone()), name) {
                 Some(s) => Ok(self.staged_attr(&s)),
                 None => Err(err!(libc::ENOENT, "no file {name:?}")),
             },
-            InboxFile { peer, target, name } => {
-                let parent = Inbox {
-                    peer: peer.clone(),
-                    target: target.clone(),
-                };
-                if let Some(s) = self.staged_get(&parent, name) {
-                    return Ok(self.staged_attr(&s));
-                }
-                if peer == target {
-                    let p = self.core.peer(peer)?;
-                    // An empty queue needs no look (the usual lookup of a new name).
-                    let queued = if p.queued() > 0 {
-                        p.read(|s| s.queued_named(name))?
-                    } else {
-                        None
-                    };
-                    if let Some(j) = queued {
-                        // Writable: writing the name again submits another run.
-                        return self.file_attr(
-                            Some(peer),
-                            j.source.len() as u64,
-                            0o644,
-                            j.submitted_at,
-                        );
-                    }
-                }
-                Err(err!(libc::ENOENT, "no script {name:?} in the inbox"))
-            }
+            InboxFile { peer, target, name } => self.inbox_file_attr(peer, target, name),
             OutboxFile { peer, target, name } => match self.core.outbox_get(peer, target, name)? {
                 Some(e) => {
                     let size = e.result.as_ref().map(|r| r.len() as u64).unwrap_or(0);
@@ -293,37 +240,8 @@ impl Vfs {
                 }
                 None => Err(err!(libc::ENOENT, "no result {name:?} in the outbox")),
             },
-            StateFile { peer, key } => {
-                if let Some((parent, name)) = Node::parent_of(node) {
-                    if let Some(s) = self.staged_get(&parent, &name) {
-                        return Ok(self.staged_attr(&s));
-                    }
-                }
-                let p = self.core.peer(peer)?;
-                match p.read(|s| s.stat_key(key))? {
-                    Some(Some(st)) => {
-                        let perm = st.mode.map_or(0o644, |m| m as u16);
-                        let mut a = self.file_attr(Some(peer), st.size, perm, st.mtime_ns)?;
-                        a.ctime_ns = st.ctime_ns;
-                        Ok(a)
-                    }
-                    Some(None) => Err(err!(libc::EISDIR, "state key {key:?} is a folder")),
-                    None => Err(err!(libc::ENOENT, "no state key {key:?}")),
-                }
-            }
-            ModuleFile { peer, name } => {
-                if let Some(s) = self.staged_get(&Modules(peer.clone()), name) {
-                    return Ok(self.staged_attr(&s));
-                }
-                let m = module_name(name)
-                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
-                let p = self.core.peer(peer)?;
-                let list = p.read(|s| s.list_modules())?;
-                match list.into_iter().find(|e| e.name == m) {
-                    Some(e) => self.file_attr(Some(peer), e.size, 0o644, e.mtime_ns),
-                    None => Err(err!(libc::ENOENT, "no module {m:?}")),
-                }
-            }
+            StateFile { peer, key } => self.state_file_attr(node, peer, key),
+            ModuleFile { peer, name } => self.module_file_attr(peer, name),
             ViewStateFile { peer, other, key } => self.view_attr(peer, other, key),
             Policy(p) => {
                 let (b, t) = self.meta_bytes(p, "policy")?;
@@ -338,6 +256,96 @@ impl Vfs {
                 let size = peer.read(|s| s.log_size())?;
                 self.file_attr(Some(p), size, 0o444, now_ns())
             }
+        }
+    }
+
+    /// A folder of `state/` (`dir` empty: `state/` itself): the mode and times kept
+    /// for it, else the peer's.
+    fn state_dir_attr(&self, node: &Node, peer: &str, dir: &str) -> Result<Attr> {
+        if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
+            return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
+        }
+        let kept = if dir.is_empty() {
+            None
+        } else {
+            self.core.peer(peer)?.read(|s| s.folder(dir))?
+        };
+        let perm = kept.and_then(|f| f.mode).map_or(0o755, |m| m as u16);
+        let mut a = self.dir_attr(Some(peer), perm)?;
+        if let Some(t) = kept.and_then(|f| f.mtime_ns) {
+            a.mtime_ns = t;
+        }
+        if let Some(t) = kept.and_then(|f| f.ctime_ns) {
+            a.ctime_ns = t;
+        }
+        // Its subfolders are not counted (that would scan every key under
+        // it): 1 is the convention for "not counted", so find and fts never
+        // take 2 to mean "no subfolders" and skip them.
+        a.nlink = 1;
+        if let Some(&(m, c)) = self.dir_times.lock().unwrap().get(node) {
+            a.mtime_ns = m;
+            a.ctime_ns = c;
+        }
+        Ok(a)
+    }
+
+    /// A script in an inbox: one being written, or (in the peer's own inbox) a
+    /// queued one.
+    fn inbox_file_attr(&self, peer: &str, target: &str, name: &str) -> Result<Attr> {
+        let parent = Node::Inbox {
+            peer: peer.to_string(),
+            target: target.to_string(),
+        };
+        if let Some(s) = self.staged_get(&parent, name) {
+            return Ok(self.staged_attr(&s));
+        }
+        if peer == target {
+            let p = self.core.peer(peer)?;
+            // An empty queue needs no look (the usual lookup of a new name).
+            let queued = if p.queued() > 0 {
+                p.read(|s| s.queued_named(name))?
+            } else {
+                None
+            };
+            if let Some(j) = queued {
+                // Writable: writing the name again submits another run.
+                return self.file_attr(Some(peer), j.source.len() as u64, 0o644, j.submitted_at);
+            }
+        }
+        Err(err!(libc::ENOENT, "no script {name:?} in the inbox"))
+    }
+
+    /// A state key: one being written, else the stored one's size, mode and times.
+    fn state_file_attr(&self, node: &Node, peer: &str, key: &str) -> Result<Attr> {
+        if let Some((parent, name)) = Node::parent_of(node) {
+            if let Some(s) = self.staged_get(&parent, &name) {
+                return Ok(self.staged_attr(&s));
+            }
+        }
+        let p = self.core.peer(peer)?;
+        match p.read(|s| s.stat_key(key))? {
+            Some(Some(st)) => {
+                let perm = st.mode.map_or(0o644, |m| m as u16);
+                let mut a = self.file_attr(Some(peer), st.size, perm, st.mtime_ns)?;
+                a.ctime_ns = st.ctime_ns;
+                Ok(a)
+            }
+            Some(None) => Err(err!(libc::EISDIR, "state key {key:?} is a folder")),
+            None => Err(err!(libc::ENOENT, "no state key {key:?}")),
+        }
+    }
+
+    /// A module file: one being written, else the stored module.
+    fn module_file_attr(&self, peer: &str, name: &str) -> Result<Attr> {
+        if let Some(s) = self.staged_get(&Node::Modules(peer.to_string()), name) {
+            return Ok(self.staged_attr(&s));
+        }
+        let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+        let p = self.core.peer(peer)?;
+        let list = p.read(|s| s.list_modules())?;
+        match list.into_iter().find(|e| e.name == m) {
+            Some(e) => self.file_attr(Some(peer), e.size, 0o644, e.mtime_ns),
+            None => Err(err!(libc::ENOENT, "no module {m:?}")),
         }
     }
 
