@@ -584,6 +584,40 @@ fn serve(
 ) -> peerfs::Result<()> {
     let sig = signals();
     start.check(&cfg.data_dir)?;
+    check_mount_path(mount, force)?;
+    let fresh = Fresh::new(&cfg.data_dir);
+    let (core, _lock) = start_core(cfg, start)?;
+    let vfs = peerfs::vfs::Vfs::new(core.clone());
+    let opts = peerfs::fuse::MountOptions {
+        allow_other,
+        ..Default::default()
+    };
+    let session = match peerfs::fuse::spawn(vfs, mount, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            core.shutdown();
+            return Err(e);
+        }
+    };
+    fresh.keep();
+    tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
+    say(&tour.unwrap_or_else(|| {
+        format!(
+            "peerfs: ready: {} serves the peers of {}; stop with Ctrl-C or fusermount3 -u {}\n",
+            mount.display(),
+            core.config().data_dir.display(),
+            mount.display()
+        )
+    }));
+    let r = wait_for_unmount(session, mount, &core, sig);
+    tracing::info!("unmounted; finishing the runs in flight and closing the stores");
+    core.shutdown();
+    r
+}
+
+/// Refuses a mount path that is no folder, is mounted already or is a stale
+/// mount (cleaned up with `force`); warns of one that is not empty.
+fn check_mount_path(mount: &Path, force: bool) -> peerfs::Result<()> {
     if is_stale(mount) {
         if !force {
             return Err(peerfs::Error::new(
@@ -624,30 +658,17 @@ fn serve(
             "the mount folder is not empty: what is in it stays hidden until the unmount"
         );
     }
-    let fresh = Fresh::new(&cfg.data_dir);
-    let (core, _lock) = start_core(cfg, start)?;
-    let vfs = peerfs::vfs::Vfs::new(core.clone());
-    let opts = peerfs::fuse::MountOptions {
-        allow_other,
-        ..Default::default()
-    };
-    let session = match peerfs::fuse::spawn(vfs, mount, &opts) {
-        Ok(s) => s,
-        Err(e) => {
-            core.shutdown();
-            return Err(e);
-        }
-    };
-    fresh.keep();
-    tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
-    say(&tour.unwrap_or_else(|| {
-        format!(
-            "peerfs: ready: {} serves the peers of {}; stop with Ctrl-C or fusermount3 -u {}\n",
-            mount.display(),
-            core.config().data_dir.display(),
-            mount.display()
-        )
-    }));
+    Ok(())
+}
+
+/// Serves until the mount ends (an unmount, an aborted connection), or until
+/// 5 s after a signal that unmounted it lazily while files were still open.
+fn wait_for_unmount(
+    session: peerfs::fuse::Session,
+    mount: &Path,
+    core: &Core,
+    sig: std::sync::mpsc::Receiver<i32>,
+) -> peerfs::Result<()> {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let signalled = done_tx.clone();
     let joiner = std::thread::spawn(move || {
@@ -670,14 +691,11 @@ fn serve(
         }
     });
     let _ = done_rx.recv();
-    let r = if joiner.is_finished() {
+    if joiner.is_finished() {
         joiner.join().unwrap_or(Ok(()))
     } else {
         Ok(())
-    };
-    tracing::info!("unmounted; finishing the runs in flight and closing the stores");
-    core.shutdown();
-    r
+    }
 }
 
 /// A daemon's own words on stdout, once it serves (the demo's tour, a ready
@@ -809,31 +827,34 @@ enum Place {
     Spool(PathBuf),
 }
 
+/// `peerfs run`'s script: its bytes and the name it is dropped under (`-`:
+/// standard input, under a fresh name).
+fn read_script(file: &str) -> Result<(Vec<u8>, String), String> {
+    if file == "-" {
+        let mut s = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut s)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        let name = format!("stdin-{}.rhai", peerfs::util::new_id().to_lowercase());
+        return Ok((s, name));
+    }
+    let p = Path::new(file);
+    let s = std::fs::read(p).map_err(|e| format!("reading {file}: {e}"))?;
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "script.rhai".into());
+    Ok((s, name))
+}
+
 fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("peerfs run: {msg}");
         ExitCode::from(Exit::Io)
     };
-    let (src, name) = if file == "-" {
-        let mut s = Vec::new();
-        if let Err(e) = std::io::stdin().read_to_end(&mut s) {
-            return fail(format!("reading standard input: {e}"));
-        }
-        (
-            s,
-            format!("stdin-{}.rhai", peerfs::util::new_id().to_lowercase()),
-        )
-    } else {
-        let p = Path::new(file);
-        match std::fs::read(p) {
-            Ok(s) => (
-                s,
-                p.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "script.rhai".into()),
-            ),
-            Err(e) => return fail(format!("reading {file}: {e}")),
-        }
+    let (src, name) = match read_script(file) {
+        Ok(x) => x,
+        Err(msg) => return fail(msg),
     };
     let root = match place {
         Place::Mount(m) | Place::Spool(m) => m,
