@@ -1,4 +1,5 @@
-//! The `peerfs` command: mount, serve, run, peer, policy, config, top, demo.
+//! The `peerfs` command: mount, serve, run, peer, policy, lattice, config, top,
+//! completions, man, demo; and their exit statuses.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

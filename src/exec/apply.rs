@@ -1,6 +1,7 @@
 //! What each [`Op`] does to a peer's store, and the log line it writes
-//! (`apply_one`), with the submissions a write transaction makes and may run
-//! at once (`submit_and_run`).
+//! (`apply_one`, by what an op touches: state, the peer's other files, its queue,
+//! a received message), with the submissions a write transaction makes and may
+//! run at once (`submit_and_run`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -13,7 +13,9 @@
 //! messages), `txn` (group commit and its effects), `apply` (what each op does),
 //! `run` (batches of runs, one run), `deliver` and `transport` (messages to
 //! other peers), `slot`, `outbox` and `wait` (results and the readers waiting
-//! for them).
+//! for them), `result` (the result file's JSON), `provenance` (chains in the log,
+//! stand-ins for undeliverable results), `metrics` (the recorder) and
+//! `test_hooks` (crash tests).
 
 mod apply;
 mod config;

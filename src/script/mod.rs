@@ -1,5 +1,7 @@
-//! The Rhai engine: sandbox limits, the host API, the module resolver and the
-//! compiled-script cache.
+//! The Rhai engine: this file is the sandboxed run (compile, run, classify its
+//! end); beside it are the sandbox limits (`limits`), the host API and module
+//! resolver (`host`), the compiled-script cache (`cache`), value sizes (`sizes`)
+//! and the counting allocator (`alloc`).
 //!
 //! One [`ScriptEngine`] lives on each worker thread. A run installs its context
 //! (the target's store, caller, limits, output buffer) in a thread-local for the
