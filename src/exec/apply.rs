@@ -333,6 +333,7 @@ impl Core {
         peer: &Arc<Peer>,
         name: &str,
     ) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
         let jobs = st.queued_all_named(name)?;
         if jobs.is_empty() {
             return Err(err!(libc::ENOENT, "no queued script named {name:?}"));
@@ -345,11 +346,7 @@ impl Core {
             }
             fx.push(Effect::Dequeued);
         }
-        st.append_log(&format!(
-            "{} withdraw {name} ({} queued)",
-            rfc3339(now_ns()),
-            jobs.len()
-        ))?;
+        st.append_log(&format!("{ts} withdraw {name} ({} queued)", jobs.len()))?;
         Ok(fx)
     }
 
