@@ -125,7 +125,7 @@ impl LatticeSettings {
         let file = self
             .creds
             .as_ref()
-            .and_then(|f| crate::lattice::server::Creds::read(f).ok());
+            .and_then(|f| crate::lattice::creds::Creds::read(f).ok());
         let url = match (&self.nats, &file) {
             (Some(u), _) => u.clone(),
             (None, Some(c)) => c.url.clone().unwrap_or_default(),

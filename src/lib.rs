@@ -9,6 +9,8 @@
 //!   folders: spool mode), over
 //! * [`vfs`] (the mount's tree as plain Rust) and [`config`] (the config file
 //!   and flags), side by side, over
+//! * [`layout`] (a peer's folder as data, from which the mount and the spool are
+//!   derived; its policy texts applied or refused), over
 //! * [`metrics`] (the Prometheus export) and [`lattice`] (daemons as one system
 //!   over NATS JetStream: the directory, the transport, credentials), over
 //! * [`exec`] (per-peer serial actors on a worker pool; messages leave through
@@ -29,6 +31,7 @@ pub mod error;
 pub mod exec;
 pub mod fuse;
 pub mod lattice;
+pub mod layout;
 pub mod lock;
 pub mod metrics;
 pub mod names;

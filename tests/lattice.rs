@@ -195,7 +195,7 @@ fn two_daemons_one_lattice() {
     );
 
     // Nor can a raw client with w1's credentials publish as bob.
-    let creds = peerfs::lattice::server::Creds::read(&lab.p("nats/w1.creds")).unwrap();
+    let creds = peerfs::lattice::creds::Creds::read(&lab.p("nats/w1.creds")).unwrap();
     let refused = raw_publish_as_bob(&url, &creds);
     assert!(
         refused,
@@ -220,7 +220,7 @@ fn two_daemons_one_lattice() {
 /// credentials.
 fn raw_client(
     url: &str,
-    c: &peerfs::lattice::server::Creds,
+    c: &peerfs::lattice::creds::Creds,
 ) -> (tokio::runtime::Runtime, async_nats::Client) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -240,7 +240,7 @@ fn raw_client(
 
 /// Publishes a message from "bob" to alice through JetStream with w1's
 /// credentials; true when the server refused it (no acknowledgement).
-fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::server::Creds) -> bool {
+fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::creds::Creds) -> bool {
     let (rt, client) = raw_client(url, c);
     rt.block_on(async {
         let js = async_nats::jetstream::new(client.clone());
@@ -286,7 +286,7 @@ fn batches_apply_each_message_once_and_a_forged_batch_not_at_all() {
         "bob stayed open: {}",
         fs::read_to_string(&stats).unwrap()
     );
-    let creds = peerfs::lattice::server::Creds::read(&lab.p("nats/w1.creds")).unwrap();
+    let creds = peerfs::lattice::creds::Creds::read(&lab.p("nats/w1.creds")).unwrap();
     let msg = |n: u32, from: &str| {
         serde_json::json!({
             "from": from, "id": format!("raw-{n}"), "to": "bob", "kind": "script",
@@ -361,7 +361,7 @@ fn batches_apply_each_message_once_and_a_forged_batch_not_at_all() {
 
 /// Publishes each `(Nats-Msg-Id, body)` on alice→bob's subject through
 /// JetStream with `c`'s credentials, each acknowledged.
-fn raw_publish(url: &str, c: &peerfs::lattice::server::Creds, msgs: &[(&str, String)]) {
+fn raw_publish(url: &str, c: &peerfs::lattice::creds::Creds, msgs: &[(&str, String)]) {
     let (rt, client) = raw_client(url, c);
     rt.block_on(async {
         let js = async_nats::jetstream::new(client);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use async_nats::jetstream;
 use common::{wait_until, Daemon};
 use futures_util::StreamExt;
-use peerfs::lattice::server::Creds;
+use peerfs::lattice::creds::Creds;
 use support::{create_peer, free_port, join_args, state_int, value, Nats, QUICK};
 
 const LATTICE: &str = "r";

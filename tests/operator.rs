@@ -611,8 +611,12 @@ fn run_finds_the_only_mount() {
     }
     let script = format!(
         r#"set -u
+# Other tests' mounts, copied into this namespace: `fuse.peerfs`, or `fuse` with
+# the source `peerfs` (how root's mounts show).
 ms=$(cat /proc/self/mounts)
-echo "$ms" | while read -r dev mp fs rest; do [ "$fs" = fuse.peerfs ] && umount -l "$mp"; done
+echo "$ms" | while read -r dev mp fs rest; do
+  case "$fs:$dev" in fuse.peerfs:*|fuse:peerfs) umount -l "$mp" ;; esac
+done
 pids=""
 trap 'for x in $pids; do kill -TERM $x; done; wait' EXIT
 up() {{ i=0; until [ -e "$1/.peerfs/version" ] || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done; }}

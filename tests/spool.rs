@@ -454,6 +454,83 @@ fn a_peer_of_another_user_closed_when_idle_serves_again() {
     spool.finish();
 }
 
+/// A peer's folder is one description (`peerfs::layout`): an entry added to it in
+/// one line shows in a real mount (a folder in the peer's folder and its view in
+/// `peers/<other>/`, a file in its folder only; with the entry's mode, read-only)
+/// and in a spool's folders alike.
+#[test]
+fn an_entry_added_to_the_layout_shows_in_the_mount_and_the_spool() {
+    use peerfs::layout::{Entry, Layout};
+    use std::os::unix::fs::PermissionsExt;
+    let layout = Layout::standard().with(Entry::folder("made-up", 0o555).in_views());
+    let layout = std::sync::Arc::new(layout.with(Entry::file("made-up.txt", 0o444)));
+
+    let shown = |base: &Path| {
+        for at in [base.join("alice"), base.join("alice/peers/bob")] {
+            assert!(
+                names(&at).contains(&"made-up".to_string()),
+                "{}",
+                at.display()
+            );
+            let m = std::fs::metadata(at.join("made-up")).unwrap();
+            assert!(m.is_dir(), "{}/made-up", at.display());
+            assert_eq!(m.permissions().mode() & 0o777, 0o555, "{}", at.display());
+            assert!(names(&at.join("made-up")).is_empty());
+        }
+        let f = base.join("alice/made-up.txt");
+        let m = std::fs::metadata(&f).unwrap();
+        assert!(m.is_file(), "{}", f.display());
+        assert_eq!((m.len(), m.permissions().mode() & 0o777), (0, 0o444));
+        assert!(!names(&base.join("alice/peers/bob")).contains(&"made-up.txt".into()));
+    };
+    let t = tempfile::tempdir().unwrap();
+    let start = |data: &str| {
+        let core = peerfs::exec::Core::start(peerfs::exec::Config::new(t.path().join(data)));
+        let core = core.unwrap();
+        for p in ["alice", "bob"] {
+            core.create_peer(p, common::uid(), common::gid()).unwrap();
+        }
+        core
+    };
+
+    common::require_fuse();
+    let core = start("mount-data");
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let vfs = peerfs::vfs::Vfs::with_layout(core.clone(), layout.clone());
+    let session = peerfs::fuse::spawn(vfs, &mnt, &Default::default()).unwrap();
+    shown(&mnt);
+    for f in ["alice/made-up/x", "alice/made-up.txt"] {
+        let e = std::fs::write(mnt.join(f), "1").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{f}: {e}");
+    }
+    // The standard entries are still there.
+    let own = names(&mnt.join("alice"));
+    for n in [
+        "groups",
+        "inbox",
+        "log",
+        "modules",
+        "outbox",
+        "peers",
+        "policy.cedar",
+        "state",
+    ] {
+        assert!(own.contains(&n.to_string()), "{n} in {own:?}");
+    }
+    session.unmount_and_join().unwrap();
+    core.shutdown();
+
+    let core = start("spool-data");
+    let dir = t.path().join("spool");
+    let mut spool =
+        peerfs::watch::Spool::start_with_layout(core.clone(), &dir, layout.clone()).unwrap();
+    shown(&dir);
+    spool.stop();
+    core.shutdown();
+    spool.finish();
+}
+
 /// `peerfs run` as a child, stopped (by pid) if it has not ended within a minute:
 /// a client that never notices a refusal fails the test instead of hanging it.
 fn run_bounded(args: &[&str]) -> std::process::Output {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 
-use super::{check_token, server::Creds, Names};
+use super::{check_token, creds::Creds, Names};
 use crate::error::err;
 use crate::error::{Error, Result};
 use crate::peer::name::check_peer_name;

@@ -11,6 +11,7 @@
 //! The lattice runs on a small tokio runtime on its own thread; the executor's
 //! threads hand it work through channels and never block inside it.
 
+pub mod creds;
 pub mod handover;
 pub mod provision;
 pub mod server;
@@ -257,9 +258,9 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
 
 /// Who this worker is: its credentials (if a file was given, for this lattice)
 /// and its name (the credentials' user, or `lattice.worker` without them).
-fn identity(opts: &Options) -> Result<(Option<server::Creds>, String)> {
+fn identity(opts: &Options) -> Result<(Option<creds::Creds>, String)> {
     refuse_secret_in_url(&opts.url)?;
-    let creds = opts.creds.as_deref().map(server::Creds::read).transpose()?;
+    let creds = opts.creds.as_deref().map(creds::Creds::read).transpose()?;
     if let Some(c) = &creds {
         if let Some(l) = c.lattice.as_deref().filter(|l| *l != opts.name) {
             return Err(err!(
@@ -303,7 +304,7 @@ fn connect(
     opts: &Options,
     names: &Names,
     worker: &str,
-    creds: Option<&server::Creds>,
+    creds: Option<&creds::Creds>,
 ) -> Result<(async_nats::Client, async_nats::jetstream::Context)> {
     let mut co = async_nats::ConnectOptions::new()
         .name(format!("peerfs {worker}"))

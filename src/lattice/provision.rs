@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use serde::{Deserialize, Serialize};
 
-use super::{check_token, server::Creds, Names};
+use super::{check_token, creds::Creds, Names};
 use crate::error::err;
 use crate::error::{Error, Result};
 use crate::peer::name::check_peer_name;
@@ -282,7 +282,7 @@ impl Provision {
     /// Makes or completes the lattice's objects; returns what was done.
     pub fn run(&self) -> Result<Vec<String>> {
         let plan = Plan::read(&self.dir.join(PLAN))?;
-        let creds = Creds::read(&self.dir.join(format!("{}.creds", super::server::ADMIN)))?;
+        let creds = Creds::read(&self.dir.join(format!("{}.creds", super::creds::ADMIN)))?;
         if plan.peers().next().is_none() {
             return Err(err!(
                 libc::EINVAL,

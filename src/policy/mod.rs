@@ -211,8 +211,9 @@ impl fmt::Display for PolicyError {
 impl std::error::Error for PolicyError {}
 
 /// The two texts a peer's policy is made of: each is stored under a meta key of the
-/// peer's store and shown as a file of its folder (the mount's and the spool's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// peer's store and shown as a file of its folder (the mount's and the spool's,
+/// see `crate::layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PolicyText {
     /// `policy.cedar`: the Cedar policy.
     Policy,
@@ -242,6 +243,25 @@ impl PolicyText {
     /// The text stored under the meta key `key`, if it is one.
     pub fn of_key(key: &str) -> Option<PolicyText> {
         PolicyText::ALL.into_iter().find(|t| t.key() == key)
+    }
+
+    /// Whether `bytes` are a text of this kind that can be applied: UTF-8 that
+    /// parses (and, for a policy, validates).
+    pub fn check(self, bytes: &[u8]) -> Result<(), PolicyError> {
+        let text = std::str::from_utf8(bytes)
+            .map_err(|_| PolicyError::new(format!("{} is not UTF-8 text", self.key())))?;
+        match self {
+            PolicyText::Policy => Policy::parse(text).map(|_| ()),
+            PolicyText::Groups => Groups::parse(text).map(|_| ()),
+        }
+    }
+
+    /// The command that checks a file of this kind before it is copied in.
+    pub const fn check_command(self) -> &'static str {
+        match self {
+            PolicyText::Policy => "peerfs policy check FILE",
+            PolicyText::Groups => "peerfs policy check POLICY --groups FILE",
+        }
     }
 }
 

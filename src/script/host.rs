@@ -257,7 +257,7 @@ fn to_json(v: &Dynamic) -> RhaiResult<Value> {
 /// run (stored, sent): once per value, not at every change inside the script.
 fn check_sizes(ctx: &mut Ctx, what: &str, v: &Value) -> RhaiResult<()> {
     let (a, m, s) = (ctx.max_array, ctx.max_map, ctx.max_string);
-    match super::sizes::size_error(v, what, a as u64, m as u64, s as u64) {
+    match super::limits::size_error(v, what, a as u64, m as u64, s as u64) {
         Some(msg) => Err(fatal(ctx, Status::Limit, msg)),
         None => Ok(()),
     }

@@ -224,3 +224,37 @@ fn check<'de, D: Deserializer<'de>>(d: D, name: &str) -> Result<u64, D::Error> {
     }
     Ok(v)
 }
+
+/// A message naming the size limit `v` is over (arrays' elements, maps' entries and
+/// strings' bytes each counted over the whole value, as Rhai counts them), or
+/// `None`.
+pub(super) fn size_error(
+    v: &serde_json::Value,
+    what: &str,
+    max_array: u64,
+    max_map: u64,
+    max_string: u64,
+) -> Option<String> {
+    let (mut arrays, mut maps, mut strings) = (0u64, 0u64, 0u64);
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Array(a) => {
+                arrays += a.len() as u64;
+                stack.extend(a.iter());
+            }
+            serde_json::Value::Object(o) => {
+                maps += o.len() as u64;
+                stack.extend(o.values());
+            }
+            serde_json::Value::String(s) => strings += s.len() as u64,
+            _ => {}
+        }
+    }
+    let over = |name: &str, max: u64, n: u64, unit: &str| {
+        (n > max).then(|| format!("{name} ({max}) reached: {what} holds {n} {unit}"))
+    };
+    over("max_string_size", max_string, strings, "bytes of strings")
+        .or_else(|| over("max_array_size", max_array, arrays, "array elements"))
+        .or_else(|| over("max_map_size", max_map, maps, "map entries"))
+}

@@ -349,7 +349,7 @@ fn value_of(v: &Dynamic, limits: &Limits) -> Result<Value, (Status, String)> {
         (Status::Error, msg)
     })?;
     check_depth(&j, "the script's value").map_err(|e| (Status::Error, e.message))?;
-    match sizes::size_error(
+    match limits::size_error(
         &j,
         "the script's value",
         limits.max_array_size,

@@ -11,7 +11,6 @@
 //! before allocating moved to `host::reserve`.
 
 use rhai::{Array, Blob, Dynamic, Engine, EvalAltResult, ImmutableString, INT};
-use serde_json::Value;
 
 use super::host::{reserve, Making};
 
@@ -107,38 +106,4 @@ pub(super) fn register(engine: &mut Engine) {
     engine.register_fn("pad", pad_blob);
     engine.register_fn("blob", |len: INT| blob_of(len, 0));
     engine.register_fn("blob", blob_of);
-}
-
-/// A message naming the size limit `v` is over (arrays' elements, maps' entries and
-/// strings' bytes each counted over the whole value, as Rhai counts them), or
-/// `None`.
-pub(super) fn size_error(
-    v: &Value,
-    what: &str,
-    max_array: u64,
-    max_map: u64,
-    max_string: u64,
-) -> Option<String> {
-    let (mut arrays, mut maps, mut strings) = (0u64, 0u64, 0u64);
-    let mut stack = vec![v];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::Array(a) => {
-                arrays += a.len() as u64;
-                stack.extend(a.iter());
-            }
-            Value::Object(o) => {
-                maps += o.len() as u64;
-                stack.extend(o.values());
-            }
-            Value::String(s) => strings += s.len() as u64,
-            _ => {}
-        }
-    }
-    let over = |name: &str, max: u64, n: u64, unit: &str| {
-        (n > max).then(|| format!("{name} ({max}) reached: {what} holds {n} {unit}"))
-    };
-    over("max_string_size", max_string, strings, "bytes of strings")
-        .or_else(|| over("max_array_size", max_array, arrays, "array elements"))
-        .or_else(|| over("max_map_size", max_map, maps, "map entries"))
 }

@@ -1,6 +1,7 @@
 //! Attributes: what `stat` shows for each [`Node`] kind ([`Vfs::getattr`]), how long
 //! the kernel may keep them ([`entry_ttl`], [`attr_ttl`]), and what SETATTR changes
-//! ([`Vfs::setattr`]: size, times, and the chmod/chown rule).
+//! ([`Vfs::setattr`]: size, times, and the chmod/chown rule). The modes of a
+//! peer's fixed entries are the layout's (`crate::layout`).
 
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use super::*;
 use crate::error::err;
 use crate::error::Result;
 use crate::exec::Op;
+use crate::layout::Room;
 use crate::util::now_ns;
 
 /// Whether the kernel may keep `node`'s attributes for a while (entries of files
@@ -216,12 +218,20 @@ impl Vfs {
             MetaDir => self.dir_attr(None, 0o555),
             MetaFile(n) => self.file_attr(None, self.meta_text(n).len() as u64, 0o444, now_ns()),
             Peer(p) => self.dir_attr(Some(p), 0o700),
-            Inbox { peer, .. }
-            | Outbox { peer, .. }
-            | Modules(peer)
-            | Peers(peer)
-            | View { peer, .. }
-            | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
+            Inbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Inbox)),
+            Outbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Outbox)),
+            Modules(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Modules)),
+            Peers(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Peers)),
+            View { peer, .. } | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
+            Reserved {
+                peer, name, kind, ..
+            } => {
+                let perm = self.layout.entry(name).map_or(0o555, |e| e.mode);
+                match kind {
+                    Kind::Dir => self.dir_attr(Some(peer), perm),
+                    Kind::File => self.file_attr(Some(peer), 0, perm, now_ns()),
+                }
+            }
             State { peer, dir } => self.state_dir_attr(node, peer, dir),
             EditFile { peer, name } => match self.staged_get(&Peer(peer.clone()), name) {
                 Some(s) => Ok(self.staged_attr(&s)),
@@ -243,24 +253,26 @@ impl Vfs {
             StateFile { peer, key } => self.state_file_attr(node, peer, key),
             ModuleFile { peer, name } => self.module_file_attr(peer, name),
             ViewStateFile { peer, other, key } => self.view_attr(peer, other, key),
-            Policy(p) => {
-                let (b, t) = self.meta_bytes(p, "policy")?;
-                self.file_attr(Some(p), b.len() as u64, 0o644, t)
-            }
-            Groups(p) => {
-                let (b, t) = self.meta_bytes(p, "groups")?;
-                self.file_attr(Some(p), b.len() as u64, 0o644, t)
+            Policy(_) | Groups(_) => {
+                let (p, text) = node.as_text().expect("a policy text");
+                let (b, t) = self.meta_bytes(p, text)?;
+                self.file_attr(
+                    Some(p),
+                    b.len() as u64,
+                    self.entry_mode(Room::Text(text)),
+                    t,
+                )
             }
             Log(p) => {
                 let peer = self.core.peer(p)?;
                 let size = peer.read(|s| s.log_size())?;
-                self.file_attr(Some(p), size, 0o444, now_ns())
+                self.file_attr(Some(p), size, self.entry_mode(Room::Log), now_ns())
             }
         }
     }
 
-    /// A folder of `state/` (`dir` empty: `state/` itself): the mode and times kept
-    /// for it, else the peer's.
+    /// A folder of `peer`'s state: the mode and times the store keeps for it
+    /// (`state/` itself: the layout's mode), or the times of a change through the mount.
     fn state_dir_attr(&self, node: &Node, peer: &str, dir: &str) -> Result<Attr> {
         if !dir.is_empty() && !self.state_dir_exists(peer, dir)? {
             return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
@@ -270,7 +282,9 @@ impl Vfs {
         } else {
             self.core.peer(peer)?.read(|s| s.folder(dir))?
         };
-        let perm = kept.and_then(|f| f.mode).map_or(0o755, |m| m as u16);
+        let perm = kept
+            .and_then(|f| f.mode)
+            .map_or(self.entry_mode(Room::State), |m| m as u16);
         let mut a = self.dir_attr(Some(peer), perm)?;
         if let Some(t) = kept.and_then(|f| f.mtime_ns) {
             a.mtime_ns = t;
@@ -289,10 +303,10 @@ impl Vfs {
         Ok(a)
     }
 
-    /// A script in an inbox: one being written, or (in the peer's own inbox) a
-    /// queued one.
+    /// A script being written, or (in a peer's own inbox) one queued.
     fn inbox_file_attr(&self, peer: &str, target: &str, name: &str) -> Result<Attr> {
-        let parent = Node::Inbox {
+        use Node::*;
+        let parent = Inbox {
             peer: peer.to_string(),
             target: target.to_string(),
         };
@@ -315,7 +329,7 @@ impl Vfs {
         Err(err!(libc::ENOENT, "no script {name:?} in the inbox"))
     }
 
-    /// A state key: one being written, else the stored one's size, mode and times.
+    /// A state value being written, or stored.
     fn state_file_attr(&self, node: &Node, peer: &str, key: &str) -> Result<Attr> {
         if let Some((parent, name)) = Node::parent_of(node) {
             if let Some(s) = self.staged_get(&parent, &name) {
@@ -335,9 +349,10 @@ impl Vfs {
         }
     }
 
-    /// A module file: one being written, else the stored module.
+    /// A module file being written, or `x.rhai` of a stored module.
     fn module_file_attr(&self, peer: &str, name: &str) -> Result<Attr> {
-        if let Some(s) = self.staged_get(&Node::Modules(peer.to_string()), name) {
+        use Node::*;
+        if let Some(s) = self.staged_get(&Modules(peer.to_string()), name) {
             return Ok(self.staged_attr(&s));
         }
         let m = module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
@@ -347,6 +362,11 @@ impl Vfs {
             Some(e) => self.file_attr(Some(peer), e.size, 0o644, e.mtime_ns),
             None => Err(err!(libc::ENOENT, "no module {m:?}")),
         }
+    }
+
+    /// The permission bits the layout gives the entry that `room` serves.
+    fn entry_mode(&self, room: Room) -> u16 {
+        self.layout.of_room(room).map_or(0o555, |e| e.mode)
     }
 
     /// The permission bits a state file shows (see [`Vfs::chmod`]): those set on

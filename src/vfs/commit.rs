@@ -1,13 +1,15 @@
 //! Commit: how bytes and names become durable. Creating a file, writing a handle
 //! back at close ([`Vfs::flush`] → `flush_now` → `commit`: a script is submitted, a
 //! value or module stored, a policy or groups file validated and applied), renames
-//! (files and state folders), unlink, and submission to the executor.
+//! (files and state folders), unlink, and submission to the executor. A policy
+//! text is applied or refused by `layout::apply_text`, as in the spool.
 
 use super::handles::validated_whole;
 use super::*;
 use crate::error::err;
 use crate::error::Result;
 use crate::exec::Op;
+use crate::layout::Close;
 use crate::peer::name::{check_key, is_staging_name};
 use crate::util::now_ns;
 
@@ -260,16 +262,25 @@ impl Vfs {
                  and rename that onto it"
             ));
         };
-        let dst = match newname {
-            "policy.cedar" => Node::Policy(peer.to_string()),
-            "groups" => Node::Groups(peer.to_string()),
-            n if is_edit_name(n) => {
+        let text = self.layout.entry(newname).and_then(|e| match e.close {
+            Close::Apply(text) => Some(text),
+            _ => None,
+        });
+        let dst = match (text, newname) {
+            (Some(text), _) => Node::text(peer, text),
+            (None, n) if is_edit_name(n) => {
                 let mut st = self.staged.lock().unwrap();
                 st.remove(&src);
                 st.insert((Node::Peer(peer.to_string()), n.to_string()), s);
                 return Ok(());
             }
-            _ => return Err(err!(libc::EACCES, "{newname}: a file of the peer's folder can be renamed onto policy.cedar or groups only")),
+            (None, _) => {
+                let texts = self.layout.written(Kind::File, "", "or");
+                return Err(err!(
+                    libc::EACCES,
+                    "{newname}: a file of the peer's folder can be renamed onto {texts} only"
+                ));
+            }
         };
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.commit(
@@ -386,12 +397,14 @@ impl Vfs {
                     name: name.to_string(),
                 })
             }
-            // Only inbox, state and modules folders take new files: elsewhere a new
-            // name is a read-only place, not a missing one.
+            // Only the folders the owner writes (inbox, state, modules) take new
+            // files: elsewhere a new name is a read-only place, not a missing one.
             _ if e.errno == libc::ENOENT => Err(err!(
                 libc::EACCES,
-                "{name:?}: files can only be made in inbox/, state/ and modules/ (and an \
-                 editor's temporary, swap or backup files beside policy.cedar and groups)"
+                "{name:?}: files can only be made in {} (and an editor's temporary, swap or \
+                 backup files beside {})",
+                self.layout.written(Kind::Dir, "/", "and"),
+                self.layout.written(Kind::File, "", "and")
             )),
             _ => Err(e),
         })?;
@@ -583,37 +596,9 @@ impl Vfs {
                     })),
                 )
             }
-            Node::Policy(peer) | Node::Groups(peer) => {
-                let kind = if matches!(node, Node::Policy(_)) {
-                    "policy"
-                } else {
-                    "groups"
-                };
-                if let Some(v) = self.validator.read().unwrap().as_ref() {
-                    if let Err(e) = v(kind, &data) {
-                        let check = if kind == "policy" {
-                            "peerfs policy check FILE"
-                        } else {
-                            "peerfs policy check POLICY --groups FILE"
-                        };
-                        let msg = format!(
-                            "{kind} refused, the old one stays in force: {} (check a file \
-                             with `{check}` before copying it in)",
-                            e.message
-                        );
-                        // close() fails once the reason is in the log, so that the
-                        // log shows it as soon as the writer learns of the refusal.
-                        let refusal = err!(libc::EINVAL, "{msg}");
-                        self.core.apply_async(
-                            peer,
-                            Op::Log(msg),
-                            Some(Box::new(move |_| reply(Err(refusal)))),
-                        );
-                        return;
-                    }
-                }
-                self.core
-                    .apply_async(peer, Op::SetMeta(kind.to_string(), data), Some(reply))
+            Node::Policy(_) | Node::Groups(_) => {
+                let (peer, text) = node.as_text().expect("a policy text");
+                crate::layout::apply_text(&self.core, peer, text, data, reply)
             }
             _ => reply(Err(ro("this file"))),
         }

@@ -227,8 +227,11 @@ impl Vfs {
                     .map(|j| j.source)
                     .ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox"))
             }
-            Policy(p) => Ok(self.meta_bytes(p, "policy")?.0),
-            Groups(p) => Ok(self.meta_bytes(p, "groups")?.0),
+            Policy(p) => Ok(self.meta_bytes(p, PolicyText::Policy)?.0),
+            Groups(p) => Ok(self.meta_bytes(p, PolicyText::Groups)?.0),
+            Reserved {
+                kind: Kind::File, ..
+            } => Ok(Vec::new()),
             _ => Err(err!(libc::EISDIR, "not a file")),
         }
     }

@@ -41,9 +41,9 @@ impl Vfs {
         }
     }
 
-    pub(super) fn meta_bytes(&self, peer: &str, key: &str) -> Result<(Vec<u8>, i64)> {
+    pub(super) fn meta_bytes(&self, peer: &str, text: PolicyText) -> Result<(Vec<u8>, i64)> {
         let p = self.core.peer(peer)?;
-        Ok(p.read(|s| s.meta(key))?.unwrap_or_default())
+        Ok(p.read(|s| s.meta(text.key()))?.unwrap_or_default())
     }
 
     pub fn statfs(&self) -> Statfs {

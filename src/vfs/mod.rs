@@ -9,7 +9,8 @@
 //!
 //! Where things live:
 //! - [`node`]: the [`Node`] kinds (one per kind of path) and naming rules;
-//! - `tree`: lookup (the path grammar), readdir, mkdir, rmdir;
+//! - `tree`: lookup (the path grammar), readdir, mkdir, rmdir; a peer's folder
+//!   and a view's are derived from the [`Layout`] (`crate::layout`);
 //! - `attr`: attributes, cache lifetimes, setattr (size, times, chmod/chown);
 //! - [`flags`]: open and rename flags as types;
 //! - `handles`: open, read, write, the buffer budget, staging, the opener rule;
@@ -37,6 +38,11 @@ pub use flags::{OpenFlags, RenameFlags};
 pub use node::{is_edit_name, join_key, module_name, Node};
 pub use tree::special_file;
 
+/// A file or a folder (one name across the crate: the layout's).
+pub use crate::layout::Kind;
+use crate::layout::Layout;
+use crate::policy::PolicyText;
+
 use handles::{Handle, Staged};
 
 use crate::error::err;
@@ -52,12 +58,6 @@ pub const MAX_META_FILE: u64 = 1 << 20;
 /// writer's buffer, a reader's snapshot) and staging files (beyond it `EDQUOT`):
 /// one peer cannot take the memory that every other peer's files need.
 pub const BUFFER_BUDGET: u64 = 256 << 20;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Dir,
-    File,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
@@ -112,8 +112,6 @@ pub enum Invalidate {
 
 pub type Listing = Arc<Vec<(String, Node, Kind)>>;
 
-/// Validates `policy.cedar` / `groups` text before it is applied.
-pub type Validator = Box<dyn Fn(&str, &[u8]) -> Result<()> + Send + Sync>;
 /// Lists (and checks) the keys of `other` that `peer` may read: `(peer, other, key)`.
 pub type ReadCheck = Box<dyn Fn(&str, &str, &str) -> bool + Send + Sync>;
 /// Tells the FUSE adapter what to invalidate in the kernel's caches.
@@ -121,6 +119,8 @@ pub type Invalidator = Box<dyn Fn(Invalidate) + Send + Sync>;
 
 pub struct Vfs {
     core: Core,
+    /// The entries of every peer's folder (see `crate::layout`).
+    layout: Arc<Layout>,
     started_ns: i64,
     uid: u32,
     gid: u32,
@@ -139,7 +139,6 @@ pub struct Vfs {
     /// `.peerfs/refused`.
     root_refusals: Mutex<std::collections::VecDeque<String>>,
     invalidator: RwLock<Option<Invalidator>>,
-    validator: RwLock<Option<Validator>>,
     read_check: RwLock<Option<ReadCheck>>,
 }
 
@@ -188,10 +187,17 @@ fn ro(what: &str) -> Error {
 }
 
 impl Vfs {
-    /// A vfs over `core`; it registers itself for change notices.
+    /// A vfs over `core` serving the standard layout; it registers itself for
+    /// change notices.
     pub fn new(core: Core) -> Arc<Vfs> {
+        Vfs::with_layout(core, Arc::new(Layout::standard()))
+    }
+
+    /// A vfs over `core` whose peers' folders hold `layout`'s entries.
+    pub fn with_layout(core: Core, layout: Arc<Layout>) -> Arc<Vfs> {
         let vfs = Arc::new(Vfs {
             core: core.clone(),
+            layout,
             started_ns: now_ns(),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
@@ -204,20 +210,9 @@ impl Vfs {
             unknown_peers: Mutex::new(Default::default()),
             root_refusals: Mutex::new(Default::default()),
             invalidator: RwLock::new(None),
-            validator: RwLock::new(None),
             read_check: RwLock::new(None),
         });
         core.set_listener(Arc::new(ChangeRelay(vfs.clone())));
-        vfs.set_validator(Box::new(|kind, bytes| {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| err!(libc::EINVAL, "{kind} is not UTF-8 text"))?;
-            let r = if kind == "policy" {
-                crate::policy::Policy::parse(text).map(|_| ())
-            } else {
-                crate::policy::Groups::parse(text).map(|_| ())
-            };
-            r.map_err(|e| err!(libc::EINVAL, "{e}"))
-        }));
         let c = core.clone();
         vfs.set_read_check(Box::new(move |reader, owner, key| {
             c.policy().may_read(&c, reader, owner, key)
@@ -231,10 +226,6 @@ impl Vfs {
 
     pub fn set_invalidator(&self, f: Invalidator) {
         *self.invalidator.write().unwrap() = Some(f);
-    }
-
-    pub fn set_validator(&self, f: Validator) {
-        *self.validator.write().unwrap() = Some(f);
     }
 
     /// The bytes one peer may hold in write handles and staging files.

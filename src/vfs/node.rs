@@ -1,7 +1,11 @@
 //! What a path on the mount means: one [`Node`] per file or folder, and the
 //! naming rules that go with it (module file names, a file's parent folder).
+//! Which names a peer's folder holds is `crate::layout`'s; each of its rooms has
+//! its kinds of node here.
 
+use crate::layout::Kind;
 use crate::peer::name::is_staging_name;
+use crate::policy::PolicyText;
 
 /// The identity of a file or folder on the mount. The FUSE adapter gives each node
 /// an inode number; every rule about what a node allows lives in the vfs.
@@ -23,6 +27,7 @@ use crate::peer::name::is_staging_name;
 /// | `ViewState`, `ViewStateFile` | the keys the policy lets this peer read | – | – | – | – |
 /// | `Policy`, `Groups` | the text in force | a close validates and applies the whole text | – | – | – |
 /// | `Log` | read as it grows | – | – | – | – |
+/// | `Reserved` | empty | – | – | – | – |
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
     Root,
@@ -86,6 +91,14 @@ pub enum Node {
     Policy(String),
     Groups(String),
     Log(String),
+    /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
+    /// in `peer`'s own folder (target == peer) or its view of `target`.
+    Reserved {
+        peer: String,
+        target: String,
+        name: &'static str,
+        kind: Kind,
+    },
     /// A file an editor writes beside `policy.cedar` and `groups` (see
     /// [`is_edit_name`]): kept in memory; renamed onto one of them, it is
     /// validated and applied as at a close.
@@ -122,7 +135,25 @@ impl Node {
             | View { peer, .. }
             | ViewState { peer, .. }
             | ViewStateFile { peer, .. }
-            | EditFile { peer, .. } => Some(peer),
+            | EditFile { peer, .. }
+            | Reserved { peer, .. } => Some(peer),
+        }
+    }
+
+    /// The file of `peer`'s folder that shows its `text`.
+    pub fn text(peer: &str, text: PolicyText) -> Node {
+        match text {
+            PolicyText::Policy => Node::Policy(peer.to_string()),
+            PolicyText::Groups => Node::Groups(peer.to_string()),
+        }
+    }
+
+    /// The peer and the policy text a `policy.cedar` or `groups` node shows.
+    pub fn as_text(&self) -> Option<(&str, PolicyText)> {
+        match self {
+            Node::Policy(p) => Some((p, PolicyText::Policy)),
+            Node::Groups(p) => Some((p, PolicyText::Groups)),
+            _ => None,
         }
     }
 
@@ -130,7 +161,11 @@ impl Node {
         use Node::*;
         matches!(
             self,
-            Root | MetaDir
+            Reserved {
+                kind: Kind::Dir,
+                ..
+            } | Root
+                | MetaDir
                 | Peer(_)
                 | Inbox { .. }
                 | Outbox { .. }
@@ -159,6 +194,10 @@ impl Node {
 impl std::fmt::Display for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use Node::*;
+        // The names of the layout's entries.
+        use crate::layout as l;
+        let (inbox, outbox, state) = (l::INBOX.name, l::OUTBOX.name, l::STATE.name);
+        let (modules, peers, log) = (l::MODULES.name, l::PEERS.name, l::LOG.name);
         let sub = |f: &mut std::fmt::Formatter<'_>, rest: &str| {
             if rest.is_empty() {
                 Ok(())
@@ -171,7 +210,7 @@ impl std::fmt::Display for Node {
             if peer == target {
                 write!(f, "{peer}")
             } else {
-                write!(f, "{peer}/peers/{target}")
+                write!(f, "{peer}/{peers}/{target}")
             }
         };
         match self {
@@ -179,27 +218,32 @@ impl std::fmt::Display for Node {
             MetaDir => write!(f, ".peerfs"),
             MetaFile(n) => write!(f, ".peerfs/{n}"),
             Peer(p) => write!(f, "{p}"),
-            Inbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/inbox")),
+            Inbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/{inbox}")),
             InboxFile { peer, target, name } => {
-                at(f, peer, target).and_then(|()| write!(f, "/inbox/{name}"))
+                at(f, peer, target).and_then(|()| write!(f, "/{inbox}/{name}"))
             }
-            Outbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/outbox")),
+            Outbox { peer, target } => at(f, peer, target).and_then(|()| write!(f, "/{outbox}")),
             OutboxFile { peer, target, name } => {
-                at(f, peer, target).and_then(|()| write!(f, "/outbox/{name}"))
+                at(f, peer, target).and_then(|()| write!(f, "/{outbox}/{name}"))
             }
-            State { peer, dir } => write!(f, "{peer}/state").and_then(|()| sub(f, dir)),
-            StateFile { peer, key } => write!(f, "{peer}/state/{key}"),
-            Modules(p) => write!(f, "{p}/modules"),
-            ModuleFile { peer, name } => write!(f, "{peer}/modules/{name}"),
-            Peers(p) => write!(f, "{p}/peers"),
-            View { peer, other } => write!(f, "{peer}/peers/{other}"),
+            State { peer, dir } => write!(f, "{peer}/{state}").and_then(|()| sub(f, dir)),
+            StateFile { peer, key } => write!(f, "{peer}/{state}/{key}"),
+            Modules(p) => write!(f, "{p}/{modules}"),
+            ModuleFile { peer, name } => write!(f, "{peer}/{modules}/{name}"),
+            Peers(p) => write!(f, "{p}/{peers}"),
+            View { peer, other } => write!(f, "{peer}/{peers}/{other}"),
             ViewState { peer, other, dir } => {
-                write!(f, "{peer}/peers/{other}/state").and_then(|()| sub(f, dir))
+                write!(f, "{peer}/{peers}/{other}/{state}").and_then(|()| sub(f, dir))
             }
-            ViewStateFile { peer, other, key } => write!(f, "{peer}/peers/{other}/state/{key}"),
-            Policy(p) => write!(f, "{p}/policy.cedar"),
-            Groups(p) => write!(f, "{p}/groups"),
-            Log(p) => write!(f, "{p}/log"),
+            ViewStateFile { peer, other, key } => {
+                write!(f, "{peer}/{peers}/{other}/{state}/{key}")
+            }
+            Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
+            Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
+            Log(p) => write!(f, "{p}/{log}"),
+            Reserved {
+                peer, target, name, ..
+            } => at(f, peer, target).and_then(|()| write!(f, "/{name}")),
             EditFile { peer, name } => write!(f, "{peer}/{name}"),
         }
     }

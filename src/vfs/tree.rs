@@ -1,7 +1,10 @@
 //! The tree: what a name under a folder is ([`Vfs::lookup`], the path grammar of
 //! every [`Node`] kind), what a folder lists ([`Vfs::readdir`] and the directory
 //! handles), and making and removing folders (a peer at the top, folders in
-//! `state/`). Another peer's view (`peers/<other>/`) is in `view.rs`.
+//! `state/`). A peer's folder and its view of another peer list the layout's
+//! entries (`crate::layout`; `entry_node` is where an entry meets the code that
+//! serves it). The state another peer may read (`peers/<other>/state/`) is in
+//! `view.rs`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use super::*;
 use crate::error::err;
 use crate::error::{Error, Result};
 use crate::exec::Op;
+use crate::layout::{Entry, Room};
 use crate::peer::name::{check_key, check_peer_name, check_segment};
 use crate::util::now_ns;
 
@@ -20,6 +24,103 @@ pub fn special_file(name: &str) -> Error {
         libc::EPERM,
         "{name:?}: peerfs holds files and folders only (no fifos, sockets or devices)"
     )
+}
+
+/// The files of `.peerfs/`, sorted.
+const META_FILES: [&str; 4] = ["metrics", "refused", "stats", "version"];
+
+/// The node of the layout's entry `e` in `peer`'s own folder (`target` ==
+/// `peer`) or in its view of `target`: the one place where an entry's room
+/// becomes the code that serves it. `None`: the room has no place in a view.
+fn entry_node(e: &Entry, peer: &str, target: &str) -> Option<Node> {
+    let (p, t) = (peer.to_string(), target.to_string());
+    let own = peer == target;
+    Some(match e.room {
+        Room::Inbox => Node::Inbox { peer: p, target: t },
+        Room::Outbox => Node::Outbox { peer: p, target: t },
+        Room::State if own => Node::State {
+            peer: p,
+            dir: String::new(),
+        },
+        Room::State => Node::ViewState {
+            peer: p,
+            other: t,
+            dir: String::new(),
+        },
+        Room::Reserved => Node::Reserved {
+            peer: p,
+            target: t,
+            name: e.name,
+            kind: e.kind,
+        },
+        _ if !own => return None,
+        Room::Modules => Node::Modules(p),
+        Room::Peers => Node::Peers(p),
+        Room::Text(text) => Node::text(peer, text),
+        Room::Log => Node::Log(p),
+    })
+}
+
+/// The listing of `entries` in `peer`'s folder (or its view of `target`).
+fn listed<'a>(
+    entries: impl Iterator<Item = &'a Entry>,
+    peer: &str,
+    target: &str,
+) -> Vec<(String, Node, Kind)> {
+    entries
+        .filter_map(|e| Some((e.name.to_string(), entry_node(e, peer, target)?, e.kind)))
+        .collect()
+}
+
+/// The node of the file (or view) `name` in `parent`: inbox and outbox files,
+/// modules, state files, other peers; in a peer's own folder (and as a
+/// fallback), an editor's file beside the policy texts.
+fn node_in(parent: &Node, name: String) -> Node {
+    match parent {
+        Node::Inbox { peer, target } => Node::InboxFile {
+            peer: peer.clone(),
+            target: target.clone(),
+            name,
+        },
+        Node::Outbox { peer, target } => Node::OutboxFile {
+            peer: peer.clone(),
+            target: target.clone(),
+            name,
+        },
+        Node::State { peer, dir } => Node::StateFile {
+            peer: peer.clone(),
+            key: join_key(dir, &name),
+        },
+        Node::Modules(peer) => Node::ModuleFile {
+            peer: peer.clone(),
+            name,
+        },
+        Node::Peers(peer) => Node::View {
+            peer: peer.clone(),
+            other: name,
+        },
+        Node::Peer(peer) => Node::EditFile {
+            peer: peer.clone(),
+            name,
+        },
+        _ => Node::EditFile {
+            peer: parent.peer().unwrap_or_default().to_string(),
+            name,
+        },
+    }
+}
+
+/// `name` in an inbox, an outbox or `modules/` (checked as a name, not looked
+/// up: whether it exists is the attributes' question).
+fn file_child(parent: &Node, name: &str) -> Result<Node> {
+    let what = match parent {
+        Node::Inbox { .. } => "script name",
+        Node::Outbox { .. } => "result name",
+        Node::Modules(_) => "module file name",
+        _ => return Err(err!(libc::ENOTDIR, "not a folder")),
+    };
+    check_segment(what, name)?;
+    Ok(node_in(parent, name.to_string()))
 }
 
 impl Vfs {
@@ -52,322 +153,176 @@ impl Vfs {
     pub(super) fn child(&self, parent: &Node, name: &str) -> Result<Node> {
         use Node::*;
         let missing = || err!(libc::ENOENT, "{name:?} does not exist here");
-        Ok(match parent {
-            Root => {
-                if name == ".peerfs" {
-                    MetaDir
-                } else {
-                    if check_peer_name(name).is_err() || !self.core.registry().exists(name) {
-                        return Err(missing());
-                    }
-                    Peer(name.to_string())
-                }
-            }
-            MetaDir => match name {
-                "version" => MetaFile("version"),
-                "stats" => MetaFile("stats"),
-                "metrics" => MetaFile("metrics"),
-                "refused" => MetaFile("refused"),
-                _ => return Err(missing()),
-            },
-            Peer(p) => {
-                let p = p.clone();
-                match name {
-                    "inbox" => Inbox {
-                        peer: p.clone(),
-                        target: p,
-                    },
-                    "outbox" => Outbox {
-                        peer: p.clone(),
-                        target: p,
-                    },
-                    "state" => State {
-                        peer: p,
-                        dir: String::new(),
-                    },
-                    "modules" => Modules(p),
-                    "peers" => Peers(p),
-                    "policy.cedar" => Policy(p),
-                    "groups" => Groups(p),
-                    "log" => Log(p),
-                    _ if self.staged_get(parent, name).is_some() => EditFile {
-                        peer: p,
-                        name: name.to_string(),
-                    },
-                    _ => return Err(missing()),
-                }
-            }
-            Inbox { peer, target } => {
-                check_segment("script name", name)?;
-                InboxFile {
-                    peer: peer.clone(),
-                    target: target.clone(),
-                    name: name.to_string(),
-                }
-            }
-            Outbox { peer, target } => {
-                check_segment("result name", name)?;
-                OutboxFile {
-                    peer: peer.clone(),
-                    target: target.clone(),
-                    name: name.to_string(),
-                }
-            }
-            State { peer, dir } => {
-                let key = join_key(dir, name);
-                check_key(&key)?;
-                if self.staged_get(parent, name).is_some() {
-                    return Ok(StateFile {
-                        peer: peer.clone(),
-                        key,
-                    });
-                }
-                // A key wins over a kept folder of the same name (a script may set
-                // a key where the mount left an empty folder).
-                let p = self.core.peer(peer)?;
-                match p.read(|s| s.stat_key(&key))? {
-                    Some(Some(_)) => StateFile {
-                        peer: peer.clone(),
-                        key,
-                    },
-                    Some(None) => State {
-                        peer: peer.clone(),
-                        dir: key,
-                    },
-                    None => return Err(missing()),
-                }
-            }
-            Modules(p) => {
-                check_segment("module file name", name)?;
-                ModuleFile {
+        let found = match parent {
+            Root if name == ".peerfs" => Some(MetaDir),
+            Root => (check_peer_name(name).is_ok() && self.core.registry().exists(name))
+                .then(|| Peer(name.to_string())),
+            MetaDir => META_FILES.into_iter().find(|f| *f == name).map(MetaFile),
+            // The layout's entries win over an editor's file of the same name.
+            Peer(p) => match self.layout.entry(name) {
+                Some(e) => entry_node(e, p, p),
+                None => self.staged_get(parent, name).map(|_| EditFile {
                     peer: p.clone(),
                     name: name.to_string(),
-                }
-            }
-            Peers(p) => {
-                if !self.is_other_peer(p, name) {
-                    return Err(self.no_such_peer(p, name).unwrap_or_else(missing));
-                }
-                View {
-                    peer: p.clone(),
-                    other: name.to_string(),
-                }
-            }
-            View { peer, other } => match name {
-                "inbox" => Inbox {
-                    peer: peer.clone(),
-                    target: other.clone(),
-                },
-                "outbox" => Outbox {
-                    peer: peer.clone(),
-                    target: other.clone(),
-                },
-                "state" => ViewState {
-                    peer: peer.clone(),
-                    other: other.clone(),
-                    dir: String::new(),
-                },
-                _ => return Err(missing()),
+                }),
             },
-            ViewState { peer, other, dir } => self.view_child(peer, other, dir, name)?,
-            _ => return Err(err!(libc::ENOTDIR, "not a folder")),
-        })
+            View { peer, other } => self
+                .layout
+                .view_entry(name)
+                .and_then(|e| entry_node(e, peer, other)),
+            Peers(p) if self.is_other_peer(p, name) => Some(node_in(parent, name.to_string())),
+            Peers(p) => return Err(self.no_such_peer(p, name).unwrap_or_else(missing)),
+            State { peer, dir } => return self.state_child(parent, peer, dir, name),
+            ViewState { peer, other, dir } => return self.view_child(peer, other, dir, name),
+            Reserved {
+                kind: Kind::Dir, ..
+            } => None,
+            _ => return file_child(parent, name),
+        };
+        found.ok_or_else(missing)
+    }
+
+    /// `name` in a folder of `peer`'s state (`dir`): a key, a folder the store
+    /// keeps, or a file being written there.
+    fn state_child(&self, parent: &Node, peer: &str, dir: &str, name: &str) -> Result<Node> {
+        let key = join_key(dir, name);
+        check_key(&key)?;
+        let file = |key| Node::StateFile {
+            peer: peer.to_string(),
+            key,
+        };
+        if self.staged_get(parent, name).is_some() {
+            return Ok(file(key));
+        }
+        // A key wins over a kept folder of the same name (a script may set a key
+        // where the mount left an empty folder).
+        let p = self.core.peer(peer)?;
+        match p.read(|s| s.stat_key(&key))? {
+            Some(Some(_)) => Ok(file(key)),
+            Some(None) => Ok(Node::State {
+                peer: peer.to_string(),
+                dir: key,
+            }),
+            None => Err(err!(libc::ENOENT, "{name:?} does not exist here")),
+        }
     }
 
     /// The children of a folder, sorted by name (the adapter adds `.` and `..`).
     pub fn readdir(&self, node: &Node) -> Result<Vec<(String, Node, Kind)>> {
         use Node::*;
-        let mut out: Vec<(String, Node, Kind)> = Vec::new();
-        let staged_in =
-            |out: &mut Vec<(String, Node, Kind)>, parent: &Node, mk: &dyn Fn(String) -> Node| {
-                for ((p, n), _) in self.staged.lock().unwrap().iter() {
-                    if p == parent {
-                        out.push((n.clone(), mk(n.clone()), Kind::File));
-                    }
-                }
-            };
-        match node {
+        let mut out = match node {
             Root => {
-                out.push((".peerfs".into(), MetaDir, Kind::Dir));
-                for (n, _) in self.core.registry().list() {
-                    out.push((n.clone(), Peer(n), Kind::Dir));
-                }
+                let peers = self.core.registry().list().into_iter();
+                let peers = peers.map(|(n, _)| (n.clone(), Peer(n), Kind::Dir));
+                std::iter::once((".peerfs".into(), MetaDir, Kind::Dir))
+                    .chain(peers)
+                    .collect()
             }
-            MetaDir => {
-                out.push(("metrics".into(), MetaFile("metrics"), Kind::File));
-                out.push(("refused".into(), MetaFile("refused"), Kind::File));
-                out.push(("stats".into(), MetaFile("stats"), Kind::File));
-                out.push(("version".into(), MetaFile("version"), Kind::File));
-            }
-            Peer(p) => {
-                for n in [
-                    "inbox",
-                    "outbox",
-                    "state",
-                    "modules",
-                    "peers",
-                    "policy.cedar",
-                    "groups",
-                    "log",
-                ] {
-                    let c = self.child(node, n)?;
-                    let k = if c.is_dir() { Kind::Dir } else { Kind::File };
-                    out.push((n.to_string(), c, k));
-                }
-                staged_in(&mut out, node, &|n| EditFile {
-                    peer: p.clone(),
-                    name: n,
-                });
-            }
-            Inbox { peer, target } => {
-                let (pe, t) = (peer.clone(), target.clone());
-                staged_in(&mut out, node, &|n| InboxFile {
-                    peer: pe.clone(),
-                    target: t.clone(),
-                    name: n,
-                });
-                if peer == target {
-                    let p = self.core.peer(peer)?;
-                    for (n, _, _) in p.read(|s| s.queue_names(100_000))? {
-                        out.push((
-                            n.clone(),
-                            InboxFile {
-                                peer: peer.clone(),
-                                target: target.clone(),
-                                name: n,
-                            },
-                            Kind::File,
-                        ));
-                    }
-                }
-            }
-            Outbox { peer, target } => {
-                for e in self.core.outbox_list(peer, target)? {
-                    out.push((
-                        e.name.clone(),
-                        OutboxFile {
-                            peer: peer.clone(),
-                            target: target.clone(),
-                            name: e.name,
-                        },
-                        Kind::File,
-                    ));
-                }
-            }
-            State { peer, dir } => {
-                let p = self.core.peer(peer)?;
-                for e in p.read(|s| s.list_dir(dir))? {
-                    let key = join_key(dir, &e.name);
-                    if e.is_dir {
-                        out.push((
-                            e.name,
-                            State {
-                                peer: peer.clone(),
-                                dir: key,
-                            },
-                            Kind::Dir,
-                        ));
-                    } else {
-                        out.push((
-                            e.name,
-                            StateFile {
-                                peer: peer.clone(),
-                                key,
-                            },
-                            Kind::File,
-                        ));
-                    }
-                }
-                let pe = peer.clone();
-                let d = dir.clone();
-                staged_in(&mut out, node, &|n| StateFile {
-                    peer: pe.clone(),
-                    key: join_key(&d, &n),
-                });
-                let prefix = if dir.is_empty() {
-                    String::new()
-                } else {
-                    format!("{dir}/")
-                };
-                // Kept folders that hold no key yet (the store lists folders of keys).
-                for (kept, _) in p.read(|s| s.folders(&prefix))? {
-                    let rest = &kept[prefix.len()..];
-                    if !rest.is_empty() && !rest.contains('/') {
-                        out.push((
-                            rest.to_string(),
-                            State {
-                                peer: peer.clone(),
-                                dir: kept.clone(),
-                            },
-                            Kind::Dir,
-                        ));
-                    }
-                }
-            }
-            Modules(p) => {
-                let peer = self.core.peer(p)?;
-                for e in peer.read(|s| s.list_modules())? {
-                    let n = format!("{}.rhai", e.name);
-                    out.push((
-                        n.clone(),
-                        ModuleFile {
-                            peer: p.clone(),
-                            name: n,
-                        },
-                        Kind::File,
-                    ));
-                }
-                let pe = p.clone();
-                staged_in(&mut out, node, &|n| ModuleFile {
-                    peer: pe.clone(),
-                    name: n,
-                });
-            }
-            Peers(p) => {
-                for n in self.other_peers(p) {
-                    out.push((
-                        n.clone(),
-                        View {
-                            peer: p.clone(),
-                            other: n,
-                        },
-                        Kind::Dir,
-                    ));
-                }
-            }
-            View { peer, other } => {
-                out.push((
-                    "inbox".into(),
-                    Inbox {
-                        peer: peer.clone(),
-                        target: other.clone(),
-                    },
-                    Kind::Dir,
-                ));
-                out.push((
-                    "outbox".into(),
-                    Outbox {
-                        peer: peer.clone(),
-                        target: other.clone(),
-                    },
-                    Kind::Dir,
-                ));
-                out.push((
-                    "state".into(),
-                    ViewState {
-                        peer: peer.clone(),
-                        other: other.clone(),
-                        dir: String::new(),
-                    },
-                    Kind::Dir,
-                ));
-            }
-            ViewState { peer, other, dir } => out.extend(self.view_listing(peer, other, dir)?),
+            MetaDir => META_FILES
+                .into_iter()
+                .map(|f| (f.to_string(), MetaFile(f), Kind::File))
+                .collect(),
+            Peer(p) => listed(self.layout.entries().iter(), p, p),
+            View { peer, other } => listed(self.layout.view(), peer, other),
+            Inbox { peer, target } => self.list_inbox(peer, target)?,
+            Outbox { peer, target } => self
+                .core
+                .outbox_list(peer, target)?
+                .into_iter()
+                .map(|e| (e.name.clone(), node_in(node, e.name), Kind::File))
+                .collect(),
+            State { peer, dir } => self.list_state(node, peer, dir)?,
+            Modules(p) => self.list_modules(p)?,
+            Peers(p) => self
+                .other_peers(p)
+                .into_iter()
+                .map(|n| (n.clone(), node_in(node, n), Kind::Dir))
+                .collect(),
+            ViewState { peer, other, dir } => self.view_listing(peer, other, dir)?,
+            Reserved {
+                kind: Kind::Dir, ..
+            } => Vec::new(),
             _ => return Err(err!(libc::ENOTDIR, "not a folder")),
+        };
+        if !matches!(node, State { .. }) {
+            self.staged_in(&mut out, node);
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);
         Ok(out)
+    }
+
+    /// Files being written in `parent` (kept in memory until their close or rename).
+    fn staged_in(&self, out: &mut Vec<(String, Node, Kind)>, parent: &Node) {
+        for ((p, n), _) in self.staged.lock().unwrap().iter() {
+            if p == parent {
+                out.push((n.clone(), node_in(parent, n.clone()), Kind::File));
+            }
+        }
+    }
+
+    /// An inbox: files being written, and (in a peer's own inbox) its queued scripts.
+    fn list_inbox(&self, peer: &str, target: &str) -> Result<Vec<(String, Node, Kind)>> {
+        let mut out = Vec::new();
+        if peer == target {
+            let inbox = Node::Inbox {
+                peer: peer.to_string(),
+                target: target.to_string(),
+            };
+            let p = self.core.peer(peer)?;
+            for (n, _, _) in p.read(|s| s.queue_names(100_000))? {
+                out.push((n.clone(), node_in(&inbox, n), Kind::File));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A folder of `peer`'s state: its keys and folders, files being written in
+    /// it, and the folders the store keeps that hold no key yet.
+    fn list_state(&self, node: &Node, peer: &str, dir: &str) -> Result<Vec<(String, Node, Kind)>> {
+        let mut out = Vec::new();
+        let p = self.core.peer(peer)?;
+        for e in p.read(|s| s.list_dir(dir))? {
+            let key = join_key(dir, &e.name);
+            let (peer, kind) = (
+                peer.to_string(),
+                if e.is_dir { Kind::Dir } else { Kind::File },
+            );
+            let child = match kind {
+                Kind::Dir => Node::State { peer, dir: key },
+                Kind::File => Node::StateFile { peer, key },
+            };
+            out.push((e.name, child, kind));
+        }
+        self.staged_in(&mut out, node);
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        // Kept folders that hold no key yet (the store lists folders of keys).
+        for (kept, _) in p.read(|s| s.folders(&prefix))? {
+            let rest = &kept[prefix.len()..];
+            if !rest.is_empty() && !rest.contains('/') {
+                let child = Node::State {
+                    peer: peer.to_string(),
+                    dir: kept.clone(),
+                };
+                out.push((rest.to_string(), child, Kind::Dir));
+            }
+        }
+        Ok(out)
+    }
+
+    /// `modules/`: `x.rhai` for each module of the store.
+    fn list_modules(&self, peer: &str) -> Result<Vec<(String, Node, Kind)>> {
+        let p = self.core.peer(peer)?;
+        let modules = Node::Modules(peer.to_string());
+        let list = p.read(|s| s.list_modules())?.into_iter().map(|e| {
+            let n = format!("{}.rhai", e.name);
+            (n.clone(), node_in(&modules, n), Kind::File)
+        });
+        Ok(list.collect())
     }
 
     pub fn opendir(&self, node: &Node) -> Result<u64> {

@@ -1,5 +1,5 @@
 //! The client side of a spool (`peerfs run --spool DIR`): drop a script the
-//! maildir way and wait for its result.
+//! maildir way and wait for its result (the folders named by `crate::layout`).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::err;
 use crate::error::Result;
+use crate::layout::{INBOX, OUTBOX};
 use crate::peer::name::script_stem;
 use crate::util::{now_ns, rfc3339};
 
@@ -20,7 +21,7 @@ use crate::util::{now_ns, rfc3339};
 /// `<name>.refused~` beside it and never runs: this notices the rename of the very
 /// file it dropped (by its inode) and fails with the reason.
 pub fn drop_and_wait(base: &Path, log: &Path, name: &str, src: &[u8]) -> Result<Vec<u8>> {
-    let inbox = base.join("inbox");
+    let inbox = base.join(INBOX.name);
     if !inbox.is_dir() {
         return Err(err!(
             libc::ENOENT,
@@ -41,7 +42,7 @@ pub fn drop_and_wait(base: &Path, log: &Path, name: &str, src: &[u8]) -> Result<
     std::fs::rename(&tmp, inbox.join(name))
         .map_err(|e| err!(libc::EIO, "submitting to {}: {e}", inbox.display()))?;
     let out = base
-        .join("outbox")
+        .join(OUTBOX.name)
         .join(format!("{}.json", script_stem(name)));
     let refused = inbox.join(format!("{name}.refused~"));
     let started = Instant::now();

@@ -3,6 +3,8 @@
 //! writer closes them or they are renamed in; staging names never run), policy,
 //! groups and module files, and new peer folders; each script is submitted with an
 //! `Op::Intake` and leaves its inbox only after that submission has committed.
+//! Which folders are inboxes and which files are policy texts is the layout's
+//! (`crate::layout`); a policy text is applied or refused by `layout::apply_text`.
 
 use super::*;
 
@@ -150,7 +152,7 @@ impl Shared {
                 target,
                 name,
             }) => self.intake(&caller, &target, &name, p, false, tries),
-            Some(Place::Meta(peer, kind)) => self.meta_file(&peer, kind, p),
+            Some(Place::Text(peer, text)) => self.text_file(&peer, text, p),
             Some(Place::Module(peer, rel)) => self.module_file(&peer, &rel, p),
             Some(Place::State { viewer, owner }) => self.state_touched(&viewer, &owner, p),
             _ => {}
@@ -230,11 +232,16 @@ impl Shared {
         let own = owner_of(&self.core, peer);
         let read_dir = |d: &Path| as_owner(own, || std::fs::read_dir(d));
         let dir = self.peer_dir(peer);
-        let mut inboxes = vec![(peer.to_string(), dir.join("inbox"))];
-        if let Ok(rd) = read_dir(&dir.join("peers")) {
-            for e in rd.flatten() {
-                let t = e.file_name().to_string_lossy().into_owned();
-                inboxes.push((t, e.path().join("inbox")));
+        let submit = |e: &&Entry| e.close == Close::Submit;
+        let mut inboxes: Vec<(String, PathBuf)> = (self.layout.entries().iter().filter(submit))
+            .map(|e| (peer.to_string(), dir.join(e.name)))
+            .collect();
+        if let Ok(rd) = read_dir(&self.peers_dir(peer)) {
+            for v in rd.flatten() {
+                let t = v.file_name().to_string_lossy().into_owned();
+                for e in self.layout.view().filter(submit) {
+                    inboxes.push((t.clone(), v.path().join(e.name)));
+                }
             }
         }
         for (target, inbox) in inboxes {
@@ -260,10 +267,13 @@ impl Shared {
                 self.intake(peer, &target, &n, &path, startup, 0);
             }
         }
-        for (kind, file) in [("policy", "policy.cedar"), ("groups", "groups")] {
-            self.meta_file(peer, kind, &dir.join(file));
+        for e in self.layout.entries() {
+            if let Close::Apply(text) = e.close {
+                self.text_file(peer, text, &dir.join(e.name));
+            }
         }
-        let mods = dir.join("modules");
+        let modules = self.layout.of_room(Room::Modules);
+        let mods = dir.join(modules.unwrap_or(&crate::layout::MODULES).name);
         let mut stack = vec![mods.clone()];
         while let Some(d) = stack.pop() {
             for e in read_dir(&d).into_iter().flatten().flatten() {
@@ -488,8 +498,8 @@ impl Shared {
     }
 
     /// `policy.cedar` or `groups` of `peer`, applied when it differs from the
-    /// store's, after the same validation as on the mount.
-    pub(super) fn meta_file(&self, peer: &str, kind: &'static str, path: &Path) {
+    /// store's, or refused, as on the mount (`layout::apply_text`).
+    pub(super) fn text_file(&self, peer: &str, text: PolicyText, path: &Path) {
         let own = owner_of(&self.core, peer);
         let t = match as_owner(own, || files::take(path, own.0, MAX_META_FILE)) {
             Ok(Ok(t)) => t,
@@ -503,7 +513,7 @@ impl Shared {
         };
         let Ok(p) = self.core.peer(peer) else { return };
         let cur = p
-            .read(|s| s.meta(kind))
+            .read(|s| s.meta(text.key()))
             .ok()
             .flatten()
             .map(|m| m.0)
@@ -511,35 +521,24 @@ impl Shared {
         if cur == t.data {
             return;
         }
-        let fp = (peer.to_string(), kind, t.ident.hash);
+        let fp = (peer.to_string(), text, t.ident.hash);
         if self.refused.lock().unwrap().contains(&fp) {
             return;
         }
-        let valid = std::str::from_utf8(&t.data)
-            .map_err(|_| format!("{kind} is not UTF-8 text"))
-            .and_then(|text| {
-                if kind == "policy" {
-                    crate::policy::Policy::parse(text)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                } else {
-                    crate::policy::Groups::parse(text)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-            });
-        match valid {
-            Ok(()) => {
-                if let Err(e) = self.core.apply(peer, Op::SetMeta(kind.to_string(), t.data)) {
-                    tracing::warn!(peer, error = %e, "{kind} not applied");
-                }
-            }
-            Err(e) => {
-                let msg = format!("{kind} refused, the old one stays in force: {e}");
-                tracing::warn!(peer, "{msg}");
+        let (tx, rx) = mpsc::sync_channel(1);
+        let done = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        crate::layout::apply_text(&self.core, peer, text, t.data, done);
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            // Refused: the reason is in the peer's log; not logged again on a rescan.
+            Ok(Err(e)) if e.errno == libc::EINVAL => {
+                tracing::warn!(peer, "{}", e.message);
                 self.refused.lock().unwrap().insert(fp);
-                let _ = self.core.apply(peer, Op::Log(msg));
             }
+            Ok(Err(e)) => tracing::warn!(peer, error = %e, "{} not applied", text.key()),
+            Err(_) => tracing::warn!(peer, "{} not applied: the daemon stopped", text.key()),
         }
     }
 

@@ -10,6 +10,9 @@
 //!   A change made to a mirror from outside (a write, a new file, an `rm`) is
 //!   undone and logged in the viewer's `log`.
 //! - Log: the store's audit log, appended to `log`.
+//!
+//! The folders and files it writes are named by the layout's entries
+//! (`crate::layout`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::unix::fs::OpenOptionsExt;
@@ -21,6 +24,7 @@ use std::time::Duration;
 
 use crate::exec::Op;
 use crate::exec::{slot_caller, Change, Core, Listener};
+use crate::layout::{LOG, OUTBOX, PEERS, STATE};
 use crate::util::now_ns;
 
 use super::files::{self, as_owner, content_hash, TMP_PREFIX};
@@ -166,7 +170,7 @@ impl Mirror {
             Some(c) => (c.to_string(), peer.to_string()),
             None => (peer.to_string(), target.to_string()),
         };
-        let dir = self.view_dir(&viewer, &view, "outbox");
+        let dir = self.view_dir(&viewer, &view, OUTBOX.name);
         (viewer, view, dir)
     }
 
@@ -175,7 +179,7 @@ impl Mirror {
         if viewer == view {
             self.root.join(viewer).join(sub)
         } else {
-            self.root.join(viewer).join("peers").join(view).join(sub)
+            self.root.join(viewer).join(PEERS.name).join(view).join(sub)
         }
     }
 
@@ -241,7 +245,7 @@ impl Mirror {
             let Ok(list) = self.core.outbox_list(peer, &view) else {
                 continue;
             };
-            let dir = self.view_dir(peer, &view, "outbox");
+            let dir = self.view_dir(peer, &view, OUTBOX.name);
             for e in list {
                 let (Some(r), Some(f)) = (e.result, e.finished_at) else {
                     continue;
@@ -350,7 +354,7 @@ impl Mirror {
         if (viewer != owner && self.core.serves_elsewhere(owner)) != self.remote {
             return;
         }
-        let dir = self.view_dir(viewer, owner, "state");
+        let dir = self.view_dir(viewer, owner, STATE.name);
         if !dir.is_dir() {
             return;
         }
@@ -469,7 +473,7 @@ impl Mirror {
         viewer: &str,
         owner: &str,
     ) -> crate::Result<BTreeMap<String, Vec<u8>>> {
-        let base = self.view_dir(viewer, owner, "state");
+        let base = self.view_dir(viewer, owner, STATE.name);
         let mut out = BTreeMap::new();
         let mut dirs = vec![String::new()];
         while let Some(dir) = dirs.pop() {
@@ -528,7 +532,7 @@ impl Mirror {
     /// changed from outside).
     fn sync_log(&self, peer: &str) -> crate::Result<()> {
         use std::io::Write;
-        let path = self.root.join(peer).join("log");
+        let path = self.root.join(peer).join(LOG.name);
         let own = owner_of(&self.core, peer);
         // The store as the daemon, the folder as the owner (see `as_owner`).
         let p = self.core.peer(peer)?;

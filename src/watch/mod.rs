@@ -1,8 +1,10 @@
 //! Spool mode: the mount's tree as plain folders, served by a file watcher.
 //!
-//! `peerfs serve --spool DIR` lays out one folder per peer under `DIR` (inbox/,
-//! outbox/, state/, modules/, peers/<other>/{inbox,outbox,state}, policy.cedar,
-//! groups, log) and watches it with `notify` (inotify on Linux). Two threads:
+//! `peerfs serve --spool DIR` lays out one folder per peer under `DIR` (the
+//! entries of its [`Layout`]: inbox/, outbox/, state/, modules/,
+//! peers/<other>/{inbox,outbox,state}, policy.cedar, groups, log) and watches it
+//! with `notify` (inotify on Linux). What a path means ([`Place`]) and the
+//! folders made are derived from the same layout as the mount's tree. Two threads:
 //!
 //! - the intake thread takes what people put into the tree: scripts in inboxes
 //!   (when their writer closes them or they are renamed in; staging names never
@@ -43,7 +45,9 @@ use crate::error::err;
 use crate::error::Result;
 use crate::exec::Core;
 use crate::exec::Op;
+use crate::layout::{Close, Entry, Kind, Layout, Room};
 use crate::peer::name::{check_module_name, check_peer_name, is_staging_name};
+use crate::policy::PolicyText;
 
 pub use client::drop_and_wait;
 use files::as_owner;
@@ -83,12 +87,14 @@ enum Msg {
 struct Shared {
     core: Core,
     root: PathBuf,
+    /// The entries of every peer's folder (see `crate::layout`).
+    layout: Arc<Layout>,
     /// Inbox files taken and not yet committed and removed.
     inflight: Mutex<HashSet<PathBuf>>,
     /// Per target: records of files already removed, dropped with its next op.
     forget: Mutex<HashMap<String, Vec<String>>>,
     /// Policy or groups texts refused already (not logged again on a rescan).
-    refused: Mutex<HashSet<(String, &'static str, u128)>>,
+    refused: Mutex<HashSet<(String, PolicyText, u128)>>,
     /// Peers whose folders are scanned again at a given time.
     later: Mutex<Vec<(Instant, String)>>,
     /// Inbox files found held by a writer, looked at again (when, which, how often).
@@ -121,7 +127,8 @@ enum Place {
         target: String,
         name: String,
     },
-    Meta(String, &'static str),
+    /// `policy.cedar` or `groups` of a peer.
+    Text(String, PolicyText),
     Module(String, String),
     /// A state mirror: `owner`'s own (`viewer` = `owner`) or a view of it.
     State {
@@ -133,9 +140,14 @@ enum Place {
 }
 
 impl Spool {
-    /// Lays out `root` for every peer of `core`, submits what was left in the
-    /// inboxes, and starts watching.
+    /// Lays out `root` for every peer of `core` (the standard layout), submits
+    /// what was left in the inboxes, and starts watching.
     pub fn start(core: Core, root: &Path) -> Result<Spool> {
+        Spool::start_with_layout(core, root, Arc::new(Layout::standard()))
+    }
+
+    /// [`Spool::start`] with peers' folders holding `layout`'s entries.
+    pub fn start_with_layout(core: Core, root: &Path, layout: Arc<Layout>) -> Result<Spool> {
         std::fs::create_dir_all(root)?;
         let root = std::fs::canonicalize(root)?;
         std::fs::create_dir_all(root.join(".peerfs"))?;
@@ -145,6 +157,7 @@ impl Spool {
         let shared = Arc::new(Shared {
             core: core.clone(),
             root: root.clone(),
+            layout,
             inflight: Mutex::new(HashSet::new()),
             forget: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashSet::new()),
@@ -271,32 +284,42 @@ impl Shared {
                 _ => None,
             })
             .collect::<Option<_>>()?;
-        let s = |x: &str| x.to_string();
         Some(match parts.as_slice() {
-            [p] => Place::PeerDir(s(p)),
-            [p, "inbox", n] => Place::Inbox {
-                caller: s(p),
-                target: s(p),
-                name: s(n),
-            },
-            [p, "peers", t, "inbox", n] => Place::Inbox {
-                caller: s(p),
-                target: s(t),
-                name: s(n),
-            },
-            [p, "policy.cedar"] => Place::Meta(s(p), "policy"),
-            [p, "groups"] => Place::Meta(s(p), "groups"),
-            [p, "modules", rest @ ..] if !rest.is_empty() => Place::Module(s(p), rest.join("/")),
-            [p, "state", ..] => Place::State {
-                viewer: s(p),
-                owner: s(p),
-            },
-            [p, "peers", o, "state", ..] => Place::State {
-                viewer: s(p),
-                owner: s(o),
+            [p] => Place::PeerDir(p.to_string()),
+            [p, e, rest @ ..] => match self.layout.entry(e) {
+                Some(e) => self.place_in(p, p, e, rest),
+                None => Place::Other,
             },
             _ => Place::Other,
         })
+    }
+
+    /// Where `rest` is under the entry `e` of `viewer`'s own folder (`owner` ==
+    /// `viewer`) or of its view of `owner` (`peers/<owner>/`): a file is taken by
+    /// what a close there means.
+    fn place_in(&self, viewer: &str, owner: &str, e: &Entry, rest: &[&str]) -> Place {
+        let own = viewer == owner;
+        let s = |x: &str| x.to_string();
+        match (e.close, e.room, rest) {
+            (Close::Submit, _, [n]) => Place::Inbox {
+                caller: s(viewer),
+                target: s(owner),
+                name: s(n),
+            },
+            (Close::Apply(text), _, []) if own => Place::Text(s(viewer), text),
+            (Close::StoreModule, _, rest) if own && !rest.is_empty() => {
+                Place::Module(s(viewer), rest.join("/"))
+            }
+            (_, Room::State, _) => Place::State {
+                viewer: s(viewer),
+                owner: s(owner),
+            },
+            (_, Room::Peers, [o, v, rest @ ..]) if own => match self.layout.view_entry(v) {
+                Some(v) => self.place_in(viewer, o, v, rest),
+                None => Place::Other,
+            },
+            _ => Place::Other,
+        }
     }
 
     fn peer_dir(&self, peer: &str) -> PathBuf {
@@ -328,21 +351,42 @@ impl Shared {
             }
         }
         // What the store has, read as the daemon before acting as the owner.
-        let p = self.core.peer(peer)?;
-        let mut texts = Vec::new();
-        for (kind, file) in [("policy", "policy.cedar"), ("groups", "groups")] {
-            let text = p.read(|s| s.meta(kind))?.map(|m| m.0).unwrap_or_default();
-            texts.push((dir.join(file), text));
-        }
-        for m in p.read(|s| s.list_modules())? {
-            if let Some(src) = p.read(|s| s.module(&m.name))? {
-                texts.push((dir.join("modules").join(format!("{}.rhai", m.name)), src));
-            }
-        }
+        let texts = self.stored_files(peer, &dir)?;
         as_owner(own, || self.layout_inside(peer, &dir, own, &texts))?;
         let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
         self.scan_new_folders(peer);
         Ok(())
+    }
+
+    /// The files of `peer`'s folder (at `dir`) with what the store holds: the
+    /// policy texts, the modules, and the layout's reserved files (empty).
+    fn stored_files(&self, peer: &str, dir: &Path) -> Result<Vec<(PathBuf, Vec<u8>, u16)>> {
+        let p = self.core.peer(peer)?;
+        let mut texts = Vec::new();
+        for e in self.layout.entries() {
+            match e.room {
+                Room::Text(t) => {
+                    let text = p
+                        .read(|s| s.meta(t.key()))?
+                        .map(|m| m.0)
+                        .unwrap_or_default();
+                    texts.push((dir.join(e.name), text, e.mode));
+                }
+                Room::Reserved if e.kind == Kind::File => {
+                    texts.push((dir.join(e.name), Vec::new(), e.mode))
+                }
+                Room::Modules => {
+                    for m in p.read(|s| s.list_modules())? {
+                        if let Some(src) = p.read(|s| s.module(&m.name))? {
+                            let file = dir.join(e.name).join(format!("{}.rhai", m.name));
+                            texts.push((file, src, 0o644));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(texts)
     }
 
     /// The folders, and `texts` (policy, groups, modules) where they are missing.
@@ -351,10 +395,10 @@ impl Shared {
         peer: &str,
         dir: &Path,
         own: (u32, u32),
-        texts: &[(PathBuf, Vec<u8>)],
+        texts: &[(PathBuf, Vec<u8>, u16)],
     ) -> Result<()> {
-        for sub in ["inbox", "outbox", "state", "modules", "peers"] {
-            files::make_dir(&dir.join(sub), 0o755, own)?;
+        for e in self.layout.entries().iter().filter(|e| e.is_dir()) {
+            files::make_dir(&dir.join(e.name), e.mode.into(), own)?;
         }
         for (other, info) in self.core.registry().list() {
             if other == peer {
@@ -364,31 +408,44 @@ impl Shared {
                 (peer, other.as_str(), own),
                 (other.as_str(), peer, (info.uid, info.gid)),
             ] {
-                let v = self.peer_dir(viewer).join("peers").join(of);
+                let v = self.view_dir(viewer, of);
                 if viewer != peer && !self.peer_dir(viewer).is_dir() {
                     continue;
                 }
-                as_owner(o, || -> Result<()> {
-                    for sub in ["inbox", "outbox", "state"] {
-                        files::make_dir(&v.join(sub), 0o755, o)?;
-                    }
-                    Ok(())
-                })?;
+                as_owner(o, || self.lay_view(&v, o))?;
             }
         }
         // Peers of the other daemons of the lattice (later ones: `follow_directory`).
         for other in self.core.remote_peers() {
-            for sub in ["inbox", "outbox", "state"] {
-                files::make_dir(&dir.join("peers").join(&other).join(sub), 0o755, own)?;
-            }
+            self.lay_view(&self.view_dir(peer, &other), own)?;
         }
-        for (path, text) in texts {
+        for (path, text, mode) in texts {
             if !path.exists() {
                 if let Some(parent) = path.parent() {
                     files::make_dir(parent, 0o755, own)?;
                 }
-                files::replace(path, text, 0o644, own, false)?;
+                files::replace(path, text, (*mode).into(), own, false)?;
             }
+        }
+        Ok(())
+    }
+
+    /// `viewer`'s `peers/`.
+    fn peers_dir(&self, viewer: &str) -> PathBuf {
+        let peers = self.layout.of_room(Room::Peers);
+        self.peer_dir(viewer)
+            .join(peers.unwrap_or(&crate::layout::PEERS).name)
+    }
+
+    /// `viewer`'s view of `of`: `peers/<of>/`.
+    fn view_dir(&self, viewer: &str, of: &str) -> PathBuf {
+        self.peers_dir(viewer).join(of)
+    }
+
+    /// The folders of a view (`peers/<other>/`), as `own` (the viewer's owner).
+    fn lay_view(&self, view: &Path, own: (u32, u32)) -> Result<()> {
+        for e in self.layout.view().filter(|e| e.is_dir()) {
+            files::make_dir(&view.join(e.name), e.mode.into(), own)?;
         }
         Ok(())
     }
@@ -434,12 +491,10 @@ impl Shared {
             let own = owner_of(&self.core, &peer);
             let r = as_owner(own, || -> Result<()> {
                 for other in &added {
-                    for sub in ["inbox", "outbox", "state"] {
-                        files::make_dir(&dir.join("peers").join(other).join(sub), 0o755, own)?;
-                    }
+                    self.lay_view(&self.view_dir(&peer, other), own)?;
                 }
                 for other in &gone {
-                    unlay_view(&dir.join("peers").join(other));
+                    self.unlay_view(&self.view_dir(&peer, other));
                 }
                 Ok(())
             });
@@ -458,17 +513,27 @@ impl Shared {
     }
 }
 
-/// Removes `peers/<gone>/`, a peer no longer in the lattice: its state mirror and
-/// its results' files (the results stay in the store's run history and log).
-/// A script still waiting in its inbox keeps the folder (it is refused or sent,
-/// and the delivery's error comes back as a result).
-fn unlay_view(view: &Path) {
-    for sub in ["outbox", "state"] {
-        let _ = std::fs::remove_dir_all(view.join(sub));
-    }
-    if std::fs::remove_dir(view.join("inbox")).is_ok() {
-        let _ = std::fs::remove_dir(view);
-    } else if view.join("inbox").exists() {
-        tracing::info!(folder = %view.display(), "a peer left the lattice: its inbox keeps what is in it");
+impl Shared {
+    /// Removes `peers/<gone>/`, a peer no longer in the lattice: its state mirror
+    /// and its results' files (the results stay in the store's run history and
+    /// log). A script still waiting in its inbox keeps the folder (it is refused
+    /// or sent, and the delivery's error comes back as a result).
+    fn unlay_view(&self, view: &Path) {
+        let mut kept = false;
+        for e in self.layout.view() {
+            let path = view.join(e.name);
+            if e.close == Close::Submit {
+                kept |= std::fs::remove_dir(&path).is_err() && path.exists();
+            } else if e.is_dir() {
+                let _ = std::fs::remove_dir_all(&path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+        if !kept {
+            let _ = std::fs::remove_dir(view);
+        } else {
+            tracing::info!(folder = %view.display(), "a peer left the lattice: its inbox keeps what is in it");
+        }
     }
 }

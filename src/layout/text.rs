@@ -1,0 +1,32 @@
+//! A peer's policy texts as files (`policy.cedar`, `groups`; `schema.toml` next):
+//! the one rule both the mount and the spool follow when a new text arrives.
+//! It is validated whole; a valid text is applied, an invalid one is refused with
+//! the reason in the peer's log and the old text stays in force.
+
+use crate::error::err;
+use crate::exec::{Ack, Core, Op};
+use crate::policy::PolicyText;
+
+/// Applies `data` as `peer`'s `text`, or refuses it: the reason goes to the
+/// peer's log and `done` gets `EINVAL` with it once the log line has committed
+/// (so the log shows it as soon as the writer learns of the refusal). Any other
+/// error is the store's, from applying a valid text.
+pub fn apply_text(core: &Core, peer: &str, text: PolicyText, data: Vec<u8>, done: Ack) {
+    match text.check(&data) {
+        Ok(()) => core.apply_async(peer, Op::SetMeta(text.key().to_string(), data), Some(done)),
+        Err(e) => {
+            let msg = format!(
+                "{} refused, the old one stays in force: {e} (check a file with `{}` before \
+                 copying it in)",
+                text.key(),
+                text.check_command()
+            );
+            let refusal = err!(libc::EINVAL, "{msg}");
+            core.apply_async(
+                peer,
+                Op::Log(msg),
+                Some(Box::new(move |_| done(Err(refusal)))),
+            );
+        }
+    }
+}
