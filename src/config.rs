@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::error::err;
 use crate::exec::Config;
 use crate::script::{Library, Limits};
 
@@ -385,7 +386,7 @@ pub struct DaemonArgs {
 
 impl DaemonArgs {
     /// The flags as config keys, in the order given (a later one wins).
-    pub fn flags(&self) -> Result<Vec<FlagValue>, String> {
+    pub fn flags(&self) -> crate::Result<Vec<FlagValue>> {
         let mut out = Vec::new();
         let mut put = |key: &str, value: toml::Value, flag: &str| {
             out.push(FlagValue {
@@ -448,7 +449,7 @@ impl DaemonArgs {
                 None => (o, toml::Value::Boolean(true)),
             };
             if key.is_empty() {
-                return Err(format!("-o {o:?} has no key: use -o KEY=VALUE"));
+                return Err(err!(libc::EINVAL, "-o {o:?} has no key: use -o KEY=VALUE"));
             }
             put(key, value, &format!("-o {key}"));
         }
@@ -478,29 +479,34 @@ pub struct Effective {
 }
 
 /// Reads the config file (if any) and lays the flags over it.
-pub fn load(file: Option<&Path>, flags: &[FlagValue]) -> Result<Effective, String> {
+pub fn load(file: Option<&Path>, flags: &[FlagValue]) -> crate::Result<Effective> {
     let mut values = BTreeMap::new();
     let defaults = toml::Value::try_from(Settings::default())
-        .map_err(|e| format!("the built-in defaults do not serialize: {e}"))?;
+        .map_err(|e| err!(libc::EINVAL, "the built-in defaults do not serialize: {e}"))?;
     flatten("", &defaults, &Source::Default, &mut values);
     if let Some(path) = file {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
+            err!(
+                e.raw_os_error().unwrap_or(libc::EIO),
                 "config file {}: {e}: check the path given with --config or PEERFS_CONFIG",
                 path.display()
             )
+            .with_source(e)
         })?;
         // Typed first: this is where unknown keys, bad types and out-of-range
         // values are caught, with the line.
         toml::from_str::<Settings>(&text).map_err(|e| {
-            format!(
+            err!(
+                libc::EINVAL,
                 "config file {}: {}",
                 path.display(),
                 e.to_string().trim_end()
             )
+            .with_source(e)
         })?;
-        let table: toml::Table =
-            toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            err!(libc::EINVAL, "config file {}: {e}", path.display()).with_source(e)
+        })?;
         let src = Source::File(path.to_path_buf());
         flatten("", &toml::Value::Table(table), &src, &mut values);
     }
@@ -513,11 +519,13 @@ pub fn load(file: Option<&Path>, flags: &[FlagValue]) -> Result<Effective, Strin
     let merged = unflatten(&values);
     let settings = Settings::deserialize(toml::Value::Table(merged)).map_err(|e| {
         let by: Vec<&str> = flags.iter().map(|f| f.flag.as_str()).collect();
-        format!(
+        err!(
+            libc::EINVAL,
             "command-line settings ({}): {}",
             by.join(", "),
             e.to_string().trim_end()
         )
+        .with_source(e)
     })?;
     // Show what was understood (`9464` is `127.0.0.1:9464`), with the sources kept.
     if let Ok(eff) = toml::Value::try_from(&settings) {
@@ -530,9 +538,11 @@ pub fn load(file: Option<&Path>, flags: &[FlagValue]) -> Result<Effective, Strin
         }
     }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&settings.log.level) {
-        return Err(format!(
+        return Err(err!(
+            libc::EINVAL,
             "log.level {:?} ({}) is not a log filter ({e}): use e.g. \"info\" or \"peerfs=debug\"",
-            settings.log.level, values["log.level"].1
+            settings.log.level,
+            values["log.level"].1
         ));
     }
     Ok(Effective { settings, values })
@@ -623,12 +633,14 @@ impl Effective {
     }
 
     /// The executor's settings. `data` must be set somewhere.
-    pub fn core_config(&self) -> Result<Config, String> {
+    pub fn core_config(&self) -> crate::Result<Config> {
         let s = &self.settings;
-        let data = s
-            .data
-            .as_ref()
-            .ok_or("no data folder: pass --data DATA or put data = \"DATA\" in the config file")?;
+        let data = s.data.as_ref().ok_or_else(|| {
+            err!(
+                libc::EINVAL,
+                "no data folder: pass --data DATA or put data = \"DATA\" in the config file"
+            )
+        })?;
         let mut c = Config::new(data);
         if !s.peers.is_empty() {
             c.only = Some(s.peers.clone());

@@ -1,4 +1,5 @@
-//! The `peerfs` command: mount, serve, run, peer, policy, config, top, demo.
+//! The `peerfs` command: mount, serve, run, peer, policy, lattice, config, top,
+//! completions, man, demo; and their exit statuses.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -268,129 +269,149 @@ fn main() -> ExitCode {
             .into();
         }
     };
-    let r = match cli.cmd {
+    match cli.cmd {
         Cmd::Mount {
             mount,
             daemon,
             allow_other,
             force,
-        } => {
-            let mut extra = Vec::new();
-            for (on, key, flag) in [
-                (allow_other, "mount.allow_other", "--allow-other"),
-                (force, "mount.force", "--force"),
-            ] {
-                if on {
-                    extra.push(FlagValue {
-                        key: key.into(),
-                        value: toml::Value::Boolean(true),
-                        flag: flag.into(),
-                    });
-                }
-            }
-            let eff = match load_config(&daemon, extra) {
-                Ok(e) => e,
-                Err(code) => return code,
-            };
-            peerfs::config::init_logging(&eff.settings.log);
-            match eff.core_config() {
-                Ok(cfg) => {
-                    let m = &eff.settings.mount;
-                    serve(cfg, &mount, m.allow_other, m.force, None, Start::of(&eff))
-                }
-                Err(e) => {
-                    eprintln!("peerfs mount: {e}");
-                    return Exit::Usage.into();
-                }
-            }
-        }
-        Cmd::Serve { spool, daemon } => {
-            let eff = match load_config(&daemon, Vec::new()) {
-                Ok(e) => e,
-                Err(code) => return code,
-            };
-            peerfs::config::init_logging(&eff.settings.log);
-            match eff.core_config() {
-                Ok(cfg) => serve_spool(cfg, &spool, Start::of(&eff)),
-                Err(e) => {
-                    eprintln!("peerfs serve: {e}");
-                    return Exit::Usage.into();
-                }
-            }
-        }
+        } => mount_cmd(&mount, &daemon, allow_other, force),
+        Cmd::Serve { spool, daemon } => serve_cmd(&spool, &daemon),
         Cmd::Config {
             cmd: ConfigCmd::Show { daemon },
-        } => {
-            return match load_config(&daemon, Vec::new()) {
-                Ok(e) => {
-                    print!("{}", e.show());
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
-            };
-        }
+        } => match load_config(&daemon, Vec::new()) {
+            Ok(e) => {
+                print!("{}", e.show());
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
         Cmd::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "peerfs", &mut out);
-            return print_out(&out);
+            print_out(&out)
         }
-        Cmd::Man => {
-            return match man_page() {
-                Ok(page) => print_out(&page),
-                Err(e) => {
-                    eprintln!("peerfs man: {e}");
-                    Exit::Io.into()
-                }
-            };
-        }
-        Cmd::Top { mount } => {
-            return match peerfs::top::run(&mount) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("peerfs top: {e}");
-                    Exit::Usage.into()
-                }
-            };
-        }
+        Cmd::Man => match man_page() {
+            Ok(page) => print_out(&page),
+            Err(e) => {
+                eprintln!("peerfs man: {e}");
+                Exit::Io.into()
+            }
+        },
+        Cmd::Top { mount } => match peerfs::top::run(&mount) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("peerfs top: {e}");
+                Exit::Usage.into()
+            }
+        },
         cmd => {
             peerfs::config::init_logging(&Default::default());
-            match cmd {
-                Cmd::Run {
-                    peer,
-                    file,
-                    mount,
-                    spool,
-                    caller,
-                    full,
-                } => {
-                    let place = match (spool, mount) {
-                        (Some(s), _) => Place::Spool(s),
-                        (None, Some(m)) => Place::Mount(m),
-                        (None, None) => match only_mount() {
-                            Ok(m) => Place::Mount(m),
-                            Err(e) => {
-                                eprintln!("peerfs run: {e}");
-                                return Exit::Usage.into();
-                            }
-                        },
-                    };
-                    return run(&peer, &file, &place, caller.as_deref(), full);
-                }
-                Cmd::Peer { cmd } => peer_cmd(cmd),
-                Cmd::Policy { cmd } => return policy_cmd(cmd),
-                Cmd::Lattice { cmd } => lattice_cmd(cmd),
-                Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
-                Cmd::Mount { .. }
-                | Cmd::Serve { .. }
-                | Cmd::Config { .. }
-                | Cmd::Top { .. }
-                | Cmd::Completions { .. }
-                | Cmd::Man => {
-                    unreachable!("handled above")
-                }
-            }
+            client_cmd(cmd)
+        }
+    }
+}
+
+/// The commands that act on a mount, a spool or a data folder without serving
+/// it (logging at the defaults).
+fn client_cmd(cmd: Cmd) -> ExitCode {
+    let r = match cmd {
+        Cmd::Run {
+            peer,
+            file,
+            mount,
+            spool,
+            caller,
+            full,
+        } => {
+            let place = match (spool, mount) {
+                (Some(s), _) => Place::Spool(s),
+                (None, Some(m)) => Place::Mount(m),
+                (None, None) => match only_mount() {
+                    Ok(m) => Place::Mount(m),
+                    Err(e) => {
+                        eprintln!("peerfs run: {e}");
+                        return Exit::Usage.into();
+                    }
+                },
+            };
+            return run(&peer, &file, &place, caller.as_deref(), full);
+        }
+        Cmd::Peer { cmd } => peer_cmd(cmd),
+        Cmd::Policy { cmd } => return policy_cmd(cmd),
+        Cmd::Lattice { cmd } => lattice_cmd(cmd),
+        Cmd::Demo { dir } => demo(dir.unwrap_or_else(|| PathBuf::from("/tmp/peerfs-demo"))),
+        Cmd::Mount { .. }
+        | Cmd::Serve { .. }
+        | Cmd::Config { .. }
+        | Cmd::Top { .. }
+        | Cmd::Completions { .. }
+        | Cmd::Man => {
+            unreachable!("main handles the daemon's and the local commands")
         }
     };
+    exit_code(r)
+}
+
+/// `peerfs mount`: the config with `--allow-other` and `--force` over it, then
+/// [`serve`] until unmounted.
+fn mount_cmd(mount: &Path, daemon: &DaemonArgs, allow_other: bool, force: bool) -> ExitCode {
+    let mut extra = Vec::new();
+    for (on, key, flag) in [
+        (allow_other, "mount.allow_other", "--allow-other"),
+        (force, "mount.force", "--force"),
+    ] {
+        if on {
+            extra.push(FlagValue {
+                key: key.into(),
+                value: toml::Value::Boolean(true),
+                flag: flag.into(),
+            });
+        }
+    }
+    let eff = match load_config(daemon, extra) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    peerfs::config::init_logging(&eff.settings.log);
+    match eff.core_config() {
+        Ok(cfg) => {
+            let m = &eff.settings.mount;
+            exit_code(serve(
+                cfg,
+                mount,
+                m.allow_other,
+                m.force,
+                None,
+                Start::of(&eff),
+            ))
+        }
+        Err(e) => {
+            eprintln!("peerfs mount: {e}");
+            Exit::Usage.into()
+        }
+    }
+}
+
+/// `peerfs serve`: the config, then [`serve_spool`] until stopped.
+fn serve_cmd(spool: &Path, daemon: &DaemonArgs) -> ExitCode {
+    let eff = match load_config(daemon, Vec::new()) {
+        Ok(e) => e,
+        Err(code) => return code,
+    };
+    peerfs::config::init_logging(&eff.settings.log);
+    match eff.core_config() {
+        Ok(cfg) => exit_code(serve_spool(cfg, spool, Start::of(&eff))),
+        Err(e) => {
+            eprintln!("peerfs serve: {e}");
+            Exit::Usage.into()
+        }
+    }
+}
+
+/// A command's outcome as its exit status: 0, 75 when another daemon holds the
+/// data folder, else 64 (the error printed).
+fn exit_code(r: peerfs::Result<()>) -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -407,7 +428,7 @@ fn main() -> ExitCode {
 /// The config file (`--config`/`PEERFS_CONFIG`) with the flags over it; a refusal
 /// is printed (key, reason, line) and becomes exit status 64.
 fn load_config(daemon: &DaemonArgs, extra: Vec<FlagValue>) -> Result<Effective, ExitCode> {
-    let fail = |e: String| {
+    let fail = |e: peerfs::Error| {
         eprintln!("peerfs: {e}");
         ExitCode::from(Exit::Usage)
     };
@@ -564,6 +585,40 @@ fn serve(
 ) -> peerfs::Result<()> {
     let sig = signals();
     start.check(&cfg.data_dir)?;
+    check_mount_path(mount, force)?;
+    let fresh = Fresh::new(&cfg.data_dir);
+    let (core, _lock) = start_core(cfg, start)?;
+    let vfs = peerfs::vfs::Vfs::new(core.clone());
+    let opts = peerfs::fuse::MountOptions {
+        allow_other,
+        ..Default::default()
+    };
+    let session = match peerfs::fuse::spawn(vfs, mount, &opts) {
+        Ok(s) => s,
+        Err(e) => {
+            core.shutdown();
+            return Err(e);
+        }
+    };
+    fresh.keep();
+    tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
+    say(&tour.unwrap_or_else(|| {
+        format!(
+            "peerfs: ready: {} serves the peers of {}; stop with Ctrl-C or fusermount3 -u {}\n",
+            mount.display(),
+            core.config().data_dir.display(),
+            mount.display()
+        )
+    }));
+    let r = wait_for_unmount(session, mount, &core, sig);
+    tracing::info!("unmounted; finishing the runs in flight and closing the stores");
+    core.shutdown();
+    r
+}
+
+/// Refuses a mount path that is no folder, is mounted already or is a stale
+/// mount (cleaned up with `force`); warns of one that is not empty.
+fn check_mount_path(mount: &Path, force: bool) -> peerfs::Result<()> {
     if is_stale(mount) {
         if !force {
             return Err(peerfs::Error::new(
@@ -604,30 +659,17 @@ fn serve(
             "the mount folder is not empty: what is in it stays hidden until the unmount"
         );
     }
-    let fresh = Fresh::new(&cfg.data_dir);
-    let (core, _lock) = start_core(cfg, start)?;
-    let vfs = peerfs::vfs::Vfs::new(core.clone());
-    let opts = peerfs::fuse::MountOptions {
-        allow_other,
-        ..Default::default()
-    };
-    let session = match peerfs::fuse::spawn(vfs, mount, &opts) {
-        Ok(s) => s,
-        Err(e) => {
-            core.shutdown();
-            return Err(e);
-        }
-    };
-    fresh.keep();
-    tracing::info!(mount = %mount.display(), data = %core.config().data_dir.display(), "peerfs mounted");
-    say(&tour.unwrap_or_else(|| {
-        format!(
-            "peerfs: ready: {} serves the peers of {}; stop with Ctrl-C or fusermount3 -u {}\n",
-            mount.display(),
-            core.config().data_dir.display(),
-            mount.display()
-        )
-    }));
+    Ok(())
+}
+
+/// Serves until the mount ends (an unmount, an aborted connection), or until
+/// 5 s after a signal that unmounted it lazily while files were still open.
+fn wait_for_unmount(
+    session: peerfs::fuse::Session,
+    mount: &Path,
+    core: &Core,
+    sig: std::sync::mpsc::Receiver<i32>,
+) -> peerfs::Result<()> {
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let signalled = done_tx.clone();
     let joiner = std::thread::spawn(move || {
@@ -650,14 +692,11 @@ fn serve(
         }
     });
     let _ = done_rx.recv();
-    let r = if joiner.is_finished() {
+    if joiner.is_finished() {
         joiner.join().unwrap_or(Ok(()))
     } else {
         Ok(())
-    };
-    tracing::info!("unmounted; finishing the runs in flight and closing the stores");
-    core.shutdown();
-    r
+    }
 }
 
 /// A daemon's own words on stdout, once it serves (the demo's tour, a ready
@@ -789,31 +828,34 @@ enum Place {
     Spool(PathBuf),
 }
 
+/// `peerfs run`'s script: its bytes and the name it is dropped under (`-`:
+/// standard input, under a fresh name).
+fn read_script(file: &str) -> Result<(Vec<u8>, String), String> {
+    if file == "-" {
+        let mut s = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut s)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        let name = format!("stdin-{}.rhai", peerfs::util::new_id().to_lowercase());
+        return Ok((s, name));
+    }
+    let p = Path::new(file);
+    let s = std::fs::read(p).map_err(|e| format!("reading {file}: {e}"))?;
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "script.rhai".into());
+    Ok((s, name))
+}
+
 fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("peerfs run: {msg}");
         ExitCode::from(Exit::Io)
     };
-    let (src, name) = if file == "-" {
-        let mut s = Vec::new();
-        if let Err(e) = std::io::stdin().read_to_end(&mut s) {
-            return fail(format!("reading standard input: {e}"));
-        }
-        (
-            s,
-            format!("stdin-{}.rhai", peerfs::util::new_id().to_lowercase()),
-        )
-    } else {
-        let p = Path::new(file);
-        match std::fs::read(p) {
-            Ok(s) => (
-                s,
-                p.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "script.rhai".into()),
-            ),
-            Err(e) => return fail(format!("reading {file}: {e}")),
-        }
+    let (src, name) = match read_script(file) {
+        Ok(x) => x,
+        Err(msg) => return fail(msg),
     };
     let root = match place {
         Place::Mount(m) | Place::Spool(m) => m,

@@ -1,7 +1,10 @@
-//! Small helpers: time stamps and run ids without extra dependencies.
+//! Small helpers: time stamps (RFC 3339, written and parsed), run ids (ULIDs) and a
+//! write that reports `close(2)`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{err, Result};
 
 /// Nanoseconds since the Unix epoch.
 pub fn now_ns() -> i64 {
@@ -11,63 +14,46 @@ pub fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// RFC 3339 UTC with milliseconds, e.g. `2026-11-26T11:00:00.123Z`.
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-26T11:00:00.123Z`; the
+/// milliseconds are floored, so a time before the epoch rounds down too.
 pub fn rfc3339(ns: i64) -> String {
-    let secs = ns.div_euclid(1_000_000_000);
-    let ms = ns.rem_euclid(1_000_000_000) / 1_000_000;
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
+    // Every i64 of nanoseconds (years 1677 to 2262) is inside jiff's range.
+    let ts = jiff::Timestamp::from_millisecond(ns.div_euclid(1_000_000))
+        .expect("i64 nanoseconds are within jiff's range");
+    format!("{ts:.3}")
 }
 
-// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// Nanoseconds since the Unix epoch of an RFC 3339 time (`2026-11-26T11:00:00Z`,
+/// `2026-11-26T12:00:00.5+01:00`): the offset is required, since a time without
+/// one names no instant.
+pub fn parse_rfc3339(text: &str) -> Result<i64> {
+    let ts: jiff::Timestamp = text.trim().parse().map_err(|e: jiff::Error| {
+        err!(
+            libc::EINVAL,
+            "time {text:?} is not an RFC 3339 time ({e}): write it like 2026-11-26T11:00:00Z"
+        )
+        .with_source(e)
+    })?;
+    i64::try_from(ts.as_nanosecond()).map_err(|_| {
+        err!(
+            libc::ERANGE,
+            "time {text:?} is outside 1677-09-21..2262-04-11: pick a time in that range"
+        )
+    })
 }
 
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-
-/// A ULID-shaped id (26 characters, Crockford base32): 48 bits of milliseconds and
-/// 80 bits that are a per-process random start plus a counter, so ids sort by
-/// creation time within a process and never repeat.
+/// A ULID (26 characters, Crockford base32): 48 bits of milliseconds and 80 random
+/// bits. Ids from one process sort by creation time and never repeat: within a
+/// millisecond the generator counts up from the last id.
 pub fn new_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(&(now_ns(), std::process::id()), &mut h);
-        std::hash::Hasher::finish(&h)
-    });
-    let ms = (now_ns() / 1_000_000) as u128 & ((1 << 48) - 1);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let low = ((seed as u128 & 0xffff) << 64) | seed.rotate_left(17).wrapping_add(n) as u128;
-    let v: u128 = (ms << 80) | (low & ((1u128 << 80) - 1));
-    let mut out = [0u8; 26];
-    for (i, c) in out.iter_mut().enumerate() {
-        let shift = 125 - 5 * i as i32;
-        let idx = if shift >= 0 {
-            (v >> shift) & 31
-        } else {
-            (v << -shift) & 31
-        };
-        *c = CROCKFORD[idx as usize];
-    }
-    String::from_utf8(out.to_vec()).expect("ascii")
+    static GENERATOR: Mutex<ulid::Generator> = Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let id = match generator.generate() {
+        Ok(id) => id,
+        // 2^80 ids in one millisecond: borrow the next millisecond.
+        Err(overflow) => overflow.commit_overflow_increment(),
+    };
+    id.to_string()
 }
 
 /// Writes a whole file and closes it, reporting the error of `close(2)` too (Rust's
@@ -101,15 +87,85 @@ mod tests {
             "2026-11-18T11:06:40.123Z"
         );
         assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(1_999_999), "1970-01-01T00:00:00.001Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(i64::MAX), "2262-04-11T23:47:16.854Z");
+        assert_eq!(rfc3339(i64::MIN), "1677-09-21T00:12:43.145Z");
     }
 
     #[test]
-    fn ids_are_unique_and_sorted_within_a_millisecond_stream() {
-        let ids: Vec<String> = (0..1000).map(|_| new_id()).collect();
-        let mut set = std::collections::BTreeSet::new();
+    fn rfc3339_matches_the_civil_calendar_every_day_for_four_centuries() {
+        // Howard Hinnant's days-to-civil, the formula peerfs used before jiff.
+        fn civil(z: i64) -> (i64, u32, u32) {
+            let z = z + 719_468;
+            let era = z.div_euclid(146_097);
+            let doe = z.rem_euclid(146_097);
+            let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+            let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+            let mp = (5 * doy + 2) / 153;
+            let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+            let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+            let y = yoe + era * 400;
+            (if m <= 2 { y + 1 } else { y }, m, d)
+        }
+        for day in (-106_751..106_751i64).step_by(7) {
+            let ns = day * 86_400_000_000_000 + 45_296_789_000_000;
+            let (y, m, d) = civil(day);
+            assert_eq!(rfc3339(ns), format!("{y:04}-{m:02}-{d:02}T12:34:56.789Z"));
+        }
+    }
+
+    #[test]
+    fn parse_rfc3339_reads_what_rfc3339_writes() {
+        for ns in [
+            0,
+            1_795_000_000_123_000_000,
+            -1_000_000,
+            951_782_400_000_000_000,
+        ] {
+            assert_eq!(parse_rfc3339(&rfc3339(ns)).unwrap(), ns);
+        }
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:00+01:00").unwrap(), 0);
+        let eleven = parse_rfc3339("2026-11-26T11:00:00Z").unwrap();
+        assert_eq!(rfc3339(eleven), "2026-11-26T11:00:00.000Z");
+        assert_eq!(
+            parse_rfc3339(" 2026-11-26T11:00:00.000000001Z\n").unwrap(),
+            eleven + 1
+        );
+    }
+
+    #[test]
+    fn parse_rfc3339_refuses_what_names_no_instant() {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-11-26",
+            "2026-11-26T11:00:00",
+            "2026-13-01T00:00:00Z",
+        ] {
+            let e = parse_rfc3339(bad).unwrap_err();
+            assert_eq!(e.errno, libc::EINVAL, "{bad:?}");
+            assert!(e.message.contains("RFC 3339"), "{e}");
+            assert!(std::error::Error::source(&e).is_some(), "{bad:?}");
+        }
+        let e = parse_rfc3339("9999-01-01T00:00:00Z").unwrap_err();
+        assert_eq!(e.errno, libc::ERANGE);
+    }
+
+    #[test]
+    fn ids_are_unique_sorted_and_crockford() {
+        let ids: Vec<String> = (0..10_000).map(|_| new_id()).collect();
         for id in &ids {
             assert_eq!(id.len(), 26);
-            assert!(set.insert(id.clone()));
+            assert!(
+                id.bytes()
+                    .all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b)),
+                "{id}"
+            );
         }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids sort as made");
+        let first = ulid::Ulid::from_string(&ids[0]).unwrap();
+        let now_ms = (now_ns() / 1_000_000) as u64;
+        assert!(now_ms.abs_diff(first.timestamp_ms()) < 60_000, "time first");
     }
 }

@@ -203,11 +203,12 @@ fn shutdown_while_runs_are_in_flight_keeps_them_queued() {
         let c = c.clone();
         move || c.shutdown()
     });
-    let r = waiter.join().unwrap();
-    assert!(
-        r.is_err(),
-        "a reader waiting at shutdown gets an error, not a hang"
-    );
+    let e = waiter
+        .join()
+        .unwrap()
+        .expect_err("a reader waiting at shutdown gets an error, not a hang");
+    assert!(e.is_stopped(), "the one 'stopped' error: {e:?}");
+    assert_eq!(e.errno, libc::ENOTCONN, "{e}");
     drop(c);
     let mut s = peerfs::store::SqliteStore::open(&d.path().join("peers/p.sqlite"), false).unwrap();
     use peerfs::store::Store;

@@ -169,7 +169,7 @@ fn the_trust_settings_are_keys() {
     assert_eq!(c.delivery_tries, 9);
     assert_eq!(c.result_wait, Duration::from_millis(1500));
     let f = write(d.path(), "bad.toml", "data = \"/x\"\nmax_attempts = 0\n");
-    let e = config::load(Some(&f), &[]).unwrap_err();
+    let e = config::load(Some(&f), &[]).unwrap_err().message;
     assert!(
         e.contains("max_attempts") && e.contains("out of range"),
         "{e}"
@@ -538,7 +538,7 @@ fn ordinary_programs_run_under_the_own_defaults() {
     let d = tempfile::tempdir().unwrap();
     // No data folder anywhere: the config says so.
     let e = config::load(None, &[]).unwrap();
-    assert!(e.core_config().unwrap_err().contains("--data"));
+    assert!(e.core_config().unwrap_err().message.contains("--data"));
     let mut cfg = peerfs::exec::Config::new(d.path());
     let defaults = config::Settings::default();
     cfg.own_limits = defaults.limits.own.clone();

@@ -46,14 +46,17 @@ fn fixture() -> &'static Mutex<Fixture> {
 struct Guest;
 
 impl Host for Guest {
-    fn check(&self, cap: Capability, object: &str) -> Result<(), String> {
+    fn check(&self, cap: Capability, object: &str) -> Result<(), peerfs::Error> {
         if cap == Capability::Read && object.starts_with("shared/") {
             Ok(())
         } else {
-            Err(format!("denied: {} {object}", cap.as_str()))
+            Err(peerfs::Error::new(
+                libc::EACCES,
+                format!("denied: {} {object}", cap.as_str()),
+            ))
         }
     }
-    fn caller_get(&self, key: &str) -> Result<Option<Value>, String> {
+    fn caller_get(&self, key: &str) -> Result<Option<Value>, peerfs::Error> {
         Ok(Some(json!({ "key": key })))
     }
 }

@@ -1,6 +1,7 @@
 //! What each [`Op`] does to a peer's store, and the log line it writes
-//! (`apply_one`), with the submissions a write transaction makes and may run
-//! at once (`submit_and_run`).
+//! (`apply_one`, by what an op touches: state, the peer's other files, its queue,
+//! a received message), with the submissions a write transaction makes and may
+//! run at once (`submit_and_run`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -164,33 +165,64 @@ impl Core {
         ])
     }
 
+    /// Applies one op to the peer's store, inside the caller's transaction, and
+    /// says what changed. Ops are grouped by what they touch: submissions and the
+    /// spool's records here, state ([`Core::apply_state`]), the peer's other files
+    /// ([`Core::apply_files`]), withdrawals and received messages.
     pub(super) fn apply_one(
         &self,
         st: &mut dyn Store,
         peer: &Arc<Peer>,
         op: &Op,
     ) -> Result<Vec<Effect>> {
-        let ts = rfc3339(now_ns());
-        Ok(match op {
-            Op::Submit(job) => self.queue_submission(st, peer, job)?,
+        match op {
+            Op::Submit(job) => self.queue_submission(st, peer, job),
             Op::Intake { job, .. } => {
                 Self::intake_records(st, op)?;
-                self.queue_submission(st, peer, job)?
+                self.queue_submission(st, peer, job)
             }
             Op::IntakeSend { msg, .. } => {
                 Self::intake_records(st, op)?;
-                Self::record_send(st, msg)?
+                Self::record_send(st, msg)
             }
             Op::Forget(_) => {
                 Self::intake_records(st, op)?;
-                vec![Effect::None]
+                Ok(vec![Effect::None])
             }
+            Op::SetBytes(..)
+            | Op::Remove(_)
+            | Op::Rename(..)
+            | Op::RenameDir(..)
+            | Op::SetMtime(..)
+            | Op::SetMode(..)
+            | Op::MakeDir(_)
+            | Op::RemoveDir(_)
+            | Op::SetDirAttrs { .. } => self.apply_state(st, op),
+            Op::SetModule(..)
+            | Op::RemoveModule(_)
+            | Op::SetMeta(..)
+            | Op::OutboxRemove(..)
+            | Op::Log(_) => Self::apply_files(st, op),
+            Op::Withdraw(name) => self.withdraw_queued(st, peer, name),
+            Op::Delivered(id) => {
+                st.mark_delivered(id, now_ns())?;
+                Ok(vec![Effect::None])
+            }
+            Op::Send(msg) => Self::record_send(st, msg),
+            Op::Deliver { from, msg } => self.receive(st, from, msg),
+        }
+    }
+
+    /// An op on the peer's state (`state/`): its keys, folders and their attributes.
+    fn apply_state(&self, st: &mut dyn Store, op: &Op) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
+        let changed_and_logged = vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)];
+        match op {
             Op::SetBytes(key, bytes) => {
                 crate::peer::name::check_key(key)?;
                 st.set_bytes(key, bytes)?;
                 st.append_log(&format!("{ts} write state/{key} {} bytes", bytes.len()))?;
                 self.0.stats.writes.fetch_add(1, Ordering::Relaxed);
-                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::Remove(key) => {
                 if !st.remove(key)? {
@@ -199,51 +231,57 @@ impl Core {
                 // Removed through the mount: its folders stay until rmdir.
                 crate::store::keep_parents(st, key, now_ns())?;
                 st.append_log(&format!("{ts} remove state/{key}"))?;
-                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::Rename(from, to) => {
                 crate::peer::name::check_key(to)?;
                 st.rename(from, to)?;
                 crate::store::keep_parents(st, from, now_ns())?;
                 st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
-                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::RenameDir(from, to) => {
                 crate::peer::name::check_key(to)?;
                 let n = st.rename_dir(from, to)?;
                 crate::store::keep_parents(st, from, now_ns())?;
                 st.append_log(&format!("{ts} rename state/{from}/ state/{to}/ ({n} keys)"))?;
-                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
-            }
-            Op::SetMtime(key, mtime) => {
-                if !st.set_mtime(key, *mtime)? {
-                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
-                }
-                vec![Effect::Changed(Change::State)]
-            }
-            Op::SetMode(key, mode) => {
-                if !st.set_mode(key, *mode)? {
-                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
-                }
-                vec![Effect::Changed(Change::State)]
             }
             Op::MakeDir(dir) => {
                 crate::peer::name::check_key(dir)?;
                 st.keep_folder(dir, None, Some(now_ns()))?;
                 st.append_log(&format!("{ts} mkdir state/{dir}/"))?;
-                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
             }
             Op::RemoveDir(dir) => {
                 if !st.forget_folder(dir)? {
                     return Err(err!(libc::ENOENT, "no state folder {dir:?}"));
                 }
                 st.append_log(&format!("{ts} rmdir state/{dir}/"))?;
-                vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)]
+            }
+            // Attributes only: no log line.
+            Op::SetMtime(key, mtime) => {
+                if !st.set_mtime(key, *mtime)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                return Ok(vec![Effect::Changed(Change::State)]);
+            }
+            Op::SetMode(key, mode) => {
+                if !st.set_mode(key, *mode)? {
+                    return Err(err!(libc::ENOENT, "no state key {key:?}"));
+                }
+                return Ok(vec![Effect::Changed(Change::State)]);
             }
             Op::SetDirAttrs { dir, mode, mtime } => {
                 st.keep_folder(dir, *mode, *mtime)?;
-                vec![Effect::Changed(Change::State)]
+                return Ok(vec![Effect::Changed(Change::State)]);
             }
+            _ => unreachable!("apply_one routes only state ops to apply_state"),
+        }
+        Ok(changed_and_logged)
+    }
+
+    /// An op on the peer's other files: modules, meta texts (policy, groups),
+    /// results in its outbox, its log.
+    fn apply_files(st: &mut dyn Store, op: &Op) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
+        Ok(match op {
             Op::SetModule(name, src) => {
                 st.set_module(name, src)?;
                 st.append_log(&format!("{ts} module {name} {} bytes", src.len()))?;
@@ -283,89 +321,99 @@ impl Core {
                 st.append_log(&format!("{ts} {line}"))?;
                 vec![Effect::Changed(Change::Log)]
             }
-            Op::Withdraw(name) => {
-                // Every queued script of that name ends unrun, with a result that
-                // says so (its readers and its sender are answered).
-                let jobs = st.queued_all_named(name)?;
-                if jobs.is_empty() {
-                    return Err(err!(libc::ENOENT, "no queued script named {name:?}"));
-                }
-                let mut fx = vec![Effect::Changed(Change::Inbox)];
-                for job in &jobs {
-                    let why = format!("withdrawn by {}'s owner before it ran", peer.name);
-                    if let Some(f) = self.run_one(st, peer, job, None, Some(why))? {
-                        fx.extend(f);
-                    }
-                    fx.push(Effect::Dequeued);
-                }
-                st.append_log(&format!("{ts} withdraw {name} ({} queued)", jobs.len()))?;
-                fx
-            }
-            Op::Delivered(id) => {
-                st.mark_delivered(id, now_ns())?;
-                vec![Effect::None]
-            }
-            Op::Send(msg) => Self::record_send(st, msg)?,
-            Op::Deliver { from, msg } => {
-                // Recognised by sender and id: another sender (a rogue worker's
-                // peer) using the same id marks only its own. Rows from before
-                // the sender was part of the key hold the id alone.
-                let key = received_key(from, &msg.id);
-                if st.seen_message(&key)? || st.seen_message(&msg.id)? {
-                    return Ok(vec![Effect::None]);
-                }
-                st.mark_message(&key)?;
-                match MessageKind::of(msg)? {
-                    MessageKind::Script => {
-                        let job = self.received_job(from, msg)?;
-                        st.enqueue(&job)?;
-                        st.append_log(&format!(
-                            "{ts} receive {} {} caller={from}{}",
-                            msg.id,
-                            msg.name,
-                            chain_note(&job.chain, from)
-                        ))?;
-                        vec![Effect::Queued, Effect::Changed(Change::Log)]
-                    }
-                    MessageKind::Result => {
-                        let (v, payload) = match serde_json::from_str::<Value>(&msg.payload) {
-                            Ok(v) => (v, msg.payload.clone()),
-                            // A result that cannot be read is shown as an error
-                            // result saying so, never retried: its reader is waiting.
-                            Err(e) => {
-                                let v = unreadable_result(from, msg, &e.to_string());
-                                let text = v.to_string();
-                                (v, text)
-                            }
-                        };
-                        let msg = &Outgoing {
-                            payload,
-                            ..msg.clone()
-                        };
-                        let run_id = v
-                            .get("id")
-                            .and_then(|i| i.as_str())
-                            .unwrap_or_default()
-                            .to_string();
-                        st.outbox_finish(from, &msg.name, &run_id, &msg.payload, now_ns())?;
-                        vec![
-                            Effect::Result {
-                                target: from.clone(),
-                                name: msg.name.clone(),
-                                run_id,
-                                bytes: Arc::new(msg.payload.clone().into_bytes()),
-                                submitted_at: msg.created_at,
-                                finished_at: now_ns(),
-                            },
-                            Effect::Changed(Change::Outbox {
-                                target: from.clone(),
-                                name: None,
-                            }),
-                        ]
-                    }
-                }
-            }
+            _ => unreachable!("apply_one routes only file ops to apply_files"),
         })
+    }
+
+    /// [`Op::Withdraw`]: every queued script of that name ends unrun, with a result
+    /// that says so (its readers and its sender are answered).
+    fn withdraw_queued(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        name: &str,
+    ) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
+        let jobs = st.queued_all_named(name)?;
+        if jobs.is_empty() {
+            return Err(err!(libc::ENOENT, "no queued script named {name:?}"));
+        }
+        let mut fx = vec![Effect::Changed(Change::Inbox)];
+        for job in &jobs {
+            let why = format!("withdrawn by {}'s owner before it ran", peer.name);
+            if let Some(f) = self.run_one(st, peer, job, None, Some(why))? {
+                fx.extend(f);
+            }
+            fx.push(Effect::Dequeued);
+        }
+        st.append_log(&format!("{ts} withdraw {name} ({} queued)", jobs.len()))?;
+        Ok(fx)
+    }
+
+    /// [`Op::Deliver`]: a message from `from`, taken once: a script is queued, a
+    /// result finishes the pending one in the outbox.
+    fn receive(&self, st: &mut dyn Store, from: &str, msg: &Outgoing) -> Result<Vec<Effect>> {
+        // Recognised by sender and id: another sender (a rogue worker's peer)
+        // using the same id marks only its own. Rows from before the sender was
+        // part of the key hold the id alone.
+        let key = received_key(from, &msg.id);
+        if st.seen_message(&key)? || st.seen_message(&msg.id)? {
+            return Ok(vec![Effect::None]);
+        }
+        st.mark_message(&key)?;
+        match MessageKind::of(msg)? {
+            MessageKind::Script => {
+                let job = self.received_job(from, msg)?;
+                st.enqueue(&job)?;
+                st.append_log(&format!(
+                    "{} receive {} {} caller={from}{}",
+                    rfc3339(now_ns()),
+                    msg.id,
+                    msg.name,
+                    chain_note(&job.chain, from)
+                ))?;
+                Ok(vec![Effect::Queued, Effect::Changed(Change::Log)])
+            }
+            MessageKind::Result => Self::receive_result(st, from, msg),
+        }
+    }
+
+    /// A received result: stored as the finished result in the outbox (one that
+    /// cannot be read as JSON becomes an error result saying so, never retried:
+    /// its reader is waiting).
+    fn receive_result(st: &mut dyn Store, from: &str, msg: &Outgoing) -> Result<Vec<Effect>> {
+        let (v, payload) = match serde_json::from_str::<Value>(&msg.payload) {
+            Ok(v) => (v, msg.payload.clone()),
+            Err(e) => {
+                let v = unreadable_result(from, msg, &e.to_string());
+                let text = v.to_string();
+                (v, text)
+            }
+        };
+        let msg = &Outgoing {
+            payload,
+            ..msg.clone()
+        };
+        let run_id = v
+            .get("id")
+            .and_then(|i| i.as_str())
+            .unwrap_or_default()
+            .to_string();
+        st.outbox_finish(from, &msg.name, &run_id, &msg.payload, now_ns())?;
+        Ok(vec![
+            Effect::Result {
+                target: from.to_string(),
+                name: msg.name.clone(),
+                run_id,
+                bytes: Arc::new(msg.payload.clone().into_bytes()),
+                submitted_at: msg.created_at,
+                finished_at: now_ns(),
+            },
+            Effect::Changed(Change::Outbox {
+                target: from.to_string(),
+                name: None,
+            }),
+        ])
     }
 }
 

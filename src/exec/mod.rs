@@ -13,7 +13,9 @@
 //! messages), `txn` (group commit and its effects), `apply` (what each op does),
 //! `run` (batches of runs, one run), `deliver` and `transport` (messages to
 //! other peers), `slot`, `outbox` and `wait` (results and the readers waiting
-//! for them).
+//! for them), `result` (the result file's JSON), `provenance` (chains in the log,
+//! stand-ins for undeliverable results), `metrics` (the recorder) and
+//! `test_hooks` (crash tests).
 
 mod apply;
 mod config;
@@ -90,7 +92,7 @@ impl crate::policy::Peers for Core {
         key: &str,
         script: &str,
         params: &serde_json::Value,
-    ) -> std::result::Result<Option<serde_json::Value>, String> {
+    ) -> Result<Option<serde_json::Value>> {
         self.transport()
             .remote_get(owner, reader, key, script, params)
     }
@@ -308,19 +310,13 @@ impl Core {
             let waits = std::mem::take(&mut *rt(&p).waits.lock().unwrap());
             for (_, pr) in waits {
                 for w in pr.waiters {
-                    w(Err(err!(
-                        libc::EINTR,
-                        "the daemon stopped before the result was ready"
-                    )));
+                    w(Err(crate::Error::stopped("the result was ready")));
                 }
             }
             let ops = std::mem::take(&mut rt(&p).work.lock().unwrap().ops);
             for (_, ack) in ops {
                 if let Some(a) = ack {
-                    a(Err(err!(
-                        libc::EIO,
-                        "the daemon stopped before the change was applied"
-                    )));
+                    a(Err(crate::Error::stopped("the change was applied")));
                 }
             }
         }

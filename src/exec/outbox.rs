@@ -185,7 +185,7 @@ impl Core {
         self.0.watch.add(slot, pid, self.0.cfg.result_wait, what);
     }
 
-    /// Answers every read waiting for a result with `ENOTCONN` (the daemon stops).
+    /// Answers every read waiting for a result with [`crate::Error::stopped`].
     pub fn end_waits(&self) {
         self.0.watch.clear();
     }
@@ -203,7 +203,7 @@ impl Core {
 
     /// Waits for a result (blocking).
     pub fn wait_result(&self, peer: &str, target: &str, name: &str) -> Result<Arc<Vec<u8>>> {
-        wait::block_on("the daemon stopped before the result was ready", |w| {
+        wait::block_on("the result was ready", |w| {
             self.read_result(peer, target, name, w)
         })
     }

@@ -55,7 +55,7 @@ impl Core {
 
     /// Applies `op` and waits until it is durable.
     pub fn apply(&self, peer: &str, op: Op) -> Result<()> {
-        wait::block_on("the daemon stopped before the change was applied", |ack| {
+        wait::block_on("the change was applied", |ack| {
             self.apply_async(peer, op, Some(ack))
         })
     }

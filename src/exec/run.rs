@@ -171,7 +171,7 @@ impl Core {
                 if foreign {
                     self.0.metrics.run_decision(p.is_ok());
                 }
-                p.map_err(|m| (Status::Denied, m))
+                p.map_err(|e| (Status::Denied, e.message))
             }
         };
         let admitted = prepared.is_ok();
@@ -360,13 +360,13 @@ struct KnownPeers<'a> {
 }
 
 impl Host for KnownPeers<'_> {
-    fn check(&self, cap: Capability, object: &str) -> std::result::Result<(), String> {
+    fn check(&self, cap: Capability, object: &str) -> Result<()> {
         self.inner.check(cap, object)
     }
-    fn check_script(&self, ast: &rhai::AST) -> std::result::Result<(), String> {
+    fn check_script(&self, ast: &rhai::AST) -> Result<()> {
         self.inner.check_script(ast)
     }
-    fn caller_get(&self, key: &str) -> std::result::Result<Option<Value>, String> {
+    fn caller_get(&self, key: &str) -> Result<Option<Value>> {
         self.inner.caller_get(key)
     }
     fn knows_peer(&self, peer: &str) -> bool {

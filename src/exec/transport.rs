@@ -108,8 +108,8 @@ pub trait Transport: Send + Sync {
         _key: &str,
         _script: &str,
         _params: &serde_json::Value,
-    ) -> std::result::Result<Option<serde_json::Value>, String> {
-        Err(not_here(owner).message)
+    ) -> Result<Option<serde_json::Value>> {
+        Err(not_here(owner))
     }
 
     /// The children of the folder `dir` of `owner` (a peer of another daemon)
@@ -156,11 +156,10 @@ impl Transport for InProcess {
     fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
         match self.core.upgrade() {
             Some(inner) => Core(inner).deliver_local(from, msg, ack),
-            None => ack(Delivery::WayDown(err!(
-                libc::EAGAIN,
-                "the daemon is stopping: message {} waits for the next start",
+            None => ack(Delivery::WayDown(Error::stopped(format_args!(
+                "message {} was delivered: it waits for the next start",
                 msg.id
-            ))),
+            )))),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! published and listeners told after it).
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::op::{Ack, Op};
@@ -38,6 +38,9 @@ pub(super) enum Effect {
 }
 
 impl Core {
+    /// Applies a batch of ops in one transaction and answers each op's ack after
+    /// the commit: all in one go when every op succeeds, else again with a
+    /// savepoint per op so that only the failing ones are refused.
     pub(super) fn apply_ops(&self, peer: &Arc<Peer>, ops: Vec<(Op, Option<Ack>)>) {
         let mut st = peer.writer.lock().unwrap();
         // Marks of delivered messages need no fsync of their own: if one is lost,
@@ -55,22 +58,35 @@ impl Core {
         if let Err(e) = begin(&mut **st) {
             drop(st);
             tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
-            for (_, ack) in ops {
-                if let Some(a) = ack {
-                    a(Err(e.clone()));
-                }
-            }
-            return;
+            return fail_all(ops, &e);
         }
-        // Fast path: every op in one go. If one fails, start over with a savepoint
-        // per op so that only the failing ones are refused.
-        let mut effects = Vec::with_capacity(ops.len());
-        let mut fast = true;
-        // A script submitted to an empty queue runs right here, in the transaction
-        // that makes its submission durable (for at most `inline_runs` in all).
-        // Not when the batch changes the policy or groups: runs are checked against
-        // the committed policy, and a script submitted after a change must meet it.
-        // Nor in a batch of delivery marks, which has no fsync to share.
+        let inline = self.inline_until(peer, &ops, only_marks);
+        let (effects, results) = match self.apply_all(&mut **st, peer, &ops, inline) {
+            Some(effects) => (effects, ops.iter().map(|_| Ok(())).collect()),
+            None => {
+                if let Err(e) = st.rollback().and_then(|_| begin(&mut **st)) {
+                    drop(st);
+                    return fail_all(ops, &e);
+                }
+                self.apply_each(&mut **st, peer, &ops)
+            }
+        };
+        let acks: Vec<(Option<Ack>, Result<()>)> =
+            ops.into_iter().map(|(_, a)| a).zip(results).collect();
+        self.commit_and_answer(peer, st, effects, acks);
+    }
+
+    /// Until when a script submitted to an empty queue runs right here, in the
+    /// transaction that makes its submission durable (for at most `inline_runs`
+    /// in all). Not when the batch changes the policy or groups: runs are checked
+    /// against the committed policy, and a script submitted after a change must
+    /// meet it. Nor in a batch of delivery marks, which has no fsync to share.
+    fn inline_until(
+        &self,
+        peer: &Arc<Peer>,
+        ops: &[(Op, Option<Ack>)],
+        only_marks: bool,
+    ) -> Option<Instant> {
         let budget = if only_marks
             || self.0.stop.load(Ordering::Relaxed)
             || ops.iter().any(|(op, _)| matches!(op, Op::SetMeta(..)))
@@ -80,62 +96,75 @@ impl Core {
             self.0.cfg.inline_runs
         };
         let inline_until = Instant::now() + budget;
-        let mut inline = (!budget.is_zero() && rt(peer).queued() == 0).then_some(inline_until);
-        for (op, _) in &ops {
+        (!budget.is_zero() && rt(peer).queued() == 0).then_some(inline_until)
+    }
+
+    /// The fast path: every op in one go, submissions run inline while `inline`
+    /// lasts. `None` when an op fails (the transaction must be rolled back).
+    fn apply_all(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        ops: &[(Op, Option<Ack>)],
+        mut inline: Option<Instant>,
+    ) -> Option<Vec<Effect>> {
+        let mut effects = Vec::with_capacity(ops.len());
+        for (op, _) in ops {
             let r = match op {
                 Op::Submit(job) if inline.is_some() => {
-                    self.submit_and_run(&mut **st, peer, job, &mut inline)
+                    self.submit_and_run(st, peer, job, &mut inline)
                 }
-                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut **st, op)
-                    .and_then(|_| self.submit_and_run(&mut **st, peer, job, &mut inline)),
-                _ => self.apply_one(&mut **st, peer, op),
+                Op::Intake { job, .. } if inline.is_some() => Self::intake_records(st, op)
+                    .and_then(|_| self.submit_and_run(st, peer, job, &mut inline)),
+                _ => self.apply_one(st, peer, op),
             };
+            effects.extend(r.ok()?);
+        }
+        Some(effects)
+    }
+
+    /// The slow path: each op under its own savepoint, so that a failing op is
+    /// refused alone. Its effects, and each op's outcome.
+    fn apply_each(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        ops: &[(Op, Option<Ack>)],
+    ) -> (Vec<Effect>, Vec<Result<()>>) {
+        let mut effects = Vec::with_capacity(ops.len());
+        let mut results = Vec::with_capacity(ops.len());
+        for (op, _) in ops {
+            let r = st.savepoint().and_then(|_| {
+                let r = self.apply_one(st, peer, op);
+                match &r {
+                    Ok(_) => st.release()?,
+                    Err(_) => st.rollback_to()?,
+                }
+                r
+            });
             match r {
-                Ok(fx) => effects.extend(fx),
-                Err(_) => {
-                    fast = false;
-                    break;
+                Ok(fx) => {
+                    effects.extend(fx);
+                    results.push(Ok(()));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %peer.name, error = %e, "change refused");
+                    results.push(Err(e));
                 }
             }
         }
-        let mut results: Vec<Result<()>> = Vec::with_capacity(ops.len());
-        if fast {
-            results.resize_with(ops.len(), || Ok(()));
-        } else {
-            effects.clear();
-            let restart = st.rollback().and_then(|_| begin(&mut **st));
-            if let Err(e) = restart {
-                drop(st);
-                for (_, ack) in ops {
-                    if let Some(a) = ack {
-                        a(Err(e.clone()));
-                    }
-                }
-                return;
-            }
-            for (op, _) in &ops {
-                let r = st.savepoint().and_then(|_| {
-                    let r = self.apply_one(&mut **st, peer, op);
-                    match &r {
-                        Ok(_) => st.release()?,
-                        Err(_) => st.rollback_to()?,
-                    }
-                    r
-                });
-                match r {
-                    Ok(fx) => {
-                        effects.extend(fx);
-                        results.push(Ok(()));
-                    }
-                    Err(e) => {
-                        tracing::warn!(peer = %peer.name, error = %e, "change refused");
-                        results.push(Err(e));
-                    }
-                }
-            }
-        }
-        let acks: Vec<(Option<Ack>, Result<()>)> =
-            ops.into_iter().map(|(_, a)| a).zip(results).collect();
+        (effects, results)
+    }
+
+    /// Commits, then publishes the effects and answers the acks (or, when the
+    /// commit fails, forgets the pending results and answers every ack with it).
+    fn commit_and_answer(
+        &self,
+        peer: &Arc<Peer>,
+        mut st: MutexGuard<'_, Box<dyn Store>>,
+        effects: Vec<Effect>,
+        acks: Vec<(Option<Ack>, Result<()>)>,
+    ) {
         // Scripts already queued run in `run_batch`, never here: their starts are
         // counted in a commit before they run (see `Config::max_attempts`).
         // Pending results are tracked before the commit so no reader misses them.
@@ -285,6 +314,15 @@ impl Core {
                     self.notify(&peer.name, c)
                 }
             }
+        }
+    }
+}
+
+/// Answers every op of a batch that could not start with `e`.
+fn fail_all(ops: Vec<(Op, Option<Ack>)>, e: &Error) {
+    for (_, ack) in ops {
+        if let Some(a) = ack {
+            a(Err(e.clone()));
         }
     }
 }

@@ -18,20 +18,19 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::op::Waiter;
-use crate::error::err;
-use crate::error::Result;
+use crate::error::{err, Error, Result};
 
-/// Calls `start` with a callback and blocks until the callback is called; `Err`
-/// with `EIO` and `stopped` when it is dropped uncalled (the daemon stopped).
+/// Calls `start` with a callback and blocks until the callback is called;
+/// [`Error::stopped`] before `what` when it is dropped uncalled.
 pub(crate) fn block_on<T: Send + 'static>(
-    stopped: &str,
+    what: &str,
     start: impl FnOnce(Box<dyn FnOnce(Result<T>) + Send>),
 ) -> Result<T> {
     let (tx, rx) = mpsc::sync_channel(1);
     start(Box::new(move |r| {
         let _ = tx.send(r);
     }));
-    rx.recv().map_err(|_| err!(libc::EIO, "{stopped}"))?
+    rx.recv().map_err(|_| Error::stopped(what))?
 }
 
 /// One waiting read: its answer (taken by whoever answers first), its caller.
@@ -133,7 +132,7 @@ impl Watch {
     }
 
     /// Answers every read still waiting, and from now on every read that would
-    /// wait, with `ENOTCONN` (the daemon stops).
+    /// wait, with [`Error::stopped`].
     pub(crate) fn clear(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         for w in std::mem::take(&mut *self.reads.lock().unwrap()) {
@@ -145,13 +144,8 @@ impl Watch {
     }
 }
 
-/// Not `EINTR`: readers such as coreutils' retry a read that fails with `EINTR`
-/// when no signal came, and this one would fail again.
-fn stopped() -> crate::Error {
-    err!(
-        libc::ENOTCONN,
-        "the daemon is stopping: the result was not ready (it runs after the next start)"
-    )
+fn stopped() -> Error {
+    Error::stopped("the result was ready (it runs after the next start)")
 }
 
 /// Whether thread `pid` has a fatal or interrupting signal pending (or is gone).

@@ -202,78 +202,9 @@ pub struct Lattice {
 /// background.
 pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
     let names = Names::new(&opts.name)?;
-    refuse_secret_in_url(&opts.url)?;
-    let creds = opts.creds.as_deref().map(creds::Creds::read).transpose()?;
-    if let Some(c) = &creds {
-        if let Some(l) = c.lattice.as_deref().filter(|l| *l != opts.name) {
-            return Err(err!(
-                libc::EINVAL,
-                "the credentials {} are for the lattice {l}, not {}: drop --lattice (the file names it) or pass that worker's credentials",
-                opts.creds.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
-                opts.name
-            ));
-        }
-    }
-    if opts.url.is_empty() {
-        return Err(err!(
-            libc::EINVAL,
-            "no NATS server: pass --nats nats://HOST:PORT (the credentials file names none)"
-        ));
-    }
-    let worker = match (&opts.worker, &creds) {
-        (Some(w), Some(c)) if *w != c.user => {
-            return Err(err!(
-                libc::EINVAL,
-                "lattice.worker {w:?} is not the user of the credentials ({}): a worker's name is its NATS user; drop lattice.worker",
-                c.user
-            ))
-        }
-        (Some(w), _) => w.clone(),
-        (None, Some(c)) => c.user.clone(),
-        (None, None) => {
-            return Err(err!(
-                libc::EINVAL,
-                "no worker name: pass --nats-creds (its user names the worker) or set lattice.worker"
-            ))
-        }
-    };
+    let (creds, worker) = identity(&opts)?;
     let rt = runtime()?;
-    let mut co = async_nats::ConnectOptions::new()
-        .name(format!("peerfs {worker}"))
-        .retry_on_initial_connect()
-        .connection_timeout(opts.timeout)
-        .request_timeout(Some(opts.timeout))
-        .max_reconnects(None)
-        .reconnect_delay_callback(|n| Duration::from_millis((100 * n as u64).min(1000)))
-        .event_callback(|e| async move {
-            use async_nats::Event;
-            match e {
-                Event::Connected | Event::Disconnected => tracing::info!(event = %e, "nats"),
-                // A permissions violation: this worker asked for something its
-                // credentials do not allow (a configuration to fix, not noise).
-                Event::ServerError(_) => tracing::warn!(event = %e, "nats"),
-                // Connection attempts while the server is away, slow consumers:
-                // every retry would say it again.
-                _ => tracing::debug!(event = %e, "nats"),
-            }
-        });
-    // Replies and deliveries under the worker's (its user's) own prefix: the
-    // server lets no other worker read there.
-    co = co.custom_inbox_prefix(names.inbox_prefix(&worker));
-    if let Some(c) = &creds {
-        co = co.user_and_password(c.user.clone(), c.password.clone());
-    }
-    let url = opts.url.clone();
-    let client = rt
-        .block_on(async move { co.connect(url).await })
-        .map_err(|e| err!(libc::EINVAL, "nats {}: {e}", opts.url))?;
-    let js = {
-        // The context spawns a task of its own.
-        let _rt = rt.enter();
-        let mut js = async_nats::jetstream::new(client.clone());
-        js.set_timeout(opts.timeout);
-        js
-    };
+    let (client, js) = connect(&rt, &opts, &names, &worker, creds.as_ref())?;
     let (ptx, prx) = tokio::sync::mpsc::unbounded_channel();
     let (stop, _) = tokio::sync::watch::channel(false);
     let l = Arc::new(Lattice {
@@ -323,6 +254,95 @@ pub fn join(core: &Core, opts: Options) -> Result<Arc<Lattice>> {
     core.set_transport(Arc::new(transport::Nats(l.clone())));
     tracing::info!(lattice = %l.names.lattice, worker = %l.worker, "joined the lattice");
     Ok(l)
+}
+
+/// Who this worker is: its credentials (if a file was given, for this lattice)
+/// and its name (the credentials' user, or `lattice.worker` without them).
+fn identity(opts: &Options) -> Result<(Option<creds::Creds>, String)> {
+    refuse_secret_in_url(&opts.url)?;
+    let creds = opts.creds.as_deref().map(creds::Creds::read).transpose()?;
+    if let Some(c) = &creds {
+        if let Some(l) = c.lattice.as_deref().filter(|l| *l != opts.name) {
+            return Err(err!(
+                libc::EINVAL,
+                "the credentials {} are for the lattice {l}, not {}: drop --lattice (the file names it) or pass that worker's credentials",
+                opts.creds.as_deref().unwrap_or_else(|| std::path::Path::new("")).display(),
+                opts.name
+            ));
+        }
+    }
+    if opts.url.is_empty() {
+        return Err(err!(
+            libc::EINVAL,
+            "no NATS server: pass --nats nats://HOST:PORT (the credentials file names none)"
+        ));
+    }
+    let worker = match (&opts.worker, &creds) {
+        (Some(w), Some(c)) if *w != c.user => {
+            return Err(err!(
+                libc::EINVAL,
+                "lattice.worker {w:?} is not the user of the credentials ({}): a worker's name is its NATS user; drop lattice.worker",
+                c.user
+            ))
+        }
+        (Some(w), _) => w.clone(),
+        (None, Some(c)) => c.user.clone(),
+        (None, None) => {
+            return Err(err!(
+                libc::EINVAL,
+                "no worker name: pass --nats-creds (its user names the worker) or set lattice.worker"
+            ))
+        }
+    };
+    Ok((creds, worker))
+}
+
+/// The NATS connection of `worker` (retrying while the server is away) and its
+/// JetStream context.
+fn connect(
+    rt: &tokio::runtime::Handle,
+    opts: &Options,
+    names: &Names,
+    worker: &str,
+    creds: Option<&creds::Creds>,
+) -> Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    let mut co = async_nats::ConnectOptions::new()
+        .name(format!("peerfs {worker}"))
+        .retry_on_initial_connect()
+        .connection_timeout(opts.timeout)
+        .request_timeout(Some(opts.timeout))
+        .max_reconnects(None)
+        .reconnect_delay_callback(|n| Duration::from_millis((100 * n as u64).min(1000)))
+        .event_callback(|e| async move {
+            use async_nats::Event;
+            match e {
+                Event::Connected | Event::Disconnected => tracing::info!(event = %e, "nats"),
+                // A permissions violation: this worker asked for something its
+                // credentials do not allow (a configuration to fix, not noise).
+                Event::ServerError(_) => tracing::warn!(event = %e, "nats"),
+                // Connection attempts while the server is away, slow consumers:
+                // every retry would say it again.
+                _ => tracing::debug!(event = %e, "nats"),
+            }
+        });
+    // Replies and deliveries under the worker's (its user's) own prefix: the
+    // server lets no other worker read there.
+    co = co.custom_inbox_prefix(names.inbox_prefix(worker));
+    if let Some(c) = creds {
+        co = co.user_and_password(c.user.clone(), c.password.clone());
+    }
+    let url = opts.url.clone();
+    let client = rt
+        .block_on(async move { co.connect(url).await })
+        .map_err(|e| err!(libc::EINVAL, "nats {}: {e}", opts.url))?;
+    let js = {
+        // The context spawns a task of its own.
+        let _rt = rt.enter();
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(opts.timeout);
+        js
+    };
+    Ok((client, js))
 }
 
 /// Credentials in a URL would be in argv (every local user's `ps`) and in

@@ -338,7 +338,7 @@ pub(super) fn remote_get(
     key: &str,
     script: &str,
     params: &Value,
-) -> std::result::Result<Option<Value>, String> {
+) -> Result<Option<Value>> {
     let req = Req {
         kind: Kind::Get,
         key: key.to_string(),
@@ -347,13 +347,16 @@ pub(super) fn remote_get(
         offset: 0,
     };
     let (resp, _) = ask(l, owner, reader, &req).map_err(|e| {
-        format!(
-            "caller_get {key:?}: {owner} is served by another daemon, which cannot be reached: {} (errno {})",
-            e.message, e.errno
+        err!(
+            e.errno,
+            "caller_get {key:?}: {owner} is served by another daemon, which cannot be reached: {}",
+            e.message
         )
+        .with_source(e)
     })?;
     match resp.error {
-        Some(e) => Err(e),
+        // The owner's daemon answered with its refusal (its policy, its store).
+        Some(e) => Err(Error::new(resp.errno.unwrap_or(libc::EACCES), e)),
         None => Ok(resp.value),
     }
 }

@@ -69,7 +69,7 @@ impl Transport for Nats {
         key: &str,
         script: &str,
         params: &serde_json::Value,
-    ) -> std::result::Result<Option<serde_json::Value>, String> {
+    ) -> Result<Option<serde_json::Value>> {
         super::read::remote_get(&self.0, owner, reader, key, script, params)
     }
 
@@ -123,7 +123,7 @@ impl Transport for Nats {
             ack,
         };
         if let Err(e) = l.publisher.send(p) {
-            (e.0.ack)(Err(err!(libc::EAGAIN, "the lattice is stopping")));
+            (e.0.ack)(Err(crate::Error::stopped("the message was published")));
         }
     }
 }
@@ -133,7 +133,7 @@ fn outcome(r: Result<()>) -> Delivery {
     match r {
         Ok(()) => Delivery::Taken,
         Err(e) if e.errno == libc::ENOENT => Delivery::NoSuchPeer(e),
-        Err(e) if matches!(e.errno, libc::EHOSTUNREACH | libc::ETIMEDOUT | libc::EAGAIN) => {
+        Err(e) if e.is_stopped() || matches!(e.errno, libc::EHOSTUNREACH | libc::ETIMEDOUT) => {
             Delivery::WayDown(e)
         }
         Err(e) => Delivery::Refused(e),
@@ -359,34 +359,7 @@ async fn open_consumer(l: &Lattice, peer: &str) -> Result<consumer::pull::Stream
 /// queued at its target, acknowledged after the commits.
 async fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
     let subject = m.subject.to_string();
-    let checked = match (
-        l.names.parse_msg_subject(&subject),
-        wire::decode_all(&m.payload),
-    ) {
-        (Some((to, from)), Ok(msgs)) => msgs
-            .into_iter()
-            .map(|(sender, msg)| {
-                if to != peer || msg.to != peer {
-                    Err(format!(
-                        "a message on {subject} for {} handed to {peer}",
-                        msg.to
-                    ))
-                } else if from != sender {
-                    // Identity by subject permission: only `from`'s worker may publish
-                    // on this subject, whatever the message claims.
-                    Err(format!(
-                        "message {} on {subject} claims to come from {sender}: refused",
-                        msg.id
-                    ))
-                } else {
-                    Ok((sender, msg))
-                }
-            })
-            .collect::<std::result::Result<Vec<_>, String>>(),
-        (None, _) => Err(format!("a message on an unexpected subject {subject}")),
-        (_, Err(e)) => Err(format!("{e} (on {subject})")),
-    };
-    let msgs = match checked {
+    let msgs = match check_batch(l, peer, &subject, &m.payload) {
         Ok(x) => x,
         Err(why) => {
             tracing::warn!(peer, "{why}");
@@ -419,42 +392,87 @@ async fn take(l: &Arc<Lattice>, peer: &str, m: jetstream::Message) {
         answers.push(rx);
     }
     let tries = l.core.config().delivery_tries as i64;
-    let peer = peer.to_string();
-    tokio::spawn(async move {
-        // A transient failure of any message brings the whole batch back (the
-        // applied ones are recognised by their ids); a refusal counts tries.
-        let mut transient = None;
-        let mut refused = None;
-        for rx in answers {
-            match rx
-                .await
-                .unwrap_or_else(|_| Delivery::WayDown(err!(libc::EAGAIN, "the daemon stopped")))
-            {
-                Delivery::Taken => {}
-                Delivery::WayDown(e) => transient = Some(e),
-                Delivery::NoSuchPeer(e) | Delivery::Refused(e) => refused = Some(e),
+    tokio::spawn(acknowledge(m, answers, tries, peer.to_string()));
+}
+
+/// The messages of a delivery to `peer` on `subject`, each with its sender; a
+/// batch with any message for another peer, or from a peer other than the one
+/// its subject names, is refused whole.
+fn check_batch(
+    l: &Lattice,
+    peer: &str,
+    subject: &str,
+    payload: &[u8],
+) -> Result<Vec<(String, Outgoing)>> {
+    let Some((to, from)) = l.names.parse_msg_subject(subject) else {
+        return Err(err!(
+            libc::EINVAL,
+            "a message on an unexpected subject {subject}"
+        ));
+    };
+    let msgs = wire::decode_all(payload)
+        .map_err(|e| err!(e.errno, "{e} (on {subject})").with_source(e))?;
+    for (sender, msg) in &msgs {
+        if to != peer || msg.to != peer {
+            return Err(err!(
+                libc::EACCES,
+                "a message on {subject} for {} handed to {peer}",
+                msg.to
+            ));
+        }
+        if from != *sender {
+            // Identity by subject permission: only `from`'s worker may publish
+            // on this subject, whatever the message claims.
+            return Err(err!(
+                libc::EACCES,
+                "message {} on {subject} claims to come from {sender}: refused",
+                msg.id
+            ));
+        }
+    }
+    Ok(msgs)
+}
+
+/// Acknowledges a delivery once each of its messages is answered: a transient
+/// failure of any brings the whole batch back (the applied ones are recognised
+/// by their ids); a refusal counts tries, and ends it after `tries`.
+async fn acknowledge(
+    m: jetstream::Message,
+    answers: Vec<tokio::sync::oneshot::Receiver<Delivery>>,
+    tries: i64,
+    peer: String,
+) {
+    let mut transient = None;
+    let mut refused = None;
+    for rx in answers {
+        match rx
+            .await
+            .unwrap_or_else(|_| Delivery::WayDown(crate::Error::stopped("the message was applied")))
+        {
+            Delivery::Taken => {}
+            Delivery::WayDown(e) => transient = Some(e),
+            Delivery::NoSuchPeer(e) | Delivery::Refused(e) => refused = Some(e),
+        }
+    }
+    let kind = match (transient, refused) {
+        (None, None) => AckKind::Ack,
+        (Some(_), _) => AckKind::Nak(Some(Duration::from_millis(500))),
+        (None, Some(e)) => {
+            let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
+            if delivered >= tries {
+                tracing::error!(peer = %peer, error = %e, delivered, "message refused; dropped");
+                AckKind::Term
+            } else {
+                tracing::warn!(peer = %peer, error = %e, delivered, "message refused; will retry");
+                AckKind::Nak(Some(Duration::from_millis(500)))
             }
         }
-        let kind = match (transient, refused) {
-            (None, None) => AckKind::Ack,
-            (Some(_), _) => AckKind::Nak(Some(Duration::from_millis(500))),
-            (None, Some(e)) => {
-                let delivered = m.info().map(|i| i.delivered).unwrap_or(1);
-                if delivered >= tries {
-                    tracing::error!(peer = %peer, error = %e, delivered, "message refused; dropped");
-                    AckKind::Term
-                } else {
-                    tracing::warn!(peer = %peer, error = %e, delivered, "message refused; will retry");
-                    AckKind::Nak(Some(Duration::from_millis(500)))
-                }
-            }
-        };
-        tracing::trace!(peer = %peer, ?kind, "applied; acknowledging");
-        if let Err(e) = m.ack_with(kind).await {
-            // Redelivered after the ack wait, and recognised by its id then.
-            tracing::debug!(error = %e, "acknowledgement not sent");
-        }
-    });
+    };
+    tracing::trace!(peer = %peer, ?kind, "applied; acknowledging");
+    if let Err(e) = m.ack_with(kind).await {
+        // Redelivered after the ack wait, and recognised by its id then.
+        tracing::debug!(error = %e, "acknowledgement not sent");
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ impl Policy {
         caller: &str,
         groups: &[EntityUid],
         action: Action,
-    ) -> Result<Arc<Candidates>, String> {
+    ) -> Result<Arc<Candidates>, PolicyError> {
         let slot = action.index();
         {
             let cache = self
@@ -99,8 +99,8 @@ impl Policy {
         req: &Request,
         groups: &Groups,
         allow_native: bool,
-    ) -> Result<Decision, String> {
-        let env = env().map_err(|e| e.message)?;
+    ) -> Result<Decision, PolicyError> {
+        let env = env()?;
         let action = req.action;
         let group_uids = groups.uids_of(req.caller);
         let candidates = self.candidates(env, req.caller, group_uids, action)?;
@@ -111,102 +111,14 @@ impl Policy {
         if allow_native && candidates.native {
             return self.decide_native(&candidates, req, group_uids, object);
         }
-        let needs = candidates.needs;
         let principal =
             EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(req.caller));
         let resource_type = &env.resource_types[action.index()];
         let resource =
             EntityUid::from_type_name_and_id(resource_type.clone(), EntityId::new(object));
-
-        let mut entities = Vec::with_capacity(3);
-        if needs.principal {
-            entities.push(string_entity(
-                principal.clone(),
-                "name",
-                req.caller,
-                group_uids,
-            )?);
-        }
-        if needs.resource {
-            entities.push(string_entity(
-                resource.clone(),
-                action.resource_shape().1,
-                object,
-                &[],
-            )?);
-        }
-        if needs.ctx_params {
-            let tags: Vec<(String, RestrictedExpression)> = match req.params {
-                serde_json::Value::Object(map) => map
-                    .iter()
-                    .map(|(k, v)| {
-                        let s = match v {
-                            serde_json::Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        (k.clone(), RestrictedExpression::new_string(s))
-                    })
-                    .collect(),
-                _ => Vec::new(),
-            };
-            entities.push(
-                Entity::new_with_tags(env.params_uid.clone(), [], [], tags)
-                    .map_err(|e| e.to_string())?,
-            );
-        }
-        let entities = if entities.is_empty() {
-            Entities::empty()
-        } else {
-            Entities::from_entities(entities, None).map_err(|e| e.to_string())?
-        };
-
-        let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
-        if needs.ctx_script {
-            pairs.push((
-                "script".to_string(),
-                RestrictedExpression::new_string(req.script.to_string()),
-            ));
-        }
-        if needs.ctx_params {
-            pairs.push((
-                "params".to_string(),
-                RestrictedExpression::new_entity_uid(env.params_uid.clone()),
-            ));
-        }
-        if needs.ctx_params_json {
-            pairs.push((
-                "params_json".to_string(),
-                RestrictedExpression::new_string(req.params.to_string()),
-            ));
-        }
-        if needs.ctx_now {
-            pairs.push(("now".to_string(), RestrictedExpression::new_long(req.now)));
-        }
-        if needs.ctx_chain {
-            let caller = [req.caller.to_string()];
-            let chain = if req.chain.is_empty() {
-                &caller[..]
-            } else {
-                req.chain
-            };
-            pairs.push((
-                "origin".to_string(),
-                RestrictedExpression::new_string(chain[0].clone()),
-            ));
-            pairs.push((
-                "chain".to_string(),
-                RestrictedExpression::new_set(
-                    chain
-                        .iter()
-                        .map(|p| RestrictedExpression::new_string(p.clone())),
-                ),
-            ));
-        }
-        let context = if pairs.is_empty() {
-            Context::empty()
-        } else {
-            Context::from_pairs(pairs).map_err(|e| e.to_string())?
-        };
+        let needs = candidates.needs;
+        let entities = cedar_entities(env, req, needs, (&principal, group_uids), &resource)?;
+        let context = cedar_context(env, req, needs)?;
         let request = cedar_policy::Request::new(
             principal,
             env.actions[action.index()].clone(),
@@ -214,8 +126,21 @@ impl Policy {
             context,
             None,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(internal)?;
+        self.decide_cedar(&candidates, action, &request, &entities)
+    }
 
+    /// Decide with Cedar: the candidates' policy set (built now when it was not
+    /// cached), the policies that determined the answer and the errors of those
+    /// that could not be evaluated.
+    fn decide_cedar(
+        &self,
+        candidates: &Candidates,
+        action: Action,
+        request: &cedar_policy::Request,
+        entities: &Entities,
+    ) -> Result<Decision, PolicyError> {
+        let env = env()?;
         let built;
         let set = match &candidates.set {
             Some(set) => set,
@@ -229,7 +154,7 @@ impl Policy {
                 &built
             }
         };
-        let response = env.authorizer.is_authorized(&request, set, &entities);
+        let response = env.authorizer.is_authorized(request, set, entities);
         let allowed = response.decision() == cedar_policy::Decision::Allow;
         let determining: Vec<&Meta> = response
             .diagnostics()
@@ -263,7 +188,7 @@ impl Policy {
         req: &Request,
         groups: &[EntityUid],
         object: &str,
-    ) -> Result<Decision, String> {
+    ) -> Result<Decision, PolicyError> {
         let action = req.action;
         let (resource_type, resource_attr) = action.resource_shape();
         let nreq = native::Req {
@@ -287,7 +212,10 @@ impl Policy {
                 continue;
             }
             let Some(conds) = &m.native else {
-                return Err(format!("internal error: {} is not compiled", m.name));
+                return Err(PolicyError::new(format!(
+                    "internal error: {} is not compiled",
+                    m.name
+                )));
             };
             match native::satisfied(conds, &nreq) {
                 Ok(true) if m.effect == Effect::Forbid => forbids.push(m),
@@ -398,8 +326,8 @@ pub(super) fn principal_matches(
 }
 
 /// The Cedar policy set evaluating `chosen`.
-pub(super) fn cedar_set(chosen: &[&Meta]) -> Result<PolicySet, String> {
-    PolicySet::from_policies(chosen.iter().map(|m| m.eval.clone())).map_err(|e| e.to_string())
+pub(super) fn cedar_set(chosen: &[&Meta]) -> Result<PolicySet, PolicyError> {
+    PolicySet::from_policies(chosen.iter().map(|m| m.eval.clone())).map_err(internal)
 }
 
 pub(super) fn string_entity(
@@ -407,7 +335,7 @@ pub(super) fn string_entity(
     attr: &str,
     value: &str,
     parents: &[EntityUid],
-) -> Result<Entity, String> {
+) -> Result<Entity, PolicyError> {
     Entity::new_with_tags(
         uid,
         [(
@@ -417,5 +345,114 @@ pub(super) fn string_entity(
         parents.iter().cloned(),
         [],
     )
-    .map_err(|e| e.to_string())
+    .map_err(internal)
+}
+
+/// A Cedar object peerfs builds that Cedar refused: a bug of peerfs, reported
+/// with the decision (which denies).
+fn internal(e: impl std::fmt::Display) -> PolicyError {
+    PolicyError::new(format!("internal error: {e}"))
+}
+
+/// The entities a Cedar request needs (only those the candidates read): the
+/// principal with its name and groups, the resource with its attribute, and the
+/// params as tags of the `Params` entity.
+fn cedar_entities(
+    env: &Env,
+    req: &Request,
+    needs: Needs,
+    (principal, groups): (&EntityUid, &[EntityUid]),
+    resource: &EntityUid,
+) -> Result<Entities, PolicyError> {
+    let mut entities = Vec::with_capacity(3);
+    if needs.principal {
+        entities.push(string_entity(
+            principal.clone(),
+            "name",
+            req.caller,
+            groups,
+        )?);
+    }
+    if needs.resource {
+        entities.push(string_entity(
+            resource.clone(),
+            req.action.resource_shape().1,
+            req.object.unwrap_or(""),
+            &[],
+        )?);
+    }
+    if needs.ctx_params {
+        let tags: Vec<(String, RestrictedExpression)> = match req.params {
+            serde_json::Value::Object(map) => map
+                .iter()
+                .map(|(k, v)| {
+                    let s = match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    (k.clone(), RestrictedExpression::new_string(s))
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        entities
+            .push(Entity::new_with_tags(env.params_uid.clone(), [], [], tags).map_err(internal)?);
+    }
+    if entities.is_empty() {
+        Ok(Entities::empty())
+    } else {
+        Entities::from_entities(entities, None).map_err(internal)
+    }
+}
+
+/// The request's context (only the fields the candidates read): `script`,
+/// `params`, `params_json`, `now`, `origin` and `chain`.
+fn cedar_context(env: &Env, req: &Request, needs: Needs) -> Result<Context, PolicyError> {
+    let mut pairs: Vec<(String, RestrictedExpression)> = Vec::with_capacity(4);
+    if needs.ctx_script {
+        pairs.push((
+            "script".to_string(),
+            RestrictedExpression::new_string(req.script.to_string()),
+        ));
+    }
+    if needs.ctx_params {
+        pairs.push((
+            "params".to_string(),
+            RestrictedExpression::new_entity_uid(env.params_uid.clone()),
+        ));
+    }
+    if needs.ctx_params_json {
+        pairs.push((
+            "params_json".to_string(),
+            RestrictedExpression::new_string(req.params.to_string()),
+        ));
+    }
+    if needs.ctx_now {
+        pairs.push(("now".to_string(), RestrictedExpression::new_long(req.now)));
+    }
+    if needs.ctx_chain {
+        let caller = [req.caller.to_string()];
+        let chain = if req.chain.is_empty() {
+            &caller[..]
+        } else {
+            req.chain
+        };
+        pairs.push((
+            "origin".to_string(),
+            RestrictedExpression::new_string(chain[0].clone()),
+        ));
+        pairs.push((
+            "chain".to_string(),
+            RestrictedExpression::new_set(
+                chain
+                    .iter()
+                    .map(|p| RestrictedExpression::new_string(p.clone())),
+            ),
+        ));
+    }
+    if pairs.is_empty() {
+        Ok(Context::empty())
+    } else {
+        Context::from_pairs(pairs).map_err(internal)
+    }
 }

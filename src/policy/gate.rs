@@ -12,9 +12,9 @@ use rhai::AST;
 use serde_json::Value;
 
 use super::calls::capabilities_used;
-use super::state::{PolicyState, Question};
+use super::state::{Denied, PolicyState, Question};
 use super::{Action, Decision};
-use crate::error::Result;
+use crate::error::{err, Result};
 use crate::peer::Peer;
 use crate::script::{Capability, Host, Limits, OwnerHost};
 use crate::store::{Job, Store};
@@ -40,8 +40,8 @@ pub trait Peers: Clone + Send + Sync + 'static {
         _key: &str,
         _script: &str,
         _params: &Value,
-    ) -> Result<Option<Value>, String> {
-        Err(format!("peer {owner:?} is not served here"))
+    ) -> Result<Option<Value>> {
+        Err(err!(libc::ENOENT, "peer {owner:?} is not served here"))
     }
 }
 
@@ -59,8 +59,7 @@ pub enum Verdict {
     /// The caller is the target: every capability.
     Owner,
     Allowed(Arc<Decision>),
-    /// Denied, with the explanation.
-    Denied(String),
+    Denied(Denied),
 }
 
 impl Verdict {
@@ -73,7 +72,7 @@ impl Verdict {
         match self {
             Verdict::Owner => "allow (the owner's own scripts have every capability)".into(),
             Verdict::Allowed(d) => d.explain(),
-            Verdict::Denied(why) => why.clone(),
+            Verdict::Denied(why) => why.to_string(),
         }
     }
 }
@@ -152,20 +151,25 @@ impl PolicyGate {
 
 impl PolicyGate {
     /// Before a run of `job` at `target`: its host (what decides each host call)
-    /// and its limits, or `Err` = refused at `run` (the message names the action
-    /// and the policy).
+    /// and its limits, or `Err` (`EACCES`) = refused at `run` (the message names
+    /// the action and the policy).
     pub fn prepare<P: Peers>(
         self: &Arc<Self>,
         peers: &P,
         target: &Arc<Peer>,
         job: &Job,
-    ) -> std::result::Result<(Box<dyn Host>, Limits), String> {
+    ) -> Result<(Box<dyn Host>, Limits)> {
         if owns(&job.caller, &target.name) {
             return Ok((Box::new(OwnerHost), peers.base_limits(true).clone()));
         }
-        let state = self
-            .state(target)
-            .map_err(|e| format!("denied: {}'s policy cannot be read: {e}", target.name))?;
+        let state = self.state(target).map_err(|e| {
+            err!(
+                libc::EACCES,
+                "denied: {}'s policy cannot be read: {e}",
+                target.name
+            )
+            .with_source(e)
+        })?;
         let params: Value = serde_json::from_str(&job.params).unwrap_or(Value::Null);
         let d = state
             .ask_chain(&Question {
@@ -179,10 +183,15 @@ impl PolicyGate {
                 chain: &job.chain,
             })
             .map_err(|why| {
-                format!(
+                err!(
+                    libc::EACCES,
                     "denied: run {} by {} at {}: {why} (policy.cedar of {})",
-                    job.name, job.caller, target.name, target.name
+                    job.name,
+                    job.caller,
+                    target.name,
+                    target.name
                 )
+                .with_source(why)
             })?;
         let limits = peers.base_limits(false).tightened(&d.limits);
         Ok((
@@ -225,7 +234,7 @@ fn action_of(cap: Capability) -> Action {
 }
 
 impl<P: Peers> Host for PolicyHost<P> {
-    fn check(&self, cap: Capability, object: &str) -> Result<(), String> {
+    fn check(&self, cap: Capability, object: &str) -> Result<()> {
         let action = action_of(cap);
         let q = Question {
             caller: &self.caller,
@@ -238,18 +247,23 @@ impl<P: Peers> Host for PolicyHost<P> {
             chain: &self.chain,
         };
         self.state.ask_chain(&q).map(|_| ()).map_err(|why| {
-            format!(
+            err!(
+                libc::EACCES,
                 "denied: {action} {object:?} by {} at {}: {why} (policy.cedar of {})",
-                self.caller, self.target, self.target
+                self.caller,
+                self.target,
+                self.target
             )
+            .with_source(why)
         })
     }
 
-    fn check_script(&self, ast: &AST) -> Result<(), String> {
+    fn check_script(&self, ast: &AST) -> Result<()> {
         for (cap, f) in capabilities_used(ast) {
             let action = action_of(cap);
             if !self.state.could_ever_allow(&self.caller, action) {
-                return Err(format!(
+                return Err(err!(
+                    libc::EACCES,
                     "denied before running: the script calls {f}(), and no rule in the policy.cedar of {} can ever allow {} to {action}",
                     self.target, self.caller
                 ));
@@ -258,15 +272,15 @@ impl<P: Peers> Host for PolicyHost<P> {
         Ok(())
     }
 
-    fn caller_get(&self, key: &str) -> Result<Option<Value>, String> {
+    fn caller_get(&self, key: &str) -> Result<Option<Value>> {
         // The caller's own policy decides what the target may read of it (no
         // confused deputy: the target's code cannot read more than the caller allows).
         if self.peers.serves_elsewhere(&self.caller) {
             let (c, t) = (&self.caller, &self.target);
             return self.peers.remote_get(c, t, key, &self.script, &self.params);
         }
-        let caller = self.peers.peer(&self.caller).map_err(|e| e.message)?;
-        let st = self.gate.state(&caller).map_err(|e| e.message)?;
+        let caller = self.peers.peer(&self.caller)?;
+        let st = self.gate.state(&caller)?;
         let d = st.decide(
             &self.target,
             &self.caller,
@@ -276,14 +290,15 @@ impl<P: Peers> Host for PolicyHost<P> {
             &self.params,
         );
         if !d.allowed {
-            return Err(format!(
+            return Err(err!(
+                libc::EACCES,
                 "denied: caller_get {key:?}: the policy.cedar of {} does not let {} read it: {}",
                 self.caller,
                 self.target,
                 d.explain()
             ));
         }
-        caller.read(|s| s.get(key)).map_err(|e| e.message)
+        caller.read(|s| s.get(key))
     }
 }
 

@@ -83,7 +83,7 @@ mod tests;
 pub use calls::capabilities_used;
 pub use gate::{owns, verdict, Peers, PolicyGate, PolicyHost, Verdict};
 pub use groups::{valid_name, Groups};
-pub use state::{PolicyState, Question};
+pub use state::{Denied, PolicyState, Question};
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -345,13 +345,13 @@ impl Decision {
         s
     }
 
-    fn internal_error(action: Action, message: String) -> Decision {
+    fn internal_error(action: Action, e: PolicyError) -> Decision {
         Decision {
             allowed: false,
             action,
             policies: Vec::new(),
             limits: Limits::default(),
-            errors: vec![message],
+            errors: vec![e.message],
         }
     }
 }
@@ -371,14 +371,15 @@ struct Env {
     params_uid: EntityUid,
 }
 
-fn type_name(name: &str) -> Result<EntityTypeName, String> {
-    EntityTypeName::from_str(name).map_err(|e| format!("entity type `{name}`: {e}"))
+fn type_name(name: &str) -> Result<EntityTypeName, PolicyError> {
+    EntityTypeName::from_str(name)
+        .map_err(|e| PolicyError::new(format!("entity type `{name}`: {e}")))
 }
 
 impl Env {
-    fn build() -> Result<Env, String> {
+    fn build() -> Result<Env, PolicyError> {
         let (schema, _warnings) = cedar_policy::Schema::from_cedarschema_str(SCHEMA)
-            .map_err(|e| format!("internal error: peerfs policy schema: {e}"))?;
+            .map_err(|e| PolicyError::new(format!("internal error: peerfs policy schema: {e}")))?;
         let action_type = type_name("Action")?;
         let resource_types = [
             type_name(Action::Run.resource_shape().0)?,
@@ -402,10 +403,10 @@ impl Env {
     }
 }
 
-static ENV: LazyLock<Result<Env, String>> = LazyLock::new(Env::build);
+static ENV: LazyLock<Result<Env, PolicyError>> = LazyLock::new(Env::build);
 
 fn env() -> Result<&'static Env, PolicyError> {
-    ENV.as_ref().map_err(|e| PolicyError::new(e.clone()))
+    ENV.as_ref().map_err(Clone::clone)
 }
 
 pub(crate) fn entity_type(name: &str) -> Result<EntityTypeName, PolicyError> {
@@ -413,7 +414,7 @@ pub(crate) fn entity_type(name: &str) -> Result<EntityTypeName, PolicyError> {
     match name {
         "Group" => Ok(env.group.clone()),
         "Peer" => Ok(env.peer.clone()),
-        other => type_name(other).map_err(PolicyError::new),
+        other => type_name(other),
     }
 }
 

@@ -179,13 +179,7 @@ fn expr(v: &Json) -> Option<Expr> {
             let left = field("left")?;
             let attr = field("attr")?.as_str()?;
             if is_context(left) {
-                Some(Expr::Ctx(match attr {
-                    "script" => CtxField::Script,
-                    "now" => CtxField::Now,
-                    "params_json" => CtxField::ParamsJson,
-                    "params" => CtxField::Params,
-                    _ => return None,
-                }))
+                Some(Expr::Ctx(ctx_field(attr)?))
             } else {
                 Some(Expr::Attr(boxed(left)?, attr.into()))
             }
@@ -199,34 +193,11 @@ fn expr(v: &Json) -> Option<Expr> {
         }
         "hasTag" => binary(Expr::HasTag),
         "getTag" => binary(Expr::GetTag),
-        "like" => {
-            let left = boxed(field("left")?)?;
-            let mut runs = vec![String::new()];
-            for elem in field("pattern")?.as_array()? {
-                match elem {
-                    Json::String(s) if s == "Wildcard" => runs.push(String::new()),
-                    Json::Object(o) if o.len() == 1 => {
-                        runs.last_mut()?.push_str(o.get("Literal")?.as_str()?)
-                    }
-                    _ => return None,
-                }
-            }
-            let runs = runs.into_iter().map(String::into_boxed_str).collect();
-            Some(Expr::Like(left, Pattern { runs }))
-        }
-        "is" => {
-            let left = field("left")?;
-            let ty: Box<str> = field("entity_type")?.as_str()?.into();
-            let is = Expr::Is(boxed(left)?, ty);
-            match field("in") {
-                None | Some(Json::Null) => Some(is),
-                // `e is T in X` is `e is T && e in X`
-                Some(x) => Some(Expr::And(
-                    Box::new(is),
-                    Box::new(Expr::In(boxed(left)?, boxed(x)?)),
-                )),
-            }
-        }
+        "like" => Some(Expr::Like(
+            boxed(field("left")?)?,
+            pattern(field("pattern")?)?,
+        )),
+        "is" => is_expr(arg),
         "==" => binary(Expr::Eq),
         "!=" => binary(Expr::Ne),
         "<" => cmp(Cmp::Lt),
@@ -244,6 +215,48 @@ fn expr(v: &Json) -> Option<Expr> {
         )),
         _ => None,
     }
+}
+
+/// `e is T`, and `e is T in X` as `e is T && e in X`.
+fn is_expr(arg: &Json) -> Option<Expr> {
+    let left = arg.get("left")?;
+    let ty: Box<str> = arg.get("entity_type")?.as_str()?.into();
+    let is = Expr::Is(boxed(left)?, ty);
+    match arg.get("in") {
+        None | Some(Json::Null) => Some(is),
+        Some(x) => Some(Expr::And(
+            Box::new(is),
+            Box::new(Expr::In(boxed(left)?, boxed(x)?)),
+        )),
+    }
+}
+
+/// A field of `context` the native evaluator reads (`context.params` as the
+/// `Params` entity); others are left to Cedar.
+fn ctx_field(attr: &str) -> Option<CtxField> {
+    Some(match attr {
+        "script" => CtxField::Script,
+        "now" => CtxField::Now,
+        "params_json" => CtxField::ParamsJson,
+        "params" => CtxField::Params,
+        _ => return None,
+    })
+}
+
+/// A `like` pattern from its JSON form: literal runs between wildcards.
+fn pattern(elems: &Json) -> Option<Pattern> {
+    let mut runs = vec![String::new()];
+    for elem in elems.as_array()? {
+        match elem {
+            Json::String(s) if s == "Wildcard" => runs.push(String::new()),
+            Json::Object(o) if o.len() == 1 => {
+                runs.last_mut()?.push_str(o.get("Literal")?.as_str()?)
+            }
+            _ => return None,
+        }
+    }
+    let runs = runs.into_iter().map(String::into_boxed_str).collect();
+    Some(Pattern { runs })
 }
 
 fn literal(v: &Json) -> Option<Expr> {
@@ -306,32 +319,35 @@ impl Val<'_> {
         }
     }
 
-    fn type_error(&self, expected: &str) -> String {
-        format!("type error: expected {expected}, got {}", self.type_name())
+    fn type_error(&self, expected: &str) -> EvalError {
+        EvalError(format!(
+            "type error: expected {expected}, got {}",
+            self.type_name()
+        ))
     }
 
-    fn bool(&self) -> Result<bool, String> {
+    fn bool(&self) -> Result<bool, EvalError> {
         match self {
             Val::Bool(b) => Ok(*b),
             other => Err(other.type_error("bool")),
         }
     }
 
-    fn long(&self) -> Result<i64, String> {
+    fn long(&self) -> Result<i64, EvalError> {
         match self {
             Val::Long(n) => Ok(*n),
             other => Err(other.type_error("long")),
         }
     }
 
-    fn entity(&self) -> Result<(&str, &str), String> {
+    fn entity(&self) -> Result<(&str, &str), EvalError> {
         match self {
             Val::Entity(t, id) => Ok((t, id)),
             other => Err(other.type_error("entity")),
         }
     }
 
-    fn string(&self) -> Result<&str, String> {
+    fn string(&self) -> Result<&str, EvalError> {
         match self {
             Val::Str(s) => Ok(s),
             other => Err(other.type_error("string")),
@@ -380,7 +396,7 @@ impl<'a> Req<'a> {
                 && self.groups.iter().any(|g| g.id().unescaped() == i2))
     }
 
-    fn attr(&self, (ty, id): (&'a str, &'a str), attr: &str) -> Result<Val<'a>, String> {
+    fn attr(&self, (ty, id): (&'a str, &'a str), attr: &str) -> Result<Val<'a>, EvalError> {
         if self.is_principal(ty, id) {
             if attr == "name" {
                 return Ok(Val::Str(Cow::Borrowed(self.caller)));
@@ -390,12 +406,15 @@ impl<'a> Req<'a> {
                 return Ok(Val::Str(Cow::Borrowed(self.object)));
             }
         } else if !self.is_params(ty, id) {
-            return Err(format!("entity `{}` does not exist", entity_str(ty, id)));
+            return Err(EvalError(format!(
+                "entity `{}` does not exist",
+                entity_str(ty, id)
+            )));
         }
-        Err(format!(
+        Err(EvalError(format!(
             "`{}` does not have the attribute `{attr}`",
             entity_str(ty, id)
-        ))
+        )))
     }
 
     fn has(&self, (ty, id): (&str, &str), attr: &str) -> bool {
@@ -420,7 +439,7 @@ impl<'a> Req<'a> {
         self.is_principal(ty, id) || self.is_resource(ty, id) || self.is_params(ty, id)
     }
 
-    fn eval(&self, e: &'a Expr) -> Result<Val<'a>, String> {
+    fn eval(&self, e: &'a Expr) -> Result<Val<'a>, EvalError> {
         Ok(match e {
             Expr::Bool(b) => Val::Bool(*b),
             Expr::Long(n) => Val::Long(*n),
@@ -459,23 +478,7 @@ impl<'a> Req<'a> {
                 let ent = l.entity()?;
                 Val::Bool(self.tag(ent, k.string()?).is_some())
             }
-            Expr::GetTag(left, key) => {
-                let (l, k) = (self.eval(left)?, self.eval(key)?);
-                let (ty, id) = l.entity()?;
-                let tag = k.string()?;
-                match self.tag((ty, id), tag) {
-                    Some(v) => v,
-                    None if !self.entity_exists(ty, id) => {
-                        return Err(format!("entity `{}` does not exist", entity_str(ty, id)))
-                    }
-                    None => {
-                        return Err(format!(
-                            "`{}` does not have the tag `{tag}`",
-                            entity_str(ty, id)
-                        ))
-                    }
-                }
-            }
+            Expr::GetTag(left, key) => self.get_tag(left, key)?,
             Expr::Like(left, pattern) => Val::Bool(pattern.matches(self.eval(left)?.string()?)),
             Expr::Is(left, ty) => Val::Bool(self.eval(left)?.entity()?.0 == &**ty),
             Expr::Eq(l, r) => Val::Bool(equal(&self.eval(l)?, &self.eval(r)?)),
@@ -500,46 +503,74 @@ impl<'a> Req<'a> {
                     self.eval(f)?
                 }
             }
-            Expr::In(l, r) => {
-                let lv = self.eval(l)?;
-                match &**r {
-                    // a set literal: no need to build the set
-                    Expr::Set(items) => {
-                        let me = lv.entity()?;
-                        let mut found = false;
-                        for item in items {
-                            let v = self.eval(item)?;
-                            // every element must be an entity, even after a match
-                            let other = v.entity()?;
-                            found = found || self.within(me, other);
-                        }
-                        Val::Bool(found)
-                    }
-                    _ => {
-                        let rv = self.eval(r)?;
-                        let me = lv.entity()?;
-                        Val::Bool(match &rv {
-                            Val::Entity(t2, i2) => self.within(me, (t2, i2)),
-                            Val::Set(items) => {
-                                let mut found = false;
-                                for v in items {
-                                    let other = v.entity()?;
-                                    found = found || self.within(me, other);
-                                }
-                                found
-                            }
-                            other => return Err(other.type_error("set or entity")),
-                        })
-                    }
-                }
-            }
+            Expr::In(l, r) => Val::Bool(self.is_in(l, r)?),
         })
+    }
+
+    /// `left.getTag(key)`: the params' tag, or Cedar's error.
+    fn get_tag(&self, left: &'a Expr, key: &'a Expr) -> Result<Val<'a>, EvalError> {
+        let (l, k) = (self.eval(left)?, self.eval(key)?);
+        let (ty, id) = l.entity()?;
+        let tag = k.string()?;
+        match self.tag((ty, id), tag) {
+            Some(v) => Ok(v),
+            None if !self.entity_exists(ty, id) => Err(EvalError(format!(
+                "entity `{}` does not exist",
+                entity_str(ty, id)
+            ))),
+            None => Err(EvalError(format!(
+                "`{}` does not have the tag `{tag}`",
+                entity_str(ty, id)
+            ))),
+        }
+    }
+
+    /// `l in r`: `r` an entity or a set of entities (every element must be an
+    /// entity, even after a match, as in Cedar).
+    fn is_in(&self, l: &'a Expr, r: &'a Expr) -> Result<bool, EvalError> {
+        let lv = self.eval(l)?;
+        // a set literal: no need to build the set
+        if let Expr::Set(items) = r {
+            let me = lv.entity()?;
+            let mut found = false;
+            for item in items {
+                let v = self.eval(item)?;
+                let other = v.entity()?;
+                found = found || self.within(me, other);
+            }
+            return Ok(found);
+        }
+        let rv = self.eval(r)?;
+        let me = lv.entity()?;
+        match &rv {
+            Val::Entity(t2, i2) => Ok(self.within(me, (t2, i2))),
+            Val::Set(items) => {
+                let mut found = false;
+                for v in items {
+                    let other = v.entity()?;
+                    found = found || self.within(me, other);
+                }
+                Ok(found)
+            }
+            other => Err(other.type_error("set or entity")),
+        }
+    }
+}
+
+/// An error evaluating a condition, worded as Cedar words its own: the policy
+/// then does not hold, and the error is reported with the decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct EvalError(pub String);
+
+impl std::fmt::Display for EvalError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
 /// Does a policy with these conditions hold for `req` (its scopes already
 /// matched)? `Err` = evaluation error (the policy is then not satisfied).
-pub(super) fn satisfied(conds: &[Cond], req: &Req) -> Result<bool, String> {
+pub(super) fn satisfied(conds: &[Cond], req: &Req) -> Result<bool, EvalError> {
     for c in conds {
         if req.eval(&c.body)?.bool()? != c.want {
             return Ok(false);

@@ -34,72 +34,13 @@ impl Policy {
 
     fn parse_with(text: &str, validate: bool) -> Result<Policy, PolicyError> {
         let env = env()?;
-        let set = match PolicySet::from_str(text) {
-            Ok(s) => s,
-            Err(errs) => {
-                let msgs: Vec<String> = errs
-                    .iter()
-                    .map(|e| {
-                        let (m, off) = detail(e);
-                        at(text, off, &m)
-                    })
-                    .collect();
-                return Err(PolicyError::new(msgs.join("; ")));
-            }
-        };
-        if let Some(t) = set.templates().next() {
-            let off = ["?principal", "?resource"]
-                .iter()
-                .filter_map(|slot| text.find(slot))
-                .min();
-            return Err(PolicyError::new(at(
-                text,
-                off,
-                &format!(
-                    "policy `{}` is a template (uses ?principal/?resource); templates are not supported",
-                    t.id()
-                ),
-            )));
-        }
-
+        let set = parse_set(text)?;
         // File order and byte offset of every policy (Cedar numbers them policy0..).
         let mut policies: Vec<&cedar_policy::Policy> = set.policies().collect();
         policies.sort_by_key(|p| auto_index(id_str(p.id())).unwrap_or(usize::MAX));
-        let mut starts: HashMap<String, (usize, String)> = HashMap::new();
-        let mut cursor = 0;
-        for p in &policies {
-            let src = p.to_cedar().unwrap_or_default();
-            let start = text
-                .get(cursor..)
-                .and_then(|rest| rest.find(&src))
-                .map(|o| o + cursor);
-            if let Some(s) = start {
-                cursor = s + src.len();
-            }
-            starts.insert(p.id().to_string(), (start.unwrap_or(0), src));
-        }
-        let start_of = |id: &PolicyId| starts.get(id_str(id)).map(|(s, _)| *s);
+        let starts = locate(text, &policies);
+        let warnings = check_schema(env, &set, text, &starts, validate)?;
 
-        let result = env.validator.validate(&set, ValidationMode::Strict);
-        let errors: Vec<String> = result
-            .validation_errors()
-            .map(|e| {
-                let (m, off) = detail(e);
-                at(text, off.or_else(|| start_of(e.policy_id())), &m)
-            })
-            .collect();
-        if validate && !errors.is_empty() {
-            return Err(PolicyError::new(errors.join("; ")));
-        }
-        let warnings: Vec<String> = result
-            .validation_warnings()
-            .map(|w| {
-                let (m, off) = detail(w);
-                at(text, off.or_else(|| start_of(w.policy_id())), &m)
-            })
-            .collect();
-
-        // Annotations.
         let run = &env.actions[Action::Run.index()];
         let mut meta = HashMap::new();
         let mut ordered = Vec::new();
@@ -109,60 +50,11 @@ impl Policy {
                 .get(id_str(p.id()))
                 .map(|(s, t)| (*s, t.as_str()))
                 .unwrap_or((0, ""));
-            let err_at = |key: &str, msg: String| {
-                let off = src.find(&format!("@{key}")).map_or(start, |o| start + o);
-                let msg = format!("for policy `{}`, {msg}", p.id());
-                PolicyError::new(at(text, Some(off), &msg))
-            };
-            let mut name = p.id().to_string();
-            let mut limits = Limits::default();
-            for (key, value) in p.annotations() {
-                if key == "id" {
-                    if value.is_empty() {
-                        return Err(err_at(key, "@id must not be empty".into()));
-                    }
-                    name = value.to_string();
-                } else if key.starts_with("max_") {
-                    let known = ANNOTATED_LIMITS.contains(&key);
-                    let Some(slot) = limits.field_mut(key).filter(|_| known) else {
-                        return Err(err_at(
-                            key,
-                            format!(
-                                "unknown sandbox limit @{key} (known: {})",
-                                ANNOTATED_LIMITS.join(", ")
-                            ),
-                        ));
-                    };
-                    let parsed = if value.bytes().all(|b| b.is_ascii_digit()) {
-                        value.parse::<u64>().ok()
-                    } else {
-                        None
-                    };
-                    let Some(n) = parsed else {
-                        return Err(err_at(
-                            key,
-                            format!("@{key}(\"{value}\") is not a non-negative integer"),
-                        ));
-                    };
-                    *slot = Some(n);
-                    if p.effect() != Effect::Permit {
-                        return Err(err_at(
-                            key,
-                            format!("@{key} is only allowed on permit policies"),
-                        ));
-                    }
-                    if !covers_action(&p.action_constraint(), run) {
-                        return Err(err_at(
-                            key,
-                            format!(
-                                "@{key} has no effect: sandbox limits apply only to permits that can match Action::\"run\""
-                            ),
-                        ));
-                    }
-                }
-            }
+            let in_file = InFile { text, start, src };
+            let (name, limits) = annotations(p, &in_file, run)?;
             if !names.insert(name.clone()) {
-                return Err(err_at(
+                return Err(in_file.error(
+                    p,
                     "id",
                     format!("duplicate policy name `{name}` (@id must be unique)"),
                 ));
@@ -215,6 +107,166 @@ impl Policy {
     pub fn warnings(&self) -> &[String] {
         &self.inner.warnings
     }
+}
+
+/// Cedar's parse of `text`, refusing templates (`?principal`, `?resource`).
+fn parse_set(text: &str) -> Result<PolicySet, PolicyError> {
+    let set = match PolicySet::from_str(text) {
+        Ok(s) => s,
+        Err(errs) => {
+            let msgs: Vec<String> = errs
+                .iter()
+                .map(|e| {
+                    let (m, off) = detail(e);
+                    at(text, off, &m)
+                })
+                .collect();
+            return Err(PolicyError::new(msgs.join("; ")));
+        }
+    };
+    if let Some(t) = set.templates().next() {
+        let off = ["?principal", "?resource"]
+            .iter()
+            .filter_map(|slot| text.find(slot))
+            .min();
+        return Err(PolicyError::new(at(
+            text,
+            off,
+            &format!(
+                "policy `{}` is a template (uses ?principal/?resource); templates are not supported",
+                t.id()
+            ),
+        )));
+    }
+    Ok(set)
+}
+
+/// Each policy's byte offset in `text` and its own text, by policy id.
+fn locate(text: &str, policies: &[&cedar_policy::Policy]) -> HashMap<String, (usize, String)> {
+    let mut starts = HashMap::new();
+    let mut cursor = 0;
+    for p in policies {
+        let src = p.to_cedar().unwrap_or_default();
+        let start = text
+            .get(cursor..)
+            .and_then(|rest| rest.find(&src))
+            .map(|o| o + cursor);
+        if let Some(s) = start {
+            cursor = s + src.len();
+        }
+        starts.insert(p.id().to_string(), (start.unwrap_or(0), src));
+    }
+    starts
+}
+
+/// Strict validation against [`SCHEMA`]: its errors refuse the policy (when
+/// `validate`), its warnings are kept, each with its line and column.
+fn check_schema(
+    env: &Env,
+    set: &PolicySet,
+    text: &str,
+    starts: &HashMap<String, (usize, String)>,
+    validate: bool,
+) -> Result<Vec<String>, PolicyError> {
+    let start_of = |id: &PolicyId| starts.get(id_str(id)).map(|(s, _)| *s);
+    let result = env.validator.validate(set, ValidationMode::Strict);
+    let errors: Vec<String> = result
+        .validation_errors()
+        .map(|e| {
+            let (m, off) = detail(e);
+            at(text, off.or_else(|| start_of(e.policy_id())), &m)
+        })
+        .collect();
+    if validate && !errors.is_empty() {
+        return Err(PolicyError::new(errors.join("; ")));
+    }
+    Ok(result
+        .validation_warnings()
+        .map(|w| {
+            let (m, off) = detail(w);
+            at(text, off.or_else(|| start_of(w.policy_id())), &m)
+        })
+        .collect())
+}
+
+/// Where one policy is in the file, for errors about its annotations.
+struct InFile<'a> {
+    text: &'a str,
+    start: usize,
+    src: &'a str,
+}
+
+impl InFile<'_> {
+    /// An error about annotation `@key` of `p`, at that annotation.
+    fn error(&self, p: &cedar_policy::Policy, key: &str, msg: String) -> PolicyError {
+        let off = self
+            .src
+            .find(&format!("@{key}"))
+            .map_or(self.start, |o| self.start + o);
+        let msg = format!("for policy `{}`, {msg}", p.id());
+        PolicyError::new(at(self.text, Some(off), &msg))
+    }
+}
+
+/// A policy's name (`@id`, else Cedar's) and the sandbox limits of its `@max_*`
+/// annotations, which only permits that can match `run` may carry.
+fn annotations(
+    p: &cedar_policy::Policy,
+    in_file: &InFile,
+    run: &EntityUid,
+) -> Result<(String, Limits), PolicyError> {
+    let mut name = p.id().to_string();
+    let mut limits = Limits::default();
+    for (key, value) in p.annotations() {
+        if key == "id" {
+            if value.is_empty() {
+                return Err(in_file.error(p, key, "@id must not be empty".into()));
+            }
+            name = value.to_string();
+        } else if key.starts_with("max_") {
+            let known = ANNOTATED_LIMITS.contains(&key);
+            let Some(slot) = limits.field_mut(key).filter(|_| known) else {
+                return Err(in_file.error(
+                    p,
+                    key,
+                    format!(
+                        "unknown sandbox limit @{key} (known: {})",
+                        ANNOTATED_LIMITS.join(", ")
+                    ),
+                ));
+            };
+            let parsed = if value.bytes().all(|b| b.is_ascii_digit()) {
+                value.parse::<u64>().ok()
+            } else {
+                None
+            };
+            let Some(n) = parsed else {
+                return Err(in_file.error(
+                    p,
+                    key,
+                    format!("@{key}(\"{value}\") is not a non-negative integer"),
+                ));
+            };
+            *slot = Some(n);
+            if p.effect() != Effect::Permit {
+                return Err(in_file.error(
+                    p,
+                    key,
+                    format!("@{key} is only allowed on permit policies"),
+                ));
+            }
+            if !covers_action(&p.action_constraint(), run) {
+                return Err(in_file.error(
+                    p,
+                    key,
+                    format!(
+                        "@{key} has no effect: sandbox limits apply only to permits that can match Action::\"run\""
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((name, limits))
 }
 
 /// The native form of `p`'s conditions (see [`native::compile`]).

@@ -60,6 +60,39 @@ pub struct Question<'a> {
     pub chain: &'a [String],
 }
 
+/// Why [`PolicyState::ask_chain`] refused; its `Display` is the explanation a
+/// denial shows.
+#[derive(Debug, Clone)]
+pub enum Denied {
+    /// The target's policy does not allow the question.
+    Policy(Arc<Decision>),
+    /// A forbid of `peer`, who is on the script's chain (`a>b>c`), holds.
+    Chain {
+        peer: String,
+        decision: Arc<Decision>,
+        chain: String,
+    },
+}
+
+impl std::fmt::Display for Denied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Denied::Policy(d) => f.write_str(&d.explain()),
+            Denied::Chain {
+                peer,
+                decision,
+                chain,
+            } => write!(
+                f,
+                "{} for {peer}, who is on this script's chain ({chain}): a forbid holds for every peer on the chain",
+                decision.explain()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Denied {}
+
 impl PolicyState {
     /// Parses stored texts; a stored text that no longer parses (it was validated
     /// when written) denies everything rather than failing open.
@@ -211,20 +244,19 @@ impl PolicyState {
         None
     }
 
-    /// [`PolicyState::ask`] with the provenance rule ([`PolicyState::chain_forbid`]):
-    /// `Err` is the denial's explanation.
-    pub fn ask_chain(&self, q: &Question) -> std::result::Result<Arc<Decision>, String> {
+    /// [`PolicyState::ask`] with the provenance rule ([`PolicyState::chain_forbid`]).
+    pub fn ask_chain(&self, q: &Question) -> std::result::Result<Arc<Decision>, Denied> {
         let d = self.ask(q);
         if !d.allowed {
-            return Err(d.explain());
+            return Err(Denied::Policy(d));
         }
         match self.chain_forbid(q) {
             None => Ok(d),
-            Some((p, f)) => Err(format!(
-                "{} for {p}, who is on this script's chain ({}): a forbid holds for every peer on the chain",
-                f.explain(),
-                q.chain.join(">")
-            )),
+            Some((peer, decision)) => Err(Denied::Chain {
+                peer,
+                decision,
+                chain: q.chain.join(">"),
+            }),
         }
     }
 

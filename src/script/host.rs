@@ -10,6 +10,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult, Map, Module, Position, Scope, 
 use serde_json::Value;
 
 use super::{AstCache, Library, RunInput, Status};
+use crate::error::Result;
 use crate::names::{check_key, check_module_name, check_peer_name};
 use crate::store::Store;
 
@@ -44,13 +45,13 @@ pub struct SendRequest {
 /// The policy side of a run: what the caller may do at the target.
 pub trait Host {
     /// `Err(message)` names the action and the deciding policy.
-    fn check(&self, cap: Capability, object: &str) -> Result<(), String>;
+    fn check(&self, cap: Capability, object: &str) -> Result<()>;
     /// A static check over the compiled script before it runs.
-    fn check_script(&self, _ast: &AST) -> Result<(), String> {
+    fn check_script(&self, _ast: &AST) -> Result<()> {
         Ok(())
     }
     /// Reads the caller's state, as the caller's own policy lets the target.
-    fn caller_get(&self, key: &str) -> Result<Option<Value>, String>;
+    fn caller_get(&self, key: &str) -> Result<Option<Value>>;
     /// Whether a peer named `peer` exists for `send` (here, or in the lattice).
     fn knows_peer(&self, _peer: &str) -> bool {
         true
@@ -61,10 +62,10 @@ pub trait Host {
 pub struct OwnerHost;
 
 impl Host for OwnerHost {
-    fn check(&self, _: Capability, _: &str) -> Result<(), String> {
+    fn check(&self, _: Capability, _: &str) -> Result<()> {
         Ok(())
     }
-    fn caller_get(&self, _key: &str) -> Result<Option<Value>, String> {
+    fn caller_get(&self, _key: &str) -> Result<Option<Value>> {
         // Never reached: the owner's caller_get reads its own store directly.
         Ok(None)
     }
@@ -193,7 +194,7 @@ fn check(ctx: &mut Ctx, cap: Capability, object: &str) -> RhaiResult<()> {
     // SAFETY: see `install`.
     let host = unsafe { &*ctx.host };
     host.check(cap, object)
-        .map_err(|m| fatal(ctx, Status::Denied, m))
+        .map_err(|e| fatal(ctx, Status::Denied, e.message))
 }
 
 /// `max_value_bytes`: the value's JSON encoding, counted without building it.
@@ -248,7 +249,7 @@ fn storage_err(e: crate::error::Error) -> Box<EvalAltResult> {
 
 fn to_json(v: &Dynamic) -> RhaiResult<Value> {
     let j = serde_json::to_value(v).map_err(|e| format!("value cannot be stored: {e}"))?;
-    super::check_depth(&j, "value").map_err(|e| -> Box<EvalAltResult> { e.into() })?;
+    super::check_depth(&j, "value").map_err(|e| -> Box<EvalAltResult> { e.message.into() })?;
     Ok(j)
 }
 
@@ -269,7 +270,16 @@ fn to_dyn(v: Option<Value>) -> RhaiResult<Dynamic> {
     }
 }
 
+/// The host API: state ([`register_state`]) and the calls that reach beyond
+/// this peer's state or out of the run ([`register_calls`]).
 pub(super) fn register(engine: &mut Engine) {
+    register_state(engine);
+    register_calls(engine);
+}
+
+/// `get`, `set`, `remove` and `keys` on the target's state, each checked by
+/// the policy.
+fn register_state(engine: &mut Engine) {
     engine.register_fn("get", |key: &str| -> RhaiResult<Dynamic> {
         bad_key(key)?;
         let v = with_ctx(|c| {
@@ -295,30 +305,28 @@ pub(super) fn register(engine: &mut Engine) {
             store_w(c)?.remove(key).map_err(storage_err)
         })
     });
-    engine.register_fn("keys", |prefix: &str| -> RhaiResult<Array> {
-        with_ctx(|c| {
-            let limit = 100_000;
-            let keys = store(c).keys(prefix, limit).map_err(storage_err)?;
-            // Only the keys the caller may read; the owner may read all.
-            let host = unsafe { &*c.host };
-            Ok(keys
-                .into_iter()
-                .filter(|k| host.check(Capability::Read, k).is_ok())
-                .map(Dynamic::from)
-                .collect())
-        })
-    });
-    engine.register_fn("keys", || -> RhaiResult<Array> {
-        with_ctx(|c| {
-            let keys = store(c).keys("", 100_000).map_err(storage_err)?;
-            let host = unsafe { &*c.host };
-            Ok(keys
-                .into_iter()
-                .filter(|k| host.check(Capability::Read, k).is_ok())
-                .map(Dynamic::from)
-                .collect())
-        })
-    });
+    engine.register_fn("keys", readable_keys);
+    engine.register_fn("keys", || readable_keys(""));
+}
+
+/// The keys under `prefix` the caller may read (the owner: all).
+fn readable_keys(prefix: &str) -> RhaiResult<Array> {
+    with_ctx(|c| {
+        let limit = 100_000;
+        let keys = store(c).keys(prefix, limit).map_err(storage_err)?;
+        // SAFETY: see `install`.
+        let host = unsafe { &*c.host };
+        Ok(keys
+            .into_iter()
+            .filter(|k| host.check(Capability::Read, k).is_ok())
+            .map(Dynamic::from)
+            .collect())
+    })
+}
+
+/// `caller_get` (the caller's state, as the caller's policy allows), `send`
+/// and `log`.
+fn register_calls(engine: &mut Engine) {
     engine.register_fn("caller_get", |key: &str| -> RhaiResult<Dynamic> {
         bad_key(key)?;
         let v = with_ctx(|c| {
@@ -327,55 +335,10 @@ pub(super) fn register(engine: &mut Engine) {
             }
             let host = unsafe { &*c.host };
             host.caller_get(key)
-                .map_err(|m| fatal(c, Status::Denied, m))
+                .map_err(|e| fatal(c, Status::Denied, e.message))
         })?;
         to_dyn(v)
     });
-    fn send(peer: &str, script: &str, params: Map) -> RhaiResult<()> {
-        check_peer_name(peer).map_err(|e| -> Box<EvalAltResult> { e.message.into() })?;
-        let params = to_json(&Dynamic::from_map(params))?;
-        with_ctx(|c| {
-            check(c, Capability::Send, peer)?;
-            check_sizes(c, "the params sent", &params)?;
-            let host = unsafe { &*c.host };
-            if !host.knows_peer(peer) {
-                // A clear error now, not a message that could never be delivered.
-                return Err(format!(
-                    "send: no peer {peer:?} here: this daemon does not serve it, and it is in \
-                     no lattice (`--nats`) that could reach another daemon"
-                )
-                .into());
-            }
-            if let Some(m) = c.send_block.clone() {
-                return Err(fatal(c, Status::Limit, m));
-            }
-            if c.budget > 0 && c.sends.len() as u64 + 1 >= c.budget {
-                // Each script sent takes at least one run of the chain's budget,
-                // so a chain (a send worm too) ends however it fans out.
-                let msg = format!(
-                    "chain_budget reached: the chain that began at {} may make a bounded number \
-                     of runs in all, and this run's share ({}) lets it send at most {} scripts",
-                    c.origin,
-                    c.budget,
-                    c.budget - 1
-                );
-                return Err(fatal(c, Status::Limit, msg));
-            }
-            if c.sends.len() >= c.max_sends {
-                let msg = format!(
-                    "max_sends ({}) reached: a run may send at most that many scripts",
-                    c.max_sends
-                );
-                return Err(fatal(c, Status::Limit, msg));
-            }
-            c.sends.push(SendRequest {
-                to: peer.to_string(),
-                source: script.to_string(),
-                params,
-            });
-            Ok(())
-        })
-    }
     engine.register_fn("send", |peer: &str, script: &str| {
         send(peer, script, Map::new())
     });
@@ -391,6 +354,54 @@ pub(super) fn register(engine: &mut Engine) {
             Ok(())
         })
     });
+}
+
+/// `send(peer, script, params)`: a send request, kept until the run commits,
+/// within the run's sends, the chain's budget and the hop limit.
+fn send(peer: &str, script: &str, params: Map) -> RhaiResult<()> {
+    check_peer_name(peer).map_err(|e| -> Box<EvalAltResult> { e.message.into() })?;
+    let params = to_json(&Dynamic::from_map(params))?;
+    with_ctx(|c| {
+        check(c, Capability::Send, peer)?;
+        check_sizes(c, "the params sent", &params)?;
+        let host = unsafe { &*c.host };
+        if !host.knows_peer(peer) {
+            // A clear error now, not a message that could never be delivered.
+            return Err(format!(
+                "send: no peer {peer:?} here: this daemon does not serve it, and it is in \
+                 no lattice (`--nats`) that could reach another daemon"
+            )
+            .into());
+        }
+        if let Some(m) = c.send_block.clone() {
+            return Err(fatal(c, Status::Limit, m));
+        }
+        if c.budget > 0 && c.sends.len() as u64 + 1 >= c.budget {
+            // Each script sent takes at least one run of the chain's budget,
+            // so a chain (a send worm too) ends however it fans out.
+            let msg = format!(
+                "chain_budget reached: the chain that began at {} may make a bounded number \
+                 of runs in all, and this run's share ({}) lets it send at most {} scripts",
+                c.origin,
+                c.budget,
+                c.budget - 1
+            );
+            return Err(fatal(c, Status::Limit, msg));
+        }
+        if c.sends.len() >= c.max_sends {
+            let msg = format!(
+                "max_sends ({}) reached: a run may send at most that many scripts",
+                c.max_sends
+            );
+            return Err(fatal(c, Status::Limit, msg));
+        }
+        c.sends.push(SendRequest {
+            to: peer.to_string(),
+            source: script.to_string(),
+            params,
+        });
+        Ok(())
+    })
 }
 
 pub(super) fn on_print(s: &str) {

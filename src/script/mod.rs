@@ -1,5 +1,7 @@
-//! The Rhai engine: sandbox limits, the host API, the module resolver and the
-//! compiled-script cache.
+//! The Rhai engine: this file is the sandboxed run (compile, run, classify its
+//! end); beside it are the sandbox limits (`limits`), the host API and module
+//! resolver (`host`), the compiled-script cache (`cache`), value sizes (`sizes`)
+//! and the counting allocator (`alloc`).
 //!
 //! One [`ScriptEngine`] lives on each worker thread. A run installs its context
 //! (the target's store, caller, limits, output buffer) in a thread-local for the
@@ -117,10 +119,11 @@ pub fn value_depth(v: &Value) -> usize {
 }
 
 /// `Err` when `v` nests too deeply to be written as JSON and read back.
-pub fn check_depth(v: &Value, what: &str) -> Result<(), String> {
+pub fn check_depth(v: &Value, what: &str) -> crate::error::Result<()> {
     let d = value_depth(v);
     if d > MAX_VALUE_DEPTH {
-        return Err(format!(
+        return Err(crate::error::err!(
+            libc::EINVAL,
             "{what} nests arrays/maps {d} levels deep: at most {MAX_VALUE_DEPTH} can be kept as JSON"
         ));
     }
@@ -265,27 +268,10 @@ impl ScriptEngine {
             Err((s, m)) => return fail(s, m),
         };
         if let Err(denied) = host.check_script(&ast) {
-            return fail(Status::Denied, denied);
+            return fail(Status::Denied, denied.message);
         }
         self.apply(input.limits);
-
-        let mut caller = Map::new();
-        caller.insert("name".into(), input.caller.into());
-        let chain: rhai::Array = if input.chain.is_empty() {
-            vec![input.caller.into()]
-        } else {
-            input.chain.iter().map(|p| p.as_str().into()).collect()
-        };
-        caller.insert("origin".into(), chain[0].clone());
-        caller.insert("chain".into(), chain.into());
-        let params = rhai::serde::to_dynamic(input.params).unwrap_or(Dynamic::UNIT);
-        caller.insert("params".into(), params);
-        let mut target = Map::new();
-        target.insert("name".into(), input.target.into());
-        let mut scope = Scope::new();
-        scope.push_constant("caller", caller);
-        scope.push_constant("target", target);
-
+        let mut scope = scope_of(input);
         let deadline = started + Duration::from_millis(input.limits.max_wall_ms);
         let guard = host::install(store, host, input, deadline);
         let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast);
@@ -304,36 +290,13 @@ impl ScriptEngine {
             wrote: savepoint,
             storage_error: ctx.storage_error,
         };
-        match result {
-            Ok(v) => match serde_json::to_value(&v) {
-                // A value that could not be read back would poison its result's
-                // delivery: the run that made it fails instead.
-                Ok(j) => match check_depth(&j, "the script's value") {
-                    Ok(()) => match limits::size_error(
-                        &j,
-                        "the script's value",
-                        input.limits.max_array_size,
-                        input.limits.max_map_size,
-                        input.limits.max_string_size,
-                    ) {
-                        None => out.value = j,
-                        Some(e) => {
-                            out.status = Status::Limit;
-                            out.error = Some(e);
-                        }
-                    },
-                    Err(e) => {
-                        out.status = Status::Error;
-                        out.error = Some(e);
-                    }
-                },
-                Err(e) => {
-                    out.status = Status::Error;
-                    out.error = Some(format!("the script's value cannot be shown as JSON: {e}"));
-                }
-            },
-            Err(e) => {
-                let (status, msg) = classify(&e, input.limits, ctx.fatal);
+        let value = match result {
+            Ok(v) => value_of(&v, input.limits),
+            Err(e) => Err(classify(&e, input.limits, ctx.fatal)),
+        };
+        match value {
+            Ok(j) => out.value = j,
+            Err((status, msg)) => {
                 out.status = status;
                 out.error = Some(msg);
             }
@@ -353,6 +316,48 @@ impl ScriptEngine {
             }
         }
         out
+    }
+}
+
+/// The constants a script sees: `caller` (its name, origin, chain and params)
+/// and `target` (its name).
+fn scope_of(input: &RunInput) -> Scope<'static> {
+    let mut caller = Map::new();
+    caller.insert("name".into(), input.caller.into());
+    let chain: rhai::Array = if input.chain.is_empty() {
+        vec![input.caller.into()]
+    } else {
+        input.chain.iter().map(|p| p.as_str().into()).collect()
+    };
+    caller.insert("origin".into(), chain[0].clone());
+    caller.insert("chain".into(), chain.into());
+    let params = rhai::serde::to_dynamic(input.params).unwrap_or(Dynamic::UNIT);
+    caller.insert("params".into(), params);
+    let mut target = Map::new();
+    target.insert("name".into(), input.target.into());
+    let mut scope = Scope::new();
+    scope.push_constant("caller", caller);
+    scope.push_constant("target", target);
+    scope
+}
+
+/// A script's value as the JSON of its result. A value that could not be read
+/// back would poison its result's delivery: the run that made it fails instead.
+fn value_of(v: &Dynamic, limits: &Limits) -> Result<Value, (Status, String)> {
+    let j = serde_json::to_value(v).map_err(|e| {
+        let msg = format!("the script's value cannot be shown as JSON: {e}");
+        (Status::Error, msg)
+    })?;
+    check_depth(&j, "the script's value").map_err(|e| (Status::Error, e.message))?;
+    match limits::size_error(
+        &j,
+        "the script's value",
+        limits.max_array_size,
+        limits.max_map_size,
+        limits.max_string_size,
+    ) {
+        None => Ok(j),
+        Some(e) => Err((Status::Limit, e)),
     }
 }
 

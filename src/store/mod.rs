@@ -1,4 +1,6 @@
-//! Storage: the trait every backend implements, and the SQLite backend (the default).
+//! Storage: the trait every backend implements (this file, with the plain types
+//! it speaks in), and beside it the SQLite backend (`sqlite`, the default), the
+//! checks of rows read back (`rows`) and how a value maps to a file (`value`).
 //!
 //! A store belongs to one peer and is used by one thread at a time. Writes happen
 //! inside `begin()`..`commit()`; each run inside that is wrapped in a savepoint so

@@ -25,18 +25,37 @@ pub const MAX_ROW_BYTES: usize = 64 << 20;
 /// Longest id (run ids are 26 characters; message ids add `-N` per hop).
 pub const MAX_ID: usize = 256;
 
-type Check<T> = std::result::Result<T, String>;
+/// Why a stored row is refused (it names the column and the rule it breaks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow(pub String);
+
+impl std::fmt::Display for BadRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadRow {}
+
+/// `bad!("{what} is ...")`: a [`BadRow`] with a formatted reason.
+macro_rules! bad {
+    ($($arg:tt)*) => {
+        BadRow(format!($($arg)*))
+    };
+}
+
+type Check<T> = std::result::Result<T, BadRow>;
 
 fn text(r: &Row, i: usize, what: &str) -> rusqlite::Result<Check<String>> {
     Ok(match r.get_ref(i)? {
         ValueRef::Text(b) => match std::str::from_utf8(b) {
             Ok(s) => Ok(s.to_string()),
-            Err(e) => Err(format!(
+            Err(e) => Err(bad!(
                 "{what} is not UTF-8 (invalid byte at offset {})",
                 e.valid_up_to()
             )),
         },
-        other => Err(format!("{what} is {:?}, not text", other.data_type())),
+        other => Err(bad!("{what} is {:?}, not text", other.data_type())),
     })
 }
 
@@ -50,24 +69,24 @@ fn opt_text(r: &Row, i: usize, what: &str) -> rusqlite::Result<Check<Option<Stri
 fn bytes(r: &Row, i: usize, what: &str) -> rusqlite::Result<Check<Vec<u8>>> {
     Ok(match r.get_ref(i)? {
         ValueRef::Blob(b) | ValueRef::Text(b) if b.len() <= MAX_ROW_BYTES => Ok(b.to_vec()),
-        ValueRef::Blob(b) | ValueRef::Text(b) => Err(format!(
+        ValueRef::Blob(b) | ValueRef::Text(b) => Err(bad!(
             "{what} is {} bytes: at most {MAX_ROW_BYTES} are allowed",
             b.len()
         )),
-        other => Err(format!("{what} is {:?}, not bytes", other.data_type())),
+        other => Err(bad!("{what} is {:?}, not bytes", other.data_type())),
     })
 }
 
 fn int(r: &Row, i: usize, what: &str) -> rusqlite::Result<Check<i64>> {
     Ok(match r.get_ref(i)? {
         ValueRef::Integer(n) => Ok(n),
-        other => Err(format!("{what} is {:?}, not an integer", other.data_type())),
+        other => Err(bad!("{what} is {:?}, not an integer", other.data_type())),
     })
 }
 
 fn in_range(n: i64, lo: i64, hi: i64, what: &str) -> Check<i64> {
     if n < lo || n > hi {
-        return Err(format!("{what} is {n}: it must be between {lo} and {hi}"));
+        return Err(bad!("{what} is {n}: it must be between {lo} and {hi}"));
     }
     Ok(n)
 }
@@ -75,7 +94,7 @@ fn in_range(n: i64, lo: i64, hi: i64, what: &str) -> Check<i64> {
 /// A run or message id: letters, digits and `-`, at most [`MAX_ID`] bytes.
 pub fn check_id(id: &str, what: &str) -> Check<()> {
     if id.is_empty() || id.len() > MAX_ID {
-        return Err(format!(
+        return Err(bad!(
             "{what} has {} bytes: it must have 1 to {MAX_ID}",
             id.len()
         ));
@@ -84,7 +103,7 @@ pub fn check_id(id: &str, what: &str) -> Check<()> {
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
     {
-        return Err(format!(
+        return Err(bad!(
             "{what} {id:?} has {c:?}: only letters, digits and '-'"
         ));
     }
@@ -93,9 +112,9 @@ pub fn check_id(id: &str, what: &str) -> Check<()> {
 
 /// A script's file name as an inbox takes it: one valid segment, not a staging name.
 pub fn check_script_name(name: &str) -> Check<()> {
-    check_segment("script name", name).map_err(|e| e.message)?;
+    check_segment("script name", name).map_err(|e| BadRow(e.message))?;
     if is_staging_name(name) {
-        return Err(format!(
+        return Err(bad!(
             "script name {name:?} is a staging name (begins with '.' or ends with '~')"
         ));
     }
@@ -103,14 +122,14 @@ pub fn check_script_name(name: &str) -> Check<()> {
 }
 
 fn peer(name: &str, what: &str) -> Check<()> {
-    check_peer_name(name).map_err(|e| format!("{what}: {}", e.message))
+    check_peer_name(name).map_err(|e| bad!("{what}: {}", e.message))
 }
 
 fn json_object(text: &str, what: &str) -> Check<()> {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
-        Ok(_) => Err(format!("{what} is not a JSON object")),
-        Err(e) => Err(format!("{what} is not JSON: {e}")),
+        Ok(_) => Err(bad!("{what} is not a JSON object")),
+        Err(e) => Err(bad!("{what} is not JSON: {e}")),
     }
 }
 
@@ -123,7 +142,7 @@ pub fn parse_chain(text: Option<&str>, last: &str) -> Check<Vec<String>> {
     }
     let chain: Vec<String> = text.split(' ').map(str::to_string).collect();
     if chain.len() as i64 > MAX_STORED_HOPS + 1 {
-        return Err(format!("chain has {} peers: too many", chain.len()));
+        return Err(bad!("chain has {} peers: too many", chain.len()));
     }
     for p in &chain {
         peer(p, "chain")?;
@@ -167,7 +186,7 @@ pub(crate) fn job(r: &Row) -> rusqlite::Result<(i64, Check<Job>)> {
         }
         let chain = parse_chain(chain?.as_deref(), &caller)?;
         if chain.last() != Some(&caller) {
-            return Err(format!(
+            return Err(bad!(
                 "chain {:?} does not end with the caller {caller:?}",
                 chain_text(&chain)
             ));
@@ -220,7 +239,7 @@ pub(crate) fn outgoing(r: &Row) -> rusqlite::Result<(i64, Check<Outgoing>)> {
         match kind.as_str() {
             "script" => json_object(&params, "params")?,
             "result" => json_object(&payload, "result")?,
-            other => return Err(format!("kind {other:?} is neither script nor result")),
+            other => return Err(bad!("kind {other:?} is neither script nor result")),
         }
         // An empty chain is completed with the sender by the executor.
         let chain = match chain?.as_deref() {

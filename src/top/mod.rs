@@ -21,28 +21,33 @@ use ratatui::Frame;
 
 use model::{duration, PeerRow, Reading, Summary};
 
+use crate::error::{err, Result};
+
 const EVERY: Duration = Duration::from_secs(1);
 
-fn read(path: &Path) -> Result<Reading, String> {
+fn read(path: &Path) -> Result<Reading> {
     std::fs::read_to_string(path)
         .map(|t| Reading::parse(&t))
         .map_err(|e| {
-            format!(
+            err!(
+                e.raw_os_error().unwrap_or(libc::EIO),
                 "cannot read {}: {e}: is a peerfs daemon serving that mount?",
                 path.display()
             )
+            .with_source(e)
         })
 }
 
 /// Runs the view until `q` (or Esc, or Ctrl-C). Fails before touching the
 /// terminal when the mount shows no metrics.
-pub fn run(mount: &Path) -> Result<(), String> {
+pub fn run(mount: &Path) -> Result<()> {
     let path: PathBuf = mount.join(".peerfs").join("metrics");
     let mut now = read(&path)?;
     let mut prev: Option<(Reading, Instant)> = None;
     let mut at = Instant::now();
     let mut problem: Option<String> = None;
-    let mut term = ratatui::try_init().map_err(|e| format!("cannot set up the terminal: {e}"))?;
+    let mut term = ratatui::try_init()
+        .map_err(|e| err!(libc::EIO, "cannot set up the terminal: {e}").with_source(e))?;
     let r = (|| -> std::io::Result<()> {
         loop {
             let secs = prev
@@ -70,13 +75,13 @@ pub fn run(mount: &Path) -> Result<(), String> {
                     prev = Some((std::mem::replace(&mut now, r), at));
                     problem = None;
                 }
-                Err(e) => problem = Some(e),
+                Err(e) => problem = Some(e.message),
             }
             at = Instant::now();
         }
     })();
     ratatui::restore();
-    r.map_err(|e| format!("terminal: {e}"))
+    r.map_err(|e| err!(libc::EIO, "terminal: {e}").with_source(e))
 }
 
 fn draw(f: &mut Frame, mount: &Path, s: &Summary, rows: &[PeerRow], problem: Option<&str>) {

@@ -291,7 +291,7 @@ impl Vfs {
             }),
         );
         rx.recv()
-            .map_err(|_| err!(libc::EIO, "the daemon stopped"))??;
+            .map_err(|_| crate::Error::stopped(format_args!("{newname} was applied")))??;
         self.staged.lock().unwrap().remove(&src);
         self.entries_changed(&Node::Peer(peer.to_string()));
         Ok(())
@@ -352,7 +352,7 @@ impl Vfs {
             }),
         );
         rx.recv()
-            .map_err(|_| err!(libc::EIO, "the daemon stopped"))?
+            .map_err(|_| crate::Error::stopped("the script was submitted"))?
     }
 
     pub(super) fn submit_async(&self, node: &Node, data: Vec<u8>, reply: Reply<()>) {

@@ -241,7 +241,7 @@ impl Vfs {
     /// folder it was in (`at` is the node acted on, or the folder of `name`), so
     /// that a user who sees only `Invalid argument` finds the reason in `log`.
     /// The answers every program expects (no such name, already there, not yet,
-    /// no extended attributes) are no refusals. Refusals at the mount's root have
+    /// no extended attributes, the daemon stopped) are no refusals. Refusals at the mount's root have
     /// no peer: they stay in the daemon's log.
     pub fn refused(&self, op: &str, at: &Node, name: Option<&str>, e: &Error) {
         let expected = [
@@ -249,6 +249,7 @@ impl Vfs {
             libc::EEXIST,
             libc::EAGAIN,
             libc::EINTR,
+            crate::error::STOPPED,
             libc::ENODATA,
             libc::ENOSYS,
             libc::EOPNOTSUPP,

@@ -1,12 +1,13 @@
 //! The SQLite backend: one file per peer, WAL, `synchronous=FULL` (a commit is on
 //! disk when it returns), schema versioned with `PRAGMA user_version`.
 //!
-//! This file owns the connection (opening the writer and readers, durability
-//! per transaction) and the [`Store`] implementation: transactions, state,
-//! modules, meta, the queue, runs and the outbox, the log and sent messages.
-//! Beside it:
+//! This file is the [`SqliteStore`] and its [`Store`] implementation:
+//! transactions (durability per transaction), state, modules, meta, the queue,
+//! runs and the outbox, the log and sent messages. Beside it: `open` (opening the
+//! writer and readers, the sync mode, and the helpers the methods share),
 //! `schema` (the tables and their migrations), `state` (how a value is kept: the
-//! shape of keys and folders, one blob per value, giving space back) and the tests.
+//! shape of keys and folders, one blob per value, giving space back), `folders`
+//! (folders of `state/` kept apart from keys) and the tests.
 
 mod folders;
 mod open;
@@ -640,7 +641,7 @@ impl Store for SqliteStore {
     }
 
     fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>> {
-        let rows: Vec<(i64, std::result::Result<Outgoing, String>)> = {
+        let rows: Vec<(i64, std::result::Result<Outgoing, rows::BadRow>)> = {
             let sql = format!(
                 "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
                 rows::SENT_COLS

@@ -107,7 +107,7 @@ impl SqliteStore {
         arg: rusqlite::types::Value,
         refuse: bool,
     ) -> Result<Vec<Job>> {
-        let rows: Vec<(i64, std::result::Result<Job, String>)> = {
+        let rows: Vec<(i64, std::result::Result<Job, rows::BadRow>)> = {
             let mut stmt = self.conn.prepare_cached(sql)?;
             let it = stmt.query_map([arg], rows::job)?;
             it.collect::<rusqlite::Result<_>>()?
