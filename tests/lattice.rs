@@ -681,7 +681,14 @@ fn fails_fast(view: &Path, why: &str, want: &[i32]) {
         ("cat", &cat_secret),
     ] {
         let t = std::time::Instant::now();
-        let e = op().expect_err(what);
+        let e = match op() {
+            Err(e) => e,
+            Ok(n) => panic!(
+                "{what} with {why} succeeded ({n}: {:?}) after {:?}",
+                fs::read_dir(view).map(|d| d.map(|e| e.map(|e| e.file_name())).collect::<Vec<_>>()),
+                t.elapsed()
+            ),
+        };
         assert!(want.contains(&errno(&e)), "{what} with {why}: {e}");
         assert!(
             t.elapsed() < Duration::from_secs(5),
