@@ -1,11 +1,12 @@
 //! What one open file is, as types: a reader (the bytes it shows) or a writer (its
 //! buffer, what it has changed that a close would commit, the commits in flight),
 //! and the table of open files, each behind its own lock so that requests on
-//! different files never wait for each other. The operations are in `handles`.
+//! different files never wait for each other; which process a writer belongs to
+//! (only its opener's close commits). The operations are in `handles`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use super::budget::Charge;
 use super::{Caller, Node, Reply};
@@ -200,7 +201,7 @@ impl Writer {
         Writer {
             buf,
             changes,
-            owner: super::handles::leader(who.pid),
+            owner: leader(who.pid),
             opener: who.pid,
             committing: 0,
             waiters: Vec::new(),
@@ -234,21 +235,58 @@ impl Handle {
     }
 }
 
+/// `pid` if it leads its thread group (is its own process), else 0: the process is
+/// then looked up only if a close comes from another thread (see `Vfs::flush`).
+fn leader(pid: u32) -> u32 {
+    if pid == 0 {
+        return 0;
+    }
+    // SAFETY: a plain syscall with integer arguments; the fd it returns is closed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as libc::c_int) };
+        pid
+    } else {
+        0
+    }
+}
+
+/// The thread group of `pid` (FUSE requests carry the thread's id), or `pid` itself
+/// when /proc does not say; 0 stays 0 (a process outside the daemon's pid namespace).
+pub(super) fn process_of(pid: u32) -> u32 {
+    if pid == 0 {
+        return 0;
+    }
+    // Fast path: the usual single-threaded `cp`, shell or editor is its own process.
+    if leader(pid) == pid {
+        return pid;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(pid)
+}
+
 /// One open file, behind its own lock.
 pub(super) type Shared = Arc<Mutex<Handle>>;
 
-/// The open files by handle number. The table's lock is held only to find,
-/// add or remove an entry, never while a handle's own lock is taken.
+/// The open files by handle number. The table's lock is held only to find
+/// (shared), add or remove (exclusive) an entry, never while a handle's own lock
+/// is taken.
 pub(super) struct Handles {
     next: AtomicU64,
-    open: Mutex<HashMap<u64, Shared>>,
+    open: RwLock<HashMap<u64, Shared>>,
 }
 
 impl Handles {
     pub(super) fn new() -> Handles {
         Handles {
             next: AtomicU64::new(1),
-            open: Mutex::new(HashMap::new()),
+            open: RwLock::new(HashMap::new()),
         }
     }
 
@@ -260,23 +298,23 @@ impl Handles {
     pub(super) fn insert(&self, h: Handle) -> u64 {
         let fh = self.number();
         self.open
-            .lock()
+            .write()
             .unwrap()
             .insert(fh, Arc::new(Mutex::new(h)));
         fh
     }
 
     pub(super) fn get(&self, fh: u64) -> Option<Shared> {
-        self.open.lock().unwrap().get(&fh).cloned()
+        self.open.read().unwrap().get(&fh).cloned()
     }
 
     pub(super) fn remove(&self, fh: u64) -> Option<Shared> {
-        self.open.lock().unwrap().remove(&fh)
+        self.open.write().unwrap().remove(&fh)
     }
 
     /// Every open file, for the rare scans (unlink, a removed file's fstat).
     pub(super) fn all(&self) -> Vec<Shared> {
-        self.open.lock().unwrap().values().cloned().collect()
+        self.open.read().unwrap().values().cloned().collect()
     }
 }
 

@@ -4,47 +4,11 @@
 
 use std::sync::Arc;
 
-use super::handle::{Buffer, Changes, Handle, Open, Reader, Writer};
+use super::handle::{process_of, Buffer, Changes, Handle, Open, Reader, Writer};
 use super::staging::Staged;
 use super::*;
 use crate::error::err;
 use crate::error::Result;
-
-/// `pid` if it leads its thread group (is its own process), else 0: the process is
-/// then looked up only if a close comes from another thread (see `Vfs::flush`).
-pub(super) fn leader(pid: u32) -> u32 {
-    if pid == 0 {
-        return 0;
-    }
-    // SAFETY: a plain syscall with integer arguments; the fd it returns is closed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd >= 0 {
-        unsafe { libc::close(fd as libc::c_int) };
-        pid
-    } else {
-        0
-    }
-}
-
-/// The thread group of `pid` (FUSE requests carry the thread's id), or `pid` itself
-/// when /proc does not say; 0 stays 0 (a process outside the daemon's pid namespace).
-pub(super) fn process_of(pid: u32) -> u32 {
-    if pid == 0 {
-        return 0;
-    }
-    // Fast path: the usual single-threaded `cp`, shell or editor is its own process.
-    if leader(pid) == pid {
-        return pid;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
-        })
-        .unwrap_or(pid)
-}
 
 impl Vfs {
     pub(super) fn staged_get(&self, parent: &Node, name: &str) -> Option<Staged> {
