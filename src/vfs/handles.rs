@@ -1,6 +1,7 @@
-//! Open files: open, read, write and close of a handle (the states of one are in
-//! `handle`), staging files' bytes, the size and offset checks, and the
-//! opener-process rule (only the opener's close commits).
+//! Open files: opening a reader or a writer (charged to the peer's budget), read,
+//! write, the bytes a file shows, the size and offset checks, and the opener rule
+//! at a close (only the opener's close commits; `commit` does the rest). What a
+//! handle is, as types, is in `handle`.
 
 use std::sync::Arc;
 
