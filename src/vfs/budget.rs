@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::err;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// The budget every peer has, and each peer's counter.
 pub(super) struct Budget {
@@ -70,6 +70,15 @@ impl Budget {
 }
 
 impl Held {
+    /// `EDQUOT` if `more` bytes would pass the budget; nothing taken either way.
+    pub(super) fn check(&self, more: u64) -> Result<()> {
+        let (held, budget) = (self.bytes.load(Ordering::Acquire), self.limit());
+        if held.saturating_add(more) > budget {
+            return Err(self.refusal(held, more, budget));
+        }
+        Ok(())
+    }
+
     /// Takes `more` bytes if the peer stays within its budget (`EDQUOT` if not,
     /// nothing taken). Check and take are one atomic step: two writers cannot
     /// both pass on the same last bytes.
@@ -77,20 +86,26 @@ impl Held {
         if more == 0 {
             return Ok(());
         }
-        let budget = self.limit.load(Ordering::Relaxed);
+        let budget = self.limit();
         self.bytes
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 (held.saturating_add(more) <= budget).then_some(held + more)
             })
             .map(|_| ())
-            .map_err(|held| {
-                err!(
-                    libc::EDQUOT,
-                    "{} holds {held} bytes in open files (read or written) and staging files, and \
-                     {more} more would pass its budget of {budget}: close or remove some first",
-                    self.peer
-                )
-            })
+            .map_err(|held| self.refusal(held, more, budget))
+    }
+
+    fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    fn refusal(&self, held: u64, more: u64, budget: u64) -> Error {
+        err!(
+            libc::EDQUOT,
+            "{} holds {held} bytes in open files (read or written) and staging files, and \
+             {more} more would pass its budget of {budget}: close or remove some first",
+            self.peer
+        )
     }
 
     /// Moves a charge of `from` bytes to `to`, unchecked: bytes that are held whatever
@@ -156,6 +171,10 @@ mod tests {
         assert_eq!(e.errno, libc::EDQUOT);
         assert!(e.message.contains("alice holds 60 bytes"), "{}", e.message);
         assert_eq!(b.held("alice"), 60, "a refused charge takes nothing");
+        let alice = b.of("alice");
+        assert_eq!(alice.check(41).unwrap_err().errno, libc::EDQUOT);
+        alice.check(40).unwrap();
+        assert_eq!(b.held("alice"), 60, "a check takes nothing");
         c2.resize(40).unwrap();
         c1.resize(10).unwrap();
         assert_eq!(b.held("alice"), 50);

@@ -122,18 +122,23 @@ impl Staging {
     /// against the budget (`EDQUOT`, nothing changed). `Ok(false)`: no such file.
     pub(super) fn resize(&self, key: &Key, size: u64, now_ns: i64) -> Result<bool> {
         let mut files = self.files.lock().unwrap();
-        let Some(s) = files.get_mut(key) else {
-            return Ok(false);
-        };
-        let len = s.data.len() as u64;
+        let s = files.get_mut(key);
+        let len = s.as_ref().map_or(0, |s| s.data.len() as u64);
         if let Some(peer) = key.0.peer() {
             let held = self.budget.of(peer);
-            if size > len {
+            if s.is_none() {
+                // No file to cut (refused below), but past the budget it is
+                // EDQUOT first, as ever.
+                held.check(size)?;
+            } else if size > len {
                 held.take(size - len)?;
             } else {
                 held.adjust(len, size);
             }
         }
+        let Some(s) = s else {
+            return Ok(false);
+        };
         s.data.resize(size as usize, 0);
         s.mtime_ns = now_ns;
         s.ctime_ns = now_ns;
