@@ -503,6 +503,140 @@ fn truncating_a_staging_file_by_path_counts_against_the_budget() {
     f.put(&bob_inbox, ".s", &vec![b' '; 900 << 10]).unwrap();
 }
 
+/// The budget is a counter per peer: right after each write, truncation and close
+/// it says what the peer's handles and staging files hold, a write past it is
+/// `EDQUOT` and takes nothing, and it is back at zero once every file is closed.
+#[test]
+fn the_budget_counter_follows_writes_truncates_and_closes() {
+    const K: u64 = 1 << 10;
+    let f = fs();
+    f.vfs.set_buffer_budget(1 << 20);
+    let held = || f.vfs.held_bytes("alice");
+    f.put(&state(""), "x", &vec![7u8; (200 * K) as usize])
+        .unwrap();
+    assert_eq!(held(), 0, "a closed handle holds nothing");
+    let create = |name: &str| {
+        let flags = OpenFlags::from_libc(libc::O_WRONLY | libc::O_CREAT);
+        f.vfs.create(&state(""), name, flags, &f.who).unwrap().2.fh
+    };
+    let (a, b) = (create("a"), create("b"));
+    f.vfs.write(a, 0, &vec![1u8; (300 * K) as usize]).unwrap();
+    assert_eq!(held(), 300 * K);
+    f.vfs
+        .write(b, 100 * K, &vec![2u8; (200 * K) as usize])
+        .unwrap();
+    assert_eq!(held(), 600 * K, "a write past the end holds the gap too");
+    f.vfs.write(b, 0, b"overwrite").unwrap();
+    assert_eq!(
+        held(),
+        600 * K,
+        "a write inside the buffer holds nothing more"
+    );
+    // Truncations through a handle: down gives back, up takes.
+    f.vfs
+        .setattr(&key("a"), Some(a), SetAttr::size(100 * K))
+        .unwrap();
+    assert_eq!(held(), 400 * K);
+    f.vfs
+        .setattr(&key("b"), Some(b), SetAttr::size(500 * K))
+        .unwrap();
+    assert_eq!(held(), 600 * K);
+    // A reader holds its snapshot.
+    let r = f.vfs.open(&key("x"), OpenFlags::READ, &f.who).unwrap().fh;
+    assert_eq!(held(), 800 * K);
+    // Past the budget: refused as before, nothing taken.
+    let e = f
+        .vfs
+        .write(a, 100 * K, &vec![3u8; (300 * K) as usize])
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EDQUOT, "{}", e.message);
+    assert!(
+        e.message.contains(&format!("holds {} bytes", 800 * K)),
+        "{}",
+        e.message
+    );
+    let e = f
+        .vfs
+        .setattr(&key("b"), Some(b), SetAttr::size(800 * K))
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EDQUOT, "{}", e.message);
+    assert_eq!(held(), 800 * K);
+    // A staging file holds its bytes after its handle has closed.
+    f.put(&inbox(), ".s", &vec![b' '; (50 * K) as usize])
+        .unwrap();
+    assert_eq!(held(), 850 * K);
+    // Another peer's counter is its own.
+    let bob = Node::State {
+        peer: "bob".into(),
+        dir: String::new(),
+    };
+    let flags = OpenFlags::from_libc(libc::O_WRONLY | libc::O_CREAT);
+    let c = f.vfs.create(&bob, "c", flags, &f.who).unwrap().2.fh;
+    f.vfs.write(c, 0, &vec![4u8; (900 * K) as usize]).unwrap();
+    assert_eq!((held(), f.vfs.held_bytes("bob")), (850 * K, 900 * K));
+    // A flush commits but the handle holds its buffer until its release.
+    f.flush(a).unwrap();
+    assert_eq!(held(), 850 * K);
+    f.vfs.release(a);
+    assert_eq!(held(), 750 * K);
+    // An unlinked writer gives its bytes back at its release, storing nothing.
+    f.vfs.unlink(&state(""), "b").unwrap();
+    f.close(b).unwrap();
+    assert_eq!(held(), 250 * K);
+    f.vfs.release(r);
+    assert_eq!(held(), 50 * K);
+    f.vfs.unlink(&inbox(), ".s").unwrap();
+    f.close(c).unwrap();
+    assert_eq!((held(), f.vfs.held_bytes("bob")), (0, 0));
+    assert_eq!(f.read(&key("a")).unwrap().len() as u64, 100 * K);
+}
+
+/// Writers on different handles of one peer racing for the last bytes of its
+/// budget: the check and the take are one step, so together they fill it
+/// exactly, never past it, and the counter says what they hold.
+#[test]
+fn racing_writers_fill_the_budget_exactly() {
+    const CHUNK: usize = 4 << 10;
+    let f = fs();
+    f.vfs.set_buffer_budget(1 << 20);
+    let flags = OpenFlags::from_libc(libc::O_WRONLY | libc::O_CREAT);
+    let fhs: Vec<u64> = (0..8)
+        .map(|i| {
+            let name = format!("r{i}");
+            f.vfs.create(&state(""), &name, flags, &f.who).unwrap().2.fh
+        })
+        .collect();
+    let accepted: u64 = std::thread::scope(|s| {
+        let ts: Vec<_> = fhs
+            .iter()
+            .map(|&fh| {
+                let vfs = &f.vfs;
+                s.spawn(move || {
+                    let mut at = 0u64;
+                    // Each asks for 512 KiB: twice what the budget leaves them.
+                    while at < 512 << 10 {
+                        match vfs.write(fh, at, &[9u8; CHUNK]) {
+                            Ok(_) => at += CHUNK as u64,
+                            Err(e) => {
+                                assert_eq!(e.errno, libc::EDQUOT, "{}", e.message);
+                                break;
+                            }
+                        }
+                    }
+                    at
+                })
+            })
+            .collect();
+        ts.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+    assert_eq!(accepted, 1 << 20);
+    assert_eq!(f.vfs.held_bytes("alice"), 1 << 20);
+    for fh in fhs {
+        f.vfs.release(fh);
+    }
+    assert_eq!(f.vfs.held_bytes("alice"), 0);
+}
+
 // ---- renames ----
 
 #[test]

@@ -358,6 +358,9 @@ fn check(ops: &[Op]) -> Result<(), TestCaseError> {
         let got = run(&fs, op);
         prop_assert_eq!(&got, &want, "step {}: {:?}", step, op);
         same(&fs, &model)?;
+        // Every step closes what it opened: nothing is left held against the budget.
+        let held = fs.vfs.held_bytes("alice");
+        prop_assert_eq!(held, 0, "step {}: {:?} left bytes held", step, op);
     }
     let p = fs.core.peer("alice").unwrap();
     let ok = p.read(|s| s.integrity_check()).unwrap();

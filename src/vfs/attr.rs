@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::handle::{Changes, Open};
 use super::*;
 use crate::error::err;
 use crate::error::Result;
@@ -168,13 +169,14 @@ impl Vfs {
     /// The attributes of a node (which must exist).
     pub fn getattr(&self, node: &Node, fh: Option<u64>) -> Result<Attr> {
         let mut snapshot = None;
-        if let Some(fh) = fh {
-            let hs = self.handles.lock().unwrap();
-            if let Some(h) = hs.get(&fh) {
-                let peer = h.node.peer().map(str::to_string);
-                if h.write {
-                    let (len, node, unlinked) = (h.buf.len() as u64, h.node.clone(), h.unlinked);
-                    drop(hs);
+        if let Some(h) = fh.and_then(|fh| self.handles.get(fh)) {
+            let h = h.lock().unwrap();
+            let peer = h.node.peer().map(str::to_string);
+            match &h.open {
+                Open::Write(w) => {
+                    let (len, node) = (h.held(), h.node.clone());
+                    let unlinked = w.changes == Changes::Unlinked;
+                    drop(h);
                     let perm = self.perm_of(&node);
                     let mut a = self.file_attr(peer.as_deref(), len, perm, now_ns())?;
                     if unlinked {
@@ -182,7 +184,7 @@ impl Vfs {
                     }
                     return Ok(a);
                 }
-                snapshot = h.snapshot.as_ref().map(|s| (peer, s.len() as u64));
+                Open::Read(r) => snapshot = r.snapshot().map(|s| (peer, s.len() as u64)),
             }
         }
         match self.attr(node) {
@@ -190,14 +192,9 @@ impl Vfs {
             // it): what an open handle of it still shows, with no link left.
             Err(e) if e.errno == libc::ENOENT => {
                 let held = snapshot.or_else(|| {
-                    let hs = self.handles.lock().unwrap();
-                    hs.values().find(|h| &h.node == node).map(|h| {
-                        let len = if h.write {
-                            h.buf.len()
-                        } else {
-                            h.snapshot.as_ref().map_or(0, |s| s.len())
-                        };
-                        (h.node.peer().map(str::to_string), len as u64)
+                    self.handles.all().iter().find_map(|h| {
+                        let h = h.lock().unwrap();
+                        (&h.node == node).then(|| (h.node.peer().map(str::to_string), h.held()))
                     })
                 });
                 let Some((peer, len)) = held else {
@@ -373,13 +370,7 @@ impl Vfs {
     /// it, else 0644; other files' are the daemon's.
     pub(super) fn perm_of(&self, node: &Node) -> u16 {
         if let Some((p, n)) = Node::parent_of(node) {
-            if let Some(m) = self
-                .staged
-                .lock()
-                .unwrap()
-                .get(&(p, n))
-                .and_then(|s| s.mode)
-            {
+            if let Some(m) = self.staged.get(&(p, n)).and_then(|s| s.mode) {
                 return m as u16;
             }
         }
@@ -435,10 +426,10 @@ impl Vfs {
                 // Made and not yet closed (rsync's temporary file, `install`): kept
                 // with it, and stored when it is.
                 if let Some((p, n)) = Node::parent_of(node) {
-                    if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
+                    self.staged.update(&(p, n), |s| {
                         s.mode = Some(perm);
                         s.ctime_ns = now_ns();
-                    }
+                    });
                 }
                 match self.core.apply(peer, Op::SetMode(key.clone(), perm)) {
                     // Not stored yet (staged), or unlinked while open.
@@ -502,10 +493,13 @@ impl Vfs {
         // The time set is kept: by the store for a value or a folder, in memory
         // for a staging file; the daemon's own files keep their times.
         if let Some((p, n)) = Node::parent_of(node) {
-            if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
+            let set = self.staged.update(&(p, n), |s| {
                 s.mtime_ns = t;
                 s.ctime_ns = now_ns();
-                return Ok(self.staged_attr(s));
+                self.staged_attr(s)
+            });
+            if let Some(a) = set {
+                return Ok(a);
             }
         }
         match node {
@@ -534,46 +528,39 @@ impl Vfs {
     pub(super) fn set_size(&self, node: &Node, fh: Option<u64>, size: Option<u64>) -> Result<Attr> {
         if let Some(size) = size {
             self.check_size(node, size)?;
-            if let Some(fh) = fh {
-                let mut hs = self.handles.lock().unwrap();
-                if let Some(len) = hs.get(&fh).filter(|h| h.write).map(|h| h.buf.len() as u64) {
-                    self.check_budget(node, &hs, size.saturating_sub(len))?;
-                    let h = hs.get_mut(&fh).expect("looked up above");
-                    h.buf.resize(size as usize, 0);
-                    h.dirty = true;
-                    drop(hs);
-                    return self.getattr(node, Some(fh));
+            if let Some(h) = fh.and_then(|fh| self.handles.get(fh)) {
+                let mut h = h.lock().unwrap();
+                if let Some(w) = h.writer() {
+                    w.buf_mut().resize(size)?;
+                    w.changes.truncated();
+                    drop(h);
+                    return self.getattr(node, fh);
                 }
             }
-            // truncate(2) by path: applied now.
-            match node {
-                Node::StateFile { peer, key } => {
-                    let mut b = self.contents(node)?;
-                    b.resize(size as usize, 0);
-                    self.core.apply(peer, Op::SetBytes(key.clone(), b))?;
-                }
-                Node::InboxFile { .. } | Node::ModuleFile { .. } | Node::EditFile { .. } => {
-                    if let Some((p, n)) = Node::parent_of(node) {
-                        let len = self.staged_get(&p, &n).map_or(0, |s| s.data.len() as u64);
-                        self.check_budget(
-                            node,
-                            &self.handles.lock().unwrap(),
-                            size.saturating_sub(len),
-                        )?;
-                        if let Some(s) = self.staged.lock().unwrap().get_mut(&(p, n)) {
-                            s.data.resize(size as usize, 0);
-                            s.mtime_ns = now_ns();
-                            s.ctime_ns = s.mtime_ns;
-                        } else {
-                            return Err(err!(libc::EACCES, "truncate a module by writing it"));
-                        }
+            return self.truncate_path(node, size);
+        }
+        self.attr(node)
+    }
+
+    /// truncate(2) by path (or through a read-only handle): applied now.
+    fn truncate_path(&self, node: &Node, size: u64) -> Result<Attr> {
+        match node {
+            Node::StateFile { peer, key } => {
+                let mut b = self.contents(node)?;
+                b.resize(size as usize, 0);
+                self.core.apply(peer, Op::SetBytes(key.clone(), b))?;
+            }
+            Node::InboxFile { .. } | Node::ModuleFile { .. } | Node::EditFile { .. } => {
+                if let Some((p, n)) = Node::parent_of(node) {
+                    if !self.staged.resize(&(p, n), size, now_ns())? {
+                        return Err(err!(libc::EACCES, "truncate a module by writing it"));
                     }
                 }
-                Node::Policy(_) | Node::Groups(_) => {
-                    return Err(err!(libc::EACCES, "write the whole file instead"))
-                }
-                _ => return Err(ro("this file")),
             }
+            Node::Policy(_) | Node::Groups(_) => {
+                return Err(err!(libc::EACCES, "write the whole file instead"))
+            }
+            _ => return Err(ro("this file")),
         }
         self.attr(node)
     }

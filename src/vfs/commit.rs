@@ -4,7 +4,8 @@
 //! (files and state folders), unlink, and submission to the executor. A policy
 //! text is applied or refused by `layout::apply_text`, as in the spool.
 
-use super::handles::validated_whole;
+use super::handle::{Changes, Open};
+use super::staging::Key;
 use super::*;
 use crate::error::err;
 use crate::error::Result;
@@ -26,9 +27,12 @@ impl Vfs {
                 }),
                 _ => Err(err!(libc::ENOENT, "gone")),
             }) {
-                for h in self.handles.lock().unwrap().values_mut() {
-                    if h.write && h.node == node {
-                        h.unlinked = true;
+                for h in self.handles.all() {
+                    let mut h = h.lock().unwrap();
+                    if h.node == node {
+                        if let Some(w) = h.writer() {
+                            w.changes = Changes::Unlinked;
+                        }
                     }
                 }
             }
@@ -49,17 +53,12 @@ impl Vfs {
                         "{name} is being submitted to {target}: a submitted script cannot be withdrawn"
                     ));
                 }
-                self.staged
-                    .lock()
-                    .unwrap()
-                    .remove(&(parent.clone(), name.to_string()));
+                self.staged.remove(&(parent.clone(), name.to_string()));
                 return self.core.withdraw(peer, name);
             }
         }
         if self
             .staged
-            .lock()
-            .unwrap()
             .remove(&(parent.clone(), name.to_string()))
             .is_some()
         {
@@ -116,11 +115,10 @@ impl Vfs {
             target: target.clone(),
             name: name.to_string(),
         };
-        self.handles
-            .lock()
-            .unwrap()
-            .values()
-            .any(|h| h.node == node && h.committing > 0)
+        self.handles.all().iter().any(|h| {
+            let h = h.lock().unwrap();
+            h.node == node && matches!(&h.open, Open::Write(w) if w.committing > 0)
+        })
     }
 
     pub fn rename(
@@ -151,97 +149,124 @@ impl Vfs {
             return Err(err!(libc::EEXIST, "{newname} exists"));
         }
         let src_key = (parent.clone(), name.to_string());
-        let staged = self.staged.lock().unwrap().get(&src_key).cloned();
+        let staged = self.staged.get(&src_key);
+        let to = (newparent.clone(), newname.to_string());
         match (parent, newparent) {
-            (Node::Inbox { .. }, Node::Inbox { .. }) => {
-                let s = staged.ok_or_else(|| {
-                    err!(libc::EBUSY, "{name} is queued to run: it cannot be renamed")
-                })?;
-                let dst = self.child(newparent, newname)?;
-                if is_staging_name(newname) {
-                    let mut st = self.staged.lock().unwrap();
-                    st.remove(&src_key);
-                    st.insert((newparent.clone(), newname.to_string()), s);
-                    return Ok(());
-                }
-                // Renamed into the inbox under a real name: submitted, durably, now.
-                self.submit(&dst, s.data)?;
-                self.staged.lock().unwrap().remove(&src_key);
-                Ok(())
-            }
+            (Node::Inbox { .. }, Node::Inbox { .. }) => self.rename_in_inbox(src_key, staged, to),
             (Node::State { peer, .. }, Node::State { .. }) => {
-                self.entries_changed(parent);
-                self.entries_changed(newparent);
-                let src = self.child(parent, name)?;
-                if let Node::State { dir: from, .. } = &src {
-                    return self.rename_folder(peer, from, newparent, newname);
-                }
-                let dst = match self.child(newparent, newname) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        let Node::State { peer, dir } = newparent else {
-                            unreachable!()
-                        };
-                        let key = join_key(dir, newname);
-                        check_key(&key)?;
-                        Node::StateFile {
-                            peer: peer.clone(),
-                            key,
-                        }
-                    }
-                };
-                let Node::StateFile { key: to, .. } = &dst else {
-                    return Err(err!(libc::EISDIR, "{newname} is a folder"));
-                };
-                match (&src, staged) {
-                    (_, Some(s)) => {
-                        self.core.apply(peer, Op::SetBytes(to.clone(), s.data))?;
-                        if let Some(m) = s.mode {
-                            self.core.apply(peer, Op::SetMode(to.clone(), m))?;
-                        }
-                        self.staged.lock().unwrap().remove(&src_key);
-                        Ok(())
-                    }
-                    (Node::StateFile { key: from, .. }, None) => {
-                        self.core
-                            .apply(peer, Op::Rename(from.clone(), to.clone()))?;
-                        Ok(())
-                    }
-                    // mv falls back to copy-and-remove for folders.
-                    _ => Err(err!(
-                        libc::EXDEV,
-                        "renaming a state folder: mv copies it instead"
-                    )),
-                }
+                self.rename_in_state(peer, src_key, staged, to)
             }
             (Node::Peer(peer), Node::Peer(_)) => self.rename_edit(peer, name, newname, staged),
             (Node::Modules(peer), Node::Modules(_)) => {
-                if let Some(s) = staged {
-                    if is_staging_name(newname) || module_name(newname).is_none() {
-                        let mut st = self.staged.lock().unwrap();
-                        st.remove(&src_key);
-                        st.insert((newparent.clone(), newname.to_string()), s);
-                        return Ok(());
-                    }
-                    let m = module_name(newname).expect("checked");
-                    self.core
-                        .apply(peer, Op::SetModule(m.to_string(), s.data))?;
-                    self.staged.lock().unwrap().remove(&src_key);
-                    return Ok(());
-                }
-                let from = module_name(name)
-                    .ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
-                let to = module_name(newname)
-                    .ok_or_else(|| err!(libc::EINVAL, "module files end in .rhai: {newname:?}"))?;
-                let p = self.core.peer(peer)?;
-                let src = p
-                    .read(|s| s.module(from))?
-                    .ok_or_else(|| err!(libc::ENOENT, "no module {from:?}"))?;
-                self.core.apply(peer, Op::SetModule(to.to_string(), src))?;
-                self.core.apply(peer, Op::RemoveModule(from.to_string()))
+                self.rename_in_modules(peer, src_key, staged, to)
             }
             _ => Err(err!(libc::EACCES, "{name} cannot be moved there")),
         }
+    }
+
+    /// rename(2) in an inbox: a staging file moves to another staging name, or is
+    /// submitted under a real one; a queued script stays where it is.
+    fn rename_in_inbox(&self, src_key: Key, staged: Option<Staged>, to: Key) -> Result<()> {
+        let (name, (newparent, newname)) = (&src_key.1, &to);
+        let s = staged
+            .ok_or_else(|| err!(libc::EBUSY, "{name} is queued to run: it cannot be renamed"))?;
+        let dst = self.child(newparent, newname)?;
+        if is_staging_name(newname) {
+            self.staged.rename(&src_key, to, s);
+            return Ok(());
+        }
+        // Renamed into the inbox under a real name: submitted, durably, now.
+        self.submit(&dst, s.data)?;
+        self.staged.remove(&src_key);
+        Ok(())
+    }
+
+    /// rename(2) in `state/`: a key (or a file made and not yet closed) to a new
+    /// key, a folder with every key under it.
+    fn rename_in_state(
+        &self,
+        peer: &str,
+        src_key: Key,
+        staged: Option<Staged>,
+        to: Key,
+    ) -> Result<()> {
+        let ((parent, name), (newparent, newname)) = (&src_key, &to);
+        self.entries_changed(parent);
+        self.entries_changed(newparent);
+        let src = self.child(parent, name)?;
+        if let Node::State { dir: from, .. } = &src {
+            return self.rename_folder(peer, from, newparent, newname);
+        }
+        let dst = match self.child(newparent, newname) {
+            Ok(n) => n,
+            Err(_) => {
+                let Node::State { peer, dir } = newparent else {
+                    unreachable!()
+                };
+                let key = join_key(dir, newname);
+                check_key(&key)?;
+                Node::StateFile {
+                    peer: peer.clone(),
+                    key,
+                }
+            }
+        };
+        let Node::StateFile { key: to, .. } = &dst else {
+            return Err(err!(libc::EISDIR, "{newname} is a folder"));
+        };
+        match (&src, staged) {
+            (_, Some(s)) => {
+                self.core.apply(peer, Op::SetBytes(to.clone(), s.data))?;
+                if let Some(m) = s.mode {
+                    self.core.apply(peer, Op::SetMode(to.clone(), m))?;
+                }
+                self.staged.remove(&src_key);
+                Ok(())
+            }
+            (Node::StateFile { key: from, .. }, None) => {
+                self.core
+                    .apply(peer, Op::Rename(from.clone(), to.clone()))?;
+                Ok(())
+            }
+            // mv falls back to copy-and-remove for folders.
+            _ => Err(err!(
+                libc::EXDEV,
+                "renaming a state folder: mv copies it instead"
+            )),
+        }
+    }
+
+    /// rename(2) in `modules/`: a draft moves between staging names or becomes a
+    /// module; a module gets a new name.
+    fn rename_in_modules(
+        &self,
+        peer: &str,
+        src_key: Key,
+        staged: Option<Staged>,
+        to: Key,
+    ) -> Result<()> {
+        let (name, newname) = (src_key.1.as_str(), to.1.as_str());
+        if let Some(s) = staged {
+            if is_staging_name(newname) || module_name(newname).is_none() {
+                self.staged.rename(&src_key, to, s);
+                return Ok(());
+            }
+            let m = module_name(newname).expect("checked");
+            self.core
+                .apply(peer, Op::SetModule(m.to_string(), s.data))?;
+            self.staged.remove(&src_key);
+            return Ok(());
+        }
+        let from =
+            module_name(name).ok_or_else(|| err!(libc::ENOENT, "no module file {name:?}"))?;
+        let to = module_name(newname)
+            .ok_or_else(|| err!(libc::EINVAL, "module files end in .rhai: {newname:?}"))?;
+        let p = self.core.peer(peer)?;
+        let src = p
+            .read(|s| s.module(from))?
+            .ok_or_else(|| err!(libc::ENOENT, "no module {from:?}"))?;
+        self.core.apply(peer, Op::SetModule(to.to_string(), src))?;
+        self.core.apply(peer, Op::RemoveModule(from.to_string()))
     }
 
     /// rename(2) in a peer's own folder: an editor's file renamed onto
@@ -269,9 +294,8 @@ impl Vfs {
         let dst = match (text, newname) {
             (Some(text), _) => Node::text(peer, text),
             (None, n) if is_edit_name(n) => {
-                let mut st = self.staged.lock().unwrap();
-                st.remove(&src);
-                st.insert((Node::Peer(peer.to_string()), n.to_string()), s);
+                let to = (Node::Peer(peer.to_string()), n.to_string());
+                self.staged.rename(&src, to, s);
                 return Ok(());
             }
             (None, _) => {
@@ -292,7 +316,7 @@ impl Vfs {
         );
         rx.recv()
             .map_err(|_| crate::Error::stopped(format_args!("{newname} was applied")))??;
-        self.staged.lock().unwrap().remove(&src);
+        self.staged.remove(&src);
         self.entries_changed(&Node::Peer(peer.to_string()));
         Ok(())
     }
@@ -437,62 +461,44 @@ impl Vfs {
         };
         let attr = self.staged_attr(&staged);
         self.staged
-            .lock()
-            .unwrap()
             .insert((parent.clone(), name.to_string()), staged);
         self.entries_changed(parent);
-        let fh = self.new_handle(Handle::writer(&node, who, Vec::new(), true, false));
-        Ok((
-            node,
-            attr,
-            Opened {
-                fh,
-                direct_io: false,
-                read_only: false,
-            },
-        ))
+        let opened = self.open_writer(&node, who, Vec::new(), Changes::Created)?;
+        Ok((node, attr, opened))
     }
 
     pub(super) fn flush_now(&self, fh: u64, reply: Reply<()>) {
+        let Some(shared) = self.handles.get(fh) else {
+            return reply(Ok(()));
+        };
         let (node, data) = {
-            let mut hs = self.handles.lock().unwrap();
-            let Some(h) = hs.get_mut(&fh) else {
+            let mut h = shared.lock().unwrap();
+            let node = h.node.clone();
+            let Some(w) = h.writer() else {
                 return reply(Ok(()));
             };
-            // A state file made and never written (`touch`, `> file`) is stored
-            // here, at close, not at RELEASE: that comes after close() has returned,
-            // and would bring back a key renamed or removed in between.
-            let touch = h.created && matches!(h.node, Node::StateFile { .. });
-            // A policy, groups or module handle that was truncated (`O_TRUNC`,
-            // `ftruncate`) and not written since is not applied at a flush: `echo
-            // bad > policy.cedar` flushes once at the shell's dup2 before `echo`
-            // writes, and applying the empty text then would replace the policy
-            // that must stay in force when "bad" is refused. The release applies a
-            // truncation that no write followed (`: > policy.cedar`).
-            let truncated_only = h.dirty && !h.wrote && validated_whole(&h.node);
-            if !h.write || (!h.dirty && !touch) || truncated_only || h.unlinked {
-                if h.committing > 0 {
+            if !w.changes.due_at_flush(&node) {
+                if w.committing > 0 {
                     // Another close of this handle took the bytes; answer with it.
-                    h.waiters.push(reply);
+                    w.waiters.push(reply);
                     return;
                 }
                 return reply(Ok(()));
             }
-            h.dirty = false;
-            h.created = false;
-            h.committing += 1;
-            (h.node.clone(), h.buf.clone())
+            w.changes.committed();
+            w.committing += 1;
+            (node, w.buf().bytes().to_vec())
         };
-        let handles = self.handles_ptr();
+        let handle = handle::weak(&shared);
         self.commit(
             node,
             data,
             Box::new(move |r: Result<()>| {
-                let waiters = handles.upgrade().and_then(|hs| {
-                    let mut hs = hs.lock().unwrap();
-                    let h = hs.get_mut(&fh)?;
-                    h.committing -= 1;
-                    (h.committing == 0).then(|| std::mem::take(&mut h.waiters))
+                let waiters = handle.upgrade().and_then(|h| {
+                    let mut h = h.lock().unwrap();
+                    let w = h.writer()?;
+                    w.committing -= 1;
+                    (w.committing == 0).then(|| std::mem::take(&mut w.waiters))
                 });
                 for w in waiters.into_iter().flatten() {
                     w(r.clone());
@@ -512,11 +518,11 @@ impl Vfs {
     pub(super) fn commit(&self, node: Node, data: Vec<u8>, reply: Reply<()>) {
         let staged_key = Node::parent_of(&node);
         let unstage = {
-            let staged = self.staged_ptr();
+            let staged = Arc::downgrade(&self.staged);
             let key = staged_key.clone();
             move || {
                 if let (Some(s), Some(k)) = (staged.upgrade(), key) {
-                    s.lock().unwrap().remove(&k);
+                    s.remove(&k);
                 }
             }
         };
@@ -530,18 +536,7 @@ impl Vfs {
             {
                 // Staging files live in memory until renamed to a real name.
                 if let Some(k) = staged_key {
-                    let mut st = self.staged.lock().unwrap();
-                    let e = st.entry(k).or_insert(Staged {
-                        data: vec![],
-                        uid: self.uid,
-                        gid: self.gid,
-                        mtime_ns: now_ns(),
-                        ctime_ns: now_ns(),
-                        mode: None,
-                    });
-                    e.data = data;
-                    e.mtime_ns = now_ns();
-                    e.ctime_ns = e.mtime_ns;
+                    self.staged.store(k, data, self.uid, self.gid, now_ns());
                 }
                 reply(Ok(()))
             }
@@ -558,30 +553,8 @@ impl Vfs {
                 // stored once the value is.
                 let mode = staged_key
                     .as_ref()
-                    .and_then(|k| self.staged.lock().unwrap().get(k).and_then(|s| s.mode));
-                let (core, p, k) = (self.core.clone(), peer.clone(), key.clone());
-                self.core.apply_async(
-                    peer,
-                    Op::SetBytes(key.clone(), data),
-                    Some(Box::new(move |r| match (r, mode) {
-                        (Ok(()), Some(m)) => core.apply_async(
-                            &p,
-                            Op::SetMode(k, m),
-                            Some(Box::new(move |r| {
-                                if r.is_ok() {
-                                    unstage();
-                                }
-                                reply(r)
-                            })),
-                        ),
-                        (r, _) => {
-                            if r.is_ok() {
-                                unstage();
-                            }
-                            reply(r)
-                        }
-                    })),
-                )
+                    .and_then(|k| self.staged.get(k).and_then(|s| s.mode));
+                self.commit_value(peer, key, data, mode, unstage, reply)
             }
             Node::ModuleFile { peer, name } => {
                 let m = module_name(name).expect("checked above").to_string();
@@ -604,32 +577,74 @@ impl Vfs {
         }
     }
 
-    pub fn release(&self, fh: u64) {
-        let h = self.handles.lock().unwrap().remove(&fh);
-        if let Some(h) = h {
-            let touch = h.created && matches!(h.node, Node::StateFile { .. });
-            if h.write && !h.unlinked && (h.dirty || touch) {
-                // No flush came (unusual): commit anyway; nobody waits for the answer.
-                self.commit(
-                    h.node.clone(),
-                    h.buf,
-                    Box::new(|r| {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "write at release failed");
+    /// Stores `data` as the value of `key`, then `mode` if one was set before it
+    /// was stored; `unstage` drops its staging entry once both are.
+    fn commit_value(
+        &self,
+        peer: &str,
+        key: &str,
+        data: Vec<u8>,
+        mode: Option<u32>,
+        unstage: impl FnOnce() + Send + 'static,
+        reply: Reply<()>,
+    ) {
+        let (core, p, k) = (self.core.clone(), peer.to_string(), key.to_string());
+        self.core.apply_async(
+            peer,
+            Op::SetBytes(key.to_string(), data),
+            Some(Box::new(move |r| match (r, mode) {
+                (Ok(()), Some(m)) => core.apply_async(
+                    &p,
+                    Op::SetMode(k, m),
+                    Some(Box::new(move |r| {
+                        if r.is_ok() {
+                            unstage();
                         }
-                    }),
-                );
-            } else if h.write {
-                // A created file that was never written and is not a staging name:
-                // its flush committed it; drop the in-memory entry if one is left.
-                if let Some((p, n)) = Node::parent_of(&h.node) {
-                    if !is_staging_name(&n)
-                        && !matches!(h.node, Node::ModuleFile { .. } if module_name(&n).is_none())
-                        && !matches!(h.node, Node::EditFile { .. })
-                    {
-                        self.staged.lock().unwrap().remove(&(p, n));
+                        reply(r)
+                    })),
+                ),
+                (r, _) => {
+                    if r.is_ok() {
+                        unstage();
                     }
+                    reply(r)
                 }
+            })),
+        )
+    }
+
+    pub fn release(&self, fh: u64) {
+        let Some(shared) = self.handles.remove(fh) else {
+            return;
+        };
+        let mut h = shared.lock().unwrap();
+        let node = h.node.clone();
+        let Some(w) = h.writer() else {
+            return;
+        };
+        if w.changes.due_at_release(&node) {
+            // No flush came (unusual): commit anyway; nobody waits for the answer.
+            let data = w.buf_mut().take();
+            drop(h);
+            self.commit(
+                node,
+                data,
+                Box::new(|r| {
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "write at release failed");
+                    }
+                }),
+            );
+            return;
+        }
+        // A created file that was never written and is not a staging name: its
+        // flush committed it; drop the in-memory entry if one is left.
+        if let Some((p, n)) = Node::parent_of(&node) {
+            if !is_staging_name(&n)
+                && !matches!(node, Node::ModuleFile { .. } if module_name(&n).is_none())
+                && !matches!(node, Node::EditFile { .. })
+            {
+                self.staged.remove(&(p, n));
             }
         }
     }

@@ -1,201 +1,69 @@
-//! Open files: the handle table, what a handle holds (a write buffer, or a
-//! snapshot for reading), staging files that live in memory (`inbox/.x`,
-//! `modules/` drafts), the per-peer buffer budget, the size and offset checks, and
-//! the opener-process rule (only the opener's close commits).
+//! Open files: opening a reader or a writer (charged to the peer's budget), read,
+//! write, the bytes a file shows, the size and offset checks, and the opener rule
+//! at a close (only the opener's close commits; `commit` does the rest). What a
+//! handle is, as types, is in `handle`.
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
+use super::handle::{process_of, Buffer, Changes, Handle, Open, Reader, Writer};
+use super::staging::Staged;
 use super::*;
 use crate::error::err;
 use crate::error::Result;
 
-/// A file that exists only in memory: created and not yet flushed, or a staging
-/// name (`.x`, `x~`) in an inbox or modules folder.
-#[derive(Debug, Clone)]
-pub(super) struct Staged {
-    pub(super) data: Vec<u8>,
-    pub(super) uid: u32,
-    pub(super) gid: u32,
-    pub(super) mtime_ns: i64,
-    /// When it was made or last changed (contents, mode or times).
-    pub(super) ctime_ns: i64,
-    /// Permission bits set by chmod before it was stored (state files).
-    pub(super) mode: Option<u32>,
-}
+impl Vfs {
+    pub(super) fn staged_get(&self, parent: &Node, name: &str) -> Option<Staged> {
+        self.staged.get(&(parent.clone(), name.to_string()))
+    }
 
-pub(super) struct Handle {
-    pub(super) node: Node,
-    pub(super) write: bool,
-    /// Made by create(): committed at release even if never written (`touch`).
-    pub(super) created: bool,
-    pub(super) buf: Vec<u8>,
-    pub(super) dirty: bool,
-    /// Bytes were written through this handle (not only truncated). A policy,
-    /// groups or module handle that was only truncated is not applied at a flush
-    /// (see `flush_now`).
-    pub(super) wrote: bool,
-    /// Its name was removed while it was open: its close stores nothing.
-    pub(super) unlinked: bool,
-    pub(super) snapshot: Option<Arc<Vec<u8>>>,
-    /// The process (thread group) that opened a writing handle; 0 = not known yet
-    /// (looked up from `opener` when needed). Only its close commits, see `flush`.
-    pub(super) owner: u32,
-    /// The thread that opened it: a close from it needs no /proc lookup.
-    pub(super) opener: u32,
-    /// Commits of this handle not yet durable, and the closes with nothing new to
-    /// commit that wait for them (close returns only once the bytes are durable).
-    pub(super) committing: usize,
-    pub(super) waiters: Vec<Reply<()>>,
-}
+    /// A charge of nothing yet against the budget of the peer acting at `node`.
+    fn charge(&self, node: &Node) -> super::budget::Charge {
+        self.budget.charge(node.peer())
+    }
 
-impl Handle {
-    /// A handle `who` opened for writing, holding `buf`.
-    pub(super) fn writer(
+    /// The bytes `peer` holds now in open files and staging files, against its
+    /// budget ([`BUFFER_BUDGET`]).
+    pub fn held_bytes(&self, peer: &str) -> u64 {
+        self.budget.held(peer)
+    }
+
+    /// A writer on `node` opened by `who`, holding `buf` (`EDQUOT` past the budget).
+    pub(super) fn open_writer(
+        &self,
         node: &Node,
         who: &Caller,
         buf: Vec<u8>,
-        created: bool,
-        dirty: bool,
-    ) -> Handle {
-        Handle {
+        changes: Changes,
+    ) -> Result<Opened> {
+        let buf = Buffer::new(buf, self.charge(node))?;
+        let fh = self.handles.insert(Handle {
             node: node.clone(),
-            write: true,
-            created,
-            buf,
-            dirty,
-            wrote: false,
-            unlinked: false,
-            snapshot: None,
-            owner: leader(who.pid),
-            opener: who.pid,
-            committing: 0,
-            waiters: Vec::new(),
-        }
-    }
-
-    /// A read-only handle showing `snapshot` (or `None`: read at each request).
-    pub(super) fn reader(node: &Node, snapshot: Option<Arc<Vec<u8>>>) -> Handle {
-        Handle {
-            node: node.clone(),
-            write: false,
-            created: false,
-            buf: Vec::new(),
-            dirty: false,
-            wrote: false,
-            unlinked: false,
-            snapshot,
-            owner: 0,
-            opener: 0,
-            committing: 0,
-            waiters: Vec::new(),
-        }
-    }
-}
-
-/// `pid` if it leads its thread group (is its own process), else 0: the process is
-/// then looked up only if a close comes from another thread (see `Vfs::flush`).
-pub(super) fn leader(pid: u32) -> u32 {
-    if pid == 0 {
-        return 0;
-    }
-    // SAFETY: a plain syscall with integer arguments; the fd it returns is closed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0u32) };
-    if fd >= 0 {
-        unsafe { libc::close(fd as libc::c_int) };
-        pid
-    } else {
-        0
-    }
-}
-
-/// The thread group of `pid` (FUSE requests carry the thread's id), or `pid` itself
-/// when /proc does not say; 0 stays 0 (a process outside the daemon's pid namespace).
-pub(super) fn process_of(pid: u32) -> u32 {
-    if pid == 0 {
-        return 0;
-    }
-    // Fast path: the usual single-threaded `cp`, shell or editor is its own process.
-    if leader(pid) == pid {
-        return pid;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Tgid:"))
-                .and_then(|v| v.trim().parse().ok())
+            open: Open::Write(Writer::new(who, buf, changes)),
+        });
+        Ok(Opened {
+            fh,
+            direct_io: false,
+            read_only: false,
         })
-        .unwrap_or(pid)
-}
+    }
 
-/// Files whose whole text is checked before it is applied: a truncation of them
-/// waits in the handle like a write.
-pub(super) fn validated_whole(node: &Node) -> bool {
-    matches!(
-        node,
-        Node::Policy(_) | Node::Groups(_) | Node::ModuleFile { .. }
-    )
-}
-
-impl Vfs {
-    /// Refuses `more` bytes of buffers for the peer acting at `node` when it would
-    /// pass its budget. `hs` is the handle table, locked by the caller.
-    pub(super) fn check_budget(
+    /// A read-only handle, with the bytes it shows (or `None`: read at each
+    /// request); `EDQUOT` past the budget.
+    pub(super) fn open_reader(
         &self,
         node: &Node,
-        hs: &HashMap<u64, Handle>,
-        more: u64,
-    ) -> Result<()> {
-        let Some(peer) = node.peer() else {
-            return Ok(());
-        };
-        // A writer holds its buffer, a reader the snapshot it shows (a value's
-        // bytes read at open, a result once read): both are the daemon's memory.
-        let in_handles: u64 = hs
-            .values()
-            .filter(|h| h.node.peer() == Some(peer))
-            .map(|h| {
-                if h.write {
-                    h.buf.len() as u64
-                } else {
-                    h.snapshot.as_ref().map_or(0, |s| s.len() as u64)
-                }
-            })
-            .sum();
-        let staged: u64 = self
-            .staged
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((p, _), _)| p.peer() == Some(peer))
-            .map(|(_, s)| s.data.len() as u64)
-            .sum();
-        let budget = self.budget.load(Ordering::Relaxed);
-        let held = in_handles + staged;
-        if held.saturating_add(more) > budget {
-            return Err(err!(
-                libc::EDQUOT,
-                "{peer} holds {held} bytes in open files (read or written) and staging files, and {more} more \
-                 would pass its budget of {budget}: close or remove some first"
-            ));
-        }
-        Ok(())
-    }
-
-    pub(super) fn staged_get(&self, parent: &Node, name: &str) -> Option<Staged> {
-        self.staged
-            .lock()
-            .unwrap()
-            .get(&(parent.clone(), name.to_string()))
-            .cloned()
-    }
-
-    pub(super) fn new_handle(&self, h: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().unwrap().insert(fh, h);
-        fh
+        snapshot: Option<Arc<Vec<u8>>>,
+    ) -> Result<Opened> {
+        let reader = Reader::new(snapshot, self.charge(node))?;
+        let fh = self.handles.insert(Handle {
+            node: node.clone(),
+            open: Open::Read(reader),
+        });
+        Ok(Opened {
+            fh,
+            direct_io: true,
+            read_only: true,
+        })
     }
 
     /// The bytes a file shows now.
@@ -243,41 +111,7 @@ impl Vfs {
             return Err(err!(libc::EISDIR, "is a folder"));
         }
         if flags.write {
-            if !matches!(
-                node,
-                InboxFile { .. }
-                    | StateFile { .. }
-                    | ModuleFile { .. }
-                    | Policy(_)
-                    | Groups(_)
-                    | EditFile { .. }
-            ) {
-                return Err(ro(&node.to_string()));
-            }
-            // An inbox file that is queued is not changed by this: whatever the
-            // handle holds at close is submitted as a new run of the same name
-            // (`cp job.rhai inbox/` again while the first is still queued).
-            let trunc = flags.truncate;
-            let buf = if trunc {
-                Vec::new()
-            } else {
-                self.contents(node).or_else(|e| {
-                    if e.errno == libc::ENOENT {
-                        Ok(Vec::new())
-                    } else {
-                        Err(e)
-                    }
-                })?
-            };
-            let mut hs = self.handles.lock().unwrap();
-            self.check_budget(node, &hs, buf.len() as u64)?;
-            let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-            hs.insert(fh, Handle::writer(node, who, buf, false, trunc));
-            return Ok(Opened {
-                fh,
-                direct_io: false,
-                read_only: false,
-            });
+            return self.open_for_writing(node, flags.truncate, who);
         }
         match node {
             OutboxFile { peer, target, name } => {
@@ -289,33 +123,44 @@ impl Vfs {
                     ));
                 }
                 // Read when asked (the read waits for the run).
-                Ok(self.open_reader(node, None))
+                self.open_reader(node, None)
             }
             // Read at every request, so `tail -f` sees it grow.
-            Log(_) => Ok(self.open_reader(node, None)),
+            Log(_) => self.open_reader(node, None),
             _ => {
                 let data = self.contents(node)?;
-                let mut hs = self.handles.lock().unwrap();
-                self.check_budget(node, &hs, data.len() as u64)?;
-                let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                hs.insert(fh, Handle::reader(node, Some(Arc::new(data))));
-                Ok(Opened {
-                    fh,
-                    direct_io: true,
-                    read_only: true,
-                })
+                self.open_reader(node, Some(Arc::new(data)))
             }
         }
     }
 
-    /// A read-only handle, with the bytes it shows (or `None`: read at each request).
-    pub(super) fn open_reader(&self, node: &Node, snapshot: Option<Arc<Vec<u8>>>) -> Opened {
-        let fh = self.new_handle(Handle::reader(node, snapshot));
-        Opened {
-            fh,
-            direct_io: true,
-            read_only: true,
+    fn open_for_writing(&self, node: &Node, trunc: bool, who: &Caller) -> Result<Opened> {
+        use Node::*;
+        if !matches!(
+            node,
+            InboxFile { .. }
+                | StateFile { .. }
+                | ModuleFile { .. }
+                | Policy(_)
+                | Groups(_)
+                | EditFile { .. }
+        ) {
+            return Err(ro(&node.to_string()));
         }
+        // An inbox file that is queued is not changed by this: whatever the
+        // handle holds at close is submitted as a new run of the same name
+        // (`cp job.rhai inbox/` again while the first is still queued).
+        if trunc {
+            return self.open_writer(node, who, Vec::new(), Changes::Truncated);
+        }
+        let buf = self.contents(node).or_else(|e| {
+            if e.errno == libc::ENOENT {
+                Ok(Vec::new())
+            } else {
+                Err(e)
+            }
+        })?;
+        self.open_writer(node, who, buf, Changes::Clean)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32, reply: Reply<Vec<u8>>) {
@@ -331,19 +176,19 @@ impl Vfs {
             let end = (start + size as usize).min(d.len());
             d[start..end].to_vec()
         };
-        let (node, snap) = {
-            let h = self.handles.lock().unwrap();
-            let Some(h) = h.get(&fh) else {
-                return reply(Err(err!(libc::EBADF, "no open file {fh}")));
-            };
-            if h.write {
-                return reply(Ok(slice(&h.buf)));
-            }
-            (h.node.clone(), h.snapshot.clone())
+        let Some(shared) = self.handles.get(fh) else {
+            return reply(Err(err!(libc::EBADF, "no open file {fh}")));
         };
-        if let Some(s) = snap {
-            return reply(Ok(slice(&s)));
-        }
+        let node = {
+            let h = shared.lock().unwrap();
+            match &h.open {
+                Open::Write(w) => return reply(Ok(slice(w.buf().bytes()))),
+                Open::Read(r) => match r.snapshot() {
+                    Some(s) => return reply(Ok(slice(s))),
+                    None => h.node.clone(),
+                },
+            }
+        };
         match &node {
             Node::Log(p) => {
                 let r = self
@@ -354,7 +199,7 @@ impl Vfs {
             }
             Node::OutboxFile { peer, target, name } => {
                 // Answered when the run has finished; the handle keeps the bytes.
-                let handles = self.handles_ptr();
+                let handle = handle::weak(&shared);
                 self.core.read_result_as(
                     peer,
                     target,
@@ -362,9 +207,9 @@ impl Vfs {
                     pid,
                     Box::new(move |r| match r {
                         Ok(bytes) => {
-                            if let Some(h) = handles.upgrade() {
-                                if let Some(h) = h.lock().unwrap().get_mut(&fh) {
-                                    h.snapshot = Some(bytes.clone());
+                            if let Some(h) = handle.upgrade() {
+                                if let Open::Read(r) = &mut h.lock().unwrap().open {
+                                    r.keep(bytes.clone());
                                 }
                             }
                             reply(Ok(slice(&bytes)))
@@ -378,26 +223,19 @@ impl Vfs {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
-        let mut hs = self.handles.lock().unwrap();
-        let h = hs
-            .get_mut(&fh)
+        let shared = self
+            .handles
+            .get(fh)
             .ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
-        if !h.write {
+        let mut h = shared.lock().unwrap();
+        let Handle { node, open } = &mut *h;
+        let Open::Write(w) = open else {
             return Err(err!(libc::EBADF, "file not open for writing"));
-        }
+        };
         let end = offset.saturating_add(data.len() as u64);
-        self.check_size(&h.node, end)?;
-        if h.buf.len() < end as usize {
-            let (node, more) = (h.node.clone(), end - h.buf.len() as u64);
-            self.check_budget(&node, &hs, more)?;
-        }
-        let h = hs.get_mut(&fh).expect("looked up above");
-        if h.buf.len() < end as usize {
-            h.buf.resize(end as usize, 0);
-        }
-        h.buf[offset as usize..end as usize].copy_from_slice(data);
-        h.dirty = true;
-        h.wrote = true;
+        self.check_size(node, end)?;
+        w.buf_mut().write_at(offset, data)?;
+        w.changes.wrote();
         Ok(data.len() as u32)
     }
 
@@ -429,15 +267,6 @@ impl Vfs {
         Ok(())
     }
 
-    /// The handle table, for replies that come later (after the file may be closed).
-    pub(super) fn handles_ptr(&self) -> std::sync::Weak<Mutex<HashMap<u64, Handle>>> {
-        Arc::downgrade(&self.handles)
-    }
-
-    pub(super) fn staged_ptr(&self) -> std::sync::Weak<Mutex<HashMap<(Node, String), Staged>>> {
-        Arc::downgrade(&self.staged)
-    }
-
     /// close(2) of a descriptor of `fh` by `who`: commits the handle's writes, and
     /// answers once they are durable. Only the opening process's close commits. A
     /// child that inherited the descriptor closes it too, when it exits, often in
@@ -446,15 +275,15 @@ impl Vfs {
     /// would run half a script. Such a close leaves the handle as it is; the
     /// opener's close, or else the release, commits it.
     pub fn flush(&self, fh: u64, who: &Caller, reply: Reply<()>) {
-        {
-            let mut hs = self.handles.lock().unwrap();
-            if let Some(h) = hs.get_mut(&fh) {
-                if h.write && who.pid != 0 && h.opener != 0 && who.pid != h.opener {
+        if let Some(shared) = self.handles.get(fh) {
+            let mut h = shared.lock().unwrap();
+            if let Some(w) = h.writer() {
+                if who.pid != 0 && w.opener != 0 && who.pid != w.opener {
                     // Another thread or process: does it belong to the opener's?
-                    if h.owner == 0 {
-                        h.owner = process_of(h.opener);
+                    if w.owner == 0 {
+                        w.owner = process_of(w.opener);
                     }
-                    if process_of(who.pid) != h.owner {
+                    if process_of(who.pid) != w.owner {
                         return reply(Ok(()));
                     }
                 }

@@ -13,7 +13,11 @@
 //!   and a view's are derived from the [`Layout`] (`crate::layout`);
 //! - `attr`: attributes, cache lifetimes, setattr (size, times, chmod/chown);
 //! - [`flags`]: open and rename flags as types;
-//! - `handles`: open, read, write, the buffer budget, staging, the opener rule;
+//! - `handle`: what an open file is (a reader or a writer, and a writer's
+//!   changes) as types, and the table of open files, a lock for each;
+//! - `handles`: open, read, write, close, the size checks, the opener rule;
+//! - `budget`: each peer's buffer budget as a counter of the bytes it holds;
+//! - `staging`: files that live only in memory, counted against that budget;
 //! - `commit`: create, write-back at close, rename, unlink, submission;
 //! - `meta`: `.peerfs/` files and statfs;
 //! - `view`: another peer's view (`peers/<other>/`, the part of its state a peer may read).
@@ -21,16 +25,18 @@
 //! This file holds the shared types and the [`Vfs`] itself.
 
 mod attr;
+mod budget;
 mod commit;
 pub mod flags;
+mod handle;
 mod handles;
 mod meta;
 pub mod node;
+mod staging;
 mod tree;
 mod view;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 pub use attr::{attr_ttl, attrs_keep, entry_ttl, SetAttr, SetTime, CACHE_TTL};
@@ -43,7 +49,9 @@ pub use crate::layout::Kind;
 use crate::layout::Layout;
 use crate::policy::PolicyText;
 
-use handles::{Handle, Staged};
+use budget::Budget;
+use handle::Handles;
+use staging::{Staged, Staging};
 
 use crate::error::err;
 use crate::error::{Error, Result};
@@ -124,12 +132,11 @@ pub struct Vfs {
     started_ns: i64,
     uid: u32,
     gid: u32,
-    next_fh: AtomicU64,
-    handles: Arc<Mutex<HashMap<u64, Handle>>>,
-    staged: Arc<Mutex<HashMap<(Node, String), Staged>>>,
+    handles: Handles,
+    staged: Arc<Staging>,
     dirs: Mutex<HashMap<u64, Listing>>,
-    /// See [`BUFFER_BUDGET`].
-    budget: AtomicU64,
+    /// What each peer holds against [`BUFFER_BUDGET`].
+    budget: Arc<Budget>,
     /// When an entry last came or went in a folder through the mount (its mtime
     /// and ctime; a folder not changed since the mount started shows the peer's).
     dir_times: Mutex<HashMap<Node, (i64, i64)>>,
@@ -195,17 +202,17 @@ impl Vfs {
 
     /// A vfs over `core` whose peers' folders hold `layout`'s entries.
     pub fn with_layout(core: Core, layout: Arc<Layout>) -> Arc<Vfs> {
+        let budget = Arc::new(Budget::new(BUFFER_BUDGET));
         let vfs = Arc::new(Vfs {
             core: core.clone(),
             layout,
             started_ns: now_ns(),
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
-            next_fh: AtomicU64::new(1),
-            handles: Arc::new(Mutex::new(HashMap::new())),
-            staged: Arc::new(Mutex::new(HashMap::new())),
+            handles: Handles::new(),
+            staged: Arc::new(Staging::new(budget.clone())),
             dirs: Mutex::new(HashMap::new()),
-            budget: AtomicU64::new(BUFFER_BUDGET),
+            budget,
             dir_times: Mutex::new(HashMap::new()),
             unknown_peers: Mutex::new(Default::default()),
             root_refusals: Mutex::new(Default::default()),
@@ -230,7 +237,7 @@ impl Vfs {
 
     /// The bytes one peer may hold in write handles and staging files.
     pub fn set_buffer_budget(&self, bytes: u64) {
-        self.budget.store(bytes, Ordering::Relaxed);
+        self.budget.set_limit(bytes);
     }
 
     pub fn set_read_check(&self, f: ReadCheck) {
@@ -285,12 +292,7 @@ impl Vfs {
 
     /// [`Vfs::refused`] for an operation on an open handle.
     pub fn refused_fh(&self, op: &str, fh: u64, e: &Error) {
-        let node = self
-            .handles
-            .lock()
-            .unwrap()
-            .get(&fh)
-            .map(|h| h.node.clone());
+        let node = self.handles.get(fh).map(|h| h.lock().unwrap().node.clone());
         if let Some(node) = node {
             self.refused(op, &node, None, e);
         }

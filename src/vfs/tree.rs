@@ -6,7 +6,6 @@
 //! serves it). The state another peer may read (`peers/<other>/state/`) is in
 //! `view.rs`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::*;
@@ -254,10 +253,8 @@ impl Vfs {
 
     /// Files being written in `parent` (kept in memory until their close or rename).
     fn staged_in(&self, out: &mut Vec<(String, Node, Kind)>, parent: &Node) {
-        for ((p, n), _) in self.staged.lock().unwrap().iter() {
-            if p == parent {
-                out.push((n.clone(), node_in(parent, n.clone()), Kind::File));
-            }
+        for n in self.staged.names_in(parent) {
+            out.push((n.clone(), node_in(parent, n), Kind::File));
         }
     }
 
@@ -327,7 +324,7 @@ impl Vfs {
 
     pub fn opendir(&self, node: &Node) -> Result<u64> {
         let list = Arc::new(self.readdir(node)?);
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.handles.number();
         self.dirs.lock().unwrap().insert(fh, list);
         Ok(fh)
     }
