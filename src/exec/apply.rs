@@ -172,7 +172,30 @@ impl Core {
     ) -> Result<Vec<Effect>> {
         let ts = rfc3339(now_ns());
         Ok(match op {
-            Op::Submit(job) => self.queue_submission(st, peer, job)?,
+            Op::Submit(job)
+            | Op::Journaled {
+                job,
+                withdrawn: false,
+            } => self.queue_submission(st, peer, job)?,
+            Op::Journaled {
+                job,
+                withdrawn: true,
+            } => {
+                // Recorded like a submission that the owner then withdrew.
+                let mut fx = self.record_submission(st, peer, job)?;
+                let why = format!("withdrawn by {}'s owner before it ran", peer.name);
+                fx.extend(
+                    self.run_one(st, peer, job, None, Some(why))?
+                        .unwrap_or_default(),
+                );
+                st.append_log(&format!("{ts} withdraw {} (1 queued)", job.name))?;
+                fx.push(Effect::Changed(Change::Inbox));
+                fx
+            }
+            Op::JournalMark { key, seq } => {
+                st.set_meta(key, seq.to_string().as_bytes())?;
+                vec![Effect::None]
+            }
             Op::Intake { job, .. } => {
                 Self::intake_records(st, op)?;
                 self.queue_submission(st, peer, job)?

@@ -18,6 +18,7 @@
 mod apply;
 mod config;
 mod deliver;
+mod intake;
 pub mod metrics;
 mod op;
 mod outbox;
@@ -46,6 +47,7 @@ use crate::peer::{Peer, Registry};
 use crate::script::{AstCache, Limits};
 
 pub use config::{Config, Stats};
+pub use intake::settle_journal;
 pub use op::{Ack, Op, Waiter};
 pub use result::RunResult;
 pub use slot::{caller_slot, slot_caller};
@@ -116,6 +118,10 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Reads waiting for results, watched for their reader's signals and time.
     watch: wait::Watch,
+    /// Where submissions become durable without waiting for their peer's runs.
+    journal: crate::store::journal::Journal,
+    /// To the journal's writer thread (`None` once stopping).
+    intake: intake::Intake,
 }
 
 /// The running core: registry, worker pool, executor. Cheap to clone.
@@ -126,6 +132,8 @@ impl Core {
     /// Opens the data directory and starts the workers.
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
+        let journal = crate::store::journal::Journal::open_in(&cfg.data_dir)?;
+        let (intake_tx, intake_rx) = std::sync::mpsc::channel();
         let policy = Arc::new(crate::policy::PolicyGate::new());
         let core = Core(Arc::new_cyclic(|me| Inner {
             transport: RwLock::new(Arc::new(InProcess::of(me.clone()))),
@@ -141,6 +149,8 @@ impl Core {
             metrics: metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
             watch: wait::Watch::default(),
+            journal,
+            intake: Mutex::new(Some(intake_tx)),
             cfg,
         }));
         let mut threads = Vec::new();
@@ -154,6 +164,12 @@ impl Core {
                     .spawn(move || c.worker())?,
             );
         }
+        let c = core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("peerfs-intake".into())
+                .spawn(move || c.journal_writer(intake_rx))?,
+        );
         let c = core.clone();
         threads.push(
             std::thread::Builder::new()
@@ -232,6 +248,12 @@ impl Core {
 
     /// Moves a peer's store aside; returns where it went.
     pub fn remove_peer(&self, name: &str) -> Result<PathBuf> {
+        if self.0.journal.holds(name)? {
+            return Err(err!(
+                libc::EBUSY,
+                "peer {name:?} has submissions not yet in its queue: try again when it is idle"
+            ));
+        }
         let p = self.0.registry.remove(name)?;
         tracing::info!(peer = name, to = %p.display(), "peer removed (store moved aside)");
         Ok(p)
@@ -272,8 +294,11 @@ impl Core {
                 });
             }
         }
-        if queued > 0 || undelivered {
-            tracing::info!(peer = %peer.name, queued, undelivered, "recovering queued work");
+        // What the intake journal holds for the peer is listed and pending from now.
+        self.load_journal(peer)?;
+        let journaled = !rt(peer).held.lock().unwrap().entries.is_empty();
+        if queued > 0 || undelivered || journaled {
+            tracing::info!(peer = %peer.name, queued, undelivered, journaled, "recovering queued work");
             self.schedule(peer);
         }
         Ok(())
@@ -298,10 +323,18 @@ impl Core {
         self.0.stop.store(true, Ordering::SeqCst);
         self.0.quit.store(true, Ordering::SeqCst);
         self.0.ready_cv.notify_all();
+        // The journal's writer commits what it was given, then ends.
+        self.0.intake.lock().unwrap().take();
         let threads = std::mem::take(&mut *self.0.threads.lock().unwrap());
         for t in threads {
             let _ = t.join();
         }
+        // What the journal holds goes into the peers' queues (it runs at the next
+        // start), so a peer's store is complete when the daemon stops.
+        for p in self.0.registry.open_peers() {
+            self.apply_turn(&p, Vec::new());
+        }
+        self.0.journal.close();
         // Anyone still waiting learns that the daemon stopped.
         self.0.watch.clear();
         for p in self.0.registry.open_peers() {

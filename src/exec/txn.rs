@@ -86,6 +86,10 @@ impl Core {
                 Op::Submit(job) if inline.is_some() => {
                     self.submit_and_run(&mut **st, peer, job, &mut inline)
                 }
+                Op::Journaled {
+                    job,
+                    withdrawn: false,
+                } if inline.is_some() => self.submit_and_run(&mut **st, peer, job, &mut inline),
                 Op::Intake { job, .. } if inline.is_some() => Self::intake_records(&mut **st, op)
                     .and_then(|_| self.submit_and_run(&mut **st, peer, job, &mut inline)),
                 _ => self.apply_one(&mut **st, peer, op),

@@ -4,6 +4,7 @@
 //! inside `begin()`..`commit()`; each run inside that is wrapped in a savepoint so
 //! that one run's failure never undoes another's (group commit).
 
+pub mod journal;
 pub mod rows;
 pub mod sqlite;
 pub mod value;

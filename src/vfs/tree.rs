@@ -227,8 +227,7 @@ impl Vfs {
                     name: n,
                 });
                 if peer == target {
-                    let p = self.core.peer(peer)?;
-                    for (n, _, _) in p.read(|s| s.queue_names(100_000))? {
+                    for (n, _, _) in self.core.queue_names(peer)? {
                         out.push((
                             n.clone(),
                             InboxFile {
