@@ -25,7 +25,7 @@ use super::{test_hooks, Change, Core};
 use crate::error::{err, Error, Result};
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
-use crate::store::journal::Entry;
+use crate::store::journal::{Entry, Journal};
 use crate::store::{Job, OutboxEntry};
 
 /// A submission on its way into the journal.
@@ -49,6 +49,10 @@ fn result_key(peer: &str, job: &Job) -> (String, String) {
 }
 
 impl Core {
+    pub(super) fn journal(&self) -> Option<&Journal> {
+        self.0.journal.as_ref()
+    }
+
     /// Submits `job` to `peer`; `ack` once it is durable. An idle actor (not
     /// scheduled, nothing held or on its way into the journal) takes it at once,
     /// in the transaction that may also run it (one commit for both); otherwise
@@ -59,10 +63,11 @@ impl Core {
         // `journaling` is raised under this lock, and lowered only after the
         // entry is held: an earlier submission is seen in one or the other. An
         // actor that is not running a batch takes ops before its next batch.
-        let idle = !w.running
-            && st.journaling.load(Ordering::SeqCst) == 0
-            && st.held.lock().unwrap().entries.is_empty()
-            && !self.stopping();
+        let idle = self.journal().is_none()
+            || (!w.running
+                && st.journaling.load(Ordering::SeqCst) == 0
+                && st.held.lock().unwrap().entries.is_empty()
+                && !self.stopping());
         if idle {
             w.ops.push((Op::Submit(job), ack));
             if w.scheduled {
@@ -130,7 +135,10 @@ impl Core {
             .map(|s| (s.peer.name.as_str(), &s.job))
             .collect();
         let t = std::time::Instant::now();
-        let committed = self.0.journal.append(&entries);
+        let committed = match self.journal() {
+            Some(j) => j.append(&entries),
+            None => Err(err!(libc::EIO, "no intake journal")),
+        };
         self.0.metrics.commit(t.elapsed());
         self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
         let seqs = match committed {
@@ -185,16 +193,17 @@ impl Core {
     /// drain lock): entries after the peer's mark are held, those at or below it
     /// were taken before a crash and are dropped.
     fn load_held(&self, peer: &Arc<Peer>, loaded: &mut MutexGuard<'_, bool>) -> Result<()> {
-        if **loaded {
+        let Some(journal) = self.journal().filter(|_| !**loaded) else {
+            **loaded = true;
             return Ok(());
-        }
-        let key = self.0.journal.mark_key();
+        };
+        let key = journal.mark_key();
         let mark = peer
             .read(|s| s.meta(&key))?
             .and_then(|(v, _)| String::from_utf8(v).ok()?.parse::<i64>().ok())
             .unwrap_or(0);
-        self.0.journal.forget(&peer.name, mark)?;
-        let entries = self.0.journal.entries_of(&peer.name, mark)?;
+        journal.forget(&peer.name, mark)?;
+        let entries = journal.entries_of(&peer.name, mark)?;
         if !entries.is_empty() {
             tracing::info!(peer = %peer.name, n = entries.len(), "submissions held in the intake journal");
         }
@@ -220,13 +229,14 @@ impl Core {
             tracing::error!(peer = %peer.name, error = %e, "cannot read the intake journal; held submissions wait");
         }
         let held: Vec<Entry> = rt(peer).held.lock().unwrap().entries.clone();
-        if held.is_empty() {
+        let journal = self.journal();
+        let (Some(journal), false) = (journal, held.is_empty()) else {
             drop(loaded);
             if !ops.is_empty() {
                 self.apply_ops(peer, ops);
             }
             return;
-        }
+        };
         let mark = held.last().map_or(0, |e| e.seq);
         let outcomes: Arc<Mutex<Vec<Option<Error>>>> = Arc::new(Mutex::new(vec![None; held.len()]));
         let taken = Arc::new(Mutex::new(false));
@@ -247,7 +257,7 @@ impl Core {
         let t2 = taken.clone();
         all.push((
             Op::JournalMark {
-                key: self.0.journal.mark_key(),
+                key: journal.mark_key(),
                 seq: mark,
             },
             Some(Box::new(move |r| *t2.lock().unwrap() = r.is_ok())),
@@ -275,7 +285,7 @@ impl Core {
             }
         }
         test_hooks::abort_after_drain(peer, mark);
-        if let Err(e) = self.0.journal.forget(&peer.name, mark) {
+        if let Err(e) = journal.forget(&peer.name, mark) {
             // Harmless: the peer's mark keeps them from being taken again.
             tracing::warn!(peer = %peer.name, error = %e, "cannot drop taken entries from the intake journal");
         }
@@ -287,6 +297,9 @@ impl Core {
     pub(super) fn withdraw_held(&self, peer: &Arc<Peer>, name: &str) -> Result<usize> {
         let mut loaded = rt(peer).drain.lock().unwrap();
         self.load_held(peer, &mut loaded)?;
+        let Some(journal) = self.journal() else {
+            return Ok(0);
+        };
         let mut h = rt(peer).held.lock().unwrap();
         let seqs: Vec<i64> = h
             .entries
@@ -297,7 +310,7 @@ impl Core {
         if seqs.is_empty() {
             return Ok(0);
         }
-        self.0.journal.withdraw(&seqs)?;
+        journal.withdraw(&seqs)?;
         for e in h.entries.iter_mut().filter(|e| seqs.contains(&e.seq)) {
             e.withdrawn = true;
         }

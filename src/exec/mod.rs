@@ -119,7 +119,9 @@ struct Inner {
     /// Reads waiting for results, watched for their reader's signals and time.
     watch: wait::Watch,
     /// Where submissions become durable without waiting for their peer's runs.
-    journal: crate::store::journal::Journal,
+    /// `None` when it cannot be opened (a read-only data folder): submissions
+    /// then wait for their peer's actor, as everything else does.
+    journal: Option<crate::store::journal::Journal>,
     /// To the journal's writer thread (`None` once stopping).
     intake: intake::Intake,
 }
@@ -132,7 +134,13 @@ impl Core {
     /// Opens the data directory and starts the workers.
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
-        let journal = crate::store::journal::Journal::open_in(&cfg.data_dir)?;
+        let journal = match crate::store::journal::Journal::open_in(&cfg.data_dir) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::error!(error = %e, "no intake journal: a submission waits for its peer's run in progress");
+                None
+            }
+        };
         let (intake_tx, intake_rx) = std::sync::mpsc::channel();
         let policy = Arc::new(crate::policy::PolicyGate::new());
         let core = Core(Arc::new_cyclic(|me| Inner {
@@ -248,7 +256,7 @@ impl Core {
 
     /// Moves a peer's store aside; returns where it went.
     pub fn remove_peer(&self, name: &str) -> Result<PathBuf> {
-        if self.0.journal.holds(name)? {
+        if self.journal().map(|j| j.holds(name)).transpose()? == Some(true) {
             return Err(err!(
                 libc::EBUSY,
                 "peer {name:?} has submissions not yet in its queue: try again when it is idle"
@@ -334,7 +342,9 @@ impl Core {
         for p in self.0.registry.open_peers() {
             self.apply_turn(&p, Vec::new());
         }
-        self.0.journal.close();
+        if let Some(j) = self.journal() {
+            j.close();
+        }
         // Anyone still waiting learns that the daemon stopped.
         self.0.watch.clear();
         for p in self.0.registry.open_peers() {
