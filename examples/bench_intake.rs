@@ -3,8 +3,10 @@
 //! FUSE mount, in the same run (rounds alternate idle, busy, idle, ...; a busy
 //! round's endless script ends before the next idle round starts).
 //!
-//! Prints `intake.idle_close_us.p99`, `intake.busy_close_us.p99` and
-//! `intake.busy_vs_idle_p99_ratio` (busy p99 over idle p99; the goal is ≤ 2).
+//! Prints `intake.idle_close_us.p99` and `intake.busy_close_us.p99` (over all
+//! rounds), `intake.busy_vs_idle_p99_ratio` (busy p99 over idle p99 of each pair
+//! of rounds, the median of the pairs; the goal is ≤ 2) and
+//! `intake.busy_vs_idle_p99_ratio.all_samples` (the first two's ratio).
 //! The close is timed alone (open and write before it are not): it is the call
 //! that makes the submission durable.
 //!
@@ -23,8 +25,8 @@ mod bench_support;
 
 use peerfs::exec::{Config, Core};
 
-/// Rounds of each kind, alternating.
-const ROUNDS: usize = 3;
+/// Rounds of each kind, paired (idle, then busy) and alternating.
+const ROUNDS: usize = 5;
 /// Drops per round.
 const DROPS: usize = 300;
 /// A quick script (runs at once in an idle peer).
@@ -140,14 +142,16 @@ fn main() {
         }
     }
     let (mut idle, mut busy) = (Vec::new(), Vec::new());
+    let mut ratios = Vec::with_capacity(ROUNDS);
     for r in 0..ROUNDS {
         let peer = format!("idle{r}");
         let mut round = Vec::with_capacity(DROPS);
         for i in 0..DROPS {
             round.push(timed_drop(&mnt.join(format!("{peer}/inbox/d-{i}.rhai"))));
         }
+        let idle_p99 = p99(&mut round.clone());
         if verbose() {
-            eprintln!("idle round {r}: p99 {:?}", p99(&mut round.clone()));
+            eprintln!("idle round {r}: p99 {idle_p99:?}");
         }
         idle.extend(round);
         let peer = format!("busy{r}");
@@ -167,9 +171,11 @@ fn main() {
             Some(libc::EAGAIN),
             "the endless script ended before the busy round did"
         );
+        let busy_p99 = p99(&mut round.clone());
         if verbose() {
-            eprintln!("busy round {r}: p99 {:?}", p99(&mut round.clone()));
+            eprintln!("busy round {r}: p99 {busy_p99:?}");
         }
+        ratios.push(busy_p99.as_secs_f64() / idle_p99.as_secs_f64());
         busy.extend(round);
         // The next idle round starts on a quiet machine: the endless script ends
         // (at the wall limit) and the round's drops run.
@@ -187,8 +193,16 @@ fn main() {
     let (pi, pb) = (p99(&mut idle), p99(&mut busy));
     println!("intake.idle_close_us.p99: {} us", pi.as_micros());
     println!("intake.busy_close_us.p99: {} us", pb.as_micros());
+    // The median of the paired rounds' ratios: one round's scheduling hiccup on
+    // this shared 2-core machine (the endless script takes a core) moves a p99
+    // of 300 samples, not the median of five.
+    ratios.sort_by(f64::total_cmp);
     println!(
         "intake.busy_vs_idle_p99_ratio: {:.3}",
+        ratios[ratios.len() / 2]
+    );
+    println!(
+        "intake.busy_vs_idle_p99_ratio.all_samples: {:.3}",
         pb.as_secs_f64() / pi.as_secs_f64()
     );
 }
