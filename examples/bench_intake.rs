@@ -81,8 +81,8 @@ fn p99(v: &mut [Duration]) -> Duration {
     v[(v.len() * 99 / 100).min(v.len() - 1)]
 }
 
-/// Starts an endless loop at `peer` and waits until its actor runs it from the
-/// queue (it gave way in its submission's transaction first).
+/// Starts an endless loop at `peer` and waits until its actor runs it in a batch
+/// (it gave way in its submission's transaction first).
 fn start_endless(core: &Core, mnt: &Path, peer: &str) {
     let before = core.stats().runs_gave_way.load(Ordering::Relaxed);
     std::fs::write(
@@ -91,15 +91,13 @@ fn start_endless(core: &Core, mnt: &Path, peer: &str) {
     )
     .unwrap();
     let t = Instant::now();
-    while core.stats().runs_gave_way.load(Ordering::Relaxed) == before {
+    while core.stats().runs_gave_way.load(Ordering::Relaxed) == before || !core.running(peer) {
         assert!(
             t.elapsed() < Duration::from_secs(10),
             "the endless script never started"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Its batch has begun (the turn that queued it goes straight on to it).
-    std::thread::sleep(Duration::from_millis(20));
 }
 
 fn main() {

@@ -30,9 +30,9 @@ fn mounted(wall_ms: u64) -> Mounted {
     )
 }
 
-/// Drops an endless loop into alice's inbox and waits until her actor has taken
-/// it into its batch of runs (it gave way in its submission's transaction and
-/// runs from the queue now): from here until it ends, alice's store is busy.
+/// Drops an endless loop into alice's inbox and waits until her actor runs it in
+/// a batch (it gave way in its submission's transaction and runs from the queue
+/// now): from here until it ends, alice's store is busy.
 fn start_endless(m: &Mounted) {
     let gave_way = m.core.stats().runs_gave_way.load(Ordering::Relaxed);
     fs::write(
@@ -41,7 +41,7 @@ fn start_endless(m: &Mounted) {
     )
     .unwrap();
     let running = wait_until(T, || {
-        m.core.stats().runs_gave_way.load(Ordering::Relaxed) > gave_way
+        m.core.stats().runs_gave_way.load(Ordering::Relaxed) > gave_way && m.core.running("alice")
     });
     assert!(running, "the endless script never started");
 }

@@ -53,6 +53,16 @@ impl Core {
         self.0.journal.as_ref()
     }
 
+    /// Whether `peer`'s actor is in a batch of runs now (a submission meanwhile
+    /// goes through the intake journal).
+    pub fn running(&self, peer: &str) -> bool {
+        // Not opened for this: a closed peer runs nothing.
+        self.0.registry.is_open(peer)
+            && self
+                .peer(peer)
+                .is_ok_and(|p| rt(&p).work.lock().unwrap().running)
+    }
+
     /// Submits `job` to `peer`; `ack` once it is durable. An idle actor (not
     /// scheduled, nothing held or on its way into the journal) takes it at once,
     /// in the transaction that may also run it (one commit for both); otherwise

@@ -303,7 +303,10 @@ impl Core {
             }
         }
         // What the intake journal holds for the peer is listed and pending from now.
-        self.load_journal(peer)?;
+        if let Err(e) = self.load_journal(peer) {
+            // Read again at the actor's first turn.
+            tracing::error!(peer = %peer.name, error = %e, "cannot read the intake journal");
+        }
         let journaled = !rt(peer).held.lock().unwrap().entries.is_empty();
         if queued > 0 || undelivered || journaled {
             tracing::info!(peer = %peer.name, queued, undelivered, journaled, "recovering queued work");

@@ -122,6 +122,14 @@ impl Core {
     /// for a run in progress; those already in the queue by the peer's actor.
     pub fn withdraw(&self, peer: &str, name: &str) -> Result<()> {
         let p = self.peer(peer)?;
+        // A submission on its way into the journal (its close still running) is
+        // held in a moment: it must be seen, or it would run after this rm.
+        let t = std::time::Instant::now();
+        while rt(&p).journaling.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && t.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let held = self.withdraw_held(&p, name)?;
         if held > 0 && p.read(|s| s.queued_named(name))?.is_none() {
             return Ok(());
