@@ -15,11 +15,35 @@ pub fn now_ns() -> i64 {
 pub fn rfc3339(ns: i64) -> String {
     let secs = ns.div_euclid(1_000_000_000);
     let ms = ns.rem_euclid(1_000_000_000) / 1_000_000;
+    // A run writes several stamps of the same second: the date and time part is
+    // made once per second and thread (`YYYY-MM-DDTHH:MM:SS`, 19 bytes).
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, seconds_text(secs));
+        }
+        let mut out = String::with_capacity(24);
+        out.push_str(&last.1);
+        out.push('.');
+        let ms = ms as u32;
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+        out
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch (UTC).
+fn seconds_text(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
         sod / 3600,
         (sod / 60) % 60,
         sod % 60
@@ -101,6 +125,10 @@ mod tests {
             "2026-11-18T11:06:40.123Z"
         );
         assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        // The same second again (its text reused), then the next one.
+        assert_eq!(rfc3339(951_782_400_007_000_000), "2000-02-29T00:00:00.007Z");
+        assert_eq!(rfc3339(951_782_401_050_000_000), "2000-02-29T00:00:01.050Z");
+        assert_eq!(rfc3339(-1_000_000), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]
