@@ -106,6 +106,8 @@ impl Journal {
     pub fn append(&self, entries: &[(&str, &Job)]) -> Result<Vec<i64>> {
         let mut g = self.conn.lock().unwrap();
         let conn = open_conn(&mut g)?;
+        // Whatever `forget` left behind: this commit is fsynced.
+        conn.execute_batch("PRAGMA synchronous=FULL")?;
         let tx = conn.transaction()?;
         let mut seqs = Vec::with_capacity(entries.len());
         {
@@ -217,6 +219,7 @@ impl Journal {
     pub fn withdraw(&self, seqs: &[i64]) -> Result<()> {
         let mut g = self.conn.lock().unwrap();
         let conn = open_conn(&mut g)?;
+        conn.execute_batch("PRAGMA synchronous=FULL")?;
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached("UPDATE intake SET withdrawn=1 WHERE seq=?1")?;
@@ -236,4 +239,68 @@ fn open_conn(g: &mut Option<Connection>) -> Result<&mut Connection> {
             "the daemon is stopping: the intake journal is closed"
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(name: &str, caller: &str) -> Job {
+        Job {
+            id: crate::util::new_id(),
+            name: name.to_string(),
+            source: b"1".to_vec(),
+            caller: caller.to_string(),
+            params: "{}".to_string(),
+            submitted_at: 1,
+            chain: vec![caller.to_string()],
+            budget: 10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn entries_keep_their_order_and_a_mark_drops_those_taken() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open_in(d.path()).unwrap();
+        let (a1, b1, a2) = (
+            job("a1.rhai", "alice"),
+            job("b1.rhai", "bob"),
+            job("a2.rhai", "bob"),
+        );
+        let seqs = j
+            .append(&[("alice", &a1), ("bob", &b1), ("alice", &a2)])
+            .unwrap();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+        let alice = j.entries_of("alice", 0).unwrap();
+        assert_eq!(
+            alice
+                .iter()
+                .map(|e| e.job.name.as_str())
+                .collect::<Vec<_>>(),
+            ["a1.rhai", "a2.rhai"]
+        );
+        assert_eq!(alice[1].job.caller, "bob");
+        assert_eq!(alice[0].job.id, a1.id);
+        assert!(j.holds("bob").unwrap() && !j.holds("carol").unwrap());
+        // Withdrawn, and still there until taken.
+        j.withdraw(&[seqs[2]]).unwrap();
+        assert!(j.entries_of("alice", 0).unwrap()[1].withdrawn);
+        // Taken up to the first: only the second is left; bob's are untouched.
+        j.forget("alice", seqs[0]).unwrap();
+        assert_eq!(j.entries_of("alice", 0).unwrap().len(), 1);
+        assert_eq!(j.entries_of("alice", seqs[2]).unwrap().len(), 0);
+        assert_eq!(j.entries_of("bob", 0).unwrap().len(), 1);
+        // Reopened: the same id (marks name it) and numbering that never goes back.
+        let key = j.mark_key();
+        drop(j);
+        let j = Journal::open_in(d.path()).unwrap();
+        assert_eq!(j.mark_key(), key);
+        j.forget("alice", i64::MAX).unwrap();
+        j.forget("bob", i64::MAX).unwrap();
+        let next = j.append(&[("alice", &a1)]).unwrap();
+        assert!(next[0] > seqs[2], "seq reused: {next:?} after {seqs:?}");
+        j.close();
+        assert!(j.append(&[("alice", &a1)]).is_err(), "closed");
+    }
 }
