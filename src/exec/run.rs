@@ -48,9 +48,7 @@ impl Core {
                 // A failing store (a full disk) is not a crash of the script: its
                 // starts are taken back (best effort), so it is not ended for it.
                 let undo = st.begin_unsynced().and_then(|_| {
-                    for j in &jobs {
-                        st.count_attempt(j.seq, -1)?;
-                    }
+                    count_range(&mut **st, &jobs, -1)?;
                     st.commit()
                 });
                 if undo.is_err() {
@@ -86,8 +84,8 @@ impl Core {
         if jobs.first().is_some_and(|j| j.attempts > 0) {
             jobs.truncate(1);
         }
+        count_range(st, &jobs, 1)?;
         for j in &mut jobs {
-            st.count_attempt(j.seq, 1)?;
             j.attempts += 1;
         }
         let refused = st.take_refused();
@@ -130,9 +128,7 @@ impl Core {
                 break;
             }
         }
-        for job in &jobs[finished..] {
-            st.count_attempt(job.seq, -1)?;
-        }
+        count_range(st, &jobs[finished..], -1)?;
         self.count_runs(st, finished as u64)?;
         Ok((effects, finished as u64))
     }
@@ -332,6 +328,16 @@ impl Core {
             st.prune_runs(self.0.cfg.run_retention)?;
         }
         Ok(())
+    }
+}
+
+/// Adds `delta` to the starts of `jobs`: the first queued scripts, in order, so
+/// the queue holds no other row between the first's `seq` and the last's (rows
+/// refused as invalid on the way left the queue).
+fn count_range(st: &mut dyn Store, jobs: &[Job], delta: i64) -> Result<()> {
+    match (jobs.first(), jobs.last()) {
+        (Some(f), Some(l)) => st.count_attempts(f.seq, l.seq, delta),
+        _ => Ok(()),
     }
 }
 

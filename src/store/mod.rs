@@ -197,6 +197,14 @@ pub trait Store: Send {
     fn count_attempt(&mut self, _seq: i64, _delta: i64) -> Result<()> {
         Ok(())
     }
+    /// [`Store::count_attempt`] for every queued script from `first` to `last`
+    /// (`seq`s, both included), in one statement.
+    fn count_attempts(&mut self, first: i64, last: i64, delta: i64) -> Result<()> {
+        for seq in first..=last {
+            self.count_attempt(seq, delta)?;
+        }
+        Ok(())
+    }
     /// Queued scripts and outgoing messages refused since the last call because
     /// their rows are invalid (see [`rows`]); they were removed or marked.
     fn take_refused(&mut self) -> u64 {
