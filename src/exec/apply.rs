@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::op::Op;
 use super::provenance::{chain_note, unreadable_result};
+use super::run::Queued;
 use super::slot::result_slot;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core, MessageKind};
@@ -43,10 +44,9 @@ impl Core {
             return self.queue_submission(st, peer, job);
         }
         let mut fx = self.record_submission(st, peer, job)?;
-        // A submission is not in the queue yet (`seq` 0): the run's dequeue removes
-        // nothing.
+        // A submission is not in the queue yet (`seq` 0): nothing to dequeue.
         debug_assert_eq!(job.seq, 0);
-        match self.run_one(st, peer, job, Some(deadline), None)? {
+        match self.run_one(st, peer, &Queued::No(job), Some(deadline), None)? {
             Some(run_fx) => {
                 self.count_runs(st, 1)?;
                 fx.extend(run_fx);
@@ -185,7 +185,7 @@ impl Core {
                 let mut fx = self.record_submission(st, peer, job)?;
                 let why = format!("withdrawn by {}'s owner before it ran", peer.name);
                 fx.extend(
-                    self.run_one(st, peer, job, None, Some(why))?
+                    self.run_one(st, peer, &Queued::No(job), None, Some(why))?
                         .unwrap_or_default(),
                 );
                 st.append_log(&format!("{ts} withdraw {} (1 queued)", job.name))?;
@@ -316,7 +316,7 @@ impl Core {
                 let mut fx = vec![Effect::Changed(Change::Inbox)];
                 for job in &jobs {
                     let why = format!("withdrawn by {}'s owner before it ran", peer.name);
-                    if let Some(f) = self.run_one(st, peer, job, None, Some(why))? {
+                    if let Some(f) = self.run_one(st, peer, &Queued::Row(job), None, Some(why))? {
                         fx.extend(f);
                     }
                     fx.push(Effect::Dequeued);

@@ -116,7 +116,7 @@ impl Core {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(st, peer, job, None, None)? {
+            match self.run_one(st, peer, &Queued::Batch(job), None, None)? {
                 Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
@@ -127,6 +127,10 @@ impl Core {
             if started.elapsed() > budget {
                 break;
             }
+        }
+        // The finished ones leave the queue together (see `Queued::Batch`).
+        if let (Some(f), Some(l)) = (jobs.first(), jobs[..finished].last()) {
+            st.dequeue_range(f.seq, l.seq)?;
         }
         count_range(st, &jobs[finished..], -1)?;
         self.count_runs(st, finished as u64)?;
@@ -141,10 +145,11 @@ impl Core {
         &self,
         st: &mut dyn Store,
         peer: &Arc<Peer>,
-        job: &Job,
+        queued: &Queued,
         yield_at: Option<Instant>,
         end: Option<String>,
     ) -> Result<Option<Vec<Effect>>> {
+        let job = queued.job();
         let submitted = job.submitted_at;
         let params: Value =
             serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
@@ -302,7 +307,9 @@ impl Core {
             })?;
             fx.push(Effect::Undelivered);
         }
-        st.dequeue(job.seq)?;
+        if let Queued::Row(job) = queued {
+            st.dequeue(job.seq)?;
+        }
         let counter = match outcome.status {
             Status::Ok => &self.0.stats.runs_ok,
             Status::Denied => &self.0.stats.runs_denied,
@@ -328,6 +335,25 @@ impl Core {
             st.prune_runs(self.0.cfg.run_retention)?;
         }
         Ok(())
+    }
+}
+
+/// Where the job of a run is, for its removal from the queue.
+pub(super) enum Queued<'a> {
+    /// Not in the queue (run inside its submission's transaction).
+    No(&'a Job),
+    /// A queue row, removed with the run's result.
+    Row(&'a Job),
+    /// A row of a batch: the batch removes its finished rows together, in the
+    /// same transaction (`runs_in_txn`).
+    Batch(&'a Job),
+}
+
+impl Queued<'_> {
+    fn job(&self) -> &Job {
+        match self {
+            Queued::No(j) | Queued::Row(j) | Queued::Batch(j) => j,
+        }
     }
 }
 

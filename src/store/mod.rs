@@ -197,6 +197,13 @@ pub trait Store: Send {
     fn count_attempt(&mut self, _seq: i64, _delta: i64) -> Result<()> {
         Ok(())
     }
+    /// Removes the queued scripts from `first` to `last` (`seq`s, both included).
+    fn dequeue_range(&mut self, first: i64, last: i64) -> Result<()> {
+        for seq in first..=last {
+            self.dequeue(seq)?;
+        }
+        Ok(())
+    }
     /// [`Store::count_attempt`] for every queued script from `first` to `last`
     /// (`seq`s, both included), in one statement.
     fn count_attempts(&mut self, first: i64, last: i64, delta: i64) -> Result<()> {
