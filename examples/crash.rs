@@ -1,7 +1,10 @@
 //! `scripts-ci/crash`: kill the daemon with SIGKILL at random moments while scripts
 //! stream in through the mount (state changes, sends between peers, module and
-//! policy edits), remount, and check after every round that nothing acknowledged
-//! was lost and nothing ran twice. Prints `crash.rounds: N` and `crash.violations: N`.
+//! policy edits; some scripts take a while, so that drops meanwhile wait in the
+//! intake journal and kills land between its commit and the peer's take), remount, and check after every round that nothing acknowledged
+//! was lost and nothing ran twice. Prints `crash.rounds: N`,
+//! `crash.rounds_killed_with_journal_held: N` (kills that left submissions in the
+//! intake journal, not yet in their peer's queue) and `crash.violations: N`.
 //!
 //! Usage: crash [ROUNDS] (default 200). Needs the `peerfs` binary next to this one
 //! (target/release/peerfs) and FUSE.
@@ -103,10 +106,17 @@ fn client(mnt: PathBuf, next: Arc<Mutex<u64>>, acked: Arc<Mutex<Acked>>, stop: A
             *n += 1;
             *n
         };
-        let kind = rng % 10;
+        let kind = rng % 12;
         let r = match kind {
-            0..=4 => {
-                let src = format!("let c = (get(\"count\") ?? 0) + 1; set(\"count\", c); set(\"seen/{id}\", c); c");
+            0..=4 | 10 | 11 => {
+                // Some take a while, so that drops meanwhile wait in the intake
+                // journal (the kill lands between its commit and alice's take).
+                let slow = if kind >= 10 {
+                    "let i = 0; while i < 200000 { i += 1; } "
+                } else {
+                    ""
+                };
+                let src = format!("{slow}let c = (get(\"count\") ?? 0) + 1; set(\"count\", c); set(\"seen/{id}\", c); c");
                 peerfs::util::write_and_close(
                     &mnt.join(format!("alice/inbox/c{id}.rhai")),
                     src.as_bytes(),
@@ -129,7 +139,7 @@ fn client(mnt: PathBuf, next: Arc<Mutex<u64>>, acked: Arc<Mutex<Acked>>, stop: A
                 )
                 .map(|_| 2)
             }
-            _ => {
+            9 => {
                 // Module and policy edits: acknowledged or not, they must not break anything.
                 let _ = std::fs::write(
                     mnt.join("alice/modules/m.rhai"),
@@ -138,6 +148,7 @@ fn client(mnt: PathBuf, next: Arc<Mutex<u64>>, acked: Arc<Mutex<Acked>>, stop: A
                 peerfs::util::write_and_close(&mnt.join("bob/policy.cedar"), BOB_POLICY.as_bytes())
                     .map(|_| 3)
             }
+            _ => unreachable!(),
         };
         if let Ok(k) = r {
             let mut a = acked.lock().unwrap();
@@ -174,6 +185,32 @@ impl Db {
     }
 }
 
+/// The scripts the intake journal (`DATA/intake.sqlite`) still holds for the
+/// peer whose store is `db`: those after the peer's mark (the ones at or below it
+/// are in its store already), not withdrawn.
+fn journal_held(data: &Path, peer: &str, db: &Db) -> BTreeSet<String> {
+    let path = data.join("intake.sqlite");
+    if !path.exists() {
+        return BTreeSet::new();
+    }
+    let j = Db::open(&path);
+    let Some(id) = j.strings("SELECT v FROM meta WHERE k='id'").pop() else {
+        return BTreeSet::new();
+    };
+    let mark: i64 = db
+        .strings(&format!(
+            "SELECT CAST(v AS TEXT) FROM meta WHERE k='intake-journal/{id}'"
+        ))
+        .pop()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    j.strings(&format!(
+        "SELECT name FROM intake WHERE peer='{peer}' AND seq>{mark} AND withdrawn=0"
+    ))
+    .into_iter()
+    .collect()
+}
+
 /// Checks the stores (daemon stopped). `settled`: every queue should be drained.
 fn check(data: &Path, acked: &Acked, settled: bool) -> Vec<String> {
     let mut v = Vec::new();
@@ -193,12 +230,35 @@ fn check(data: &Path, acked: &Acked, settled: bool) -> Vec<String> {
         m
     };
     let runs_a = count(&alice, "SELECT name FROM runs");
+    let held_a = journal_held(data, "alice", &alice);
+    let held_b = journal_held(data, "bob", &bob);
+    let runs_b = count(&bob, "SELECT name FROM runs");
+    // A script held in the journal after its peer's mark is taken at the next
+    // start: if it also ran already, it would run twice.
+    for n in held_a.iter().filter(|n| runs_a.contains_key(*n)) {
+        v.push(format!("{n} ran and is still held in the intake journal"));
+    }
+    for n in held_b.iter().filter(|n| runs_b.contains_key(*n)) {
+        v.push(format!(
+            "{n} ran at bob and is still held in the intake journal"
+        ));
+    }
+    if settled && !(held_a.is_empty() && held_b.is_empty()) {
+        v.push(format!(
+            "the intake journal still holds {held_a:?} {held_b:?}"
+        ));
+    }
+    // Queued: in the peer's queue, or held in the journal.
     let queued_a: BTreeSet<String> = alice
         .strings("SELECT name FROM queue")
         .into_iter()
+        .chain(held_a)
         .collect();
-    let runs_b = count(&bob, "SELECT name FROM runs");
-    let queued_b: BTreeSet<String> = bob.strings("SELECT name FROM queue").into_iter().collect();
+    let queued_b: BTreeSet<String> = bob
+        .strings("SELECT name FROM queue")
+        .into_iter()
+        .chain(held_b)
+        .collect();
     let undelivered: BTreeSet<String> = alice
         .strings("SELECT name FROM sent WHERE delivered_at IS NULL")
         .into_iter()
@@ -326,6 +386,8 @@ fn main() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut violations = Vec::new();
     let mut rng = 12345u64;
+    // Rounds whose kill left submissions held in the intake journal.
+    let mut held_rounds = 0;
     for round in 0..rounds {
         let d = Daemon::start(&bin, &mnt, &data);
         let stop = Arc::new(AtomicBool::new(false));
@@ -347,6 +409,15 @@ fn main() {
         let found = check(&data, &acked.lock().unwrap(), false);
         for f in &found {
             eprintln!("round {round}: {f}");
+        }
+        let held: usize = ["alice", "bob"]
+            .iter()
+            .map(|p| {
+                journal_held(&data, p, &Db::open(&data.join(format!("peers/{p}.sqlite")))).len()
+            })
+            .sum();
+        if held > 0 {
+            held_rounds += 1;
         }
         violations.extend(found);
     }
@@ -387,6 +458,7 @@ fn main() {
         a.sends.len()
     );
     println!("crash.rounds: {rounds}");
+    println!("crash.rounds_killed_with_journal_held: {held_rounds}");
     println!("crash.violations: {}", violations.len());
     if !violations.is_empty() {
         std::process::exit(1);

@@ -1017,6 +1017,12 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
         PeerCmd::Remove { name, data } => {
             let _lock = lock_data(&data, "peer remove")?;
             let r = Registry::new(&data, None)?;
+            if r.exists(&name) {
+                let n = peerfs::exec::settle_journal(&data, &name, &r.path_of(&name))?;
+                if n > 0 {
+                    println!("{n} submitted scripts of {name} moved into its queue");
+                }
+            }
             let p = r.remove(&name)?;
             println!("moved peer {name} to {}", p.display());
         }

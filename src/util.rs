@@ -17,10 +17,37 @@ pub fn now_ns() -> i64 {
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-26T11:00:00.123Z`; the
 /// milliseconds are floored, so a time before the epoch rounds down too.
 pub fn rfc3339(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let ms = ns.rem_euclid(1_000_000_000) / 1_000_000;
+    // A run writes several stamps of the same second: the date and time part is
+    // made once per second and thread (`YYYY-MM-DDTHH:MM:SS`, 19 bytes).
+    thread_local! {
+        static LAST: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, seconds_text(secs));
+        }
+        let mut out = String::with_capacity(24);
+        out.push_str(&last.1);
+        out.push('.');
+        let ms = ms as u32;
+        out.push(char::from(b'0' + (ms / 100) as u8));
+        out.push(char::from(b'0' + (ms / 10 % 10) as u8));
+        out.push(char::from(b'0' + (ms % 10) as u8));
+        out.push('Z');
+        out
+    })
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `secs` since the epoch (UTC).
+fn seconds_text(secs: i64) -> String {
     // Every i64 of nanoseconds (years 1677 to 2262) is inside jiff's range.
-    let ts = jiff::Timestamp::from_millisecond(ns.div_euclid(1_000_000))
-        .expect("i64 nanoseconds are within jiff's range");
-    format!("{ts:.3}")
+    let ts = jiff::Timestamp::from_second(secs).expect("i64 nanoseconds are within jiff's range");
+    let mut text = format!("{ts:.0}");
+    text.pop(); // the `Z`
+    text
 }
 
 /// Nanoseconds since the Unix epoch of an RFC 3339 time (`2026-11-26T11:00:00Z`,
@@ -91,6 +118,10 @@ mod tests {
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59.999Z");
         assert_eq!(rfc3339(i64::MAX), "2262-04-11T23:47:16.854Z");
         assert_eq!(rfc3339(i64::MIN), "1677-09-21T00:12:43.145Z");
+        // The same second again (its text reused), then the next one.
+        assert_eq!(rfc3339(951_782_400_007_000_000), "2000-02-29T00:00:00.007Z");
+        assert_eq!(rfc3339(951_782_401_050_000_000), "2000-02-29T00:00:01.050Z");
+        assert_eq!(rfc3339(-1_000_000), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

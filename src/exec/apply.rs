@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::op::Op;
 use super::provenance::{chain_note, unreadable_result};
+use super::run::Queued;
 use super::slot::result_slot;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core, MessageKind};
@@ -44,10 +45,9 @@ impl Core {
             return self.queue_submission(st, peer, job);
         }
         let mut fx = self.record_submission(st, peer, job)?;
-        // A submission is not in the queue yet (`seq` 0): the run's dequeue removes
-        // nothing.
+        // A submission is not in the queue yet (`seq` 0): nothing to dequeue.
         debug_assert_eq!(job.seq, 0);
-        match self.run_one(st, peer, job, Some(deadline), None)? {
+        match self.run_one(st, peer, &Queued::No(job), Some(deadline), None)? {
             Some(run_fx) => {
                 self.count_runs(st, 1)?;
                 fx.extend(run_fx);
@@ -176,7 +176,19 @@ impl Core {
         op: &Op,
     ) -> Result<Vec<Effect>> {
         match op {
-            Op::Submit(job) => self.queue_submission(st, peer, job),
+            Op::Submit(job)
+            | Op::Journaled {
+                job,
+                withdrawn: false,
+            } => self.queue_submission(st, peer, job),
+            Op::Journaled {
+                job,
+                withdrawn: true,
+            } => self.withdraw_journaled(st, peer, job),
+            Op::JournalMark { key, seq } => {
+                st.set_meta(key, seq.to_string().as_bytes())?;
+                Ok(vec![Effect::None])
+            }
             Op::Intake { job, .. } => {
                 Self::intake_records(st, op)?;
                 self.queue_submission(st, peer, job)
@@ -341,12 +353,32 @@ impl Core {
         let mut fx = vec![Effect::Changed(Change::Inbox)];
         for job in &jobs {
             let why = format!("withdrawn by {}'s owner before it ran", peer.name);
-            if let Some(f) = self.run_one(st, peer, job, None, Some(why))? {
+            if let Some(f) = self.run_one(st, peer, &Queued::Row(job), None, Some(why))? {
                 fx.extend(f);
             }
             fx.push(Effect::Dequeued);
         }
         st.append_log(&format!("{ts} withdraw {name} ({} queued)", jobs.len()))?;
+        Ok(fx)
+    }
+
+    /// [`Op::Journaled`] withdrawn while it waited in the intake journal: recorded
+    /// like a submission that the owner then withdrew.
+    fn withdraw_journaled(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+    ) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
+        let mut fx = self.record_submission(st, peer, job)?;
+        let why = format!("withdrawn by {}'s owner before it ran", peer.name);
+        fx.extend(
+            self.run_one(st, peer, &Queued::No(job), None, Some(why))?
+                .unwrap_or_default(),
+        );
+        st.append_log(&format!("{ts} withdraw {} (1 queued)", job.name))?;
+        fx.push(Effect::Changed(Change::Inbox));
         Ok(fx)
     }
 

@@ -20,6 +20,7 @@
 mod apply;
 mod config;
 mod deliver;
+mod intake;
 pub mod metrics;
 mod op;
 mod outbox;
@@ -48,6 +49,7 @@ use crate::peer::{Peer, Registry};
 use crate::script::{AstCache, Limits};
 
 pub use config::{Config, Stats};
+pub use intake::settle_journal;
 pub use op::{Ack, Op, Waiter};
 pub use result::RunResult;
 pub use slot::{caller_slot, slot_caller};
@@ -118,6 +120,12 @@ struct Inner {
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Reads waiting for results, watched for their reader's signals and time.
     watch: wait::Watch,
+    /// Where submissions become durable without waiting for their peer's runs.
+    /// `None` when it cannot be opened (a read-only data folder): submissions
+    /// then wait for their peer's actor, as everything else does.
+    journal: Option<crate::store::journal::Journal>,
+    /// To the journal's writer thread (`None` once stopping).
+    intake: intake::Intake,
 }
 
 /// The running core: registry, worker pool, executor. Cheap to clone.
@@ -128,6 +136,14 @@ impl Core {
     /// Opens the data directory and starts the workers.
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
+        let journal = match crate::store::journal::Journal::open_in(&cfg.data_dir) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::error!(error = %e, "no intake journal: a submission waits for its peer's run in progress");
+                None
+            }
+        };
+        let (intake_tx, intake_rx) = std::sync::mpsc::channel();
         let policy = Arc::new(crate::policy::PolicyGate::new());
         let core = Core(Arc::new_cyclic(|me| Inner {
             transport: RwLock::new(Arc::new(InProcess::of(me.clone()))),
@@ -143,6 +159,8 @@ impl Core {
             metrics: metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
             watch: wait::Watch::default(),
+            journal,
+            intake: Mutex::new(Some(intake_tx)),
             cfg,
         }));
         let mut threads = Vec::new();
@@ -156,6 +174,12 @@ impl Core {
                     .spawn(move || c.worker())?,
             );
         }
+        let c = core.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("peerfs-intake".into())
+                .spawn(move || c.journal_writer(intake_rx))?,
+        );
         let c = core.clone();
         threads.push(
             std::thread::Builder::new()
@@ -234,6 +258,12 @@ impl Core {
 
     /// Moves a peer's store aside; returns where it went.
     pub fn remove_peer(&self, name: &str) -> Result<PathBuf> {
+        if self.journal().map(|j| j.holds(name)).transpose()? == Some(true) {
+            return Err(err!(
+                libc::EBUSY,
+                "peer {name:?} has submissions not yet in its queue: try again when it is idle"
+            ));
+        }
         let p = self.0.registry.remove(name)?;
         tracing::info!(peer = name, to = %p.display(), "peer removed (store moved aside)");
         Ok(p)
@@ -274,8 +304,14 @@ impl Core {
                 });
             }
         }
-        if queued > 0 || undelivered {
-            tracing::info!(peer = %peer.name, queued, undelivered, "recovering queued work");
+        // What the intake journal holds for the peer is listed and pending from now.
+        if let Err(e) = self.load_journal(peer) {
+            // Read again at the actor's first turn.
+            tracing::error!(peer = %peer.name, error = %e, "cannot read the intake journal");
+        }
+        let journaled = !rt(peer).held.lock().unwrap().entries.is_empty();
+        if queued > 0 || undelivered || journaled {
+            tracing::info!(peer = %peer.name, queued, undelivered, journaled, "recovering queued work");
             self.schedule(peer);
         }
         Ok(())
@@ -300,9 +336,19 @@ impl Core {
         self.0.stop.store(true, Ordering::SeqCst);
         self.0.quit.store(true, Ordering::SeqCst);
         self.0.ready_cv.notify_all();
+        // The journal's writer commits what it was given, then ends.
+        self.0.intake.lock().unwrap().take();
         let threads = std::mem::take(&mut *self.0.threads.lock().unwrap());
         for t in threads {
             let _ = t.join();
+        }
+        // What the journal holds goes into the peers' queues (it runs at the next
+        // start), so a peer's store is complete when the daemon stops.
+        for p in self.0.registry.open_peers() {
+            self.apply_turn(&p, Vec::new());
+        }
+        if let Some(j) = self.journal() {
+            j.close();
         }
         // Anyone still waiting learns that the daemon stopped.
         self.0.watch.clear();

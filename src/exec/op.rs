@@ -68,6 +68,19 @@ pub enum Op {
         record: Vec<u8>,
         forget: Vec<String>,
     },
+    /// A submission taken from the intake journal into this peer's queue (or run
+    /// at once, as [`Op::Submit`]); `withdrawn`: the owner removed it before, so
+    /// it ends unrun with a result that says so.
+    Journaled {
+        job: Job,
+        withdrawn: bool,
+    },
+    /// Records under the meta key `key` the highest journal `seq` taken into this
+    /// peer's queue, in the transaction that takes it (see `store::journal`).
+    JournalMark {
+        key: String,
+        seq: i64,
+    },
     /// Drops spool intake records of files already removed (no fsync of its own: a
     /// record left behind only matches a file with the same name, size, inode,
     /// mtime and content hash).

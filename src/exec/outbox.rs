@@ -14,7 +14,7 @@ use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
-use crate::store::OutboxEntry;
+use crate::store::{Job, OutboxEntry};
 
 impl Core {
     /// Where the result `name` of `peer`'s outbox for `target` lives: the peer
@@ -77,16 +77,26 @@ impl Core {
                 finished_at: Some(r.finished_at),
             }));
         }
+        // A held submission of that name is a newer run than the stored row.
+        if let Some(h) = Core::held_results(p, key)
+            .into_iter()
+            .find(|e| e.name == name)
+        {
+            return Ok(Some(h));
+        }
         p.read(|s| s.outbox_get(key, name))
     }
 
     /// The results in `peer`'s outbox for `target` (`peer` itself: its own outbox).
     pub fn outbox_list(&self, peer: &str, target: &str) -> Result<Vec<OutboxEntry>> {
-        let mut out = self.peer(peer)?.read(|s| s.outbox_list(target))?;
+        let p = self.peer(peer)?;
+        let mut out = p.read(|s| s.outbox_list(target))?;
+        add_held(&mut out, Core::held_results(&p, target));
         if peer != target {
             if let Ok(t) = self.peer(target) {
                 let slot = caller_slot(peer);
-                let held = t.read(|s| s.outbox_list(&slot))?;
+                let mut held = t.read(|s| s.outbox_list(&slot))?;
+                add_held(&mut held, Core::held_results(&t, &slot));
                 out.retain(|e| !held.iter().any(|h| h.name == e.name));
                 out.extend(held.into_iter().map(|mut h| {
                     h.target = target.to_string();
@@ -108,8 +118,50 @@ impl Core {
 
     /// Withdraws the queued scripts named `name` of `peer`'s own queue (`rm` in its
     /// inbox): they end unrun with an `error` result that says so.
+    /// Those still held in the intake journal are withdrawn there, without waiting
+    /// for a run in progress; those already in the queue by the peer's actor.
     pub fn withdraw(&self, peer: &str, name: &str) -> Result<()> {
-        self.apply(peer, Op::Withdraw(name.to_string()))
+        let p = self.peer(peer)?;
+        // A submission on its way into the journal (its close still running) is
+        // held in a moment: it must be seen, or it would run after this rm.
+        let t = std::time::Instant::now();
+        while rt(&p).journaling.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && t.elapsed() < std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let held = self.withdraw_held(&p, name)?;
+        if held > 0 && p.read(|s| s.queued_named(name))?.is_none() {
+            return Ok(());
+        }
+        match self.apply(peer, Op::Withdraw(name.to_string())) {
+            Err(e) if e.errno == libc::ENOENT && held > 0 => Ok(()),
+            r => r,
+        }
+    }
+
+    /// The scripts queued at `peer` (held in the intake journal or in its queue),
+    /// in submission order, once per name: (name, size, submission time).
+    pub fn queue_names(&self, peer: &str) -> Result<Vec<(String, u64, i64)>> {
+        let p = self.peer(peer)?;
+        let mut out = p.read(|s| s.queue_names(100_000))?;
+        out.extend(self.held_names(&p));
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|(n, _, _)| seen.insert(n.clone()));
+        Ok(out)
+    }
+
+    /// The latest queued script of `peer` named `name` (held or in its queue).
+    pub fn queued_named(&self, peer: &str, name: &str) -> Result<Option<Job>> {
+        let p = self.peer(peer)?;
+        if let Some(j) = self.held_named(&p, name) {
+            return Ok(Some(j));
+        }
+        // An empty queue needs no look (the usual lookup of a new name).
+        if rt(&p).queued() == 0 {
+            return Ok(None);
+        }
+        p.read(|s| s.queued_named(name))
     }
 
     /// Discards a result (`rm` in an outbox).
@@ -213,5 +265,14 @@ impl Core {
         self.submit(peer, name, source.as_bytes().to_vec())?;
         let bytes = self.wait_result(peer, peer, &format!("{}.json", script_stem(name)))?;
         Ok(serde_json::from_slice(&bytes)?)
+    }
+}
+
+/// Pending results of held submissions added to a slot's rows (a row of the same
+/// name is replaced: the held submission is the newer run).
+fn add_held(rows: &mut Vec<OutboxEntry>, held: Vec<OutboxEntry>) {
+    for h in held {
+        rows.retain(|r| r.name != h.name);
+        rows.push(h);
     }
 }

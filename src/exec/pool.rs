@@ -36,7 +36,7 @@ impl Core {
     }
 
     /// Puts a scheduled peer at the back of the ready queue.
-    fn ready(&self, peer: Arc<Peer>) {
+    pub(super) fn ready(&self, peer: Arc<Peer>) {
         self.0.ready.lock().unwrap().push_back(peer);
         self.0.ready_cv.notify_one();
     }
@@ -44,7 +44,11 @@ impl Core {
     /// Queues `op` for `peer`'s actor; `ack` is called after it committed (or failed).
     pub fn apply_async(&self, peer: &str, op: Op, ack: Option<Ack>) {
         match self.peer(peer) {
-            Ok(p) => self.push(&p, op, ack),
+            // A submission never waits for the peer's runs (see `intake`).
+            Ok(p) => match op {
+                Op::Submit(job) => self.submit_job(p, job, ack),
+                op => self.push(&p, op, ack),
+            },
             Err(e) => {
                 if let Some(a) = ack {
                     a(Err(e))
@@ -102,7 +106,8 @@ impl Core {
             self.process(&peer);
             let stop = self.0.stop.load(Ordering::Relaxed);
             let mut w = rt(&peer).work.lock().unwrap();
-            if !w.ops.is_empty() || (!stop && rt(&peer).queued() > 0) {
+            let held = !rt(&peer).held.lock().unwrap().entries.is_empty();
+            if !w.ops.is_empty() || held || (!stop && rt(&peer).queued() > 0) {
                 drop(w);
                 self.ready(peer);
             } else {
@@ -111,14 +116,28 @@ impl Core {
         }
     }
 
+    /// Whether the actor may start a batch of runs now: not while ops wait (a
+    /// submission that found the actor idle comes first, so that its close does
+    /// not wait for the batch), unless batches were put off a few times in a row.
+    fn may_run(&self, peer: &Arc<Peer>) -> bool {
+        let mut w = rt(peer).work.lock().unwrap();
+        if !w.ops.is_empty() && w.deferred < 4 {
+            w.deferred += 1;
+            return false;
+        }
+        w.deferred = 0;
+        w.running = true;
+        true
+    }
+
     /// One turn of a peer's actor.
     pub(super) fn process(&self, peer: &Arc<Peer>) {
         let ops = std::mem::take(&mut rt(peer).work.lock().unwrap().ops);
-        if !ops.is_empty() {
-            self.apply_ops(peer, ops);
-        }
-        if rt(peer).queued() > 0 && !self.0.stop.load(Ordering::Relaxed) {
-            if let Err(e) = self.run_batch(peer) {
+        self.apply_turn(peer, ops);
+        if rt(peer).queued() > 0 && !self.0.stop.load(Ordering::Relaxed) && self.may_run(peer) {
+            let r = self.run_batch(peer);
+            rt(peer).work.lock().unwrap().running = false;
+            if let Err(e) = r {
                 tracing::error!(peer = %peer.name, error = %e, "run batch failed; the scripts stay queued");
                 // Do not spin on a failing store: the sweeper's retry comes later.
                 std::thread::sleep(Duration::from_millis(50));

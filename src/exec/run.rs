@@ -48,9 +48,7 @@ impl Core {
                 // A failing store (a full disk) is not a crash of the script: its
                 // starts are taken back (best effort), so it is not ended for it.
                 let undo = st.begin_unsynced().and_then(|_| {
-                    for j in &jobs {
-                        st.count_attempt(j.seq, -1)?;
-                    }
+                    count_range(&mut **st, &jobs, -1)?;
                     st.commit()
                 });
                 if undo.is_err() {
@@ -86,8 +84,8 @@ impl Core {
         if jobs.first().is_some_and(|j| j.attempts > 0) {
             jobs.truncate(1);
         }
+        count_range(st, &jobs, 1)?;
         for j in &mut jobs {
-            st.count_attempt(j.seq, 1)?;
             j.attempts += 1;
         }
         let refused = st.take_refused();
@@ -118,7 +116,7 @@ impl Core {
             if self.0.stop.load(Ordering::Relaxed) {
                 break;
             }
-            match self.run_one(st, peer, job, None, None)? {
+            match self.run_one(st, peer, &Queued::Batch(job), None, None)? {
                 Some(fx) => {
                     effects.extend(fx);
                     finished += 1;
@@ -130,9 +128,11 @@ impl Core {
                 break;
             }
         }
-        for job in &jobs[finished..] {
-            st.count_attempt(job.seq, -1)?;
+        // The finished ones leave the queue together (see `Queued::Batch`).
+        if let (Some(f), Some(l)) = (jobs.first(), jobs[..finished].last()) {
+            st.dequeue_range(f.seq, l.seq)?;
         }
+        count_range(st, &jobs[finished..], -1)?;
         self.count_runs(st, finished as u64)?;
         Ok((effects, finished as u64))
     }
@@ -145,10 +145,11 @@ impl Core {
         &self,
         st: &mut dyn Store,
         peer: &Arc<Peer>,
-        job: &Job,
+        queued: &Queued,
         yield_at: Option<Instant>,
         end: Option<String>,
     ) -> Result<Option<Vec<Effect>>> {
+        let job = queued.job();
         let submitted = job.submitted_at;
         let params: Value =
             serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
@@ -306,7 +307,9 @@ impl Core {
             })?;
             fx.push(Effect::Undelivered);
         }
-        st.dequeue(job.seq)?;
+        if let Queued::Row(job) = queued {
+            st.dequeue(job.seq)?;
+        }
         let counter = match outcome.status {
             Status::Ok => &self.0.stats.runs_ok,
             Status::Denied => &self.0.stats.runs_denied,
@@ -332,6 +335,35 @@ impl Core {
             st.prune_runs(self.0.cfg.run_retention)?;
         }
         Ok(())
+    }
+}
+
+/// Where the job of a run is, for its removal from the queue.
+pub(super) enum Queued<'a> {
+    /// Not in the queue (run inside its submission's transaction).
+    No(&'a Job),
+    /// A queue row, removed with the run's result.
+    Row(&'a Job),
+    /// A row of a batch: the batch removes its finished rows together, in the
+    /// same transaction (`runs_in_txn`).
+    Batch(&'a Job),
+}
+
+impl Queued<'_> {
+    fn job(&self) -> &Job {
+        match self {
+            Queued::No(j) | Queued::Row(j) | Queued::Batch(j) => j,
+        }
+    }
+}
+
+/// Adds `delta` to the starts of `jobs`: the first queued scripts, in order, so
+/// the queue holds no other row between the first's `seq` and the last's (rows
+/// refused as invalid on the way left the queue).
+fn count_range(st: &mut dyn Store, jobs: &[Job], delta: i64) -> Result<()> {
+    match (jobs.first(), jobs.last()) {
+        (Some(f), Some(l)) => st.count_attempts(f.seq, l.seq, delta),
+        _ => Ok(()),
     }
 }
 

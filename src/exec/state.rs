@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use super::op::{Ack, Op, Waiter};
 use crate::peer::{Attached, Peer};
+use crate::store::journal::Entry;
 
 /// The executor's state of an open peer.
 #[derive(Default)]
@@ -26,6 +27,40 @@ pub(crate) struct PeerState {
     /// Failed deliveries per message id (past a bound the message becomes an
     /// `error` result instead of being retried forever).
     pub(crate) delivery_failures: Mutex<HashMap<String, u32>>,
+    /// Submissions durable in the intake journal, not yet in the queue.
+    pub(crate) held: Mutex<Held>,
+    /// Submissions on their way into the journal (not committed yet).
+    pub(crate) journaling: AtomicU64,
+    /// Held by whoever moves held submissions (the actor's turn, a withdrawal):
+    /// `true` once this open peer has read what the journal held for it.
+    pub(crate) drain: Mutex<bool>,
+}
+
+/// What the intake journal holds for an open peer (see `exec::intake`).
+#[derive(Default)]
+pub(crate) struct Held {
+    /// In journal order (`seq`).
+    pub(crate) entries: Vec<Entry>,
+    /// The highest `seq` this open peer took into its queue: an entry at or below
+    /// it is never held again.
+    pub(crate) taken: i64,
+}
+
+impl Held {
+    /// Keeps `e` in journal order, once.
+    pub(crate) fn insert(&mut self, e: Entry) {
+        if e.seq <= self.taken {
+            return;
+        }
+        if let Err(i) = self.entries.binary_search_by_key(&e.seq, |x| x.seq) {
+            self.entries.insert(i, e);
+        }
+    }
+
+    /// Held submissions not withdrawn (they count as queued).
+    pub(crate) fn waiting(&self) -> u64 {
+        self.entries.iter().filter(|e| !e.withdrawn).count() as u64
+    }
 }
 
 impl Attached for PeerState {
@@ -35,11 +70,13 @@ impl Attached for PeerState {
             || !w.ops.is_empty()
             || self.queued() > 0
             || self.has_undelivered.load(Ordering::Relaxed)
+            || self.journaling.load(Ordering::SeqCst) > 0
+            || !self.held.lock().unwrap().entries.is_empty()
             || !self.waits.lock().unwrap().is_empty()
     }
 
     fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.load(Ordering::Relaxed) + self.held.lock().unwrap().waiting()
     }
 }
 
@@ -59,6 +96,11 @@ pub(crate) fn rt(peer: &Peer) -> &PeerState {
 pub(crate) struct Work {
     pub(crate) ops: Vec<(Op, Option<Ack>)>,
     pub(crate) scheduled: bool,
+    /// The actor is in a batch of runs (a submission now goes to the journal).
+    pub(crate) running: bool,
+    /// Batches put off in a row because ops were waiting (bounded, so that a
+    /// stream of writes cannot keep queued scripts from running).
+    pub(crate) deferred: u32,
 }
 
 /// A published result kept in memory (see [`Recent`]).

@@ -8,6 +8,14 @@
 //! `PEERFS_TEST_ABORT_AFTER_TAKE=MARKER`: a script the spool took whose source
 //! contains MARKER aborts the daemon once its intake has committed and before
 //! the file leaves the inbox (the window a restart must recognise).
+//!
+//! `PEERFS_TEST_ABORT_AFTER_JOURNAL=MARKER`: a submission whose source contains
+//! MARKER aborts the daemon right after the intake journal committed it, before
+//! its close is answered and before its peer takes it.
+//!
+//! `PEERFS_TEST_ABORT_AFTER_DRAIN=PEER`: the daemon aborts once peer PEER has
+//! taken held submissions into its queue (committed) and before the journal
+//! drops them.
 
 use std::sync::OnceLock;
 
@@ -59,4 +67,33 @@ pub(crate) fn take_marked(source: &[u8]) -> bool {
 pub(crate) fn abort_after_take(file: &std::path::Path) {
     tracing::error!(file = %file.display(), "PEERFS_TEST_ABORT_AFTER_TAKE: aborting the daemon after the intake committed (test hook)");
     std::process::abort();
+}
+
+fn journal_marker() -> Option<&'static [u8]> {
+    static M: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    M.get_or_init(|| env_marker("PEERFS_TEST_ABORT_AFTER_JOURNAL"))
+        .as_deref()
+}
+
+/// Whether a submission carries the after-journal marker.
+pub(crate) fn journal_marked(job: &Job) -> bool {
+    journal_marker().is_some_and(|m| contains(&job.source, m))
+}
+
+/// Aborts the process (see the module docs): the journal committed.
+pub(crate) fn abort_after_journal() {
+    tracing::error!(
+        "PEERFS_TEST_ABORT_AFTER_JOURNAL: aborting the daemon after the journal commit (test hook)"
+    );
+    std::process::abort();
+}
+
+/// Aborts the process when `peer` is the after-drain peer (see the module docs).
+pub(crate) fn abort_after_drain(peer: &crate::peer::Peer, mark: i64) {
+    static M: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    let m = M.get_or_init(|| env_marker("PEERFS_TEST_ABORT_AFTER_DRAIN"));
+    if m.as_deref() == Some(peer.name.as_bytes()) {
+        tracing::error!(peer = %peer.name, mark, "PEERFS_TEST_ABORT_AFTER_DRAIN: aborting the daemon before the journal forgets (test hook)");
+        std::process::abort();
+    }
 }

@@ -114,6 +114,10 @@ impl Core {
                 Op::Submit(job) if inline.is_some() => {
                     self.submit_and_run(st, peer, job, &mut inline)
                 }
+                Op::Journaled {
+                    job,
+                    withdrawn: false,
+                } if inline.is_some() => self.submit_and_run(st, peer, job, &mut inline),
                 Op::Intake { job, .. } if inline.is_some() => Self::intake_records(st, op)
                     .and_then(|_| self.submit_and_run(st, peer, job, &mut inline)),
                 _ => self.apply_one(st, peer, op),

@@ -1,7 +1,7 @@
 //! Peers: names, the open peer (its stores, and a slot for the executor's state of
 //! it), and the registry that opens peers lazily and closes idle ones.
 
-mod files;
+pub(crate) mod files;
 /// What a peer name, key or script name may be ([`crate::names`]), also here.
 pub use crate::names as name;
 pub use files::private_dir;

@@ -6,6 +6,7 @@
 //! inside `begin()`..`commit()`; each run inside that is wrapped in a savepoint so
 //! that one run's failure never undoes another's (group commit).
 
+pub mod journal;
 pub mod rows;
 pub mod sqlite;
 pub mod value;
@@ -196,6 +197,21 @@ pub trait Store: Send {
     /// Adds `delta` to the starts of the queued script `seq` (see
     /// [`Job::attempts`]); the caller commits a start before the run starts.
     fn count_attempt(&mut self, _seq: i64, _delta: i64) -> Result<()> {
+        Ok(())
+    }
+    /// Removes the queued scripts from `first` to `last` (`seq`s, both included).
+    fn dequeue_range(&mut self, first: i64, last: i64) -> Result<()> {
+        for seq in first..=last {
+            self.dequeue(seq)?;
+        }
+        Ok(())
+    }
+    /// [`Store::count_attempt`] for every queued script from `first` to `last`
+    /// (`seq`s, both included), in one statement.
+    fn count_attempts(&mut self, first: i64, last: i64, delta: i64) -> Result<()> {
+        for seq in first..=last {
+            self.count_attempt(seq, delta)?;
+        }
         Ok(())
     }
     /// Queued scripts and outgoing messages refused since the last call because

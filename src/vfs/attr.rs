@@ -311,14 +311,7 @@ impl Vfs {
             return Ok(self.staged_attr(&s));
         }
         if peer == target {
-            let p = self.core.peer(peer)?;
-            // An empty queue needs no look (the usual lookup of a new name).
-            let queued = if p.queued() > 0 {
-                p.read(|s| s.queued_named(name))?
-            } else {
-                None
-            };
-            if let Some(j) = queued {
+            if let Some(j) = self.core.queued_named(peer, name)? {
                 // Writable: writing the name again submits another run.
                 return self.file_attr(Some(peer), j.source.len() as u64, 0o644, j.submitted_at);
             }

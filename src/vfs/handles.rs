@@ -89,12 +89,11 @@ impl Vfs {
                 p.read(|s| s.module(m))?
                     .ok_or_else(|| err!(libc::ENOENT, "no module {m:?}"))
             }
-            InboxFile { peer, name, .. } => {
-                let p = self.core.peer(peer)?;
-                p.read(|s| s.queued_named(name))?
-                    .map(|j| j.source)
-                    .ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox"))
-            }
+            InboxFile { peer, name, .. } => self
+                .core
+                .queued_named(peer, name)?
+                .map(|j| j.source)
+                .ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox")),
             Policy(p) => Ok(self.meta_bytes(p, PolicyText::Policy)?.0),
             Groups(p) => Ok(self.meta_bytes(p, PolicyText::Groups)?.0),
             Reserved {

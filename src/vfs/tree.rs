@@ -266,8 +266,7 @@ impl Vfs {
                 peer: peer.to_string(),
                 target: target.to_string(),
             };
-            let p = self.core.peer(peer)?;
-            for (n, _, _) in p.read(|s| s.queue_names(100_000))? {
+            for (n, _, _) in self.core.queue_names(peer)? {
                 out.push((n.clone(), node_in(&inbox, n), Kind::File));
             }
         }

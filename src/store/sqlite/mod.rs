@@ -415,6 +415,22 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn dequeue_range(&mut self, first: i64, last: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM queue WHERE seq BETWEEN ?1 AND ?2")?
+            .execute([first, last])?;
+        Ok(())
+    }
+
+    fn count_attempts(&mut self, first: i64, last: i64, delta: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE queue SET attempts=max(0, attempts+?3) WHERE seq BETWEEN ?1 AND ?2",
+            )?
+            .execute([first, last, delta])?;
+        Ok(())
+    }
+
     fn take_refused(&mut self) -> u64 {
         std::mem::take(&mut self.refused)
     }
