@@ -112,7 +112,7 @@ fn client(mnt: PathBuf, next: Arc<Mutex<u64>>, acked: Arc<Mutex<Acked>>, stop: A
                 // Some take a while, so that drops meanwhile wait in the intake
                 // journal (the kill lands between its commit and alice's take).
                 let slow = if kind >= 10 {
-                    "let i = 0; while i < 200000 { i += 1; } "
+                    "let i = 0; while i < 100000 { i += 1; } "
                 } else {
                     ""
                 };
@@ -273,8 +273,10 @@ fn check(data: &Path, acked: &Acked, settled: bool) -> Vec<String> {
     for id in &acked.own {
         let n = format!("c{id}.rhai");
         let ran = runs_a.contains_key(&n);
-        if !ran && (settled || !queued_a.contains(&n)) {
+        if !ran && !queued_a.contains(&n) {
             v.push(format!("acknowledged {n} was lost"));
+        } else if !ran && settled {
+            v.push(format!("acknowledged {n} is still queued after settling"));
         }
     }
     // State equals what the results say: count == number of counter runs that were ok,
@@ -427,19 +429,29 @@ fn main() {
         std::thread::sleep(Duration::from_millis(500));
         let t = Instant::now();
         loop {
+            // A listing that fails is not an empty inbox.
             let q: usize = ["alice", "bob"]
                 .iter()
-                .map(|p| {
-                    std::fs::read_dir(mnt.join(p).join("inbox"))
-                        .map(|d| d.count())
-                        .unwrap_or(0)
+                .map(|p| match std::fs::read_dir(mnt.join(p).join("inbox")) {
+                    Ok(d) => d.count(),
+                    Err(e) => {
+                        eprintln!("settling: listing {p}/inbox: {e}");
+                        usize::MAX / 4
+                    }
                 })
                 .sum();
-            if q == 0 || t.elapsed() > Duration::from_secs(60) {
+            if q == 0 {
+                break;
+            }
+            // Every round leaves scripts queued (a daemon lives 5 - 85 ms): the
+            // long mode's thousands take minutes on a busy machine.
+            if t.elapsed() > Duration::from_secs(900) {
+                eprintln!("settling: {q} scripts still listed after 900 s");
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        eprintln!("settled in {:.1} s", t.elapsed().as_secs_f64());
         std::thread::sleep(Duration::from_millis(1500));
         let stop = Command::new("fusermount3").arg("-u").arg(&mnt).status();
         let _ = stop;

@@ -116,11 +116,10 @@ impl Core {
         if let Some(sub) = refused {
             rt(&sub.peer).journaling.fetch_sub(1, Ordering::SeqCst);
             if let Some(a) = sub.ack {
-                a(Err(err!(
-                    libc::EIO,
-                    "the daemon is stopping: {} was not submitted",
+                a(Err(crate::Error::stopped(format_args!(
+                    "{} was submitted",
                     sub.job.name
-                )));
+                ))));
             }
         }
     }

@@ -150,20 +150,62 @@ impl Core {
         end: Option<String>,
     ) -> Result<Option<Vec<Effect>>> {
         let job = queued.job();
-        let submitted = job.submitted_at;
-        let params: Value =
-            serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
-        let max_attempts = self.0.cfg.max_attempts;
-        let crashed = end.or_else(|| (max_attempts > 0 && job.attempts > max_attempts).then(|| {
-            tracing::error!(peer = %peer.name, run = %job.id, script = %job.name, attempts = max_attempts,
-                "a queued script crashed the daemon every time it ran: it ends with an error and is not run again");
-            format!("crashed the daemon {max_attempts} times: it is not run again")
-        }));
+        let crashed = end.or_else(|| self.crashed_too_often(peer, job));
         if crashed.is_none() {
             test_hooks::abort_if_marked(job);
         }
         // The run's share of its chain's budget (a row from before budgets: a new one).
         let budget = self.budget_within(job.budget);
+        let outcome = self.evaluate(st, peer, job, crashed, yield_at, budget);
+        if let Some(e) = outcome.storage_error {
+            return Err(e);
+        }
+        if outcome.status == Status::Interrupted {
+            return Ok(None);
+        }
+        let finished_at = now_ns();
+        let result = RunResult::new(job, &peer.name, &outcome, job.submitted_at, finished_at);
+        let json = serde_json::to_string(&result)?;
+        st.record_run(job, outcome.status.as_str(), &json, finished_at)?;
+        self.log_run(st, job, &outcome, finished_at)?;
+        let mut fx = Vec::new();
+        if outcome.status == Status::Ok {
+            fx.extend(self.record_sends(st, peer, job, &outcome, budget)?);
+        }
+        fx.push(Self::record_result(st, peer, job, json, finished_at)?);
+        if let Queued::Row(job) = queued {
+            st.dequeue(job.seq)?;
+        }
+        self.count_outcome(peer, &outcome);
+        // Only a run that wrote changes what the mount shows of the state (a notice
+        // makes the mount invalidate the kernel's cached state entries).
+        if outcome.status == Status::Ok && outcome.wrote {
+            fx.push(Effect::Changed(Change::State));
+        }
+        Ok(Some(fx))
+    }
+
+    /// The end of a script that crashed the daemon more than `max_attempts` times.
+    fn crashed_too_often(&self, peer: &Peer, job: &Job) -> Option<String> {
+        let max_attempts = self.0.cfg.max_attempts;
+        (max_attempts > 0 && job.attempts > max_attempts).then(|| {
+            tracing::error!(peer = %peer.name, run = %job.id, script = %job.name, attempts = max_attempts,
+                "a queued script crashed the daemon every time it ran: it ends with an error and is not run again");
+            format!("crashed the daemon {max_attempts} times: it is not run again")
+        })
+    }
+
+    /// The gate, then the engine: the run's outcome (`crashed`: it ends so
+    /// without running).
+    fn evaluate(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        job: &Job,
+        crashed: Option<String>,
+        yield_at: Option<Instant>,
+        budget: u64,
+    ) -> Outcome {
         let foreign = job.caller != peer.name;
         let prepared = match crashed {
             Some(e) => Err((Status::Error, e)),
@@ -175,54 +217,48 @@ impl Core {
                 p.map_err(|e| (Status::Denied, e.message))
             }
         };
-        let admitted = prepared.is_ok();
-        let outcome = match prepared {
-            Ok((host, limits)) => {
-                let hop_block = (u64::from(job.hops) >= limits.hop_limit).then(|| {
-                    format!(
-                        "hop_limit ({}) reached: this script came through {} sends and may not send more",
-                        limits.hop_limit, job.hops
-                    )
-                });
-                let input = RunInput {
-                    script_name: &job.name,
-                    source: &job.source,
-                    caller: &job.caller,
-                    target: &peer.name,
-                    params: &params,
-                    limits: &limits,
-                    stop: &self.0.stop,
-                    send_block: hop_block.as_deref(),
-                    yield_at,
-                    chain: &job.chain,
-                    budget,
-                };
-                let host = KnownPeers {
-                    inner: host,
-                    core: self,
-                };
-                script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
-                    e.run(&input, st, &host)
-                })
-            }
-            Err((status, msg)) => failed_outcome(status, msg),
+        let (host, limits) = match prepared {
+            Ok(p) => p,
+            Err((status, msg)) => return failed_outcome(status, msg),
         };
-        if let Some(e) = outcome.storage_error {
-            return Err(e);
-        }
-        if outcome.status == Status::Interrupted {
-            return Ok(None);
-        }
-        if foreign && admitted && outcome.status == Status::Denied {
+        let hop_block = (u64::from(job.hops) >= limits.hop_limit).then(|| {
+            format!(
+                "hop_limit ({}) reached: this script came through {} sends and may not send more",
+                limits.hop_limit, job.hops
+            )
+        });
+        let params: Value =
+            serde_json::from_str(&job.params).unwrap_or(Value::Object(Default::default()));
+        let input = RunInput {
+            script_name: &job.name,
+            source: &job.source,
+            caller: &job.caller,
+            target: &peer.name,
+            params: &params,
+            limits: &limits,
+            stop: &self.0.stop,
+            send_block: hop_block.as_deref(),
+            yield_at,
+            chain: &job.chain,
+            budget,
+        };
+        let host = KnownPeers {
+            inner: host,
+            core: self,
+        };
+        let outcome = script::with_engine(&self.0.cache, &self.0.cfg.library, |e| {
+            e.run(&input, st, &host)
+        });
+        if foreign && outcome.status == Status::Denied {
             self.0.metrics.script_denied();
         }
-        let finished_at = now_ns();
-        let result = RunResult::new(job, &peer.name, &outcome, submitted, finished_at);
-        let json = serde_json::to_string(&result)?;
-        let ts = rfc3339(finished_at);
-        let mut fx = Vec::new();
+        outcome
+    }
+
+    /// The run's line in the log, and the script's own `log` lines.
+    fn log_run(&self, st: &mut dyn Store, job: &Job, outcome: &Outcome, at: i64) -> Result<()> {
+        let ts = rfc3339(at);
         let status = outcome.status.as_str();
-        st.record_run(job, status, &json, finished_at)?;
         let err_txt = outcome
             .error
             .as_deref()
@@ -240,76 +276,99 @@ impl Core {
             for l in &outcome.logs {
                 st.append_log(&format!("{ts} log {} {l}", job.id))?;
             }
-            let stem = script_stem(&job.name);
-            // Every script sent carries this run's chain (with this peer last) and
-            // an equal part of what is left of its budget (the send limit in the
-            // host keeps each part at least 1).
-            let share = (budget.saturating_sub(1) / outcome.sends.len().max(1) as u64).max(1);
-            let mut chain = job.chain.clone();
-            if chain.last() != Some(&peer.name) {
-                chain.push(peer.name.clone());
-            }
-            for (i, s) in outcome.sends.iter().enumerate() {
-                let name = format!("{stem}-{}.rhai", i + 1);
-                let mut msg = self.new_message(
-                    &peer.name,
-                    &s.to,
-                    &name,
-                    s.source.clone().into_bytes(),
-                    &s.params,
-                    job.hops + 1,
-                )?;
-                // The same id if the run is replayed: the target runs it once.
-                msg.id = format!("{}-{}", job.id, i + 1);
-                msg.chain = chain.clone();
-                msg.budget = share;
-                let out = format!("{stem}-{}.json", i + 1);
-                st.outbox_pending(&s.to, &out, &msg.id, msg.created_at)?;
-                st.record_outgoing(&msg)?;
-                fx.push(Effect::Pending {
-                    target: s.to.clone(),
-                    name: out,
-                    run_id: msg.id.clone(),
-                });
-                fx.push(Effect::Undelivered);
-            }
-            if !outcome.sends.is_empty() {
-                fx.push(Effect::Changed(Change::State));
-            }
         }
+        Ok(())
+    }
+
+    /// The scripts an ok run sent, recorded to go out with its commit.
+    fn record_sends(
+        &self,
+        st: &mut dyn Store,
+        peer: &Peer,
+        job: &Job,
+        outcome: &Outcome,
+        budget: u64,
+    ) -> Result<Vec<Effect>> {
+        let mut fx = Vec::new();
+        let stem = script_stem(&job.name);
+        // Every script sent carries this run's chain (with this peer last) and
+        // an equal part of what is left of its budget (the send limit in the
+        // host keeps each part at least 1).
+        let share = (budget.saturating_sub(1) / outcome.sends.len().max(1) as u64).max(1);
+        let mut chain = job.chain.clone();
+        if chain.last() != Some(&peer.name) {
+            chain.push(peer.name.clone());
+        }
+        for (i, s) in outcome.sends.iter().enumerate() {
+            let name = format!("{stem}-{}.rhai", i + 1);
+            let mut msg = self.new_message(
+                &peer.name,
+                &s.to,
+                &name,
+                s.source.clone().into_bytes(),
+                &s.params,
+                job.hops + 1,
+            )?;
+            // The same id if the run is replayed: the target runs it once.
+            msg.id = format!("{}-{}", job.id, i + 1);
+            msg.chain = chain.clone();
+            msg.budget = share;
+            let out = format!("{stem}-{}.json", i + 1);
+            st.outbox_pending(&s.to, &out, &msg.id, msg.created_at)?;
+            st.record_outgoing(&msg)?;
+            fx.push(Effect::Pending {
+                target: s.to.clone(),
+                name: out,
+                run_id: msg.id.clone(),
+            });
+            fx.push(Effect::Undelivered);
+        }
+        if !outcome.sends.is_empty() {
+            fx.push(Effect::Changed(Change::State));
+        }
+        Ok(fx)
+    }
+
+    /// The result: kept here (the owner's script, or one its caller dropped here,
+    /// see `Core::new_job_from`), or a message back to the caller's daemon.
+    fn record_result(
+        st: &mut dyn Store,
+        peer: &Peer,
+        job: &Job,
+        json: String,
+        finished_at: i64,
+    ) -> Result<Effect> {
         let out_name = format!("{}.json", script_stem(&job.name));
         if job.caller == peer.name || job.msg_id.is_none() {
-            // The owner's script, or one dropped here by the caller: the result is
-            // kept here (see `Core::new_job_from`).
             let slot = result_slot(&peer.name, &job.caller);
             st.outbox_finish(&slot, &out_name, &job.id, &json, finished_at)?;
-            fx.push(Effect::Result {
+            return Ok(Effect::Result {
                 target: slot,
                 name: out_name,
                 run_id: job.id.clone(),
                 bytes: Arc::new(json.into_bytes()),
-                submitted_at: submitted,
+                submitted_at: job.submitted_at,
                 finished_at,
             });
-        } else {
-            st.record_outgoing(&Outgoing {
-                // Deterministic, like sends: a replayed run's result is shown once.
-                id: format!("{}-result", job.id),
-                to: job.caller.clone(),
-                kind: MessageKind::Result.as_str().into(),
-                name: out_name,
-                source: Vec::new(),
-                params: String::new(),
-                hops: job.hops,
-                payload: json,
-                created_at: finished_at,
-                ..Default::default()
-            })?;
-            fx.push(Effect::Undelivered);
         }
-        if let Queued::Row(job) = queued {
-            st.dequeue(job.seq)?;
-        }
+        st.record_outgoing(&Outgoing {
+            // Deterministic, like sends: a replayed run's result is shown once.
+            id: format!("{}-result", job.id),
+            to: job.caller.clone(),
+            kind: MessageKind::Result.as_str().into(),
+            name: out_name,
+            source: Vec::new(),
+            params: String::new(),
+            hops: job.hops,
+            payload: json,
+            created_at: finished_at,
+            ..Default::default()
+        })?;
+        Ok(Effect::Undelivered)
+    }
+
+    /// The daemon's counters and the metrics of a finished run.
+    fn count_outcome(&self, peer: &Peer, outcome: &Outcome) {
         let counter = match outcome.status {
             Status::Ok => &self.0.stats.runs_ok,
             Status::Denied => &self.0.stats.runs_denied,
@@ -320,12 +379,6 @@ impl Core {
         self.0
             .metrics
             .run(&peer.name, outcome.status, outcome.duration);
-        // Only a run that wrote changes what the mount shows of the state (a notice
-        // makes the mount invalidate the kernel's cached state entries).
-        if outcome.status == Status::Ok && outcome.wrote {
-            fx.push(Effect::Changed(Change::State));
-        }
-        Ok(Some(fx))
     }
 
     /// Counts `n` finished runs; the run history is pruned every 1,024.

@@ -15,6 +15,27 @@ enum Taken {
     Send(crate::store::Outgoing),
 }
 
+impl Taken {
+    /// The op that records the taken file (`key`, `record`) with its submission
+    /// or send, and the older records to `forget`.
+    fn op(self, key: String, record: Vec<u8>, forget: Vec<String>) -> Op {
+        match self {
+            Taken::Submit(job) => Op::Intake {
+                job,
+                key,
+                record,
+                forget,
+            },
+            Taken::Send(msg) => Op::IntakeSend {
+                msg,
+                key,
+                record,
+                forget,
+            },
+        }
+    }
+}
+
 impl Shared {
     pub(super) fn intake_loop(self: Arc<Self>, rx: Receiver<Msg>) {
         let mut last_flush = Instant::now();
@@ -304,48 +325,9 @@ impl Shared {
         if !self.inflight.lock().unwrap().insert(path.to_path_buf()) {
             return;
         }
-        let done = |_: ()| {
-            self.inflight.lock().unwrap().remove(path);
-        };
-        // The owner's own limit for its own scripts, others' for the rest: the
-        // same as the mount and the submission itself (`check_script_size`).
-        let mine = crate::policy::owns(caller, target);
-        let (max, set) = (
-            self.core.base_limits(mine).max_script_bytes,
-            limit_set(mine),
-        );
         let own = owner_of(&self.core, caller);
-        let t = match as_owner(own, || files::take(path, own.0, max)) {
-            Ok(Ok(t)) => t,
-            Ok(Err(files::Skip::NotAFile)) => return done(()),
-            Ok(Err(files::Skip::BeingWritten)) => {
-                self.stats.held.fetch_add(1, Ordering::Relaxed);
-                // The close's event can come before the kernel counts the writer
-                // gone: look again soon (2 ms, doubling, for about a second). A
-                // writer that really still holds it brings its own event.
-                if tries < 10 {
-                    let at = Instant::now() + Duration::from_millis(2 << tries);
-                    let mut retry = self.retry.lock().unwrap();
-                    retry.push((at, path.to_path_buf(), tries + 1));
-                }
-                return done(());
-            }
-            Ok(Err(files::Skip::Foreign(uid))) => {
-                done(());
-                let why = format!("owned by uid {uid}, not by the peer's owner");
-                return self.refuse(caller, path, &why);
-            }
-            Ok(Err(files::Skip::TooBig(n))) => {
-                done(());
-                let why = format!(
-                    "{n} bytes: the most a script may have is {max} (limits.{set}.max_script_bytes)"
-                );
-                return self.refuse(caller, path, &why);
-            }
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "cannot read a script; it is taken at the next rescan");
-                return done(());
-            }
+        let Some(t) = self.take_file(caller, target, path, tries, own) else {
+            return self.done(path);
         };
         // A drop for a peer that another daemon of the lattice serves (or may:
         // the directory decides at delivery, NATS may be away for now) leaves as a
@@ -353,7 +335,7 @@ impl Shared {
         // caller's store, in the transaction that writes the outgoing row.
         let remote = target != caller && !self.core.registry().exists(target);
         if remote && !self.core.may_send_to(target) {
-            done(());
+            self.done(path);
             let why = format!(
                 "no peer {target} here: this daemon is in no lattice (--nats), so peers/{target}/inbox/ reaches nobody (make the peer with `mkdir DIR/{target}`, or join the lattice that serves it)"
             );
@@ -365,22 +347,8 @@ impl Shared {
             (target, taken_key(caller, name))
         };
         let record = t.ident.record();
-        if startup {
-            let recorded = self.core.peer(store).and_then(|p| p.read(|s| s.meta(&key)));
-            if let Ok(Some((r, _))) = recorded {
-                if r == record {
-                    // Taken before a restart: its submission (or send) committed.
-                    tracing::info!(file = %path.display(), "already submitted before the restart: removing it");
-                    let _ = as_owner(own, || std::fs::remove_file(path));
-                    self.forget
-                        .lock()
-                        .unwrap()
-                        .entry(store.to_string())
-                        .or_default()
-                        .push(key);
-                    return done(());
-                }
-            }
+        if startup && self.taken_before_restart(store, &key, &record, path, own) {
+            return self.done(path);
         }
         let crash = crate::exec::test_hooks::take_marked(&t.data);
         let params = serde_json::json!({});
@@ -396,17 +364,122 @@ impl Shared {
         let what = match what {
             Ok(w) => w,
             Err(e) => {
-                done(());
+                self.done(path);
                 return self.refuse(caller, path, &e.message);
             }
         };
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
-        let ident = t.ident;
+        let ack = self.acknowledgement(caller, store, &key, path, t.ident, own, crash);
+        let mut forget = self.forget.lock().unwrap();
+        let mut f = forget.remove(store).unwrap_or_default();
+        // This op records `key` anew: an older record's removal must not follow it.
+        f.retain(|k| *k != key);
+        // Pushed under the lock: no Forget of the same key overtakes this op.
+        self.core
+            .apply_async(store, what.op(key, record, f), Some(ack));
+    }
+
+    /// `path` is no longer being taken.
+    fn done(&self, path: &Path) {
+        self.inflight.lock().unwrap().remove(path);
+    }
+
+    /// The script file at `path`, read as its owner; `None` when it is not taken
+    /// now (not a file, still being written: looked at again soon, refused: said
+    /// in the caller's folder, unreadable: taken at the next rescan).
+    fn take_file(
+        self: &Arc<Self>,
+        caller: &str,
+        target: &str,
+        path: &Path,
+        tries: u32,
+        own: (u32, u32),
+    ) -> Option<files::Taken> {
+        // The owner's own limit for its own scripts, others' for the rest: the
+        // same as the mount and the submission itself (`check_script_size`).
+        let mine = crate::policy::owns(caller, target);
+        let (max, set) = (
+            self.core.base_limits(mine).max_script_bytes,
+            limit_set(mine),
+        );
+        match as_owner(own, || files::take(path, own.0, max)) {
+            Ok(Ok(t)) => Some(t),
+            Ok(Err(files::Skip::NotAFile)) => None,
+            Ok(Err(files::Skip::BeingWritten)) => {
+                self.stats.held.fetch_add(1, Ordering::Relaxed);
+                // The close's event can come before the kernel counts the writer
+                // gone: look again soon (2 ms, doubling, for about a second). A
+                // writer that really still holds it brings its own event.
+                if tries < 10 {
+                    let at = Instant::now() + Duration::from_millis(2 << tries);
+                    let mut retry = self.retry.lock().unwrap();
+                    retry.push((at, path.to_path_buf(), tries + 1));
+                }
+                None
+            }
+            Ok(Err(files::Skip::Foreign(uid))) => {
+                let why = format!("owned by uid {uid}, not by the peer's owner");
+                self.refuse(caller, path, &why);
+                None
+            }
+            Ok(Err(files::Skip::TooBig(n))) => {
+                let why = format!(
+                    "{n} bytes: the most a script may have is {max} (limits.{set}.max_script_bytes)"
+                );
+                self.refuse(caller, path, &why);
+                None
+            }
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot read a script; it is taken at the next rescan");
+                None
+            }
+        }
+    }
+
+    /// At start: whether the file at `path` was taken before a restart (its
+    /// record in `store` is `record`): its submission (or send) committed, so it
+    /// is removed instead of taken again.
+    fn taken_before_restart(
+        &self,
+        store: &str,
+        key: &str,
+        record: &[u8],
+        path: &Path,
+        own: (u32, u32),
+    ) -> bool {
+        let recorded = self.core.peer(store).and_then(|p| p.read(|s| s.meta(key)));
+        if !matches!(recorded, Ok(Some((ref r, _))) if r.as_slice() == record) {
+            return false;
+        }
+        tracing::info!(file = %path.display(), "already submitted before the restart: removing it");
+        let _ = as_owner(own, || std::fs::remove_file(path));
+        self.forget
+            .lock()
+            .unwrap()
+            .entry(store.to_string())
+            .or_default()
+            .push(key.to_string());
+        true
+    }
+
+    /// What follows a taken script's commit: the file leaves the inbox (unless it
+    /// was rewritten since, then it is taken again) and its record is forgotten
+    /// later; a refusal is said in the caller's folder, a failure waits for a rescan.
+    #[allow(clippy::too_many_arguments)]
+    fn acknowledgement(
+        self: &Arc<Self>,
+        caller: &str,
+        store: &str,
+        key: &str,
+        path: &Path,
+        ident: files::Ident,
+        own: (u32, u32),
+        crash: bool,
+    ) -> Box<dyn FnOnce(Result<()>) + Send> {
         let p = path.to_path_buf();
         let me = Arc::downgrade(self);
-        let (caller_s, store_s) = (caller.to_string(), store.to_string());
-        let k2 = key.clone();
-        let ack = Box::new(move |r: Result<()>| {
+        let (caller_s, store_s, k2) = (caller.to_string(), store.to_string(), key.to_string());
+        Box::new(move |r: Result<()>| {
             let Some(me) = me.upgrade() else { return };
             match r {
                 Ok(()) => {
@@ -441,27 +514,7 @@ impl Shared {
                     }
                 }
             }
-        });
-        let mut forget = self.forget.lock().unwrap();
-        let mut f = forget.remove(store).unwrap_or_default();
-        // This op records `key` anew: an older record's removal must not follow it.
-        f.retain(|k| *k != key);
-        let op = match what {
-            Taken::Submit(job) => Op::Intake {
-                job,
-                key,
-                record,
-                forget: f,
-            },
-            Taken::Send(msg) => Op::IntakeSend {
-                msg,
-                key,
-                record,
-                forget: f,
-            },
-        };
-        // Pushed under the lock: no Forget of the same key overtakes this op.
-        self.core.apply_async(store, op, Some(ack));
+        })
     }
 
     /// Sends the records of removed files to their stores (`wait`: durably, at stop).
