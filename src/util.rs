@@ -1,5 +1,6 @@
-//! Small helpers: time stamps (RFC 3339, written and parsed), run ids (ULIDs) and a
-//! write that reports `close(2)`.
+//! Small helpers: time stamps (RFC 3339, written and parsed), run ids (ULIDs), a
+//! write that reports `close(2)`, a file made private to the daemon and a folder
+//! fsynced (for the stores, the journal and the registry alike).
 
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -100,6 +101,32 @@ pub fn write_and_close(path: &std::path::Path, data: &[u8]) -> std::io::Result<(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Makes a file the daemon's own and private (0600, owned by the daemon's uid).
+pub(crate) fn make_private(path: &std::path::Path) -> Result<()> {
+    std::fs::set_permissions(
+        path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o600),
+    )?;
+    let (uid, gid) = daemon_ids();
+    let md = std::fs::metadata(path)?;
+    use std::os::unix::fs::MetadataExt;
+    if md.uid() != uid || md.gid() != gid {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn daemon_ids() -> (u32, u32) {
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// fsyncs a directory so that a rename in it survives a crash.
+pub(crate) fn sync_dir(dir: &std::path::Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! file itself: a store its owner could write would let them put rows in it that
 //! the daemon then runs.
 
+pub(crate) use crate::util::{daemon_ids, make_private, sync_dir};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -24,21 +25,6 @@ pub fn private_dir(dir: &Path) -> Result<()> {
                 dir.display()
             )
         })
-}
-
-/// Makes a file the daemon's own and private (0600, owned by the daemon's uid).
-pub(crate) fn make_private(path: &Path) -> Result<()> {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    let (uid, gid) = daemon_ids();
-    let md = std::fs::metadata(path)?;
-    if md.uid() != uid || md.gid() != gid {
-        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
-    }
-    Ok(())
-}
-
-fn daemon_ids() -> (u32, u32) {
-    unsafe { (libc::geteuid(), libc::getegid()) }
 }
 
 /// The file that records who owns peer `name`.
@@ -129,12 +115,5 @@ pub(crate) fn warn_if_open(data: &Path) {
              state and policy around the mount. Fix: chmod -R go-rwx {}",
             data.display()
         );
-    }
-}
-
-/// fsyncs a directory so that a rename in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
-        let _ = f.sync_all();
     }
 }

@@ -80,9 +80,9 @@ impl Journal {
                 id
             }
         };
-        crate::peer::files::make_private(path)?;
+        crate::util::make_private(path)?;
         if let Some(dir) = path.parent() {
-            crate::peer::files::sync_dir(dir);
+            crate::util::sync_dir(dir);
         }
         Ok(Journal {
             conn: Mutex::new(Some(conn)),
