@@ -91,7 +91,7 @@ fn main() {
     let (sdir, mnt) = (run.join("spool"), run.join("mnt"));
     std::fs::create_dir_all(&mnt).unwrap();
     let score = start_core(&run.join("data-spool"));
-    let mut spool = peerfs::watch::Spool::start(score.clone(), &sdir).unwrap();
+    let mut spool = peerfs::spool::Spool::start(score.clone(), &sdir).unwrap();
     let mcore = start_core(&run.join("data-mount"));
     let vfs = peerfs::vfs::Vfs::new(mcore.clone());
     let session = peerfs::fuse::spawn(vfs, &mnt, &peerfs::fuse::MountOptions::default())

@@ -5,7 +5,7 @@
 //! The layers, top down (each imports only from layers below it):
 //!
 //! * the `peerfs` command (`main.rs`), over
-//! * [`fuse`] (the thin fuser adapter) and [`watch`] (the same tree as plain
+//! * [`fuse`] (the thin fuser adapter) and [`spool`] (the same tree as plain
 //!   folders: spool mode), over
 //! * [`vfs`] (the mount's tree as plain Rust) and [`config`] (the config file
 //!   and flags), side by side, over
@@ -38,10 +38,10 @@ pub mod names;
 pub mod peer;
 pub mod policy;
 pub mod script;
+pub mod spool;
 pub mod store;
 pub mod top;
 pub mod util;
 pub mod vfs;
-pub mod watch;
 
 pub use error::{Error, Result};

@@ -742,7 +742,7 @@ fn serve_spool(cfg: Config, spool: &Path, start: Start) -> peerfs::Result<()> {
     let fresh = (Fresh::new(spool), Fresh::new(&cfg.data_dir));
     let spool_lock = FolderLock::spool(spool, "a daemon")?;
     let (core, _lock) = start_core(cfg, start)?;
-    let mut sp = match peerfs::watch::Spool::start(core.clone(), spool) {
+    let mut sp = match peerfs::spool::Spool::start(core.clone(), spool) {
         Ok(s) => s,
         Err(e) => {
             core.shutdown();
@@ -876,7 +876,7 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
     let out = base.join("outbox").join(format!("{stem}.json"));
     let bytes = if let Place::Spool(_) = place {
         let log = root.join(caller.unwrap_or(peer)).join("log");
-        match peerfs::watch::drop_and_wait(&base, &log, &name, &src) {
+        match peerfs::spool::drop_and_wait(&base, &log, &name, &src) {
             Ok(b) => b,
             Err(e) => return fail(e.to_string()),
         }

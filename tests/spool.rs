@@ -287,17 +287,17 @@ fn a_restart_skips_what_was_taken_and_submits_what_was_left() {
     // As after a crash between the commit and the removal: the submission's
     // record of taken.rhai is in the store, the file still in the inbox.
     let m = std::fs::metadata(inbox.join("taken.rhai")).unwrap();
-    let ident = peerfs::watch::Ident {
+    let ident = peerfs::spool::Ident {
         size: m.len(),
         ino: m.ino(),
         mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        hash: peerfs::watch::content_hash(COUNT.as_bytes()),
+        hash: peerfs::spool::content_hash(COUNT.as_bytes()),
     };
     let db = rusqlite::Connection::open(data.join("peers/alice.sqlite")).unwrap();
     db.execute(
         "INSERT INTO meta(k,v,mtime) VALUES(?1,?2,0)",
         rusqlite::params![
-            peerfs::watch::taken_key("alice", "taken.rhai"),
+            peerfs::spool::taken_key("alice", "taken.rhai"),
             ident.record()
         ],
     )
@@ -437,7 +437,7 @@ fn a_peer_of_another_user_closed_when_idle_serves_again() {
     let core = peerfs::exec::Core::start(cfg).unwrap();
     core.create_peer("alice", 65534, 65534).unwrap();
     let dir = t.path().join("spool");
-    let mut spool = peerfs::watch::Spool::start(core.clone(), &dir).unwrap();
+    let mut spool = peerfs::spool::Spool::start(core.clone(), &dir).unwrap();
     let a = dir.join("alice");
     for i in 0..3 {
         // Long enough for the sweeper to close the idle peer.
@@ -524,7 +524,7 @@ fn an_entry_added_to_the_layout_shows_in_the_mount_and_the_spool() {
     let core = start("spool-data");
     let dir = t.path().join("spool");
     let mut spool =
-        peerfs::watch::Spool::start_with_layout(core.clone(), &dir, layout.clone()).unwrap();
+        peerfs::spool::Spool::start_with_layout(core.clone(), &dir, layout.clone()).unwrap();
     shown(&dir);
     spool.stop();
     core.shutdown();

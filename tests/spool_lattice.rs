@@ -399,7 +399,7 @@ fn peers_follow_the_directory_both_ways_and_a_remote_drop_leaves_once() {
         sent: Default::default(),
     });
     core.set_transport(lattice.clone());
-    let mut spool = peerfs::watch::Spool::start(core.clone(), &sp).unwrap();
+    let mut spool = peerfs::spool::Spool::start(core.clone(), &sp).unwrap();
     let view = |p: &str| sp.join("bob/peers").join(p);
     assert!(view("alice").join("inbox").is_dir());
 

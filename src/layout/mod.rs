@@ -2,7 +2,7 @@
 //! in its view of another peer, `peers/<other>/`), with its kind, mode, who may
 //! write it, what a close there means and the [`Room`] of code that serves it.
 //! The mount's lookups and listings (`vfs/tree.rs`) and the spool's layout and
-//! path parsing (`watch/`) are derived from a [`Layout`]; adding `tables/` or
+//! path parsing (`spool/`) are derived from a [`Layout`]; adding `tables/` or
 //! `.history/` is one entry here plus the code that serves its room.
 //!
 //! [`text`] owns the peer's policy texts as files: validated whole, then applied
