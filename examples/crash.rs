@@ -32,6 +32,10 @@ impl Daemon {
                 "--data",
                 data.to_str().unwrap(),
                 "--force",
+                // The checks count runs in each peer's history: none is pruned
+                // (the long mode acknowledges tens of thousands).
+                "-o",
+                "run_retention=100000000",
             ])
             .env("RUST_LOG", "peerfs=error")
             .stdout(Stdio::null())
