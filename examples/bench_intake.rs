@@ -17,11 +17,11 @@ use std::io::Write;
 use std::os::fd::IntoRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 mod bench_support;
+use bench_support::{fusermount_u, verbose};
 
 use peerfs::exec::{Config, Core};
 
@@ -31,31 +31,6 @@ const ROUNDS: usize = 5;
 const DROPS: usize = 300;
 /// A quick script (runs at once in an idle peer).
 const SCRIPT: &[u8] = b"1 + 2";
-
-fn verbose() -> bool {
-    std::env::var("PEERFS_BENCH_VERBOSE").as_deref() == Ok("1")
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&*canon.to_string_lossy()))
-}
-
-fn fusermount_u(path: &Path) {
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        if !is_mounted(path) {
-            return;
-        }
-        let _ = Command::new("fusermount3")
-            .args(args)
-            .arg(path)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// Creates, writes and closes `path`; returns how long the close took.
 fn timed_drop(path: &Path) -> Duration {

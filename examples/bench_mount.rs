@@ -14,14 +14,14 @@
 //! `PEERFS_BENCH_VERBOSE=1` prints every round on stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod bench_support;
 
-use bench_support::{check_ok, timed_writers, WRITERS};
+use bench_support::{check_ok, fusermount_u, is_mounted, timed_writers, verbose, WRITERS};
 use peerfs::exec::{Config, Core, Op};
 
 /// Files (scripts) per throughput round, over all writers.
@@ -33,32 +33,6 @@ const LS_KEYS: usize = 100_000;
 const LS_ROUNDS: usize = 3;
 /// Every script, and every bindfs file: the same 5 bytes.
 const SCRIPT: &[u8] = b"1 + 2";
-
-fn verbose() -> bool {
-    std::env::var("PEERFS_BENCH_VERBOSE").as_deref() == Ok("1")
-}
-
-fn is_mounted(path: &Path) -> bool {
-    // A mount whose daemon died cannot be canonicalized (ENOTCONN): use the path.
-    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&*canon.to_string_lossy()))
-}
-
-fn fusermount_u(path: &Path) {
-    for args in [&["-u"][..], &["-u", "-z"][..]] {
-        if !is_mounted(path) {
-            return;
-        }
-        let _ = Command::new("fusermount3")
-            .args(args)
-            .arg(path)
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 /// A FUSE mount that is unmounted (`fusermount3 -u`, lazily if busy) when dropped,
 /// also on panic. For peerfs it also holds the session, dropped after the unmount.

@@ -216,32 +216,10 @@ fn two_daemons_one_lattice() {
     drop(b);
 }
 
-/// A runtime for a test's own NATS client, and the client, connected with `c`'s
-/// credentials.
-fn raw_client(
-    url: &str,
-    c: &peerfs::lattice::creds::Creds,
-) -> (tokio::runtime::Runtime, async_nats::Client) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = rt
-        .block_on(
-            async_nats::ConnectOptions::new()
-                .user_and_password(c.user.clone(), c.password.clone())
-                // The only inbox the server lets this user read.
-                .custom_inbox_prefix(format!("_INBOX_{}", c.user))
-                .connect(url),
-        )
-        .unwrap();
-    (rt, client)
-}
-
 /// Publishes a message from "bob" to alice through JetStream with w1's
 /// credentials; true when the server refused it (no acknowledgement).
 fn raw_publish_as_bob(url: &str, c: &peerfs::lattice::creds::Creds) -> bool {
-    let (rt, client) = raw_client(url, c);
+    let (rt, client) = support::raw_client(url, c, None);
     rt.block_on(async {
         let js = async_nats::jetstream::new(client.clone());
         let body = serde_json::json!({
@@ -362,7 +340,7 @@ fn batches_apply_each_message_once_and_a_forged_batch_not_at_all() {
 /// Publishes each `(Nats-Msg-Id, body)` on alice→bob's subject through
 /// JetStream with `c`'s credentials, each acknowledged.
 fn raw_publish(url: &str, c: &peerfs::lattice::creds::Creds, msgs: &[(&str, String)]) {
-    let (rt, client) = raw_client(url, c);
+    let (rt, client) = support::raw_client(url, c, None);
     rt.block_on(async {
         let js = async_nats::jetstream::new(client);
         for (id, body) in msgs {

@@ -120,19 +120,7 @@ struct Client {
 
 impl Client {
     fn connect(url: &str, c: &Creds) -> Client {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let nc = rt
-            .block_on(
-                async_nats::ConnectOptions::new()
-                    .user_and_password(c.user.clone(), c.password.clone())
-                    .custom_inbox_prefix(format!("_INBOX_{}", c.user))
-                    .request_timeout(Some(Duration::from_millis(800)))
-                    .connect(url),
-            )
-            .unwrap();
+        let (rt, nc) = support::raw_client(url, c, Some(Duration::from_millis(800)));
         Client { rt, nc }
     }
 

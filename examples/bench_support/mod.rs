@@ -1,8 +1,10 @@
-//! What the benchmarks that drive writer threads share (`bench_mount`, `bench_spool`).
+//! What the benchmarks that drive writer threads or mounts share (`bench_mount`,
+//! `bench_spool`, `bench_intake`).
 
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -58,4 +60,32 @@ pub fn run_id() -> String {
             .as_secs(),
         std::process::id()
     )
+}
+
+/// `PEERFS_BENCH_VERBOSE=1`: each round's figures on stderr.
+pub fn verbose() -> bool {
+    std::env::var("PEERFS_BENCH_VERBOSE").as_deref() == Ok("1")
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    // A mount whose daemon died cannot be canonicalized (ENOTCONN): use the path.
+    let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(&*canon.to_string_lossy()))
+}
+
+/// Unmounts `path` (lazily if it is busy), if it is mounted.
+pub fn fusermount_u(path: &Path) {
+    for args in [&["-u"][..], &["-u", "-z"][..]] {
+        if !is_mounted(path) {
+            return;
+        }
+        let _ = Command::new("fusermount3")
+            .args(args)
+            .arg(path)
+            .stderr(Stdio::null())
+            .status();
+    }
 }

@@ -332,3 +332,25 @@ pub fn value(path: &Path) -> serde_json::Value {
     assert_eq!(v["status"], "ok", "{}: {v}", path.display());
     v["value"].clone()
 }
+
+/// A runtime for a test's own NATS client, and the client, connected with `c`'s
+/// credentials (`request_timeout`: async-nats' default when `None`).
+pub fn raw_client(
+    url: &str,
+    c: &peerfs::lattice::creds::Creds,
+    request_timeout: Option<Duration>,
+) -> (tokio::runtime::Runtime, async_nats::Client) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut opts = async_nats::ConnectOptions::new()
+        .user_and_password(c.user.clone(), c.password.clone())
+        // The only inbox the server lets this user read.
+        .custom_inbox_prefix(format!("_INBOX_{}", c.user));
+    if request_timeout.is_some() {
+        opts = opts.request_timeout(request_timeout);
+    }
+    let client = rt.block_on(opts.connect(url)).unwrap();
+    (rt, client)
+}
