@@ -583,3 +583,32 @@ fn a_script_submitted_after_a_policy_change_meets_the_new_policy() {
     }
     c.shutdown();
 }
+
+#[test]
+fn a_dropped_script_goes_where_the_one_route_says() {
+    use peerfs::exec::{Dropped, Route};
+    let d = tempfile::tempdir().unwrap();
+    let c = core(d.path());
+    c.create_peer("alice", uid(), 0).unwrap();
+    c.create_peer("bob", uid(), 0).unwrap();
+    // A peer of this daemon, and the caller itself: into the target's queue.
+    assert_eq!(c.route("alice", "bob").unwrap(), Route::Here);
+    assert_eq!(c.route("alice", "alice").unwrap(), Route::Here);
+    let to_bob = c
+        .drop_script("alice", "bob", "x.rhai", b"1".to_vec(), &json!({}))
+        .unwrap();
+    assert!(matches!(to_bob, Dropped::Submit(ref j) if j.caller == "alice"));
+    assert_eq!(to_bob.store("alice", "bob"), "bob");
+    // No lattice: a peer that is not here is ENOENT, for a drop and a run's
+    // `send` alike (the same rule).
+    let e = c
+        .drop_script("alice", "carol", "x.rhai", b"1".to_vec(), &json!({}))
+        .unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT, "{e}");
+    assert_eq!(c.route("alice", "carol").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(c.route("alice", "../bob").unwrap_err().errno, libc::EINVAL);
+    let e = c
+        .submit_to("alice", "carol", "x.rhai", b"1".to_vec(), &json!({}))
+        .unwrap_err();
+    assert_eq!(e.errno, libc::ENOENT, "{e}");
+}

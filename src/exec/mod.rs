@@ -54,6 +54,7 @@ pub use op::{Ack, Op, Waiter};
 pub use result::RunResult;
 pub use slot::{caller_slot, slot_caller};
 use state::{rt, PendingResult};
+pub use submit::{Dropped, Route};
 pub use transport::{Delivery, DeliveryAck, InProcess, MessageKind, Transport};
 
 /// What changed at a peer, for caches above (the mount's kernel entries).

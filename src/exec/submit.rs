@@ -85,6 +85,70 @@ impl Core {
         Ok(())
     }
 
+    /// A script `caller` drops for `target`, for the mount
+    /// (`caller/peers/target/inbox/`), the spool and `peerfs run` alike: into the
+    /// target's queue when it is [`Route::Here`], else a message from the caller.
+    pub fn drop_script(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        params: &Value,
+    ) -> Result<Dropped> {
+        Ok(match self.route(caller, target)? {
+            Route::Here => {
+                Dropped::Submit(self.new_job_from(caller, target, name, source, params)?)
+            }
+            Route::Elsewhere => {
+                Dropped::Send(self.drop_message(caller, target, name, source, params)?)
+            }
+        })
+    }
+
+    /// The one rule of where a script from `caller` for `target` goes, for a
+    /// dropped script and a run's `send` alike: a peer of this daemon (the
+    /// caller itself among them) here; a peer another daemon of the lattice
+    /// serves, or may serve (the directory decides at delivery, and NATS may be
+    /// away for now), elsewhere; with no lattice, a peer that is not here is
+    /// `ENOENT`.
+    pub fn route(&self, caller: &str, target: &str) -> Result<Route> {
+        check_peer_name(target)?;
+        if target == caller || self.0.registry.exists(target) {
+            Ok(Route::Here)
+        } else if self.may_send_to(target) {
+            Ok(Route::Elsewhere)
+        } else {
+            Err(err!(
+                libc::ENOENT,
+                "no peer {target} here: this daemon is in no lattice (--nats), so \
+                 peers/{target}/inbox/ reaches nobody"
+            ))
+        }
+    }
+
+    /// Drops a script ([`Core::drop_script`]); `ack` once it is durable (at the
+    /// target, or at the caller for a message).
+    pub fn drop_script_async(
+        &self,
+        caller: &str,
+        target: &str,
+        name: &str,
+        source: Vec<u8>,
+        ack: super::Ack,
+    ) {
+        match self.drop_script(
+            caller,
+            target,
+            name,
+            source,
+            &Value::Object(Default::default()),
+        ) {
+            Ok(d) => self.apply_async(&d.store(caller, target).to_string(), d.op(), Some(ack)),
+            Err(e) => ack(Err(e)),
+        }
+    }
+
     /// Submits a script from `caller` to run at `target` (caller's `peers/target/inbox`)
     /// and waits until it is durable; returns the run id.
     pub fn submit_to(
@@ -95,16 +159,9 @@ impl Core {
         source: Vec<u8>,
         params: &Value,
     ) -> Result<String> {
-        if self.serves_elsewhere(target) {
-            // Served by another daemon of the lattice: a message from the caller.
-            let msg = self.drop_message(caller, target, name, source, params)?;
-            let id = msg.id.clone();
-            self.apply(caller, Op::Send(msg))?;
-            return Ok(id);
-        }
-        let job = self.new_job_from(caller, target, name, source, params)?;
-        let id = job.id.clone();
-        self.apply(target, Op::Submit(job))?;
+        let d = self.drop_script(caller, target, name, source, params)?;
+        let id = d.id().to_string();
+        self.apply(d.store(caller, target), d.op())?;
         Ok(id)
     }
 
@@ -189,4 +246,49 @@ pub(super) fn message_job(msg: &Outgoing, caller: &str) -> Job {
         budget: msg.budget,
         attempts: 0,
     }
+}
+
+/// A dropped script, where [`Core::drop_script`] sends it.
+#[derive(Debug)]
+pub enum Dropped {
+    /// Into the target's queue (a peer of this daemon).
+    Submit(Job),
+    /// A message from the caller (a peer another daemon serves).
+    Send(Outgoing),
+}
+
+impl Dropped {
+    /// The peer whose store records the drop: the target for a submission,
+    /// the caller for a message (it leaves with the caller's other messages).
+    pub fn store<'a>(&self, caller: &'a str, target: &'a str) -> &'a str {
+        match self {
+            Dropped::Submit(_) => target,
+            Dropped::Send(_) => caller,
+        }
+    }
+
+    /// The run id.
+    pub fn id(&self) -> &str {
+        match self {
+            Dropped::Submit(j) => &j.id,
+            Dropped::Send(m) => &m.id,
+        }
+    }
+
+    /// The op that records it.
+    pub(super) fn op(self) -> Op {
+        match self {
+            Dropped::Submit(job) => Op::Submit(job),
+            Dropped::Send(msg) => Op::Send(msg),
+        }
+    }
+}
+
+/// Where a script for a peer goes ([`Core::route`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A peer of this daemon.
+    Here,
+    /// A peer another daemon of the lattice serves (or may).
+    Elsewhere,
 }

@@ -240,15 +240,6 @@ impl Core {
         self.new_message(caller, target, name, source, params, 1)
     }
 
-    /// Drops a script at `target` served elsewhere: `ack` once it is durable at
-    /// `caller` (it leaves with the caller's other messages).
-    pub fn drop_remote(&self, caller: &str, target: &str, name: &str, source: Vec<u8>, ack: Ack) {
-        match self.drop_message(caller, target, name, source, &serde_json::json!({})) {
-            Ok(msg) => self.apply_async(caller, Op::Send(msg), Some(ack)),
-            Err(e) => ack(Err(e)),
-        }
-    }
-
     /// Hands `msg` from `from` to its target, a peer of this daemon: the target's
     /// actor takes it in its next transaction, and `ack` is called after that
     /// commit ([`Delivery::Taken`]); no such peer, a store that cannot be opened

@@ -7,32 +7,26 @@
 //! (`crate::layout`); a policy text is applied or refused by `layout::apply_text`.
 
 use super::*;
+use crate::exec::Dropped;
 
 /// What a taken script becomes: a submission at a peer of this daemon, or a
 /// message from the caller to a peer of another daemon.
-enum Taken {
-    Submit(crate::store::Job),
-    Send(crate::store::Outgoing),
-}
-
-impl Taken {
-    /// The op that records the taken file (`key`, `record`) with its submission
-    /// or send, and the older records to `forget`.
-    fn op(self, key: String, record: Vec<u8>, forget: Vec<String>) -> Op {
-        match self {
-            Taken::Submit(job) => Op::Intake {
-                job,
-                key,
-                record,
-                forget,
-            },
-            Taken::Send(msg) => Op::IntakeSend {
-                msg,
-                key,
-                record,
-                forget,
-            },
-        }
+/// The op that records the taken file (`key`, `record`) with its submission or
+/// send, and the older records to `forget`.
+fn intake_op(d: Dropped, key: String, record: Vec<u8>, forget: Vec<String>) -> Op {
+    match d {
+        Dropped::Submit(job) => Op::Intake {
+            job,
+            key,
+            record,
+            forget,
+        },
+        Dropped::Send(msg) => Op::IntakeSend {
+            msg,
+            key,
+            record,
+            forget,
+        },
     }
 }
 
@@ -329,45 +323,30 @@ impl Shared {
         let Some(t) = self.take_file(caller, target, path, tries, own) else {
             return self.done(path);
         };
-        // A drop for a peer that another daemon of the lattice serves (or may:
-        // the directory decides at delivery, NATS may be away for now) leaves as a
-        // message from the caller, as on the mount: the record then lives in the
-        // caller's store, in the transaction that writes the outgoing row.
-        let remote = target != caller && !self.core.registry().exists(target);
-        if remote && !self.core.may_send_to(target) {
-            self.done(path);
-            let why = format!(
-                "no peer {target} here: this daemon is in no lattice (--nats), so peers/{target}/inbox/ reaches nobody (make the peer with `mkdir DIR/{target}`, or join the lattice that serves it)"
-            );
-            return self.refuse(caller, path, &why);
-        }
-        let (store, key) = if remote {
-            (caller, sent_key(target, name))
-        } else {
-            (target, taken_key(caller, name))
-        };
-        let record = t.ident.record();
-        if startup && self.taken_before_restart(store, &key, &record, path, own) {
-            return self.done(path);
-        }
         let crash = crate::exec::test_hooks::take_marked(&t.data);
-        let params = serde_json::json!({});
-        let what = if remote {
-            self.core
-                .drop_message(caller, target, name, t.data, &params)
-                .map(Taken::Send)
-        } else {
-            self.core
-                .new_job_from(caller, target, name, t.data, &params)
-                .map(Taken::Submit)
-        };
-        let what = match what {
+        // A drop for a peer that another daemon of the lattice serves leaves as a
+        // message from the caller (`Core::drop_script`, the mount's rule): the
+        // record then lives in the caller's store, in the transaction that writes
+        // the outgoing row.
+        let what = match self
+            .core
+            .drop_script(caller, target, name, t.data, &serde_json::json!({}))
+        {
             Ok(w) => w,
             Err(e) => {
                 self.done(path);
                 return self.refuse(caller, path, &e.message);
             }
         };
+        let store = what.store(caller, target);
+        let key = match what {
+            Dropped::Send(_) => sent_key(target, name),
+            Dropped::Submit(_) => taken_key(caller, name),
+        };
+        let record = t.ident.record();
+        if startup && self.taken_before_restart(store, &key, &record, path, own) {
+            return self.done(path);
+        }
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
         let ack = self.acknowledgement(caller, store, &key, path, t.ident, own, crash);
         let mut forget = self.forget.lock().unwrap();
@@ -376,7 +355,7 @@ impl Shared {
         f.retain(|k| *k != key);
         // Pushed under the lock: no Forget of the same key overtakes this op.
         self.core
-            .apply_async(store, what.op(key, record, f), Some(ack));
+            .apply_async(store, intake_op(what, key, record, f), Some(ack));
     }
 
     /// `path` is no longer being taken.

@@ -383,18 +383,7 @@ impl Vfs {
         let Node::InboxFile { peer, target, name } = node else {
             return reply(Err(err!(libc::EINVAL, "not an inbox file")));
         };
-        if self.core.serves_elsewhere(target) {
-            // Served by another daemon of the lattice: a message from the caller.
-            return self.core.drop_remote(peer, target, name, data, reply);
-        }
-        // A script for another peer goes straight into that peer's queue.
-        match self
-            .core
-            .new_job_from(peer, target, name, data, &serde_json::json!({}))
-        {
-            Ok(job) => self.core.apply_async(target, Op::Submit(job), Some(reply)),
-            Err(e) => reply(Err(e)),
-        }
+        self.core.drop_script_async(peer, target, name, data, reply);
     }
 
     pub fn create(
