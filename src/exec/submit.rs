@@ -144,7 +144,7 @@ impl Core {
             source,
             &Value::Object(Default::default()),
         ) {
-            Ok(d) => self.apply_async(&d.store(caller, target).to_string(), d.op(), Some(ack)),
+            Ok(d) => self.apply_async(d.store(caller, target), d.op(), Some(ack)),
             Err(e) => ack(Err(e)),
         }
     }
