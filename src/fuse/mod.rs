@@ -3,7 +3,7 @@
 //! Each callback turns the kernel's arguments into the vfs's (an inode number into a
 //! `Node`, an `OsStr` into a `&str`, raw flags into `vfs::OpenFlags`/`RenameFlags`),
 //! calls the vfs, and answers. Every rule about what a path means, what SETATTR
-//! changes and how long the kernel may cache lives in the vfs, which `tests/vfs.rs`
+//! changes and how long the kernel may cache lives in the vfs, which `tests/it/vfs.rs`
 //! drives without FUSE. The only state kept here is the inode table (`inodes`).
 //!
 //! Replies are owned values in fuser 0.18: `read`, `flush` and `fsync` hand theirs

@@ -1,5 +1,5 @@
 //! The mount's tree as plain Rust: what every path means, its attributes, and what
-//! each file operation does. No FUSE types: `tests/vfs.rs`, `tests/vfs_model.rs`
+//! each file operation does. No FUSE types: `tests/it/vfs.rs`, `tests/it/vfs_model.rs`
 //! and the `vfs_ops`/`vfs_paths` fuzz targets drive it directly, and the FUSE
 //! adapter only translates.
 //!

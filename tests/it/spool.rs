@@ -1,8 +1,8 @@
 //! Spool mode through a real folder: `peerfs serve --spool DIR` driven with cp, mv,
 //! `>` and rm; policies, sends between peers, an inotify overflow, a restart.
 
-mod common;
-mod spool_support;
+use crate::common;
+use crate::spool_support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

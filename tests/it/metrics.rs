@@ -3,7 +3,7 @@
 //! series only when asked for (`metrics.peer_labels`) and bounded to the busiest
 //! peers; `--metrics-listen` serving the same over HTTP; `--log-format json`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

@@ -2,10 +2,8 @@
 //! own data folder, one nats-server per test (free loopback port, temporary store,
 //! configuration from `peerfs lattice init`), stopped by pid.
 
-#[path = "common/mod.rs"]
-mod common;
-#[path = "lattice_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::lattice_support as support;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -336,7 +336,7 @@ fn crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart() {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart",
+            "core::crash_mid_run_leaves_no_partial_effects_and_the_script_runs_after_restart",
             "--nocapture",
             "--test-threads=1",
         ])

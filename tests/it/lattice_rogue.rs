@@ -4,10 +4,8 @@
 //! dave) keep exchanging messages. Each attack must meet a permissions violation
 //! or change nothing, and every honest message must run exactly once.
 
-#[path = "common/mod.rs"]
-mod common;
-#[path = "lattice_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::lattice_support as support;
 
 use std::fs;
 use std::path::PathBuf;

@@ -19,19 +19,19 @@ macro_rules! fuzz_target {
     };
 }
 
-#[path = "../fuzz/fuzz_targets/names.rs"]
+#[path = "../../fuzz/fuzz_targets/names.rs"]
 mod names;
-#[path = "../fuzz/fuzz_targets/policy_diff.rs"]
+#[path = "../../fuzz/fuzz_targets/policy_diff.rs"]
 mod policy_diff;
-#[path = "../fuzz/fuzz_targets/policy_parse.rs"]
+#[path = "../../fuzz/fuzz_targets/policy_parse.rs"]
 mod policy_parse;
-#[path = "../fuzz/fuzz_targets/script_intake.rs"]
+#[path = "../../fuzz/fuzz_targets/script_intake.rs"]
 mod script_intake;
-#[path = "../fuzz/fuzz_targets/value_encoding.rs"]
+#[path = "../../fuzz/fuzz_targets/value_encoding.rs"]
 mod value_encoding;
-#[path = "../fuzz/fuzz_targets/vfs_ops.rs"]
+#[path = "../../fuzz/fuzz_targets/vfs_ops.rs"]
 mod vfs_ops;
-#[path = "../fuzz/fuzz_targets/vfs_paths.rs"]
+#[path = "../../fuzz/fuzz_targets/vfs_paths.rs"]
 mod vfs_paths;
 
 /// Runs `check` on every file of fuzz/corpus/`target`/ and says how many there were.

@@ -2,7 +2,7 @@
 //! with an allow and a deny case each; plus the confused deputy and a chain of
 //! sends, driven through the mount.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

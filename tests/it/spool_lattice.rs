@@ -5,12 +5,9 @@
 //! lattice's directory. One nats-server per test (free loopback port, temporary
 //! store, configuration from `peerfs lattice init`), stopped by pid.
 
-#[path = "common/mod.rs"]
-mod common;
-#[path = "spool_support/mod.rs"]
-mod spool_support;
-#[path = "lattice_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::lattice_support as support;
+use crate::spool_support;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -4,7 +4,7 @@
 //! the `peerfs` binary where a process must die) and unmounts in a drop guard.
 //! Without FUSE these tests fail; they never skip.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File};
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! validated files staged in the handle, metadata that ignores the size of values.
 //! Each test mounts for real and drives the mount with coreutils and std::fs.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

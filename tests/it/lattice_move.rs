@@ -2,10 +2,8 @@
 //! one nats-server of the test's own (free loopback port, temporary store,
 //! configuration from `peerfs lattice init`), everything stopped by pid.
 
-#[path = "common/mod.rs"]
-mod common;
-#[path = "lattice_support/mod.rs"]
-mod support;
+use crate::common;
+use crate::lattice_support as support;
 
 use std::fs;
 use std::path::PathBuf;

@@ -4,8 +4,8 @@
 //! final name ran exactly once and has its result. `scripts-ci/crash-spool` runs
 //! many rounds (PEERFS_SPOOL_CRASH_ROUNDS); the test suite runs a few.
 
-mod common;
-mod spool_support;
+use crate::common;
+use crate::spool_support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! daemon's, stored rows treated as untrusted input, scripts that crash the
 //! daemon, poison values, waiting readers that can be killed, send worms.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;

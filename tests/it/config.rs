@@ -3,7 +3,7 @@
 //! and every sandbox limit raised and lowered through the config, for a peer's
 //! own scripts and for others' scripts, shown to take effect.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

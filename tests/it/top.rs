@@ -1,7 +1,7 @@
 //! `peerfs top`, driven in a real terminal: tmux runs it against a live mount,
 //! capture-pane reads the screen, send-keys quits it.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,7 +6,7 @@
 //! the `peerfs` binary where a process must die) and unmounts in a drop guard.
 //! Without FUSE these tests fail; they never skip.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

@@ -6,7 +6,7 @@
 //!
 //! Without FUSE these tests fail; they never skip.
 
-mod common;
+use crate::common;
 
 use std::ffi::OsStr;
 use std::fs;

@@ -2,8 +2,8 @@
 //! a served folder, exit statuses, signals, start-up checks, completions, the man
 //! page. Real mounts and real processes; each daemon is stopped by its pid.
 
-mod common;
-mod spool_support;
+use crate::common;
+use crate::spool_support;
 
 use std::ffi::OsStr;
 use std::path::Path;
