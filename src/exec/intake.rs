@@ -396,7 +396,7 @@ pub fn settle_journal(
     store: &std::path::Path,
 ) -> Result<usize> {
     use crate::store::journal::Journal;
-    use crate::store::{SqliteStore, Store};
+    use crate::store::{SqliteStore, Store, Txn};
     if !data.join("intake.sqlite").exists() {
         return Ok(0);
     }
@@ -415,16 +415,16 @@ pub fn settle_journal(
         journal.forget(name, mark)?;
         return Ok(0);
     };
-    st.begin()?;
+    let mut txn = Txn::begin(&mut st, true)?;
     let mut n = 0;
     for e in entries.iter().filter(|e| !e.withdrawn) {
         let (slot, out) = result_key(name, &e.job);
-        st.outbox_pending(&slot, &out, &e.job.id, e.job.submitted_at)?;
-        st.enqueue(&e.job)?;
+        txn.outbox_pending(&slot, &out, &e.job.id, e.job.submitted_at)?;
+        txn.enqueue(&e.job)?;
         n += 1;
     }
-    st.set_meta(&key, last.to_string().as_bytes())?;
-    st.commit()?;
+    txn.set_meta(&key, last.to_string().as_bytes())?;
+    txn.commit()?;
     journal.forget(name, last)?;
     Ok(n)
 }

@@ -17,7 +17,7 @@ use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
 use crate::script::{self, Capability, Host, Outcome, RunInput, Status};
-use crate::store::{Job, Outgoing, Store};
+use crate::store::{Job, Outgoing, Store, Txn};
 use crate::util::{now_ns, rfc3339};
 
 impl Core {
@@ -27,39 +27,30 @@ impl Core {
     /// script that kills the daemon is counted too (see `Config::max_attempts`).
     pub(super) fn run_batch(&self, peer: &Arc<Peer>) -> Result<()> {
         let mut st = peer.writer.lock().unwrap();
-        let mut jobs = match self.count_starts(&mut **st, peer) {
-            Ok(j) => j,
-            Err(e) => {
-                let _ = st.rollback();
-                return Err(e);
-            }
-        };
+        let mut jobs = self.count_starts(&mut **st, peer)?;
         if jobs.is_empty() {
             if !self.0.stop.load(Ordering::Relaxed) {
                 rt(peer).queued.store(0, Ordering::Relaxed);
             }
             return Ok(());
         }
-        st.begin_unsynced()?;
-        let (effects, finished) = match self.runs_in_txn(&mut **st, peer, &mut jobs) {
+        let mut txn = Txn::begin(&mut **st, false)?;
+        let (effects, finished) = match self.runs_in_txn(&mut *txn, peer, &mut jobs) {
             Ok(r) => r,
             Err(e) => {
-                let _ = st.rollback();
+                drop(txn);
                 // A failing store (a full disk) is not a crash of the script: its
                 // starts are taken back (best effort), so it is not ended for it.
-                let undo = st.begin_unsynced().and_then(|_| {
-                    count_range(&mut **st, &jobs, -1)?;
-                    st.commit()
+                let _ = Txn::begin(&mut **st, false).and_then(|mut t| {
+                    count_range(&mut *t, &jobs, -1)?;
+                    t.commit()
                 });
-                if undo.is_err() {
-                    let _ = st.rollback();
-                }
                 return Err(e);
             }
         };
         let pre = self.pre_register(peer, &effects);
         let t = Instant::now();
-        let committed = st.commit();
+        let committed = txn.commit();
         self.0.metrics.commit(t.elapsed());
         if let Err(e) = committed {
             self.unregister(peer, pre, &e);
@@ -79,17 +70,17 @@ impl Core {
     /// that crashes the daemon collects the attempts. Rows refused as invalid leave
     /// the queue in the same commit.
     pub(super) fn count_starts(&self, st: &mut dyn Store, peer: &Arc<Peer>) -> Result<Vec<Job>> {
-        st.begin_unsynced()?;
-        let mut jobs = st.queued(self.0.cfg.batch_max_runs)?;
+        let mut txn = Txn::begin(st, false)?;
+        let mut jobs = txn.queued(self.0.cfg.batch_max_runs)?;
         if jobs.first().is_some_and(|j| j.attempts > 0) {
             jobs.truncate(1);
         }
-        count_range(st, &jobs, 1)?;
+        count_range(&mut *txn, &jobs, 1)?;
         for j in &mut jobs {
             j.attempts += 1;
         }
-        let refused = st.take_refused();
-        st.commit()?;
+        let refused = txn.take_refused();
+        txn.commit()?;
         if refused > 0 {
             rt(peer)
                 .queued

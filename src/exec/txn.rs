@@ -4,7 +4,7 @@
 //! published and listeners told after it).
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::op::{Ack, Op};
@@ -12,7 +12,7 @@ use super::state::{rt, PendingResult, RecentResult};
 use super::{Change, Core};
 use crate::error::{Error, Result};
 use crate::peer::Peer;
-use crate::store::Store;
+use crate::store::{Store, Txn};
 
 /// An in-memory consequence of an op or run, applied after its commit.
 pub(super) enum Effect {
@@ -37,43 +37,72 @@ pub(super) enum Effect {
     Changed(Change),
 }
 
+/// What [`Core::apply_in_txn`] did: the commit's outcome, the pending results
+/// registered before it, the effects and each op's outcome.
+struct Applied {
+    committed: Result<()>,
+    pre: Vec<(String, String)>,
+    effects: Vec<Effect>,
+    results: Vec<Result<()>>,
+}
+
 impl Core {
     /// Applies a batch of ops in one transaction and answers each op's ack after
     /// the commit: all in one go when every op succeeds, else again with a
     /// savepoint per op so that only the failing ones are refused.
     pub(super) fn apply_ops(&self, peer: &Arc<Peer>, ops: Vec<(Op, Option<Ack>)>) {
         let mut st = peer.writer.lock().unwrap();
+        let applied = self.apply_in_txn(&mut **st, peer, &ops);
+        drop(st);
+        match applied {
+            Ok(a) => {
+                let acks = ops.into_iter().map(|(_, a)| a).zip(a.results).collect();
+                self.answer(peer, a.committed, a.pre, a.effects, acks);
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
+                fail_all(ops, &e);
+            }
+        }
+    }
+
+    /// The ops applied in one transaction and committed (the commit's outcome in
+    /// [`Applied`]); `Err` when no transaction could begin. The guard rolls the
+    /// fast path back when an op fails, and each op's savepoint likewise.
+    fn apply_in_txn(
+        &self,
+        st: &mut dyn Store,
+        peer: &Arc<Peer>,
+        ops: &[(Op, Option<Ack>)],
+    ) -> Result<Applied> {
         // Marks of delivered messages need no fsync of their own: if one is lost,
         // the message is sent again and the target, which remembers its id, ignores it.
         let only_marks = ops
             .iter()
             .all(|(op, _)| matches!(op, Op::Delivered(_) | Op::Forget(_)));
-        let begin = |st: &mut dyn Store| {
-            if only_marks {
-                st.begin_unsynced()
-            } else {
-                st.begin()
-            }
-        };
-        if let Err(e) = begin(&mut **st) {
-            drop(st);
-            tracing::error!(peer = %peer.name, error = %e, "cannot begin a transaction");
-            return fail_all(ops, &e);
-        }
-        let inline = self.inline_until(peer, &ops, only_marks);
-        let (effects, results) = match self.apply_all(&mut **st, peer, &ops, inline) {
-            Some(effects) => (effects, ops.iter().map(|_| Ok(())).collect()),
+        let inline = self.inline_until(peer, ops, only_marks);
+        let mut txn = Txn::begin(&mut *st, !only_marks)?;
+        let (txn, effects, results) = match self.apply_all(&mut *txn, peer, ops, inline) {
+            Some(effects) => (txn, effects, ops.iter().map(|_| Ok(())).collect()),
             None => {
-                if let Err(e) = st.rollback().and_then(|_| begin(&mut **st)) {
-                    drop(st);
-                    return fail_all(ops, &e);
-                }
-                self.apply_each(&mut **st, peer, &ops)
+                // Rolled back; again with a savepoint per op.
+                drop(txn);
+                let mut txn = Txn::begin(&mut *st, !only_marks)?;
+                let (effects, results) = self.apply_each(&mut txn, peer, ops);
+                (txn, effects, results)
             }
         };
-        let acks: Vec<(Option<Ack>, Result<()>)> =
-            ops.into_iter().map(|(_, a)| a).zip(results).collect();
-        self.commit_and_answer(peer, st, effects, acks);
+        // Pending results are tracked before the commit so no reader misses them.
+        let pre = self.pre_register(peer, &effects);
+        let t = Instant::now();
+        let committed = txn.commit();
+        self.0.metrics.commit(t.elapsed());
+        Ok(Applied {
+            committed,
+            pre,
+            effects,
+            results,
+        })
     }
 
     /// Until when a script submitted to an empty queue runs right here, in the
@@ -131,18 +160,18 @@ impl Core {
     /// refused alone. Its effects, and each op's outcome.
     fn apply_each(
         &self,
-        st: &mut dyn Store,
+        txn: &mut Txn<'_>,
         peer: &Arc<Peer>,
         ops: &[(Op, Option<Ack>)],
     ) -> (Vec<Effect>, Vec<Result<()>>) {
         let mut effects = Vec::with_capacity(ops.len());
         let mut results = Vec::with_capacity(ops.len());
         for (op, _) in ops {
-            let r = st.savepoint().and_then(|_| {
-                let r = self.apply_one(st, peer, op);
+            let r = txn.savepoint().and_then(|mut sp| {
+                let r = self.apply_one(&mut *sp, peer, op);
                 match &r {
-                    Ok(_) => st.release()?,
-                    Err(_) => st.rollback_to()?,
+                    Ok(_) => sp.release()?,
+                    Err(_) => sp.rollback()?,
                 }
                 r
             });
@@ -160,23 +189,19 @@ impl Core {
         (effects, results)
     }
 
-    /// Commits, then publishes the effects and answers the acks (or, when the
-    /// commit fails, forgets the pending results and answers every ack with it).
-    fn commit_and_answer(
+    /// After the commit (its outcome `committed`): publishes the effects and
+    /// answers the acks, or, when the commit failed, forgets the pending results
+    /// (`pre`) and answers every ack with the failure. Scripts already queued run
+    /// in `run_batch`, never here: their starts are counted in a commit before
+    /// they run (see `Config::max_attempts`).
+    fn answer(
         &self,
         peer: &Arc<Peer>,
-        mut st: MutexGuard<'_, Box<dyn Store>>,
+        committed: Result<()>,
+        pre: Vec<(String, String)>,
         effects: Vec<Effect>,
         acks: Vec<(Option<Ack>, Result<()>)>,
     ) {
-        // Scripts already queued run in `run_batch`, never here: their starts are
-        // counted in a commit before they run (see `Config::max_attempts`).
-        // Pending results are tracked before the commit so no reader misses them.
-        let pre = self.pre_register(peer, &effects);
-        let t = Instant::now();
-        let committed = st.commit();
-        self.0.metrics.commit(t.elapsed());
-        drop(st);
         self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
         match committed {
             Ok(()) => {

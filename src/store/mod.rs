@@ -9,10 +9,12 @@
 pub mod journal;
 pub mod rows;
 pub mod sqlite;
+mod txn;
 pub mod value;
 
 use crate::error::Result;
 pub use sqlite::SqliteStore;
+pub use txn::{Savepoint, Txn};
 
 /// A submitted script waiting in a peer's queue.
 #[derive(Debug, Clone, PartialEq, Default)]
