@@ -325,10 +325,10 @@ fn client_cmd(cmd: Cmd) -> ExitCode {
             full,
         } => {
             let place = match (spool, mount) {
-                (Some(s), _) => Place::Spool(s),
-                (None, Some(m)) => Place::Mount(m),
+                (Some(s), _) => DropAt::Spool(s),
+                (None, Some(m)) => DropAt::Mount(m),
                 (None, None) => match only_mount() {
-                    Ok(m) => Place::Mount(m),
+                    Ok(m) => DropAt::Mount(m),
                     Err(e) => {
                         eprintln!("peerfs run: {e}");
                         return Exit::Usage.into();
@@ -823,7 +823,7 @@ fn only_mount() -> Result<PathBuf, String> {
 }
 
 /// Where `peerfs run` drops its script.
-enum Place {
+enum DropAt {
     Mount(PathBuf),
     Spool(PathBuf),
 }
@@ -848,7 +848,7 @@ fn read_script(file: &str) -> Result<(Vec<u8>, String), String> {
     Ok((s, name))
 }
 
-fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) -> ExitCode {
+fn run(peer: &str, file: &str, place: &DropAt, caller: Option<&str>, full: bool) -> ExitCode {
     let fail = |msg: String| {
         eprintln!("peerfs run: {msg}");
         ExitCode::from(Exit::Io)
@@ -858,7 +858,7 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
         Err(msg) => return fail(msg),
     };
     let root = match place {
-        Place::Mount(m) | Place::Spool(m) => m,
+        DropAt::Mount(m) | DropAt::Spool(m) => m,
     };
     let base = match caller {
         Some(c) => root.join(c).join("peers").join(peer),
@@ -874,7 +874,7 @@ fn run(peer: &str, file: &str, place: &Place, caller: Option<&str>, full: bool) 
     }
     let stem = peerfs::peer::name::script_stem(&name).to_string();
     let out = base.join("outbox").join(format!("{stem}.json"));
-    let bytes = if let Place::Spool(_) = place {
+    let bytes = if let DropAt::Spool(_) = place {
         let log = root.join(caller.unwrap_or(peer)).join("log");
         match peerfs::spool::drop_and_wait(&base, &log, &name, &src) {
             Ok(b) => b,

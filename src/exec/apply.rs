@@ -19,7 +19,7 @@ use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
-use crate::store::{Job, Outgoing, Store};
+use crate::store::{Job, Message, Store};
 use crate::util::{now_ns, rfc3339};
 
 impl Core {
@@ -93,7 +93,7 @@ impl Core {
     /// A script this peer sends to a peer of another daemon ([`Op::Send`]): its
     /// pending result in this peer's outbox for the target and its outgoing row,
     /// delivered after the commit.
-    fn record_send(st: &mut dyn Store, msg: &Outgoing) -> Result<Vec<Effect>> {
+    fn record_send(st: &mut dyn Store, msg: &Message) -> Result<Vec<Effect>> {
         let out = format!("{}.json", script_stem(&msg.name));
         st.outbox_pending(&msg.to, &out, &msg.id, msg.created_at)?;
         st.record_outgoing(msg)?;
@@ -384,7 +384,7 @@ impl Core {
 
     /// [`Op::Deliver`]: a message from `from`, taken once: a script is queued, a
     /// result finishes the pending one in the outbox.
-    fn receive(&self, st: &mut dyn Store, from: &str, msg: &Outgoing) -> Result<Vec<Effect>> {
+    fn receive(&self, st: &mut dyn Store, from: &str, msg: &Message) -> Result<Vec<Effect>> {
         // Recognised by sender and id: another sender (a rogue worker's peer)
         // using the same id marks only its own. Rows from before the sender was
         // part of the key hold the id alone.
@@ -413,7 +413,7 @@ impl Core {
     /// A received result: stored as the finished result in the outbox (one that
     /// cannot be read as JSON becomes an error result saying so, never retried:
     /// its reader is waiting).
-    fn receive_result(st: &mut dyn Store, from: &str, msg: &Outgoing) -> Result<Vec<Effect>> {
+    fn receive_result(st: &mut dyn Store, from: &str, msg: &Message) -> Result<Vec<Effect>> {
         let (v, payload) = match serde_json::from_str::<Value>(&msg.payload) {
             Ok(v) => (v, msg.payload.clone()),
             Err(e) => {
@@ -422,7 +422,7 @@ impl Core {
                 (v, text)
             }
         };
-        let msg = &Outgoing {
+        let msg = &Message {
             payload,
             ..msg.clone()
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::op::Op;
 use super::provenance::unreadable_result;
 use super::run::failed_outcome;
-use super::state::rt;
+use super::state::actor;
 use super::submit::message_job;
 use super::transport::{Delivery, DeliveryAck};
 use super::{provenance, Core, MessageKind, RunResult};
@@ -15,7 +15,7 @@ use crate::error::Error;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
 use crate::script::Status;
-use crate::store::Outgoing;
+use crate::store::Message;
 use crate::util::{new_id, now_ns};
 
 impl Core {
@@ -34,7 +34,7 @@ impl Core {
         if msgs.is_empty() {
             // Refused rows were marked: more may follow them.
             if refused == 0 {
-                rt(peer).has_undelivered.store(false, Ordering::Relaxed);
+                actor(peer).has_undelivered.store(false, Ordering::Relaxed);
             }
             return;
         }
@@ -47,7 +47,7 @@ impl Core {
             if unjoined && !self.0.registry.exists(&msg.to) {
                 continue;
             }
-            if !rt(peer).inflight.lock().unwrap().insert(msg.id.clone()) {
+            if !actor(peer).inflight.lock().unwrap().insert(msg.id.clone()) {
                 continue;
             }
             tracing::trace!(peer = %peer.name, to = %msg.to, id = %msg.id, "to deliver");
@@ -59,7 +59,7 @@ impl Core {
     /// What the sender does when the transport answers for `msg`: marks it
     /// delivered, makes it an error result (no such peer, or refused too often),
     /// or lets it wait for the next try (see [`super::Transport::deliver`]).
-    fn delivery_ack(&self, peer: &Arc<Peer>, msg: Outgoing) -> DeliveryAck {
+    fn delivery_ack(&self, peer: &Arc<Peer>, msg: Message) -> DeliveryAck {
         let core = self.clone();
         let sender = peer.clone();
         Box::new(move |r| {
@@ -72,7 +72,7 @@ impl Core {
                         .messages_delivered
                         .fetch_add(1, Ordering::Relaxed);
                     {
-                        let mut f = rt(&sender).delivery_failures.lock().unwrap();
+                        let mut f = actor(&sender).delivery_failures.lock().unwrap();
                         if !f.is_empty() {
                             f.remove(&id);
                         }
@@ -84,21 +84,21 @@ impl Core {
                 Delivery::NoSuchPeer(e) => core.undeliverable(&sender, msg, &e),
                 Delivery::WayDown(e) => {
                     tracing::warn!(peer = %sender.name, to = %msg.to, error = %e, "delivery failed; will retry");
-                    rt(&sender).inflight.lock().unwrap().remove(&id);
+                    actor(&sender).inflight.lock().unwrap().remove(&id);
                 }
                 Delivery::Refused(e) => {
                     let tries = {
-                        let mut f = rt(&sender).delivery_failures.lock().unwrap();
+                        let mut f = actor(&sender).delivery_failures.lock().unwrap();
                         let n = f.entry(id.clone()).or_insert(0);
                         *n += 1;
                         *n
                     };
                     if tries >= core.0.cfg.delivery_tries {
-                        rt(&sender).delivery_failures.lock().unwrap().remove(&id);
+                        actor(&sender).delivery_failures.lock().unwrap().remove(&id);
                         core.undeliverable(&sender, msg, &e);
                     } else {
                         tracing::warn!(peer = %sender.name, error = %e, tries, "delivery failed; will retry");
-                        rt(&sender).inflight.lock().unwrap().remove(&id);
+                        actor(&sender).inflight.lock().unwrap().remove(&id);
                     }
                 }
             }
@@ -114,7 +114,7 @@ impl Core {
             sender,
             Op::Delivered(id),
             Some(Box::new(move |_| {
-                rt(&s2).inflight.lock().unwrap().remove(&id2);
+                actor(&s2).inflight.lock().unwrap().remove(&id2);
             })),
         );
     }
@@ -122,7 +122,7 @@ impl Core {
     /// Ends a message that cannot be delivered: a script becomes an `error` result
     /// at its sender, a result is dropped (logged) and its reader at the target
     /// gets an `error` result in its place.
-    pub(super) fn undeliverable(&self, peer: &Arc<Peer>, msg: Outgoing, e: &Error) {
+    pub(super) fn undeliverable(&self, peer: &Arc<Peer>, msg: Message, e: &Error) {
         let id = msg.id.clone();
         let kind = MessageKind::of(&msg).ok();
         let op = if kind == Some(MessageKind::Script) {
@@ -136,7 +136,7 @@ impl Core {
             let payload = serde_json::to_string(&result).unwrap_or_default();
             Op::Deliver {
                 from: msg.to.clone(),
-                msg: Outgoing {
+                msg: Message {
                     id: new_id(),
                     to: peer.name.clone(),
                     kind: MessageKind::Result.as_str().into(),
@@ -161,7 +161,7 @@ impl Core {
             // why, in place of the one that cannot be delivered (when the target
             // is a peer of this daemon).
             let v = unreadable_result(&peer.name, &msg, &e.message);
-            let replacement = Outgoing {
+            let replacement = Message {
                 id: provenance::replacement_id(&msg.id),
                 payload: v.to_string(),
                 ..msg.clone()
@@ -177,7 +177,7 @@ impl Core {
                 if r.is_ok() {
                     core.mark_delivered(&sender, id);
                 } else {
-                    rt(&sender).inflight.lock().unwrap().remove(&id);
+                    actor(&sender).inflight.lock().unwrap().remove(&id);
                 }
             })),
         );

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use super::op::{Ack, Op};
 use super::slot::result_slot;
-use super::state::rt;
+use super::state::actor;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core};
 use crate::error::{err, Error, Result};
@@ -60,7 +60,7 @@ impl Core {
         self.0.registry.is_open(peer)
             && self
                 .peer(peer)
-                .is_ok_and(|p| rt(&p).work.lock().unwrap().running)
+                .is_ok_and(|p| actor(&p).work.lock().unwrap().running)
     }
 
     /// Submits `job` to `peer`; `ack` once it is durable. An idle actor (not
@@ -68,7 +68,7 @@ impl Core {
     /// in the transaction that may also run it (one commit for both); otherwise
     /// the intake journal takes it, whatever the actor is running.
     pub(super) fn submit_job(&self, peer: Arc<Peer>, job: Job, ack: Option<Ack>) {
-        let st = rt(&peer);
+        let st = actor(&peer);
         let mut w = st.work.lock().unwrap();
         // `journaling` is raised under this lock, and lowered only after the
         // entry is held: an earlier submission is seen in one or the other. An
@@ -96,7 +96,7 @@ impl Core {
     fn journal_submit(&self, peer: Arc<Peer>, job: Job, ack: Option<Ack>) {
         // Refused now, while the submitter can still be told (as the queue would).
         if job.caller != peer.name && !self.0.registry.exists(&job.caller) {
-            rt(&peer).journaling.fetch_sub(1, Ordering::SeqCst);
+            actor(&peer).journaling.fetch_sub(1, Ordering::SeqCst);
             let e = err!(
                 libc::ENOENT,
                 "no peer named {:?} to take the result of {}",
@@ -114,7 +114,7 @@ impl Core {
             None => Some(sub),
         };
         if let Some(sub) = refused {
-            rt(&sub.peer).journaling.fetch_sub(1, Ordering::SeqCst);
+            actor(&sub.peer).journaling.fetch_sub(1, Ordering::SeqCst);
             if let Some(a) = sub.ack {
                 a(Err(crate::Error::stopped(format_args!(
                     "{} was submitted",
@@ -155,7 +155,7 @@ impl Core {
             Err(e) => {
                 tracing::error!(error = %e, n = batch.len(), "intake journal commit failed: the submissions were refused");
                 for s in batch {
-                    rt(&s.peer).journaling.fetch_sub(1, Ordering::SeqCst);
+                    actor(&s.peer).journaling.fetch_sub(1, Ordering::SeqCst);
                     if let Some(a) = s.ack {
                         a(Err(e.clone()));
                     }
@@ -174,7 +174,7 @@ impl Core {
                 withdrawn: false,
             };
             self.hold(&s.peer, entry);
-            rt(&s.peer).journaling.fetch_sub(1, Ordering::SeqCst);
+            actor(&s.peer).journaling.fetch_sub(1, Ordering::SeqCst);
             self.schedule(&s.peer);
             if let Some(a) = s.ack {
                 a(Ok(()));
@@ -195,7 +195,7 @@ impl Core {
                 run_id: e.job.id.clone(),
             }],
         );
-        rt(peer).held.lock().unwrap().insert(e);
+        actor(peer).held.lock().unwrap().insert(e);
     }
 
     /// Reads what the journal holds for `peer` (once per open peer, under its
@@ -225,7 +225,7 @@ impl Core {
 
     /// At open: what the journal holds for `peer` becomes held (once).
     pub(super) fn load_journal(&self, peer: &Arc<Peer>) -> Result<()> {
-        let mut loaded = rt(peer).drain.lock().unwrap();
+        let mut loaded = actor(peer).drain.lock().unwrap();
         self.load_held(peer, &mut loaded)
     }
 
@@ -233,11 +233,11 @@ impl Core {
     /// order), then `ops`, in one transaction; then the journal forgets what was
     /// taken.
     pub(super) fn apply_turn(&self, peer: &Arc<Peer>, ops: Vec<(Op, Option<Ack>)>) {
-        let mut loaded = rt(peer).drain.lock().unwrap();
+        let mut loaded = actor(peer).drain.lock().unwrap();
         if let Err(e) = self.load_held(peer, &mut loaded) {
             tracing::error!(peer = %peer.name, error = %e, "cannot read the intake journal; held submissions wait");
         }
-        let held: Vec<Entry> = rt(peer).held.lock().unwrap().entries.clone();
+        let held: Vec<Entry> = actor(peer).held.lock().unwrap().entries.clone();
         let journal = self.journal();
         let (Some(journal), false) = (journal, held.is_empty()) else {
             drop(loaded);
@@ -280,7 +280,7 @@ impl Core {
             return;
         }
         {
-            let mut h = rt(peer).held.lock().unwrap();
+            let mut h = actor(peer).held.lock().unwrap();
             h.taken = h.taken.max(mark);
             h.entries.retain(|e| e.seq > mark);
         }
@@ -304,12 +304,12 @@ impl Core {
     /// Marks held submissions of `peer` named `name` withdrawn (durably, in the
     /// journal); how many there were.
     pub(super) fn withdraw_held(&self, peer: &Arc<Peer>, name: &str) -> Result<usize> {
-        let mut loaded = rt(peer).drain.lock().unwrap();
+        let mut loaded = actor(peer).drain.lock().unwrap();
         self.load_held(peer, &mut loaded)?;
         let Some(journal) = self.journal() else {
             return Ok(0);
         };
-        let mut h = rt(peer).held.lock().unwrap();
+        let mut h = actor(peer).held.lock().unwrap();
         let seqs: Vec<i64> = h
             .entries
             .iter()
@@ -333,7 +333,7 @@ impl Core {
     /// The names of the scripts `peer` holds, in journal order (with their size
     /// and submission time), for listings of `inbox/`.
     pub(super) fn held_names(&self, peer: &Peer) -> Vec<(String, u64, i64)> {
-        rt(peer)
+        actor(peer)
             .held
             .lock()
             .unwrap()
@@ -352,7 +352,7 @@ impl Core {
 
     /// The latest held script of `peer` named `name`.
     pub(super) fn held_named(&self, peer: &Peer, name: &str) -> Option<Job> {
-        rt(peer)
+        actor(peer)
             .held
             .lock()
             .unwrap()
@@ -365,7 +365,7 @@ impl Core {
 
     /// The pending results of held submissions in `peer`'s outbox slot `key`.
     pub(super) fn held_results(peer: &Peer, key: &str) -> Vec<OutboxEntry> {
-        let h = rt(peer).held.lock().unwrap();
+        let h = actor(peer).held.lock().unwrap();
         let mut out: Vec<OutboxEntry> = Vec::new();
         for e in &h.entries {
             let (slot, name) = result_key(&peer.name, &e.job);

@@ -53,7 +53,7 @@ pub use intake::settle_journal;
 pub use op::{Ack, Op, Waiter};
 pub use result::RunResult;
 pub use slot::{caller_slot, slot_caller};
-use state::{rt, PendingResult};
+use state::{actor, PendingResult};
 pub use submit::{Dropped, Route};
 pub use transport::{Delivery, DeliveryAck, InProcess, MessageKind, Transport};
 
@@ -120,7 +120,7 @@ struct Inner {
     metrics: metrics::Metrics,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Reads waiting for results, watched for their reader's signals and time.
-    watch: wait::Watch,
+    waits: wait::WaitingReads,
     /// Where submissions become durable without waiting for their peer's runs.
     /// `None` when it cannot be opened (a read-only data folder): submissions
     /// then wait for their peer's actor, as everything else does.
@@ -159,7 +159,7 @@ impl Core {
             stats: Stats::default(),
             metrics: metrics::Metrics::new(cfg.metrics, cfg.metrics_top_peers),
             threads: Mutex::new(Vec::new()),
-            watch: wait::Watch::default(),
+            waits: wait::WaitingReads::default(),
             journal,
             intake: Mutex::new(Some(intake_tx)),
             cfg,
@@ -190,11 +190,11 @@ impl Core {
         let c = core.clone();
         threads.push(
             std::thread::Builder::new()
-                .name("peerfs-watch".into())
+                .name("peerfs-waits".into())
                 .spawn(move || {
                     while !c.0.quit.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(100));
-                        c.0.watch.tick();
+                        c.0.waits.tick();
                     }
                 })?,
         );
@@ -292,12 +292,12 @@ impl Core {
             }
         };
         drop(st);
-        rt(peer).queued.store(queued, Ordering::Relaxed);
-        rt(peer)
+        actor(peer).queued.store(queued, Ordering::Relaxed);
+        actor(peer)
             .has_undelivered
             .store(undelivered, Ordering::Relaxed);
         {
-            let mut w = rt(peer).waits.lock().unwrap();
+            let mut w = actor(peer).waits.lock().unwrap();
             for e in unfinished {
                 w.entry((e.target, e.name)).or_insert(PendingResult {
                     run_id: e.run_id,
@@ -310,7 +310,7 @@ impl Core {
             // Read again at the actor's first turn.
             tracing::error!(peer = %peer.name, error = %e, "cannot read the intake journal");
         }
-        let journaled = !rt(peer).held.lock().unwrap().entries.is_empty();
+        let journaled = !actor(peer).held.lock().unwrap().entries.is_empty();
         if queued > 0 || undelivered || journaled {
             tracing::info!(peer = %peer.name, queued, undelivered, journaled, "recovering queued work");
             self.schedule(peer);
@@ -352,15 +352,15 @@ impl Core {
             j.close();
         }
         // Anyone still waiting learns that the daemon stopped.
-        self.0.watch.clear();
+        self.0.waits.clear();
         for p in self.0.registry.open_peers() {
-            let waits = std::mem::take(&mut *rt(&p).waits.lock().unwrap());
+            let waits = std::mem::take(&mut *actor(&p).waits.lock().unwrap());
             for (_, pr) in waits {
                 for w in pr.waiters {
                     w(Err(crate::Error::stopped("the result was ready")));
                 }
             }
-            let ops = std::mem::take(&mut rt(&p).work.lock().unwrap().ops);
+            let ops = std::mem::take(&mut actor(&p).work.lock().unwrap().ops);
             for (_, ack) in ops {
                 if let Some(a) = ack {
                     a(Err(crate::Error::stopped("the change was applied")));

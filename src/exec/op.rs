@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::store::{Job, Outgoing};
+use crate::store::{Job, Message};
 
 /// A change to a peer's storage, made by its actor in a transaction.
 pub enum Op {
@@ -36,14 +36,14 @@ pub enum Op {
     /// A message from another peer (a script to run, or a result to show).
     Deliver {
         from: String,
-        msg: Outgoing,
+        msg: Message,
     },
     /// The target took the message: stop retrying it.
     Delivered(String),
     /// A script this peer sends to a peer of another daemon (dropped into its
     /// `peers/<to>/inbox/`): recorded with its pending result row, delivered after
     /// the commit; its result comes back into this peer's outbox for `to`.
-    Send(Outgoing),
+    Send(Message),
     Log(String),
     /// The owner withdraws the queued scripts of this name.
     Withdraw(String),
@@ -63,7 +63,7 @@ pub enum Op {
     /// transaction the intake's `record` is stored under `key` and the keys in
     /// `forget` are dropped, as for [`Op::Intake`]: taken and sent exactly once.
     IntakeSend {
-        msg: Outgoing,
+        msg: Message,
         key: String,
         record: Vec<u8>,
         forget: Vec<String>,

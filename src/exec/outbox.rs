@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::op::{Op, Waiter};
 use super::slot::caller_slot;
-use super::state::{rt, PendingResult};
+use super::state::{actor, PendingResult};
 use super::{wait, Core};
 use crate::error::err;
 use crate::error::Result;
@@ -46,7 +46,7 @@ impl Core {
                 let slot = caller_slot(peer);
                 let e = Self::entry(&t, &slot, name)?;
                 if e.is_some()
-                    || rt(&t)
+                    || actor(&t)
                         .waits
                         .lock()
                         .unwrap()
@@ -67,7 +67,7 @@ impl Core {
 
     /// The outbox row `(key, name)` of `p`: from memory if just published.
     pub(super) fn entry(p: &Peer, key: &str, name: &str) -> Result<Option<OutboxEntry>> {
-        if let Some(r) = rt(p).recent.lock().unwrap().get(key, name) {
+        if let Some(r) = actor(p).recent.lock().unwrap().get(key, name) {
             return Ok(Some(OutboxEntry {
                 target: key.to_string(),
                 name: name.to_string(),
@@ -125,7 +125,10 @@ impl Core {
         // A submission on its way into the journal (its close still running) is
         // held in a moment: it must be seen, or it would run after this rm.
         let t = std::time::Instant::now();
-        while rt(&p).journaling.load(std::sync::atomic::Ordering::SeqCst) > 0
+        while actor(&p)
+            .journaling
+            .load(std::sync::atomic::Ordering::SeqCst)
+            > 0
             && t.elapsed() < std::time::Duration::from_secs(5)
         {
             std::thread::sleep(std::time::Duration::from_millis(1));
@@ -158,7 +161,7 @@ impl Core {
             return Ok(Some(j));
         }
         // An empty queue needs no look (the usual lookup of a new name).
-        if rt(&p).queued() == 0 {
+        if actor(&p).queued() == 0 {
             return Ok(None);
         }
         p.read(|s| s.queued_named(name))
@@ -181,14 +184,14 @@ impl Core {
         };
         let target = target.as_str();
         let key = (target.to_string(), name.to_string());
-        let mut waits = rt(&p).waits.lock().unwrap();
+        let mut waits = actor(&p).waits.lock().unwrap();
         if let Some(pending) = waits.get_mut(&key) {
             pending.waiters.push(waiter);
             return;
         }
         // Not pending: the committed row is final (read under the lock, so a run that
         // finishes now publishes after we looked).
-        let recent = rt(&p)
+        let recent = actor(&p)
             .recent
             .lock()
             .unwrap()
@@ -231,21 +234,21 @@ impl Core {
     /// is bounded by `Config::result_wait` and ends with `EINTR` when the reader
     /// is killed or interrupted meanwhile (see `exec::wait`).
     pub fn read_result_as(&self, peer: &str, target: &str, name: &str, pid: u32, waiter: Waiter) {
-        let (slot, w) = wait::shared(waiter);
+        let (answer, w) = wait::shared(waiter);
         self.read_result(peer, target, name, w);
         let what = format!("{peer}'s result {name} from {target}");
-        self.0.watch.add(slot, pid, self.0.cfg.result_wait, what);
+        self.0.waits.add(answer, pid, self.0.cfg.result_wait, what);
     }
 
     /// Answers every read waiting for a result with [`crate::Error::stopped`].
     pub fn end_waits(&self) {
-        self.0.watch.clear();
+        self.0.waits.clear();
     }
 
     /// Whether a result is still pending (for `O_NONBLOCK` opens).
     pub fn result_pending(&self, peer: &str, target: &str, name: &str) -> Result<bool> {
         let (p, key) = self.result_place(peer, target, name)?;
-        let pending = rt(&p)
+        let pending = actor(&p)
             .waits
             .lock()
             .unwrap()

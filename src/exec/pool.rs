@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::op::{Ack, Op};
-use super::state::rt;
+use super::state::actor;
 use super::{wait, Core};
 use crate::error::Result;
 use crate::peer::Peer;
@@ -26,7 +26,7 @@ impl Core {
     /// Adds `work` (if any) to `peer`'s ops and puts the peer in the ready queue
     /// unless it is there or a worker holds it already.
     fn push_work(&self, peer: &Arc<Peer>, work: Option<(Op, Option<Ack>)>) {
-        let mut w = rt(peer).work.lock().unwrap();
+        let mut w = actor(peer).work.lock().unwrap();
         w.ops.extend(work);
         if !w.scheduled {
             w.scheduled = true;
@@ -74,7 +74,7 @@ impl Core {
                 self.0.registry.sweep(idle, self.0.cfg.max_open_peers);
                 // Retry deliveries that did not land (target busy, disk full, ...).
                 for p in self.0.registry.open_peers() {
-                    if rt(&p).has_undelivered.load(Ordering::Relaxed) {
+                    if actor(&p).has_undelivered.load(Ordering::Relaxed) {
                         self.schedule(&p);
                     }
                 }
@@ -105,9 +105,9 @@ impl Core {
             };
             self.process(&peer);
             let stop = self.0.stop.load(Ordering::Relaxed);
-            let mut w = rt(&peer).work.lock().unwrap();
-            let held = !rt(&peer).held.lock().unwrap().entries.is_empty();
-            if !w.ops.is_empty() || held || (!stop && rt(&peer).queued() > 0) {
+            let mut w = actor(&peer).work.lock().unwrap();
+            let held = !actor(&peer).held.lock().unwrap().entries.is_empty();
+            if !w.ops.is_empty() || held || (!stop && actor(&peer).queued() > 0) {
                 drop(w);
                 self.ready(peer);
             } else {
@@ -120,7 +120,7 @@ impl Core {
     /// submission that found the actor idle comes first, so that its close does
     /// not wait for the batch), unless batches were put off a few times in a row.
     fn may_run(&self, peer: &Arc<Peer>) -> bool {
-        let mut w = rt(peer).work.lock().unwrap();
+        let mut w = actor(peer).work.lock().unwrap();
         if !w.ops.is_empty() && w.deferred < 4 {
             w.deferred += 1;
             return false;
@@ -132,11 +132,11 @@ impl Core {
 
     /// One turn of a peer's actor.
     pub(super) fn process(&self, peer: &Arc<Peer>) {
-        let ops = std::mem::take(&mut rt(peer).work.lock().unwrap().ops);
+        let ops = std::mem::take(&mut actor(peer).work.lock().unwrap().ops);
         self.apply_turn(peer, ops);
-        if rt(peer).queued() > 0 && !self.0.stop.load(Ordering::Relaxed) && self.may_run(peer) {
+        if actor(peer).queued() > 0 && !self.0.stop.load(Ordering::Relaxed) && self.may_run(peer) {
             let r = self.run_batch(peer);
-            rt(peer).work.lock().unwrap().running = false;
+            actor(peer).work.lock().unwrap().running = false;
             if let Err(e) = r {
                 tracing::error!(peer = %peer.name, error = %e, "run batch failed; the scripts stay queued");
                 // Do not spin on a failing store: the sweeper's retry comes later.
@@ -145,7 +145,8 @@ impl Core {
         }
         // Not while stopping: deliveries make work at other peers, which makes
         // more deliveries; what is undelivered stays in `sent` for the next start.
-        if rt(peer).has_undelivered.load(Ordering::Relaxed) && !self.0.stop.load(Ordering::Relaxed)
+        if actor(peer).has_undelivered.load(Ordering::Relaxed)
+            && !self.0.stop.load(Ordering::Relaxed)
         {
             self.deliver(peer);
         }

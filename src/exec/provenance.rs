@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::peer::name::script_stem;
-use crate::store::Outgoing;
+use crate::store::Message;
 use crate::util::{now_ns, rfc3339};
 
 /// ` chain=mal>bob` for a script that came through more peers than its caller
@@ -18,7 +18,7 @@ pub(crate) fn chain_note(chain: &[String], caller: &str) -> String {
 /// An `error` result for the result message `msg` from `from` that cannot be
 /// read or delivered: it names the script and the reason, and keeps the id of the
 /// run when it can be found, so the reader waiting for it is answered.
-pub(crate) fn unreadable_result(from: &str, msg: &Outgoing, why: &str) -> Value {
+pub(crate) fn unreadable_result(from: &str, msg: &Message, why: &str) -> Value {
     let id = msg
         .id
         .strip_suffix("-result")

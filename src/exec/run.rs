@@ -10,14 +10,14 @@ use serde_json::Value;
 
 use super::provenance::chain_note;
 use super::slot::result_slot;
-use super::state::rt;
+use super::state::actor;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core, MessageKind, RunResult};
 use crate::error::Result;
 use crate::peer::name::script_stem;
 use crate::peer::Peer;
 use crate::script::{self, Capability, Host, Outcome, RunInput, Status};
-use crate::store::{Job, Outgoing, Store, Txn};
+use crate::store::{Job, Message, Store, Txn};
 use crate::util::{now_ns, rfc3339};
 
 impl Core {
@@ -30,7 +30,7 @@ impl Core {
         let mut jobs = self.count_starts(&mut **st, peer)?;
         if jobs.is_empty() {
             if !self.0.stop.load(Ordering::Relaxed) {
-                rt(peer).queued.store(0, Ordering::Relaxed);
+                actor(peer).queued.store(0, Ordering::Relaxed);
             }
             return Ok(());
         }
@@ -59,9 +59,9 @@ impl Core {
         drop(st);
         self.0.stats.commits.fetch_add(1, Ordering::Relaxed);
         self.publish(peer, effects);
-        rt(peer)
+        actor(peer)
             .queued
-            .fetch_sub(finished.min(rt(peer).queued()), Ordering::Relaxed);
+            .fetch_sub(finished.min(actor(peer).queued()), Ordering::Relaxed);
         Ok(())
     }
 
@@ -82,9 +82,9 @@ impl Core {
         let refused = txn.take_refused();
         txn.commit()?;
         if refused > 0 {
-            rt(peer)
+            actor(peer)
                 .queued
-                .fetch_sub(refused.min(rt(peer).queued()), Ordering::Relaxed);
+                .fetch_sub(refused.min(actor(peer).queued()), Ordering::Relaxed);
             self.notify(&peer.name, Change::Log);
         }
         Ok(jobs)
@@ -342,7 +342,7 @@ impl Core {
                 finished_at,
             });
         }
-        st.record_outgoing(&Outgoing {
+        st.record_outgoing(&Message {
             // Deterministic, like sends: a replayed run's result is shown once.
             id: format!("{}-result", job.id),
             to: job.caller.clone(),

@@ -1,4 +1,4 @@
-//! The executor's state of one open peer ([`PeerState`], attached to its
+//! The executor's state of one open peer ([`ActorState`], attached to its
 //! [`Peer`](crate::peer::Peer)): the ops queued for its actor, its queued-run
 //! count, the messages in flight and their failures, the readers waiting for
 //! its results, and the results it published last.
@@ -13,7 +13,7 @@ use crate::store::journal::Entry;
 
 /// The executor's state of an open peer.
 #[derive(Default)]
-pub(crate) struct PeerState {
+pub(crate) struct ActorState {
     pub(crate) work: Mutex<Work>,
     /// Outbox entries whose result is not in yet, by (target, file name).
     pub(crate) waits: Mutex<HashMap<(String, String), PendingResult>>,
@@ -63,7 +63,7 @@ impl Held {
     }
 }
 
-impl Attached for PeerState {
+impl Attached for ActorState {
     fn busy(&self) -> bool {
         let w = self.work.lock().unwrap();
         w.scheduled
@@ -80,7 +80,7 @@ impl Attached for PeerState {
     }
 }
 
-impl PeerState {
+impl ActorState {
     /// Queued runs not finished yet.
     pub(crate) fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
@@ -88,8 +88,8 @@ impl PeerState {
 }
 
 /// The executor's state of `peer` (made on first use).
-pub(crate) fn rt(peer: &Peer) -> &PeerState {
-    peer.attached::<PeerState>()
+pub(crate) fn actor(peer: &Peer) -> &ActorState {
+    peer.attached::<ActorState>()
 }
 
 #[derive(Default)]

@@ -11,7 +11,7 @@ use crate::error::err;
 use crate::error::Result;
 use crate::peer::name::check_peer_name;
 use crate::script::Limits;
-use crate::store::{Job, Outgoing};
+use crate::store::{Job, Message};
 use crate::util::{new_id, now_ns};
 
 impl Core {
@@ -173,10 +173,10 @@ impl Core {
         source: Vec<u8>,
         params: &Value,
         hops: u32,
-    ) -> Result<Outgoing> {
+    ) -> Result<Message> {
         check_peer_name(target)?;
         let job = self.new_job(caller, name, source, params)?;
-        Ok(Outgoing {
+        Ok(Message {
             id: job.id,
             to: target.to_string(),
             kind: MessageKind::Script.as_str().into(),
@@ -194,7 +194,7 @@ impl Core {
     /// The job a script message from `from` becomes at its target: its chain ends
     /// with `from` whatever the message says (a sender cannot leave itself out),
     /// its hops within the hop limit, its budget within the daemon's.
-    pub(super) fn received_job(&self, from: &str, msg: &Outgoing) -> Result<Job> {
+    pub(super) fn received_job(&self, from: &str, msg: &Message) -> Result<Job> {
         // A bound on the row, not the run's own limit (which the run checks): no
         // script of either set of limits may have come through more sends.
         let hop_limit = self
@@ -231,7 +231,7 @@ impl Core {
 
 /// The job that message `msg` stands for, from `caller`: its id, name, source,
 /// params, hops, time, chain and budget as the message has them.
-pub(super) fn message_job(msg: &Outgoing, caller: &str) -> Job {
+pub(super) fn message_job(msg: &Message, caller: &str) -> Job {
     Job {
         seq: 0,
         id: msg.id.clone(),
@@ -254,7 +254,7 @@ pub enum Dropped {
     /// Into the target's queue (a peer of this daemon).
     Submit(Job),
     /// A message from the caller (a peer another daemon serves).
-    Send(Outgoing),
+    Send(Message),
 }
 
 impl Dropped {

@@ -9,7 +9,7 @@ use super::op::{Ack, Op};
 use super::{Core, Inner};
 use crate::error::err;
 use crate::error::{Error, Result};
-use crate::store::{DirEntry, Outgoing};
+use crate::store::{DirEntry, Message};
 
 /// What a message between peers carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl MessageKind {
     }
 
     /// The kind of `msg` (`EINVAL` for a kind this daemon does not know).
-    pub fn of(msg: &Outgoing) -> Result<MessageKind> {
+    pub fn of(msg: &Message) -> Result<MessageKind> {
         msg.kind.parse()
     }
 }
@@ -71,7 +71,7 @@ pub type DeliveryAck = Box<dyn FnOnce(Delivery) + Send>;
 pub trait Transport: Send + Sync {
     /// Hands `msg`, written by the local peer `from`, towards `msg.to`; `ack` is
     /// called exactly once with how it ended ([`Delivery`]).
-    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck);
+    fn deliver(&self, from: &str, msg: Message, ack: DeliveryAck);
 
     /// Whether this transport reaches other daemons (a lattice): a peer not served
     /// here may then be served elsewhere, or be so once the directory is read.
@@ -153,7 +153,7 @@ impl InProcess {
 }
 
 impl Transport for InProcess {
-    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
+    fn deliver(&self, from: &str, msg: Message, ack: DeliveryAck) {
         match self.core.upgrade() {
             Some(inner) => Core(inner).deliver_local(from, msg, ack),
             None => ack(Delivery::WayDown(Error::stopped(format_args!(
@@ -235,7 +235,7 @@ impl Core {
         name: &str,
         source: Vec<u8>,
         params: &serde_json::Value,
-    ) -> Result<Outgoing> {
+    ) -> Result<Message> {
         self.check_script_size(name, source.len(), false)?;
         self.new_message(caller, target, name, source, params, 1)
     }
@@ -244,7 +244,7 @@ impl Core {
     /// actor takes it in its next transaction, and `ack` is called after that
     /// commit ([`Delivery::Taken`]); no such peer, a store that cannot be opened
     /// now, or the target's refusal otherwise.
-    pub fn deliver_local(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
+    pub fn deliver_local(&self, from: &str, msg: Message, ack: DeliveryAck) {
         let target = match self.peer(&msg.to) {
             Ok(t) => t,
             Err(e) if e.errno == libc::ENOENT => return ack(Delivery::NoSuchPeer(e)),

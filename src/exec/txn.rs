@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::op::{Ack, Op};
-use super::state::{rt, PendingResult, RecentResult};
+use super::state::{actor, PendingResult, RecentResult};
 use super::{Change, Core};
 use crate::error::{Error, Result};
 use crate::peer::Peer;
@@ -125,7 +125,7 @@ impl Core {
             self.0.cfg.inline_runs
         };
         let inline_until = Instant::now() + budget;
-        (!budget.is_zero() && rt(peer).queued() == 0).then_some(inline_until)
+        (!budget.is_zero() && actor(peer).queued() == 0).then_some(inline_until)
     }
 
     /// The fast path: every op in one go, submissions run inline while `inline`
@@ -230,10 +230,10 @@ impl Core {
         effects: &[Effect],
     ) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        let mut waits = rt(peer).waits.lock().unwrap();
+        let mut waits = actor(peer).waits.lock().unwrap();
         {
             // A result about to be replaced or removed is no longer served from memory.
-            let mut recent = rt(peer).recent.lock().unwrap();
+            let mut recent = actor(peer).recent.lock().unwrap();
             for fx in effects {
                 match fx {
                     Effect::Pending { target, name, .. }
@@ -268,7 +268,7 @@ impl Core {
     }
 
     pub(super) fn unregister(&self, peer: &Arc<Peer>, keys: Vec<(String, String)>, e: &Error) {
-        let mut waits = rt(peer).waits.lock().unwrap();
+        let mut waits = actor(peer).waits.lock().unwrap();
         for k in keys {
             if let Some(p) = waits.remove(&k) {
                 for w in p.waiters {
@@ -284,16 +284,15 @@ impl Core {
             match fx {
                 Effect::None | Effect::Pending { .. } => {}
                 Effect::Queued => {
-                    rt(peer).queued.fetch_add(1, Ordering::Relaxed);
+                    actor(peer).queued.fetch_add(1, Ordering::Relaxed);
                 }
-                Effect::Undelivered => rt(peer).has_undelivered.store(true, Ordering::Relaxed),
+                Effect::Undelivered => actor(peer).has_undelivered.store(true, Ordering::Relaxed),
                 Effect::Dequeued => {
-                    let _ =
-                        rt(peer)
-                            .queued
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                Some(n.saturating_sub(1))
-                            });
+                    let _ = actor(peer).queued.fetch_update(
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                        |n| Some(n.saturating_sub(1)),
+                    );
                 }
                 Effect::Result {
                     target,
@@ -305,10 +304,10 @@ impl Core {
                 } => {
                     let key = (target.clone(), name);
                     let done = {
-                        let mut waits = rt(peer).waits.lock().unwrap();
+                        let mut waits = actor(peer).waits.lock().unwrap();
                         let newer = waits.get(&key).is_some_and(|p| p.run_id != run_id);
                         if !newer {
-                            rt(peer).recent.lock().unwrap().insert(
+                            actor(peer).recent.lock().unwrap().insert(
                                 key.clone(),
                                 RecentResult {
                                     run_id: run_id.clone(),

@@ -34,54 +34,54 @@ pub(crate) fn block_on<T: Send + 'static>(
 }
 
 /// One waiting read: its answer (taken by whoever answers first), its caller.
-struct Watched {
-    slot: Arc<Mutex<Option<Waiter>>>,
+struct WaitingRead {
+    answer: Arc<Mutex<Option<Waiter>>>,
     pid: u32,
     deadline: Instant,
     what: String,
 }
 
 #[derive(Default)]
-pub(crate) struct Watch {
-    reads: Mutex<Vec<Watched>>,
+pub(crate) struct WaitingReads {
+    reads: Mutex<Vec<WaitingRead>>,
     /// Set when the daemon stops: a read that would wait is answered at once.
     closed: std::sync::atomic::AtomicBool,
 }
 
-/// `waiter`, callable once from either side: the run's publication or the watch.
+/// `waiter`, callable once from either side: the run's publication or the thread that ends waits (`peerfs-waits`).
 pub(crate) fn shared(waiter: Waiter) -> (Arc<Mutex<Option<Waiter>>>, Waiter) {
-    let slot = Arc::new(Mutex::new(Some(waiter)));
-    let s2 = slot.clone();
+    let answer = Arc::new(Mutex::new(Some(waiter)));
+    let answer2 = answer.clone();
     let w: Waiter = Box::new(move |r| {
-        let w = s2.lock().unwrap().take();
+        let w = answer2.lock().unwrap().take();
         if let Some(w) = w {
             w(r)
         }
     });
-    (slot, w)
+    (answer, w)
 }
 
-impl Watch {
-    /// Watches a read that is still waiting (`slot` not yet answered).
+impl WaitingReads {
+    /// Watches a read that is still waiting (`answer` not yet answered).
     pub(crate) fn add(
         &self,
-        slot: Arc<Mutex<Option<Waiter>>>,
+        answer: Arc<Mutex<Option<Waiter>>>,
         pid: u32,
         wait: Duration,
         what: String,
     ) {
-        if slot.lock().unwrap().is_none() {
+        if answer.lock().unwrap().is_none() {
             return;
         }
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
-            let w = slot.lock().unwrap().take();
+            let w = answer.lock().unwrap().take();
             if let Some(w) = w {
                 w(Err(stopped()));
             }
             return;
         }
-        self.reads.lock().unwrap().push(Watched {
-            slot,
+        self.reads.lock().unwrap().push(WaitingRead {
+            answer,
             pid,
             deadline: Instant::now() + wait,
             what,
@@ -94,7 +94,7 @@ impl Watch {
         let now = Instant::now();
         let mut due = Vec::new();
         self.reads.lock().unwrap().retain(|w| {
-            if w.slot.lock().unwrap().is_none() {
+            if w.answer.lock().unwrap().is_none() {
                 return false;
             }
             let why = if w.pid != 0 && signalled(w.pid) {
@@ -116,14 +116,14 @@ impl Watch {
             };
             match why {
                 Some(e) => {
-                    due.push((w.slot.clone(), e));
+                    due.push((w.answer.clone(), e));
                     false
                 }
                 None => true,
             }
         });
-        for (slot, e) in due {
-            let w = slot.lock().unwrap().take();
+        for (answer, e) in due {
+            let w = answer.lock().unwrap().take();
             if let Some(w) = w {
                 tracing::info!(error = %e, "a waiting read ends");
                 w(Err(e));
@@ -136,7 +136,7 @@ impl Watch {
     pub(crate) fn clear(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         for w in std::mem::take(&mut *self.reads.lock().unwrap()) {
-            let f = w.slot.lock().unwrap().take();
+            let f = w.answer.lock().unwrap().take();
             if let Some(f) = f {
                 f(Err(stopped()));
             }

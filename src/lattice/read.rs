@@ -35,7 +35,7 @@ const BYTES_TRIES: usize = 3;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
-enum Kind {
+enum Ask {
     /// `caller_get(key)`: the value, as JSON.
     #[default]
     Get,
@@ -50,7 +50,7 @@ enum Kind {
 #[derive(Serialize, Deserialize)]
 struct Req {
     #[serde(default)]
-    kind: Kind,
+    kind: Ask,
     key: String,
     #[serde(default)]
     script: String,
@@ -181,7 +181,7 @@ fn answer(l: &Lattice, owner: &str, reader: &str, body: &[u8]) -> (Resp, Vec<u8>
         return (Resp::failed(e), Vec::new());
     };
     let r = l.core.peer(owner).and_then(|p| match req.kind {
-        Kind::Get => get(l, &p, reader, &req).map(|r| (r, Vec::new())),
+        Ask::Get => get(l, &p, reader, &req).map(|r| (r, Vec::new())),
         _ => view(l, &p, reader, &req),
     });
     r.unwrap_or_else(|e| (Resp::failed(e), Vec::new()))
@@ -219,8 +219,8 @@ fn view(l: &Lattice, p: &Peer, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>
     let may = |k: &str| core.policy().may_read(core, reader, &p.name, k);
     let key = &req.key;
     match req.kind {
-        Kind::Get => unreachable!("answered by get"),
-        Kind::List => {
+        Ask::Get => unreachable!("answered by get"),
+        Ask::List => {
             let entries = p.view_list(key, may)?;
             let r = Resp {
                 entries: Some(entries),
@@ -228,7 +228,7 @@ fn view(l: &Lattice, p: &Peer, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>
             };
             Ok((r, Vec::new()))
         }
-        Kind::Stat => match p.view_stat(key, may)? {
+        Ask::Stat => match p.view_stat(key, may)? {
             Some(e) => {
                 let r = Resp {
                     entry: Some(e),
@@ -238,7 +238,7 @@ fn view(l: &Lattice, p: &Peer, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>
             }
             None => Err(err!(libc::ENOENT, "no readable key {key:?} of {}", p.name)),
         },
-        Kind::Bytes => {
+        Ask::Bytes => {
             let bytes = p.view_bytes(key, may)?;
             let size = bytes.len() as u64;
             if size > MAX_VALUE {
@@ -312,7 +312,7 @@ fn ask_view(
     l: &Lattice,
     owner: &str,
     reader: &str,
-    kind: Kind,
+    kind: Ask,
     key: &str,
     offset: u64,
 ) -> Result<(Resp, Vec<u8>)> {
@@ -340,7 +340,7 @@ pub(super) fn remote_get(
     params: &Value,
 ) -> Result<Option<Value>> {
     let req = Req {
-        kind: Kind::Get,
+        kind: Ask::Get,
         key: key.to_string(),
         script: script.to_string(),
         params: params.clone(),
@@ -368,7 +368,7 @@ pub(super) fn remote_view_list(
     reader: &str,
     dir: &str,
 ) -> Result<Vec<DirEntry>> {
-    let (resp, _) = ask_view(l, owner, reader, Kind::List, dir, 0)?;
+    let (resp, _) = ask_view(l, owner, reader, Ask::List, dir, 0)?;
     Ok(resp.entries.unwrap_or_default())
 }
 
@@ -379,7 +379,7 @@ pub(super) fn remote_view_stat(
     reader: &str,
     key: &str,
 ) -> Result<Option<DirEntry>> {
-    match ask_view(l, owner, reader, Kind::Stat, key, 0) {
+    match ask_view(l, owner, reader, Ask::Stat, key, 0) {
         Ok((resp, _)) => Ok(resp.entry),
         Err(e) if e.errno == libc::ENOENT => Ok(None),
         Err(e) => Err(e),
@@ -399,7 +399,7 @@ pub(super) fn remote_view_bytes(
         let mut out: Vec<u8> = Vec::new();
         let mut first = None;
         loop {
-            let (resp, chunk) = ask_view(l, owner, reader, Kind::Bytes, key, out.len() as u64)?;
+            let (resp, chunk) = ask_view(l, owner, reader, Ask::Bytes, key, out.len() as u64)?;
             let this = (resp.size.unwrap_or(0), resp.mtime_ns.unwrap_or(0));
             if *first.get_or_insert(this) != this {
                 continue 'again;
@@ -431,10 +431,10 @@ mod tests {
     #[test]
     fn a_request_without_kind_is_a_get() {
         let r: Req = serde_json::from_str(r#"{"key":"k","script":"s","params":{}}"#).unwrap();
-        assert_eq!(r.kind, Kind::Get);
+        assert_eq!(r.kind, Ask::Get);
         assert_eq!(r.offset, 0);
         let r: Req = serde_json::from_str(r#"{"kind":"bytes","key":"k","offset":7}"#).unwrap();
-        assert_eq!((r.kind, r.offset), (Kind::Bytes, 7));
+        assert_eq!((r.kind, r.offset), (Ask::Bytes, 7));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use super::{provision, wire, Lattice};
 use crate::error::err;
 use crate::error::Result;
 use crate::exec::{Ack, Delivery, DeliveryAck, Transport};
-use crate::store::{DirEntry, Outgoing};
+use crate::store::{DirEntry, Message};
 
 /// A publish handed to the publisher task.
 pub(super) struct Publish {
@@ -85,7 +85,7 @@ impl Transport for Nats {
         super::read::remote_view_bytes(&self.0, owner, reader, key)
     }
 
-    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
+    fn deliver(&self, from: &str, msg: Message, ack: DeliveryAck) {
         let l = &self.0;
         if l.core.registry().exists(&msg.to) {
             return l.core.deliver_local(from, msg, ack);
@@ -403,7 +403,7 @@ fn check_batch(
     peer: &str,
     subject: &str,
     payload: &[u8],
-) -> Result<Vec<(String, Outgoing)>> {
+) -> Result<Vec<(String, Message)>> {
     let Some((to, from)) = l.names.parse_msg_subject(subject) else {
         return Err(err!(
             libc::EINVAL,

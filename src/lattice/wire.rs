@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::err;
 use crate::error::Result;
-use crate::store::Outgoing;
+use crate::store::Message;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Wire {
@@ -29,7 +29,7 @@ struct Wire {
     budget: u64,
 }
 
-pub(super) fn encode(from: &str, m: &Outgoing) -> Vec<u8> {
+pub(super) fn encode(from: &str, m: &Message) -> Vec<u8> {
     let (source, source_bytes) = match std::str::from_utf8(&m.source) {
         Ok(s) => (s.to_string(), None),
         Err(_) => (String::new(), Some(m.source.clone())),
@@ -68,7 +68,7 @@ pub(super) fn batch<'a>(encoded: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> 
 
 /// `(from, message)` of each message a JetStream message carries: one (an
 /// object) or a batch (an array, see [`batch`]).
-pub(super) fn decode_all(bytes: &[u8]) -> Result<Vec<(String, Outgoing)>> {
+pub(super) fn decode_all(bytes: &[u8]) -> Result<Vec<(String, Message)>> {
     let bad =
         |e: serde_json::Error| err!(libc::EINVAL, "a lattice message that does not parse: {e}");
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
@@ -82,20 +82,20 @@ pub(super) fn decode_all(bytes: &[u8]) -> Result<Vec<(String, Outgoing)>> {
 }
 
 /// `(from, message)`.
-pub(super) fn decode(bytes: &[u8]) -> Result<(String, Outgoing)> {
+pub(super) fn decode(bytes: &[u8]) -> Result<(String, Message)> {
     let w: Wire = serde_json::from_slice(bytes)
         .map_err(|e| err!(libc::EINVAL, "a lattice message that does not parse: {e}"))?;
     Ok(from_wire(w))
 }
 
-fn from_wire(w: Wire) -> (String, Outgoing) {
+fn from_wire(w: Wire) -> (String, Message) {
     let source = match w.source_bytes {
         Some(b) => b,
         None => w.source.into_bytes(),
     };
     (
         w.from,
-        Outgoing {
+        Message {
             id: w.id,
             to: w.to,
             kind: w.kind,
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_provenance() {
-        let m = Outgoing {
+        let m = Message {
             id: "m1".into(),
             to: "bob".into(),
             kind: "script".into(),
@@ -137,7 +137,7 @@ mod tests {
             (back.hops, back.budget, back.source),
             (2, 40, m.source.clone())
         );
-        let bin = Outgoing {
+        let bin = Message {
             source: vec![0xff, 0],
             ..m
         };
@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn a_batch_carries_its_messages_in_order() {
-        let m = |id: &str| Outgoing {
+        let m = |id: &str| Message {
             id: id.into(),
             to: "bob".into(),
             kind: "script".into(),

@@ -106,7 +106,7 @@ pub struct OutboxEntry {
 
 /// A message recorded in the sender's transaction, delivered after it commits.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Outgoing {
+pub struct Message {
     pub id: String,
     pub to: String,
     /// `script` (run this at `to`) or `result` (a result for `to`'s outbox).
@@ -258,9 +258,9 @@ pub trait Store: Send {
     fn log_size(&mut self) -> Result<u64>;
     fn read_log(&mut self, offset: u64, len: usize) -> Result<Vec<u8>>;
 
-    // Outgoing messages (transactional outbox).
-    fn record_outgoing(&mut self, msg: &Outgoing) -> Result<()>;
-    fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>>;
+    // Message messages (transactional outbox).
+    fn record_outgoing(&mut self, msg: &Message) -> Result<()>;
+    fn undelivered(&mut self, limit: usize) -> Result<Vec<Message>>;
     fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()>;
 
     /// Makes every commit durable and folds the log into the main file.

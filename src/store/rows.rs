@@ -8,7 +8,7 @@
 use rusqlite::types::ValueRef;
 use rusqlite::Row;
 
-use super::{Job, Outgoing};
+use super::{Job, Message};
 use crate::names::{check_peer_name, check_segment, is_staging_name};
 
 /// The queue's columns, in the order [`job`] reads them.
@@ -210,7 +210,7 @@ pub(crate) fn job(r: &Row) -> rusqlite::Result<(i64, Check<Job>)> {
 }
 
 /// An outgoing message, checked: its `seq` and the message, or why the row is bad.
-pub(crate) fn outgoing(r: &Row) -> rusqlite::Result<(i64, Check<Outgoing>)> {
+pub(crate) fn outgoing(r: &Row) -> rusqlite::Result<(i64, Check<Message>)> {
     let seq: i64 = r.get(0)?;
     let id = text(r, 1, "id")?;
     let to = text(r, 2, "recipient")?;
@@ -226,7 +226,7 @@ pub(crate) fn outgoing(r: &Row) -> rusqlite::Result<(i64, Check<Outgoing>)> {
         ValueRef::Null => Ok(0),
         _ => int(r, 11, "budget")?,
     };
-    let check = || -> Check<Outgoing> {
+    let check = || -> Check<Message> {
         let id = id?;
         check_id(&id, "id")?;
         let to = to?;
@@ -246,7 +246,7 @@ pub(crate) fn outgoing(r: &Row) -> rusqlite::Result<(i64, Check<Outgoing>)> {
             None | Some("") => Vec::new(),
             Some(t) => parse_chain(Some(t), "")?,
         };
-        Ok(Outgoing {
+        Ok(Message {
             id,
             to,
             kind,

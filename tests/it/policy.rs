@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use peerfs::exec::{Config, Core, Op};
-use peerfs::store::{Outgoing, SqliteStore, Store};
+use peerfs::store::{Message, SqliteStore, Store};
 use serde_json::{json, Value};
 
 fn start(dir: &std::path::Path) -> Core {
@@ -319,7 +319,7 @@ fn delivery_is_exactly_once_across_crashes() {
         c.shutdown();
     }
     let alice = d.path().join("peers/alice.sqlite");
-    let msg = Outgoing {
+    let msg = Message {
         id: peerfs::util::new_id(),
         to: "bob".into(),
         kind: "script".into(),

@@ -354,11 +354,11 @@ fn without_a_lattice_a_drop_to_an_unknown_peer_is_refused() {
 /// a transport that keeps what it is handed (acknowledged, as JetStream would).
 struct FakeLattice {
     peers: std::sync::Mutex<Vec<String>>,
-    sent: std::sync::Mutex<Vec<peerfs::store::Outgoing>>,
+    sent: std::sync::Mutex<Vec<peerfs::store::Message>>,
 }
 
 impl peerfs::exec::Transport for FakeLattice {
-    fn deliver(&self, _from: &str, msg: peerfs::store::Outgoing, ack: peerfs::exec::DeliveryAck) {
+    fn deliver(&self, _from: &str, msg: peerfs::store::Message, ack: peerfs::exec::DeliveryAck) {
         self.sent.lock().unwrap().push(msg);
         ack(peerfs::exec::Delivery::Taken)
     }

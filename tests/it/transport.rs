@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use peerfs::error::Error;
 use peerfs::exec::{Config, Core};
 use peerfs::exec::{Delivery, DeliveryAck, InProcess, MessageKind, Transport};
-use peerfs::store::Outgoing;
+use peerfs::store::Message;
 use serde_json::Value;
 
 fn uid() -> u32 {
@@ -47,7 +47,7 @@ impl Refusing {
 }
 
 impl Transport for Refusing {
-    fn deliver(&self, from: &str, msg: Outgoing, ack: DeliveryAck) {
+    fn deliver(&self, from: &str, msg: Message, ack: DeliveryAck) {
         self.kinds
             .lock()
             .unwrap()

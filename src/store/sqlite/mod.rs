@@ -22,7 +22,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::value::{parse_file, render};
-use super::{rows, DirEntry, FileStat, Folder, Job, OutboxEntry, Outgoing, Store};
+use super::{rows, DirEntry, FileStat, Folder, Job, Message, OutboxEntry, Store};
 use crate::error::err;
 use crate::error::Result;
 use crate::util::now_ns;
@@ -647,7 +647,7 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    fn record_outgoing(&mut self, m: &Outgoing) -> Result<()> {
+    fn record_outgoing(&mut self, m: &Message) -> Result<()> {
         self.conn
             .prepare_cached(
                 "INSERT INTO sent(id,to_peer,kind,name,source,params,hops,payload,created_at,chain,budget) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
@@ -656,8 +656,8 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    fn undelivered(&mut self, limit: usize) -> Result<Vec<Outgoing>> {
-        let rows: Vec<(i64, std::result::Result<Outgoing, rows::BadRow>)> = {
+    fn undelivered(&mut self, limit: usize) -> Result<Vec<Message>> {
+        let rows: Vec<(i64, std::result::Result<Message, rows::BadRow>)> = {
             let sql = format!(
                 "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
                 rows::SENT_COLS
