@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::error::Result;
 use crate::peer::Registry;
 use crate::policy::PolicyText;
-use crate::store::{SqliteStore, Store};
+use crate::store::{Documents, SqliteStore, StateKeys};
 
 /// bob lets alice run scripts, read his state and write under `shared/`.
 pub const BOB_POLICY: &str = include_str!("../policies/demo-bob.cedar");

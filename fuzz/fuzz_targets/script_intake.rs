@@ -17,7 +17,8 @@ mod temp;
 use peerfs::script::{
     AstCache, Capability, Host, Library, Limits, OwnerHost, RunInput, ScriptEngine, Status,
 };
-use peerfs::store::{SqliteStore, Store};
+use peerfs::store::prelude::*;
+use peerfs::store::SqliteStore;
 use serde_json::{json, Value};
 
 struct Fixture {

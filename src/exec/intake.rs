@@ -396,7 +396,7 @@ pub fn settle_journal(
     store: &std::path::Path,
 ) -> Result<usize> {
     use crate::store::journal::Journal;
-    use crate::store::{SqliteStore, Store, Txn};
+    use crate::store::{Documents, SqliteStore, Txn};
     if !data.join("intake.sqlite").exists() {
         return Ok(0);
     }

@@ -1,7 +1,7 @@
 //! The engine on its own: host API, sandbox limits, error messages.
 
 use super::*;
-use crate::store::{SqliteStore, Store};
+use crate::store::{Documents, SqliteStore, StateKeys};
 use serde_json::json;
 
 struct Fixture {

@@ -16,6 +16,12 @@ use crate::error::Result;
 pub use sqlite::SqliteStore;
 pub use txn::{Savepoint, Txn};
 
+/// Every trait of the store, for code that calls them on a concrete store (a
+/// `dyn Store` needs none of them in scope), as `std::io::prelude` does.
+pub mod prelude {
+    pub use super::{AuditLog, Documents, Messages, Queue, Results, StateKeys, Store};
+}
+
 /// A submitted script waiting in a peer's queue.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Job {
@@ -129,14 +135,18 @@ pub struct Message {
 pub type OpenReader = Box<dyn Fn() -> Result<Box<dyn Store>> + Send + Sync>;
 
 /// The storage of one peer. Object safe so that backends can be swapped: a peer
-/// holds its store as a `Box<dyn Store>`.
-pub trait Store: Send {
+/// holds its store as a `Box<dyn Store>`. Split by concern: [`StateKeys`],
+/// [`Documents`], [`Queue`], [`Messages`], [`Results`] and [`AuditLog`]; `Store`
+/// itself adds transactions (used through the guards [`Txn`] and [`Savepoint`])
+/// and upkeep. Their methods are callable on a `dyn Store` as they are.
+pub trait Store: StateKeys + Documents + Queue + Messages + Results + AuditLog + Send {
     /// How to open read-only handles on this store, for its readers (asked once,
     /// when the peer opens; the handle itself is opened on first read).
     fn reader_opener(&self) -> OpenReader;
 
     // Transactions. `savepoint`/`release`/`rollback_to` nest inside `begin`/`commit`.
     fn begin(&mut self) -> Result<()>;
+
     /// A transaction whose commit is atomic and survives a crash of the process, but
     /// is not fsynced on its own: it reaches the disk with the next synced commit,
     /// checkpoint or close. For work that is replayed from durable input after a
@@ -144,63 +154,87 @@ pub trait Store: Send {
     fn begin_unsynced(&mut self) -> Result<()> {
         self.begin()
     }
+
     fn commit(&mut self) -> Result<()>;
     fn rollback(&mut self) -> Result<()>;
     fn savepoint(&mut self) -> Result<()>;
     fn release(&mut self) -> Result<()>;
     fn rollback_to(&mut self) -> Result<()>;
 
-    // State: typed values (JSON) and their file bytes.
+    /// Makes every commit durable and folds the log into the main file.
+    fn checkpoint(&mut self) -> Result<()>;
+
+    /// Runs `PRAGMA integrity_check`.
+    fn integrity_check(&mut self) -> Result<String>;
+}
+
+/// The peer's state: typed values (JSON) and their file bytes, and the kept folders of `state/`.
+pub trait StateKeys {
     fn get(&mut self, key: &str) -> Result<Option<serde_json::Value>>;
     fn get_bytes(&mut self, key: &str) -> Result<Option<Vec<u8>>>;
     fn set(&mut self, key: &str, value: &serde_json::Value) -> Result<()>;
     fn set_bytes(&mut self, key: &str, bytes: &[u8]) -> Result<()>;
     fn remove(&mut self, key: &str) -> Result<bool>;
+
     /// Moves a value to another key (replacing it), keeping its bytes and type.
     fn rename(&mut self, from: &str, to: &str) -> Result<()>;
+
     /// Moves every key under the folder `from` under `to` (which must hold no key
     /// and not be a value); returns how many moved.
     fn rename_dir(&mut self, from: &str, to: &str) -> Result<u64>;
+
     /// Sets a value's modification time; false if there is no such key.
     fn set_mtime(&mut self, key: &str, mtime_ns: i64) -> Result<bool>;
+
     /// Sets a value's permission bits; false if there is no such key.
     fn set_mode(&mut self, key: &str, mode: u32) -> Result<bool>;
+
     /// `dir`, if it is a kept folder (see [`Folder`]).
     fn folder(&mut self, dir: &str) -> Result<Option<Folder>>;
+
     /// The kept folders whose path begins with `prefix`, sorted.
     fn folders(&mut self, prefix: &str) -> Result<Vec<(String, Folder)>>;
+
     /// Keeps `dir` as a folder; a mode or time given replaces the one kept. A folder
     /// newly kept is a new entry of its parent (whose time moves).
     fn keep_folder(&mut self, dir: &str, mode: Option<u32>, mtime_ns: Option<i64>) -> Result<()>;
+
     /// Stops keeping `dir` (rmdir); false if it was not kept.
     fn forget_folder(&mut self, dir: &str) -> Result<bool>;
+
     /// Every key that begins with `prefix`, sorted.
     fn keys(&mut self, prefix: &str, limit: usize) -> Result<Vec<String>>;
+
     /// The immediate children of the folder `dir` ("" for the top), sorted by name.
     fn list_dir(&mut self, dir: &str) -> Result<Vec<DirEntry>>;
+
     /// A key as a file (`Some(Some(stat))`), a folder (`Some(None)`), or nothing.
     fn stat_key(&mut self, key: &str) -> Result<Option<Option<FileStat>>>;
+}
 
-    // Modules.
+/// Modules and small named documents (`policy`, `groups`, settings).
+pub trait Documents {
     fn module(&mut self, name: &str) -> Result<Option<Vec<u8>>>;
     fn set_module(&mut self, name: &str, source: &[u8]) -> Result<()>;
     fn remove_module(&mut self, name: &str) -> Result<bool>;
     fn list_modules(&mut self) -> Result<Vec<DirEntry>>;
-
-    // Small named documents: `policy`, `groups`, settings.
     fn meta(&mut self, key: &str) -> Result<Option<(Vec<u8>, i64)>>;
     fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()>;
     fn remove_meta(&mut self, key: &str) -> Result<()>;
+}
 
-    // The queue.
+/// The queue of scripts waiting to run.
+pub trait Queue {
     fn enqueue(&mut self, job: &Job) -> Result<i64>;
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>>;
     fn dequeue(&mut self, seq: i64) -> Result<()>;
+
     /// Adds `delta` to the starts of the queued script `seq` (see
     /// [`Job::attempts`]); the caller commits a start before the run starts.
     fn count_attempt(&mut self, _seq: i64, _delta: i64) -> Result<()> {
         Ok(())
     }
+
     /// Removes the queued scripts from `first` to `last` (`seq`s, both included).
     fn dequeue_range(&mut self, first: i64, last: i64) -> Result<()> {
         for seq in first..=last {
@@ -208,7 +242,8 @@ pub trait Store: Send {
         }
         Ok(())
     }
-    /// [`Store::count_attempt`] for every queued script from `first` to `last`
+
+    /// [`Queue::count_attempt`] for every queued script from `first` to `last`
     /// (`seq`s, both included), in one statement.
     fn count_attempts(&mut self, first: i64, last: i64, delta: i64) -> Result<()> {
         for seq in first..=last {
@@ -216,27 +251,43 @@ pub trait Store: Send {
         }
         Ok(())
     }
+
     /// Queued scripts and outgoing messages refused since the last call because
     /// their rows are invalid (see [`rows`]); they were removed or marked.
     fn take_refused(&mut self) -> u64 {
         0
     }
+
     fn queue_len(&mut self) -> Result<u64>;
+
     /// The newest queued script with this name.
     fn queued_named(&mut self, name: &str) -> Result<Option<Job>>;
+
     /// Every queued script with this name, oldest first.
     fn queued_all_named(&mut self, name: &str) -> Result<Vec<Job>>;
+
     /// Queued scripts by name: (name, size, submitted_at), oldest first.
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>>;
+}
+
+/// Messages between peers: the transactional outbox of those sent, the ids of those received (exactly once).
+pub trait Messages {
     /// Whether a message id was already accepted (exactly-once delivery).
     fn seen_message(&mut self, msg_id: &str) -> Result<bool>;
     fn mark_message(&mut self, msg_id: &str) -> Result<()>;
+    fn record_outgoing(&mut self, msg: &Message) -> Result<()>;
+    fn undelivered(&mut self, limit: usize) -> Result<Vec<Message>>;
+    fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()>;
+}
 
-    // Results and run history.
+/// Results and the run history.
+pub trait Results {
     fn record_run(&mut self, job: &Job, status: &str, result: &str, finished_at: i64)
         -> Result<()>;
+
     fn run_history(&mut self, limit: usize) -> Result<Vec<(String, String, String)>>;
     fn outbox_pending(&mut self, target: &str, name: &str, run_id: &str, at: i64) -> Result<()>;
+
     /// Fills in a pending outbox entry; ignored when a newer run took the name.
     fn outbox_finish(
         &mut self,
@@ -246,26 +297,19 @@ pub trait Store: Send {
         result: &str,
         at: i64,
     ) -> Result<bool>;
+
     fn outbox_get(&mut self, target: &str, name: &str) -> Result<Option<OutboxEntry>>;
     fn outbox_list(&mut self, target: &str) -> Result<Vec<OutboxEntry>>;
     fn outbox_remove(&mut self, target: &str, name: &str) -> Result<bool>;
+
     /// Every outbox entry still waiting for its result (recovered on open).
     fn outbox_unfinished(&mut self) -> Result<Vec<OutboxEntry>>;
     fn prune_runs(&mut self, keep: u64) -> Result<()>;
+}
 
-    // The audit log: append-only lines addressed by byte offset.
+/// The audit log: append-only lines addressed by byte offset.
+pub trait AuditLog {
     fn append_log(&mut self, line: &str) -> Result<()>;
     fn log_size(&mut self) -> Result<u64>;
     fn read_log(&mut self, offset: u64, len: usize) -> Result<Vec<u8>>;
-
-    // Message messages (transactional outbox).
-    fn record_outgoing(&mut self, msg: &Message) -> Result<()>;
-    fn undelivered(&mut self, limit: usize) -> Result<Vec<Message>>;
-    fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()>;
-
-    /// Makes every commit durable and folds the log into the main file.
-    fn checkpoint(&mut self) -> Result<()>;
-
-    /// Runs `PRAGMA integrity_check`.
-    fn integrity_check(&mut self) -> Result<String>;
 }

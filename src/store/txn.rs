@@ -119,6 +119,7 @@ impl Drop for Savepoint<'_> {
 mod tests {
     use super::*;
     use crate::store::sqlite::SqliteStore;
+    use crate::store::StateKeys;
     use serde_json::json;
 
     fn store(dir: &std::path::Path) -> SqliteStore {

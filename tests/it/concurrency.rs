@@ -211,7 +211,7 @@ fn shutdown_while_runs_are_in_flight_keeps_them_queued() {
     assert_eq!(e.errno, libc::ENOTCONN, "{e}");
     drop(c);
     let mut s = peerfs::store::SqliteStore::open(&d.path().join("peers/p.sqlite"), false).unwrap();
-    use peerfs::store::Store;
+    use peerfs::store::prelude::*;
     let hist = s.run_history(10).unwrap();
     // Usually all four submissions commit together and the shutdown interrupts the
     // first run. On a loaded machine the worker may start the first run before the

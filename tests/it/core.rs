@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use peerfs::exec::{Config, Core, Op};
-use peerfs::store::Store;
+use peerfs::store::prelude::*;
 use serde_json::{json, Value};
 
 fn core(dir: &std::path::Path) -> Core {

@@ -1,8 +1,9 @@
 //! Inputs the fuzz targets (`fuzz/`, run by `scripts-ci/fuzz`) found to break an
 //! invariant, kept as tests. Each names its target and what was wrong.
 
+use peerfs::store::prelude::*;
 use peerfs::store::value::{parse_file, render};
-use peerfs::store::{SqliteStore, Store};
+use peerfs::store::SqliteStore;
 use serde_json::Value;
 
 /// value_encoding: a non-string value rendered to a file must parse back to itself.

@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use peerfs::exec::{Config, Core, Op};
-use peerfs::store::{Message, SqliteStore, Store};
+use peerfs::store::prelude::*;
+use peerfs::store::{Message, SqliteStore};
 use serde_json::{json, Value};
 
 fn start(dir: &std::path::Path) -> Core {

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use peerfs::store::{SqliteStore, Store};
+use peerfs::store::prelude::*;
+use peerfs::store::SqliteStore;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

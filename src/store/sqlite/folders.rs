@@ -112,7 +112,7 @@ impl SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{keep_parents, SqliteStore, Store};
+    use crate::store::{keep_parents, SqliteStore, StateKeys};
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let d = tempfile::tempdir().unwrap();

@@ -22,7 +22,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::value::{parse_file, render};
-use super::{rows, DirEntry, FileStat, Folder, Job, Message, OutboxEntry, Store};
+use super::{
+    rows, AuditLog, DirEntry, Documents, FileStat, Folder, Job, Message, Messages, OutboxEntry,
+    Queue, Results, StateKeys, Store,
+};
 use crate::error::err;
 use crate::error::Result;
 use crate::util::now_ns;
@@ -110,6 +113,20 @@ impl Store for SqliteStore {
         self.exec("RELEASE run")
     }
 
+    fn checkpoint(&mut self) -> Result<()> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    fn integrity_check(&mut self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+impl StateKeys for SqliteStore {
     fn get(&mut self, key: &str) -> Result<Option<Value>> {
         Ok(match self.stored(key)? {
             None => None,
@@ -321,7 +338,9 @@ impl Store for SqliteStore {
             },
         )
     }
+}
 
+impl Documents for SqliteStore {
     fn module(&mut self, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
@@ -381,7 +400,9 @@ impl Store for SqliteStore {
             .execute([key])?;
         Ok(())
     }
+}
 
+impl Queue for SqliteStore {
     fn enqueue(&mut self, job: &Job) -> Result<i64> {
         self.conn
             .prepare_cached(
@@ -494,7 +515,9 @@ impl Store for SqliteStore {
             .flatten()
             .collect())
     }
+}
 
+impl Messages for SqliteStore {
     fn seen_message(&mut self, msg_id: &str) -> Result<bool> {
         Ok(self
             .conn
@@ -511,6 +534,55 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn record_outgoing(&mut self, m: &Message) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO sent(id,to_peer,kind,name,source,params,hops,payload,created_at,chain,budget) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+            )?
+            .execute(params![m.id, m.to, m.kind, m.name, m.source, m.params, m.hops as i64, m.payload, m.created_at, rows::chain_text(&m.chain), m.budget as i64])?;
+        Ok(())
+    }
+
+    fn undelivered(&mut self, limit: usize) -> Result<Vec<Message>> {
+        let rows: Vec<(i64, std::result::Result<Message, rows::BadRow>)> = {
+            let sql = format!(
+                "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
+                rows::SENT_COLS
+            );
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let it = stmt.query_map([limit as i64], rows::outgoing)?;
+            it.collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (seq, r) in rows {
+            match r {
+                Ok(m) => out.push(m),
+                Err(why) => {
+                    // Marked as delivered (kept for whoever investigates), never sent.
+                    tracing::warn!(store = %self.path.display(), seq, reason = %why, "refusing an outgoing message whose stored row is invalid: it is never delivered");
+                    self.conn
+                        .prepare_cached("UPDATE sent SET delivered_at=?2 WHERE seq=?1")?
+                        .execute(params![seq, now_ns()])?;
+                    self.append_log(&format!(
+                        "{} refuse sent row {seq}: {why}",
+                        crate::util::rfc3339(now_ns())
+                    ))?;
+                    self.refused += 1;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE sent SET delivered_at=?2 WHERE id=?1")?
+            .execute(params![id, at])?;
+        Ok(())
+    }
+}
+
+impl Results for SqliteStore {
     fn record_run(
         &mut self,
         job: &Job,
@@ -600,7 +672,9 @@ impl Store for SqliteStore {
             .execute([keep as i64])?;
         Ok(())
     }
+}
 
+impl AuditLog for SqliteStore {
     fn append_log(&mut self, line: &str) -> Result<()> {
         // One event is one line: newlines inside it are escaped.
         for c in line.chars() {
@@ -645,64 +719,5 @@ impl Store for SqliteStore {
             }
         }
         Ok(out)
-    }
-
-    fn record_outgoing(&mut self, m: &Message) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO sent(id,to_peer,kind,name,source,params,hops,payload,created_at,chain,budget) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
-            )?
-            .execute(params![m.id, m.to, m.kind, m.name, m.source, m.params, m.hops as i64, m.payload, m.created_at, rows::chain_text(&m.chain), m.budget as i64])?;
-        Ok(())
-    }
-
-    fn undelivered(&mut self, limit: usize) -> Result<Vec<Message>> {
-        let rows: Vec<(i64, std::result::Result<Message, rows::BadRow>)> = {
-            let sql = format!(
-                "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
-                rows::SENT_COLS
-            );
-            let mut stmt = self.conn.prepare_cached(&sql)?;
-            let it = stmt.query_map([limit as i64], rows::outgoing)?;
-            it.collect::<rusqlite::Result<_>>()?
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for (seq, r) in rows {
-            match r {
-                Ok(m) => out.push(m),
-                Err(why) => {
-                    // Marked as delivered (kept for whoever investigates), never sent.
-                    tracing::warn!(store = %self.path.display(), seq, reason = %why, "refusing an outgoing message whose stored row is invalid: it is never delivered");
-                    self.conn
-                        .prepare_cached("UPDATE sent SET delivered_at=?2 WHERE seq=?1")?
-                        .execute(params![seq, now_ns()])?;
-                    self.append_log(&format!(
-                        "{} refuse sent row {seq}: {why}",
-                        crate::util::rfc3339(now_ns())
-                    ))?;
-                    self.refused += 1;
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    fn mark_delivered(&mut self, id: &str, at: i64) -> Result<()> {
-        self.conn
-            .prepare_cached("UPDATE sent SET delivered_at=?2 WHERE id=?1")?
-            .execute(params![id, at])?;
-        Ok(())
-    }
-
-    fn checkpoint(&mut self) -> Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(())
-    }
-
-    fn integrity_check(&mut self) -> Result<String> {
-        Ok(self
-            .conn
-            .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
 }
