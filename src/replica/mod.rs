@@ -12,7 +12,8 @@
 //!
 //! Threads: `peerfs-replica` runs a current-thread tokio runtime for the
 //! uploads; commits only mark their peer (a set under a mutex) and, in `sync`
-//! mode, closes wait on a condition variable for their commit's upload.
+//! mode, a submission's answer waits in a list that the thread answers after
+//! the upload that holds its commit (or at `sync_timeout`, `ETIMEDOUT`).
 
 mod remote;
 pub mod restore;
@@ -150,14 +151,22 @@ struct Counts {
     uploaded: HashMap<String, u64>,
 }
 
+/// A close waiting for its commit to be in the replica (`sync` mode).
+struct Waiting {
+    peer: String,
+    ticket: u64,
+    until: std::time::Instant,
+    answer: Box<dyn FnOnce(Result<()>) + Send>,
+}
+
 struct Shared {
     opts: Options,
+    waiting: Mutex<Vec<Waiting>>,
     data: PathBuf,
     /// Peers with commits not looked at yet, and whether the thread must stop.
     dirty: Mutex<(HashSet<String>, bool)>,
     wake: Condvar,
     counts: Mutex<Counts>,
-    uploaded_cv: Condvar,
     status: Mutex<BTreeMap<String, Status>>,
 }
 
@@ -175,11 +184,11 @@ impl Replica {
         let (store, prefix) = remote::open(&opts)?;
         let shared = Arc::new(Shared {
             opts,
+            waiting: Mutex::new(Vec::new()),
             data: data.to_path_buf(),
             dirty: Mutex::new((peers.into_iter().collect(), false)),
             wake: Condvar::new(),
             counts: Mutex::new(Counts::default()),
-            uploaded_cv: Condvar::new(),
             status: Mutex::new(BTreeMap::new()),
         });
         let hook = shared.clone();
@@ -200,37 +209,24 @@ impl Replica {
         &self.shared.opts
     }
 
-    /// The number of `peer`'s commits so far: [`Replica::wait`] for it.
+    /// The number of `peer`'s commits so far.
     pub fn ticket(&self, peer: &str) -> u64 {
         let c = self.shared.counts.lock().unwrap();
         c.committed.get(peer).copied().unwrap_or(0)
     }
 
-    /// Waits until `peer`'s commits up to `ticket` are in the replica, at most
-    /// `sync_timeout` (then `ETIMEDOUT`: the commit is kept and uploaded later).
-    pub fn wait(&self, peer: &str, ticket: u64) -> Result<()> {
-        let end = std::time::Instant::now() + self.shared.opts.sync_timeout;
+    /// Calls `answer` once `peer`'s commits so far are in the replica, or
+    /// with `ETIMEDOUT` after `sync_timeout` (the commit is kept and uploaded
+    /// later), from the replica's thread: nobody blocks meanwhile.
+    pub fn after_upload(&self, peer: &str, answer: Box<dyn FnOnce(Result<()>) + Send>) {
+        let ticket = self.ticket(peer);
+        self.shared.waiting.lock().unwrap().push(Waiting {
+            peer: peer.to_string(),
+            ticket,
+            until: std::time::Instant::now() + self.shared.opts.sync_timeout,
+            answer,
+        });
         self.shared.kick(peer);
-        let mut c = self.shared.counts.lock().unwrap();
-        loop {
-            if c.uploaded.get(peer).copied().unwrap_or(0) >= ticket {
-                return Ok(());
-            }
-            let now = std::time::Instant::now();
-            if now >= end {
-                return Err(err!(
-                    libc::ETIMEDOUT,
-                    "peer {peer}: the change is stored here but not yet in the replica after {} ms (it is uploaded when the object store answers; see .peerfs/replica)",
-                    self.shared.opts.sync_timeout.as_millis()
-                ));
-            }
-            c = self
-                .shared
-                .uploaded_cv
-                .wait_timeout(c, end - now)
-                .unwrap()
-                .0;
-        }
     }
 
     /// One line per peer: `NAME lag_ms=.. last_upload=.. bytes=.. error=..`.
@@ -303,6 +299,45 @@ impl Shared {
         if self.opts.mode == Mode::Sync {
             self.wake.notify_one();
         }
+    }
+
+    /// Answers the waiting closes whose commits are uploaded, or whose time
+    /// is up (all of them when `stopped`).
+    fn answer_waiting(&self, stopped: bool) {
+        let now = std::time::Instant::now();
+        let ready: Vec<(Waiting, bool)> = {
+            let c = self.counts.lock().unwrap();
+            let mut w = self.waiting.lock().unwrap();
+            let (ready, keep): (Vec<_>, Vec<_>) = w.drain(..).partition(|x| {
+                c.uploaded.get(&x.peer).copied().unwrap_or(0) >= x.ticket
+                    || now >= x.until
+                    || stopped
+            });
+            *w = keep;
+            ready
+                .into_iter()
+                .map(|x| {
+                    let up = c.uploaded.get(&x.peer).copied().unwrap_or(0) >= x.ticket;
+                    (x, up)
+                })
+                .collect()
+        };
+        for (x, up) in ready {
+            (x.answer)(if up {
+                Ok(())
+            } else {
+                Err(err!(
+                    libc::ETIMEDOUT,
+                    "peer {}: the submission is stored here but not yet in the replica after {} ms: it stays queued and is uploaded when the object store answers (see .peerfs/replica)",
+                    x.peer,
+                    self.opts.sync_timeout.as_millis()
+                ))
+            });
+        }
+    }
+
+    fn has_waiting(&self) -> bool {
+        !self.waiting.lock().unwrap().is_empty()
     }
 
     fn kick(&self, peer: &str) {

@@ -114,6 +114,7 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
                 peers.insert(p.name.clone(), p);
             }
         }
+        shared.answer_waiting(stopping);
         if stopping {
             return;
         }
@@ -123,7 +124,13 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
 /// The peers with commits, once `sync_ms` passed (or at once in `sync` mode,
 /// or when stopping), and whether the thread stops after them.
 fn take_dirty(shared: &Shared) -> (Vec<String>, bool) {
-    let deadline = Instant::now() + shared.opts.sync;
+    // Waiting closes are answered within a tenth of a second of their time.
+    let wait = if shared.has_waiting() {
+        shared.opts.sync.min(Duration::from_millis(100))
+    } else {
+        shared.opts.sync
+    };
+    let deadline = Instant::now() + wait;
     let mut d = shared.dirty.lock().unwrap();
     loop {
         let now = Instant::now();
@@ -237,7 +244,6 @@ impl PeerShip {
         if let Some(t) = ticket {
             let mut c = sh.counts.lock().unwrap();
             c.uploaded.insert(self.name.clone(), t);
-            sh.uploaded_cv.notify_all();
         }
         let k = self.known.as_ref().expect("known after a turn");
         let log_bytes = k.pos.map_or(0, |p| p.offset);
