@@ -410,11 +410,25 @@ fn an_object_store_stopped_and_restarted_mid_stream_catches_up() {
     }
     let failing = wait_until(T, || !status(&d, "carol").ends_with(" error=-"));
     assert!(failing, "{}", status(&d, "carol"));
+    let metrics = std::fs::read_to_string(d.p(".peerfs/metrics")).unwrap();
+    assert!(
+        metrics.contains("peerfs_replica_failing_peers 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("peerfs_replica_uploads_total "),
+        "{metrics}"
+    );
     std::thread::sleep(Duration::from_millis(500));
     rep.moto().restart();
     caught_up(&d, "carol");
     run(&d, "carol", "c.rhai", "set(\"c\", 3); 3");
     caught_up(&d, "carol");
+    let metrics = std::fs::read_to_string(d.p(".peerfs/metrics")).unwrap();
+    assert!(
+        metrics.contains("peerfs_replica_failing_peers 0\n"),
+        "{metrics}"
+    );
     let log = d.log_text();
     stop(d);
     assert_eq!(log.matches("replica: upload failing").count(), 1, "{log}");

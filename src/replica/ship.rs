@@ -58,6 +58,7 @@ struct PeerShip {
     wal: PathBuf,
     known: Option<Known>,
     failing: bool,
+    lagging: bool,
 }
 
 pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key) {
@@ -173,6 +174,19 @@ fn report(shared: &Shared, p: &mut PeerShip, r: Result<u64>, taken_at: i64) {
             shared.dirty.lock().unwrap().0.insert(p.name.clone());
         }
     }
+    let lag_ns = if s.pending_since_ns == 0 {
+        0
+    } else {
+        crate::util::now_ns() - s.pending_since_ns
+    };
+    let limit = (shared.opts.sync * 10).max(Duration::from_secs(10));
+    if lag_ns > limit.as_nanos() as i64 && !p.lagging {
+        tracing::warn!(peer = %p.name, lag_ms = lag_ns / 1_000_000, "replica: lagging behind the store");
+        p.lagging = true;
+    } else if lag_ns == 0 && p.lagging {
+        tracing::info!(peer = %p.name, "replica: caught up");
+        p.lagging = false;
+    }
 }
 
 fn known_file(data: &Path, name: &str) -> PathBuf {
@@ -196,6 +210,7 @@ impl PeerShip {
             db,
             known,
             failing: false,
+            lagging: false,
         }
     }
 
