@@ -699,6 +699,10 @@ impl Effective {
                 "--nats nats://HOST:PORT; default: the credentials file's",
             ),
             ("lattice.worker", "default: the credentials' user"),
+            (
+                "replica.url",
+                "s3://BUCKET/PREFIX or file:///PATH: every store shipped to object storage",
+            ),
         ] {
             if !self.values.contains_key(key) {
                 let _ = writeln!(s, "# {key} is not set ({how})");

@@ -206,7 +206,7 @@ async fn rebuild(
             Some((l, e)) if l == *log => e - offset,
             _ => 0,
         };
-        if skip % frame != 0 || skip > bytes.len() as u64 {
+        if !skip.is_multiple_of(frame) || skip > bytes.len() as u64 {
             continue;
         }
         a.apply(&bytes[skip as usize..])?;

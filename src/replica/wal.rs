@@ -188,7 +188,7 @@ impl Applier {
     /// Writes the pages of `frames` (whole frames, ending with a commit frame).
     pub fn apply(&mut self, frames: &[u8]) -> Result<()> {
         let size = (FRAME_HEADER + self.page_size) as usize;
-        if frames.len() % size != 0 {
+        if !frames.len().is_multiple_of(size) {
             return Err(err!(
                 libc::EIO,
                 "a log segment of {} bytes is not whole frames of {size}",
