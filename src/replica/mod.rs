@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use crate::error::{err, Result};
 
-pub use restore::{restore, RestoreArgs};
+pub use restore::{download_generation, restore, RestoreArgs};
 
 /// Where replicas go.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -226,3 +226,34 @@ async fn rebuild(
         .unwrap_or_else(|| unsafe { (libc::getuid(), libc::getgid()) });
     Ok((gen, segs.len(), owner))
 }
+
+/// Downloads every object of `peer`'s generation `gen` (its snapshot and log
+/// segments) with the client a restore uses, keeping nothing: the bytes read.
+/// What a restore is measured against (`scripts-ci/bench replica`).
+pub fn download_generation(opts: &Options, peer: &str, gen: &str) -> Result<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (store, prefix) = remote::open(opts)?;
+    let names = Names::new(&prefix, peer);
+    rt.block_on(async {
+        let mut bytes = 0;
+        for (o, m) in remote::list(&*store, &names).await? {
+            let mine = match &o {
+                Object::Snapshot { gen: g } | Object::Segment { gen: g, .. } => g == gen,
+                Object::Owner { .. } => false,
+            };
+            if mine {
+                let b = store
+                    .get(&m.location)
+                    .await
+                    .map_err(|e| os_err("reading", e))?
+                    .bytes()
+                    .await
+                    .map_err(|e| os_err("reading", e))?;
+                bytes += b.len() as u64;
+            }
+        }
+        Ok(bytes)
+    })
+}
