@@ -31,7 +31,7 @@ const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// A generation whose transactions outgrow its snapshot (and this) gets a new one.
 const COMPACT_BYTES: u64 = 16 << 20;
 /// Peers shipped at once.
-const PARALLEL: usize = 16;
+const PARALLEL: usize = 32;
 
 /// What is known of a peer's replica (also its file `DATA/replica/NAME.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,8 +77,10 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
         tracing::error!(error = %e, "replica: cannot make {}", dir.display());
     }
     let mut peers: HashMap<String, PeerShip> = HashMap::new();
+    let mut last = Instant::now();
     loop {
-        let (mut batch, stopping) = take_dirty(&shared);
+        let (mut batch, stopping) = take_dirty(&shared, last);
+        last = Instant::now();
         if stopping {
             // Every log not checkpointed yet is, once shipped.
             batch.extend(
@@ -122,16 +124,17 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
     }
 }
 
-/// The peers with commits, once `sync_ms` passed (or at once in `sync` mode,
-/// or when stopping), and whether the thread stops after them.
-fn take_dirty(shared: &Shared) -> (Vec<String>, bool) {
+/// The peers with commits, half of `sync_ms` after the last turn began (so a
+/// commit waits at most that and one turn's uploads: within `sync_ms`), at once
+/// in `sync` mode or when stopping; and whether the thread stops after them.
+fn take_dirty(shared: &Shared, last: Instant) -> (Vec<String>, bool) {
     // Waiting closes are answered within a tenth of a second of their time.
     let wait = if shared.has_waiting() {
         shared.opts.sync.min(Duration::from_millis(100))
     } else {
-        shared.opts.sync
+        shared.opts.sync / 2
     };
-    let deadline = Instant::now() + wait;
+    let deadline = last + wait;
     let mut d = shared.dirty.lock().unwrap();
     loop {
         let now = Instant::now();
@@ -262,7 +265,9 @@ impl PeerShip {
         }
         let k = self.known.as_ref().expect("known after a turn");
         let log_bytes = k.pos.map_or(0, |p| p.offset);
-        if log_bytes > CHECKPOINT_BYTES || (stopping && log_bytes > wal::HEADER) {
+        // (A log a checkpoint emptied waits for its restart at the next write.)
+        let due = log_bytes > CHECKPOINT_BYTES || (stopping && log_bytes > wal::HEADER);
+        if due && !k.may_restart {
             self.checkpoint(sh, store, &names).await?;
         }
         let k = self.known.as_ref().expect("known after a turn");
