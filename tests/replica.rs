@@ -599,3 +599,48 @@ fn sigkill_at_random_then_restore_loses_nothing_acknowledged_in_sync_mode() {
         "acknowledged but not in the replica: {missing:?}"
     );
 }
+
+/// A store changed while no replica watched it (another program wrote and
+/// checkpointed it): the next start ships it as a new generation, never as a
+/// log with a gap, and a restore has the change.
+#[test]
+fn a_store_changed_behind_the_replicas_back_begins_a_new_generation() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    std::fs::create_dir(d.p("frank")).unwrap();
+    run(&d, "frank", "a.rhai", "set(\"a\", 1); 1");
+    caught_up(&d, "frank");
+    stop(d);
+    let db = rusqlite::Connection::open(data.join("peers/frank.sqlite")).unwrap();
+    db.execute(
+        "INSERT INTO modules(name, source, mtime) VALUES('offline', CAST('42' AS BLOB), 0)",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    caught_up(&d, "frank");
+    stop(d);
+    let Rep::File(root) = &rep else {
+        unreachable!()
+    };
+    let snapshots = std::fs::read_dir(root.join("frank"))
+        .unwrap()
+        .filter(|g| g.as_ref().unwrap().path().join("snapshot").exists())
+        .count();
+    assert_eq!(snapshots, 2);
+    let data2 = dir.join("data2");
+    restore_ok(&rep, "frank", &data2, &[]);
+    let db = rusqlite::Connection::open(data2.join("peers/frank.sqlite")).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM modules WHERE name='offline'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
