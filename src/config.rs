@@ -76,6 +76,88 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub limits: LimitSets,
     pub lattice: LatticeSettings,
+    pub replica: ReplicaSettings,
+}
+
+/// `[replica]`: every peer's store shipped to object storage (docs/operating.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicaSettings {
+    /// `s3://BUCKET/PREFIX` or `file:///PATH`; unset: no replica.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "replica_url"
+    )]
+    pub url: Option<String>,
+    /// The S3-compatible service (`http://127.0.0.1:9000`); unset: AWS, or
+    /// `AWS_ENDPOINT_URL`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The S3 region (unset: `AWS_REGION`, else `us-east-1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// A credentials file (`aws_access_key_id = ...` lines, as AWS's own);
+    /// unset: the `AWS_*` variables.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<PathBuf>,
+    /// How far behind the replica may be, in milliseconds.
+    #[serde(deserialize_with = "between::<_, 10, 3_600_000>")]
+    pub sync_ms: u64,
+    /// `async`, or `sync`: a submission's close waits until its commit is in
+    /// the replica.
+    pub mode: crate::replica::Mode,
+    /// How far back a restore may go: `7d`, `12h`, `30m` or seconds.
+    #[serde(deserialize_with = "retention")]
+    pub retention: String,
+    /// In `sync` mode, the longest a close waits for the replica (then `ETIMEDOUT`).
+    #[serde(deserialize_with = "between::<_, 10, 3_600_000>")]
+    pub sync_timeout_ms: u64,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> ReplicaSettings {
+        let o = crate::replica::Options::new(crate::replica::Url::File(PathBuf::new()));
+        ReplicaSettings {
+            url: None,
+            endpoint: None,
+            region: None,
+            credentials: None,
+            sync_ms: o.sync.as_millis() as u64,
+            mode: o.mode,
+            retention: "7d".into(),
+            sync_timeout_ms: o.sync_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl ReplicaSettings {
+    /// How to replicate, when `url` is set.
+    pub fn options(&self) -> crate::Result<Option<crate::replica::Options>> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let mut o = crate::replica::Options::new(crate::replica::Url::parse(url)?);
+        o.endpoint = self.endpoint.clone();
+        o.region = self.region.clone();
+        o.credentials = self.credentials.clone();
+        o.sync = Duration::from_millis(self.sync_ms);
+        o.mode = self.mode;
+        o.retention = crate::replica::parse_duration(&self.retention)?;
+        o.sync_timeout = Duration::from_millis(self.sync_timeout_ms);
+        Ok(Some(o))
+    }
+}
+
+fn replica_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(d)?;
+    crate::replica::Url::parse(&url).map_err(|e| serde::de::Error::custom(e.message))?;
+    Ok(Some(url))
+}
+
+fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::replica::parse_duration(&text).map_err(|e| serde::de::Error::custom(e.message))?;
+    Ok(text)
 }
 
 /// `[lattice]`: joining other daemons over NATS JetStream (docs/lattice.md).
@@ -261,6 +343,7 @@ impl Default for Settings {
             metrics: MetricsSettings::default(),
             limits: LimitSets::default(),
             lattice: LatticeSettings::default(),
+            replica: ReplicaSettings::default(),
         }
     }
 }
@@ -616,6 +699,10 @@ impl Effective {
                 "--nats nats://HOST:PORT; default: the credentials file's",
             ),
             ("lattice.worker", "default: the credentials' user"),
+            (
+                "replica.url",
+                "s3://BUCKET/PREFIX or file:///PATH: every store shipped to object storage",
+            ),
         ] {
             if !self.values.contains_key(key) {
                 let _ = writeln!(s, "# {key} is not set ({how})");
@@ -664,6 +751,7 @@ impl Effective {
         c.metrics_top_peers = s.metrics.top_peers as usize;
         c.metrics_peer_labels = s.metrics.peer_labels;
         c.joins_lattice = s.lattice.nats.is_some() || s.lattice.creds.is_some();
+        c.replica = s.replica.options()?;
         Ok(c)
     }
 }

@@ -15,6 +15,7 @@
 //!   over NATS JetStream: the directory, the transport, credentials), over
 //! * [`exec`] (per-peer serial actors on a worker pool; messages leave through
 //!   its `Transport` seam), over
+//! * [`replica`] (every store shipped to object storage; restores), over
 //! * [`policy`] (Cedar: what another peer's script may do), over
 //! * [`script`] (the sandboxed Rhai engine and its limits) and [`peer`] (the open
 //!   peer and the registry), side by side, over
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod names;
 pub mod peer;
 pub mod policy;
+pub mod replica;
 pub mod script;
 pub mod spool;
 pub mod store;

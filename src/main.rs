@@ -252,6 +252,29 @@ enum PeerCmd {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Rebuilds a peer's store: from its replica in object storage (`--from`).
+    Restore {
+        name: String,
+        #[arg(long)]
+        data: PathBuf,
+        /// The replica: s3://BUCKET/PREFIX or file:///PATH (the endpoint, region
+        /// and credentials file come from the config file's [replica] or -o).
+        #[arg(long, value_name = "URL")]
+        from: String,
+        /// As of this time (RFC 3339, UTC: 2026-01-02T03:04:05Z), within the
+        /// replica's retention; default: the latest.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Replace a peer that exists in DATA (its file is kept under DATA/removed/).
+        #[arg(long)]
+        force: bool,
+        /// A config file whose [replica] settings apply (endpoint, credentials).
+        #[arg(long, env = "PEERFS_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// A config key: `-o replica.endpoint=http://127.0.0.1:9000` (repeatable).
+        #[arg(short = 'o', value_name = "KEY=VALUE")]
+        options: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -1026,7 +1049,63 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
             let p = r.remove(&name)?;
             println!("moved peer {name} to {}", p.display());
         }
+        PeerCmd::Restore {
+            name,
+            data,
+            from,
+            at,
+            force,
+            config,
+            options,
+        } => restore_from_replica(name, data, from, at, force, config, options)?,
     }
+    Ok(())
+}
+
+/// `peerfs peer restore NAME --from URL`: the peer rebuilt from its replica.
+fn restore_from_replica(
+    name: String,
+    data: PathBuf,
+    from: String,
+    at: Option<String>,
+    force: bool,
+    config: Option<PathBuf>,
+    options: Vec<String>,
+) -> peerfs::Result<()> {
+    let args = peerfs::config::DaemonArgs {
+        options,
+        ..Default::default()
+    };
+    let mut flags = args.flags()?;
+    flags.push(peerfs::config::FlagValue {
+        key: "replica.url".into(),
+        value: toml::Value::String(from),
+        flag: "--from".into(),
+    });
+    let eff = peerfs::config::load(config.as_deref(), &flags)?;
+    let opts = eff
+        .settings
+        .replica
+        .options()?
+        .expect("--from sets the url");
+    let at = at.as_deref().map(peerfs::util::parse_rfc3339).transpose()?;
+    let _lock = lock_data(&data, "peer restore")?;
+    let r = peerfs::replica::restore(&peerfs::replica::RestoreArgs {
+        name: name.clone(),
+        opts,
+        at,
+        data,
+        force,
+    })?;
+    if let Some(old) = &r.replaced {
+        println!("kept the earlier {name} at {}", old.display());
+    }
+    println!(
+        "restored peer {name} ({}) from generation {} and {} log objects; integrity ok",
+        r.path.display(),
+        r.generation,
+        r.segments
+    );
     Ok(())
 }
 

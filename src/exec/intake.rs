@@ -73,7 +73,10 @@ impl Core {
         // `journaling` is raised under this lock, and lowered only after the
         // entry is held: an earlier submission is seen in one or the other. An
         // actor that is not running a batch takes ops before its next batch.
+        // In the replica's `sync` mode a submission commits in its peer's store
+        // (which is replicated; the journal is not), so it waits for the actor.
         let idle = self.journal().is_none()
+            || self.sync_replica().is_some()
             || (!w.running
                 && st.journaling.load(Ordering::SeqCst) == 0
                 && st.held.lock().unwrap().entries.is_empty()

@@ -127,6 +127,8 @@ struct Inner {
     journal: Option<crate::store::journal::Journal>,
     /// To the journal's writer thread (`None` once stopping).
     intake: intake::Intake,
+    /// Every store shipped to object storage, when configured.
+    replica: Option<Arc<crate::replica::Replica>>,
 }
 
 /// The running core: registry, worker pool, executor. Cheap to clone.
@@ -137,6 +139,18 @@ impl Core {
     /// Opens the data directory and starts the workers.
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
+        // Before any store opens: the replica takes over their checkpoints.
+        let replica = match &cfg.replica {
+            Some(o) => {
+                let names = registry.list().into_iter().map(|(n, _)| n).collect();
+                Some(crate::replica::Replica::start(
+                    o.clone(),
+                    &cfg.data_dir,
+                    names,
+                )?)
+            }
+            None => None,
+        };
         let journal = match crate::store::journal::Journal::open_in(&cfg.data_dir) {
             Ok(j) => Some(j),
             Err(e) => {
@@ -162,6 +176,7 @@ impl Core {
             waits: wait::WaitingReads::default(),
             journal,
             intake: Mutex::new(Some(intake_tx)),
+            replica,
             cfg,
         }));
         let mut threads = Vec::new();
@@ -374,6 +389,15 @@ impl Core {
             }
         }
         self.0.registry.sweep(-1, 0);
+        // Last: what the stores committed is shipped, then checkpointed.
+        if let Some(r) = &self.0.replica {
+            r.stop();
+        }
+    }
+
+    /// The replica of the stores, when configured.
+    pub fn replica(&self) -> Option<&Arc<crate::replica::Replica>> {
+        self.0.replica.as_ref()
     }
 
     pub fn stopping(&self) -> bool {

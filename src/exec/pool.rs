@@ -46,7 +46,10 @@ impl Core {
         match self.peer(peer) {
             // A submission never waits for the peer's runs (see `intake`).
             Ok(p) => match op {
-                Op::Submit(job) => self.submit_job(p, job, ack),
+                Op::Submit(job) => {
+                    let ack = self.replicated(peer, ack);
+                    self.submit_job(p, job, ack)
+                }
                 op => self.push(&p, op, ack),
             },
             Err(e) => {
@@ -55,6 +58,27 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// In the replica's `sync` mode, a submission is answered once its commit
+    /// is in the replica too (or with `ETIMEDOUT` when that takes too long).
+    fn replicated(&self, peer: &str, ack: Option<Ack>) -> Option<Ack> {
+        match (self.sync_replica(), ack) {
+            (Some(r), Some(a)) => {
+                let (r, peer) = (r.clone(), peer.to_string());
+                Some(Box::new(move |res| match res {
+                    Ok(()) => r.after_upload(&peer, a),
+                    Err(e) => a(Err(e)),
+                }))
+            }
+            (_, a) => a,
+        }
+    }
+
+    /// The replica, when it is in `sync` mode.
+    pub(super) fn sync_replica(&self) -> Option<&Arc<crate::replica::Replica>> {
+        self.replica()
+            .filter(|r| r.options().mode == crate::replica::Mode::Sync)
     }
 
     /// Applies `op` and waits until it is durable.

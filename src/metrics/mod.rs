@@ -100,6 +100,9 @@ pub fn text(core: &Core) -> String {
         Unit::Bytes,
         g(rss_bytes()),
     );
+    if let Some(r) = core.replica() {
+        replica(&mut reg, r);
+    }
     if core.config().metrics_peer_labels {
         let queue_of: HashMap<&str, u64> = open.iter().map(|p| (&*p.name, p.queued())).collect();
         let peers = top_peers(m, |p| queue_of.get(p).copied().unwrap_or(0));
@@ -109,6 +112,44 @@ pub fn text(core: &Core) -> String {
     // Writing to a String cannot fail.
     let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &reg);
     out
+}
+
+/// The replica's figures, over every peer (no peer label).
+fn replica(reg: &mut Registry, r: &crate::replica::Replica) {
+    let st = r.statuses();
+    let now = crate::util::now_ns();
+    let lag_ns = st
+        .values()
+        .filter(|s| s.pending_since_ns > 0)
+        .map(|s| now - s.pending_since_ns)
+        .max()
+        .unwrap_or(0)
+        .max(0);
+    let uploads: u64 = st.values().map(|s| s.uploads).sum();
+    let bytes: u64 = st.values().map(|s| s.bytes).sum();
+    let failing = st.values().filter(|s| s.last_error.is_some()).count();
+    reg.register(
+        "replica_uploads",
+        "Objects stored in the replica (snapshots and log segments)",
+        ConstCounter::new(uploads),
+    );
+    reg.register_with_unit(
+        "replica_uploaded",
+        "Bytes stored in the replica",
+        Unit::Bytes,
+        ConstCounter::new(bytes),
+    );
+    reg.register_with_unit(
+        "replica_lag",
+        "How long the oldest change not yet in the replica has waited",
+        Unit::Seconds,
+        ConstGauge::new(lag_ns as f64 / 1e9),
+    );
+    reg.register(
+        "replica_failing_peers",
+        "Peers whose last upload failed",
+        ConstGauge::new(failing as i64),
+    );
 }
 
 /// Resident memory of this process, from `/proc/self/statm`.

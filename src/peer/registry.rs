@@ -130,7 +130,7 @@ impl Registry {
         let _ = std::fs::remove_file(&tmp);
         {
             let s = SqliteStore::open(&tmp, true)?;
-            drop(s);
+            s.close_checkpointed()?;
         }
         // The store was closed cleanly: no -wal or -shm remain. It stays the
         // daemon's (SQLite gives its -wal and -shm the same mode); the owner is

@@ -1,5 +1,5 @@
 //! The daemon's own files and figures: `.peerfs/version`, `.peerfs/stats`,
-//! `.peerfs/metrics`, a peer's meta values (`policy.cedar`, `groups`), and statfs.
+//! `.peerfs/metrics`, `.peerfs/replica`, a peer's meta values (`policy.cedar`, `groups`), and statfs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,6 +11,12 @@ impl Vfs {
         match name {
             "version" => format!("version {}\n", env!("CARGO_PKG_VERSION")),
             "metrics" => crate::metrics::text(&self.core),
+            // One line per peer shipped since the start (empty: no replica).
+            "replica" => self
+                .core
+                .replica()
+                .map(|r| r.status_text())
+                .unwrap_or_default(),
             "refused" => self
                 .root_refusals
                 .lock()

@@ -26,7 +26,7 @@ pub fn special_file(name: &str) -> Error {
 }
 
 /// The files of `.peerfs/`, sorted.
-const META_FILES: [&str; 4] = ["metrics", "refused", "stats", "version"];
+const META_FILES: [&str; 5] = ["metrics", "refused", "replica", "stats", "version"];
 
 /// The node of the layout's entry `e` in `peer`'s own folder (`target` ==
 /// `peer`) or in its view of `target`: the one place where an entry's room

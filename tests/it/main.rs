@@ -37,3 +37,4 @@ mod transport;
 mod trust;
 mod vfs;
 mod vfs_model;
+mod replica;

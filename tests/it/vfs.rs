@@ -180,7 +180,7 @@ fn the_tree_is_the_path_grammar() {
     assert_eq!(a.perm, 0o555);
     assert_eq!(
         names(&v.readdir(&meta).unwrap()),
-        ["metrics", "refused", "stats", "version"]
+        ["metrics", "refused", "replica", "stats", "version"]
     );
     let stats = f.read(&Node::MetaFile("stats")).unwrap();
     assert!(String::from_utf8(stats).unwrap().starts_with("peers 2\n"));

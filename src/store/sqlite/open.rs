@@ -4,6 +4,60 @@
 
 use super::*;
 
+use std::sync::OnceLock;
+
+/// What is called after each commit of a store, once checkpoints are handed
+/// over (see [`SqliteStore::hand_checkpoints_over`]).
+type CommitHook = Box<dyn Fn(&Path) + Send + Sync>;
+static HANDED_OVER: OnceLock<CommitHook> = OnceLock::new();
+
+impl SqliteStore {
+    /// From now on, in this process, the stores' own connections never
+    /// checkpoint (not automatically, not on close, not at `checkpoint`, which
+    /// only makes the log durable) and `on_commit` hears of every commit: the
+    /// replica (`src/replica/`) checkpoints a log once it has shipped it. Call
+    /// before any store is opened; a second call changes nothing.
+    pub fn hand_checkpoints_over(on_commit: CommitHook) {
+        let _ = HANDED_OVER.set(on_commit);
+    }
+
+    pub(super) fn checkpoints_handed_over() -> bool {
+        HANDED_OVER.get().is_some()
+    }
+
+    /// Keeps this connection from checkpointing (when they are handed over).
+    pub(super) fn keep_log(conn: &Connection, writer: bool) -> Result<()> {
+        if Self::checkpoints_handed_over() {
+            conn.set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+                true,
+            )?;
+            if writer {
+                conn.execute_batch("PRAGMA wal_autocheckpoint=0")?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn after_commit(&self) {
+        if let Some(hook) = HANDED_OVER.get() {
+            hook(&self.path);
+        }
+    }
+
+    /// Closes a store made here with its log checkpointed and removed, even
+    /// when checkpoints are handed over (a new peer's file stands alone).
+    pub fn close_checkpointed(self) -> Result<()> {
+        self.conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+            false,
+        )?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if `create`) the store at `path` and runs pending migrations.
     pub fn open(path: &Path, create: bool) -> Result<SqliteStore> {
@@ -34,6 +88,7 @@ impl SqliteStore {
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
         conn.execute_batch("PRAGMA cache_size=-256; PRAGMA busy_timeout=5000;")?;
+        Self::keep_log(&conn, false)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(SqliteStore {
             conn,

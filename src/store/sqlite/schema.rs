@@ -79,6 +79,7 @@ impl SqliteStore {
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA cache_size=-512;
              PRAGMA busy_timeout=5000; PRAGMA foreign_keys=OFF;",
         )?;
+        Self::keep_log(&self.conn, true)?;
         // Room for every statement this store uses (about 50): none is parsed twice.
         self.conn.set_prepared_statement_cache_capacity(128);
         let version: i64 = self
