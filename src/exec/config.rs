@@ -60,6 +60,8 @@ pub struct Config {
     /// sender's store (the directory decides once it is read), and scripts may
     /// `send` to any peer, as in the lattice.
     pub joins_lattice: bool,
+    /// What each peer's history keeps (config `[history]`); an age of 0 keeps none.
+    pub history: crate::store::history::Retention,
 }
 
 impl Config {
@@ -89,6 +91,7 @@ impl Config {
             metrics_peer_labels: false,
             script_cache_entries: crate::script::cache::MAX_ENTRIES,
             joins_lattice: false,
+            history: Default::default(),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! inside `begin()`..`commit()`; each run inside that is wrapped in a savepoint so
 //! that one run's failure never undoes another's (group commit).
 
+pub mod history;
 pub mod journal;
 pub mod rows;
 pub mod sqlite;
@@ -266,4 +267,9 @@ pub trait Store: Send {
 
     /// Runs `PRAGMA integrity_check`.
     fn integrity_check(&mut self) -> Result<String>;
+
+    /// The store's history, if it keeps one (see [`history`]).
+    fn history(&mut self) -> Option<&mut dyn history::History> {
+        None
+    }
 }

@@ -7,9 +7,14 @@
 //! writer and readers, the sync mode, and the helpers the methods share),
 //! `schema` (the tables and their migrations), `state` (how a value is kept: the
 //! shape of keys and folders, one blob per value, giving space back), `folders`
-//! (folders of `state/` kept apart from keys) and the tests.
+//! (folders of `state/` kept apart from keys), `history` and `history_read`
+//! (what each run changed, kept by reference; undo and restore) and the tests.
 
 mod folders;
+mod history;
+mod history_read;
+#[cfg(test)]
+mod history_tests;
 mod open;
 mod schema;
 mod state;
@@ -21,6 +26,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
+use super::history::ItemKind;
 use super::value::{parse_file, render};
 use super::{rows, DirEntry, FileStat, Folder, Job, OutboxEntry, Outgoing, Store};
 use crate::error::err;
@@ -43,6 +49,8 @@ pub struct SqliteStore {
     synced: bool,
     /// Rows refused since the last `take_refused` (see `store::rows`).
     refused: u64,
+    /// The history entry being recorded (see `history.rs`).
+    hist: history::Recorder,
 }
 
 impl Store for SqliteStore {
@@ -72,6 +80,7 @@ impl Store for SqliteStore {
         if r.is_err() {
             let _ = self.exec("ROLLBACK");
             self.log_end = None;
+            self.hist_forget();
         }
         self.in_txn = false;
         self.log_buf.clear();
@@ -81,6 +90,7 @@ impl Store for SqliteStore {
 
     fn rollback(&mut self) -> Result<()> {
         self.in_txn = false;
+        self.hist_forget();
         self.log_end = None;
         self.log_buf.clear();
         self.marks.clear();
@@ -106,6 +116,7 @@ impl Store for SqliteStore {
         if let Some(m) = self.marks.pop() {
             self.log_buf.truncate(m);
         }
+        self.hist.bytes = None;
         self.exec("ROLLBACK TO run")?;
         self.exec("RELEASE run")
     }
@@ -140,19 +151,17 @@ impl Store for SqliteStore {
     }
 
     fn remove(&mut self, key: &str) -> Result<bool> {
+        let Some(old) = self.live_version(key)? else {
+            return Ok(false);
+        };
+        self.hist_note(ItemKind::State, key, Some(old), None)?;
         self.conn
-            .prepare_cached("DELETE FROM state_data WHERE id=(SELECT id FROM state WHERE key=?1)")?
-            .execute([key])?;
-        let removed = self
-            .conn
             .prepare_cached("DELETE FROM state WHERE key=?1")?
-            .execute([key])?
-            > 0;
-        if removed {
-            self.touch_parent(key, now_ns())?;
-            self.reclaim()?;
-        }
-        Ok(removed)
+            .execute([key])?;
+        self.free_data(old.data)?;
+        self.touch_parent(key, now_ns())?;
+        self.reclaim()?;
+        Ok(true)
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
@@ -171,9 +180,12 @@ impl Store for SqliteStore {
             // A folder of keys (EISDIR) or a value among its parents (ENOTDIR).
             _ => self.check_shape(to)?,
         }
+        let moved = self.live_version(from)?;
         self.conn
             .prepare_cached("UPDATE state SET key=?2, ctime=?3 WHERE key=?1")?
             .execute(params![from, to, now_ns()])?;
+        self.hist_note(ItemKind::State, from, moved, None)?;
+        self.hist_note(ItemKind::State, to, None, moved)?;
         self.touch_parent(from, now_ns())?;
         self.touch_parent(to, now_ns())
     }
@@ -196,6 +208,7 @@ impl Store for SqliteStore {
         let hi = prefix_end(&lo);
         // substr counts characters of TEXT: the prefix's length in characters.
         let skip = lo.chars().count() as i64 + 1;
+        let moved = self.moved_versions(&lo, &hi)?;
         let n = self
             .conn
             .prepare_cached(
@@ -203,6 +216,11 @@ impl Store for SqliteStore {
             )?
             .execute(params![lo, hi, to, skip])?;
         self.move_folders(from, to)?;
+        for (key, v) in moved {
+            self.hist_note(ItemKind::State, &key, Some(v), None)?;
+            let new = format!("{to}/{}", &key[lo.len()..]);
+            self.hist_note(ItemKind::State, &new, None, Some(v))?;
+        }
         Ok(n as u64)
     }
 
@@ -215,11 +233,18 @@ impl Store for SqliteStore {
     }
 
     fn set_mode(&mut self, key: &str, mode: u32) -> Result<bool> {
-        Ok(self
-            .conn
+        let Some(old) = self.live_version(key)? else {
+            return Ok(false);
+        };
+        self.conn
             .prepare_cached("UPDATE state SET mode=?2, ctime=?3 WHERE key=?1")?
-            .execute(params![key, mode, now_ns()])?
-            > 0)
+            .execute(params![key, mode, now_ns()])?;
+        let new = history::Ver {
+            mode: Some(mode),
+            ..old
+        };
+        self.hist_note(ItemKind::State, key, Some(old), Some(new))?;
+        Ok(true)
     }
 
     fn folder(&mut self, dir: &str) -> Result<Option<Folder>> {
@@ -331,6 +356,10 @@ impl Store for SqliteStore {
     }
 
     fn set_module(&mut self, name: &str, source: &[u8]) -> Result<()> {
+        if self.recording() {
+            let old = self.module(name)?;
+            self.hist_note_copy(ItemKind::Module, name, old.as_deref(), Some(source))?;
+        }
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO modules(name,source,mtime) VALUES(?1,?2,?3)")?
             .execute(params![name, source, now_ns()])?;
@@ -338,6 +367,11 @@ impl Store for SqliteStore {
     }
 
     fn remove_module(&mut self, name: &str) -> Result<bool> {
+        if self.recording() {
+            if let Some(old) = self.module(name)? {
+                self.hist_note_copy(ItemKind::Module, name, Some(&old), None)?;
+            }
+        }
         Ok(self
             .conn
             .prepare_cached("DELETE FROM modules WHERE name=?1")?
@@ -369,6 +403,10 @@ impl Store for SqliteStore {
     }
 
     fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        if self.recording() {
+            let old = self.meta(key)?.map(|m| m.0);
+            self.hist_note_copy(ItemKind::Meta, key, old.as_deref(), Some(value))?;
+        }
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO meta(k,v,mtime) VALUES(?1,?2,?3)")?
             .execute(params![key, value, now_ns()])?;
@@ -376,6 +414,11 @@ impl Store for SqliteStore {
     }
 
     fn remove_meta(&mut self, key: &str) -> Result<()> {
+        if self.recording() {
+            if let Some((old, _)) = self.meta(key)? {
+                self.hist_note_copy(ItemKind::Meta, key, Some(&old), None)?;
+            }
+        }
         self.conn
             .prepare_cached("DELETE FROM meta WHERE k=?1")?
             .execute([key])?;
@@ -704,5 +747,9 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    fn history(&mut self) -> Option<&mut dyn super::history::History> {
+        Some(self)
     }
 }
