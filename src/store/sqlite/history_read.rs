@@ -275,8 +275,13 @@ impl SqliteStore {
             )?
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
+        let oldest: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT at FROM hist_runs ORDER BY seq LIMIT 1")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
         Ok(match (run, pruned) {
-            (Some((_, at)), Some(p)) if at <= p => err!(
+            (Some((_, at)), Some(p)) if oldest.is_none_or(|o| at < o) => err!(
                 libc::ENOENT,
                 "run {id} is out of the history's retention (entries up to {} were pruned): it cannot be undone or restored to",
                 rfc3339(p)
