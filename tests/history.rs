@@ -183,3 +183,97 @@ fn sigkill_in_the_middle_of_an_undo_and_a_restore_is_all_or_nothing() {
     assert_eq!(read(&dm, "alice/state/x").as_deref(), Some("1\n"));
     assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("1\n"));
 }
+
+#[test]
+fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/policy.cedar"), BOB_WRITES_SHARED).unwrap();
+    let a = id(&alice(&m, "a.rhai", r#"set("n", 1); 0"#));
+    std::thread::sleep(Duration::from_millis(20));
+    let t = alice(&m, "t.rhai", "0")["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    let b = m.run_in("bob/peers/alice", "w.rhai", r#"set("shared/n", 2); 0"#);
+    let b = id(&b);
+    // A write through the mount is an entry too.
+    std::fs::write(m.p("alice/state/m"), "through the mount\n").unwrap();
+
+    // Hidden from ls without -a; one folder per changing run, in time order.
+    assert!(!sh_ok(&format!("ls {}", q(&m.p("alice")))).contains(".history"));
+    assert!(sh_ok(&format!("ls -a {}", q(&m.p("alice")))).contains(".history"));
+    let runs = m.names("alice/.history");
+    assert_eq!(
+        runs.len(),
+        4,
+        "policy write, A, B, the mount write: {runs:?}"
+    );
+    assert_eq!(&runs[1..3], &[a.clone(), b.clone()]);
+    let w = runs[3].clone();
+
+    assert_eq!(
+        read(&m, &format!("alice/.history/{a}/state/n")).as_deref(),
+        Some("1\n")
+    );
+    assert_eq!(
+        read(&m, &format!("alice/.history/{a}/state/shared/n")),
+        None
+    );
+    assert_eq!(m.names(&format!("alice/.history/{a}/state")), ["n"]);
+    assert_eq!(
+        m.names(&format!("alice/.history/{b}/state")),
+        ["n", "shared"]
+    );
+    assert_eq!(
+        read(&m, &format!("alice/.history/{b}/state/shared/n")).as_deref(),
+        Some("2\n")
+    );
+    let c: serde_json::Value =
+        serde_json::from_str(&read(&m, &format!("alice/.history/{b}/changes.json")).unwrap())
+            .unwrap();
+    assert_eq!(c["caller"], "bob", "{c}");
+    assert_eq!(c["script"], "w.rhai", "{c}");
+    assert_eq!(c["changes"][0]["item"], "shared/n", "{c}");
+    assert_eq!(c["changes"][0]["before"], serde_json::Value::Null, "{c}");
+    assert_eq!(c["changes"][0]["after"]["value"], "2\n", "{c}");
+    let c = read(&m, &format!("alice/.history/{w}/changes.json")).unwrap();
+    assert!(c.contains("write state/m"), "{c}");
+
+    // @time: the peer as it was then, never listed.
+    assert_eq!(
+        read(&m, &format!("alice/.history/@{t}/state/n")).as_deref(),
+        Some("1\n")
+    );
+    assert_eq!(m.names(&format!("alice/.history/@{t}/state")), ["n"]);
+    assert!(!m.names("alice/.history").iter().any(|n| n.starts_with('@')));
+    let e = std::fs::read_dir(m.p("alice/.history/@2001-01-01T00:00:00Z/state"));
+    assert!(e.is_ok(), "before every entry: the peer as it began");
+    expect_errno(
+        std::fs::read_dir(m.p("alice/.history/@yesterday")),
+        libc::EINVAL,
+        "a name after @ that is not a time",
+    );
+    expect_errno(
+        std::fs::read_dir(m.p("alice/.history/01NOTARUN")),
+        libc::ENOENT,
+        "no such run",
+    );
+
+    // Read only.
+    let f = m.p(&format!("alice/.history/{a}/state/n"));
+    assert!(std::fs::write(&f, "9").is_err());
+    assert!(std::fs::remove_file(&f).is_err());
+    assert!(std::fs::create_dir(m.p(&format!("alice/.history/{a}/state/d"))).is_err());
+    assert_eq!(
+        read(&m, &format!("alice/.history/{a}/state/n")).as_deref(),
+        Some("1\n")
+    );
+
+    // The mount write is undone like a run.
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{w}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/state/m"), None);
+}

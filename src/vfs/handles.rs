@@ -99,6 +99,7 @@ impl Vfs {
             Reserved {
                 kind: Kind::File, ..
             } => Ok(Vec::new()),
+            HistStateFile { .. } | HistChanges { .. } => self.hist_contents(node),
             _ => Err(err!(libc::EISDIR, "not a file")),
         }
     }

@@ -30,6 +30,7 @@ mod commit;
 pub mod flags;
 mod handle;
 mod handles;
+mod history;
 mod meta;
 pub mod node;
 mod staging;

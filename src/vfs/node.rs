@@ -91,6 +91,29 @@ pub enum Node {
     Policy(String),
     Groups(String),
     Log(String),
+    /// `peer/.history/`: one folder per entry of the peer's history.
+    History(String),
+    /// `.history/<run id>/` or `.history/@<RFC 3339>/` (`at` is the name).
+    HistAt {
+        peer: String,
+        at: String,
+    },
+    /// `.history/<at>/state/...`: the state as it was then.
+    HistState {
+        peer: String,
+        at: String,
+        dir: String,
+    },
+    HistStateFile {
+        peer: String,
+        at: String,
+        key: String,
+    },
+    /// `.history/<run id>/changes.json`
+    HistChanges {
+        peer: String,
+        at: String,
+    },
     /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
     /// in `peer`'s own folder (target == peer) or its view of `target`.
     Reserved {
@@ -124,7 +147,13 @@ impl Node {
         use Node::*;
         match self {
             Root | MetaDir | MetaFile(_) => None,
-            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) => Some(p),
+            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) | History(p) => {
+                Some(p)
+            }
+            HistAt { peer, .. }
+            | HistState { peer, .. }
+            | HistStateFile { peer, .. }
+            | HistChanges { peer, .. } => Some(peer),
             Inbox { peer, .. }
             | InboxFile { peer, .. }
             | Outbox { peer, .. }
@@ -174,6 +203,9 @@ impl Node {
                 | Peers(_)
                 | View { .. }
                 | ViewState { .. }
+                | History(_)
+                | HistAt { .. }
+                | HistState { .. }
         )
     }
 
@@ -241,6 +273,17 @@ impl std::fmt::Display for Node {
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
             Log(p) => write!(f, "{p}/{log}"),
+            History(p) => write!(f, "{p}/{}", l::HISTORY.name),
+            HistAt { peer, at } => write!(f, "{peer}/{}/{at}", l::HISTORY.name),
+            HistState { peer, at, dir } => {
+                write!(f, "{peer}/{}/{at}/{state}", l::HISTORY.name).and_then(|()| sub(f, dir))
+            }
+            HistStateFile { peer, at, key } => {
+                write!(f, "{peer}/{}/{at}/{state}/{key}", l::HISTORY.name)
+            }
+            HistChanges { peer, at } => {
+                write!(f, "{peer}/{}/{at}/{CHANGES}", l::HISTORY.name)
+            }
             Reserved {
                 peer, target, name, ..
             } => at(f, peer, target).and_then(|()| write!(f, "/{name}")),
@@ -270,6 +313,9 @@ impl Node {
         }
     }
 }
+
+/// The file of a history entry that says what it changed.
+pub const CHANGES: &str = "changes.json";
 
 /// `dir` + `/` + `name` as a state key ("" + name is name).
 pub fn join_key(dir: &str, name: &str) -> String {
