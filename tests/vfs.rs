@@ -147,6 +147,7 @@ fn the_tree_is_the_path_grammar() {
     assert_eq!(
         names(&v.readdir(&alice).unwrap()),
         [
+            ".history",
             "groups",
             "inbox",
             "log",
