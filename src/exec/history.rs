@@ -49,6 +49,11 @@ impl Core {
         };
         let ended = h.end_entry()?;
         let mut fx = Vec::new();
+        if !self.0.cfg.history.records() {
+            // History turned off: entries kept from before go (once), so that no
+            // entry outlives changes it did not see.
+            h.prune(now_ns(), &self.0.cfg.history)?;
+        }
         if !ended.kept {
             return Ok(fx);
         }

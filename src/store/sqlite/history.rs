@@ -25,6 +25,10 @@ pub(super) struct Ver {
 pub(super) struct Recorder {
     cur: Option<(i64, EntryHead)>,
     pub(super) bytes: Option<u64>,
+    /// The next entry's seq, once known (forgotten at a rollback).
+    next: Option<i64>,
+    /// The open entry's row is written (forgotten at a rollback).
+    head: bool,
     /// The open entry changed a policy text / a module.
     meta: bool,
     modules: bool,
@@ -60,10 +64,15 @@ impl SqliteStore {
     }
 
     pub(super) fn hist_begin(&mut self, head: &EntryHead) -> Result<()> {
-        let seq: i64 = self
-            .conn
-            .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM hist_runs")?
-            .query_row([], |r| r.get(0))?;
+        let seq = match self.hist.next {
+            Some(s) => s,
+            None => self
+                .conn
+                .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM hist_runs")?
+                .query_row([], |r| r.get(0))?,
+        };
+        self.hist.next = Some(seq);
+        self.hist.head = false;
         self.hist.cur = Some((seq, head.clone()));
         self.hist.meta = false;
         self.hist.modules = false;
@@ -73,7 +82,14 @@ impl SqliteStore {
     /// Stops recording (after a rollback the entry is gone with its changes).
     pub(super) fn hist_forget(&mut self) {
         self.hist.cur = None;
+        self.hist_rolled_back();
+    }
+
+    /// After a rollback (to a savepoint too): what is cached may be gone.
+    pub(super) fn hist_rolled_back(&mut self) {
         self.hist.bytes = None;
+        self.hist.next = None;
+        self.hist.head = false;
     }
 
     pub(super) fn hist_end(&mut self) -> Result<Ended> {
@@ -101,6 +117,7 @@ impl SqliteStore {
                 .execute([seq])?;
             return Ok(ended);
         };
+        self.hist.next = Some(seq + 1);
         self.conn
             .prepare_cached("UPDATE hist_runs SET bytes=?2, at=?3 WHERE seq=?1")?
             .execute(params![seq, bytes, now_ns()])?;
@@ -117,6 +134,10 @@ impl SqliteStore {
             return Ok(None);
         };
         let seq = *seq;
+        if self.hist.head {
+            return Ok(Some(seq));
+        }
+        self.hist.head = true;
         self.conn
             .prepare_cached(
                 "INSERT OR IGNORE INTO hist_runs(seq, id, name, caller, chain, at, bytes) VALUES(?1,?2,?3,?4,?5,?6,0)",
@@ -187,43 +208,57 @@ impl SqliteStore {
                 Some(b) if b == Some(data) => return Ok(true),
                 Some(_) => {}
             }
-            let other: Option<i64> = self
-                .conn
-                .prepare_cached(
-                    "SELECT 1 FROM hist_changes WHERE b_ref=?1 UNION ALL
-                     SELECT 1 FROM hist_changes WHERE a_ref=?1 AND NOT (seq=?2 AND kind=?3 AND item=?4) LIMIT 1",
-                )?
-                .query_row(params![data, seq, kind.as_str(), item], |r| r.get(0))
-                .optional()?;
-            return Ok(other.is_some());
+            // `data` came to the item in this entry: made here (only this
+            // entry's `after` names it), or a kept version (some `before` does).
+            return self.named_before(data);
         }
-        self.hist_named(data)
+        Ok(self.named_before(data)? || self.latest_after(kind, item, data)?)
     }
 
-    /// Whether a kept entry names the value row `data`.
-    fn hist_named(&mut self, data: i64) -> Result<bool> {
+    /// Whether a kept entry's `before` names the value row `data`.
+    fn named_before(&mut self, data: i64) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT 1 FROM hist_changes WHERE b_ref=?1 UNION ALL
-                 SELECT 1 FROM hist_changes WHERE a_ref=?1 LIMIT 1",
-            )?
+            .prepare_cached("SELECT 1 FROM hist_changes WHERE b_ref=?1 LIMIT 1")?
             .query_row([data], |r| r.get::<_, i64>(0))
             .optional()?
             .is_some())
     }
 
-    /// Deletes the value row `data` unless the live state or a kept entry names it.
+    /// Whether `data` is the `after` of the latest entry that changed the item.
+    /// (An older entry's `after` is the `before` of the next change: a value
+    /// named only as an `after` is the item's live value or one this entry made.)
+    fn latest_after(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<bool> {
+        let a: Option<Option<i64>> = self
+            .conn
+            .prepare_cached(
+                "SELECT a_ref FROM hist_changes WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![kind.as_str(), item], |r| r.get(0))
+            .optional()?;
+        Ok(a == Some(Some(data)))
+    }
+
+    /// Deletes the value row `data` unless the live state or a kept entry's
+    /// `before` names it (see `latest_after`), or, outside an entry, it is the
+    /// `after` of the latest entry that changed `item`, whose value it was.
     pub(super) fn free_data(&mut self, data: i64) -> Result<()> {
         self.conn
             .prepare_cached(
                 "DELETE FROM state_data WHERE id=?1
                    AND NOT EXISTS (SELECT 1 FROM state WHERE id=?1)
-                   AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE b_ref=?1)
-                   AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE a_ref=?1)",
+                   AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE b_ref=?1)",
             )?
             .execute([data])?;
         Ok(())
+    }
+
+    /// [`SqliteStore::free_data`] of the value `item` held until now.
+    pub(super) fn free_old(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<()> {
+        if !self.recording() && self.latest_after(kind, item, data)? {
+            return Ok(());
+        }
+        self.free_data(data)
     }
 
     /// Records a change of a module or a meta text (kept in their own tables,

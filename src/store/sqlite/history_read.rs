@@ -212,7 +212,7 @@ impl SqliteStore {
             .execute(params![key, v.size, now, v.typed, v.data, v.mode])?;
         self.hist_note(ItemKind::State, key, old, Some(v))?;
         if let Some(o) = old {
-            self.free_data(o.data)?;
+            self.free_old(ItemKind::State, key, o.data)?;
         } else {
             self.touch_parent(key, now)?;
         }
@@ -355,10 +355,14 @@ impl History for SqliteStore {
                         ));
                     }
                 }
+                // Entries end in seq order: the newest first, back to the time.
                 let seq: Option<i64> = self
                     .conn
-                    .prepare_cached("SELECT max(seq) FROM hist_runs WHERE at<=?1")?
-                    .query_row([t], |r| r.get(0))?;
+                    .prepare_cached(
+                        "SELECT seq FROM hist_runs WHERE at<=?1 ORDER BY seq DESC LIMIT 1",
+                    )?
+                    .query_row([t], |r| r.get(0))
+                    .optional()?;
                 Ok(seq.unwrap_or(0))
             }
         }

@@ -116,7 +116,7 @@ impl Store for SqliteStore {
         if let Some(m) = self.marks.pop() {
             self.log_buf.truncate(m);
         }
-        self.hist.bytes = None;
+        self.hist_rolled_back();
         self.exec("ROLLBACK TO run")?;
         self.exec("RELEASE run")
     }
@@ -158,7 +158,7 @@ impl Store for SqliteStore {
         self.conn
             .prepare_cached("DELETE FROM state WHERE key=?1")?
             .execute([key])?;
-        self.free_data(old.data)?;
+        self.free_old(ItemKind::State, key, old.data)?;
         self.touch_parent(key, now_ns())?;
         self.reclaim()?;
         Ok(true)

@@ -69,14 +69,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS hist_runs(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
         name TEXT NOT NULL, caller TEXT NOT NULL, chain TEXT, at INTEGER NOT NULL,
         bytes INTEGER NOT NULL DEFAULT 0);
-     CREATE INDEX IF NOT EXISTS hist_runs_at ON hist_runs(at);
      CREATE TABLE IF NOT EXISTS hist_changes(seq INTEGER NOT NULL, kind TEXT NOT NULL, item TEXT NOT NULL,
         b_ref INTEGER, b_typed INTEGER, b_size INTEGER, b_mode INTEGER,
         a_ref INTEGER, a_typed INTEGER, a_size INTEGER, a_mode INTEGER,
         PRIMARY KEY(seq, kind, item)) WITHOUT ROWID;
      CREATE INDEX IF NOT EXISTS hist_item ON hist_changes(kind, item, seq);
      CREATE INDEX IF NOT EXISTS hist_bref ON hist_changes(b_ref) WHERE b_ref IS NOT NULL;
-     CREATE INDEX IF NOT EXISTS hist_aref ON hist_changes(a_ref) WHERE a_ref IS NOT NULL;
      CREATE INDEX IF NOT EXISTS state_id ON state(id);",
 ];
 
