@@ -252,6 +252,16 @@ enum PeerCmd {
         #[arg(long)]
         data: PathBuf,
     },
+    /// Returns a peer of a stopped daemon to a point of its history (one
+    /// undoable entry; the log says what it undid).
+    Restore {
+        name: String,
+        /// A run id of the peer's history, or an RFC 3339 time.
+        #[arg(long, value_name = "TIME|RUN")]
+        to: Option<String>,
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -1026,7 +1036,40 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
             let p = r.remove(&name)?;
             println!("moved peer {name} to {}", p.display());
         }
+        PeerCmd::Restore { name, to, data } => match to {
+            Some(to) => restore_to(&name, &to, &data)?,
+            None => {
+                return Err(peerfs::Error::new(
+                    libc::EINVAL,
+                    format!("peer restore {name}: say where to with --to TIME|RUN"),
+                ))
+            }
+        },
     }
+    Ok(())
+}
+
+/// `peer restore NAME --to TIME|RUN`: the daemon must be stopped (the data
+/// folder's lock says so).
+fn restore_to(name: &str, to: &str, data: &Path) -> peerfs::Result<()> {
+    let _lock = lock_data(data, "peer restore")?;
+    let r = peerfs::peer::Registry::new(data, None)?;
+    if !r.exists(name) {
+        return Err(peerfs::Error::new(
+            libc::ENOENT,
+            format!("no peer named {name:?} in {}", data.display()),
+        ));
+    }
+    let point = peerfs::store::history::Point::parse(to)?;
+    let (undone, id) = peerfs::peer::restore_offline(&r.path_of(name), name, &point)?;
+    println!(
+        "restored peer {name} to {to} as run {id}: undid {}",
+        if undone.is_empty() {
+            "nothing".to_string()
+        } else {
+            undone.join(", ")
+        }
+    );
     Ok(())
 }
 

@@ -277,3 +277,49 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
     assert_eq!(u["status"], "ok", "{u}");
     assert_eq!(read(&m, "alice/state/m"), None);
 }
+
+/// `peerfs peer restore NAME --to RUN|TIME` for a stopped daemon: refused while
+/// the daemon holds the data folder; then one undoable entry, logged.
+#[test]
+fn peer_restore_returns_a_stopped_peer_to_a_run() {
+    let (_d, data, mnt, work) = dirs();
+    let mut dm = Daemon::start(&data, &mnt, &work, &[]);
+    dm.add_peer("alice");
+    let a = id(&dm.run("alice", "a.rhai", r#"set("x", 1); 0"#));
+    dm.run("alice", "b.rhai", r#"set("x", 2); set("y", 2); 0"#);
+    let restore = |to: &str| {
+        std::process::Command::new(BIN)
+            .args(["peer", "restore", "alice", "--to", to, "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let busy = restore(&a);
+    assert!(!busy.status.success(), "refused while the daemon runs");
+    dm.signal(libc::SIGTERM);
+    assert!(dm.wait(Duration::from_secs(10)).success());
+    drop(dm);
+    let out = restore("01NOSUCHRUN");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no run"),
+        "{out:?}"
+    );
+    let out = restore(&a);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("undid "), "{said}");
+    let dm = Daemon::start(&data, &mnt, &work, &[]);
+    assert_eq!(read(&dm, "alice/state/x").as_deref(), Some("1\n"));
+    assert_eq!(read(&dm, "alice/state/y"), None);
+    assert!(dm.log_of("alice").contains(&format!("restore_to {a} by")));
+    // The restore is an entry: undone by a script, x and y come back.
+    let runs = dm.names("alice/.history");
+    let r = dm.run(
+        "alice",
+        "u.rhai",
+        &format!(r#"undo("{}")"#, runs.last().unwrap()),
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("2\n"));
+}

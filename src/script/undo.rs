@@ -56,11 +56,7 @@ fn undo(run: &str, opts: Map) -> RhaiResult<Dynamic> {
 
 /// Returns the whole peer to right after a run, or to a time; the run ids undone.
 fn restore_to(point: &str) -> RhaiResult<Dynamic> {
-    let point = if point.contains('T') && point.contains(':') {
-        Point::Time(crate::util::parse_rfc3339(point).map_err(|e| e.message)?)
-    } else {
-        Point::Run(point.to_string())
-    };
+    let point = Point::parse(point).map_err(|e| e.message)?;
     with_ctx(|c| {
         owner_only(c, "restore_to")?;
         let st = store_w(c)?;

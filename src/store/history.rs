@@ -94,6 +94,18 @@ pub enum Point {
     Time(i64),
 }
 
+impl Point {
+    /// A run id, or an RFC 3339 time (it has a `T` and a `:`; run ids never
+    /// have a `:`).
+    pub fn parse(text: &str) -> Result<Point> {
+        Ok(if text.contains('T') && text.contains(':') {
+            Point::Time(crate::util::parse_rfc3339(text)?)
+        } else {
+            Point::Run(text.to_string())
+        })
+    }
+}
+
 /// How long the history keeps entries, and how many bytes of old values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
