@@ -323,3 +323,49 @@ fn peer_restore_returns_a_stopped_peer_to_a_run() {
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("2\n"));
 }
+
+#[test]
+fn a_snapshot_is_a_read_only_copy_that_outlives_retention_until_rmdir() {
+    let m = Mounted::with(
+        |c| {
+            c.history.max_age_ns = 200_000_000;
+        },
+        Default::default(),
+    );
+    m.add_peer("alice");
+    alice(&m, "a.rhai", r#"set("k", 1); set("d/x", "x"); 0"#);
+    assert!(m.names("alice/.snapshots").is_empty());
+    std::fs::create_dir(m.p("alice/.snapshots/before")).unwrap();
+    expect_errno(
+        std::fs::create_dir(m.p("alice/.snapshots/before")),
+        libc::EEXIST,
+        "a second snapshot of one name",
+    );
+    let a = id(&alice(&m, "b.rhai", r#"set("k", 2); remove("d/x"); 0"#));
+    std::thread::sleep(Duration::from_millis(300));
+    alice(&m, "c.rhai", r#"set("k", 3); 0"#);
+    // The history's entries of then are pruned; the snapshot is not.
+    assert!(!m.names("alice/.history").contains(&a));
+    assert_eq!(m.names("alice/.snapshots"), ["before"]);
+    assert_eq!(m.names("alice/.snapshots/before/state"), ["d", "k"]);
+    assert_eq!(
+        read(&m, "alice/.snapshots/before/state/k").as_deref(),
+        Some("1\n")
+    );
+    assert_eq!(
+        read(&m, "alice/.snapshots/before/state/d/x").as_deref(),
+        Some("x")
+    );
+    assert_eq!(read(&m, "alice/state/k").as_deref(), Some("3\n"));
+    let f = m.p("alice/.snapshots/before/state/k");
+    assert!(std::fs::write(&f, "9").is_err());
+    assert!(std::fs::remove_file(&f).is_err());
+    assert!(!sh_ok(&format!("ls {}", q(&m.p("alice")))).contains("snapshots"));
+    std::fs::remove_dir(m.p("alice/.snapshots/before")).unwrap();
+    assert!(m.names("alice/.snapshots").is_empty());
+    expect_errno(
+        std::fs::read_dir(m.p("alice/.snapshots/before/state")),
+        libc::ENOENT,
+        "a removed snapshot",
+    );
+}

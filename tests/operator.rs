@@ -862,6 +862,7 @@ fn policy_and_groups_can_be_edited_with_sed_vim_and_mv() {
         d.names("alice"),
         [
             ".history",
+            ".snapshots",
             "groups",
             "inbox",
             "log",

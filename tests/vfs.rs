@@ -148,6 +148,7 @@ fn the_tree_is_the_path_grammar() {
         names(&v.readdir(&alice).unwrap()),
         [
             ".history",
+            ".snapshots",
             "groups",
             "inbox",
             "log",

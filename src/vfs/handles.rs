@@ -100,6 +100,7 @@ impl Vfs {
                 kind: Kind::File, ..
             } => Ok(Vec::new()),
             HistStateFile { .. } | HistChanges { .. } => self.hist_contents(node),
+            SnapStateFile { .. } => self.snap_contents(node),
             _ => Err(err!(libc::EISDIR, "not a file")),
         }
     }

@@ -33,6 +33,7 @@ mod handles;
 mod history;
 mod meta;
 pub mod node;
+mod snapshots;
 mod staging;
 mod tree;
 mod view;

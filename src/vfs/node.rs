@@ -114,6 +114,24 @@ pub enum Node {
         peer: String,
         at: String,
     },
+    /// `peer/.snapshots/`: one folder per snapshot taken with mkdir.
+    Snapshots(String),
+    /// `.snapshots/<name>/`
+    Snapshot {
+        peer: String,
+        name: String,
+    },
+    /// `.snapshots/<name>/state/...`: the state as the snapshot holds it.
+    SnapState {
+        peer: String,
+        name: String,
+        dir: String,
+    },
+    SnapStateFile {
+        peer: String,
+        name: String,
+        key: String,
+    },
     /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
     /// in `peer`'s own folder (target == peer) or its view of `target`.
     Reserved {
@@ -147,8 +165,10 @@ impl Node {
         use Node::*;
         match self {
             Root | MetaDir | MetaFile(_) => None,
-            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) | History(p) => {
-                Some(p)
+            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) | History(p)
+            | Snapshots(p) => Some(p),
+            Snapshot { peer, .. } | SnapState { peer, .. } | SnapStateFile { peer, .. } => {
+                Some(peer)
             }
             HistAt { peer, .. }
             | HistState { peer, .. }
@@ -206,6 +226,9 @@ impl Node {
                 | History(_)
                 | HistAt { .. }
                 | HistState { .. }
+                | Snapshots(_)
+                | Snapshot { .. }
+                | SnapState { .. }
         )
     }
 
@@ -280,6 +303,14 @@ impl std::fmt::Display for Node {
             }
             HistStateFile { peer, at, key } => {
                 write!(f, "{peer}/{}/{at}/{state}/{key}", l::HISTORY.name)
+            }
+            Snapshots(p) => write!(f, "{p}/{}", l::SNAPSHOTS.name),
+            Snapshot { peer, name } => write!(f, "{peer}/{}/{name}", l::SNAPSHOTS.name),
+            SnapState { peer, name, dir } => {
+                write!(f, "{peer}/{}/{name}/{state}", l::SNAPSHOTS.name).and_then(|()| sub(f, dir))
+            }
+            SnapStateFile { peer, name, key } => {
+                write!(f, "{peer}/{}/{name}/{state}/{key}", l::SNAPSHOTS.name)
             }
             HistChanges { peer, at } => {
                 write!(f, "{peer}/{}/{at}/{CHANGES}", l::HISTORY.name)

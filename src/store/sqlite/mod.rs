@@ -8,7 +8,8 @@
 //! `schema` (the tables and their migrations), `state` (how a value is kept: the
 //! shape of keys and folders, one blob per value, giving space back), `folders`
 //! (folders of `state/` kept apart from keys), `history` and `history_read`
-//! (what each run changed, kept by reference; undo and restore) and the tests.
+//! (what each run changed, kept by reference; undo and restore), `snapshot`
+//! (a consistent copy in a file of its own) and the tests.
 
 mod folders;
 mod history;
@@ -17,6 +18,7 @@ mod history_read;
 mod history_tests;
 mod open;
 mod schema;
+mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -32,6 +34,7 @@ use super::{rows, DirEntry, FileStat, Folder, Job, OutboxEntry, Outgoing, Store}
 use crate::error::err;
 use crate::error::Result;
 use crate::util::now_ns;
+pub use snapshot::copy_store;
 use state::prefix_end;
 
 pub struct SqliteStore {
