@@ -77,6 +77,7 @@ pub struct Settings {
     pub limits: LimitSets,
     pub lattice: LatticeSettings,
     pub replica: ReplicaSettings,
+    pub history: HistorySettings,
 }
 
 /// `[replica]`: every peer's store shipped to object storage (docs/operating.md).
@@ -130,6 +131,30 @@ impl Default for ReplicaSettings {
     }
 }
 
+}
+
+/// `[history]`: what each peer's history keeps (docs/guide.md, History).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistorySettings {
+    /// How long an entry is kept: `30d`, `12h`, `90m`, `45s` or seconds as a
+    /// number; `0` keeps no history at all.
+    #[serde(deserialize_with = "age")]
+    pub max_age: String,
+    /// Bytes of old values each peer's history keeps at most (the oldest
+    /// entries go first); 0: no bound but the age.
+    pub max_bytes: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> HistorySettings {
+        HistorySettings {
+            max_age: "30d".into(),
+            max_bytes: 0,
+        }
+    }
+}
+
 impl ReplicaSettings {
     /// How to replicate, when `url` is set.
     pub fn options(&self) -> crate::Result<Option<crate::replica::Options>> {
@@ -157,6 +182,44 @@ fn replica_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
 fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let text = String::deserialize(d)?;
     crate::replica::parse_duration(&text).map_err(|e| serde::de::Error::custom(e.message))?;
+    Ok(text)
+}
+
+/// Seconds of an age written `30d`, `12h`, `90m`, `45s` or `120`.
+pub fn parse_age(text: &str) -> crate::Result<u64> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&t[..i], &t[i..]),
+        None => (t, "s"),
+    };
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match num.parse::<u64>() {
+        Ok(n) if mult > 0 && n <= 100 * 365 * 86_400 / mult => Ok(n * mult),
+        _ => Err(err!(
+            libc::EINVAL,
+            "{text:?} is not an age: write a number and a unit (s, m, h, d), like 30d, at most 100 years"
+        )),
+    }
+}
+
+fn age<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Secs(u64),
+        Text(String),
+    }
+    let text = match Given::deserialize(d)? {
+        Given::Secs(n) => n.to_string(),
+        Given::Text(t) => t,
+    };
+    parse_age(&text).map_err(|e| serde::de::Error::custom(e.message))?;
     Ok(text)
 }
 
@@ -344,6 +407,7 @@ impl Default for Settings {
             limits: LimitSets::default(),
             lattice: LatticeSettings::default(),
             replica: ReplicaSettings::default(),
+            history: HistorySettings::default(),
         }
     }
 }
@@ -752,6 +816,10 @@ impl Effective {
         c.metrics_peer_labels = s.metrics.peer_labels;
         c.joins_lattice = s.lattice.nats.is_some() || s.lattice.creds.is_some();
         c.replica = s.replica.options()?;
+        c.history = crate::store::history::Retention {
+            max_age_ns: (parse_age(&s.history.max_age)? as i64).saturating_mul(1_000_000_000),
+            max_bytes: s.history.max_bytes,
+        };
         Ok(c)
     }
 }

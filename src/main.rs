@@ -252,20 +252,26 @@ enum PeerCmd {
         #[arg(long)]
         data: PathBuf,
     },
-    /// Rebuilds a peer's store: from its replica in object storage (`--from`).
+    /// Rebuilds or returns a peer of a stopped daemon: to a point of its own
+    /// history (`--to`: one undoable entry, the log says what it undid), or
+    /// from its replica in object storage (`--from`).
     Restore {
         name: String,
         #[arg(long)]
         data: PathBuf,
+        /// A run id of the peer's history, or an RFC 3339 time.
+        #[arg(long, value_name = "TIME|RUN", conflicts_with = "from")]
+        to: Option<String>,
         /// The replica: s3://BUCKET/PREFIX or file:///PATH (the endpoint, region
         /// and credentials file come from the config file's [replica] or -o).
         #[arg(long, value_name = "URL")]
-        from: String,
-        /// As of this time (RFC 3339, UTC: 2026-01-02T03:04:05Z), within the
-        /// replica's retention; default: the latest.
+        from: Option<String>,
+        /// With --from: as of this time (RFC 3339, UTC: 2026-01-02T03:04:05Z),
+        /// within the replica's retention; default: the latest.
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
-        /// Replace a peer that exists in DATA (its file is kept under DATA/removed/).
+        /// With --from: replace a peer that exists in DATA (its file is kept
+        /// under DATA/removed/).
         #[arg(long)]
         force: bool,
         /// A config file whose [replica] settings apply (endpoint, credentials).
@@ -1053,11 +1059,29 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
             name,
             data,
             from,
+            to,
             at,
             force,
             config,
             options,
-        } => restore_from_replica(name, data, from, at, force, config, options)?,
+        } => match (from, to) {
+            (Some(from), None) => {
+                restore_from_replica(name, data, from, at, force, config, options)?
+            }
+            (None, Some(to)) if at.is_none() && !force => restore_to(&name, &to, &data)?,
+            (None, Some(_)) => {
+                return Err(peerfs::Error::new(
+                    libc::EINVAL,
+                    format!("peer restore {name}: --at and --force go with --from (a replica); --to TIME|RUN is a point of the peer's own history"),
+                ))
+            }
+            _ => {
+                return Err(peerfs::Error::new(
+                    libc::EINVAL,
+                    format!("peer restore {name}: say from where: --to TIME|RUN (the peer's own history) or --from URL (its replica), one of the two"),
+                ))
+            }
+        },
     }
     Ok(())
 }
@@ -1105,6 +1129,26 @@ fn restore_from_replica(
         r.path.display(),
         r.generation,
         r.segments
+/// `peer restore NAME --to TIME|RUN`: the daemon must be stopped (the data
+/// folder's lock says so).
+fn restore_to(name: &str, to: &str, data: &Path) -> peerfs::Result<()> {
+    let _lock = lock_data(data, "peer restore")?;
+    let r = peerfs::peer::Registry::new(data, None)?;
+    if !r.exists(name) {
+        return Err(peerfs::Error::new(
+            libc::ENOENT,
+            format!("no peer named {name:?} in {}", data.display()),
+        ));
+    }
+    let point = peerfs::store::history::Point::parse(to)?;
+    let (undone, id) = peerfs::peer::restore_offline(&r.path_of(name), name, &point)?;
+    println!(
+        "restored peer {name} to {to} as run {id}: undid {}",
+        if undone.is_empty() {
+            "nothing".to_string()
+        } else {
+            undone.join(", ")
+        }
     );
     Ok(())
 }

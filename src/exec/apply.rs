@@ -209,12 +209,14 @@ impl Core {
             | Op::SetMode(..)
             | Op::MakeDir(_)
             | Op::RemoveDir(_)
-            | Op::SetDirAttrs { .. } => self.apply_state(st, op),
+            | Op::SetDirAttrs { .. } => {
+                self.with_history(st, &peer.name, op, |st| self.apply_state(st, op))
+            }
             Op::SetModule(..)
             | Op::RemoveModule(_)
             | Op::SetMeta(..)
             | Op::OutboxRemove(..)
-            | Op::Log(_) => Self::apply_files(st, op),
+            | Op::Log(_) => self.with_history(st, &peer.name, op, |st| Self::apply_files(st, op)),
             Op::Withdraw(name) => self.withdraw_queued(st, peer, name),
             Op::Delivered(id) => {
                 st.mark_delivered(id, now_ns())?;

@@ -62,6 +62,8 @@ pub struct Config {
     pub joins_lattice: bool,
     /// Ship every store to object storage (config `[replica]`); `None`: off.
     pub replica: Option<crate::replica::Options>,
+    /// What each peer's history keeps (config `[history]`); an age of 0 keeps none.
+    pub history: crate::store::history::Retention,
 }
 
 impl Config {
@@ -92,6 +94,7 @@ impl Config {
             script_cache_entries: crate::script::cache::MAX_ENTRIES,
             joins_lattice: false,
             replica: None,
+            history: Default::default(),
         }
     }
 }

@@ -20,6 +20,7 @@
 mod apply;
 mod config;
 mod deliver;
+mod history;
 mod intake;
 pub mod metrics;
 mod op;

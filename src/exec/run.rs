@@ -147,10 +147,12 @@ impl Core {
         }
         // The run's share of its chain's budget (a row from before budgets: a new one).
         let budget = self.budget_within(job.budget);
+        self.history_begin(st, &job.id, &job.name, &job.caller, &job.chain)?;
         let outcome = self.evaluate(st, peer, job, crashed, yield_at, budget);
         if let Some(e) = outcome.storage_error {
             return Err(e);
         }
+        let history_fx = self.history_end(st)?;
         if outcome.status == Status::Interrupted {
             return Ok(None);
         }
@@ -173,6 +175,7 @@ impl Core {
         if outcome.status == Status::Ok && outcome.wrote {
             fx.push(Effect::Changed(Change::State));
         }
+        fx.extend(history_fx);
         Ok(Some(fx))
     }
 

@@ -407,10 +407,39 @@ impl PeerFs {
 
     /// Counts the lookup before the reply goes out, so a FORGET cannot overtake it.
     fn entry(&self, reply: ReplyEntry, node: &Node, attr: &Attr) {
-        let ino = self.inodes.lookup(node);
-        let fa = file_attr(ino, attr);
-        reply.entry_with_ttls(&attr_ttl(node, fa.kind), &ttl(fa.kind), &fa, Generation(0));
+        entry_reply(&self.inodes, reply, node, attr)
     }
+
+    /// `mkdir .snapshots/NAME` copies the whole store: answered from a thread of
+    /// its own, so the dispatch threads go on serving meanwhile.
+    fn snapshot_mkdir(
+        &self,
+        parent: Node,
+        name: String,
+        who: crate::vfs::Caller,
+        reply: ReplyEntry,
+    ) {
+        let (vfs, inodes) = (self.vfs.clone(), self.inodes.clone());
+        let spawned = std::thread::Builder::new()
+            .name("peerfs-snapshot".into())
+            .spawn(move || match vfs.mkdir(&parent, &name, &who) {
+                Ok((node, attr)) => entry_reply(&inodes, reply, &node, &attr),
+                Err(e) => {
+                    vfs.refused("mkdir", &parent, Some(&name), &e);
+                    reply.error(errno("mkdir", &e))
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a thread to take a snapshot");
+        }
+    }
+}
+
+/// Counts the lookup before the reply goes out, so a FORGET cannot overtake it.
+fn entry_reply(inodes: &InodeTable<Node>, reply: ReplyEntry, node: &Node, attr: &Attr) {
+    let ino = inodes.lookup(node);
+    let fa = file_attr(ino, attr);
+    reply.entry_with_ttls(&attr_ttl(node, fa.kind), &ttl(fa.kind), &fa, Generation(0));
 }
 
 impl Filesystem for PeerFs {
@@ -516,12 +545,17 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
+            if matches!(parent, Node::Snapshots(_)) {
+                return Ok(Err((parent, name.to_string())));
+            }
             self.vfs
                 .mkdir(&parent, name, &caller(req))
+                .map(Ok)
                 .map_err(|e| self.refuse(OP, &parent, Some(name), &e))
         })();
         match r {
-            Ok((node, attr)) => self.entry(reply, &node, &attr),
+            Ok(Ok((node, attr))) => self.entry(reply, &node, &attr),
+            Ok(Err((parent, name))) => self.snapshot_mkdir(parent, name, caller(req), reply),
             Err(e) => reply.error(e),
         }
     }

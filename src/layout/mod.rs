@@ -55,6 +55,12 @@ pub enum Room {
     Peers,
     Text(PolicyText),
     Log,
+    /// `.history/`: the peer's past, read only, for its owner (`vfs/history.rs`;
+    /// the spool does not lay it out).
+    History,
+    /// `.snapshots/`: copies of the peer taken with mkdir, read only
+    /// (`vfs/snapshots.rs`; the spool does not lay it out).
+    Snapshots,
     /// Served by no code yet: shown empty and read-only (a room being built).
     Reserved,
 }
@@ -169,8 +175,27 @@ pub const LOG: Entry = Entry {
     in_view: false,
 };
 
+pub const HISTORY: Entry = Entry {
+    name: ".history",
+    kind: Kind::Dir,
+    mode: 0o500,
+    writer: Writer::Daemon,
+    close: Close::Nothing,
+    room: Room::History,
+    in_view: false,
+};
+
+pub const SNAPSHOTS: Entry = Entry {
+    name: ".snapshots",
+    mode: 0o700,
+    room: Room::Snapshots,
+    ..HISTORY
+};
+
 /// A peer's folder as it is served today, in the order `ls -U` shows it.
-pub const PEER_FOLDER: [Entry; 8] = [INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, LOG];
+pub const PEER_FOLDER: [Entry; 10] = [
+    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, LOG, HISTORY, SNAPSHOTS,
+];
 
 /// The entries of a peer's folder that the mount and the spool serve.
 #[derive(Debug, Clone, PartialEq, Eq)]

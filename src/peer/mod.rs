@@ -6,12 +6,14 @@ pub(crate) mod files;
 pub use crate::names as name;
 pub use files::private_dir;
 mod registry;
+mod restore;
 mod view;
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use registry::{PeerInfo, Registry};
+pub use restore::restore_offline;
 
 use crate::error::Result;
 use crate::store::{OpenReader, Store};

@@ -75,8 +75,8 @@ pub(super) struct Ctx {
     store: *mut (dyn Store + 'static),
     host: *const (dyn Host + 'static),
     stop: *const AtomicBool,
-    caller: String,
-    target: String,
+    pub(super) caller: String,
+    pub(super) target: String,
     deadline: Instant,
     yield_at: Option<Instant>,
     max_output: usize,
@@ -101,7 +101,7 @@ pub(super) struct Ctx {
     send_block: Option<String>,
     /// The run's share of its chain's budget (0: none) and the chain's origin.
     budget: u64,
-    origin: String,
+    pub(super) origin: String,
 }
 
 thread_local! {
@@ -175,9 +175,9 @@ pub(super) fn install(
     Guard(())
 }
 
-type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+pub(super) type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
-fn with_ctx<T>(f: impl FnOnce(&mut Ctx) -> RhaiResult<T>) -> RhaiResult<T> {
+pub(super) fn with_ctx<T>(f: impl FnOnce(&mut Ctx) -> RhaiResult<T>) -> RhaiResult<T> {
     CTX.with(|c| match c.borrow_mut().as_mut() {
         Some(ctx) => f(ctx),
         None => Err("host functions are only available inside a run".into()),
@@ -185,7 +185,7 @@ fn with_ctx<T>(f: impl FnOnce(&mut Ctx) -> RhaiResult<T>) -> RhaiResult<T> {
 }
 
 /// Ends the run for good (scripts cannot catch this): a denial or a limit.
-fn fatal(ctx: &mut Ctx, status: Status, msg: String) -> Box<EvalAltResult> {
+pub(super) fn fatal(ctx: &mut Ctx, status: Status, msg: String) -> Box<EvalAltResult> {
     ctx.fatal = Some((status, msg.clone()));
     Box::new(EvalAltResult::ErrorTerminated(msg.into(), Position::NONE))
 }
@@ -227,7 +227,7 @@ fn store(ctx: &mut Ctx) -> &mut dyn Store {
 }
 
 /// The store, for a write: the run's savepoint is opened first.
-fn store_w(ctx: &mut Ctx) -> RhaiResult<&mut dyn Store> {
+pub(super) fn store_w(ctx: &mut Ctx) -> RhaiResult<&mut dyn Store> {
     if !ctx.savepoint {
         // SAFETY: see `install`.
         if let Err(e) = unsafe { &mut *ctx.store }.savepoint() {
@@ -275,6 +275,7 @@ fn to_dyn(v: Option<Value>) -> RhaiResult<Dynamic> {
 pub(super) fn register(engine: &mut Engine) {
     register_state(engine);
     register_calls(engine);
+    super::undo::register(engine);
 }
 
 /// `get`, `set`, `remove` and `keys` on the target's state, each checked by

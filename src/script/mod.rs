@@ -1,6 +1,6 @@
 //! The Rhai engine: this file is the sandboxed run (compile, run, classify its
 //! end); beside it are the sandbox limits (`limits`), the host API and module
-//! resolver (`host`), the compiled-script cache (`cache`), value sizes (`sizes`)
+//! resolver (`host`), `undo` and `restore_to` (`undo`), the compiled-script cache (`cache`), value sizes (`sizes`)
 //! and the counting allocator (`alloc`).
 //!
 //! One [`ScriptEngine`] lives on each worker thread. A run installs its context
@@ -12,6 +12,7 @@ pub(crate) mod cache;
 mod host;
 mod limits;
 mod sizes;
+mod undo;
 
 use std::cell::RefCell;
 use std::sync::atomic::AtomicBool;

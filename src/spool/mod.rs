@@ -397,7 +397,9 @@ impl Shared {
         own: (u32, u32),
         texts: &[(PathBuf, Vec<u8>, u16)],
     ) -> Result<()> {
-        for e in self.layout.entries().iter().filter(|e| e.is_dir()) {
+        // `.history/` and `.snapshots/` are the mount's only (read from the store when asked).
+        let dirs = self.layout.entries().iter().filter(|e| e.is_dir());
+        for e in dirs.filter(|e| !matches!(e.room, Room::History | Room::Snapshots)) {
             files::make_dir(&dir.join(e.name), e.mode.into(), own)?;
         }
         for (other, info) in self.core.registry().list() {

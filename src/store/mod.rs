@@ -6,6 +6,7 @@
 //! inside `begin()`..`commit()`; each run inside that is wrapped in a savepoint so
 //! that one run's failure never undoes another's (group commit).
 
+pub mod history;
 pub mod journal;
 pub mod rows;
 pub mod sqlite;
@@ -166,6 +167,11 @@ pub trait Store: StateKeys + Documents + Queue + Messages + Results + AuditLog +
 
     /// Runs `PRAGMA integrity_check`.
     fn integrity_check(&mut self) -> Result<String>;
+
+    /// The store's history, if it keeps one (see [`history`]).
+    fn history(&mut self) -> Option<&mut dyn history::History> {
+        None
+    }
 }
 
 /// The peer's state: typed values (JSON) and their file bytes, and the kept folders of `state/`.

@@ -260,6 +260,14 @@ impl Vfs {
                     t,
                 )
             }
+            History(_)
+            | HistAt { .. }
+            | HistState { .. }
+            | HistStateFile { .. }
+            | HistChanges { .. } => self.hist_attr(node),
+            Snapshots(_) | Snapshot { .. } | SnapState { .. } | SnapStateFile { .. } => {
+                self.snap_attr(node)
+            }
             Log(p) => {
                 let peer = self.core.peer(p)?;
                 let size = peer.read(|s| s.log_size())?;

@@ -91,6 +91,47 @@ pub enum Node {
     Policy(String),
     Groups(String),
     Log(String),
+    /// `peer/.history/`: one folder per entry of the peer's history.
+    History(String),
+    /// `.history/<run id>/` or `.history/@<RFC 3339>/` (`at` is the name).
+    HistAt {
+        peer: String,
+        at: String,
+    },
+    /// `.history/<at>/state/...`: the state as it was then.
+    HistState {
+        peer: String,
+        at: String,
+        dir: String,
+    },
+    HistStateFile {
+        peer: String,
+        at: String,
+        key: String,
+    },
+    /// `.history/<run id>/changes.json`
+    HistChanges {
+        peer: String,
+        at: String,
+    },
+    /// `peer/.snapshots/`: one folder per snapshot taken with mkdir.
+    Snapshots(String),
+    /// `.snapshots/<name>/`
+    Snapshot {
+        peer: String,
+        name: String,
+    },
+    /// `.snapshots/<name>/state/...`: the state as the snapshot holds it.
+    SnapState {
+        peer: String,
+        name: String,
+        dir: String,
+    },
+    SnapStateFile {
+        peer: String,
+        name: String,
+        key: String,
+    },
     /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
     /// in `peer`'s own folder (target == peer) or its view of `target`.
     Reserved {
@@ -124,7 +165,15 @@ impl Node {
         use Node::*;
         match self {
             Root | MetaDir | MetaFile(_) => None,
-            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) => Some(p),
+            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) | History(p)
+            | Snapshots(p) => Some(p),
+            Snapshot { peer, .. } | SnapState { peer, .. } | SnapStateFile { peer, .. } => {
+                Some(peer)
+            }
+            HistAt { peer, .. }
+            | HistState { peer, .. }
+            | HistStateFile { peer, .. }
+            | HistChanges { peer, .. } => Some(peer),
             Inbox { peer, .. }
             | InboxFile { peer, .. }
             | Outbox { peer, .. }
@@ -174,6 +223,12 @@ impl Node {
                 | Peers(_)
                 | View { .. }
                 | ViewState { .. }
+                | History(_)
+                | HistAt { .. }
+                | HistState { .. }
+                | Snapshots(_)
+                | Snapshot { .. }
+                | SnapState { .. }
         )
     }
 
@@ -241,6 +296,25 @@ impl std::fmt::Display for Node {
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
             Log(p) => write!(f, "{p}/{log}"),
+            History(p) => write!(f, "{p}/{}", l::HISTORY.name),
+            HistAt { peer, at } => write!(f, "{peer}/{}/{at}", l::HISTORY.name),
+            HistState { peer, at, dir } => {
+                write!(f, "{peer}/{}/{at}/{state}", l::HISTORY.name).and_then(|()| sub(f, dir))
+            }
+            HistStateFile { peer, at, key } => {
+                write!(f, "{peer}/{}/{at}/{state}/{key}", l::HISTORY.name)
+            }
+            Snapshots(p) => write!(f, "{p}/{}", l::SNAPSHOTS.name),
+            Snapshot { peer, name } => write!(f, "{peer}/{}/{name}", l::SNAPSHOTS.name),
+            SnapState { peer, name, dir } => {
+                write!(f, "{peer}/{}/{name}/{state}", l::SNAPSHOTS.name).and_then(|()| sub(f, dir))
+            }
+            SnapStateFile { peer, name, key } => {
+                write!(f, "{peer}/{}/{name}/{state}/{key}", l::SNAPSHOTS.name)
+            }
+            HistChanges { peer, at } => {
+                write!(f, "{peer}/{}/{at}/{CHANGES}", l::HISTORY.name)
+            }
             Reserved {
                 peer, target, name, ..
             } => at(f, peer, target).and_then(|()| write!(f, "/{name}")),
@@ -270,6 +344,9 @@ impl Node {
         }
     }
 }
+
+/// The file of a history entry that says what it changed.
+pub const CHANGES: &str = "changes.json";
 
 /// `dir` + `/` + `name` as a state key ("" + name is name).
 pub fn join_key(dir: &str, name: &str) -> String {

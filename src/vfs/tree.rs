@@ -57,6 +57,8 @@ fn entry_node(e: &Entry, peer: &str, target: &str) -> Option<Node> {
         Room::Peers => Node::Peers(p),
         Room::Text(text) => Node::text(peer, text),
         Room::Log => Node::Log(p),
+        Room::History => Node::History(p),
+        Room::Snapshots => Node::Snapshots(p),
     })
 }
 
@@ -172,6 +174,10 @@ impl Vfs {
             Peers(p) if self.is_other_peer(p, name) => Some(node_in(parent, name.to_string())),
             Peers(p) => return Err(self.no_such_peer(p, name).unwrap_or_else(missing)),
             State { peer, dir } => return self.state_child(parent, peer, dir, name),
+            History(_) | HistAt { .. } | HistState { .. } => return self.hist_child(parent, name),
+            Snapshots(_) | Snapshot { .. } | SnapState { .. } => {
+                return self.snap_child(parent, name)
+            }
             ViewState { peer, other, dir } => return self.view_child(peer, other, dir, name),
             Reserved {
                 kind: Kind::Dir, ..
@@ -238,6 +244,8 @@ impl Vfs {
                 .map(|n| (n.clone(), node_in(node, n), Kind::Dir))
                 .collect(),
             ViewState { peer, other, dir } => self.view_listing(peer, other, dir)?,
+            History(_) | HistAt { .. } | HistState { .. } => self.hist_list(node)?,
+            Snapshots(_) | Snapshot { .. } | SnapState { .. } => self.snap_list(node)?,
             Reserved {
                 kind: Kind::Dir, ..
             } => Vec::new(),
@@ -345,6 +353,7 @@ impl Vfs {
                 self.core.create_peer(name, who.uid, who.gid)?;
                 self.lookup(parent, name)
             }
+            Node::Snapshots(peer) => self.snap_take(peer, name),
             Node::State { peer, dir } => {
                 let key = join_key(dir, name);
                 check_key(&key)?;
@@ -374,6 +383,7 @@ impl Vfs {
                 check_peer_name(name)?;
                 self.core.remove_peer(name).map(|_| ())
             }
+            Node::Snapshots(peer) => self.snap_drop(peer, name),
             Node::State { peer, dir } => {
                 let key = join_key(dir, name);
                 check_key(&key)?;

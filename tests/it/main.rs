@@ -38,3 +38,4 @@ mod trust;
 mod vfs;
 mod vfs_model;
 mod replica;
+mod history;

@@ -861,6 +861,8 @@ fn policy_and_groups_can_be_edited_with_sed_vim_and_mv() {
     assert_eq!(
         d.names("alice"),
         [
+            ".history",
+            ".snapshots",
             "groups",
             "inbox",
             "log",

@@ -147,6 +147,8 @@ fn the_tree_is_the_path_grammar() {
     assert_eq!(
         names(&v.readdir(&alice).unwrap()),
         [
+            ".history",
+            ".snapshots",
             "groups",
             "inbox",
             "log",

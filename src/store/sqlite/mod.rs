@@ -7,11 +7,18 @@
 //! writer and readers, the sync mode, and the helpers the methods share),
 //! `schema` (the tables and their migrations), `state` (how a value is kept: the
 //! shape of keys and folders, one blob per value, giving space back), `folders`
-//! (folders of `state/` kept apart from keys) and the tests.
+//! (folders of `state/` kept apart from keys), `history` and `history_read`
+//! (what each run changed, kept by reference; undo and restore), `snapshot`
+//! (a consistent copy in a file of its own) and the tests.
 
 mod folders;
+mod history;
+mod history_read;
+#[cfg(test)]
+mod history_tests;
 mod open;
 mod schema;
+mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -21,6 +28,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
+use super::history::ItemKind;
 use super::value::{parse_file, render};
 use super::{
     rows, AuditLog, DirEntry, Documents, FileStat, Folder, Job, Message, Messages, OutboxEntry,
@@ -29,6 +37,7 @@ use super::{
 use crate::error::err;
 use crate::error::Result;
 use crate::util::now_ns;
+pub use snapshot::copy_store;
 use state::prefix_end;
 
 pub struct SqliteStore {
@@ -46,6 +55,8 @@ pub struct SqliteStore {
     synced: bool,
     /// Rows refused since the last `take_refused` (see `store::rows`).
     refused: u64,
+    /// The history entry being recorded (see `history.rs`).
+    hist: history::Recorder,
 }
 
 impl Store for SqliteStore {
@@ -77,6 +88,7 @@ impl Store for SqliteStore {
             self.log_end = None;
         } else {
             self.after_commit();
+            self.hist_forget();
         }
         self.in_txn = false;
         self.log_buf.clear();
@@ -86,6 +98,7 @@ impl Store for SqliteStore {
 
     fn rollback(&mut self) -> Result<()> {
         self.in_txn = false;
+        self.hist_forget();
         self.log_end = None;
         self.log_buf.clear();
         self.marks.clear();
@@ -111,6 +124,7 @@ impl Store for SqliteStore {
         if let Some(m) = self.marks.pop() {
             self.log_buf.truncate(m);
         }
+        self.hist_rolled_back();
         self.exec("ROLLBACK TO run")?;
         self.exec("RELEASE run")
     }
@@ -133,6 +147,10 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    fn history(&mut self) -> Option<&mut dyn super::history::History> {
+        Some(self)
     }
 }
 
@@ -167,19 +185,17 @@ impl StateKeys for SqliteStore {
     }
 
     fn remove(&mut self, key: &str) -> Result<bool> {
+        let Some(old) = self.live_version(key)? else {
+            return Ok(false);
+        };
+        self.hist_note(ItemKind::State, key, Some(old), None)?;
         self.conn
-            .prepare_cached("DELETE FROM state_data WHERE id=(SELECT id FROM state WHERE key=?1)")?
-            .execute([key])?;
-        let removed = self
-            .conn
             .prepare_cached("DELETE FROM state WHERE key=?1")?
-            .execute([key])?
-            > 0;
-        if removed {
-            self.touch_parent(key, now_ns())?;
-            self.reclaim()?;
-        }
-        Ok(removed)
+            .execute([key])?;
+        self.free_old(ItemKind::State, key, old.data)?;
+        self.touch_parent(key, now_ns())?;
+        self.reclaim()?;
+        Ok(true)
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
@@ -198,9 +214,12 @@ impl StateKeys for SqliteStore {
             // A folder of keys (EISDIR) or a value among its parents (ENOTDIR).
             _ => self.check_shape(to)?,
         }
+        let moved = self.live_version(from)?;
         self.conn
             .prepare_cached("UPDATE state SET key=?2, ctime=?3 WHERE key=?1")?
             .execute(params![from, to, now_ns()])?;
+        self.hist_note(ItemKind::State, from, moved, None)?;
+        self.hist_note(ItemKind::State, to, None, moved)?;
         self.touch_parent(from, now_ns())?;
         self.touch_parent(to, now_ns())
     }
@@ -223,6 +242,7 @@ impl StateKeys for SqliteStore {
         let hi = prefix_end(&lo);
         // substr counts characters of TEXT: the prefix's length in characters.
         let skip = lo.chars().count() as i64 + 1;
+        let moved = self.moved_versions(&lo, &hi)?;
         let n = self
             .conn
             .prepare_cached(
@@ -230,6 +250,11 @@ impl StateKeys for SqliteStore {
             )?
             .execute(params![lo, hi, to, skip])?;
         self.move_folders(from, to)?;
+        for (key, v) in moved {
+            self.hist_note(ItemKind::State, &key, Some(v), None)?;
+            let new = format!("{to}/{}", &key[lo.len()..]);
+            self.hist_note(ItemKind::State, &new, None, Some(v))?;
+        }
         Ok(n as u64)
     }
 
@@ -242,11 +267,18 @@ impl StateKeys for SqliteStore {
     }
 
     fn set_mode(&mut self, key: &str, mode: u32) -> Result<bool> {
-        Ok(self
-            .conn
+        let Some(old) = self.live_version(key)? else {
+            return Ok(false);
+        };
+        self.conn
             .prepare_cached("UPDATE state SET mode=?2, ctime=?3 WHERE key=?1")?
-            .execute(params![key, mode, now_ns()])?
-            > 0)
+            .execute(params![key, mode, now_ns()])?;
+        let new = history::Ver {
+            mode: Some(mode),
+            ..old
+        };
+        self.hist_note(ItemKind::State, key, Some(old), Some(new))?;
+        Ok(true)
     }
 
     fn folder(&mut self, dir: &str) -> Result<Option<Folder>> {
@@ -360,6 +392,10 @@ impl Documents for SqliteStore {
     }
 
     fn set_module(&mut self, name: &str, source: &[u8]) -> Result<()> {
+        if self.recording() {
+            let old = self.module(name)?;
+            self.hist_note_copy(ItemKind::Module, name, old.as_deref(), Some(source))?;
+        }
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO modules(name,source,mtime) VALUES(?1,?2,?3)")?
             .execute(params![name, source, now_ns()])?;
@@ -367,6 +403,11 @@ impl Documents for SqliteStore {
     }
 
     fn remove_module(&mut self, name: &str) -> Result<bool> {
+        if self.recording() {
+            if let Some(old) = self.module(name)? {
+                self.hist_note_copy(ItemKind::Module, name, Some(&old), None)?;
+            }
+        }
         Ok(self
             .conn
             .prepare_cached("DELETE FROM modules WHERE name=?1")?
@@ -398,6 +439,10 @@ impl Documents for SqliteStore {
     }
 
     fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
+        if self.recording() {
+            let old = self.meta(key)?.map(|m| m.0);
+            self.hist_note_copy(ItemKind::Meta, key, old.as_deref(), Some(value))?;
+        }
         self.conn
             .prepare_cached("INSERT OR REPLACE INTO meta(k,v,mtime) VALUES(?1,?2,?3)")?
             .execute(params![key, value, now_ns()])?;
@@ -405,6 +450,11 @@ impl Documents for SqliteStore {
     }
 
     fn remove_meta(&mut self, key: &str) -> Result<()> {
+        if self.recording() {
+            if let Some((old, _)) = self.meta(key)? {
+                self.hist_note_copy(ItemKind::Meta, key, Some(&old), None)?;
+            }
+        }
         self.conn
             .prepare_cached("DELETE FROM meta WHERE k=?1")?
             .execute([key])?;

@@ -77,6 +77,7 @@ impl SqliteStore {
             marks: Vec::new(),
             synced: true,
             refused: 0,
+            hist: Default::default(),
         };
         store.setup()?;
         Ok(store)
@@ -100,6 +101,7 @@ impl SqliteStore {
             marks: Vec::new(),
             synced: true,
             refused: 0,
+            hist: Default::default(),
         })
     }
 

@@ -62,6 +62,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // where mtime stays); NULL: the same as mtime (rows from before).
     "ALTER TABLE state ADD COLUMN ctime INTEGER;
      ALTER TABLE state_dirs ADD COLUMN ctime INTEGER;",
+    // 8: history (see `history.rs`): an entry per run that changed something, a
+    // row per item it changed, before and after by reference to `state_data`
+    // rows; `state(id)` indexed, so a value row is freed only when no live key
+    // and no kept entry names it.
+    "CREATE TABLE IF NOT EXISTS hist_runs(seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL, caller TEXT NOT NULL, chain TEXT, at INTEGER NOT NULL,
+        bytes INTEGER NOT NULL DEFAULT 0);
+     CREATE TABLE IF NOT EXISTS hist_changes(seq INTEGER NOT NULL, kind TEXT NOT NULL, item TEXT NOT NULL,
+        b_ref INTEGER, b_typed INTEGER, b_size INTEGER, b_mode INTEGER,
+        a_ref INTEGER, a_typed INTEGER, a_size INTEGER, a_mode INTEGER,
+        PRIMARY KEY(seq, kind, item)) WITHOUT ROWID;
+     CREATE INDEX IF NOT EXISTS hist_item ON hist_changes(kind, item, seq);
+     CREATE INDEX IF NOT EXISTS hist_bref ON hist_changes(b_ref) WHERE b_ref IS NOT NULL;
+     CREATE INDEX IF NOT EXISTS state_id ON state(id);",
 ];
 
 impl SqliteStore {

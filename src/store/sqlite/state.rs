@@ -4,8 +4,10 @@
 
 use rusqlite::{params, OptionalExtension};
 
+use super::history::Ver;
 use super::SqliteStore;
 use crate::error::{err, Result};
+use crate::store::history::ItemKind;
 use crate::util::now_ns;
 
 /// Free pages past which a change that freed them gives them back to the file
@@ -78,33 +80,78 @@ impl SqliteStore {
     }
 
     /// Stores `data` (JSON text if `typed`, else a file's bytes) as `key`'s value.
+    /// The old value's row is rewritten in place unless the history keeps it:
+    /// then the new value gets a row of its own (nothing is copied).
     pub(super) fn put(&mut self, key: &str, typed: bool, data: &[u8], size: u64) -> Result<()> {
         let now = now_ns();
-        let updated = self
-            .conn
-            .prepare_cached(
-                "UPDATE state_data SET data=?2 WHERE id=(SELECT id FROM state WHERE key=?1)",
-            )?
-            .execute(params![key, data])?;
-        if updated > 0 {
+        if let Some(old) = self.live_version(key)? {
+            let id = if self.hist_pinned(old.data, ItemKind::State, key)? {
+                self.insert_data(data)?
+            } else {
+                self.conn
+                    .prepare_cached("UPDATE state_data SET data=?2 WHERE id=?1")?
+                    .execute(params![old.data, data])?;
+                old.data
+            };
             self.conn
                 .prepare_cached(
-                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4 WHERE key=?1",
+                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5 WHERE key=?1",
                 )?
-                .execute(params![key, size as i64, now, typed])?;
+                .execute(params![key, size as i64, now, typed, id])?;
+            let new = Ver {
+                data: id,
+                typed,
+                size: size as i64,
+                mode: old.mode,
+            };
+            self.hist_note(ItemKind::State, key, Some(old), Some(new))?;
             return self.reclaim();
         }
         self.check_shape(key)?;
-        self.conn
-            .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
-            .execute(params![data])?;
-        let id = self.conn.last_insert_rowid();
+        let id = self.insert_data(data)?;
         self.conn
             .prepare_cached(
                 "INSERT INTO state(key,size,mtime,ctime,typed,id) VALUES(?1,?2,?3,?3,?4,?5)",
             )?
             .execute(params![key, size as i64, now, typed, id])?;
+        let new = Ver {
+            data: id,
+            typed,
+            size: size as i64,
+            mode: None,
+        };
+        self.hist_note(ItemKind::State, key, None, Some(new))?;
         self.touch_parent(key, now)
+    }
+
+    fn insert_data(&mut self, data: &[u8]) -> Result<i64> {
+        self.conn
+            .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
+            .execute(params![data])?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The keys under the folder prefix `lo` (up to `hi`) and their versions,
+    /// when the history records (a folder about to move).
+    pub(super) fn moved_versions(&mut self, lo: &str, hi: &str) -> Result<Vec<(String, Ver)>> {
+        if !self.recording() {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT key, id, typed, size, mode FROM state WHERE key>=?1 AND key<?2",
+        )?;
+        let rows = stmt.query_map(params![lo, hi], |r| {
+            Ok((
+                r.get(0)?,
+                Ver {
+                    data: r.get(1)?,
+                    typed: r.get(2)?,
+                    size: r.get(3)?,
+                    mode: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// A key's stored form: whether it is JSON text, and the blob.

@@ -1,0 +1,201 @@
+//! `scripts-ci/bench history`: what keeping history costs, against the same work
+//! without it, in the same run.
+//!
+//! - `history.drop_to_result_speed_ratio`: drops (a script that sets a key) and
+//!   the read of their result through a real mount, on a daemon that keeps
+//!   history against one with `history.max_age = 0`; the time without over the
+//!   time with (rounds alternate; the median of the rounds' ratios; goal ≥ 0.9).
+//! - `history.rewrite_64mib_bytes_ratio`: bytes the process writes (`wchar` of
+//!   /proc/self/io: WAL and checkpoint) to replace a 64 MiB value in a store,
+//!   recorded in a history entry against not (goal ≤ 1.05).
+//! - `history.stat_cat_ratio`: `stat` and `cat` of every key under
+//!   `.history/<run>/state/` with 10,000 runs retained against the same under
+//!   `state/` (goal ≤ 2).
+//!
+//! Files live under `$PEERFS_BENCH_DIR/history` (default target/bench).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+mod bench_support;
+use bench_support::{fusermount_u, verbose};
+
+use peerfs::exec::{Config, Core};
+use peerfs::store::history::EntryHead;
+use peerfs::store::{SqliteStore, Store};
+
+const ROUNDS: usize = 5;
+const DROPS: usize = 200;
+const RUNS_KEPT: usize = 10_000;
+const KEYS: usize = 100;
+
+fn wchar() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap();
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn mount(data: &Path, mnt: &Path, keep: bool) -> (Core, peerfs::fuse::Session) {
+    std::fs::create_dir_all(data).unwrap();
+    std::fs::create_dir_all(mnt).unwrap();
+    let mut cfg = Config::new(data);
+    if !keep {
+        cfg.history.max_age_ns = 0;
+    }
+    let core = Core::start(cfg).unwrap();
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    core.create_peer("alice", uid, gid).unwrap();
+    let vfs = peerfs::vfs::Vfs::new(core.clone());
+    let s = peerfs::fuse::spawn(vfs, mnt, &peerfs::fuse::MountOptions::default())
+        .unwrap_or_else(|e| panic!("mounting peerfs at {}: {e}", mnt.display()));
+    (core, s)
+}
+
+/// `n` drops into alice's inbox, each read back from the outbox.
+fn drops(mnt: &Path, round: usize, n: usize) -> Duration {
+    let t = Instant::now();
+    for i in 0..n {
+        let name = format!("r{round}-{i}");
+        let src = format!("set(\"k{}\", {i}); 0", i % KEYS);
+        std::fs::write(mnt.join(format!("alice/inbox/{name}.rhai")), src).unwrap();
+        let out = std::fs::read(mnt.join(format!("alice/outbox/{name}.json"))).unwrap();
+        assert!(out.starts_with(b"{"), "{}", String::from_utf8_lossy(&out));
+    }
+    t.elapsed()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn drop_to_result(run: &Path) {
+    let (ck, sk) = mount(&run.join("kept"), &run.join("mnt-kept"), true);
+    let (co, so) = mount(&run.join("off"), &run.join("mnt-off"), false);
+    let (mk, mo) = (run.join("mnt-kept"), run.join("mnt-off"));
+    drops(&mk, 99, 50);
+    drops(&mo, 99, 50);
+    let (mut kept, mut off, mut ratios) = (Duration::ZERO, Duration::ZERO, Vec::new());
+    for r in 0..ROUNDS {
+        let k = drops(&mk, r, DROPS);
+        let o = drops(&mo, r, DROPS);
+        if verbose() {
+            eprintln!("round {r}: kept {k:?} off {o:?}");
+        }
+        ratios.push(o.as_secs_f64() / k.as_secs_f64());
+        kept += k;
+        off += o;
+    }
+    let per = |d: Duration| d.as_micros() as f64 / (ROUNDS * DROPS) as f64;
+    println!("history.drop_to_result_us.kept: {:.0} us", per(kept));
+    println!("history.drop_to_result_us.off: {:.0} us", per(off));
+    println!("history.drop_to_result_speed_ratio: {:.3}", median(ratios));
+    for (c, s, m) in [(ck, sk, mk), (co, so, mo)] {
+        let _ = s.unmount_and_join();
+        fusermount_u(&m);
+        c.shutdown();
+    }
+}
+
+/// Bytes written to replace a 64 MiB value, with an entry recording it or not.
+fn rewrite_bytes(path: &Path, record: bool) -> u64 {
+    let mut s = SqliteStore::open(path, true).unwrap();
+    s.begin().unwrap();
+    s.set_bytes("v", &vec![1u8; 64 << 20]).unwrap();
+    s.commit().unwrap();
+    s.checkpoint().unwrap();
+    let before = wchar();
+    s.begin().unwrap();
+    if record {
+        let head = EntryHead {
+            id: "R".into(),
+            name: "r.rhai".into(),
+            caller: "alice".into(),
+            chain: vec!["alice".into()],
+        };
+        s.history().unwrap().begin_entry(&head).unwrap();
+    }
+    s.set_bytes("v", &vec![2u8; 64 << 20]).unwrap();
+    if record {
+        assert!(s.history().unwrap().end_entry().unwrap().kept);
+    }
+    s.commit().unwrap();
+    s.checkpoint().unwrap();
+    wchar() - before
+}
+
+fn rewrite(run: &Path) {
+    std::fs::create_dir_all(run).unwrap();
+    let off = rewrite_bytes(&run.join("off.sqlite"), false);
+    let kept = rewrite_bytes(&run.join("kept.sqlite"), true);
+    println!("history.rewrite_64mib_bytes.kept: {kept} bytes");
+    println!("history.rewrite_64mib_bytes.off: {off} bytes");
+    println!(
+        "history.rewrite_64mib_bytes_ratio: {:.3}",
+        kept as f64 / off as f64
+    );
+}
+
+/// stat and cat of every key under `dir`, `times` times over.
+fn stat_cat(dir: &Path, times: usize) -> Duration {
+    let t = Instant::now();
+    for _ in 0..times {
+        for k in 0..KEYS {
+            let p = dir.join(format!("k{k}"));
+            std::fs::metadata(&p).unwrap();
+            std::fs::read(&p).unwrap();
+        }
+    }
+    t.elapsed()
+}
+
+fn reads(run: &Path) {
+    let mnt = run.join("mnt-reads");
+    let (core, s) = mount(&run.join("reads"), &mnt, true);
+    let rounds = RUNS_KEPT / DROPS;
+    for r in 0..rounds {
+        drops(&mnt, r, DROPS);
+    }
+    let runs: Vec<PathBuf> = std::fs::read_dir(mnt.join("alice/.history"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(runs.len() >= RUNS_KEPT, "{} runs kept", runs.len());
+    let mut sorted = runs;
+    sorted.sort();
+    let past = sorted[sorted.len() / 2].join("state");
+    let live = mnt.join("alice/state");
+    stat_cat(&live, 1);
+    stat_cat(&past, 1);
+    let mut ratios = Vec::new();
+    for r in 0..ROUNDS {
+        let l = stat_cat(&live, 5);
+        let h = stat_cat(&past, 5);
+        if verbose() {
+            eprintln!("round {r}: state {l:?} history {h:?}");
+        }
+        ratios.push(h.as_secs_f64() / l.as_secs_f64());
+    }
+    println!("history.runs_kept: {}", sorted.len());
+    println!("history.stat_cat_ratio: {:.3}", median(ratios));
+    let _ = s.unmount_and_join();
+    fusermount_u(&mnt);
+    core.shutdown();
+}
+
+fn main() {
+    let root = std::env::var_os("PEERFS_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench")))
+        .join("history");
+    let run = root.join(bench_support::run_id());
+    std::fs::create_dir_all(&run).unwrap();
+    rewrite(&run.join("rewrite"));
+    drop_to_result(&run);
+    reads(&run);
+    let _ = std::fs::remove_dir_all(&run);
+}

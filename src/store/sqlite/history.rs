@@ -1,0 +1,433 @@
+//! The SQLite backend's history (tables `hist_runs`, one row per entry, and
+//! `hist_changes`, one row per item an entry changed): recording changes as
+//! they happen, values kept by reference to their `state_data` row (a row is
+//! freed only when neither the live state nor a kept entry names it), and
+//! pruning. Reading the past, undo and restore are in `history_read.rs`.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::SqliteStore;
+use crate::error::Result;
+use crate::store::history::{Ended, EntryHead, ItemKind, Retention, TRACKED_META};
+use crate::util::now_ns;
+
+/// One version of an item, by reference: the `state_data` row of its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Ver {
+    pub data: i64,
+    pub typed: bool,
+    pub size: i64,
+    pub mode: Option<u32>,
+}
+
+/// The entry being recorded, and the bytes kept by every entry (cached).
+#[derive(Debug, Default)]
+pub(super) struct Recorder {
+    cur: Option<(i64, EntryHead)>,
+    pub(super) bytes: Option<u64>,
+    /// The next entry's seq, once known (forgotten at a rollback).
+    next: Option<i64>,
+    /// The open entry's row is written (forgotten at a rollback).
+    head: bool,
+    /// The open entry changed a policy text / a module.
+    meta: bool,
+    modules: bool,
+}
+
+impl SqliteStore {
+    /// The live version of a state key.
+    pub(super) fn live_version(&mut self, key: &str) -> Result<Option<Ver>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id, typed, size, mode FROM state WHERE key=?1")?
+            .query_row([key], |r| {
+                Ok(Ver {
+                    data: r.get(0)?,
+                    typed: r.get(1)?,
+                    size: r.get(2)?,
+                    mode: r.get(3)?,
+                })
+            })
+            .optional()?)
+    }
+
+    pub(super) fn recording(&self) -> bool {
+        self.hist.cur.is_some()
+    }
+
+    pub(super) fn hist_open_seq(&self) -> Option<i64> {
+        self.hist.cur.as_ref().map(|c| c.0)
+    }
+
+    pub(super) fn hist_open_id(&self) -> Option<String> {
+        self.hist.cur.as_ref().map(|c| c.1.id.clone())
+    }
+
+    pub(super) fn hist_begin(&mut self, head: &EntryHead) -> Result<()> {
+        let seq = match self.hist.next {
+            Some(s) => s,
+            None => self
+                .conn
+                .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM hist_runs")?
+                .query_row([], |r| r.get(0))?,
+        };
+        self.hist.next = Some(seq);
+        self.hist.head = false;
+        self.hist.cur = Some((seq, head.clone()));
+        self.hist.meta = false;
+        self.hist.modules = false;
+        Ok(())
+    }
+
+    /// Stops recording (after a rollback the entry is gone with its changes).
+    pub(super) fn hist_forget(&mut self) {
+        self.hist.cur = None;
+        self.hist_rolled_back();
+    }
+
+    /// After a rollback (to a savepoint too): what is cached may be gone.
+    pub(super) fn hist_rolled_back(&mut self) {
+        self.hist.bytes = None;
+        self.hist.next = None;
+        self.hist.head = false;
+    }
+
+    pub(super) fn hist_end(&mut self) -> Result<Ended> {
+        let Some((seq, _)) = self.hist.cur.take() else {
+            return Ok(Ended::default());
+        };
+        let mut ended = Ended {
+            kept: false,
+            meta: self.hist.meta,
+            modules: self.hist.modules,
+        };
+        // Changes that came back to where they began are no changes.
+        self.conn
+            .prepare_cached(
+                "DELETE FROM hist_changes WHERE seq=?1 AND b_ref IS a_ref AND b_mode IS a_mode",
+            )?
+            .execute([seq])?;
+        let bytes: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT sum(coalesce(b_size, 0)) FROM hist_changes WHERE seq=?1")?
+            .query_row([seq], |r| r.get(0))?;
+        let Some(bytes) = bytes else {
+            self.conn
+                .prepare_cached("DELETE FROM hist_runs WHERE seq=?1")?
+                .execute([seq])?;
+            return Ok(ended);
+        };
+        self.hist.next = Some(seq + 1);
+        self.conn
+            .prepare_cached("UPDATE hist_runs SET bytes=?2, at=?3 WHERE seq=?1")?
+            .execute(params![seq, bytes, now_ns()])?;
+        if let Some(b) = self.hist.bytes.as_mut() {
+            *b += bytes as u64;
+        }
+        ended.kept = true;
+        Ok(ended)
+    }
+
+    /// The open entry's seq, its head row written on its first change.
+    fn hist_seq(&mut self) -> Result<Option<i64>> {
+        let Some((seq, head)) = &self.hist.cur else {
+            return Ok(None);
+        };
+        let seq = *seq;
+        if self.hist.head {
+            return Ok(Some(seq));
+        }
+        self.hist.head = true;
+        self.conn
+            .prepare_cached(
+                "INSERT OR IGNORE INTO hist_runs(seq, id, name, caller, chain, at, bytes) VALUES(?1,?2,?3,?4,?5,?6,0)",
+            )?
+            .execute(params![
+                seq,
+                head.id,
+                head.name,
+                head.caller,
+                crate::store::rows::chain_text(&head.chain),
+                now_ns()
+            ])?;
+        Ok(Some(seq))
+    }
+
+    /// Records that `item` went from `before` to `after` in the open entry (the
+    /// first change of an item keeps its `before`; later ones move `after`).
+    pub(super) fn hist_note(
+        &mut self,
+        kind: ItemKind,
+        item: &str,
+        before: Option<Ver>,
+        after: Option<Ver>,
+    ) -> Result<()> {
+        let Some(seq) = self.hist_seq()? else {
+            return Ok(());
+        };
+        let (b, a) = (before.as_ref(), after.as_ref());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO hist_changes(seq, kind, item, b_ref, b_typed, b_size, b_mode, a_ref, a_typed, a_size, a_mode)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)
+                 ON CONFLICT(seq, kind, item) DO UPDATE SET a_ref=excluded.a_ref, a_typed=excluded.a_typed,
+                    a_size=excluded.a_size, a_mode=excluded.a_mode",
+            )?
+            .execute(params![
+                seq,
+                kind.as_str(),
+                item,
+                b.map(|v| v.data),
+                b.map(|v| v.typed),
+                b.map(|v| v.size),
+                b.and_then(|v| v.mode),
+                a.map(|v| v.data),
+                a.map(|v| v.typed),
+                a.map(|v| v.size),
+                a.and_then(|v| v.mode),
+            ])?;
+        Ok(())
+    }
+
+    /// Whether the value row `data`, now `item`'s, must outlive a change of it:
+    /// named by a kept entry (other than as the open entry's own new value of
+    /// `item`), or about to become the open entry's `before`.
+    pub(super) fn hist_pinned(&mut self, data: i64, kind: ItemKind, item: &str) -> Result<bool> {
+        if let Some((seq, _)) = &self.hist.cur {
+            let seq = *seq;
+            let mine: Option<Option<i64>> = self
+                .conn
+                .prepare_cached(
+                    "SELECT b_ref FROM hist_changes WHERE seq=?1 AND kind=?2 AND item=?3",
+                )?
+                .query_row(params![seq, kind.as_str(), item], |r| r.get(0))
+                .optional()?;
+            match mine {
+                // The first change of the item in this entry: `data` becomes its before.
+                None => return Ok(true),
+                Some(b) if b == Some(data) => return Ok(true),
+                Some(_) => {}
+            }
+            // `data` came to the item in this entry: made here (only this
+            // entry's `after` names it), or a kept version (some `before` does).
+            return self.named_before(data);
+        }
+        Ok(self.named_before(data)? || self.latest_after(kind, item, data)?)
+    }
+
+    /// Whether a kept entry's `before` names the value row `data`.
+    fn named_before(&mut self, data: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM hist_changes WHERE b_ref=?1 LIMIT 1")?
+            .query_row([data], |r| r.get::<_, i64>(0))
+            .optional()?
+            .is_some())
+    }
+
+    /// Whether `data` is the `after` of the latest entry that changed the item.
+    /// (An older entry's `after` is the `before` of the next change: a value
+    /// named only as an `after` is the item's live value or one this entry made.)
+    fn latest_after(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<bool> {
+        let a: Option<Option<i64>> = self
+            .conn
+            .prepare_cached(
+                "SELECT a_ref FROM hist_changes WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row(params![kind.as_str(), item], |r| r.get(0))
+            .optional()?;
+        Ok(a == Some(Some(data)))
+    }
+
+    /// Deletes the value row `data` unless the live state or a kept entry's
+    /// `before` names it (see `latest_after`), or, outside an entry, it is the
+    /// `after` of the latest entry that changed `item`, whose value it was.
+    pub(super) fn free_data(&mut self, data: i64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM state_data WHERE id=?1
+                   AND NOT EXISTS (SELECT 1 FROM state WHERE id=?1)
+                   AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE b_ref=?1)",
+            )?
+            .execute([data])?;
+        Ok(())
+    }
+
+    /// [`SqliteStore::free_data`] of the value `item` held until now.
+    pub(super) fn free_old(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<()> {
+        if !self.recording() && self.latest_after(kind, item, data)? {
+            return Ok(());
+        }
+        self.free_data(data)
+    }
+
+    /// Records a change of a module or a meta text (kept in their own tables,
+    /// so the history keeps copies: small texts). `before` is the live text.
+    pub(super) fn hist_note_copy(
+        &mut self,
+        kind: ItemKind,
+        item: &str,
+        before: Option<&[u8]>,
+        after: Option<&[u8]>,
+    ) -> Result<()> {
+        if !self.recording() || (kind == ItemKind::Meta && !TRACKED_META.contains(&item)) {
+            return Ok(());
+        }
+        let seq = self.hist_open_seq().unwrap_or_default();
+        match kind {
+            ItemKind::Meta => self.hist.meta = true,
+            ItemKind::Module => self.hist.modules = true,
+            ItemKind::State => {}
+        }
+        let mine: Option<(Option<i64>, Option<i64>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT b_ref, a_ref FROM hist_changes WHERE seq=?1 AND kind=?2 AND item=?3",
+            )?
+            .query_row(params![seq, kind.as_str(), item], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let b = match mine {
+            Some((b, _)) => match b {
+                Some(id) => Some(self.copy_ver(id)?),
+                None => None,
+            },
+            None => match before {
+                Some(d) => Some(self.reuse_or_copy(kind, item, d)?),
+                None => None,
+            },
+        };
+        let a = match after {
+            Some(d) => Some(self.insert_copy(d)?),
+            None => None,
+        };
+        self.hist_note(kind, item, b, a)?;
+        if let Some((_, Some(old_a))) = mine {
+            self.free_data(old_a)?;
+        }
+        Ok(())
+    }
+
+    fn copy_ver(&mut self, id: i64) -> Result<Ver> {
+        let size: i64 = self
+            .conn
+            .prepare_cached("SELECT length(data) FROM state_data WHERE id=?1")?
+            .query_row([id], |r| r.get(0))?;
+        Ok(Ver {
+            data: id,
+            typed: false,
+            size,
+            mode: None,
+        })
+    }
+
+    fn insert_copy(&mut self, d: &[u8]) -> Result<Ver> {
+        self.conn
+            .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
+            .execute([d])?;
+        Ok(Ver {
+            data: self.conn.last_insert_rowid(),
+            typed: false,
+            size: d.len() as i64,
+            mode: None,
+        })
+    }
+
+    /// The latest entry's copy of an item's text when it holds `d`, else a new copy.
+    fn reuse_or_copy(&mut self, kind: ItemKind, item: &str, d: &[u8]) -> Result<Ver> {
+        let same: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT d.id FROM (SELECT a_ref FROM hist_changes WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1) c
+                 JOIN state_data d ON d.id=c.a_ref WHERE d.data=?3",
+            )?
+            .query_row(params![kind.as_str(), item, d], |r| r.get(0))
+            .optional()?;
+        match same {
+            Some(id) => self.copy_ver(id),
+            None => self.insert_copy(d),
+        }
+    }
+
+    /// Bytes of old values every entry keeps (cached between calls).
+    fn hist_bytes(&mut self) -> Result<u64> {
+        if let Some(b) = self.hist.bytes {
+            return Ok(b);
+        }
+        let b: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM hist_runs")?
+            .query_row([], |r| r.get(0))?;
+        self.hist.bytes = Some(b as u64);
+        Ok(b as u64)
+    }
+
+    pub(super) fn hist_prune(&mut self, now: i64, ret: &Retention) -> Result<u64> {
+        let cutoff = now.saturating_sub(ret.max_age_ns);
+        let mut n = 0;
+        loop {
+            let oldest: Option<(i64, i64, i64)> = self
+                .conn
+                .prepare_cached("SELECT seq, at, bytes FROM hist_runs ORDER BY seq LIMIT 1")?
+                .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            let Some((seq, at, bytes)) = oldest else {
+                break;
+            };
+            let too_old = at < cutoff;
+            let too_big = ret.max_bytes > 0 && self.hist_bytes()? > ret.max_bytes;
+            if !too_old && !too_big {
+                break;
+            }
+            self.drop_entry(seq, at)?;
+            if let Some(b) = self.hist.bytes.as_mut() {
+                *b = b.saturating_sub(bytes as u64);
+            }
+            n += 1;
+        }
+        if n > 0 {
+            self.reclaim()?;
+        }
+        Ok(n)
+    }
+
+    /// Drops one entry, its changes and the values only it kept; the time of
+    /// the newest dropped entry is remembered (`history.pruned`).
+    fn drop_entry(&mut self, seq: i64, at: i64) -> Result<()> {
+        let refs: Vec<i64> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT b_ref FROM hist_changes WHERE seq=?1 AND b_ref IS NOT NULL UNION
+                 SELECT a_ref FROM hist_changes WHERE seq=?1 AND a_ref IS NOT NULL",
+            )?;
+            let rows = stmt.query_map([seq], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        self.conn
+            .prepare_cached("DELETE FROM hist_changes WHERE seq=?1")?
+            .execute([seq])?;
+        self.conn
+            .prepare_cached("DELETE FROM hist_runs WHERE seq=?1")?
+            .execute([seq])?;
+        for r in refs {
+            self.free_data(r)?;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta(k, v, mtime) VALUES('history.pruned', ?1, ?2)
+                 ON CONFLICT(k) DO UPDATE SET v=excluded.v, mtime=excluded.mtime",
+            )?
+            .execute(params![at.to_string().into_bytes(), now_ns()])?;
+        Ok(())
+    }
+
+    /// The time of the newest entry dropped from the history, if any.
+    pub(super) fn hist_pruned_at(&mut self) -> Result<Option<i64>> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT v FROM meta WHERE k='history.pruned'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        Ok(v.and_then(|v| String::from_utf8(v).ok()?.parse().ok()))
+    }
+}

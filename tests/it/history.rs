@@ -1,0 +1,371 @@
+//! History through a real mount: a foreign write undone and brought back, undo
+//! refused naming the later run and done with `cascade`, `restore_to` a time,
+//! the policy put back in force by a restore and its undo, retention pruning,
+//! and SIGKILL in the middle of an undo and of a restore (all or nothing).
+
+use crate::common;
+
+use std::time::Duration;
+
+use common::*;
+
+const BOB_WRITES_SHARED: &str = r#"permit(principal == Peer::"bob", action in [Action::"run", Action::"write", Action::"read"], resource);"#;
+
+fn read(m: &impl MountPaths, rel: &str) -> Option<String> {
+    std::fs::read_to_string(m.p(rel)).ok()
+}
+
+/// Runs `src` as alice's script; the whole result.
+fn alice(m: &impl MountPaths, name: &str, src: &str) -> serde_json::Value {
+    m.run("alice", name, src)
+}
+
+fn id(r: &serde_json::Value) -> String {
+    r["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_foreign_write_is_undone_brought_back_refused_and_cascaded() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/policy.cedar"), BOB_WRITES_SHARED).unwrap();
+    let a = alice(&m, "a.rhai", r#"set("n", 1); 0"#);
+    assert_eq!(a["status"], "ok", "{a}");
+    let b = m.run_in("bob/peers/alice", "w.rhai", r#"set("shared/n", 2); 0"#);
+    assert_eq!(b["status"], "ok", "{b}");
+    let b = id(&b);
+    assert_eq!(read(&m, "alice/state/shared/n").as_deref(), Some("2\n"));
+
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{b}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(u["value"], serde_json::json!([b]));
+    assert_eq!(read(&m, "alice/state/shared/n"), None);
+    assert_eq!(read(&m, "alice/state/n").as_deref(), Some("1\n"));
+    // The undo is a run of its own: undoing it brings the write back.
+    let v = alice(&m, "v.rhai", &format!(r#"undo("{}")"#, id(&u)));
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(read(&m, "alice/state/shared/n").as_deref(), Some("2\n"));
+
+    // A later write to the same key: undo(B) is refused, naming it.
+    let c = alice(&m, "c.rhai", r#"set("shared/n", 3); set("n", 4); 0"#);
+    let c = id(&c);
+    let r = alice(&m, "u2.rhai", &format!(r#"undo("{b}")"#));
+    assert_eq!(r["status"], "error", "{r}");
+    let err = r["error"].as_str().unwrap();
+    assert!(err.contains(&c) && err.contains("cascade"), "{err}");
+    assert_eq!(read(&m, "alice/state/shared/n").as_deref(), Some("3\n"));
+    // cascade undoes the later runs too, newest first, in one run.
+    let r = alice(
+        &m,
+        "u3.rhai",
+        &format!(r#"undo("{b}", #{{ cascade: true }})"#),
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["value"][0], serde_json::json!(c), "{r}");
+    assert_eq!(read(&m, "alice/state/shared/n"), None);
+    // C's other key went back too (C was undone as a whole).
+    assert_eq!(read(&m, "alice/state/n").as_deref(), Some("1\n"));
+
+    // Only the owner's scripts: bob is denied whatever the policy says.
+    let r = m.run_in("bob/peers/alice", "x.rhai", &format!(r#"undo("{b}")"#));
+    assert_eq!(r["status"], "denied", "{r}");
+    let r = m.run_in(
+        "bob/peers/alice",
+        "y.rhai",
+        r#"restore_to("2020-01-01T00:00:00Z")"#,
+    );
+    assert_eq!(r["status"], "denied", "{r}");
+    let log = m.log_of("alice");
+    assert!(log.contains(&format!("undo {b} by")), "{log}");
+}
+
+#[test]
+fn restore_to_a_time_puts_the_old_policy_back_in_force_and_undoing_it_removes_it() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/policy.cedar"), BOB_WRITES_SHARED).unwrap();
+    alice(&m, "a.rhai", r#"set("k", "before"); 0"#);
+    let r = m.run_in("bob/peers/alice", "r1.rhai", r#"get("k")"#);
+    assert_eq!(r["status"], "ok", "{r}");
+    std::thread::sleep(Duration::from_millis(20));
+    let t = alice(&m, "t.rhai", "0")["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    // A new policy (bob may do nothing) and a new value.
+    std::fs::write(m.p("alice/policy.cedar"), "// nobody\n").unwrap();
+    alice(&m, "b.rhai", r#"set("k", "after"); 0"#);
+    let r = m.run_in("bob/peers/alice", "r2.rhai", r#"get("k")"#);
+    assert_eq!(r["status"], "denied", "{r}");
+
+    let back = alice(&m, "back.rhai", &format!(r#"restore_to("{t}")"#));
+    assert_eq!(back["status"], "ok", "{back}");
+    assert_eq!(back["value"].as_array().unwrap().len(), 2, "{back}");
+    assert_eq!(read(&m, "alice/state/k").as_deref(), Some("before"));
+    assert_eq!(
+        read(&m, "alice/policy.cedar").as_deref(),
+        Some(BOB_WRITES_SHARED)
+    );
+    let r = m.run_in("bob/peers/alice", "r3.rhai", r#"get("k")"#);
+    assert_eq!(r["status"], "ok", "the old policy is in force again: {r}");
+
+    // The restore is one undoable run: undoing it brings the new policy back.
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{}")"#, id(&back)));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/state/k").as_deref(), Some("after"));
+    let r = m.run_in("bob/peers/alice", "r4.rhai", r#"get("k")"#);
+    assert_eq!(r["status"], "denied", "{r}");
+    assert!(
+        m.log_of("alice").contains("restore_to "),
+        "restores are logged"
+    );
+}
+
+#[test]
+fn entries_out_of_retention_are_pruned_and_the_error_says_so() {
+    let m = Mounted::with(
+        |c| {
+            c.history.max_age_ns = 300_000_000;
+        },
+        Default::default(),
+    );
+    m.add_peer("alice");
+    let a = id(&alice(&m, "a.rhai", r#"set("k", 1); 0"#));
+    std::thread::sleep(Duration::from_millis(400));
+    alice(&m, "b.rhai", r#"set("k", 2); 0"#);
+    let r = alice(&m, "u.rhai", &format!(r#"undo("{a}")"#));
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("retention"), "{r}");
+    let r = alice(&m, "r.rhai", r#"restore_to("2001-01-01T00:00:00Z")"#);
+    assert_eq!(r["status"], "error", "{r}");
+    assert!(r["error"].as_str().unwrap().contains("retention"), "{r}");
+}
+
+/// SIGKILL while an undo (and a restore) has made its changes but not
+/// committed: after the restart nothing of it shows; a finished one is whole.
+#[test]
+fn sigkill_in_the_middle_of_an_undo_and_a_restore_is_all_or_nothing() {
+    let (_d, data, mnt, work) = dirs();
+    let args = ["-o", "limits.own.max_wall_ms=1500"];
+    let mut dm = Daemon::start(&data, &mnt, &work, &args);
+    dm.add_peer("alice");
+    let a = id(&dm.run("alice", "a.rhai", r#"set("x", 1); set("y", 1); 0"#));
+    let b = id(&dm.run("alice", "b.rhai", r#"set("x", 2); set("y", 2); 0"#));
+    for (name, call) in [
+        ("slow_undo.rhai", format!(r#"undo("{b}")"#)),
+        ("slow_restore.rhai", format!(r#"restore_to("{a}")"#)),
+    ] {
+        // The call changes x and y, then the run spins until it is killed.
+        let src = format!("{call}; let i = 0; loop {{ i += 1; }}");
+        std::fs::write(dm.p(&format!("alice/inbox/{name}")), src).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        dm.kill9();
+        drop(dm);
+        dm = Daemon::start(&data, &mnt, &work, &args);
+        // Nothing of the killed run: x and y as B left them (the run again
+        // after the restart ends at its wall limit, rolled back).
+        let stem = name.strip_suffix(".rhai").unwrap();
+        let r = std::fs::read(dm.p(&format!("alice/outbox/{stem}.json"))).unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&r).unwrap();
+        assert_eq!(r["status"], "limit", "{r}");
+        assert_eq!(read(&dm, "alice/state/x").as_deref(), Some("2\n"));
+        assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("2\n"));
+    }
+    // A finished undo, then SIGKILL: all of it is there after the restart.
+    let u = dm.run("alice", "u.rhai", &format!(r#"undo("{b}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    dm.kill9();
+    drop(dm);
+    let dm = Daemon::start(&data, &mnt, &work, &args);
+    assert_eq!(read(&dm, "alice/state/x").as_deref(), Some("1\n"));
+    assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("1\n"));
+}
+
+#[test]
+fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/policy.cedar"), BOB_WRITES_SHARED).unwrap();
+    let a = id(&alice(&m, "a.rhai", r#"set("n", 1); 0"#));
+    std::thread::sleep(Duration::from_millis(20));
+    let t = alice(&m, "t.rhai", "0")["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    let b = m.run_in("bob/peers/alice", "w.rhai", r#"set("shared/n", 2); 0"#);
+    let b = id(&b);
+    // A write through the mount is an entry too.
+    std::fs::write(m.p("alice/state/m"), "through the mount\n").unwrap();
+
+    // Hidden from ls without -a; one folder per changing run, in time order.
+    assert!(!sh_ok(&format!("ls {}", q(&m.p("alice")))).contains(".history"));
+    assert!(sh_ok(&format!("ls -a {}", q(&m.p("alice")))).contains(".history"));
+    let runs = m.names("alice/.history");
+    assert_eq!(
+        runs.len(),
+        4,
+        "policy write, A, B, the mount write: {runs:?}"
+    );
+    assert_eq!(&runs[1..3], &[a.clone(), b.clone()]);
+    let w = runs[3].clone();
+
+    assert_eq!(
+        read(&m, &format!("alice/.history/{a}/state/n")).as_deref(),
+        Some("1\n")
+    );
+    assert_eq!(
+        read(&m, &format!("alice/.history/{a}/state/shared/n")),
+        None
+    );
+    assert_eq!(m.names(&format!("alice/.history/{a}/state")), ["n"]);
+    assert_eq!(
+        m.names(&format!("alice/.history/{b}/state")),
+        ["n", "shared"]
+    );
+    assert_eq!(
+        read(&m, &format!("alice/.history/{b}/state/shared/n")).as_deref(),
+        Some("2\n")
+    );
+    let c: serde_json::Value =
+        serde_json::from_str(&read(&m, &format!("alice/.history/{b}/changes.json")).unwrap())
+            .unwrap();
+    assert_eq!(c["caller"], "bob", "{c}");
+    assert_eq!(c["script"], "w.rhai", "{c}");
+    assert_eq!(c["changes"][0]["item"], "shared/n", "{c}");
+    assert_eq!(c["changes"][0]["before"], serde_json::Value::Null, "{c}");
+    assert_eq!(c["changes"][0]["after"]["value"], "2\n", "{c}");
+    let c = read(&m, &format!("alice/.history/{w}/changes.json")).unwrap();
+    assert!(c.contains("write state/m"), "{c}");
+
+    // @time: the peer as it was then, never listed.
+    assert_eq!(
+        read(&m, &format!("alice/.history/@{t}/state/n")).as_deref(),
+        Some("1\n")
+    );
+    assert_eq!(m.names(&format!("alice/.history/@{t}/state")), ["n"]);
+    assert!(!m.names("alice/.history").iter().any(|n| n.starts_with('@')));
+    let e = std::fs::read_dir(m.p("alice/.history/@2001-01-01T00:00:00Z/state"));
+    assert!(e.is_ok(), "before every entry: the peer as it began");
+    expect_errno(
+        std::fs::read_dir(m.p("alice/.history/@yesterday")),
+        libc::EINVAL,
+        "a name after @ that is not a time",
+    );
+    expect_errno(
+        std::fs::read_dir(m.p("alice/.history/01NOTARUN")),
+        libc::ENOENT,
+        "no such run",
+    );
+
+    // Read only.
+    let f = m.p(&format!("alice/.history/{a}/state/n"));
+    assert!(std::fs::write(&f, "9").is_err());
+    assert!(std::fs::remove_file(&f).is_err());
+    assert!(std::fs::create_dir(m.p(&format!("alice/.history/{a}/state/d"))).is_err());
+    assert_eq!(
+        read(&m, &format!("alice/.history/{a}/state/n")).as_deref(),
+        Some("1\n")
+    );
+
+    // The mount write is undone like a run.
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{w}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/state/m"), None);
+}
+
+/// `peerfs peer restore NAME --to RUN|TIME` for a stopped daemon: refused while
+/// the daemon holds the data folder; then one undoable entry, logged.
+#[test]
+fn peer_restore_returns_a_stopped_peer_to_a_run() {
+    let (_d, data, mnt, work) = dirs();
+    let mut dm = Daemon::start(&data, &mnt, &work, &[]);
+    dm.add_peer("alice");
+    let a = id(&dm.run("alice", "a.rhai", r#"set("x", 1); 0"#));
+    dm.run("alice", "b.rhai", r#"set("x", 2); set("y", 2); 0"#);
+    let restore = |to: &str| {
+        std::process::Command::new(BIN)
+            .args(["peer", "restore", "alice", "--to", to, "--data"])
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let busy = restore(&a);
+    assert!(!busy.status.success(), "refused while the daemon runs");
+    dm.signal(libc::SIGTERM);
+    assert!(dm.wait(Duration::from_secs(10)).success());
+    drop(dm);
+    let out = restore("01NOSUCHRUN");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no run"),
+        "{out:?}"
+    );
+    let out = restore(&a);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("undid "), "{said}");
+    let dm = Daemon::start(&data, &mnt, &work, &[]);
+    assert_eq!(read(&dm, "alice/state/x").as_deref(), Some("1\n"));
+    assert_eq!(read(&dm, "alice/state/y"), None);
+    assert!(dm.log_of("alice").contains(&format!("restore_to {a} by")));
+    // The restore is an entry: undone by a script, x and y come back.
+    let runs = dm.names("alice/.history");
+    let r = dm.run(
+        "alice",
+        "u.rhai",
+        &format!(r#"undo("{}")"#, runs.last().unwrap()),
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("2\n"));
+}
+
+#[test]
+fn a_snapshot_is_a_read_only_copy_that_outlives_retention_until_rmdir() {
+    let m = Mounted::with(
+        |c| {
+            c.history.max_age_ns = 200_000_000;
+        },
+        Default::default(),
+    );
+    m.add_peer("alice");
+    alice(&m, "a.rhai", r#"set("k", 1); set("d/x", "x"); 0"#);
+    assert!(m.names("alice/.snapshots").is_empty());
+    std::fs::create_dir(m.p("alice/.snapshots/before")).unwrap();
+    expect_errno(
+        std::fs::create_dir(m.p("alice/.snapshots/before")),
+        libc::EEXIST,
+        "a second snapshot of one name",
+    );
+    let a = id(&alice(&m, "b.rhai", r#"set("k", 2); remove("d/x"); 0"#));
+    std::thread::sleep(Duration::from_millis(300));
+    alice(&m, "c.rhai", r#"set("k", 3); 0"#);
+    // The history's entries of then are pruned; the snapshot is not.
+    assert!(!m.names("alice/.history").contains(&a));
+    assert_eq!(m.names("alice/.snapshots"), ["before"]);
+    assert_eq!(m.names("alice/.snapshots/before/state"), ["d", "k"]);
+    assert_eq!(
+        read(&m, "alice/.snapshots/before/state/k").as_deref(),
+        Some("1\n")
+    );
+    assert_eq!(
+        read(&m, "alice/.snapshots/before/state/d/x").as_deref(),
+        Some("x")
+    );
+    assert_eq!(read(&m, "alice/state/k").as_deref(), Some("3\n"));
+    let f = m.p("alice/.snapshots/before/state/k");
+    assert!(std::fs::write(&f, "9").is_err());
+    assert!(std::fs::remove_file(&f).is_err());
+    assert!(!sh_ok(&format!("ls {}", q(&m.p("alice")))).contains("snapshots"));
+    std::fs::remove_dir(m.p("alice/.snapshots/before")).unwrap();
+    assert!(m.names("alice/.snapshots").is_empty());
+    expect_errno(
+        std::fs::read_dir(m.p("alice/.snapshots/before/state")),
+        libc::ENOENT,
+        "a removed snapshot",
+    );
+}
