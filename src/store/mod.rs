@@ -11,8 +11,25 @@ pub mod rows;
 pub mod sqlite;
 pub mod value;
 
-use crate::error::Result;
+use std::sync::Arc;
+
+use crate::error::{err, Result};
+use crate::tables::rows::Row;
+use crate::tables::{Filter, Find, Schema};
 pub use sqlite::SqliteStore;
+
+/// What a schema change did: words for the log, and the data it dropped with
+/// the owner's consent, as (what: `table` or `table.field`, JSON lines), to be
+/// kept under `DATA/removed/`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Migrated {
+    pub summary: String,
+    pub removed: Vec<(String, String)>,
+}
+
+fn no_tables<T>() -> Result<T> {
+    Err(err!(libc::ENOSYS, "this store has no declared tables"))
+}
 
 /// A submitted script waiting in a peer's queue.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -266,4 +283,55 @@ pub trait Store: Send {
 
     /// Runs `PRAGMA integrity_check`.
     fn integrity_check(&mut self) -> Result<String>;
+
+    // Declared tables (DESIGN §7, `crate::tables`).
+    /// The schema in force (none declared: no tables).
+    fn schema(&mut self) -> Result<Arc<Schema>> {
+        Ok(Arc::default())
+    }
+    /// Applies a new `schema.toml` in the open transaction (and keeps its text),
+    /// or refuses it (`EINVAL`, naming the rule and the rows that fail it).
+    fn apply_schema(&mut self, _text: &[u8]) -> Result<Migrated> {
+        no_tables()
+    }
+    /// The row of `table` with key `id`.
+    fn row_get(&mut self, _table: &str, _id: &serde_json::Value) -> Result<Option<Row>> {
+        no_tables()
+    }
+    /// Inserts a whole row (`tables::rows::prepare_insert`); its key.
+    /// `EEXIST` on a unique clash, `EINVAL` for a ref to no row.
+    fn row_insert(&mut self, _table: &str, _row: &Row) -> Result<serde_json::Value> {
+        no_tables()
+    }
+    /// Replaces the row with `row`'s key; false if there is none.
+    fn row_replace(&mut self, _table: &str, _row: &Row) -> Result<bool> {
+        no_tables()
+    }
+    /// Deletes a row (cascading, setting null or refused with `EBUSY` as its
+    /// refs say); false if there is none.
+    fn row_delete(&mut self, _table: &str, _id: &serde_json::Value) -> Result<bool> {
+        no_tables()
+    }
+    /// Visits the rows of `find` in its order, after the row `cursor`, until
+    /// `visit` returns false.
+    fn row_scan(
+        &mut self,
+        _table: &str,
+        _find: &Find,
+        _cursor: Option<&Row>,
+        _visit: &mut dyn FnMut(Row) -> bool,
+    ) -> Result<()> {
+        no_tables()
+    }
+    /// How many rows meet `filters`.
+    fn row_count(&mut self, _table: &str, _filters: &[Filter]) -> Result<u64> {
+        no_tables()
+    }
+    /// Counts query work from now on; a statement past `limit` operations is
+    /// interrupted (`None`: stop counting).
+    fn limit_work(&mut self, _limit: Option<u64>) {}
+    /// Query work counted since [`Store::limit_work`], in operations.
+    fn work(&self) -> u64 {
+        0
+    }
 }

@@ -13,6 +13,7 @@
 pub mod diff;
 pub mod parse;
 pub mod query;
+pub mod rows;
 pub mod sql;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,9 @@ mod folders;
 mod open;
 mod schema;
 mod state;
+mod tables;
+#[cfg(test)]
+mod tables_tests;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +46,8 @@ pub struct SqliteStore {
     synced: bool,
     /// Rows refused since the last `take_refused` (see `store::rows`).
     refused: u64,
+    /// Declared tables: the schema in force and the query work counted (`tables.rs`).
+    tables: tables::TablesState,
 }
 
 impl Store for SqliteStore {
@@ -704,5 +709,43 @@ impl Store for SqliteStore {
         Ok(self
             .conn
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+
+    // Declared tables: `tables.rs`.
+    fn schema(&mut self) -> Result<std::sync::Arc<crate::tables::Schema>> {
+        self.tables_schema()
+    }
+    fn apply_schema(&mut self, text: &[u8]) -> Result<super::Migrated> {
+        self.tables_apply(text)
+    }
+    fn row_get(&mut self, table: &str, id: &Value) -> Result<Option<crate::tables::rows::Row>> {
+        self.tables_get(table, id)
+    }
+    fn row_insert(&mut self, table: &str, row: &crate::tables::rows::Row) -> Result<Value> {
+        self.tables_insert(table, row)
+    }
+    fn row_replace(&mut self, table: &str, row: &crate::tables::rows::Row) -> Result<bool> {
+        self.tables_replace(table, row)
+    }
+    fn row_delete(&mut self, table: &str, id: &Value) -> Result<bool> {
+        self.tables_delete(table, id)
+    }
+    fn row_scan(
+        &mut self,
+        table: &str,
+        find: &crate::tables::Find,
+        cursor: Option<&crate::tables::rows::Row>,
+        visit: &mut dyn FnMut(crate::tables::rows::Row) -> bool,
+    ) -> Result<()> {
+        self.tables_scan(table, find, cursor, visit)
+    }
+    fn row_count(&mut self, table: &str, filters: &[crate::tables::Filter]) -> Result<u64> {
+        self.tables_count(table, filters)
+    }
+    fn limit_work(&mut self, limit: Option<u64>) {
+        self.tables_limit_work(limit)
+    }
+    fn work(&self) -> u64 {
+        self.tables_work()
     }
 }

@@ -23,6 +23,7 @@ impl SqliteStore {
             marks: Vec::new(),
             synced: true,
             refused: 0,
+            tables: Default::default(),
         };
         store.setup()?;
         Ok(store)
@@ -45,6 +46,7 @@ impl SqliteStore {
             marks: Vec::new(),
             synced: true,
             refused: 0,
+            tables: Default::default(),
         })
     }
 
