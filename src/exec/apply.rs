@@ -210,6 +210,9 @@ impl Core {
             | Op::MakeDir(_)
             | Op::RemoveDir(_)
             | Op::SetDirAttrs { .. } => self.apply_state(st, op),
+            Op::SetMeta(k, text) if k == crate::tables::META_KEY => {
+                self.apply_schema(st, peer, text)
+            }
             Op::SetModule(..)
             | Op::RemoveModule(_)
             | Op::SetMeta(..)

@@ -28,6 +28,7 @@ mod pool;
 mod provenance;
 mod result;
 mod run;
+mod schema;
 mod slot;
 mod state;
 mod submit;

@@ -159,6 +159,7 @@ pub const PEERS: Entry = Entry {
 };
 pub const POLICY: Entry = text(PolicyText::Policy);
 pub const GROUPS: Entry = text(PolicyText::Groups);
+pub const SCHEMA: Entry = text(PolicyText::Schema);
 pub const LOG: Entry = Entry {
     name: "log",
     kind: Kind::File,
@@ -170,7 +171,9 @@ pub const LOG: Entry = Entry {
 };
 
 /// A peer's folder as it is served today, in the order `ls -U` shows it.
-pub const PEER_FOLDER: [Entry; 8] = [INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, LOG];
+pub const PEER_FOLDER: [Entry; 9] = [
+    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, SCHEMA, LOG,
+];
 
 /// The entries of a peer's folder that the mount and the spool serve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,7 +258,10 @@ mod tests {
             l.written(Kind::Dir, "/", "and"),
             "inbox/, state/ and modules/"
         );
-        assert_eq!(l.written(Kind::File, "", "or"), "policy.cedar or groups");
+        assert_eq!(
+            l.written(Kind::File, "", "or"),
+            "policy.cedar, groups or schema.toml"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! A peer's policy texts as files (`policy.cedar`, `groups`; `schema.toml` next):
+//! A peer's policy texts as files (`policy.cedar`, `groups`, `schema.toml`):
 //! the one rule both the mount and the spool follow when a new text arrives.
 //! It is validated whole; a valid text is applied, an invalid one is refused with
-//! the reason in the peer's log and the old text stays in force.
+//! the reason in the peer's log and the old text stays in force. A schema that
+//! parses can still be refused when applied (rows that do not meet a tightening,
+//! data dropped without consent): the same refusal, logged the same way.
 
 use crate::error::err;
 use crate::exec::{Ack, Core, Op};
@@ -13,20 +15,31 @@ use crate::policy::PolicyText;
 /// error is the store's, from applying a valid text.
 pub fn apply_text(core: &Core, peer: &str, text: PolicyText, data: Vec<u8>, done: Ack) {
     match text.check(&data) {
-        Ok(()) => core.apply_async(peer, Op::SetMeta(text.key().to_string(), data), Some(done)),
-        Err(e) => {
-            let msg = format!(
-                "{} refused, the old one stays in force: {e} (check a file with `{}` before \
-                 copying it in)",
-                text.key(),
-                text.check_command()
-            );
-            let refusal = err!(libc::EINVAL, "{msg}");
-            core.apply_async(
-                peer,
-                Op::Log(msg),
-                Some(Box::new(move |_| done(Err(refusal)))),
-            );
+        Ok(()) if text == PolicyText::Schema => {
+            // Applying it checks the rows: a refusal then is logged like one here.
+            let (c, p) = (core.clone(), peer.to_string());
+            let after: Ack = Box::new(move |r| match r {
+                Err(e) if e.errno == libc::EINVAL => refuse(&c, &p, text, &e.message, done),
+                r => done(r),
+            });
+            core.apply_async(peer, Op::SetMeta(text.key().to_string(), data), Some(after))
         }
+        Ok(()) => core.apply_async(peer, Op::SetMeta(text.key().to_string(), data), Some(done)),
+        Err(e) => refuse(core, peer, text, &e.to_string(), done),
     }
+}
+
+fn refuse(core: &Core, peer: &str, text: PolicyText, why: &str, done: Ack) {
+    let msg = format!(
+        "{} refused, the old one stays in force: {why} (check a file with `{}` before \
+         copying it in)",
+        text.key(),
+        text.check_command()
+    );
+    let refusal = err!(libc::EINVAL, "{msg}");
+    core.apply_async(
+        peer,
+        Op::Log(msg),
+        Some(Box::new(move |_| done(Err(refusal)))),
+    );
 }

@@ -219,16 +219,19 @@ pub enum PolicyText {
     Policy,
     /// `groups`: the groups file.
     Groups,
+    /// `schema.toml`: the declared tables (`crate::tables`).
+    Schema,
 }
 
 impl PolicyText {
-    pub const ALL: [PolicyText; 2] = [PolicyText::Policy, PolicyText::Groups];
+    pub const ALL: [PolicyText; 3] = [PolicyText::Policy, PolicyText::Groups, PolicyText::Schema];
 
     /// The meta key it is stored under.
     pub const fn key(self) -> &'static str {
         match self {
             PolicyText::Policy => "policy",
             PolicyText::Groups => "groups",
+            PolicyText::Schema => crate::tables::META_KEY,
         }
     }
 
@@ -237,6 +240,7 @@ impl PolicyText {
         match self {
             PolicyText::Policy => "policy.cedar",
             PolicyText::Groups => "groups",
+            PolicyText::Schema => "schema.toml",
         }
     }
 
@@ -253,6 +257,9 @@ impl PolicyText {
         match self {
             PolicyText::Policy => Policy::parse(text).map(|_| ()),
             PolicyText::Groups => Groups::parse(text).map(|_| ()),
+            PolicyText::Schema => crate::tables::parse::parse(text)
+                .map(|_| ())
+                .map_err(|e| PolicyError::new(e.message)),
         }
     }
 
@@ -261,6 +268,7 @@ impl PolicyText {
         match self {
             PolicyText::Policy => "peerfs policy check FILE",
             PolicyText::Groups => "peerfs policy check POLICY --groups FILE",
+            PolicyText::Schema => "peerfs policy check POLICY --schema FILE",
         }
     }
 }

@@ -90,6 +90,8 @@ pub enum Node {
     },
     Policy(String),
     Groups(String),
+    /// `schema.toml`: the peer's declared tables.
+    Schema(String),
     Log(String),
     /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
     /// in `peer`'s own folder (target == peer) or its view of `target`.
@@ -124,7 +126,7 @@ impl Node {
         use Node::*;
         match self {
             Root | MetaDir | MetaFile(_) => None,
-            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) => Some(p),
+            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Schema(p) | Log(p) => Some(p),
             Inbox { peer, .. }
             | InboxFile { peer, .. }
             | Outbox { peer, .. }
@@ -145,6 +147,7 @@ impl Node {
         match text {
             PolicyText::Policy => Node::Policy(peer.to_string()),
             PolicyText::Groups => Node::Groups(peer.to_string()),
+            PolicyText::Schema => Node::Schema(peer.to_string()),
         }
     }
 
@@ -153,6 +156,7 @@ impl Node {
         match self {
             Node::Policy(p) => Some((p, PolicyText::Policy)),
             Node::Groups(p) => Some((p, PolicyText::Groups)),
+            Node::Schema(p) => Some((p, PolicyText::Schema)),
             _ => None,
         }
     }
@@ -240,6 +244,7 @@ impl std::fmt::Display for Node {
             }
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
+            Schema(p) => write!(f, "{p}/{}", PolicyText::Schema.file()),
             Log(p) => write!(f, "{p}/{log}"),
             Reserved {
                 peer, target, name, ..
