@@ -457,4 +457,15 @@ impl Host for KnownPeers<'_> {
     fn knows_peer(&self, peer: &str) -> bool {
         self.core.may_send_to(peer)
     }
+    fn row_access(&self, action: crate::script::RowAction, table: &str) -> crate::script::Access {
+        self.inner.row_access(action, table)
+    }
+    fn check_row(
+        &self,
+        action: crate::script::RowAction,
+        table: &str,
+        row: &crate::tables::rows::Row,
+    ) -> Result<()> {
+        self.inner.check_row(action, table, row)
+    }
 }
