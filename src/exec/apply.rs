@@ -213,6 +213,10 @@ impl Core {
             Op::SetMeta(k, text) if k == crate::tables::META_KEY => {
                 self.apply_schema(st, peer, text)
             }
+            Op::SetMeta(k, text) if k == crate::policy::PolicyText::Policy.key() => {
+                Self::check_policy(st, text)?;
+                Self::apply_files(st, op)
+            }
             Op::SetModule(..)
             | Op::RemoveModule(_)
             | Op::SetMeta(..)

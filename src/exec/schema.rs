@@ -22,6 +22,7 @@ impl Core {
         peer: &Arc<Peer>,
         text: &[u8],
     ) -> Result<Vec<Effect>> {
+        Self::check_policy_with(st, text)?;
         let m = st.apply_schema(text)?;
         let ts = rfc3339(now_ns());
         let mut kept = Vec::new();
@@ -37,6 +38,34 @@ impl Core {
             Effect::Changed(Change::Meta(crate::tables::META_KEY.to_string())),
             Effect::Changed(Change::Log),
         ])
+    }
+
+    /// A new `policy.cedar` validated against the peer's declared tables.
+    pub(super) fn check_policy(st: &mut dyn Store, text: &[u8]) -> Result<()> {
+        let tables = st.schema()?;
+        let text = std::str::from_utf8(text)
+            .map_err(|_| err!(libc::EINVAL, "policy.cedar is not UTF-8 text"))?;
+        crate::policy::Policy::parse_for(text, &tables)
+            .map(|_| ())
+            .map_err(|e| err!(libc::EINVAL, "{e}"))
+    }
+
+    /// The policy in force still validates against the tables of a new schema.
+    fn check_policy_with(st: &mut dyn Store, schema: &[u8]) -> Result<()> {
+        let Some((policy, _)) = st.meta(crate::policy::PolicyText::Policy.key())? else {
+            return Ok(());
+        };
+        let schema = std::str::from_utf8(schema)
+            .map_err(|_| err!(libc::EINVAL, "schema.toml is not UTF-8 text"))?;
+        let tables = crate::tables::parse::parse(schema)?;
+        let policy = String::from_utf8_lossy(&policy);
+        crate::policy::Policy::parse_for(&policy, &tables).map_err(|e| {
+            err!(
+                libc::EINVAL,
+                "policy.cedar would no longer validate against it: {e} (change the policy first)"
+            )
+        })?;
+        Ok(())
     }
 
     /// Writes dropped data to `DATA/removed/<peer>/<time>-<what>.jsonl`, synced,

@@ -14,19 +14,27 @@ use crate::policy::PolicyText;
 /// (so the log shows it as soon as the writer learns of the refusal). Any other
 /// error is the store's, from applying a valid text.
 pub fn apply_text(core: &Core, peer: &str, text: PolicyText, data: Vec<u8>, done: Ack) {
+    if text == PolicyText::Policy {
+        // Validated at the peer, against the tables its schema declares.
+        return defer(core, peer, text, data, done);
+    }
     match text.check(&data) {
-        Ok(()) if text == PolicyText::Schema => {
-            // Applying it checks the rows: a refusal then is logged like one here.
-            let (c, p) = (core.clone(), peer.to_string());
-            let after: Ack = Box::new(move |r| match r {
-                Err(e) if e.errno == libc::EINVAL => refuse(&c, &p, text, &e.message, done),
-                r => done(r),
-            });
-            core.apply_async(peer, Op::SetMeta(text.key().to_string(), data), Some(after))
-        }
+        Ok(()) if text == PolicyText::Schema => defer(core, peer, text, data, done),
         Ok(()) => core.apply_async(peer, Op::SetMeta(text.key().to_string(), data), Some(done)),
         Err(e) => refuse(core, peer, text, &e.to_string(), done),
     }
+}
+
+/// A text whose last check needs the peer's store (a policy against the declared
+/// tables, a schema against the rows and the policy): applied at the peer, and a
+/// refusal there (`EINVAL`) logged like one here.
+fn defer(core: &Core, peer: &str, text: PolicyText, data: Vec<u8>, done: Ack) {
+    let (c, p) = (core.clone(), peer.to_string());
+    let after: Ack = Box::new(move |r| match r {
+        Err(e) if e.errno == libc::EINVAL => refuse(&c, &p, text, &e.message, done),
+        r => done(r),
+    });
+    core.apply_async(peer, Op::SetMeta(text.key().to_string(), data), Some(after))
 }
 
 fn refuse(core: &Core, peer: &str, text: PolicyText, why: &str, done: Ack) {

@@ -12,11 +12,12 @@ use rhai::AST;
 use serde_json::Value;
 
 use super::calls::capabilities_used;
+use super::rows::{RowAsk, RowRule};
 use super::state::{Denied, PolicyState, Question};
 use super::{Action, Decision};
 use crate::error::{err, Result};
 use crate::peer::Peer;
-use crate::script::{Capability, Host, Limits, OwnerHost};
+use crate::script::{Access, Capability, Host, Limits, OwnerHost, RowAction};
 use crate::store::{Job, Store};
 
 /// What the policy needs of the daemon around it: other peers, opened by name (a
@@ -205,6 +206,7 @@ impl PolicyGate {
                 params,
                 params_json: job.params.clone(),
                 chain: job.chain.clone(),
+                rows: Mutex::new(HashMap::new()),
             }),
             limits,
         ))
@@ -222,6 +224,35 @@ pub struct PolicyHost<P> {
     params: Value,
     params_json: String,
     chain: Vec<String>,
+    /// The rule of each (row action, table) this run asked about.
+    rows: Mutex<HashMap<(RowAction, String), Arc<RowRule>>>,
+}
+
+impl<P> PolicyHost<P> {
+    fn row_rule(&self, action: RowAction, table: &str) -> Arc<RowRule> {
+        let key = (action, table.to_string());
+        if let Some(r) = self.rows.lock().unwrap().get(&key) {
+            return r.clone();
+        }
+        let groups = self.state.groups.groups_of(&self.caller);
+        let rule = Arc::new(
+            self.state
+                .policy
+                .row_rule(&self.ask(&groups), action, table),
+        );
+        self.rows.lock().unwrap().insert(key, rule.clone());
+        rule
+    }
+
+    fn ask<'a>(&'a self, groups: &'a [String]) -> RowAsk<'a> {
+        RowAsk {
+            caller: &self.caller,
+            groups,
+            script: &self.script,
+            params: &self.params,
+            chain: &self.chain,
+        }
+    }
 }
 
 fn action_of(cap: Capability) -> Action {
@@ -256,6 +287,30 @@ impl<P: Peers> Host for PolicyHost<P> {
             )
             .with_source(why)
         })
+    }
+
+    fn row_access(&self, action: RowAction, table: &str) -> Access {
+        self.row_rule(action, table).access
+    }
+
+    fn check_row(
+        &self,
+        action: RowAction,
+        table: &str,
+        row: &crate::tables::rows::Row,
+    ) -> Result<()> {
+        let rule = self.row_rule(action, table);
+        let groups = self.state.groups.groups_of(&self.caller);
+        rule.decide(&self.state.tables, &self.ask(&groups), row)
+            .map_err(|why| {
+                err!(
+                    libc::EACCES,
+                    "denied: {why}, for {} at {} (policy.cedar of {})",
+                    self.caller,
+                    self.target,
+                    self.target
+                )
+            })
     }
 
     fn check_script(&self, ast: &AST) -> Result<()> {
