@@ -230,6 +230,91 @@ permit(principal, action == Action::"insert", resource is Table::comments);
     );
     assert_eq!(v["status"], "error", "{v}");
     assert!(v["error"].as_str().unwrap().contains("no such row"), "{v}");
+    // Refused before running: the policy can never let bob delete notes.
+    let v = m.run_in(
+        "bob/peers/alice",
+        "d.rhai",
+        r#"if caller.name == "nobody" { db.notes.delete("x") } 1"#,
+    );
+    assert_eq!(v["status"], "denied", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("denied before running"),
+        "{v}"
+    );
+}
+
+#[test]
+fn an_update_is_decided_on_the_row_before_and_after() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    install(&m, "alice", SCHEMA).unwrap();
+    let id = m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"db.notes.insert(#{ title: "shared", pinned: true })"#,
+    );
+    let policy = m.local(
+        "p.cedar",
+        r#"permit(principal, action == Action::"run", resource);
+permit(principal, action in [Action::"select", Action::"update"], resource is Table::notes) when { resource.pinned };
+"#,
+    );
+    sh_ok(&format!(
+        "cp {} {}",
+        q(&policy),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    let id = id.as_str().unwrap();
+    let v = m.run_in(
+        "bob/peers/alice",
+        "u1.rhai",
+        &format!(r#"db.notes.update("{id}", #{{ title: "edited" }})"#),
+    );
+    assert_eq!(v["value"], true, "{v}");
+    // Unpinning would leave a row he may not update: denied, nothing changed.
+    let v = m.run_in(
+        "bob/peers/alice",
+        "u2.rhai",
+        &format!(r#"db.notes.update("{id}", #{{ pinned: false }})"#),
+    );
+    assert_eq!(v["status"], "denied", "{v}");
+    assert_eq!(
+        m.run_ok(
+            "alice",
+            "r.rhai",
+            &format!(r#"db.notes.get("{id}").pinned"#)
+        ),
+        json!(true)
+    );
+    // A schema change that would leave the policy invalid is refused, naming its line.
+    let no_pinned = SCHEMA.replace(
+        "fields.pinned  = { type = \"bool\", default = false }\n",
+        "",
+    );
+    let r = install(
+        &m,
+        "alice",
+        &format!("{no_pinned}[confirm]\ndrop = [\"notes.pinned\"]\n"),
+    );
+    expect_errno(r, libc::EINVAL, "a schema that leaves the policy invalid");
+    let log = m.log_of("alice");
+    assert!(
+        log.contains("policy.cedar would no longer validate against it: 2:"),
+        "{log}"
+    );
+    // A policy naming a column that does not exist is refused.
+    let typo = m.local("t.cedar", "permit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pinnned };\n");
+    let out = sh(&format!(
+        "cp {} {}",
+        q(&typo),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    assert!(!out.status.success());
+    assert!(m.log_of("alice").contains("pinnned"));
 }
 
 #[test]

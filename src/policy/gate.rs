@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use rhai::AST;
 use serde_json::Value;
 
-use super::calls::capabilities_used;
+use super::calls::{capabilities_used, row_calls_used};
 use super::rows::{RowAsk, RowRule};
 use super::state::{Denied, PolicyState, Question};
 use super::{Action, Decision};
@@ -321,6 +321,26 @@ impl<P: Peers> Host for PolicyHost<P> {
                     libc::EACCES,
                     "denied before running: the script calls {f}(), and no rule in the policy.cedar of {} can ever allow {} to {action}",
                     self.target, self.caller
+                ));
+            }
+        }
+        for (action, table) in row_calls_used(ast) {
+            // `select` never denies: rows the caller may not see are not there.
+            if action != RowAction::Select
+                && self.state.tables.table(&table).is_some()
+                && self.row_access(action, &table) == Access::None
+            {
+                return Err(err!(
+                    libc::EACCES,
+                    "denied before running: the script calls db.{table}.{}(), and no rule in the policy.cedar of {} can ever allow {} to {} rows of {table}",
+                    match action {
+                        RowAction::Insert => "insert",
+                        RowAction::Update => "update",
+                        _ => "delete",
+                    },
+                    self.target,
+                    self.caller,
+                    action.as_str()
                 ));
             }
         }

@@ -70,7 +70,7 @@
 //! its memo of decisions, and `gate.rs` the policy at work for runs, host calls
 //! and reads of another peer's state.
 
-mod calls;
+pub(crate) mod calls;
 mod decide;
 mod gate;
 mod groups;
