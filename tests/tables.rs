@@ -338,3 +338,39 @@ fn tables_survive_a_remount() {
         json!("kept")
     );
 }
+
+#[test]
+fn the_example_app_runs() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/examples/notes");
+    let file = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    install(&m, "alice", &file("schema.toml")).unwrap();
+    std::fs::write(m.p("alice/groups"), "friends: bob\n").unwrap();
+    let policy = m.local("p.cedar", &file("policy.cedar"));
+    sh_ok(&format!(
+        "cp {} {}",
+        q(&policy),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    assert_eq!(
+        m.run_ok("alice", "add-notes.rhai", &file("add-notes.rhai")),
+        json!({"added": 3, "home": 2})
+    );
+    let r = m.run_in("bob/peers/alice", "comment.rhai", &file("comment.rhai"));
+    assert_eq!(r["value"], "commented", "{r}");
+    let r = m.run_in("bob/peers/alice", "board.rhai", &file("board.rhai"));
+    assert_eq!(
+        r["value"],
+        json!([{"title": "Groceries", "tag": "home", "comments": ["bob: seen by bob"]}]),
+        "{r}"
+    );
+    assert_eq!(
+        m.run_ok("alice", "board.rhai", &file("board.rhai"))
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
