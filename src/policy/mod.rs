@@ -84,7 +84,7 @@ mod tests;
 pub use calls::capabilities_used;
 pub use gate::{owns, verdict, Peers, PolicyGate, PolicyHost, Verdict};
 pub use groups::{valid_name, Groups};
-pub use rows::{schema_text, RowAsk, RowRule};
+pub use rows::{check_schema_text, schema_text, RowAsk, RowRule};
 pub use state::{Denied, PolicyState, Question};
 
 use std::collections::{HashMap, HashSet};

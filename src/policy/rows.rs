@@ -88,6 +88,12 @@ pub fn schema_text(tables: &Tables) -> String {
     s
 }
 
+/// Whether Cedar takes the schema [`schema_text`] makes of `tables` (it always
+/// should: for tests and fuzzing).
+pub fn check_schema_text(tables: &Tables) -> Result<(), PolicyError> {
+    validator_for(tables).map(|_| ())
+}
+
 /// The validator of policies of a peer that declares `tables`.
 pub(super) fn validator_for(tables: &Tables) -> Result<Validator, PolicyError> {
     let (schema, _warnings) = cedar_policy::Schema::from_cedarschema_str(&schema_text(tables))
