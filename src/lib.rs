@@ -20,6 +20,7 @@
 //! * [`script`] (the sandboxed Rhai engine and its limits) and [`peer`] (the open
 //!   peer and the registry), side by side, over
 //! * [`store`] (the storage trait and its SQLite backend), over
+//! * [`tables`] (declared tables: `schema.toml`, its checks, changes and SQL), over
 //! * [`names`] (what a peer name, key or script name may be), over
 //! * [`error`] and [`util`].
 //!
@@ -42,6 +43,7 @@ pub mod replica;
 pub mod script;
 pub mod spool;
 pub mod store;
+pub mod tables;
 pub mod top;
 pub mod util;
 pub mod vfs;

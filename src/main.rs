@@ -214,11 +214,15 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum PolicyCmd {
-    /// Validate a policy.cedar (and a groups file) against the peerfs schema.
+    /// Validate a policy.cedar (and a groups file, and a schema.toml of declared
+    /// tables) against the peerfs schema.
     Check {
         file: PathBuf,
         #[arg(long)]
         groups: Option<PathBuf>,
+        /// A schema.toml: checked, and the policy is validated against its tables.
+        #[arg(long)]
+        schema: Option<PathBuf>,
     },
     /// Say whether PEER's policy lets CALLER do ACTION (run, read, write, send, import)
     /// on OBJECT (a script name, key, peer or module), and which policies decided.
@@ -949,7 +953,21 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
         ExitCode::from(code)
     };
     match cmd {
-        PolicyCmd::Check { file, groups } => {
+        PolicyCmd::Check {
+            file,
+            groups,
+            schema,
+        } => {
+            if let Some(s) = schema {
+                let text = match std::fs::read_to_string(&s) {
+                    Ok(t) => t,
+                    Err(e) => return fail(Exit::Io, format!("{}: {e}", s.display())),
+                };
+                match peerfs::tables::parse::parse(&text) {
+                    Ok(sc) => println!("{}: ok ({} tables)", s.display(), sc.tables.len()),
+                    Err(e) => return fail(Exit::Failed, format!("{}: {}", s.display(), e.message)),
+                }
+            }
             let text = match std::fs::read_to_string(&file) {
                 Ok(t) => t,
                 Err(e) => return fail(Exit::Io, format!("{}: {e}", file.display())),

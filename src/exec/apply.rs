@@ -212,6 +212,13 @@ impl Core {
             | Op::SetDirAttrs { .. } => {
                 self.with_history(st, &peer.name, op, |st| self.apply_state(st, op))
             }
+            Op::SetMeta(k, text) if k == crate::tables::META_KEY => {
+                self.with_history(st, &peer.name, op, |st| self.apply_schema(st, peer, text))
+            }
+            Op::SetMeta(k, text) if k == crate::policy::PolicyText::Policy.key() => {
+                Self::check_policy(st, text)?;
+                self.with_history(st, &peer.name, op, |st| Self::apply_files(st, op))
+            }
             Op::SetModule(..)
             | Op::RemoveModule(_)
             | Op::SetMeta(..)

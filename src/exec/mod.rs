@@ -29,6 +29,7 @@ mod pool;
 mod provenance;
 mod result;
 mod run;
+mod schema;
 mod slot;
 mod state;
 mod submit;

@@ -453,4 +453,15 @@ impl Host for KnownPeers<'_> {
         // is here, so its own name needs no caller to compare with.
         self.core.route("", peer).is_ok()
     }
+    fn row_access(&self, action: crate::script::RowAction, table: &str) -> crate::script::Access {
+        self.inner.row_access(action, table)
+    }
+    fn check_row(
+        &self,
+        action: crate::script::RowAction,
+        table: &str,
+        row: &crate::tables::rows::Row,
+    ) -> Result<()> {
+        self.inner.check_row(action, table, row)
+    }
 }

@@ -165,6 +165,7 @@ pub const PEERS: Entry = Entry {
 };
 pub const POLICY: Entry = text(PolicyText::Policy);
 pub const GROUPS: Entry = text(PolicyText::Groups);
+pub const SCHEMA: Entry = text(PolicyText::Schema);
 pub const LOG: Entry = Entry {
     name: "log",
     kind: Kind::File,
@@ -193,8 +194,8 @@ pub const SNAPSHOTS: Entry = Entry {
 };
 
 /// A peer's folder as it is served today, in the order `ls -U` shows it.
-pub const PEER_FOLDER: [Entry; 10] = [
-    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, LOG, HISTORY, SNAPSHOTS,
+pub const PEER_FOLDER: [Entry; 11] = [
+    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, SCHEMA, LOG, HISTORY, SNAPSHOTS,
 ];
 
 /// The entries of a peer's folder that the mount and the spool serve.
@@ -280,7 +281,10 @@ mod tests {
             l.written(Kind::Dir, "/", "and"),
             "inbox/, state/ and modules/"
         );
-        assert_eq!(l.written(Kind::File, "", "or"), "policy.cedar or groups");
+        assert_eq!(
+            l.written(Kind::File, "", "or"),
+            "policy.cedar, groups or schema.toml"
+        );
     }
 
     #[test]

@@ -165,6 +165,45 @@ fn is_string(e: &Expr) -> bool {
     }
 }
 
+/// The row actions a script's `db.<table>.<op>(...)` calls ask for, each (action,
+/// table) once: `get`, `find` and `count` select, the others are their own
+/// action. A table reached otherwise (`let t = db.notes; t.insert(..)`) is not
+/// seen here; its calls meet the policy at run time, as every call does.
+pub fn row_calls_used(ast: &AST) -> Vec<(crate::script::RowAction, String)> {
+    use crate::script::RowAction;
+    let mut used: Vec<(RowAction, String)> = Vec::new();
+    ast.walk(&mut |path: &[ASTNode]| {
+        let Some(ASTNode::Expr(Expr::Dot(outer, ..))) = path.last() else {
+            return true;
+        };
+        let Expr::Variable(v, ..) = &outer.lhs else {
+            return true;
+        };
+        if v.1.as_str() != "db" {
+            return true;
+        }
+        let Expr::Dot(inner, ..) = &outer.rhs else {
+            return true;
+        };
+        let (Expr::Property(p, _), Expr::MethodCall(f, _)) = (&inner.lhs, &inner.rhs) else {
+            return true;
+        };
+        let action = match f.name.as_str() {
+            "get" | "find" | "count" => RowAction::Select,
+            "insert" => RowAction::Insert,
+            "update" => RowAction::Update,
+            "delete" => RowAction::Delete,
+            _ => return true,
+        };
+        let table = p.2.to_string();
+        if !used.iter().any(|(a, t)| *a == action && *t == table) {
+            used.push((action, table));
+        }
+        true
+    });
+    used
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

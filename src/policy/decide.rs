@@ -405,6 +405,51 @@ fn cedar_entities(
     }
 }
 
+/// The principal (with its groups) and the params entity, for a row decision.
+pub(super) fn cedar_principal_and_params(
+    env: &Env,
+    caller: &str,
+    params: &serde_json::Value,
+    who: (&EntityUid, &[EntityUid]),
+) -> Result<Entities, PolicyError> {
+    let req = row_request(caller, "", params, &[]);
+    let needs = Needs {
+        principal: true,
+        ctx_params: true,
+        ..Needs::default()
+    };
+    cedar_entities(env, &req, needs, who, who.0)
+}
+
+/// Every field of the context, for a row decision.
+pub(super) fn cedar_context_full(
+    env: &Env,
+    caller: &str,
+    script: &str,
+    params: &serde_json::Value,
+    chain: &[String],
+) -> Result<Context, PolicyError> {
+    cedar_context(env, &row_request(caller, script, params, chain), Needs::ALL)
+}
+
+fn row_request<'a>(
+    caller: &'a str,
+    script: &'a str,
+    params: &'a serde_json::Value,
+    chain: &'a [String],
+) -> Request<'a> {
+    Request {
+        caller,
+        target: "",
+        action: Action::Run,
+        object: None,
+        script,
+        params,
+        now: crate::util::now_ns() / 1_000_000_000,
+        chain,
+    }
+}
+
 /// The request's context (only the fields the candidates read): `script`,
 /// `params`, `params_json`, `now`, `origin` and `chain`.
 fn cedar_context(env: &Env, req: &Request, needs: Needs) -> Result<Context, PolicyError> {

@@ -11,12 +11,13 @@ use std::sync::{Arc, Mutex};
 use rhai::AST;
 use serde_json::Value;
 
-use super::calls::capabilities_used;
+use super::calls::{capabilities_used, row_calls_used};
+use super::rows::{RowAsk, RowRule};
 use super::state::{Denied, PolicyState, Question};
 use super::{Action, Decision};
 use crate::error::{err, Result};
 use crate::peer::Peer;
-use crate::script::{Capability, Host, Limits, OwnerHost};
+use crate::script::{Access, Capability, Host, Limits, OwnerHost, RowAction};
 use crate::store::{Job, Store};
 
 /// What the policy needs of the daemon around it: other peers, opened by name (a
@@ -205,6 +206,7 @@ impl PolicyGate {
                 params,
                 params_json: job.params.clone(),
                 chain: job.chain.clone(),
+                rows: Mutex::new(HashMap::new()),
             }),
             limits,
         ))
@@ -222,6 +224,35 @@ pub struct PolicyHost<P> {
     params: Value,
     params_json: String,
     chain: Vec<String>,
+    /// The rule of each (row action, table) this run asked about.
+    rows: Mutex<HashMap<(RowAction, String), Arc<RowRule>>>,
+}
+
+impl<P> PolicyHost<P> {
+    fn row_rule(&self, action: RowAction, table: &str) -> Arc<RowRule> {
+        let key = (action, table.to_string());
+        if let Some(r) = self.rows.lock().unwrap().get(&key) {
+            return r.clone();
+        }
+        let groups = self.state.groups.groups_of(&self.caller);
+        let rule = Arc::new(
+            self.state
+                .policy
+                .row_rule(&self.ask(&groups), action, table),
+        );
+        self.rows.lock().unwrap().insert(key, rule.clone());
+        rule
+    }
+
+    fn ask<'a>(&'a self, groups: &'a [String]) -> RowAsk<'a> {
+        RowAsk {
+            caller: &self.caller,
+            groups,
+            script: &self.script,
+            params: &self.params,
+            chain: &self.chain,
+        }
+    }
 }
 
 fn action_of(cap: Capability) -> Action {
@@ -258,6 +289,30 @@ impl<P: Peers> Host for PolicyHost<P> {
         })
     }
 
+    fn row_access(&self, action: RowAction, table: &str) -> Access {
+        self.row_rule(action, table).access
+    }
+
+    fn check_row(
+        &self,
+        action: RowAction,
+        table: &str,
+        row: &crate::tables::rows::Row,
+    ) -> Result<()> {
+        let rule = self.row_rule(action, table);
+        let groups = self.state.groups.groups_of(&self.caller);
+        rule.decide(&self.state.tables, &self.ask(&groups), row)
+            .map_err(|why| {
+                err!(
+                    libc::EACCES,
+                    "denied: {why}, for {} at {} (policy.cedar of {})",
+                    self.caller,
+                    self.target,
+                    self.target
+                )
+            })
+    }
+
     fn check_script(&self, ast: &AST) -> Result<()> {
         for (cap, f) in capabilities_used(ast) {
             let action = action_of(cap);
@@ -266,6 +321,26 @@ impl<P: Peers> Host for PolicyHost<P> {
                     libc::EACCES,
                     "denied before running: the script calls {f}(), and no rule in the policy.cedar of {} can ever allow {} to {action}",
                     self.target, self.caller
+                ));
+            }
+        }
+        for (action, table) in row_calls_used(ast) {
+            // `select` never denies: rows the caller may not see are not there.
+            if action != RowAction::Select
+                && self.state.tables.table(&table).is_some()
+                && self.row_access(action, &table) == Access::None
+            {
+                return Err(err!(
+                    libc::EACCES,
+                    "denied before running: the script calls db.{table}.{}(), and no rule in the policy.cedar of {} can ever allow {} to {} rows of {table}",
+                    match action {
+                        RowAction::Insert => "insert",
+                        RowAction::Update => "update",
+                        _ => "delete",
+                    },
+                    self.target,
+                    self.caller,
+                    action.as_str()
                 ));
             }
         }

@@ -70,12 +70,13 @@
 //! its memo of decisions, and `gate.rs` the policy at work for runs, host calls
 //! and reads of another peer's state.
 
-mod calls;
+pub(crate) mod calls;
 mod decide;
 mod gate;
 mod groups;
 mod native;
 mod parse;
+mod rows;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -83,6 +84,7 @@ mod tests;
 pub use calls::capabilities_used;
 pub use gate::{owns, verdict, Peers, PolicyGate, PolicyHost, Verdict};
 pub use groups::{valid_name, Groups};
+pub use rows::{check_schema_text, schema_text, RowAsk, RowRule};
 pub use state::{Denied, PolicyState, Question};
 
 use std::collections::{HashMap, HashSet};
@@ -219,16 +221,19 @@ pub enum PolicyText {
     Policy,
     /// `groups`: the groups file.
     Groups,
+    /// `schema.toml`: the declared tables (`crate::tables`).
+    Schema,
 }
 
 impl PolicyText {
-    pub const ALL: [PolicyText; 2] = [PolicyText::Policy, PolicyText::Groups];
+    pub const ALL: [PolicyText; 3] = [PolicyText::Policy, PolicyText::Groups, PolicyText::Schema];
 
     /// The meta key it is stored under.
     pub const fn key(self) -> &'static str {
         match self {
             PolicyText::Policy => "policy",
             PolicyText::Groups => "groups",
+            PolicyText::Schema => crate::tables::META_KEY,
         }
     }
 
@@ -237,6 +242,7 @@ impl PolicyText {
         match self {
             PolicyText::Policy => "policy.cedar",
             PolicyText::Groups => "groups",
+            PolicyText::Schema => "schema.toml",
         }
     }
 
@@ -253,6 +259,9 @@ impl PolicyText {
         match self {
             PolicyText::Policy => Policy::parse(text).map(|_| ()),
             PolicyText::Groups => Groups::parse(text).map(|_| ()),
+            PolicyText::Schema => crate::tables::parse::parse(text)
+                .map(|_| ())
+                .map_err(|e| PolicyError::new(e.message)),
         }
     }
 
@@ -261,6 +270,7 @@ impl PolicyText {
         match self {
             PolicyText::Policy => "peerfs policy check FILE",
             PolicyText::Groups => "peerfs policy check POLICY --groups FILE",
+            PolicyText::Schema => "peerfs policy check POLICY --schema FILE",
         }
     }
 }

@@ -33,13 +33,31 @@ impl Policy {
     }
 
     fn parse_with(text: &str, validate: bool) -> Result<Policy, PolicyError> {
+        Policy::parse_checked(text, validate, None)
+    }
+
+    /// [`Policy::parse`] against `validator` (a peer's declared tables, see
+    /// `rows.rs`) instead of [`SCHEMA`]'s.
+    pub(super) fn parse_validated(
+        text: &str,
+        validator: Option<&Validator>,
+    ) -> Result<Policy, PolicyError> {
+        Policy::parse_checked(text, true, validator)
+    }
+
+    fn parse_checked(
+        text: &str,
+        validate: bool,
+        validator: Option<&Validator>,
+    ) -> Result<Policy, PolicyError> {
         let env = env()?;
         let set = parse_set(text)?;
         // File order and byte offset of every policy (Cedar numbers them policy0..).
         let mut policies: Vec<&cedar_policy::Policy> = set.policies().collect();
         policies.sort_by_key(|p| auto_index(id_str(p.id())).unwrap_or(usize::MAX));
         let starts = locate(text, &policies);
-        let warnings = check_schema(env, &set, text, &starts, validate)?;
+        let validator = validator.unwrap_or(&env.validator);
+        let warnings = check_schema(validator, &set, text, &starts, validate)?;
 
         let run = &env.actions[Action::Run.index()];
         let mut meta = HashMap::new();
@@ -162,14 +180,14 @@ fn locate(text: &str, policies: &[&cedar_policy::Policy]) -> HashMap<String, (us
 /// Strict validation against [`SCHEMA`]: its errors refuse the policy (when
 /// `validate`), its warnings are kept, each with its line and column.
 fn check_schema(
-    env: &Env,
+    validator: &Validator,
     set: &PolicySet,
     text: &str,
     starts: &HashMap<String, (usize, String)>,
     validate: bool,
 ) -> Result<Vec<String>, PolicyError> {
     let start_of = |id: &PolicyId| starts.get(id_str(id)).map(|(s, _)| *s);
-    let result = env.validator.validate(set, ValidationMode::Strict);
+    let result = validator.validate(set, ValidationMode::Strict);
     let errors: Vec<String> = result
         .validation_errors()
         .map(|e| {

@@ -15,6 +15,8 @@ use crate::store::Store;
 pub struct PolicyState {
     pub policy: Policy,
     pub groups: Groups,
+    /// The peer's declared tables (the policy was validated against them).
+    pub tables: Arc<crate::tables::Schema>,
     /// Which parts of the context the policy text mentions: only those go into a
     /// memo key, so a decision is reused exactly when Cedar would decide the same.
     uses_script: bool,
@@ -97,9 +99,18 @@ impl PolicyState {
     /// Parses stored texts; a stored text that no longer parses (it was validated
     /// when written) denies everything rather than failing open.
     pub fn from_texts(policy: &[u8], groups: &[u8]) -> PolicyState {
+        PolicyState::with_tables(policy, groups, Arc::default())
+    }
+
+    /// [`PolicyState::from_texts`] of a peer that declares `tables`.
+    pub fn with_tables(
+        policy: &[u8],
+        groups: &[u8],
+        tables: Arc<crate::tables::Schema>,
+    ) -> PolicyState {
         let p = std::str::from_utf8(policy)
             .ok()
-            .and_then(|t| Policy::parse(t).ok())
+            .and_then(|t| Policy::parse_for(t, &tables).ok())
             .unwrap_or_else(Policy::empty);
         let g = std::str::from_utf8(groups)
             .ok()
@@ -113,6 +124,7 @@ impl PolicyState {
             uses_chain: text.contains("origin") || text.contains("chain"),
             policy: p,
             groups: g,
+            tables,
             memo: Mutex::new(Memo::default()),
             ever: Mutex::new(HashMap::new()),
         }
@@ -122,9 +134,10 @@ impl PolicyState {
     pub fn load(s: &mut dyn Store) -> Result<PolicyState> {
         let p = s.meta(PolicyText::Policy.key())?.map(|x| x.0);
         let g = s.meta(PolicyText::Groups.key())?.map(|x| x.0);
-        Ok(PolicyState::from_texts(
+        Ok(PolicyState::with_tables(
             &p.unwrap_or_default(),
             &g.unwrap_or_default(),
+            s.schema()?,
         ))
     }
 

@@ -34,6 +34,44 @@ impl Capability {
     }
 }
 
+/// An action on a row of a declared table (DESIGN §7), as the policy names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowAction {
+    Select,
+    Insert,
+    Update,
+    Delete,
+}
+
+impl RowAction {
+    pub const ALL: [RowAction; 4] = [
+        RowAction::Select,
+        RowAction::Insert,
+        RowAction::Update,
+        RowAction::Delete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowAction::Select => "select",
+            RowAction::Insert => "insert",
+            RowAction::Update => "update",
+            RowAction::Delete => "delete",
+        }
+    }
+}
+
+/// How far a caller may do a row action on a table, before looking at rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// On every row (the owner; a permit without conditions on the row).
+    All,
+    /// On the rows the policy allows, each decided.
+    PerRow,
+    /// On no row.
+    None,
+}
+
 /// A `send(peer, script, params)` call, delivered after the run commits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendRequest {
@@ -56,6 +94,25 @@ pub trait Host {
     fn knows_peer(&self, _peer: &str) -> bool {
         true
     }
+    /// How far the caller may do `action` on rows of `table` (none unless a
+    /// host says otherwise).
+    fn row_access(&self, _action: RowAction, _table: &str) -> Access {
+        Access::None
+    }
+    /// Whether the caller may do `action` on `row` of `table`; `Err` names the
+    /// action and the deciding policy.
+    fn check_row(
+        &self,
+        action: RowAction,
+        table: &str,
+        _row: &crate::tables::rows::Row,
+    ) -> Result<()> {
+        Err(crate::error::err!(
+            libc::EACCES,
+            "{} on table {table} is not allowed here",
+            action.as_str()
+        ))
+    }
 }
 
 /// The owner's own scripts: every capability; the caller's state is the target's.
@@ -63,6 +120,12 @@ pub struct OwnerHost;
 
 impl Host for OwnerHost {
     fn check(&self, _: Capability, _: &str) -> Result<()> {
+        Ok(())
+    }
+    fn row_access(&self, _: RowAction, _: &str) -> Access {
+        Access::All
+    }
+    fn check_row(&self, _: RowAction, _: &str, _: &crate::tables::rows::Row) -> Result<()> {
         Ok(())
     }
     fn caller_get(&self, _key: &str) -> Result<Option<Value>> {
@@ -92,6 +155,9 @@ pub(super) struct Ctx {
     pub(super) output: String,
     output_over: bool,
     pub(super) ops: u64,
+    /// Work of queries of declared tables, in operations (beside Rhai's `ops`).
+    pub(super) db_ops: u64,
+    pub(super) max_ops: u64,
     pub(super) logs: Vec<String>,
     pub(super) sends: Vec<SendRequest>,
     pub(super) fatal: Option<(Status, String)>,
@@ -158,6 +224,8 @@ pub(super) fn install(
         output: String::new(),
         output_over: false,
         ops: 0,
+        db_ops: 0,
+        max_ops: input.limits.max_operations,
         logs: Vec::new(),
         sends: Vec::new(),
         fatal: None,
@@ -247,7 +315,7 @@ fn storage_err(e: crate::error::Error) -> Box<EvalAltResult> {
     e.message.into()
 }
 
-fn to_json(v: &Dynamic) -> RhaiResult<Value> {
+pub(super) fn to_json(v: &Dynamic) -> RhaiResult<Value> {
     let j = serde_json::to_value(v).map_err(|e| format!("value cannot be stored: {e}"))?;
     super::check_depth(&j, "value").map_err(|e| -> Box<EvalAltResult> { e.message.into() })?;
     Ok(j)
@@ -270,12 +338,71 @@ fn to_dyn(v: Option<Value>) -> RhaiResult<Dynamic> {
     }
 }
 
+/// The run's context as `db` (`script/db.rs`) uses it.
+impl Ctx {
+    pub(super) fn store(&mut self) -> &mut dyn Store {
+        store(self)
+    }
+    pub(super) fn store_w(&mut self) -> RhaiResult<&mut dyn Store> {
+        store_w(self)
+    }
+    pub(super) fn host(&self) -> &dyn Host {
+        // SAFETY: see `install`.
+        unsafe { &*self.host }
+    }
+    /// The host, borrowed apart from the context (for a closure that also uses
+    /// the store). Valid for the run, like every pointer of the context.
+    pub(super) fn host_ref<'a>(&self) -> &'a dyn Host {
+        // SAFETY: see `install`: the host outlives the run and every use in it.
+        unsafe { &*self.host }
+    }
+    pub(super) fn fatal(&mut self, status: Status, msg: String) -> Box<EvalAltResult> {
+        fatal(self, status, msg)
+    }
+    pub(super) fn check_sizes(&mut self, what: &str, v: &Value) -> RhaiResult<()> {
+        check_sizes(self, what, v)
+    }
+    /// Counts query work from here, within what the run has left.
+    pub(super) fn start_work(&mut self) {
+        let left = self.max_ops.saturating_sub(self.ops + self.db_ops);
+        store(self).limit_work(Some(left));
+    }
+    pub(super) fn end_work(&mut self) {
+        let s = store(self);
+        let w = s.work();
+        s.limit_work(None);
+        self.db_ops += w;
+    }
+    pub(super) fn work_over(&self) -> bool {
+        self.ops + self.db_ops >= self.max_ops
+    }
+    /// Adds work done outside SQLite; past the limit the run ends.
+    pub(super) fn add_ops(&mut self, n: u64) -> RhaiResult<()> {
+        self.db_ops += n;
+        if self.ops + self.db_ops > self.max_ops {
+            let msg = format!("max_operations ({}) reached", self.max_ops);
+            return Err(fatal(self, Status::Limit, msg));
+        }
+        Ok(())
+    }
+}
+
+/// A row action the caller may never do on `table`: the run ends `denied`.
+pub(super) fn deny(c: &mut Ctx, action: RowAction, table: &str) -> Box<EvalAltResult> {
+    let msg = match c.host().check_row(action, table, &Default::default()) {
+        Err(e) => e.message,
+        Ok(()) => format!("{} on table {table} denied", action.as_str()),
+    };
+    fatal(c, Status::Denied, msg)
+}
+
 /// The host API: state ([`register_state`]) and the calls that reach beyond
 /// this peer's state or out of the run ([`register_calls`]).
 pub(super) fn register(engine: &mut Engine) {
     register_state(engine);
     register_calls(engine);
     super::undo::register(engine);
+    super::db::register(engine);
 }
 
 /// `get`, `set`, `remove` and `keys` on the target's state, each checked by
@@ -426,6 +553,15 @@ pub(super) fn on_progress(ops: u64) -> Option<Dynamic> {
         let mut b = c.borrow_mut();
         let c = b.as_mut()?;
         c.ops = ops;
+        // Rhai bounds its own count; queries of declared tables add theirs.
+        if c.db_ops != 0 && ops + c.db_ops > c.max_ops {
+            let msg = format!(
+                "max_operations ({}) reached: the script and its queries of declared tables",
+                c.max_ops
+            );
+            c.fatal = Some((Status::Limit, msg.clone()));
+            return Some(msg.into());
+        }
         // O(1): one thread-local read. A step that copies a big value at once can
         // pass the limit by that value's size before this sees it; steps that make
         // a value of a size they are given check before allocating (`guard`).

@@ -9,6 +9,9 @@
 
 mod alloc;
 pub(crate) mod cache;
+mod db;
+#[cfg(test)]
+mod db_tests;
 mod host;
 mod limits;
 mod sizes;
@@ -23,7 +26,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, Map, Scope};
 use serde_json::Value;
 
 pub use cache::AstCache;
-pub use host::{Capability, Host, OwnerHost, SendRequest};
+pub use host::{Access, Capability, Host, OwnerHost, RowAction, SendRequest};
 pub use limits::{Bounded, Limits};
 
 use crate::store::Store;
@@ -284,7 +287,7 @@ impl ScriptEngine {
             value: Value::Null,
             output: ctx.output,
             error: None,
-            operations: ctx.ops,
+            operations: ctx.ops + ctx.db_ops,
             logs: ctx.logs,
             sends: ctx.sends,
             duration: started.elapsed(),
@@ -339,6 +342,7 @@ fn scope_of(input: &RunInput) -> Scope<'static> {
     let mut scope = Scope::new();
     scope.push_constant("caller", caller);
     scope.push_constant("target", target);
+    scope.push_constant("db", db::Db);
     scope
 }
 

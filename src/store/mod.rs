@@ -13,14 +13,31 @@ pub mod sqlite;
 mod txn;
 pub mod value;
 
-use crate::error::Result;
+use std::sync::Arc;
+
+use crate::error::{err, Result};
+use crate::tables::rows::Row;
+use crate::tables::{Filter, Find, Schema};
 pub use sqlite::SqliteStore;
 pub use txn::{Savepoint, Txn};
 
 /// Every trait of the store, for code that calls them on a concrete store (a
 /// `dyn Store` needs none of them in scope), as `std::io::prelude` does.
 pub mod prelude {
-    pub use super::{AuditLog, Documents, Messages, Queue, Results, StateKeys, Store};
+    pub use super::{AuditLog, Documents, Messages, Queue, Results, StateKeys, Store, Tables};
+}
+
+/// What a schema change did: words for the log, and the data it dropped with
+/// the owner's consent, as (what: `table` or `table.field`, JSON lines), to be
+/// kept under `DATA/removed/`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Migrated {
+    pub summary: String,
+    pub removed: Vec<(String, String)>,
+}
+
+fn no_tables<T>() -> Result<T> {
+    Err(err!(libc::ENOSYS, "this store has no declared tables"))
 }
 
 /// A submitted script waiting in a peer's queue.
@@ -137,10 +154,13 @@ pub type OpenReader = Box<dyn Fn() -> Result<Box<dyn Store>> + Send + Sync>;
 
 /// The storage of one peer. Object safe so that backends can be swapped: a peer
 /// holds its store as a `Box<dyn Store>`. Split by concern: [`StateKeys`],
-/// [`Documents`], [`Queue`], [`Messages`], [`Results`] and [`AuditLog`]; `Store`
+/// [`Documents`], [`Queue`], [`Messages`], [`Results`], [`AuditLog`] and
+/// [`Tables`]; `Store`
 /// itself adds transactions (used through the guards [`Txn`] and [`Savepoint`])
 /// and upkeep. Their methods are callable on a `dyn Store` as they are.
-pub trait Store: StateKeys + Documents + Queue + Messages + Results + AuditLog + Send {
+pub trait Store:
+    StateKeys + Documents + Queue + Messages + Results + AuditLog + Tables + Send
+{
     /// How to open read-only handles on this store, for its readers (asked once,
     /// when the peer opens; the handle itself is opened on first read).
     fn reader_opener(&self) -> OpenReader;
@@ -171,6 +191,59 @@ pub trait Store: StateKeys + Documents + Queue + Messages + Results + AuditLog +
     /// The store's history, if it keeps one (see [`history`]).
     fn history(&mut self) -> Option<&mut dyn history::History> {
         None
+    }
+}
+
+/// Declared tables (DESIGN §7, `crate::tables`); a backend without them has none.
+pub trait Tables {
+    /// The schema in force (none declared: no tables).
+    fn schema(&mut self) -> Result<Arc<Schema>> {
+        Ok(Arc::default())
+    }
+    /// Applies a new `schema.toml` in the open transaction (and keeps its text),
+    /// or refuses it (`EINVAL`, naming the rule and the rows that fail it).
+    fn apply_schema(&mut self, _text: &[u8]) -> Result<Migrated> {
+        no_tables()
+    }
+    /// The row of `table` with key `id`.
+    fn row_get(&mut self, _table: &str, _id: &serde_json::Value) -> Result<Option<Row>> {
+        no_tables()
+    }
+    /// Inserts a whole row (`tables::rows::prepare_insert`); its key.
+    /// `EEXIST` on a unique clash, `EINVAL` for a ref to no row.
+    fn row_insert(&mut self, _table: &str, _row: &Row) -> Result<serde_json::Value> {
+        no_tables()
+    }
+    /// Replaces the row with `row`'s key; false if there is none.
+    fn row_replace(&mut self, _table: &str, _row: &Row) -> Result<bool> {
+        no_tables()
+    }
+    /// Deletes a row (cascading, setting null or refused with `EBUSY` as its
+    /// refs say); false if there is none.
+    fn row_delete(&mut self, _table: &str, _id: &serde_json::Value) -> Result<bool> {
+        no_tables()
+    }
+    /// Visits the rows of `find` in its order, after the row `cursor`, until
+    /// `visit` returns false.
+    fn row_scan(
+        &mut self,
+        _table: &str,
+        _find: &Find,
+        _cursor: Option<&Row>,
+        _visit: &mut dyn FnMut(Row) -> bool,
+    ) -> Result<()> {
+        no_tables()
+    }
+    /// How many rows meet `filters`.
+    fn row_count(&mut self, _table: &str, _filters: &[Filter]) -> Result<u64> {
+        no_tables()
+    }
+    /// Counts query work from now on; a statement past `limit` operations is
+    /// interrupted (`None`: stop counting).
+    fn limit_work(&mut self, _limit: Option<u64>) {}
+    /// Query work counted since [`Store::limit_work`], in operations.
+    fn work(&self) -> u64 {
+        0
     }
 }
 

@@ -250,7 +250,7 @@ impl Vfs {
             StateFile { peer, key } => self.state_file_attr(node, peer, key),
             ModuleFile { peer, name } => self.module_file_attr(peer, name),
             ViewStateFile { peer, other, key } => self.view_attr(peer, other, key),
-            Policy(_) | Groups(_) => {
+            Policy(_) | Groups(_) | Schema(_) => {
                 let (p, text) = node.as_text().expect("a policy text");
                 let (b, t) = self.meta_bytes(p, text)?;
                 self.file_attr(
@@ -558,7 +558,7 @@ impl Vfs {
                     }
                 }
             }
-            Node::Policy(_) | Node::Groups(_) => {
+            Node::Policy(_) | Node::Groups(_) | Node::Schema(_) => {
                 return Err(err!(libc::EACCES, "write the whole file instead"))
             }
             _ => return Err(ro("this file")),

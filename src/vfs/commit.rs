@@ -558,7 +558,7 @@ impl Vfs {
                     })),
                 )
             }
-            Node::Policy(_) | Node::Groups(_) => {
+            Node::Policy(_) | Node::Groups(_) | Node::Schema(_) => {
                 let (peer, text) = node.as_text().expect("a policy text");
                 crate::layout::apply_text(&self.core, peer, text, data, reply)
             }

@@ -96,6 +96,7 @@ impl Vfs {
                 .ok_or_else(|| err!(libc::ENOENT, "no script {name:?} in the inbox")),
             Policy(p) => Ok(self.meta_bytes(p, PolicyText::Policy)?.0),
             Groups(p) => Ok(self.meta_bytes(p, PolicyText::Groups)?.0),
+            Schema(p) => Ok(self.meta_bytes(p, PolicyText::Schema)?.0),
             Reserved {
                 kind: Kind::File, ..
             } => Ok(Vec::new()),
@@ -144,6 +145,7 @@ impl Vfs {
                 | ModuleFile { .. }
                 | Policy(_)
                 | Groups(_)
+                | Schema(_)
                 | EditFile { .. }
         ) {
             return Err(ro(&node.to_string()));
@@ -249,7 +251,9 @@ impl Vfs {
             }
             Node::ModuleFile { .. } => self.core.base_limits(true).max_script_bytes,
             // An editor's file becomes a policy or groups file, or goes.
-            Node::Policy(_) | Node::Groups(_) | Node::EditFile { .. } => MAX_META_FILE,
+            Node::Policy(_) | Node::Groups(_) | Node::Schema(_) | Node::EditFile { .. } => {
+                MAX_META_FILE
+            }
             Node::StateFile { .. } => self.core.base_limits(true).max_value_bytes,
             _ => MAX_STATE_FILE,
         }

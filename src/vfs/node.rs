@@ -90,6 +90,8 @@ pub enum Node {
     },
     Policy(String),
     Groups(String),
+    /// `schema.toml`: the peer's declared tables.
+    Schema(String),
     Log(String),
     /// `peer/.history/`: one folder per entry of the peer's history.
     History(String),
@@ -165,8 +167,8 @@ impl Node {
         use Node::*;
         match self {
             Root | MetaDir | MetaFile(_) => None,
-            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Log(p) | History(p)
-            | Snapshots(p) => Some(p),
+            Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Schema(p) | Log(p)
+            | History(p) | Snapshots(p) => Some(p),
             Snapshot { peer, .. } | SnapState { peer, .. } | SnapStateFile { peer, .. } => {
                 Some(peer)
             }
@@ -194,6 +196,7 @@ impl Node {
         match text {
             PolicyText::Policy => Node::Policy(peer.to_string()),
             PolicyText::Groups => Node::Groups(peer.to_string()),
+            PolicyText::Schema => Node::Schema(peer.to_string()),
         }
     }
 
@@ -202,6 +205,7 @@ impl Node {
         match self {
             Node::Policy(p) => Some((p, PolicyText::Policy)),
             Node::Groups(p) => Some((p, PolicyText::Groups)),
+            Node::Schema(p) => Some((p, PolicyText::Schema)),
             _ => None,
         }
     }
@@ -295,6 +299,7 @@ impl std::fmt::Display for Node {
             }
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
+            Schema(p) => write!(f, "{p}/{}", PolicyText::Schema.file()),
             Log(p) => write!(f, "{p}/{log}"),
             History(p) => write!(f, "{p}/{}", l::HISTORY.name),
             HistAt { peer, at } => write!(f, "{peer}/{}/{at}", l::HISTORY.name),

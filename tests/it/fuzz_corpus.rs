@@ -25,6 +25,8 @@ mod names;
 mod policy_diff;
 #[path = "../../fuzz/fuzz_targets/policy_parse.rs"]
 mod policy_parse;
+#[path = "../../fuzz/fuzz_targets/schema_parse.rs"]
+mod schema_parse;
 #[path = "../../fuzz/fuzz_targets/script_intake.rs"]
 mod script_intake;
 #[path = "../../fuzz/fuzz_targets/value_encoding.rs"]
@@ -71,6 +73,7 @@ corpus_tests!(
     names,
     policy_diff,
     policy_parse,
+    schema_parse,
     script_intake,
     value_encoding,
     vfs_ops,
@@ -87,6 +90,7 @@ fn every_fuzz_target_is_replayed() {
         "names",
         "policy_diff",
         "policy_parse",
+        "schema_parse",
         "script_intake",
         "value_encoding",
         "vfs_ops",

@@ -39,3 +39,5 @@ mod vfs;
 mod vfs_model;
 mod replica;
 mod history;
+mod tables;
+mod tables_model;

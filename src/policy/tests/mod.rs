@@ -4,6 +4,7 @@
 //! against Cedar.
 
 mod native;
+mod rows;
 
 use super::*;
 use serde_json::json;

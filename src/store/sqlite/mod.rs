@@ -20,6 +20,9 @@ mod open;
 mod schema;
 mod snapshot;
 mod state;
+mod tables;
+#[cfg(test)]
+mod tables_tests;
 #[cfg(test)]
 mod tests;
 
@@ -32,7 +35,7 @@ use super::history::ItemKind;
 use super::value::{parse_file, render};
 use super::{
     rows, AuditLog, DirEntry, Documents, FileStat, Folder, Job, Message, Messages, OutboxEntry,
-    Queue, Results, StateKeys, Store,
+    Queue, Results, StateKeys, Store, Tables,
 };
 use crate::error::err;
 use crate::error::Result;
@@ -57,6 +60,8 @@ pub struct SqliteStore {
     refused: u64,
     /// The history entry being recorded (see `history.rs`).
     hist: history::Recorder,
+    /// Declared tables: the schema in force and the query work counted (`tables.rs`).
+    tables: tables::TablesState,
 }
 
 impl Store for SqliteStore {
@@ -151,6 +156,45 @@ impl Store for SqliteStore {
 
     fn history(&mut self) -> Option<&mut dyn super::history::History> {
         Some(self)
+    }
+}
+
+impl Tables for SqliteStore {
+    fn schema(&mut self) -> Result<std::sync::Arc<crate::tables::Schema>> {
+        self.tables_schema()
+    }
+    fn apply_schema(&mut self, text: &[u8]) -> Result<super::Migrated> {
+        self.tables_apply(text)
+    }
+    fn row_get(&mut self, table: &str, id: &Value) -> Result<Option<crate::tables::rows::Row>> {
+        self.tables_get(table, id)
+    }
+    fn row_insert(&mut self, table: &str, row: &crate::tables::rows::Row) -> Result<Value> {
+        self.tables_insert(table, row)
+    }
+    fn row_replace(&mut self, table: &str, row: &crate::tables::rows::Row) -> Result<bool> {
+        self.tables_replace(table, row)
+    }
+    fn row_delete(&mut self, table: &str, id: &Value) -> Result<bool> {
+        self.tables_delete(table, id)
+    }
+    fn row_scan(
+        &mut self,
+        table: &str,
+        find: &crate::tables::Find,
+        cursor: Option<&crate::tables::rows::Row>,
+        visit: &mut dyn FnMut(crate::tables::rows::Row) -> bool,
+    ) -> Result<()> {
+        self.tables_scan(table, find, cursor, visit)
+    }
+    fn row_count(&mut self, table: &str, filters: &[crate::tables::Filter]) -> Result<u64> {
+        self.tables_count(table, filters)
+    }
+    fn limit_work(&mut self, limit: Option<u64>) {
+        self.tables_limit_work(limit)
+    }
+    fn work(&self) -> u64 {
+        self.tables_work()
     }
 }
 

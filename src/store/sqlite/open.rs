@@ -78,6 +78,7 @@ impl SqliteStore {
             synced: true,
             refused: 0,
             hist: Default::default(),
+            tables: Default::default(),
         };
         store.setup()?;
         Ok(store)
@@ -102,6 +103,7 @@ impl SqliteStore {
             synced: true,
             refused: 0,
             hist: Default::default(),
+            tables: Default::default(),
         })
     }
 

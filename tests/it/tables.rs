@@ -1,0 +1,376 @@
+//! Declared tables through a real mount: `schema.toml` copied in (applied,
+//! refused with the reason in `log` and nothing changed, data dropped only with
+//! consent and kept under DATA/removed/), the issue's example script, bad rows
+//! refused, another peer's view of rows under a policy, a remount.
+
+use crate::common;
+
+use common::*;
+use serde_json::json;
+
+const SCHEMA: &str = r#"
+[tables.notes]
+key   = "ulid"
+owner = true
+fields.title   = { type = "string", max = 200 }
+fields.tag     = { type = "string?", index = true }
+fields.pinned  = { type = "bool", default = false }
+fields.rating  = { type = "int?", min = 1, max = 5 }
+fields.labels  = { type = "list<string>", max = 20, default = [] }
+fields.created = { type = "datetime", default = "now" }
+indexes.by_tag_created = ["tag", "created"]
+
+[tables.comments]
+owner = true
+fields.note = { type = "ref<notes>", on_delete = "cascade", index = true }
+fields.text = { type = "string", max = 2000 }
+"#;
+
+const EXAMPLE: &str = r#"
+let id = db.notes.insert(#{ title: "Groceries", tag: "home" });
+let n  = db.notes.get(id);
+db.notes.update(id, #{ pinned: true });
+let home = db.notes.find(#{ tag: "home" });
+let t = "2020-01-01T00:00:00Z";
+let cursor = ();
+let page = db.notes.find(#{ created: #{ gte: t } }, #{ order: "-created", limit: 20, after: cursor });
+let k = db.notes.count(#{ pinned: true });
+db.comments.insert(#{ note: id, text: "milk" });
+let before = db.comments.count();
+db.notes.delete(id);
+#{ title: n.title, home: home.len(), page: page.len(), k: k, before: before, after: db.comments.count() }
+"#;
+
+fn install(m: &Mounted, peer: &str, text: &str) -> std::io::Result<()> {
+    let src = m.local("schema.toml", text);
+    let out = sh(&format!(
+        "cp {} {}",
+        q(&src),
+        q(&m.p(&format!("{peer}/schema.toml")))
+    ));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(libc::EINVAL))
+    }
+}
+
+#[test]
+fn the_example_runs_through_the_mount() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    assert!(m.names("alice").contains(&"schema.toml".to_string()));
+    assert_eq!(
+        std::fs::read_to_string(m.p("alice/schema.toml")).unwrap(),
+        ""
+    );
+    std::fs::write(m.p("alice/schema.toml"), SCHEMA).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.p("alice/schema.toml")).unwrap(),
+        SCHEMA
+    );
+    assert!(m
+        .log_of("alice")
+        .contains("schema.toml applied: +table comments, +table notes"));
+    let v = m.run_ok("alice", "example.rhai", EXAMPLE);
+    assert_eq!(
+        v,
+        json!({"title": "Groceries", "home": 1, "page": 1, "k": 1, "before": 1, "after": 0})
+    );
+    // Bad data: the run ends with an error naming table, field, expected and got.
+    let r = m.run(
+        "alice",
+        "bad.rhai",
+        r#"db.notes.insert(#{ title: "kept" }); db.notes.insert(#{ title: 5 })"#,
+    );
+    assert_eq!(r["status"], "error", "{r}");
+    let e = r["error"].as_str().unwrap();
+    assert!(
+        e.contains(
+            "table notes, field title: expected string of at most 200 characters, got int 5"
+        ),
+        "{e}"
+    );
+    // ... and its rows went with it.
+    assert_eq!(
+        m.run_ok("alice", "count.rhai", "db.notes.count()"),
+        json!(0)
+    );
+}
+
+#[test]
+fn a_refused_schema_leaves_the_old_one_in_force() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    std::fs::write(m.p("alice/schema.toml"), SCHEMA).unwrap();
+    m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"db.notes.insert(#{ title: "a", rating: 5 }); db.notes.insert(#{ title: "b" }); 0"#,
+    );
+    // Does not parse: EINVAL at close, the reason in the log.
+    let r = install(
+        &m,
+        "alice",
+        "[tables.notes]\nfields.x = { type = \"strin\" }\n",
+    );
+    expect_errno(r, libc::EINVAL, "a schema that does not parse");
+    let log = m.log_of("alice");
+    assert!(
+        log.contains("schema refused, the old one stays in force") && log.contains("notes.x"),
+        "{log}"
+    );
+    // Parses, but a row fails the tightening.
+    let tight = SCHEMA.replace("min = 1, max = 5", "min = 1, max = 4");
+    expect_errno(
+        install(&m, "alice", &tight),
+        libc::EINVAL,
+        "a tightening rows fail",
+    );
+    assert!(m
+        .log_of("alice")
+        .contains("table notes, field rating: 1 row do not meet"));
+    // Drops data without consent.
+    let dropped = SCHEMA.replace(
+        "fields.rating  = { type = \"int?\", min = 1, max = 5 }\n",
+        "",
+    );
+    expect_errno(
+        install(&m, "alice", &dropped),
+        libc::EINVAL,
+        "a drop without consent",
+    );
+    assert_eq!(
+        std::fs::read_to_string(m.p("alice/schema.toml")).unwrap(),
+        SCHEMA
+    );
+    assert_eq!(
+        m.run_ok("alice", "c.rhai", "db.notes.count(#{ rating: 5 })"),
+        json!(1)
+    );
+    // With consent: applied, the dropped values kept under DATA/removed/alice/.
+    install(
+        &m,
+        "alice",
+        &format!("{dropped}\n[confirm]\ndrop = [\"notes.rating\"]\n"),
+    )
+    .unwrap();
+    let kept: Vec<_> = std::fs::read_dir(m.data.join("removed/alice"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    let text = std::fs::read_to_string(&kept[0]).unwrap();
+    assert!(
+        text.contains("\"rating\":5") && text.lines().count() == 1,
+        "{text}"
+    );
+    let r = m.run("alice", "r.rhai", "db.notes.count(#{ rating: 5 })");
+    assert_eq!(r["status"], "error", "{r}");
+}
+
+#[test]
+fn another_peers_view_follows_the_policy_row_by_row() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/schema.toml"), SCHEMA).unwrap();
+    m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"db.notes.insert(#{ title: "public", pinned: true }); db.notes.insert(#{ title: "private" }); 0"#,
+    );
+    // No policy: bob's scripts do not run at all.
+    let r = m.run_in("bob/peers/alice", "q.rhai", "db.notes.count()");
+    assert_eq!(r["status"], "denied", "{r}");
+    std::fs::write(
+        m.p("alice/policy.cedar"),
+        r#"permit(principal, action == Action::"run", resource);
+permit(principal, action == Action::"select", resource is Table::notes) when { resource.pinned };
+permit(principal, action == Action::"insert", resource is Table::comments);
+"#,
+    )
+    .unwrap();
+    let v = m.run_in(
+        "bob/peers/alice",
+        "q2.rhai",
+        r#"let f = db.notes.find(#{}); #{ n: db.notes.count(), f: f.len(), t: f[0].title }"#,
+    );
+    assert_eq!(v["value"], json!({"n": 1, "f": 1, "t": "public"}), "{v}");
+    // bob may comment on a note he can see, as himself; not insert notes.
+    let v = m.run_in(
+        "bob/peers/alice",
+        "c.rhai",
+        r#"let id = db.notes.find(#{})[0].id; db.comments.insert(#{ note: id, text: "hi" }); 1"#,
+    );
+    assert_eq!(v["status"], "ok", "{v}");
+    assert_eq!(
+        m.run_ok("alice", "o.rhai", "db.comments.find(#{})[0].owner"),
+        json!("bob")
+    );
+    let v = m.run_in(
+        "bob/peers/alice",
+        "i.rhai",
+        r#"db.notes.insert(#{ title: "mine" })"#,
+    );
+    assert_eq!(v["status"], "denied", "{v}");
+    // A note he cannot see is no row at all for his comment.
+    let hidden = m.run_ok(
+        "alice",
+        "h.rhai",
+        r#"db.notes.find(#{ pinned: false })[0].id"#,
+    );
+    let v = m.run_in(
+        "bob/peers/alice",
+        "h2.rhai",
+        &format!(
+            r#"db.comments.insert(#{{ note: "{}", text: "x" }})"#,
+            hidden.as_str().unwrap()
+        ),
+    );
+    assert_eq!(v["status"], "error", "{v}");
+    assert!(v["error"].as_str().unwrap().contains("no such row"), "{v}");
+    // Refused before running: the policy can never let bob delete notes.
+    let v = m.run_in(
+        "bob/peers/alice",
+        "d.rhai",
+        r#"if caller.name == "nobody" { db.notes.delete("x") } 1"#,
+    );
+    assert_eq!(v["status"], "denied", "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("denied before running"),
+        "{v}"
+    );
+}
+
+#[test]
+fn an_update_is_decided_on_the_row_before_and_after() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    install(&m, "alice", SCHEMA).unwrap();
+    let id = m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"db.notes.insert(#{ title: "shared", pinned: true })"#,
+    );
+    let policy = m.local(
+        "p.cedar",
+        r#"permit(principal, action == Action::"run", resource);
+permit(principal, action in [Action::"select", Action::"update"], resource is Table::notes) when { resource.pinned };
+"#,
+    );
+    sh_ok(&format!(
+        "cp {} {}",
+        q(&policy),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    let id = id.as_str().unwrap();
+    let v = m.run_in(
+        "bob/peers/alice",
+        "u1.rhai",
+        &format!(r#"db.notes.update("{id}", #{{ title: "edited" }})"#),
+    );
+    assert_eq!(v["value"], true, "{v}");
+    // Unpinning would leave a row he may not update: denied, nothing changed.
+    let v = m.run_in(
+        "bob/peers/alice",
+        "u2.rhai",
+        &format!(r#"db.notes.update("{id}", #{{ pinned: false }})"#),
+    );
+    assert_eq!(v["status"], "denied", "{v}");
+    assert_eq!(
+        m.run_ok(
+            "alice",
+            "r.rhai",
+            &format!(r#"db.notes.get("{id}").pinned"#)
+        ),
+        json!(true)
+    );
+    // A schema change that would leave the policy invalid is refused, naming its line.
+    let no_pinned = SCHEMA.replace(
+        "fields.pinned  = { type = \"bool\", default = false }\n",
+        "",
+    );
+    let r = install(
+        &m,
+        "alice",
+        &format!("{no_pinned}[confirm]\ndrop = [\"notes.pinned\"]\n"),
+    );
+    expect_errno(r, libc::EINVAL, "a schema that leaves the policy invalid");
+    let log = m.log_of("alice");
+    assert!(
+        log.contains("policy.cedar would no longer validate against it: 2:"),
+        "{log}"
+    );
+    // A policy naming a column that does not exist is refused.
+    let typo = m.local("t.cedar", "permit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pinnned };\n");
+    let out = sh(&format!(
+        "cp {} {}",
+        q(&typo),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    assert!(!out.status.success());
+    assert!(m.log_of("alice").contains("pinnned"));
+}
+
+#[test]
+fn tables_survive_a_remount() {
+    let (_dir, data, mnt, work) = dirs();
+    {
+        let mut d = Daemon::start(&data, &mnt, &work, &[]);
+        d.add_peer("alice");
+        std::fs::write(d.p("alice/schema.toml"), SCHEMA).unwrap();
+        d.run_ok("alice", "s.rhai", r#"db.notes.insert(#{ title: "kept" })"#);
+        d.signal(libc::SIGTERM);
+        assert!(d.wait(std::time::Duration::from_secs(20)).success());
+    }
+    let d = Daemon::start(&data, &mnt, &work, &[]);
+    assert_eq!(
+        std::fs::read_to_string(d.p("alice/schema.toml")).unwrap(),
+        SCHEMA
+    );
+    assert_eq!(
+        d.run_ok("alice", "r.rhai", "db.notes.find(#{})[0].title"),
+        json!("kept")
+    );
+}
+
+#[test]
+fn the_example_app_runs() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/examples/notes");
+    let file = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap();
+    install(&m, "alice", &file("schema.toml")).unwrap();
+    std::fs::write(m.p("alice/groups"), "friends: bob\n").unwrap();
+    let policy = m.local("p.cedar", &file("policy.cedar"));
+    sh_ok(&format!(
+        "cp {} {}",
+        q(&policy),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    assert_eq!(
+        m.run_ok("alice", "add-notes.rhai", &file("add-notes.rhai")),
+        json!({"added": 3, "home": 2})
+    );
+    let r = m.run_in("bob/peers/alice", "comment.rhai", &file("comment.rhai"));
+    assert_eq!(r["value"], "commented", "{r}");
+    let r = m.run_in("bob/peers/alice", "board.rhai", &file("board.rhai"));
+    assert_eq!(
+        r["value"],
+        json!([{"title": "Groceries", "tag": "home", "comments": ["bob: seen by bob"]}]),
+        "{r}"
+    );
+    assert_eq!(
+        m.run_ok("alice", "board.rhai", &file("board.rhai"))
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
