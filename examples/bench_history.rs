@@ -22,7 +22,8 @@ use bench_support::{fusermount_u, verbose};
 
 use peerfs::exec::{Config, Core};
 use peerfs::store::history::EntryHead;
-use peerfs::store::{SqliteStore, Store};
+use peerfs::store::prelude::*;
+use peerfs::store::SqliteStore;
 
 const ROUNDS: usize = 5;
 const DROPS: usize = 200;

@@ -131,8 +131,6 @@ impl Default for ReplicaSettings {
     }
 }
 
-}
-
 /// `[history]`: what each peer's history keeps (docs/guide.md, History).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

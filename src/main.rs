@@ -1147,6 +1147,10 @@ fn restore_from_replica(
         r.path.display(),
         r.generation,
         r.segments
+    );
+    Ok(())
+}
+
 /// `peer restore NAME --to TIME|RUN`: the daemon must be stopped (the data
 /// folder's lock says so).
 fn restore_to(name: &str, to: &str, data: &Path) -> peerfs::Result<()> {

@@ -7,7 +7,8 @@
 
 #[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
-use peerfs::store::{SqliteStore, Store};
+use peerfs::store::prelude::*;
+use peerfs::store::SqliteStore;
 use peerfs::tables::{diff, parse::parse, value, FieldDefault};
 
 const BASE: &str = "[tables.notes]\nfields.title = { type = \"string\", max = 200 }\nfields.tag = { type = \"string?\", index = true }\n";

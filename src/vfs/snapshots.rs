@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use super::node::join_key;
 use super::*;
 use crate::error::{err, Result};
-use crate::store::{SqliteStore, Store};
+use crate::store::prelude::*;
+use crate::store::SqliteStore;
 
 const DIR_MODE: u16 = 0o500;
 const FILE_MODE: u16 = 0o400;

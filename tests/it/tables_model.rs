@@ -5,7 +5,8 @@
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
-use peerfs::store::{SqliteStore, Store};
+use peerfs::store::prelude::*;
+use peerfs::store::SqliteStore;
 use peerfs::tables::rows::{apply_patch, prepare_insert, Row};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};

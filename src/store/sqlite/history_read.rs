@@ -14,8 +14,9 @@ use crate::error::{err, Result};
 use crate::store::history::{
     Ended, Entry, EntryHead, History, ItemChange, ItemKind, Point, Retention, Shown,
 };
+use crate::store::prelude::*;
 use crate::store::value::render;
-use crate::store::{DirEntry, Store};
+use crate::store::DirEntry;
 use crate::util::{now_ns, rfc3339};
 
 const ENTRY_COLS: &str = "seq, id, name, caller, chain, at, bytes";

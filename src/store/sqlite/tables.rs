@@ -19,7 +19,8 @@ use serde_json::Value;
 
 use super::SqliteStore;
 use crate::error::{err, Result};
-use crate::store::{Migrated, Store};
+use crate::store::prelude::*;
+use crate::store::Migrated;
 use crate::tables::diff::{diff, lossy, predecessor, Change};
 use crate::tables::rows::{table, to_columns, Row};
 use crate::tables::sql::{self, quote};
