@@ -183,29 +183,6 @@ fn retention<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     Ok(text)
 }
 
-/// Seconds of an age written `30d`, `12h`, `90m`, `45s` or `120`.
-pub fn parse_age(text: &str) -> crate::Result<u64> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&t[..i], &t[i..]),
-        None => (t, "s"),
-    };
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => 0,
-    };
-    match num.parse::<u64>() {
-        Ok(n) if mult > 0 && n <= 100 * 365 * 86_400 / mult => Ok(n * mult),
-        _ => Err(err!(
-            libc::EINVAL,
-            "{text:?} is not an age: write a number and a unit (s, m, h, d), like 30d, at most 100 years"
-        )),
-    }
-}
-
 fn age<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -217,7 +194,7 @@ fn age<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Given::Secs(n) => n.to_string(),
         Given::Text(t) => t,
     };
-    parse_age(&text).map_err(|e| serde::de::Error::custom(e.message))?;
+    crate::util::parse_age(&text).map_err(|e| serde::de::Error::custom(e.message))?;
     Ok(text)
 }
 
@@ -815,7 +792,8 @@ impl Effective {
         c.joins_lattice = s.lattice.nats.is_some() || s.lattice.creds.is_some();
         c.replica = s.replica.options()?;
         c.history = crate::store::history::Retention {
-            max_age_ns: (parse_age(&s.history.max_age)? as i64).saturating_mul(1_000_000_000),
+            max_age_ns: i64::try_from(crate::util::parse_age(&s.history.max_age)?.as_nanos())
+                .unwrap_or(i64::MAX),
             max_bytes: s.history.max_bytes,
         };
         Ok(c)

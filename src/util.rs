@@ -227,3 +227,32 @@ mod tests {
         assert!(now_ms.abs_diff(first.timestamp_ms()) < 60_000, "time first");
     }
 }
+
+/// A span of time written `30d`, `12h`, `90m`, `45s` or as seconds (`120`), at
+/// most 100 years: the one way the config writes ages and durations
+/// (`history.max_age`, `replica.retention`). Hand-written: four units, and
+/// the crates that parse durations (humantime, jiff's friendly format) take
+/// calendar units and combinations this format has no use for.
+pub fn parse_age(text: &str) -> crate::Result<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let mult: u64 = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match num.parse::<u64>() {
+        Ok(n) if mult > 0 && n <= 100 * 365 * 86_400 / mult => {
+            Ok(std::time::Duration::from_secs(n * mult))
+        }
+        _ => Err(crate::error::err!(
+            libc::EINVAL,
+            "{text:?} is not a span of time: write a number and a unit (s, m, h, d), like 30d or 12h, or seconds; at most 100 years"
+        )),
+    }
+}

@@ -82,24 +82,12 @@ pub enum Mode {
 
 /// `7d`, `12h`, `30m`, `45s` or a number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let mult = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => 0,
-    };
-    match num.parse::<u64>() {
-        Ok(n) if mult > 0 && n > 0 => Ok(Duration::from_secs(n * mult)),
-        _ => Err(err!(
+    match crate::util::parse_age(text)? {
+        d if d.is_zero() => Err(err!(
             libc::EINVAL,
-            "{text:?} is not a duration: use e.g. 7d, 12h, 30m, 45s or seconds"
+            "{text:?}: a replica's duration is more than 0 (7d, 12h, 30m, 45s or seconds)"
         )),
+        d => Ok(d),
     }
 }
 

@@ -397,12 +397,11 @@ pub(super) fn deny(c: &mut Ctx, action: RowAction, table: &str) -> Box<EvalAltRe
 }
 
 /// The host API: state ([`register_state`]) and the calls that reach beyond
-/// this peer's state or out of the run ([`register_calls`]).
+/// this peer's state or out of the run ([`register_calls`]); `db` and `undo`
+/// register their own beside it (script/mod.rs).
 pub(super) fn register(engine: &mut Engine) {
     register_state(engine);
     register_calls(engine);
-    super::undo::register(engine);
-    super::db::register(engine);
 }
 
 /// `get`, `set`, `remove` and `keys` on the target's state, each checked by

@@ -177,6 +177,8 @@ impl ScriptEngine {
         // No dynamic code: every script that runs is one the policy checked.
         engine.disable_symbol("eval");
         host::register(&mut engine);
+        undo::register(&mut engine);
+        db::register(&mut engine);
         sizes::register(&mut engine);
         engine.set_module_resolver(host::Resolver {
             cache: cache.clone(),

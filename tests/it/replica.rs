@@ -450,7 +450,7 @@ fn replica_settings_are_checked_at_start() {
         ("replica.url=http://x/y", "unknown scheme"),
         ("replica.url=s3://key:secret@bucket/p", "credentials"),
         ("replica.url=file://relative", "absolute"),
-        ("replica.retention=7 weeks", "not a duration"),
+        ("replica.retention=7 weeks", "not a span of time"),
         ("replica.mode=sometimes", "mode"),
     ] {
         let out = Command::new(BIN)

@@ -156,6 +156,7 @@ fn the_tree_is_the_path_grammar() {
             "outbox",
             "peers",
             "policy.cedar",
+            "schema.toml",
             "state"
         ]
     );
