@@ -129,6 +129,35 @@ pub(crate) fn sync_dir(dir: &std::path::Path) {
     }
 }
 
+/// A span of time written `30d`, `12h`, `90m`, `45s` or as seconds (`120`), at
+/// most 100 years: the one way the config writes ages and durations
+/// (`history.max_age`, `replica.retention`). Hand-written: four units, and
+/// the crates that parse durations (humantime, jiff's friendly format) take
+/// calendar units and combinations this format has no use for.
+pub fn parse_age(text: &str) -> crate::Result<std::time::Duration> {
+    let t = text.trim();
+    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let mult: u64 = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => 0,
+    };
+    match num.parse::<u64>() {
+        Ok(n) if mult > 0 && n <= 100 * 365 * 86_400 / mult => {
+            Ok(std::time::Duration::from_secs(n * mult))
+        }
+        _ => Err(crate::error::err!(
+            libc::EINVAL,
+            "{text:?} is not a span of time: write a number and a unit (s, m, h, d), like 30d or 12h, or seconds; at most 100 years"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,33 +255,38 @@ mod tests {
         let now_ms = (now_ns() / 1_000_000) as u64;
         assert!(now_ms.abs_diff(first.timestamp_ms()) < 60_000, "time first");
     }
-}
 
-/// A span of time written `30d`, `12h`, `90m`, `45s` or as seconds (`120`), at
-/// most 100 years: the one way the config writes ages and durations
-/// (`history.max_age`, `replica.retention`). Hand-written: four units, and
-/// the crates that parse durations (humantime, jiff's friendly format) take
-/// calendar units and combinations this format has no use for.
-pub fn parse_age(text: &str) -> crate::Result<std::time::Duration> {
-    let t = text.trim();
-    let (num, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => t.split_at(i),
-        None => (t, "s"),
-    };
-    let mult: u64 = match unit.trim() {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => 0,
-    };
-    match num.parse::<u64>() {
-        Ok(n) if mult > 0 && n <= 100 * 365 * 86_400 / mult => {
-            Ok(std::time::Duration::from_secs(n * mult))
+    #[test]
+    fn spans_of_time_have_four_units_or_seconds() {
+        use std::time::Duration;
+        assert_eq!(
+            super::parse_age("30d").unwrap(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(
+            super::parse_age("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
+        assert_eq!(
+            super::parse_age(" 90m ").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(super::parse_age("120").unwrap(), Duration::from_secs(120));
+        assert_eq!(super::parse_age("0").unwrap(), Duration::ZERO);
+        for bad in [
+            "",
+            "d",
+            "7 weeks",
+            "1.5h",
+            "-1s",
+            "36501d",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                super::parse_age(bad).unwrap_err().errno,
+                libc::EINVAL,
+                "{bad:?}"
+            );
         }
-        _ => Err(crate::error::err!(
-            libc::EINVAL,
-            "{text:?} is not a span of time: write a number and a unit (s, m, h, d), like 30d or 12h, or seconds; at most 100 years"
-        )),
     }
 }
