@@ -369,3 +369,41 @@ fn a_snapshot_is_a_read_only_copy_that_outlives_retention_until_rmdir() {
         "a removed snapshot",
     );
 }
+
+#[test]
+fn a_module_written_through_the_mount_is_in_the_history_and_undone() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    std::fs::write(m.p("alice/modules/m.rhai"), "fn f() { 1 }").unwrap();
+    std::fs::write(m.p("alice/modules/m.rhai"), "fn f() { 2 }").unwrap();
+    assert_eq!(
+        alice(&m, "a.rhai", r#"import "m" as m; m::f()"#)["value"],
+        2
+    );
+    let runs = m.names("alice/.history");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let c: serde_json::Value = serde_json::from_str(
+        &read(&m, &format!("alice/.history/{}/changes.json", runs[1])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["changes"][0]["kind"], "module", "{c}");
+    assert_eq!(c["changes"][0]["item"], "m", "{c}");
+    assert_eq!(c["changes"][0]["before"]["value"], "fn f() { 1 }", "{c}");
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{}")"#, runs[1]));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(
+        read(&m, "alice/modules/m.rhai").as_deref(),
+        Some("fn f() { 1 }")
+    );
+    assert_eq!(
+        alice(&m, "b.rhai", r#"import "m" as m; m::f()"#)["value"],
+        1
+    );
+    let u = alice(
+        &m,
+        "v.rhai",
+        &format!(r#"undo("{}", #{{ cascade: true }})"#, runs[0]),
+    );
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/modules/m.rhai"), None);
+}
