@@ -368,6 +368,22 @@ fn a_snapshot_is_a_read_only_copy_that_outlives_retention_until_rmdir() {
         libc::ENOENT,
         "a removed snapshot",
     );
+    // A removed peer's snapshots go with it: a new peer of its name has none.
+    std::fs::create_dir(m.p("alice/.snapshots/last")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || std::fs::remove_dir(
+        m.p("alice")
+    )
+    .is_ok()));
+    m.add_peer("alice");
+    assert!(m.names("alice/.snapshots").is_empty());
+    let removed: Vec<String> = std::fs::read_dir(m.data.join("removed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        removed.iter().any(|n| n.ends_with(".snapshots")),
+        "{removed:?}"
+    );
 }
 
 #[test]

@@ -34,6 +34,11 @@ pub(super) struct Recorder {
     modules: bool,
 }
 
+/// Whether the history records changes of the meta row `key`.
+pub(super) fn tracked(key: &str) -> bool {
+    TRACKED_META.contains(&key)
+}
+
 impl SqliteStore {
     /// The live version of a state key.
     pub(super) fn live_version(&mut self, key: &str) -> Result<Option<Ver>> {
