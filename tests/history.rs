@@ -423,3 +423,28 @@ fn a_module_written_through_the_mount_is_in_the_history_and_undone() {
     assert_eq!(u["status"], "ok", "{u}");
     assert_eq!(read(&m, "alice/modules/m.rhai"), None);
 }
+
+#[test]
+fn undo_of_a_policy_write_puts_the_old_policy_back_in_force() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/policy.cedar"), BOB_WRITES_SHARED).unwrap();
+    std::fs::write(m.p("alice/policy.cedar"), "// nobody\n").unwrap();
+    let r = m.run_in("bob/peers/alice", "r1.rhai", "1");
+    assert_eq!(r["status"], "denied", "{r}");
+    let runs = m.names("alice/.history");
+    let c = read(&m, &format!("alice/.history/{}/changes.json", runs[1])).unwrap();
+    assert!(
+        c.contains("\"meta\"") && c.contains("write policy.cedar"),
+        "{c}"
+    );
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{}")"#, runs[1]));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(
+        read(&m, "alice/policy.cedar").as_deref(),
+        Some(BOB_WRITES_SHARED)
+    );
+    let r = m.run_in("bob/peers/alice", "r2.rhai", "1");
+    assert_eq!(r["status"], "ok", "the old policy is in force: {r}");
+}
