@@ -184,8 +184,16 @@ fn sigkill_in_the_middle_of_an_undo_and_a_restore_is_all_or_nothing() {
     assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("1\n"));
 }
 
-#[test]
-fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
+/// alice's policy lets bob write; alice sets n (A), a time t passes, bob writes
+/// shared/n (B), alice writes state/m through the mount (W).
+struct Seeded {
+    m: Mounted,
+    a: String,
+    b: String,
+    t: String,
+}
+
+fn seeded() -> Seeded {
     let m = Mounted::new();
     m.add_peer("alice");
     m.add_peer("bob");
@@ -201,7 +209,12 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
     let b = id(&b);
     // A write through the mount is an entry too.
     std::fs::write(m.p("alice/state/m"), "through the mount\n").unwrap();
+    Seeded { m, a, b, t }
+}
 
+#[test]
+fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
+    let Seeded { m, a, b, .. } = seeded();
     // Hidden from ls without -a; one folder per changing run, in time order.
     assert!(!sh_ok(&format!("ls {}", q(&m.p("alice")))).contains(".history"));
     assert!(sh_ok(&format!("ls -a {}", q(&m.p("alice")))).contains(".history"));
@@ -242,6 +255,15 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
     let c = read(&m, &format!("alice/.history/{w}/changes.json")).unwrap();
     assert!(c.contains("write state/m"), "{c}");
 
+    // The mount write is undone like a run.
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{w}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/state/m"), None);
+}
+
+#[test]
+fn at_a_time_views_and_the_history_is_read_only() {
+    let Seeded { m, a, t, .. } = seeded();
     // @time: the peer as it was then, never listed.
     assert_eq!(
         read(&m, &format!("alice/.history/@{t}/state/n")).as_deref(),
@@ -261,8 +283,6 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
         libc::ENOENT,
         "no such run",
     );
-
-    // Read only.
     let f = m.p(&format!("alice/.history/{a}/state/n"));
     assert!(std::fs::write(&f, "9").is_err());
     assert!(std::fs::remove_file(&f).is_err());
@@ -271,15 +291,8 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
         read(&m, &format!("alice/.history/{a}/state/n")).as_deref(),
         Some("1\n")
     );
-
-    // The mount write is undone like a run.
-    let u = alice(&m, "u.rhai", &format!(r#"undo("{w}")"#));
-    assert_eq!(u["status"], "ok", "{u}");
-    assert_eq!(read(&m, "alice/state/m"), None);
 }
 
-/// `peerfs peer restore NAME --to RUN|TIME` for a stopped daemon: refused while
-/// the daemon holds the data folder; then one undoable entry, logged.
 #[test]
 fn peer_restore_returns_a_stopped_peer_to_a_run() {
     let (_d, data, mnt, work) = dirs();
