@@ -50,6 +50,11 @@ impl Core {
         match self.run_one(st, peer, &Queued::No(job), Some(deadline), None)? {
             Some(run_fx) => {
                 self.count_runs(st, 1)?;
+                // Later submissions meet the policy this run put in force, once
+                // committed: they are queued.
+                if super::run::changes_policy(&run_fx) {
+                    *inline = None;
+                }
                 fx.extend(run_fx);
             }
             None => {

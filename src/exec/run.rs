@@ -109,8 +109,14 @@ impl Core {
             }
             match self.run_one(st, peer, &Queued::Batch(job), None, None)? {
                 Some(fx) => {
+                    // A run that put another policy text in force (an undo or a
+                    // restore) ends the batch: the next run meets the new one.
+                    let policy = changes_policy(&fx);
                     effects.extend(fx);
                     finished += 1;
+                    if policy {
+                        break;
+                    }
                 }
                 // interrupted (stopping): rolled back, stays queued
                 None => break,
@@ -383,6 +389,12 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// Whether a run's effects change the policy texts (see `Core::history_end`).
+pub(super) fn changes_policy(fx: &[Effect]) -> bool {
+    fx.iter()
+        .any(|f| matches!(f, Effect::Changed(Change::Meta(_))))
 }
 
 /// Where the job of a run is, for its removal from the queue.

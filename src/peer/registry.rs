@@ -198,6 +198,11 @@ impl Registry {
     }
 
     /// Moves a peer's files aside to `data/removed/` (never deletes them).
+    /// Where `.snapshots/` of `name` keeps its copies: `DATA/snapshots/<name>/`.
+    pub fn snapshots_of(&self, name: &str) -> PathBuf {
+        self.data.join("snapshots").join(name)
+    }
+
     pub fn remove(&self, name: &str) -> Result<PathBuf> {
         check_peer_name(name)?;
         let mut names = self.names.write().unwrap();
@@ -232,6 +237,11 @@ impl Registry {
         let owner = files::owner_file(&self.data, name);
         if owner.exists() {
             std::fs::rename(&owner, format!("{}.owner", dest.display()))?;
+        }
+        // Its snapshots go with it: a new peer of the same name never sees them.
+        let snaps = self.snapshots_of(name);
+        if snaps.exists() {
+            std::fs::rename(&snaps, format!("{}.snapshots", dest.display()))?;
         }
         names.remove(name);
         Ok(dest)

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use crate::error::{err, Result};
 use crate::store::history::{EntryHead, Point};
-use crate::store::{SqliteStore, Store};
+use crate::store::prelude::*;
+use crate::store::SqliteStore;
 
 /// Returns the peer `owner` whose store is `path` to `point`; the run ids undone
 /// and the id of the restore's own entry.

@@ -18,7 +18,7 @@ const FILE_MODE: u16 = 0o400;
 
 impl Vfs {
     fn snap_dir(&self, peer: &str) -> PathBuf {
-        self.core.registry().data_dir().join("snapshots").join(peer)
+        self.core.registry().snapshots_of(peer)
     }
 
     fn snap_path(&self, peer: &str, name: &str) -> Result<PathBuf> {

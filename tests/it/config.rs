@@ -678,3 +678,32 @@ fn the_script_cache_size_is_a_key() {
         c.shutdown();
     }
 }
+
+#[test]
+fn the_history_settings_are_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(
+        d.path(),
+        "c.toml",
+        "data = \"/x\"\n[history]\nmax_age = \"12h\"\nmax_bytes = 1000000\n",
+    );
+    let c = config::load(Some(&f), &[]).unwrap().core_config().unwrap();
+    assert_eq!(c.history.max_age_ns, 12 * 3600 * 1_000_000_000);
+    assert_eq!(c.history.max_bytes, 1_000_000);
+    let f = write(
+        d.path(),
+        "n.toml",
+        "data = \"/x\"\n[history]\nmax_age = 0\n",
+    );
+    let c = config::load(Some(&f), &[]).unwrap().core_config().unwrap();
+    assert!(!c.history.records());
+    let c = config::load(None, &[]).unwrap();
+    assert_eq!(c.settings.history.max_age, "30d");
+    let f = write(
+        d.path(),
+        "bad.toml",
+        "data = \"/x\"\n[history]\nmax_age = \"soon\"\n",
+    );
+    let e = config::load(Some(&f), &[]).unwrap_err().message;
+    assert!(e.contains("max_age") && e.contains("not an age"), "{e}");
+}

@@ -184,8 +184,16 @@ fn sigkill_in_the_middle_of_an_undo_and_a_restore_is_all_or_nothing() {
     assert_eq!(read(&dm, "alice/state/y").as_deref(), Some("1\n"));
 }
 
-#[test]
-fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
+/// alice's policy lets bob write; alice sets n (A), a time t passes, bob writes
+/// shared/n (B), alice writes state/m through the mount (W).
+struct Seeded {
+    m: Mounted,
+    a: String,
+    b: String,
+    t: String,
+}
+
+fn seeded() -> Seeded {
     let m = Mounted::new();
     m.add_peer("alice");
     m.add_peer("bob");
@@ -201,7 +209,12 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
     let b = id(&b);
     // A write through the mount is an entry too.
     std::fs::write(m.p("alice/state/m"), "through the mount\n").unwrap();
+    Seeded { m, a, b, t }
+}
 
+#[test]
+fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
+    let Seeded { m, a, b, .. } = seeded();
     // Hidden from ls without -a; one folder per changing run, in time order.
     assert!(!sh_ok(&format!("ls {}", q(&m.p("alice")))).contains(".history"));
     assert!(sh_ok(&format!("ls -a {}", q(&m.p("alice")))).contains(".history"));
@@ -242,6 +255,15 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
     let c = read(&m, &format!("alice/.history/{w}/changes.json")).unwrap();
     assert!(c.contains("write state/m"), "{c}");
 
+    // The mount write is undone like a run.
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{w}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/state/m"), None);
+}
+
+#[test]
+fn at_a_time_views_and_the_history_is_read_only() {
+    let Seeded { m, a, t, .. } = seeded();
     // @time: the peer as it was then, never listed.
     assert_eq!(
         read(&m, &format!("alice/.history/@{t}/state/n")).as_deref(),
@@ -261,8 +283,6 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
         libc::ENOENT,
         "no such run",
     );
-
-    // Read only.
     let f = m.p(&format!("alice/.history/{a}/state/n"));
     assert!(std::fs::write(&f, "9").is_err());
     assert!(std::fs::remove_file(&f).is_err());
@@ -271,15 +291,8 @@ fn history_folder_shows_each_run_the_state_after_it_and_what_it_changed() {
         read(&m, &format!("alice/.history/{a}/state/n")).as_deref(),
         Some("1\n")
     );
-
-    // The mount write is undone like a run.
-    let u = alice(&m, "u.rhai", &format!(r#"undo("{w}")"#));
-    assert_eq!(u["status"], "ok", "{u}");
-    assert_eq!(read(&m, "alice/state/m"), None);
 }
 
-/// `peerfs peer restore NAME --to RUN|TIME` for a stopped daemon: refused while
-/// the daemon holds the data folder; then one undoable entry, logged.
 #[test]
 fn peer_restore_returns_a_stopped_peer_to_a_run() {
     let (_d, data, mnt, work) = dirs();
@@ -368,4 +381,83 @@ fn a_snapshot_is_a_read_only_copy_that_outlives_retention_until_rmdir() {
         libc::ENOENT,
         "a removed snapshot",
     );
+    // A removed peer's snapshots go with it: a new peer of its name has none.
+    std::fs::create_dir(m.p("alice/.snapshots/last")).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || std::fs::remove_dir(
+        m.p("alice")
+    )
+    .is_ok()));
+    m.add_peer("alice");
+    assert!(m.names("alice/.snapshots").is_empty());
+    let removed: Vec<String> = std::fs::read_dir(m.data.join("removed"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        removed.iter().any(|n| n.ends_with(".snapshots")),
+        "{removed:?}"
+    );
+}
+
+#[test]
+fn a_module_written_through_the_mount_is_in_the_history_and_undone() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    std::fs::write(m.p("alice/modules/m.rhai"), "fn f() { 1 }").unwrap();
+    std::fs::write(m.p("alice/modules/m.rhai"), "fn f() { 2 }").unwrap();
+    assert_eq!(
+        alice(&m, "a.rhai", r#"import "m" as m; m::f()"#)["value"],
+        2
+    );
+    let runs = m.names("alice/.history");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let c: serde_json::Value = serde_json::from_str(
+        &read(&m, &format!("alice/.history/{}/changes.json", runs[1])).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(c["changes"][0]["kind"], "module", "{c}");
+    assert_eq!(c["changes"][0]["item"], "m", "{c}");
+    assert_eq!(c["changes"][0]["before"]["value"], "fn f() { 1 }", "{c}");
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{}")"#, runs[1]));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(
+        read(&m, "alice/modules/m.rhai").as_deref(),
+        Some("fn f() { 1 }")
+    );
+    assert_eq!(
+        alice(&m, "b.rhai", r#"import "m" as m; m::f()"#)["value"],
+        1
+    );
+    let u = alice(
+        &m,
+        "v.rhai",
+        &format!(r#"undo("{}", #{{ cascade: true }})"#, runs[0]),
+    );
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/modules/m.rhai"), None);
+}
+
+#[test]
+fn undo_of_a_policy_write_puts_the_old_policy_back_in_force() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/policy.cedar"), BOB_WRITES_SHARED).unwrap();
+    std::fs::write(m.p("alice/policy.cedar"), "// nobody\n").unwrap();
+    let r = m.run_in("bob/peers/alice", "r1.rhai", "1");
+    assert_eq!(r["status"], "denied", "{r}");
+    let runs = m.names("alice/.history");
+    let c = read(&m, &format!("alice/.history/{}/changes.json", runs[1])).unwrap();
+    assert!(
+        c.contains("\"meta\"") && c.contains("write policy.cedar"),
+        "{c}"
+    );
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{}")"#, runs[1]));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(
+        read(&m, "alice/policy.cedar").as_deref(),
+        Some(BOB_WRITES_SHARED)
+    );
+    let r = m.run_in("bob/peers/alice", "r2.rhai", "1");
+    assert_eq!(r["status"], "ok", "the old policy is in force: {r}");
 }

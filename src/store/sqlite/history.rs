@@ -4,6 +4,8 @@
 //! freed only when neither the live state nor a kept entry names it), and
 //! pruning. Reading the past, undo and restore are in `history_read.rs`.
 
+use std::collections::BTreeMap;
+
 use rusqlite::{params, OptionalExtension};
 
 use super::SqliteStore;
@@ -20,18 +22,31 @@ pub(super) struct Ver {
     pub mode: Option<u32>,
 }
 
-/// The entry being recorded, and the bytes kept by every entry (cached).
+/// What the open entry changed of one item: the first `before`, the last `after`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Pending {
+    b: Option<Ver>,
+    a: Option<Ver>,
+}
+
+/// The entry being recorded (its changes are kept here and written as rows
+/// when it ends: one row per item however often it changed), and what is
+/// cached of the kept ones.
 #[derive(Debug, Default)]
 pub(super) struct Recorder {
     cur: Option<(i64, EntryHead)>,
+    items: BTreeMap<(ItemKind, String), Pending>,
     pub(super) bytes: Option<u64>,
     /// The next entry's seq, once known (forgotten at a rollback).
     next: Option<i64>,
-    /// The open entry's row is written (forgotten at a rollback).
-    head: bool,
     /// The open entry changed a policy text / a module.
     meta: bool,
     modules: bool,
+}
+
+/// Whether the history records changes of the meta row `key`.
+pub(super) fn tracked(key: &str) -> bool {
+    TRACKED_META.contains(&key)
 }
 
 impl SqliteStore {
@@ -72,7 +87,7 @@ impl SqliteStore {
                 .query_row([], |r| r.get(0))?,
         };
         self.hist.next = Some(seq);
-        self.hist.head = false;
+        self.hist.items.clear();
         self.hist.cur = Some((seq, head.clone()));
         self.hist.meta = false;
         self.hist.modules = false;
@@ -85,62 +100,41 @@ impl SqliteStore {
         self.hist_rolled_back();
     }
 
-    /// After a rollback (to a savepoint too): what is cached may be gone.
+    /// After a rollback (to a savepoint too): what is cached may be gone. An
+    /// open entry's changes all sit inside the savepoint of its run or op, so
+    /// they go with it.
     pub(super) fn hist_rolled_back(&mut self) {
+        self.hist.items.clear();
         self.hist.bytes = None;
         self.hist.next = None;
-        self.hist.head = false;
     }
 
+    /// Ends the open entry: its row and a row per item it changed (changes that
+    /// came back to where they began are none), or nothing when it changed nothing.
     pub(super) fn hist_end(&mut self) -> Result<Ended> {
-        let Some((seq, _)) = self.hist.cur.take() else {
+        let Some((seq, head)) = self.hist.cur.take() else {
             return Ok(Ended::default());
         };
+        let items = std::mem::take(&mut self.hist.items);
         let mut ended = Ended {
             kept: false,
             meta: self.hist.meta,
             modules: self.hist.modules,
         };
-        // Changes that came back to where they began are no changes.
-        self.conn
-            .prepare_cached(
-                "DELETE FROM hist_changes WHERE seq=?1 AND b_ref IS a_ref AND b_mode IS a_mode",
-            )?
-            .execute([seq])?;
-        let bytes: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT sum(coalesce(b_size, 0)) FROM hist_changes WHERE seq=?1")?
-            .query_row([seq], |r| r.get(0))?;
-        let Some(bytes) = bytes else {
-            self.conn
-                .prepare_cached("DELETE FROM hist_runs WHERE seq=?1")?
-                .execute([seq])?;
+        let changed: Vec<_> = items
+            .into_iter()
+            .filter(|(_, p)| p.b.map(|v| (v.data, v.mode)) != p.a.map(|v| (v.data, v.mode)))
+            .collect();
+        if changed.is_empty() {
             return Ok(ended);
-        };
-        self.hist.next = Some(seq + 1);
-        self.conn
-            .prepare_cached("UPDATE hist_runs SET bytes=?2, at=?3 WHERE seq=?1")?
-            .execute(params![seq, bytes, now_ns()])?;
-        if let Some(b) = self.hist.bytes.as_mut() {
-            *b += bytes as u64;
         }
-        ended.kept = true;
-        Ok(ended)
-    }
-
-    /// The open entry's seq, its head row written on its first change.
-    fn hist_seq(&mut self) -> Result<Option<i64>> {
-        let Some((seq, head)) = &self.hist.cur else {
-            return Ok(None);
-        };
-        let seq = *seq;
-        if self.hist.head {
-            return Ok(Some(seq));
-        }
-        self.hist.head = true;
+        let bytes: i64 = changed
+            .iter()
+            .filter_map(|(_, p)| p.b.map(|v| v.size))
+            .sum();
         self.conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO hist_runs(seq, id, name, caller, chain, at, bytes) VALUES(?1,?2,?3,?4,?5,?6,0)",
+                "INSERT INTO hist_runs(seq, id, name, caller, chain, at, bytes) VALUES(?1,?2,?3,?4,?5,?6,?7)",
             )?
             .execute(params![
                 seq,
@@ -148,30 +142,26 @@ impl SqliteStore {
                 head.name,
                 head.caller,
                 crate::store::rows::chain_text(&head.chain),
-                now_ns()
+                now_ns(),
+                bytes
             ])?;
-        Ok(Some(seq))
+        for ((kind, item), p) in &changed {
+            self.hist_row(seq, *kind, item, p)?;
+        }
+        self.hist.next = Some(seq + 1);
+        if let Some(b) = self.hist.bytes.as_mut() {
+            *b += bytes as u64;
+        }
+        ended.kept = true;
+        Ok(ended)
     }
 
-    /// Records that `item` went from `before` to `after` in the open entry (the
-    /// first change of an item keeps its `before`; later ones move `after`).
-    pub(super) fn hist_note(
-        &mut self,
-        kind: ItemKind,
-        item: &str,
-        before: Option<Ver>,
-        after: Option<Ver>,
-    ) -> Result<()> {
-        let Some(seq) = self.hist_seq()? else {
-            return Ok(());
-        };
-        let (b, a) = (before.as_ref(), after.as_ref());
+    fn hist_row(&mut self, seq: i64, kind: ItemKind, item: &str, p: &Pending) -> Result<()> {
+        let (b, a) = (p.b.as_ref(), p.a.as_ref());
         self.conn
             .prepare_cached(
                 "INSERT INTO hist_changes(seq, kind, item, b_ref, b_typed, b_size, b_mode, a_ref, a_typed, a_size, a_mode)
-                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)
-                 ON CONFLICT(seq, kind, item) DO UPDATE SET a_ref=excluded.a_ref, a_typed=excluded.a_typed,
-                    a_size=excluded.a_size, a_mode=excluded.a_mode",
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
             )?
             .execute(params![
                 seq,
@@ -189,28 +179,46 @@ impl SqliteStore {
         Ok(())
     }
 
+    /// Records that `item` went from `before` to `after` in the open entry (the
+    /// first change of an item keeps its `before`; later ones move `after`).
+    pub(super) fn hist_note(
+        &mut self,
+        kind: ItemKind,
+        item: &str,
+        before: Option<Ver>,
+        after: Option<Ver>,
+    ) -> Result<()> {
+        if self.recording() {
+            self.hist
+                .items
+                .entry((kind, item.to_string()))
+                .or_insert(Pending {
+                    b: before,
+                    a: after,
+                })
+                .a = after;
+        }
+        Ok(())
+    }
+
+    /// Whether the open entry keeps `data` as the `before` of one of its items.
+    fn open_before(&self, data: i64) -> bool {
+        (self.hist.items.values()).any(|p| p.b.map(|v| v.data) == Some(data))
+    }
+
     /// Whether the value row `data`, now `item`'s, must outlive a change of it:
-    /// named by a kept entry (other than as the open entry's own new value of
-    /// `item`), or about to become the open entry's `before`.
+    /// named by a kept entry, or about to become the open entry's `before`.
     pub(super) fn hist_pinned(&mut self, data: i64, kind: ItemKind, item: &str) -> Result<bool> {
-        if let Some((seq, _)) = &self.hist.cur {
-            let seq = *seq;
-            let mine: Option<Option<i64>> = self
-                .conn
-                .prepare_cached(
-                    "SELECT b_ref FROM hist_changes WHERE seq=?1 AND kind=?2 AND item=?3",
-                )?
-                .query_row(params![seq, kind.as_str(), item], |r| r.get(0))
-                .optional()?;
-            match mine {
+        if self.recording() {
+            match self.hist.items.get(&(kind, item.to_string())) {
                 // The first change of the item in this entry: `data` becomes its before.
                 None => return Ok(true),
-                Some(b) if b == Some(data) => return Ok(true),
+                Some(p) if p.b.map(|v| v.data) == Some(data) => return Ok(true),
                 Some(_) => {}
             }
             // `data` came to the item in this entry: made here (only this
             // entry's `after` names it), or a kept version (some `before` does).
-            return self.named_before(data);
+            return Ok(self.open_before(data) || self.named_before(data)?);
         }
         Ok(self.named_before(data)? || self.latest_after(kind, item, data)?)
     }
@@ -243,6 +251,9 @@ impl SqliteStore {
     /// `before` names it (see `latest_after`), or, outside an entry, it is the
     /// `after` of the latest entry that changed `item`, whose value it was.
     pub(super) fn free_data(&mut self, data: i64) -> Result<()> {
+        if self.open_before(data) {
+            return Ok(());
+        }
         self.conn
             .prepare_cached(
                 "DELETE FROM state_data WHERE id=?1
@@ -273,21 +284,13 @@ impl SqliteStore {
         if !self.recording() || (kind == ItemKind::Meta && !TRACKED_META.contains(&item)) {
             return Ok(());
         }
-        let seq = self.hist_open_seq().unwrap_or_default();
         match kind {
             ItemKind::Meta => self.hist.meta = true,
             ItemKind::Module => self.hist.modules = true,
             ItemKind::State => {}
         }
-        let mine: Option<(Option<i64>, Option<i64>)> = self
-            .conn
-            .prepare_cached(
-                "SELECT b_ref, a_ref FROM hist_changes WHERE seq=?1 AND kind=?2 AND item=?3",
-            )?
-            .query_row(params![seq, kind.as_str(), item], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
+        let mine = (self.hist.items.get(&(kind, item.to_string())))
+            .map(|p| (p.b.map(|v| v.data), p.a.map(|v| v.data)));
         let b = match mine {
             Some((b, _)) => match b {
                 Some(id) => Some(self.copy_ver(id)?),

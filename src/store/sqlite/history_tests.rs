@@ -503,3 +503,36 @@ proptest! {
         check_model(steps);
     }
 }
+
+#[test]
+fn a_folder_moved_and_a_mode_set_are_undone() {
+    let (_d, mut s) = store();
+    entry(&mut s, "A", |s| {
+        s.set("a/x", &json!(1)).unwrap();
+        s.set("a/y/z", &json!(2)).unwrap();
+    });
+    entry(&mut s, "B", |s| {
+        assert_eq!(s.rename_dir("a", "b").unwrap(), 2);
+        assert!(s.set_mode("b/x", 0o600).unwrap());
+    });
+    let then: Vec<String> = s
+        .list_at(1, "")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(then, ["a"]);
+    entry(&mut s, "U", |s| s.undo("B", false).unwrap());
+    assert_eq!(s.get("a/x").unwrap(), Some(json!(1)));
+    assert_eq!(s.get("a/y/z").unwrap(), Some(json!(2)));
+    assert_eq!(s.keys("b/", 10).unwrap(), Vec::<String>::new());
+    assert_eq!(s.stat_key("a/x").unwrap().unwrap().unwrap().mode, None);
+    // Undoing the undo moves them again, with the mode.
+    entry(&mut s, "V", |s| s.undo("U", false).unwrap());
+    assert_eq!(
+        s.stat_key("b/x").unwrap().unwrap().unwrap().mode,
+        Some(0o600)
+    );
+    assert_eq!(s.get("b/y/z").unwrap(), Some(json!(2)));
+    assert_eq!(s.integrity_check().unwrap(), "ok");
+}

@@ -483,7 +483,7 @@ impl Documents for SqliteStore {
     }
 
     fn set_meta(&mut self, key: &str, value: &[u8]) -> Result<()> {
-        if self.recording() {
+        if self.recording() && history::tracked(key) {
             let old = self.meta(key)?.map(|m| m.0);
             self.hist_note_copy(ItemKind::Meta, key, old.as_deref(), Some(value))?;
         }
@@ -494,7 +494,7 @@ impl Documents for SqliteStore {
     }
 
     fn remove_meta(&mut self, key: &str) -> Result<()> {
-        if self.recording() {
+        if self.recording() && history::tracked(key) {
             if let Some((old, _)) = self.meta(key)? {
                 self.hist_note_copy(ItemKind::Meta, key, Some(&old), None)?;
             }
