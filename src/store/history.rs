@@ -3,7 +3,7 @@
 //!
 //! Every run (or write through the mount) that changed something is one
 //! *entry*: its run id, caller, chain, script name, time, and for each *item*
-//! it changed (a state key, a module, `policy`, `groups`; later a table's row)
+//! it changed (a state key, a module, `policy`, `groups`, `schema`, a table's row)
 //! the version before and after. Versions are kept by reference: a state
 //! value's bytes are stored once and shared by the live state and every entry
 //! that names them. Undo and restore are changes like any other, made inside
@@ -19,8 +19,10 @@ pub enum ItemKind {
     State,
     /// A module of `modules/` (its name without `.rhai`).
     Module,
-    /// A policy text kept in the meta table: `policy` or `groups`.
+    /// A text kept in the meta table: `policy`, `groups` or `schema`.
     Meta,
+    /// A row of a declared table: `<table>/<key>`.
+    Row,
 }
 
 impl ItemKind {
@@ -29,19 +31,25 @@ impl ItemKind {
             ItemKind::State => "state",
             ItemKind::Module => "module",
             ItemKind::Meta => "meta",
+            ItemKind::Row => "row",
         }
     }
 
     pub fn parse(s: &str) -> Option<ItemKind> {
-        [ItemKind::State, ItemKind::Module, ItemKind::Meta]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            ItemKind::State,
+            ItemKind::Module,
+            ItemKind::Meta,
+            ItemKind::Row,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 
-/// Meta keys whose changes the history records (the texts `policy.cedar` and
-/// `groups`); other meta rows are the daemon's own bookkeeping.
-pub const TRACKED_META: &[&str] = &["policy", "groups"];
+/// Meta keys whose changes the history records (the texts `policy.cedar`,
+/// `groups` and `schema.toml`); other meta rows are the daemon's own bookkeeping.
+pub const TRACKED_META: &[&str] = &["policy", "groups", crate::tables::META_KEY];
 
 /// Who is changing the store now: the entry its changes go to.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -163,6 +171,11 @@ pub trait History {
     fn bytes_at(&mut self, seq: i64, key: &str) -> Result<Option<Vec<u8>>>;
     /// The children of a folder of `state/` right after the entry `seq`.
     fn list_at(&mut self, seq: i64, dir: &str) -> Result<Vec<super::DirEntry>>;
+    /// The declared tables right after the entry `seq`, by name.
+    fn tables_at(&mut self, seq: i64) -> Result<Vec<String>>;
+    /// A table right after the entry `seq` as JSON lines, one row a line in key
+    /// order (as `tables/<table>.jsonl` shows it); `None`: no such table then.
+    fn table_at(&mut self, seq: i64, table: &str) -> Result<Option<Vec<u8>>>;
     /// Undoes the entry of `run` (with `cascade`, every later entry in the way
     /// too, newest first) inside the open entry; the run ids undone.
     fn undo(&mut self, run: &str, cascade: bool) -> Result<Vec<String>>;

@@ -287,7 +287,7 @@ impl SqliteStore {
         match kind {
             ItemKind::Meta => self.hist.meta = true,
             ItemKind::Module => self.hist.modules = true,
-            ItemKind::State => {}
+            ItemKind::State | ItemKind::Row => {}
         }
         let mine = (self.hist.items.get(&(kind, item.to_string())))
             .map(|p| (p.b.map(|v| v.data), p.a.map(|v| v.data)));

@@ -57,7 +57,7 @@ fn entry_row(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
 impl SqliteStore {
     /// A key's version right after the entry `seq` (outer `None`: not changed
     /// after it, the live one holds).
-    fn later_before(
+    pub(super) fn later_before(
         &mut self,
         kind: ItemKind,
         item: &str,
@@ -171,7 +171,7 @@ impl SqliteStore {
 
     /// Sets an item to a version the history keeps (`None`: absent), recorded
     /// in the open entry.
-    fn set_item(&mut self, kind: ItemKind, item: &str, to: Option<Ver>) -> Result<()> {
+    pub(super) fn set_item(&mut self, kind: ItemKind, item: &str, to: Option<Ver>) -> Result<()> {
         match kind {
             ItemKind::State => self.set_state_ref(item, to),
             ItemKind::Module => match to {
@@ -181,6 +181,7 @@ impl SqliteStore {
                 }
                 None => self.remove_module(item).map(|_| ()),
             },
+            ItemKind::Row => self.set_items(vec![(kind, item.to_string(), to)]),
             ItemKind::Meta => match to {
                 Some(v) => {
                     let d = self.data(v.data)?;
@@ -236,6 +237,7 @@ impl SqliteStore {
                 let rows = stmt.query_map(params![s, cur], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
+            let later = later.into_iter().chain(self.schema_conflicts(s, cur)?);
             for l in later {
                 if set.insert(l) {
                     todo.push(l);
@@ -448,6 +450,22 @@ impl History for SqliteStore {
         Ok(out)
     }
 
+    fn tables_at(&mut self, seq: i64) -> Result<Vec<String>> {
+        Ok(self.schema_at(seq)?.tables.into_keys().collect())
+    }
+
+    fn table_at(&mut self, seq: i64, table: &str) -> Result<Option<Vec<u8>>> {
+        let Some(rows) = self.rows_at(seq, table)? else {
+            return Ok(None);
+        };
+        let mut out = Vec::new();
+        for r in rows {
+            serde_json::to_writer(&mut out, &r)?;
+            out.push(b'\n');
+        }
+        Ok(Some(out))
+    }
+
     fn undo(&mut self, run: &str, cascade: bool) -> Result<Vec<String>> {
         let Some(e) = self.entry(run)? else {
             return Err(self.not_kept(run)?);
@@ -456,13 +474,7 @@ impl History for SqliteStore {
             return Err(err!(libc::EINVAL, "a run cannot undo itself"));
         }
         let seqs = self.undo_set(e.seq, cascade)?;
-        for s in &seqs {
-            // Each item back to the version before that entry.
-            let items = self.changes_raw(*s)?;
-            for (kind, item, before) in items {
-                self.set_item(kind, &item, before)?;
-            }
-        }
+        self.undo_entries(&seqs)?;
         let ids = self.ids_of(seqs)?;
         self.log_undo(&format!("undo {run}"), &ids)?;
         Ok(ids)
@@ -470,11 +482,21 @@ impl History for SqliteStore {
 
     fn restore(&mut self, point: &Point) -> Result<Vec<String>> {
         let seq = self.seq_of(point)?;
-        let items = self.items_after(seq)?;
-        for (kind, item, v) in items {
-            self.set_item(kind, &item, v)?;
-        }
         let cur = self.open_seq();
+        if self.schema_changed_after(seq, cur)? {
+            // Rows were written under other schemas: entry by entry, newest first.
+            let later: Vec<i64> = {
+                let mut stmt = self.conn.prepare_cached(
+                    "SELECT seq FROM hist_runs WHERE seq>?1 AND seq<>?2 ORDER BY seq DESC",
+                )?;
+                let rows = stmt.query_map(params![seq, cur], |r| r.get(0))?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            self.undo_entries(&later)?;
+        } else {
+            let items = self.items_after(seq)?;
+            self.set_items(items)?;
+        }
         let undone: Vec<i64> = {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT seq FROM hist_runs WHERE seq>?1 AND seq<>?2 ORDER BY seq DESC",
@@ -500,6 +522,18 @@ impl SqliteStore {
     /// Whether any key under `lo` exists right after `seq`.
     fn keys_at_any(&mut self, seq: i64, lo: &str) -> Result<bool> {
         Ok(!self.keys_at(seq, lo)?.is_empty())
+    }
+
+    /// Sets every item of the entries `seqs` (newest first) back to its
+    /// version before that entry.
+    fn undo_entries(&mut self, seqs: &[i64]) -> Result<()> {
+        for s in seqs {
+            let id = self.ids_of([*s])?.join("");
+            self.check_schema_undo(*s, &id)?;
+            let items = self.changes_raw(*s)?;
+            self.set_items(items)?;
+        }
+        Ok(())
     }
 
     /// An entry's items and their versions before it.

@@ -14,6 +14,9 @@
 mod folders;
 mod history;
 mod history_read;
+mod history_rows;
+#[cfg(test)]
+mod history_rows_tests;
 #[cfg(test)]
 mod history_tests;
 mod open;

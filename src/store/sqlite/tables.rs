@@ -107,10 +107,26 @@ impl SqliteStore {
 
     /// Applies `text` as the new schema inside the open transaction.
     pub(super) fn tables_apply(&mut self, text: &[u8]) -> Result<Migrated> {
+        self.tables_apply_with(text, false)
+    }
+
+    /// [`SqliteStore::tables_apply`] with consent to drop whatever the text
+    /// leaves out (an undo puts an older schema back: the owner's consent).
+    pub(super) fn tables_apply_consented(&mut self, text: &[u8]) -> Result<Migrated> {
+        self.tables_apply_with(text, true)
+    }
+
+    fn tables_apply_with(&mut self, text: &[u8], consent: bool) -> Result<Migrated> {
         let utf8 = std::str::from_utf8(text)
             .map_err(|_| err!(libc::EINVAL, "schema.toml is not UTF-8 text"))?;
-        let new = crate::tables::parse::parse(utf8)?;
+        let mut new = crate::tables::parse::parse(utf8)?;
         let old = self.tables_schema()?;
+        if consent {
+            for t in old.tables.values() {
+                new.confirm_drop.push(t.name.clone());
+                (new.confirm_drop).extend(t.fields.keys().map(|f| format!("{}.{f}", t.name)));
+            }
+        }
         let plan = diff(&old, &new);
         let mut out = Migrated::default();
         for c in &plan.changes {
@@ -566,10 +582,12 @@ impl SqliteStore {
             .prepare_cached(&q)?
             .execute(rusqlite::params_from_iter(values))
             .map_err(|e| clash(t, e))?;
-        Ok(match row.get(ID) {
+        let id = match row.get(ID) {
             Some(Value::Null) | None => Value::from(self.conn.last_insert_rowid()),
             Some(v) => v.clone(),
-        })
+        };
+        self.hist_row_now(name, &id, None)?;
+        Ok(id)
     }
 
     /// Replaces the row with `row`'s key by `row`; false if there is none.
@@ -592,11 +610,16 @@ impl SqliteStore {
             quote(ID)
         );
         let values = to_columns(t, row)?;
+        let id = row.get(ID).cloned().unwrap_or(Value::Null);
+        let before = self.hist_row_before(name, &id)?;
         let n = self
             .conn
             .prepare_cached(&q)?
             .execute(rusqlite::params_from_iter(values))
             .map_err(|e| clash(t, e))?;
+        if n > 0 {
+            self.hist_row_now(name, &id, before.as_ref())?;
+        }
         Ok(n > 0)
     }
 
@@ -674,8 +697,12 @@ impl SqliteStore {
                     }
                 }
                 OnDelete::SetNull => {
+                    let held = self.hist_rows_holding(child, &f.name, &key)?;
                     let q = format!("UPDATE {ct} SET {c} = NULL WHERE {c} = ?1");
                     self.conn.prepare_cached(&q)?.execute([&key])?;
+                    for (id, before) in held {
+                        self.hist_row_now(&child.name, &id, Some(&before))?;
+                    }
                 }
                 OnDelete::Cascade => {
                     let q = format!("SELECT {id} FROM {ct} WHERE {c} = ?1");
@@ -690,12 +717,18 @@ impl SqliteStore {
                 }
             }
         }
+        let id = super::history_rows::key_value(&key);
+        let before = self.hist_row_before(&t.name, &id)?;
         let q = format!(
             "DELETE FROM {} WHERE {} = ?1",
             quote(&t.sql_name()),
             quote(ID)
         );
-        Ok(self.conn.prepare_cached(&q)?.execute([&key])? > 0)
+        let gone = self.conn.prepare_cached(&q)?.execute([&key])? > 0;
+        if gone {
+            self.hist_row_change(&t.name, &id, before.as_ref(), None)?;
+        }
+        Ok(gone)
     }
 
     /// Visits the rows of a find in order from after `cursor` (a row of the
