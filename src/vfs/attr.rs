@@ -264,7 +264,9 @@ impl Vfs {
             | HistAt { .. }
             | HistState { .. }
             | HistStateFile { .. }
-            | HistChanges { .. } => self.hist_attr(node),
+            | HistChanges { .. }
+            | HistTables { .. }
+            | HistTable { .. } => self.hist_attr(node),
             Snapshots(_) | Snapshot { .. } | SnapState { .. } | SnapStateFile { .. } => {
                 self.snap_attr(node)
             }

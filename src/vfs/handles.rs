@@ -100,7 +100,9 @@ impl Vfs {
             Reserved {
                 kind: Kind::File, ..
             } => Ok(Vec::new()),
-            HistStateFile { .. } | HistChanges { .. } => self.hist_contents(node),
+            HistStateFile { .. } | HistChanges { .. } | HistTable { .. } => {
+                self.hist_contents(node)
+            }
             SnapStateFile { .. } => self.snap_contents(node),
             _ => Err(err!(libc::EISDIR, "not a file")),
         }

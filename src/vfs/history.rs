@@ -1,15 +1,17 @@
 //! `.history/` of a peer's own folder, read only: one folder per entry of its
 //! history, named by run id (ULIDs: `ls` shows them in time order), each with
 //! `state/` as right after that run (rendered as `state/` is) and
-//! `changes.json`; `@<RFC 3339>/` (never listed) opens the peer as it was then.
+//! `changes.json`, and `tables/<table>.jsonl` where the peer had tables then
+//! (every row as JSON lines, as `tables/<table>.jsonl` shows a live table);
+//! `@<RFC 3339>/` (never listed) opens the peer as it was then.
 //! Everything is read from the store's reader when asked (`store::history`).
 
 use serde_json::{json, Value};
 
-use super::node::{join_key, CHANGES};
+use super::node::{join_key, CHANGES, TABLES};
 use super::*;
 use crate::error::{err, Result};
-use crate::store::history::{Entry, History, ItemChange, Point, Shown};
+use crate::store::history::{Entry, History, ItemChange, ItemKind, Point, Shown};
 use crate::store::Store;
 use crate::util::{parse_rfc3339, rfc3339};
 
@@ -35,17 +37,30 @@ fn seq_of(h: &mut dyn History, at: &str) -> Result<i64> {
     }
 }
 
-fn shown(v: &Option<Shown>) -> Value {
+/// A version in `changes.json`: its size and, when small, its value (a row:
+/// the row as a JSON object).
+fn shown(kind: ItemKind, v: &Option<Shown>) -> Value {
     match v {
         None => Value::Null,
         Some(s) => {
             let mut o = json!({ "size": s.size });
-            if let Some(text) = s.value.as_ref().and_then(|b| std::str::from_utf8(b).ok()) {
+            let bytes = s.value.as_deref();
+            let row = (kind == ItemKind::Row)
+                .then(|| bytes.and_then(|b| serde_json::from_slice::<Value>(b).ok()))
+                .flatten();
+            if let Some(row) = row {
+                o["row"] = row;
+            } else if let Some(text) = bytes.and_then(|b| std::str::from_utf8(b).ok()) {
                 o["value"] = Value::String(text.to_string());
             }
             o
         }
     }
+}
+
+/// The name of a table's file under `tables/`.
+fn table_of(name: &str) -> Option<&str> {
+    name.strip_suffix(".jsonl").filter(|t| !t.is_empty())
 }
 
 /// `changes.json` of an entry.
@@ -56,8 +71,8 @@ fn changes_json(e: &Entry, changes: &[ItemChange]) -> Vec<u8> {
             json!({
                 "kind": c.kind.as_str(),
                 "item": c.item,
-                "before": shown(&c.before),
-                "after": shown(&c.after),
+                "before": shown(c.kind, &c.before),
+                "after": shown(c.kind, &c.after),
             })
         })
         .collect();
@@ -100,6 +115,26 @@ impl Vfs {
                 at: s(at),
                 dir: String::new(),
             }),
+            Node::HistAt { peer, at } if name == TABLES => {
+                if self.hist_tables(peer, at)?.is_empty() {
+                    return Err(missing());
+                }
+                Ok(Node::HistTables {
+                    peer: p(peer),
+                    at: s(at),
+                })
+            }
+            Node::HistTables { peer, at } => {
+                let table = table_of(name).ok_or_else(missing)?;
+                if !self.hist_tables(peer, at)?.iter().any(|t| t == table) {
+                    return Err(missing());
+                }
+                Ok(Node::HistTable {
+                    peer: p(peer),
+                    at: s(at),
+                    table: s(table),
+                })
+            }
             Node::HistAt { peer, at } if name == CHANGES && !at.starts_with('@') => {
                 Ok(Node::HistChanges {
                     peer: p(peer),
@@ -153,6 +188,13 @@ impl Vfs {
                     dir: String::new(),
                 };
                 let mut v = vec![(crate::layout::STATE.name.to_string(), state, Kind::Dir)];
+                if !self.hist_tables(peer, at)?.is_empty() {
+                    let t = Node::HistTables {
+                        peer: peer.clone(),
+                        at: at.clone(),
+                    };
+                    v.push((TABLES.to_string(), t, Kind::Dir));
+                }
                 if !at.starts_with('@') {
                     let c = Node::HistChanges {
                         peer: peer.clone(),
@@ -178,7 +220,25 @@ impl Vfs {
                     }
                 })
                 .collect(),
+            Node::HistTables { peer, at } => (self.hist_tables(peer, at)?.into_iter())
+                .map(|table| {
+                    let n = Node::HistTable {
+                        peer: peer.clone(),
+                        at: at.clone(),
+                        table: table.clone(),
+                    };
+                    (format!("{table}.jsonl"), n, Kind::File)
+                })
+                .collect(),
             _ => return Err(err!(libc::ENOTDIR, "not a folder")),
+        })
+    }
+
+    /// The declared tables of a peer at a name of `.history/`.
+    fn hist_tables(&self, peer: &str, at: &str) -> Result<Vec<String>> {
+        self.with_history(peer, |h| {
+            let seq = seq_of(h, at)?;
+            h.tables_at(seq)
         })
     }
 
@@ -212,7 +272,13 @@ impl Vfs {
                     _ => Err(err!(libc::ENOENT, "no state key {key:?} then")),
                 }
             }
-            Node::HistChanges { .. } => {
+            Node::HistTables { peer, at } => {
+                if self.hist_tables(peer, at)?.is_empty() {
+                    return Err(err!(libc::ENOENT, "no tables then"));
+                }
+                self.dir_attr(Some(peer), DIR_MODE)
+            }
+            Node::HistChanges { .. } | Node::HistTable { .. } => {
                 let n = self.hist_contents(node)?.len() as u64;
                 self.file_attr(node.peer(), n, FILE_MODE, 0)
             }
@@ -236,6 +302,12 @@ impl Vfs {
                 let changes = h.changes(e.seq, SHOWN_VALUES)?;
                 Ok(changes_json(&e, &changes))
             }),
+            Node::HistTable { peer, at, table } => self
+                .with_history(peer, |h| {
+                    let seq = seq_of(h, at)?;
+                    h.table_at(seq, table)
+                })?
+                .ok_or_else(|| err!(libc::ENOENT, "no table {table:?} then")),
             _ => Err(err!(libc::EISDIR, "not a file")),
         }
     }

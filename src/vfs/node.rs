@@ -116,6 +116,17 @@ pub enum Node {
         peer: String,
         at: String,
     },
+    /// `.history/<at>/tables/`: the declared tables as they were then.
+    HistTables {
+        peer: String,
+        at: String,
+    },
+    /// `.history/<at>/tables/<table>.jsonl`: a table's rows then.
+    HistTable {
+        peer: String,
+        at: String,
+        table: String,
+    },
     /// `peer/.snapshots/`: one folder per snapshot taken with mkdir.
     Snapshots(String),
     /// `.snapshots/<name>/`
@@ -175,7 +186,9 @@ impl Node {
             HistAt { peer, .. }
             | HistState { peer, .. }
             | HistStateFile { peer, .. }
-            | HistChanges { peer, .. } => Some(peer),
+            | HistChanges { peer, .. }
+            | HistTables { peer, .. }
+            | HistTable { peer, .. } => Some(peer),
             Inbox { peer, .. }
             | InboxFile { peer, .. }
             | Outbox { peer, .. }
@@ -320,6 +333,12 @@ impl std::fmt::Display for Node {
             HistChanges { peer, at } => {
                 write!(f, "{peer}/{}/{at}/{CHANGES}", l::HISTORY.name)
             }
+            HistTables { peer, at } => {
+                write!(f, "{peer}/{}/{at}/{TABLES}", l::HISTORY.name)
+            }
+            HistTable { peer, at, table } => {
+                write!(f, "{peer}/{}/{at}/{TABLES}/{table}.jsonl", l::HISTORY.name)
+            }
             Reserved {
                 peer, target, name, ..
             } => at(f, peer, target).and_then(|()| write!(f, "/{name}")),
@@ -352,6 +371,8 @@ impl Node {
 
 /// The file of a history entry that says what it changed.
 pub const CHANGES: &str = "changes.json";
+/// The folder of declared tables under `.history/<at>/`.
+pub const TABLES: &str = "tables";
 
 /// `dir` + `/` + `name` as a state key ("" + name is name).
 pub fn join_key(dir: &str, name: &str) -> String {

@@ -174,7 +174,9 @@ impl Vfs {
             Peers(p) if self.is_other_peer(p, name) => Some(node_in(parent, name.to_string())),
             Peers(p) => return Err(self.no_such_peer(p, name).unwrap_or_else(missing)),
             State { peer, dir } => return self.state_child(parent, peer, dir, name),
-            History(_) | HistAt { .. } | HistState { .. } => return self.hist_child(parent, name),
+            History(_) | HistAt { .. } | HistState { .. } | HistTables { .. } => {
+                return self.hist_child(parent, name)
+            }
             Snapshots(_) | Snapshot { .. } | SnapState { .. } => {
                 return self.snap_child(parent, name)
             }
@@ -244,7 +246,9 @@ impl Vfs {
                 .map(|n| (n.clone(), node_in(node, n), Kind::Dir))
                 .collect(),
             ViewState { peer, other, dir } => self.view_listing(peer, other, dir)?,
-            History(_) | HistAt { .. } | HistState { .. } => self.hist_list(node)?,
+            History(_) | HistAt { .. } | HistState { .. } | HistTables { .. } => {
+                self.hist_list(node)?
+            }
             Snapshots(_) | Snapshot { .. } | SnapState { .. } => self.snap_list(node)?,
             Reserved {
                 kind: Kind::Dir, ..

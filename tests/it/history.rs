@@ -461,3 +461,175 @@ fn undo_of_a_policy_write_puts_the_old_policy_back_in_force() {
     let r = m.run_in("bob/peers/alice", "r2.rhai", "1");
     assert_eq!(r["status"], "ok", "the old policy is in force: {r}");
 }
+
+const NOTES: &str = r#"
+[tables.notes]
+owner = true
+fields.title = { type = "string", max = 200 }
+fields.pinned = { type = "bool", default = false }
+
+[tables.comments]
+owner = true
+fields.note = { type = "ref<notes>", on_delete = "cascade", index = true }
+fields.text = { type = "string" }
+"#;
+
+const BOB_INSERTS_NOTES: &str = r#"permit(principal == Peer::"bob", action in [Action::"run", Action::"insert", Action::"select"], resource);"#;
+
+/// Alice with the notes and comments tables, bob allowed to insert rows.
+fn with_tables() -> Mounted {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    std::fs::write(m.p("alice/schema.toml"), NOTES).unwrap();
+    std::fs::write(m.p("alice/policy.cedar"), BOB_INSERTS_NOTES).unwrap();
+    m
+}
+
+fn changes(m: &Mounted, run: &str) -> serde_json::Value {
+    serde_json::from_str(&read(m, &format!("alice/.history/{run}/changes.json")).unwrap()).unwrap()
+}
+
+fn count(m: &Mounted, name: &str, table: &str) -> serde_json::Value {
+    m.run_ok("alice", name, &format!("db.{table}.count(#{{}})"))
+}
+
+#[test]
+fn rows_in_the_history_a_foreign_insert_an_update_and_a_cascade_undone() {
+    let m = with_tables();
+    // Bob's insert under alice's policy: an entry whose item is the row.
+    let b = m.run_in(
+        "bob/peers/alice",
+        "b.rhai",
+        r#"db.notes.insert(#{ title: "from bob" })"#,
+    );
+    assert_eq!(b["status"], "ok", "{b}");
+    let note = b["value"].as_str().unwrap().to_string();
+    let c = changes(&m, &id(&b));
+    assert_eq!(c["caller"], "bob", "{c}");
+    assert_eq!(c["changes"][0]["kind"], "row", "{c}");
+    assert_eq!(c["changes"][0]["item"], format!("notes/{note}"), "{c}");
+    assert_eq!(c["changes"][0]["before"], serde_json::Value::Null, "{c}");
+    assert_eq!(c["changes"][0]["after"]["row"]["title"], "from bob", "{c}");
+    assert_eq!(c["changes"][0]["after"]["row"]["owner"], "bob", "{c}");
+    // The table as right after that run, beside its state.
+    let runs = m.names("alice/.history");
+    let last = runs.last().unwrap();
+    assert!(m
+        .names(&format!("alice/.history/{last}"))
+        .contains(&"tables".to_string()));
+    assert_eq!(
+        m.names(&format!("alice/.history/{last}/tables")),
+        ["comments.jsonl", "notes.jsonl"]
+    );
+    let lines = read(&m, &format!("alice/.history/{last}/tables/notes.jsonl")).unwrap();
+    let row: serde_json::Value = serde_json::from_str(lines.trim_end()).unwrap();
+    assert_eq!(
+        (row["id"].as_str(), row["title"].as_str()),
+        (Some(note.as_str()), Some("from bob"))
+    );
+    assert_eq!(
+        read(
+            &m,
+            &format!("alice/.history/{}/tables/notes.jsonl", runs[0])
+        )
+        .as_deref(),
+        Some("")
+    );
+
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{}")"#, id(&b)));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(count(&m, "n1.rhai", "notes"), 0);
+    let back = alice(&m, "back.rhai", &format!(r#"undo("{}")"#, id(&u)));
+    assert_eq!(back["status"], "ok", "{back}");
+
+    // An update undone.
+    let up = alice(
+        &m,
+        "up.rhai",
+        &format!(r#"db.notes.update("{note}", #{{ title: "edited", pinned: true }}); 0"#),
+    );
+    assert_eq!(up["status"], "ok", "{up}");
+    let u = alice(&m, "u2.rhai", &format!(r#"undo("{}")"#, id(&up)));
+    assert_eq!(u["status"], "ok", "{u}");
+    let n = m.run_ok(
+        "alice",
+        "g.rhai",
+        &format!(r#"let n = db.notes.get("{note}"); [n.title, n.pinned]"#),
+    );
+    assert_eq!(n, serde_json::json!(["from bob", false]));
+
+    // A delete that cascades to a comment: both rows are items, both come back.
+    m.run_ok(
+        "alice",
+        "c.rhai",
+        &format!(r#"db.comments.insert(#{{ note: "{note}", text: "milk" }})"#),
+    );
+    let d = alice(&m, "d.rhai", &format!(r#"db.notes.delete("{note}"); 0"#));
+    assert_eq!(d["status"], "ok", "{d}");
+    assert_eq!(changes(&m, &id(&d))["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(count(&m, "n2.rhai", "comments"), 0);
+    let u = alice(&m, "u3.rhai", &format!(r#"undo("{}")"#, id(&d)));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(count(&m, "n3.rhai", "notes"), 1);
+    let c = m.run_ok(
+        "alice",
+        "n4.rhai",
+        &format!(r#"db.comments.find(#{{ note: "{note}" }})[0].text"#),
+    );
+    assert_eq!(c, "milk");
+}
+
+#[test]
+fn a_schema_change_is_undone_and_restore_to_a_time_puts_rows_back() {
+    let m = with_tables();
+    let a = m.run_ok("alice", "a.rhai", r#"db.notes.insert(#{ title: "a" })"#);
+    std::thread::sleep(Duration::from_millis(20));
+    let t = alice(&m, "t.rhai", "0")["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(20));
+    m.run_ok("alice", "b.rhai", r#"db.notes.insert(#{ title: "b" })"#);
+    m.run_ok(
+        "alice",
+        "e.rhai",
+        &format!(r#"db.notes.update({a}, #{{ title: "a2" }}); 0"#),
+    );
+
+    // A schema change through the mount: an entry of its own.
+    let more = format!("{NOTES}\n[tables.tags]\nfields.name = {{ type = \"string\" }}\n");
+    std::fs::write(m.p("alice/schema.toml"), &more).unwrap();
+    let runs = m.names("alice/.history");
+    let s = runs.last().unwrap().clone();
+    let c = changes(&m, &s);
+    assert_eq!(c["script"], "write schema.toml", "{c}");
+    assert_eq!(
+        (
+            c["changes"][0]["kind"].as_str(),
+            c["changes"][0]["item"].as_str()
+        ),
+        (Some("meta"), Some("schema"))
+    );
+    assert!(m
+        .names(&format!("alice/.history/{s}/tables"))
+        .contains(&"tags.jsonl".to_string()));
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{s}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    assert_eq!(read(&m, "alice/schema.toml").as_deref(), Some(NOTES));
+    let r = alice(&m, "x.rhai", r#"db.tags.count(#{})"#);
+    assert_eq!(r["status"], "error", "the table is gone: {r}");
+
+    // Back to the time: only "a", with its first title.
+    let back = alice(&m, "back.rhai", &format!(r#"restore_to("{t}")"#));
+    assert_eq!(back["status"], "ok", "{back}");
+    let titles = m.run_ok("alice", "l.rhai", r#"db.notes.find(#{}).map(|n| n.title)"#);
+    assert_eq!(titles, serde_json::json!(["a"]));
+    assert_eq!(
+        read(&m, &format!("alice/.history/@{t}/tables/notes.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}
