@@ -22,6 +22,9 @@ use crate::tables::rows::Row;
 use crate::tables::sql::quote;
 use crate::tables::{KeyKind, Schema, Table, ID, META_KEY};
 
+/// The meta key of `policy.cedar` (validated against the schema in force).
+const POLICY: &str = "policy";
+
 /// The item of a row: `<table>/<key>` (keys never hold `/`).
 pub(super) fn row_item(table: &str, id: &Value) -> String {
     match id {
@@ -325,10 +328,17 @@ impl SqliteStore {
 
     /// Later entries (not `cur`) in the way of undoing `seq` beyond the same
     /// items: for a schema change, those that changed rows of the tables it
-    /// touched; for row changes, later schema changes of their tables.
+    /// touched or `policy.cedar` (validated against the schema of its time);
+    /// for row changes, later schema changes of their tables; for a policy
+    /// change, later schema changes.
     pub(super) fn schema_conflicts(&mut self, seq: i64, cur: i64) -> Result<Vec<i64>> {
         let mut out = Vec::new();
+        let policy = POLICY;
+        if self.changed_meta(seq, policy)? {
+            out.extend(self.later_meta(META_KEY, seq, cur)?);
+        }
         if let Some((b, a)) = self.schema_change(seq)? {
+            out.extend(self.later_meta(policy, seq, cur)?);
             for t in touched(&b, &a) {
                 let lo = format!("{t}/");
                 let hi = format!("{t}0");
@@ -355,14 +365,7 @@ impl SqliteStore {
         if tables.is_empty() {
             return Ok(out);
         }
-        let later: Vec<i64> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT seq FROM hist_changes WHERE kind='meta' AND item=?1 AND seq>?2 AND seq<>?3",
-            )?;
-            let rows = stmt.query_map(params![META_KEY, seq, cur], |r| r.get(0))?;
-            rows.collect::<rusqlite::Result<_>>()?
-        };
-        for l in later {
+        for l in self.later_meta(META_KEY, seq, cur)? {
             if let Some((b, a)) = self.schema_change(l)? {
                 if touched(&b, &a).iter().any(|t| tables.contains(t)) {
                     out.push(l);
@@ -370,6 +373,26 @@ impl SqliteStore {
             }
         }
         Ok(out)
+    }
+
+    /// Whether the entry `seq` changed the meta text `key`.
+    fn changed_meta(&mut self, seq: i64, key: &str) -> Result<bool> {
+        let n: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM hist_changes WHERE seq=?1 AND kind='meta' AND item=?2",
+            )?
+            .query_row(params![seq, key], |r| r.get(0))?;
+        Ok(n > 0)
+    }
+
+    /// The entries after `seq` (not `cur`) that changed the meta text `key`.
+    fn later_meta(&mut self, key: &str, seq: i64, cur: i64) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq FROM hist_changes WHERE kind='meta' AND item=?1 AND seq>?2 AND seq<>?3",
+        )?;
+        let rows = stmt.query_map(params![key, seq, cur], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// Whether an entry after `seq` (not the open one) changed `schema.toml`.

@@ -259,3 +259,31 @@ fn without_an_entry_rows_record_nothing() {
     s.commit().unwrap();
     assert_eq!(s.entries(0, 10).unwrap().len(), 1);
 }
+
+#[test]
+fn a_schema_change_and_a_later_policy_change_are_in_each_others_way() {
+    let (_d, mut s) = with_schema();
+    let more = format!("{SCHEMA}\n[tables.tags]\nfields.name = {{ type = \"string\" }}\n");
+    entry(&mut s, "M", |s| s.apply_schema(more.as_bytes()).unwrap());
+    entry(&mut s, "P", |s| {
+        s.set_meta("policy", b"// uses tags").unwrap()
+    });
+    s.begin().unwrap();
+    s.begin_entry(&EntryHead {
+        id: "U".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let e = s.undo("M", false).unwrap_err();
+    assert!(
+        e.message.contains("later runs changed the same items: P"),
+        "{}",
+        e.message
+    );
+    s.end_entry().unwrap();
+    s.rollback().unwrap();
+    let undone = entry(&mut s, "U", |s| s.undo("M", true).unwrap());
+    assert_eq!(undone, vec!["P", "M"]);
+    assert!(s.meta("policy").unwrap().is_none());
+    assert!(s.schema().unwrap().table("tags").is_none());
+}
