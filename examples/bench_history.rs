@@ -12,6 +12,13 @@
 //! - `history.stat_cat_ratio`: `stat` and `cat` of every key under
 //!   `.history/<run>/state/` with 10,000 runs retained against the same under
 //!   `state/` (goal ≤ 2).
+//! - `history.row_write_speed_ratio`: entries that insert a row of a declared
+//!   table and update it, in a store, recorded in the history against not
+//!   (unsynced commits, so the cost of recording shows; rounds alternate; the
+//!   median of the pairs' ratios, without over with);
+//!   `history.state_write_speed_ratio` the same with a state key set twice,
+//!   and `history.row_vs_state_kept_ratio` the time of a recorded state entry
+//!   over that of a recorded row entry.
 //!
 //! Files live under `$PEERFS_BENCH_DIR/history` (default target/bench).
 
@@ -199,6 +206,96 @@ fn reads(run: &Path) {
     core.shutdown();
 }
 
+/// `n` entries of one insert and one update each (`record`: in the history):
+/// rows of a declared table, or (`rows` false) two state keys set.
+fn writes(s: &mut SqliteStore, round: usize, n: usize, record: bool, rows: bool) -> Duration {
+    use peerfs::store::history::History;
+    let schema = s.schema().unwrap();
+    let t0 = Instant::now();
+    for i in 0..n {
+        s.begin_unsynced().unwrap();
+        if record {
+            let head = EntryHead {
+                id: format!("r{round}-{i}"),
+                ..Default::default()
+            };
+            s.begin_entry(&head).unwrap();
+        }
+        if rows {
+            let t = schema.table("notes").unwrap();
+            let mut v = serde_json::Map::new();
+            v.insert("title".into(), format!("note {i}").into());
+            let row = peerfs::tables::rows::prepare_insert(&schema, t, "alice", &v, 0).unwrap();
+            let id = s.row_insert("notes", &row).unwrap();
+            let mut row = s.row_get("notes", &id).unwrap().unwrap();
+            row.insert("pinned".into(), true.into());
+            s.row_replace("notes", &row).unwrap();
+        } else {
+            let key = format!("k/{round}-{i}");
+            s.set(&key, &serde_json::json!({ "title": format!("note {i}") }))
+                .unwrap();
+            s.set(
+                &key,
+                &serde_json::json!({ "title": format!("note {i}"), "pinned": true }),
+            )
+            .unwrap();
+        }
+        if record {
+            s.end_entry().unwrap();
+        }
+        s.commit().unwrap();
+    }
+    t0.elapsed()
+}
+
+/// `history.{row,state}_write_speed_ratio`: entries recorded against not;
+/// also the µs an entry takes recorded and not.
+fn store_writes(run: &Path, rows: bool) -> (f64, [f64; 2]) {
+    std::fs::create_dir_all(run).unwrap();
+    let text = "[tables.notes]\nfields.title = { type = \"string\" }\nfields.pinned = { type = \"bool\", default = false }\n";
+    let mut stores = [true, false].map(|record| {
+        let mut s = SqliteStore::open(&run.join(format!("{record}-{rows}.sqlite")), true).unwrap();
+        s.begin().unwrap();
+        s.apply_schema(text.as_bytes()).unwrap();
+        s.commit().unwrap();
+        let w = wchar();
+        writes(&mut s, 99, 100, record, rows);
+        if verbose() {
+            let per = (wchar() - w) / 100;
+            eprintln!("rows {rows} record {record}: {per} bytes written per entry");
+        }
+        s
+    });
+    let (mut ratios, mut total) = (Vec::new(), [Duration::ZERO; 2]);
+    let n = DROPS_PER_PAIR * 4;
+    for r in 0..PAIRS {
+        let order = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+        let mut d = [Duration::ZERO; 2];
+        for i in order {
+            d[i] = writes(&mut stores[i], r, n, i == 0, rows);
+            total[i] += d[i];
+        }
+        if verbose() {
+            eprintln!("round {r}: kept {:?} off {:?}", d[0], d[1]);
+        }
+        ratios.push(d[1].as_secs_f64() / d[0].as_secs_f64());
+    }
+    let us = total.map(|t| t.as_micros() as f64 / (PAIRS * n) as f64);
+    (median(ratios), us)
+}
+
+fn rows(run: &Path) {
+    let (r, ru) = store_writes(run, true);
+    let (s, su) = store_writes(run, false);
+    println!("history.row_write_us.kept: {:.0} us", ru[0]);
+    println!("history.row_write_us.off: {:.0} us", ru[1]);
+    println!("history.state_write_us.kept: {:.0} us", su[0]);
+    println!("history.state_write_us.off: {:.0} us", su[1]);
+    println!("history.row_write_speed_ratio: {r:.3}");
+    println!("history.state_write_speed_ratio: {s:.3}");
+    println!("history.row_vs_state_kept_ratio: {:.3}", su[0] / ru[0]);
+}
+
 fn main() {
     let root = std::env::var_os("PEERFS_BENCH_DIR")
         .map(PathBuf::from)
@@ -206,8 +303,20 @@ fn main() {
         .join("history");
     let run = root.join(bench_support::run_id());
     std::fs::create_dir_all(&run).unwrap();
-    rewrite(&run.join("rewrite"));
-    drop_to_result(&run);
-    reads(&run);
+    // One part by name (`rewrite`, `drops`, `reads`, `rows`), or all of them.
+    let only = std::env::args().nth(1);
+    let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
+    if part("rewrite") {
+        rewrite(&run.join("rewrite"));
+    }
+    if part("drops") {
+        drop_to_result(&run);
+    }
+    if part("reads") {
+        reads(&run);
+    }
+    if part("rows") {
+        rows(&run.join("rows"));
+    }
     let _ = std::fs::remove_dir_all(&run);
 }
