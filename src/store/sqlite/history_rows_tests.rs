@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::store::history::{EntryHead, History, ItemKind, Point};
 use crate::tables::rows::{apply_patch, prepare_insert, Row};
+use crate::tables::ID;
 
 const SCHEMA: &str = r#"
 [tables.notes]
@@ -286,4 +287,150 @@ fn a_schema_change_and_a_later_policy_change_are_in_each_others_way() {
     assert_eq!(undone, vec!["P", "M"]);
     assert!(s.meta("policy").unwrap().is_none());
     assert!(s.schema().unwrap().table("tags").is_none());
+}
+
+/// A step of the model test of rows.
+#[derive(Debug, Clone)]
+enum Step {
+    Note(u8),
+    Comment(u8, u8),
+    Update(u8, u8),
+    DeleteNote(u8),
+    DeleteComment(u8),
+    UndoLast,
+    Restore(u8),
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => any::<u8>().prop_map(Step::Note),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(n, v)| Step::Comment(n, v)),
+        2 => (any::<u8>(), any::<u8>()).prop_map(|(n, v)| Step::Update(n, v)),
+        1 => any::<u8>().prop_map(Step::DeleteNote),
+        1 => any::<u8>().prop_map(Step::DeleteComment),
+        1 => Just(Step::UndoLast),
+        1 => any::<u8>().prop_map(Step::Restore),
+    ]
+}
+
+const INTS: &str = r#"
+[tables.notes]
+key = "int"
+fields.v = { type = "int" }
+
+[tables.comments]
+key = "int"
+fields.note = { type = "ref<notes>", on_delete = "cascade" }
+fields.v = { type = "int" }
+"#;
+
+/// Both tables as JSON lines, as `table_at` shows them.
+fn live(s: &mut SqliteStore) -> [String; 2] {
+    let seq = s.entries(0, usize::MAX >> 1).unwrap().last().unwrap().seq;
+    ["notes", "comments"].map(|t| String::from_utf8(s.table_at(seq, t).unwrap().unwrap()).unwrap())
+}
+
+fn nth(s: &mut SqliteStore, table: &str, i: u8) -> Option<Value> {
+    let mut all = Vec::new();
+    let find = crate::tables::Find {
+        filters: Vec::new(),
+        order: crate::tables::Order {
+            col: ID.into(),
+            desc: false,
+        },
+        limit: usize::MAX,
+        after: None,
+    };
+    s.row_scan(table, &find, None, &mut |r| {
+        all.push(r[ID].clone());
+        true
+    })
+    .unwrap();
+    (!all.is_empty()).then(|| all[i as usize % all.len()].clone())
+}
+
+/// Applies one step in an entry; whether it was kept.
+fn run_step(s: &mut SqliteStore, step: &Step, ids: &[String], n: usize) -> bool {
+    let id = format!("E{n}");
+    s.begin().unwrap();
+    s.begin_entry(&EntryHead {
+        id,
+        ..Default::default()
+    })
+    .unwrap();
+    match *step {
+        Step::Note(v) => {
+            insert(s, "notes", json!({ "v": v }));
+        }
+        Step::Comment(i, v) => {
+            if let Some(n) = nth(s, "notes", i) {
+                insert(s, "comments", json!({ "note": n, "v": v }));
+            }
+        }
+        Step::Update(i, v) => {
+            if let Some(n) = nth(s, "notes", i) {
+                update(s, "notes", &n, json!({ "v": v }));
+            }
+        }
+        Step::DeleteNote(i) => {
+            if let Some(n) = nth(s, "notes", i) {
+                s.row_delete("notes", &n).unwrap();
+            }
+        }
+        Step::DeleteComment(i) => {
+            if let Some(c) = nth(s, "comments", i) {
+                s.row_delete("comments", &c).unwrap();
+            }
+        }
+        Step::UndoLast => {
+            s.undo(ids.last().unwrap(), false).unwrap();
+        }
+        Step::Restore(i) => {
+            s.restore(&Point::Run(ids[i as usize % ids.len()].clone()))
+                .unwrap();
+        }
+    }
+    let kept = s.end_entry().unwrap().kept;
+    s.commit().unwrap();
+    kept
+}
+
+fn check_rows_model(steps: Vec<Step>) {
+    let (_d, mut s) = store();
+    entry(&mut s, "S", |s| s.apply_schema(INTS.as_bytes()).unwrap());
+    // After each kept entry, its id and both tables then.
+    let mut snaps: Vec<(String, [String; 2])> = vec![("S".into(), live(&mut s))];
+    for (n, step) in steps.iter().enumerate() {
+        let ids: Vec<String> = snaps.iter().map(|e| e.0.clone()).collect();
+        if matches!(step, Step::UndoLast) && ids.len() < 2 {
+            continue;
+        }
+        let want = match step {
+            Step::UndoLast => Some(snaps[snaps.len() - 2].1.clone()),
+            Step::Restore(i) => Some(snaps[*i as usize % snaps.len()].1.clone()),
+            _ => None,
+        };
+        if run_step(&mut s, step, &ids, n) {
+            snaps.push((format!("E{n}"), live(&mut s)));
+        }
+        if let Some(want) = want {
+            assert_eq!(live(&mut s), want, "after {step:?}");
+        }
+    }
+    // Every entry's tables as right after it, read back from the history.
+    for (id, want) in &snaps {
+        let seq = s.entry(id).unwrap().unwrap().seq;
+        let got = ["notes", "comments"]
+            .map(|t| String::from_utf8(s.table_at(seq, t).unwrap().unwrap()).unwrap());
+        assert_eq!(&got, want, "tables after {id}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    #[test]
+    fn rows_match_a_model_that_keeps_the_tables_after_every_entry(steps in proptest::collection::vec(step(), 1..40)) {
+        check_rows_model(steps);
+    }
 }
