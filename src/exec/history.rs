@@ -92,7 +92,9 @@ impl Core {
 }
 
 /// What an op through the mount is called in the history; `None`: it changes
-/// nothing the history records.
+/// nothing the history records. Every op that writes what the history records
+/// needs a name here (rows written or removed through row files of `tables/`
+/// too): without one it begins no entry and its change goes unrecorded.
 fn op_label(op: &Op) -> Option<String> {
     Some(match op {
         Op::SetBytes(k, _) => format!("write state/{k}"),
