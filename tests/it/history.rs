@@ -633,3 +633,63 @@ fn a_schema_change_is_undone_and_restore_to_a_time_puts_rows_back() {
         1
     );
 }
+
+/// SIGKILL while an undo of a schema change (a table rebuilt) and of a row
+/// delete is made but not committed: after the restart, neither; a finished
+/// one is whole.
+#[test]
+fn sigkill_in_the_middle_of_an_undo_of_a_schema_change_and_rows_is_all_or_nothing() {
+    let (_d, data, mnt, work) = dirs();
+    let args = ["-o", "limits.own.max_wall_ms=1500"];
+    let mut dm = Daemon::start(&data, &mnt, &work, &args);
+    dm.add_peer("alice");
+    std::fs::write(dm.p("alice/schema.toml"), NOTES).unwrap();
+    let n = dm.run("alice", "n.rhai", r#"db.notes.insert(#{ title: "kept" })"#);
+    let note = n["value"].as_str().unwrap().to_string();
+    let d = id(&dm.run(
+        "alice",
+        "d.rhai",
+        &format!(r#"db.notes.delete("{note}"); 0"#),
+    ));
+    let more = NOTES.replace(
+        "fields.pinned = { type = \"bool\", default = false }",
+        "fields.pinned = { type = \"bool\", default = false }\nfields.rating = { type = \"int?\" }",
+    );
+    std::fs::write(dm.p("alice/schema.toml"), &more).unwrap();
+    let s = dm.names("alice/.history").last().unwrap().clone();
+    // Undoing the delete needs the later schema change of its table undone first.
+    let undo = format!(r#"undo("{d}", #{{ cascade: true }}); let i = 0; loop {{ i += 1; }}"#);
+    std::fs::write(dm.p("alice/inbox/slow.rhai"), undo).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    dm.kill9();
+    drop(dm);
+    dm = Daemon::start(&data, &mnt, &work, &args);
+    let r = std::fs::read(dm.p("alice/outbox/slow.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&r).unwrap();
+    assert_eq!(r["status"], "limit", "{r}");
+    assert_eq!(
+        read(&dm, "alice/schema.toml").as_deref(),
+        Some(more.as_str())
+    );
+    assert_eq!(dm.run_ok("alice", "c.rhai", "db.notes.count(#{})"), 0);
+    // Finished, then SIGKILL: all of it after the restart.
+    let u = dm.run("alice", "u.rhai", &format!(r#"undo("{d}")"#));
+    assert_eq!(u["status"], "error", "{u}");
+    assert!(u["error"].as_str().unwrap().contains(&s), "{u}");
+    let u = dm.run(
+        "alice",
+        "u2.rhai",
+        &format!(r#"undo("{d}", #{{ cascade: true }})"#),
+    );
+    assert_eq!(u["value"], serde_json::json!([s, d]), "{u}");
+    dm.kill9();
+    drop(dm);
+    let dm = Daemon::start(&data, &mnt, &work, &args);
+    assert_eq!(read(&dm, "alice/schema.toml").as_deref(), Some(NOTES));
+    let t = dm.run_ok(
+        "alice",
+        "t.rhai",
+        &format!(r#"db.notes.get("{note}").title"#),
+    );
+    assert_eq!(t, "kept");
+}
