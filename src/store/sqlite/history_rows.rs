@@ -229,10 +229,18 @@ impl SqliteStore {
                 }
             }
             if later.len() == n {
-                return Err(first_err.expect("a put failed"));
+                if dels.is_empty() {
+                    return Err(first_err.expect("a put failed"));
+                }
+                // A row to go may hold a unique value a put needs: deletes first.
+                self.delete_rows(std::mem::take(&mut dels))?;
             }
             puts = later;
         }
+        self.delete_rows(dels)
+    }
+
+    fn delete_rows(&mut self, dels: Vec<(String, Option<Ver>)>) -> Result<()> {
         for (item, v) in dels {
             self.set_row(&item, v)?;
         }

@@ -434,3 +434,19 @@ proptest::proptest! {
         check_rows_model(steps);
     }
 }
+
+#[test]
+fn undo_frees_a_unique_value_before_putting_it_back() {
+    let (_d, mut s) = store();
+    let text =
+        "[tables.users]\nkey = \"int\"\nfields.name = { type = \"string\", unique = true }\n";
+    entry(&mut s, "S", |s| s.apply_schema(text.as_bytes()).unwrap());
+    let a = entry(&mut s, "A", |s| insert(s, "users", json!({ "name": "x" })));
+    let b = entry(&mut s, "B", |s| {
+        update(s, "users", &a, json!({ "name": "y" }));
+        insert(s, "users", json!({ "name": "x" }))
+    });
+    entry(&mut s, "U", |s| s.undo("B", false).unwrap());
+    assert_eq!(get(&mut s, "users", &a).unwrap()["name"], "x");
+    assert!(get(&mut s, "users", &b).is_none());
+}
