@@ -20,7 +20,7 @@ use crate::store::prelude::*;
 use crate::tables::diff::{diff, Change};
 use crate::tables::rows::Row;
 use crate::tables::sql::quote;
-use crate::tables::{KeyKind, Schema, Table, ID, META_KEY};
+use crate::tables::{KeyKind, Schema, Table, ID, META_KEY, OWNER};
 
 /// The meta key of `policy.cedar` (validated against the schema in force).
 const POLICY: &str = "policy";
@@ -459,7 +459,13 @@ impl SqliteStore {
                 None => {}
             }
         }
+        // Rows read under a later schema show the fields of then only.
+        let t = then.table(table).expect("checked above");
+        let keep = |c: &str| c == ID || (c == OWNER && t.owner) || t.fields.contains_key(c);
         let mut out: Vec<Row> = rows.into_values().collect();
+        for r in &mut out {
+            r.retain(|c, _| keep(c));
+        }
         out.sort_by(|a, b| key_order(a.get(ID), b.get(ID)));
         Ok(Some(out))
     }

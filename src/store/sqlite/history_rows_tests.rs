@@ -236,13 +236,24 @@ fn restore_to_a_point_with_rows_and_a_table_as_right_after_an_entry() {
         "{lines}"
     );
     assert!(s.table_at(seq_c, "tags").unwrap().is_none());
+    // A field added later is not shown as of before it.
+    let rated = more.replace(
+        "fields.pinned",
+        "fields.rating = { type = \"int?\" }\nfields.pinned",
+    );
+    entry(&mut s, "F", |s| s.apply_schema(rated.as_bytes()).unwrap());
+    let lines = String::from_utf8(s.table_at(seq_c, "notes").unwrap().unwrap()).unwrap();
+    assert!(!lines.contains("rating"), "{lines}");
+    let seq_f = s.entry("F").unwrap().unwrap().seq;
+    let lines = String::from_utf8(s.table_at(seq_f, "notes").unwrap().unwrap()).unwrap();
+    assert!(lines.contains("\"rating\":null"), "{lines}");
     assert_eq!(
         s.tables_at(seq_c).unwrap(),
         vec!["comments", "links", "notes"]
     );
 
     let undone = entry(&mut s, "R", |s| s.restore(&Point::Run("A".into())).unwrap());
-    assert_eq!(undone, vec!["T", "M", "C", "B"]);
+    assert_eq!(undone, vec!["F", "T", "M", "C", "B"]);
     assert_eq!(get(&mut s, "notes", &a).unwrap()["title"], "a");
     assert!(get(&mut s, "notes", &b).is_none());
     assert!(s.schema().unwrap().table("tags").is_none());
