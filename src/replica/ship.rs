@@ -59,6 +59,8 @@ struct PeerShip {
     known: Option<Known>,
     failing: bool,
     lagging: bool,
+    /// Not looked at since the start: the log's end is checked once.
+    fresh: bool,
 }
 
 pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key) {
@@ -214,6 +216,7 @@ impl PeerShip {
             known,
             failing: false,
             lagging: false,
+            fresh: true,
         }
     }
 
@@ -302,7 +305,12 @@ impl PeerShip {
                 k.pos = Some(Pos::start(h));
                 Ok(true)
             }
-            (Some(h), Some(p)) if h.salt == p.header.salt => Ok(true),
+            // (At the first look since the start, the log must still end where
+            // the replica does: a power loss may have taken its tail.)
+            (Some(h), Some(p)) if h.salt == p.header.salt => {
+                let fresh = std::mem::replace(&mut self.fresh, false);
+                Ok(!fresh || wal::holds(&self.wal, &p)?)
+            }
             (Some(h), Some(p)) => {
                 if k.may_restart && h.ckpt_seq == p.header.ckpt_seq.wrapping_add(1) {
                     k.log += 1;

@@ -108,6 +108,29 @@ pub fn read_header(wal: &Path) -> Result<Option<Header>> {
     }))
 }
 
+/// Whether the log still holds what ended at `pos` (the frame before it, with
+/// its salts and checksum): after a power loss, the end of a log whose
+/// transactions were shipped may be gone from the disk.
+pub fn holds(wal: &Path, pos: &Pos) -> Result<bool> {
+    if pos.offset <= HEADER {
+        return Ok(true);
+    }
+    let f = match File::open(wal) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if f.metadata()?.len() < pos.offset {
+        return Ok(false);
+    }
+    let at = pos.offset - FRAME_HEADER - u64::from(pos.header.page_size);
+    let mut b = [0u8; FRAME_HEADER as usize];
+    if f.read_exact_at(&mut b, at).is_err() {
+        return Ok(false);
+    }
+    Ok((be32(&b, 8), be32(&b, 12)) == pos.header.salt && (be32(&b, 16), be32(&b, 20)) == pos.cksum)
+}
+
 /// The whole transactions of the log after `from`: their frames' bytes, and
 /// the position after the last one. Frames of a transaction still being
 /// written, or left over from before a restart, are not taken.
@@ -285,11 +308,16 @@ mod tests {
         let h = read_header(&wal).unwrap().unwrap();
         let (all, end) = read_after(&wal, &Pos::start(h)).unwrap();
         assert!(!all.is_empty());
+        assert!(holds(&wal, &end).unwrap());
         // A flipped byte in the last frame's page: that transaction is not taken.
         let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
         f.write_all_at(b"!", end.offset - 1).unwrap();
         let (cut, pos) = read_after(&wal, &Pos::start(h)).unwrap();
         assert!(pos.offset < end.offset);
         assert_eq!(cut.len() as u64, pos.offset - HEADER);
+        // A log that lost its tail no longer holds where the replica ended.
+        f.set_len(end.offset - 100).unwrap();
+        assert!(!holds(&wal, &end).unwrap());
+        assert!(holds(&wal, &pos).unwrap());
     }
 }
