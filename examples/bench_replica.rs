@@ -257,7 +257,7 @@ fn restore_ratio(dir: &Path, moto: &Moto) {
     let m = Mount::start(dir, "big", Some((moto, "big")));
     std::fs::create_dir(m.p("big")).unwrap();
     let value: Vec<u8> = (0..1 << 20)
-        .map(|i: u32| (i * 2654435761 >> 24) as u8)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
     for i in 0..BIG_VALUES {
         std::fs::write(m.p(&format!("big/state/v{i}")), &value).unwrap();
