@@ -644,3 +644,60 @@ fn a_store_changed_behind_the_replicas_back_begins_a_new_generation() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+fn objects(root: &Path) -> usize {
+    fn walk(p: &Path, n: &mut usize) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), n);
+            } else {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(root, &mut n);
+    n
+}
+
+/// Peers with nothing new cost the object store nothing: no object is
+/// stored for them, turn after turn, while a busy neighbour's are.
+#[test]
+fn idle_peers_cost_no_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    for p in ["gina", "hal", "ivy"] {
+        std::fs::create_dir(d.p(p)).unwrap();
+        run(&d, p, "a.rhai", "set(\"a\", 1); 1");
+        caught_up(&d, p);
+    }
+    let Rep::File(root) = &rep else {
+        unreachable!()
+    };
+    let (hal, ivy) = (objects(&root.join("hal")), objects(&root.join("ivy")));
+    let uploads = |peer: &str| {
+        status(&d, peer)
+            .split(" uploads=")
+            .nth(1)
+            .map(|s| s.split(' ').next().unwrap().to_string())
+    };
+    let before = (uploads("hal"), uploads("ivy"));
+    for i in 0..10 {
+        run(&d, "gina", &format!("b{i}.rhai"), "1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    caught_up(&d, "gina");
+    assert_eq!((uploads("hal"), uploads("ivy")), before);
+    assert_eq!(
+        (objects(&root.join("hal")), objects(&root.join("ivy"))),
+        (hal, ivy)
+    );
+    assert!(
+        objects(&root.join("gina")) > hal,
+        "the busy peer's turns stored objects"
+    );
+    stop(d);
+}
