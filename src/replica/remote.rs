@@ -5,9 +5,10 @@
 //! A peer's replica, under `PREFIX/<peer>/`:
 //! - `<gen>/snapshot`: the store's whole file as of a point of its log;
 //! - `<gen>/owner`: `uid:gid` of the peer's owner when the generation began;
-//! - `<gen>/wal/<log:08x>-<offset:016x>`: whole transactions of the store's
-//!   write-ahead log (frames as SQLite writes them), from byte `offset` of the
-//!   `log`-th log of the generation (it counts the log's restarts).
+//! - `<gen>/wal/<log:08x>-<start:016x>-<end:016x>`: the whole transactions
+//!   between bytes `start` and `end` of the `log`-th log of the generation (it
+//!   counts the log's restarts), as frames SQLite wrote, reduced to the last
+//!   image of each page (`wal::compact`).
 //!
 //! A generation (`gen`, a ULID: its time is when it began) is a snapshot and the
 //! transactions after it, without a gap. An object's time (`last_modified`) is
@@ -128,21 +129,30 @@ impl Names {
         self.peer.clone().join(gen).join("owner")
     }
 
-    pub fn segment(&self, gen: &str, log: u32, offset: u64) -> Key {
+    pub fn segment(&self, gen: &str, log: u32, start: u64, end: u64) -> Key {
         self.peer
             .clone()
             .join(gen)
             .join("wal")
-            .join(format!("{log:08x}-{offset:016x}"))
+            .join(format!("{log:08x}-{start:016x}-{end:016x}"))
     }
 }
 
 /// One object of a peer's replica, as listed.
 #[derive(Debug, Clone)]
 pub enum Object {
-    Snapshot { gen: String },
-    Owner { gen: String },
-    Segment { gen: String, log: u32, offset: u64 },
+    Snapshot {
+        gen: String,
+    },
+    Owner {
+        gen: String,
+    },
+    Segment {
+        gen: String,
+        log: u32,
+        start: u64,
+        end: u64,
+    },
 }
 
 /// Every object of a peer's replica, with its listing (time, size).
@@ -165,18 +175,22 @@ pub async fn list(store: &dyn ObjectStore, n: &Names) -> Result<Vec<(Object, Obj
             [gen, s] if s == "snapshot" => Object::Snapshot { gen: gen.clone() },
             [gen, s] if s == "owner" => Object::Owner { gen: gen.clone() },
             [gen, w, name] if w == "wal" => {
-                let Some((l, o)) = name.split_once('-') else {
+                let f: Vec<&str> = name.split('-').collect();
+                let [l, s, e] = f.as_slice() else {
                     continue;
                 };
-                let (Ok(log), Ok(offset)) =
-                    (u32::from_str_radix(l, 16), u64::from_str_radix(o, 16))
-                else {
+                let (Ok(log), Ok(start), Ok(end)) = (
+                    u32::from_str_radix(l, 16),
+                    u64::from_str_radix(s, 16),
+                    u64::from_str_radix(e, 16),
+                ) else {
                     continue;
                 };
                 Object::Segment {
                     gen: gen.clone(),
                     log,
-                    offset,
+                    start,
+                    end,
                 }
             }
             _ => continue,

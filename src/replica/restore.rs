@@ -165,37 +165,35 @@ async fn rebuild(
         .await
         .map_err(|e| os_err("reading the snapshot", e))?;
     std::fs::write(tmp, &snap)?;
-    let mut segs: Vec<(u32, u64, &ObjectMeta)> = objects
+    let mut segs: Vec<(u32, u64, u64, &ObjectMeta)> = objects
         .iter()
         .filter_map(|(o, m)| match o {
             Object::Segment {
                 gen: g,
                 log,
-                offset,
-            } if *g == gen && stored_ns(m) <= at => Some((*log, *offset, m)),
+                start,
+                end,
+            } if *g == gen && stored_ns(m) <= at => Some((*log, *start, *end, m)),
             _ => None,
         })
         .collect();
-    segs.sort_by_key(|s| (s.0, s.1));
+    segs.sort_by_key(|s| (s.0, s.1, s.2));
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(tmp)?;
     let page = wal::page_size_of(&mut file)?;
-    let frame = wal::FRAME_HEADER + u64::from(page);
     let mut a = wal::Applier::new(file, page);
-    // Where the transactions applied end: (log, offset).
-    let mut end: Option<(u32, u64)> = None;
-    for (log, offset, m) in &segs {
-        let bytes = store
-            .get(&m.location)
-            .await
-            .map_err(|e| os_err(&format!("reading {}", m.location), e))?
-            .bytes()
-            .await
-            .map_err(|e| os_err(&format!("reading {}", m.location), e))?;
-        let skip = match end {
-            Some((l, e)) if l == *log && *offset > e => {
+    // Where the transactions applied end: (log, offset). A segment stored
+    // twice (a restart before its position was saved) may cover more than one
+    // already applied: laid over a state within its range, it still gives the
+    // state at its end.
+    let mut upto: Option<(u32, u64)> = None;
+    let mut used = 0;
+    for (log, start, end, m) in &segs {
+        match upto {
+            Some((l, e)) if l == *log && *end <= e => continue,
+            Some((l, e)) if l == *log && *start > e => {
                 return Err(err!(
                     libc::EIO,
                     "the replica of {} misses transactions before {}: restore --at an earlier time",
@@ -203,14 +201,18 @@ async fn rebuild(
                     m.location
                 ))
             }
-            Some((l, e)) if l == *log => e - offset,
-            _ => 0,
-        };
-        if !skip.is_multiple_of(frame) || skip > bytes.len() as u64 {
-            continue;
+            _ => {}
         }
-        a.apply(&bytes[skip as usize..])?;
-        end = Some((*log, offset + bytes.len() as u64));
+        let bytes = store
+            .get(&m.location)
+            .await
+            .map_err(|e| os_err(&format!("reading {}", m.location), e))?
+            .bytes()
+            .await
+            .map_err(|e| os_err(&format!("reading {}", m.location), e))?;
+        a.apply(&bytes)?;
+        upto = Some((*log, *end));
+        used += 1;
     }
     a.finish()?;
     let owner = match store.get(&n.owner(&gen)).await {
@@ -224,7 +226,7 @@ async fn rebuild(
             Some((u.parse().ok()?, g.parse().ok()?))
         })
         .unwrap_or_else(|| unsafe { (libc::getuid(), libc::getgid()) });
-    Ok((gen, segs.len(), owner))
+    Ok((gen, used, owner))
 }
 
 /// Downloads every object of `peer`'s generation `gen` (its snapshot and log

@@ -351,7 +351,8 @@ impl PeerShip {
         if frames.is_empty() {
             return Ok(0);
         }
-        let key = n.segment(&k.gen, k.log, pos.offset);
+        let key = n.segment(&k.gen, k.log, pos.offset, to.offset);
+        let frames = wal::compact(&frames, pos.header.page_size);
         let len = frames.len() as u64;
         store
             .put(&key, PutPayload::from(frames))
@@ -537,7 +538,7 @@ mod tests {
                     .await
                     .unwrap();
                 store
-                    .put(&n.segment(g, 0, 32), PutPayload::from("w"))
+                    .put(&n.segment(g, 0, 32, 64), PutPayload::from("w"))
                     .await
                     .unwrap();
             }
