@@ -701,3 +701,49 @@ fn idle_peers_cost_no_requests() {
     );
     stop(d);
 }
+
+/// A write to a store that no commit of the daemon announced (here another
+/// connection's) is found by the periodic look at the logs and shipped.
+#[test]
+fn a_write_no_commit_announced_is_shipped_by_the_periodic_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    std::fs::create_dir(d.p("kim")).unwrap();
+    run(&d, "kim", "a.rhai", "set(\"a\", 1); 1");
+    caught_up(&d, "kim");
+    let uploads = || {
+        status(&d, "kim")
+            .split(" uploads=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = uploads();
+    let db = rusqlite::Connection::open(data.join("peers/kim.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "INSERT INTO modules(name, source, mtime) VALUES('aside', CAST('7' AS BLOB), 0)",
+        [],
+    )
+    .unwrap();
+    let shipped = wait_until(Duration::from_secs(30), || uploads() > before);
+    assert!(shipped, "{}", status(&d, "kim"));
+    drop(db);
+    stop(d);
+    let data2 = dir.join("data2");
+    restore_ok(&rep, "kim", &data2, &[]);
+    let db = rusqlite::Connection::open(data2.join("peers/kim.sqlite")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM modules WHERE name='aside'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+}

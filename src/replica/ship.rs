@@ -30,6 +30,9 @@ use crate::error::{err, Result};
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// A generation whose transactions outgrow its snapshot (and this) gets a new one.
 const COMPACT_BYTES: u64 = 16 << 20;
+/// How often the logs of peers shipped before are looked at for changes
+/// that no commit announced.
+const SWEEP: Duration = Duration::from_secs(10);
 /// Peers shipped at once.
 const PARALLEL: usize = 32;
 
@@ -61,6 +64,8 @@ struct PeerShip {
     lagging: bool,
     /// Not looked at since the start: the log's end is checked once.
     fresh: bool,
+    /// The log's size and time after the last turn.
+    seen: Option<(u64, i64)>,
 }
 
 pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key) {
@@ -79,18 +84,23 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
         tracing::error!(error = %e, "replica: cannot make {}", dir.display());
     }
     let mut peers: HashMap<String, PeerShip> = HashMap::new();
-    let mut last = Instant::now();
+    let (mut last, mut swept) = (Instant::now(), Instant::now());
     loop {
-        let (mut batch, stopping) = take_dirty(&shared, last);
+        let (batch, stopping) = take_dirty(&shared, last);
         last = Instant::now();
+        let mut batch: std::collections::HashSet<String> = batch.into_iter().collect();
         if stopping {
             // Every log not checkpointed yet is, once shipped.
+            batch.extend(peers.keys().cloned());
+        } else if swept.elapsed() >= SWEEP {
+            // A write that did not pass through a store's commit (none is
+            // known) is shipped all the same, a little later.
+            swept = last;
             batch.extend(
                 peers
-                    .keys()
-                    .filter(|k| !batch.contains(k))
-                    .cloned()
-                    .collect::<Vec<_>>(),
+                    .values()
+                    .filter(|p| p.log_moved())
+                    .map(|p| p.name.clone()),
             );
         }
         let taken_at = crate::util::now_ns();
@@ -115,6 +125,7 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
         });
         for (mut p, r) in done {
             report(&shared, &mut p, r, taken_at);
+            p.seen = file_stat(&p.wal);
             if p.db.exists() {
                 peers.insert(p.name.clone(), p);
             }
@@ -198,12 +209,21 @@ fn known_file(data: &Path, name: &str) -> PathBuf {
     data.join("replica").join(format!("{name}.json"))
 }
 
+fn file_stat(f: &Path) -> Option<(u64, i64)> {
+    db_stat(f).ok()
+}
+
 fn db_stat(db: &Path) -> Result<(u64, i64)> {
     let md = std::fs::metadata(db)?;
     Ok((md.len(), md.mtime() * 1_000_000_000 + md.mtime_nsec()))
 }
 
 impl PeerShip {
+    /// Whether the log changed since the last turn.
+    fn log_moved(&self) -> bool {
+        file_stat(&self.wal) != self.seen
+    }
+
     fn new(data: &Path, name: &str) -> PeerShip {
         let db = data.join("peers").join(format!("{name}.sqlite"));
         let known = std::fs::read(known_file(data, name))
@@ -217,6 +237,7 @@ impl PeerShip {
             failing: false,
             lagging: false,
             fresh: true,
+            seen: None,
         }
     }
 
