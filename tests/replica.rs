@@ -747,3 +747,24 @@ fn a_write_no_commit_announced_is_shipped_by_the_periodic_look() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// A restore from a folder that is not there, or of a peer the replica does
+/// not hold, says so and makes nothing.
+#[test]
+fn a_restore_from_nothing_is_refused_and_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let missing = Rep::File(dir.join("no-such-replica"));
+    let data = dir.join("data");
+    let out = restore(&missing, "zed", &data, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!dir.join("no-such-replica").exists());
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    let out = restore(&Rep::File(dir.join("empty")), "zed", &data, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no peer"), "{err}");
+    assert!(!data.join("peers/zed.sqlite").exists());
+}

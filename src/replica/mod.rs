@@ -181,7 +181,7 @@ impl Replica {
     /// looked at once). Call before any store is opened: the stores' own
     /// checkpoints are handed over here.
     pub fn start(opts: Options, data: &Path, peers: Vec<String>) -> Result<Arc<Replica>> {
-        let (store, prefix) = remote::open(&opts)?;
+        let (store, prefix) = remote::open(&opts, true)?;
         let shared = Arc::new(Shared {
             opts,
             waiting: Mutex::new(Vec::new()),

@@ -36,17 +36,21 @@ pub fn os_err(what: &str, e: object_store::Error) -> Error {
     err!(errno, "replica: {what}: {e}").with_source(e)
 }
 
-/// The object store of `o.url`, and the prefix under it.
-pub fn open(o: &Options) -> Result<(Arc<dyn ObjectStore>, Key)> {
+/// The object store of `o.url`, and the prefix under it. A folder is made
+/// (private: it holds every peer's data) when `make` (the daemon), and must
+/// exist otherwise (a restore).
+pub fn open(o: &Options, make: bool) -> Result<(Arc<dyn ObjectStore>, Key)> {
     match &o.url {
         Url::File(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                err!(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    "replica folder {}: {e}",
+            if make {
+                crate::peer::private_dir(dir)?;
+            } else if !dir.is_dir() {
+                return Err(err!(
+                    libc::ENOENT,
+                    "replica folder {} does not exist: check --from",
                     dir.display()
-                )
-            })?;
+                ));
+            }
             let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                 .map_err(|e| os_err(&format!("folder {}", dir.display()), e))?;
             Ok((Arc::new(fs), Key::default()))

@@ -55,7 +55,7 @@ pub fn restore(a: &RestoreArgs) -> Result<Restored> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (store, prefix) = remote::open(&a.opts)?;
+    let (store, prefix) = remote::open(&a.opts, false)?;
     let names = Names::new(&prefix, &a.name);
     let tmp = peers.join(format!(".{}.restoring", a.name));
     let _ = std::fs::remove_file(&tmp);
@@ -236,7 +236,7 @@ pub fn download_generation(opts: &Options, peer: &str, gen: &str) -> Result<u64>
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (store, prefix) = remote::open(opts)?;
+    let (store, prefix) = remote::open(opts, false)?;
     let names = Names::new(&prefix, peer);
     rt.block_on(async {
         let mut bytes = 0;
