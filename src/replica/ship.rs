@@ -85,10 +85,21 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
     }
     let mut peers: HashMap<String, PeerShip> = HashMap::new();
     let (mut last, mut swept) = (Instant::now(), Instant::now());
+    // Peers whose last turn failed, tried again half a `sync_ms` later (also in
+    // `sync` mode, whose turns otherwise follow commits at once).
+    let mut retry: std::collections::HashSet<String> = Default::default();
+    let mut retry_at = Instant::now();
     loop {
         let (batch, stopping) = take_dirty(&shared, last);
         last = Instant::now();
         let mut batch: std::collections::HashSet<String> = batch.into_iter().collect();
+        if stopping || last >= retry_at {
+            batch.extend(retry.drain());
+        } else {
+            // Not before their pause, commits or not: no request per commit
+            // while the object store is away.
+            batch.retain(|n| !retry.contains(n));
+        }
         if stopping {
             // Every log not checkpointed yet is, once shipped.
             batch.extend(peers.keys().cloned());
@@ -124,6 +135,10 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
             .await
         });
         for (mut p, r) in done {
+            if r.is_err() && !stopping {
+                retry.insert(p.name.clone());
+                retry_at = Instant::now() + (shared.opts.sync / 2).max(Duration::from_millis(100));
+            }
             report(&shared, &mut p, r, taken_at);
             p.seen = file_stat(&p.wal);
             if p.db.exists() {
@@ -163,6 +178,8 @@ fn take_dirty(shared: &Shared, last: Instant) -> (Vec<String>, bool) {
 /// The outcome of one peer's turn into its status, logged once per change of
 /// state (failing, then working again).
 fn report(shared: &Shared, p: &mut PeerShip, r: Result<u64>, taken_at: i64) {
+    // The dirty set, then the status: the order a commit takes them in.
+    let d = shared.dirty.lock().unwrap();
     let mut st = shared.status.lock().unwrap();
     let s = st.entry(p.name.clone()).or_default();
     match r {
@@ -177,7 +194,7 @@ fn report(shared: &Shared, p: &mut PeerShip, r: Result<u64>, taken_at: i64) {
                 s.bytes += bytes;
                 s.uploads += 1;
             }
-            let again = shared.dirty.lock().unwrap().0.contains(&p.name);
+            let again = d.0.contains(&p.name);
             s.pending_since_ns = if again { taken_at } else { 0 };
         }
         Err(e) => {
@@ -185,11 +202,11 @@ fn report(shared: &Shared, p: &mut PeerShip, r: Result<u64>, taken_at: i64) {
                 tracing::warn!(peer = %p.name, error = %e, "replica: upload failing; local work goes on and the replica catches up when it works again");
                 p.failing = true;
             }
+            // Tried again after a pause (`run`'s retry set).
             s.last_error = Some(e.message.clone());
-            // Looked at again at the next turn.
-            shared.dirty.lock().unwrap().0.insert(p.name.clone());
         }
     }
+    drop(d);
     let lag_ns = if s.pending_since_ns == 0 {
         0
     } else {
