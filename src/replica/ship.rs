@@ -452,25 +452,58 @@ impl PeerShip {
         Ok(len)
     }
 
-    /// Moves uploaded transactions into the database file: a reader holds the
-    /// log where it is now (a checkpoint goes no further than the oldest
-    /// reader, and the log cannot restart under it), whatever the log holds up
-    /// to there is uploaded, then the checkpoint runs.
+    /// Moves the log into the database file so that the next write begins it
+    /// anew. What the log holds is uploaded first, without a lock; then, for
+    /// the checkpoint only, SQLite's write lock is taken (no commit can come
+    /// between the log's end read and the checkpoint, which can then empty the
+    /// log even under a steady stream of commits; a checkpoint beside a writer
+    /// never catches up with it). The few transactions committed between the
+    /// upload and the lock are read under it and uploaded right after; if that
+    /// upload fails, the next turn begins a new generation (the file has them,
+    /// the replica not), never a gap.
     async fn checkpoint(&mut self, sh: &Shared, store: &dyn ObjectStore, n: &Names) -> Result<()> {
-        let reader = raw(&self.db)?;
-        reader.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")?;
         self.upload_new(sh, store, n).await?;
-        let w = raw(&self.db)?;
-        let (busy, log, done): (i64, i64, i64) =
-            w.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-        reader.execute_batch("COMMIT")?;
-        drop(reader);
-        drop(w);
-        let (db_len, db_mtime_ns) = db_stat(&self.db)?;
+        let Some(pos) = self.known.as_ref().and_then(|k| k.pos) else {
+            return Ok(());
+        };
+        let lock = raw(&self.db)?;
+        // Never waited for (a batch of runs holds it up to its wall limit, and
+        // this thread ships every peer): busy now, a later turn checkpoints.
+        lock.busy_timeout(Duration::ZERO)?;
+        if lock.execute_batch("BEGIN IMMEDIATE").is_err() {
+            return Ok(());
+        }
+        let tail = wal::read_after(&self.wal, &pos);
+        let done = tail.is_ok().then(|| {
+            raw(&self.db).and_then(|c| {
+                Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?)
+            })
+        });
+        lock.execute_batch("ROLLBACK")?;
+        drop(lock);
+        let (frames, to) = tail?;
+        let (busy, log, moved) = done.expect("read under the lock")?;
         let k = self.known.as_mut().expect("continues");
-        k.may_restart = busy == 0 && log >= 0 && log == done;
+        if !frames.is_empty() {
+            let key = n.segment(&k.gen, k.log, pos.offset, to.offset);
+            let frames = wal::compact(&frames, pos.header.page_size);
+            let len = frames.len() as u64;
+            if let Err(e) = store.put(&key, PutPayload::from(frames)).await {
+                self.known = None;
+                self.save(&sh.data)?;
+                return Err(os_err(&format!("storing {key}"), e));
+            }
+            k.pos = Some(to);
+            k.since_snapshot += len;
+        }
+        let (db_len, db_mtime_ns) = db_stat(&self.db)?;
+        k.may_restart = busy == 0 && log >= 0 && log == moved;
         k.db_len = db_len;
         k.db_mtime_ns = db_mtime_ns;
         self.save(&sh.data)
