@@ -178,6 +178,18 @@ async fn rebuild(
         })
         .collect();
     segs.sort_by_key(|s| (s.0, s.1, s.2));
+    let used = apply_segments(store, n, &segs, tmp).await?;
+    let owner = read_owner(store, n, &gen).await;
+    Ok((gen, used, owner))
+}
+
+/// Lays the segments (sorted) over the snapshot in `tmp`: how many were used.
+async fn apply_segments(
+    store: &dyn ObjectStore,
+    n: &Names,
+    segs: &[(u32, u64, u64, &ObjectMeta)],
+    tmp: &Path,
+) -> Result<usize> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -190,7 +202,7 @@ async fn rebuild(
     // state at its end.
     let mut upto: Option<(u32, u64)> = None;
     let mut used = 0;
-    for (log, start, end, m) in &segs {
+    for (log, start, end, m) in segs {
         match upto {
             Some((l, e)) if l == *log && *end <= e => continue,
             Some((l, e)) if l == *log && *start > e => {
@@ -215,18 +227,22 @@ async fn rebuild(
         used += 1;
     }
     a.finish()?;
-    let owner = match store.get(&n.owner(&gen)).await {
+    Ok(used)
+}
+
+/// The owner the generation recorded (`uid:gid`); the caller's without one.
+async fn read_owner(store: &dyn ObjectStore, n: &Names, gen: &str) -> (u32, u32) {
+    let owner = match store.get(&n.owner(gen)).await {
         Ok(g) => g.bytes().await.ok(),
         Err(_) => None,
     };
-    let owner = owner
+    owner
         .and_then(|b| {
             let t = String::from_utf8_lossy(&b).to_string();
             let (u, g) = t.trim().split_once(':')?;
             Some((u.parse().ok()?, g.parse().ok()?))
         })
-        .unwrap_or_else(|| unsafe { (libc::getuid(), libc::getgid()) });
-    Ok((gen, used, owner))
+        .unwrap_or_else(|| unsafe { (libc::getuid(), libc::getgid()) })
 }
 
 /// Downloads every object of `peer`'s generation `gen` (its snapshot and log

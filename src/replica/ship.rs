@@ -10,7 +10,7 @@
 //! checkpoint of ours, the file changed by another program) begins a new
 //! generation, never a gap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,6 +68,72 @@ struct PeerShip {
     seen: Option<(u64, i64)>,
 }
 
+/// What the thread keeps between turns.
+struct Turns {
+    peers: HashMap<String, PeerShip>,
+    last: Instant,
+    swept: Instant,
+    /// Peers whose last turn failed, tried again at `retry_at` (half a
+    /// `sync_ms` later; also in `sync` mode, whose turns follow commits).
+    retry: HashSet<String>,
+    retry_at: Instant,
+}
+
+impl Turns {
+    /// The peers of the next turn, and whether it is the last.
+    fn next(&mut self, shared: &Shared) -> (Vec<PeerShip>, bool) {
+        let (batch, stopping) = take_dirty(shared, self.last);
+        self.last = Instant::now();
+        let mut batch: HashSet<String> = batch.into_iter().collect();
+        if stopping || self.last >= self.retry_at {
+            batch.extend(self.retry.drain());
+        } else {
+            // Not before their pause, commits or not: no request per commit
+            // while the object store is away.
+            batch.retain(|n| !self.retry.contains(n));
+        }
+        if stopping {
+            // Every log not checkpointed yet is, once shipped.
+            batch.extend(self.peers.keys().cloned());
+        } else if self.swept.elapsed() >= SWEEP {
+            // A write that did not pass through a store's commit (none is
+            // known) is shipped all the same, a little later.
+            self.swept = self.last;
+            let moved = self.peers.values().filter(|p| p.log_moved());
+            batch.extend(moved.map(|p| p.name.clone()));
+        }
+        let work = batch
+            .iter()
+            .map(|name| {
+                self.peers
+                    .remove(name)
+                    .unwrap_or_else(|| PeerShip::new(&shared.data, name))
+            })
+            .collect();
+        (work, stopping)
+    }
+
+    /// A peer's turn done: its status, and kept for the next one.
+    fn done(
+        &mut self,
+        shared: &Shared,
+        mut p: PeerShip,
+        r: Result<u64>,
+        taken_at: i64,
+        stopping: bool,
+    ) {
+        if r.is_err() && !stopping {
+            self.retry.insert(p.name.clone());
+            self.retry_at = Instant::now() + (shared.opts.sync / 2).max(Duration::from_millis(100));
+        }
+        report(shared, &mut p, r, taken_at);
+        p.seen = file_stat(&p.wal);
+        if p.db.exists() {
+            self.peers.insert(p.name.clone(), p);
+        }
+    }
+}
+
 pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -83,45 +149,17 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
     if let Err(e) = crate::peer::private_dir(&dir) {
         tracing::error!(error = %e, "replica: cannot make {}", dir.display());
     }
-    let mut peers: HashMap<String, PeerShip> = HashMap::new();
-    let (mut last, mut swept) = (Instant::now(), Instant::now());
-    // Peers whose last turn failed, tried again half a `sync_ms` later (also in
-    // `sync` mode, whose turns otherwise follow commits at once).
-    let mut retry: std::collections::HashSet<String> = Default::default();
-    let mut retry_at = Instant::now();
+    let now = Instant::now();
+    let mut t = Turns {
+        peers: HashMap::new(),
+        last: now,
+        swept: now,
+        retry: HashSet::new(),
+        retry_at: now,
+    };
     loop {
-        let (batch, stopping) = take_dirty(&shared, last);
-        last = Instant::now();
-        let mut batch: std::collections::HashSet<String> = batch.into_iter().collect();
-        if stopping || last >= retry_at {
-            batch.extend(retry.drain());
-        } else {
-            // Not before their pause, commits or not: no request per commit
-            // while the object store is away.
-            batch.retain(|n| !retry.contains(n));
-        }
-        if stopping {
-            // Every log not checkpointed yet is, once shipped.
-            batch.extend(peers.keys().cloned());
-        } else if swept.elapsed() >= SWEEP {
-            // A write that did not pass through a store's commit (none is
-            // known) is shipped all the same, a little later.
-            swept = last;
-            batch.extend(
-                peers
-                    .values()
-                    .filter(|p| p.log_moved())
-                    .map(|p| p.name.clone()),
-            );
-        }
+        let (work, stopping) = t.next(&shared);
         let taken_at = crate::util::now_ns();
-        let mut work = Vec::new();
-        for name in &batch {
-            let p = peers
-                .remove(name)
-                .unwrap_or_else(|| PeerShip::new(&shared.data, name));
-            work.push(p);
-        }
         let done: Vec<(PeerShip, Result<u64>)> = rt.block_on(async {
             futures_util::stream::iter(work.into_iter().map(|mut p| {
                 let (store, prefix, sh) = (store.clone(), prefix.clone(), shared.clone());
@@ -134,16 +172,8 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
             .collect()
             .await
         });
-        for (mut p, r) in done {
-            if r.is_err() && !stopping {
-                retry.insert(p.name.clone());
-                retry_at = Instant::now() + (shared.opts.sync / 2).max(Duration::from_millis(100));
-            }
-            report(&shared, &mut p, r, taken_at);
-            p.seen = file_stat(&p.wal);
-            if p.db.exists() {
-                peers.insert(p.name.clone(), p);
-            }
+        for (p, r) in done {
+            t.done(&shared, p, r, taken_at, stopping);
         }
         shared.answer_waiting(stopping);
         if stopping {
