@@ -768,3 +768,32 @@ fn a_restore_from_nothing_is_refused_and_makes_nothing() {
     assert!(err.contains("holds no peer"), "{err}");
     assert!(!data.join("peers/zed.sqlite").exists());
 }
+
+/// A restore where only the peer's old log is left (its store file was
+/// deleted) keeps that log aside: SQLite would lay it over the restored file.
+#[test]
+fn a_log_left_without_its_store_is_kept_aside_at_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    std::fs::create_dir(d.p("lou")).unwrap();
+    run(&d, "lou", "a.rhai", "set(\"a\", 1); 1");
+    caught_up(&d, "lou");
+    // Killed: the log (not checkpointed) stays beside the store.
+    let mut d = d;
+    d.kill9();
+    drop(d);
+    assert!(data.join("peers/lou.sqlite-wal").exists());
+    std::fs::remove_file(data.join("peers/lou.sqlite")).unwrap();
+    restore_ok(&rep, "lou", &data, &[]);
+    assert!(!data.join("peers/lou.sqlite-wal").exists());
+    let kept = std::fs::read_dir(data.join("removed"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".sqlite-wal"));
+    assert!(kept);
+    let got = values(&data, dir, "lou", &["a"]);
+    assert_eq!(got[0].as_deref().map(str::trim), Some("1"));
+}

@@ -112,6 +112,17 @@ fn install(
         let r = crate::peer::Registry::new(&a.data, None)?;
         replaced = Some(r.remove(&a.name)?);
     }
+    // A log or index left without its store would be laid over the restored
+    // file by SQLite: kept aside, never used.
+    for s in ["-wal", "-shm"] {
+        let left = PathBuf::from(format!("{}{s}", dest.display()));
+        if left.exists() {
+            let dir = a.data.join("removed");
+            crate::peer::private_dir(&dir)?;
+            let stamp = crate::util::rfc3339(crate::util::now_ns()).replace(':', "-");
+            std::fs::rename(&left, dir.join(format!("{}.{stamp}.sqlite{s}", a.name)))?;
+        }
+    }
     crate::util::make_private(tmp)?;
     crate::peer::files::write_owner(&a.data, &a.name, uid, gid)?;
     std::fs::rename(tmp, dest)?;
