@@ -260,7 +260,7 @@ enum PeerCmd {
         /// The replica: s3://BUCKET/PREFIX or file:///PATH (the endpoint, region
         /// and credentials file come from the config file's [replica] or -o).
         #[arg(long, value_name = "URL")]
-        from: String,
+        from: Option<String>,
         /// As of this time (RFC 3339, UTC: 2026-01-02T03:04:05Z), within the
         /// replica's retention; default: the latest.
         #[arg(long, value_name = "TIME")]
@@ -1057,7 +1057,15 @@ fn peer_cmd(cmd: PeerCmd) -> peerfs::Result<()> {
             force,
             config,
             options,
-        } => restore_from_replica(name, data, from, at, force, config, options)?,
+        } => {
+            let Some(from) = from else {
+                return Err(peerfs::Error::new(
+                    libc::EINVAL,
+                    "peer restore needs where from: --from s3://BUCKET/PREFIX or file:///PATH",
+                ));
+            };
+            restore_from_replica(name, data, from, at, force, config, options)?
+        }
     }
     Ok(())
 }
