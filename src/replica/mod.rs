@@ -169,7 +169,7 @@ impl Replica {
     /// looked at once). Call before any store is opened: the stores' own
     /// checkpoints are handed over here.
     pub fn start(opts: Options, data: &Path, peers: Vec<String>) -> Result<Arc<Replica>> {
-        let (store, prefix) = remote::open(&opts)?;
+        let (store, prefix) = remote::open(&opts, true)?;
         let shared = Arc::new(Shared {
             opts,
             waiting: Mutex::new(Vec::new()),
@@ -222,10 +222,11 @@ impl Replica {
         let now = crate::util::now_ns();
         let mut s = String::new();
         for (name, st) in self.shared.status.lock().unwrap().iter() {
+            // Anything waiting shows as at least 1 ms: 0 means caught up.
             let lag = if st.pending_since_ns == 0 {
                 0
             } else {
-                (now - st.pending_since_ns).max(0) / 1_000_000
+                ((now - st.pending_since_ns) / 1_000_000).max(1)
             };
             let last = if st.last_upload_ns == 0 {
                 "-".to_string()

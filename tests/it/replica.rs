@@ -643,3 +643,156 @@ fn a_store_changed_behind_the_replicas_back_begins_a_new_generation() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+fn objects(root: &Path) -> usize {
+    fn walk(p: &Path, n: &mut usize) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), n);
+            } else {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(root, &mut n);
+    n
+}
+
+/// Peers with nothing new cost the object store nothing: no object is
+/// stored for them, turn after turn, while a busy neighbour's are.
+#[test]
+fn idle_peers_cost_no_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    for p in ["gina", "hal", "ivy"] {
+        std::fs::create_dir(d.p(p)).unwrap();
+        run(&d, p, "a.rhai", "set(\"a\", 1); 1");
+        caught_up(&d, p);
+    }
+    let Rep::File(root) = &rep else {
+        unreachable!()
+    };
+    let (hal, ivy) = (objects(&root.join("hal")), objects(&root.join("ivy")));
+    let uploads = |peer: &str| {
+        status(&d, peer)
+            .split(" uploads=")
+            .nth(1)
+            .map(|s| s.split(' ').next().unwrap().to_string())
+    };
+    let before = (uploads("hal"), uploads("ivy"));
+    for i in 0..10 {
+        run(&d, "gina", &format!("b{i}.rhai"), "1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    caught_up(&d, "gina");
+    assert_eq!((uploads("hal"), uploads("ivy")), before);
+    assert_eq!(
+        (objects(&root.join("hal")), objects(&root.join("ivy"))),
+        (hal, ivy)
+    );
+    assert!(
+        objects(&root.join("gina")) > hal,
+        "the busy peer's turns stored objects"
+    );
+    stop(d);
+}
+
+/// A write to a store that no commit of the daemon announced (here another
+/// connection's) is found by the periodic look at the logs and shipped.
+#[test]
+fn a_write_no_commit_announced_is_shipped_by_the_periodic_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    std::fs::create_dir(d.p("kim")).unwrap();
+    run(&d, "kim", "a.rhai", "set(\"a\", 1); 1");
+    caught_up(&d, "kim");
+    let uploads = || {
+        status(&d, "kim")
+            .split(" uploads=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = uploads();
+    let db = rusqlite::Connection::open(data.join("peers/kim.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "INSERT INTO modules(name, source, mtime) VALUES('aside', CAST('7' AS BLOB), 0)",
+        [],
+    )
+    .unwrap();
+    let shipped = wait_until(Duration::from_secs(30), || uploads() > before);
+    assert!(shipped, "{}", status(&d, "kim"));
+    drop(db);
+    stop(d);
+    let data2 = dir.join("data2");
+    restore_ok(&rep, "kim", &data2, &[]);
+    let db = rusqlite::Connection::open(data2.join("peers/kim.sqlite")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM modules WHERE name='aside'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// A restore from a folder that is not there, or of a peer the replica does
+/// not hold, says so and makes nothing.
+#[test]
+fn a_restore_from_nothing_is_refused_and_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let missing = Rep::File(dir.join("no-such-replica"));
+    let data = dir.join("data");
+    let out = restore(&missing, "zed", &data, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!dir.join("no-such-replica").exists());
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    let out = restore(&Rep::File(dir.join("empty")), "zed", &data, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no peer"), "{err}");
+    assert!(!data.join("peers/zed.sqlite").exists());
+}
+
+/// A restore where only the peer's old log is left (its store file was
+/// deleted) keeps that log aside: SQLite would lay it over the restored file.
+#[test]
+fn a_log_left_without_its_store_is_kept_aside_at_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    std::fs::create_dir(d.p("lou")).unwrap();
+    run(&d, "lou", "a.rhai", "set(\"a\", 1); 1");
+    caught_up(&d, "lou");
+    // Killed: the log (not checkpointed) stays beside the store.
+    let mut d = d;
+    d.kill9();
+    drop(d);
+    assert!(data.join("peers/lou.sqlite-wal").exists());
+    std::fs::remove_file(data.join("peers/lou.sqlite")).unwrap();
+    restore_ok(&rep, "lou", &data, &[]);
+    assert!(!data.join("peers/lou.sqlite-wal").exists());
+    let kept = std::fs::read_dir(data.join("removed"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".sqlite-wal"));
+    assert!(kept);
+    let got = values(&data, dir, "lou", &["a"]);
+    assert_eq!(got[0].as_deref().map(str::trim), Some("1"));
+}
