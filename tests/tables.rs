@@ -374,3 +374,89 @@ fn the_example_app_runs() {
         3
     );
 }
+
+#[test]
+fn a_crash_during_a_migration_leaves_the_old_schema() {
+    let (_dir, data, mnt, work) = dirs();
+    let env = [("PEERFS_TEST_ABORT_IN_MIGRATION", "CRASH-HERE")];
+    let args = [
+        std::ffi::OsStr::new("mount"),
+        mnt.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut d = Daemon::spawn_env(&args, &mnt, &work, &env);
+    assert!(wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read(mnt.join(".peerfs/version")).is_ok()
+    }));
+    d.add_peer("alice");
+    let src = d.local("s.toml", SCHEMA);
+    sh_ok(&format!("cp {} {}", q(&src), q(&d.p("alice/schema.toml"))));
+    d.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"db.notes.insert(#{ title: "a", rating: 3 }); 0"#,
+    );
+    // A rename of a field and a new table, then the crash before the commit.
+    let next = SCHEMA.replace(
+        "fields.rating  = { type = \"int?\", min = 1, max = 5 }",
+        "fields.stars = { type = \"int?\", renamed_from = \"rating\" }",
+    ) + "[tables.extra]\n# CRASH-HERE\n";
+    let src = d.local("n.toml", &next);
+    let out = sh(&format!("cp {} {}", q(&src), q(&d.p("alice/schema.toml"))));
+    assert!(
+        !out.status.success(),
+        "the copy should fail with the daemon gone"
+    );
+    assert!(!d.wait(std::time::Duration::from_secs(20)).success());
+    drop(d);
+    let d = Daemon::start(&data, &mnt, &work, &[]);
+    assert_eq!(
+        std::fs::read_to_string(d.p("alice/schema.toml")).unwrap(),
+        SCHEMA
+    );
+    assert_eq!(
+        d.run_ok("alice", "r.rhai", "db.notes.find(#{})[0].rating"),
+        json!(3)
+    );
+    let r = d.run("alice", "x.rhai", "db.extra.count()");
+    assert_eq!(r["status"], "error", "{r}");
+    // The same change, without the crash, applies.
+    let src = d.local("n2.toml", &next.replace("# CRASH-HERE\n", ""));
+    sh_ok(&format!("cp {} {}", q(&src), q(&d.p("alice/schema.toml"))));
+    assert_eq!(
+        d.run_ok("alice", "r2.rhai", "db.notes.find(#{})[0].stars"),
+        json!(3)
+    );
+}
+
+#[test]
+fn a_schema_change_while_scripts_are_queued_applies_between_runs() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    install(&m, "alice", SCHEMA).unwrap();
+    // A long script holds the actor; inserts queue behind it, then the schema.
+    let (busy, _) = busy_script(&m, "alice", 0.3);
+    std::fs::write(m.p("alice/inbox/busy.rhai"), &busy).unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            m.p(&format!("alice/inbox/ins{i}.rhai")),
+            format!(r#"db.notes.insert(#{{ title: "n{i}", rating: 2 }})"#),
+        )
+        .unwrap();
+    }
+    let next = SCHEMA.replace("fields.rating  = { type = \"int?\", min = 1, max = 5 }", "fields.rating  = { type = \"int?\", min = 1, max = 5 }\nfields.seen = { type = \"bool\", default = true }");
+    install(&m, "alice", &next).unwrap();
+    for i in 0..5 {
+        let r: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(m.p(&format!("alice/outbox/ins{i}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    assert_eq!(
+        m.run_ok("alice", "c.rhai", "db.notes.count(#{ seen: true })"),
+        json!(5)
+    );
+}

@@ -24,6 +24,7 @@ impl Core {
     ) -> Result<Vec<Effect>> {
         Self::check_policy_with(st, text)?;
         let m = st.apply_schema(text)?;
+        super::test_hooks::abort_in_migration(text);
         let ts = rfc3339(now_ns());
         let mut kept = Vec::new();
         for (what, lines) in &m.removed {

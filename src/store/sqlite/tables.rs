@@ -104,8 +104,31 @@ impl SqliteStore {
         self.tables.work.load(Ordering::Relaxed)
     }
 
+    /// Runs `f` under a savepoint of its own: a failure leaves nothing of it,
+    /// whatever the caller does with the transaction next (a script that catches
+    /// the error of a delete refused halfway through its cascade).
+    fn atomic<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch(&format!("RELEASE {name}"))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self
+                    .conn
+                    .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+                Err(e)
+            }
+        }
+    }
+
     /// Applies `text` as the new schema inside the open transaction.
     pub(super) fn tables_apply(&mut self, text: &[u8]) -> Result<Migrated> {
+        self.atomic("schema_change", |s| s.migrate(text))
+    }
+
+    fn migrate(&mut self, text: &[u8]) -> Result<Migrated> {
         let utf8 = std::str::from_utf8(text)
             .map_err(|_| err!(libc::EINVAL, "schema.toml is not UTF-8 text"))?;
         let new = crate::tables::parse::parse(utf8)?;
@@ -640,7 +663,7 @@ impl SqliteStore {
         let Ok(key) = Self::key_of(t, id) else {
             return Ok(false);
         };
-        self.delete_key(&s, t, key, 0)
+        self.atomic("row_delete", |st| st.delete_key(&s, t, key, 0))
     }
 
     fn delete_key(&mut self, s: &Schema, t: &Table, key: Sql, depth: usize) -> Result<bool> {
