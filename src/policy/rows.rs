@@ -21,10 +21,12 @@ use crate::tables::{KeyKind, Schema as Tables, Table, Type};
 
 /// The actions on rows, as Cedar names them.
 pub fn row_action_uid(a: RowAction) -> EntityUid {
-    EntityUid::from_type_name_and_id(
-        EntityTypeName::from_str("Action").expect("a valid type name"),
-        EntityId::new(a.as_str()),
-    )
+    static UIDS: LazyLock<[EntityUid; 4]> = LazyLock::new(|| {
+        let t = EntityTypeName::from_str("Action").expect("a valid type name");
+        RowAction::ALL
+            .map(|a| EntityUid::from_type_name_and_id(t.clone(), EntityId::new(a.as_str())))
+    });
+    UIDS[a as usize].clone()
 }
 
 fn attr_type(s: &Tables, ty: &Type) -> Option<String> {
@@ -110,6 +112,35 @@ pub struct RowRule {
     names: Vec<String>,
     table: String,
     action: RowAction,
+    /// What every row's request shares, made once: the principal (and the
+    /// params entity), the context.
+    base: Option<Base>,
+}
+
+struct Base {
+    /// `Table::<name>`.
+    rtype: EntityTypeName,
+    me: EntityUid,
+    entities: Entities,
+    context: Context,
+}
+
+impl Base {
+    fn of(ask: &RowAsk, table: &str) -> Result<Base, PolicyError> {
+        let env = env()?;
+        let groups: Vec<EntityUid> = (ask.groups.iter())
+            .map(|g| EntityUid::from_type_name_and_id(env.group.clone(), EntityId::new(g)))
+            .collect();
+        let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
+        let entities = cedar_principal_and_params(env, ask.caller, ask.params, (&me, &groups))?;
+        let context = cedar_context_full(env, ask.caller, ask.script, ask.params, ask.chain)?;
+        Ok(Base {
+            rtype: type_name(&format!("Table::{table}"))?,
+            me,
+            entities,
+            context,
+        })
+    }
 }
 
 /// The parts of a run a row decision reads besides the row.
@@ -130,6 +161,7 @@ impl Policy {
             names,
             table: table.to_string(),
             action,
+            base: None,
         };
         let Ok(env) = env() else { return none(vec![]) };
         let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
@@ -162,35 +194,34 @@ impl Policy {
             .iter()
             .any(|m| m.effect == Effect::Permit && unconditional(&m))
             && !chosen.iter().any(|m| m.effect == Effect::Forbid);
-        let set = super::decide::cedar_set(&chosen).ok();
+        let access = if all { Access::All } else { Access::PerRow };
+        let per_row = access == Access::PerRow;
         RowRule {
-            access: if all { Access::All } else { Access::PerRow },
-            set,
+            access,
+            set: per_row
+                .then(|| super::decide::cedar_set(&chosen).ok())
+                .flatten(),
             names,
             table: table.to_string(),
             action,
+            base: per_row.then(|| Base::of(ask, table).ok()).flatten(),
         }
     }
 }
 
 impl RowRule {
     /// Whether `row` may be acted on; `Err` says which rule denied.
-    pub fn decide(
-        &self,
-        tables: &Tables,
-        ask: &RowAsk,
-        row: &crate::tables::rows::Row,
-    ) -> Result<(), String> {
+    pub fn decide(&self, tables: &Tables, row: &crate::tables::rows::Row) -> Result<(), String> {
         match self.access {
             Access::All => return Ok(()),
             Access::None => return Err(self.denied("no policy permits it")),
             Access::PerRow => {}
         }
-        let Some(set) = &self.set else {
+        let (Some(set), Some(base)) = (&self.set, &self.base) else {
             return Err(self.denied("the policy could not be evaluated"));
         };
         let allowed = self
-            .evaluate(set, tables, ask, row)
+            .evaluate(set, base, tables, row)
             .map_err(|e| self.denied(&e.message))?;
         if allowed {
             Ok(())
@@ -206,35 +237,35 @@ impl RowRule {
     fn evaluate(
         &self,
         set: &PolicySet,
+        base: &Base,
         tables: &Tables,
-        ask: &RowAsk,
         row: &crate::tables::rows::Row,
     ) -> Result<bool, PolicyError> {
         let env = env()?;
         let t = tables
             .table(&self.table)
             .ok_or_else(|| PolicyError::new(format!("no table {}", self.table)))?;
-        let groups: Vec<EntityUid> = (ask.groups.iter())
-            .map(|g| EntityUid::from_type_name_and_id(env.group.clone(), EntityId::new(g)))
-            .collect();
-        let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
         let id_text = match row.get(crate::tables::ID) {
             Some(Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
             None => String::new(),
         };
-        let rtype = type_name(&format!("Table::{}", self.table))?;
-        let resource = EntityUid::from_type_name_and_id(rtype, EntityId::new(&id_text));
+        let resource =
+            EntityUid::from_type_name_and_id(base.rtype.clone(), EntityId::new(&id_text));
         let attrs = attributes(env, tables, t, row);
         let entity = Entity::new(resource.clone(), attrs, HashSet::new())
             .map_err(|e| PolicyError::new(format!("internal error: row entity: {e}")))?;
-        let entities = cedar_principal_and_params(env, ask.caller, ask.params, (&me, &groups))?
+        let entities = (base.entities.clone())
             .add_entities([entity], None)
             .map_err(|e| PolicyError::new(format!("internal error: {e}")))?;
-        let context = cedar_context_full(env, ask.caller, ask.script, ask.params, ask.chain)?;
-        let request =
-            cedar_policy::Request::new(me, row_action_uid(self.action), resource, context, None)
-                .map_err(|e| PolicyError::new(format!("internal error: {e}")))?;
+        let request = cedar_policy::Request::new(
+            base.me.clone(),
+            row_action_uid(self.action),
+            resource,
+            base.context.clone(),
+            None,
+        )
+        .map_err(|e| PolicyError::new(format!("internal error: {e}")))?;
         let response = env.authorizer.is_authorized(&request, set, &entities);
         Ok(response.decision() == cedar_policy::Decision::Allow)
     }
