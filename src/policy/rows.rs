@@ -115,12 +115,21 @@ pub struct RowRule {
     /// What every row's request shares, made once: the principal (and the
     /// params entity), the context.
     base: Option<Base>,
+    /// Every candidate's conditions compiled for the native evaluator (and its
+    /// resource scope a type or none): rows are decided without Cedar.
+    native: Option<Vec<(Effect, Vec<native::Cond>)>>,
 }
 
 struct Base {
     /// `Table::<name>`.
     rtype: EntityTypeName,
+    rtype_text: String,
     me: EntityUid,
+    groups: Vec<EntityUid>,
+    caller: String,
+    script: String,
+    params: Value,
+    now: i64,
     entities: Entities,
     context: Context,
 }
@@ -133,10 +142,17 @@ impl Base {
             .collect();
         let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
         let entities = cedar_principal_and_params(env, ask.caller, ask.params, (&me, &groups))?;
-        let context = cedar_context_full(env, ask.caller, ask.script, ask.params, ask.chain)?;
+        let now = crate::util::now_ns() / 1_000_000_000;
+        let context = cedar_context_full(env, ask.caller, ask.script, ask.params, ask.chain, now)?;
         Ok(Base {
             rtype: type_name(&format!("Table::{table}"))?,
+            rtype_text: format!("Table::{table}"),
             me,
+            caller: ask.caller.to_string(),
+            script: ask.script.to_string(),
+            params: ask.params.clone(),
+            now,
+            groups,
             entities,
             context,
         })
@@ -162,6 +178,7 @@ impl Policy {
             table: table.to_string(),
             action,
             base: None,
+            native: None,
         };
         let Ok(env) = env() else { return none(vec![]) };
         let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
@@ -196,6 +213,14 @@ impl Policy {
             && !chosen.iter().any(|m| m.effect == Effect::Forbid);
         let access = if all { Access::All } else { Access::PerRow };
         let per_row = access == Access::PerRow;
+        let native = (chosen.iter())
+            .map(|m| match (&m.native, &m.rscope) {
+                (Some(c), ResourceScope::Any | ResourceScope::Type(_)) => {
+                    Some((m.effect, c.clone()))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>();
         RowRule {
             access,
             set: per_row
@@ -205,6 +230,7 @@ impl Policy {
             table: table.to_string(),
             action,
             base: per_row.then(|| Base::of(ask, table).ok()).flatten(),
+            native: native.filter(|_| per_row),
         }
     }
 }
@@ -220,9 +246,11 @@ impl RowRule {
         let (Some(set), Some(base)) = (&self.set, &self.base) else {
             return Err(self.denied("the policy could not be evaluated"));
         };
-        let allowed = self
-            .evaluate(set, base, tables, row)
-            .map_err(|e| self.denied(&e.message))?;
+        let allowed = match &self.native {
+            Some(n) => self.evaluate_native(n, base, tables, row),
+            None => self.evaluate(set, base, tables, row),
+        };
+        let allowed = allowed.map_err(|e| self.denied(&e.message))?;
         if allowed {
             Ok(())
         } else {
@@ -232,6 +260,70 @@ impl RowRule {
 
     fn denied(&self, why: &str) -> String {
         format!("{} on table {}: {why}", self.action.as_str(), self.table)
+    }
+
+    /// [`RowRule::evaluate`] without Cedar (the same answer: tests compare them).
+    fn evaluate_native(
+        &self,
+        natives: &[(Effect, Vec<native::Cond>)],
+        base: &Base,
+        tables: &Tables,
+        row: &crate::tables::rows::Row,
+    ) -> Result<bool, PolicyError> {
+        let t = tables
+            .table(&self.table)
+            .ok_or_else(|| PolicyError::new(format!("no table {}", self.table)))?;
+        let id_text = match row.get(crate::tables::ID) {
+            Some(Value::String(s)) => std::borrow::Cow::Borrowed(s.as_str()),
+            Some(v) => std::borrow::Cow::Owned(v.to_string()),
+            None => std::borrow::Cow::Borrowed(""),
+        };
+        let attrs = row_attrs(tables, t, row);
+        let req = native::Req {
+            caller: &base.caller,
+            groups: &base.groups,
+            resource_type: &base.rtype_text,
+            resource_attr: "",
+            row: Some(&attrs),
+            object: &id_text,
+            script: &base.script,
+            params: &base.params,
+            now: base.now,
+        };
+        let mut permitted = false;
+        for (effect, conds) in natives {
+            // An erroring policy does not hold, as in Cedar.
+            if native::satisfied(conds, &req).unwrap_or(false) {
+                match effect {
+                    Effect::Forbid => return Ok(false),
+                    Effect::Permit => permitted = true,
+                }
+            }
+        }
+        Ok(permitted)
+    }
+
+    /// Cedar's answer for one row.
+    #[doc(hidden)]
+    pub fn decide_via_cedar(
+        &self,
+        tables: &Tables,
+        row: &crate::tables::rows::Row,
+    ) -> Option<bool> {
+        match self.access {
+            Access::All => Some(true),
+            Access::None => Some(false),
+            Access::PerRow => {
+                let (set, base) = (self.set.as_ref()?, self.base.as_ref()?);
+                self.evaluate(set, base, tables, row).ok()
+            }
+        }
+    }
+
+    /// Whether rows are decided natively (for tests).
+    #[doc(hidden)]
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
     }
 
     fn evaluate(
@@ -307,6 +399,61 @@ fn attributes(
         }
     }
     out
+}
+
+/// The row's attributes for the native evaluator: the same as [`attributes`].
+fn row_attrs<'a>(
+    tables: &Tables,
+    t: &Table,
+    row: &'a crate::tables::rows::Row,
+) -> Vec<(&'a str, native::RowAttr<'a>)> {
+    let mut out = Vec::with_capacity(t.fields.len() + 3);
+    out.push((
+        "table",
+        native::RowAttr::Str(std::borrow::Cow::Owned(t.name.clone())),
+    ));
+    let id_ty = t.column_type(crate::tables::ID).unwrap_or(Type::String);
+    if let Some((k, v)) = row.get_key_value(crate::tables::ID) {
+        if let Some(a) = row_value(&id_ty, v) {
+            out.push((k.as_str(), a));
+        }
+    }
+    if t.owner {
+        if let Some((k, Value::String(o))) = row.get_key_value(crate::tables::OWNER) {
+            out.push((k.as_str(), native::RowAttr::Peer(o)));
+        }
+    }
+    for f in t.fields.values() {
+        if attr_type(tables, &f.ty).is_none() {
+            continue;
+        }
+        if let Some((k, v)) = row.get_key_value(&f.name) {
+            if let Some(a) = row_value(&f.ty, v) {
+                out.push((k.as_str(), a));
+            }
+        }
+    }
+    out
+}
+
+fn row_value<'a>(ty: &Type, v: &'a Value) -> Option<native::RowAttr<'a>> {
+    use native::RowAttr;
+    Some(match (ty, v) {
+        (_, Value::Null) => return None,
+        (Type::Bool, Value::Bool(b)) => RowAttr::Bool(*b),
+        (Type::Int | Type::Ref(_), Value::Number(n)) => RowAttr::Long(n.as_i64()?),
+        (Type::Float, Value::Number(n)) => RowAttr::Str(std::borrow::Cow::Owned(n.to_string())),
+        (Type::Datetime, Value::String(s)) => RowAttr::Long(
+            crate::util::parse_rfc3339(s)
+                .ok()?
+                .div_euclid(1_000_000_000),
+        ),
+        (Type::List(t), Value::Array(a)) => {
+            RowAttr::Set(a.iter().filter_map(|x| row_value(t, x)).collect())
+        }
+        (_, Value::String(s)) => RowAttr::Str(std::borrow::Cow::Borrowed(s)),
+        _ => return None,
+    })
 }
 
 fn value(ty: &Type, v: &Value) -> Option<RestrictedExpression> {
