@@ -49,6 +49,7 @@ fn mkdir_creates_a_peer_with_the_full_layout() {
             "outbox",
             "peers",
             "policy.cedar",
+            "schema.toml",
             "state"
         ]
     );

@@ -868,6 +868,7 @@ fn policy_and_groups_can_be_edited_with_sed_vim_and_mv() {
             "outbox",
             "peers",
             "policy.cedar",
+            "schema.toml",
             "state"
         ]
     );

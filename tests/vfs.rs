@@ -154,6 +154,7 @@ fn the_tree_is_the_path_grammar() {
             "outbox",
             "peers",
             "policy.cedar",
+            "schema.toml",
             "state"
         ]
     );
