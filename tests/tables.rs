@@ -460,3 +460,41 @@ fn a_schema_change_while_scripts_are_queued_applies_between_runs() {
         json!(5)
     );
 }
+
+#[test]
+fn policy_check_validates_a_policy_against_a_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let good = dir.path().join("good.cedar");
+    std::fs::write(
+        &good,
+        "permit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pinned };\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit(principal, action == Action::\"run\", resource);\npermit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pined };\n",
+    )
+    .unwrap();
+    let check = |policy: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_peerfs"))
+            .args(["policy", "check"])
+            .arg(policy)
+            .arg("--schema")
+            .arg(&schema)
+            .output()
+            .unwrap()
+    };
+    let out = check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2:") && err.contains("pined"), "{err}");
+}
