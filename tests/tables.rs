@@ -498,3 +498,50 @@ fn policy_check_validates_a_policy_against_a_schema() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("2:") && err.contains("pined"), "{err}");
 }
+
+#[test]
+fn tables_show_on_the_mount_read_only() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    assert!(m.names("alice/tables").is_empty());
+    install(&m, "alice", SCHEMA).unwrap();
+    assert_eq!(
+        m.names("alice/tables"),
+        ["comments", "comments.jsonl", "notes", "notes.jsonl"]
+    );
+    let id = m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"let id = db.notes.insert(#{ title: "Groceries", tag: "home", labels: ["a"] }); db.notes.insert(#{ title: "Taxes" }); id"#,
+    );
+    let id = id.as_str().unwrap();
+    let row: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(m.p(&format!("alice/tables/notes/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            row["id"].as_str(),
+            row["owner"].as_str(),
+            row["title"].as_str()
+        ),
+        (Some(id), Some("alice"), Some("Groceries"))
+    );
+    assert_eq!(row["labels"], json!(["a"]));
+    assert_eq!(m.names("alice/tables/notes").len(), 2);
+    let all = sh_ok(&format!("cat {}", q(&m.p("alice/tables/notes.jsonl"))));
+    assert_eq!(all.lines().count(), 2, "{all}");
+    for line in all.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(r["title"].is_string(), "{line}");
+    }
+    // Read-only: nothing is written or removed through them.
+    assert!(std::fs::write(m.p(&format!("alice/tables/notes/{id}.json")), "{}").is_err());
+    assert!(std::fs::remove_file(m.p(&format!("alice/tables/notes/{id}.json"))).is_err());
+    expect_errno(
+        std::fs::read(m.p("alice/tables/notes/nope.json")),
+        libc::ENOENT,
+        "no such row",
+    );
+    assert_eq!(m.run_ok("alice", "c.rhai", "db.notes.count()"), json!(2));
+}

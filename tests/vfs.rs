@@ -155,7 +155,8 @@ fn the_tree_is_the_path_grammar() {
             "peers",
             "policy.cedar",
             "schema.toml",
-            "state"
+            "state",
+            "tables"
         ]
     );
     assert_eq!(f.errno_of(v.lookup(&alice, "other")), libc::ENOENT);

@@ -55,6 +55,8 @@ pub enum Room {
     Peers,
     Text(PolicyText),
     Log,
+    /// `tables/`: the declared tables' rows, read-only (`vfs/tables.rs`).
+    Tables,
     /// Served by no code yet: shown empty and read-only (a room being built).
     Reserved,
 }
@@ -160,6 +162,15 @@ pub const PEERS: Entry = Entry {
 pub const POLICY: Entry = text(PolicyText::Policy);
 pub const GROUPS: Entry = text(PolicyText::Groups);
 pub const SCHEMA: Entry = text(PolicyText::Schema);
+pub const TABLES: Entry = Entry {
+    name: "tables",
+    kind: Kind::Dir,
+    mode: 0o555,
+    writer: Writer::Daemon,
+    close: Close::Nothing,
+    room: Room::Tables,
+    in_view: false,
+};
 pub const LOG: Entry = Entry {
     name: "log",
     kind: Kind::File,
@@ -171,8 +182,8 @@ pub const LOG: Entry = Entry {
 };
 
 /// A peer's folder as it is served today, in the order `ls -U` shows it.
-pub const PEER_FOLDER: [Entry; 9] = [
-    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, SCHEMA, LOG,
+pub const PEER_FOLDER: [Entry; 10] = [
+    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, SCHEMA, TABLES, LOG,
 ];
 
 /// The entries of a peer's folder that the mount and the spool serve.

@@ -33,6 +33,7 @@ mod handles;
 mod meta;
 pub mod node;
 mod staging;
+mod tables;
 mod tree;
 mod view;
 

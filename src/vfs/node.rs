@@ -27,6 +27,7 @@ use crate::policy::PolicyText;
 /// | `ViewState`, `ViewStateFile` | the keys the policy lets this peer read | – | – | – | – |
 /// | `Policy`, `Groups` | the text in force | a close validates and applies the whole text | – | – | – |
 /// | `Log` | read as it grows | – | – | – | – |
+/// | `Tables`, `TableFile` | `<table>.jsonl` (every row), `<table>/<key>.json` (one row) | – | – | – | – |
 /// | `Reserved` | empty | – | – | – | – |
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
@@ -92,6 +93,18 @@ pub enum Node {
     Groups(String),
     /// `schema.toml`: the peer's declared tables.
     Schema(String),
+    /// `peer/tables/` (`table` None) or `peer/tables/<table>/`.
+    Tables {
+        peer: String,
+        table: Option<String>,
+    },
+    /// `peer/tables/<table>.jsonl` (`key` None: every row) or
+    /// `peer/tables/<table>/<key>.json` (one row).
+    TableFile {
+        peer: String,
+        table: String,
+        key: Option<String>,
+    },
     Log(String),
     /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
     /// in `peer`'s own folder (target == peer) or its view of `target`.
@@ -138,6 +151,8 @@ impl Node {
             | ViewState { peer, .. }
             | ViewStateFile { peer, .. }
             | EditFile { peer, .. }
+            | Tables { peer, .. }
+            | TableFile { peer, .. }
             | Reserved { peer, .. } => Some(peer),
         }
     }
@@ -178,6 +193,7 @@ impl Node {
                 | Peers(_)
                 | View { .. }
                 | ViewState { .. }
+                | Tables { .. }
         )
     }
 
@@ -245,6 +261,21 @@ impl std::fmt::Display for Node {
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
             Schema(p) => write!(f, "{p}/{}", PolicyText::Schema.file()),
+            Tables { peer, table: None } => write!(f, "{peer}/tables"),
+            Tables {
+                peer,
+                table: Some(t),
+            } => write!(f, "{peer}/tables/{t}"),
+            TableFile {
+                peer,
+                table,
+                key: None,
+            } => write!(f, "{peer}/tables/{table}.jsonl"),
+            TableFile {
+                peer,
+                table,
+                key: Some(k),
+            } => write!(f, "{peer}/tables/{table}/{k}.json"),
             Log(p) => write!(f, "{p}/{log}"),
             Reserved {
                 peer, target, name, ..
