@@ -545,3 +545,51 @@ fn tables_show_on_the_mount_read_only() {
     );
     assert_eq!(m.run_ok("alice", "c.rhai", "db.notes.count()"), json!(2));
 }
+
+#[test]
+fn another_peers_view_of_tables_shows_only_rows_it_may_select() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    install(&m, "alice", SCHEMA).unwrap();
+    let ids = m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"[db.notes.insert(#{ title: "public", pinned: true }), db.notes.insert(#{ title: "private" })]"#,
+    );
+    let (public, private) = (ids[0].as_str().unwrap(), ids[1].as_str().unwrap());
+    // No policy: bob sees no table of alice's.
+    assert!(m.names("bob/peers/alice/tables").is_empty());
+    let policy = m.local(
+        "p.cedar",
+        "permit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pinned };\n",
+    );
+    sh_ok(&format!(
+        "cp {} {}",
+        q(&policy),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    assert_eq!(m.names("bob/peers/alice/tables"), ["notes", "notes.jsonl"]);
+    assert_eq!(
+        m.names("bob/peers/alice/tables/notes"),
+        [format!("{public}.json")]
+    );
+    let all = sh_ok(&format!(
+        "cat {}",
+        q(&m.p("bob/peers/alice/tables/notes.jsonl"))
+    ));
+    assert_eq!(all.lines().count(), 1, "{all}");
+    assert!(all.contains("public") && !all.contains("private"), "{all}");
+    expect_errno(
+        std::fs::read(m.p(&format!("bob/peers/alice/tables/notes/{private}.json"))),
+        libc::ENOENT,
+        "a row bob may not select",
+    );
+    assert!(std::fs::write(
+        m.p(&format!("bob/peers/alice/tables/notes/{public}.json")),
+        "{}"
+    )
+    .is_err());
+    // alice herself sees both.
+    assert_eq!(m.names("alice/tables/notes").len(), 2);
+}

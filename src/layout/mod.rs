@@ -169,7 +169,7 @@ pub const TABLES: Entry = Entry {
     writer: Writer::Daemon,
     close: Close::Nothing,
     room: Room::Tables,
-    in_view: false,
+    in_view: true,
 };
 pub const LOG: Entry = Entry {
     name: "log",
@@ -264,7 +264,7 @@ mod tests {
             assert_eq!((e.name, e.close), (t.file(), Close::Apply(t)));
         }
         let view: Vec<_> = l.view().map(|e| e.name).collect();
-        assert_eq!(view, ["inbox", "outbox", "state"]);
+        assert_eq!(view, ["inbox", "outbox", "state", "tables"]);
         assert_eq!(
             l.written(Kind::Dir, "/", "and"),
             "inbox/, state/ and modules/"

@@ -218,14 +218,23 @@ impl Vfs {
             Inbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Inbox)),
             Outbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Outbox)),
             Modules(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Modules)),
-            Tables { peer, table } => {
+            Tables {
+                peer,
+                target,
+                table,
+            } => {
                 if let Some(t) = table {
-                    self.tables_child(peer, &None, t)?;
+                    self.tables_child(peer, target, &None, t)?;
                 }
                 self.dir_attr(Some(peer), self.entry_mode(Room::Tables))
             }
-            TableFile { peer, table, key } => {
-                let size = self.table_bytes(peer, table, key)?.len() as u64;
+            TableFile {
+                peer,
+                target,
+                table,
+                key,
+            } => {
+                let size = self.table_bytes(peer, target, table, key)?.len() as u64;
                 self.file_attr(Some(peer), size, 0o444, now_ns())
             }
             Peers(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Peers)),

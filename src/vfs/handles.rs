@@ -97,7 +97,12 @@ impl Vfs {
             Policy(p) => Ok(self.meta_bytes(p, PolicyText::Policy)?.0),
             Groups(p) => Ok(self.meta_bytes(p, PolicyText::Groups)?.0),
             Schema(p) => Ok(self.meta_bytes(p, PolicyText::Schema)?.0),
-            TableFile { peer, table, key } => self.table_bytes(peer, table, key),
+            TableFile {
+                peer,
+                target,
+                table,
+                key,
+            } => self.table_bytes(peer, target, table, key),
             Reserved {
                 kind: Kind::File, ..
             } => Ok(Vec::new()),

@@ -93,15 +93,18 @@ pub enum Node {
     Groups(String),
     /// `schema.toml`: the peer's declared tables.
     Schema(String),
-    /// `peer/tables/` (`table` None) or `peer/tables/<table>/`.
+    /// `peer/tables/` (`table` None) or `peer/tables/<table>/` (target ==
+    /// peer), or the same under `peer/peers/target/`.
     Tables {
         peer: String,
+        target: String,
         table: Option<String>,
     },
-    /// `peer/tables/<table>.jsonl` (`key` None: every row) or
-    /// `peer/tables/<table>/<key>.json` (one row).
+    /// `.../tables/<table>.jsonl` (`key` None: every row) or
+    /// `.../tables/<table>/<key>.json` (one row).
     TableFile {
         peer: String,
+        target: String,
         table: String,
         key: Option<String>,
     },
@@ -261,21 +264,37 @@ impl std::fmt::Display for Node {
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
             Schema(p) => write!(f, "{p}/{}", PolicyText::Schema.file()),
-            Tables { peer, table: None } => write!(f, "{peer}/tables"),
             Tables {
                 peer,
-                table: Some(t),
-            } => write!(f, "{peer}/tables/{t}"),
+                target,
+                table,
+            } => {
+                let base = if peer == target {
+                    format!("{peer}/tables")
+                } else {
+                    format!("{peer}/peers/{target}/tables")
+                };
+                match table {
+                    None => f.write_str(&base),
+                    Some(t) => write!(f, "{base}/{t}"),
+                }
+            }
             TableFile {
                 peer,
+                target,
                 table,
-                key: None,
-            } => write!(f, "{peer}/tables/{table}.jsonl"),
-            TableFile {
-                peer,
-                table,
-                key: Some(k),
-            } => write!(f, "{peer}/tables/{table}/{k}.json"),
+                key,
+            } => {
+                let base = if peer == target {
+                    format!("{peer}/tables")
+                } else {
+                    format!("{peer}/peers/{target}/tables")
+                };
+                match key {
+                    None => write!(f, "{base}/{table}.jsonl"),
+                    Some(k) => write!(f, "{base}/{table}/{k}.json"),
+                }
+            }
             Log(p) => write!(f, "{p}/{log}"),
             Reserved {
                 peer, target, name, ..

@@ -1,40 +1,108 @@
-//! `tables/` in a peer's own folder (DESIGN §7), read-only: `<table>.jsonl`
-//! holds every row, one JSON object a line; `<table>/<key>.json` one row. Rows
-//! are rendered from the store at open (and at stat, for the size).
+//! `tables/` (DESIGN §7), read-only: `<table>.jsonl` holds every row, one JSON
+//! object a line; `<table>/<key>.json` one row. In a peer's own folder every
+//! row shows; in its view of another peer (`peers/<other>/tables/`) only the
+//! rows `<other>`'s policy lets it select (a table none of whose rows it may
+//! select does not show). Rows are rendered from the store at open (and at
+//! stat, for the size). A peer another daemon of a lattice serves shows no
+//! tables here.
+
+use std::sync::Arc;
 
 use super::node::Node;
 use super::Vfs;
 use crate::error::{err, Result};
 use crate::layout::Kind;
+use crate::policy::{PolicyState, RowAsk, RowRule};
+use crate::script::{Access, RowAction};
 use crate::tables::rows::Row;
+use crate::tables::Schema;
 
 /// Rows a listing or a `.jsonl` file shows at most (beyond: a script pages).
 const MAX_ROWS: usize = 100_000;
 
+/// What `viewer` may see of `owner`'s tables.
+enum Sight {
+    /// The owner: everything.
+    All(Arc<Schema>),
+    /// Another peer: per table, as the owner's policy decides.
+    Policy(Arc<PolicyState>, String),
+}
+
+impl Sight {
+    fn schema(&self) -> &Schema {
+        match self {
+            Sight::All(s) => s,
+            Sight::Policy(st, _) => &st.tables,
+        }
+    }
+
+    /// The rule for selecting rows of `table` (`None`: every row shows).
+    fn rule(&self, table: &str) -> Option<RowRule> {
+        let Sight::Policy(st, viewer) = self else {
+            return None;
+        };
+        let groups = st.groups.groups_of(viewer);
+        let params = serde_json::json!({});
+        let ask = RowAsk {
+            caller: viewer,
+            groups: &groups,
+            script: "",
+            params: &params,
+            chain: &[],
+        };
+        Some(st.policy.row_rule(&ask, RowAction::Select, table))
+    }
+
+    /// Whether `table` shows at all.
+    fn shows(&self, table: &str) -> bool {
+        self.schema().table(table).is_some()
+            && self.rule(table).is_none_or(|r| r.access != Access::None)
+    }
+}
+
+fn sees(rule: &Option<RowRule>, schema: &Schema, row: &Row) -> bool {
+    rule.as_ref().is_none_or(|r| r.decide(schema, row).is_ok())
+}
+
 impl Vfs {
+    fn sight(&self, viewer: &str, owner: &str) -> Result<Sight> {
+        if self.core.serves_elsewhere(owner) {
+            return Ok(Sight::All(Arc::default()));
+        }
+        let p = self.core.peer(owner)?;
+        if viewer == owner {
+            return Ok(Sight::All(p.read(|s| s.schema())?));
+        }
+        Ok(Sight::Policy(
+            self.core.policy().state(&p)?,
+            viewer.to_string(),
+        ))
+    }
+
     /// `name` in `tables/` (`table` None) or in `tables/<table>/`.
     pub(super) fn tables_child(
         &self,
         peer: &str,
+        target: &str,
         table: &Option<String>,
         name: &str,
     ) -> Result<Node> {
         let missing = || err!(libc::ENOENT, "{name:?} does not exist here");
-        let schema = self.core.peer(peer)?.read(|s| s.schema())?;
-        let (p, n) = (peer.to_string(), name.to_string());
+        let sight = self.sight(peer, target)?;
+        let (p, o) = (peer.to_string(), target.to_string());
         match table {
             None => {
-                if schema.table(name).is_some() {
+                if sight.shows(name) {
                     return Ok(Node::Tables {
                         peer: p,
-                        table: Some(n),
+                        target: o,
+                        table: Some(name.to_string()),
                     });
                 }
-                let t = name
-                    .strip_suffix(".jsonl")
-                    .filter(|t| schema.table(t).is_some());
+                let t = name.strip_suffix(".jsonl").filter(|t| sight.shows(t));
                 t.map(|t| Node::TableFile {
                     peer: p.clone(),
+                    target: o.clone(),
                     table: t.to_string(),
                     key: None,
                 })
@@ -42,9 +110,10 @@ impl Vfs {
             }
             Some(t) => {
                 let key = name.strip_suffix(".json").ok_or_else(missing)?;
-                self.row_of(peer, t, key)?.ok_or_else(missing)?;
+                self.row_of(&sight, target, t, key)?.ok_or_else(missing)?;
                 Ok(Node::TableFile {
                     peer: p,
+                    target: o,
                     table: t.clone(),
                     key: Some(key.to_string()),
                 })
@@ -52,36 +121,39 @@ impl Vfs {
         }
     }
 
-    /// The row of `table` whose key's text is `key`.
-    fn row_of(&self, peer: &str, table: &str, key: &str) -> Result<Option<Row>> {
-        let p = self.core.peer(peer)?;
-        p.read(|s| {
-            let schema = s.schema()?;
-            let Some(t) = schema.table(table) else {
-                return Ok(None);
-            };
-            let id = match t.key {
-                crate::tables::KeyKind::Int => match key.parse::<i64>() {
-                    Ok(i) => serde_json::Value::from(i),
-                    Err(_) => return Ok(None),
-                },
-                _ => serde_json::Value::String(key.to_string()),
-            };
-            s.row_get(table, &id)
-        })
+    /// The row of `table` whose key's text is `key`, if `sight` sees it.
+    fn row_of(&self, sight: &Sight, owner: &str, table: &str, key: &str) -> Result<Option<Row>> {
+        let Some(t) = sight.schema().table(table) else {
+            return Ok(None);
+        };
+        let id = match t.key {
+            crate::tables::KeyKind::Int => match key.parse::<i64>() {
+                Ok(i) => serde_json::Value::from(i),
+                Err(_) => return Ok(None),
+            },
+            _ => serde_json::Value::String(key.to_string()),
+        };
+        let row = self.core.peer(owner)?.read(|s| s.row_get(table, &id))?;
+        let rule = sight.rule(table);
+        Ok(row.filter(|r| sees(&rule, sight.schema(), r)))
     }
 
-    /// Every row of `table`, in key order.
-    fn rows_of(&self, peer: &str, table: &str) -> Result<Vec<Row>> {
-        let p = self.core.peer(peer)?;
-        p.read(|s| {
-            let schema = s.schema()?;
-            let t = crate::tables::rows::table(&schema, table)?;
+    /// Every row of `table` that `sight` sees, in key order.
+    fn rows_of(&self, sight: &Sight, owner: &str, table: &str) -> Result<Vec<Row>> {
+        if !sight.shows(table) {
+            return Err(err!(libc::ENOENT, "no table {table:?}"));
+        }
+        let rule = sight.rule(table);
+        let schema = sight.schema();
+        self.core.peer(owner)?.read(|s| {
+            let t = crate::tables::rows::table(schema, table)?;
             let mut find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
             find.limit = MAX_ROWS;
             let mut rows = Vec::new();
             s.row_scan(table, &find, None, &mut |r| {
-                rows.push(r);
+                if sees(&rule, schema, &r) {
+                    rows.push(r);
+                }
                 rows.len() < MAX_ROWS
             })?;
             Ok(rows)
@@ -92,20 +164,23 @@ impl Vfs {
     pub(super) fn list_tables(
         &self,
         peer: &str,
+        target: &str,
         table: &Option<String>,
     ) -> Result<Vec<(String, Node, Kind)>> {
-        let p = peer.to_string();
+        let (p, o) = (peer.to_string(), target.to_string());
+        let sight = self.sight(peer, target)?;
         let Some(t) = table else {
-            let schema = self.core.peer(peer)?.read(|s| s.schema())?;
             let mut out = Vec::new();
-            for name in schema.tables.keys() {
+            for name in sight.schema().tables.keys().filter(|n| sight.shows(n)) {
                 let dir = Node::Tables {
                     peer: p.clone(),
+                    target: o.clone(),
                     table: Some(name.clone()),
                 };
                 out.push((name.clone(), dir, Kind::Dir));
                 let file = Node::TableFile {
                     peer: p.clone(),
+                    target: o.clone(),
                     table: name.clone(),
                     key: None,
                 };
@@ -114,12 +189,13 @@ impl Vfs {
             return Ok(out);
         };
         Ok(self
-            .rows_of(peer, t)?
+            .rows_of(&sight, target, t)?
             .into_iter()
             .map(|r| {
                 let key = key_text(&r);
                 let node = Node::TableFile {
                     peer: p.clone(),
+                    target: o.clone(),
                     table: t.clone(),
                     key: Some(key.clone()),
                 };
@@ -129,18 +205,20 @@ impl Vfs {
     }
 
     /// A row file's bytes (one JSON object and a newline), or a table's
-    /// `.jsonl` (every row, one a line).
+    /// `.jsonl` (every row it shows, one a line).
     pub(super) fn table_bytes(
         &self,
         peer: &str,
+        target: &str,
         table: &str,
         key: &Option<String>,
     ) -> Result<Vec<u8>> {
+        let sight = self.sight(peer, target)?;
         let rows = match key {
             Some(k) => vec![self
-                .row_of(peer, table, k)?
+                .row_of(&sight, target, table, k)?
                 .ok_or_else(|| err!(libc::ENOENT, "no row {k:?} in table {table}"))?],
-            None => self.rows_of(peer, table)?,
+            None => self.rows_of(&sight, target, table)?,
         };
         let mut out = Vec::new();
         for r in rows {

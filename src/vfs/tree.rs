@@ -46,6 +46,11 @@ fn entry_node(e: &Entry, peer: &str, target: &str) -> Option<Node> {
             other: t,
             dir: String::new(),
         },
+        Room::Tables => Node::Tables {
+            peer: p,
+            target: t,
+            table: None,
+        },
         Room::Reserved => Node::Reserved {
             peer: p,
             target: t,
@@ -57,10 +62,6 @@ fn entry_node(e: &Entry, peer: &str, target: &str) -> Option<Node> {
         Room::Peers => Node::Peers(p),
         Room::Text(text) => Node::text(peer, text),
         Room::Log => Node::Log(p),
-        Room::Tables => Node::Tables {
-            peer: p,
-            table: None,
-        },
     })
 }
 
@@ -176,7 +177,11 @@ impl Vfs {
             Peers(p) if self.is_other_peer(p, name) => Some(node_in(parent, name.to_string())),
             Peers(p) => return Err(self.no_such_peer(p, name).unwrap_or_else(missing)),
             State { peer, dir } => return self.state_child(parent, peer, dir, name),
-            Tables { peer, table } => return self.tables_child(peer, table, name),
+            Tables {
+                peer,
+                target,
+                table,
+            } => return self.tables_child(peer, target, table, name),
             ViewState { peer, other, dir } => return self.view_child(peer, other, dir, name),
             Reserved {
                 kind: Kind::Dir, ..
@@ -237,7 +242,11 @@ impl Vfs {
                 .collect(),
             State { peer, dir } => self.list_state(node, peer, dir)?,
             Modules(p) => self.list_modules(p)?,
-            Tables { peer, table } => self.list_tables(peer, table)?,
+            Tables {
+                peer,
+                target,
+                table,
+            } => self.list_tables(peer, target, table)?,
             Peers(p) => self
                 .other_peers(p)
                 .into_iter()
