@@ -500,7 +500,7 @@ fn policy_check_validates_a_policy_against_a_schema() {
 }
 
 #[test]
-fn tables_show_on_the_mount_read_only() {
+fn tables_show_on_the_mount() {
     let m = Mounted::new();
     m.add_peer("alice");
     assert!(m.names("alice/tables").is_empty());
@@ -535,9 +535,16 @@ fn tables_show_on_the_mount_read_only() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
         assert!(r["title"].is_string(), "{line}");
     }
-    // Read-only: nothing is written or removed through them.
-    assert!(std::fs::write(m.p(&format!("alice/tables/notes/{id}.json")), "{}").is_err());
-    assert!(std::fs::remove_file(m.p(&format!("alice/tables/notes/{id}.json"))).is_err());
+    // The .jsonl is read-only; a row file takes only a valid row.
+    assert!(std::fs::write(m.p("alice/tables/notes.jsonl"), "{}").is_err());
+    assert!(std::fs::remove_file(m.p("alice/tables/notes.jsonl")).is_err());
+    let bad = m.local("bad.json", "{}");
+    let out = sh(&format!(
+        "cp {} {}",
+        q(&bad),
+        q(&m.p(&format!("alice/tables/notes/{id}.json")))
+    ));
+    assert!(!out.status.success());
     expect_errno(
         std::fs::read(m.p("alice/tables/notes/nope.json")),
         libc::ENOENT,
@@ -592,4 +599,66 @@ fn another_peers_view_of_tables_shows_only_rows_it_may_select() {
     .is_err());
     // alice herself sees both.
     assert_eq!(m.names("alice/tables/notes").len(), 2);
+}
+
+#[test]
+fn the_owner_writes_and_removes_row_files() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    let schema = r#"
+[tables.users]
+key = "string"
+fields.mail = { type = "string", unique = true }
+fields.age  = { type = "int?", min = 0 }
+
+[tables.posts]
+fields.author = { type = "ref<users>" }
+"#;
+    install(&m, "alice", schema).unwrap();
+    let put = |name: &str, text: &str| {
+        let src = m.local("row.json", text);
+        sh(&format!(
+            "cp {} {}",
+            q(&src),
+            q(&m.p(&format!("alice/tables/users/{name}")))
+        ))
+    };
+    assert!(put("ann.json", r#"{"mail": "ann@x", "age": 30}"#)
+        .status
+        .success());
+    let row: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.p("alice/tables/users/ann.json")).unwrap())
+            .unwrap();
+    assert_eq!(row, json!({"id": "ann", "mail": "ann@x", "age": 30}));
+    assert_eq!(m.names("alice/tables/users"), ["ann.json"]);
+    // Replaced whole: a field left out takes its default (null).
+    assert!(put("ann.json", r#"{"mail": "ann@y"}"#).status.success());
+    assert_eq!(
+        m.run_ok("alice", "g.rhai", r#"db.users.get("ann")"#),
+        json!({"id": "ann", "mail": "ann@y", "age": null})
+    );
+    // Bad data: EINVAL, nothing changed; the reason in the errno only.
+    let out = put("bob.json", r#"{"mail": "bob@x", "age": -1}"#);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Invalid argument"),
+        "{out:?}"
+    );
+    let out = put("bob.json", "not json");
+    assert!(!out.status.success());
+    // A unique clash: EEXIST.
+    let out = put("bob.json", r#"{"mail": "ann@y"}"#);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File exists"),
+        "{out:?}"
+    );
+    assert_eq!(m.names("alice/tables/users"), ["ann.json"]);
+    // rm deletes; a row a restrict ref holds is EBUSY.
+    m.run_ok("alice", "p.rhai", r#"db.posts.insert(#{ author: "ann" })"#);
+    let e = std::fs::remove_file(m.p("alice/tables/users/ann.json")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+    assert!(put("cat.json", r#"{"mail": "cat@x"}"#).status.success());
+    std::fs::remove_file(m.p("alice/tables/users/cat.json")).unwrap();
+    assert_eq!(m.run_ok("alice", "c.rhai", "db.users.count()"), json!(1));
+    assert!(m.log_of("alice").contains("remove tables/users/cat.json"));
 }

@@ -210,6 +210,7 @@ impl Core {
             | Op::MakeDir(_)
             | Op::RemoveDir(_)
             | Op::SetDirAttrs { .. } => self.apply_state(st, op),
+            Op::PutRow { .. } | Op::DeleteRow { .. } => Self::apply_row(st, &peer.name, op),
             Op::SetMeta(k, text) if k == crate::tables::META_KEY => {
                 self.apply_schema(st, peer, text)
             }

@@ -228,15 +228,7 @@ impl Vfs {
                 }
                 self.dir_attr(Some(peer), self.entry_mode(Room::Tables))
             }
-            TableFile {
-                peer,
-                target,
-                table,
-                key,
-            } => {
-                let size = self.table_bytes(peer, target, table, key)?.len() as u64;
-                self.file_attr(Some(peer), size, 0o444, now_ns())
-            }
+            TableFile { .. } => self.table_file_attr(node),
             Peers(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Peers)),
             View { peer, .. } | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
             Reserved {

@@ -151,7 +151,8 @@ impl Vfs {
                 | Groups(_)
                 | Schema(_)
                 | EditFile { .. }
-        ) {
+        ) && !node.is_own_row_file()
+        {
             return Err(ro(&node.to_string()));
         }
         // An inbox file that is queued is not changed by this: whatever the
@@ -258,7 +259,9 @@ impl Vfs {
             Node::Policy(_) | Node::Groups(_) | Node::Schema(_) | Node::EditFile { .. } => {
                 MAX_META_FILE
             }
-            Node::StateFile { .. } => self.core.base_limits(true).max_value_bytes,
+            Node::StateFile { .. } | Node::TableFile { .. } => {
+                self.core.base_limits(true).max_value_bytes
+            }
             _ => MAX_STATE_FILE,
         }
     }

@@ -200,6 +200,12 @@ impl Node {
         )
     }
 
+    /// A row file in the peer's own `tables/<table>/`: the owner writes and
+    /// removes it (validated at close).
+    pub fn is_own_row_file(&self) -> bool {
+        matches!(self, Node::TableFile { peer, target, key: Some(_), .. } if peer == target)
+    }
+
     /// The peer whose state this node shows: its own `state/` or another peer's
     /// readable part of it (`peers/<other>/state/`).
     pub fn state_of(&self) -> Option<&str> {
@@ -371,6 +377,19 @@ impl Node {
             }
             Node::ModuleFile { peer, name } => (Node::Modules(peer.clone()), name.clone()),
             Node::EditFile { peer, name } => (Node::Peer(peer.clone()), name.clone()),
+            Node::TableFile {
+                peer,
+                target,
+                table,
+                key: Some(k),
+            } => (
+                Node::Tables {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    table: Some(table.clone()),
+                },
+                format!("{k}.json"),
+            ),
             _ => return None,
         })
     }

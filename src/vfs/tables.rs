@@ -1,10 +1,11 @@
-//! `tables/` (DESIGN §7), read-only: `<table>.jsonl` holds every row, one JSON
-//! object a line; `<table>/<key>.json` one row. In a peer's own folder every
-//! row shows; in its view of another peer (`peers/<other>/tables/`) only the
-//! rows `<other>`'s policy lets it select (a table none of whose rows it may
-//! select does not show). Rows are rendered from the store at open (and at
-//! stat, for the size). A peer another daemon of a lattice serves shows no
-//! tables here.
+//! `tables/` (DESIGN §7): `<table>.jsonl` holds every row, one JSON object a
+//! line (read-only); `<table>/<key>.json` one row, which the owner may write
+//! (validated at close, `Op::PutRow`: `vfs/commit.rs`) and remove
+//! (`Op::DeleteRow`). In a peer's own folder every row shows; in its view of
+//! another peer (`peers/<other>/tables/`, read-only) only the rows `<other>`'s
+//! policy lets it select (a table none of whose rows it may select does not
+//! show). Rows are rendered from the store at open (and at stat, for the size).
+//! A peer another daemon of a lattice serves shows no tables here.
 
 use std::sync::Arc;
 
@@ -110,7 +111,15 @@ impl Vfs {
             }
             Some(t) => {
                 let key = name.strip_suffix(".json").ok_or_else(missing)?;
-                self.row_of(&sight, target, t, key)?.ok_or_else(missing)?;
+                let parent = Node::Tables {
+                    peer: p.clone(),
+                    target: o.clone(),
+                    table: table.clone(),
+                };
+                // A row file the owner is writing shows before its close.
+                if self.staged_get(&parent, name).is_none() {
+                    self.row_of(&sight, target, t, key)?.ok_or_else(missing)?;
+                }
                 Ok(Node::TableFile {
                     peer: p,
                     target: o,
@@ -202,6 +211,31 @@ impl Vfs {
                 (format!("{key}.json"), node, Kind::File)
             })
             .collect())
+    }
+
+    /// A row file being written, or a row's.
+    pub(super) fn table_file_attr(&self, node: &Node) -> Result<super::Attr> {
+        if let Some((parent, name)) = Node::parent_of(node) {
+            if let Some(s) = self.staged_get(&parent, &name) {
+                return Ok(self.staged_attr(&s));
+            }
+        }
+        let Node::TableFile {
+            peer,
+            target,
+            table,
+            key,
+        } = node
+        else {
+            return Err(err!(libc::ENOENT, "not a row file"));
+        };
+        let size = self.table_bytes(peer, target, table, key)?.len() as u64;
+        let perm = if peer == target && key.is_some() {
+            0o644
+        } else {
+            0o444
+        };
+        self.file_attr(Some(peer), size, perm, crate::util::now_ns())
     }
 
     /// A row file's bytes (one JSON object and a newline), or a table's

@@ -107,6 +107,16 @@ fn node_in(parent: &Node, name: String) -> Node {
             peer: peer.clone(),
             name,
         },
+        Node::Tables {
+            peer,
+            target,
+            table: Some(t),
+        } => Node::TableFile {
+            peer: peer.clone(),
+            target: target.clone(),
+            table: t.clone(),
+            key: Some(name.strip_suffix(".json").unwrap_or(&name).to_string()),
+        },
         _ => Node::EditFile {
             peer: parent.peer().unwrap_or_default().to_string(),
             name,
