@@ -27,7 +27,7 @@ use crate::policy::PolicyText;
 /// | `ViewState`, `ViewStateFile` | the keys the policy lets this peer read | – | – | – | – |
 /// | `Policy`, `Groups` | the text in force | a close validates and applies the whole text | – | – | – |
 /// | `Log` | read as it grows | – | – | – | – |
-/// | `Tables`, `TableFile` | `<table>.jsonl` (every row), `<table>/<key>.json` (one row) | – | – | – | – |
+/// | `Tables`, `TableFile` | `<table>.jsonl` (every row), `<table>/<key>.json` (one row) | the owner's close inserts or replaces a row | – | the owner's rm deletes a row | – |
 /// | `Reserved` | empty | – | – | – | – |
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
