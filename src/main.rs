@@ -958,13 +958,18 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
             groups,
             schema,
         } => {
+            // The declared tables the policy is validated against (none: no tables).
+            let mut tables = peerfs::tables::Schema::default();
             if let Some(s) = schema {
                 let text = match std::fs::read_to_string(&s) {
                     Ok(t) => t,
                     Err(e) => return fail(Exit::Io, format!("{}: {e}", s.display())),
                 };
                 match peerfs::tables::parse::parse(&text) {
-                    Ok(sc) => println!("{}: ok ({} tables)", s.display(), sc.tables.len()),
+                    Ok(sc) => {
+                        println!("{}: ok ({} tables)", s.display(), sc.tables.len());
+                        tables = sc;
+                    }
                     Err(e) => return fail(Exit::Failed, format!("{}: {}", s.display(), e.message)),
                 }
             }
@@ -972,7 +977,7 @@ fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fail(Exit::Io, format!("{}: {e}", file.display())),
             };
-            match Policy::parse(&text) {
+            match Policy::parse_for(&text, &tables) {
                 Ok(p) => {
                     for w in p.warnings() {
                         eprintln!("warning: {w}");

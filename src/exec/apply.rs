@@ -217,6 +217,9 @@ impl Core {
             | Op::SetDirAttrs { .. } => {
                 self.with_history(st, &peer.name, op, |st| self.apply_state(st, op))
             }
+            Op::PutRow { .. } | Op::DeleteRow { .. } => {
+                self.with_history(st, &peer.name, op, |st| Self::apply_row(st, &peer.name, op))
+            }
             Op::SetMeta(k, text) if k == crate::tables::META_KEY => {
                 self.with_history(st, &peer.name, op, |st| self.apply_schema(st, peer, text))
             }

@@ -78,6 +78,18 @@ impl Vfs {
                 self.core.apply(peer, Op::RemoveModule(m.to_string()))
             }
             Node::OutboxFile { peer, target, name } => self.core.outbox_remove(peer, target, name),
+            Node::TableFile {
+                peer,
+                table,
+                key: Some(k),
+                ..
+            } if node.is_own_row_file() => self.core.apply(
+                peer,
+                Op::DeleteRow {
+                    table: table.clone(),
+                    key: k.clone(),
+                },
+            ),
             // The owner withdraws its own queued script (it ends unrun, with a
             // result saying so); another peer's queue is not the caller's to empty.
             Node::InboxFile { peer, target, .. } if peer == target => {
@@ -403,6 +415,19 @@ impl Vfs {
                     key,
                 })
             }
+            // A new row file in the owner's own `tables/<table>/`.
+            Node::Tables {
+                peer,
+                target,
+                table: Some(t),
+            } if e.errno == libc::ENOENT && peer == target && name.ends_with(".json") => {
+                Ok(Node::TableFile {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    table: t.clone(),
+                    key: Some(name.trim_end_matches(".json").to_string()),
+                })
+            }
             // An editor's file beside policy.cedar and groups (`sed -i`, vim).
             Node::Peer(peer) if e.errno == libc::ENOENT && is_edit_name(name) => {
                 Ok(Node::EditFile {
@@ -427,7 +452,8 @@ impl Vfs {
                 | Node::StateFile { .. }
                 | Node::ModuleFile { .. }
                 | Node::EditFile { .. }
-        ) {
+        ) && !node.is_own_row_file()
+        {
             return Err(ro(name));
         }
         if self.attr(&node).is_ok() {
@@ -562,6 +588,23 @@ impl Vfs {
                 let (peer, text) = node.as_text().expect("a policy text");
                 crate::layout::apply_text(&self.core, peer, text, data, reply)
             }
+            Node::TableFile {
+                peer,
+                table,
+                key: Some(k),
+                ..
+            } if node.is_own_row_file() => self.core.apply_async(
+                peer,
+                Op::PutRow {
+                    table: table.clone(),
+                    key: k.clone(),
+                    json: data,
+                },
+                Some(Box::new(move |r| {
+                    unstage();
+                    reply(r)
+                })),
+            ),
             _ => reply(Err(ro("this file"))),
         }
     }

@@ -46,6 +46,11 @@ fn entry_node(e: &Entry, peer: &str, target: &str) -> Option<Node> {
             other: t,
             dir: String::new(),
         },
+        Room::Tables => Node::Tables {
+            peer: p,
+            target: t,
+            table: None,
+        },
         Room::Reserved => Node::Reserved {
             peer: p,
             target: t,
@@ -103,6 +108,16 @@ fn node_in(parent: &Node, name: String) -> Node {
         Node::Peer(peer) => Node::EditFile {
             peer: peer.clone(),
             name,
+        },
+        Node::Tables {
+            peer,
+            target,
+            table: Some(t),
+        } => Node::TableFile {
+            peer: peer.clone(),
+            target: target.clone(),
+            table: t.clone(),
+            key: Some(name.strip_suffix(".json").unwrap_or(&name).to_string()),
         },
         _ => Node::EditFile {
             peer: parent.peer().unwrap_or_default().to_string(),
@@ -178,6 +193,11 @@ impl Vfs {
             Snapshots(_) | Snapshot { .. } | SnapState { .. } => {
                 return self.snap_child(parent, name)
             }
+            Tables {
+                peer,
+                target,
+                table,
+            } => return self.tables_child(peer, target, table, name),
             ViewState { peer, other, dir } => return self.view_child(peer, other, dir, name),
             Reserved {
                 kind: Kind::Dir, ..
@@ -238,6 +258,11 @@ impl Vfs {
                 .collect(),
             State { peer, dir } => self.list_state(node, peer, dir)?,
             Modules(p) => self.list_modules(p)?,
+            Tables {
+                peer,
+                target,
+                table,
+            } => self.list_tables(peer, target, table)?,
             Peers(p) => self
                 .other_peers(p)
                 .into_iter()
