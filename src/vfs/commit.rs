@@ -398,15 +398,12 @@ impl Vfs {
         self.core.drop_script_async(peer, target, name, data, reply);
     }
 
-    pub fn create(
-        &self,
-        parent: &Node,
-        name: &str,
-        flags: impl Into<OpenFlags>,
-        who: &Caller,
-    ) -> Result<(Node, Attr, Opened)> {
-        let flags = flags.into();
-        let node = self.child(parent, name).or_else(|e| match parent {
+    /// What a name that `lookup` did not find (`e`) becomes when it is created
+    /// in `parent`: a state key, the owner's new row file, an editor's file
+    /// beside the policy texts; elsewhere `EACCES` (a read-only place, not a
+    /// missing one).
+    fn new_child(&self, parent: &Node, name: &str, e: crate::Error) -> Result<Node> {
+        match parent {
             Node::State { peer, dir } if e.errno == libc::ENOENT => {
                 let key = join_key(dir, name);
                 check_key(&key)?;
@@ -440,12 +437,25 @@ impl Vfs {
             _ if e.errno == libc::ENOENT => Err(err!(
                 libc::EACCES,
                 "{name:?}: files can only be made in {} (and an editor's temporary, swap or \
-                 backup files beside {})",
+             backup files beside {})",
                 self.layout.written(Kind::Dir, "/", "and"),
                 self.layout.written(Kind::File, "", "and")
             )),
             _ => Err(e),
-        })?;
+        }
+    }
+
+    pub fn create(
+        &self,
+        parent: &Node,
+        name: &str,
+        flags: impl Into<OpenFlags>,
+        who: &Caller,
+    ) -> Result<(Node, Attr, Opened)> {
+        let flags = flags.into();
+        let node = self
+            .child(parent, name)
+            .or_else(|e| self.new_child(parent, name, e))?;
         if !matches!(
             node,
             Node::InboxFile { .. }
