@@ -905,7 +905,7 @@ fn run(peer: &str, file: &str, place: &DropAt, caller: Option<&str>, full: bool)
         );
         return Exit::Usage.into();
     }
-    let stem = peerfs::peer::name::script_stem(&name).to_string();
+    let stem = peerfs::names::script_stem(&name).to_string();
     let out = base.join("outbox").join(format!("{stem}.json"));
     let bytes = if let DropAt::Spool(_) = place {
         let log = root.join(caller.unwrap_or(peer)).join("log");

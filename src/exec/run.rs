@@ -14,7 +14,7 @@ use super::state::actor;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core, MessageKind, RunResult};
 use crate::error::Result;
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::peer::Peer;
 use crate::script::{self, Capability, Host, Outcome, RunInput, Status};
 use crate::store::{Job, Message, Store, Txn};

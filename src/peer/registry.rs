@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::files;
-use super::name::check_peer_name;
+use crate::names::check_peer_name;
 use super::Peer;
 use crate::error::err;
 use crate::error::Result;

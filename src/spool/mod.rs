@@ -46,7 +46,7 @@ use crate::error::Result;
 use crate::exec::Core;
 use crate::exec::Op;
 use crate::layout::{Close, Entry, Kind, Layout, Room};
-use crate::peer::name::{check_module_name, check_peer_name, is_staging_name};
+use crate::names::{check_module_name, check_peer_name, is_staging_name};
 use crate::policy::PolicyText;
 
 pub use client::drop_and_wait;

@@ -11,7 +11,7 @@ use crate::error::err;
 use crate::error::Result;
 use crate::exec::Op;
 use crate::layout::Close;
-use crate::peer::name::{check_key, is_staging_name};
+use crate::names::{check_key, is_staging_name};
 use crate::util::now_ns;
 
 impl Vfs {

@@ -4,7 +4,7 @@
 //! its kinds of node here.
 
 use crate::layout::Kind;
-use crate::peer::name::is_staging_name;
+use crate::names::is_staging_name;
 use crate::policy::PolicyText;
 
 /// The identity of a file or folder on the mount. The FUSE adapter gives each node
@@ -174,7 +174,7 @@ pub fn is_edit_name(name: &str) -> bool {
     let sed = name.len() == 9
         && name.starts_with("sed")
         && name.bytes().all(|b| b.is_ascii_alphanumeric());
-    sed || crate::peer::name::is_staging_name(name)
+    sed || crate::names::is_staging_name(name)
 }
 
 impl Node {

@@ -13,7 +13,7 @@ use crate::error::err;
 use crate::error::{Error, Result};
 use crate::exec::Op;
 use crate::layout::{Entry, Room};
-use crate::peer::name::{check_key, check_peer_name, check_segment};
+use crate::names::{check_key, check_peer_name, check_segment};
 use crate::util::now_ns;
 
 /// mknod (fifos, sockets, devices): a peer's store holds values, not special files.
@@ -436,7 +436,7 @@ impl Vfs {
     /// `peers/<name>/` of a peer that is served nowhere `peer` can reach: `ENOENT`
     /// with the reason, logged once per name (a drop there is never a silent loss).
     fn no_such_peer(&self, peer: &str, name: &str) -> Option<crate::error::Error> {
-        if name == peer || crate::peer::name::check_peer_name(name).is_err() {
+        if name == peer || crate::names::check_peer_name(name).is_err() {
             return None;
         }
         let why = if self.core.may_send_to(name) {
