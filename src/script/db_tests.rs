@@ -10,24 +10,8 @@ use super::*;
 use crate::store::prelude::*;
 use crate::store::SqliteStore;
 use crate::tables::rows::Row;
+use crate::tables::tests::NOTES;
 
-const NOTES: &str = r#"
-[tables.notes]
-key   = "ulid"
-owner = true
-fields.title   = { type = "string", max = 200 }
-fields.tag     = { type = "string?", index = true }
-fields.pinned  = { type = "bool", default = false }
-fields.rating  = { type = "int?", min = 1, max = 5 }
-fields.labels  = { type = "list<string>", max = 20, default = [] }
-fields.created = { type = "datetime", default = "now" }
-indexes.by_tag_created = ["tag", "created"]
-
-[tables.comments]
-owner = true
-fields.note = { type = "ref<notes>", on_delete = "cascade", index = true }
-fields.text = { type = "string", max = 2000 }
-"#;
 
 struct Fixture {
     _dir: tempfile::TempDir,
