@@ -796,3 +796,91 @@ fn a_log_left_without_its_store_is_kept_aside_at_a_restore() {
     let got = values(&data, dir, "lou", &["a"]);
     assert_eq!(got[0].as_deref().map(str::trim), Some("1"));
 }
+
+fn fenced_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("replica: fenced: peer alice moved"))
+        .collect()
+}
+
+const COUNT: &str = r#"let c = (get("c") ?? 0) + 1; set("c", c); c"#;
+
+/// A peer taken over by another worker (restored from the replica there)
+/// while its old worker still runs: the new worker takes the replica's lease
+/// at a later epoch; the old one's next upload finds it superseded, uploads
+/// nothing more and stops serving the peer, also after a restart; the
+/// replica holds the new worker's state, nothing of the old one's after the
+/// takeover.
+fn a_stale_worker_is_fenced(rep: Rep, dir: &Path) {
+    let p = |s: &str| dir.join(s);
+    let args = rep.daemon_args(&[]);
+    let a = start(&p("data-a"), &p("mnt-a"), &p("work-a"), &args);
+    std::fs::create_dir(a.p("alice")).unwrap();
+    for i in 1..=3 {
+        assert_eq!(run(&a, "alice", &format!("a{i}.rhai"), COUNT), i);
+    }
+    caught_up(&a, "alice");
+    assert_eq!(
+        std::fs::read_to_string(p("data-a/replica/alice.lease"))
+            .unwrap()
+            .trim(),
+        "1",
+        "the first worker holds epoch 1"
+    );
+
+    // Taken over: restored at b, which takes the lease when alice opens.
+    restore_ok(&rep, "alice", &p("data-b"), &[]);
+    let b = start(&p("data-b"), &p("mnt-b"), &p("work-b"), &args);
+    assert_eq!(run(&b, "alice", "b1.rhai", COUNT), 4, "state intact at b");
+    caught_up(&b, "alice");
+    assert_eq!(
+        std::fs::read_to_string(p("data-b/replica/alice.lease"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+
+    // The old worker still runs alice (its store is its own), but its upload
+    // is refused: one clear line, then alice is not served there.
+    assert_eq!(run(&a, "alice", "a4.rhai", COUNT), 4);
+    let fenced = wait_until(T, || a.log_text().contains("replica: fenced"));
+    assert!(fenced, "a was not fenced: {}", a.log_text());
+    let log = a.log_text();
+    let lines = fenced_lines(&log);
+    assert_eq!(lines.len(), 1, "one line: {log}");
+    assert!(lines[0].contains("epoch 2"), "{}", lines[0]);
+    assert!(status(&a, "alice").contains("error=peer alice moved"));
+    let r = std::fs::write(a.p("alice/inbox/a5.rhai"), COUNT);
+    expect_errno(r, libc::ESTALE, "a drop at the fenced worker");
+    stop(a);
+
+    // Restarted with its old copy and its old epoch: still fenced at the
+    // first open of alice, before anything runs.
+    let a = start(&p("data-a"), &p("mnt-a"), &p("work-a"), &args);
+    let r = std::fs::write(a.p("alice/inbox/a6.rhai"), COUNT);
+    expect_errno(r, libc::ESTALE, "a drop at the restarted old worker");
+    let r = std::fs::read_to_string(a.p("alice/state/c"));
+    expect_errno(r, libc::ESTALE, "a read at the restarted old worker");
+    assert_eq!(fenced_lines(&a.log_text()).len(), 1, "{}", a.log_text());
+    stop(a);
+
+    // b goes on; the replica holds b's count, none of a's after the takeover.
+    assert_eq!(run(&b, "alice", "b2.rhai", COUNT), 5);
+    caught_up(&b, "alice");
+    stop(b);
+    restore_ok(&rep, "alice", &p("data-c"), &[]);
+    let got = values(&p("data-c"), dir, "alice", &["c"]);
+    assert_eq!(got[0].as_deref().map(str::trim), Some("5"));
+}
+
+#[test]
+fn a_stale_worker_is_fenced_by_a_folder_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    a_stale_worker_is_fenced(Rep::file(dir.path()), dir.path());
+}
+
+#[test]
+fn a_stale_worker_is_fenced_by_an_s3_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    a_stale_worker_is_fenced(Rep::s3(dir.path()), dir.path());
+}
