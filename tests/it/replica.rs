@@ -18,7 +18,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// An S3-compatible server (moto's server mode) on a free loopback port, its
 /// objects in memory; stopped (SIGKILL, by pid) on drop.
-struct Moto {
+pub(crate) struct Moto {
     port: u16,
     log: PathBuf,
     child: Option<Child>,
@@ -108,7 +108,7 @@ impl Drop for Moto {
 }
 
 /// Where a test's replica goes.
-enum Rep {
+pub(crate) enum Rep {
     File(PathBuf),
     S3(Moto, PathBuf),
 }
@@ -119,7 +119,7 @@ impl Rep {
     }
 
     /// With its credentials in a file named by the config (never in argv).
-    fn s3(dir: &Path) -> Rep {
+    pub(crate) fn s3(dir: &Path) -> Rep {
         let creds = dir.join("aws-credentials");
         std::fs::write(
             &creds,
@@ -129,7 +129,7 @@ impl Rep {
         Rep::S3(Moto::start(dir), creds)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Rep::File(p) => format!("file://{}", p.display()),
             Rep::S3(..) => "s3://peerfs/replicas".into(),
@@ -137,7 +137,7 @@ impl Rep {
     }
 
     /// The `-o` settings besides the url (endpoint, credentials file).
-    fn settings(&self) -> Vec<String> {
+    pub(crate) fn settings(&self) -> Vec<String> {
         match self {
             Rep::File(_) => Vec::new(),
             Rep::S3(m, creds) => vec![
@@ -151,7 +151,7 @@ impl Rep {
         }
     }
 
-    fn daemon_args(&self, extra: &[&str]) -> Vec<String> {
+    pub(crate) fn daemon_args(&self, extra: &[&str]) -> Vec<String> {
         let mut a = vec![
             "-o".to_string(),
             format!("replica.url={}", self.url()),
@@ -186,7 +186,7 @@ fn restore(rep: &Rep, name: &str, data: &Path, extra: &[&str]) -> Output {
     cmd.output().expect("peerfs peer restore")
 }
 
-fn restore_ok(rep: &Rep, name: &str, data: &Path, extra: &[&str]) -> String {
+pub(crate) fn restore_ok(rep: &Rep, name: &str, data: &Path, extra: &[&str]) -> String {
     let out = restore(rep, name, data, extra);
     assert!(
         out.status.success(),
@@ -214,7 +214,7 @@ fn run(d: &Daemon, peer: &str, name: &str, src: &str) -> serde_json::Value {
 }
 
 /// The `.peerfs/replica` line of `peer`.
-fn status(d: &Daemon, peer: &str) -> String {
+pub(crate) fn status(d: &Daemon, peer: &str) -> String {
     let text = std::fs::read_to_string(d.p(".peerfs/replica")).unwrap();
     text.lines()
         .find(|l| l.split(' ').next() == Some(peer))
@@ -223,7 +223,7 @@ fn status(d: &Daemon, peer: &str) -> String {
 }
 
 /// Waits until `peer`'s replica has everything committed so far.
-fn caught_up(d: &Daemon, peer: &str) {
+pub(crate) fn caught_up(d: &Daemon, peer: &str) {
     let ok = wait_until(T, || {
         let s = status(d, peer);
         s.contains(" lag_ms=0 ") && s.ends_with(" error=-") && !s.contains("last_upload=- ")
@@ -232,7 +232,7 @@ fn caught_up(d: &Daemon, peer: &str) {
 }
 
 /// Reads a value of the restored store through a mount of it (no replica).
-fn values(data: &Path, dir: &Path, peer: &str, keys: &[&str]) -> Vec<Option<String>> {
+pub(crate) fn values(data: &Path, dir: &Path, peer: &str, keys: &[&str]) -> Vec<Option<String>> {
     let mnt = dir.join("mnt-check");
     let d = Daemon::start(data, &mnt, &dir.join("work-check"), &[]);
     let out = keys
@@ -797,7 +797,7 @@ fn a_log_left_without_its_store_is_kept_aside_at_a_restore() {
     assert_eq!(got[0].as_deref().map(str::trim), Some("1"));
 }
 
-fn fenced_lines(log: &str) -> Vec<&str> {
+pub(crate) fn fenced_lines(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|l| l.contains("replica: fenced: peer alice moved"))
         .collect()
