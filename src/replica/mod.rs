@@ -384,6 +384,10 @@ impl Shared {
     /// is up (all of them when `stopped`).
     fn answer_waiting(&self, stopped: bool) {
         let now = std::time::Instant::now();
+        let fenced = |peer: &str| match self.leases.lock().unwrap().get(peer) {
+            Some(Err(why)) => Some(why.clone()),
+            _ => None,
+        };
         let ready: Vec<(Waiting, bool)> = {
             let c = self.counts.lock().unwrap();
             let mut w = self.waiting.lock().unwrap();
@@ -391,6 +395,7 @@ impl Shared {
                 c.uploaded.get(&x.peer).copied().unwrap_or(0) >= x.ticket
                     || now >= x.until
                     || stopped
+                    || fenced(&x.peer).is_some()
             });
             *w = keep;
             ready
@@ -404,6 +409,8 @@ impl Shared {
         for (x, up) in ready {
             (x.answer)(if up {
                 Ok(())
+            } else if let Some(why) = fenced(&x.peer) {
+                Err(err!(libc::ESTALE, "{why}"))
             } else {
                 Err(err!(
                     libc::ETIMEDOUT,
