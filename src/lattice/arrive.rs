@@ -41,6 +41,17 @@ pub fn restore_arrived(
     };
     let mut done = Vec::new();
     for peer in handed {
+        match crate::replica::lease::held_here_last(replica, data, &peer) {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::warn!(peer = %peer, "peer removed here (this folder held its replica's lease last): not restored; `peerfs peer restore` brings it back");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %peer, error = %e, "peer handed here not restored: its replica's lease cannot be read");
+                continue;
+            }
+        }
         let r = crate::replica::restore(&crate::replica::RestoreArgs {
             name: peer.clone(),
             opts: replica.clone(),
@@ -53,13 +64,9 @@ pub fn restore_arrived(
                 tracing::info!(peer = %peer, generation = %r.generation, segments = r.segments, "peer moved here: restored from the replica");
                 done.push(peer);
             }
+            // Not served here until it is (the other peers are).
             Err(e) => {
-                return Err(err!(
-                    e.errno,
-                    "peer {peer} is handed to worker {worker} but not in {}, and its restore from the replica failed: {}",
-                    data.display(),
-                    e.message
-                ))
+                tracing::warn!(peer = %peer, worker = %worker, error = %e, "peer handed to this worker is not in its data folder and its restore from the replica failed: not served here")
             }
         }
     }

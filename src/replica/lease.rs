@@ -84,6 +84,29 @@ pub fn record(data: &Path, name: &str) -> PathBuf {
     data.join("replica").join(format!("{name}.lease"))
 }
 
+/// Whether this data folder was the last to hold `peer`'s lease (its record
+/// is at the lease's epoch): a peer removed here, not moved here.
+pub fn held_here_last(opts: &super::Options, data: &Path, peer: &str) -> Result<bool> {
+    let Some(mine) = local_epoch(data, peer) else {
+        return Ok(false);
+    };
+    let (store, prefix) = super::remote::open(opts, false)?;
+    let fence = Fence {
+        store,
+        folder: match &opts.url {
+            super::Url::File(dir) => Some(dir.clone()),
+            super::Url::S3 { .. } => None,
+        },
+        holder: String::new(),
+    };
+    let key = super::remote::Names::new(&prefix, peer).lease();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lease = rt.block_on(fence.read(&key))?;
+    Ok(lease.is_some_and(|(l, _)| l.epoch == mine))
+}
+
 impl Fence {
     /// Takes `key`'s lease (epoch one more than the lease's when `local` is
     /// `None`), keeps it (`local` is its epoch), or finds it superseded.

@@ -369,6 +369,30 @@ fn a_peer_moves_by_name_with_a_replica_and_the_old_worker_is_fenced() {
 
     // Nothing doubled: w3 and its replica count 50.
     assert_eq!(state_int(&c3), Some(50));
+    let mut c = c;
+    c.signal(libc::SIGTERM);
+    assert!(
+        c.wait(Duration::from_secs(30)).success(),
+        "{}",
+        c.log_text()
+    );
+    drop(c);
+
+    // Removed at w3 (its entry still names w3): a restart does not bring it
+    // back from the replica.
+    let o = Command::new(env!("CARGO_BIN_EXE_peerfs"))
+        .args(["peer", "remove", "alice", "--data"])
+        .arg(lab.p("d3"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let c = with_replica("d3", "w3", &url);
+    assert!(
+        c.log_text().contains("peer removed here"),
+        "{}",
+        c.log_text()
+    );
+    assert!(!lab.p("d3/peers/alice.sqlite").exists());
     drop(c);
     drop(b);
     restore_ok(&rep, "alice", &lab.p("d4"), &[]);
