@@ -749,6 +749,10 @@ fn start_core(cfg: Config, start: Start) -> peerfs::Result<(Core, FolderLock)> {
         Some(l) => l,
         None => lock_data(&cfg.data_dir, "a daemon")?,
     };
+    if let (Some(o), Some(r)) = (&start.lattice, &cfg.replica) {
+        // Peers moved here by name: restored before the stores open.
+        peerfs::lattice::arrive::restore_arrived(o, r, &cfg.data_dir, cfg.only.as_deref())?;
+    }
     let core = Core::start(cfg)?;
     if let Some(o) = start.lattice {
         if let Err(e) = peerfs::lattice::join(&core, o) {

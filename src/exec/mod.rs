@@ -133,6 +133,10 @@ struct Inner {
     replica: Option<Arc<crate::replica::Replica>>,
 }
 
+/// How long a peer's first open waits for its replica's lease (an object
+/// store slower than this: the peer is served, the lease taken at its upload).
+const LEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// The running core: registry, worker pool, executor. Cheap to clone.
 #[derive(Clone)]
 pub struct Core(Arc<Inner>);
@@ -297,6 +301,15 @@ impl Core {
 
     /// The open peer (opening and recovering it on first use).
     pub fn peer(&self, name: &str) -> Result<Arc<Peer>> {
+        if let Some(r) = &self.0.replica {
+            // Moved to another worker, which took the replica's lease.
+            if let Some(why) = r.fenced(name) {
+                return Err(err!(libc::ESTALE, "{why}"));
+            }
+            if !self.0.registry.is_open(name) && self.0.registry.exists(name) {
+                r.hold(name, LEASE_WAIT)?;
+            }
+        }
         let (peer, opened) = self.0.registry.open(name)?;
         if opened {
             self.recover(&peer)?;

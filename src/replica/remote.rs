@@ -3,6 +3,8 @@
 //! the listing a restore and retention read back.
 //!
 //! A peer's replica, under `PREFIX/<peer>/`:
+//! - `lease`: the worker that writes the peer's replica, and its epoch
+//!   (`lease.rs`);
 //! - `<gen>/snapshot`: the store's whole file as of a point of its log;
 //! - `<gen>/owner`: `uid:gid` of the peer's owner when the generation began;
 //! - `<gen>/wal/<log:08x>-<start:016x>-<end:016x>`: the whole transactions
@@ -127,6 +129,11 @@ impl Names {
 
     pub fn snapshot(&self, gen: &str) -> Key {
         self.peer.clone().join(gen).join("snapshot")
+    }
+
+    /// The fence: which worker writes this peer's replica (`lease.rs`).
+    pub fn lease(&self) -> Key {
+        self.peer.clone().join("lease")
     }
 
     pub fn owner(&self, gen: &str) -> Key {

@@ -129,6 +129,8 @@ fn install(
     crate::util::sync_dir(&a.data.join("peers"));
     // A daemon starting on this folder ships the restored file as a new generation.
     let _ = std::fs::remove_file(a.data.join("replica").join(format!("{}.json", a.name)));
+    // It came from the replica: a daemon here takes the lease over (`lease.rs`).
+    let _ = std::fs::remove_file(super::lease::record(&a.data, &a.name));
     Ok(replaced)
 }
 

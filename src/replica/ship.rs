@@ -21,6 +21,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::lease::{self, Held};
 use super::remote::{self, os_err, Names, Object};
 use super::wal::{self, Pos};
 use super::Shared;
@@ -66,6 +67,10 @@ struct PeerShip {
     fresh: bool,
     /// The log's size and time after the last turn.
     seen: Option<(u64, i64)>,
+    /// The replica's lease, held at this epoch and version (`lease.rs`).
+    lease: Option<(u64, lease::Version)>,
+    /// Another worker took the lease: nothing is uploaded any more.
+    fenced: bool,
 }
 
 /// What the thread keeps between turns.
@@ -122,7 +127,7 @@ impl Turns {
         taken_at: i64,
         stopping: bool,
     ) {
-        if r.is_err() && !stopping {
+        if r.is_err() && !stopping && !p.fenced {
             self.retry.insert(p.name.clone());
             self.retry_at = Instant::now() + (shared.opts.sync / 2).max(Duration::from_millis(100));
         }
@@ -196,7 +201,8 @@ fn take_dirty(shared: &Shared, last: Instant) -> (Vec<String>, bool) {
     let mut d = shared.dirty.lock().unwrap();
     loop {
         let now = Instant::now();
-        let sync = shared.opts.mode == super::Mode::Sync && !d.0.is_empty();
+        let sync = (shared.opts.mode == super::Mode::Sync && !d.0.is_empty())
+            || !shared.wanted.lock().unwrap().is_empty();
         if d.1 || sync || now >= deadline {
             let batch: Vec<String> = d.0.drain().collect();
             return (batch, d.1);
@@ -227,6 +233,7 @@ fn report(shared: &Shared, p: &mut PeerShip, r: Result<u64>, taken_at: i64) {
             let again = d.0.contains(&p.name);
             s.pending_since_ns = if again { taken_at } else { 0 };
         }
+        Err(e) if p.fenced => s.last_error = Some(e.message.clone()),
         Err(e) => {
             if !p.failing {
                 tracing::warn!(peer = %p.name, error = %e, "replica: upload failing; local work goes on and the replica catches up when it works again");
@@ -285,6 +292,8 @@ impl PeerShip {
             lagging: false,
             fresh: true,
             seen: None,
+            lease: None,
+            fenced: false,
         }
     }
 
@@ -312,6 +321,9 @@ impl PeerShip {
         prefix: &Key,
         stopping: bool,
     ) -> Result<u64> {
+        if self.fenced {
+            return Ok(0);
+        }
         if !self.db.exists() {
             // Removed (or moved away): what the replica holds stays there.
             self.known = None;
@@ -319,6 +331,9 @@ impl PeerShip {
             return Ok(0);
         }
         let names = Names::new(prefix, &self.name);
+        if sh.take_wanted(&self.name) {
+            self.fence(sh, &names).await?;
+        }
         // The count before the log is read: every commit counted by now is in it.
         let ticket = sh.counts.lock().unwrap().committed.get(&self.name).copied();
         let mut bytes = 0;
@@ -411,14 +426,15 @@ impl PeerShip {
 
     /// Uploads the transactions after the known position, as one object.
     async fn upload_new(&mut self, sh: &Shared, store: &dyn ObjectStore, n: &Names) -> Result<u64> {
-        let k = self.known.as_mut().expect("continues");
-        let Some(pos) = k.pos else {
+        let Some(pos) = self.known.as_ref().expect("continues").pos else {
             return Ok(0);
         };
         let (frames, to) = wal::read_after(&self.wal, &pos)?;
         if frames.is_empty() {
             return Ok(0);
         }
+        self.fence(sh, n).await?;
+        let k = self.known.as_mut().expect("continues");
         let key = n.segment(&k.gen, k.log, pos.offset, to.offset);
         let frames = wal::compact(&frames, pos.header.page_size);
         let len = frames.len() as u64;
@@ -436,6 +452,7 @@ impl PeerShip {
     /// A new generation: the file as of the end of the log's last transaction
     /// (the file with the log's transactions laid over it), then its owner.
     async fn snapshot(&mut self, sh: &Shared, store: &dyn ObjectStore, n: &Names) -> Result<u64> {
+        self.fence(sh, n).await?;
         let header = wal::read_header(&self.wal)?;
         let tmp_dir = sh.data.join("replica");
         let tmp = tmp_dir.join(format!(".{}.snapshot", self.name));
@@ -519,24 +536,70 @@ impl PeerShip {
         drop(lock);
         let (frames, to) = tail?;
         let (busy, log, moved) = done.expect("read under the lock")?;
-        let k = self.known.as_mut().expect("continues");
         if !frames.is_empty() {
+            let k = self.known.as_ref().expect("continues");
             let key = n.segment(&k.gen, k.log, pos.offset, to.offset);
             let frames = wal::compact(&frames, pos.header.page_size);
             let len = frames.len() as u64;
-            if let Err(e) = store.put(&key, PutPayload::from(frames)).await {
+            let stored = match self.fence(sh, n).await {
+                Ok(()) => store
+                    .put(&key, PutPayload::from(frames))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| os_err(&format!("storing {key}"), e)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
                 self.known = None;
                 self.save(&sh.data)?;
-                return Err(os_err(&format!("storing {key}"), e));
+                return Err(e);
             }
+            let k = self.known.as_mut().expect("continues");
             k.pos = Some(to);
             k.since_snapshot += len;
         }
         let (db_len, db_mtime_ns) = db_stat(&self.db)?;
+        let k = self.known.as_mut().expect("continues");
         k.may_restart = busy == 0 && log >= 0 && log == moved;
         k.db_len = db_len;
         k.db_mtime_ns = db_mtime_ns;
         self.save(&sh.data)
+    }
+}
+
+impl PeerShip {
+    /// Before an upload: takes the replica's lease, or checks that it is still
+    /// ours. Superseded (another worker took the peer over), the peer is
+    /// fenced: `ESTALE` from here on, logged once.
+    async fn fence(&mut self, sh: &Shared, n: &Names) -> Result<()> {
+        let key = n.lease();
+        let local = lease::local_epoch(&sh.data, &self.name);
+        let held = match &self.lease {
+            Some((epoch, v)) => sh.fence.check(&key, *epoch, v).await?,
+            None => sh.fence.take(&key, local).await?,
+        };
+        match held {
+            Held::Ours(epoch, v) => {
+                if local != Some(epoch) {
+                    lease::save_epoch(&sh.data, &self.name, epoch)?;
+                    tracing::info!(peer = %self.name, epoch, "replica: lease taken");
+                }
+                self.lease = Some((epoch, v));
+                sh.lease_found(&self.name, Ok(epoch));
+                Ok(())
+            }
+            Held::Superseded(l) => {
+                let mine = self.lease.as_ref().map(|x| x.0).or(local).unwrap_or(0);
+                let why = format!(
+                    "peer {} moved: its replica's lease is held at epoch {} by {} since {} (this worker's epoch {mine}): its uploads are refused and it is not served here any more",
+                    self.name, l.epoch, l.holder, l.at
+                );
+                tracing::error!(peer = %self.name, epoch = mine, "replica: fenced: {why}");
+                self.fenced = true;
+                sh.lease_found(&self.name, Err(why.clone()));
+                Err(err!(libc::ESTALE, "{why}"))
+            }
+        }
     }
 }
 
