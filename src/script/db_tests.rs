@@ -12,7 +12,6 @@ use crate::store::SqliteStore;
 use crate::tables::rows::Row;
 use crate::tables::tests::NOTES;
 
-
 struct Fixture {
     _dir: tempfile::TempDir,
     store: SqliteStore,
