@@ -7,77 +7,19 @@
 //! show). Rows are rendered from the store at open (and at stat, for the size).
 //! A peer another daemon of a lattice serves shows no tables here.
 
-use std::sync::Arc;
-
 use super::node::Node;
 use super::Vfs;
 use crate::error::{err, Result};
 use crate::layout::Kind;
-use crate::policy::{PolicyState, RowAsk, RowRule};
-use crate::script::{Access, RowAction};
+use crate::policy::sight::{key_text, render, Sight};
 use crate::tables::rows::Row;
-use crate::tables::Schema;
-
-/// Rows a listing or a `.jsonl` file shows at most (beyond: a script pages).
-const MAX_ROWS: usize = 100_000;
-
-/// What `viewer` may see of `owner`'s tables.
-enum Sight {
-    /// The owner: everything.
-    All(Arc<Schema>),
-    /// Another peer: per table, as the owner's policy decides.
-    Policy(Arc<PolicyState>, String),
-}
-
-impl Sight {
-    fn schema(&self) -> &Schema {
-        match self {
-            Sight::All(s) => s,
-            Sight::Policy(st, _) => &st.tables,
-        }
-    }
-
-    /// The rule for selecting rows of `table` (`None`: every row shows).
-    fn rule(&self, table: &str) -> Option<RowRule> {
-        let Sight::Policy(st, viewer) = self else {
-            return None;
-        };
-        let groups = st.groups.groups_of(viewer);
-        let params = serde_json::json!({});
-        let ask = RowAsk {
-            caller: viewer,
-            groups: &groups,
-            script: "",
-            params: &params,
-            chain: &[],
-        };
-        Some(st.policy.row_rule(&ask, RowAction::Select, table))
-    }
-
-    /// Whether `table` shows at all.
-    fn shows(&self, table: &str) -> bool {
-        self.schema().table(table).is_some()
-            && self.rule(table).is_none_or(|r| r.access != Access::None)
-    }
-}
-
-fn sees(rule: &Option<RowRule>, schema: &Schema, row: &Row) -> bool {
-    rule.as_ref().is_none_or(|r| r.decide(schema, row).is_ok())
-}
 
 impl Vfs {
     fn sight(&self, viewer: &str, owner: &str) -> Result<Sight> {
         if self.core.serves_elsewhere(owner) {
-            return Ok(Sight::All(Arc::default()));
+            return Ok(Sight::none());
         }
-        let p = self.core.peer(owner)?;
-        if viewer == owner {
-            return Ok(Sight::All(p.read(|s| s.schema())?));
-        }
-        Ok(Sight::Policy(
-            self.core.policy().state(&p)?,
-            viewer.to_string(),
-        ))
+        Sight::of(self.core.policy(), &*self.core.peer(owner)?, viewer)
     }
 
     /// `name` in `tables/` (`table` None) or in `tables/<table>/`.
@@ -132,41 +74,12 @@ impl Vfs {
 
     /// The row of `table` whose key's text is `key`, if `sight` sees it.
     fn row_of(&self, sight: &Sight, owner: &str, table: &str, key: &str) -> Result<Option<Row>> {
-        let Some(t) = sight.schema().table(table) else {
-            return Ok(None);
-        };
-        let id = match t.key {
-            crate::tables::KeyKind::Int => match key.parse::<i64>() {
-                Ok(i) => serde_json::Value::from(i),
-                Err(_) => return Ok(None),
-            },
-            _ => serde_json::Value::String(key.to_string()),
-        };
-        let row = self.core.peer(owner)?.read(|s| s.row_get(table, &id))?;
-        let rule = sight.rule(table);
-        Ok(row.filter(|r| sees(&rule, sight.schema(), r)))
+        sight.row(&*self.core.peer(owner)?, table, key)
     }
 
     /// Every row of `table` that `sight` sees, in key order.
     fn rows_of(&self, sight: &Sight, owner: &str, table: &str) -> Result<Vec<Row>> {
-        if !sight.shows(table) {
-            return Err(err!(libc::ENOENT, "no table {table:?}"));
-        }
-        let rule = sight.rule(table);
-        let schema = sight.schema();
-        self.core.peer(owner)?.read(|s| {
-            let t = crate::tables::rows::table(schema, table)?;
-            let mut find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
-            find.limit = MAX_ROWS;
-            let mut rows = Vec::new();
-            s.row_scan(table, &find, None, &mut |r| {
-                if sees(&rule, schema, &r) {
-                    rows.push(r);
-                }
-                rows.len() < MAX_ROWS
-            })?;
-            Ok(rows)
-        })
+        sight.rows(&*self.core.peer(owner)?, table)
     }
 
     /// The listing of `tables/` or `tables/<table>/`.
@@ -180,7 +93,7 @@ impl Vfs {
         let sight = self.sight(peer, target)?;
         let Some(t) = table else {
             let mut out = Vec::new();
-            for name in sight.schema().tables.keys().filter(|n| sight.shows(n)) {
+            for name in sight.tables() {
                 let dir = Node::Tables {
                     peer: p.clone(),
                     target: o.clone(),
@@ -254,20 +167,6 @@ impl Vfs {
                 .ok_or_else(|| err!(libc::ENOENT, "no row {k:?} in table {table}"))?],
             None => self.rows_of(&sight, target, table)?,
         };
-        let mut out = Vec::new();
-        for r in rows {
-            serde_json::to_writer(&mut out, &r)?;
-            out.push(b'\n');
-        }
-        Ok(out)
-    }
-}
-
-/// A row's key as its file name (without `.json`).
-fn key_text(r: &Row) -> String {
-    match r.get(crate::tables::ID) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => String::new(),
+        render(&rows)
     }
 }
