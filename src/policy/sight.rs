@@ -33,11 +33,6 @@ impl Sight {
         Ok(Sight::Policy(gate.state(owner)?, viewer.to_string()))
     }
 
-    /// Nothing: no table shows (a peer no table of which can be read here).
-    pub fn none() -> Sight {
-        Sight::All(Arc::default())
-    }
-
     pub fn schema(&self) -> &Schema {
         match self {
             Sight::All(s) => s,

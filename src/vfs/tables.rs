@@ -4,8 +4,9 @@
 //! (`Op::DeleteRow`). In a peer's own folder every row shows; in its view of
 //! another peer (`peers/<other>/tables/`, read-only) only the rows `<other>`'s
 //! policy lets it select (a table none of whose rows it may select does not
-//! show). Rows are rendered from the store at open (and at stat, for the size).
-//! A peer another daemon of a lattice serves shows no tables here.
+//! show). Rows are rendered from the store at open (and at stat, for the size);
+//! for a peer another daemon of the lattice serves, they are asked of the
+//! owner's worker, which decides with the owner's policy.
 
 use super::node::Node;
 use super::Vfs;
@@ -14,12 +15,39 @@ use crate::layout::Kind;
 use crate::policy::sight::{key_text, render, Sight};
 use crate::tables::rows::Row;
 
+/// Where what a viewer sees of a peer's tables is decided.
+enum Seen {
+    /// Here, the owner being a peer of this daemon.
+    Here(Sight),
+    /// At the worker of the owner, a peer another daemon of the lattice serves.
+    There,
+}
+
 impl Vfs {
-    fn sight(&self, viewer: &str, owner: &str) -> Result<Sight> {
-        if self.core.serves_elsewhere(owner) {
-            return Ok(Sight::none());
+    fn sight(&self, viewer: &str, owner: &str) -> Result<Seen> {
+        if viewer != owner && self.core.serves_elsewhere(owner) {
+            return Ok(Seen::There);
         }
-        Sight::of(self.core.policy(), &*self.core.peer(owner)?, viewer)
+        let p = self.core.peer(owner)?;
+        Ok(Seen::Here(Sight::of(self.core.policy(), &p, viewer)?))
+    }
+
+    /// The tables that show, in name order.
+    fn tables_of(&self, seen: &Seen, viewer: &str, owner: &str) -> Result<Vec<String>> {
+        match seen {
+            Seen::Here(s) => Ok(s.tables()),
+            Seen::There => self.core.remote_tables(owner, viewer),
+        }
+    }
+
+    fn shows(&self, seen: &Seen, viewer: &str, owner: &str, table: &str) -> Result<bool> {
+        match seen {
+            Seen::Here(s) => Ok(s.shows(table)),
+            Seen::There => Ok(self
+                .tables_of(seen, viewer, owner)?
+                .iter()
+                .any(|t| t == table)),
+        }
     }
 
     /// `name` in `tables/` (`table` None) or in `tables/<table>/`.
@@ -35,14 +63,15 @@ impl Vfs {
         let (p, o) = (peer.to_string(), target.to_string());
         match table {
             None => {
-                if sight.shows(name) {
+                if self.shows(&sight, peer, target, name)? {
                     return Ok(Node::Tables {
                         peer: p,
                         target: o,
                         table: Some(name.to_string()),
                     });
                 }
-                let t = name.strip_suffix(".jsonl").filter(|t| sight.shows(t));
+                let t = name.strip_suffix(".jsonl");
+                let t = t.filter(|t| self.shows(&sight, peer, target, t).unwrap_or(false));
                 t.map(|t| Node::TableFile {
                     peer: p.clone(),
                     target: o.clone(),
@@ -60,7 +89,7 @@ impl Vfs {
                 };
                 // A row file the owner is writing shows before its close.
                 if self.staged_get(&parent, name).is_none() {
-                    self.row_of(&sight, target, t, key)?.ok_or_else(missing)?;
+                    (self.row_of(&sight, peer, target, t, key)?).ok_or_else(missing)?;
                 }
                 Ok(Node::TableFile {
                     peer: p,
@@ -72,14 +101,29 @@ impl Vfs {
         }
     }
 
-    /// The row of `table` whose key's text is `key`, if `sight` sees it.
-    fn row_of(&self, sight: &Sight, owner: &str, table: &str, key: &str) -> Result<Option<Row>> {
-        sight.row(&*self.core.peer(owner)?, table, key)
+    /// The row of `table` whose key's text is `key`, if `viewer` sees it.
+    fn row_of(
+        &self,
+        seen: &Seen,
+        viewer: &str,
+        owner: &str,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<Row>> {
+        match seen {
+            Seen::Here(s) => s.row(&*self.core.peer(owner)?, table, key),
+            Seen::There => Ok((self.core.remote_rows(owner, viewer, table, Some(key))?)
+                .into_iter()
+                .next()),
+        }
     }
 
-    /// Every row of `table` that `sight` sees, in key order.
-    fn rows_of(&self, sight: &Sight, owner: &str, table: &str) -> Result<Vec<Row>> {
-        sight.rows(&*self.core.peer(owner)?, table)
+    /// Every row of `table` that `viewer` sees, in key order.
+    fn rows_of(&self, seen: &Seen, viewer: &str, owner: &str, table: &str) -> Result<Vec<Row>> {
+        match seen {
+            Seen::Here(s) => s.rows(&*self.core.peer(owner)?, table),
+            Seen::There => self.core.remote_rows(owner, viewer, table, None),
+        }
     }
 
     /// The listing of `tables/` or `tables/<table>/`.
@@ -93,7 +137,7 @@ impl Vfs {
         let sight = self.sight(peer, target)?;
         let Some(t) = table else {
             let mut out = Vec::new();
-            for name in sight.tables() {
+            for name in self.tables_of(&sight, peer, target)? {
                 let dir = Node::Tables {
                     peer: p.clone(),
                     target: o.clone(),
@@ -111,7 +155,7 @@ impl Vfs {
             return Ok(out);
         };
         Ok(self
-            .rows_of(&sight, target, t)?
+            .rows_of(&sight, peer, target, t)?
             .into_iter()
             .map(|r| {
                 let key = key_text(&r);
@@ -163,9 +207,9 @@ impl Vfs {
         let sight = self.sight(peer, target)?;
         let rows = match key {
             Some(k) => vec![self
-                .row_of(&sight, target, table, k)?
+                .row_of(&sight, peer, target, table, k)?
                 .ok_or_else(|| err!(libc::ENOENT, "no row {k:?} in table {table}"))?],
-            None => self.rows_of(&sight, target, table)?,
+            None => self.rows_of(&sight, peer, target, table)?,
         };
         render(&rows)
     }
