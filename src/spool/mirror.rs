@@ -531,6 +531,7 @@ impl Mirror {
             for (viewer, _) in self.core.registry().list() {
                 for owner in &remote {
                     self.sync_view(&viewer, owner, true);
+                    self.sync_tables_view(&viewer, owner, true);
                 }
             }
         }

@@ -118,7 +118,10 @@ impl Mirror {
     /// The files and folders `viewer`'s mirror of `owner`'s tables should hold.
     fn wanted_tables(&mut self, viewer: &str, owner: &str) -> Result<Wanted> {
         if viewer != owner && !self.core.registry().exists(owner) {
-            // Served nowhere here: nothing shows.
+            if self.core.serves_elsewhere(owner) {
+                return self.wanted_remote_tables(viewer, owner);
+            }
+            // Served nowhere: nothing shows.
             return Ok(Default::default());
         }
         let p = self.core.peer(owner)?;
@@ -126,6 +129,23 @@ impl Mirror {
         let (mut files, mut dirs) = (BTreeMap::new(), Vec::new());
         for t in sight.tables() {
             let rows = sight.rows(&p, &t)?;
+            files.insert(format!("{t}.jsonl"), render(&rows)?);
+            for r in &rows {
+                let k = key_text(r);
+                if file_key(&k) {
+                    files.insert(format!("{t}/{k}.json"), render(std::slice::from_ref(r))?);
+                }
+            }
+            dirs.push(t);
+        }
+        Ok((files, dirs))
+    }
+
+    /// The same, for `owner` a peer of another daemon: asked of its worker.
+    fn wanted_remote_tables(&self, viewer: &str, owner: &str) -> Result<Wanted> {
+        let (mut files, mut dirs) = (BTreeMap::new(), Vec::new());
+        for t in self.core.remote_tables(owner, viewer)? {
+            let rows = self.core.remote_rows(owner, viewer, &t, None)?;
             files.insert(format!("{t}.jsonl"), render(&rows)?);
             for r in &rows {
                 let k = key_text(r);
