@@ -548,6 +548,23 @@ mod tests {
     }
 
     #[test]
+    fn a_rows_request_names_its_table_and_where_to_go_on() {
+        let r: Req =
+            serde_json::from_str(r#"{"kind":"rows","key":"notes","after":"n05"}"#).unwrap();
+        assert_eq!((r.kind, r.key.as_str()), (Ask::Rows, "notes"));
+        assert_eq!((r.row, r.after), (None, Some(Value::from("n05"))));
+        let r: Req = serde_json::from_str(r#"{"kind":"tables","key":""}"#).unwrap();
+        assert_eq!(r.kind, Ask::Tables);
+        // A page that ends the table says nothing of `more`.
+        let last = Resp {
+            rows: Some(Vec::new()),
+            ..Resp::default()
+        };
+        let text = serde_json::to_string(&last).unwrap();
+        assert!(!text.contains("more"), "{text}");
+    }
+
+    #[test]
     fn a_get_answer_keeps_its_old_shape() {
         let r = Resp {
             value: Some(Value::from(1)),

@@ -152,3 +152,96 @@ pub fn render(rows: &[Row]) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::prelude::*;
+    use crate::store::SqliteStore;
+    use serde_json::json;
+
+    const SCHEMA: &str = r#"
+[tables.notes]
+key = "string"
+fields.title  = { type = "string" }
+fields.pinned = { type = "bool", default = false }
+
+[tables.counts]
+key = "int"
+fields.n = { type = "int" }
+"#;
+
+    fn peer() -> (tempfile::TempDir, Peer) {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&d.path().join("alice.sqlite"), true).unwrap();
+        s.begin().unwrap();
+        s.apply_schema(SCHEMA.as_bytes()).unwrap();
+        let schema = s.schema().unwrap();
+        let t = schema.table("notes").unwrap();
+        for i in 0..25 {
+            let v = json!({"id": format!("n{i:02}"), "title": "t", "pinned": i % 5 == 0});
+            let row =
+                crate::tables::rows::prepare_insert(&schema, t, "alice", v.as_object().unwrap(), 0)
+                    .unwrap();
+            s.row_insert("notes", &row).unwrap();
+        }
+        let c = schema.table("counts").unwrap();
+        let row = crate::tables::rows::prepare_insert(
+            &schema,
+            c,
+            "alice",
+            json!({"id": 7, "n": 1}).as_object().unwrap(),
+            0,
+        )
+        .unwrap();
+        s.row_insert("counts", &row).unwrap();
+        let policy = r#"permit(principal == Peer::"bob", action == Action::"select", resource is Table::notes) when { resource.pinned };"#;
+        s.set_meta(super::super::PolicyText::Policy.key(), policy.as_bytes())
+            .unwrap();
+        s.commit().unwrap();
+        (d, Peer::new("alice".into(), Box::new(s)))
+    }
+
+    fn ids(rows: &[Row]) -> Vec<String> {
+        rows.iter().map(key_text).collect()
+    }
+
+    #[test]
+    fn the_owner_sees_every_row_another_peer_what_the_policy_lets_it_select() {
+        let (_d, p) = peer();
+        let gate = PolicyGate::new();
+        let own = Sight::of(&gate, &p, "alice").unwrap();
+        assert_eq!(own.tables(), ["counts", "notes"]);
+        assert_eq!(own.rows(&p, "notes").unwrap().len(), 25);
+        assert_eq!(key_text(&own.row(&p, "counts", "7").unwrap().unwrap()), "7");
+        assert!(own.row(&p, "counts", "x").unwrap().is_none());
+
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        assert_eq!(bob.tables(), ["notes"]);
+        assert!(!bob.shows("counts"));
+        assert_eq!(
+            ids(&bob.rows(&p, "notes").unwrap()),
+            ["n00", "n05", "n10", "n15", "n20"]
+        );
+        assert!(bob.row(&p, "notes", "n01").unwrap().is_none());
+        assert!(bob.row(&p, "notes", "n05").unwrap().is_some());
+        assert_eq!(bob.rows(&p, "counts").unwrap_err().errno, libc::ENOENT);
+        let carol = Sight::of(&gate, &p, "carol").unwrap();
+        assert!(carol.tables().is_empty());
+    }
+
+    #[test]
+    fn rows_come_in_pages_after_a_key() {
+        let (_d, p) = peer();
+        let gate = PolicyGate::new();
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        let first = bob.rows_after(&p, "notes", None, 2).unwrap();
+        assert_eq!(ids(&first), ["n00", "n05"]);
+        let next = bob.rows_after(&p, "notes", Some(&json!("n05")), 2).unwrap();
+        assert_eq!(ids(&next), ["n10", "n15"]);
+        let last = bob.rows_after(&p, "notes", Some(&json!("n15")), 2).unwrap();
+        assert_eq!(ids(&last), ["n20"]);
+        let text = render(&last).unwrap();
+        assert!(text.ends_with(b"\n") && text.iter().filter(|b| **b == b'\n').count() == 1);
+    }
+}

@@ -310,3 +310,26 @@ impl Mirror {
         self.core.apply_async(owner, Op::Log(line), None);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_files_are_a_table_and_a_key() {
+        assert_eq!(row_file("notes/a.json"), Some(("notes", "a")));
+        assert_eq!(row_file("notes/01H.json"), Some(("notes", "01H")));
+        for not in [
+            "notes.jsonl",
+            "notes/a.txt",
+            "notes/.json",
+            "notes/.a.json",
+            "notes/a.json~",
+            "notes/deep/a.json",
+            ".t/a.json",
+        ] {
+            assert_eq!(row_file(not), None, "{not}");
+        }
+        assert!(file_key("a") && !file_key("a/b") && !file_key("..") && !file_key(""));
+    }
+}
