@@ -256,3 +256,35 @@ fn the_owner_writes_and_removes_row_files_in_the_spool() {
     assert!(!users.join("dan.json").exists());
     d.stop();
 }
+
+#[test]
+fn a_restart_keeps_the_mirror_and_takes_row_files_again() {
+    let (t, dir, mut d) = serving(&["alice"]);
+    install(&dir, "alice");
+    let users = dir.join("alice/tables/users");
+    assert!(wait_until(T, || users.is_dir()));
+    put(&users.join("ann.json"), r#"{"mail": "ann@x"}"#);
+    assert!(log_has(&dir, "alice", "write tables/users/ann.json"));
+    assert!(wait_until(T, || json_of(&users.join("ann.json"))
+        .is_some_and(|v| v["id"] == "ann")));
+    d.stop();
+    // A file the mirror wrote is not taken for the owner's at the next start; a
+    // change made while the daemon was stopped gives way to the row.
+    std::fs::write(users.join("ann.json"), r#"{"mail": "changed@x"}"#).unwrap();
+    let mut d = SpoolDaemon::start(&t.path().join("data"), &dir, t.path());
+    assert!(wait_until(T, || json_of(&users.join("ann.json"))
+        == Some(json!({"id": "ann", "mail": "ann@x", "age": null}))));
+    // Row files are taken again after the restart.
+    put(&users.join("bea.json"), r#"{"mail": "bea@x", "age": 3}"#);
+    assert!(wait_until(T, || json_of(&users.join("bea.json"))
+        == Some(json!({"id": "bea", "mail": "bea@x", "age": 3}))));
+    assert_eq!(run(&dir, "alice", "n", "db.users.count()"), json!(2));
+    let log = std::fs::read_to_string(dir.join("alice/log")).unwrap();
+    assert_eq!(
+        log.matches("write tables/users/ann.json").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("refused"), "{log}");
+    d.stop();
+}
