@@ -215,8 +215,20 @@ impl Mirror {
                 self.submit_row(owner, path, rel, Some(h), op);
             }
         }
-        // Row files this process wrote, or the owner wrote and is applying,
-        // that are gone: removed by the owner (a removal follows the write).
+        self.take_removals(owner, dir, want, &mut keep);
+        keep
+    }
+
+    /// Row files this process wrote, or the owner wrote and is applying, that
+    /// are gone: removed by the owner (a removal follows the write).
+    fn take_removals(
+        &mut self,
+        owner: &str,
+        dir: &Path,
+        want: &BTreeMap<String, Vec<u8>>,
+        keep: &mut HashSet<String>,
+    ) {
+        let own = owner_of(&self.core, owner);
         let writing = (self.rows_pending.iter()).filter_map(|(p, t)| t.map(|_| p));
         let candidates: HashSet<&PathBuf> = self.written.keys().chain(writing).collect();
         let gone: Vec<(PathBuf, String)> = as_owner(own, || {
@@ -241,7 +253,6 @@ impl Mirror {
                 self.submit_row(owner, path, rel, None, op);
             }
         }
-        keep
     }
 
     fn submit_row(&self, owner: &str, path: PathBuf, rel: String, taken: Option<u128>, op: Op) {
