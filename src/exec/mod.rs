@@ -72,6 +72,8 @@ pub enum Change {
     Log,
     Modules,
     Meta(String),
+    /// Rows of declared tables were written (by a run or a row file).
+    Rows,
 }
 
 pub trait Listener: Send + Sync {

@@ -181,6 +181,9 @@ impl Core {
         if outcome.status == Status::Ok && outcome.wrote {
             fx.push(Effect::Changed(Change::State));
         }
+        if outcome.status == Status::Ok && outcome.wrote_rows {
+            fx.push(Effect::Changed(Change::Rows));
+        }
         fx.extend(history_fx);
         Ok(Some(fx))
     }
@@ -439,6 +442,7 @@ pub(super) fn failed_outcome(status: Status, error: String) -> Outcome {
         sends: vec![],
         duration: Duration::ZERO,
         wrote: false,
+        wrote_rows: false,
         storage_error: None,
     }
 }

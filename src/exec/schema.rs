@@ -60,12 +60,18 @@ impl Core {
                     return Err(err!(libc::ENOENT, "no row {key:?} in table {table}"));
                 }
                 st.append_log(&format!("{ts} remove tables/{table}/{key}.json"))?;
-                return Ok(vec![Effect::Changed(Change::Log)]);
+                return Ok(vec![
+                    Effect::Changed(Change::Rows),
+                    Effect::Changed(Change::Log),
+                ]);
             }
             _ => unreachable!("apply_one routes only row ops to apply_row"),
         };
         st.append_log(&format!("{ts} write tables/{table}/{key}.json"))?;
-        Ok(vec![Effect::Changed(Change::Log)])
+        Ok(vec![
+            Effect::Changed(Change::Rows),
+            Effect::Changed(Change::Log),
+        ])
     }
 
     /// A new `policy.cedar` validated against the peer's declared tables.

@@ -4,80 +4,50 @@
 //! (`Op::DeleteRow`). In a peer's own folder every row shows; in its view of
 //! another peer (`peers/<other>/tables/`, read-only) only the rows `<other>`'s
 //! policy lets it select (a table none of whose rows it may select does not
-//! show). Rows are rendered from the store at open (and at stat, for the size).
-//! A peer another daemon of a lattice serves shows no tables here.
-
-use std::sync::Arc;
+//! show). Rows are rendered from the store at open (and at stat, for the size);
+//! for a peer another daemon of the lattice serves, they are asked of the
+//! owner's worker, which decides with the owner's policy.
 
 use super::node::Node;
 use super::Vfs;
 use crate::error::{err, Result};
 use crate::layout::Kind;
-use crate::policy::{PolicyState, RowAsk, RowRule};
-use crate::script::{Access, RowAction};
+use crate::policy::sight::{key_text, render, Sight};
 use crate::tables::rows::Row;
-use crate::tables::Schema;
 
-/// Rows a listing or a `.jsonl` file shows at most (beyond: a script pages).
-const MAX_ROWS: usize = 100_000;
-
-/// What `viewer` may see of `owner`'s tables.
-enum Sight {
-    /// The owner: everything.
-    All(Arc<Schema>),
-    /// Another peer: per table, as the owner's policy decides.
-    Policy(Arc<PolicyState>, String),
-}
-
-impl Sight {
-    fn schema(&self) -> &Schema {
-        match self {
-            Sight::All(s) => s,
-            Sight::Policy(st, _) => &st.tables,
-        }
-    }
-
-    /// The rule for selecting rows of `table` (`None`: every row shows).
-    fn rule(&self, table: &str) -> Option<RowRule> {
-        let Sight::Policy(st, viewer) = self else {
-            return None;
-        };
-        let groups = st.groups.groups_of(viewer);
-        let params = serde_json::json!({});
-        let ask = RowAsk {
-            caller: viewer,
-            groups: &groups,
-            script: "",
-            params: &params,
-            chain: &[],
-        };
-        Some(st.policy.row_rule(&ask, RowAction::Select, table))
-    }
-
-    /// Whether `table` shows at all.
-    fn shows(&self, table: &str) -> bool {
-        self.schema().table(table).is_some()
-            && self.rule(table).is_none_or(|r| r.access != Access::None)
-    }
-}
-
-fn sees(rule: &Option<RowRule>, schema: &Schema, row: &Row) -> bool {
-    rule.as_ref().is_none_or(|r| r.decide(schema, row).is_ok())
+/// Where what a viewer sees of a peer's tables is decided.
+enum Seen {
+    /// Here, the owner being a peer of this daemon.
+    Here(Sight),
+    /// At the worker of the owner, a peer another daemon of the lattice serves.
+    There,
 }
 
 impl Vfs {
-    fn sight(&self, viewer: &str, owner: &str) -> Result<Sight> {
-        if self.core.serves_elsewhere(owner) {
-            return Ok(Sight::All(Arc::default()));
+    fn sight(&self, viewer: &str, owner: &str) -> Result<Seen> {
+        if viewer != owner && self.core.serves_elsewhere(owner) {
+            return Ok(Seen::There);
         }
         let p = self.core.peer(owner)?;
-        if viewer == owner {
-            return Ok(Sight::All(p.read(|s| s.schema())?));
+        Ok(Seen::Here(Sight::of(self.core.policy(), &p, viewer)?))
+    }
+
+    /// The tables that show, in name order.
+    fn tables_of(&self, seen: &Seen, viewer: &str, owner: &str) -> Result<Vec<String>> {
+        match seen {
+            Seen::Here(s) => Ok(s.tables()),
+            Seen::There => self.core.remote_tables(owner, viewer),
         }
-        Ok(Sight::Policy(
-            self.core.policy().state(&p)?,
-            viewer.to_string(),
-        ))
+    }
+
+    fn shows(&self, seen: &Seen, viewer: &str, owner: &str, table: &str) -> Result<bool> {
+        match seen {
+            Seen::Here(s) => Ok(s.shows(table)),
+            Seen::There => Ok(self
+                .tables_of(seen, viewer, owner)?
+                .iter()
+                .any(|t| t == table)),
+        }
     }
 
     /// `name` in `tables/` (`table` None) or in `tables/<table>/`.
@@ -93,14 +63,15 @@ impl Vfs {
         let (p, o) = (peer.to_string(), target.to_string());
         match table {
             None => {
-                if sight.shows(name) {
+                if self.shows(&sight, peer, target, name)? {
                     return Ok(Node::Tables {
                         peer: p,
                         target: o,
                         table: Some(name.to_string()),
                     });
                 }
-                let t = name.strip_suffix(".jsonl").filter(|t| sight.shows(t));
+                let t = name.strip_suffix(".jsonl");
+                let t = t.filter(|t| self.shows(&sight, peer, target, t).unwrap_or(false));
                 t.map(|t| Node::TableFile {
                     peer: p.clone(),
                     target: o.clone(),
@@ -118,7 +89,7 @@ impl Vfs {
                 };
                 // A row file the owner is writing shows before its close.
                 if self.staged_get(&parent, name).is_none() {
-                    self.row_of(&sight, target, t, key)?.ok_or_else(missing)?;
+                    (self.row_of(&sight, peer, target, t, key)?).ok_or_else(missing)?;
                 }
                 Ok(Node::TableFile {
                     peer: p,
@@ -130,43 +101,29 @@ impl Vfs {
         }
     }
 
-    /// The row of `table` whose key's text is `key`, if `sight` sees it.
-    fn row_of(&self, sight: &Sight, owner: &str, table: &str, key: &str) -> Result<Option<Row>> {
-        let Some(t) = sight.schema().table(table) else {
-            return Ok(None);
-        };
-        let id = match t.key {
-            crate::tables::KeyKind::Int => match key.parse::<i64>() {
-                Ok(i) => serde_json::Value::from(i),
-                Err(_) => return Ok(None),
-            },
-            _ => serde_json::Value::String(key.to_string()),
-        };
-        let row = self.core.peer(owner)?.read(|s| s.row_get(table, &id))?;
-        let rule = sight.rule(table);
-        Ok(row.filter(|r| sees(&rule, sight.schema(), r)))
+    /// The row of `table` whose key's text is `key`, if `viewer` sees it.
+    fn row_of(
+        &self,
+        seen: &Seen,
+        viewer: &str,
+        owner: &str,
+        table: &str,
+        key: &str,
+    ) -> Result<Option<Row>> {
+        match seen {
+            Seen::Here(s) => s.row(&*self.core.peer(owner)?, table, key),
+            Seen::There => Ok((self.core.remote_rows(owner, viewer, table, Some(key))?)
+                .into_iter()
+                .next()),
+        }
     }
 
-    /// Every row of `table` that `sight` sees, in key order.
-    fn rows_of(&self, sight: &Sight, owner: &str, table: &str) -> Result<Vec<Row>> {
-        if !sight.shows(table) {
-            return Err(err!(libc::ENOENT, "no table {table:?}"));
+    /// Every row of `table` that `viewer` sees, in key order.
+    fn rows_of(&self, seen: &Seen, viewer: &str, owner: &str, table: &str) -> Result<Vec<Row>> {
+        match seen {
+            Seen::Here(s) => s.rows(&*self.core.peer(owner)?, table),
+            Seen::There => self.core.remote_rows(owner, viewer, table, None),
         }
-        let rule = sight.rule(table);
-        let schema = sight.schema();
-        self.core.peer(owner)?.read(|s| {
-            let t = crate::tables::rows::table(schema, table)?;
-            let mut find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
-            find.limit = MAX_ROWS;
-            let mut rows = Vec::new();
-            s.row_scan(table, &find, None, &mut |r| {
-                if sees(&rule, schema, &r) {
-                    rows.push(r);
-                }
-                rows.len() < MAX_ROWS
-            })?;
-            Ok(rows)
-        })
     }
 
     /// The listing of `tables/` or `tables/<table>/`.
@@ -180,7 +137,7 @@ impl Vfs {
         let sight = self.sight(peer, target)?;
         let Some(t) = table else {
             let mut out = Vec::new();
-            for name in sight.schema().tables.keys().filter(|n| sight.shows(n)) {
+            for name in self.tables_of(&sight, peer, target)? {
                 let dir = Node::Tables {
                     peer: p.clone(),
                     target: o.clone(),
@@ -198,7 +155,7 @@ impl Vfs {
             return Ok(out);
         };
         Ok(self
-            .rows_of(&sight, target, t)?
+            .rows_of(&sight, peer, target, t)?
             .into_iter()
             .map(|r| {
                 let key = key_text(&r);
@@ -250,24 +207,10 @@ impl Vfs {
         let sight = self.sight(peer, target)?;
         let rows = match key {
             Some(k) => vec![self
-                .row_of(&sight, target, table, k)?
+                .row_of(&sight, peer, target, table, k)?
                 .ok_or_else(|| err!(libc::ENOENT, "no row {k:?} in table {table}"))?],
-            None => self.rows_of(&sight, target, table)?,
+            None => self.rows_of(&sight, peer, target, table)?,
         };
-        let mut out = Vec::new();
-        for r in rows {
-            serde_json::to_writer(&mut out, &r)?;
-            out.push(b'\n');
-        }
-        Ok(out)
-    }
-}
-
-/// A row's key as its file name (without `.json`).
-fn key_text(r: &Row) -> String {
-    match r.get(crate::tables::ID) {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => String::new(),
+        render(&rows)
     }
 }
