@@ -17,7 +17,7 @@ use super::owner_of;
 use crate::error::Result;
 use crate::exec::Op;
 use crate::layout::TABLES;
-use crate::peer::name::is_staging_name;
+use crate::names::is_staging_name;
 use crate::policy::sight::{key_text, render, Sight};
 
 /// The answer to a row file's write (`taken`: the hash of what was taken) or
