@@ -749,6 +749,10 @@ fn start_core(cfg: Config, start: Start) -> peerfs::Result<(Core, FolderLock)> {
         Some(l) => l,
         None => lock_data(&cfg.data_dir, "a daemon")?,
     };
+    if let (Some(o), Some(r)) = (&start.lattice, &cfg.replica) {
+        // Peers moved here by name: restored before the stores open.
+        peerfs::lattice::arrive::restore_arrived(o, r, &cfg.data_dir, cfg.only.as_deref())?;
+    }
     let core = Core::start(cfg)?;
     if let Some(o) = start.lattice {
         if let Err(e) = peerfs::lattice::join(&core, o) {
@@ -905,7 +909,7 @@ fn run(peer: &str, file: &str, place: &DropAt, caller: Option<&str>, full: bool)
         );
         return Exit::Usage.into();
     }
-    let stem = peerfs::peer::name::script_stem(&name).to_string();
+    let stem = peerfs::names::script_stem(&name).to_string();
     let out = base.join("outbox").join(format!("{stem}.json"));
     let bytes = if let DropAt::Spool(_) = place {
         let log = root.join(caller.unwrap_or(peer)).join("log");
@@ -947,95 +951,108 @@ fn run(peer: &str, file: &str, place: &DropAt, caller: Option<&str>, full: bool)
 }
 
 fn policy_cmd(cmd: PolicyCmd) -> ExitCode {
-    use peerfs::policy::{Action, Groups, Policy};
-    let fail = |code: Exit, m: String| {
-        eprintln!("peerfs policy: {m}");
-        ExitCode::from(code)
-    };
     match cmd {
         PolicyCmd::Check {
             file,
             groups,
             schema,
-        } => {
-            if let Some(s) = schema {
-                let text = match std::fs::read_to_string(&s) {
-                    Ok(t) => t,
-                    Err(e) => return fail(Exit::Io, format!("{}: {e}", s.display())),
-                };
-                match peerfs::tables::parse::parse(&text) {
-                    Ok(sc) => println!("{}: ok ({} tables)", s.display(), sc.tables.len()),
-                    Err(e) => return fail(Exit::Failed, format!("{}: {}", s.display(), e.message)),
-                }
-            }
-            let text = match std::fs::read_to_string(&file) {
-                Ok(t) => t,
-                Err(e) => return fail(Exit::Io, format!("{}: {e}", file.display())),
-            };
-            match Policy::parse(&text) {
-                Ok(p) => {
-                    for w in p.warnings() {
-                        eprintln!("warning: {w}");
-                    }
-                    println!("{}: ok ({} policies)", file.display(), p.len());
-                }
-                Err(e) => return fail(Exit::Failed, format!("{}: {e}", file.display())),
-            }
-            if let Some(g) = groups {
-                let text = match std::fs::read_to_string(&g) {
-                    Ok(t) => t,
-                    Err(e) => return fail(Exit::Io, format!("{}: {e}", g.display())),
-                };
-                if let Err(e) = Groups::parse(&text) {
-                    return fail(Exit::Failed, format!("{}: {e}", g.display()));
-                }
-                println!("{}: ok", g.display());
-            }
-            ExitCode::SUCCESS
-        }
+        } => policy_check(&file, groups.as_deref(), schema.as_deref()),
         PolicyCmd::Explain {
             data,
             peer,
             caller,
             action,
             object,
-        } => {
-            // Explaining is not running: its errors are usage (64) or I/O (74),
-            // never a script's error (1).
-            let Some(action) = Action::parse(&action) else {
-                return fail(
-                    Exit::Usage,
-                    format!("unknown action {action:?}: use run, read, write, send or import"),
-                );
-            };
-            if !data.join("peers").is_dir() {
-                let m = format!(
-                    "{} is not a peerfs data folder (no peers/ in it): check --data",
-                    data.display()
-                );
-                return fail(Exit::Usage, m);
+        } => policy_explain(&data, &peer, &caller, &action, object.unwrap_or_default()),
+    }
+}
+
+/// `peerfs policy ...` refused: the reason on stderr, the exit status `code`.
+fn policy_fail(code: Exit, m: String) -> ExitCode {
+    eprintln!("peerfs policy: {m}");
+    ExitCode::from(code)
+}
+
+/// `peerfs policy check FILE [--groups FILE] [--schema FILE]`: each file
+/// validated (the policy against the declared tables of `--schema`, if given).
+fn policy_check(file: &Path, groups: Option<&Path>, schema: Option<&Path>) -> ExitCode {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+    // The declared tables the policy is validated against (none: no tables).
+    let mut tables = peerfs::tables::Schema::default();
+    if let Some(s) = schema {
+        let text = match read(s) {
+            Ok(t) => t,
+            Err(m) => return policy_fail(Exit::Io, m),
+        };
+        match peerfs::tables::parse::parse(&text) {
+            Ok(sc) => {
+                println!("{}: ok ({} tables)", s.display(), sc.tables.len());
+                tables = sc;
             }
-            let reg = match peerfs::peer::Registry::new(&data, None) {
-                Ok(r) => r,
-                Err(e) => return fail(Exit::Io, e.to_string()),
-            };
-            if !reg.exists(&peer) {
-                let m = format!("no peer named {peer:?} in {}", data.display());
-                return fail(Exit::Usage, m);
-            }
-            let mut st = match peerfs::store::SqliteStore::open_reader(&reg.path_of(&peer)) {
-                Ok(s) => s,
-                Err(e) => return fail(Exit::Io, e.to_string()),
-            };
-            let obj = object.unwrap_or_default();
-            let d = match peerfs::policy::verdict(&mut st, &caller, &peer, action, &obj) {
-                Ok(d) => d,
-                Err(e) => return fail(Exit::Io, e.to_string()),
-            };
-            println!("{}", d.explain());
-            ExitCode::from(if d.allowed() { Exit::Ok } else { Exit::Denied })
+            Err(e) => return policy_fail(Exit::Failed, format!("{}: {}", s.display(), e.message)),
         }
     }
+    let text = match read(file) {
+        Ok(t) => t,
+        Err(m) => return policy_fail(Exit::Io, m),
+    };
+    match peerfs::policy::Policy::parse_for(&text, &tables) {
+        Ok(p) => {
+            for w in p.warnings() {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: ok ({} policies)", file.display(), p.len());
+        }
+        Err(e) => return policy_fail(Exit::Failed, format!("{}: {e}", file.display())),
+    }
+    if let Some(g) = groups {
+        let text = match read(g) {
+            Ok(t) => t,
+            Err(m) => return policy_fail(Exit::Io, m),
+        };
+        if let Err(e) = peerfs::policy::Groups::parse(&text) {
+            return policy_fail(Exit::Failed, format!("{}: {e}", g.display()));
+        }
+        println!("{}: ok", g.display());
+    }
+    ExitCode::SUCCESS
+}
+
+/// `peerfs policy explain --data DATA PEER CALLER ACTION [OBJECT]`. Explaining
+/// is not running: its errors are usage (64) or I/O (74), never a script's
+/// error (1).
+fn policy_explain(data: &Path, peer: &str, caller: &str, action: &str, obj: String) -> ExitCode {
+    let Some(action) = peerfs::policy::Action::parse(action) else {
+        return policy_fail(
+            Exit::Usage,
+            format!("unknown action {action:?}: use run, read, write, send or import"),
+        );
+    };
+    if !data.join("peers").is_dir() {
+        let m = format!(
+            "{} is not a peerfs data folder (no peers/ in it): check --data",
+            data.display()
+        );
+        return policy_fail(Exit::Usage, m);
+    }
+    let reg = match peerfs::peer::Registry::new(data, None) {
+        Ok(r) => r,
+        Err(e) => return policy_fail(Exit::Io, e.to_string()),
+    };
+    if !reg.exists(peer) {
+        let m = format!("no peer named {peer:?} in {}", data.display());
+        return policy_fail(Exit::Usage, m);
+    }
+    let mut st = match peerfs::store::SqliteStore::open_reader(&reg.path_of(peer)) {
+        Ok(s) => s,
+        Err(e) => return policy_fail(Exit::Io, e.to_string()),
+    };
+    let d = match peerfs::policy::verdict(&mut st, caller, peer, action, &obj) {
+        Ok(d) => d,
+        Err(e) => return policy_fail(Exit::Io, e.to_string()),
+    };
+    println!("{}", d.explain());
+    ExitCode::from(if d.allowed() { Exit::Ok } else { Exit::Denied })
 }
 
 /// Makes the data folder if missing and takes its lock (the daemon that serves

@@ -4,7 +4,7 @@
 
 #[cfg(fuzzing)]
 use libfuzzer_sys::fuzz_target;
-use peerfs::peer::name::{
+use peerfs::names::{
     check_key, check_module_name, check_peer_name, check_segment, is_staging_name, script_stem,
     MAX_KEY, MAX_PEER_NAME, MAX_SEGMENT,
 };

@@ -17,7 +17,7 @@ use super::txn::Effect;
 use super::{test_hooks, Change, Core, MessageKind};
 use crate::error::err;
 use crate::error::Result;
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::peer::Peer;
 use crate::store::{Job, Message, Store};
 use crate::util::{now_ns, rfc3339};
@@ -217,6 +217,9 @@ impl Core {
             | Op::SetDirAttrs { .. } => {
                 self.with_history(st, &peer.name, op, |st| self.apply_state(st, op))
             }
+            Op::PutRow { .. } | Op::DeleteRow { .. } => {
+                self.with_history(st, &peer.name, op, |st| Self::apply_row(st, &peer.name, op))
+            }
             Op::SetMeta(k, text) if k == crate::tables::META_KEY => {
                 self.with_history(st, &peer.name, op, |st| self.apply_schema(st, peer, text))
             }
@@ -245,7 +248,7 @@ impl Core {
         let changed_and_logged = vec![Effect::Changed(Change::State), Effect::Changed(Change::Log)];
         match op {
             Op::SetBytes(key, bytes) => {
-                crate::peer::name::check_key(key)?;
+                crate::names::check_key(key)?;
                 st.set_bytes(key, bytes)?;
                 st.append_log(&format!("{ts} write state/{key} {} bytes", bytes.len()))?;
                 self.0.stats.writes.fetch_add(1, Ordering::Relaxed);
@@ -259,19 +262,19 @@ impl Core {
                 st.append_log(&format!("{ts} remove state/{key}"))?;
             }
             Op::Rename(from, to) => {
-                crate::peer::name::check_key(to)?;
+                crate::names::check_key(to)?;
                 st.rename(from, to)?;
                 crate::store::keep_parents(st, from, now_ns())?;
                 st.append_log(&format!("{ts} rename state/{from} state/{to}"))?;
             }
             Op::RenameDir(from, to) => {
-                crate::peer::name::check_key(to)?;
+                crate::names::check_key(to)?;
                 let n = st.rename_dir(from, to)?;
                 crate::store::keep_parents(st, from, now_ns())?;
                 st.append_log(&format!("{ts} rename state/{from}/ state/{to}/ ({n} keys)"))?;
             }
             Op::MakeDir(dir) => {
-                crate::peer::name::check_key(dir)?;
+                crate::names::check_key(dir)?;
                 st.keep_folder(dir, None, Some(now_ns()))?;
                 st.append_log(&format!("{ts} mkdir state/{dir}/"))?;
             }

@@ -12,7 +12,7 @@ use super::submit::message_job;
 use super::transport::{Delivery, DeliveryAck};
 use super::{provenance, Core, MessageKind, RunResult};
 use crate::error::Error;
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::peer::Peer;
 use crate::script::Status;
 use crate::store::Message;

@@ -23,7 +23,7 @@ use super::state::actor;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core};
 use crate::error::{err, Error, Result};
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::peer::Peer;
 use crate::store::journal::{Entry, Journal};
 use crate::store::{Job, OutboxEntry};

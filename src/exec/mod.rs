@@ -72,6 +72,8 @@ pub enum Change {
     Log,
     Modules,
     Meta(String),
+    /// Rows of declared tables were written (by a run or a row file).
+    Rows,
 }
 
 pub trait Listener: Send + Sync {
@@ -133,6 +135,10 @@ struct Inner {
     replica: Option<Arc<crate::replica::Replica>>,
 }
 
+/// How long a peer's first open waits for its replica's lease (an object
+/// store slower than this: the peer is served, the lease taken at its upload).
+const LEASE_WAIT: Duration = Duration::from_secs(2);
+
 /// The running core: registry, worker pool, executor. Cheap to clone.
 #[derive(Clone)]
 pub struct Core(Arc<Inner>);
@@ -181,48 +187,56 @@ impl Core {
             replica,
             cfg,
         }));
-        let mut threads = Vec::new();
-        for i in 0..core.0.cfg.workers.max(1) {
-            let c = core.clone();
-            // Big stacks: Rhai's own depth limits must trip before the thread's stack.
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("peerfs-worker-{i}"))
-                    .stack_size(64 << 20)
-                    .spawn(move || c.worker())?,
-            );
-        }
-        let c = core.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("peerfs-intake".into())
-                .spawn(move || c.journal_writer(intake_rx))?,
-        );
-        let c = core.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("peerfs-sweeper".into())
-                .spawn(move || c.sweeper())?,
-        );
-        let c = core.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("peerfs-waits".into())
-                .spawn(move || {
-                    while !c.0.quit.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(100));
-                        c.0.waits.tick();
-                    }
-                })?,
-        );
-        let c = core.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("peerfs-recovery".into())
-                .spawn(move || c.recover_all())?,
-        );
+        let threads = core.spawn_threads(intake_rx)?;
         *core.0.threads.lock().unwrap() = threads;
         Ok(core)
+    }
+
+    /// The core's threads: the workers (big stacks: Rhai's own depth limits must
+    /// trip before a thread's stack), the intake journal's writer, the sweeper,
+    /// the thread that ends waiting reads, and recovery.
+    fn spawn_threads(
+        &self,
+        intake_rx: std::sync::mpsc::Receiver<intake::Submission>,
+    ) -> Result<Vec<std::thread::JoinHandle<()>>> {
+        let spawn = |name: String, stack: Option<usize>, f: Box<dyn FnOnce() + Send>| {
+            let b = std::thread::Builder::new().name(name);
+            match stack {
+                Some(n) => b.stack_size(n),
+                None => b,
+            }
+            .spawn(f)
+        };
+        let mut threads = Vec::new();
+        for i in 0..self.0.cfg.workers.max(1) {
+            let c = self.clone();
+            let worker = Box::new(move || c.worker());
+            threads.push(spawn(format!("peerfs-worker-{i}"), Some(64 << 20), worker)?);
+        }
+        let c = self.clone();
+        let writer = Box::new(move || c.journal_writer(intake_rx));
+        threads.push(spawn("peerfs-intake".into(), None, writer)?);
+        let c = self.clone();
+        threads.push(spawn(
+            "peerfs-sweeper".into(),
+            None,
+            Box::new(move || c.sweeper()),
+        )?);
+        let c = self.clone();
+        let waits = Box::new(move || {
+            while !c.0.quit.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                c.0.waits.tick();
+            }
+        });
+        threads.push(spawn("peerfs-waits".into(), None, waits)?);
+        let c = self.clone();
+        threads.push(spawn(
+            "peerfs-recovery".into(),
+            None,
+            Box::new(move || c.recover_all()),
+        )?);
+        Ok(threads)
     }
 
     pub fn config(&self) -> &Config {
@@ -289,6 +303,15 @@ impl Core {
 
     /// The open peer (opening and recovering it on first use).
     pub fn peer(&self, name: &str) -> Result<Arc<Peer>> {
+        if let Some(r) = &self.0.replica {
+            // Moved to another worker, which took the replica's lease.
+            if let Some(why) = r.fenced(name) {
+                return Err(err!(libc::ESTALE, "{why}"));
+            }
+            if !self.0.registry.is_open(name) && self.0.registry.exists(name) {
+                r.hold(name, LEASE_WAIT)?;
+            }
+        }
         let (peer, opened) = self.0.registry.open(name)?;
         if opened {
             self.recover(&peer)?;

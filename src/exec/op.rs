@@ -32,6 +32,18 @@ pub enum Op {
     SetModule(String, Vec<u8>),
     RemoveModule(String),
     SetMeta(String, Vec<u8>),
+    /// A row file written by the owner (`tables/<table>/<key>.json`): the row
+    /// inserted, or replaced whole.
+    PutRow {
+        table: String,
+        key: String,
+        json: Vec<u8>,
+    },
+    /// A row file removed by the owner: the row deleted.
+    DeleteRow {
+        table: String,
+        key: String,
+    },
     OutboxRemove(String, String),
     /// A message from another peer (a script to run, or a result to show).
     Deliver {

@@ -12,7 +12,7 @@ use super::state::{actor, PendingResult};
 use super::{wait, Core};
 use crate::error::err;
 use crate::error::Result;
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::peer::Peer;
 use crate::store::{Job, OutboxEntry};
 

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::store::Message;
 use crate::util::{now_ns, rfc3339};
 

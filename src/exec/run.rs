@@ -14,7 +14,7 @@ use super::state::actor;
 use super::txn::Effect;
 use super::{test_hooks, Change, Core, MessageKind, RunResult};
 use crate::error::Result;
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::peer::Peer;
 use crate::script::{self, Capability, Host, Outcome, RunInput, Status};
 use crate::store::{Job, Message, Store, Txn};
@@ -180,6 +180,9 @@ impl Core {
         // makes the mount invalidate the kernel's cached state entries).
         if outcome.status == Status::Ok && outcome.wrote {
             fx.push(Effect::Changed(Change::State));
+        }
+        if outcome.status == Status::Ok && outcome.wrote_rows {
+            fx.push(Effect::Changed(Change::Rows));
         }
         fx.extend(history_fx);
         Ok(Some(fx))
@@ -439,6 +442,7 @@ pub(super) fn failed_outcome(status: Status, error: String) -> Outcome {
         sends: vec![],
         duration: Duration::ZERO,
         wrote: false,
+        wrote_rows: false,
         storage_error: None,
     }
 }

@@ -2,7 +2,8 @@
 //! the tables migrated in the batch's transaction (`Store::apply_schema`), the
 //! data dropped with the owner's consent kept as JSON lines under
 //! `DATA/removed/<peer>/` before the commit, and a log line saying what changed.
-//! A refusal fails the op alone: the old schema stays in force.
+//! A refusal fails the op alone: the old schema stays in force. Also the row
+//! files the owner writes and removes on the mount (`Op::PutRow`, `Op::DeleteRow`).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -24,6 +25,7 @@ impl Core {
     ) -> Result<Vec<Effect>> {
         Self::check_policy_with(st, text)?;
         let m = st.apply_schema(text)?;
+        super::test_hooks::abort_in_migration(text);
         let ts = rfc3339(now_ns());
         let mut kept = Vec::new();
         for (what, lines) in &m.removed {
@@ -36,6 +38,38 @@ impl Core {
         st.append_log(&line)?;
         Ok(vec![
             Effect::Changed(Change::Meta(crate::tables::META_KEY.to_string())),
+            Effect::Changed(Change::Log),
+        ])
+    }
+
+    /// A row file written or removed by the owner.
+    pub(super) fn apply_row(
+        st: &mut dyn Store,
+        peer: &str,
+        op: &super::op::Op,
+    ) -> Result<Vec<Effect>> {
+        let ts = rfc3339(now_ns());
+        let (table, key) = match op {
+            super::op::Op::PutRow { table, key, json } => {
+                put_row(st, peer, table, key, json)?;
+                (table, key)
+            }
+            super::op::Op::DeleteRow { table, key } => {
+                let id = row_id(st, table, key)?;
+                if !st.row_delete(table, &id)? {
+                    return Err(err!(libc::ENOENT, "no row {key:?} in table {table}"));
+                }
+                st.append_log(&format!("{ts} remove tables/{table}/{key}.json"))?;
+                return Ok(vec![
+                    Effect::Changed(Change::Rows),
+                    Effect::Changed(Change::Log),
+                ]);
+            }
+            _ => unreachable!("apply_one routes only row ops to apply_row"),
+        };
+        st.append_log(&format!("{ts} write tables/{table}/{key}.json"))?;
+        Ok(vec![
+            Effect::Changed(Change::Rows),
             Effect::Changed(Change::Log),
         ])
     }
@@ -103,4 +137,66 @@ impl Core {
         crate::util::sync_dir(dir);
         Ok(rel)
     }
+}
+
+/// The key of a row file's name in `table`.
+fn row_id(st: &mut dyn Store, table: &str, key: &str) -> Result<serde_json::Value> {
+    let schema = st.schema()?;
+    let t = crate::tables::rows::table(&schema, table)?;
+    let id = match t.key {
+        crate::tables::KeyKind::Int => serde_json::Value::from(
+            key.parse::<i64>()
+                .map_err(|_| err!(libc::EINVAL, "table {table}: {key:?} is not an integer key"))?,
+        ),
+        _ => serde_json::Value::String(key.to_string()),
+    };
+    crate::tables::value::key_sql(t, &id)?;
+    Ok(id)
+}
+
+/// A row file's JSON as the row of its key: inserted (the owner its owner), or
+/// replacing the row whole (fields left out take their defaults). `id` and
+/// `owner`, if the file has them, must be the row's.
+fn put_row(st: &mut dyn Store, peer: &str, table: &str, key: &str, json: &[u8]) -> Result<()> {
+    let id = row_id(st, table, key)?;
+    let schema = st.schema()?;
+    let t = crate::tables::rows::table(&schema, table)?;
+    let mut values = match serde_json::from_slice::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(o)) => o,
+        _ => {
+            return Err(err!(
+                libc::EINVAL,
+                "tables/{table}/{key}.json: expected one JSON object (a row)"
+            ))
+        }
+    };
+    let before = st.row_get(table, &id)?;
+    if values.get(crate::tables::ID).is_some_and(|v| *v != id) {
+        return Err(err!(
+            libc::EINVAL,
+            "table {table}, field id: the file's name says {key:?}"
+        ));
+    }
+    values.remove(crate::tables::ID);
+    let owner = before
+        .as_ref()
+        .and_then(|b| b.get(crate::tables::OWNER))
+        .and_then(|o| o.as_str())
+        .unwrap_or(peer)
+        .to_string();
+    if t.owner
+        && values
+            .remove(crate::tables::OWNER)
+            .is_some_and(|o| o != owner.as_str())
+    {
+        return Err(err!(libc::EINVAL, "table {table}, field owner: read-only"));
+    }
+    values.insert(crate::tables::ID.into(), id);
+    let row = crate::tables::rows::prepare_insert(&schema, t, &owner, &values, now_ns())?;
+    if before.is_some() {
+        st.row_replace(table, &row)?;
+    } else {
+        st.row_insert(table, &row)?;
+    }
+    Ok(())
 }

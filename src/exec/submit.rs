@@ -9,7 +9,7 @@ use super::Core;
 use super::MessageKind;
 use crate::error::err;
 use crate::error::Result;
-use crate::peer::name::check_peer_name;
+use crate::names::check_peer_name;
 use crate::script::Limits;
 use crate::store::{Job, Message};
 use crate::util::{new_id, now_ns};

@@ -16,6 +16,10 @@
 //! `PEERFS_TEST_ABORT_AFTER_DRAIN=PEER`: the daemon aborts once peer PEER has
 //! taken held submissions into its queue (committed) and before the journal
 //! drops them.
+//!
+//! `PEERFS_TEST_ABORT_IN_MIGRATION=MARKER`: a `schema.toml` whose text contains
+//! MARKER aborts the daemon once its migration has run in the open transaction,
+//! before the commit.
 
 use std::sync::OnceLock;
 
@@ -48,6 +52,18 @@ pub(crate) fn marked(job: &Job) -> bool {
 pub(crate) fn abort_if_marked(job: &Job) {
     if marked(job) {
         tracing::error!(run = %job.id, script = %job.name, "PEERFS_TEST_ABORT_ON: aborting the daemon (test hook)");
+        std::process::abort();
+    }
+}
+
+/// Aborts the process when a schema text carries the migration marker.
+pub(crate) fn abort_in_migration(text: &[u8]) {
+    static M: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    let m = M.get_or_init(|| env_marker("PEERFS_TEST_ABORT_IN_MIGRATION"));
+    if m.as_deref().is_some_and(|m| contains(text, m)) {
+        tracing::error!(
+            "PEERFS_TEST_ABORT_IN_MIGRATION: aborting the daemon mid-migration (test hook)"
+        );
         std::process::abort();
     }
 }

@@ -10,6 +10,7 @@ use super::{Core, Inner};
 use crate::error::err;
 use crate::error::{Error, Result};
 use crate::store::{DirEntry, Message};
+use crate::tables::rows::Row;
 
 /// What a message between peers carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +131,24 @@ pub trait Transport: Send + Sync {
     fn remote_view_bytes(&self, owner: &str, _reader: &str, _key: &str) -> Result<Vec<u8>> {
         Err(not_here(owner))
     }
+
+    /// The declared tables of `owner` (a peer of another daemon) of which its
+    /// policy lets `reader` select rows, decided where `owner` is served.
+    fn remote_tables(&self, owner: &str, _reader: &str) -> Result<Vec<String>> {
+        Err(not_here(owner))
+    }
+
+    /// The rows of `table` of `owner` that `reader` may select there, in key
+    /// order (`key`: only the row of that key's text, if it may).
+    fn remote_rows(
+        &self,
+        owner: &str,
+        _reader: &str,
+        _table: &str,
+        _key: Option<&str>,
+    ) -> Result<Vec<Row>> {
+        Err(not_here(owner))
+    }
 }
 
 fn not_here(owner: &str) -> Error {
@@ -224,6 +243,22 @@ impl Core {
     /// [`Transport::remote_view_bytes`].
     pub fn remote_view_bytes(&self, owner: &str, reader: &str, key: &str) -> Result<Vec<u8>> {
         self.transport().remote_view_bytes(owner, reader, key)
+    }
+
+    /// [`Transport::remote_tables`].
+    pub fn remote_tables(&self, owner: &str, reader: &str) -> Result<Vec<String>> {
+        self.transport().remote_tables(owner, reader)
+    }
+
+    /// [`Transport::remote_rows`].
+    pub fn remote_rows(
+        &self,
+        owner: &str,
+        reader: &str,
+        table: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<Row>> {
+        self.transport().remote_rows(owner, reader, table, key)
     }
 
     /// The message a script `caller` drops for `target`, a peer of another daemon

@@ -21,7 +21,7 @@ use async_nats::jetstream::kv;
 use super::{check_token, creds::Creds, Names};
 use crate::error::err;
 use crate::error::{Error, Result};
-use crate::peer::name::check_peer_name;
+use crate::names::check_peer_name;
 
 /// What `lattice release` is asked to do.
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@
 //! The lattice runs on a small tokio runtime on its own thread; the executor's
 //! threads hand it work through channels and never block inside it.
 
+pub mod arrive;
 pub mod creds;
 pub mod handover;
 pub mod provision;
@@ -306,6 +307,29 @@ fn connect(
     worker: &str,
     creds: Option<&creds::Creds>,
 ) -> Result<(async_nats::Client, async_nats::jetstream::Context)> {
+    let co = connect_options(opts, names, worker, creds);
+    let url = opts.url.clone();
+    let client = rt
+        .block_on(async move { co.connect(url).await })
+        .map_err(|e| err!(libc::EINVAL, "nats {}: {e}", opts.url))?;
+    let js = {
+        // The context spawns a task of its own.
+        let _rt = rt.enter();
+        let mut js = async_nats::jetstream::new(client.clone());
+        js.set_timeout(opts.timeout);
+        js
+    };
+    Ok((client, js))
+}
+
+/// How `worker` connects: its name, its credentials, its own inbox prefix,
+/// retries while the server is away.
+fn connect_options(
+    opts: &Options,
+    names: &Names,
+    worker: &str,
+    creds: Option<&creds::Creds>,
+) -> async_nats::ConnectOptions {
     let mut co = async_nats::ConnectOptions::new()
         .name(format!("peerfs {worker}"))
         .retry_on_initial_connect()
@@ -331,18 +355,7 @@ fn connect(
     if let Some(c) = creds {
         co = co.user_and_password(c.user.clone(), c.password.clone());
     }
-    let url = opts.url.clone();
-    let client = rt
-        .block_on(async move { co.connect(url).await })
-        .map_err(|e| err!(libc::EINVAL, "nats {}: {e}", opts.url))?;
-    let js = {
-        // The context spawns a task of its own.
-        let _rt = rt.enter();
-        let mut js = async_nats::jetstream::new(client.clone());
-        js.set_timeout(opts.timeout);
-        js
-    };
-    Ok((client, js))
+    co
 }
 
 /// Credentials in a URL would be in argv (every local user's `ps`) and in

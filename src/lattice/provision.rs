@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::{check_token, creds::Creds, Names};
 use crate::error::err;
 use crate::error::{Error, Result};
-use crate::peer::name::check_peer_name;
+use crate::names::check_peer_name;
 
 /// The file `lattice init` writes beside `nats-server.conf`.
 pub const PLAN: &str = "lattice.toml";

@@ -7,6 +7,10 @@
 //! may publish on that subject, so the reader is who it says; the request's
 //! `kind` says what is asked (a request without one is a `get`, as before kinds).
 //!
+//! Declared tables too: `tables` (the tables whose rows the reader may select)
+//! and `rows` (one row, or a page of rows after a key, as many as fit a reply),
+//! decided with [`Sight`] as for a reader of the owner's daemon.
+//!
 //! A reply is one JSON object; a reply to `bytes` is followed by a newline and one
 //! chunk of the value's bytes (as much as fits the server's `max_payload`): the
 //! reader asks again from the next offset until it has the whole value, and starts
@@ -22,8 +26,10 @@ use super::Lattice;
 use crate::error::err;
 use crate::error::{Error, Result};
 use crate::peer::Peer;
+use crate::policy::sight::{Sight, MAX_ROWS};
 use crate::policy::Action;
 use crate::store::DirEntry;
+use crate::tables::rows::Row;
 
 /// The largest value a remote view shows (the largest a state file may be);
 /// beyond it the read is `EFBIG`.
@@ -32,6 +38,9 @@ const MAX_VALUE: u64 = crate::vfs::MAX_STATE_FILE;
 const REPLY_ROOM: usize = 4096;
 /// How often a read of a value that keeps changing between chunks starts over.
 const BYTES_TRIES: usize = 3;
+/// Rows an owner reads for one page of a remote view (fewer go when they do not
+/// fit a reply).
+const ROWS_PAGE: usize = 1000;
 
 #[derive(Serialize, Deserialize, Clone, Copy, Default, PartialEq, Eq, Debug)]
 #[serde(rename_all = "lowercase")]
@@ -45,9 +54,14 @@ enum Ask {
     Stat,
     /// The bytes of the value `key`, from `offset`.
     Bytes,
+    /// The declared tables of which the reader may select rows.
+    Tables,
+    /// Rows of the table `key` the reader may select: the row whose key's text
+    /// is `row`, or a page of rows in key order after the key `after`.
+    Rows,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize, Deserialize, Default)]
 struct Req {
     #[serde(default)]
     kind: Ask,
@@ -58,6 +72,10 @@ struct Req {
     params: Value,
     #[serde(default, skip_serializing_if = "is_zero")]
     offset: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    row: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    after: Option<Value>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -80,6 +98,13 @@ struct Resp {
     size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mtime_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tables: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    rows: Option<Vec<Row>>,
+    /// `rows`: more rows follow the last one (ask again after it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    more: bool,
 }
 
 impl Resp {
@@ -182,6 +207,7 @@ fn answer(l: &Lattice, owner: &str, reader: &str, body: &[u8]) -> (Resp, Vec<u8>
     };
     let r = l.core.peer(owner).and_then(|p| match req.kind {
         Ask::Get => get(l, &p, reader, &req).map(|r| (r, Vec::new())),
+        Ask::Tables | Ask::Rows => tables(l, &p, reader, &req).map(|r| (r, Vec::new())),
         _ => view(l, &p, reader, &req),
     });
     r.unwrap_or_else(|e| (Resp::failed(e), Vec::new()))
@@ -219,7 +245,7 @@ fn view(l: &Lattice, p: &Peer, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>
     let may = |k: &str| core.policy().may_read(core, reader, &p.name, k);
     let key = &req.key;
     match req.kind {
-        Ask::Get => unreachable!("answered by get"),
+        Ask::Get | Ask::Tables | Ask::Rows => unreachable!("answered by get and tables"),
         Ask::List => {
             let entries = p.view_list(key, may)?;
             let r = Resp {
@@ -262,6 +288,46 @@ fn view(l: &Lattice, p: &Peer, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>
             Ok((r, bytes[start..end].to_vec()))
         }
     }
+}
+
+/// `tables` and `rows`, decided with `owner`'s policy as for a reader of this
+/// daemon ([`Sight`]). A page of rows holds what fits the server's `max_payload`.
+fn tables(l: &Lattice, p: &Peer, reader: &str, req: &Req) -> Result<Resp> {
+    if reader == p.name {
+        return Err(err!(libc::EACCES, "{reader} is served here, not elsewhere"));
+    }
+    let sight = Sight::of(l.core.policy(), p, reader)?;
+    if req.kind == Ask::Tables {
+        return Ok(Resp {
+            tables: Some(sight.tables()),
+            ..Resp::default()
+        });
+    }
+    if let Some(k) = &req.row {
+        let row = sight.row(p, &req.key, k)?;
+        return Ok(Resp {
+            rows: Some(row.into_iter().collect()),
+            ..Resp::default()
+        });
+    }
+    let page = sight.rows_after(p, &req.key, req.after.as_ref(), ROWS_PAGE)?;
+    let budget = max_payload(l).saturating_sub(REPLY_ROOM);
+    let mut more = page.len() == ROWS_PAGE;
+    let (mut rows, mut size) = (Vec::new(), 0);
+    for r in page {
+        let n = serde_json::to_vec(&r)?.len() + 1;
+        if size + n > budget && !rows.is_empty() {
+            more = true;
+            break;
+        }
+        size += n;
+        rows.push(r);
+    }
+    Ok(Resp {
+        rows: Some(rows),
+        more,
+        ..Resp::default()
+    })
 }
 
 /// One request to `owner`'s worker, as `reader`: its reply (the JSON, and what
@@ -319,14 +385,58 @@ fn ask_view(
     let req = Req {
         kind,
         key: key.to_string(),
-        script: String::new(),
-        params: Value::Null,
         offset,
+        ..Req::default()
     };
-    let (resp, rest) = ask(l, owner, reader, &req)?;
+    ask_ok(l, owner, reader, &req)
+}
+
+/// `ask`: the owner's error becomes this side's, errno and all.
+fn ask_ok(l: &Lattice, owner: &str, reader: &str, req: &Req) -> Result<(Resp, Vec<u8>)> {
+    let (resp, rest) = ask(l, owner, reader, req)?;
     match resp.error {
         Some(e) => Err(Error::new(resp.errno.unwrap_or(libc::EIO), e)),
         None => Ok((resp, rest)),
+    }
+}
+
+/// The tables of `owner` of which `reader` may select rows.
+pub(super) fn remote_tables(l: &Lattice, owner: &str, reader: &str) -> Result<Vec<String>> {
+    let req = Req {
+        kind: Ask::Tables,
+        ..Req::default()
+    };
+    Ok(ask_ok(l, owner, reader, &req)?.0.tables.unwrap_or_default())
+}
+
+/// The rows of `table` of `owner` that `reader` may select (`key`: the one of
+/// that key), page after page, up to [`MAX_ROWS`].
+pub(super) fn remote_rows(
+    l: &Lattice,
+    owner: &str,
+    reader: &str,
+    table: &str,
+    key: Option<&str>,
+) -> Result<Vec<Row>> {
+    let mut out: Vec<Row> = Vec::new();
+    let mut after = None;
+    loop {
+        let req = Req {
+            kind: Ask::Rows,
+            key: table.to_string(),
+            row: key.map(str::to_string),
+            after: after.clone(),
+            ..Req::default()
+        };
+        let resp = ask_ok(l, owner, reader, &req)?.0;
+        let rows = resp.rows.unwrap_or_default();
+        let more = resp.more && key.is_none() && !rows.is_empty();
+        after = rows.last().and_then(|r| r.get(crate::tables::ID).cloned());
+        out.extend(rows);
+        if !more || out.len() >= MAX_ROWS {
+            out.truncate(MAX_ROWS);
+            return Ok(out);
+        }
     }
 }
 
@@ -344,7 +454,7 @@ pub(super) fn remote_get(
         key: key.to_string(),
         script: script.to_string(),
         params: params.clone(),
-        offset: 0,
+        ..Req::default()
     };
     let (resp, _) = ask(l, owner, reader, &req).map_err(|e| {
         err!(
@@ -435,6 +545,23 @@ mod tests {
         assert_eq!(r.offset, 0);
         let r: Req = serde_json::from_str(r#"{"kind":"bytes","key":"k","offset":7}"#).unwrap();
         assert_eq!((r.kind, r.offset), (Ask::Bytes, 7));
+    }
+
+    #[test]
+    fn a_rows_request_names_its_table_and_where_to_go_on() {
+        let r: Req =
+            serde_json::from_str(r#"{"kind":"rows","key":"notes","after":"n05"}"#).unwrap();
+        assert_eq!((r.kind, r.key.as_str()), (Ask::Rows, "notes"));
+        assert_eq!((r.row, r.after), (None, Some(Value::from("n05"))));
+        let r: Req = serde_json::from_str(r#"{"kind":"tables","key":""}"#).unwrap();
+        assert_eq!(r.kind, Ask::Tables);
+        // A page that ends the table says nothing of `more`.
+        let last = Resp {
+            rows: Some(Vec::new()),
+            ..Resp::default()
+        };
+        let text = serde_json::to_string(&last).unwrap();
+        assert!(!text.contains("more"), "{text}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use super::creds::{Creds, ADMIN};
 use super::Names;
 use crate::error::err;
 use crate::error::Result;
-use crate::peer::name::check_peer_name;
+use crate::names::check_peer_name;
 
 /// One worker of the deployment and the peers it serves.
 #[derive(Debug, Clone)]

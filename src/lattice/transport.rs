@@ -85,6 +85,20 @@ impl Transport for Nats {
         super::read::remote_view_bytes(&self.0, owner, reader, key)
     }
 
+    fn remote_tables(&self, owner: &str, reader: &str) -> Result<Vec<String>> {
+        super::read::remote_tables(&self.0, owner, reader)
+    }
+
+    fn remote_rows(
+        &self,
+        owner: &str,
+        reader: &str,
+        table: &str,
+        key: Option<&str>,
+    ) -> Result<Vec<crate::tables::rows::Row>> {
+        super::read::remote_rows(&self.0, owner, reader, table, key)
+    }
+
     fn deliver(&self, from: &str, msg: Message, ack: DeliveryAck) {
         let l = &self.0;
         if l.core.registry().exists(&msg.to) {

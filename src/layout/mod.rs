@@ -55,6 +55,8 @@ pub enum Room {
     Peers,
     Text(PolicyText),
     Log,
+    /// `tables/`: the declared tables' rows, read-only (`vfs/tables.rs`).
+    Tables,
     /// `.history/`: the peer's past, read only, for its owner (`vfs/history.rs`;
     /// the spool does not lay it out).
     History,
@@ -166,6 +168,15 @@ pub const PEERS: Entry = Entry {
 pub const POLICY: Entry = text(PolicyText::Policy);
 pub const GROUPS: Entry = text(PolicyText::Groups);
 pub const SCHEMA: Entry = text(PolicyText::Schema);
+pub const TABLES: Entry = Entry {
+    name: "tables",
+    kind: Kind::Dir,
+    mode: 0o555,
+    writer: Writer::Daemon,
+    close: Close::Nothing,
+    room: Room::Tables,
+    in_view: true,
+};
 pub const LOG: Entry = Entry {
     name: "log",
     kind: Kind::File,
@@ -194,8 +205,8 @@ pub const SNAPSHOTS: Entry = Entry {
 };
 
 /// A peer's folder as it is served today, in the order `ls -U` shows it.
-pub const PEER_FOLDER: [Entry; 11] = [
-    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, SCHEMA, LOG, HISTORY, SNAPSHOTS,
+pub const PEER_FOLDER: [Entry; 12] = [
+    INBOX, OUTBOX, STATE, MODULES, PEERS, POLICY, GROUPS, SCHEMA, TABLES, LOG, HISTORY, SNAPSHOTS,
 ];
 
 /// The entries of a peer's folder that the mount and the spool serve.
@@ -276,7 +287,7 @@ mod tests {
             assert_eq!((e.name, e.close), (t.file(), Close::Apply(t)));
         }
         let view: Vec<_> = l.view().map(|e| e.name).collect();
-        assert_eq!(view, ["inbox", "outbox", "state"]);
+        assert_eq!(view, ["inbox", "outbox", "state", "tables"]);
         assert_eq!(
             l.written(Kind::Dir, "/", "and"),
             "inbox/, state/ and modules/"

@@ -3,7 +3,6 @@
 
 pub(crate) mod files;
 /// What a peer name, key or script name may be ([`crate::names`]), also here.
-pub use crate::names as name;
 pub use files::private_dir;
 mod registry;
 mod restore;

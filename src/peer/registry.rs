@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::files;
-use super::name::check_peer_name;
 use super::Peer;
 use crate::error::err;
 use crate::error::Result;
+use crate::names::check_peer_name;
 use crate::store::SqliteStore;
 
 /// What the registry keeps for every peer, open or not (a few dozen bytes).

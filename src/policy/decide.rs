@@ -196,6 +196,7 @@ impl Policy {
             groups,
             resource_type,
             resource_attr,
+            row: None,
             object,
             script: req.script,
             params: req.params,
@@ -412,7 +413,7 @@ pub(super) fn cedar_principal_and_params(
     params: &serde_json::Value,
     who: (&EntityUid, &[EntityUid]),
 ) -> Result<Entities, PolicyError> {
-    let req = row_request(caller, "", params, &[]);
+    let req = row_request(caller, "", params, &[], 0);
     let needs = Needs {
         principal: true,
         ctx_params: true,
@@ -428,8 +429,13 @@ pub(super) fn cedar_context_full(
     script: &str,
     params: &serde_json::Value,
     chain: &[String],
+    now: i64,
 ) -> Result<Context, PolicyError> {
-    cedar_context(env, &row_request(caller, script, params, chain), Needs::ALL)
+    cedar_context(
+        env,
+        &row_request(caller, script, params, chain, now),
+        Needs::ALL,
+    )
 }
 
 fn row_request<'a>(
@@ -437,6 +443,7 @@ fn row_request<'a>(
     script: &'a str,
     params: &'a serde_json::Value,
     chain: &'a [String],
+    now: i64,
 ) -> Request<'a> {
     Request {
         caller,
@@ -445,7 +452,7 @@ fn row_request<'a>(
         object: None,
         script,
         params,
-        now: crate::util::now_ns() / 1_000_000_000,
+        now,
         chain,
     }
 }

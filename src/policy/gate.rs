@@ -300,17 +300,15 @@ impl<P: Peers> Host for PolicyHost<P> {
         row: &crate::tables::rows::Row,
     ) -> Result<()> {
         let rule = self.row_rule(action, table);
-        let groups = self.state.groups.groups_of(&self.caller);
-        rule.decide(&self.state.tables, &self.ask(&groups), row)
-            .map_err(|why| {
-                err!(
-                    libc::EACCES,
-                    "denied: {why}, for {} at {} (policy.cedar of {})",
-                    self.caller,
-                    self.target,
-                    self.target
-                )
-            })
+        rule.decide(&self.state.tables, row).map_err(|why| {
+            err!(
+                libc::EACCES,
+                "denied: {why}, for {} at {} (policy.cedar of {})",
+                self.caller,
+                self.target,
+                self.target
+            )
+        })
     }
 
     fn check_script(&self, ast: &AST) -> Result<()> {

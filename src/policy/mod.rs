@@ -77,6 +77,7 @@ mod groups;
 mod native;
 mod parse;
 mod rows;
+pub mod sight;
 mod state;
 #[cfg(test)]
 mod tests;

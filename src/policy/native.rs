@@ -281,13 +281,39 @@ fn literal(v: &Json) -> Option<Expr> {
 // ---------------------------------------------------------------------------
 // Evaluation
 
+/// An attribute of a row of a declared table (the resource of a row action),
+/// borrowed from the row where it can be.
+#[derive(Debug)]
+pub(super) enum RowAttr<'a> {
+    Bool(bool),
+    Long(i64),
+    Str(Cow<'a, str>),
+    /// `owner`: the entity `Peer::"<name>"`.
+    Peer(&'a str),
+    Set(Vec<RowAttr<'a>>),
+}
+
+impl<'a> RowAttr<'a> {
+    fn val(&'a self) -> Val<'a> {
+        match self {
+            RowAttr::Bool(b) => Val::Bool(*b),
+            RowAttr::Long(n) => Val::Long(*n),
+            RowAttr::Str(s) => Val::Str(Cow::Borrowed(s)),
+            RowAttr::Peer(p) => Val::Entity(PEER, p),
+            RowAttr::Set(items) => Val::Set(items.iter().map(RowAttr::val).collect()),
+        }
+    }
+}
+
 /// The request as the evaluator sees it.
 pub(super) struct Req<'a> {
     pub caller: &'a str,
     /// the caller's groups (all of type `Group`)
     pub groups: &'a [EntityUid],
-    pub resource_type: &'static str,
+    pub resource_type: &'a str,
     pub resource_attr: &'static str,
+    /// For a row action: the row's attributes (then `resource_attr` is unused).
+    pub row: Option<&'a [(&'a str, RowAttr<'a>)]>,
     pub object: &'a str,
     pub script: &'a str,
     pub params: &'a Json,
@@ -402,7 +428,11 @@ impl<'a> Req<'a> {
                 return Ok(Val::Str(Cow::Borrowed(self.caller)));
             }
         } else if self.is_resource(ty, id) {
-            if attr == self.resource_attr {
+            if let Some(row) = self.row {
+                if let Some((_, a)) = row.iter().find(|(n, _)| *n == attr) {
+                    return Ok(a.val());
+                }
+            } else if attr == self.resource_attr {
                 return Ok(Val::Str(Cow::Borrowed(self.object)));
             }
         } else if !self.is_params(ty, id) {
@@ -419,7 +449,11 @@ impl<'a> Req<'a> {
 
     fn has(&self, (ty, id): (&str, &str), attr: &str) -> bool {
         (self.is_principal(ty, id) && attr == "name")
-            || (self.is_resource(ty, id) && attr == self.resource_attr)
+            || (self.is_resource(ty, id)
+                && match self.row {
+                    Some(row) => row.iter().any(|(n, _)| *n == attr),
+                    None => attr == self.resource_attr,
+                })
     }
 
     fn tag(&self, (ty, id): (&str, &str), tag: &str) -> Option<Val<'a>> {
@@ -461,7 +495,9 @@ impl<'a> Req<'a> {
             ),
             // the common case, without the entity lookup
             Expr::Attr(left, attr)
-                if matches!(**left, Expr::Resource) && **attr == *self.resource_attr =>
+                if self.row.is_none()
+                    && matches!(**left, Expr::Resource)
+                    && **attr == *self.resource_attr =>
             {
                 Val::Str(Cow::Borrowed(self.object))
             }

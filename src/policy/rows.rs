@@ -21,10 +21,12 @@ use crate::tables::{KeyKind, Schema as Tables, Table, Type};
 
 /// The actions on rows, as Cedar names them.
 pub fn row_action_uid(a: RowAction) -> EntityUid {
-    EntityUid::from_type_name_and_id(
-        EntityTypeName::from_str("Action").expect("a valid type name"),
-        EntityId::new(a.as_str()),
-    )
+    static UIDS: LazyLock<[EntityUid; 4]> = LazyLock::new(|| {
+        let t = EntityTypeName::from_str("Action").expect("a valid type name");
+        RowAction::ALL
+            .map(|a| EntityUid::from_type_name_and_id(t.clone(), EntityId::new(a.as_str())))
+    });
+    UIDS[a as usize].clone()
 }
 
 fn attr_type(s: &Tables, ty: &Type) -> Option<String> {
@@ -110,6 +112,51 @@ pub struct RowRule {
     names: Vec<String>,
     table: String,
     action: RowAction,
+    /// What every row's request shares, made once: the principal (and the
+    /// params entity), the context.
+    base: Option<Base>,
+    /// Every candidate's conditions compiled for the native evaluator (and its
+    /// resource scope a type or none): rows are decided without Cedar.
+    native: Option<Vec<(Effect, Vec<native::Cond>)>>,
+}
+
+struct Base {
+    /// `Table::<name>`.
+    rtype: EntityTypeName,
+    rtype_text: String,
+    me: EntityUid,
+    groups: Vec<EntityUid>,
+    caller: String,
+    script: String,
+    params: Value,
+    now: i64,
+    entities: Entities,
+    context: Context,
+}
+
+impl Base {
+    fn of(ask: &RowAsk, table: &str) -> Result<Base, PolicyError> {
+        let env = env()?;
+        let groups: Vec<EntityUid> = (ask.groups.iter())
+            .map(|g| EntityUid::from_type_name_and_id(env.group.clone(), EntityId::new(g)))
+            .collect();
+        let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
+        let entities = cedar_principal_and_params(env, ask.caller, ask.params, (&me, &groups))?;
+        let now = crate::util::now_ns() / 1_000_000_000;
+        let context = cedar_context_full(env, ask.caller, ask.script, ask.params, ask.chain, now)?;
+        Ok(Base {
+            rtype: type_name(&format!("Table::{table}"))?,
+            rtype_text: format!("Table::{table}"),
+            me,
+            caller: ask.caller.to_string(),
+            script: ask.script.to_string(),
+            params: ask.params.clone(),
+            now,
+            groups,
+            entities,
+            context,
+        })
+    }
 }
 
 /// The parts of a run a row decision reads besides the row.
@@ -130,6 +177,8 @@ impl Policy {
             names,
             table: table.to_string(),
             action,
+            base: None,
+            native: None,
         };
         let Ok(env) = env() else { return none(vec![]) };
         let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
@@ -162,36 +211,46 @@ impl Policy {
             .iter()
             .any(|m| m.effect == Effect::Permit && unconditional(&m))
             && !chosen.iter().any(|m| m.effect == Effect::Forbid);
-        let set = super::decide::cedar_set(&chosen).ok();
+        let access = if all { Access::All } else { Access::PerRow };
+        let per_row = access == Access::PerRow;
+        let native = (chosen.iter())
+            .map(|m| match (&m.native, &m.rscope) {
+                (Some(c), ResourceScope::Any | ResourceScope::Type(_)) => {
+                    Some((m.effect, c.clone()))
+                }
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>();
         RowRule {
-            access: if all { Access::All } else { Access::PerRow },
-            set,
+            access,
+            set: per_row
+                .then(|| super::decide::cedar_set(&chosen).ok())
+                .flatten(),
             names,
             table: table.to_string(),
             action,
+            base: per_row.then(|| Base::of(ask, table).ok()).flatten(),
+            native: native.filter(|_| per_row),
         }
     }
 }
 
 impl RowRule {
     /// Whether `row` may be acted on; `Err` says which rule denied.
-    pub fn decide(
-        &self,
-        tables: &Tables,
-        ask: &RowAsk,
-        row: &crate::tables::rows::Row,
-    ) -> Result<(), String> {
+    pub fn decide(&self, tables: &Tables, row: &crate::tables::rows::Row) -> Result<(), String> {
         match self.access {
             Access::All => return Ok(()),
             Access::None => return Err(self.denied("no policy permits it")),
             Access::PerRow => {}
         }
-        let Some(set) = &self.set else {
+        let (Some(set), Some(base)) = (&self.set, &self.base) else {
             return Err(self.denied("the policy could not be evaluated"));
         };
-        let allowed = self
-            .evaluate(set, tables, ask, row)
-            .map_err(|e| self.denied(&e.message))?;
+        let allowed = match &self.native {
+            Some(n) => self.evaluate_native(n, base, tables, row),
+            None => self.evaluate(set, base, tables, row),
+        };
+        let allowed = allowed.map_err(|e| self.denied(&e.message))?;
         if allowed {
             Ok(())
         } else {
@@ -203,38 +262,102 @@ impl RowRule {
         format!("{} on table {}: {why}", self.action.as_str(), self.table)
     }
 
+    /// [`RowRule::evaluate`] without Cedar (the same answer: tests compare them).
+    fn evaluate_native(
+        &self,
+        natives: &[(Effect, Vec<native::Cond>)],
+        base: &Base,
+        tables: &Tables,
+        row: &crate::tables::rows::Row,
+    ) -> Result<bool, PolicyError> {
+        let t = tables
+            .table(&self.table)
+            .ok_or_else(|| PolicyError::new(format!("no table {}", self.table)))?;
+        let id_text = match row.get(crate::tables::ID) {
+            Some(Value::String(s)) => std::borrow::Cow::Borrowed(s.as_str()),
+            Some(v) => std::borrow::Cow::Owned(v.to_string()),
+            None => std::borrow::Cow::Borrowed(""),
+        };
+        let attrs = row_attrs(tables, t, row);
+        let req = native::Req {
+            caller: &base.caller,
+            groups: &base.groups,
+            resource_type: &base.rtype_text,
+            resource_attr: "",
+            row: Some(&attrs),
+            object: &id_text,
+            script: &base.script,
+            params: &base.params,
+            now: base.now,
+        };
+        let mut permitted = false;
+        for (effect, conds) in natives {
+            // An erroring policy does not hold, as in Cedar.
+            if native::satisfied(conds, &req).unwrap_or(false) {
+                match effect {
+                    Effect::Forbid => return Ok(false),
+                    Effect::Permit => permitted = true,
+                }
+            }
+        }
+        Ok(permitted)
+    }
+
+    /// Cedar's answer for one row.
+    #[doc(hidden)]
+    pub fn decide_via_cedar(
+        &self,
+        tables: &Tables,
+        row: &crate::tables::rows::Row,
+    ) -> Option<bool> {
+        match self.access {
+            Access::All => Some(true),
+            Access::None => Some(false),
+            Access::PerRow => {
+                let (set, base) = (self.set.as_ref()?, self.base.as_ref()?);
+                self.evaluate(set, base, tables, row).ok()
+            }
+        }
+    }
+
+    /// Whether rows are decided natively (for tests).
+    #[doc(hidden)]
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
     fn evaluate(
         &self,
         set: &PolicySet,
+        base: &Base,
         tables: &Tables,
-        ask: &RowAsk,
         row: &crate::tables::rows::Row,
     ) -> Result<bool, PolicyError> {
         let env = env()?;
         let t = tables
             .table(&self.table)
             .ok_or_else(|| PolicyError::new(format!("no table {}", self.table)))?;
-        let groups: Vec<EntityUid> = (ask.groups.iter())
-            .map(|g| EntityUid::from_type_name_and_id(env.group.clone(), EntityId::new(g)))
-            .collect();
-        let me = EntityUid::from_type_name_and_id(env.peer.clone(), EntityId::new(ask.caller));
         let id_text = match row.get(crate::tables::ID) {
             Some(Value::String(s)) => s.clone(),
             Some(v) => v.to_string(),
             None => String::new(),
         };
-        let rtype = type_name(&format!("Table::{}", self.table))?;
-        let resource = EntityUid::from_type_name_and_id(rtype, EntityId::new(&id_text));
+        let resource =
+            EntityUid::from_type_name_and_id(base.rtype.clone(), EntityId::new(&id_text));
         let attrs = attributes(env, tables, t, row);
         let entity = Entity::new(resource.clone(), attrs, HashSet::new())
             .map_err(|e| PolicyError::new(format!("internal error: row entity: {e}")))?;
-        let entities = cedar_principal_and_params(env, ask.caller, ask.params, (&me, &groups))?
+        let entities = (base.entities.clone())
             .add_entities([entity], None)
             .map_err(|e| PolicyError::new(format!("internal error: {e}")))?;
-        let context = cedar_context_full(env, ask.caller, ask.script, ask.params, ask.chain)?;
-        let request =
-            cedar_policy::Request::new(me, row_action_uid(self.action), resource, context, None)
-                .map_err(|e| PolicyError::new(format!("internal error: {e}")))?;
+        let request = cedar_policy::Request::new(
+            base.me.clone(),
+            row_action_uid(self.action),
+            resource,
+            base.context.clone(),
+            None,
+        )
+        .map_err(|e| PolicyError::new(format!("internal error: {e}")))?;
         let response = env.authorizer.is_authorized(&request, set, &entities);
         Ok(response.decision() == cedar_policy::Decision::Allow)
     }
@@ -276,6 +399,61 @@ fn attributes(
         }
     }
     out
+}
+
+/// The row's attributes for the native evaluator: the same as [`attributes`].
+fn row_attrs<'a>(
+    tables: &Tables,
+    t: &Table,
+    row: &'a crate::tables::rows::Row,
+) -> Vec<(&'a str, native::RowAttr<'a>)> {
+    let mut out = Vec::with_capacity(t.fields.len() + 3);
+    out.push((
+        "table",
+        native::RowAttr::Str(std::borrow::Cow::Owned(t.name.clone())),
+    ));
+    let id_ty = t.column_type(crate::tables::ID).unwrap_or(Type::String);
+    if let Some((k, v)) = row.get_key_value(crate::tables::ID) {
+        if let Some(a) = row_value(&id_ty, v) {
+            out.push((k.as_str(), a));
+        }
+    }
+    if t.owner {
+        if let Some((k, Value::String(o))) = row.get_key_value(crate::tables::OWNER) {
+            out.push((k.as_str(), native::RowAttr::Peer(o)));
+        }
+    }
+    for f in t.fields.values() {
+        if attr_type(tables, &f.ty).is_none() {
+            continue;
+        }
+        if let Some((k, v)) = row.get_key_value(&f.name) {
+            if let Some(a) = row_value(&f.ty, v) {
+                out.push((k.as_str(), a));
+            }
+        }
+    }
+    out
+}
+
+fn row_value<'a>(ty: &Type, v: &'a Value) -> Option<native::RowAttr<'a>> {
+    use native::RowAttr;
+    Some(match (ty, v) {
+        (_, Value::Null) => return None,
+        (Type::Bool, Value::Bool(b)) => RowAttr::Bool(*b),
+        (Type::Int | Type::Ref(_), Value::Number(n)) => RowAttr::Long(n.as_i64()?),
+        (Type::Float, Value::Number(n)) => RowAttr::Str(std::borrow::Cow::Owned(n.to_string())),
+        (Type::Datetime, Value::String(s)) => RowAttr::Long(
+            crate::util::parse_rfc3339(s)
+                .ok()?
+                .div_euclid(1_000_000_000),
+        ),
+        (Type::List(t), Value::Array(a)) => {
+            RowAttr::Set(a.iter().filter_map(|x| row_value(t, x)).collect())
+        }
+        (_, Value::String(s)) => RowAttr::Str(std::borrow::Cow::Borrowed(s)),
+        _ => return None,
+    })
 }
 
 fn value(ty: &Type, v: &Value) -> Option<RestrictedExpression> {

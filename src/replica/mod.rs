@@ -15,6 +15,7 @@
 //! mode, a submission's answer waits in a list that the thread answers after
 //! the upload that holds its commit (or at `sync_timeout`, `ETIMEDOUT`).
 
+pub mod lease;
 mod remote;
 pub mod restore;
 mod ship;
@@ -22,6 +23,7 @@ pub mod wal;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -156,6 +158,15 @@ struct Shared {
     wake: Condvar,
     counts: Mutex<Counts>,
     status: Mutex<BTreeMap<String, Status>>,
+    /// Where the peers' leases are written (the fence).
+    fence: lease::Fence,
+    /// Each peer's lease as known: its epoch, or why it is fenced.
+    leases: Mutex<HashMap<String, std::result::Result<u64, String>>>,
+    lease_known: Condvar,
+    /// Peers whose lease an open waits for (looked at in the next turn, at once).
+    wanted: Mutex<HashSet<String>>,
+    /// Whether any peer is fenced (a lookup only then).
+    any_fenced: AtomicBool,
 }
 
 /// The running replica of a data folder's stores.
@@ -169,8 +180,21 @@ impl Replica {
     /// looked at once). Call before any store is opened: the stores' own
     /// checkpoints are handed over here.
     pub fn start(opts: Options, data: &Path, peers: Vec<String>) -> Result<Arc<Replica>> {
-        let (store, prefix) = remote::open(&opts)?;
+        let (store, prefix) = remote::open(&opts, true)?;
+        let fence = lease::Fence {
+            store: store.clone(),
+            folder: match &opts.url {
+                Url::File(dir) => Some(dir.clone()),
+                Url::S3 { .. } => None,
+            },
+            holder: holder(data),
+        };
         let shared = Arc::new(Shared {
+            fence,
+            leases: Mutex::new(HashMap::new()),
+            lease_known: Condvar::new(),
+            wanted: Mutex::new(HashSet::new()),
+            any_fenced: AtomicBool::new(false),
             opts,
             waiting: Mutex::new(Vec::new()),
             data: data.to_path_buf(),
@@ -217,15 +241,57 @@ impl Replica {
         self.shared.kick(peer);
     }
 
+    /// Why `peer` is not served here: another worker took its replica's
+    /// lease (it moved).
+    pub fn fenced(&self, peer: &str) -> Option<String> {
+        if !self.shared.any_fenced.load(Ordering::Acquire) {
+            return None;
+        }
+        match self.shared.leases.lock().unwrap().get(peer) {
+            Some(Err(why)) => Some(why.clone()),
+            _ => None,
+        }
+    }
+
+    /// Takes (or checks) `peer`'s lease before it is served, waiting up to
+    /// `wait`: `ESTALE` when another worker holds it at a later epoch. An
+    /// object store that does not answer in time lets the peer be served
+    /// (local work goes on); its first upload takes the lease then.
+    pub fn hold(&self, peer: &str, wait: Duration) -> Result<()> {
+        let sh = &self.shared;
+        if sh.leases.lock().unwrap().contains_key(peer) {
+            return self
+                .fenced(peer)
+                .map_or(Ok(()), |w| Err(err!(libc::ESTALE, "{w}")));
+        }
+        sh.wanted.lock().unwrap().insert(peer.to_string());
+        sh.kick(peer);
+        let until = std::time::Instant::now() + wait;
+        let mut l = sh.leases.lock().unwrap();
+        loop {
+            match l.get(peer) {
+                Some(Ok(_)) => return Ok(()),
+                Some(Err(why)) => return Err(err!(libc::ESTALE, "{why}")),
+                None => {}
+            }
+            let now = std::time::Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            l = sh.lease_known.wait_timeout(l, until - now).unwrap().0;
+        }
+    }
+
     /// One line per peer: `NAME lag_ms=.. last_upload=.. bytes=.. error=..`.
     pub fn status_text(&self) -> String {
         let now = crate::util::now_ns();
         let mut s = String::new();
         for (name, st) in self.shared.status.lock().unwrap().iter() {
+            // Anything waiting shows as at least 1 ms: 0 means caught up.
             let lag = if st.pending_since_ns == 0 {
                 0
             } else {
-                (now - st.pending_since_ns).max(0) / 1_000_000
+                ((now - st.pending_since_ns) / 1_000_000).max(1)
             };
             let last = if st.last_upload_ns == 0 {
                 "-".to_string()
@@ -260,7 +326,32 @@ impl Replica {
     }
 }
 
+/// Who holds a lease: host, process and data folder.
+fn holder(data: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!(
+        "{} pid {} data {}",
+        host.trim(),
+        std::process::id(),
+        data.display()
+    )
+}
+
 impl Shared {
+    /// `peer`'s lease as found: held at an epoch, or fenced (why).
+    fn lease_found(&self, peer: &str, held: std::result::Result<u64, String>) {
+        if held.is_err() {
+            self.any_fenced.store(true, Ordering::Release);
+        }
+        self.leases.lock().unwrap().insert(peer.to_string(), held);
+        self.lease_known.notify_all();
+    }
+
+    /// Whether an open waits for `peer`'s lease (and no longer, once asked).
+    fn take_wanted(&self, peer: &str) -> bool {
+        self.wanted.lock().unwrap().remove(peer)
+    }
+
     /// A commit of the store at `path` (a peer's, `DATA/peers/NAME.sqlite`).
     fn committed(&self, path: &Path) {
         let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
@@ -293,6 +384,10 @@ impl Shared {
     /// is up (all of them when `stopped`).
     fn answer_waiting(&self, stopped: bool) {
         let now = std::time::Instant::now();
+        let fenced = |peer: &str| match self.leases.lock().unwrap().get(peer) {
+            Some(Err(why)) => Some(why.clone()),
+            _ => None,
+        };
         let ready: Vec<(Waiting, bool)> = {
             let c = self.counts.lock().unwrap();
             let mut w = self.waiting.lock().unwrap();
@@ -300,6 +395,7 @@ impl Shared {
                 c.uploaded.get(&x.peer).copied().unwrap_or(0) >= x.ticket
                     || now >= x.until
                     || stopped
+                    || fenced(&x.peer).is_some()
             });
             *w = keep;
             ready
@@ -313,6 +409,8 @@ impl Shared {
         for (x, up) in ready {
             (x.answer)(if up {
                 Ok(())
+            } else if let Some(why) = fenced(&x.peer) {
+                Err(err!(libc::ESTALE, "{why}"))
             } else {
                 Err(err!(
                     libc::ETIMEDOUT,

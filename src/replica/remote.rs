@@ -3,11 +3,14 @@
 //! the listing a restore and retention read back.
 //!
 //! A peer's replica, under `PREFIX/<peer>/`:
+//! - `lease`: the worker that writes the peer's replica, and its epoch
+//!   (`lease.rs`);
 //! - `<gen>/snapshot`: the store's whole file as of a point of its log;
 //! - `<gen>/owner`: `uid:gid` of the peer's owner when the generation began;
-//! - `<gen>/wal/<log:08x>-<offset:016x>`: whole transactions of the store's
-//!   write-ahead log (frames as SQLite writes them), from byte `offset` of the
-//!   `log`-th log of the generation (it counts the log's restarts).
+//! - `<gen>/wal/<log:08x>-<start:016x>-<end:016x>`: the whole transactions
+//!   between bytes `start` and `end` of the `log`-th log of the generation (it
+//!   counts the log's restarts), as frames SQLite wrote, reduced to the last
+//!   image of each page (`wal::compact`).
 //!
 //! A generation (`gen`, a ULID: its time is when it began) is a snapshot and the
 //! transactions after it, without a gap. An object's time (`last_modified`) is
@@ -35,17 +38,21 @@ pub fn os_err(what: &str, e: object_store::Error) -> Error {
     err!(errno, "replica: {what}: {e}").with_source(e)
 }
 
-/// The object store of `o.url`, and the prefix under it.
-pub fn open(o: &Options) -> Result<(Arc<dyn ObjectStore>, Key)> {
+/// The object store of `o.url`, and the prefix under it. A folder is made
+/// (private: it holds every peer's data) when `make` (the daemon), and must
+/// exist otherwise (a restore).
+pub fn open(o: &Options, make: bool) -> Result<(Arc<dyn ObjectStore>, Key)> {
     match &o.url {
         Url::File(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                err!(
-                    e.raw_os_error().unwrap_or(libc::EIO),
-                    "replica folder {}: {e}",
+            if make {
+                crate::peer::private_dir(dir)?;
+            } else if !dir.is_dir() {
+                return Err(err!(
+                    libc::ENOENT,
+                    "replica folder {} does not exist: check --from",
                     dir.display()
-                )
-            })?;
+                ));
+            }
             let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
                 .map_err(|e| os_err(&format!("folder {}", dir.display()), e))?;
             Ok((Arc::new(fs), Key::default()))
@@ -124,25 +131,39 @@ impl Names {
         self.peer.clone().join(gen).join("snapshot")
     }
 
+    /// The fence: which worker writes this peer's replica (`lease.rs`).
+    pub fn lease(&self) -> Key {
+        self.peer.clone().join("lease")
+    }
+
     pub fn owner(&self, gen: &str) -> Key {
         self.peer.clone().join(gen).join("owner")
     }
 
-    pub fn segment(&self, gen: &str, log: u32, offset: u64) -> Key {
+    pub fn segment(&self, gen: &str, log: u32, start: u64, end: u64) -> Key {
         self.peer
             .clone()
             .join(gen)
             .join("wal")
-            .join(format!("{log:08x}-{offset:016x}"))
+            .join(format!("{log:08x}-{start:016x}-{end:016x}"))
     }
 }
 
 /// One object of a peer's replica, as listed.
 #[derive(Debug, Clone)]
 pub enum Object {
-    Snapshot { gen: String },
-    Owner { gen: String },
-    Segment { gen: String, log: u32, offset: u64 },
+    Snapshot {
+        gen: String,
+    },
+    Owner {
+        gen: String,
+    },
+    Segment {
+        gen: String,
+        log: u32,
+        start: u64,
+        end: u64,
+    },
 }
 
 /// Every object of a peer's replica, with its listing (time, size).
@@ -165,18 +186,22 @@ pub async fn list(store: &dyn ObjectStore, n: &Names) -> Result<Vec<(Object, Obj
             [gen, s] if s == "snapshot" => Object::Snapshot { gen: gen.clone() },
             [gen, s] if s == "owner" => Object::Owner { gen: gen.clone() },
             [gen, w, name] if w == "wal" => {
-                let Some((l, o)) = name.split_once('-') else {
+                let f: Vec<&str> = name.split('-').collect();
+                let [l, s, e] = f.as_slice() else {
                     continue;
                 };
-                let (Ok(log), Ok(offset)) =
-                    (u32::from_str_radix(l, 16), u64::from_str_radix(o, 16))
-                else {
+                let (Ok(log), Ok(start), Ok(end)) = (
+                    u32::from_str_radix(l, 16),
+                    u64::from_str_radix(s, 16),
+                    u64::from_str_radix(e, 16),
+                ) else {
                     continue;
                 };
                 Object::Segment {
                     gen: gen.clone(),
                     log,
-                    offset,
+                    start,
+                    end,
                 }
             }
             _ => continue,

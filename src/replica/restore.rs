@@ -55,7 +55,7 @@ pub fn restore(a: &RestoreArgs) -> Result<Restored> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (store, prefix) = remote::open(&a.opts)?;
+    let (store, prefix) = remote::open(&a.opts, false)?;
     let names = Names::new(&prefix, &a.name);
     let tmp = peers.join(format!(".{}.restoring", a.name));
     let _ = std::fs::remove_file(&tmp);
@@ -112,12 +112,25 @@ fn install(
         let r = crate::peer::Registry::new(&a.data, None)?;
         replaced = Some(r.remove(&a.name)?);
     }
+    // A log or index left without its store would be laid over the restored
+    // file by SQLite: kept aside, never used.
+    for s in ["-wal", "-shm"] {
+        let left = PathBuf::from(format!("{}{s}", dest.display()));
+        if left.exists() {
+            let dir = a.data.join("removed");
+            crate::peer::private_dir(&dir)?;
+            let stamp = crate::util::rfc3339(crate::util::now_ns()).replace(':', "-");
+            std::fs::rename(&left, dir.join(format!("{}.{stamp}.sqlite{s}", a.name)))?;
+        }
+    }
     crate::util::make_private(tmp)?;
     crate::peer::files::write_owner(&a.data, &a.name, uid, gid)?;
     std::fs::rename(tmp, dest)?;
     crate::util::sync_dir(&a.data.join("peers"));
     // A daemon starting on this folder ships the restored file as a new generation.
     let _ = std::fs::remove_file(a.data.join("replica").join(format!("{}.json", a.name)));
+    // It came from the replica: a daemon here takes the lease over (`lease.rs`).
+    let _ = std::fs::remove_file(super::lease::record(&a.data, &a.name));
     Ok(replaced)
 }
 
@@ -165,37 +178,47 @@ async fn rebuild(
         .await
         .map_err(|e| os_err("reading the snapshot", e))?;
     std::fs::write(tmp, &snap)?;
-    let mut segs: Vec<(u32, u64, &ObjectMeta)> = objects
+    let mut segs: Vec<(u32, u64, u64, &ObjectMeta)> = objects
         .iter()
         .filter_map(|(o, m)| match o {
             Object::Segment {
                 gen: g,
                 log,
-                offset,
-            } if *g == gen && stored_ns(m) <= at => Some((*log, *offset, m)),
+                start,
+                end,
+            } if *g == gen && stored_ns(m) <= at => Some((*log, *start, *end, m)),
             _ => None,
         })
         .collect();
-    segs.sort_by_key(|s| (s.0, s.1));
+    segs.sort_by_key(|s| (s.0, s.1, s.2));
+    let used = apply_segments(store, n, &segs, tmp).await?;
+    let owner = read_owner(store, n, &gen).await;
+    Ok((gen, used, owner))
+}
+
+/// Lays the segments (sorted) over the snapshot in `tmp`: how many were used.
+async fn apply_segments(
+    store: &dyn ObjectStore,
+    n: &Names,
+    segs: &[(u32, u64, u64, &ObjectMeta)],
+    tmp: &Path,
+) -> Result<usize> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(tmp)?;
     let page = wal::page_size_of(&mut file)?;
-    let frame = wal::FRAME_HEADER + u64::from(page);
     let mut a = wal::Applier::new(file, page);
-    // Where the transactions applied end: (log, offset).
-    let mut end: Option<(u32, u64)> = None;
-    for (log, offset, m) in &segs {
-        let bytes = store
-            .get(&m.location)
-            .await
-            .map_err(|e| os_err(&format!("reading {}", m.location), e))?
-            .bytes()
-            .await
-            .map_err(|e| os_err(&format!("reading {}", m.location), e))?;
-        let skip = match end {
-            Some((l, e)) if l == *log && *offset > e => {
+    // Where the transactions applied end: (log, offset). A segment stored
+    // twice (a restart before its position was saved) may cover more than one
+    // already applied: laid over a state within its range, it still gives the
+    // state at its end.
+    let mut upto: Option<(u32, u64)> = None;
+    let mut used = 0;
+    for (log, start, end, m) in segs {
+        match upto {
+            Some((l, e)) if l == *log && *end <= e => continue,
+            Some((l, e)) if l == *log && *start > e => {
                 return Err(err!(
                     libc::EIO,
                     "the replica of {} misses transactions before {}: restore --at an earlier time",
@@ -203,28 +226,36 @@ async fn rebuild(
                     m.location
                 ))
             }
-            Some((l, e)) if l == *log => e - offset,
-            _ => 0,
-        };
-        if !skip.is_multiple_of(frame) || skip > bytes.len() as u64 {
-            continue;
+            _ => {}
         }
-        a.apply(&bytes[skip as usize..])?;
-        end = Some((*log, offset + bytes.len() as u64));
+        let bytes = store
+            .get(&m.location)
+            .await
+            .map_err(|e| os_err(&format!("reading {}", m.location), e))?
+            .bytes()
+            .await
+            .map_err(|e| os_err(&format!("reading {}", m.location), e))?;
+        a.apply(&bytes)?;
+        upto = Some((*log, *end));
+        used += 1;
     }
     a.finish()?;
-    let owner = match store.get(&n.owner(&gen)).await {
+    Ok(used)
+}
+
+/// The owner the generation recorded (`uid:gid`); the caller's without one.
+async fn read_owner(store: &dyn ObjectStore, n: &Names, gen: &str) -> (u32, u32) {
+    let owner = match store.get(&n.owner(gen)).await {
         Ok(g) => g.bytes().await.ok(),
         Err(_) => None,
     };
-    let owner = owner
+    owner
         .and_then(|b| {
             let t = String::from_utf8_lossy(&b).to_string();
             let (u, g) = t.trim().split_once(':')?;
             Some((u.parse().ok()?, g.parse().ok()?))
         })
-        .unwrap_or_else(|| unsafe { (libc::getuid(), libc::getgid()) });
-    Ok((gen, segs.len(), owner))
+        .unwrap_or_else(|| unsafe { (libc::getuid(), libc::getgid()) })
 }
 
 /// Downloads every object of `peer`'s generation `gen` (its snapshot and log
@@ -234,7 +265,7 @@ pub fn download_generation(opts: &Options, peer: &str, gen: &str) -> Result<u64>
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (store, prefix) = remote::open(opts)?;
+    let (store, prefix) = remote::open(opts, false)?;
     let names = Names::new(&prefix, peer);
     rt.block_on(async {
         let mut bytes = 0;

@@ -10,7 +10,7 @@
 //! checkpoint of ours, the file changed by another program) begins a new
 //! generation, never a gap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
+use super::lease::{self, Held};
 use super::remote::{self, os_err, Names, Object};
 use super::wal::{self, Pos};
 use super::Shared;
@@ -30,6 +31,9 @@ use crate::error::{err, Result};
 const CHECKPOINT_BYTES: u64 = 4 << 20;
 /// A generation whose transactions outgrow its snapshot (and this) gets a new one.
 const COMPACT_BYTES: u64 = 16 << 20;
+/// How often the logs of peers shipped before are looked at for changes
+/// that no commit announced.
+const SWEEP: Duration = Duration::from_secs(10);
 /// Peers shipped at once.
 const PARALLEL: usize = 32;
 
@@ -59,6 +63,80 @@ struct PeerShip {
     known: Option<Known>,
     failing: bool,
     lagging: bool,
+    /// Not looked at since the start: the log's end is checked once.
+    fresh: bool,
+    /// The log's size and time after the last turn.
+    seen: Option<(u64, i64)>,
+    /// The replica's lease, held at this epoch and version (`lease.rs`).
+    lease: Option<(u64, lease::Version)>,
+    /// Another worker took the lease: nothing is uploaded any more.
+    fenced: bool,
+}
+
+/// What the thread keeps between turns.
+struct Turns {
+    peers: HashMap<String, PeerShip>,
+    last: Instant,
+    swept: Instant,
+    /// Peers whose last turn failed, tried again at `retry_at` (half a
+    /// `sync_ms` later; also in `sync` mode, whose turns follow commits).
+    retry: HashSet<String>,
+    retry_at: Instant,
+}
+
+impl Turns {
+    /// The peers of the next turn, and whether it is the last.
+    fn next(&mut self, shared: &Shared) -> (Vec<PeerShip>, bool) {
+        let (batch, stopping) = take_dirty(shared, self.last);
+        self.last = Instant::now();
+        let mut batch: HashSet<String> = batch.into_iter().collect();
+        if stopping || self.last >= self.retry_at {
+            batch.extend(self.retry.drain());
+        } else {
+            // Not before their pause, commits or not: no request per commit
+            // while the object store is away.
+            batch.retain(|n| !self.retry.contains(n));
+        }
+        if stopping {
+            // Every log not checkpointed yet is, once shipped.
+            batch.extend(self.peers.keys().cloned());
+        } else if self.swept.elapsed() >= SWEEP {
+            // A write that did not pass through a store's commit (none is
+            // known) is shipped all the same, a little later.
+            self.swept = self.last;
+            let moved = self.peers.values().filter(|p| p.log_moved());
+            batch.extend(moved.map(|p| p.name.clone()));
+        }
+        let work = batch
+            .iter()
+            .map(|name| {
+                self.peers
+                    .remove(name)
+                    .unwrap_or_else(|| PeerShip::new(&shared.data, name))
+            })
+            .collect();
+        (work, stopping)
+    }
+
+    /// A peer's turn done: its status, and kept for the next one.
+    fn done(
+        &mut self,
+        shared: &Shared,
+        mut p: PeerShip,
+        r: Result<u64>,
+        taken_at: i64,
+        stopping: bool,
+    ) {
+        if r.is_err() && !stopping && !p.fenced {
+            self.retry.insert(p.name.clone());
+            self.retry_at = Instant::now() + (shared.opts.sync / 2).max(Duration::from_millis(100));
+        }
+        report(shared, &mut p, r, taken_at);
+        p.seen = file_stat(&p.wal);
+        if p.db.exists() {
+            self.peers.insert(p.name.clone(), p);
+        }
+    }
 }
 
 pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key) {
@@ -76,29 +154,17 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
     if let Err(e) = crate::peer::private_dir(&dir) {
         tracing::error!(error = %e, "replica: cannot make {}", dir.display());
     }
-    let mut peers: HashMap<String, PeerShip> = HashMap::new();
-    let mut last = Instant::now();
+    let now = Instant::now();
+    let mut t = Turns {
+        peers: HashMap::new(),
+        last: now,
+        swept: now,
+        retry: HashSet::new(),
+        retry_at: now,
+    };
     loop {
-        let (mut batch, stopping) = take_dirty(&shared, last);
-        last = Instant::now();
-        if stopping {
-            // Every log not checkpointed yet is, once shipped.
-            batch.extend(
-                peers
-                    .keys()
-                    .filter(|k| !batch.contains(k))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-            );
-        }
+        let (work, stopping) = t.next(&shared);
         let taken_at = crate::util::now_ns();
-        let mut work = Vec::new();
-        for name in &batch {
-            let p = peers
-                .remove(name)
-                .unwrap_or_else(|| PeerShip::new(&shared.data, name));
-            work.push(p);
-        }
         let done: Vec<(PeerShip, Result<u64>)> = rt.block_on(async {
             futures_util::stream::iter(work.into_iter().map(|mut p| {
                 let (store, prefix, sh) = (store.clone(), prefix.clone(), shared.clone());
@@ -111,11 +177,8 @@ pub(super) fn run(shared: Arc<Shared>, store: Arc<dyn ObjectStore>, prefix: Key)
             .collect()
             .await
         });
-        for (mut p, r) in done {
-            report(&shared, &mut p, r, taken_at);
-            if p.db.exists() {
-                peers.insert(p.name.clone(), p);
-            }
+        for (p, r) in done {
+            t.done(&shared, p, r, taken_at, stopping);
         }
         shared.answer_waiting(stopping);
         if stopping {
@@ -138,7 +201,8 @@ fn take_dirty(shared: &Shared, last: Instant) -> (Vec<String>, bool) {
     let mut d = shared.dirty.lock().unwrap();
     loop {
         let now = Instant::now();
-        let sync = shared.opts.mode == super::Mode::Sync && !d.0.is_empty();
+        let sync = (shared.opts.mode == super::Mode::Sync && !d.0.is_empty())
+            || !shared.wanted.lock().unwrap().is_empty();
         if d.1 || sync || now >= deadline {
             let batch: Vec<String> = d.0.drain().collect();
             return (batch, d.1);
@@ -150,6 +214,8 @@ fn take_dirty(shared: &Shared, last: Instant) -> (Vec<String>, bool) {
 /// The outcome of one peer's turn into its status, logged once per change of
 /// state (failing, then working again).
 fn report(shared: &Shared, p: &mut PeerShip, r: Result<u64>, taken_at: i64) {
+    // The dirty set, then the status: the order a commit takes them in.
+    let d = shared.dirty.lock().unwrap();
     let mut st = shared.status.lock().unwrap();
     let s = st.entry(p.name.clone()).or_default();
     match r {
@@ -164,19 +230,20 @@ fn report(shared: &Shared, p: &mut PeerShip, r: Result<u64>, taken_at: i64) {
                 s.bytes += bytes;
                 s.uploads += 1;
             }
-            let again = shared.dirty.lock().unwrap().0.contains(&p.name);
+            let again = d.0.contains(&p.name);
             s.pending_since_ns = if again { taken_at } else { 0 };
         }
+        Err(e) if p.fenced => s.last_error = Some(e.message.clone()),
         Err(e) => {
             if !p.failing {
                 tracing::warn!(peer = %p.name, error = %e, "replica: upload failing; local work goes on and the replica catches up when it works again");
                 p.failing = true;
             }
+            // Tried again after a pause (`run`'s retry set).
             s.last_error = Some(e.message.clone());
-            // Looked at again at the next turn.
-            shared.dirty.lock().unwrap().0.insert(p.name.clone());
         }
     }
+    drop(d);
     let lag_ns = if s.pending_since_ns == 0 {
         0
     } else {
@@ -196,12 +263,21 @@ fn known_file(data: &Path, name: &str) -> PathBuf {
     data.join("replica").join(format!("{name}.json"))
 }
 
+fn file_stat(f: &Path) -> Option<(u64, i64)> {
+    db_stat(f).ok()
+}
+
 fn db_stat(db: &Path) -> Result<(u64, i64)> {
     let md = std::fs::metadata(db)?;
     Ok((md.len(), md.mtime() * 1_000_000_000 + md.mtime_nsec()))
 }
 
 impl PeerShip {
+    /// Whether the log changed since the last turn.
+    fn log_moved(&self) -> bool {
+        file_stat(&self.wal) != self.seen
+    }
+
     fn new(data: &Path, name: &str) -> PeerShip {
         let db = data.join("peers").join(format!("{name}.sqlite"));
         let known = std::fs::read(known_file(data, name))
@@ -214,6 +290,10 @@ impl PeerShip {
             known,
             failing: false,
             lagging: false,
+            fresh: true,
+            seen: None,
+            lease: None,
+            fenced: false,
         }
     }
 
@@ -241,6 +321,9 @@ impl PeerShip {
         prefix: &Key,
         stopping: bool,
     ) -> Result<u64> {
+        if self.fenced {
+            return Ok(0);
+        }
         if !self.db.exists() {
             // Removed (or moved away): what the replica holds stays there.
             self.known = None;
@@ -248,6 +331,9 @@ impl PeerShip {
             return Ok(0);
         }
         let names = Names::new(prefix, &self.name);
+        if sh.take_wanted(&self.name) {
+            self.fence(sh, &names).await?;
+        }
         // The count before the log is read: every commit counted by now is in it.
         let ticket = sh.counts.lock().unwrap().committed.get(&self.name).copied();
         let mut bytes = 0;
@@ -302,7 +388,12 @@ impl PeerShip {
                 k.pos = Some(Pos::start(h));
                 Ok(true)
             }
-            (Some(h), Some(p)) if h.salt == p.header.salt => Ok(true),
+            // (At the first look since the start, the log must still end where
+            // the replica does: a power loss may have taken its tail.)
+            (Some(h), Some(p)) if h.salt == p.header.salt => {
+                let fresh = std::mem::replace(&mut self.fresh, false);
+                Ok(!fresh || wal::holds(&self.wal, &p)?)
+            }
             (Some(h), Some(p)) => {
                 if k.may_restart && h.ckpt_seq == p.header.ckpt_seq.wrapping_add(1) {
                     k.log += 1;
@@ -335,15 +426,17 @@ impl PeerShip {
 
     /// Uploads the transactions after the known position, as one object.
     async fn upload_new(&mut self, sh: &Shared, store: &dyn ObjectStore, n: &Names) -> Result<u64> {
-        let k = self.known.as_mut().expect("continues");
-        let Some(pos) = k.pos else {
+        let Some(pos) = self.known.as_ref().expect("continues").pos else {
             return Ok(0);
         };
         let (frames, to) = wal::read_after(&self.wal, &pos)?;
         if frames.is_empty() {
             return Ok(0);
         }
-        let key = n.segment(&k.gen, k.log, pos.offset);
+        self.fence(sh, n).await?;
+        let k = self.known.as_mut().expect("continues");
+        let key = n.segment(&k.gen, k.log, pos.offset, to.offset);
+        let frames = wal::compact(&frames, pos.header.page_size);
         let len = frames.len() as u64;
         store
             .put(&key, PutPayload::from(frames))
@@ -359,6 +452,7 @@ impl PeerShip {
     /// A new generation: the file as of the end of the log's last transaction
     /// (the file with the log's transactions laid over it), then its owner.
     async fn snapshot(&mut self, sh: &Shared, store: &dyn ObjectStore, n: &Names) -> Result<u64> {
+        self.fence(sh, n).await?;
         let header = wal::read_header(&self.wal)?;
         let tmp_dir = sh.data.join("replica");
         let tmp = tmp_dir.join(format!(".{}.snapshot", self.name));
@@ -405,28 +499,107 @@ impl PeerShip {
         Ok(len)
     }
 
-    /// Moves uploaded transactions into the database file: a reader holds the
-    /// log where it is now (a checkpoint goes no further than the oldest
-    /// reader, and the log cannot restart under it), whatever the log holds up
-    /// to there is uploaded, then the checkpoint runs.
+    /// Moves the log into the database file so that the next write begins it
+    /// anew. What the log holds is uploaded first, without a lock; then, for
+    /// the checkpoint only, SQLite's write lock is taken (no commit can come
+    /// between the log's end read and the checkpoint, which can then empty the
+    /// log even under a steady stream of commits; a checkpoint beside a writer
+    /// never catches up with it). The few transactions committed between the
+    /// upload and the lock are read under it and uploaded right after; if that
+    /// upload fails, the next turn begins a new generation (the file has them,
+    /// the replica not), never a gap.
     async fn checkpoint(&mut self, sh: &Shared, store: &dyn ObjectStore, n: &Names) -> Result<()> {
-        let reader = raw(&self.db)?;
-        reader.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;")?;
         self.upload_new(sh, store, n).await?;
-        let w = raw(&self.db)?;
-        let (busy, log, done): (i64, i64, i64) =
-            w.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })?;
-        reader.execute_batch("COMMIT")?;
-        drop(reader);
-        drop(w);
+        let Some(pos) = self.known.as_ref().and_then(|k| k.pos) else {
+            return Ok(());
+        };
+        let lock = raw(&self.db)?;
+        // Never waited for (a batch of runs holds it up to its wall limit, and
+        // this thread ships every peer): busy now, a later turn checkpoints.
+        lock.busy_timeout(Duration::ZERO)?;
+        if lock.execute_batch("BEGIN IMMEDIATE").is_err() {
+            return Ok(());
+        }
+        let tail = wal::read_after(&self.wal, &pos);
+        let done = tail.is_ok().then(|| {
+            raw(&self.db).and_then(|c| {
+                Ok(c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })?)
+            })
+        });
+        lock.execute_batch("ROLLBACK")?;
+        drop(lock);
+        let (frames, to) = tail?;
+        let (busy, log, moved) = done.expect("read under the lock")?;
+        if !frames.is_empty() {
+            let k = self.known.as_ref().expect("continues");
+            let key = n.segment(&k.gen, k.log, pos.offset, to.offset);
+            let frames = wal::compact(&frames, pos.header.page_size);
+            let len = frames.len() as u64;
+            let stored = match self.fence(sh, n).await {
+                Ok(()) => store
+                    .put(&key, PutPayload::from(frames))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| os_err(&format!("storing {key}"), e)),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
+                self.known = None;
+                self.save(&sh.data)?;
+                return Err(e);
+            }
+            let k = self.known.as_mut().expect("continues");
+            k.pos = Some(to);
+            k.since_snapshot += len;
+        }
         let (db_len, db_mtime_ns) = db_stat(&self.db)?;
         let k = self.known.as_mut().expect("continues");
-        k.may_restart = busy == 0 && log >= 0 && log == done;
+        k.may_restart = busy == 0 && log >= 0 && log == moved;
         k.db_len = db_len;
         k.db_mtime_ns = db_mtime_ns;
         self.save(&sh.data)
+    }
+}
+
+impl PeerShip {
+    /// Before an upload: takes the replica's lease, or checks that it is still
+    /// ours. Superseded (another worker took the peer over), the peer is
+    /// fenced: `ESTALE` from here on, logged once.
+    async fn fence(&mut self, sh: &Shared, n: &Names) -> Result<()> {
+        let key = n.lease();
+        let local = lease::local_epoch(&sh.data, &self.name);
+        let held = match &self.lease {
+            Some((epoch, v)) => sh.fence.check(&key, *epoch, v).await?,
+            None => sh.fence.take(&key, local).await?,
+        };
+        match held {
+            Held::Ours(epoch, v) => {
+                if local != Some(epoch) {
+                    lease::save_epoch(&sh.data, &self.name, epoch)?;
+                    tracing::info!(peer = %self.name, epoch, "replica: lease taken");
+                }
+                self.lease = Some((epoch, v));
+                sh.lease_found(&self.name, Ok(epoch));
+                Ok(())
+            }
+            Held::Superseded(l) => {
+                let mine = self.lease.as_ref().map(|x| x.0).or(local).unwrap_or(0);
+                let why = format!(
+                    "peer {} moved: its replica's lease is held at epoch {} by {} since {} (this worker's epoch {mine}): its uploads are refused and it is not served here any more",
+                    self.name, l.epoch, l.holder, l.at
+                );
+                tracing::error!(peer = %self.name, epoch = mine, "replica: fenced: {why}");
+                self.fenced = true;
+                sh.lease_found(&self.name, Err(why.clone()));
+                Err(err!(libc::ESTALE, "{why}"))
+            }
+        }
     }
 }
 
@@ -529,7 +702,7 @@ mod tests {
                     .await
                     .unwrap();
                 store
-                    .put(&n.segment(g, 0, 32), PutPayload::from("w"))
+                    .put(&n.segment(g, 0, 32, 64), PutPayload::from("w"))
                     .await
                     .unwrap();
             }

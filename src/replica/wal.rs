@@ -108,6 +108,29 @@ pub fn read_header(wal: &Path) -> Result<Option<Header>> {
     }))
 }
 
+/// Whether the log still holds what ended at `pos` (the frame before it, with
+/// its salts and checksum): after a power loss, the end of a log whose
+/// transactions were shipped may be gone from the disk.
+pub fn holds(wal: &Path, pos: &Pos) -> Result<bool> {
+    if pos.offset <= HEADER {
+        return Ok(true);
+    }
+    let f = match File::open(wal) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    if f.metadata()?.len() < pos.offset {
+        return Ok(false);
+    }
+    let at = pos.offset - FRAME_HEADER - u64::from(pos.header.page_size);
+    let mut b = [0u8; FRAME_HEADER as usize];
+    if f.read_exact_at(&mut b, at).is_err() {
+        return Ok(false);
+    }
+    Ok((be32(&b, 8), be32(&b, 12)) == pos.header.salt && (be32(&b, 16), be32(&b, 20)) == pos.cksum)
+}
+
 /// The whole transactions of the log after `from`: their frames' bytes, and
 /// the position after the last one. Frames of a transaction still being
 /// written, or left over from before a restart, are not taken.
@@ -150,6 +173,41 @@ pub fn read_after(wal: &Path, from: &Pos) -> Result<(Vec<u8>, Pos)> {
         cksum: taken.1,
     };
     Ok((bytes, to))
+}
+
+/// Whole transactions' frames reduced to the last image of each page (pages
+/// past the final size left out, as a checkpoint leaves them), the last frame
+/// carrying the database's size: laid over the state before them, they give
+/// the state after them, as all the frames would. Salts and checksums are
+/// left as they were (only SQLite's own recovery reads them, never this).
+pub fn compact(frames: &[u8], page_size: u32) -> Vec<u8> {
+    let size = (FRAME_HEADER + u64::from(page_size)) as usize;
+    let mut last = std::collections::HashMap::new();
+    let mut pages = 0;
+    for (i, fr) in frames.chunks_exact(size).enumerate() {
+        last.insert(be32(fr, 0), i);
+        if be32(fr, 4) != 0 {
+            pages = be32(fr, 4);
+        }
+    }
+    let mut keep: Vec<usize> = last
+        .into_iter()
+        .filter(|(pgno, _)| *pgno <= pages)
+        .map(|(_, i)| i)
+        .collect();
+    keep.sort_unstable();
+    let mut out = Vec::with_capacity(keep.len() * size);
+    for i in keep {
+        let fr = &frames[i * size..(i + 1) * size];
+        out.extend_from_slice(&fr[..4]);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&fr[8..]);
+    }
+    if out.len() >= size {
+        let at = out.len() - size + 4;
+        out[at..at + 4].copy_from_slice(&pages.to_be_bytes());
+    }
+    out
 }
 
 /// The page size of the database image `file`, from its header.
@@ -262,8 +320,13 @@ mod tests {
             .open(&base)
             .unwrap();
         let mut a = Applier::new(f, h.page_size);
-        a.apply(&first).unwrap();
-        a.apply(&rest).unwrap();
+        a.apply(&compact(&first, h.page_size)).unwrap();
+        let small = compact(&rest, h.page_size);
+        assert!(
+            small.len() * 4 < rest.len(),
+            "500 commits of a few pages each"
+        );
+        a.apply(&small).unwrap();
         a.finish().unwrap();
         let r = Connection::open(&base).unwrap();
         let n: i64 = r
@@ -285,11 +348,16 @@ mod tests {
         let h = read_header(&wal).unwrap().unwrap();
         let (all, end) = read_after(&wal, &Pos::start(h)).unwrap();
         assert!(!all.is_empty());
+        assert!(holds(&wal, &end).unwrap());
         // A flipped byte in the last frame's page: that transaction is not taken.
         let f = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
         f.write_all_at(b"!", end.offset - 1).unwrap();
         let (cut, pos) = read_after(&wal, &Pos::start(h)).unwrap();
         assert!(pos.offset < end.offset);
         assert_eq!(cut.len() as u64, pos.offset - HEADER);
+        // A log that lost its tail no longer holds where the replica ended.
+        f.set_len(end.offset - 100).unwrap();
+        assert!(!holds(&wal, &end).unwrap());
+        assert!(holds(&wal, &pos).unwrap());
     }
 }

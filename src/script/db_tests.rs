@@ -10,24 +10,7 @@ use super::*;
 use crate::store::prelude::*;
 use crate::store::SqliteStore;
 use crate::tables::rows::Row;
-
-const NOTES: &str = r#"
-[tables.notes]
-key   = "ulid"
-owner = true
-fields.title   = { type = "string", max = 200 }
-fields.tag     = { type = "string?", index = true }
-fields.pinned  = { type = "bool", default = false }
-fields.rating  = { type = "int?", min = 1, max = 5 }
-fields.labels  = { type = "list<string>", max = 20, default = [] }
-fields.created = { type = "datetime", default = "now" }
-indexes.by_tag_created = ["tag", "created"]
-
-[tables.comments]
-owner = true
-fields.note = { type = "ref<notes>", on_delete = "cascade", index = true }
-fields.text = { type = "string", max = 2000 }
-"#;
+use crate::tables::tests::NOTES;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -212,9 +195,13 @@ fn rows_another_peer_may_not_select_are_invisible() {
 #[test]
 fn query_work_counts_against_max_operations() {
     let mut f = fixture();
-    let o = run(
+    // The owner's wall limit: 3000 inserts in a debug build on a busy machine.
+    let o = run_as(
         &mut f,
         r#"for i in 0..3000 { db.notes.insert(#{ title: `n${i}`, rating: i % 5 + 1 }); } 0"#,
+        "alice",
+        &OwnerHost,
+        &Limits::own(),
     );
     assert_eq!(o.status, Status::Ok, "{:?}", o.error);
     let limits = Limits {

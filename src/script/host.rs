@@ -163,6 +163,8 @@ pub(super) struct Ctx {
     pub(super) fatal: Option<(Status, String)>,
     /// Whether the run's savepoint is open (opened at the first write).
     pub(super) savepoint: bool,
+    /// Whether the run wrote rows of declared tables.
+    pub(super) wrote_rows: bool,
     pub(super) storage_error: Option<crate::error::Error>,
     send_block: Option<String>,
     /// The run's share of its chain's budget (0: none) and the chain's origin.
@@ -230,6 +232,7 @@ pub(super) fn install(
         sends: Vec::new(),
         fatal: None,
         savepoint: false,
+        wrote_rows: false,
         storage_error: None,
         send_block: input.send_block.map(str::to_string),
         budget: input.budget,
@@ -343,7 +346,9 @@ impl Ctx {
     pub(super) fn store(&mut self) -> &mut dyn Store {
         store(self)
     }
+    /// The store, for a write of rows.
     pub(super) fn store_w(&mut self) -> RhaiResult<&mut dyn Store> {
+        self.wrote_rows = true;
         store_w(self)
     }
     pub(super) fn host(&self) -> &dyn Host {

@@ -68,6 +68,8 @@ pub struct Outcome {
     /// The script changed the target's state (its changes are kept when `status`
     /// is `Ok`).
     pub wrote: bool,
+    /// The script wrote rows of declared tables (kept when `status` is `Ok`).
+    pub wrote_rows: bool,
     /// The store failed while keeping or undoing the script's effects: the caller
     /// must abandon its transaction.
     pub storage_error: Option<crate::error::Error>,
@@ -267,6 +269,7 @@ impl ScriptEngine {
             sends: vec![],
             duration: started.elapsed(),
             wrote: false,
+            wrote_rows: false,
             storage_error: None,
         };
         let ast = match self.compile(input.script_name, input.source, input.limits) {
@@ -294,6 +297,7 @@ impl ScriptEngine {
             sends: ctx.sends,
             duration: started.elapsed(),
             wrote: savepoint,
+            wrote_rows: ctx.wrote_rows,
             storage_error: ctx.storage_error,
         };
         let value = match result {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::error::err;
 use crate::error::Result;
 use crate::layout::{INBOX, OUTBOX};
-use crate::peer::name::script_stem;
+use crate::names::script_stem;
 use crate::util::{now_ns, rfc3339};
 
 /// Drops `src` as `name` into `base/inbox/` (written under a staging name, fsynced,

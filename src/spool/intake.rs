@@ -129,6 +129,9 @@ impl Shared {
                         Some(Place::State { viewer, owner }) => {
                             self.state_touched(&viewer, &owner, p)
                         }
+                        Some(Place::Tables { viewer, owner }) => {
+                            self.tables_touched(&viewer, &owner, p)
+                        }
                         _ => {}
                     }
                 }
@@ -140,7 +143,7 @@ impl Shared {
     /// The peer whose folder `p` is in.
     pub(super) fn peer_of(&self, place: &Place, p: &Path) -> Option<String> {
         match place {
-            Place::Other | Place::State { .. } => {
+            Place::Other | Place::State { .. } | Place::Tables { .. } => {
                 let rel = p.strip_prefix(&self.root).ok()?;
                 let first = rel.components().next()?.as_os_str().to_str()?.to_string();
                 self.core.registry().exists(&first).then_some(first)
@@ -170,6 +173,7 @@ impl Shared {
             Some(Place::Text(peer, text)) => self.text_file(&peer, text, p),
             Some(Place::Module(peer, rel)) => self.module_file(&peer, &rel, p),
             Some(Place::State { viewer, owner }) => self.state_touched(&viewer, &owner, p),
+            Some(Place::Tables { viewer, owner }) => self.tables_touched(&viewer, &owner, p),
             _ => {}
         }
     }
@@ -236,6 +240,10 @@ impl Shared {
     pub(super) fn scan_peer(self: &Arc<Self>, peer: &str, startup: bool) {
         self.scan_peer_inside(peer, startup);
         let _ = self.mirror.send(mirror::Note::Check {
+            viewer: peer.to_string(),
+            owner: None,
+        });
+        let _ = self.mirror.send(mirror::Note::Tables {
             viewer: peer.to_string(),
             owner: None,
         });
@@ -614,6 +622,23 @@ impl Shared {
             return;
         }
         let _ = self.mirror.send(mirror::Note::Check {
+            viewer: viewer.to_string(),
+            owner: Some(owner.to_string()),
+        });
+    }
+}
+
+impl Shared {
+    /// Something changed under `viewer`'s `tables/` mirror of `owner`: the mirror
+    /// thread takes the owner's row files and undoes the rest.
+    pub(super) fn tables_touched(&self, viewer: &str, owner: &str, p: &Path) {
+        if p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(TMP_PREFIX))
+        {
+            return;
+        }
+        let _ = self.mirror.send(mirror::Note::Tables {
             viewer: viewer.to_string(),
             owner: Some(owner.to_string()),
         });

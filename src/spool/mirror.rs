@@ -51,6 +51,14 @@ pub(super) enum Note {
         viewer: String,
         owner: Option<String>,
     },
+    /// Something happened in `viewer`'s `tables/` mirror of `owner` (every one
+    /// of `viewer`'s when `None`): take the owner's row files, undo the rest.
+    Tables {
+        viewer: String,
+        owner: Option<String>,
+    },
+    /// A row file's write or removal was applied or refused.
+    RowDone(super::tables::RowDone),
     Stop,
 }
 
@@ -68,11 +76,19 @@ impl Listener for Relay {
 }
 
 pub(super) struct Mirror {
-    core: Core,
-    root: PathBuf,
+    pub(super) core: Core,
+    pub(super) root: PathBuf,
     stats: Arc<SpoolStats>,
-    /// Hash of what this process last wrote to each state mirror file.
-    written: HashMap<PathBuf, u128>,
+    /// Back to this thread (answers of row files' writes).
+    pub(super) tx: Sender<Note>,
+    /// Hash of what this process last wrote to each state or tables mirror file.
+    pub(super) written: HashMap<PathBuf, u128>,
+    /// The owners' row files being applied: path -> hash of what was taken
+    /// (`None`: a removal).
+    pub(super) rows_pending: HashMap<PathBuf, Option<u128>>,
+    /// The `tables/` mirrors made whole once by this process: after that, a row
+    /// file that differs from what was written is the owner's.
+    pub(super) tables_seen: std::collections::HashSet<PathBuf>,
     /// Results finished after this are rewritten by a layout (see MIRROR_SLACK_NS).
     since: i64,
     /// What the mirror of a remote peer's key was written from: (size, mtime), so
@@ -80,7 +96,7 @@ pub(super) struct Mirror {
     remote_seen: HashMap<PathBuf, (u64, i64)>,
     /// This one keeps the mirrors of remote peers' state (a thread of its own, see
     /// [`Mirror::poll`]), not the others.
-    remote: bool,
+    pub(super) remote: bool,
 }
 
 /// How often the mirrors of remote peers' state (`peers/<remote>/state/`) are
@@ -96,11 +112,20 @@ struct Batch {
     logs: BTreeSet<String>,
     layouts: BTreeSet<String>,
     checks: BTreeSet<(String, Option<String>)>,
+    /// Owners whose rows (or policy, or schema) changed.
+    tables: BTreeSet<String>,
+    tables_checks: BTreeSet<(String, Option<String>)>,
+    rows_done: Vec<super::tables::RowDone>,
     stop: bool,
 }
 
 impl Mirror {
-    pub(super) fn new(core: Core, root: PathBuf, stats: Arc<SpoolStats>) -> Mirror {
+    pub(super) fn new(
+        core: Core,
+        root: PathBuf,
+        stats: Arc<SpoolStats>,
+        tx: Sender<Note>,
+    ) -> Mirror {
         let since = std::fs::read_to_string(root.join(".peerfs/mirrored"))
             .ok()
             .and_then(|t| t.trim().parse::<i64>().ok())
@@ -110,7 +135,10 @@ impl Mirror {
             core,
             root,
             stats,
+            tx,
             written: HashMap::new(),
+            rows_pending: HashMap::new(),
+            tables_seen: Default::default(),
             since,
             remote_seen: HashMap::new(),
             remote: false,
@@ -148,14 +176,25 @@ impl Mirror {
             Note::Check { viewer, owner } => {
                 b.checks.insert((viewer, owner));
             }
+            Note::Tables { viewer, owner } => {
+                b.tables_checks.insert((viewer, owner));
+            }
+            Note::RowDone(d) => b.rows_done.push(d),
             Note::Change(peer, c) => {
                 match c {
                     Change::Outbox {
                         target,
                         name: Some(name),
                     } => self.result(b, &peer, &target, &name),
-                    Change::State | Change::Meta(_) => {
+                    Change::State => {
                         b.state.insert(peer.clone());
+                    }
+                    Change::Meta(_) => {
+                        b.state.insert(peer.clone());
+                        b.tables.insert(peer.clone());
+                    }
+                    Change::Rows => {
+                        b.tables.insert(peer.clone());
                     }
                     _ => {}
                 }
@@ -175,7 +214,7 @@ impl Mirror {
     }
 
     /// `viewer`'s `sub` folder (outbox, state) of `view`: its own, or under `peers/`.
-    fn view_dir(&self, viewer: &str, view: &str, sub: &str) -> PathBuf {
+    pub(super) fn view_dir(&self, viewer: &str, view: &str, sub: &str) -> PathBuf {
         if viewer == view {
             self.root.join(viewer).join(sub)
         } else {
@@ -201,6 +240,7 @@ impl Mirror {
         for p in std::mem::take(&mut b.layouts) {
             self.layout_results(&mut b, &p);
             b.state.insert(p.clone());
+            b.tables.insert(p.clone());
             b.logs.insert(p);
         }
         if !b.results.is_empty() {
@@ -223,6 +263,24 @@ impl Mirror {
                 None => {
                     for o in self.owners_seen_by(viewer) {
                         self.sync_view(viewer, &o, true);
+                    }
+                }
+            }
+        }
+        for d in std::mem::take(&mut b.rows_done) {
+            if let Some(owner) = self.row_done(d) {
+                b.tables.insert(owner);
+            }
+        }
+        for p in &b.tables {
+            self.sync_tables(p);
+        }
+        for (viewer, owner) in &b.tables_checks {
+            match owner {
+                Some(o) => self.sync_tables_view(viewer, o, true),
+                None => {
+                    for o in self.owners_seen_by(viewer) {
+                        self.sync_tables_view(viewer, &o, true);
                     }
                 }
             }
@@ -266,7 +324,7 @@ impl Mirror {
         }
     }
 
-    fn others(&self, peer: &str) -> Vec<String> {
+    pub(super) fn others(&self, peer: &str) -> Vec<String> {
         self.core
             .registry()
             .list()
@@ -333,7 +391,7 @@ impl Mirror {
     }
 
     /// The peers whose state `viewer` has a mirror of: itself and every other.
-    fn owners_seen_by(&self, viewer: &str) -> Vec<String> {
+    pub(super) fn owners_seen_by(&self, viewer: &str) -> Vec<String> {
         let mut v = vec![viewer.to_string()];
         v.extend(self.others(viewer));
         v
@@ -372,7 +430,9 @@ impl Mirror {
             }
         };
         let own = owner_of(&self.core, viewer);
-        let undone = as_owner(own, || self.sync_files(&dir, &want, own, check));
+        let undone = as_owner(own, || {
+            self.sync_files(&dir, &want, own, check, &Mirrored::state())
+        });
         for u in undone {
             let where_ = if viewer == owner {
                 String::new()
@@ -387,28 +447,32 @@ impl Mirror {
         }
     }
 
-    /// Makes the files under `dir` the `want`ed ones; returns what was undone.
-    fn sync_files(
+    /// Makes the files under `dir` the `want`ed ones, but those `m` leaves
+    /// alone; returns what was undone.
+    pub(super) fn sync_files(
         &mut self,
         dir: &Path,
         want: &BTreeMap<String, Vec<u8>>,
         own: (u32, u32),
         check: bool,
+        m: &Mirrored,
     ) -> Vec<String> {
         let mut undone = Vec::new();
         let mut have = Vec::new();
         list_files(dir, dir, &mut have);
+        have.retain(|rel| !(m.keep)(rel));
+        let what = m.what;
         for rel in &have {
             let path = dir.join(rel);
             if !want.contains_key(rel) {
                 if check && !self.written.contains_key(&path) {
-                    undone.push(format!("new file state/{rel} removed"));
+                    undone.push(format!("new file {what}/{rel} removed"));
                 }
                 let _ = std::fs::remove_file(&path);
                 self.written.remove(&path);
             }
         }
-        for (rel, bytes) in want {
+        for (rel, bytes) in want.iter().filter(|(rel, _)| !(m.keep)(rel)) {
             let path = dir.join(rel);
             let h = content_hash(bytes);
             // Outside a check, a file this process wrote is trusted unread.
@@ -421,7 +485,7 @@ impl Mirror {
                 continue;
             }
             if check && disk != self.written.get(&path).copied() {
-                undone.push(format!("change to state/{rel} undone"));
+                undone.push(format!("change to {what}/{rel} undone"));
             }
             if let Some(parent) = path.parent() {
                 if parent.exists() && !parent.is_dir() {
@@ -432,14 +496,21 @@ impl Mirror {
             if path.is_dir() {
                 let _ = std::fs::remove_dir_all(&path);
             }
-            match files::replace(&path, bytes, 0o444, own, false) {
+            match files::replace(&path, bytes, (m.mode)(rel), own, false) {
                 Ok(()) => {
                     self.written.insert(path, h);
                 }
                 Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot mirror a key"),
             }
         }
-        remove_empty_dirs(dir, dir);
+        for d in m.dirs {
+            let path = dir.join(d);
+            if path.exists() && !path.is_dir() {
+                let _ = std::fs::remove_file(&path);
+            }
+            let _ = files::make_dir(&path, 0o755, own);
+        }
+        remove_empty_dirs(dir, dir, m.dirs);
         undone
     }
 
@@ -460,6 +531,7 @@ impl Mirror {
             for (viewer, _) in self.core.registry().list() {
                 for owner in &remote {
                     self.sync_view(&viewer, owner, true);
+                    self.sync_tables_view(&viewer, owner, true);
                 }
             }
         }
@@ -568,9 +640,32 @@ impl Mirror {
     }
 }
 
+/// A mirror's folder as [`Mirror::sync_files`] keeps it.
+pub(super) struct Mirrored<'a> {
+    /// Its name in messages: `state`, `tables`.
+    pub(super) what: &'a str,
+    /// A file's mode.
+    pub(super) mode: &'a dyn Fn(&str) -> u32,
+    /// Files left alone (being applied, the owner's staging files).
+    pub(super) keep: &'a dyn Fn(&str) -> bool,
+    /// Folders that stay, empty or not.
+    pub(super) dirs: &'a [String],
+}
+
+impl Mirrored<'static> {
+    fn state() -> Mirrored<'static> {
+        Mirrored {
+            what: "state",
+            mode: &|_| 0o444,
+            keep: &|_| false,
+            dirs: &[],
+        }
+    }
+}
+
 /// Files under `dir` as key paths relative to `base` (the spool's own temporary
 /// files left by a crash are removed).
-fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
+pub(super) fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
         let name = e.file_name().to_string_lossy().into_owned();
@@ -584,17 +679,22 @@ fn list_files(base: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-fn remove_empty_dirs(base: &Path, dir: &Path) -> bool {
+/// Removes the empty folders under `base` but those named in `kept` (relative).
+fn remove_empty_dirs(base: &Path, dir: &Path, kept: &[String]) -> bool {
     let mut empty = true;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let p = e.path();
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            if !remove_empty_dirs(base, &p) {
+            if !remove_empty_dirs(base, &p, kept) {
                 empty = false;
             }
         } else {
             empty = false;
         }
+    }
+    let stays = (dir.strip_prefix(base)).is_ok_and(|r| kept.iter().any(|k| Path::new(k) == r));
+    if stays {
+        return false;
     }
     if empty && dir != base {
         return std::fs::remove_dir(dir).is_ok();

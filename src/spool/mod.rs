@@ -29,6 +29,7 @@ mod client;
 mod files;
 mod intake;
 mod mirror;
+mod tables;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
@@ -46,7 +47,7 @@ use crate::error::Result;
 use crate::exec::Core;
 use crate::exec::Op;
 use crate::layout::{Close, Entry, Kind, Layout, Room};
-use crate::peer::name::{check_module_name, check_peer_name, is_staging_name};
+use crate::names::{check_module_name, check_peer_name, is_staging_name};
 use crate::policy::PolicyText;
 
 pub use client::drop_and_wait;
@@ -135,6 +136,12 @@ enum Place {
         viewer: String,
         owner: String,
     },
+    /// Under a `tables/` mirror: `owner`'s own (`viewer` = `owner`, whose row
+    /// files the owner writes) or a view of it.
+    Tables {
+        viewer: String,
+        owner: String,
+    },
     /// A folder inside a peer's folder (its contents may predate the watch).
     Other,
 }
@@ -169,15 +176,15 @@ impl Spool {
             stats: stats.clone(),
             stop: AtomicBool::new(false),
         });
-        core.set_listener(Arc::new(mirror::Relay(Mutex::new(mtx))));
+        core.set_listener(Arc::new(mirror::Relay(Mutex::new(mtx.clone()))));
         let poller = {
-            let m = mirror::Mirror::new(core.clone(), root.clone(), stats.clone());
+            let m = mirror::Mirror::new(core.clone(), root.clone(), stats.clone(), mtx.clone());
             let s = shared.clone();
             std::thread::Builder::new()
                 .name("peerfs-spool-remote".into())
                 .spawn(move || m.poll(|| s.stop.load(Ordering::SeqCst)))?
         };
-        let m = mirror::Mirror::new(core.clone(), root.clone(), stats);
+        let m = mirror::Mirror::new(core.clone(), root.clone(), stats, mtx.clone());
         let mirror = std::thread::Builder::new()
             .name("peerfs-spool-mirror".into())
             .spawn(move || m.run(mrx))?;
@@ -267,6 +274,15 @@ fn young(m: &std::fs::Metadata) -> bool {
     crate::util::now_ns() - ctime < 1_000_000_000
 }
 
+/// The mode of an entry's folder in the spool: `tables/` is the mirror's to
+/// fill (as the peer's owner: a folder per table), so it is writable as `state/` is.
+fn folder_mode(e: &Entry) -> u32 {
+    match e.room {
+        Room::Tables => 0o755,
+        _ => e.mode.into(),
+    }
+}
+
 fn owner_of(core: &Core, peer: &str) -> (u32, u32) {
     core.registry()
         .info(peer)
@@ -311,6 +327,10 @@ impl Shared {
                 Place::Module(s(viewer), rest.join("/"))
             }
             (_, Room::State, _) => Place::State {
+                viewer: s(viewer),
+                owner: s(owner),
+            },
+            (_, Room::Tables, _) => Place::Tables {
                 viewer: s(viewer),
                 owner: s(owner),
             },
@@ -400,7 +420,7 @@ impl Shared {
         // `.history/` and `.snapshots/` are the mount's only (read from the store when asked).
         let dirs = self.layout.entries().iter().filter(|e| e.is_dir());
         for e in dirs.filter(|e| !matches!(e.room, Room::History | Room::Snapshots)) {
-            files::make_dir(&dir.join(e.name), e.mode.into(), own)?;
+            files::make_dir(&dir.join(e.name), folder_mode(e), own)?;
         }
         for (other, info) in self.core.registry().list() {
             if other == peer {
@@ -447,7 +467,7 @@ impl Shared {
     /// The folders of a view (`peers/<other>/`), as `own` (the viewer's owner).
     fn lay_view(&self, view: &Path, own: (u32, u32)) -> Result<()> {
         for e in self.layout.view().filter(|e| e.is_dir()) {
-            files::make_dir(&view.join(e.name), e.mode.into(), own)?;
+            files::make_dir(&view.join(e.name), folder_mode(e), own)?;
         }
         Ok(())
     }

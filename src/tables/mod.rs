@@ -16,7 +16,7 @@ pub mod query;
 pub mod rows;
 pub mod sql;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 pub mod value;
 
 use std::collections::BTreeMap;

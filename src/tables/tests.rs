@@ -8,24 +8,9 @@ use super::query::{find, prefix_end, Op};
 use super::value::{check, key_sql, to_sql};
 use super::*;
 
-/// The issue's example schema.
-pub(crate) const NOTES: &str = r#"
-[tables.notes]
-key   = "ulid"                      # or "string" | "int"
-owner = true
-fields.title   = { type = "string", max = 200 }
-fields.tag     = { type = "string?", index = true }
-fields.pinned  = { type = "bool", default = false }
-fields.rating  = { type = "int?", min = 1, max = 5 }
-fields.labels  = { type = "list<string>", max = 20, default = [] }
-fields.created = { type = "datetime", default = "now" }
-indexes.by_tag_created = ["tag", "created"]
-
-[tables.comments]
-owner = true
-fields.note = { type = "ref<notes>", on_delete = "cascade", index = true }
-fields.text = { type = "string", max = 2000 }
-"#;
+/// The contract's example schema (docs/guide.md; also a seed of the schema
+/// parser's fuzz corpus).
+pub(crate) const NOTES: &str = include_str!("../../fuzz/corpus/schema_parse/issue_example");
 
 fn err_of(text: &str) -> String {
     parse(text).unwrap_err().message

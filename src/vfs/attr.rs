@@ -218,6 +218,17 @@ impl Vfs {
             Inbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Inbox)),
             Outbox { peer, .. } => self.dir_attr(Some(peer), self.entry_mode(Room::Outbox)),
             Modules(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Modules)),
+            Tables {
+                peer,
+                target,
+                table,
+            } => {
+                if let Some(t) = table {
+                    self.tables_child(peer, target, &None, t)?;
+                }
+                self.dir_attr(Some(peer), self.entry_mode(Room::Tables))
+            }
+            TableFile { .. } => self.table_file_attr(node),
             Peers(peer) => self.dir_attr(Some(peer), self.entry_mode(Room::Peers)),
             View { peer, .. } | ViewState { peer, .. } => self.dir_attr(Some(peer), 0o755),
             Reserved {

@@ -11,7 +11,7 @@ use crate::error::err;
 use crate::error::Result;
 use crate::exec::Op;
 use crate::layout::Close;
-use crate::peer::name::{check_key, is_staging_name};
+use crate::names::{check_key, is_staging_name};
 use crate::util::now_ns;
 
 impl Vfs {
@@ -78,6 +78,18 @@ impl Vfs {
                 self.core.apply(peer, Op::RemoveModule(m.to_string()))
             }
             Node::OutboxFile { peer, target, name } => self.core.outbox_remove(peer, target, name),
+            Node::TableFile {
+                peer,
+                table,
+                key: Some(k),
+                ..
+            } if node.is_own_row_file() => self.core.apply(
+                peer,
+                Op::DeleteRow {
+                    table: table.clone(),
+                    key: k.clone(),
+                },
+            ),
             // The owner withdraws its own queued script (it ends unrun, with a
             // result saying so); another peer's queue is not the caller's to empty.
             Node::InboxFile { peer, target, .. } if peer == target => {
@@ -386,21 +398,31 @@ impl Vfs {
         self.core.drop_script_async(peer, target, name, data, reply);
     }
 
-    pub fn create(
-        &self,
-        parent: &Node,
-        name: &str,
-        flags: impl Into<OpenFlags>,
-        who: &Caller,
-    ) -> Result<(Node, Attr, Opened)> {
-        let flags = flags.into();
-        let node = self.child(parent, name).or_else(|e| match parent {
+    /// What a name that `lookup` did not find (`e`) becomes when it is created
+    /// in `parent`: a state key, the owner's new row file, an editor's file
+    /// beside the policy texts; elsewhere `EACCES` (a read-only place, not a
+    /// missing one).
+    fn new_child(&self, parent: &Node, name: &str, e: crate::Error) -> Result<Node> {
+        match parent {
             Node::State { peer, dir } if e.errno == libc::ENOENT => {
                 let key = join_key(dir, name);
                 check_key(&key)?;
                 Ok(Node::StateFile {
                     peer: peer.clone(),
                     key,
+                })
+            }
+            // A new row file in the owner's own `tables/<table>/`.
+            Node::Tables {
+                peer,
+                target,
+                table: Some(t),
+            } if e.errno == libc::ENOENT && peer == target && name.ends_with(".json") => {
+                Ok(Node::TableFile {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    table: t.clone(),
+                    key: Some(name.trim_end_matches(".json").to_string()),
                 })
             }
             // An editor's file beside policy.cedar and groups (`sed -i`, vim).
@@ -415,19 +437,33 @@ impl Vfs {
             _ if e.errno == libc::ENOENT => Err(err!(
                 libc::EACCES,
                 "{name:?}: files can only be made in {} (and an editor's temporary, swap or \
-                 backup files beside {})",
+             backup files beside {})",
                 self.layout.written(Kind::Dir, "/", "and"),
                 self.layout.written(Kind::File, "", "and")
             )),
             _ => Err(e),
-        })?;
+        }
+    }
+
+    pub fn create(
+        &self,
+        parent: &Node,
+        name: &str,
+        flags: impl Into<OpenFlags>,
+        who: &Caller,
+    ) -> Result<(Node, Attr, Opened)> {
+        let flags = flags.into();
+        let node = self
+            .child(parent, name)
+            .or_else(|e| self.new_child(parent, name, e))?;
         if !matches!(
             node,
             Node::InboxFile { .. }
                 | Node::StateFile { .. }
                 | Node::ModuleFile { .. }
                 | Node::EditFile { .. }
-        ) {
+        ) && !node.is_own_row_file()
+        {
             return Err(ro(name));
         }
         if self.attr(&node).is_ok() {
@@ -562,6 +598,23 @@ impl Vfs {
                 let (peer, text) = node.as_text().expect("a policy text");
                 crate::layout::apply_text(&self.core, peer, text, data, reply)
             }
+            Node::TableFile {
+                peer,
+                table,
+                key: Some(k),
+                ..
+            } if node.is_own_row_file() => self.core.apply_async(
+                peer,
+                Op::PutRow {
+                    table: table.clone(),
+                    key: k.clone(),
+                    json: data,
+                },
+                Some(Box::new(move |r| {
+                    unstage();
+                    reply(r)
+                })),
+            ),
             _ => reply(Err(ro("this file"))),
         }
     }

@@ -76,7 +76,11 @@ pub(super) enum Changes {
 pub(super) fn validated_whole(node: &Node) -> bool {
     matches!(
         node,
-        Node::Policy(_) | Node::Groups(_) | Node::Schema(_) | Node::ModuleFile { .. }
+        Node::Policy(_)
+            | Node::Groups(_)
+            | Node::Schema(_)
+            | Node::ModuleFile { .. }
+            | Node::TableFile { .. }
     )
 }
 

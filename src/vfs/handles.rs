@@ -97,6 +97,12 @@ impl Vfs {
             Policy(p) => Ok(self.meta_bytes(p, PolicyText::Policy)?.0),
             Groups(p) => Ok(self.meta_bytes(p, PolicyText::Groups)?.0),
             Schema(p) => Ok(self.meta_bytes(p, PolicyText::Schema)?.0),
+            TableFile {
+                peer,
+                target,
+                table,
+                key,
+            } => self.table_bytes(peer, target, table, key),
             Reserved {
                 kind: Kind::File, ..
             } => Ok(Vec::new()),
@@ -149,7 +155,8 @@ impl Vfs {
                 | Groups(_)
                 | Schema(_)
                 | EditFile { .. }
-        ) {
+        ) && !node.is_own_row_file()
+        {
             return Err(ro(&node.to_string()));
         }
         // An inbox file that is queued is not changed by this: whatever the
@@ -256,7 +263,9 @@ impl Vfs {
             Node::Policy(_) | Node::Groups(_) | Node::Schema(_) | Node::EditFile { .. } => {
                 MAX_META_FILE
             }
-            Node::StateFile { .. } => self.core.base_limits(true).max_value_bytes,
+            Node::StateFile { .. } | Node::TableFile { .. } => {
+                self.core.base_limits(true).max_value_bytes
+            }
             _ => MAX_STATE_FILE,
         }
     }

@@ -143,7 +143,7 @@ impl Vfs {
             }
             Node::HistState { peer, at, dir } => {
                 let key = join_key(dir, name);
-                crate::peer::name::check_key(&key)?;
+                crate::names::check_key(&key)?;
                 let found = self.with_history(peer, |h| {
                     let seq = seq_of(h, at)?;
                     h.stat_at(seq, &key)

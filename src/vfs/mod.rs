@@ -35,6 +35,7 @@ mod meta;
 pub mod node;
 mod snapshots;
 mod staging;
+mod tables;
 mod tree;
 mod view;
 
@@ -178,7 +179,11 @@ impl Listener for ChangeRelay {
                     name,
                 },
             }),
-            Change::Inbox | Change::Outbox { .. } | Change::Log | Change::Meta(_) => return,
+            Change::Inbox
+            | Change::Outbox { .. }
+            | Change::Log
+            | Change::Meta(_)
+            | Change::Rows => return,
             Change::State => Invalidate::State(p),
             Change::Modules => Invalidate::Dir(Node::Modules(p)),
         };

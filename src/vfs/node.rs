@@ -4,7 +4,7 @@
 //! its kinds of node here.
 
 use crate::layout::Kind;
-use crate::peer::name::is_staging_name;
+use crate::names::is_staging_name;
 use crate::policy::PolicyText;
 
 /// The identity of a file or folder on the mount. The FUSE adapter gives each node
@@ -27,6 +27,7 @@ use crate::policy::PolicyText;
 /// | `ViewState`, `ViewStateFile` | the keys the policy lets this peer read | – | – | – | – |
 /// | `Policy`, `Groups` | the text in force | a close validates and applies the whole text | – | – | – |
 /// | `Log` | read as it grows | – | – | – | – |
+/// | `Tables`, `TableFile` | `<table>.jsonl` (every row), `<table>/<key>.json` (one row) | the owner's close inserts or replaces a row | – | the owner's rm deletes a row | – |
 /// | `Reserved` | empty | – | – | – | – |
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Node {
@@ -92,6 +93,21 @@ pub enum Node {
     Groups(String),
     /// `schema.toml`: the peer's declared tables.
     Schema(String),
+    /// `peer/tables/` (`table` None) or `peer/tables/<table>/` (target ==
+    /// peer), or the same under `peer/peers/target/`.
+    Tables {
+        peer: String,
+        target: String,
+        table: Option<String>,
+    },
+    /// `.../tables/<table>.jsonl` (`key` None: every row) or
+    /// `.../tables/<table>/<key>.json` (one row).
+    TableFile {
+        peer: String,
+        target: String,
+        table: String,
+        key: Option<String>,
+    },
     Log(String),
     /// `peer/.history/`: one folder per entry of the peer's history.
     History(String),
@@ -169,7 +185,7 @@ pub fn is_edit_name(name: &str) -> bool {
     let sed = name.len() == 9
         && name.starts_with("sed")
         && name.bytes().all(|b| b.is_ascii_alphanumeric());
-    sed || crate::peer::name::is_staging_name(name)
+    sed || crate::names::is_staging_name(name)
 }
 
 impl Node {
@@ -200,6 +216,8 @@ impl Node {
             | ViewState { peer, .. }
             | ViewStateFile { peer, .. }
             | EditFile { peer, .. }
+            | Tables { peer, .. }
+            | TableFile { peer, .. }
             | Reserved { peer, .. } => Some(peer),
         }
     }
@@ -246,7 +264,14 @@ impl Node {
                 | Snapshots(_)
                 | Snapshot { .. }
                 | SnapState { .. }
+                | Tables { .. }
         )
+    }
+
+    /// A row file in the peer's own `tables/<table>/`: the owner writes and
+    /// removes it (validated at close).
+    pub fn is_own_row_file(&self) -> bool {
+        matches!(self, Node::TableFile { peer, target, key: Some(_), .. } if peer == target)
     }
 
     /// The peer whose state this node shows: its own `state/` or another peer's
@@ -313,6 +338,37 @@ impl std::fmt::Display for Node {
             Policy(p) => write!(f, "{p}/{}", PolicyText::Policy.file()),
             Groups(p) => write!(f, "{p}/{}", PolicyText::Groups.file()),
             Schema(p) => write!(f, "{p}/{}", PolicyText::Schema.file()),
+            Tables {
+                peer,
+                target,
+                table,
+            } => {
+                let base = if peer == target {
+                    format!("{peer}/tables")
+                } else {
+                    format!("{peer}/peers/{target}/tables")
+                };
+                match table {
+                    None => f.write_str(&base),
+                    Some(t) => write!(f, "{base}/{t}"),
+                }
+            }
+            TableFile {
+                peer,
+                target,
+                table,
+                key,
+            } => {
+                let base = if peer == target {
+                    format!("{peer}/tables")
+                } else {
+                    format!("{peer}/peers/{target}/tables")
+                };
+                match key {
+                    None => write!(f, "{base}/{table}.jsonl"),
+                    Some(k) => write!(f, "{base}/{table}/{k}.json"),
+                }
+            }
             Log(p) => write!(f, "{p}/{log}"),
             History(p) => write!(f, "{p}/{}", l::HISTORY.name),
             HistAt { peer, at } => write!(f, "{peer}/{}/{at}", l::HISTORY.name),
@@ -419,6 +475,19 @@ impl Node {
             }
             Node::ModuleFile { peer, name } => (Node::Modules(peer.clone()), name.clone()),
             Node::EditFile { peer, name } => (Node::Peer(peer.clone()), name.clone()),
+            Node::TableFile {
+                peer,
+                target,
+                table,
+                key: Some(k),
+            } => (
+                Node::Tables {
+                    peer: peer.clone(),
+                    target: target.clone(),
+                    table: Some(table.clone()),
+                },
+                format!("{k}.json"),
+            ),
             _ => return None,
         })
     }

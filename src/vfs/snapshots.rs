@@ -105,7 +105,7 @@ impl Vfs {
                 dir,
             } => {
                 let key = join_key(dir, name);
-                crate::peer::name::check_key(&key)?;
+                crate::names::check_key(&key)?;
                 match self.snap_store(peer, snap)?.stat_key(&key)? {
                     Some(Some(_)) => Ok(Node::SnapStateFile {
                         peer: p(peer),

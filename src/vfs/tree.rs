@@ -13,7 +13,7 @@ use crate::error::err;
 use crate::error::{Error, Result};
 use crate::exec::Op;
 use crate::layout::{Entry, Room};
-use crate::peer::name::{check_key, check_peer_name, check_segment};
+use crate::names::{check_key, check_peer_name, check_segment};
 use crate::util::now_ns;
 
 /// mknod (fifos, sockets, devices): a peer's store holds values, not special files.
@@ -45,6 +45,11 @@ fn entry_node(e: &Entry, peer: &str, target: &str) -> Option<Node> {
             peer: p,
             other: t,
             dir: String::new(),
+        },
+        Room::Tables => Node::Tables {
+            peer: p,
+            target: t,
+            table: None,
         },
         Room::Reserved => Node::Reserved {
             peer: p,
@@ -103,6 +108,16 @@ fn node_in(parent: &Node, name: String) -> Node {
         Node::Peer(peer) => Node::EditFile {
             peer: peer.clone(),
             name,
+        },
+        Node::Tables {
+            peer,
+            target,
+            table: Some(t),
+        } => Node::TableFile {
+            peer: peer.clone(),
+            target: target.clone(),
+            table: t.clone(),
+            key: Some(name.strip_suffix(".json").unwrap_or(&name).to_string()),
         },
         _ => Node::EditFile {
             peer: parent.peer().unwrap_or_default().to_string(),
@@ -180,6 +195,11 @@ impl Vfs {
             Snapshots(_) | Snapshot { .. } | SnapState { .. } => {
                 return self.snap_child(parent, name)
             }
+            Tables {
+                peer,
+                target,
+                table,
+            } => return self.tables_child(peer, target, table, name),
             ViewState { peer, other, dir } => return self.view_child(peer, other, dir, name),
             Reserved {
                 kind: Kind::Dir, ..
@@ -240,6 +260,11 @@ impl Vfs {
                 .collect(),
             State { peer, dir } => self.list_state(node, peer, dir)?,
             Modules(p) => self.list_modules(p)?,
+            Tables {
+                peer,
+                target,
+                table,
+            } => self.list_tables(peer, target, table)?,
             Peers(p) => self
                 .other_peers(p)
                 .into_iter()
@@ -415,7 +440,7 @@ impl Vfs {
     /// `peers/<name>/` of a peer that is served nowhere `peer` can reach: `ENOENT`
     /// with the reason, logged once per name (a drop there is never a silent loss).
     fn no_such_peer(&self, peer: &str, name: &str) -> Option<crate::error::Error> {
-        if name == peer || crate::peer::name::check_peer_name(name).is_err() {
+        if name == peer || crate::names::check_peer_name(name).is_err() {
             return None;
         }
         let why = if self.core.may_send_to(name) {

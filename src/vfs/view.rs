@@ -9,7 +9,7 @@
 use super::*;
 use crate::error::err;
 use crate::error::Result;
-use crate::peer::name::{check_key, check_peer_name};
+use crate::names::{check_key, check_peer_name};
 use crate::store::DirEntry;
 
 impl Vfs {

@@ -705,5 +705,8 @@ fn the_history_settings_are_keys() {
         "data = \"/x\"\n[history]\nmax_age = \"soon\"\n",
     );
     let e = config::load(Some(&f), &[]).unwrap_err().message;
-    assert!(e.contains("max_age") && e.contains("not an age"), "{e}");
+    assert!(
+        e.contains("max_age") && e.contains("not a span of time"),
+        "{e}"
+    );
 }

@@ -673,3 +673,97 @@ fn fails_fast(view: &Path, why: &str, want: &[i32]) {
         );
     }
 }
+
+const NOTES: &str = r#"
+[tables.notes]
+key = "string"
+fields.title  = { type = "string" }
+fields.pinned = { type = "bool", default = false }
+"#;
+const SELECT_PINNED: &str = r#"permit(principal == Peer::"alice", action == Action::"select", resource is Table::notes) when { resource.pinned };"#;
+
+#[test]
+fn remote_tables_view_shows_the_rows_the_owners_policy_lets_select() {
+    let lab = Lab::new();
+    let url = lab.nats.url();
+    let a = lab.mount("d1", "w1", &url, &[]);
+    let mut b = lab.mount("d2", "w2", &url, &[]);
+    // carol, served by alice's daemon, gets the same tables and rows as bob:
+    // what alice sees of bob (remote) must be what she sees of carol (local).
+    fs::create_dir(a.mnt.join("carol")).unwrap();
+    for owner in [b.mnt.join("bob"), a.mnt.join("carol")] {
+        fs::write(owner.join("schema.toml"), NOTES).unwrap();
+        let rows = owner.join("tables/notes");
+        fs::write(
+            rows.join("a.json"),
+            r#"{"title": "public", "pinned": true}"#,
+        )
+        .unwrap();
+        fs::write(rows.join("b.json"), r#"{"title": "private"}"#).unwrap();
+    }
+    let view = a.mnt.join("alice/peers/bob/tables");
+    // No policy: no table of bob's shows to alice.
+    assert_eq!(ls(&view), Vec::<String>::new());
+    for owner in [b.mnt.join("bob"), a.mnt.join("carol")] {
+        fs::write(owner.join("policy.cedar"), SELECT_PINNED).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || ls(&view)
+            == ["notes", "notes.jsonl"]),
+        "alice/peers/bob/tables: {:?}: {}",
+        ls(&view),
+        a.log_text()
+    );
+    assert_eq!(ls(&view.join("notes")), ["a.json"]);
+    assert_eq!(
+        fs::read(view.join("notes/a.json")).unwrap(),
+        fs::read(b.mnt.join("bob/tables/notes/a.json")).unwrap()
+    );
+    let all = fs::read_to_string(view.join("notes.jsonl")).unwrap();
+    assert!(all.lines().count() == 1 && all.contains("public"), "{all}");
+    let e = fs::read(view.join("notes/b.json")).unwrap_err();
+    assert_eq!(errno(&e), libc::ENOENT, "a row alice may not select");
+    assert!(fs::write(view.join("notes/a.json"), "{}").is_err());
+    assert_eq!(tree(&view), tree(&a.mnt.join("alice/peers/carol/tables")));
+
+    // Many rows come page by page, whole and in key order.
+    fs::write(
+        b.mnt.join("bob/inbox/seed.rhai"),
+        r#"for i in 0..2500 { db.notes.insert(#{ id: `n${i}`, title: "x", pinned: i % 2 == 0 }); } 0"#,
+    )
+    .unwrap();
+    assert_eq!(value(&b.mnt.join("bob/outbox/seed.json")), 0);
+    let all = fs::read_to_string(view.join("notes.jsonl")).unwrap();
+    let keys: Vec<String> = all
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(keys.len(), 1 + 1250);
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted);
+    assert_eq!(ls(&view.join("notes")).len(), 1251);
+
+    // bob's worker gone: fail fast with an errno, never hang.
+    b.signal(libc::SIGTERM);
+    assert!(b.wait(Duration::from_secs(20)).success());
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = std::time::Instant::now();
+    let e = fs::read_dir(&view).map(|d| d.count()).unwrap_err();
+    assert!(
+        UNREACHABLE.contains(&errno(&e)),
+        "ls with bob's worker stopped: {e}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(b);
+    drop(a);
+}

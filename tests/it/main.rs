@@ -33,6 +33,7 @@ mod replica;
 mod spool;
 mod spool_crash;
 mod spool_lattice;
+mod spool_tables;
 mod store_model;
 mod tables;
 mod tables_model;

@@ -50,7 +50,8 @@ fn mkdir_creates_a_peer_with_the_full_layout() {
             "peers",
             "policy.cedar",
             "schema.toml",
-            "state"
+            "state",
+            "tables"
         ]
     );
     for d in ["inbox", "outbox", "state", "modules", "peers"] {

@@ -871,7 +871,8 @@ fn policy_and_groups_can_be_edited_with_sed_vim_and_mv() {
             "peers",
             "policy.cedar",
             "schema.toml",
-            "state"
+            "state",
+            "tables"
         ]
     );
     expect_errno(

@@ -18,7 +18,7 @@ const T: Duration = Duration::from_secs(30);
 
 /// An S3-compatible server (moto's server mode) on a free loopback port, its
 /// objects in memory; stopped (SIGKILL, by pid) on drop.
-struct Moto {
+pub(crate) struct Moto {
     port: u16,
     log: PathBuf,
     child: Option<Child>,
@@ -108,7 +108,7 @@ impl Drop for Moto {
 }
 
 /// Where a test's replica goes.
-enum Rep {
+pub(crate) enum Rep {
     File(PathBuf),
     S3(Moto, PathBuf),
 }
@@ -119,7 +119,7 @@ impl Rep {
     }
 
     /// With its credentials in a file named by the config (never in argv).
-    fn s3(dir: &Path) -> Rep {
+    pub(crate) fn s3(dir: &Path) -> Rep {
         let creds = dir.join("aws-credentials");
         std::fs::write(
             &creds,
@@ -129,7 +129,7 @@ impl Rep {
         Rep::S3(Moto::start(dir), creds)
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         match self {
             Rep::File(p) => format!("file://{}", p.display()),
             Rep::S3(..) => "s3://peerfs/replicas".into(),
@@ -137,7 +137,7 @@ impl Rep {
     }
 
     /// The `-o` settings besides the url (endpoint, credentials file).
-    fn settings(&self) -> Vec<String> {
+    pub(crate) fn settings(&self) -> Vec<String> {
         match self {
             Rep::File(_) => Vec::new(),
             Rep::S3(m, creds) => vec![
@@ -151,7 +151,7 @@ impl Rep {
         }
     }
 
-    fn daemon_args(&self, extra: &[&str]) -> Vec<String> {
+    pub(crate) fn daemon_args(&self, extra: &[&str]) -> Vec<String> {
         let mut a = vec![
             "-o".to_string(),
             format!("replica.url={}", self.url()),
@@ -186,7 +186,7 @@ fn restore(rep: &Rep, name: &str, data: &Path, extra: &[&str]) -> Output {
     cmd.output().expect("peerfs peer restore")
 }
 
-fn restore_ok(rep: &Rep, name: &str, data: &Path, extra: &[&str]) -> String {
+pub(crate) fn restore_ok(rep: &Rep, name: &str, data: &Path, extra: &[&str]) -> String {
     let out = restore(rep, name, data, extra);
     assert!(
         out.status.success(),
@@ -214,7 +214,7 @@ fn run(d: &Daemon, peer: &str, name: &str, src: &str) -> serde_json::Value {
 }
 
 /// The `.peerfs/replica` line of `peer`.
-fn status(d: &Daemon, peer: &str) -> String {
+pub(crate) fn status(d: &Daemon, peer: &str) -> String {
     let text = std::fs::read_to_string(d.p(".peerfs/replica")).unwrap();
     text.lines()
         .find(|l| l.split(' ').next() == Some(peer))
@@ -223,7 +223,7 @@ fn status(d: &Daemon, peer: &str) -> String {
 }
 
 /// Waits until `peer`'s replica has everything committed so far.
-fn caught_up(d: &Daemon, peer: &str) {
+pub(crate) fn caught_up(d: &Daemon, peer: &str) {
     let ok = wait_until(T, || {
         let s = status(d, peer);
         s.contains(" lag_ms=0 ") && s.ends_with(" error=-") && !s.contains("last_upload=- ")
@@ -232,7 +232,7 @@ fn caught_up(d: &Daemon, peer: &str) {
 }
 
 /// Reads a value of the restored store through a mount of it (no replica).
-fn values(data: &Path, dir: &Path, peer: &str, keys: &[&str]) -> Vec<Option<String>> {
+pub(crate) fn values(data: &Path, dir: &Path, peer: &str, keys: &[&str]) -> Vec<Option<String>> {
     let mnt = dir.join("mnt-check");
     let d = Daemon::start(data, &mnt, &dir.join("work-check"), &[]);
     let out = keys
@@ -642,4 +642,245 @@ fn a_store_changed_behind_the_replicas_back_begins_a_new_generation() {
         )
         .unwrap();
     assert_eq!(n, 1);
+}
+
+fn objects(root: &Path) -> usize {
+    fn walk(p: &Path, n: &mut usize) {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), n);
+            } else {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    walk(root, &mut n);
+    n
+}
+
+/// Peers with nothing new cost the object store nothing: no object is
+/// stored for them, turn after turn, while a busy neighbour's are.
+#[test]
+fn idle_peers_cost_no_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    for p in ["gina", "hal", "ivy"] {
+        std::fs::create_dir(d.p(p)).unwrap();
+        run(&d, p, "a.rhai", "set(\"a\", 1); 1");
+        caught_up(&d, p);
+    }
+    let Rep::File(root) = &rep else {
+        unreachable!()
+    };
+    let (hal, ivy) = (objects(&root.join("hal")), objects(&root.join("ivy")));
+    let uploads = |peer: &str| {
+        status(&d, peer)
+            .split(" uploads=")
+            .nth(1)
+            .map(|s| s.split(' ').next().unwrap().to_string())
+    };
+    let before = (uploads("hal"), uploads("ivy"));
+    for i in 0..10 {
+        run(&d, "gina", &format!("b{i}.rhai"), "1");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    caught_up(&d, "gina");
+    assert_eq!((uploads("hal"), uploads("ivy")), before);
+    assert_eq!(
+        (objects(&root.join("hal")), objects(&root.join("ivy"))),
+        (hal, ivy)
+    );
+    assert!(
+        objects(&root.join("gina")) > hal,
+        "the busy peer's turns stored objects"
+    );
+    stop(d);
+}
+
+/// A write to a store that no commit of the daemon announced (here another
+/// connection's) is found by the periodic look at the logs and shipped.
+#[test]
+fn a_write_no_commit_announced_is_shipped_by_the_periodic_look() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    std::fs::create_dir(d.p("kim")).unwrap();
+    run(&d, "kim", "a.rhai", "set(\"a\", 1); 1");
+    caught_up(&d, "kim");
+    let uploads = || {
+        status(&d, "kim")
+            .split(" uploads=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = uploads();
+    let db = rusqlite::Connection::open(data.join("peers/kim.sqlite")).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "INSERT INTO modules(name, source, mtime) VALUES('aside', CAST('7' AS BLOB), 0)",
+        [],
+    )
+    .unwrap();
+    let shipped = wait_until(Duration::from_secs(30), || uploads() > before);
+    assert!(shipped, "{}", status(&d, "kim"));
+    drop(db);
+    stop(d);
+    let data2 = dir.join("data2");
+    restore_ok(&rep, "kim", &data2, &[]);
+    let db = rusqlite::Connection::open(data2.join("peers/kim.sqlite")).unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM modules WHERE name='aside'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+/// A restore from a folder that is not there, or of a peer the replica does
+/// not hold, says so and makes nothing.
+#[test]
+fn a_restore_from_nothing_is_refused_and_makes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let missing = Rep::File(dir.join("no-such-replica"));
+    let data = dir.join("data");
+    let out = restore(&missing, "zed", &data, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!dir.join("no-such-replica").exists());
+    std::fs::create_dir(dir.join("empty")).unwrap();
+    let out = restore(&Rep::File(dir.join("empty")), "zed", &data, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("holds no peer"), "{err}");
+    assert!(!data.join("peers/zed.sqlite").exists());
+}
+
+/// A restore where only the peer's old log is left (its store file was
+/// deleted) keeps that log aside: SQLite would lay it over the restored file.
+#[test]
+fn a_log_left_without_its_store_is_kept_aside_at_a_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let d = start(&data, &mnt, &work, &rep.daemon_args(&[]));
+    std::fs::create_dir(d.p("lou")).unwrap();
+    run(&d, "lou", "a.rhai", "set(\"a\", 1); 1");
+    caught_up(&d, "lou");
+    // Killed: the log (not checkpointed) stays beside the store.
+    let mut d = d;
+    d.kill9();
+    drop(d);
+    assert!(data.join("peers/lou.sqlite-wal").exists());
+    std::fs::remove_file(data.join("peers/lou.sqlite")).unwrap();
+    restore_ok(&rep, "lou", &data, &[]);
+    assert!(!data.join("peers/lou.sqlite-wal").exists());
+    let kept = std::fs::read_dir(data.join("removed"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".sqlite-wal"));
+    assert!(kept);
+    let got = values(&data, dir, "lou", &["a"]);
+    assert_eq!(got[0].as_deref().map(str::trim), Some("1"));
+}
+
+pub(crate) fn fenced_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains("replica: fenced: peer alice moved"))
+        .collect()
+}
+
+const COUNT: &str = r#"let c = (get("c") ?? 0) + 1; set("c", c); c"#;
+
+/// A peer taken over by another worker (restored from the replica there)
+/// while its old worker still runs: the new worker takes the replica's lease
+/// at a later epoch; the old one's next upload finds it superseded, uploads
+/// nothing more and stops serving the peer, also after a restart; the
+/// replica holds the new worker's state, nothing of the old one's after the
+/// takeover.
+fn a_stale_worker_is_fenced(rep: Rep, dir: &Path) {
+    let p = |s: &str| dir.join(s);
+    let args = rep.daemon_args(&[]);
+    let a = start(&p("data-a"), &p("mnt-a"), &p("work-a"), &args);
+    std::fs::create_dir(a.p("alice")).unwrap();
+    for i in 1..=3 {
+        assert_eq!(run(&a, "alice", &format!("a{i}.rhai"), COUNT), i);
+    }
+    caught_up(&a, "alice");
+    assert_eq!(
+        std::fs::read_to_string(p("data-a/replica/alice.lease"))
+            .unwrap()
+            .trim(),
+        "1",
+        "the first worker holds epoch 1"
+    );
+
+    // Taken over: restored at b, which takes the lease when alice opens.
+    restore_ok(&rep, "alice", &p("data-b"), &[]);
+    let b = start(&p("data-b"), &p("mnt-b"), &p("work-b"), &args);
+    assert_eq!(run(&b, "alice", "b1.rhai", COUNT), 4, "state intact at b");
+    caught_up(&b, "alice");
+    assert_eq!(
+        std::fs::read_to_string(p("data-b/replica/alice.lease"))
+            .unwrap()
+            .trim(),
+        "2"
+    );
+
+    // The old worker still runs alice (its store is its own), but its upload
+    // is refused: one clear line, then alice is not served there.
+    assert_eq!(run(&a, "alice", "a4.rhai", COUNT), 4);
+    let fenced = wait_until(T, || a.log_text().contains("replica: fenced"));
+    assert!(fenced, "a was not fenced: {}", a.log_text());
+    let log = a.log_text();
+    let lines = fenced_lines(&log);
+    assert_eq!(lines.len(), 1, "one line: {log}");
+    assert!(lines[0].contains("epoch 2"), "{}", lines[0]);
+    assert!(status(&a, "alice").contains("error=peer alice moved"));
+    let r = std::fs::write(a.p("alice/inbox/a5.rhai"), COUNT);
+    expect_errno(r, libc::ESTALE, "a drop at the fenced worker");
+    stop(a);
+
+    // Restarted with its old copy and its old epoch: still fenced at the
+    // first open of alice, before anything runs.
+    let a = start(&p("data-a"), &p("mnt-a"), &p("work-a"), &args);
+    let r = std::fs::write(a.p("alice/inbox/a6.rhai"), COUNT);
+    expect_errno(r, libc::ESTALE, "a drop at the restarted old worker");
+    let r = std::fs::read_to_string(a.p("alice/state/c"));
+    expect_errno(r, libc::ESTALE, "a read at the restarted old worker");
+    assert_eq!(fenced_lines(&a.log_text()).len(), 1, "{}", a.log_text());
+    stop(a);
+
+    // b goes on; the replica holds b's count, none of a's after the takeover.
+    assert_eq!(run(&b, "alice", "b2.rhai", COUNT), 5);
+    caught_up(&b, "alice");
+    stop(b);
+    restore_ok(&rep, "alice", &p("data-c"), &[]);
+    let got = values(&p("data-c"), dir, "alice", &["c"]);
+    assert_eq!(got[0].as_deref().map(str::trim), Some("5"));
+}
+
+#[test]
+fn a_stale_worker_is_fenced_by_a_folder_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    a_stale_worker_is_fenced(Rep::file(dir.path()), dir.path());
+}
+
+#[test]
+fn a_stale_worker_is_fenced_by_an_s3_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    a_stale_worker_is_fenced(Rep::s3(dir.path()), dir.path());
 }

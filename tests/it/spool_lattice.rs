@@ -519,3 +519,69 @@ fn the_spools_view_of_a_remote_peers_state_follows_its_policy() {
     drop(s);
     drop(a);
 }
+
+/// The spool's `peers/<remote>/tables/` mirrors the rows the remote peer's policy
+/// lets the viewer select, polled from the owner's worker like `state/`.
+#[test]
+fn the_spools_view_of_a_remote_peers_tables_follows_its_policy() {
+    let lab = Lab::new();
+    let a = lab.mount();
+    let alice = a.mnt.join("alice");
+    fs::write(
+        alice.join("schema.toml"),
+        "[tables.notes]\nkey = \"string\"\nfields.title = { type = \"string\" }\nfields.pinned = { type = \"bool\", default = false }\n",
+    )
+    .unwrap();
+    fs::write(
+        alice.join("tables/notes/a.json"),
+        r#"{"title": "public", "pinned": true}"#,
+    )
+    .unwrap();
+    fs::write(alice.join("tables/notes/b.json"), r#"{"title": "private"}"#).unwrap();
+    fs::write(
+        alice.join("policy.cedar"),
+        r#"permit(principal == Peer::"bob", action == Action::"select", resource is Table::notes) when { resource.pinned };"#,
+    )
+    .unwrap();
+    let s = lab.spool(&[]);
+    let view = lab.spool_dir().join("bob/peers/alice/tables");
+    assert!(
+        wait_until(Duration::from_secs(20), || names(&view.join("notes"))
+            == ["a.json"]),
+        "notes not mirrored: {:?} {}",
+        names(&view),
+        s.log_text()
+    );
+    assert_eq!(names(&view), ["notes", "notes.jsonl"]);
+    assert_eq!(
+        fs::read(view.join("notes/a.json")).unwrap(),
+        fs::read(alice.join("tables/notes/a.json")).unwrap()
+    );
+    let all = fs::read_to_string(view.join("notes.jsonl")).unwrap();
+    assert!(
+        all.lines().count() == 1 && !all.contains("private"),
+        "{all}"
+    );
+    // A row alice pins shows; what is put there from outside is undone.
+    fs::write(
+        alice.join("tables/notes/b.json"),
+        r#"{"title": "private", "pinned": true}"#,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || names(
+        &view.join("notes")
+    ) == [
+        "a.json", "b.json"
+    ]));
+    fs::write(view.join("notes/zz.json"), "{}").unwrap();
+    assert!(wait_until(Duration::from_secs(10), || !view
+        .join("notes/zz.json")
+        .exists()));
+    assert!(wait_until(Duration::from_secs(5), || fs::read_to_string(
+        lab.spool_dir().join("bob/log")
+    )
+    .unwrap_or_default()
+    .contains("new file tables/notes/zz.json removed of peers/alice")));
+    drop(s);
+    drop(a);
+}

@@ -8,23 +8,9 @@ use crate::common;
 use common::*;
 use serde_json::json;
 
-const SCHEMA: &str = r#"
-[tables.notes]
-key   = "ulid"
-owner = true
-fields.title   = { type = "string", max = 200 }
-fields.tag     = { type = "string?", index = true }
-fields.pinned  = { type = "bool", default = false }
-fields.rating  = { type = "int?", min = 1, max = 5 }
-fields.labels  = { type = "list<string>", max = 20, default = [] }
-fields.created = { type = "datetime", default = "now" }
-indexes.by_tag_created = ["tag", "created"]
-
-[tables.comments]
-owner = true
-fields.note = { type = "ref<notes>", on_delete = "cascade", index = true }
-fields.text = { type = "string", max = 2000 }
-"#;
+/// The contract's example schema (docs/guide.md; also a seed of the schema
+/// parser's fuzz corpus).
+const SCHEMA: &str = include_str!("../../fuzz/corpus/schema_parse/issue_example");
 
 const EXAMPLE: &str = r#"
 let id = db.notes.insert(#{ title: "Groceries", tag: "home" });
@@ -373,4 +359,292 @@ fn the_example_app_runs() {
             .len(),
         3
     );
+}
+
+#[test]
+fn a_crash_during_a_migration_leaves_the_old_schema() {
+    let (_dir, data, mnt, work) = dirs();
+    let env = [("PEERFS_TEST_ABORT_IN_MIGRATION", "CRASH-HERE")];
+    let args = [
+        std::ffi::OsStr::new("mount"),
+        mnt.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+    ];
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut d = Daemon::spawn_env(&args, &mnt, &work, &env);
+    assert!(wait_until(std::time::Duration::from_secs(20), || {
+        std::fs::read(mnt.join(".peerfs/version")).is_ok()
+    }));
+    d.add_peer("alice");
+    let src = d.local("s.toml", SCHEMA);
+    sh_ok(&format!("cp {} {}", q(&src), q(&d.p("alice/schema.toml"))));
+    d.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"db.notes.insert(#{ title: "a", rating: 3 }); 0"#,
+    );
+    // A rename of a field and a new table, then the crash before the commit.
+    let next = SCHEMA.replace(
+        "fields.rating  = { type = \"int?\", min = 1, max = 5 }",
+        "fields.stars = { type = \"int?\", renamed_from = \"rating\" }",
+    ) + "[tables.extra]\n# CRASH-HERE\n";
+    let src = d.local("n.toml", &next);
+    let out = sh(&format!("cp {} {}", q(&src), q(&d.p("alice/schema.toml"))));
+    assert!(
+        !out.status.success(),
+        "the copy should fail with the daemon gone"
+    );
+    assert!(!d.wait(std::time::Duration::from_secs(20)).success());
+    drop(d);
+    let d = Daemon::start(&data, &mnt, &work, &[]);
+    assert_eq!(
+        std::fs::read_to_string(d.p("alice/schema.toml")).unwrap(),
+        SCHEMA
+    );
+    assert_eq!(
+        d.run_ok("alice", "r.rhai", "db.notes.find(#{})[0].rating"),
+        json!(3)
+    );
+    let r = d.run("alice", "x.rhai", "db.extra.count()");
+    assert_eq!(r["status"], "error", "{r}");
+    // The same change, without the crash, applies.
+    let src = d.local("n2.toml", &next.replace("# CRASH-HERE\n", ""));
+    sh_ok(&format!("cp {} {}", q(&src), q(&d.p("alice/schema.toml"))));
+    assert_eq!(
+        d.run_ok("alice", "r2.rhai", "db.notes.find(#{})[0].stars"),
+        json!(3)
+    );
+}
+
+#[test]
+fn a_schema_change_while_scripts_are_queued_applies_between_runs() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    install(&m, "alice", SCHEMA).unwrap();
+    // A long script holds the actor; inserts queue behind it, then the schema.
+    let (busy, _) = busy_script(&m, "alice", 0.3);
+    std::fs::write(m.p("alice/inbox/busy.rhai"), &busy).unwrap();
+    for i in 0..5 {
+        std::fs::write(
+            m.p(&format!("alice/inbox/ins{i}.rhai")),
+            format!(r#"db.notes.insert(#{{ title: "n{i}", rating: 2 }})"#),
+        )
+        .unwrap();
+    }
+    let next = SCHEMA.replace("fields.rating  = { type = \"int?\", min = 1, max = 5 }", "fields.rating  = { type = \"int?\", min = 1, max = 5 }\nfields.seen = { type = \"bool\", default = true }");
+    install(&m, "alice", &next).unwrap();
+    for i in 0..5 {
+        let r: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(m.p(&format!("alice/outbox/ins{i}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r["status"], "ok", "{r}");
+    }
+    assert_eq!(
+        m.run_ok("alice", "c.rhai", "db.notes.count(#{ seen: true })"),
+        json!(5)
+    );
+}
+
+#[test]
+fn policy_check_validates_a_policy_against_a_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("schema.toml");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    let good = dir.path().join("good.cedar");
+    std::fs::write(
+        &good,
+        "permit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pinned };\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.cedar");
+    std::fs::write(
+        &bad,
+        "permit(principal, action == Action::\"run\", resource);\npermit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pined };\n",
+    )
+    .unwrap();
+    let check = |policy: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_peerfs"))
+            .args(["policy", "check"])
+            .arg(policy)
+            .arg("--schema")
+            .arg(&schema)
+            .output()
+            .unwrap()
+    };
+    let out = check(&good);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&bad);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("2:") && err.contains("pined"), "{err}");
+}
+
+#[test]
+fn tables_show_on_the_mount() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    assert!(m.names("alice/tables").is_empty());
+    install(&m, "alice", SCHEMA).unwrap();
+    assert_eq!(
+        m.names("alice/tables"),
+        ["comments", "comments.jsonl", "notes", "notes.jsonl"]
+    );
+    let id = m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"let id = db.notes.insert(#{ title: "Groceries", tag: "home", labels: ["a"] }); db.notes.insert(#{ title: "Taxes" }); id"#,
+    );
+    let id = id.as_str().unwrap();
+    let row: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(m.p(&format!("alice/tables/notes/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            row["id"].as_str(),
+            row["owner"].as_str(),
+            row["title"].as_str()
+        ),
+        (Some(id), Some("alice"), Some("Groceries"))
+    );
+    assert_eq!(row["labels"], json!(["a"]));
+    assert_eq!(m.names("alice/tables/notes").len(), 2);
+    let all = sh_ok(&format!("cat {}", q(&m.p("alice/tables/notes.jsonl"))));
+    assert_eq!(all.lines().count(), 2, "{all}");
+    for line in all.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(r["title"].is_string(), "{line}");
+    }
+    // The .jsonl is read-only; a row file takes only a valid row.
+    assert!(std::fs::write(m.p("alice/tables/notes.jsonl"), "{}").is_err());
+    assert!(std::fs::remove_file(m.p("alice/tables/notes.jsonl")).is_err());
+    let bad = m.local("bad.json", "{}");
+    let out = sh(&format!(
+        "cp {} {}",
+        q(&bad),
+        q(&m.p(&format!("alice/tables/notes/{id}.json")))
+    ));
+    assert!(!out.status.success());
+    expect_errno(
+        std::fs::read(m.p("alice/tables/notes/nope.json")),
+        libc::ENOENT,
+        "no such row",
+    );
+    assert_eq!(m.run_ok("alice", "c.rhai", "db.notes.count()"), json!(2));
+}
+
+#[test]
+fn another_peers_view_of_tables_shows_only_rows_it_may_select() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    install(&m, "alice", SCHEMA).unwrap();
+    let ids = m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"[db.notes.insert(#{ title: "public", pinned: true }), db.notes.insert(#{ title: "private" })]"#,
+    );
+    let (public, private) = (ids[0].as_str().unwrap(), ids[1].as_str().unwrap());
+    // No policy: bob sees no table of alice's.
+    assert!(m.names("bob/peers/alice/tables").is_empty());
+    let policy = m.local(
+        "p.cedar",
+        "permit(principal, action == Action::\"select\", resource is Table::notes) when { resource.pinned };\n",
+    );
+    sh_ok(&format!(
+        "cp {} {}",
+        q(&policy),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    assert_eq!(m.names("bob/peers/alice/tables"), ["notes", "notes.jsonl"]);
+    assert_eq!(
+        m.names("bob/peers/alice/tables/notes"),
+        [format!("{public}.json")]
+    );
+    let all = sh_ok(&format!(
+        "cat {}",
+        q(&m.p("bob/peers/alice/tables/notes.jsonl"))
+    ));
+    assert_eq!(all.lines().count(), 1, "{all}");
+    assert!(all.contains("public") && !all.contains("private"), "{all}");
+    expect_errno(
+        std::fs::read(m.p(&format!("bob/peers/alice/tables/notes/{private}.json"))),
+        libc::ENOENT,
+        "a row bob may not select",
+    );
+    assert!(std::fs::write(
+        m.p(&format!("bob/peers/alice/tables/notes/{public}.json")),
+        "{}"
+    )
+    .is_err());
+    // alice herself sees both.
+    assert_eq!(m.names("alice/tables/notes").len(), 2);
+}
+
+#[test]
+fn the_owner_writes_and_removes_row_files() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    let schema = r#"
+[tables.users]
+key = "string"
+fields.mail = { type = "string", unique = true }
+fields.age  = { type = "int?", min = 0 }
+
+[tables.posts]
+fields.author = { type = "ref<users>" }
+"#;
+    install(&m, "alice", schema).unwrap();
+    let put = |name: &str, text: &str| {
+        let src = m.local("row.json", text);
+        sh(&format!(
+            "cp {} {}",
+            q(&src),
+            q(&m.p(&format!("alice/tables/users/{name}")))
+        ))
+    };
+    assert!(put("ann.json", r#"{"mail": "ann@x", "age": 30}"#)
+        .status
+        .success());
+    let row: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.p("alice/tables/users/ann.json")).unwrap())
+            .unwrap();
+    assert_eq!(row, json!({"id": "ann", "mail": "ann@x", "age": 30}));
+    assert_eq!(m.names("alice/tables/users"), ["ann.json"]);
+    // Replaced whole: a field left out takes its default (null).
+    assert!(put("ann.json", r#"{"mail": "ann@y"}"#).status.success());
+    assert_eq!(
+        m.run_ok("alice", "g.rhai", r#"db.users.get("ann")"#),
+        json!({"id": "ann", "mail": "ann@y", "age": null})
+    );
+    // Bad data: EINVAL, nothing changed; the reason in the errno only.
+    let out = put("bob.json", r#"{"mail": "bob@x", "age": -1}"#);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Invalid argument"),
+        "{out:?}"
+    );
+    let out = put("bob.json", "not json");
+    assert!(!out.status.success());
+    // A unique clash: EEXIST.
+    let out = put("bob.json", r#"{"mail": "ann@y"}"#);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("File exists"),
+        "{out:?}"
+    );
+    assert_eq!(m.names("alice/tables/users"), ["ann.json"]);
+    // rm deletes; a row a restrict ref holds is EBUSY.
+    m.run_ok("alice", "p.rhai", r#"db.posts.insert(#{ author: "ann" })"#);
+    let e = std::fs::remove_file(m.p("alice/tables/users/ann.json")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+    assert!(put("cat.json", r#"{"mail": "cat@x"}"#).status.success());
+    std::fs::remove_file(m.p("alice/tables/users/cat.json")).unwrap();
+    assert_eq!(m.run_ok("alice", "c.rhai", "db.users.count()"), json!(1));
+    assert!(m.log_of("alice").contains("remove tables/users/cat.json"));
 }

@@ -157,7 +157,8 @@ fn the_tree_is_the_path_grammar() {
             "peers",
             "policy.cedar",
             "schema.toml",
-            "state"
+            "state",
+            "tables"
         ]
     );
     assert_eq!(f.errno_of(v.lookup(&alice, "other")), libc::ENOENT);
@@ -168,7 +169,7 @@ fn the_tree_is_the_path_grammar() {
     let (view, _) = v.lookup(&peers, "bob").unwrap();
     assert_eq!(
         names(&v.readdir(&view).unwrap()),
-        ["inbox", "outbox", "state"]
+        ["inbox", "outbox", "state", "tables"]
     );
     let (inbox, _) = v.lookup(&view, "inbox").unwrap();
     assert_eq!(

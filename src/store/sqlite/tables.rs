@@ -25,7 +25,7 @@ use crate::tables::diff::{diff, lossy, predecessor, Change};
 use crate::tables::rows::{table, to_columns, Row};
 use crate::tables::sql::{self, quote};
 use crate::tables::value::{check, default_of, from_sql, key_json, key_sql};
-use crate::tables::{Filter, Find, OnDelete, Schema, Table, ID, META_KEY};
+use crate::tables::{Field, Filter, Find, OnDelete, Schema, Table, ID, META_KEY};
 
 /// SQLite VM instructions per operation counted against a run's limit.
 pub const WORK_STEP: i32 = 100;
@@ -105,18 +105,37 @@ impl SqliteStore {
         self.tables.work.load(Ordering::Relaxed)
     }
 
+    /// Runs `f` under a savepoint of its own: a failure leaves nothing of it,
+    /// whatever the caller does with the transaction next (a script that catches
+    /// the error of a delete refused halfway through its cascade).
+    fn atomic<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch(&format!("RELEASE {name}"))?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self
+                    .conn
+                    .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
+                Err(e)
+            }
+        }
+    }
+
     /// Applies `text` as the new schema inside the open transaction.
     pub(super) fn tables_apply(&mut self, text: &[u8]) -> Result<Migrated> {
-        self.tables_apply_with(text, false)
+        self.atomic("schema_change", |s| s.migrate(text, false))
     }
 
     /// [`SqliteStore::tables_apply`] with consent to drop whatever the text
     /// leaves out (an undo puts an older schema back: the owner's consent).
     pub(super) fn tables_apply_consented(&mut self, text: &[u8]) -> Result<Migrated> {
-        self.tables_apply_with(text, true)
+        self.atomic("schema_change", |s| s.migrate(text, true))
     }
 
-    fn tables_apply_with(&mut self, text: &[u8], consent: bool) -> Result<Migrated> {
+    fn migrate(&mut self, text: &[u8], consent: bool) -> Result<Migrated> {
         let utf8 = std::str::from_utf8(text)
             .map_err(|_| err!(libc::EINVAL, "schema.toml is not UTF-8 text"))?;
         let mut new = crate::tables::parse::parse(utf8)?;
@@ -370,9 +389,171 @@ fn read_row(cols: &[(String, crate::tables::Type)], r: &rusqlite::Row) -> Result
     Ok(row)
 }
 
+/// Why rows fail a change, as the refusal words it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fail {
+    /// A value the new type cannot hold, without consent to drop it.
+    Lossy,
+    /// No value for a field that needs one.
+    Required,
+    /// A value in a field dropped without consent.
+    Dropped,
+    /// A value that does not meet the new definition.
+    Tighter,
+}
+
+/// Rows of one table carried from its old definition to its new one.
+struct Carry<'a> {
+    new: &'a Schema,
+    t: &'a Table,
+    /// Each new field and the old field it continues.
+    pairs: Vec<(&'a Field, Option<&'a Field>)>,
+    /// Old fields no longer declared.
+    dropped: Vec<&'a Field>,
+    now: i64,
+    failing: BTreeMap<(String, Fail), Failing>,
+    /// Values dropped with consent, by field: JSON lines.
+    kept: BTreeMap<String, String>,
+}
+
+impl<'a> Carry<'a> {
+    fn new(new: &'a Schema, prev: &'a Table, t: &'a Table) -> Carry<'a> {
+        let pairs: Vec<_> = (t.fields.values())
+            .map(|f| {
+                let p = (f.renamed_from.as_deref().and_then(|r| prev.fields.get(r)))
+                    .or_else(|| prev.fields.get(&f.name));
+                (f, p)
+            })
+            .collect();
+        let dropped = (prev.fields.values())
+            .filter(|p| {
+                !pairs
+                    .iter()
+                    .any(|(_, q)| q.is_some_and(|q| q.name == p.name))
+            })
+            .collect();
+        Carry {
+            new,
+            t,
+            pairs,
+            dropped,
+            now: crate::util::now_ns(),
+            failing: BTreeMap::new(),
+            kept: BTreeMap::new(),
+        }
+    }
+
+    fn confirms(&self, field: &str) -> bool {
+        self.new.confirms(&format!("{}.{field}", self.t.name))
+    }
+
+    fn fail(&mut self, field: &str, why: Fail, id: &Value) {
+        self.failing
+            .entry((field.to_string(), why))
+            .or_default()
+            .add(id);
+    }
+
+    /// The value of new field `f` (continuing `p`) in the row `id` that held
+    /// `before`; `None` when the row fails the change.
+    fn value(&mut self, f: &Field, p: Option<&Field>, before: Value, id: &Value) -> Option<Value> {
+        let Some(p) = p else {
+            let d = default_of(f, self.now);
+            if d.is_none() {
+                self.fail(&f.name, Fail::Required, id);
+            }
+            return d;
+        };
+        if check(f, &before).is_ok() {
+            return Some(before);
+        }
+        if before.is_null() {
+            // Made non-null: the default where there was none, if it has one.
+            let d = default_of(f, self.now);
+            if d.is_none() {
+                self.fail(&f.name, Fail::Tighter, id);
+            }
+            return d;
+        }
+        if !lossy(&p.ty, &f.ty) {
+            self.fail(&f.name, Fail::Tighter, id);
+            return None;
+        }
+        if !self.confirms(&f.name) {
+            self.fail(&f.name, Fail::Lossy, id);
+            return None;
+        }
+        keep_value(&mut self.kept, &f.name, id, &before);
+        let d = default_of(f, self.now);
+        if d.is_none() {
+            self.fail(&f.name, Fail::Required, id);
+        }
+        d
+    }
+
+    /// One old row as a row of the new table (`None`: it fails the change).
+    fn row(&mut self, old: Row) -> Option<Row> {
+        let id = old.get(ID).cloned().unwrap_or(Value::Null);
+        let mut row = Row::new();
+        row.insert(ID.into(), id.clone());
+        if let Some(o) = old.get(crate::tables::OWNER) {
+            row.insert(crate::tables::OWNER.into(), o.clone());
+        }
+        let mut whole = true;
+        for (f, p) in self.pairs.clone() {
+            let before = p
+                .and_then(|p| old.get(&p.name))
+                .cloned()
+                .unwrap_or(Value::Null);
+            match self.value(f, p, before, &id) {
+                Some(v) => {
+                    row.insert(f.name.clone(), v);
+                }
+                None => whole = false,
+            }
+        }
+        for p in self.dropped.clone() {
+            let v = old.get(&p.name).cloned().unwrap_or(Value::Null);
+            if v.is_null() {
+                continue;
+            }
+            if self.confirms(&p.name) {
+                keep_value(&mut self.kept, &p.name, &id, &v);
+            } else {
+                self.fail(&p.name, Fail::Dropped, &id);
+            }
+        }
+        whole.then_some(row)
+    }
+
+    /// The refusal of the first rule rows fail, if any.
+    fn refusal(&self) -> Option<crate::error::Error> {
+        let ((field, why), f) = self.failing.iter().next()?;
+        let t = &self.t.name;
+        let what = format!("table {t}, field {field}");
+        let why = match why {
+            Fail::Lossy => format!(
+                "hold values that the new type cannot: to drop them, add \"{t}.{field}\" to [confirm] drop"
+            ),
+            Fail::Required => {
+                "have no value for it: give it a default or make it nullable (type \"T?\")".to_string()
+            }
+            Fail::Dropped => format!(
+                "hold a value: to drop the field, add \"{t}.{field}\" to [confirm] drop (the values are then kept under DATA/removed/)"
+            ),
+            Fail::Tighter => format!(
+                "do not meet the new definition ({})",
+                self.t.field(field).map(crate::tables::value::expected).unwrap_or_default()
+            ),
+        };
+        Some(refused(&what, f, &why))
+    }
+}
+
 /// The rows of `prev` as rows of `t`: each field carried over if its value is
-/// valid under the new definition, defaulted if new, dropped (and kept for
-/// DATA/removed/) with consent. The first rule that rows fail refuses the change.
+/// valid under the new definition, defaulted if new (or null and made
+/// non-null), dropped (and kept for DATA/removed/) with consent. The first rule
+/// that rows fail refuses the change.
 fn carry(
     new: &Schema,
     prev: &Table,
@@ -380,124 +561,12 @@ fn carry(
     rows: Vec<Row>,
     out: &mut Migrated,
 ) -> Result<Vec<Row>> {
-    let now = crate::util::now_ns();
-    let mut failing: BTreeMap<(String, &'static str), Failing> = BTreeMap::new();
-    let mut kept: BTreeMap<String, String> = BTreeMap::new();
-    let mut result = Vec::with_capacity(rows.len());
-    // Each new field and the old field it continues.
-    let pairs: Vec<_> = t
-        .fields
-        .values()
-        .map(|f| {
-            let p = (f.renamed_from.as_deref().and_then(|r| prev.fields.get(r)))
-                .or_else(|| prev.fields.get(&f.name));
-            (f, p)
-        })
-        .collect();
-    let dropped: Vec<_> = (prev.fields.values())
-        .filter(|p| {
-            !pairs
-                .iter()
-                .any(|(_, q)| q.is_some_and(|q| q.name == p.name))
-        })
-        .collect();
-    let confirms = |field: &str| new.confirms(&format!("{}.{field}", t.name));
-    for old in rows {
-        let id = old.get(ID).cloned().unwrap_or(Value::Null);
-        let mut row = Row::new();
-        row.insert(ID.into(), id.clone());
-        if let Some(o) = old.get(crate::tables::OWNER) {
-            row.insert(crate::tables::OWNER.into(), o.clone());
-        }
-        for (f, p) in &pairs {
-            let before = p
-                .and_then(|p| old.get(&p.name))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let v = if p.is_some() && check(f, &before).is_ok() {
-                before
-            } else if p.is_some_and(|p| lossy(&p.ty, &f.ty)) && !before.is_null() {
-                if !confirms(&f.name) {
-                    failing
-                        .entry((f.name.clone(), "lossy"))
-                        .or_default()
-                        .add(&id);
-                    continue;
-                }
-                keep_value(&mut kept, &f.name, &id, &before);
-                match default_of(f, now) {
-                    Some(d) => d,
-                    None => {
-                        failing
-                            .entry((f.name.clone(), "required"))
-                            .or_default()
-                            .add(&id);
-                        continue;
-                    }
-                }
-            } else if p.is_some() && !before.is_null() {
-                failing
-                    .entry((f.name.clone(), "tighter"))
-                    .or_default()
-                    .add(&id);
-                continue;
-            } else {
-                match default_of(f, now) {
-                    Some(d) => d,
-                    None if p.is_some() => {
-                        failing
-                            .entry((f.name.clone(), "tighter"))
-                            .or_default()
-                            .add(&id);
-                        continue;
-                    }
-                    None => {
-                        failing
-                            .entry((f.name.clone(), "required"))
-                            .or_default()
-                            .add(&id);
-                        continue;
-                    }
-                }
-            };
-            row.insert(f.name.clone(), v);
-        }
-        for p in &dropped {
-            let v = old.get(&p.name).cloned().unwrap_or(Value::Null);
-            if v.is_null() {
-                continue;
-            }
-            if !confirms(&p.name) {
-                failing
-                    .entry((p.name.clone(), "dropped"))
-                    .or_default()
-                    .add(&id);
-            } else {
-                keep_value(&mut kept, &p.name, &id, &v);
-            }
-        }
-        result.push(row);
+    let mut c = Carry::new(new, prev, t);
+    let result: Vec<Row> = rows.into_iter().filter_map(|r| c.row(r)).collect();
+    if let Some(e) = c.refusal() {
+        return Err(e);
     }
-    if let Some(((field, kind), f)) = failing.into_iter().next() {
-        let what = format!("table {}, field {field}", t.name);
-        let why = match kind {
-            "lossy" => format!(
-                "hold values that the new type cannot: to drop them, add \"{}.{field}\" to [confirm] drop",
-                t.name
-            ),
-            "required" => "have no value for it: give it a default or make it nullable (type \"T?\")".to_string(),
-            "dropped" => format!(
-                "hold a value: to drop the field, add \"{}.{field}\" to [confirm] drop (the values are then kept under DATA/removed/)",
-                t.name
-            ),
-            _ => format!(
-                "do not meet the new definition ({})",
-                t.field(&field).map(crate::tables::value::expected).unwrap_or_default()
-            ),
-        };
-        return Err(refused(&what, &f, &why));
-    }
-    for (field, lines) in kept {
+    for (field, lines) in c.kept {
         out.removed.push((format!("{}.{field}", t.name), lines));
     }
     Ok(result)
@@ -664,7 +733,7 @@ impl SqliteStore {
         let Ok(key) = Self::key_of(t, id) else {
             return Ok(false);
         };
-        self.delete_key(&s, t, key, 0)
+        self.atomic("row_delete", |st| st.delete_key(&s, t, key, 0))
     }
 
     fn delete_key(&mut self, s: &Schema, t: &Table, key: Sql, depth: usize) -> Result<bool> {

@@ -458,3 +458,22 @@ impl SqliteStore {
         self.all_rows(&t).unwrap()
     }
 }
+
+#[test]
+fn a_delete_refused_halfway_through_its_cascade_leaves_nothing() {
+    let (_d, mut s) = store();
+    apply(
+        &mut s,
+        "[tables.a]\n[tables.b]\nfields.r = { type = \"ref<a>\", on_delete = \"cascade\" }\n[tables.c]\nfields.r = { type = \"ref<b>\" }\n",
+    )
+    .unwrap();
+    s.begin().unwrap();
+    let a = insert(&mut s, "a", json!({})).unwrap();
+    let b = insert(&mut s, "b", json!({"r": a})).unwrap();
+    insert(&mut s, "c", json!({"r": b})).unwrap();
+    // a cascades to b, which c holds: refused, and b is still there.
+    assert_eq!(s.row_delete("a", &a).unwrap_err().errno, libc::EBUSY);
+    assert!(s.row_get("b", &b).unwrap().is_some());
+    assert!(s.row_get("a", &a).unwrap().is_some());
+    s.commit().unwrap();
+}

@@ -1,0 +1,247 @@
+//! What a reader sees of a peer's declared tables: the owner every row, another
+//! peer only the rows the owner's policy lets it select (a table none of whose
+//! rows it may select does not show). The mount's `tables/`, the spool's mirror
+//! of them and the lattice's answers to a reader of another daemon all read
+//! through a [`Sight`], so they show exactly the same rows, rendered the same way.
+
+use std::sync::Arc;
+
+use super::{PolicyGate, PolicyState, RowAsk, RowRule};
+use crate::error::{err, Result};
+use crate::peer::Peer;
+use crate::script::{Access, RowAction};
+use crate::tables::rows::Row;
+use crate::tables::Schema;
+
+/// Rows a listing or a `.jsonl` file shows at most (beyond: a script pages).
+pub const MAX_ROWS: usize = 100_000;
+
+/// What one reader may see of one peer's tables.
+pub enum Sight {
+    /// The owner: everything.
+    All(Arc<Schema>),
+    /// Another peer: per table, as the owner's policy decides.
+    Policy(Arc<PolicyState>, String),
+}
+
+impl Sight {
+    /// What `viewer` sees of `owner` (a peer of this daemon).
+    pub fn of(gate: &PolicyGate, owner: &Peer, viewer: &str) -> Result<Sight> {
+        if viewer == owner.name {
+            return Ok(Sight::All(owner.read(|s| s.schema())?));
+        }
+        Ok(Sight::Policy(gate.state(owner)?, viewer.to_string()))
+    }
+
+    pub fn schema(&self) -> &Schema {
+        match self {
+            Sight::All(s) => s,
+            Sight::Policy(st, _) => &st.tables,
+        }
+    }
+
+    /// The rule for selecting rows of `table` (`None`: every row shows).
+    fn rule(&self, table: &str) -> Option<RowRule> {
+        let Sight::Policy(st, viewer) = self else {
+            return None;
+        };
+        let groups = st.groups.groups_of(viewer);
+        let params = serde_json::json!({});
+        let ask = RowAsk {
+            caller: viewer,
+            groups: &groups,
+            script: "",
+            params: &params,
+            chain: &[],
+        };
+        Some(st.policy.row_rule(&ask, RowAction::Select, table))
+    }
+
+    /// Whether `table` shows at all.
+    pub fn shows(&self, table: &str) -> bool {
+        self.schema().table(table).is_some()
+            && self.rule(table).is_none_or(|r| r.access != Access::None)
+    }
+
+    /// The tables that show, in name order.
+    pub fn tables(&self) -> Vec<String> {
+        (self.schema().tables.keys())
+            .filter(|n| self.shows(n))
+            .cloned()
+            .collect()
+    }
+
+    /// The row of `table` of `owner` whose key's text is `key`, if it shows.
+    pub fn row(&self, owner: &Peer, table: &str, key: &str) -> Result<Option<Row>> {
+        let Some(t) = self.schema().table(table) else {
+            return Ok(None);
+        };
+        let id = match t.key {
+            crate::tables::KeyKind::Int => match key.parse::<i64>() {
+                Ok(i) => serde_json::Value::from(i),
+                Err(_) => return Ok(None),
+            },
+            _ => serde_json::Value::String(key.to_string()),
+        };
+        let row = owner.read(|s| s.row_get(table, &id))?;
+        let rule = self.rule(table);
+        Ok(row.filter(|r| sees(&rule, self.schema(), r)))
+    }
+
+    /// Every row of `table` of `owner` that shows, in key order (at most
+    /// [`MAX_ROWS`]).
+    pub fn rows(&self, owner: &Peer, table: &str) -> Result<Vec<Row>> {
+        self.rows_after(owner, table, None, MAX_ROWS)
+    }
+
+    /// At most `limit` rows of `table` that show, in key order, after the row
+    /// whose key is `after`.
+    pub fn rows_after(
+        &self,
+        owner: &Peer,
+        table: &str,
+        after: Option<&serde_json::Value>,
+        limit: usize,
+    ) -> Result<Vec<Row>> {
+        if !self.shows(table) {
+            return Err(err!(libc::ENOENT, "no table {table:?}"));
+        }
+        let rule = self.rule(table);
+        let schema = self.schema();
+        let limit = limit.min(MAX_ROWS);
+        owner.read(|s| {
+            let t = crate::tables::rows::table(schema, table)?;
+            let mut find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
+            find.limit = MAX_ROWS;
+            let cursor = after.map(|id| {
+                let mut r = Row::new();
+                r.insert(crate::tables::ID.to_string(), id.clone());
+                r
+            });
+            let mut rows = Vec::new();
+            s.row_scan(table, &find, cursor.as_ref(), &mut |r| {
+                if sees(&rule, schema, &r) {
+                    rows.push(r);
+                }
+                rows.len() < limit
+            })?;
+            Ok(rows)
+        })
+    }
+}
+
+fn sees(rule: &Option<RowRule>, schema: &Schema, row: &Row) -> bool {
+    rule.as_ref().is_none_or(|r| r.decide(schema, row).is_ok())
+}
+
+/// A row's key as its file name (without `.json`).
+pub fn key_text(r: &Row) -> String {
+    match r.get(crate::tables::ID) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Rows as a file shows them: one JSON object a line.
+pub fn render(rows: &[Row]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    for r in rows {
+        serde_json::to_writer(&mut out, r)?;
+        out.push(b'\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::prelude::*;
+    use crate::store::SqliteStore;
+    use serde_json::json;
+
+    const SCHEMA: &str = r#"
+[tables.notes]
+key = "string"
+fields.title  = { type = "string" }
+fields.pinned = { type = "bool", default = false }
+
+[tables.counts]
+key = "int"
+fields.n = { type = "int" }
+"#;
+
+    fn peer() -> (tempfile::TempDir, Peer) {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = SqliteStore::open(&d.path().join("alice.sqlite"), true).unwrap();
+        s.begin().unwrap();
+        s.apply_schema(SCHEMA.as_bytes()).unwrap();
+        let schema = s.schema().unwrap();
+        let t = schema.table("notes").unwrap();
+        for i in 0..25 {
+            let v = json!({"id": format!("n{i:02}"), "title": "t", "pinned": i % 5 == 0});
+            let row =
+                crate::tables::rows::prepare_insert(&schema, t, "alice", v.as_object().unwrap(), 0)
+                    .unwrap();
+            s.row_insert("notes", &row).unwrap();
+        }
+        let c = schema.table("counts").unwrap();
+        let row = crate::tables::rows::prepare_insert(
+            &schema,
+            c,
+            "alice",
+            json!({"id": 7, "n": 1}).as_object().unwrap(),
+            0,
+        )
+        .unwrap();
+        s.row_insert("counts", &row).unwrap();
+        let policy = r#"permit(principal == Peer::"bob", action == Action::"select", resource is Table::notes) when { resource.pinned };"#;
+        s.set_meta(super::super::PolicyText::Policy.key(), policy.as_bytes())
+            .unwrap();
+        s.commit().unwrap();
+        (d, Peer::new("alice".into(), Box::new(s)))
+    }
+
+    fn ids(rows: &[Row]) -> Vec<String> {
+        rows.iter().map(key_text).collect()
+    }
+
+    #[test]
+    fn the_owner_sees_every_row_another_peer_what_the_policy_lets_it_select() {
+        let (_d, p) = peer();
+        let gate = PolicyGate::new();
+        let own = Sight::of(&gate, &p, "alice").unwrap();
+        assert_eq!(own.tables(), ["counts", "notes"]);
+        assert_eq!(own.rows(&p, "notes").unwrap().len(), 25);
+        assert_eq!(key_text(&own.row(&p, "counts", "7").unwrap().unwrap()), "7");
+        assert!(own.row(&p, "counts", "x").unwrap().is_none());
+
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        assert_eq!(bob.tables(), ["notes"]);
+        assert!(!bob.shows("counts"));
+        assert_eq!(
+            ids(&bob.rows(&p, "notes").unwrap()),
+            ["n00", "n05", "n10", "n15", "n20"]
+        );
+        assert!(bob.row(&p, "notes", "n01").unwrap().is_none());
+        assert!(bob.row(&p, "notes", "n05").unwrap().is_some());
+        assert_eq!(bob.rows(&p, "counts").unwrap_err().errno, libc::ENOENT);
+        let carol = Sight::of(&gate, &p, "carol").unwrap();
+        assert!(carol.tables().is_empty());
+    }
+
+    #[test]
+    fn rows_come_in_pages_after_a_key() {
+        let (_d, p) = peer();
+        let gate = PolicyGate::new();
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        let first = bob.rows_after(&p, "notes", None, 2).unwrap();
+        assert_eq!(ids(&first), ["n00", "n05"]);
+        let next = bob.rows_after(&p, "notes", Some(&json!("n05")), 2).unwrap();
+        assert_eq!(ids(&next), ["n10", "n15"]);
+        let last = bob.rows_after(&p, "notes", Some(&json!("n15")), 2).unwrap();
+        assert_eq!(ids(&last), ["n20"]);
+        let text = render(&last).unwrap();
+        assert!(text.ends_with(b"\n") && text.iter().filter(|b| **b == b'\n').count() == 1);
+    }
+}
