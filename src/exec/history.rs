@@ -93,8 +93,8 @@ impl Core {
 
 /// What an op through the mount is called in the history; `None`: it changes
 /// nothing the history records. Every op that writes what the history records
-/// needs a name here (rows written or removed through row files of `tables/`
-/// too): without one it begins no entry and its change goes unrecorded.
+/// needs a name here: without one it begins no entry and its change goes
+/// unrecorded.
 fn op_label(op: &Op) -> Option<String> {
     Some(match op {
         Op::SetBytes(k, _) => format!("write state/{k}"),
@@ -104,6 +104,8 @@ fn op_label(op: &Op) -> Option<String> {
         Op::SetMode(k, _) => format!("chmod state/{k}"),
         Op::SetModule(m, _) => format!("write modules/{m}.rhai"),
         Op::RemoveModule(m) => format!("rm modules/{m}.rhai"),
+        Op::PutRow { table, key, .. } => format!("write tables/{table}/{key}.json"),
+        Op::DeleteRow { table, key } => format!("rm tables/{table}/{key}.json"),
         Op::SetMeta(k, _) => match crate::policy::PolicyText::of_key(k) {
             Some(t) => format!("write {}", t.file()),
             None => return None,

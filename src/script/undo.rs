@@ -6,7 +6,7 @@
 
 use rhai::{Array, Dynamic, Engine, Map};
 
-use super::host::{fatal, store_w, with_ctx, Ctx, RhaiResult};
+use super::host::{fatal, with_ctx, Ctx, RhaiResult};
 use super::Status;
 use crate::store::history::Point;
 
@@ -42,7 +42,8 @@ fn undo(run: &str, opts: Map) -> RhaiResult<Dynamic> {
     };
     with_ctx(|c| {
         owner_only(c, "undo")?;
-        let st = store_w(c)?;
+        // Rows may be set back too: the mount and the spool hear of it.
+        let st = c.store_w()?;
         let r = match st.history() {
             Some(h) => h.undo(run, cascade),
             None => return Err("undo: this peer's store keeps no history".into()),
@@ -59,7 +60,8 @@ fn restore_to(point: &str) -> RhaiResult<Dynamic> {
     let point = Point::parse(point).map_err(|e| e.message)?;
     with_ctx(|c| {
         owner_only(c, "restore_to")?;
-        let st = store_w(c)?;
+        // Rows may be set back too: the mount and the spool hear of it.
+        let st = c.store_w()?;
         let r = match st.history() {
             Some(h) => h.restore(&point),
             None => return Err("restore_to: this peer's store keeps no history".into()),

@@ -693,3 +693,46 @@ fn sigkill_in_the_middle_of_an_undo_of_a_schema_change_and_rows_is_all_or_nothin
     );
     assert_eq!(t, "kept");
 }
+
+#[test]
+fn row_files_written_and_removed_through_the_mount_are_entries_undone() {
+    let m = with_tables();
+    let note = m.run_ok("alice", "n.rhai", r#"db.notes.insert(#{ title: "one" })"#);
+    let note = note.as_str().unwrap().to_string();
+    let file = m.p(&format!("alice/tables/notes/{note}.json"));
+    let mut row: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    row["title"] = "two".into();
+    std::fs::write(&file, row.to_string()).unwrap();
+    let w = m.names("alice/.history").last().unwrap().clone();
+    let c = changes(&m, &w);
+    assert_eq!(
+        c["script"],
+        format!("write tables/notes/{note}.json"),
+        "{c}"
+    );
+    assert_eq!(c["changes"][0]["before"]["row"]["title"], "one", "{c}");
+    assert_eq!(c["changes"][0]["after"]["row"]["title"], "two", "{c}");
+    std::fs::remove_file(&file).unwrap();
+    let r = m.names("alice/.history").last().unwrap().clone();
+    assert_eq!(
+        changes(&m, &r)["changes"][0]["after"],
+        serde_json::Value::Null
+    );
+
+    let u = alice(&m, "u.rhai", &format!(r#"undo("{r}")"#));
+    assert_eq!(u["status"], "ok", "{u}");
+    let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(back["title"], "two");
+    // The write, with the later runs on the same row (newest first).
+    let u = alice(
+        &m,
+        "u2.rhai",
+        &format!(r#"undo("{w}", #{{ cascade: true }})"#),
+    );
+    assert_eq!(u["value"].as_array().map(Vec::len), Some(3), "{u}");
+    let back: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(back["title"], "one");
+    let all = read(&m, "alice/tables/notes.jsonl").unwrap();
+    assert_eq!(all.lines().count(), 1, "{all}");
+}
