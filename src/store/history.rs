@@ -173,9 +173,9 @@ pub trait History {
     fn list_at(&mut self, seq: i64, dir: &str) -> Result<Vec<super::DirEntry>>;
     /// The declared tables right after the entry `seq`, by name.
     fn tables_at(&mut self, seq: i64) -> Result<Vec<String>>;
-    /// A table right after the entry `seq` as JSON lines, one row a line in key
-    /// order (as `tables/<table>.jsonl` shows it); `None`: no such table then.
-    fn table_at(&mut self, seq: i64, table: &str) -> Result<Option<Vec<u8>>>;
+    /// A table's rows right after the entry `seq`, in key order, with the
+    /// fields of then; `None`: no such table then.
+    fn table_at(&mut self, seq: i64, table: &str) -> Result<Option<Vec<crate::tables::rows::Row>>>;
     /// Undoes the entry of `run` (with `cascade`, every later entry in the way
     /// too, newest first) inside the open entry; the run ids undone.
     fn undo(&mut self, run: &str, cascade: bool) -> Result<Vec<String>>;

@@ -307,7 +307,8 @@ impl Vfs {
                     let seq = seq_of(h, at)?;
                     h.table_at(seq, table)
                 })?
-                .ok_or_else(|| err!(libc::ENOENT, "no table {table:?} then")),
+                .ok_or_else(|| err!(libc::ENOENT, "no table {table:?} then"))
+                .and_then(|rows| crate::policy::sight::render(&rows)),
             _ => Err(err!(libc::EISDIR, "not a file")),
         }
     }

@@ -42,6 +42,10 @@ pub(super) struct Recorder {
     /// The open entry changed a policy text / a module.
     meta: bool,
     modules: bool,
+    /// While a mark is set (see [`SqliteStore::hist_mark`]): each item's
+    /// change noted since, with what the entry held of it before.
+    log: Vec<((ItemKind, String), Option<Pending>)>,
+    marks: usize,
 }
 
 /// Whether the history records changes of the meta row `key`.
@@ -189,6 +193,11 @@ impl SqliteStore {
         after: Option<Ver>,
     ) -> Result<()> {
         if self.recording() {
+            if self.hist.marks > 0 {
+                let key = (kind, item.to_string());
+                let prev = self.hist.items.get(&key).copied();
+                self.hist.log.push((key, prev));
+            }
             self.hist
                 .items
                 .entry((kind, item.to_string()))
@@ -199,6 +208,38 @@ impl SqliteStore {
                 .a = after;
         }
         Ok(())
+    }
+
+    /// Marks where the open entry's items are before a step that a savepoint
+    /// of its own may roll back (marks nest).
+    pub(super) fn hist_mark(&mut self) -> usize {
+        self.hist.marks += 1;
+        self.hist.log.len()
+    }
+
+    /// The step of `mark` was kept.
+    pub(super) fn hist_release(&mut self, _mark: usize) {
+        self.hist.marks -= 1;
+        if self.hist.marks == 0 {
+            self.hist.log.clear();
+        }
+    }
+
+    /// The step of `mark` was rolled back: the items as they were at the mark.
+    pub(super) fn hist_undo_to(&mut self, mark: usize) {
+        while self.hist.log.len() > mark {
+            let Some((key, prev)) = self.hist.log.pop() else {
+                break;
+            };
+            match prev {
+                Some(p) => self.hist.items.insert(key, p),
+                None => self.hist.items.remove(&key),
+            };
+        }
+        self.hist.marks -= 1;
+        if self.hist.marks == 0 {
+            self.hist.log.clear();
+        }
     }
 
     /// Whether the open entry keeps `data` as the `before` of one of its items.

@@ -454,16 +454,8 @@ impl History for SqliteStore {
         Ok(self.schema_at(seq)?.tables.into_keys().collect())
     }
 
-    fn table_at(&mut self, seq: i64, table: &str) -> Result<Option<Vec<u8>>> {
-        let Some(rows) = self.rows_at(seq, table)? else {
-            return Ok(None);
-        };
-        let mut out = Vec::new();
-        for r in rows {
-            serde_json::to_writer(&mut out, &r)?;
-            out.push(b'\n');
-        }
-        Ok(Some(out))
+    fn table_at(&mut self, seq: i64, table: &str) -> Result<Option<Vec<crate::tables::rows::Row>>> {
+        self.rows_at(seq, table)
     }
 
     fn undo(&mut self, run: &str, cascade: bool) -> Result<Vec<String>> {

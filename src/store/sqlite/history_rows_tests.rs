@@ -72,6 +72,13 @@ fn with_schema() -> (tempfile::TempDir, SqliteStore) {
     (d, s)
 }
 
+/// Rows one JSON object a line, as `tables/<table>.jsonl` shows them.
+fn lines(rows: Vec<Row>) -> String {
+    rows.iter()
+        .map(|r| format!("{}\n", Value::Object(r.clone())))
+        .collect()
+}
+
 fn kinds(s: &mut SqliteStore, id: &str) -> Vec<(ItemKind, String)> {
     let seq = s.entry(id).unwrap().unwrap().seq;
     (s.changes(seq, 4096).unwrap().into_iter())
@@ -226,15 +233,12 @@ fn restore_to_a_point_with_rows_and_a_table_as_right_after_an_entry() {
 
     let seq_a = s.entry("A").unwrap().unwrap().seq;
     let seq_c = s.entry("C").unwrap().unwrap().seq;
-    let lines = String::from_utf8(s.table_at(seq_a, "notes").unwrap().unwrap()).unwrap();
-    assert_eq!(lines.lines().count(), 1, "{lines}");
-    assert!(lines.contains("\"title\":\"a\""), "{lines}");
-    let lines = String::from_utf8(s.table_at(seq_c, "notes").unwrap().unwrap()).unwrap();
-    assert_eq!(lines.lines().count(), 2, "{lines}");
-    assert!(
-        lines.contains("\"a2\"") && lines.contains("\"b\""),
-        "{lines}"
-    );
+    let text = lines(s.table_at(seq_a, "notes").unwrap().unwrap());
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("\"title\":\"a\""), "{text}");
+    let text = lines(s.table_at(seq_c, "notes").unwrap().unwrap());
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.contains("\"a2\"") && text.contains("\"b\""), "{text}");
     assert!(s.table_at(seq_c, "tags").unwrap().is_none());
     // A field added later is not shown as of before it.
     let rated = more.replace(
@@ -242,11 +246,11 @@ fn restore_to_a_point_with_rows_and_a_table_as_right_after_an_entry() {
         "fields.rating = { type = \"int?\" }\nfields.pinned",
     );
     entry(&mut s, "F", |s| s.apply_schema(rated.as_bytes()).unwrap());
-    let lines = String::from_utf8(s.table_at(seq_c, "notes").unwrap().unwrap()).unwrap();
-    assert!(!lines.contains("rating"), "{lines}");
+    let text = lines(s.table_at(seq_c, "notes").unwrap().unwrap());
+    assert!(!text.contains("rating"), "{text}");
     let seq_f = s.entry("F").unwrap().unwrap().seq;
-    let lines = String::from_utf8(s.table_at(seq_f, "notes").unwrap().unwrap()).unwrap();
-    assert!(lines.contains("\"rating\":null"), "{lines}");
+    let text = lines(s.table_at(seq_f, "notes").unwrap().unwrap());
+    assert!(text.contains("\"rating\":null"), "{text}");
     assert_eq!(
         s.tables_at(seq_c).unwrap(),
         vec!["comments", "links", "notes"]
@@ -339,7 +343,7 @@ fields.v = { type = "int" }
 /// Both tables as JSON lines, as `table_at` shows them.
 fn live(s: &mut SqliteStore) -> [String; 2] {
     let seq = s.entries(0, usize::MAX >> 1).unwrap().last().unwrap().seq;
-    ["notes", "comments"].map(|t| String::from_utf8(s.table_at(seq, t).unwrap().unwrap()).unwrap())
+    ["notes", "comments"].map(|t| lines(s.table_at(seq, t).unwrap().unwrap()))
 }
 
 fn nth(s: &mut SqliteStore, table: &str, i: u8) -> Option<Value> {
@@ -432,8 +436,7 @@ fn check_rows_model(steps: Vec<Step>) {
     // Every entry's tables as right after it, read back from the history.
     for (id, want) in &snaps {
         let seq = s.entry(id).unwrap().unwrap().seq;
-        let got = ["notes", "comments"]
-            .map(|t| String::from_utf8(s.table_at(seq, t).unwrap().unwrap()).unwrap());
+        let got = ["notes", "comments"].map(|t| lines(s.table_at(seq, t).unwrap().unwrap()));
         assert_eq!(&got, want, "tables after {id}");
     }
 }
@@ -460,4 +463,35 @@ fn undo_frees_a_unique_value_before_putting_it_back() {
     entry(&mut s, "U", |s| s.undo("B", false).unwrap());
     assert_eq!(get(&mut s, "users", &a).unwrap()["name"], "x");
     assert!(get(&mut s, "users", &b).is_none());
+}
+
+#[test]
+fn a_delete_refused_halfway_through_its_cascade_leaves_nothing_in_the_entry() {
+    let (_d, mut s) = store();
+    let text = format!(
+        "{SCHEMA}\n[tables.likes]\nkey = \"int\"\nfields.comment = {{ type = \"ref<comments>\", on_delete = \"restrict\" }}\n"
+    );
+    entry(&mut s, "S", |s| s.apply_schema(text.as_bytes()).unwrap());
+    let n = entry(&mut s, "A", |s| {
+        let n = insert(s, "notes", json!({ "title": "n" }));
+        insert(s, "comments", json!({ "note": n, "text": "free" }));
+        let c2 = insert(s, "comments", json!({ "note": n, "text": "liked" }));
+        insert(s, "likes", json!({ "comment": c2 }));
+        n
+    });
+    let other = entry(&mut s, "B", |s| {
+        let e = s.row_delete("notes", &n).unwrap_err();
+        assert_eq!(e.errno, libc::EBUSY);
+        insert(s, "notes", json!({ "title": "other" }))
+    });
+    // Only the insert: the comment the cascade deleted before the refusal is back
+    // and not in the entry.
+    assert_eq!(
+        kinds(&mut s, "B"),
+        vec![(ItemKind::Row, format!("notes/{}", other.as_str().unwrap()))]
+    );
+    assert_eq!(s.row_count("comments", &[]).unwrap(), 2);
+    let seq = s.entry("B").unwrap().unwrap().seq;
+    assert!(s.changes(seq, 4096).unwrap()[0].after.is_some());
+    assert_eq!(s.integrity_check().unwrap(), "ok");
 }

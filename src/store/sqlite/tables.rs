@@ -110,12 +110,16 @@ impl SqliteStore {
     /// the error of a delete refused halfway through its cascade).
     fn atomic<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         self.conn.execute_batch(&format!("SAVEPOINT {name}"))?;
+        // What the open history entry noted inside goes with a rollback.
+        let mark = self.hist_mark();
         match f(self) {
             Ok(v) => {
+                self.hist_release(mark);
                 self.conn.execute_batch(&format!("RELEASE {name}"))?;
                 Ok(v)
             }
             Err(e) => {
+                self.hist_undo_to(mark);
                 let _ = self
                     .conn
                     .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"));
