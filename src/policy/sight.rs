@@ -13,8 +13,29 @@ use crate::script::{Access, RowAction};
 use crate::tables::rows::Row;
 use crate::tables::Schema;
 
-/// Rows a listing or a `.jsonl` file shows at most (beyond: a script pages).
+/// Rows a listing, or a `.jsonl` rendered whole (the spool's mirror, a view
+/// asked of another daemon), shows at most (beyond: a script pages).
 pub const MAX_ROWS: usize = 100_000;
+
+/// A page of a streamed `.jsonl` (the mount's) holds at most this many rows...
+pub const PAGE_ROWS: usize = 1_000;
+/// ... and at most this many bytes (but always its first row, however long).
+pub const PAGE_BYTES: usize = 1 << 20;
+/// Rows a page looks at at most: a viewer who may select few rows of a big
+/// table gets pages with few (or no) rows, each found in bounded time.
+pub const PAGE_SCAN: usize = 10_000;
+
+/// One page of a table as a file shows it, in key order.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The rows that show, rendered (one JSON object a line).
+    pub bytes: Vec<u8>,
+    /// The key of the last row looked at (shown or not): the next page starts
+    /// after it. `None`: no row was looked at.
+    pub last: Option<serde_json::Value>,
+    /// No row follows `last`.
+    pub done: bool,
+}
 
 /// What one reader may see of one peer's tables.
 pub enum Sight {
@@ -126,6 +147,66 @@ impl Sight {
                 rows.len() < limit
             })?;
             Ok(rows)
+        })
+    }
+}
+
+impl Sight {
+    /// The page of `table` after the row whose key is `after` (keyset: rows
+    /// inserted before the cursor are not seen, none is seen twice): at most
+    /// [`PAGE_ROWS`] rows and [`PAGE_BYTES`] bytes, looking at most at
+    /// [`PAGE_SCAN`] rows, each filtered by this sight's rule.
+    pub fn page(
+        &self,
+        owner: &Peer,
+        table: &str,
+        after: Option<&serde_json::Value>,
+    ) -> Result<Page> {
+        if !self.shows(table) {
+            return Err(err!(libc::ENOENT, "no table {table:?}"));
+        }
+        let rule = self.rule(table);
+        let schema = self.schema();
+        owner.read(|s| {
+            let t = crate::tables::rows::table(schema, table)?;
+            let find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
+            let cursor = after.map(|id| {
+                let mut r = Row::new();
+                r.insert(crate::tables::ID.to_string(), id.clone());
+                r
+            });
+            let mut page = Page {
+                done: true,
+                ..Page::default()
+            };
+            let (mut rows, mut looked, mut failed) = (0, 0, None);
+            s.row_scan(table, &find, cursor.as_ref(), &mut |r| {
+                let line = match sees(&rule, schema, &r).then(|| render(std::slice::from_ref(&r))) {
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                    Some(Ok(l)) => Some(l),
+                    None => None,
+                };
+                if let Some(l) = line {
+                    if rows > 0 && page.bytes.len() + l.len() > PAGE_BYTES {
+                        page.done = false;
+                        return false;
+                    }
+                    page.bytes.extend_from_slice(&l);
+                    rows += 1;
+                }
+                page.last = r.get(crate::tables::ID).cloned();
+                looked += 1;
+                let more = rows < PAGE_ROWS && looked < PAGE_SCAN;
+                page.done = more;
+                more
+            })?;
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(page),
+            }
         })
     }
 }
@@ -243,5 +324,35 @@ fields.n = { type = "int" }
         assert_eq!(ids(&last), ["n20"]);
         let text = render(&last).unwrap();
         assert!(text.ends_with(b"\n") && text.iter().filter(|b| **b == b'\n').count() == 1);
+    }
+
+    fn lines(p: &Page) -> Vec<String> {
+        (String::from_utf8(p.bytes.clone()).unwrap().lines())
+            .map(|l| {
+                serde_json::from_str::<Row>(l)
+                    .map(|r| key_text(&r))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_is_filtered_and_ends_after_the_last_row_looked_at() {
+        let (_d, p) = peer();
+        let gate = PolicyGate::new();
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        let all = bob.page(&p, "notes", None).unwrap();
+        assert_eq!(lines(&all), ["n00", "n05", "n10", "n15", "n20"]);
+        assert_eq!((all.last, all.done), (Some(json!("n24")), true));
+        let rest = bob.page(&p, "notes", Some(&json!("n12"))).unwrap();
+        assert_eq!(lines(&rest), ["n15", "n20"]);
+        let none = bob.page(&p, "notes", Some(&json!("n24"))).unwrap();
+        assert!(none.bytes.is_empty() && none.last.is_none() && none.done);
+        assert_eq!(
+            bob.page(&p, "counts", None).unwrap_err().errno,
+            libc::ENOENT
+        );
+        let own = Sight::of(&gate, &p, "alice").unwrap();
+        assert_eq!(lines(&own.page(&p, "notes", None).unwrap()).len(), 25);
     }
 }
