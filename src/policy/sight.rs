@@ -253,14 +253,20 @@ fields.n = { type = "int" }
 "#;
 
     fn peer() -> (tempfile::TempDir, Peer) {
+        peer_of(25, 1)
+    }
+
+    /// alice with `n` notes `n00`, `n01`, ... whose titles are `len` bytes.
+    fn peer_of(n: usize, len: usize) -> (tempfile::TempDir, Peer) {
         let d = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&d.path().join("alice.sqlite"), true).unwrap();
         s.begin().unwrap();
         s.apply_schema(SCHEMA.as_bytes()).unwrap();
         let schema = s.schema().unwrap();
         let t = schema.table("notes").unwrap();
-        for i in 0..25 {
-            let v = json!({"id": format!("n{i:02}"), "title": "t", "pinned": i % 5 == 0});
+        let title = "t".repeat(len);
+        for i in 0..n {
+            let v = json!({"id": format!("n{i:02}"), "title": title, "pinned": i % 5 == 0});
             let row =
                 crate::tables::rows::prepare_insert(&schema, t, "alice", v.as_object().unwrap(), 0)
                     .unwrap();
@@ -354,5 +360,55 @@ fields.n = { type = "int" }
         );
         let own = Sight::of(&gate, &p, "alice").unwrap();
         assert_eq!(lines(&own.page(&p, "notes", None).unwrap()).len(), 25);
+    }
+
+    /// Every page of `notes` as alice sees it: (rows, bytes) of each, checking
+    /// that the pages together hold every row once, in key order.
+    fn pages(p: &Peer, n: usize) -> Vec<(usize, usize)> {
+        let gate = PolicyGate::new();
+        let own = Sight::of(&gate, p, "alice").unwrap();
+        let (mut after, mut seen, mut sizes) = (None, Vec::new(), Vec::new());
+        loop {
+            let page = own.page(p, "notes", after.as_ref()).unwrap();
+            let ids = lines(&page);
+            sizes.push((ids.len(), page.bytes.len()));
+            seen.extend(ids);
+            if page.done {
+                break;
+            }
+            after = page.last;
+        }
+        let mut want: Vec<String> = (0..n).map(|i| format!("n{i:02}")).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        sizes
+    }
+
+    #[test]
+    fn a_page_holds_at_most_its_rows_and_bytes() {
+        // Short rows: the row bound.
+        let (_d, p) = peer_of(2_500, 10);
+        let sizes = pages(&p, 2_500);
+        assert_eq!(
+            sizes[..3].iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1_000, 1_000, 500]
+        );
+        // Rows of some 3 KiB: the byte bound.
+        let (_d, p) = peer_of(1_000, 3_000);
+        let sizes = pages(&p, 1_000);
+        assert!(sizes.len() >= 3, "{sizes:?}");
+        for (rows, bytes) in &sizes {
+            assert!(
+                *bytes <= PAGE_BYTES && *rows <= PAGE_BYTES / 3_000,
+                "{sizes:?}"
+            );
+        }
+        assert!(sizes[0].1 > PAGE_BYTES - 4_000, "{sizes:?}");
+        // A row longer than a page is a page of its own.
+        let (_d, p) = peer_of(3, PAGE_BYTES + 10);
+        assert_eq!(
+            pages(&p, 3).iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
     }
 }
