@@ -754,6 +754,43 @@ fn a_seek_back_in_a_jsonl_reads_the_same_bytes() {
     assert_eq!(tail.trim(), "0");
 }
 
+#[test]
+fn rows_changed_while_a_jsonl_is_read_show_at_most_once() {
+    let m = roomy();
+    m.add_peer("alice");
+    install(&m, "alice", BIG).unwrap();
+    seed_big(&m, "alice", 20_000, 0);
+    use std::io::Read;
+    let mut h = std::fs::File::open(m.p("alice/tables/big.jsonl")).unwrap();
+    let mut bytes = vec![0; 200_000];
+    h.read_exact(&mut bytes).unwrap();
+    // Half-way: a row before the reader, one after it, one after it removed.
+    m.run_ok(
+        "alice",
+        "change.rhai",
+        r#"db.big.insert(#{ id: -5, v: "before", even: false });
+           db.big.insert(#{ id: 50000, v: "after", even: true });
+           db.big.delete(15000); 0"#,
+    );
+    h.read_to_end(&mut bytes).unwrap();
+    let ids: Vec<i64> = (String::from_utf8(bytes).unwrap().lines())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "not in key order, or twice"
+    );
+    assert_eq!(ids.len(), 20_000);
+    assert!(ids.contains(&50_000) && !ids.contains(&15_000) && !ids.contains(&-5));
+    // A new read sees the table as it is now.
+    let now = ids_of(&m.p("alice/tables/big.jsonl"));
+    assert_eq!((now.len(), now[0]), (20_001, -5));
+}
+
 /// The resident memory of process `pid`, in bytes.
 fn rss(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
