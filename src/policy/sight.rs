@@ -253,11 +253,12 @@ fields.n = { type = "int" }
 "#;
 
     fn peer() -> (tempfile::TempDir, Peer) {
-        peer_of(25, 1)
+        peer_of(25, 1, |i| i % 5 == 0)
     }
 
-    /// alice with `n` notes `n00`, `n01`, ... whose titles are `len` bytes.
-    fn peer_of(n: usize, len: usize) -> (tempfile::TempDir, Peer) {
+    /// alice with `n` notes `n00`, `n01`, ... whose titles are `len` bytes,
+    /// `pinned` as it says.
+    fn peer_of(n: usize, len: usize, pinned: fn(usize) -> bool) -> (tempfile::TempDir, Peer) {
         let d = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&d.path().join("alice.sqlite"), true).unwrap();
         s.begin().unwrap();
@@ -266,7 +267,7 @@ fields.n = { type = "int" }
         let t = schema.table("notes").unwrap();
         let title = "t".repeat(len);
         for i in 0..n {
-            let v = json!({"id": format!("n{i:02}"), "title": title, "pinned": i % 5 == 0});
+            let v = json!({"id": format!("n{i:02}"), "title": title, "pinned": pinned(i)});
             let row =
                 crate::tables::rows::prepare_insert(&schema, t, "alice", v.as_object().unwrap(), 0)
                     .unwrap();
@@ -385,16 +386,38 @@ fields.n = { type = "int" }
     }
 
     #[test]
+    fn a_page_looks_at_a_bounded_number_of_rows() {
+        // bob may select the last 10 rows of 25,000 only.
+        let (_d, p) = peer_of(25_000, 1, |i| i >= 24_990);
+        let gate = PolicyGate::new();
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        let (mut after, mut seen, mut n) = (None, 0, 0);
+        loop {
+            let page = bob.page(&p, "notes", after.as_ref()).unwrap();
+            n += 1;
+            seen += lines(&page).len();
+            if n == 1 {
+                assert!(page.bytes.is_empty() && !page.done);
+            }
+            if page.done {
+                break;
+            }
+            after = page.last;
+        }
+        assert_eq!((seen, n), (10, 3));
+    }
+
+    #[test]
     fn a_page_holds_at_most_its_rows_and_bytes() {
         // Short rows: the row bound.
-        let (_d, p) = peer_of(2_500, 10);
+        let (_d, p) = peer_of(2_500, 10, |_| false);
         let sizes = pages(&p, 2_500);
         assert_eq!(
             sizes[..3].iter().map(|s| s.0).collect::<Vec<_>>(),
             [1_000, 1_000, 500]
         );
         // Rows of some 3 KiB: the byte bound.
-        let (_d, p) = peer_of(1_000, 3_000);
+        let (_d, p) = peer_of(1_000, 3_000, |_| false);
         let sizes = pages(&p, 1_000);
         assert!(sizes.len() >= 3, "{sizes:?}");
         for (rows, bytes) in &sizes {
@@ -405,7 +428,7 @@ fields.n = { type = "int" }
         }
         assert!(sizes[0].1 > PAGE_BYTES - 4_000, "{sizes:?}");
         // A row longer than a page is a page of its own.
-        let (_d, p) = peer_of(3, PAGE_BYTES + 10);
+        let (_d, p) = peer_of(3, PAGE_BYTES + 10, |_| false);
         assert_eq!(
             pages(&p, 3).iter().map(|s| s.0).collect::<Vec<_>>(),
             [1, 1, 1]
