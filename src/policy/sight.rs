@@ -13,8 +13,29 @@ use crate::script::{Access, RowAction};
 use crate::tables::rows::Row;
 use crate::tables::Schema;
 
-/// Rows a listing or a `.jsonl` file shows at most (beyond: a script pages).
+/// Rows a listing, or a `.jsonl` rendered whole (the spool's mirror, a view
+/// asked of another daemon), shows at most (beyond: a script pages).
 pub const MAX_ROWS: usize = 100_000;
+
+/// A page of a streamed `.jsonl` (the mount's) holds at most this many rows...
+pub const PAGE_ROWS: usize = 1_000;
+/// ... and at most this many bytes (but always its first row, however long).
+pub const PAGE_BYTES: usize = 1 << 20;
+/// Rows a page looks at at most: a viewer who may select few rows of a big
+/// table gets pages with few (or no) rows, each found in bounded time.
+pub const PAGE_SCAN: usize = 10_000;
+
+/// One page of a table as a file shows it, in key order.
+#[derive(Debug, Default)]
+pub struct Page {
+    /// The rows that show, rendered (one JSON object a line).
+    pub bytes: Vec<u8>,
+    /// The key of the last row looked at (shown or not): the next page starts
+    /// after it. `None`: no row was looked at.
+    pub last: Option<serde_json::Value>,
+    /// No row follows `last`.
+    pub done: bool,
+}
 
 /// What one reader may see of one peer's tables.
 pub enum Sight {
@@ -130,6 +151,66 @@ impl Sight {
     }
 }
 
+impl Sight {
+    /// The page of `table` after the row whose key is `after` (keyset: rows
+    /// inserted before the cursor are not seen, none is seen twice): at most
+    /// [`PAGE_ROWS`] rows and [`PAGE_BYTES`] bytes, looking at most at
+    /// [`PAGE_SCAN`] rows, each filtered by this sight's rule.
+    pub fn page(
+        &self,
+        owner: &Peer,
+        table: &str,
+        after: Option<&serde_json::Value>,
+    ) -> Result<Page> {
+        if !self.shows(table) {
+            return Err(err!(libc::ENOENT, "no table {table:?}"));
+        }
+        let rule = self.rule(table);
+        let schema = self.schema();
+        owner.read(|s| {
+            let t = crate::tables::rows::table(schema, table)?;
+            let find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
+            let cursor = after.map(|id| {
+                let mut r = Row::new();
+                r.insert(crate::tables::ID.to_string(), id.clone());
+                r
+            });
+            let mut page = Page {
+                done: true,
+                ..Page::default()
+            };
+            let (mut rows, mut looked, mut failed) = (0, 0, None);
+            s.row_scan(table, &find, cursor.as_ref(), &mut |r| {
+                let line = match sees(&rule, schema, &r).then(|| render(std::slice::from_ref(&r))) {
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        return false;
+                    }
+                    Some(Ok(l)) => Some(l),
+                    None => None,
+                };
+                if let Some(l) = line {
+                    if rows > 0 && page.bytes.len() + l.len() > PAGE_BYTES {
+                        page.done = false;
+                        return false;
+                    }
+                    page.bytes.extend_from_slice(&l);
+                    rows += 1;
+                }
+                page.last = r.get(crate::tables::ID).cloned();
+                looked += 1;
+                let more = rows < PAGE_ROWS && looked < PAGE_SCAN;
+                page.done = more;
+                more
+            })?;
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(page),
+            }
+        })
+    }
+}
+
 fn sees(rule: &Option<RowRule>, schema: &Schema, row: &Row) -> bool {
     rule.as_ref().is_none_or(|r| r.decide(schema, row).is_ok())
 }
@@ -172,14 +253,21 @@ fields.n = { type = "int" }
 "#;
 
     fn peer() -> (tempfile::TempDir, Peer) {
+        peer_of(25, 1, |i| i % 5 == 0)
+    }
+
+    /// alice with `n` notes `n00`, `n01`, ... whose titles are `len` bytes,
+    /// `pinned` as it says.
+    fn peer_of(n: usize, len: usize, pinned: fn(usize) -> bool) -> (tempfile::TempDir, Peer) {
         let d = tempfile::tempdir().unwrap();
         let mut s = SqliteStore::open(&d.path().join("alice.sqlite"), true).unwrap();
         s.begin().unwrap();
         s.apply_schema(SCHEMA.as_bytes()).unwrap();
         let schema = s.schema().unwrap();
         let t = schema.table("notes").unwrap();
-        for i in 0..25 {
-            let v = json!({"id": format!("n{i:02}"), "title": "t", "pinned": i % 5 == 0});
+        let title = "t".repeat(len);
+        for i in 0..n {
+            let v = json!({"id": format!("n{i:02}"), "title": title, "pinned": pinned(i)});
             let row =
                 crate::tables::rows::prepare_insert(&schema, t, "alice", v.as_object().unwrap(), 0)
                     .unwrap();
@@ -243,5 +331,107 @@ fields.n = { type = "int" }
         assert_eq!(ids(&last), ["n20"]);
         let text = render(&last).unwrap();
         assert!(text.ends_with(b"\n") && text.iter().filter(|b| **b == b'\n').count() == 1);
+    }
+
+    fn lines(p: &Page) -> Vec<String> {
+        (String::from_utf8(p.bytes.clone()).unwrap().lines())
+            .map(|l| {
+                serde_json::from_str::<Row>(l)
+                    .map(|r| key_text(&r))
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_is_filtered_and_ends_after_the_last_row_looked_at() {
+        let (_d, p) = peer();
+        let gate = PolicyGate::new();
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        let all = bob.page(&p, "notes", None).unwrap();
+        assert_eq!(lines(&all), ["n00", "n05", "n10", "n15", "n20"]);
+        assert_eq!((all.last, all.done), (Some(json!("n24")), true));
+        let rest = bob.page(&p, "notes", Some(&json!("n12"))).unwrap();
+        assert_eq!(lines(&rest), ["n15", "n20"]);
+        let none = bob.page(&p, "notes", Some(&json!("n24"))).unwrap();
+        assert!(none.bytes.is_empty() && none.last.is_none() && none.done);
+        assert_eq!(
+            bob.page(&p, "counts", None).unwrap_err().errno,
+            libc::ENOENT
+        );
+        let own = Sight::of(&gate, &p, "alice").unwrap();
+        assert_eq!(lines(&own.page(&p, "notes", None).unwrap()).len(), 25);
+    }
+
+    /// Every page of `notes` as alice sees it: (rows, bytes) of each, checking
+    /// that the pages together hold every row once, in key order.
+    fn pages(p: &Peer, n: usize) -> Vec<(usize, usize)> {
+        let gate = PolicyGate::new();
+        let own = Sight::of(&gate, p, "alice").unwrap();
+        let (mut after, mut seen, mut sizes) = (None, Vec::new(), Vec::new());
+        loop {
+            let page = own.page(p, "notes", after.as_ref()).unwrap();
+            let ids = lines(&page);
+            sizes.push((ids.len(), page.bytes.len()));
+            seen.extend(ids);
+            if page.done {
+                break;
+            }
+            after = page.last;
+        }
+        let mut want: Vec<String> = (0..n).map(|i| format!("n{i:02}")).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        sizes
+    }
+
+    #[test]
+    fn a_page_looks_at_a_bounded_number_of_rows() {
+        // bob may select the last 10 rows of 25,000 only.
+        let (_d, p) = peer_of(25_000, 1, |i| i >= 24_990);
+        let gate = PolicyGate::new();
+        let bob = Sight::of(&gate, &p, "bob").unwrap();
+        let (mut after, mut seen, mut n) = (None, 0, 0);
+        loop {
+            let page = bob.page(&p, "notes", after.as_ref()).unwrap();
+            n += 1;
+            seen += lines(&page).len();
+            if n == 1 {
+                assert!(page.bytes.is_empty() && !page.done);
+            }
+            if page.done {
+                break;
+            }
+            after = page.last;
+        }
+        assert_eq!((seen, n), (10, 3));
+    }
+
+    #[test]
+    fn a_page_holds_at_most_its_rows_and_bytes() {
+        // Short rows: the row bound.
+        let (_d, p) = peer_of(2_500, 10, |_| false);
+        let sizes = pages(&p, 2_500);
+        assert_eq!(
+            sizes[..3].iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1_000, 1_000, 500]
+        );
+        // Rows of some 3 KiB: the byte bound.
+        let (_d, p) = peer_of(1_000, 3_000, |_| false);
+        let sizes = pages(&p, 1_000);
+        assert!(sizes.len() >= 3, "{sizes:?}");
+        for (rows, bytes) in &sizes {
+            assert!(
+                *bytes <= PAGE_BYTES && *rows <= PAGE_BYTES / 3_000,
+                "{sizes:?}"
+            );
+        }
+        assert!(sizes[0].1 > PAGE_BYTES - 4_000, "{sizes:?}");
+        // A row longer than a page is a page of its own.
+        let (_d, p) = peer_of(3, PAGE_BYTES + 10, |_| false);
+        assert_eq!(
+            pages(&p, 3).iter().map(|s| s.0).collect::<Vec<_>>(),
+            [1, 1, 1]
+        );
     }
 }

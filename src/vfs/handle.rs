@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use super::budget::Charge;
+use super::stream::{Fetch, Stream};
 use super::{Caller, Node, Reply};
 use crate::error::Result;
 
@@ -29,6 +30,8 @@ pub(super) struct Reader {
     /// that finds them (a result); `None`: read at each request (the log, a
     /// result not read yet).
     snapshot: Option<Arc<Vec<u8>>>,
+    /// A table's `.jsonl`, served in pages as it is read.
+    stream: Option<Stream>,
     charge: Charge,
 }
 
@@ -184,7 +187,35 @@ impl Reader {
     /// read finds.
     pub(super) fn new(snapshot: Option<Arc<Vec<u8>>>, mut charge: Charge) -> Result<Reader> {
         charge.resize(snapshot.as_ref().map_or(0, |s| s.len() as u64))?;
-        Ok(Reader { snapshot, charge })
+        Ok(Reader {
+            snapshot,
+            stream: None,
+            charge,
+        })
+    }
+
+    /// A reader of a file served in pages (see `stream`).
+    pub(super) fn streaming(charge: Charge) -> Reader {
+        Reader {
+            snapshot: None,
+            stream: Some(Stream::new()),
+            charge,
+        }
+    }
+
+    pub(super) fn streams(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    /// A read of a streamed file; the page it holds then is charged (whatever
+    /// the budget says: a page is bounded).
+    pub(super) fn read_stream(&mut self, offset: u64, size: u32, fetch: Fetch) -> Result<Vec<u8>> {
+        let Some(s) = self.stream.as_mut() else {
+            return Err(crate::error::err!(libc::EIO, "not a streamed file"));
+        };
+        let r = s.read(offset, size, fetch);
+        self.charge.set(s.held());
+        r
     }
 
     pub(super) fn snapshot(&self) -> Option<&Arc<Vec<u8>>> {
@@ -227,7 +258,9 @@ impl Handle {
     pub(super) fn held(&self) -> u64 {
         match &self.open {
             Open::Write(w) => w.buf.bytes.len() as u64,
-            Open::Read(r) => r.snapshot.as_ref().map_or(0, |s| s.len() as u64),
+            Open::Read(r) => (r.snapshot.as_ref().map(|s| s.len() as u64))
+                .or(r.stream.as_ref().map(Stream::held))
+                .unwrap_or(0),
         }
     }
 

@@ -66,6 +66,21 @@ impl Vfs {
         })
     }
 
+    /// A reader of a table's `.jsonl` of a peer of this daemon: served in
+    /// pages as it is read (see `stream`).
+    fn open_stream(&self, node: &Node) -> Result<Opened> {
+        let reader = Reader::streaming(self.charge(node));
+        let fh = self.handles.insert(Handle {
+            node: node.clone(),
+            open: Open::Read(reader),
+        });
+        Ok(Opened {
+            fh,
+            direct_io: true,
+            read_only: true,
+        })
+    }
+
     /// The bytes a file shows now.
     pub(super) fn contents(&self, node: &Node) -> Result<Vec<u8>> {
         use Node::*;
@@ -137,6 +152,7 @@ impl Vfs {
             }
             // Read at every request, so `tail -f` sees it grow.
             Log(_) => self.open_reader(node, None),
+            TableFile { key: None, .. } if self.table_streams(node)? => self.open_stream(node),
             _ => {
                 let data = self.contents(node)?;
                 self.open_reader(node, Some(Arc::new(data)))
@@ -192,12 +208,20 @@ impl Vfs {
             return reply(Err(err!(libc::EBADF, "no open file {fh}")));
         };
         let node = {
-            let h = shared.lock().unwrap();
-            match &h.open {
+            let mut h = shared.lock().unwrap();
+            let Handle { node, open } = &mut *h;
+            match open {
                 Open::Write(w) => return reply(Ok(slice(w.buf().bytes()))),
+                Open::Read(r) if r.streams() => {
+                    // The handle's lock is held while a page is read: reads of
+                    // one handle take their turns, others go on.
+                    let fetch =
+                        &mut |after: Option<&serde_json::Value>| self.table_page(node, after);
+                    return reply(r.read_stream(offset, size, fetch));
+                }
                 Open::Read(r) => match r.snapshot() {
                     Some(s) => return reply(Ok(slice(s))),
-                    None => h.node.clone(),
+                    None => node.clone(),
                 },
             }
         };

@@ -35,6 +35,7 @@ mod meta;
 pub mod node;
 mod snapshots;
 mod staging;
+mod stream;
 mod tables;
 mod tree;
 mod view;

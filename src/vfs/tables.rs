@@ -4,15 +4,17 @@
 //! (`Op::DeleteRow`). In a peer's own folder every row shows; in its view of
 //! another peer (`peers/<other>/tables/`, read-only) only the rows `<other>`'s
 //! policy lets it select (a table none of whose rows it may select does not
-//! show). Rows are rendered from the store at open (and at stat, for the size);
-//! for a peer another daemon of the lattice serves, they are asked of the
-//! owner's worker, which decides with the owner's policy.
+//! show). A row file is rendered from the store at open (and at stat, for the
+//! size); a `.jsonl` is served in pages as it is read (`stream`), each page
+//! decided with the policy in force then, and shows size 0. For a peer another
+//! daemon of the lattice serves, rows are asked of the owner's worker, which
+//! decides with the owner's policy (a `.jsonl` whole, at open).
 
 use super::node::Node;
 use super::Vfs;
 use crate::error::{err, Result};
 use crate::layout::Kind;
-use crate::policy::sight::{key_text, render, Sight};
+use crate::policy::sight::{key_text, render, Page, Sight};
 use crate::tables::rows::Row;
 
 /// Where what a viewer sees of a peer's tables is decided.
@@ -186,13 +188,59 @@ impl Vfs {
         else {
             return Err(err!(libc::ENOENT, "not a row file"));
         };
-        let size = self.table_bytes(peer, target, table, key)?.len() as u64;
+        // A `.jsonl` served in pages has no size known before it is read:
+        // it shows 0, and is read with direct I/O to its end (docs/guide.md).
+        let size = if key.is_none() && self.table_streams(node)? {
+            0
+        } else {
+            self.table_bytes(peer, target, table, key)?.len() as u64
+        };
         let perm = if peer == target && key.is_some() {
             0o644
         } else {
             0o444
         };
         self.file_attr(Some(peer), size, perm, crate::util::now_ns())
+    }
+
+    /// Whether `node` is a table's `.jsonl` served in pages: one of a peer of
+    /// this daemon (one another daemon serves is asked whole of its worker).
+    /// `ENOENT` if the table does not show.
+    pub(super) fn table_streams(&self, node: &Node) -> Result<bool> {
+        let Node::TableFile {
+            peer,
+            target,
+            table,
+            key: None,
+        } = node
+        else {
+            return Ok(false);
+        };
+        match self.sight(peer, target)? {
+            Seen::There => Ok(false),
+            Seen::Here(s) if s.shows(table) => Ok(true),
+            Seen::Here(_) => Err(err!(libc::ENOENT, "no table {table:?}")),
+        }
+    }
+
+    /// The page of a streamed `.jsonl` after the row whose key is `after`,
+    /// decided with the policy in force now.
+    pub(super) fn table_page(
+        &self,
+        node: &Node,
+        after: Option<&serde_json::Value>,
+    ) -> Result<Page> {
+        let Node::TableFile {
+            peer,
+            target,
+            table,
+            ..
+        } = node
+        else {
+            return Err(err!(libc::EIO, "not a table file"));
+        };
+        let p = self.core.peer(target)?;
+        Sight::of(self.core.policy(), &p, peer)?.page(&p, table, after)
     }
 
     /// A row file's bytes (one JSON object and a newline), or a table's

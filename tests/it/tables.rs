@@ -27,7 +27,7 @@ db.notes.delete(id);
 #{ title: n.title, home: home.len(), page: page.len(), k: k, before: before, after: db.comments.count() }
 "#;
 
-fn install(m: &Mounted, peer: &str, text: &str) -> std::io::Result<()> {
+fn install(m: &impl MountPaths, peer: &str, text: &str) -> std::io::Result<()> {
     let src = m.local("schema.toml", text);
     let out = sh(&format!(
         "cp {} {}",
@@ -647,4 +647,200 @@ fields.author = { type = "ref<users>" }
     std::fs::remove_file(m.p("alice/tables/users/cat.json")).unwrap();
     assert_eq!(m.run_ok("alice", "c.rhai", "db.users.count()"), json!(1));
     assert!(m.log_of("alice").contains("remove tables/users/cat.json"));
+}
+
+/// A table of `n` rows `{id: i, v: "row i ...", even}` (int keys), inserted
+/// by `peer`'s own scripts, 5,000 a run.
+const BIG: &str = r#"
+[tables.big]
+key = "int"
+fields.v    = { type = "string" }
+fields.even = { type = "bool" }
+"#;
+
+fn seed_big(m: &impl MountPaths, peer: &str, n: u64, pad: usize) {
+    for (k, start) in (0..n).step_by(5_000).enumerate() {
+        let end = (start + 5_000).min(n);
+        let src = format!(
+            r#"let pad = "{}"; for i in {start}..{end} {{ db.big.insert(#{{ id: i, v: `row ${{i}} ${{pad}}`, even: i % 2 == 0 }}) }} 0"#,
+            "x".repeat(pad)
+        );
+        m.run_ok(peer, &format!("seed{k}.rhai"), &src);
+    }
+}
+
+/// A mount whose owner's scripts may insert thousands of rows in a run.
+fn roomy() -> Mounted {
+    Mounted::with(
+        |c| {
+            c.own_limits.max_wall_ms = 60_000;
+        },
+        Default::default(),
+    )
+}
+
+/// The ids of a `.jsonl`'s lines, read with `jq -c .`.
+fn ids_of(path: &std::path::Path) -> Vec<i64> {
+    let out = sh_ok(&format!("jq -c .id {}", q(path)));
+    out.lines().map(|l| l.parse().unwrap()).collect()
+}
+
+#[test]
+fn a_big_jsonl_streams_every_row_once_in_key_order() {
+    let m = roomy();
+    m.add_peer("alice");
+    m.add_peer("bob");
+    install(&m, "alice", BIG).unwrap();
+    seed_big(&m, "alice", 100_500, 0);
+    let own = m.p("alice/tables/big.jsonl");
+    // No size is known before it is read: 0, and read to its end all the same.
+    assert_eq!(std::fs::metadata(&own).unwrap().len(), 0);
+    let lines = sh_ok(&format!("jq -c . {} | wc -l", q(&own)));
+    assert_eq!(lines.trim(), "100500");
+    assert_eq!(ids_of(&own), (0..100_500).collect::<Vec<_>>());
+    // cat, cp and a pipe's tail see the same bytes.
+    let whole = std::fs::read(&own).unwrap();
+    let copy = m.work.join("big.jsonl");
+    sh_ok(&format!("cp {} {}", q(&own), q(&copy)));
+    assert_eq!(std::fs::read(&copy).unwrap(), whole);
+    let last = sh_ok(&format!("cat {} | tail -n 1 | jq -c .id", q(&own)));
+    assert_eq!(last.trim(), "100499");
+    // bob sees, page by page, the rows the policy lets him select.
+    let policy = m.local(
+        "p.cedar",
+        "permit(principal == Peer::\"bob\", action == Action::\"select\", resource is Table::big) when { resource.even };\n",
+    );
+    sh_ok(&format!(
+        "cp {} {}",
+        q(&policy),
+        q(&m.p("alice/policy.cedar"))
+    ));
+    let seen = ids_of(&m.p("bob/peers/alice/tables/big.jsonl"));
+    assert_eq!(seen, (0..100_500).step_by(2).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_seek_back_in_a_jsonl_reads_the_same_bytes() {
+    let m = roomy();
+    m.add_peer("alice");
+    install(&m, "alice", BIG).unwrap();
+    seed_big(&m, "alice", 5_000, 100);
+    let f = m.p("alice/tables/big.jsonl");
+    let whole = std::fs::read(&f).unwrap();
+    assert!(whole.len() > 500_000, "{}", whole.len());
+    // One descriptor: far forward, then back to the start, then to the middle.
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = std::fs::File::open(&f).unwrap();
+    let mut buf = vec![0; 4096];
+    for at in [400_000u64, 0, 123_457, 10] {
+        h.seek(SeekFrom::Start(at)).unwrap();
+        h.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, whole[at as usize..at as usize + 4096], "at {at}");
+    }
+    // `head -c`, then `dd skip=` (a read that starts at an offset): the whole file.
+    let out = m.work.join("joined");
+    sh_ok(&format!(
+        "head -c 300000 {f} > {o}; dd if={f} bs=1000 skip=300 status=none >> {o}",
+        o = q(&out),
+        f = q(&f)
+    ));
+    assert_eq!(std::fs::read(&out).unwrap(), whole);
+    // Past the end: nothing.
+    let tail = sh_ok(&format!(
+        "dd if={} bs=1000 skip={} status=none | wc -c",
+        q(&f),
+        whole.len() / 1000 + 1
+    ));
+    assert_eq!(tail.trim(), "0");
+}
+
+#[test]
+fn rows_changed_while_a_jsonl_is_read_show_at_most_once() {
+    let m = roomy();
+    m.add_peer("alice");
+    install(&m, "alice", BIG).unwrap();
+    seed_big(&m, "alice", 20_000, 0);
+    use std::io::Read;
+    let mut h = std::fs::File::open(m.p("alice/tables/big.jsonl")).unwrap();
+    let mut bytes = vec![0; 200_000];
+    h.read_exact(&mut bytes).unwrap();
+    // Half-way: a row before the reader, one after it, one after it removed.
+    m.run_ok(
+        "alice",
+        "change.rhai",
+        r#"db.big.insert(#{ id: -5, v: "before", even: false });
+           db.big.insert(#{ id: 50000, v: "after", even: true });
+           db.big.delete(15000); 0"#,
+    );
+    h.read_to_end(&mut bytes).unwrap();
+    let ids: Vec<i64> = (String::from_utf8(bytes).unwrap().lines())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "not in key order, or twice"
+    );
+    assert_eq!(ids.len(), 20_000);
+    assert!(ids.contains(&50_000) && !ids.contains(&15_000) && !ids.contains(&-5));
+    // A new read sees the table as it is now.
+    let now = ids_of(&m.p("alice/tables/big.jsonl"));
+    assert_eq!((now.len(), now[0]), (20_001, -5));
+}
+
+/// The resident memory of process `pid`, in bytes.
+fn rss(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = (s.lines().find_map(|l| l.strip_prefix("VmRSS:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[test]
+fn readers_of_a_big_jsonl_hold_a_page_each() {
+    let (_d, data, mnt, work) = dirs();
+    let dm = Daemon::start(&data, &mnt, &work, &["--max-wall-ms", "60000"]);
+    dm.add_peer("alice");
+    install(&dm, "alice", BIG).unwrap();
+    // 20,000 rows of about 1 KiB: some 20 MiB rendered.
+    seed_big(&dm, "alice", 20_000, 1_000);
+    let f = dm.p("alice/tables/big.jsonl");
+    let size: u64 = sh_ok(&format!("cat {} | wc -c", q(&f)))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(size > 20_000_000, "{size}");
+    let before = rss(dm.pid());
+    // Four readers at once, each held half-way (its pipe full) for a while.
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("cat {} | {{ sleep 2; wc -c; }}", q(&f)))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut most = before;
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_millis(1_500) {
+        most = most.max(rss(dm.pid()));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for r in readers {
+        let out = r.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            size.to_string()
+        );
+    }
+    most = most.max(rss(dm.pid()));
+    // Rendered whole, each reader would hold the 20 MiB: 80 MiB at least.
+    let grew = most.saturating_sub(before);
+    assert!(grew < size / 2, "the daemon grew by {grew} bytes");
 }
