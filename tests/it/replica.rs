@@ -1010,3 +1010,66 @@ fn a_stale_worker_is_fenced_by_an_s3_replica() {
     let dir = tempfile::tempdir().unwrap();
     a_stale_worker_is_fenced(Rep::s3(dir.path()), dir.path());
 }
+
+/// In `async` mode a submission to a peer whose actor is running a script
+/// commits in the peer's store (replicated), not in the intake journal (which
+/// is not): its close waits for that run, and a restore after a SIGKILL
+/// `sync_ms` (and the allowance) after the close has it.
+#[test]
+fn in_async_mode_a_submission_during_a_run_is_in_the_replica_sync_ms_after_its_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let rep = Rep::file(dir);
+    let (data, mnt, work) = (dir.join("data"), dir.join("mnt"), dir.join("work"));
+    let mut args = rep.daemon_args(&[
+        "-o",
+        "limits.own.max_wall_ms=1500",
+        "-o",
+        "limits.own.max_operations=1000000000000",
+    ]);
+    for a in args
+        .iter_mut()
+        .filter(|a| a.starts_with("replica.sync_ms="))
+    {
+        *a = format!("replica.sync_ms={ASYNC_SYNC_MS}");
+    }
+    let mut d = start(&data, &mnt, &work, &args);
+    std::fs::create_dir(d.p("pat")).unwrap();
+    run(&d, "pat", "a.rhai", "set(\"a\", 1); 1");
+    // Runs until its wall limit; its own close waits for it.
+    let slow = d.p("pat/inbox/slow.rhai");
+    let looping = std::thread::spawn(move || std::fs::write(slow, "let n = 0; loop { n += 1; }"));
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    for i in 0..5 {
+        submit(&d, "pat", &format!("f{i}.rhai"), "set(\"f\", 1); 1").unwrap();
+    }
+    let waited = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(ASYNC_SYNC_MS) + ASYNC_UPLOAD_ALLOWANCE);
+    d.kill9();
+    drop(d);
+    looping.join().unwrap().unwrap();
+    let data2 = dir.join("data2");
+    let said = restore_ok(&rep, "pat", &data2, &[]);
+    assert!(said.contains("integrity ok"), "{said}");
+    let have = submissions(&data2.join("peers/pat.sqlite"));
+    for name in [
+        "a.rhai",
+        "slow.rhai",
+        "f0.rhai",
+        "f1.rhai",
+        "f2.rhai",
+        "f3.rhai",
+        "f4.rhai",
+    ] {
+        assert_eq!(
+            have.get(name),
+            Some(&1),
+            "{name} in the restored peer: {have:?}"
+        );
+    }
+    assert!(
+        waited >= Duration::from_millis(800),
+        "the closes did not wait for the run: {waited:?}"
+    );
+}
