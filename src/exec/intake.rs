@@ -73,10 +73,12 @@ impl Core {
         // `journaling` is raised under this lock, and lowered only after the
         // entry is held: an earlier submission is seen in one or the other. An
         // actor that is not running a batch takes ops before its next batch.
-        // In the replica's `sync` mode a submission commits in its peer's store
-        // (which is replicated; the journal is not), so it waits for the actor.
+        // With a replica a submission commits in its peer's store (which is
+        // replicated; the journal is not), so it waits for the actor: in `sync`
+        // mode its close waits for the upload, and in `async` mode a restore
+        // after a crash must have it once `sync_ms` passed since its close.
         let idle = self.journal().is_none()
-            || self.sync_replica().is_some()
+            || self.replica().is_some()
             || (!w.running
                 && st.journaling.load(Ordering::SeqCst) == 0
                 && st.held.lock().unwrap().entries.is_empty()
