@@ -129,26 +129,49 @@ impl Sight {
         }
         let rule = self.rule(table);
         let schema = self.schema();
-        let limit = limit.min(MAX_ROWS);
-        owner.read(|s| {
-            let t = crate::tables::rows::table(schema, table)?;
-            let mut find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
-            find.limit = MAX_ROWS;
-            let cursor = after.map(|id| {
-                let mut r = Row::new();
-                r.insert(crate::tables::ID.to_string(), id.clone());
-                r
-            });
-            let mut rows = Vec::new();
-            s.row_scan(table, &find, cursor.as_ref(), &mut |r| {
-                if sees(&rule, schema, &r) {
-                    rows.push(r);
-                }
-                rows.len() < limit
-            })?;
-            Ok(rows)
-        })
+        owner.read(|s| scan(s, schema, table, after, limit, |r| sees(&rule, schema, r)))
     }
+}
+
+/// At most `limit` (and [`MAX_ROWS`]) rows of `table` of the store `s`
+/// (declaring `schema`) that `keep` keeps, in key order, after the row whose
+/// key is `after`.
+fn scan(
+    s: &mut dyn crate::store::Store,
+    schema: &Schema,
+    table: &str,
+    after: Option<&serde_json::Value>,
+    limit: usize,
+    keep: impl Fn(&Row) -> bool,
+) -> Result<Vec<Row>> {
+    let limit = limit.min(MAX_ROWS);
+    let t = crate::tables::rows::table(schema, table)?;
+    let mut find = crate::tables::query::find(t, &Default::default(), &Default::default())?;
+    find.limit = MAX_ROWS;
+    let cursor = after.map(|id| {
+        let mut r = Row::new();
+        r.insert(crate::tables::ID.to_string(), id.clone());
+        r
+    });
+    let mut rows = Vec::new();
+    s.row_scan(table, &find, cursor.as_ref(), &mut |r| {
+        if keep(&r) {
+            rows.push(r);
+        }
+        rows.len() < limit
+    })?;
+    Ok(rows)
+}
+
+/// Every row of `table` of a store read apart from any peer (a snapshot's),
+/// as its owner sees them, rendered as the mount's `tables/<table>.jsonl`
+/// shows a live table (at most [`MAX_ROWS`]). `ENOENT`: no such table there.
+pub fn render_table(s: &mut dyn crate::store::Store, table: &str) -> Result<Vec<u8>> {
+    let schema = s.schema()?;
+    if schema.table(table).is_none() {
+        return Err(err!(libc::ENOENT, "no table {table:?}"));
+    }
+    render(&scan(s, &schema, table, None, MAX_ROWS, |_| true)?)
 }
 
 impl Sight {
@@ -292,6 +315,23 @@ fields.n = { type = "int" }
 
     fn ids(rows: &[Row]) -> Vec<String> {
         rows.iter().map(key_text).collect()
+    }
+
+    #[test]
+    fn a_store_read_apart_renders_its_table_as_the_owner_sees_it() {
+        let (d, p) = peer();
+        let own = Sight::of(&PolicyGate::new(), &p, "alice").unwrap();
+        let mut apart = SqliteStore::open_reader(&d.path().join("alice.sqlite")).unwrap();
+        for table in ["notes", "counts"] {
+            let want = render(&own.rows(&p, table).unwrap()).unwrap();
+            assert_eq!(render_table(&mut apart, table).unwrap(), want, "{table}");
+        }
+        let notes = render_table(&mut apart, "notes").unwrap();
+        assert_eq!(notes.split(|b| *b == b'\n').count(), 26);
+        assert_eq!(
+            render_table(&mut apart, "nothing").unwrap_err().errno,
+            libc::ENOENT
+        );
     }
 
     #[test]

@@ -278,9 +278,12 @@ impl Vfs {
             | HistChanges { .. }
             | HistTables { .. }
             | HistTable { .. } => self.hist_attr(node),
-            Snapshots(_) | Snapshot { .. } | SnapState { .. } | SnapStateFile { .. } => {
-                self.snap_attr(node)
-            }
+            Snapshots(_)
+            | Snapshot { .. }
+            | SnapState { .. }
+            | SnapStateFile { .. }
+            | SnapTables { .. }
+            | SnapTable { .. } => self.snap_attr(node),
             Log(p) => {
                 let peer = self.core.peer(p)?;
                 let size = peer.read(|s| s.log_size())?;

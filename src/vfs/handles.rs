@@ -124,7 +124,7 @@ impl Vfs {
             HistStateFile { .. } | HistChanges { .. } | HistTable { .. } => {
                 self.hist_contents(node)
             }
-            SnapStateFile { .. } => self.snap_contents(node),
+            SnapStateFile { .. } | SnapTable { .. } => self.snap_contents(node),
             _ => Err(err!(libc::EISDIR, "not a file")),
         }
     }

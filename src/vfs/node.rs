@@ -161,6 +161,17 @@ pub enum Node {
         name: String,
         key: String,
     },
+    /// `.snapshots/<name>/tables/`: the declared tables the snapshot holds.
+    SnapTables {
+        peer: String,
+        name: String,
+    },
+    /// `.snapshots/<name>/tables/<table>.jsonl`: a table's rows in the snapshot.
+    SnapTable {
+        peer: String,
+        name: String,
+        table: String,
+    },
     /// An entry of the layout served by no code yet (`layout::Room::Reserved`),
     /// in `peer`'s own folder (target == peer) or its view of `target`.
     Reserved {
@@ -196,9 +207,11 @@ impl Node {
             Root | MetaDir | MetaFile(_) => None,
             Peer(p) | Modules(p) | Peers(p) | Policy(p) | Groups(p) | Schema(p) | Log(p)
             | History(p) | Snapshots(p) => Some(p),
-            Snapshot { peer, .. } | SnapState { peer, .. } | SnapStateFile { peer, .. } => {
-                Some(peer)
-            }
+            Snapshot { peer, .. }
+            | SnapState { peer, .. }
+            | SnapStateFile { peer, .. }
+            | SnapTables { peer, .. }
+            | SnapTable { peer, .. } => Some(peer),
             HistAt { peer, .. }
             | HistState { peer, .. }
             | HistStateFile { peer, .. }
@@ -264,6 +277,7 @@ impl Node {
                 | Snapshots(_)
                 | Snapshot { .. }
                 | SnapState { .. }
+                | SnapTables { .. }
                 | Tables { .. }
         )
     }
@@ -385,6 +399,13 @@ impl std::fmt::Display for Node {
             }
             SnapStateFile { peer, name, key } => {
                 write!(f, "{peer}/{}/{name}/{state}/{key}", l::SNAPSHOTS.name)
+            }
+            SnapTables { peer, name } => {
+                write!(f, "{peer}/{}/{name}/{TABLES}", l::SNAPSHOTS.name)
+            }
+            SnapTable { peer, name, table } => {
+                let snap = l::SNAPSHOTS.name;
+                write!(f, "{peer}/{snap}/{name}/{TABLES}/{table}.jsonl")
             }
             HistChanges { peer, at } => {
                 write!(f, "{peer}/{}/{at}/{CHANGES}", l::HISTORY.name)

@@ -2,12 +2,14 @@
 //! consistent copy of the peer's store (`DATA/snapshots/<peer>/NAME.sqlite`,
 //! made aside and renamed into place; the mount answers the mkdir from a
 //! thread of its own, see `fuse`), `.snapshots/NAME/state/` shows its state
-//! read only, `rmdir .snapshots/NAME` deletes it. Snapshots are files apart from
+//! read only, and `.snapshots/NAME/tables/<table>.jsonl` its declared tables'
+//! rows (rendered as the live `tables/<table>.jsonl` is; the folder is there
+//! only when the snapshot declares tables), `rmdir .snapshots/NAME` deletes it. Snapshots are files apart from
 //! the store: the history's retention never touches them.
 
 use std::path::PathBuf;
 
-use super::node::join_key;
+use super::node::{join_key, TABLES};
 use super::*;
 use crate::error::{err, Result};
 use crate::store::prelude::*;
@@ -39,6 +41,12 @@ impl Vfs {
             return Err(err!(libc::ENOENT, "no snapshot {name:?}"));
         }
         SqliteStore::open_reader(&path)
+    }
+
+    /// The tables the snapshot's schema declares.
+    fn snap_tables(&self, peer: &str, name: &str) -> Result<Vec<String>> {
+        let schema = self.snap_store(peer, name)?.schema()?;
+        Ok(schema.tables.keys().cloned().collect())
     }
 
     /// `mkdir .snapshots/NAME`: a consistent copy of the peer, durable when it returns.
@@ -99,6 +107,26 @@ impl Vfs {
                     dir: String::new(),
                 })
             }
+            Node::Snapshot { peer, name: snap } if name == TABLES => {
+                if self.snap_tables(peer, snap)?.is_empty() {
+                    return Err(missing());
+                }
+                Ok(Node::SnapTables {
+                    peer: p(peer),
+                    name: s(snap),
+                })
+            }
+            Node::SnapTables { peer, name: snap } => {
+                let table = name.strip_suffix(".jsonl").ok_or_else(missing)?;
+                if !self.snap_tables(peer, snap)?.iter().any(|t| t == table) {
+                    return Err(missing());
+                }
+                Ok(Node::SnapTable {
+                    peer: p(peer),
+                    name: s(snap),
+                    table: s(table),
+                })
+            }
             Node::SnapState {
                 peer,
                 name: snap,
@@ -151,8 +179,26 @@ impl Vfs {
                     name: name.clone(),
                     dir: String::new(),
                 };
-                vec![(crate::layout::STATE.name.to_string(), state, Kind::Dir)]
+                let mut v = vec![(crate::layout::STATE.name.to_string(), state, Kind::Dir)];
+                if !self.snap_tables(peer, name)?.is_empty() {
+                    let t = Node::SnapTables {
+                        peer: peer.clone(),
+                        name: name.clone(),
+                    };
+                    v.push((TABLES.to_string(), t, Kind::Dir));
+                }
+                v
             }
+            Node::SnapTables { peer, name } => (self.snap_tables(peer, name)?.into_iter())
+                .map(|table| {
+                    let n = Node::SnapTable {
+                        peer: peer.clone(),
+                        name: name.clone(),
+                        table: table.clone(),
+                    };
+                    (format!("{table}.jsonl"), n, Kind::File)
+                })
+                .collect(),
             Node::SnapState { peer, name, dir } => self
                 .snap_store(peer, name)?
                 .list_dir(dir)?
@@ -207,6 +253,16 @@ impl Vfs {
                     _ => Err(err!(libc::ENOENT, "no state key {key:?} in the snapshot")),
                 }
             }
+            Node::SnapTables { peer, name } => {
+                if self.snap_tables(peer, name)?.is_empty() {
+                    return Err(err!(libc::ENOENT, "no tables in the snapshot"));
+                }
+                self.dir_attr(Some(peer), DIR_MODE)
+            }
+            Node::SnapTable { peer, .. } => {
+                let n = self.snap_contents(node)?.len() as u64;
+                self.file_attr(Some(peer), n, FILE_MODE, 0)
+            }
             _ => Err(err!(libc::ENOENT, "not in .snapshots")),
         }
     }
@@ -217,6 +273,9 @@ impl Vfs {
                 .snap_store(peer, name)?
                 .get_bytes(key)?
                 .ok_or_else(|| err!(libc::ENOENT, "no state key {key:?} in the snapshot")),
+            Node::SnapTable { peer, name, table } => {
+                crate::policy::sight::render_table(&mut self.snap_store(peer, name)?, table)
+            }
             _ => Err(err!(libc::EISDIR, "not a file")),
         }
     }

@@ -192,7 +192,7 @@ impl Vfs {
             History(_) | HistAt { .. } | HistState { .. } | HistTables { .. } => {
                 return self.hist_child(parent, name)
             }
-            Snapshots(_) | Snapshot { .. } | SnapState { .. } => {
+            Snapshots(_) | Snapshot { .. } | SnapState { .. } | SnapTables { .. } => {
                 return self.snap_child(parent, name)
             }
             Tables {
@@ -274,7 +274,9 @@ impl Vfs {
             History(_) | HistAt { .. } | HistState { .. } | HistTables { .. } => {
                 self.hist_list(node)?
             }
-            Snapshots(_) | Snapshot { .. } | SnapState { .. } => self.snap_list(node)?,
+            Snapshots(_) | Snapshot { .. } | SnapState { .. } | SnapTables { .. } => {
+                self.snap_list(node)?
+            }
             Reserved {
                 kind: Kind::Dir, ..
             } => Vec::new(),

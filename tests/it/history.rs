@@ -736,3 +736,105 @@ fn row_files_written_and_removed_through_the_mount_are_entries_undone() {
     let all = read(&m, "alice/tables/notes.jsonl").unwrap();
     assert_eq!(all.lines().count(), 1, "{all}");
 }
+
+/// The contract's example schema.
+const TABLES_SCHEMA: &str = include_str!("../../fuzz/corpus/schema_parse/issue_example");
+
+/// A refusal a read-only file answers with (the mode or the mount).
+fn refused<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str) {
+    let e = r.expect_err(what);
+    assert!(
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EROFS | libc::EACCES | libc::EPERM)
+        ),
+        "{what}: {e}"
+    );
+}
+
+#[test]
+fn a_snapshot_shows_its_tables_read_only_as_the_live_ones_render() {
+    let m = Mounted::new();
+    m.add_peer("alice");
+    // A snapshot of a peer without tables has no tables/.
+    std::fs::create_dir(m.p("alice/.snapshots/plain")).unwrap();
+    assert_eq!(m.names("alice/.snapshots/plain"), ["state"]);
+    expect_errno(
+        std::fs::read_dir(m.p("alice/.snapshots/plain/tables")),
+        libc::ENOENT,
+        "tables/ of a snapshot without tables",
+    );
+    std::fs::write(m.p("alice/schema.toml"), TABLES_SCHEMA).unwrap();
+    let kept = m.run_ok(
+        "alice",
+        "seed.rhai",
+        r#"let id = db.notes.insert(#{ title: "Groceries", tag: "home" }); db.notes.insert(#{ title: "Taxes" }); id"#,
+    );
+    let kept = kept.as_str().unwrap().to_string();
+    let live = || sh_ok(&format!("cat {}", q(&m.p("alice/tables/notes.jsonl"))));
+    let then = live();
+    assert_eq!(then.lines().count(), 2, "{then}");
+    std::fs::create_dir(m.p("alice/.snapshots/s")).unwrap();
+    let r = alice(
+        &m,
+        "change.rhai",
+        &format!(
+            r#"db.notes.update("{kept}", #{{ title: "Changed" }});
+               for n in db.notes.find(#{{ title: "Taxes" }}) {{ db.notes.delete(n.id); }}
+               db.notes.insert(#{{ title: "New" }}); 0"#
+        ),
+    );
+    assert_eq!(r["status"], "ok", "{r}");
+
+    assert_eq!(m.names("alice/.snapshots/s"), ["state", "tables"]);
+    assert_eq!(
+        m.names("alice/.snapshots/s/tables"),
+        ["comments.jsonl", "notes.jsonl"]
+    );
+    let snap = "alice/.snapshots/s/tables/notes.jsonl";
+    // The rows of then, rendered byte for byte as the live file rendered them.
+    assert_eq!(read(&m, snap).as_deref(), Some(then.as_str()));
+    assert_eq!(
+        sh_ok(&format!("cat {}", q(&m.p(snap)))),
+        then,
+        "cat of the snapshot's table"
+    );
+    let now = live();
+    assert_ne!(now, then);
+    let titles: Vec<String> = now
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["title"].to_string())
+        .collect();
+    assert_eq!(titles, [r#""Changed""#, r#""New""#], "{now}");
+    assert_eq!(
+        read(&m, "alice/.snapshots/s/tables/comments.jsonl").as_deref(),
+        Some("")
+    );
+    expect_errno(
+        std::fs::read(m.p("alice/.snapshots/s/tables/nothing.jsonl")),
+        libc::ENOENT,
+        "an undeclared table of the snapshot",
+    );
+    // Read only, like its state/.
+    refused(
+        std::fs::write(m.p(snap), "{}"),
+        "a write into the snapshot's table",
+    );
+    refused(
+        std::fs::remove_file(m.p(snap)),
+        "rm of the snapshot's table",
+    );
+    refused(
+        std::fs::write(m.p("alice/.snapshots/s/tables/x.jsonl"), "{}"),
+        "a new file in the snapshot's tables/",
+    );
+    assert_eq!(read(&m, snap).as_deref(), Some(then.as_str()));
+
+    std::fs::remove_dir(m.p("alice/.snapshots/s")).unwrap();
+    expect_errno(
+        std::fs::read(m.p(snap)),
+        libc::ENOENT,
+        "a removed snapshot's table",
+    );
+    assert_eq!(m.names("alice/.snapshots"), ["plain"]);
+}
