@@ -41,6 +41,16 @@ type Pending = (String, Arc<Vec<u8>>);
 /// Threads that write and fsync one batch of results.
 const SYNC_THREADS: usize = 4;
 
+/// The answer to a row file's write (`taken`: the hash of what was taken) or
+/// removal (`taken` None), sent back to the mirror (`spool/tables.rs`).
+pub(super) struct RowDone {
+    pub(super) owner: String,
+    pub(super) path: std::path::PathBuf,
+    pub(super) rel: String,
+    pub(super) taken: Option<u128>,
+    pub(super) result: crate::error::Result<()>,
+}
+
 pub(super) enum Note {
     Change(String, Change),
     /// A peer's folder was laid out: fill in its results, state and log.
@@ -58,7 +68,7 @@ pub(super) enum Note {
         owner: Option<String>,
     },
     /// A row file's write or removal was applied or refused.
-    RowDone(super::tables::RowDone),
+    RowDone(RowDone),
     Stop,
 }
 
@@ -115,7 +125,7 @@ struct Batch {
     /// Owners whose rows (or policy, or schema) changed.
     tables: BTreeSet<String>,
     tables_checks: BTreeSet<(String, Option<String>)>,
-    rows_done: Vec<super::tables::RowDone>,
+    rows_done: Vec<RowDone>,
     stop: bool,
 }
 

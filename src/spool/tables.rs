@@ -12,23 +12,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::files::{self, as_owner};
-use super::mirror::{list_files, Mirror, Mirrored, Note};
+use super::mirror::{list_files, Mirror, Mirrored, Note, RowDone};
 use super::owner_of;
 use crate::error::Result;
 use crate::exec::Op;
 use crate::layout::TABLES;
 use crate::names::is_staging_name;
 use crate::policy::sight::{key_text, render, Sight};
-
-/// The answer to a row file's write (`taken`: the hash of what was taken) or
-/// removal (`taken` None).
-pub(super) struct RowDone {
-    owner: String,
-    path: PathBuf,
-    rel: String,
-    taken: Option<u128>,
-    result: Result<()>,
-}
 
 /// `rel` (under `tables/`) names a row file: `<table>/<key>.json`.
 fn row_file(rel: &str) -> Option<(&str, &str)> {
