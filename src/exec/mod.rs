@@ -58,6 +58,7 @@ pub use slot::{caller_slot, slot_caller};
 use state::{actor, PendingResult};
 pub use submit::{Dropped, Route};
 pub use transport::{Delivery, DeliveryAck, InProcess, MessageKind, Transport};
+pub(crate) use wait::block_on;
 
 /// What changed at a peer, for caches above (the mount's kernel entries).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -263,7 +263,7 @@ impl Core {
 
     /// The message a script `caller` drops for `target`, a peer of another daemon
     /// of the lattice, becomes (sent from `caller` by [`Op::Send`]).
-    pub fn drop_message(
+    pub(super) fn drop_message(
         &self,
         caller: &str,
         target: &str,

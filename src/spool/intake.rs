@@ -565,20 +565,17 @@ impl Shared {
         if self.refused.lock().unwrap().contains(&fp) {
             return;
         }
-        let (tx, rx) = mpsc::sync_channel(1);
-        let done = Box::new(move |r| {
-            let _ = tx.send(r);
+        let applied = crate::exec::block_on("the text was applied", |done| {
+            crate::layout::apply_text(&self.core, peer, text, t.data, done)
         });
-        crate::layout::apply_text(&self.core, peer, text, t.data, done);
-        match rx.recv() {
-            Ok(Ok(())) => {}
+        match applied {
+            Ok(()) => {}
             // Refused: the reason is in the peer's log; not logged again on a rescan.
-            Ok(Err(e)) if e.errno == libc::EINVAL => {
+            Err(e) if e.errno == libc::EINVAL => {
                 tracing::warn!(peer, "{}", e.message);
                 self.refused.lock().unwrap().insert(fp);
             }
-            Ok(Err(e)) => tracing::warn!(peer, error = %e, "{} not applied", text.key()),
-            Err(_) => tracing::warn!(peer, "{} not applied: the daemon stopped", text.key()),
+            Err(e) => tracing::warn!(peer, error = %e, "{} not applied", text.key()),
         }
     }
 

@@ -318,16 +318,8 @@ impl Vfs {
                 ));
             }
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.commit(
-            dst,
-            s.data,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.recv()
-            .map_err(|_| crate::Error::stopped(format_args!("{newname} was applied")))??;
+        let what = format!("{newname} was applied");
+        crate::exec::block_on(&what, |done| self.commit(dst, s.data, done))?;
         self.staged.remove(&src);
         self.entries_changed(&Node::Peer(peer.to_string()));
         Ok(())
@@ -379,16 +371,9 @@ impl Vfs {
 
     /// Submits a complete script dropped at `node` (an inbox file), durably.
     pub(super) fn submit(&self, node: &Node, data: Vec<u8>) -> Result<()> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.submit_async(
-            node,
-            data,
-            Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        );
-        rx.recv()
-            .map_err(|_| crate::Error::stopped("the script was submitted"))?
+        crate::exec::block_on("the script was submitted", |done| {
+            self.submit_async(node, data, done)
+        })
     }
 
     pub(super) fn submit_async(&self, node: &Node, data: Vec<u8>, reply: Reply<()>) {
