@@ -410,15 +410,10 @@ impl PeerFs {
         entry_reply(&self.inodes, reply, node, attr)
     }
 
-    /// `mkdir .snapshots/NAME` copies the whole store: answered from a thread of
-    /// its own, so the dispatch threads go on serving meanwhile.
-    fn snapshot_mkdir(
-        &self,
-        parent: Node,
-        name: String,
-        who: crate::vfs::Caller,
-        reply: ReplyEntry,
-    ) {
+    /// A mkdir that takes long (the vfs says which: `.snapshots/NAME` copies the
+    /// whole store), answered from a thread of its own, so the dispatch threads
+    /// go on serving meanwhile.
+    fn long_mkdir(&self, parent: Node, name: String, who: crate::vfs::Caller, reply: ReplyEntry) {
         let (vfs, inodes) = (self.vfs.clone(), self.inodes.clone());
         let spawned = std::thread::Builder::new()
             .name("peerfs-snapshot".into())
@@ -545,7 +540,7 @@ impl Filesystem for PeerFs {
         let r = (|| {
             let parent = self.node(OP, parent)?;
             let name = name_str(OP, name)?;
-            if matches!(parent, Node::Snapshots(_)) {
+            if parent.mkdir_takes_long() {
                 return Ok(Err((parent, name.to_string())));
             }
             self.vfs
@@ -555,7 +550,7 @@ impl Filesystem for PeerFs {
         })();
         match r {
             Ok(Ok((node, attr))) => self.entry(reply, &node, &attr),
-            Ok(Err((parent, name))) => self.snapshot_mkdir(parent, name, caller(req), reply),
+            Ok(Err((parent, name))) => self.long_mkdir(parent, name, caller(req), reply),
             Err(e) => reply.error(e),
         }
     }

@@ -254,6 +254,12 @@ impl Node {
         }
     }
 
+    /// Whether a mkdir in this folder takes long: `.snapshots/NAME` copies the
+    /// whole store, so the adapter answers it off its dispatch threads.
+    pub fn mkdir_takes_long(&self) -> bool {
+        matches!(self, Node::Snapshots(_))
+    }
+
     pub fn is_dir(&self) -> bool {
         use Node::*;
         matches!(
