@@ -142,6 +142,9 @@ pub(super) struct Ctx {
     pub(super) target: String,
     deadline: Instant,
     yield_at: Option<Instant>,
+    /// The earlier of `deadline` and `yield_at` on the coarse clock (`coarse_ns`):
+    /// while the run holds a big value, every operation compares against it.
+    check_at: u64,
     max_output: usize,
     max_sends: usize,
     max_wall_ms: u64,
@@ -214,6 +217,7 @@ pub(super) fn install(
         target: input.target.to_string(),
         deadline,
         yield_at: input.yield_at,
+        check_at: coarse_at(deadline.min(input.yield_at.unwrap_or(deadline))),
         max_output: input.limits.max_output_bytes as usize,
         max_sends: input.limits.max_sends as usize,
         max_wall_ms: input.limits.max_wall_ms,
@@ -552,6 +556,29 @@ pub(super) fn on_print(s: &str) {
     })
 }
 
+/// Bytes held from which a run's every operation compares the clock (see
+/// `on_progress`).
+const BIG_HELD: i64 = 256 << 10;
+
+/// `CLOCK_MONOTONIC_COARSE` in nanoseconds: the clock `Instant` reads, at the
+/// kernel's tick (a few milliseconds), for a few nanoseconds a read.
+fn coarse_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+/// `at` on the coarse clock.
+fn coarse_at(at: Instant) -> u64 {
+    let now = Instant::now();
+    let ahead = at.saturating_duration_since(now).as_nanos() as u64;
+    coarse_ns().saturating_add(ahead)
+}
+
 pub(super) fn on_progress(ops: u64) -> Option<Dynamic> {
     CTX.with(|c| {
         let mut b = c.borrow_mut();
@@ -586,9 +613,15 @@ pub(super) fn on_progress(ops: u64) -> Option<Dynamic> {
             c.fatal = Some((Status::Limit, msg.clone()));
             return Some(msg.into());
         }
-        if ops & 1023 == 0 {
-            // SAFETY: see `install`.
-            if unsafe { &*c.stop }.load(Ordering::Relaxed) {
+        // An operation on a value costs in proportion to its size, so while the run
+        // holds a big one the clocks are compared at every operation (the coarse
+        // clock: a few nanoseconds), not only at every 1,024th; else 1,024
+        // operations on a value of max_memory_bytes would run far past the limit.
+        // SAFETY: see `install`.
+        let stop = unsafe { &*c.stop }.load(Ordering::Relaxed);
+        let due = held > BIG_HELD && (stop || coarse_ns() >= c.check_at);
+        if ops & 1023 == 0 || due {
+            if stop {
                 let msg =
                     "the daemon is stopping: the run was rolled back and stays queued".to_string();
                 c.fatal = Some((Status::Interrupted, msg.clone()));

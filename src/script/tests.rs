@@ -503,3 +503,22 @@ fn stop_flag_set_mid_run_interrupts_it() {
     assert_eq!(o.status, Status::Interrupted, "{:?}", o.error);
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+#[test]
+fn steps_on_big_values_meet_the_wall_limit_without_waiting_a_thousand_steps() {
+    let mut f = fixture();
+    // Each step copies 16 MiB: at 1,024 steps between looks at the clock this ran
+    // on for seconds past its 50 ms; looked at every step while the run holds a
+    // big value, it ends after a few dozen.
+    let l = Limits {
+        max_wall_ms: 50,
+        max_operations: 1 << 40,
+        max_memory_bytes: 256 << 20,
+        max_string_size: 1 << 30,
+        ..Limits::default()
+    };
+    let src = r#"let s = ""; s.pad(16_000_000, "x"); loop { let t = s.to_upper(); }"#;
+    let o = run_with(&mut f, src, &l);
+    assert_limit(&o, &["max_wall_ms (50) reached"]);
+    assert!(o.operations < 512, "{} operations", o.operations);
+}
