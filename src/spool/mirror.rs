@@ -107,6 +107,10 @@ pub(super) struct Mirror {
     /// This one keeps the mirrors of remote peers' state (a thread of its own, see
     /// [`Mirror::poll`]), not the others.
     pub(super) remote: bool,
+    /// Owners with a row file found held open by a writer: looked at again when
+    /// the channel is quiet (a writer's close in another process that still held
+    /// the file, after its rename into place, brings no event for its name).
+    pub(super) rows_busy: BTreeSet<String>,
 }
 
 /// How often the mirrors of remote peers' state (`peers/<remote>/state/`) are
@@ -152,14 +156,21 @@ impl Mirror {
             since,
             remote_seen: HashMap::new(),
             remote: false,
+            rows_busy: BTreeSet::new(),
         }
     }
 
     pub(super) fn run(mut self, rx: Receiver<Note>) {
         loop {
-            let first = match rx.recv_timeout(Duration::from_millis(500)) {
+            let wait = if self.rows_busy.is_empty() { 500 } else { 50 };
+            let first = match rx.recv_timeout(Duration::from_millis(wait)) {
                 Ok(n) => n,
-                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Timeout) => {
+                    for owner in std::mem::take(&mut self.rows_busy) {
+                        self.sync_tables_view(&owner, &owner, true);
+                    }
+                    continue;
+                }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
             // Everything noticed before this moment is in the channel now.

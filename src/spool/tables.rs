@@ -166,9 +166,11 @@ impl Mirror {
             let path = dir.join(&rel);
             let t = match as_owner(own, || files::take(&path, own.0, max)) {
                 Ok(Ok(t)) => t,
-                // Being written: its close brings an event.
+                // Being written: its close brings an event, or looked at again
+                // shortly (see `Mirror::rows_busy`).
                 Ok(Err(files::Skip::BeingWritten)) => {
                     keep.insert(rel);
+                    self.rows_busy.insert(owner.to_string());
                     continue;
                 }
                 Ok(Err(files::Skip::Foreign(uid))) => {
