@@ -283,6 +283,10 @@ impl ScriptEngine {
         let mut scope = scope_of(input);
         let deadline = started + Duration::from_millis(input.limits.max_wall_ms);
         let guard = host::install(store, host, input, deadline);
+        // The shared values the run makes (what closures capture), emptied when
+        // its value is read: a closure stored in a variable it captured is a
+        // reference cycle that would never be freed.
+        let cells = rhai::shared_cells::track();
         let result = self.engine.eval_ast_with_scope::<Dynamic>(&mut scope, &ast);
         let ctx = guard.finish();
 
@@ -304,6 +308,8 @@ impl ScriptEngine {
             Ok(v) => value_of(&v, input.limits),
             Err(e) => Err(classify(&e, input.limits, ctx.fatal)),
         };
+        cells.end();
+        drop(scope);
         match value {
             Ok(j) => out.value = j,
             Err((status, msg)) => {
