@@ -104,7 +104,7 @@ fn main() {
         return;
     }
     let mut cfg = Config::new(dir.path().join("a"));
-    cfg.workers = 2;
+    cfg.runners = 2;
     if let Ok(us) = std::env::var("PEERFS_INLINE_US") {
         cfg.inline_runs = std::time::Duration::from_micros(us.parse().unwrap());
     }
@@ -136,7 +136,7 @@ fn main() {
 
     // Memory: a fresh core; 10,000 peers created (none open), then 1,000 open at once.
     let mut cfg = Config::new(dir.path().join("b"));
-    cfg.workers = 2;
+    cfg.runners = 2;
     let core = Core::start(cfg).unwrap();
     // Warm up: the first peer's open and run allocate the engine and caches.
     core.create_peer("warm", u, g).unwrap();
@@ -172,7 +172,7 @@ fn metrics_overhead(dir: &std::path::Path) {
     let (u, g) = uid();
     let start = |on: bool| {
         let mut cfg = Config::new(dir.join(if on { "on" } else { "off" }));
-        cfg.workers = 2;
+        cfg.runners = 2;
         cfg.metrics = on;
         let c = Core::start(cfg).unwrap();
         c.create_peer("one", u, g).unwrap();
@@ -258,7 +258,7 @@ const CORPUS: [(&str, &str, i64); 6] = [
 fn corpus_vs_stock(dir: &std::path::Path) {
     let (u, g) = uid();
     let mut cfg = Config::new(dir.to_path_buf());
-    cfg.workers = 2;
+    cfg.runners = 2;
     let core = Core::start(cfg).unwrap();
     core.create_peer("corpus", u, g).unwrap();
     let stock = rhai::Engine::new();

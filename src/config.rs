@@ -1,12 +1,14 @@
 //! The daemon's configuration: a TOML file, command-line flags over it, defaults
 //! under both (flag > file > default).
 //!
-//! Every setting has one key (`workers`, `limits.own.max_wall_ms`, `log.format`,
+//! Every setting has one key (`runners`, `limits.own.max_wall_ms`, `log.format`,
 //! ...). The file is read with serde and `deny_unknown_fields`, so an unknown key,
 //! a value of the wrong type or a limit out of range is refused at start with the
 //! key, the reason and the file's line. Flags are turned into the same keys
-//! (`--workers 4` is `workers = 4`, `-o limits.own.max_operations=5000` any key),
+//! (`--runners 4` is `runners = 4`, `-o limits.own.max_operations=5000` any key),
 //! so `mount.peerfs`/fstab `-o` options, the flags and the file are one namespace.
+//! A key's former name ([`FORMER_KEYS`]: `workers` for `runners`) is still read,
+//! in the file, as a flag and as `-o`, and shown under the current name.
 //!
 //! How the layers merge: the defaults, the file and the flags are each flattened
 //! to `dotted.key -> value`, laid over each other, and the result is deserialized
@@ -35,9 +37,9 @@ pub struct Settings {
     pub data: Option<PathBuf>,
     /// Serve only these peers (isolated deployment); empty: every peer in `data`.
     pub peers: Vec<String>,
-    /// Worker threads running scripts.
-    #[serde(deserialize_with = "between::<_, 1, 4096>")]
-    pub workers: u64,
+    /// Runner threads running scripts (formerly `workers`).
+    #[serde(alias = "workers", deserialize_with = "between::<_, 1, 4096>")]
+    pub runners: u64,
     /// Open peers kept at most (idle ones beyond this are closed first).
     #[serde(deserialize_with = "between::<_, 1, 10_000_000>")]
     pub max_open_peers: u64,
@@ -365,7 +367,7 @@ impl Default for Settings {
         Settings {
             data: None,
             peers: Vec::new(),
-            workers: c.workers as u64,
+            runners: c.runners as u64,
             max_open_peers: c.max_open_peers as u64,
             idle_close_ms: c.idle_close.as_millis() as u64,
             run_retention: c.run_retention,
@@ -433,7 +435,7 @@ fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D:
 pub enum Source {
     Default,
     File(PathBuf),
-    /// The flag as it was given (`--workers`, `-o`).
+    /// The flag as it was given (`--runners`, `-o`).
     Flag(String),
 }
 
@@ -452,7 +454,7 @@ impl std::fmt::Display for Source {
 pub struct FlagValue {
     pub key: String,
     pub value: toml::Value,
-    /// How the user spelled it, for messages (`--workers`).
+    /// How the user spelled it, for messages (`--runners`).
     pub flag: String,
 }
 
@@ -469,9 +471,10 @@ pub struct DaemonArgs {
     /// Serve only this peer (repeatable): an isolated deployment (key `peers`).
     #[arg(long = "peer", value_name = "NAME")]
     pub peers: Vec<String>,
-    /// Worker threads running scripts (key `workers`; default: 2 per core, at least 4).
-    #[arg(long)]
-    pub workers: Option<u64>,
+    /// Runner threads running scripts (key `runners`; default: 2 per core, at
+    /// least 4). Formerly `--workers`, still accepted.
+    #[arg(long, alias = "workers")]
+    pub runners: Option<u64>,
     /// Most milliseconds one run may take, own scripts and others' alike (keys
     /// `limits.own.max_wall_ms` and `limits.others.max_wall_ms`).
     #[arg(long)]
@@ -525,8 +528,8 @@ impl DaemonArgs {
             let names = self.peers.iter().cloned().map(toml::Value::String);
             put("peers", toml::Value::Array(names.collect()), "--peer");
         }
-        if let Some(w) = self.workers {
-            put("workers", int(w), "--workers");
+        if let Some(r) = self.runners {
+            put("runners", int(r), "--runners");
         }
         for set in ["own", "others"] {
             if let Some(m) = self.max_wall_ms {
@@ -573,10 +576,22 @@ impl DaemonArgs {
             if key.is_empty() {
                 return Err(err!(libc::EINVAL, "-o {o:?} has no key: use -o KEY=VALUE"));
             }
-            put(key, value, &format!("-o {key}"));
+            put(current_key(key), value, &format!("-o {key}"));
         }
         Ok(out)
     }
+}
+
+/// Keys renamed, as (former name, current name): the former is still read (in a
+/// file, as `-o`; the flag has a clap alias) and means the current one.
+pub const FORMER_KEYS: &[(&str, &str)] = &[("workers", "runners")];
+
+/// The current name of `key` (itself unless it is a former name).
+fn current_key(key: &str) -> &str {
+    FORMER_KEYS
+        .iter()
+        .find(|(former, _)| *former == key)
+        .map_or(key, |(_, current)| current)
 }
 
 fn int(v: u64) -> toml::Value {
@@ -688,7 +703,7 @@ fn flatten(
             }
         }
         _ => {
-            out.insert(prefix.to_string(), (v.clone(), src.clone()));
+            out.insert(current_key(prefix).to_string(), (v.clone(), src.clone()));
         }
     }
 }
@@ -771,7 +786,7 @@ impl Effective {
         if !s.peers.is_empty() {
             c.only = Some(s.peers.clone());
         }
-        c.workers = s.workers as usize;
+        c.runners = s.runners as usize;
         c.max_open_peers = s.max_open_peers as usize;
         c.idle_close = Duration::from_millis(s.idle_close_ms);
         c.run_retention = s.run_retention;

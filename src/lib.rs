@@ -13,7 +13,7 @@
 //!   derived; its policy texts applied or refused), over
 //! * [`metrics`] (the Prometheus export) and [`lattice`] (daemons as one system
 //!   over NATS JetStream: the directory, the transport, credentials), over
-//! * [`exec`] (per-peer serial actors on a worker pool; messages leave through
+//! * [`exec`] (per-peer serial actors on a runner pool; messages leave through
 //!   its `Transport` seam), over
 //! * [`replica`] (every store shipped to object storage; restores), over
 //! * [`policy`] (Cedar: what another peer's script may do), over

@@ -1,6 +1,6 @@
 //! Arbitrary bytes as a script, under tight sandbox limits: every run ends with an
 //! `Outcome` that respects the limits, and none panics or hangs. Runs happen on a
-//! thread with a 64 MiB stack, as the daemon's workers do.
+//! thread with a 64 MiB stack, as the daemon's runners do.
 //!
 //! Inputs of odd length run as a guest (bob at alice, reads of `shared/*` only);
 //! even ones as the owner.

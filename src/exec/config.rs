@@ -10,8 +10,8 @@ use crate::script::{Library, Limits};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data_dir: PathBuf,
-    /// Worker threads that run peers' actors.
-    pub workers: usize,
+    /// Runner threads that run peers' actors (config key `runners`).
+    pub runners: usize,
     /// Open peers kept at most (idle ones beyond this are closed first).
     pub max_open_peers: usize,
     /// An open peer with no work is closed after this long.
@@ -73,7 +73,7 @@ impl Config {
             .unwrap_or(2);
         Config {
             data_dir: data_dir.into(),
-            workers: (cores * 2).max(4),
+            runners: (cores * 2).max(4),
             max_open_peers: 4096,
             idle_close: Duration::from_secs(30),
             limits: Limits::others(),

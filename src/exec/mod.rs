@@ -1,4 +1,4 @@
-//! The executor: one serial actor per peer on a bounded pool of worker threads.
+//! The executor: one serial actor per peer on a bounded pool of runner threads.
 //!
 //! A peer's actor applies the writes queued for it (submissions, file writes,
 //! deliveries) in one transaction, then runs queued scripts in another, one
@@ -9,7 +9,7 @@
 //! This file holds the [`Core`] (start, the open peers and their recovery,
 //! shutdown); the rest lives beside it: `config` (settings and counters),
 //! `op` (the [`Op`]s and their callbacks), `state` (the executor's state of an
-//! open peer), `pool` (ready queue, workers, sweeper), `submit` (jobs and
+//! open peer), `pool` (ready queue, runners, sweeper), `submit` (jobs and
 //! messages), `txn` (group commit and its effects), `apply` (what each op does),
 //! `run` (batches of runs, one run), `deliver` and `transport` (messages to
 //! other peers), `slot`, `outbox` and `wait` (results and the readers waiting
@@ -113,7 +113,7 @@ struct Inner {
     ready_cv: Condvar,
     /// Runs in flight end as interrupted (rolled back, still queued).
     stop: AtomicBool,
-    /// Workers exit once the ready queue is empty.
+    /// Runners exit once the ready queue is empty.
     quit: AtomicBool,
     cache: Arc<AstCache>,
     listener: RwLock<Option<Arc<dyn Listener>>>,
@@ -140,12 +140,12 @@ struct Inner {
 /// store slower than this: the peer is served, the lease taken at its upload).
 const LEASE_WAIT: Duration = Duration::from_secs(2);
 
-/// The running core: registry, worker pool, executor. Cheap to clone.
+/// The running core: registry, runner pool, executor. Cheap to clone.
 #[derive(Clone)]
 pub struct Core(Arc<Inner>);
 
 impl Core {
-    /// Opens the data directory and starts the workers.
+    /// Opens the data directory and starts the runners.
     pub fn start(cfg: Config) -> Result<Core> {
         let registry = Registry::new(&cfg.data_dir, cfg.only.clone())?;
         // Before any store opens: the replica takes over their checkpoints.
@@ -193,7 +193,7 @@ impl Core {
         Ok(core)
     }
 
-    /// The core's threads: the workers (big stacks: Rhai's own depth limits must
+    /// The core's threads: the runners (big stacks: Rhai's own depth limits must
     /// trip before a thread's stack), the intake journal's writer, the sweeper,
     /// the thread that ends waiting reads, and recovery.
     fn spawn_threads(
@@ -209,10 +209,10 @@ impl Core {
             .spawn(f)
         };
         let mut threads = Vec::new();
-        for i in 0..self.0.cfg.workers.max(1) {
+        for i in 0..self.0.cfg.runners.max(1) {
             let c = self.clone();
-            let worker = Box::new(move || c.worker());
-            threads.push(spawn(format!("peerfs-worker-{i}"), Some(64 << 20), worker)?);
+            let runner = Box::new(move || c.runner());
+            threads.push(spawn(format!("peerfs-runner-{i}"), Some(64 << 20), runner)?);
         }
         let c = self.clone();
         let writer = Box::new(move || c.journal_writer(intake_rx));
@@ -373,7 +373,7 @@ impl Core {
     }
 
     /// Stops: runs in flight are rolled back (they stay queued), queued writes are
-    /// applied, workers exit, and every store is closed.
+    /// applied, runners exit, and every store is closed.
     pub fn shutdown(&self) {
         self.0.stop.store(true, Ordering::SeqCst);
         self.0.quit.store(true, Ordering::SeqCst);

@@ -1,5 +1,5 @@
-//! The worker pool: the ready queue of peers with work, one actor turn at a time
-//! per peer (`schedule`, `worker`, `process`), the sweeper that closes idle peers
+//! The runner pool: the ready queue of peers with work, one actor turn at a time
+//! per peer (`schedule`, `runner`, `process`), the sweeper that closes idle peers
 //! and retries deliveries, and the entry points that queue an [`Op`].
 
 use std::sync::atomic::Ordering;
@@ -24,7 +24,7 @@ impl Core {
     }
 
     /// Adds `work` (if any) to `peer`'s ops and puts the peer in the ready queue
-    /// unless it is there or a worker holds it already.
+    /// unless it is there or a runner holds it already.
     fn push_work(&self, peer: &Arc<Peer>, work: Option<(Op, Option<Ack>)>) {
         let mut w = actor(peer).work.lock().unwrap();
         w.ops.extend(work);
@@ -108,7 +108,9 @@ impl Core {
         }
     }
 
-    pub(super) fn worker(&self) {
+    /// A runner thread: takes the next ready peer and gives its actor a turn,
+    /// until the core quits and the ready queue is empty.
+    pub(super) fn runner(&self) {
         loop {
             let peer = {
                 let mut q = self.0.ready.lock().unwrap();

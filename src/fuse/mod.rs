@@ -221,10 +221,11 @@ pub fn spawn(vfs: Arc<Vfs>, mountpoint: &Path, opts: &MountOptions) -> crate::Re
     })
 }
 
-/// The vfs reports changes from its worker threads; the notifications go through a
-/// thread of their own. `inval_inode` may wait in the kernel for page locks held by
-/// a READ that a vfs worker is about to answer, so calling it on that worker could
-/// deadlock; a separate thread also lets bursts of changes coalesce.
+/// The vfs reports changes from the threads that serve and commit (the dispatch
+/// threads, the executor's runners); the notifications go through a thread of their
+/// own. `inval_inode` may wait in the kernel for page locks held by a READ that one
+/// of those threads is about to answer, so calling it there could deadlock; a
+/// separate thread also lets bursts of changes coalesce.
 fn install_invalidator(vfs: &Vfs, notifier: Notifier, inodes: Arc<InodeTable<Node>>) {
     let (tx, rx) = mpsc::channel::<Invalidate>();
     let known = inodes.clone();

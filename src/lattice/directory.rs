@@ -49,9 +49,11 @@ pub(super) async fn check_bucket(l: &Lattice) -> Result<kv::Store> {
         .map_err(|e| unreachable(&format!("the lattice directory {bucket}"), e))
 }
 
-pub(super) fn served_by(peer: &str, owner: &str) -> Error {
-    if super::check_token("worker", owner).is_err() {
-        let shown: String = owner.chars().take(60).collect();
+/// The refusal when the directory names `worker` (another) for `peer`, or holds
+/// something that is no worker's name.
+pub(super) fn served_by(peer: &str, worker: &str) -> Error {
+    if super::check_token("worker", worker).is_err() {
+        let shown: String = worker.chars().take(60).collect();
         return err!(
             libc::EACCES,
             "the directory entry of peer {peer} is damaged (it holds {shown:?}, no worker's name): repair it with `peerfs lattice provision` (the operator's credentials)"
@@ -59,7 +61,7 @@ pub(super) fn served_by(peer: &str, owner: &str) -> Error {
     }
     err!(
         libc::EEXIST,
-        "peer {peer} is already served by worker {owner} in the lattice: stop it there (or move it, see docs/lattice.md) first"
+        "peer {peer} is already served by worker {worker} in the lattice: stop it there (or move it, see docs/lattice.md) first"
     )
 }
 
@@ -84,11 +86,11 @@ pub(super) async fn register(
 ) -> Result<()> {
     // Served already? (A worker may not even try to publish another's entry.)
     if let Ok(Some(v)) = kv.get(peer).await {
-        let owner = String::from_utf8_lossy(&v);
-        if owner == worker {
+        let serving = String::from_utf8_lossy(&v);
+        if serving == worker {
             return Ok(());
         }
-        return Err(served_by(peer, &owner));
+        return Err(served_by(peer, &serving));
     }
     let created =
         tokio::time::timeout(timeout * 3, kv.create(peer, worker.to_string().into())).await;
@@ -102,13 +104,13 @@ pub(super) async fn register(
                 .get(peer)
                 .await
                 .map_err(|e| unreachable("the lattice directory", e))?;
-            let owner = now
+            let serving = now
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
                 .unwrap_or_default();
-            if owner == worker {
+            if serving == worker {
                 Ok(())
             } else {
-                Err(served_by(peer, &owner))
+                Err(served_by(peer, &serving))
             }
         }
         // A publish the server refuses (permissions) is never acknowledged: on a

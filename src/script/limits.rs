@@ -48,13 +48,13 @@ macro_rules! limits {
 
             /// Defaults for a peer's own scripts: room for ordinary programs (loops
             /// over millions of elements, arrays and maps of millions of entries,
-            /// seconds of CPU). The owner only spends its own worker time.
+            /// seconds of CPU). The owner only spends its own runner time.
             pub fn own() -> Limits {
                 Limits { $($name: $own,)* }
             }
 
             /// The largest value each limit accepts, and why. The depth limits are
-            /// bounded by the worker threads' 64 MiB stacks: past them a deep script
+            /// bounded by the runner threads' 64 MiB stacks: past them a deep script
             /// would crash the daemon instead of ending with `limit`.
             pub fn ceiling(name: &str) -> Option<(u64, &'static str)> {
                 Some(match name {
@@ -117,10 +117,10 @@ limits! {
         others 2_000, own 10_000, ceiling 86_400_000, "one day";
     max_call_levels("bounded::max_call_levels"):
         others 64, own 256, ceiling 1_000,
-        "deeper recursion would overflow a worker thread's 64 MiB stack";
+        "deeper recursion would overflow a runner thread's 64 MiB stack";
     max_expr_depth("bounded::max_expr_depth"):
         others 64, own 128, ceiling 1_000,
-        "deeper nesting would overflow a worker thread's 64 MiB stack while compiling";
+        "deeper nesting would overflow a runner thread's 64 MiB stack while compiling";
     /// Longest string (bytes) one step may make (`pad`) and that a run may return,
     /// store or send; strings a script builds step by step are bounded by
     /// `max_memory_bytes`.
@@ -137,7 +137,7 @@ limits! {
     /// what it freed, counted from the run's start), checked at every operation
     /// and before a step that would make a big value at once.
     max_memory_bytes("bounded::max_memory_bytes"):
-        others 8 << 20, own 256 << 20, ceiling 1 << 36, "64 GiB: more than a worker should hold";
+        others 8 << 20, own 256 << 20, ceiling 1 << 36, "64 GiB: more than a runner should hold";
     max_output_bytes("bounded::max_output_bytes"):
         others 64 << 10, own 16 << 20, ceiling 1 << 30, IN_ONE_ROW;
     max_sends("bounded::max_sends"):

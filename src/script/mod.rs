@@ -3,7 +3,7 @@
 //! resolver (`host`), `undo` and `restore_to` (`undo`), the compiled-script cache (`cache`), value sizes (`sizes`)
 //! and the counting allocator (`alloc`).
 //!
-//! One [`ScriptEngine`] lives on each worker thread. A run installs its context
+//! One [`ScriptEngine`] lives on each runner thread. A run installs its context
 //! (the target's store, caller, limits, output buffer) in a thread-local for the
 //! duration of `eval`, so the registered host functions reach it without locks.
 

@@ -68,11 +68,11 @@ pub enum Skip {
 }
 
 /// Reads the script at `path` if it is complete: a regular file (symlinks are not
-/// followed), owned by `owner` or root, that nobody has open for writing. The last
+/// followed), owned by `uid` or root, that nobody has open for writing. The last
 /// is asked of the kernel with a read lease (`F_SETLEASE`), which cannot be taken
 /// while a writer holds the file; where leases are not available (NFS, another
-/// owner without CAP_LEASE) the file is taken as found.
-pub fn take(path: &Path, owner: u32, max: u64) -> io::Result<Result<Taken, Skip>> {
+/// user without CAP_LEASE) the file is taken as found.
+pub fn take(path: &Path, uid: u32, max: u64) -> io::Result<Result<Taken, Skip>> {
     let f = match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
@@ -93,7 +93,7 @@ pub fn take(path: &Path, owner: u32, max: u64) -> io::Result<Result<Taken, Skip>
     if !m.file_type().is_file() {
         return Ok(Err(Skip::NotAFile));
     }
-    if m.uid() != owner && m.uid() != 0 {
+    if m.uid() != uid && m.uid() != 0 {
         return Ok(Err(Skip::Foreign(m.uid())));
     }
     if m.len() > max {
@@ -134,16 +134,16 @@ pub fn take(path: &Path, owner: u32, max: u64) -> io::Result<Result<Taken, Skip>
     }))
 }
 
-/// Runs `f` with the file-system identity of `owner` (uid, gid) when the daemon
+/// Runs `f` with the file-system identity of `user` (uid, gid) when the daemon
 /// runs as root: fsuid, fsgid and no supplementary groups, for this thread only
 /// (raw syscalls; glibc would apply `setgroups` to every thread). So a peer's folder
-/// gives the daemon no more than its owner has: a symlink in it to `/etc`, or a
-/// file only root may read, fails as it would for the owner.
-pub fn as_owner<T>(owner: (u32, u32), f: impl FnOnce() -> T) -> T {
-    if unsafe { libc::geteuid() } != 0 || owner.0 == 0 {
+/// gives the daemon no more than its user has: a symlink in it to `/etc`, or a
+/// file only root may read, fails as it would for that user.
+pub fn as_user<T>(user: (u32, u32), f: impl FnOnce() -> T) -> T {
+    if unsafe { libc::geteuid() } != 0 || user.0 == 0 {
         return f();
     }
-    // Restores what was before (also inside an outer `as_owner`).
+    // Restores what was before (also inside an outer `as_user`).
     struct Back {
         uid: libc::c_int,
         gid: libc::c_int,
@@ -164,8 +164,8 @@ pub fn as_owner<T>(owner: (u32, u32), f: impl FnOnce() -> T) -> T {
     groups.truncate(n);
     let _back = unsafe {
         libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>());
-        let gid = libc::setfsgid(owner.1);
-        let uid = libc::setfsuid(owner.0);
+        let gid = libc::setfsgid(user.1);
+        let uid = libc::setfsuid(user.0);
         Back { uid, gid, groups }
     };
     f()
@@ -183,13 +183,13 @@ fn tmp_beside(path: &Path) -> PathBuf {
 }
 
 /// Writes `data` under a temporary name beside `path` (mode `mode`, owned by
-/// `owner` when the daemon may give files away), fsynced when `sync`, and returns
+/// `user` (uid, gid) when the daemon may give files away), fsynced when `sync`, and returns
 /// the temporary name: [`std::fs::rename`] it over `path` to publish it whole.
 pub fn write_tmp(
     path: &Path,
     data: &[u8],
     mode: u32,
-    owner: (u32, u32),
+    user: (u32, u32),
     sync: bool,
 ) -> io::Result<PathBuf> {
     let tmp = tmp_beside(path);
@@ -200,8 +200,8 @@ pub fn write_tmp(
             .mode(mode)
             .custom_flags(libc::O_CLOEXEC)
             .open(&tmp)?;
-        // Only root can give a file away; a daemon run by the owner needs not.
-        unsafe { libc::fchown(f.as_raw_fd(), owner.0, owner.1) };
+        // Only root can give a file away; a daemon run by that user needs not.
+        unsafe { libc::fchown(f.as_raw_fd(), user.0, user.1) };
         f.write_all(data)?;
         if sync {
             f.sync_data()?;
@@ -222,17 +222,17 @@ pub fn replace(
     path: &Path,
     data: &[u8],
     mode: u32,
-    owner: (u32, u32),
+    user: (u32, u32),
     sync: bool,
 ) -> io::Result<()> {
-    let tmp = write_tmp(path, data, mode, owner, sync)?;
+    let tmp = write_tmp(path, data, mode, user, sync)?;
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })
 }
 
-/// Makes `dir` (and its parents) with `mode`, owned by `owner`.
-pub fn make_dir(dir: &Path, mode: u32, owner: (u32, u32)) -> io::Result<()> {
+/// Makes `dir` (and its parents) with `mode`, owned by `user` (uid, gid).
+pub fn make_dir(dir: &Path, mode: u32, user: (u32, u32)) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
@@ -241,7 +241,7 @@ pub fn make_dir(dir: &Path, mode: u32, owner: (u32, u32)) -> io::Result<()> {
         .recursive(true)
         .mode(mode)
         .create(dir)?;
-    let _ = std::os::unix::fs::chown(dir, Some(owner.0), Some(owner.1));
+    let _ = std::os::unix::fs::chown(dir, Some(user.0), Some(user.1));
     Ok(())
 }
 

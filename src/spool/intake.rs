@@ -249,11 +249,11 @@ impl Shared {
         });
     }
 
-    /// Listings as the owner (see `as_owner`); each take does its own switch, and
+    /// Listings as the peer's user (see `as_user`); each take does its own switch, and
     /// submissions (which may open stores) happen as the daemon.
     pub(super) fn scan_peer_inside(self: &Arc<Self>, peer: &str, startup: bool) {
-        let own = owner_of(&self.core, peer);
-        let read_dir = |d: &Path| as_owner(own, || std::fs::read_dir(d));
+        let user = user_of(&self.core, peer);
+        let read_dir = |d: &Path| as_user(user, || std::fs::read_dir(d));
         let dir = self.peer_dir(peer);
         let submit = |e: &&Entry| e.close == Close::Submit;
         let mut inboxes: Vec<(String, PathBuf)> = (self.layout.entries().iter().filter(submit))
@@ -282,7 +282,7 @@ impl Shared {
                 let path = inbox.join(&n);
                 // An empty file this young may be one whose writer's open(2) has
                 // not returned yet (creation is visible first): look again later.
-                let meta = as_owner(own, || std::fs::symlink_metadata(&path));
+                let meta = as_user(user, || std::fs::symlink_metadata(&path));
                 if meta.is_ok_and(|m| m.len() == 0 && young(&m)) {
                     self.scan_later(peer, Duration::from_secs(1));
                     continue;
@@ -327,8 +327,8 @@ impl Shared {
         if !self.inflight.lock().unwrap().insert(path.to_path_buf()) {
             return;
         }
-        let own = owner_of(&self.core, caller);
-        let Some(t) = self.take_file(caller, target, path, tries, own) else {
+        let user = user_of(&self.core, caller);
+        let Some(t) = self.take_file(caller, target, path, tries, user) else {
             return self.done(path);
         };
         let crash = crate::exec::test_hooks::take_marked(&t.data);
@@ -352,11 +352,11 @@ impl Shared {
             Dropped::Submit(_) => taken_key(caller, name),
         };
         let record = t.ident.record();
-        if startup && self.taken_before_restart(store, &key, &record, path, own) {
+        if startup && self.taken_before_restart(store, &key, &record, path, user) {
             return self.done(path);
         }
         self.stats.taken.fetch_add(1, Ordering::Relaxed);
-        let ack = self.acknowledgement(caller, store, &key, path, t.ident, own, crash);
+        let ack = self.acknowledgement(caller, store, &key, path, t.ident, user, crash);
         let mut forget = self.forget.lock().unwrap();
         let mut f = forget.remove(store).unwrap_or_default();
         // This op records `key` anew: an older record's removal must not follow it.
@@ -380,7 +380,7 @@ impl Shared {
         target: &str,
         path: &Path,
         tries: u32,
-        own: (u32, u32),
+        user: (u32, u32),
     ) -> Option<files::Taken> {
         // The owner's own limit for its own scripts, others' for the rest: the
         // same as the mount and the submission itself (`check_script_size`).
@@ -389,7 +389,7 @@ impl Shared {
             self.core.base_limits(mine).max_script_bytes,
             limit_set(mine),
         );
-        match as_owner(own, || files::take(path, own.0, max)) {
+        match as_user(user, || files::take(path, user.0, max)) {
             Ok(Ok(t)) => Some(t),
             Ok(Err(files::Skip::NotAFile)) => None,
             Ok(Err(files::Skip::BeingWritten)) => {
@@ -432,14 +432,14 @@ impl Shared {
         key: &str,
         record: &[u8],
         path: &Path,
-        own: (u32, u32),
+        user: (u32, u32),
     ) -> bool {
         let recorded = self.core.peer(store).and_then(|p| p.read(|s| s.meta(key)));
         if !matches!(recorded, Ok(Some((ref r, _))) if r.as_slice() == record) {
             return false;
         }
         tracing::info!(file = %path.display(), "already submitted before the restart: removing it");
-        let _ = as_owner(own, || std::fs::remove_file(path));
+        let _ = as_user(user, || std::fs::remove_file(path));
         self.forget
             .lock()
             .unwrap()
@@ -460,7 +460,7 @@ impl Shared {
         key: &str,
         path: &Path,
         ident: files::Ident,
-        own: (u32, u32),
+        user: (u32, u32),
         crash: bool,
     ) -> Box<dyn FnOnce(Result<()>) + Send> {
         let p = path.to_path_buf();
@@ -477,7 +477,7 @@ impl Shared {
                     // since it was taken (then the new content is taken too).
                     let same = std::fs::symlink_metadata(&p).is_ok_and(|m| ident.same_file(&m));
                     if same {
-                        if let Err(e) = as_owner(own, || std::fs::remove_file(&p)) {
+                        if let Err(e) = as_user(user, || std::fs::remove_file(&p)) {
                             tracing::warn!(file = %p.display(), error = %e, "cannot remove a submitted script");
                         }
                     }
@@ -529,7 +529,7 @@ impl Shared {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let aside = path.with_file_name(format!("{name}.refused~"));
-        let _ = as_owner(owner_of(&self.core, caller), || {
+        let _ = as_user(user_of(&self.core, caller), || {
             std::fs::rename(path, &aside)
         });
         let line = format!("spool: {name} refused: {why} (renamed to {name}.refused~)");
@@ -540,8 +540,8 @@ impl Shared {
     /// `policy.cedar` or `groups` of `peer`, applied when it differs from the
     /// store's, or refused, as on the mount (`layout::apply_text`).
     pub(super) fn text_file(&self, peer: &str, text: PolicyText, path: &Path) {
-        let own = owner_of(&self.core, peer);
-        let t = match as_owner(own, || files::take(path, own.0, MAX_META_FILE)) {
+        let user = user_of(&self.core, peer);
+        let t = match as_user(user, || files::take(path, user.0, MAX_META_FILE)) {
             Ok(Ok(t)) => t,
             Ok(Err(files::Skip::BeingWritten)) => {
                 // A writer still holds it: read it again shortly (its close may
@@ -594,10 +594,10 @@ impl Shared {
         }
         let Ok(p) = self.core.peer(peer) else { return };
         let cur = p.read(|s| s.module(m)).ok().flatten();
-        let own = owner_of(&self.core, peer);
+        let user = user_of(&self.core, peer);
         // A module is written by its owner, as on the mount.
         let max = self.core.base_limits(true).max_script_bytes;
-        let op = match as_owner(own, || files::take(path, own.0, max)) {
+        let op = match as_user(user, || files::take(path, user.0, max)) {
             Ok(Ok(t)) if cur.as_deref() != Some(&t.data[..]) => {
                 Op::SetModule(m.to_string(), t.data)
             }

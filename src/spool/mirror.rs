@@ -27,8 +27,8 @@ use crate::exec::{slot_caller, Change, Core, Listener};
 use crate::layout::{LOG, OUTBOX, PEERS, STATE};
 use crate::util::now_ns;
 
-use super::files::{self, as_owner, content_hash, TMP_PREFIX};
-use super::{owner_of, SpoolStats};
+use super::files::{self, as_user, content_hash, TMP_PREFIX};
+use super::{user_of, SpoolStats};
 
 /// Results finished this long before the last `mirrored` mark are on disk already:
 /// a restart rewrites only later ones (so it does not bring back results that were
@@ -333,7 +333,7 @@ impl Mirror {
                     continue;
                 }
                 let path = dir.join(&e.name);
-                let shown = as_owner(owner_of(&self.core, peer), || std::fs::read(&path))
+                let shown = as_user(user_of(&self.core, peer), || std::fs::read(&path))
                     .ok()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                     .and_then(|v| v["id"].as_str().map(str::to_string));
@@ -362,17 +362,17 @@ impl Mirror {
     ) -> Vec<(PathBuf, &'a PathBuf, (u32, u32))> {
         let mut tmps = Vec::with_capacity(chunk.len());
         for &(path, (viewer, bytes)) in chunk {
-            let own = owner_of(&self.core, viewer);
-            let written = as_owner(own, || {
+            let user = user_of(&self.core, viewer);
+            let written = as_user(user, || {
                 if let Some(dir) = path.parent() {
                     if !dir.is_dir() {
-                        let _ = files::make_dir(dir, 0o755, own);
+                        let _ = files::make_dir(dir, 0o755, user);
                     }
                 }
-                files::write_tmp(path, bytes, 0o644, own, true)
+                files::write_tmp(path, bytes, 0o644, user, true)
             });
             match written {
-                Ok(t) => tmps.push((t, path, own)),
+                Ok(t) => tmps.push((t, path, user)),
                 Err(e) => {
                     tracing::warn!(file = %path.display(), error = %e, "cannot write a result")
                 }
@@ -398,13 +398,13 @@ impl Mirror {
         });
         // The folders are not fsynced: a rename lost in a crash is redone at the
         // restart (see `layout_results`: results since the last mark).
-        for (tmp, path, own) in tmps {
-            match as_owner(own, || std::fs::rename(&tmp, path)) {
+        for (tmp, path, user) in tmps {
+            match as_user(user, || std::fs::rename(&tmp, path)) {
                 Ok(()) => {
                     self.stats.results_written.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    let _ = as_owner(own, || std::fs::remove_file(&tmp));
+                    let _ = as_user(user, || std::fs::remove_file(&tmp));
                     tracing::warn!(file = %path.display(), error = %e, "cannot publish a result");
                 }
             }
@@ -450,9 +450,9 @@ impl Mirror {
                 return;
             }
         };
-        let own = owner_of(&self.core, viewer);
-        let undone = as_owner(own, || {
-            self.sync_files(&dir, &want, own, check, &Mirrored::state())
+        let user = user_of(&self.core, viewer);
+        let undone = as_user(user, || {
+            self.sync_files(&dir, &want, user, check, &Mirrored::state())
         });
         for u in undone {
             let where_ = if viewer == owner {
@@ -474,7 +474,7 @@ impl Mirror {
         &mut self,
         dir: &Path,
         want: &BTreeMap<String, Vec<u8>>,
-        own: (u32, u32),
+        user: (u32, u32),
         check: bool,
         m: &Mirrored,
     ) -> Vec<String> {
@@ -512,12 +512,12 @@ impl Mirror {
                 if parent.exists() && !parent.is_dir() {
                     let _ = std::fs::remove_file(parent);
                 }
-                let _ = files::make_dir(parent, 0o755, own);
+                let _ = files::make_dir(parent, 0o755, user);
             }
             if path.is_dir() {
                 let _ = std::fs::remove_dir_all(&path);
             }
-            match files::replace(&path, bytes, (m.mode)(rel), own, false) {
+            match files::replace(&path, bytes, (m.mode)(rel), user, false) {
                 Ok(()) => {
                     self.written.insert(path, h);
                 }
@@ -529,7 +529,7 @@ impl Mirror {
             if path.exists() && !path.is_dir() {
                 let _ = std::fs::remove_file(&path);
             }
-            let _ = files::make_dir(&path, 0o755, own);
+            let _ = files::make_dir(&path, 0o755, user);
         }
         remove_empty_dirs(dir, dir, m.dirs);
         undone
@@ -626,11 +626,11 @@ impl Mirror {
     fn sync_log(&self, peer: &str) -> crate::Result<()> {
         use std::io::Write;
         let path = self.root.join(peer).join(LOG.name);
-        let own = owner_of(&self.core, peer);
-        // The store as the daemon, the folder as the owner (see `as_owner`).
+        let user = user_of(&self.core, peer);
+        // The store as the daemon, the folder as the peer's user (see `as_user`).
         let p = self.core.peer(peer)?;
         let total = p.read(|s| s.log_size())?;
-        let have = as_owner(own, || std::fs::symlink_metadata(&path))
+        let have = as_user(user, || std::fs::symlink_metadata(&path))
             .ok()
             .filter(|m| m.is_file())
             .map(|m| m.len());
@@ -639,10 +639,10 @@ impl Mirror {
         }
         let Some(have) = have.filter(|h| *h < total) else {
             let all = p.read(|s| s.read_log(0, total as usize))?;
-            as_owner(own, || files::replace(&path, &all, 0o644, own, false))?;
+            as_user(user, || files::replace(&path, &all, 0o644, user, false))?;
             return Ok(());
         };
-        let mut f = as_owner(own, || {
+        let mut f = as_user(user, || {
             std::fs::OpenOptions::new()
                 .append(true)
                 .custom_flags(libc::O_NOFOLLOW)

@@ -51,7 +51,7 @@ use crate::names::{check_module_name, check_peer_name, is_staging_name};
 use crate::policy::PolicyText;
 
 pub use client::drop_and_wait;
-use files::as_owner;
+use files::as_user;
 pub use files::{content_hash, Ident, TMP_PREFIX};
 
 /// The meta key under which a target records a script taken from `caller`'s folder.
@@ -283,7 +283,9 @@ fn folder_mode(e: &Entry) -> u32 {
     }
 }
 
-fn owner_of(core: &Core, peer: &str) -> (u32, u32) {
+/// The user (uid, gid) a peer's folder belongs to: its owner's, as registered;
+/// the daemon's for a peer it does not know.
+fn user_of(core: &Core, peer: &str) -> (u32, u32) {
     core.registry()
         .info(peer)
         .map(|i| (i.uid, i.gid))
@@ -350,7 +352,7 @@ impl Shared {
     /// policy, groups and modules where they are missing, and has the mirror fill
     /// in its results, state and log.
     fn layout(&self, peer: &str) -> Result<()> {
-        let own = owner_of(&self.core, peer);
+        let user = user_of(&self.core, peer);
         let dir = self.peer_dir(peer);
         if std::fs::symlink_metadata(&dir).is_ok_and(|m| !m.is_dir()) {
             return Err(err!(
@@ -360,8 +362,8 @@ impl Shared {
             ));
         }
         // The peer's folder itself as the daemon (DIR may be its own); inside it,
-        // everything as the peer's owner (see `as_owner`).
-        files::make_dir(&dir, 0o700, own)?;
+        // everything as the peer's user (see `as_user`).
+        files::make_dir(&dir, 0o700, user)?;
         // A folder made by its owner's mkdir has the umask's mode (0755 mostly):
         // the peer's folder is private all the same.
         let md = std::fs::metadata(&dir)?;
@@ -372,7 +374,7 @@ impl Shared {
         }
         // What the store has, read as the daemon before acting as the owner.
         let texts = self.stored_files(peer, &dir)?;
-        as_owner(own, || self.layout_inside(peer, &dir, own, &texts))?;
+        as_user(user, || self.layout_inside(peer, &dir, user, &texts))?;
         let _ = self.mirror.send(mirror::Note::Layout(peer.to_string()));
         self.scan_new_folders(peer);
         Ok(())
@@ -414,39 +416,39 @@ impl Shared {
         &self,
         peer: &str,
         dir: &Path,
-        own: (u32, u32),
+        user: (u32, u32),
         texts: &[(PathBuf, Vec<u8>, u16)],
     ) -> Result<()> {
         // `.history/` and `.snapshots/` are the mount's only (read from the store when asked).
         let dirs = self.layout.entries().iter().filter(|e| e.is_dir());
         for e in dirs.filter(|e| !matches!(e.room, Room::History | Room::Snapshots)) {
-            files::make_dir(&dir.join(e.name), folder_mode(e), own)?;
+            files::make_dir(&dir.join(e.name), folder_mode(e), user)?;
         }
         for (other, info) in self.core.registry().list() {
             if other == peer {
                 continue;
             }
             for (viewer, of, o) in [
-                (peer, other.as_str(), own),
+                (peer, other.as_str(), user),
                 (other.as_str(), peer, (info.uid, info.gid)),
             ] {
                 let v = self.view_dir(viewer, of);
                 if viewer != peer && !self.peer_dir(viewer).is_dir() {
                     continue;
                 }
-                as_owner(o, || self.lay_view(&v, o))?;
+                as_user(o, || self.lay_view(&v, o))?;
             }
         }
         // Peers of the other daemons of the lattice (later ones: `follow_directory`).
         for other in self.core.remote_peers() {
-            self.lay_view(&self.view_dir(peer, &other), own)?;
+            self.lay_view(&self.view_dir(peer, &other), user)?;
         }
         for (path, text, mode) in texts {
             if !path.exists() {
                 if let Some(parent) = path.parent() {
-                    files::make_dir(parent, 0o755, own)?;
+                    files::make_dir(parent, 0o755, user)?;
                 }
-                files::replace(path, text, (*mode).into(), own, false)?;
+                files::replace(path, text, (*mode).into(), user, false)?;
             }
         }
         Ok(())
@@ -465,9 +467,9 @@ impl Shared {
     }
 
     /// The folders of a view (`peers/<other>/`), as `own` (the viewer's owner).
-    fn lay_view(&self, view: &Path, own: (u32, u32)) -> Result<()> {
+    fn lay_view(&self, view: &Path, user: (u32, u32)) -> Result<()> {
         for e in self.layout.view().filter(|e| e.is_dir()) {
-            files::make_dir(&view.join(e.name), folder_mode(e), own)?;
+            files::make_dir(&view.join(e.name), folder_mode(e), user)?;
         }
         Ok(())
     }
@@ -510,10 +512,10 @@ impl Shared {
             if !dir.is_dir() {
                 continue;
             }
-            let own = owner_of(&self.core, &peer);
-            let r = as_owner(own, || -> Result<()> {
+            let user = user_of(&self.core, &peer);
+            let r = as_user(user, || -> Result<()> {
                 for other in &added {
-                    self.lay_view(&self.view_dir(&peer, other), own)?;
+                    self.lay_view(&self.view_dir(&peer, other), user)?;
                 }
                 for other in &gone {
                     self.unlay_view(&self.view_dir(&peer, other));

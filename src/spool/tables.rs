@@ -11,9 +11,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use super::files::{self, as_owner};
+use super::files::{self, as_user};
 use super::mirror::{list_files, Mirror, Mirrored, Note, RowDone};
-use super::owner_of;
+use super::user_of;
 use crate::error::Result;
 use crate::exec::Op;
 use crate::layout::TABLES;
@@ -65,7 +65,7 @@ impl Mirror {
                 return;
             }
         };
-        let own = owner_of(&self.core, viewer);
+        let user = user_of(&self.core, viewer);
         let mine = viewer == owner;
         let keep = if mine && self.tables_seen.contains(&dir) {
             self.take_row_files(owner, &dir, &want)
@@ -86,7 +86,7 @@ impl Mirror {
             keep: &kept,
             dirs: &dirs,
         };
-        let undone = as_owner(own, || self.sync_files(&dir, &want, own, check, &m));
+        let undone = as_user(user, || self.sync_files(&dir, &want, user, check, &m));
         self.tables_seen.insert(dir);
         for u in undone {
             let line = if mine {
@@ -157,14 +157,14 @@ impl Mirror {
         dir: &Path,
         want: &BTreeMap<String, Vec<u8>>,
     ) -> HashSet<String> {
-        let own = owner_of(&self.core, owner);
+        let user = user_of(&self.core, owner);
         let mut have = Vec::new();
-        as_owner(own, || list_files(dir, dir, &mut have));
+        as_user(user, || list_files(dir, dir, &mut have));
         let mut keep = HashSet::new();
         let max = self.core.base_limits(true).max_value_bytes;
         for rel in have.into_iter().filter(|r| row_file(r).is_some()) {
             let path = dir.join(&rel);
-            let t = match as_owner(own, || files::take(&path, own.0, max)) {
+            let t = match as_user(user, || files::take(&path, user.0, max)) {
                 Ok(Ok(t)) => t,
                 // Being written: its close brings an event, or looked at again
                 // shortly (see `Mirror::rows_busy`).
@@ -220,10 +220,10 @@ impl Mirror {
         want: &BTreeMap<String, Vec<u8>>,
         keep: &mut HashSet<String>,
     ) {
-        let own = owner_of(&self.core, owner);
+        let user = user_of(&self.core, owner);
         let writing = (self.rows_pending.iter()).filter_map(|(p, t)| t.map(|_| p));
         let candidates: HashSet<&PathBuf> = self.written.keys().chain(writing).collect();
-        let gone: Vec<(PathBuf, String)> = as_owner(own, || {
+        let gone: Vec<(PathBuf, String)> = as_user(user, || {
             (candidates.into_iter())
                 .filter_map(|p| {
                     let rel = p.strip_prefix(dir).ok()?.to_str()?.to_string();
@@ -301,8 +301,8 @@ impl Mirror {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let aside = path.with_file_name(format!("{name}.refused~"));
-        let own = owner_of(&self.core, owner);
-        if let Err(e) = as_owner(own, || std::fs::rename(path, &aside)) {
+        let user = user_of(&self.core, owner);
+        if let Err(e) = as_user(user, || std::fs::rename(path, &aside)) {
             tracing::warn!(file = %path.display(), error = %e, "cannot set a refused row file aside");
         }
         self.written.remove(path);

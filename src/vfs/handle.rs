@@ -41,7 +41,7 @@ pub(super) struct Writer {
     pub(super) changes: Changes,
     /// The process (thread group) that opened it; 0 = not known yet (looked up
     /// from `opener` when needed). Only its close commits, see `Vfs::flush`.
-    pub(super) owner: u32,
+    pub(super) opener_process: u32,
     /// The thread that opened it: a close from it needs no /proc lookup.
     pub(super) opener: u32,
     /// Commits of this handle not yet durable, and the closes with nothing new to
@@ -236,7 +236,7 @@ impl Writer {
         Writer {
             buf,
             changes,
-            owner: leader(who.pid),
+            opener_process: leader(who.pid),
             opener: who.pid,
             committing: 0,
             waiters: Vec::new(),

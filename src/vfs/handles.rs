@@ -320,10 +320,10 @@ impl Vfs {
             if let Some(w) = h.writer() {
                 if who.pid != 0 && w.opener != 0 && who.pid != w.opener {
                     // Another thread or process: does it belong to the opener's?
-                    if w.owner == 0 {
-                        w.owner = process_of(w.opener);
+                    if w.opener_process == 0 {
+                        w.opener_process = process_of(w.opener);
                     }
-                    if process_of(who.pid) != w.owner {
+                    if process_of(who.pid) != w.opener_process {
                         return reply(Ok(()));
                     }
                 }

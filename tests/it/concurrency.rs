@@ -19,7 +19,7 @@ fn within<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) 
 
 fn core(dir: &std::path::Path) -> Core {
     let mut c = Config::new(dir);
-    c.workers = 4;
+    c.runners = 4;
     Core::start(c).unwrap()
 }
 
@@ -214,7 +214,7 @@ fn shutdown_while_runs_are_in_flight_keeps_them_queued() {
     use peerfs::store::prelude::*;
     let hist = s.run_history(10).unwrap();
     // Usually all four submissions commit together and the shutdown interrupts the
-    // first run. On a loaded machine the worker may start the first run before the
+    // first run. On a loaded machine a runner may start the first run before the
     // other three submissions reach it: they commit after it, and the shutdown
     // interrupts the second. Either way every run that did not finish stays queued
     // and left nothing behind, and one run was in flight when the daemon stopped.

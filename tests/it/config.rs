@@ -54,7 +54,7 @@ fn flag_wins_over_file_and_file_over_default() {
     let f = write(
         d.path(),
         "peerfs.toml",
-        "data = \"/srv/peerfs\"\nworkers = 3\n[limits.own]\nmax_wall_ms = 1234\nmax_array_size = 777\n[log]\nformat = \"json\"\n",
+        "data = \"/srv/peerfs\"\nrunners = 3\n[limits.own]\nmax_wall_ms = 1234\nmax_array_size = 777\n[log]\nformat = \"json\"\n",
     );
     let fs = f.to_str().unwrap();
     let (code, out, err) = peerfs(
@@ -63,7 +63,7 @@ fn flag_wins_over_file_and_file_over_default() {
             "show",
             "--config",
             fs,
-            "--workers",
+            "--runners",
             "5",
             "-o",
             "limits.own.max_array_size=888",
@@ -71,7 +71,7 @@ fn flag_wins_over_file_and_file_over_default() {
         &[],
     );
     assert_eq!(code, 0, "{err}");
-    assert_eq!(shown(&out, "", "workers"), "workers = 5  # flag --workers");
+    assert_eq!(shown(&out, "", "runners"), "runners = 5  # flag --runners");
     assert_eq!(
         shown(&out, "", "data"),
         format!("data = \"/srv/peerfs\"  # file {fs}")
@@ -100,14 +100,14 @@ fn flag_wins_over_file_and_file_over_default() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(out2.contains("max_array_size = 888"), "{out2}");
-    assert!(out2.contains("workers = 5"), "{out2}");
+    assert!(out2.contains("runners = 5"), "{out2}");
 
     // PEERFS_CONFIG names the file when --config is not given.
     let (code, out, err) = peerfs(&["config", "show"], &[("PEERFS_CONFIG", &f)]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
-        shown(&out, "", "workers"),
-        format!("workers = 3  # file {fs}")
+        shown(&out, "", "runners"),
+        format!("runners = 3  # file {fs}")
     );
     // Optional keys left unset are named; a bare port means loopback.
     let (_, out, _) = peerfs(&["config", "show", "--metrics-listen", "9464"], &[]);
@@ -134,16 +134,16 @@ fn the_library_view_of_precedence_is_the_same() {
     let f = write(
         d.path(),
         "c.toml",
-        "data = \"/x\"\nworkers = 3\nmax_open_peers = 10\n[limits.others]\nmax_sends = 7\n",
+        "data = \"/x\"\nrunners = 3\nmax_open_peers = 10\n[limits.others]\nmax_sends = 7\n",
     );
     let args = DaemonArgs {
-        workers: Some(9),
+        runners: Some(9),
         options: vec!["max_open_peers=11,limits.own.max_sends=8".into()],
         ..Default::default()
     };
     let e = config::load(Some(&f), &args.flags().unwrap()).unwrap();
     let c = e.core_config().unwrap();
-    assert_eq!(c.workers, 9);
+    assert_eq!(c.runners, 9);
     assert_eq!(c.max_open_peers, 11);
     assert_eq!(c.limits.max_sends, 7);
     assert_eq!(c.own_limits.max_sends, 8);
@@ -151,6 +151,47 @@ fn the_library_view_of_precedence_is_the_same() {
     // Own scripts get roomy defaults, others' the tight ones.
     assert_eq!(c.own_limits.max_array_size, 4_000_000);
     assert_eq!(c.limits.max_array_size, 10_000);
+}
+
+/// `workers`, the former name of `runners`, still sets the runner threads: in
+/// the file, as `--workers` and as `-o workers=N`; `config show` names it
+/// `runners`, with the spelling the user gave as its source. Both names at once
+/// in a file are refused.
+#[test]
+fn the_former_name_workers_still_sets_the_runners() {
+    let d = tempfile::tempdir().unwrap();
+    let f = write(d.path(), "old.toml", "data = \"/x\"\nworkers = 3\n");
+    let fs = f.to_str().unwrap();
+    let (code, out, err) = peerfs(&["config", "show", "--config", fs], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        shown(&out, "", "runners"),
+        format!("runners = 3  # file {fs}")
+    );
+    assert!(!out.contains("workers"), "{out}");
+    let (code, out, err) = peerfs(&["config", "show", "--workers", "5"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(shown(&out, "", "runners"), "runners = 5  # flag --runners");
+    let (code, out, err) = peerfs(&["config", "show", "-o", "workers=6"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(shown(&out, "", "runners"), "runners = 6  # flag -o workers");
+    let (code, out, err) = peerfs(&["config", "show", "-o", "runners=7"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(shown(&out, "", "runners"), "runners = 7  # flag -o runners");
+
+    // The executor gets the count, whichever name set it.
+    let c = config::load(Some(&f), &[]).unwrap().core_config().unwrap();
+    assert_eq!(c.runners, 3);
+    for (opt, n) in [("workers=4", 4), ("runners=5", 5)] {
+        let args = DaemonArgs {
+            options: vec![opt.into()],
+            ..Default::default()
+        };
+        let e = config::load(Some(&f), &args.flags().unwrap()).unwrap();
+        assert_eq!(e.core_config().unwrap().runners, n, "-o {opt}");
+    }
+    refused("workers = 2\nrunners = 3\n", &["duplicate field `runners`"]);
+    refused("workers = 0\n", &["line 1", "workers", "out of range"]);
 }
 
 /// The trust settings (chain budget, crash starts, delivery tries, result wait)
@@ -204,8 +245,8 @@ fn refused(text: &str, wants: &[&str]) {
 #[test]
 fn an_unknown_key_is_refused_with_its_line() {
     refused(
-        "workers = 2\n\nworker_count = 4\n",
-        &["line 3", "unknown field `worker_count`", "bad.toml"],
+        "runners = 2\n\nrunner_count = 4\n",
+        &["line 3", "unknown field `runner_count`", "bad.toml"],
     );
     refused(
         "[limits.own]\nmax_operations = 5\nmax_opertions = 5\n",
@@ -217,8 +258,8 @@ fn an_unknown_key_is_refused_with_its_line() {
 #[test]
 fn a_bad_type_is_refused_with_its_line() {
     refused(
-        "workers = \"four\"\n",
-        &["line 1", "workers", "invalid type: string \"four\""],
+        "runners = \"four\"\n",
+        &["line 1", "runners", "invalid type: string \"four\""],
     );
     refused(
         "[limits.others]\nmax_wall_ms = 1.5\n",
@@ -229,7 +270,7 @@ fn a_bad_type_is_refused_with_its_line() {
         &["line 2", "format", "unknown variant `xml`"],
     );
     refused("[metrics]\nlisten = \"nowhere\"\n", &["line 2", "listen"]);
-    refused("workers = 2\nworkers = 3\n", &["line 2", "duplicate key"]);
+    refused("runners = 2\nrunners = 3\n", &["line 2", "duplicate key"]);
 }
 
 #[test]
@@ -242,7 +283,7 @@ fn an_out_of_range_value_is_refused_with_its_line() {
         "[limits.others]\n\nmax_operations = 0\n",
         &["line 3", "max_operations = 0 would refuse every run"],
     );
-    refused("workers = 0\n", &["line 1", "workers", "out of range"]);
+    refused("runners = 0\n", &["line 1", "runners", "out of range"]);
     refused(
         "[limits.own]\nmax_wall_ms = -5\n",
         &["line 2", "max_wall_ms"],
@@ -390,7 +431,7 @@ fn core_with(dir: &Path, set: &str, key: &str, value: u64) -> Core {
     let f = write(
         dir,
         "peerfs.toml",
-        &format!("data = {data:?}\nworkers = 2\n[limits.{set}]\n{key} = {value}\n{ops}"),
+        &format!("data = {data:?}\nrunners = 2\n[limits.{set}]\n{key} = {value}\n{ops}"),
     );
     let e = config::load(Some(&f), &[]).unwrap();
     let c = Core::start(e.core_config().unwrap()).unwrap();
@@ -573,9 +614,38 @@ fn ordinary_programs_run_under_the_own_defaults() {
     c.shutdown();
 }
 
+/// The /proc folders of the `peerfs mount` processes serving `mnt`.
+fn daemons(mnt: &Path) -> Vec<std::path::PathBuf> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    let serves = |p: &Path| {
+        let cmd = std::fs::read(p.join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        args.first().is_some_and(|a| a.ends_with(b"peerfs"))
+            && args.contains(&&b"mount"[..])
+            && args.contains(&want)
+    };
+    let procs = std::fs::read_dir("/proc").unwrap().flatten();
+    procs.map(|e| e.path()).filter(|p| serves(p)).collect()
+}
+
+/// The runner threads (`peerfs-runner-N`) of the one daemon serving `mnt`.
+fn runner_threads(mnt: &Path) -> usize {
+    let [daemon] = &daemons(mnt)[..] else {
+        panic!("not one daemon serving {}", mnt.display())
+    };
+    std::fs::read_dir(daemon.join("task"))
+        .unwrap()
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| c.starts_with("peerfs-runner-"))
+        })
+        .count()
+}
+
 /// `mount.peerfs` (what mount(8) runs for an fstab line) turns `-o` options into
-/// config keys: mount(8)'s own are skipped, a key takes effect, an unknown key
-/// stops the mount.
+/// config keys: mount(8)'s own are skipped, a key takes effect (`runners`, also
+/// by its former name `workers`), an unknown key stops the mount.
 #[test]
 fn fstab_options_are_config_keys() {
     common::require_fuse();
@@ -605,12 +675,13 @@ fn fstab_options_are_config_keys() {
             .status()
             .unwrap()
     };
-    let st = mount("rw,nofail,_netdev,workers=2,limits.own.max_operations=1000");
+    let st = mount("rw,nofail,_netdev,workers=3,limits.own.max_operations=1000");
     assert!(
         st.success(),
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    assert_eq!(runner_threads(&mnt), 3, "-o workers=3");
     let unmount = || {
         Command::new("fusermount3")
             .arg("-u")
@@ -646,6 +717,19 @@ fn fstab_options_are_config_keys() {
     if common::is_mounted(&mnt) {
         unmount();
     }
+
+    assert!(common::wait_until(Duration::from_secs(10), || {
+        daemons(&mnt).is_empty()
+    }));
+    let st = mount("nofail,runners=2");
+    assert!(
+        st.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let n = runner_threads(&mnt);
+    unmount();
+    assert_eq!(n, 2, "-o runners=2");
 }
 
 /// `script_cache_entries` bounds the compiled-script cache.

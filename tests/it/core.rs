@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 fn core(dir: &std::path::Path) -> Core {
     let mut cfg = Config::new(dir);
-    cfg.workers = 4;
+    cfg.runners = 4;
     Core::start(cfg).unwrap()
 }
 
@@ -130,7 +130,7 @@ fn a_failing_run_never_undoes_another_in_the_same_batch() {
 fn hostile_peers_do_not_stop_others() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(d.path());
-    cfg.workers = 4;
+    cfg.runners = 4;
     cfg.own_limits.max_wall_ms = 300;
     let c = Core::start(cfg).unwrap();
     for p in ["bad1", "bad2", "good"] {

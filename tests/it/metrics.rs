@@ -182,7 +182,7 @@ fn the_metrics_file_parses_and_counts_what_happened() {
 fn per_peer_series_are_bounded_to_the_busiest() {
     let d = tempfile::tempdir().unwrap();
     let mut cfg = Config::new(d.path());
-    cfg.workers = 2;
+    cfg.runners = 2;
     cfg.metrics_top_peers = 3;
     cfg.metrics_peer_labels = true;
     let c = Core::start(cfg).unwrap();

@@ -175,7 +175,7 @@ fn usage_errors_exit_64_everywhere_and_help_and_version_exit_0() {
         vec![
             s("mount"),
             t.path().display().to_string(),
-            s("--workers"),
+            s("--runners"),
             s("many"),
         ],
     ];

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 fn start(dir: &std::path::Path) -> Core {
     let mut cfg = Config::new(dir);
-    cfg.workers = 4;
+    cfg.runners = 4;
     Core::start(cfg).unwrap()
 }
 
@@ -273,7 +273,7 @@ fn send_storms_are_bounded_and_rolled_back() {
     let d = tempfile::tempdir().unwrap();
     // max_sends below the chain's budget, so that the send limit is what ends it.
     let mut cfg = Config::new(d.path());
-    cfg.workers = 4;
+    cfg.runners = 4;
     cfg.own_limits.max_sends = 500;
     let c = Core::start(cfg).unwrap();
     peers(&c, &["alice", "bob"]);

@@ -387,7 +387,7 @@ fn peers_follow_the_directory_both_ways_and_a_remote_drop_leaves_once() {
     let t = tempfile::tempdir().unwrap();
     let (data, sp) = (t.path().join("data"), t.path().join("spool"));
     let mut cfg = peerfs::exec::Config::new(&data);
-    cfg.workers = 2;
+    cfg.runners = 2;
     let core = peerfs::exec::Core::start(cfg).unwrap();
     core.create_peer("bob", common::uid(), common::gid())
         .unwrap();

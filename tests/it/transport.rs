@@ -16,7 +16,7 @@ fn uid() -> u32 {
 
 fn core(dir: &std::path::Path, delivery_tries: u32) -> Core {
     let mut cfg = Config::new(dir);
-    cfg.workers = 2;
+    cfg.runners = 2;
     cfg.delivery_tries = delivery_tries;
     Core::start(cfg).unwrap()
 }

@@ -33,7 +33,7 @@ impl Drop for Fs {
 /// A core and its vfs over the data folder `data` (as at a mount).
 fn start(data: &std::path::Path) -> (Core, Arc<Vfs>) {
     let mut cfg = Config::new(data);
-    cfg.workers = 2;
+    cfg.runners = 2;
     let core = Core::start(cfg).unwrap();
     let vfs = Vfs::new(core.clone());
     (core, vfs)

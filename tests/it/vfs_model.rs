@@ -71,7 +71,7 @@ impl Fs {
     fn new() -> Fs {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config::new(dir.path().join("data"));
-        cfg.workers = 2;
+        cfg.runners = 2;
         let core = Core::start(cfg).unwrap();
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         core.create_peer("alice", uid, gid).unwrap();

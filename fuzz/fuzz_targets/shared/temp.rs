@@ -28,7 +28,7 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 #[allow(dead_code)] // not every target needs one
 pub fn core_with_alice_and_bob(prefix: &str) -> peerfs::exec::Core {
     let mut cfg = peerfs::exec::Config::new(temp_dir(prefix));
-    cfg.workers = 2;
+    cfg.runners = 2;
     let core = peerfs::exec::Core::start(cfg).expect("core");
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     for p in ["alice", "bob"] {

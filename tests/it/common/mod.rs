@@ -243,7 +243,7 @@ impl Mounted {
     /// Small limits, so that hostile scripts end fast.
     pub fn config(data: &Path) -> Config {
         let mut cfg = Config::new(data);
-        cfg.workers = 2;
+        cfg.runners = 2;
         cfg.limits.max_wall_ms = 2000;
         cfg.own_limits.max_wall_ms = 2000;
         cfg
