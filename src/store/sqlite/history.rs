@@ -1,10 +1,12 @@
-//! The SQLite backend's history (tables `hist_runs`, one row per entry, and
-//! `hist_changes`, one row per item an entry changed): recording changes as
-//! they happen, values kept by reference to their `state_data` row (a row is
-//! freed only when neither the live state nor a kept entry names it), and
-//! pruning. Reading the past, undo and restore are in `history_read.rs`.
+//! The SQLite backend's history (table `hist`, one row per item an entry
+//! changed, the entry's head on its first row): recording changes as they
+//! happen, small values kept inline and big ones by reference to their
+//! `state_data` row (a row is freed only when neither the live state nor a kept
+//! entry names it), and pruning. Reading the past, undo and restore are in
+//! `history_read.rs`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
 
@@ -13,17 +15,58 @@ use crate::error::Result;
 use crate::store::history::{Ended, EntryHead, ItemKind, Retention, TRACKED_META};
 use crate::util::now_ns;
 
-/// One version of an item, by reference: the `state_data` row of its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Values up to this many bytes are kept in the history's rows (a copy costs
+/// less than the pages a reference costs: a new value row, its index entries,
+/// and the `hist_bref` entry); bigger ones by reference.
+pub(super) const INLINE_MAX: i64 = 512;
+
+/// Where a version's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Body {
+    /// The `state_data` row.
+    Ref(i64),
+    /// A copy (small values).
+    Inline(Arc<[u8]>),
+}
+
+/// One version of an item: its bytes (by reference or a copy), type, size and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Ver {
-    pub data: i64,
+    pub body: Body,
     pub typed: bool,
     pub size: i64,
     pub mode: Option<u32>,
 }
 
+impl Ver {
+    /// The version held by the value row `data`.
+    pub(super) fn at(data: i64, typed: bool, size: i64, mode: Option<u32>) -> Ver {
+        Ver {
+            body: Body::Ref(data),
+            typed,
+            size,
+            mode,
+        }
+    }
+
+    /// The value row it names, if kept by reference.
+    pub(super) fn data(&self) -> Option<i64> {
+        match self.body {
+            Body::Ref(d) => Some(d),
+            Body::Inline(_) => None,
+        }
+    }
+
+    fn inline(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Ref(_) => None,
+            Body::Inline(b) => Some(b),
+        }
+    }
+}
+
 /// What the open entry changed of one item: the first `before`, the last `after`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Pending {
     b: Option<Ver>,
     a: Option<Ver>,
@@ -60,14 +103,31 @@ impl SqliteStore {
             .conn
             .prepare_cached("SELECT id, typed, size, mode FROM state WHERE key=?1")?
             .query_row([key], |r| {
-                Ok(Ver {
-                    data: r.get(0)?,
-                    typed: r.get(1)?,
-                    size: r.get(2)?,
-                    mode: r.get(3)?,
-                })
+                Ok(Ver::at(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })
             .optional()?)
+    }
+
+    /// A version's bytes.
+    pub(super) fn ver_bytes(&mut self, v: &Ver) -> Result<Vec<u8>> {
+        match &v.body {
+            Body::Inline(b) => Ok(b.to_vec()),
+            Body::Ref(id) => Ok(self
+                .conn
+                .prepare_cached("SELECT data FROM state_data WHERE id=?1")?
+                .query_row([id], |r| r.get(0))?),
+        }
+    }
+
+    /// Whether an item's change came back to where it began: the same value
+    /// row and mode, or absent both times. A copy (a small value written in
+    /// place, a text) is a version of its own, as a new value row would be.
+    fn same(b: &Option<Ver>, a: &Option<Ver>) -> bool {
+        match (b, a) {
+            (None, None) => true,
+            (Some(b), Some(a)) => b.mode == a.mode && b.data().is_some() && b.data() == a.data(),
+            _ => false,
+        }
     }
 
     pub(super) fn recording(&self) -> bool {
@@ -87,7 +147,7 @@ impl SqliteStore {
             Some(s) => s,
             None => self
                 .conn
-                .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM hist_runs")?
+                .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM hist")?
                 .query_row([], |r| r.get(0))?,
         };
         self.hist.next = Some(seq);
@@ -113,8 +173,9 @@ impl SqliteStore {
         self.hist.next = None;
     }
 
-    /// Ends the open entry: its row and a row per item it changed (changes that
-    /// came back to where they began are none), or nothing when it changed nothing.
+    /// Ends the open entry: a row per item it changed, the first carrying the
+    /// entry's head (changes that came back to where they began are none), or
+    /// nothing when it changed nothing.
     pub(super) fn hist_end(&mut self) -> Result<Ended> {
         let Some((seq, head)) = self.hist.cur.take() else {
             return Ok(Ended::default());
@@ -125,32 +186,22 @@ impl SqliteStore {
             meta: self.hist.meta,
             modules: self.hist.modules,
         };
-        let changed: Vec<_> = items
-            .into_iter()
-            .filter(|(_, p)| p.b.map(|v| (v.data, v.mode)) != p.a.map(|v| (v.data, v.mode)))
-            .collect();
+        let mut changed = Vec::with_capacity(items.len());
+        for (k, p) in items {
+            if !Self::same(&p.b, &p.a) {
+                changed.push((k, p));
+            }
+        }
         if changed.is_empty() {
             return Ok(ended);
         }
-        let bytes: i64 = changed
-            .iter()
-            .filter_map(|(_, p)| p.b.map(|v| v.size))
+        let bytes: i64 = (changed.iter())
+            .filter_map(|(_, p)| p.b.as_ref().map(|v| v.size))
             .sum();
-        self.conn
-            .prepare_cached(
-                "INSERT INTO hist_runs(seq, id, name, caller, chain, at, bytes) VALUES(?1,?2,?3,?4,?5,?6,?7)",
-            )?
-            .execute(params![
-                seq,
-                head.id,
-                head.name,
-                head.caller,
-                crate::store::rows::chain_text(&head.chain),
-                now_ns(),
-                bytes
-            ])?;
-        for ((kind, item), p) in &changed {
-            self.hist_row(seq, *kind, item, p)?;
+        let chain = crate::store::rows::chain_text(&head.chain);
+        let first = (&head, Some(chain.as_str()), now_ns(), bytes);
+        for (i, ((kind, item), p)) in changed.iter().enumerate() {
+            self.hist_row(seq, *kind, item, p, (i == 0).then_some(first))?;
         }
         self.hist.next = Some(seq + 1);
         if let Some(b) = self.hist.bytes.as_mut() {
@@ -160,25 +211,43 @@ impl SqliteStore {
         Ok(ended)
     }
 
-    fn hist_row(&mut self, seq: i64, kind: ItemKind, item: &str, p: &Pending) -> Result<()> {
+    /// One item's row; the entry's first carries its head (id, name, caller,
+    /// chain, time, bytes of old values).
+    fn hist_row(
+        &mut self,
+        seq: i64,
+        kind: ItemKind,
+        item: &str,
+        p: &Pending,
+        head: Option<(&EntryHead, Option<&str>, i64, i64)>,
+    ) -> Result<()> {
         let (b, a) = (p.b.as_ref(), p.a.as_ref());
         self.conn
             .prepare_cached(
-                "INSERT INTO hist_changes(seq, kind, item, b_ref, b_typed, b_size, b_mode, a_ref, a_typed, a_size, a_mode)
-                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+                "INSERT INTO hist(seq, kind, item, b_ref, b_val, b_typed, b_size, b_mode,
+                   a_ref, a_val, a_typed, a_size, a_mode, id, name, caller, chain, at, bytes)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
             )?
             .execute(params![
                 seq,
                 kind.as_str(),
                 item,
-                b.map(|v| v.data),
+                b.and_then(Ver::data),
+                b.and_then(Ver::inline),
                 b.map(|v| v.typed),
                 b.map(|v| v.size),
                 b.and_then(|v| v.mode),
-                a.map(|v| v.data),
+                a.and_then(Ver::data),
+                a.and_then(Ver::inline),
                 a.map(|v| v.typed),
                 a.map(|v| v.size),
                 a.and_then(|v| v.mode),
+                head.map(|h| &h.0.id),
+                head.map(|h| &h.0.name),
+                head.map(|h| &h.0.caller),
+                head.and_then(|h| h.1),
+                head.map(|h| h.2),
+                head.map(|h| h.3),
             ])?;
         Ok(())
     }
@@ -195,17 +264,18 @@ impl SqliteStore {
         if self.recording() {
             if self.hist.marks > 0 {
                 let key = (kind, item.to_string());
-                let prev = self.hist.items.get(&key).copied();
+                let prev = self.hist.items.get(&key).cloned();
                 self.hist.log.push((key, prev));
             }
-            self.hist
-                .items
-                .entry((kind, item.to_string()))
-                .or_insert(Pending {
-                    b: before,
-                    a: after,
-                })
-                .a = after;
+            match self.hist.items.entry((kind, item.to_string())) {
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().a = after,
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Pending {
+                        b: before,
+                        a: after,
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -244,17 +314,20 @@ impl SqliteStore {
 
     /// Whether the open entry keeps `data` as the `before` of one of its items.
     fn open_before(&self, data: i64) -> bool {
-        (self.hist.items.values()).any(|p| p.b.map(|v| v.data) == Some(data))
+        (self.hist.items.values()).any(|p| p.b.as_ref().and_then(Ver::data) == Some(data))
     }
 
     /// Whether the value row `data`, now `item`'s, must outlive a change of it:
     /// named by a kept entry, or about to become the open entry's `before`.
+    /// (State values are kept by reference whatever their size: a version is
+    /// a value row, so setting an item back to a kept version is the same
+    /// version, as undo and its reference model need.)
     pub(super) fn hist_pinned(&mut self, data: i64, kind: ItemKind, item: &str) -> Result<bool> {
         if self.recording() {
             match self.hist.items.get(&(kind, item.to_string())) {
                 // The first change of the item in this entry: `data` becomes its before.
                 None => return Ok(true),
-                Some(p) if p.b.map(|v| v.data) == Some(data) => return Ok(true),
+                Some(p) if p.b.as_ref().and_then(Ver::data) == Some(data) => return Ok(true),
                 Some(_) => {}
             }
             // `data` came to the item in this entry: made here (only this
@@ -268,7 +341,7 @@ impl SqliteStore {
     fn named_before(&mut self, data: i64) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached("SELECT 1 FROM hist_changes WHERE b_ref=?1 LIMIT 1")?
+            .prepare_cached("SELECT 1 FROM hist WHERE b_ref=?1 LIMIT 1")?
             .query_row([data], |r| r.get::<_, i64>(0))
             .optional()?
             .is_some())
@@ -281,7 +354,7 @@ impl SqliteStore {
         let a: Option<Option<i64>> = self
             .conn
             .prepare_cached(
-                "SELECT a_ref FROM hist_changes WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1",
+                "SELECT a_ref FROM hist WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1",
             )?
             .query_row(params![kind.as_str(), item], |r| r.get(0))
             .optional()?;
@@ -299,7 +372,7 @@ impl SqliteStore {
             .prepare_cached(
                 "DELETE FROM state_data WHERE id=?1
                    AND NOT EXISTS (SELECT 1 FROM state WHERE id=?1)
-                   AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE b_ref=?1)",
+                   AND NOT EXISTS (SELECT 1 FROM hist WHERE b_ref=?1)",
             )?
             .execute([data])?;
         Ok(())
@@ -313,8 +386,9 @@ impl SqliteStore {
         self.free_data(data)
     }
 
-    /// Records a change of a module or a meta text (kept in their own tables,
-    /// so the history keeps copies: small texts). `before` is the live text.
+    /// Records a change of a module, a meta text or a row (kept in their own
+    /// tables, so the history keeps copies: inline when small, else a value
+    /// row). `before` is the live text.
     pub(super) fn hist_note_copy(
         &mut self,
         kind: ItemKind,
@@ -331,65 +405,55 @@ impl SqliteStore {
             ItemKind::State | ItemKind::Row => {}
         }
         let mine = (self.hist.items.get(&(kind, item.to_string())))
-            .map(|p| (p.b.map(|v| v.data), p.a.map(|v| v.data)));
-        let b = match mine {
-            Some((b, _)) => match b {
-                Some(id) => Some(self.copy_ver(id)?),
-                None => None,
-            },
-            None => match before {
-                Some(d) => Some(self.reuse_or_copy(kind, item, d)?),
-                None => None,
-            },
+            .map(|p| p.a.as_ref().and_then(Ver::data));
+        // An item changed before in this entry keeps its first `before`.
+        let b = match (mine, before) {
+            (None, Some(d)) => Some(self.reuse_or_copy(kind, item, d)?),
+            _ => None,
         };
         let a = match after {
             Some(d) => Some(self.insert_copy(d)?),
             None => None,
         };
         self.hist_note(kind, item, b, a)?;
-        if let Some((_, Some(old_a))) = mine {
+        if let Some(Some(old_a)) = mine {
             self.free_data(old_a)?;
         }
         Ok(())
     }
 
-    fn copy_ver(&mut self, id: i64) -> Result<Ver> {
-        let size: i64 = self
-            .conn
-            .prepare_cached("SELECT length(data) FROM state_data WHERE id=?1")?
-            .query_row([id], |r| r.get(0))?;
-        Ok(Ver {
-            data: id,
-            typed: false,
-            size,
-            mode: None,
-        })
-    }
-
+    /// A copy of `d`: inline when small, else a value row of its own.
     fn insert_copy(&mut self, d: &[u8]) -> Result<Ver> {
+        let size = d.len() as i64;
+        if size <= INLINE_MAX {
+            return Ok(Ver {
+                body: Body::Inline(d.into()),
+                typed: false,
+                size,
+                mode: None,
+            });
+        }
         self.conn
             .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
             .execute([d])?;
-        Ok(Ver {
-            data: self.conn.last_insert_rowid(),
-            typed: false,
-            size: d.len() as i64,
-            mode: None,
-        })
+        Ok(Ver::at(self.conn.last_insert_rowid(), false, size, None))
     }
 
     /// The latest entry's copy of an item's text when it holds `d`, else a new copy.
     fn reuse_or_copy(&mut self, kind: ItemKind, item: &str, d: &[u8]) -> Result<Ver> {
+        if d.len() as i64 <= INLINE_MAX {
+            return self.insert_copy(d);
+        }
         let same: Option<i64> = self
             .conn
             .prepare_cached(
-                "SELECT d.id FROM (SELECT a_ref FROM hist_changes WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1) c
+                "SELECT d.id FROM (SELECT a_ref FROM hist WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1) c
                  JOIN state_data d ON d.id=c.a_ref WHERE d.data=?3",
             )?
             .query_row(params![kind.as_str(), item, d], |r| r.get(0))
             .optional()?;
         match same {
-            Some(id) => self.copy_ver(id),
+            Some(id) => Ok(Ver::at(id, false, d.len() as i64, None)),
             None => self.insert_copy(d),
         }
     }
@@ -401,7 +465,7 @@ impl SqliteStore {
         }
         let b: i64 = self
             .conn
-            .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM hist_runs")?
+            .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM hist")?
             .query_row([], |r| r.get(0))?;
         self.hist.bytes = Some(b as u64);
         Ok(b as u64)
@@ -413,7 +477,9 @@ impl SqliteStore {
         loop {
             let oldest: Option<(i64, i64, i64)> = self
                 .conn
-                .prepare_cached("SELECT seq, at, bytes FROM hist_runs ORDER BY seq LIMIT 1")?
+                .prepare_cached(
+                    "SELECT seq, at, bytes FROM hist WHERE id IS NOT NULL ORDER BY seq LIMIT 1",
+                )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
             let Some((seq, at, bytes)) = oldest else {
@@ -441,17 +507,14 @@ impl SqliteStore {
     fn drop_entry(&mut self, seq: i64, at: i64) -> Result<()> {
         let refs: Vec<i64> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT b_ref FROM hist_changes WHERE seq=?1 AND b_ref IS NOT NULL UNION
-                 SELECT a_ref FROM hist_changes WHERE seq=?1 AND a_ref IS NOT NULL",
+                "SELECT b_ref FROM hist WHERE seq=?1 AND b_ref IS NOT NULL UNION
+                 SELECT a_ref FROM hist WHERE seq=?1 AND a_ref IS NOT NULL",
             )?;
             let rows = stmt.query_map([seq], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         self.conn
-            .prepare_cached("DELETE FROM hist_changes WHERE seq=?1")?
-            .execute([seq])?;
-        self.conn
-            .prepare_cached("DELETE FROM hist_runs WHERE seq=?1")?
+            .prepare_cached("DELETE FROM hist WHERE seq=?1")?
             .execute([seq])?;
         for r in refs {
             self.free_data(r)?;

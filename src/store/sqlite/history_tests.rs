@@ -488,7 +488,7 @@ fn check_model(steps: Vec<Step>) {
         .conn
         .query_row(
             "SELECT count(*) FROM state_data d WHERE NOT EXISTS (SELECT 1 FROM state WHERE id=d.id)
-               AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE b_ref=d.id OR a_ref=d.id)",
+               AND NOT EXISTS (SELECT 1 FROM hist WHERE b_ref=d.id OR a_ref=d.id)",
             [],
             |r| r.get(0),
         )
@@ -534,5 +534,101 @@ fn a_folder_moved_and_a_mode_set_are_undone() {
         Some(0o600)
     );
     assert_eq!(s.get("b/y/z").unwrap(), Some(json!(2)));
+    assert_eq!(s.integrity_check().unwrap(), "ok");
+}
+
+/// A store whose history was written in the layout of migration 8 (one
+/// `hist_runs` row per entry, `hist_changes` rows by reference), as that
+/// layout's code wrote it: A sets `n` 1 and `big`, B sets `n` 2, rewrites
+/// `big` and adds module `m`, C removes `n`.
+fn store_with_history_v8() -> (tempfile::TempDir, SqliteStore) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("p.sqlite");
+    {
+        let c = rusqlite::Connection::open(&p).unwrap();
+        for m in &super::schema::MIGRATIONS[..8] {
+            c.execute_batch(m).unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version=8;
+             INSERT INTO state(key, size, mtime, typed, id, mode, ctime) VALUES('big', 2000, 2, 0, 4, NULL, 2);
+             INSERT INTO modules(name, source, mtime) VALUES('m', CAST('fn f() { 1 }' AS BLOB), 2);
+             INSERT INTO hist_runs VALUES(1, 'A', 'A.rhai', 'alice', 'alice', 1000, 0),
+                (2, 'B', 'B.rhai', 'alice', 'alice', 2000, 2002), (3, 'C', 'C.rhai', 'alice', 'alice', 3000, 2);
+             INSERT INTO hist_changes VALUES(1, 'state', 'big', NULL, NULL, NULL, NULL, 2, 0, 2000, NULL),
+                (1, 'state', 'n', NULL, NULL, NULL, NULL, 1, 1, 2, NULL),
+                (2, 'module', 'm', NULL, NULL, NULL, NULL, 5, 0, 12, NULL),
+                (2, 'state', 'big', 2, 0, 2000, NULL, 4, 0, 2000, NULL),
+                (2, 'state', 'n', 1, 1, 2, NULL, 3, 1, 2, NULL),
+                (3, 'state', 'n', 3, 1, 2, NULL, NULL, NULL, NULL, NULL);",
+        )
+        .unwrap();
+        let values: [&[u8]; 5] = [b"1", &[7; 2000], b"2", &[8; 2000], b"fn f() { 1 }"];
+        for (i, v) in values.iter().enumerate() {
+            c.execute(
+                "INSERT INTO state_data(id, data) VALUES(?1, ?2)",
+                rusqlite::params![i as i64 + 1, v],
+            )
+            .unwrap();
+        }
+    }
+    let s = SqliteStore::open(&p, true).unwrap();
+    (d, s)
+}
+
+fn n_of(b: Option<Vec<u8>>) -> Option<String> {
+    b.map(|b| String::from_utf8(b).unwrap().trim().to_string())
+}
+
+#[test]
+fn history_written_before_migration_9_reads_and_undoes_after_it() {
+    let (_d, mut s) = store_with_history_v8();
+    assert_eq!(s.get_bytes("big").unwrap().unwrap(), vec![8u8; 2000]);
+    let listed: Vec<(String, u64)> = (s.entries(0, 10).unwrap().into_iter())
+        .map(|e| (e.head.id, e.bytes))
+        .collect();
+    let want = [("A", 0), ("B", 2002), ("C", 2)].map(|(i, b)| (i.to_string(), b));
+    assert_eq!(listed, want.to_vec());
+    assert_eq!(s.entry("B").unwrap().unwrap().head.caller, "alice");
+    // The past as read: by reference, as migration 8 kept it.
+    assert_eq!(n_of(s.bytes_at(1, "n").unwrap()).unwrap(), "1");
+    assert_eq!(n_of(s.bytes_at(2, "n").unwrap()).unwrap(), "2");
+    assert_eq!(s.bytes_at(3, "n").unwrap(), None);
+    assert_eq!(s.bytes_at(1, "big").unwrap().unwrap(), vec![7u8; 2000]);
+    let b = s.changes(2, 4096).unwrap();
+    assert_eq!(b.len(), 3, "{b:?}");
+    assert_eq!(s.seq_of(&Point::Time(2500)).unwrap(), 2);
+    // Undo of an old entry, refused then cascaded, and a restore across both layouts.
+    let err = entry(&mut s, "U1", |s| s.undo("B", false).unwrap_err());
+    assert!(err.message.contains('C'), "{}", err.message);
+    entry(&mut s, "U2", |s| s.undo("C", false).unwrap());
+    assert_eq!(n_of(s.get_bytes("n").unwrap()).unwrap(), "2");
+    entry(&mut s, "D", |s| s.set("n", &json!(5)).unwrap());
+    entry(&mut s, "R", |s| s.restore(&Point::Run("A".into())).unwrap());
+    assert_eq!(n_of(s.get_bytes("n").unwrap()).unwrap(), "1");
+    assert_eq!(s.get_bytes("big").unwrap().unwrap(), vec![7u8; 2000]);
+    assert_eq!(s.module("m").unwrap(), None);
+    entry(&mut s, "U3", |s| s.undo("R", false).unwrap());
+    assert_eq!(n_of(s.get_bytes("n").unwrap()).unwrap(), "5");
+    assert_eq!(s.get_bytes("big").unwrap().unwrap(), vec![8u8; 2000]);
+    assert_eq!(s.module("m").unwrap().unwrap(), b"fn f() { 1 }");
+    let ids: Vec<String> = (s.entries(0, 10).unwrap().into_iter())
+        .map(|e| e.head.id)
+        .collect();
+    assert_eq!(ids, ["A", "B", "C", "U2", "D", "R", "U3"]);
+    // Pruning everything frees every value row no live key names.
+    s.begin().unwrap();
+    let n = s
+        .prune(
+            i64::MAX,
+            &Retention {
+                max_age_ns: 0,
+                max_bytes: 0,
+            },
+        )
+        .unwrap();
+    s.commit().unwrap();
+    assert_eq!(n, 7);
+    assert_eq!(data_rows(&mut s), 2);
     assert_eq!(s.integrity_check().unwrap(), "ok");
 }

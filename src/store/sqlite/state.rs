@@ -85,25 +85,21 @@ impl SqliteStore {
     pub(super) fn put(&mut self, key: &str, typed: bool, data: &[u8], size: u64) -> Result<()> {
         let now = now_ns();
         if let Some(old) = self.live_version(key)? {
-            let id = if self.hist_pinned(old.data, ItemKind::State, key)? {
+            let d = old.data().unwrap_or(0);
+            let id = if self.hist_pinned(d, ItemKind::State, key)? {
                 self.insert_data(data)?
             } else {
                 self.conn
                     .prepare_cached("UPDATE state_data SET data=?2 WHERE id=?1")?
-                    .execute(params![old.data, data])?;
-                old.data
+                    .execute(params![d, data])?;
+                d
             };
             self.conn
                 .prepare_cached(
                     "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5 WHERE key=?1",
                 )?
                 .execute(params![key, size as i64, now, typed, id])?;
-            let new = Ver {
-                data: id,
-                typed,
-                size: size as i64,
-                mode: old.mode,
-            };
+            let new = Ver::at(id, typed, size as i64, old.mode);
             self.hist_note(ItemKind::State, key, Some(old), Some(new))?;
             return self.reclaim();
         }
@@ -114,17 +110,12 @@ impl SqliteStore {
                 "INSERT INTO state(key,size,mtime,ctime,typed,id) VALUES(?1,?2,?3,?3,?4,?5)",
             )?
             .execute(params![key, size as i64, now, typed, id])?;
-        let new = Ver {
-            data: id,
-            typed,
-            size: size as i64,
-            mode: None,
-        };
+        let new = Ver::at(id, typed, size as i64, None);
         self.hist_note(ItemKind::State, key, None, Some(new))?;
         self.touch_parent(key, now)
     }
 
-    fn insert_data(&mut self, data: &[u8]) -> Result<i64> {
+    pub(super) fn insert_data(&mut self, data: &[u8]) -> Result<i64> {
         self.conn
             .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
             .execute(params![data])?;
@@ -143,12 +134,7 @@ impl SqliteStore {
         let rows = stmt.query_map(params![lo, hi], |r| {
             Ok((
                 r.get(0)?,
-                Ver {
-                    data: r.get(1)?,
-                    typed: r.get(2)?,
-                    size: r.get(3)?,
-                    mode: r.get(4)?,
-                },
+                Ver::at(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
