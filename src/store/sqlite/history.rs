@@ -82,6 +82,10 @@ pub(super) struct Recorder {
     pub(super) bytes: Option<u64>,
     /// The next entry's seq, once known (forgotten at a rollback).
     next: Option<i64>,
+    /// The time of the oldest kept entry (`Some(None)`: none is kept), once
+    /// known (forgotten at a rollback): pruning by age reads nothing until
+    /// it falls out of retention.
+    oldest: Option<Option<i64>>,
     /// The open entry changed a policy text / a module.
     meta: bool,
     modules: bool,
@@ -171,6 +175,7 @@ impl SqliteStore {
         self.hist.items.clear();
         self.hist.bytes = None;
         self.hist.next = None;
+        self.hist.oldest = None;
     }
 
     /// Ends the open entry: a row per item it changed, the first carrying the
@@ -199,7 +204,11 @@ impl SqliteStore {
             .filter_map(|(_, p)| p.b.as_ref().map(|v| v.size))
             .sum();
         let chain = crate::store::rows::chain_text(&head.chain);
-        let first = (&head, Some(chain.as_str()), now_ns(), bytes);
+        let at = now_ns();
+        if self.hist.oldest == Some(None) {
+            self.hist.oldest = Some(Some(at));
+        }
+        let first = (&head, Some(chain.as_str()), at, bytes);
         for (i, ((kind, item), p)) in changed.iter().enumerate() {
             self.hist_row(seq, *kind, item, p, (i == 0).then_some(first))?;
         }
@@ -473,6 +482,11 @@ impl SqliteStore {
 
     pub(super) fn hist_prune(&mut self, now: i64, ret: &Retention) -> Result<u64> {
         let cutoff = now.saturating_sub(ret.max_age_ns);
+        if let Some(oldest) = self.hist.oldest {
+            if ret.max_bytes == 0 && oldest.is_none_or(|at| at >= cutoff) {
+                return Ok(0);
+            }
+        }
         let mut n = 0;
         loop {
             let oldest: Option<(i64, i64, i64)> = self
@@ -482,6 +496,7 @@ impl SqliteStore {
                 )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
+            self.hist.oldest = Some(oldest.map(|o| o.1));
             let Some((seq, at, bytes)) = oldest else {
                 break;
             };
@@ -490,6 +505,7 @@ impl SqliteStore {
             if !too_old && !too_big {
                 break;
             }
+            self.hist.oldest = None;
             self.drop_entry(seq, at)?;
             if let Some(b) = self.hist.bytes.as_mut() {
                 *b = b.saturating_sub(bytes as u64);
