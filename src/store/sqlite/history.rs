@@ -1,5 +1,6 @@
 //! The SQLite backend's history (table `hist`, one row per item an entry
-//! changed, the entry's head on its first row): recording changes as they
+//! changed, the entry's head on its first row, whose rowid is the entry's
+//! seq, the others right after it): recording changes as they
 //! happen, small values kept inline and big ones by reference to their
 //! `state_data` row (a row is freed only when neither the live state nor a kept
 //! entry names it), and pruning. Reading the past, undo and restore are in
@@ -14,6 +15,9 @@ use super::SqliteStore;
 use crate::error::Result;
 use crate::store::history::{Ended, EntryHead, ItemKind, Retention, TRACKED_META};
 use crate::util::now_ns;
+
+/// The rows of the entry whose seq is `?1` (a rowid range: no index).
+pub(super) const OF_ENTRY: &str = "rid BETWEEN ?1 AND ?1 + (SELECT n FROM hist WHERE rid=?1) - 1";
 
 /// Values up to this many bytes are kept in the history's rows (a copy costs
 /// less than the pages a reference costs: a new value row, its index entries,
@@ -151,7 +155,7 @@ impl SqliteStore {
             Some(s) => s,
             None => self
                 .conn
-                .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM hist")?
+                .prepare_cached("SELECT coalesce(max(rid), 0) + 1 FROM hist")?
                 .query_row([], |r| r.get(0))?,
         };
         self.hist.next = Some(seq);
@@ -208,11 +212,12 @@ impl SqliteStore {
         if self.hist.oldest == Some(None) {
             self.hist.oldest = Some(Some(at));
         }
-        let first = (&head, Some(chain.as_str()), at, bytes);
+        let n = changed.len() as i64;
+        let first = (&head, Some(chain.as_str()), at, bytes, n);
         for (i, ((kind, item), p)) in changed.iter().enumerate() {
-            self.hist_row(seq, *kind, item, p, (i == 0).then_some(first))?;
+            self.hist_row(seq, i as i64, *kind, item, p, (i == 0).then_some(first))?;
         }
-        self.hist.next = Some(seq + 1);
+        self.hist.next = Some(seq + n);
         if let Some(b) = self.hist.bytes.as_mut() {
             *b += bytes as u64;
         }
@@ -220,25 +225,27 @@ impl SqliteStore {
         Ok(ended)
     }
 
-    /// One item's row; the entry's first carries its head (id, name, caller,
-    /// chain, time, bytes of old values).
+    /// The `i`th row of entry `seq`; the first carries its head (id, name,
+    /// caller, chain, time, bytes of old values, rows).
     fn hist_row(
         &mut self,
         seq: i64,
+        i: i64,
         kind: ItemKind,
         item: &str,
         p: &Pending,
-        head: Option<(&EntryHead, Option<&str>, i64, i64)>,
+        head: Option<(&EntryHead, Option<&str>, i64, i64, i64)>,
     ) -> Result<()> {
         let (b, a) = (p.b.as_ref(), p.a.as_ref());
         self.conn
             .prepare_cached(
-                "INSERT INTO hist(seq, kind, item, b_ref, b_val, b_typed, b_size, b_mode,
-                   a_ref, a_val, a_typed, a_size, a_mode, id, name, caller, chain, at, bytes)
-                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
+                "INSERT INTO hist(rid, seq, kind, item, b_ref, b_val, b_typed, b_size, b_mode,
+                   a_ref, a_val, a_typed, a_size, a_mode, id, name, caller, chain, at, bytes, n)
+                 VALUES(?1+?2,?1,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)",
             )?
             .execute(params![
                 seq,
+                i,
                 kind.as_str(),
                 item,
                 b.and_then(Ver::data),
@@ -257,6 +264,7 @@ impl SqliteStore {
                 head.and_then(|h| h.1),
                 head.map(|h| h.2),
                 head.map(|h| h.3),
+                head.map(|h| h.4),
             ])?;
         Ok(())
     }
@@ -492,7 +500,7 @@ impl SqliteStore {
             let oldest: Option<(i64, i64, i64)> = self
                 .conn
                 .prepare_cached(
-                    "SELECT seq, at, bytes FROM hist WHERE id IS NOT NULL ORDER BY seq LIMIT 1",
+                    "SELECT rid, at, bytes FROM hist WHERE id IS NOT NULL ORDER BY rid LIMIT 1",
                 )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
@@ -522,15 +530,15 @@ impl SqliteStore {
     /// the newest dropped entry is remembered (`history.pruned`).
     fn drop_entry(&mut self, seq: i64, at: i64) -> Result<()> {
         let refs: Vec<i64> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT b_ref FROM hist WHERE seq=?1 AND b_ref IS NOT NULL UNION
-                 SELECT a_ref FROM hist WHERE seq=?1 AND a_ref IS NOT NULL",
-            )?;
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT b_ref FROM hist WHERE {OF_ENTRY} AND b_ref IS NOT NULL UNION
+                 SELECT a_ref FROM hist WHERE {OF_ENTRY} AND a_ref IS NOT NULL"
+            ))?;
             let rows = stmt.query_map([seq], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         self.conn
-            .prepare_cached("DELETE FROM hist WHERE seq=?1")?
+            .prepare_cached(&format!("DELETE FROM hist WHERE {OF_ENTRY}"))?
             .execute([seq])?;
         for r in refs {
             self.free_data(r)?;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params, OptionalExtension};
 
-use super::history::{Body, Ver};
+use super::history::{Body, Ver, OF_ENTRY};
 use super::state::prefix_end;
 use super::SqliteStore;
 use crate::error::{err, Result};
@@ -143,9 +143,9 @@ impl SqliteStore {
     fn items_after(&mut self, seq: i64) -> Result<Vec<(ItemKind, String, Option<Ver>)>> {
         let cur = self.open_seq();
         let rows: Vec<(String, String)> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT DISTINCT kind, item FROM hist WHERE seq>?1 AND seq<>?2")?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT DISTINCT kind, item FROM hist NOT INDEXED WHERE rid>?1 AND seq>?1 AND seq<>?2",
+            )?;
             let rows = stmt.query_map(params![seq, cur], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -234,11 +234,11 @@ impl SqliteStore {
         let mut todo = vec![seq];
         while let Some(s) = todo.pop() {
             let later: Vec<i64> = {
-                let mut stmt = self.conn.prepare_cached(
+                let mut stmt = self.conn.prepare_cached(&format!(
                     "SELECT DISTINCT l.seq FROM hist c JOIN hist l
                        ON l.kind=c.kind AND l.item=c.item AND l.seq>c.seq
-                     WHERE c.seq=?1 AND l.seq<>?2",
-                )?;
+                     WHERE c.{OF_ENTRY} AND l.seq<>?2"
+                ))?;
                 let rows = stmt.query_map(params![s, cur], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
@@ -266,7 +266,7 @@ impl SqliteStore {
         for s in seqs {
             let id: String = self
                 .conn
-                .prepare_cached("SELECT id FROM hist WHERE seq=?1 AND id IS NOT NULL")?
+                .prepare_cached("SELECT id FROM hist WHERE rid=?1 AND id IS NOT NULL")?
                 .query_row([s], |r| r.get(0))?;
             out.push(id);
         }
@@ -285,7 +285,7 @@ impl SqliteStore {
             .optional()?;
         let oldest: Option<i64> = self
             .conn
-            .prepare_cached("SELECT at FROM hist WHERE id IS NOT NULL ORDER BY seq LIMIT 1")?
+            .prepare_cached("SELECT at FROM hist WHERE id IS NOT NULL ORDER BY rid LIMIT 1")?
             .query_row([], |r| r.get(0))
             .optional()?;
         Ok(match (run, pruned) {
@@ -332,7 +332,7 @@ impl History for SqliteStore {
 
     fn entries(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Entry>> {
         let sql = format!(
-            "SELECT {ENTRY_COLS} FROM hist WHERE seq>?1 AND id IS NOT NULL ORDER BY seq LIMIT ?2"
+            "SELECT {ENTRY_COLS} FROM hist WHERE rid>?1 AND id IS NOT NULL ORDER BY rid LIMIT ?2"
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![after_seq, limit as i64], entry_row)?;
@@ -368,7 +368,7 @@ impl History for SqliteStore {
                 // Entries end in seq order: the newest first, back to the time.
                 let seq: Option<i64> = self
                     .conn
-                    .prepare_cached("SELECT seq FROM hist WHERE at<=?1 ORDER BY seq DESC LIMIT 1")?
+                    .prepare_cached("SELECT seq FROM hist WHERE at<=?1 ORDER BY rid DESC LIMIT 1")?
                     .query_row([t], |r| r.get(0))
                     .optional()?;
                 Ok(seq.unwrap_or(0))
@@ -378,11 +378,11 @@ impl History for SqliteStore {
 
     fn changes(&mut self, seq: i64, up_to: u64) -> Result<Vec<ItemChange>> {
         let rows: Vec<(String, String, Option<Ver>, Option<Ver>)> = {
-            let mut stmt = self.conn.prepare_cached(
+            let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT kind, item, b_ref, b_val, b_typed, b_size, b_mode,
                    a_ref, a_val, a_typed, a_size, a_mode
-                 FROM hist WHERE seq=?1 ORDER BY kind, item",
-            )?;
+                 FROM hist WHERE {OF_ENTRY} ORDER BY kind, item"
+            ))?;
             let rows = stmt.query_map([seq], |r| {
                 Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?, ver_at(r, 7)?))
             })?;
@@ -485,7 +485,7 @@ impl History for SqliteStore {
             // Rows were written under other schemas: entry by entry, newest first.
             let later: Vec<i64> = {
                 let mut stmt = self.conn.prepare_cached(
-                    "SELECT seq FROM hist WHERE seq>?1 AND seq<>?2 AND id IS NOT NULL ORDER BY seq DESC",
+                    "SELECT rid FROM hist WHERE rid>?1 AND rid<>?2 AND id IS NOT NULL ORDER BY rid DESC",
                 )?;
                 let rows = stmt.query_map(params![seq, cur], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
@@ -497,7 +497,7 @@ impl History for SqliteStore {
         }
         let undone: Vec<i64> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq FROM hist WHERE seq>?1 AND seq<>?2 AND id IS NOT NULL ORDER BY seq DESC",
+                "SELECT rid FROM hist WHERE rid>?1 AND rid<>?2 AND id IS NOT NULL ORDER BY rid DESC",
             )?;
             let rows = stmt.query_map(params![seq, cur], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
@@ -537,9 +537,9 @@ impl SqliteStore {
     /// An entry's items and their versions before it.
     fn changes_raw(&mut self, seq: i64) -> Result<Vec<(ItemKind, String, Option<Ver>)>> {
         let rows: Vec<(String, String, Option<Ver>)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT kind, item, b_ref, b_val, b_typed, b_size, b_mode FROM hist WHERE seq=?1",
-            )?;
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT kind, item, b_ref, b_val, b_typed, b_size, b_mode FROM hist WHERE {OF_ENTRY}"
+            ))?;
             let rows = stmt.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };

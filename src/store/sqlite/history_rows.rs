@@ -12,7 +12,7 @@ use rusqlite::params;
 use rusqlite::types::Value as Sql;
 use serde_json::Value;
 
-use super::history::Ver;
+use super::history::{Ver, OF_ENTRY};
 use super::SqliteStore;
 use crate::error::{err, Result};
 use crate::store::history::ItemKind;
@@ -296,10 +296,10 @@ impl SqliteStore {
     fn schema_change(&mut self, seq: i64) -> Result<Option<(Schema, Schema)>> {
         let vers: Option<(Option<Ver>, Option<Ver>)> = rusqlite::OptionalExtension::optional(
             self.conn
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "SELECT b_ref, b_val, b_typed, b_size, b_mode, a_ref, a_val, a_typed, a_size, a_mode
-                     FROM hist WHERE seq=?1 AND kind='meta' AND item=?2",
-                )?
+                     FROM hist WHERE {OF_ENTRY} AND kind='meta' AND item=?2"
+                ))?
                 .query_row(params![seq, META_KEY], |r| {
                     Ok((super::history_read::ver_at(r, 0)?, super::history_read::ver_at(r, 5)?))
                 }),
@@ -357,9 +357,9 @@ impl SqliteStore {
             }
         }
         let tables: BTreeSet<String> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT item FROM hist WHERE seq=?1 AND kind='row'")?;
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT item FROM hist WHERE {OF_ENTRY} AND kind='row'"
+            ))?;
             let rows = stmt.query_map([seq], |r| r.get::<_, String>(0))?;
             let items: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
             (items.iter())
@@ -383,7 +383,9 @@ impl SqliteStore {
     fn changed_meta(&mut self, seq: i64, key: &str) -> Result<bool> {
         let n: i64 = self
             .conn
-            .prepare_cached("SELECT count(*) FROM hist WHERE seq=?1 AND kind='meta' AND item=?2")?
+            .prepare_cached(&format!(
+                "SELECT count(*) FROM hist WHERE {OF_ENTRY} AND kind='meta' AND item=?2"
+            ))?
             .query_row(params![seq, key], |r| r.get(0))?;
         Ok(n > 0)
     }

@@ -590,14 +590,18 @@ fn history_written_before_migration_9_reads_and_undoes_after_it() {
     let want = [("A", 0), ("B", 2002), ("C", 2)].map(|(i, b)| (i.to_string(), b));
     assert_eq!(listed, want.to_vec());
     assert_eq!(s.entry("B").unwrap().unwrap().head.caller, "alice");
+    let [a, b, c] = ["A", "B", "C"].map(|id| s.entry(id).unwrap().unwrap().seq);
+    assert!(a < b && b < c);
     // The past as read: by reference, as migration 8 kept it.
-    assert_eq!(n_of(s.bytes_at(1, "n").unwrap()).unwrap(), "1");
-    assert_eq!(n_of(s.bytes_at(2, "n").unwrap()).unwrap(), "2");
-    assert_eq!(s.bytes_at(3, "n").unwrap(), None);
-    assert_eq!(s.bytes_at(1, "big").unwrap().unwrap(), vec![7u8; 2000]);
-    let b = s.changes(2, 4096).unwrap();
-    assert_eq!(b.len(), 3, "{b:?}");
-    assert_eq!(s.seq_of(&Point::Time(2500)).unwrap(), 2);
+    assert_eq!(n_of(s.bytes_at(a, "n").unwrap()).unwrap(), "1");
+    assert_eq!(n_of(s.bytes_at(b, "n").unwrap()).unwrap(), "2");
+    assert_eq!(s.bytes_at(c, "n").unwrap(), None);
+    assert_eq!(s.bytes_at(a, "big").unwrap().unwrap(), vec![7u8; 2000]);
+    assert_eq!(s.changes(a, 4096).unwrap().len(), 2);
+    let ch = s.changes(b, 4096).unwrap();
+    assert_eq!(ch.len(), 3, "{ch:?}");
+    assert_eq!(s.changes(c, 4096).unwrap().len(), 1);
+    assert_eq!(s.seq_of(&Point::Time(2500)).unwrap(), b);
     // Undo of an old entry, refused then cascaded, and a restore across both layouts.
     let err = entry(&mut s, "U1", |s| s.undo("B", false).unwrap_err());
     assert!(err.message.contains('C'), "{}", err.message);
