@@ -1,10 +1,10 @@
 //! The SQLite backend's history (table `hist`, one row per item an entry
 //! changed, the entry's head on its first row, whose rowid is the entry's
-//! seq, the others right after it): recording changes as they
-//! happen, small values kept inline and big ones by reference to their
-//! `state_data` row (a row is freed only when neither the live state nor a kept
-//! entry names it), and pruning. Reading the past, undo and restore are in
-//! `history_read.rs`.
+//! seq, the others right after it): recording changes as they happen, state
+//! values kept by reference to their `state_data` row (a row is freed only
+//! when neither the live state nor a kept entry names it), copies of texts and
+//! rows inline when small, and pruning. Reading the past, undo and restore are
+//! in `history_read.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -128,8 +128,8 @@ impl SqliteStore {
     }
 
     /// Whether an item's change came back to where it began: the same value
-    /// row and mode, or absent both times. A copy (a small value written in
-    /// place, a text) is a version of its own, as a new value row would be.
+    /// row and mode, or absent both times. A copy kept inline (a text, a row)
+    /// is a version of its own, as a new value row would be.
     fn same(b: &Option<Ver>, a: &Option<Ver>) -> bool {
         match (b, a) {
             (None, None) => true,
@@ -195,12 +195,9 @@ impl SqliteStore {
             meta: self.hist.meta,
             modules: self.hist.modules,
         };
-        let mut changed = Vec::with_capacity(items.len());
-        for (k, p) in items {
-            if !Self::same(&p.b, &p.a) {
-                changed.push((k, p));
-            }
-        }
+        let changed: Vec<_> = (items.into_iter())
+            .filter(|(_, p)| !Self::same(&p.b, &p.a))
+            .collect();
         if changed.is_empty() {
             return Ok(ended);
         }
@@ -213,7 +210,7 @@ impl SqliteStore {
             self.hist.oldest = Some(Some(at));
         }
         let n = changed.len() as i64;
-        let first = (&head, Some(chain.as_str()), at, bytes, n);
+        let first = (&head, chain.as_str(), at, bytes, n);
         for (i, ((kind, item), p)) in changed.iter().enumerate() {
             self.hist_row(seq, i as i64, *kind, item, p, (i == 0).then_some(first))?;
         }
@@ -234,7 +231,7 @@ impl SqliteStore {
         kind: ItemKind,
         item: &str,
         p: &Pending,
-        head: Option<(&EntryHead, Option<&str>, i64, i64, i64)>,
+        head: Option<(&EntryHead, &str, i64, i64, i64)>,
     ) -> Result<()> {
         let (b, a) = (p.b.as_ref(), p.a.as_ref());
         self.conn
@@ -261,7 +258,7 @@ impl SqliteStore {
                 head.map(|h| &h.0.id),
                 head.map(|h| &h.0.name),
                 head.map(|h| &h.0.caller),
-                head.and_then(|h| h.1),
+                head.map(|h| h.1),
                 head.map(|h| h.2),
                 head.map(|h| h.3),
                 head.map(|h| h.4),
