@@ -24,6 +24,9 @@ pub(super) const OF_ENTRY: &str = "rid BETWEEN ?1 AND ?1 + (SELECT n FROM hist W
 /// and the `hist_bref` entry); bigger ones by reference.
 pub(super) const INLINE_MAX: i64 = 512;
 
+/// Version identities reserved at a time (see [`SqliteStore::fresh_ver`]).
+const VER_BLOCK: i64 = 1024;
+
 /// Where a version's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Body {
@@ -33,20 +36,32 @@ pub(super) enum Body {
     Inline(Arc<[u8]>),
 }
 
-/// One version of an item: its bytes (by reference or a copy), type, size and mode.
+/// The columns of an entry's `before` as [`history_read::ver_at`] reads them.
+pub(super) const B_COLS: &str = "b_ref, b_val, b_typed, b_size, b_mode, coalesce(b_ver, b_ref)";
+/// The same of its `after`.
+pub(super) const A_COLS: &str = "a_ref, a_val, a_typed, a_size, a_mode, coalesce(a_ver, a_ref)";
+
+/// One version of an item: its bytes (by reference or a copy), identity, type,
+/// size and mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Ver {
     pub body: Body,
+    /// Which version it is: a state value's is new at every write and kept
+    /// when it is set back or moved (a value row rewritten in place holds a
+    /// new version); a copy kept by reference is its row's id; a copy kept
+    /// inline has none (each is a version of its own).
+    pub ver: Option<i64>,
     pub typed: bool,
     pub size: i64,
     pub mode: Option<u32>,
 }
 
 impl Ver {
-    /// The version held by the value row `data`.
-    pub(super) fn at(data: i64, typed: bool, size: i64, mode: Option<u32>) -> Ver {
+    /// The version `ver` held by the value row `data`.
+    pub(super) fn at(data: i64, ver: i64, typed: bool, size: i64, mode: Option<u32>) -> Ver {
         Ver {
             body: Body::Ref(data),
+            ver: Some(ver),
             typed,
             size,
             mode,
@@ -90,6 +105,9 @@ pub(super) struct Recorder {
     /// known (forgotten at a rollback): pruning by age reads nothing until
     /// it falls out of retention.
     oldest: Option<Option<i64>>,
+    /// Version identities reserved and not used yet: the next, and the last
+    /// (forgotten at a rollback: the reservation may be gone with it).
+    vers: Option<(i64, i64)>,
     /// The open entry changed a policy text / a module.
     meta: bool,
     modules: bool,
@@ -109,9 +127,17 @@ impl SqliteStore {
     pub(super) fn live_version(&mut self, key: &str) -> Result<Option<Ver>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT id, typed, size, mode FROM state WHERE key=?1")?
+            .prepare_cached(
+                "SELECT id, coalesce(ver, id), typed, size, mode FROM state WHERE key=?1",
+            )?
             .query_row([key], |r| {
-                Ok(Ver::at(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok(Ver::at(
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
             })
             .optional()?)
     }
@@ -127,15 +153,55 @@ impl SqliteStore {
         }
     }
 
-    /// Whether an item's change came back to where it began: the same value
-    /// row and mode, or absent both times. A copy kept inline (a text, a row)
-    /// is a version of its own, as a new value row would be.
+    /// Whether an item's change came back to where it began: the same
+    /// version and mode, or absent both times. A copy kept inline (a text, a
+    /// row) is a version of its own, as a new value row would be.
     fn same(b: &Option<Ver>, a: &Option<Ver>) -> bool {
         match (b, a) {
             (None, None) => true,
-            (Some(b), Some(a)) => b.mode == a.mode && b.data().is_some() && b.data() == a.data(),
+            (Some(b), Some(a)) => b.mode == a.mode && b.ver.is_some() && b.ver == a.ver,
             _ => false,
         }
+    }
+
+    /// A small state version by reference as a copy (its value row may then
+    /// be rewritten in place: no entry names it).
+    fn inline_copy(&mut self, kind: ItemKind, v: Ver) -> Result<Ver> {
+        if kind != ItemKind::State || v.data().is_none() || v.size > INLINE_MAX {
+            return Ok(v);
+        }
+        let b = self.ver_bytes(&v)?;
+        Ok(Ver {
+            body: Body::Inline(b.into()),
+            ..v
+        })
+    }
+
+    /// A new version's identity: negative numbers (value row ids are
+    /// positive), reserved 1,024 at a time in `meta` (`history.ver`) so that
+    /// none is used twice across restarts and pruning.
+    pub(super) fn fresh_ver(&mut self) -> Result<i64> {
+        if let Some((next, end)) = self.hist.vers {
+            if next > end {
+                self.hist.vers = Some((next - 1, end));
+                return Ok(next);
+            }
+        }
+        let last: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT v FROM meta WHERE k='history.ver'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let last: i64 = (last.and_then(|v| String::from_utf8(v).ok()?.parse().ok())).unwrap_or(0);
+        let end = last - VER_BLOCK;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta(k, v, mtime) VALUES('history.ver', ?1, ?2)
+                 ON CONFLICT(k) DO UPDATE SET v=excluded.v, mtime=excluded.mtime",
+            )?
+            .execute(params![end.to_string().into_bytes(), now_ns()])?;
+        self.hist.vers = Some((last - 2, end));
+        Ok(last - 1)
     }
 
     pub(super) fn recording(&self) -> bool {
@@ -172,6 +238,12 @@ impl SqliteStore {
         self.hist_rolled_back();
     }
 
+    /// Stops recording after a commit: what is cached stays true.
+    pub(super) fn hist_committed(&mut self) {
+        self.hist.cur = None;
+        self.hist.items.clear();
+    }
+
     /// After a rollback (to a savepoint too): what is cached may be gone. An
     /// open entry's changes all sit inside the savepoint of its run or op, so
     /// they go with it.
@@ -180,6 +252,7 @@ impl SqliteStore {
         self.hist.bytes = None;
         self.hist.next = None;
         self.hist.oldest = None;
+        self.hist.vers = None;
     }
 
     /// Ends the open entry: a row per item it changed, the first carrying the
@@ -195,9 +268,20 @@ impl SqliteStore {
             meta: self.hist.meta,
             modules: self.hist.modules,
         };
-        let changed: Vec<_> = (items.into_iter())
-            .filter(|(_, p)| !Self::same(&p.b, &p.a))
-            .collect();
+        let mut changed = Vec::with_capacity(items.len());
+        for ((kind, item), mut p) in items {
+            if !Self::same(&p.b, &p.a) {
+                // Kept as a copy: the value row may be rewritten in place later.
+                p.a = p.a.map(|a| self.inline_copy(kind, a)).transpose()?;
+                changed.push(((kind, item), p));
+            } else if let Some(d) = p.b.as_ref().and_then(Ver::data) {
+                // Back to its version in another row (set back from a copy):
+                // the row kept for the `before` is named by nothing now.
+                if p.a.as_ref().and_then(Ver::data) != Some(d) {
+                    self.free_data(d)?;
+                }
+            }
+        }
         if changed.is_empty() {
             return Ok(ended);
         }
@@ -237,8 +321,10 @@ impl SqliteStore {
         self.conn
             .prepare_cached(
                 "INSERT INTO hist(rid, seq, kind, item, b_ref, b_val, b_typed, b_size, b_mode,
-                   a_ref, a_val, a_typed, a_size, a_mode, id, name, caller, chain, at, bytes, n)
-                 VALUES(?1+?2,?1,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21)",
+                   a_ref, a_val, a_typed, a_size, a_mode, id, name, caller, chain, at, bytes, n,
+                   b_ver, a_ver)
+                 VALUES(?1+?2,?1,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,
+                   ?22,?23)",
             )?
             .execute(params![
                 seq,
@@ -262,6 +348,8 @@ impl SqliteStore {
                 head.map(|h| h.2),
                 head.map(|h| h.3),
                 head.map(|h| h.4),
+                b.and_then(|v| v.ver.filter(|x| Some(*x) != v.data())),
+                a.and_then(|v| v.ver.filter(|x| Some(*x) != v.data())),
             ])?;
         Ok(())
     }
@@ -331,24 +419,47 @@ impl SqliteStore {
         (self.hist.items.values()).any(|p| p.b.as_ref().and_then(Ver::data) == Some(data))
     }
 
-    /// Whether the value row `data`, now `item`'s, must outlive a change of it:
-    /// named by a kept entry, or about to become the open entry's `before`.
-    /// (State values are kept by reference whatever their size: a version is
-    /// a value row, so setting an item back to a kept version is the same
-    /// version, as undo and its reference model need.)
-    pub(super) fn hist_pinned(&mut self, data: i64, kind: ItemKind, item: &str) -> Result<bool> {
-        if self.recording() {
-            match self.hist.items.get(&(kind, item.to_string())) {
-                // The first change of the item in this entry: `data` becomes its before.
-                None => return Ok(true),
-                Some(p) if p.b.as_ref().and_then(Ver::data) == Some(data) => return Ok(true),
-                Some(_) => {}
-            }
+    /// What a change of `item`, whose live version is `old`, does with its
+    /// value row: `(pinned, before)`. Pinned: the row must outlive the change
+    /// (a kept entry names it, or it is about to be the open entry's
+    /// `before`), so the new value gets a row of its own; else it is rewritten
+    /// in place. `before` is the version the open entry notes: at the first
+    /// change of a small value no entry names, a copy (and the row is not
+    /// pinned: the copy keeps the version, without a `hist_bref` entry).
+    pub(super) fn hist_keep(
+        &mut self,
+        old: &Ver,
+        kind: ItemKind,
+        item: &str,
+    ) -> Result<(bool, Ver)> {
+        let Some(data) = old.data() else {
+            return Ok((false, old.clone()));
+        };
+        if !self.recording() {
+            let pinned = self.named_before(data)? || self.latest_after(kind, item, data)?;
+            return Ok((pinned, old.clone()));
+        }
+        let first = !self.hist.items.contains_key(&(kind, item.to_string()));
+        if first && old.size <= INLINE_MAX && !self.named(kind, item, data)? {
+            let copy = self.inline_copy(kind, old.clone())?;
+            return Ok((false, copy));
+        }
+        let pinned = match self.hist.items.get(&(kind, item.to_string())) {
+            // The first change of the item in this entry: `data` becomes its before.
+            None => true,
+            Some(p) if p.b.as_ref().and_then(Ver::data) == Some(data) => true,
             // `data` came to the item in this entry: made here (only this
             // entry's `after` names it), or a kept version (some `before` does).
-            return Ok(self.open_before(data) || self.named_before(data)?);
-        }
-        Ok(self.named_before(data)? || self.latest_after(kind, item, data)?)
+            Some(_) => self.open_before(data) || self.named_before(data)?,
+        };
+        Ok((pinned, old.clone()))
+    }
+
+    /// Whether anything but the live state names the value row `data` of `item`.
+    fn named(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<bool> {
+        Ok(self.open_before(data)
+            || self.named_before(data)?
+            || self.latest_after(kind, item, data)?)
     }
 
     /// Whether a kept entry's `before` names the value row `data`.
@@ -442,6 +553,7 @@ impl SqliteStore {
         if size <= INLINE_MAX {
             return Ok(Ver {
                 body: Body::Inline(d.into()),
+                ver: None,
                 typed: false,
                 size,
                 mode: None,
@@ -450,7 +562,8 @@ impl SqliteStore {
         self.conn
             .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
             .execute([d])?;
-        Ok(Ver::at(self.conn.last_insert_rowid(), false, size, None))
+        let id = self.conn.last_insert_rowid();
+        Ok(Ver::at(id, id, false, size, None))
     }
 
     /// The latest entry's copy of an item's text when it holds `d`, else a new copy.
@@ -467,7 +580,7 @@ impl SqliteStore {
             .query_row(params![kind.as_str(), item, d], |r| r.get(0))
             .optional()?;
         match same {
-            Some(id) => Ok(Ver::at(id, false, d.len() as i64, None)),
+            Some(id) => Ok(Ver::at(id, id, false, d.len() as i64, None)),
             None => self.insert_copy(d),
         }
     }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params, OptionalExtension};
 
-use super::history::{Body, Ver, OF_ENTRY};
+use super::history::{Body, Ver, A_COLS, B_COLS, OF_ENTRY};
 use super::state::prefix_end;
 use super::SqliteStore;
 use crate::error::{err, Result};
@@ -21,7 +21,7 @@ use crate::util::{now_ns, rfc3339};
 
 const ENTRY_COLS: &str = "seq, id, name, caller, chain, at, bytes";
 
-/// The version in the columns `ref, val, typed, size, mode` from `i` on.
+/// The version in the columns `ref, val, typed, size, mode, ver` from `i` on.
 pub(super) fn ver_at(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<Ver>> {
     let data: Option<i64> = r.get(i)?;
     let val: Option<Vec<u8>> = r.get(i + 1)?;
@@ -32,6 +32,7 @@ pub(super) fn ver_at(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<Ver
     };
     Ok(Some(Ver {
         body,
+        ver: r.get(i + 5)?,
         typed: r.get::<_, Option<bool>>(i + 2)?.unwrap_or(false),
         size: r.get::<_, Option<i64>>(i + 3)?.unwrap_or(0),
         mode: r.get(i + 4)?,
@@ -68,10 +69,10 @@ impl SqliteStore {
     ) -> Result<Option<Option<Ver>>> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT b_ref, b_val, b_typed, b_size, b_mode FROM hist
-                 WHERE kind=?1 AND item=?2 AND seq>?3 ORDER BY seq LIMIT 1",
-            )?
+            .prepare_cached(&format!(
+                "SELECT {B_COLS} FROM hist
+                 WHERE kind=?1 AND item=?2 AND seq>?3 ORDER BY seq LIMIT 1"
+            ))?
             .query_row(params![kind.as_str(), item, seq], |r| ver_at(r, 0))
             .optional()?)
     }
@@ -192,8 +193,11 @@ impl SqliteStore {
     /// version kept inline (a text) gets a row of its own.
     fn set_state_ref(&mut self, key: &str, to: Option<Ver>) -> Result<()> {
         let old = self.live_version(key)?;
-        if old == to {
-            return Ok(());
+        let same = |o: &Ver, t: &Ver| (o.ver, o.mode, o.typed) == (t.ver, t.mode, t.typed);
+        match (&old, &to) {
+            (None, None) => return Ok(()),
+            (Some(o), Some(t)) if same(o, t) => return Ok(()),
+            _ => {}
         }
         let Some(v) = to else {
             self.remove(key)?;
@@ -202,7 +206,10 @@ impl SqliteStore {
         let v = match &v.body {
             Body::Ref(_) => v,
             // A version of its own, as the kept row would be.
-            Body::Inline(b) => Ver::at(self.insert_data(b)?, v.typed, v.size, v.mode),
+            Body::Inline(b) => {
+                let ver = v.ver.map_or_else(|| self.fresh_ver(), Ok)?;
+                Ver::at(self.insert_data(b)?, ver, v.typed, v.size, v.mode)
+            }
         };
         let Some(data) = v.data() else {
             return Ok(());
@@ -213,10 +220,10 @@ impl SqliteStore {
         }
         self.conn
             .prepare_cached(
-                "INSERT INTO state(key, size, mtime, ctime, typed, id, mode) VALUES(?1,?2,?3,?3,?4,?5,?6)
-                 ON CONFLICT(key) DO UPDATE SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, mode=?6",
+                "INSERT INTO state(key, size, mtime, ctime, typed, id, mode, ver) VALUES(?1,?2,?3,?3,?4,?5,?6,?7)
+                 ON CONFLICT(key) DO UPDATE SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, mode=?6, ver=?7",
             )?
-            .execute(params![key, v.size, now, v.typed, data, v.mode])?;
+            .execute(params![key, v.size, now, v.typed, data, v.mode, v.ver])?;
         self.hist_note(ItemKind::State, key, old.clone(), Some(v))?;
         if let Some(o) = old.as_ref().and_then(Ver::data) {
             self.free_old(ItemKind::State, key, o)?;
@@ -379,12 +386,10 @@ impl History for SqliteStore {
     fn changes(&mut self, seq: i64, up_to: u64) -> Result<Vec<ItemChange>> {
         let rows: Vec<(String, String, Option<Ver>, Option<Ver>)> = {
             let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT kind, item, b_ref, b_val, b_typed, b_size, b_mode,
-                   a_ref, a_val, a_typed, a_size, a_mode
-                 FROM hist WHERE {OF_ENTRY} ORDER BY kind, item"
+                "SELECT kind, item, {B_COLS}, {A_COLS} FROM hist WHERE {OF_ENTRY} ORDER BY kind, item"
             ))?;
             let rows = stmt.query_map([seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?, ver_at(r, 7)?))
+                Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?, ver_at(r, 8)?))
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -538,7 +543,7 @@ impl SqliteStore {
     fn changes_raw(&mut self, seq: i64) -> Result<Vec<(ItemKind, String, Option<Ver>)>> {
         let rows: Vec<(String, String, Option<Ver>)> = {
             let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT kind, item, b_ref, b_val, b_typed, b_size, b_mode FROM hist WHERE {OF_ENTRY}"
+                "SELECT kind, item, {B_COLS} FROM hist WHERE {OF_ENTRY}"
             ))?;
             let rows = stmt.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?

@@ -12,7 +12,7 @@ use rusqlite::params;
 use rusqlite::types::Value as Sql;
 use serde_json::Value;
 
-use super::history::{Ver, OF_ENTRY};
+use super::history::{Ver, A_COLS, B_COLS, OF_ENTRY};
 use super::SqliteStore;
 use crate::error::{err, Result};
 use crate::store::history::ItemKind;
@@ -297,11 +297,10 @@ impl SqliteStore {
         let vers: Option<(Option<Ver>, Option<Ver>)> = rusqlite::OptionalExtension::optional(
             self.conn
                 .prepare_cached(&format!(
-                    "SELECT b_ref, b_val, b_typed, b_size, b_mode, a_ref, a_val, a_typed, a_size, a_mode
-                     FROM hist WHERE {OF_ENTRY} AND kind='meta' AND item=?2"
+                    "SELECT {B_COLS}, {A_COLS} FROM hist WHERE {OF_ENTRY} AND kind='meta' AND item=?2"
                 ))?
                 .query_row(params![seq, META_KEY], |r| {
-                    Ok((super::history_read::ver_at(r, 0)?, super::history_read::ver_at(r, 5)?))
+                    Ok((super::history_read::ver_at(r, 0)?, super::history_read::ver_at(r, 6)?))
                 }),
         )?;
         let Some((b, a)) = vers else { return Ok(None) };

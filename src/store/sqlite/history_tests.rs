@@ -78,13 +78,31 @@ fn without_an_entry_a_rewrite_is_in_place() {
     s.set("k", &json!(2)).unwrap();
     s.commit().unwrap();
     assert_eq!(data_rows(&mut s), 1);
-    // Many writes inside one entry keep one new row, not one per write.
+    // A small value's entry keeps a copy: the row is rewritten in place.
     entry(&mut s, "A", |s| {
         for i in 0..10 {
             s.set("k", &json!(i)).unwrap();
         }
     });
-    assert_eq!(data_rows(&mut s), 2);
+    assert_eq!(data_rows(&mut s), 1);
+    let a = s.entry("A").unwrap().unwrap().seq;
+    assert_eq!(s.bytes_at(a - 1, "k").unwrap().unwrap(), b"2\n");
+    assert_eq!(s.bytes_at(a, "k").unwrap().unwrap(), b"9\n");
+    // A big one's keeps the old row: many writes inside one entry make one
+    // new row, not one per write.
+    let big = |i: u8| vec![i; 4096];
+    s.begin().unwrap();
+    s.set_bytes("b", &big(0)).unwrap();
+    s.commit().unwrap();
+    entry(&mut s, "B", |s| {
+        for i in 1..10 {
+            s.set_bytes("b", &big(i)).unwrap();
+        }
+    });
+    assert_eq!(data_rows(&mut s), 3);
+    let b = s.entry("B").unwrap().unwrap().seq;
+    assert_eq!(s.bytes_at(b - 1, "b").unwrap().unwrap(), big(0));
+    assert_eq!(s.bytes_at(b, "b").unwrap().unwrap(), big(9));
 }
 
 #[test]
@@ -635,4 +653,55 @@ fn history_written_before_migration_9_reads_and_undoes_after_it() {
     assert_eq!(n, 7);
     assert_eq!(data_rows(&mut s), 2);
     assert_eq!(s.integrity_check().unwrap(), "ok");
+}
+
+/// One entry, and whether it was kept.
+fn kept_entry(s: &mut SqliteStore, id: &str, f: impl FnOnce(&mut SqliteStore)) -> bool {
+    s.begin().unwrap();
+    s.begin_entry(&head(id)).unwrap();
+    f(s);
+    let kept = s.end_entry().unwrap().kept;
+    s.commit().unwrap();
+    kept
+}
+
+#[test]
+fn a_small_value_set_back_from_its_copy_is_the_same_version_again() {
+    let (_d, mut s) = store();
+    assert!(kept_entry(&mut s, "A", |s| s.set("k", &json!(1)).unwrap()));
+    assert!(kept_entry(&mut s, "B", |s| s.set("k", &json!(2)).unwrap()));
+    // B kept k's old value as a copy; the row was rewritten in place.
+    assert_eq!(data_rows(&mut s), 1);
+    let a = Point::Run("A".into());
+    assert!(kept_entry(&mut s, "R1", |s| {
+        s.restore(&a).unwrap();
+    }));
+    assert_eq!(n_of(s.get_bytes("k").unwrap()).unwrap(), "1");
+    // k holds A's version again (from the copy): restoring to A changes nothing.
+    assert!(!kept_entry(&mut s, "R2", |s| {
+        s.restore(&a).unwrap();
+    }));
+    // Writing the same value is a new version all the same.
+    assert!(kept_entry(&mut s, "C", |s| s.set("k", &json!(1)).unwrap()));
+    assert!(kept_entry(&mut s, "U", |s| {
+        s.undo("C", false).unwrap();
+    }));
+    assert!(kept_entry(&mut s, "U2", |s| {
+        s.undo("R1", true).unwrap();
+    }));
+    assert_eq!(n_of(s.get_bytes("k").unwrap()).unwrap(), "2");
+    let ids: Vec<String> = (s.entries(0, 10).unwrap().into_iter())
+        .map(|e| e.head.id)
+        .collect();
+    assert_eq!(ids, ["A", "B", "R1", "C", "U", "U2"]);
+    let orphans: i64 = s
+        .conn
+        .query_row(
+            "SELECT count(*) FROM state_data d WHERE NOT EXISTS (SELECT 1 FROM state WHERE id=d.id)
+               AND NOT EXISTS (SELECT 1 FROM hist WHERE b_ref=d.id OR a_ref=d.id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
 }

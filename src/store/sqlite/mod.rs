@@ -96,7 +96,7 @@ impl Store for SqliteStore {
             self.log_end = None;
         } else {
             self.after_commit();
-            self.hist_forget();
+            self.hist_committed();
         }
         self.in_txn = false;
         self.log_buf.clear();

@@ -85,32 +85,35 @@ impl SqliteStore {
     pub(super) fn put(&mut self, key: &str, typed: bool, data: &[u8], size: u64) -> Result<()> {
         let now = now_ns();
         if let Some(old) = self.live_version(key)? {
-            let d = old.data().unwrap_or(0);
-            let id = if self.hist_pinned(d, ItemKind::State, key)? {
-                self.insert_data(data)?
-            } else {
-                self.conn
-                    .prepare_cached("UPDATE state_data SET data=?2 WHERE id=?1")?
-                    .execute(params![d, data])?;
-                d
+            let (pinned, before) = self.hist_keep(&old, ItemKind::State, key)?;
+            let id = match old.data() {
+                Some(d) if !pinned => {
+                    self.conn
+                        .prepare_cached("UPDATE state_data SET data=?2 WHERE id=?1")?
+                        .execute(params![d, data])?;
+                    d
+                }
+                _ => self.insert_data(data)?,
             };
+            let ver = self.fresh_ver()?;
             self.conn
                 .prepare_cached(
-                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5 WHERE key=?1",
+                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, ver=?6 WHERE key=?1",
                 )?
-                .execute(params![key, size as i64, now, typed, id])?;
-            let new = Ver::at(id, typed, size as i64, old.mode);
-            self.hist_note(ItemKind::State, key, Some(old), Some(new))?;
+                .execute(params![key, size as i64, now, typed, id, ver])?;
+            let new = Ver::at(id, ver, typed, size as i64, old.mode);
+            self.hist_note(ItemKind::State, key, Some(before), Some(new))?;
             return self.reclaim();
         }
         self.check_shape(key)?;
         let id = self.insert_data(data)?;
+        let ver = self.fresh_ver()?;
         self.conn
             .prepare_cached(
-                "INSERT INTO state(key,size,mtime,ctime,typed,id) VALUES(?1,?2,?3,?3,?4,?5)",
+                "INSERT INTO state(key,size,mtime,ctime,typed,id,ver) VALUES(?1,?2,?3,?3,?4,?5,?6)",
             )?
-            .execute(params![key, size as i64, now, typed, id])?;
-        let new = Ver::at(id, typed, size as i64, None);
+            .execute(params![key, size as i64, now, typed, id, ver])?;
+        let new = Ver::at(id, ver, typed, size as i64, None);
         self.hist_note(ItemKind::State, key, None, Some(new))?;
         self.touch_parent(key, now)
     }
@@ -129,12 +132,12 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, id, typed, size, mode FROM state WHERE key>=?1 AND key<?2",
+            "SELECT key, id, coalesce(ver, id), typed, size, mode FROM state WHERE key>=?1 AND key<?2",
         )?;
         let rows = stmt.query_map(params![lo, hi], |r| {
             Ok((
                 r.get(0)?,
-                Ver::at(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?),
+                Ver::at(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
