@@ -94,6 +94,8 @@ impl Store for SqliteStore {
         if r.is_err() {
             let _ = self.exec("ROLLBACK");
             self.log_end = None;
+            // What the history cached (version identities reserved) may be gone.
+            self.hist_forget();
         } else {
             self.after_commit();
             self.hist_committed();
