@@ -705,3 +705,39 @@ fn a_small_value_set_back_from_its_copy_is_the_same_version_again() {
         .unwrap();
     assert_eq!(orphans, 0);
 }
+
+#[test]
+fn version_identities_are_never_used_twice() {
+    let (d, mut s) = store();
+    let ver = |s: &mut SqliteStore, k: &str| -> i64 {
+        (s.conn)
+            .query_row("SELECT ver FROM state WHERE key=?1", [k], |r| r.get(0))
+            .unwrap()
+    };
+    let mut seen = BTreeSet::new();
+    // More than one block of identities, a commit each.
+    for i in 0..1100 {
+        s.begin_unsynced().unwrap();
+        s.set("k", &json!(i)).unwrap();
+        s.commit().unwrap();
+        assert!(seen.insert(ver(&mut s, "k")), "write {i}");
+    }
+    // A rolled-back transaction's identities (and its reservation) go with it.
+    s.begin().unwrap();
+    for i in 0..2000 {
+        s.set(&format!("r{i}"), &json!(i)).unwrap();
+    }
+    s.rollback().unwrap();
+    drop(s);
+    let mut s = SqliteStore::open(&d.path().join("p.sqlite"), true).unwrap();
+    for i in 0..1100 {
+        s.begin_unsynced().unwrap();
+        s.set(&format!("n{}", i % 7), &json!(i)).unwrap();
+        s.commit().unwrap();
+        assert!(
+            seen.insert(ver(&mut s, &format!("n{}", i % 7))),
+            "write {i} after reopening"
+        );
+    }
+    assert!(seen.iter().all(|v| *v < 0));
+}
