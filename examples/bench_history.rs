@@ -19,6 +19,9 @@
 //!   `history.state_write_speed_ratio` the same with a state key set twice,
 //!   and `history.row_vs_state_kept_ratio` the time of a recorded state entry
 //!   over that of a recorded row entry.
+//! - `history.wal_frames_per_run`: WAL frames (pages) a one-key run commits,
+//!   history kept against not, counted in the peer's log (no mount; what an
+//!   entry costs is mostly these pages: writing and checksumming them).
 //!
 //! Files live under `$PEERFS_BENCH_DIR/history` (default target/bench).
 
@@ -296,6 +299,55 @@ fn rows(run: &Path) {
     println!("history.row_vs_state_kept_ratio: {:.3}", su[0] / ru[0]);
 }
 
+/// WAL frames per one-key run of a core (no mount), counted from an emptied log.
+fn frames_per_run(data: &Path, keep: bool) -> f64 {
+    const RUNS: usize = 60;
+    std::fs::create_dir_all(data).unwrap();
+    let mut cfg = Config::new(data);
+    if !keep {
+        cfg.history.max_age_ns = 0;
+    }
+    let core = Core::start(cfg).unwrap();
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    core.create_peer("alice", uid, gid).unwrap();
+    let run = |r: usize, i: usize| {
+        let src = format!("set(\"k{}\", {}); 0", i % KEYS, r * 1000 + i);
+        core.run("alice", &format!("f{r}-{i}.rhai"), &src).unwrap();
+    };
+    (0..2 * KEYS).for_each(|i| run(0, i));
+    let db = data.join("peers/alice.sqlite");
+    let c = rusqlite::Connection::open(&db).unwrap();
+    c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    (0..RUNS).for_each(|i| run(1, i));
+    // Fewer frames than an automatic checkpoint waits for: the log holds them all.
+    let wal = std::fs::read(data.join("peers/alice.sqlite-wal")).unwrap();
+    let page = u32::from_be_bytes(wal[8..12].try_into().unwrap()) as usize;
+    // Frames of the log's current generation (their salts are the header's)
+    // and how many of them end a commit.
+    let (mut frames, mut commits) = (0, 0);
+    for f in wal[32..].chunks_exact(page + 24) {
+        if f[8..16] == wal[16..24] {
+            frames += 1;
+            commits += (f[4..8] != [0; 4]) as usize;
+        }
+    }
+    assert!(
+        commits >= RUNS,
+        "{commits} commits: the log was checkpointed"
+    );
+    drop(c);
+    core.shutdown();
+    frames as f64 / RUNS as f64
+}
+
+fn frames(run: &Path) {
+    let kept = frames_per_run(&run.join("frames-kept"), true);
+    let off = frames_per_run(&run.join("frames-off"), false);
+    println!("history.wal_frames_per_run.kept: {kept:.2}");
+    println!("history.wal_frames_per_run.off: {off:.2}");
+}
+
 fn main() {
     let root = std::env::var_os("PEERFS_BENCH_DIR")
         .map(PathBuf::from)
@@ -303,7 +355,7 @@ fn main() {
         .join("history");
     let run = root.join(bench_support::run_id());
     std::fs::create_dir_all(&run).unwrap();
-    // One part by name (`rewrite`, `drops`, `reads`, `rows`), or all of them.
+    // One part by name (`rewrite`, `drops`, `reads`, `rows`, `frames`), or all of them.
     let only = std::env::args().nth(1);
     let part = |p: &str| only.as_deref().is_none_or(|o| o == p);
     if part("rewrite") {
@@ -317,6 +369,9 @@ fn main() {
     }
     if part("rows") {
         rows(&run.join("rows"));
+    }
+    if part("frames") {
+        frames(&run);
     }
     let _ = std::fs::remove_dir_all(&run);
 }

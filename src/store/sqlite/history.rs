@@ -1,10 +1,13 @@
-//! The SQLite backend's history (tables `hist_runs`, one row per entry, and
-//! `hist_changes`, one row per item an entry changed): recording changes as
-//! they happen, values kept by reference to their `state_data` row (a row is
-//! freed only when neither the live state nor a kept entry names it), and
-//! pruning. Reading the past, undo and restore are in `history_read.rs`.
+//! The SQLite backend's history (table `hist`, one row per item an entry
+//! changed, the entry's head on its first row, whose rowid is the entry's
+//! seq, the others right after it): recording changes as they happen, state
+//! values kept by reference to their `state_data` row (a row is freed only
+//! when neither the live state nor a kept entry names it), copies of texts and
+//! rows inline when small, and pruning. Reading the past, undo and restore are
+//! in `history_read.rs`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
 
@@ -13,17 +16,76 @@ use crate::error::Result;
 use crate::store::history::{Ended, EntryHead, ItemKind, Retention, TRACKED_META};
 use crate::util::now_ns;
 
-/// One version of an item, by reference: the `state_data` row of its bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The rows of the entry whose seq is `?1` (a rowid range: no index).
+pub(super) const OF_ENTRY: &str = "rid BETWEEN ?1 AND ?1 + (SELECT n FROM hist WHERE rid=?1) - 1";
+
+/// Values up to this many bytes are kept in the history's rows (a copy costs
+/// less than the pages a reference costs: a new value row, its index entries,
+/// and the `hist_bref` entry); bigger ones by reference.
+pub(super) const INLINE_MAX: i64 = 512;
+
+/// Version identities reserved at a time (see [`SqliteStore::fresh_ver`]).
+const VER_BLOCK: i64 = 1024;
+
+/// Where a version's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Body {
+    /// The `state_data` row.
+    Ref(i64),
+    /// A copy (small values).
+    Inline(Arc<[u8]>),
+}
+
+/// The columns of an entry's `before` as [`history_read::ver_at`] reads them.
+pub(super) const B_COLS: &str = "b_ref, b_val, b_typed, b_size, b_mode, coalesce(b_ver, b_ref)";
+/// The same of its `after`.
+pub(super) const A_COLS: &str = "a_ref, a_val, a_typed, a_size, a_mode, coalesce(a_ver, a_ref)";
+
+/// One version of an item: its bytes (by reference or a copy), identity, type,
+/// size and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Ver {
-    pub data: i64,
+    pub body: Body,
+    /// Which version it is: a state value's is new at every write and kept
+    /// when it is set back or moved (a value row rewritten in place holds a
+    /// new version); a copy kept by reference is its row's id; a copy kept
+    /// inline has none (each is a version of its own).
+    pub ver: Option<i64>,
     pub typed: bool,
     pub size: i64,
     pub mode: Option<u32>,
 }
 
+impl Ver {
+    /// The version `ver` held by the value row `data`.
+    pub(super) fn at(data: i64, ver: i64, typed: bool, size: i64, mode: Option<u32>) -> Ver {
+        Ver {
+            body: Body::Ref(data),
+            ver: Some(ver),
+            typed,
+            size,
+            mode,
+        }
+    }
+
+    /// The value row it names, if kept by reference.
+    pub(super) fn data(&self) -> Option<i64> {
+        match self.body {
+            Body::Ref(d) => Some(d),
+            Body::Inline(_) => None,
+        }
+    }
+
+    fn inline(&self) -> Option<&[u8]> {
+        match &self.body {
+            Body::Ref(_) => None,
+            Body::Inline(b) => Some(b),
+        }
+    }
+}
+
 /// What the open entry changed of one item: the first `before`, the last `after`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Pending {
     b: Option<Ver>,
     a: Option<Ver>,
@@ -39,6 +101,13 @@ pub(super) struct Recorder {
     pub(super) bytes: Option<u64>,
     /// The next entry's seq, once known (forgotten at a rollback).
     next: Option<i64>,
+    /// The time of the oldest kept entry (`Some(None)`: none is kept), once
+    /// known (forgotten at a rollback): pruning by age reads nothing until
+    /// it falls out of retention.
+    oldest: Option<Option<i64>>,
+    /// Version identities reserved and not used yet: the next, and the last
+    /// (forgotten at a rollback: the reservation may be gone with it).
+    vers: Option<(i64, i64)>,
     /// The open entry changed a policy text / a module.
     meta: bool,
     modules: bool,
@@ -58,16 +127,81 @@ impl SqliteStore {
     pub(super) fn live_version(&mut self, key: &str) -> Result<Option<Ver>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT id, typed, size, mode FROM state WHERE key=?1")?
+            .prepare_cached(
+                "SELECT id, coalesce(ver, id), typed, size, mode FROM state WHERE key=?1",
+            )?
             .query_row([key], |r| {
-                Ok(Ver {
-                    data: r.get(0)?,
-                    typed: r.get(1)?,
-                    size: r.get(2)?,
-                    mode: r.get(3)?,
-                })
+                Ok(Ver::at(
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
             })
             .optional()?)
+    }
+
+    /// A version's bytes.
+    pub(super) fn ver_bytes(&mut self, v: &Ver) -> Result<Vec<u8>> {
+        match &v.body {
+            Body::Inline(b) => Ok(b.to_vec()),
+            Body::Ref(id) => Ok(self
+                .conn
+                .prepare_cached("SELECT data FROM state_data WHERE id=?1")?
+                .query_row([id], |r| r.get(0))?),
+        }
+    }
+
+    /// Whether an item's change came back to where it began: the same
+    /// version and mode, or absent both times. A copy kept inline (a text, a
+    /// row) is a version of its own, as a new value row would be.
+    fn same(b: &Option<Ver>, a: &Option<Ver>) -> bool {
+        match (b, a) {
+            (None, None) => true,
+            (Some(b), Some(a)) => b.mode == a.mode && b.ver.is_some() && b.ver == a.ver,
+            _ => false,
+        }
+    }
+
+    /// A small state version by reference as a copy (its value row may then
+    /// be rewritten in place: no entry names it).
+    fn inline_copy(&mut self, kind: ItemKind, v: Ver) -> Result<Ver> {
+        if kind != ItemKind::State || v.data().is_none() || v.size > INLINE_MAX {
+            return Ok(v);
+        }
+        let b = self.ver_bytes(&v)?;
+        Ok(Ver {
+            body: Body::Inline(b.into()),
+            ..v
+        })
+    }
+
+    /// A new version's identity: negative numbers (value row ids are
+    /// positive), reserved 1,024 at a time in `meta` (`history.ver`) so that
+    /// none is used twice across restarts and pruning.
+    pub(super) fn fresh_ver(&mut self) -> Result<i64> {
+        if let Some((next, end)) = self.hist.vers {
+            if next > end {
+                self.hist.vers = Some((next - 1, end));
+                return Ok(next);
+            }
+        }
+        let last: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT v FROM meta WHERE k='history.ver'")?
+            .query_row([], |r| r.get(0))
+            .optional()?;
+        let last: i64 = (last.and_then(|v| String::from_utf8(v).ok()?.parse().ok())).unwrap_or(0);
+        let end = last - VER_BLOCK;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta(k, v, mtime) VALUES('history.ver', ?1, ?2)
+                 ON CONFLICT(k) DO UPDATE SET v=excluded.v, mtime=excluded.mtime",
+            )?
+            .execute(params![end.to_string().into_bytes(), now_ns()])?;
+        self.hist.vers = Some((last - 2, end));
+        Ok(last - 1)
     }
 
     pub(super) fn recording(&self) -> bool {
@@ -87,7 +221,7 @@ impl SqliteStore {
             Some(s) => s,
             None => self
                 .conn
-                .prepare_cached("SELECT coalesce(max(seq), 0) + 1 FROM hist_runs")?
+                .prepare_cached("SELECT coalesce(max(rid), 0) + 1 FROM hist")?
                 .query_row([], |r| r.get(0))?,
         };
         self.hist.next = Some(seq);
@@ -104,6 +238,12 @@ impl SqliteStore {
         self.hist_rolled_back();
     }
 
+    /// Stops recording after a commit: what is cached stays true.
+    pub(super) fn hist_committed(&mut self) {
+        self.hist.cur = None;
+        self.hist.items.clear();
+    }
+
     /// After a rollback (to a savepoint too): what is cached may be gone. An
     /// open entry's changes all sit inside the savepoint of its run or op, so
     /// they go with it.
@@ -111,10 +251,13 @@ impl SqliteStore {
         self.hist.items.clear();
         self.hist.bytes = None;
         self.hist.next = None;
+        self.hist.oldest = None;
+        self.hist.vers = None;
     }
 
-    /// Ends the open entry: its row and a row per item it changed (changes that
-    /// came back to where they began are none), or nothing when it changed nothing.
+    /// Ends the open entry: a row per item it changed, the first carrying the
+    /// entry's head (changes that came back to where they began are none), or
+    /// nothing when it changed nothing.
     pub(super) fn hist_end(&mut self) -> Result<Ended> {
         let Some((seq, head)) = self.hist.cur.take() else {
             return Ok(Ended::default());
@@ -125,34 +268,37 @@ impl SqliteStore {
             meta: self.hist.meta,
             modules: self.hist.modules,
         };
-        let changed: Vec<_> = items
-            .into_iter()
-            .filter(|(_, p)| p.b.map(|v| (v.data, v.mode)) != p.a.map(|v| (v.data, v.mode)))
-            .collect();
+        let mut changed = Vec::with_capacity(items.len());
+        for ((kind, item), mut p) in items {
+            if !Self::same(&p.b, &p.a) {
+                // Kept as a copy: the value row may be rewritten in place later.
+                p.a = p.a.map(|a| self.inline_copy(kind, a)).transpose()?;
+                changed.push(((kind, item), p));
+            } else if let Some(d) = p.b.as_ref().and_then(Ver::data) {
+                // Back to its version in another row (set back from a copy):
+                // the row kept for the `before` is named by nothing now.
+                if p.a.as_ref().and_then(Ver::data) != Some(d) {
+                    self.free_data(d)?;
+                }
+            }
+        }
         if changed.is_empty() {
             return Ok(ended);
         }
-        let bytes: i64 = changed
-            .iter()
-            .filter_map(|(_, p)| p.b.map(|v| v.size))
+        let bytes: i64 = (changed.iter())
+            .filter_map(|(_, p)| p.b.as_ref().map(|v| v.size))
             .sum();
-        self.conn
-            .prepare_cached(
-                "INSERT INTO hist_runs(seq, id, name, caller, chain, at, bytes) VALUES(?1,?2,?3,?4,?5,?6,?7)",
-            )?
-            .execute(params![
-                seq,
-                head.id,
-                head.name,
-                head.caller,
-                crate::store::rows::chain_text(&head.chain),
-                now_ns(),
-                bytes
-            ])?;
-        for ((kind, item), p) in &changed {
-            self.hist_row(seq, *kind, item, p)?;
+        let chain = crate::store::rows::chain_text(&head.chain);
+        let at = now_ns();
+        if self.hist.oldest == Some(None) {
+            self.hist.oldest = Some(Some(at));
         }
-        self.hist.next = Some(seq + 1);
+        let n = changed.len() as i64;
+        let first = (&head, chain.as_str(), at, bytes, n);
+        for (i, ((kind, item), p)) in changed.iter().enumerate() {
+            self.hist_row(seq, i as i64, *kind, item, p, (i == 0).then_some(first))?;
+        }
+        self.hist.next = Some(seq + n);
         if let Some(b) = self.hist.bytes.as_mut() {
             *b += bytes as u64;
         }
@@ -160,25 +306,50 @@ impl SqliteStore {
         Ok(ended)
     }
 
-    fn hist_row(&mut self, seq: i64, kind: ItemKind, item: &str, p: &Pending) -> Result<()> {
+    /// The `i`th row of entry `seq`; the first carries its head (id, name,
+    /// caller, chain, time, bytes of old values, rows).
+    fn hist_row(
+        &mut self,
+        seq: i64,
+        i: i64,
+        kind: ItemKind,
+        item: &str,
+        p: &Pending,
+        head: Option<(&EntryHead, &str, i64, i64, i64)>,
+    ) -> Result<()> {
         let (b, a) = (p.b.as_ref(), p.a.as_ref());
         self.conn
             .prepare_cached(
-                "INSERT INTO hist_changes(seq, kind, item, b_ref, b_typed, b_size, b_mode, a_ref, a_typed, a_size, a_mode)
-                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)",
+                "INSERT INTO hist(rid, seq, kind, item, b_ref, b_val, b_typed, b_size, b_mode,
+                   a_ref, a_val, a_typed, a_size, a_mode, id, name, caller, chain, at, bytes, n,
+                   b_ver, a_ver)
+                 VALUES(?1+?2,?1,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,
+                   ?22,?23)",
             )?
             .execute(params![
                 seq,
+                i,
                 kind.as_str(),
                 item,
-                b.map(|v| v.data),
+                b.and_then(Ver::data),
+                b.and_then(Ver::inline),
                 b.map(|v| v.typed),
                 b.map(|v| v.size),
                 b.and_then(|v| v.mode),
-                a.map(|v| v.data),
+                a.and_then(Ver::data),
+                a.and_then(Ver::inline),
                 a.map(|v| v.typed),
                 a.map(|v| v.size),
                 a.and_then(|v| v.mode),
+                head.map(|h| &h.0.id),
+                head.map(|h| &h.0.name),
+                head.map(|h| &h.0.caller),
+                head.map(|h| h.1),
+                head.map(|h| h.2),
+                head.map(|h| h.3),
+                head.map(|h| h.4),
+                b.and_then(|v| v.ver.filter(|x| Some(*x) != v.data())),
+                a.and_then(|v| v.ver.filter(|x| Some(*x) != v.data())),
             ])?;
         Ok(())
     }
@@ -195,17 +366,18 @@ impl SqliteStore {
         if self.recording() {
             if self.hist.marks > 0 {
                 let key = (kind, item.to_string());
-                let prev = self.hist.items.get(&key).copied();
+                let prev = self.hist.items.get(&key).cloned();
                 self.hist.log.push((key, prev));
             }
-            self.hist
-                .items
-                .entry((kind, item.to_string()))
-                .or_insert(Pending {
-                    b: before,
-                    a: after,
-                })
-                .a = after;
+            match self.hist.items.entry((kind, item.to_string())) {
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().a = after,
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Pending {
+                        b: before,
+                        a: after,
+                    });
+                }
+            }
         }
         Ok(())
     }
@@ -244,31 +416,57 @@ impl SqliteStore {
 
     /// Whether the open entry keeps `data` as the `before` of one of its items.
     fn open_before(&self, data: i64) -> bool {
-        (self.hist.items.values()).any(|p| p.b.map(|v| v.data) == Some(data))
+        (self.hist.items.values()).any(|p| p.b.as_ref().and_then(Ver::data) == Some(data))
     }
 
-    /// Whether the value row `data`, now `item`'s, must outlive a change of it:
-    /// named by a kept entry, or about to become the open entry's `before`.
-    pub(super) fn hist_pinned(&mut self, data: i64, kind: ItemKind, item: &str) -> Result<bool> {
-        if self.recording() {
-            match self.hist.items.get(&(kind, item.to_string())) {
-                // The first change of the item in this entry: `data` becomes its before.
-                None => return Ok(true),
-                Some(p) if p.b.map(|v| v.data) == Some(data) => return Ok(true),
-                Some(_) => {}
-            }
+    /// What a change of `item`, whose live version is `old`, does with its
+    /// value row: `(pinned, before)`. Pinned: the row must outlive the change
+    /// (a kept entry names it, or it is about to be the open entry's
+    /// `before`), so the new value gets a row of its own; else it is rewritten
+    /// in place. `before` is the version the open entry notes: at the first
+    /// change of a small value no entry names, a copy (and the row is not
+    /// pinned: the copy keeps the version, without a `hist_bref` entry).
+    pub(super) fn hist_keep(
+        &mut self,
+        old: &Ver,
+        kind: ItemKind,
+        item: &str,
+    ) -> Result<(bool, Ver)> {
+        let Some(data) = old.data() else {
+            return Ok((false, old.clone()));
+        };
+        if !self.recording() {
+            let pinned = self.named_before(data)? || self.latest_after(kind, item, data)?;
+            return Ok((pinned, old.clone()));
+        }
+        let first = !self.hist.items.contains_key(&(kind, item.to_string()));
+        if first && old.size <= INLINE_MAX && !self.named(kind, item, data)? {
+            let copy = self.inline_copy(kind, old.clone())?;
+            return Ok((false, copy));
+        }
+        let pinned = match self.hist.items.get(&(kind, item.to_string())) {
+            // The first change of the item in this entry: `data` becomes its before.
+            None => true,
+            Some(p) if p.b.as_ref().and_then(Ver::data) == Some(data) => true,
             // `data` came to the item in this entry: made here (only this
             // entry's `after` names it), or a kept version (some `before` does).
-            return Ok(self.open_before(data) || self.named_before(data)?);
-        }
-        Ok(self.named_before(data)? || self.latest_after(kind, item, data)?)
+            Some(_) => self.open_before(data) || self.named_before(data)?,
+        };
+        Ok((pinned, old.clone()))
+    }
+
+    /// Whether anything but the live state names the value row `data` of `item`.
+    fn named(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<bool> {
+        Ok(self.open_before(data)
+            || self.named_before(data)?
+            || self.latest_after(kind, item, data)?)
     }
 
     /// Whether a kept entry's `before` names the value row `data`.
     fn named_before(&mut self, data: i64) -> Result<bool> {
         Ok(self
             .conn
-            .prepare_cached("SELECT 1 FROM hist_changes WHERE b_ref=?1 LIMIT 1")?
+            .prepare_cached("SELECT 1 FROM hist WHERE b_ref=?1 LIMIT 1")?
             .query_row([data], |r| r.get::<_, i64>(0))
             .optional()?
             .is_some())
@@ -281,7 +479,7 @@ impl SqliteStore {
         let a: Option<Option<i64>> = self
             .conn
             .prepare_cached(
-                "SELECT a_ref FROM hist_changes WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1",
+                "SELECT a_ref FROM hist WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1",
             )?
             .query_row(params![kind.as_str(), item], |r| r.get(0))
             .optional()?;
@@ -299,7 +497,7 @@ impl SqliteStore {
             .prepare_cached(
                 "DELETE FROM state_data WHERE id=?1
                    AND NOT EXISTS (SELECT 1 FROM state WHERE id=?1)
-                   AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE b_ref=?1)",
+                   AND NOT EXISTS (SELECT 1 FROM hist WHERE b_ref=?1)",
             )?
             .execute([data])?;
         Ok(())
@@ -313,8 +511,9 @@ impl SqliteStore {
         self.free_data(data)
     }
 
-    /// Records a change of a module or a meta text (kept in their own tables,
-    /// so the history keeps copies: small texts). `before` is the live text.
+    /// Records a change of a module, a meta text or a row (kept in their own
+    /// tables, so the history keeps copies: inline when small, else a value
+    /// row). `before` is the live text.
     pub(super) fn hist_note_copy(
         &mut self,
         kind: ItemKind,
@@ -331,65 +530,57 @@ impl SqliteStore {
             ItemKind::State | ItemKind::Row => {}
         }
         let mine = (self.hist.items.get(&(kind, item.to_string())))
-            .map(|p| (p.b.map(|v| v.data), p.a.map(|v| v.data)));
-        let b = match mine {
-            Some((b, _)) => match b {
-                Some(id) => Some(self.copy_ver(id)?),
-                None => None,
-            },
-            None => match before {
-                Some(d) => Some(self.reuse_or_copy(kind, item, d)?),
-                None => None,
-            },
+            .map(|p| p.a.as_ref().and_then(Ver::data));
+        // An item changed before in this entry keeps its first `before`.
+        let b = match (mine, before) {
+            (None, Some(d)) => Some(self.reuse_or_copy(kind, item, d)?),
+            _ => None,
         };
         let a = match after {
             Some(d) => Some(self.insert_copy(d)?),
             None => None,
         };
         self.hist_note(kind, item, b, a)?;
-        if let Some((_, Some(old_a))) = mine {
+        if let Some(Some(old_a)) = mine {
             self.free_data(old_a)?;
         }
         Ok(())
     }
 
-    fn copy_ver(&mut self, id: i64) -> Result<Ver> {
-        let size: i64 = self
-            .conn
-            .prepare_cached("SELECT length(data) FROM state_data WHERE id=?1")?
-            .query_row([id], |r| r.get(0))?;
-        Ok(Ver {
-            data: id,
-            typed: false,
-            size,
-            mode: None,
-        })
-    }
-
+    /// A copy of `d`: inline when small, else a value row of its own.
     fn insert_copy(&mut self, d: &[u8]) -> Result<Ver> {
+        let size = d.len() as i64;
+        if size <= INLINE_MAX {
+            return Ok(Ver {
+                body: Body::Inline(d.into()),
+                ver: None,
+                typed: false,
+                size,
+                mode: None,
+            });
+        }
         self.conn
             .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
             .execute([d])?;
-        Ok(Ver {
-            data: self.conn.last_insert_rowid(),
-            typed: false,
-            size: d.len() as i64,
-            mode: None,
-        })
+        let id = self.conn.last_insert_rowid();
+        Ok(Ver::at(id, id, false, size, None))
     }
 
     /// The latest entry's copy of an item's text when it holds `d`, else a new copy.
     fn reuse_or_copy(&mut self, kind: ItemKind, item: &str, d: &[u8]) -> Result<Ver> {
+        if d.len() as i64 <= INLINE_MAX {
+            return self.insert_copy(d);
+        }
         let same: Option<i64> = self
             .conn
             .prepare_cached(
-                "SELECT d.id FROM (SELECT a_ref FROM hist_changes WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1) c
+                "SELECT d.id FROM (SELECT a_ref FROM hist WHERE kind=?1 AND item=?2 ORDER BY seq DESC LIMIT 1) c
                  JOIN state_data d ON d.id=c.a_ref WHERE d.data=?3",
             )?
             .query_row(params![kind.as_str(), item, d], |r| r.get(0))
             .optional()?;
         match same {
-            Some(id) => self.copy_ver(id),
+            Some(id) => Ok(Ver::at(id, id, false, d.len() as i64, None)),
             None => self.insert_copy(d),
         }
     }
@@ -401,7 +592,7 @@ impl SqliteStore {
         }
         let b: i64 = self
             .conn
-            .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM hist_runs")?
+            .prepare_cached("SELECT coalesce(sum(bytes), 0) FROM hist")?
             .query_row([], |r| r.get(0))?;
         self.hist.bytes = Some(b as u64);
         Ok(b as u64)
@@ -409,13 +600,21 @@ impl SqliteStore {
 
     pub(super) fn hist_prune(&mut self, now: i64, ret: &Retention) -> Result<u64> {
         let cutoff = now.saturating_sub(ret.max_age_ns);
+        if let Some(oldest) = self.hist.oldest {
+            if ret.max_bytes == 0 && oldest.is_none_or(|at| at >= cutoff) {
+                return Ok(0);
+            }
+        }
         let mut n = 0;
         loop {
             let oldest: Option<(i64, i64, i64)> = self
                 .conn
-                .prepare_cached("SELECT seq, at, bytes FROM hist_runs ORDER BY seq LIMIT 1")?
+                .prepare_cached(
+                    "SELECT rid, at, bytes FROM hist WHERE id IS NOT NULL ORDER BY rid LIMIT 1",
+                )?
                 .query_row([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .optional()?;
+            self.hist.oldest = Some(oldest.map(|o| o.1));
             let Some((seq, at, bytes)) = oldest else {
                 break;
             };
@@ -424,6 +623,7 @@ impl SqliteStore {
             if !too_old && !too_big {
                 break;
             }
+            self.hist.oldest = None;
             self.drop_entry(seq, at)?;
             if let Some(b) = self.hist.bytes.as_mut() {
                 *b = b.saturating_sub(bytes as u64);
@@ -440,18 +640,15 @@ impl SqliteStore {
     /// the newest dropped entry is remembered (`history.pruned`).
     fn drop_entry(&mut self, seq: i64, at: i64) -> Result<()> {
         let refs: Vec<i64> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT b_ref FROM hist_changes WHERE seq=?1 AND b_ref IS NOT NULL UNION
-                 SELECT a_ref FROM hist_changes WHERE seq=?1 AND a_ref IS NOT NULL",
-            )?;
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT b_ref FROM hist WHERE {OF_ENTRY} AND b_ref IS NOT NULL UNION
+                 SELECT a_ref FROM hist WHERE {OF_ENTRY} AND a_ref IS NOT NULL"
+            ))?;
             let rows = stmt.query_map([seq], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         self.conn
-            .prepare_cached("DELETE FROM hist_changes WHERE seq=?1")?
-            .execute([seq])?;
-        self.conn
-            .prepare_cached("DELETE FROM hist_runs WHERE seq=?1")?
+            .prepare_cached(&format!("DELETE FROM hist WHERE {OF_ENTRY}"))?
             .execute([seq])?;
         for r in refs {
             self.free_data(r)?;

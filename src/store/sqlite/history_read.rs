@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use rusqlite::{params, OptionalExtension};
 
-use super::history::Ver;
+use super::history::{Body, Ver, A_COLS, B_COLS, OF_ENTRY};
 use super::state::prefix_end;
 use super::SqliteStore;
 use crate::error::{err, Result};
@@ -21,18 +21,22 @@ use crate::util::{now_ns, rfc3339};
 
 const ENTRY_COLS: &str = "seq, id, name, caller, chain, at, bytes";
 
-/// The version in the columns `ref, typed, size, mode` from `i` on.
-fn ver_at(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<Ver>> {
+/// The version in the columns `ref, val, typed, size, mode, ver` from `i` on.
+pub(super) fn ver_at(r: &rusqlite::Row, i: usize) -> rusqlite::Result<Option<Ver>> {
     let data: Option<i64> = r.get(i)?;
-    Ok(match data {
-        None => None,
-        Some(data) => Some(Ver {
-            data,
-            typed: r.get::<_, Option<bool>>(i + 1)?.unwrap_or(false),
-            size: r.get::<_, Option<i64>>(i + 2)?.unwrap_or(0),
-            mode: r.get(i + 3)?,
-        }),
-    })
+    let val: Option<Vec<u8>> = r.get(i + 1)?;
+    let body = match (data, val) {
+        (Some(d), _) => Body::Ref(d),
+        (None, Some(v)) => Body::Inline(v.into()),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Ver {
+        body,
+        ver: r.get(i + 5)?,
+        typed: r.get::<_, Option<bool>>(i + 2)?.unwrap_or(false),
+        size: r.get::<_, Option<i64>>(i + 3)?.unwrap_or(0),
+        mode: r.get(i + 4)?,
+    }))
 }
 
 fn entry_row(r: &rusqlite::Row) -> rusqlite::Result<Entry> {
@@ -65,10 +69,10 @@ impl SqliteStore {
     ) -> Result<Option<Option<Ver>>> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT b_ref, b_typed, b_size, b_mode FROM hist_changes
-                 WHERE kind=?1 AND item=?2 AND seq>?3 ORDER BY seq LIMIT 1",
-            )?
+            .prepare_cached(&format!(
+                "SELECT {B_COLS} FROM hist
+                 WHERE kind=?1 AND item=?2 AND seq>?3 ORDER BY seq LIMIT 1"
+            ))?
             .query_row(params![kind.as_str(), item, seq], |r| ver_at(r, 0))
             .optional()?)
     }
@@ -80,16 +84,9 @@ impl SqliteStore {
         }
     }
 
-    fn data(&mut self, id: i64) -> Result<Vec<u8>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT data FROM state_data WHERE id=?1")?
-            .query_row([id], |r| r.get(0))?)
-    }
-
     /// A version's bytes as its file shows them.
     fn shown_bytes(&mut self, v: &Ver) -> Result<Vec<u8>> {
-        let d = self.data(v.data)?;
+        let d = self.ver_bytes(v)?;
         Ok(if v.typed {
             render(&serde_json::from_slice(&d)?)
         } else {
@@ -125,7 +122,7 @@ impl SqliteStore {
                 cands.insert(k?);
             }
             let mut stmt = self.conn.prepare_cached(
-                "SELECT DISTINCT item FROM hist_changes WHERE kind='state' AND item>=?1
+                "SELECT DISTINCT item FROM hist WHERE kind='state' AND item>=?1
                    AND (?2 IS NULL OR item<?2) AND seq>?3",
             )?;
             let rows = stmt.query_map(params![lo, hi, seq], |r| r.get::<_, String>(0))?;
@@ -148,7 +145,7 @@ impl SqliteStore {
         let cur = self.open_seq();
         let rows: Vec<(String, String)> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT DISTINCT kind, item FROM hist_changes WHERE seq>?1 AND seq<>?2",
+                "SELECT DISTINCT kind, item FROM hist NOT INDEXED WHERE rid>?1 AND seq>?1 AND seq<>?2",
             )?;
             let rows = stmt.query_map(params![seq, cur], |r| Ok((r.get(0)?, r.get(1)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
@@ -176,7 +173,7 @@ impl SqliteStore {
             ItemKind::State => self.set_state_ref(item, to),
             ItemKind::Module => match to {
                 Some(v) => {
-                    let d = self.data(v.data)?;
+                    let d = self.ver_bytes(&v)?;
                     self.set_module(item, &d)
                 }
                 None => self.remove_module(item).map(|_| ()),
@@ -184,7 +181,7 @@ impl SqliteStore {
             ItemKind::Row => self.set_items(vec![(kind, item.to_string(), to)]),
             ItemKind::Meta => match to {
                 Some(v) => {
-                    let d = self.data(v.data)?;
+                    let d = self.ver_bytes(&v)?;
                     self.set_meta(item, &d)
                 }
                 None => self.remove_meta(item),
@@ -192,14 +189,29 @@ impl SqliteStore {
         }
     }
 
-    /// Points a state key at a kept value row (no copy of its bytes).
+    /// Points a state key at a kept value row (no copy of its bytes); a
+    /// version kept inline (a text) gets a row of its own.
     fn set_state_ref(&mut self, key: &str, to: Option<Ver>) -> Result<()> {
         let old = self.live_version(key)?;
-        if old == to {
-            return Ok(());
+        let same = |o: &Ver, t: &Ver| (o.ver, o.mode, o.typed) == (t.ver, t.mode, t.typed);
+        match (&old, &to) {
+            (None, None) => return Ok(()),
+            (Some(o), Some(t)) if same(o, t) => return Ok(()),
+            _ => {}
         }
         let Some(v) = to else {
             self.remove(key)?;
+            return Ok(());
+        };
+        let v = match &v.body {
+            Body::Ref(_) => v,
+            // A version of its own, as the kept row would be.
+            Body::Inline(b) => {
+                let ver = v.ver.map_or_else(|| self.fresh_ver(), Ok)?;
+                Ver::at(self.insert_data(b)?, ver, v.typed, v.size, v.mode)
+            }
+        };
+        let Some(data) = v.data() else {
             return Ok(());
         };
         let now = now_ns();
@@ -208,13 +220,13 @@ impl SqliteStore {
         }
         self.conn
             .prepare_cached(
-                "INSERT INTO state(key, size, mtime, ctime, typed, id, mode) VALUES(?1,?2,?3,?3,?4,?5,?6)
-                 ON CONFLICT(key) DO UPDATE SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, mode=?6",
+                "INSERT INTO state(key, size, mtime, ctime, typed, id, mode, ver) VALUES(?1,?2,?3,?3,?4,?5,?6,?7)
+                 ON CONFLICT(key) DO UPDATE SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, mode=?6, ver=?7",
             )?
-            .execute(params![key, v.size, now, v.typed, v.data, v.mode])?;
-        self.hist_note(ItemKind::State, key, old, Some(v))?;
-        if let Some(o) = old {
-            self.free_old(ItemKind::State, key, o.data)?;
+            .execute(params![key, v.size, now, v.typed, data, v.mode, v.ver])?;
+        self.hist_note(ItemKind::State, key, old.clone(), Some(v))?;
+        if let Some(o) = old.as_ref().and_then(Ver::data) {
+            self.free_old(ItemKind::State, key, o)?;
         } else {
             self.touch_parent(key, now)?;
         }
@@ -229,11 +241,11 @@ impl SqliteStore {
         let mut todo = vec![seq];
         while let Some(s) = todo.pop() {
             let later: Vec<i64> = {
-                let mut stmt = self.conn.prepare_cached(
-                    "SELECT DISTINCT l.seq FROM hist_changes c JOIN hist_changes l
+                let mut stmt = self.conn.prepare_cached(&format!(
+                    "SELECT DISTINCT l.seq FROM hist c JOIN hist l
                        ON l.kind=c.kind AND l.item=c.item AND l.seq>c.seq
-                     WHERE c.seq=?1 AND l.seq<>?2",
-                )?;
+                     WHERE c.{OF_ENTRY} AND l.seq<>?2"
+                ))?;
                 let rows = stmt.query_map(params![s, cur], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
             };
@@ -261,7 +273,7 @@ impl SqliteStore {
         for s in seqs {
             let id: String = self
                 .conn
-                .prepare_cached("SELECT id FROM hist_runs WHERE seq=?1")?
+                .prepare_cached("SELECT id FROM hist WHERE rid=?1 AND id IS NOT NULL")?
                 .query_row([s], |r| r.get(0))?;
             out.push(id);
         }
@@ -280,7 +292,7 @@ impl SqliteStore {
             .optional()?;
         let oldest: Option<i64> = self
             .conn
-            .prepare_cached("SELECT at FROM hist_runs ORDER BY seq LIMIT 1")?
+            .prepare_cached("SELECT at FROM hist WHERE id IS NOT NULL ORDER BY rid LIMIT 1")?
             .query_row([], |r| r.get(0))
             .optional()?;
         Ok(match (run, pruned) {
@@ -326,14 +338,16 @@ impl History for SqliteStore {
     }
 
     fn entries(&mut self, after_seq: i64, limit: usize) -> Result<Vec<Entry>> {
-        let sql = format!("SELECT {ENTRY_COLS} FROM hist_runs WHERE seq>?1 ORDER BY seq LIMIT ?2");
+        let sql = format!(
+            "SELECT {ENTRY_COLS} FROM hist WHERE rid>?1 AND id IS NOT NULL ORDER BY rid LIMIT ?2"
+        );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let rows = stmt.query_map(params![after_seq, limit as i64], entry_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn entry(&mut self, id: &str) -> Result<Option<Entry>> {
-        let sql = format!("SELECT {ENTRY_COLS} FROM hist_runs WHERE id=?1");
+        let sql = format!("SELECT {ENTRY_COLS} FROM hist WHERE id=?1");
         Ok(self
             .conn
             .prepare_cached(&sql)?
@@ -361,9 +375,7 @@ impl History for SqliteStore {
                 // Entries end in seq order: the newest first, back to the time.
                 let seq: Option<i64> = self
                     .conn
-                    .prepare_cached(
-                        "SELECT seq FROM hist_runs WHERE at<=?1 ORDER BY seq DESC LIMIT 1",
-                    )?
+                    .prepare_cached("SELECT seq FROM hist WHERE at<=?1 ORDER BY rid DESC LIMIT 1")?
                     .query_row([t], |r| r.get(0))
                     .optional()?;
                 Ok(seq.unwrap_or(0))
@@ -373,12 +385,11 @@ impl History for SqliteStore {
 
     fn changes(&mut self, seq: i64, up_to: u64) -> Result<Vec<ItemChange>> {
         let rows: Vec<(String, String, Option<Ver>, Option<Ver>)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT kind, item, b_ref, b_typed, b_size, b_mode, a_ref, a_typed, a_size, a_mode
-                 FROM hist_changes WHERE seq=?1 ORDER BY kind, item",
-            )?;
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT kind, item, {B_COLS}, {A_COLS} FROM hist WHERE {OF_ENTRY} ORDER BY kind, item"
+            ))?;
             let rows = stmt.query_map([seq], |r| {
-                Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?, ver_at(r, 6)?))
+                Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?, ver_at(r, 8)?))
             })?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -479,7 +490,7 @@ impl History for SqliteStore {
             // Rows were written under other schemas: entry by entry, newest first.
             let later: Vec<i64> = {
                 let mut stmt = self.conn.prepare_cached(
-                    "SELECT seq FROM hist_runs WHERE seq>?1 AND seq<>?2 ORDER BY seq DESC",
+                    "SELECT rid FROM hist WHERE rid>?1 AND rid<>?2 AND id IS NOT NULL ORDER BY rid DESC",
                 )?;
                 let rows = stmt.query_map(params![seq, cur], |r| r.get(0))?;
                 rows.collect::<rusqlite::Result<_>>()?
@@ -491,7 +502,7 @@ impl History for SqliteStore {
         }
         let undone: Vec<i64> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT seq FROM hist_runs WHERE seq>?1 AND seq<>?2 ORDER BY seq DESC",
+                "SELECT rid FROM hist WHERE rid>?1 AND rid<>?2 AND id IS NOT NULL ORDER BY rid DESC",
             )?;
             let rows = stmt.query_map(params![seq, cur], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
@@ -531,9 +542,9 @@ impl SqliteStore {
     /// An entry's items and their versions before it.
     fn changes_raw(&mut self, seq: i64) -> Result<Vec<(ItemKind, String, Option<Ver>)>> {
         let rows: Vec<(String, String, Option<Ver>)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT kind, item, b_ref, b_typed, b_size, b_mode FROM hist_changes WHERE seq=?1",
-            )?;
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT kind, item, {B_COLS} FROM hist WHERE {OF_ENTRY}"
+            ))?;
             let rows = stmt.query_map([seq], |r| Ok((r.get(0)?, r.get(1)?, ver_at(r, 2)?)))?;
             rows.collect::<rusqlite::Result<_>>()?
         };

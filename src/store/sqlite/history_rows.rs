@@ -12,7 +12,7 @@ use rusqlite::params;
 use rusqlite::types::Value as Sql;
 use serde_json::Value;
 
-use super::history::Ver;
+use super::history::{Ver, A_COLS, B_COLS, OF_ENTRY};
 use super::SqliteStore;
 use crate::error::{err, Result};
 use crate::store::history::ItemKind;
@@ -223,7 +223,7 @@ impl SqliteStore {
             let mut first_err = None;
             let n = puts.len();
             for (item, v) in puts {
-                if let Err(e) = self.set_row(&item, v) {
+                if let Err(e) = self.set_row(&item, v.clone()) {
                     first_err.get_or_insert(e);
                     later.push((item, v));
                 }
@@ -264,7 +264,7 @@ impl SqliteStore {
             self.tables_delete(name, &id)?;
             return Ok(());
         };
-        let row: Row = serde_json::from_slice(&self.hist_data(v.data)?)?;
+        let row: Row = serde_json::from_slice(&self.ver_bytes(&v)?)?;
         if self.tables_get(name, &id)?.is_some() {
             self.tables_replace(name, &row)?;
         } else {
@@ -273,18 +273,11 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn hist_data(&mut self, id: i64) -> Result<Vec<u8>> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT data FROM state_data WHERE id=?1")?
-            .query_row([id], |r| r.get(0))?)
-    }
-
     /// Applies a kept schema text again (`None`: no tables). Dropping what the
     /// later schema added needs no `[confirm]`: the undo is the owner's consent.
     fn set_schema_to(&mut self, to: Option<Ver>) -> Result<()> {
-        let text = match to {
-            Some(v) => self.hist_data(v.data)?,
+        let text = match &to {
+            Some(v) => self.ver_bytes(v)?,
             None => Vec::new(),
         };
         let live = self.meta(META_KEY)?.map(|m| m.0).unwrap_or_default();
@@ -301,17 +294,19 @@ impl SqliteStore {
 
     /// The schema texts before and after the entry `seq`, if it changed it.
     fn schema_change(&mut self, seq: i64) -> Result<Option<(Schema, Schema)>> {
-        let refs: Option<(Option<i64>, Option<i64>)> = rusqlite::OptionalExtension::optional(
+        let vers: Option<(Option<Ver>, Option<Ver>)> = rusqlite::OptionalExtension::optional(
             self.conn
-                .prepare_cached(
-                    "SELECT b_ref, a_ref FROM hist_changes WHERE seq=?1 AND kind='meta' AND item=?2",
-                )?
-                .query_row(params![seq, META_KEY], |r| Ok((r.get(0)?, r.get(1)?))),
+                .prepare_cached(&format!(
+                    "SELECT {B_COLS}, {A_COLS} FROM hist WHERE {OF_ENTRY} AND kind='meta' AND item=?2"
+                ))?
+                .query_row(params![seq, META_KEY], |r| {
+                    Ok((super::history_read::ver_at(r, 0)?, super::history_read::ver_at(r, 6)?))
+                }),
         )?;
-        let Some((b, a)) = refs else { return Ok(None) };
-        let mut text = |r: Option<i64>| -> Result<Schema> {
-            match r {
-                Some(id) => parse_schema(&self.hist_data(id)?),
+        let Some((b, a)) = vers else { return Ok(None) };
+        let mut text = |v: Option<Ver>| -> Result<Schema> {
+            match v {
+                Some(v) => parse_schema(&self.ver_bytes(&v)?),
                 None => Ok(Schema::default()),
             }
         };
@@ -351,7 +346,7 @@ impl SqliteStore {
                 let lo = format!("{t}/");
                 let hi = format!("{t}0");
                 let mut stmt = self.conn.prepare_cached(
-                    "SELECT DISTINCT seq FROM hist_changes WHERE kind='row' AND item>=?1 AND item<?2
+                    "SELECT DISTINCT seq FROM hist WHERE kind='row' AND item>=?1 AND item<?2
                        AND seq>?3 AND seq<>?4",
                 )?;
                 let rows = stmt.query_map(params![lo, hi, seq, cur], |r| r.get(0))?;
@@ -361,9 +356,9 @@ impl SqliteStore {
             }
         }
         let tables: BTreeSet<String> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT item FROM hist_changes WHERE seq=?1 AND kind='row'")?;
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT item FROM hist WHERE {OF_ENTRY} AND kind='row'"
+            ))?;
             let rows = stmt.query_map([seq], |r| r.get::<_, String>(0))?;
             let items: Vec<String> = rows.collect::<rusqlite::Result<_>>()?;
             (items.iter())
@@ -387,9 +382,9 @@ impl SqliteStore {
     fn changed_meta(&mut self, seq: i64, key: &str) -> Result<bool> {
         let n: i64 = self
             .conn
-            .prepare_cached(
-                "SELECT count(*) FROM hist_changes WHERE seq=?1 AND kind='meta' AND item=?2",
-            )?
+            .prepare_cached(&format!(
+                "SELECT count(*) FROM hist WHERE {OF_ENTRY} AND kind='meta' AND item=?2"
+            ))?
             .query_row(params![seq, key], |r| r.get(0))?;
         Ok(n > 0)
     }
@@ -397,7 +392,7 @@ impl SqliteStore {
     /// The entries after `seq` (not `cur`) that changed the meta text `key`.
     fn later_meta(&mut self, key: &str, seq: i64, cur: i64) -> Result<Vec<i64>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT seq FROM hist_changes WHERE kind='meta' AND item=?1 AND seq>?2 AND seq<>?3",
+            "SELECT seq FROM hist WHERE kind='meta' AND item=?1 AND seq>?2 AND seq<>?3",
         )?;
         let rows = stmt.query_map(params![key, seq, cur], |r| r.get(0))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -408,7 +403,7 @@ impl SqliteStore {
         let n: i64 = self
             .conn
             .prepare_cached(
-                "SELECT count(*) FROM hist_changes WHERE kind='meta' AND item=?1 AND seq>?2 AND seq<>?3",
+                "SELECT count(*) FROM hist WHERE kind='meta' AND item=?1 AND seq>?2 AND seq<>?3",
             )?
             .query_row(params![META_KEY, seq, cur], |r| r.get(0))?;
         Ok(n > 0)
@@ -417,7 +412,7 @@ impl SqliteStore {
     /// The schema as right after the entry `seq`.
     pub(super) fn schema_at(&mut self, seq: i64) -> Result<Schema> {
         let text = match self.later_before(ItemKind::Meta, META_KEY, seq)? {
-            Some(Some(v)) => self.hist_data(v.data)?,
+            Some(Some(v)) => self.ver_bytes(&v)?,
             Some(None) => return Ok(Schema::default()),
             None => self.meta(META_KEY)?.map(|m| m.0).unwrap_or_default(),
         };
@@ -442,7 +437,7 @@ impl SqliteStore {
         let changed: Vec<String> = {
             let (lo, hi) = (format!("{table}/"), format!("{table}0"));
             let mut stmt = self.conn.prepare_cached(
-                "SELECT DISTINCT item FROM hist_changes WHERE kind='row' AND item>=?1 AND item<?2 AND seq>?3",
+                "SELECT DISTINCT item FROM hist WHERE kind='row' AND item>=?1 AND item<?2 AND seq>?3",
             )?;
             let it = stmt.query_map(params![lo, hi, seq], |r| r.get(0))?;
             it.collect::<rusqlite::Result<_>>()?
@@ -450,7 +445,7 @@ impl SqliteStore {
         for item in changed {
             match self.later_before(ItemKind::Row, &item, seq)? {
                 Some(Some(v)) => {
-                    let row: Row = serde_json::from_slice(&self.hist_data(v.data)?)?;
+                    let row: Row = serde_json::from_slice(&self.ver_bytes(&v)?)?;
                     rows.insert(item, row);
                 }
                 Some(None) => {

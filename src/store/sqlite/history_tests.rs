@@ -78,13 +78,31 @@ fn without_an_entry_a_rewrite_is_in_place() {
     s.set("k", &json!(2)).unwrap();
     s.commit().unwrap();
     assert_eq!(data_rows(&mut s), 1);
-    // Many writes inside one entry keep one new row, not one per write.
+    // A small value's entry keeps a copy: the row is rewritten in place.
     entry(&mut s, "A", |s| {
         for i in 0..10 {
             s.set("k", &json!(i)).unwrap();
         }
     });
-    assert_eq!(data_rows(&mut s), 2);
+    assert_eq!(data_rows(&mut s), 1);
+    let a = s.entry("A").unwrap().unwrap().seq;
+    assert_eq!(s.bytes_at(a - 1, "k").unwrap().unwrap(), b"2\n");
+    assert_eq!(s.bytes_at(a, "k").unwrap().unwrap(), b"9\n");
+    // A big one's keeps the old row: many writes inside one entry make one
+    // new row, not one per write.
+    let big = |i: u8| vec![i; 4096];
+    s.begin().unwrap();
+    s.set_bytes("b", &big(0)).unwrap();
+    s.commit().unwrap();
+    entry(&mut s, "B", |s| {
+        for i in 1..10 {
+            s.set_bytes("b", &big(i)).unwrap();
+        }
+    });
+    assert_eq!(data_rows(&mut s), 3);
+    let b = s.entry("B").unwrap().unwrap().seq;
+    assert_eq!(s.bytes_at(b - 1, "b").unwrap().unwrap(), big(0));
+    assert_eq!(s.bytes_at(b, "b").unwrap().unwrap(), big(9));
 }
 
 #[test]
@@ -488,7 +506,7 @@ fn check_model(steps: Vec<Step>) {
         .conn
         .query_row(
             "SELECT count(*) FROM state_data d WHERE NOT EXISTS (SELECT 1 FROM state WHERE id=d.id)
-               AND NOT EXISTS (SELECT 1 FROM hist_changes WHERE b_ref=d.id OR a_ref=d.id)",
+               AND NOT EXISTS (SELECT 1 FROM hist WHERE b_ref=d.id OR a_ref=d.id)",
             [],
             |r| r.get(0),
         )
@@ -535,4 +553,191 @@ fn a_folder_moved_and_a_mode_set_are_undone() {
     );
     assert_eq!(s.get("b/y/z").unwrap(), Some(json!(2)));
     assert_eq!(s.integrity_check().unwrap(), "ok");
+}
+
+/// A store whose history was written in the layout of migration 8 (one
+/// `hist_runs` row per entry, `hist_changes` rows by reference), as that
+/// layout's code wrote it: A sets `n` 1 and `big`, B sets `n` 2, rewrites
+/// `big` and adds module `m`, C removes `n`.
+fn store_with_history_v8() -> (tempfile::TempDir, SqliteStore) {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("p.sqlite");
+    {
+        let c = rusqlite::Connection::open(&p).unwrap();
+        for m in &super::schema::MIGRATIONS[..8] {
+            c.execute_batch(m).unwrap();
+        }
+        c.execute_batch(
+            "PRAGMA user_version=8;
+             INSERT INTO state(key, size, mtime, typed, id, mode, ctime) VALUES('big', 2000, 2, 0, 4, NULL, 2);
+             INSERT INTO modules(name, source, mtime) VALUES('m', CAST('fn f() { 1 }' AS BLOB), 2);
+             INSERT INTO hist_runs VALUES(1, 'A', 'A.rhai', 'alice', 'alice', 1000, 0),
+                (2, 'B', 'B.rhai', 'alice', 'alice', 2000, 2002), (3, 'C', 'C.rhai', 'alice', 'alice', 3000, 2);
+             INSERT INTO hist_changes VALUES(1, 'state', 'big', NULL, NULL, NULL, NULL, 2, 0, 2000, NULL),
+                (1, 'state', 'n', NULL, NULL, NULL, NULL, 1, 1, 2, NULL),
+                (2, 'module', 'm', NULL, NULL, NULL, NULL, 5, 0, 12, NULL),
+                (2, 'state', 'big', 2, 0, 2000, NULL, 4, 0, 2000, NULL),
+                (2, 'state', 'n', 1, 1, 2, NULL, 3, 1, 2, NULL),
+                (3, 'state', 'n', 3, 1, 2, NULL, NULL, NULL, NULL, NULL);",
+        )
+        .unwrap();
+        let values: [&[u8]; 5] = [b"1", &[7; 2000], b"2", &[8; 2000], b"fn f() { 1 }"];
+        for (i, v) in values.iter().enumerate() {
+            c.execute(
+                "INSERT INTO state_data(id, data) VALUES(?1, ?2)",
+                rusqlite::params![i as i64 + 1, v],
+            )
+            .unwrap();
+        }
+    }
+    let s = SqliteStore::open(&p, true).unwrap();
+    (d, s)
+}
+
+fn n_of(b: Option<Vec<u8>>) -> Option<String> {
+    b.map(|b| String::from_utf8(b).unwrap().trim().to_string())
+}
+
+#[test]
+fn history_written_before_migration_9_reads_and_undoes_after_it() {
+    let (_d, mut s) = store_with_history_v8();
+    assert_eq!(s.get_bytes("big").unwrap().unwrap(), vec![8u8; 2000]);
+    let listed: Vec<(String, u64)> = (s.entries(0, 10).unwrap().into_iter())
+        .map(|e| (e.head.id, e.bytes))
+        .collect();
+    let want = [("A", 0), ("B", 2002), ("C", 2)].map(|(i, b)| (i.to_string(), b));
+    assert_eq!(listed, want.to_vec());
+    assert_eq!(s.entry("B").unwrap().unwrap().head.caller, "alice");
+    let [a, b, c] = ["A", "B", "C"].map(|id| s.entry(id).unwrap().unwrap().seq);
+    assert!(a < b && b < c);
+    // The past as read: by reference, as migration 8 kept it.
+    assert_eq!(n_of(s.bytes_at(a, "n").unwrap()).unwrap(), "1");
+    assert_eq!(n_of(s.bytes_at(b, "n").unwrap()).unwrap(), "2");
+    assert_eq!(s.bytes_at(c, "n").unwrap(), None);
+    assert_eq!(s.bytes_at(a, "big").unwrap().unwrap(), vec![7u8; 2000]);
+    assert_eq!(s.changes(a, 4096).unwrap().len(), 2);
+    let ch = s.changes(b, 4096).unwrap();
+    assert_eq!(ch.len(), 3, "{ch:?}");
+    assert_eq!(s.changes(c, 4096).unwrap().len(), 1);
+    assert_eq!(s.seq_of(&Point::Time(2500)).unwrap(), b);
+    // Undo of an old entry, refused then cascaded, and a restore across both layouts.
+    let err = entry(&mut s, "U1", |s| s.undo("B", false).unwrap_err());
+    assert!(err.message.contains('C'), "{}", err.message);
+    entry(&mut s, "U2", |s| s.undo("C", false).unwrap());
+    assert_eq!(n_of(s.get_bytes("n").unwrap()).unwrap(), "2");
+    entry(&mut s, "D", |s| s.set("n", &json!(5)).unwrap());
+    entry(&mut s, "R", |s| s.restore(&Point::Run("A".into())).unwrap());
+    assert_eq!(n_of(s.get_bytes("n").unwrap()).unwrap(), "1");
+    assert_eq!(s.get_bytes("big").unwrap().unwrap(), vec![7u8; 2000]);
+    assert_eq!(s.module("m").unwrap(), None);
+    entry(&mut s, "U3", |s| s.undo("R", false).unwrap());
+    assert_eq!(n_of(s.get_bytes("n").unwrap()).unwrap(), "5");
+    assert_eq!(s.get_bytes("big").unwrap().unwrap(), vec![8u8; 2000]);
+    assert_eq!(s.module("m").unwrap().unwrap(), b"fn f() { 1 }");
+    let ids: Vec<String> = (s.entries(0, 10).unwrap().into_iter())
+        .map(|e| e.head.id)
+        .collect();
+    assert_eq!(ids, ["A", "B", "C", "U2", "D", "R", "U3"]);
+    // Pruning everything frees every value row no live key names.
+    s.begin().unwrap();
+    let n = s
+        .prune(
+            i64::MAX,
+            &Retention {
+                max_age_ns: 0,
+                max_bytes: 0,
+            },
+        )
+        .unwrap();
+    s.commit().unwrap();
+    assert_eq!(n, 7);
+    assert_eq!(data_rows(&mut s), 2);
+    assert_eq!(s.integrity_check().unwrap(), "ok");
+}
+
+/// One entry, and whether it was kept.
+fn kept_entry(s: &mut SqliteStore, id: &str, f: impl FnOnce(&mut SqliteStore)) -> bool {
+    s.begin().unwrap();
+    s.begin_entry(&head(id)).unwrap();
+    f(s);
+    let kept = s.end_entry().unwrap().kept;
+    s.commit().unwrap();
+    kept
+}
+
+#[test]
+fn a_small_value_set_back_from_its_copy_is_the_same_version_again() {
+    let (_d, mut s) = store();
+    assert!(kept_entry(&mut s, "A", |s| s.set("k", &json!(1)).unwrap()));
+    assert!(kept_entry(&mut s, "B", |s| s.set("k", &json!(2)).unwrap()));
+    // B kept k's old value as a copy; the row was rewritten in place.
+    assert_eq!(data_rows(&mut s), 1);
+    let a = Point::Run("A".into());
+    assert!(kept_entry(&mut s, "R1", |s| {
+        s.restore(&a).unwrap();
+    }));
+    assert_eq!(n_of(s.get_bytes("k").unwrap()).unwrap(), "1");
+    // k holds A's version again (from the copy): restoring to A changes nothing.
+    assert!(!kept_entry(&mut s, "R2", |s| {
+        s.restore(&a).unwrap();
+    }));
+    // Writing the same value is a new version all the same.
+    assert!(kept_entry(&mut s, "C", |s| s.set("k", &json!(1)).unwrap()));
+    assert!(kept_entry(&mut s, "U", |s| {
+        s.undo("C", false).unwrap();
+    }));
+    assert!(kept_entry(&mut s, "U2", |s| {
+        s.undo("R1", true).unwrap();
+    }));
+    assert_eq!(n_of(s.get_bytes("k").unwrap()).unwrap(), "2");
+    let ids: Vec<String> = (s.entries(0, 10).unwrap().into_iter())
+        .map(|e| e.head.id)
+        .collect();
+    assert_eq!(ids, ["A", "B", "R1", "C", "U", "U2"]);
+    let orphans: i64 = s
+        .conn
+        .query_row(
+            "SELECT count(*) FROM state_data d WHERE NOT EXISTS (SELECT 1 FROM state WHERE id=d.id)
+               AND NOT EXISTS (SELECT 1 FROM hist WHERE b_ref=d.id OR a_ref=d.id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(orphans, 0);
+}
+
+#[test]
+fn version_identities_are_never_used_twice() {
+    let (d, mut s) = store();
+    let ver = |s: &mut SqliteStore, k: &str| -> i64 {
+        (s.conn)
+            .query_row("SELECT ver FROM state WHERE key=?1", [k], |r| r.get(0))
+            .unwrap()
+    };
+    let mut seen = BTreeSet::new();
+    // More than one block of identities, a commit each.
+    for i in 0..1100 {
+        s.begin_unsynced().unwrap();
+        s.set("k", &json!(i)).unwrap();
+        s.commit().unwrap();
+        assert!(seen.insert(ver(&mut s, "k")), "write {i}");
+    }
+    // A rolled-back transaction's identities (and its reservation) go with it.
+    s.begin().unwrap();
+    for i in 0..2000 {
+        s.set(&format!("r{i}"), &json!(i)).unwrap();
+    }
+    s.rollback().unwrap();
+    drop(s);
+    let mut s = SqliteStore::open(&d.path().join("p.sqlite"), true).unwrap();
+    for i in 0..1100 {
+        s.begin_unsynced().unwrap();
+        s.set(&format!("n{}", i % 7), &json!(i)).unwrap();
+        s.commit().unwrap();
+        assert!(
+            seen.insert(ver(&mut s, &format!("n{}", i % 7))),
+            "write {i} after reopening"
+        );
+    }
+    assert!(seen.iter().all(|v| *v < 0));
 }

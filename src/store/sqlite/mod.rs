@@ -94,9 +94,11 @@ impl Store for SqliteStore {
         if r.is_err() {
             let _ = self.exec("ROLLBACK");
             self.log_end = None;
+            // What the history cached (version identities reserved) may be gone.
+            self.hist_forget();
         } else {
             self.after_commit();
-            self.hist_forget();
+            self.hist_committed();
         }
         self.in_txn = false;
         self.log_buf.clear();
@@ -235,11 +237,13 @@ impl StateKeys for SqliteStore {
         let Some(old) = self.live_version(key)? else {
             return Ok(false);
         };
-        self.hist_note(ItemKind::State, key, Some(old), None)?;
+        self.hist_note(ItemKind::State, key, Some(old.clone()), None)?;
         self.conn
             .prepare_cached("DELETE FROM state WHERE key=?1")?
             .execute([key])?;
-        self.free_old(ItemKind::State, key, old.data)?;
+        if let Some(d) = old.data() {
+            self.free_old(ItemKind::State, key, d)?;
+        }
         self.touch_parent(key, now_ns())?;
         self.reclaim()?;
         Ok(true)
@@ -265,7 +269,7 @@ impl StateKeys for SqliteStore {
         self.conn
             .prepare_cached("UPDATE state SET key=?2, ctime=?3 WHERE key=?1")?
             .execute(params![from, to, now_ns()])?;
-        self.hist_note(ItemKind::State, from, moved, None)?;
+        self.hist_note(ItemKind::State, from, moved.clone(), None)?;
         self.hist_note(ItemKind::State, to, None, moved)?;
         self.touch_parent(from, now_ns())?;
         self.touch_parent(to, now_ns())
@@ -298,7 +302,7 @@ impl StateKeys for SqliteStore {
             .execute(params![lo, hi, to, skip])?;
         self.move_folders(from, to)?;
         for (key, v) in moved {
-            self.hist_note(ItemKind::State, &key, Some(v), None)?;
+            self.hist_note(ItemKind::State, &key, Some(v.clone()), None)?;
             let new = format!("{to}/{}", &key[lo.len()..]);
             self.hist_note(ItemKind::State, &new, None, Some(v))?;
         }
@@ -322,7 +326,7 @@ impl StateKeys for SqliteStore {
             .execute(params![key, mode, now_ns()])?;
         let new = history::Ver {
             mode: Some(mode),
-            ..old
+            ..old.clone()
         };
         self.hist_note(ItemKind::State, key, Some(old), Some(new))?;
         Ok(true)

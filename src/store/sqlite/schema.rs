@@ -76,6 +76,38 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX IF NOT EXISTS hist_item ON hist_changes(kind, item, seq);
      CREATE INDEX IF NOT EXISTS hist_bref ON hist_changes(b_ref) WHERE b_ref IS NOT NULL;
      CREATE INDEX IF NOT EXISTS state_id ON state(id);",
+    // 9: history in one table, fewer pages per run (see `history.rs`): a
+    // rowid table (appending a row writes one page; an index-ordered table
+    // rebalances its right edge every few rows), the entry's head (id, name,
+    // caller, chain, time, bytes, `n` rows) on its first row, whose rowid is the
+    // entry's seq, its other rows right after it; values up to 512 bytes inline
+    // (`b_val`, `a_val`); a state value's version an identity of its own
+    // (`state.ver`, `b_ver`, `a_ver`; NULL: its value row's id), so that a small
+    // value's row is rewritten in place and the entry keeps a copy. Kept entries
+    // are renumbered in their order and keep their references.
+    "CREATE TABLE hist(rid INTEGER PRIMARY KEY, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+        item TEXT NOT NULL, b_ref INTEGER, b_val BLOB, b_typed INTEGER, b_size INTEGER, b_mode INTEGER,
+        a_ref INTEGER, a_val BLOB, a_typed INTEGER, a_size INTEGER, a_mode INTEGER,
+        id TEXT, name TEXT, caller TEXT, chain TEXT, at INTEGER, bytes INTEGER, n INTEGER,
+        b_ver INTEGER, a_ver INTEGER);
+     ALTER TABLE state ADD COLUMN ver INTEGER;
+     INSERT INTO hist
+        SELECT c.rn, c.first, c.kind, c.item, c.b_ref, NULL, c.b_typed, c.b_size, c.b_mode,
+               c.a_ref, NULL, c.a_typed, c.a_size, c.a_mode,
+               CASE WHEN c.rn=c.first THEN r.id END, CASE WHEN c.rn=c.first THEN r.name END,
+               CASE WHEN c.rn=c.first THEN r.caller END, CASE WHEN c.rn=c.first THEN r.chain END,
+               CASE WHEN c.rn=c.first THEN r.at END, CASE WHEN c.rn=c.first THEN r.bytes END,
+               CASE WHEN c.rn=c.first THEN c.cnt END, NULL, NULL
+        FROM (SELECT x.*, min(x.rn) OVER (PARTITION BY x.seq) AS first,
+                     count(*) OVER (PARTITION BY x.seq) AS cnt
+              FROM (SELECT h.*, row_number() OVER (ORDER BY h.seq, h.kind, h.item) AS rn
+                    FROM hist_changes h JOIN hist_runs USING(seq)) x) c
+        JOIN hist_runs r ON r.seq=c.seq;
+     DROP TABLE hist_changes;
+     DROP TABLE hist_runs;
+     CREATE INDEX hist_item ON hist(kind, item, seq);
+     CREATE UNIQUE INDEX hist_id ON hist(id) WHERE id IS NOT NULL;
+     CREATE INDEX hist_bref ON hist(b_ref) WHERE b_ref IS NOT NULL;",
 ];
 
 impl SqliteStore {

@@ -85,46 +85,40 @@ impl SqliteStore {
     pub(super) fn put(&mut self, key: &str, typed: bool, data: &[u8], size: u64) -> Result<()> {
         let now = now_ns();
         if let Some(old) = self.live_version(key)? {
-            let id = if self.hist_pinned(old.data, ItemKind::State, key)? {
-                self.insert_data(data)?
-            } else {
-                self.conn
-                    .prepare_cached("UPDATE state_data SET data=?2 WHERE id=?1")?
-                    .execute(params![old.data, data])?;
-                old.data
+            let (pinned, before) = self.hist_keep(&old, ItemKind::State, key)?;
+            let id = match old.data() {
+                Some(d) if !pinned => {
+                    self.conn
+                        .prepare_cached("UPDATE state_data SET data=?2 WHERE id=?1")?
+                        .execute(params![d, data])?;
+                    d
+                }
+                _ => self.insert_data(data)?,
             };
+            let ver = self.fresh_ver()?;
             self.conn
                 .prepare_cached(
-                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5 WHERE key=?1",
+                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, ver=?6 WHERE key=?1",
                 )?
-                .execute(params![key, size as i64, now, typed, id])?;
-            let new = Ver {
-                data: id,
-                typed,
-                size: size as i64,
-                mode: old.mode,
-            };
-            self.hist_note(ItemKind::State, key, Some(old), Some(new))?;
+                .execute(params![key, size as i64, now, typed, id, ver])?;
+            let new = Ver::at(id, ver, typed, size as i64, old.mode);
+            self.hist_note(ItemKind::State, key, Some(before), Some(new))?;
             return self.reclaim();
         }
         self.check_shape(key)?;
         let id = self.insert_data(data)?;
+        let ver = self.fresh_ver()?;
         self.conn
             .prepare_cached(
-                "INSERT INTO state(key,size,mtime,ctime,typed,id) VALUES(?1,?2,?3,?3,?4,?5)",
+                "INSERT INTO state(key,size,mtime,ctime,typed,id,ver) VALUES(?1,?2,?3,?3,?4,?5,?6)",
             )?
-            .execute(params![key, size as i64, now, typed, id])?;
-        let new = Ver {
-            data: id,
-            typed,
-            size: size as i64,
-            mode: None,
-        };
+            .execute(params![key, size as i64, now, typed, id, ver])?;
+        let new = Ver::at(id, ver, typed, size as i64, None);
         self.hist_note(ItemKind::State, key, None, Some(new))?;
         self.touch_parent(key, now)
     }
 
-    fn insert_data(&mut self, data: &[u8]) -> Result<i64> {
+    pub(super) fn insert_data(&mut self, data: &[u8]) -> Result<i64> {
         self.conn
             .prepare_cached("INSERT INTO state_data(data) VALUES(?1)")?
             .execute(params![data])?;
@@ -138,17 +132,12 @@ impl SqliteStore {
             return Ok(Vec::new());
         }
         let mut stmt = self.conn.prepare_cached(
-            "SELECT key, id, typed, size, mode FROM state WHERE key>=?1 AND key<?2",
+            "SELECT key, id, coalesce(ver, id), typed, size, mode FROM state WHERE key>=?1 AND key<?2",
         )?;
         let rows = stmt.query_map(params![lo, hi], |r| {
             Ok((
                 r.get(0)?,
-                Ver {
-                    data: r.get(1)?,
-                    typed: r.get(2)?,
-                    size: r.get(3)?,
-                    mode: r.get(4)?,
-                },
+                Ver::at(r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?),
             ))
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
