@@ -392,11 +392,17 @@ fn a_rogue_worker_cannot_suppress_redirect_or_lock_out() {
         let kv = js.get_key_value("peerfs_r").await.unwrap();
         kv.create("bob", "w2".into()).await.unwrap();
     });
-    // The request itself is answered, into the rogue's own inbox.
-    let asked = rogue.rt.block_on(rogue.nc.request(
-        "peerfs.r.read.alice.bob".to_string(),
-        br#"{"key":"c"}"#.to_vec().into(),
-    ));
+    // The request itself is answered, into the rogue's own inbox (alice has just
+    // been continued and catches up first: under the whole suite's load that took
+    // over the client's default 10 s once).
+    let asked = rogue.rt.block_on(
+        rogue.nc.send_request(
+            "peerfs.r.read.alice.bob".to_string(),
+            async_nats::Request::new()
+                .payload(br#"{"key":"c"}"#.to_vec().into())
+                .timeout(Some(Duration::from_secs(30))),
+        ),
+    );
     let asked = String::from_utf8_lossy(&asked.expect("an answer in the rogue's inbox").payload)
         .into_owned();
     assert!(asked.contains("denied"), "{asked}");
