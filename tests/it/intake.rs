@@ -117,8 +117,9 @@ fn a_drop_into_a_peer_running_an_endless_loop_returns_before_that_run_ends() {
         ["endless.rhai", "quick1.rhai", "quick2.rhai", "quick3.rhai"],
         "{log}"
     );
+    // The last result can show a moment before its script leaves the listing.
     assert!(
-        m.names("alice/inbox").is_empty(),
+        wait_until(Duration::from_secs(5), || m.names("alice/inbox").is_empty()),
         "{:?}",
         m.names("alice/inbox")
     );

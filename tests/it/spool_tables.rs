@@ -217,11 +217,13 @@ fn the_owner_writes_and_removes_row_files_in_the_spool() {
         == Some(json!({"id": "ann", "mail": "ann@y", "age": null}))));
     // Bad data: refused, set aside, the reason in the log, nothing changed.
     put(&users.join("bob.json"), r#"{"mail": "bob@x", "age": -1}"#);
-    assert!(log_has(
-        &dir,
-        "alice",
-        "spool: tables/users/bob.json refused"
-    ));
+    assert!(
+        log_has(&dir, "alice", "spool: tables/users/bob.json refused"),
+        "alice's log: {}\nusers/: {:?}\ndaemon: {}",
+        std::fs::read_to_string(dir.join("alice/log")).unwrap_or_default(),
+        names(&users),
+        d.d.log_text()
+    );
     assert!(wait_until(T, || names(&users) == ["ann.json", "bob.json.refused~"]));
     // A unique clash: refused the same way, the row as it was.
     put(&users.join("cat.json"), r#"{"mail": "ann@y"}"#);
