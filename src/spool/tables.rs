@@ -119,13 +119,7 @@ impl Mirror {
         let (mut files, mut dirs) = (BTreeMap::new(), Vec::new());
         for t in sight.tables() {
             let rows = sight.rows(&p, &t)?;
-            files.insert(format!("{t}.jsonl"), render(&rows)?);
-            for r in &rows {
-                let k = key_text(r);
-                if file_key(&k) {
-                    files.insert(format!("{t}/{k}.json"), render(std::slice::from_ref(r))?);
-                }
-            }
+            table_files(&mut files, &t, &rows)?;
             dirs.push(t);
         }
         Ok((files, dirs))
@@ -136,13 +130,7 @@ impl Mirror {
         let (mut files, mut dirs) = (BTreeMap::new(), Vec::new());
         for t in self.core.remote_tables(owner, viewer)? {
             let rows = self.core.remote_rows(owner, viewer, &t, None)?;
-            files.insert(format!("{t}.jsonl"), render(&rows)?);
-            for r in &rows {
-                let k = key_text(r);
-                if file_key(&k) {
-                    files.insert(format!("{t}/{k}.json"), render(std::slice::from_ref(r))?);
-                }
-            }
+            table_files(&mut files, &t, &rows)?;
             dirs.push(t);
         }
         Ok((files, dirs))
@@ -312,6 +300,23 @@ impl Mirror {
         tracing::warn!(peer = owner, "{line}");
         self.core.apply_async(owner, Op::Log(line), None);
     }
+}
+
+/// A table's files in a mirror: `<t>.jsonl` with every row, and `<t>/<key>.json`
+/// for each row whose key can be a file's name.
+fn table_files(
+    files: &mut BTreeMap<String, Vec<u8>>,
+    t: &str,
+    rows: &[serde_json::Map<String, serde_json::Value>],
+) -> Result<()> {
+    files.insert(format!("{t}.jsonl"), render(rows)?);
+    for r in rows {
+        let k = key_text(r);
+        if file_key(&k) {
+            files.insert(format!("{t}/{k}.json"), render(std::slice::from_ref(r))?);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
