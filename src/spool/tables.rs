@@ -8,7 +8,7 @@
 //! renamed `<key>.json.refused~` and the row's file shows the row as it is.
 //! Anything else changed in a `tables/` mirror is undone and logged.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use super::files::{self, as_user};
@@ -26,6 +26,19 @@ fn row_file(rel: &str) -> Option<(&str, &str)> {
     let key = name.strip_suffix(".json")?;
     let ok = |s: &str| !s.is_empty() && !s.contains('/') && !is_staging_name(s);
     (ok(t) && ok(name) && !key.is_empty()).then_some((t, key))
+}
+
+/// What tells one version of a file from another without reading it.
+type Stamp = (u64, u64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((
+        m.ino(),
+        m.size(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+    ))
 }
 
 /// A key that can be a file's name in a table's folder.
@@ -67,10 +80,11 @@ impl Mirror {
         };
         let user = user_of(&self.core, viewer);
         let mine = viewer == owner;
-        let keep = if mine && self.tables_seen.contains(&dir) {
+        let taking = mine && self.tables_seen.contains(&dir);
+        let (keep, seen) = if taking {
             self.take_row_files(owner, &dir, &want)
         } else {
-            HashSet::new()
+            Default::default()
         };
         let mode = |rel: &str| {
             if mine && row_file(rel).is_some() {
@@ -79,7 +93,16 @@ impl Mirror {
                 0o444
             }
         };
-        let kept = |rel: &str| keep.contains(rel) || rel.split('/').any(is_staging_name);
+        // A row file that appeared, went or changed since it was taken above
+        // (a `cp` renamed into place between the two listings) is the owner's:
+        // left for the event its change brings.
+        let changed = |rel: &str| {
+            taking
+                && row_file(rel).is_some()
+                && as_user(user, || stamp(&dir.join(rel))) != seen.get(rel).copied()
+        };
+        let kept =
+            |rel: &str| keep.contains(rel) || rel.split('/').any(is_staging_name) || changed(rel);
         let m = Mirrored {
             what: "tables",
             mode: &mode,
@@ -137,21 +160,25 @@ impl Mirror {
     }
 
     /// The owner's writes and removals of row files under `dir` (its own
-    /// `tables/`), handed to the executor; the files being applied (left alone
-    /// by the sync that follows).
+    /// `tables/`), handed to the executor: the files being applied (left alone
+    /// by the sync that follows), and the stamp of every row file found.
     fn take_row_files(
         &mut self,
         owner: &str,
         dir: &Path,
         want: &BTreeMap<String, Vec<u8>>,
-    ) -> HashSet<String> {
+    ) -> (HashSet<String>, HashMap<String, Stamp>) {
         let user = user_of(&self.core, owner);
         let mut have = Vec::new();
         as_user(user, || list_files(dir, dir, &mut have));
         let mut keep = HashSet::new();
+        let mut seen = HashMap::new();
         let max = self.core.base_limits(true).max_value_bytes;
         for rel in have.into_iter().filter(|r| row_file(r).is_some()) {
             let path = dir.join(&rel);
+            if let Some(s) = as_user(user, || stamp(&path)) {
+                seen.insert(rel.clone(), s);
+            }
             let t = match as_user(user, || files::take(&path, user.0, max)) {
                 Ok(Ok(t)) => t,
                 // Being written: its close brings an event, or looked at again
@@ -177,7 +204,13 @@ impl Mirror {
                     self.refuse_row(owner, &path, &rel, &why);
                     continue;
                 }
-                _ => continue,
+                Ok(Err(files::Skip::NotAFile)) => continue,
+                Err(e) => {
+                    // Left as it is; the next change looks at it again.
+                    tracing::warn!(file = %path.display(), error = %e, "cannot read a row file");
+                    keep.insert(rel);
+                    continue;
+                }
             };
             let h = t.ident.hash;
             if self.written.get(&path) == Some(&h) {
@@ -196,7 +229,7 @@ impl Mirror {
             }
         }
         self.take_removals(owner, dir, want, &mut keep);
-        keep
+        (keep, seen)
     }
 
     /// Row files this process wrote, or the owner wrote and is applying, that

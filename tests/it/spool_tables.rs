@@ -291,3 +291,27 @@ fn a_restart_keeps_the_mirror_and_takes_row_files_again() {
     assert!(!log.contains("refused"), "{log}");
     d.stop();
 }
+
+#[test]
+fn row_files_copied_in_quick_succession_are_all_taken() {
+    let (_t, dir, mut d) = serving(&["alice"]);
+    install(&dir, "alice");
+    let users = dir.join("alice/tables/users");
+    assert!(wait_until(T, || users.is_dir()));
+    // Each rename lands while the mirror may be busy with the one before: one
+    // landing between the mirror's look at the owner's files and its sync
+    // is the owner's file all the same, never removed as a stray.
+    const N: usize = 60;
+    for i in 0..N {
+        put(
+            &users.join(format!("u{i}.json")),
+            &format!(r#"{{"mail": "u{i}@x", "age": {i}}}"#),
+        );
+    }
+    assert!(wait_until(T, || names(&users).len() == N));
+    let n = || run(&dir, "alice", "n", "db.users.count()");
+    assert!(wait_until(T, || n() == json!(N)), "{}", n());
+    let log = std::fs::read_to_string(dir.join("alice/log")).unwrap();
+    assert!(!log.contains("removed"), "{log}");
+    d.stop();
+}
