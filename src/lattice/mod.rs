@@ -424,6 +424,15 @@ impl Lattice {
         self.dir.read().unwrap().get(peer).cloned()
     }
 
+    /// The same, asked of the server: the copy [`Lattice::worker_of`] reads
+    /// follows the directory a moment behind (a peer that has just joined).
+    pub(super) async fn worker_of_now(&self, peer: &str) -> Option<String> {
+        let kv = self.kv.get()?;
+        let v = tokio::time::timeout(self.opts.timeout, kv.get(peer)).await;
+        let v = v.ok()?.ok()??;
+        Some(String::from_utf8_lossy(&v).into_owned())
+    }
+
     /// The `Nats-Msg-Id` of a message (or batch) `id` on `subject`: the id and a
     /// keyed hash of both that no other worker can compute. JetStream's
     /// duplicate window is the stream's, so an id another worker could predict

@@ -153,13 +153,19 @@ pub(super) async fn serve(l: Arc<Lattice>, peer: String) {
                 let reader = m.subject.rsplit('.').next().unwrap_or_default().to_string();
                 // Only the reader's worker may ask as the reader; the answer goes
                 // only into that worker's inbox, whatever reply the request names.
-                let to = l.worker_of(&reader);
-                if !to.as_deref().is_some_and(|w| l.reply_goes_to(&reply, w)) {
-                    tracing::warn!(peer = %peer, reader = %reader, reply = %reply, worker = ?to, "a read request whose reply is not the reader's worker's inbox: not answered");
-                    continue;
-                }
+                let goes = |to: &Option<String>| to.as_deref().is_some_and(|w| l.reply_goes_to(&reply, w));
+                let known = goes(&l.worker_of(&reader));
                 let (l, peer) = (l.clone(), peer.clone());
                 tokio::spawn(async move {
+                    if !known {
+                        // The directory's copy may not show yet a reader that
+                        // has just joined or moved: the server's says.
+                        let to = l.worker_of_now(&reader).await;
+                        if !to.as_deref().is_some_and(|w| l.reply_goes_to(&reply, w)) {
+                            tracing::warn!(peer = %peer, reader = %reader, reply = %reply, worker = ?to, "a read request whose reply is not the reader's worker's inbox: not answered");
+                            return;
+                        }
+                    }
                     let l2 = l.clone();
                     let body = tokio::task::spawn_blocking(move || {
                         encode(&l2, &peer, &reader, answer(&l2, &peer, &reader, &m.payload))

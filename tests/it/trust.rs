@@ -283,14 +283,21 @@ fn a_script_that_crashes_the_daemon_ends_after_three_tries() {
     assert!(log.contains("crashed the daemon every time"), "{log}");
 }
 
-/// Starts `cat FILE` and gives it time to block in its read.
+/// Starts `cat FILE` and gives it time to block in its read. Ctrl-C's signal
+/// has its default action in it, whatever this process inherited (a shell
+/// without job control starts background commands with SIGINT ignored).
 fn waiting_cat(file: &Path) -> std::process::Child {
-    let c = Command::new("cat")
-        .arg(file)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    use std::os::unix::process::CommandExt;
+    let mut c = Command::new("cat");
+    c.arg(file).stdout(Stdio::null()).stderr(Stdio::piped());
+    // SAFETY: signal(2) is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            Ok(())
+        });
+    }
+    let c = c.spawn().unwrap();
     std::thread::sleep(Duration::from_millis(700));
     c
 }
