@@ -231,6 +231,20 @@ pub fn replace(
     })
 }
 
+/// Makes `path` with `data` unless it exists: never replaces a file someone
+/// else made meanwhile (the temporary file is linked, which fails with
+/// `EEXIST` where a rename would replace). `Ok(false)`: it existed.
+pub fn create_new(path: &Path, data: &[u8], mode: u32, user: (u32, u32)) -> io::Result<bool> {
+    let tmp = write_tmp(path, data, mode, user, false)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes `dir` (and its parents) with `mode`, owned by `user` (uid, gid).
 pub fn make_dir(dir: &Path, mode: u32, user: (u32, u32)) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -248,6 +262,20 @@ pub fn make_dir(dir: &Path, mode: u32, user: (u32, u32)) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_new_never_replaces_a_file_made_meanwhile() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("policy.cedar");
+        let me = unsafe { (libc::getuid(), libc::getgid()) };
+        assert!(create_new(&p, b"stored", 0o644, me).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"stored");
+        std::fs::write(&p, b"the user's").unwrap();
+        assert!(!create_new(&p, b"stored", 0o644, me).unwrap());
+        assert_eq!(std::fs::read(&p).unwrap(), b"the user's");
+        // No temporary file left behind.
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn take_reads_a_closed_file_and_skips_an_open_writer() {

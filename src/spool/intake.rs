@@ -549,7 +549,10 @@ impl Shared {
                 self.scan_later(peer, Duration::from_millis(100));
                 return;
             }
-            _ => return,
+            r => {
+                tracing::debug!(peer, file = %path.display(), outcome = ?r.map(|_| ()), "text not taken");
+                return;
+            }
         };
         let Ok(p) = self.core.peer(peer) else { return };
         let cur = p
@@ -559,6 +562,7 @@ impl Shared {
             .map(|m| m.0)
             .unwrap_or_default();
         if cur == t.data {
+            tracing::debug!(peer, file = %path.display(), "text as stored");
             return;
         }
         let fp = (peer.to_string(), text, t.ident.hash);

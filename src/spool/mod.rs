@@ -443,12 +443,14 @@ impl Shared {
         for other in self.core.remote_peers() {
             self.lay_view(&self.view_dir(peer, &other), user)?;
         }
+        // A text the owner writes meanwhile (the peer's folder shows before
+        // this ends) is the owner's: never replaced by the stored one.
         for (path, text, mode) in texts {
             if !path.exists() {
                 if let Some(parent) = path.parent() {
                     files::make_dir(parent, 0o755, user)?;
                 }
-                files::replace(path, text, (*mode).into(), user, false)?;
+                files::create_new(path, text, (*mode).into(), user)?;
             }
         }
         Ok(())

@@ -372,7 +372,11 @@ impl Daemon {
         let stderr = work.join(format!("daemon-{n}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_peerfs"))
             .args(args)
-            .env("RUST_LOG", "peerfs=info")
+            // PEERFS_TEST_LOG (e.g. `peerfs=debug`) to see more of a failing test.
+            .env(
+                "RUST_LOG",
+                std::env::var("PEERFS_TEST_LOG").unwrap_or("peerfs=info".into()),
+            )
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
