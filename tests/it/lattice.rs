@@ -630,7 +630,7 @@ fn remote_state_view_shows_what_the_owners_policy_lets_read() {
 
     // bob's worker there but not answering (frozen): ETIMEDOUT after
     // lattice.timeout_ms (1 s here).
-    b.signal(libc::SIGSTOP);
+    b.freeze();
     fails_fast(&view, "bob's worker frozen", &[libc::ETIMEDOUT]);
     b.signal(libc::SIGCONT);
     // bob's worker stopped: fail fast with an errno, never hang.

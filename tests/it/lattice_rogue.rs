@@ -366,7 +366,7 @@ fn a_rogue_worker_cannot_suppress_redirect_or_lock_out() {
 
     // 3. A result dropped as a duplicate: with alice's daemon stopped mid-way
     // (SIGSTOP), the rogue publishes first under the result's predictable id.
-    alice.signal(libc::SIGSTOP);
+    alice.freeze();
     fs::write(dave.mnt.join("dave/peers/alice/inbox/q.rhai"), "40 + 2").unwrap();
     let log = || fs::read_to_string(dave.mnt.join("dave/log")).unwrap();
     assert!(wait_until(Duration::from_secs(10), || log()

@@ -400,6 +400,26 @@ impl Daemon {
         assert_eq!(r, 0, "kill({}, {sig}) failed", self.pid());
     }
 
+    /// SIGSTOP, returning once every thread of the daemon has stopped: kill(2)
+    /// returns before a thread that is running stops, and one may still
+    /// answer a request sent just after.
+    pub fn freeze(&self) {
+        self.signal(libc::SIGSTOP);
+        let tasks = format!("/proc/{}/task", self.pid());
+        let stopped = || {
+            std::fs::read_dir(&tasks).unwrap().flatten().all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                // The state follows the command's closing parenthesis.
+                let state = stat.rsplit_once(") ").map(|(_, r)| r.chars().next());
+                matches!(state, Some(Some('T' | 't'))) || stat.is_empty()
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), stopped),
+            "the daemon's threads did not all stop"
+        );
+    }
+
     /// Waits for the daemon to exit; panics after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
