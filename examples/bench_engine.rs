@@ -103,6 +103,10 @@ fn main() {
         corpus_vs_stock(&dir.path().join("corpus"));
         return;
     }
+    if std::env::var("PEERFS_BENCH_ONLY").as_deref() == Ok("memory") {
+        memory(&dir.path().join("b"));
+        return;
+    }
     let mut cfg = Config::new(dir.path().join("a"));
     cfg.runners = 2;
     if let Ok(us) = std::env::var("PEERFS_INLINE_US") {
@@ -134,8 +138,13 @@ fn main() {
     core.shutdown();
     drop(core);
 
-    // Memory: a fresh core; 10,000 peers created (none open), then 1,000 open at once.
-    let mut cfg = Config::new(dir.path().join("b"));
+    memory(&dir.path().join("b"));
+}
+
+/// A fresh core; 10,000 peers created (none open), then 1,000 open at once.
+fn memory(dir: &std::path::Path) {
+    let (u, g) = uid();
+    let mut cfg = Config::new(dir);
     cfg.runners = 2;
     let core = Core::start(cfg).unwrap();
     // Warm up: the first peer's open and run allocate the engine and caches.

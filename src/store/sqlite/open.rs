@@ -4,6 +4,7 @@
 
 use super::*;
 
+use std::ffi::c_int;
 use std::sync::OnceLock;
 
 /// What is called after each commit of a store, once checkpoints are handed
@@ -67,6 +68,7 @@ impl SqliteStore {
         }
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
+        set_lookaside(&conn, WRITER_LOOKASIDE);
         let mut store = SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -89,6 +91,7 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| err!(libc::EIO, "cannot open peer store {}: {e}", path.display()))?;
+        set_lookaside(&conn, READER_LOOKASIDE);
         conn.execute_batch("PRAGMA cache_size=-256; PRAGMA busy_timeout=5000;")?;
         Self::keep_log(&conn, false)?;
         conn.set_prepared_statement_cache_capacity(64);
@@ -199,5 +202,30 @@ impl SqliteStore {
             submitted_at: r.get(4)?,
             finished_at: r.get(5)?,
         })
+    }
+}
+
+/// SQLite's lookaside (small allocations served from one block a connection),
+/// as (slot bytes, slots). SQLite's default, 1,200 × 40 (48 KB), was most of an
+/// open peer's memory with thousands of peers open (two connections each);
+/// a run's writer keeps a quarter of it (the same runs/s, docs/benchmarks.md),
+/// the reader, which answers one small read at a time, a little.
+const WRITER_LOOKASIDE: (c_int, c_int) = (1200, 12);
+const READER_LOOKASIDE: (c_int, c_int) = (256, 8);
+
+fn set_lookaside(conn: &Connection, (slot, n): (c_int, c_int)) {
+    // SAFETY: a connection just opened has no lookaside memory in use, the one
+    // condition of SQLITE_DBCONFIG_LOOKASIDE; a null buffer has SQLite allocate it.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_db_config(
+            conn.handle(),
+            rusqlite::ffi::SQLITE_DBCONFIG_LOOKASIDE,
+            std::ptr::null_mut::<std::ffi::c_void>(),
+            slot,
+            n,
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        tracing::debug!(rc, "SQLite kept its default lookaside");
     }
 }
