@@ -117,6 +117,13 @@ fn main() {
         core.shutdown();
         return;
     }
+    if std::env::var("PEERFS_BENCH_ONLY").as_deref() == Ok("ratio") {
+        let eval = eval_only(20_000);
+        println!("engine.eval_only.runs_per_s: {eval:.0} runs/s");
+        println!("engine.durable_vs_eval_ratio: {:.3}", one / eval);
+        core.shutdown();
+        return;
+    }
 
     let many: Vec<String> = (0..100).map(|i| format!("m{i}")).collect();
     for p in &many {

@@ -4,7 +4,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::history::Ver;
+use super::history::{Body, Ver, INLINE_MAX};
 use super::SqliteStore;
 use crate::error::{err, Result};
 use crate::store::history::ItemKind;
@@ -84,8 +84,8 @@ impl SqliteStore {
     /// then the new value gets a row of its own (nothing is copied).
     pub(super) fn put(&mut self, key: &str, typed: bool, data: &[u8], size: u64) -> Result<()> {
         let now = now_ns();
-        if let Some(old) = self.live_version(key)? {
-            let (pinned, before) = self.hist_keep(&old, ItemKind::State, key)?;
+        if let Some((old, small)) = self.live_version_small(key)? {
+            let (pinned, before) = self.hist_keep(&old, ItemKind::State, key, small)?;
             let id = match old.data() {
                 Some(d) if !pinned => {
                     self.conn
@@ -101,9 +101,14 @@ impl SqliteStore {
                     "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, ver=?6 WHERE key=?1",
                 )?
                 .execute(params![key, size as i64, now, typed, id, ver])?;
-            let new = Ver::at(id, ver, typed, size as i64, old.mode);
+            let new = self.noted(data, Ver::at(id, ver, typed, size as i64, old.mode));
             self.hist_note(ItemKind::State, key, Some(before), Some(new))?;
-            return self.reclaim();
+            // Only a value that may have had overflow pages frees pages when
+            // it is rewritten (a small one is rewritten within its page).
+            if old.size > INLINE_MAX {
+                self.reclaim()?;
+            }
+            return Ok(());
         }
         self.check_shape(key)?;
         let id = self.insert_data(data)?;
@@ -113,9 +118,23 @@ impl SqliteStore {
                 "INSERT INTO state(key,size,mtime,ctime,typed,id,ver) VALUES(?1,?2,?3,?3,?4,?5,?6)",
             )?
             .execute(params![key, size as i64, now, typed, id, ver])?;
-        let new = Ver::at(id, ver, typed, size as i64, None);
+        let new = self.noted(data, Ver::at(id, ver, typed, size as i64, None));
         self.hist_note(ItemKind::State, key, None, Some(new))?;
         self.touch_parent(key, now)
+    }
+
+    /// A new small value as the open entry notes it: the copy its history row
+    /// keeps, made from the bytes at hand instead of read back when the entry
+    /// ends (the row holds these bytes until another change of the key, which
+    /// the entry notes again).
+    fn noted(&self, data: &[u8], v: Ver) -> Ver {
+        if !self.recording() || v.size > INLINE_MAX {
+            return v;
+        }
+        Ver {
+            body: Body::Inline(data.into()),
+            ..v
+        }
     }
 
     pub(super) fn insert_data(&mut self, data: &[u8]) -> Result<i64> {
