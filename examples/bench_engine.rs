@@ -108,6 +108,9 @@ fn main() {
     if let Ok(us) = std::env::var("PEERFS_INLINE_US") {
         cfg.inline_runs = std::time::Duration::from_micros(us.parse().unwrap());
     }
+    if let Ok(n) = std::env::var("PEERFS_BATCH_RUNS") {
+        cfg.batch_max_runs = n.parse().unwrap();
+    }
     let core = Core::start(cfg).unwrap();
 
     core.create_peer("one", u, g).unwrap();
