@@ -24,6 +24,10 @@ pub(super) const OF_ENTRY: &str = "rid BETWEEN ?1 AND ?1 + (SELECT n FROM hist W
 /// and the `hist_bref` entry); bigger ones by reference.
 pub(super) const INLINE_MAX: i64 = 512;
 
+/// A small value's bytes, read with its version (see
+/// [`SqliteStore::live_version_small`]).
+pub(super) type Small = Arc<[u8]>;
+
 /// Version identities reserved at a time (see [`SqliteStore::fresh_ver`]).
 const VER_BLOCK: i64 = 1024;
 
@@ -145,10 +149,7 @@ impl SqliteStore {
     /// The live version of a state key and, when it is small enough to be
     /// kept inline (see [`INLINE_MAX`]), its bytes: one statement for what a
     /// write needs before it changes the key.
-    pub(super) fn live_version_small(
-        &mut self,
-        key: &str,
-    ) -> Result<Option<(Ver, Option<Arc<[u8]>>)>> {
+    pub(super) fn live_version_small(&mut self, key: &str) -> Result<Option<(Ver, Option<Small>)>> {
         Ok(self
             .conn
             .prepare_cached(
@@ -454,7 +455,7 @@ impl SqliteStore {
         old: &Ver,
         kind: ItemKind,
         item: &str,
-        small: Option<Arc<[u8]>>,
+        small: Option<Small>,
     ) -> Result<(bool, Ver)> {
         let Some(data) = old.data() else {
             return Ok((false, old.clone()));
