@@ -4,7 +4,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::history::{Body, Ver, INLINE_MAX};
+use super::history::{Ver, INLINE_MAX};
 use super::SqliteStore;
 use crate::error::{err, Result};
 use crate::store::history::ItemKind;
@@ -111,7 +111,7 @@ impl SqliteStore {
                 id,
                 ver
             ])?;
-            let new = self.noted(data, Ver::at(id, ver, typed, size as i64, old.mode));
+            let new = Ver::at(id, ver, typed, size as i64, old.mode);
             self.hist_note(ItemKind::State, key, Some(before), Some(new))?;
             // Only a value that may have had overflow pages frees pages when
             // it is rewritten (a small one is rewritten within its page).
@@ -128,23 +128,9 @@ impl SqliteStore {
                 "INSERT INTO state(key,size,mtime,ctime,typed,id,ver) VALUES(?1,?2,?3,?3,?4,?5,?6)",
             )?
             .execute(params![key, size as i64, now, typed, id, ver])?;
-        let new = self.noted(data, Ver::at(id, ver, typed, size as i64, None));
+        let new = Ver::at(id, ver, typed, size as i64, None);
         self.hist_note(ItemKind::State, key, None, Some(new))?;
         self.touch_parent(key, now)
-    }
-
-    /// A new small value as the open entry notes it: the copy its history row
-    /// keeps, made from the bytes at hand instead of read back when the entry
-    /// ends (the row holds these bytes until another change of the key, which
-    /// the entry notes again).
-    fn noted(&self, data: &[u8], v: Ver) -> Ver {
-        if !self.recording() || v.size > INLINE_MAX {
-            return v;
-        }
-        Ver {
-            body: Body::Inline(data.into()),
-            ..v
-        }
     }
 
     pub(super) fn insert_data(&mut self, data: &[u8]) -> Result<i64> {
