@@ -112,12 +112,22 @@ fn main() {
     if let Ok(us) = std::env::var("PEERFS_INLINE_US") {
         cfg.inline_runs = std::time::Duration::from_micros(us.parse().unwrap());
     }
+    if let Ok(n) = std::env::var("PEERFS_BATCH_RUNS") {
+        cfg.batch_max_runs = n.parse().unwrap();
+    }
     let core = Core::start(cfg).unwrap();
 
     core.create_peer("one", u, g).unwrap();
     let one = drive(&core, &["one".to_string()], 20_000);
     println!("engine.one_peer.runs_per_s: {one:.0} runs/s");
     if std::env::var("PEERFS_BENCH_ONLY").as_deref() == Ok("one") {
+        core.shutdown();
+        return;
+    }
+    if std::env::var("PEERFS_BENCH_ONLY").as_deref() == Ok("ratio") {
+        let eval = eval_only(20_000);
+        println!("engine.eval_only.runs_per_s: {eval:.0} runs/s");
+        println!("engine.durable_vs_eval_ratio: {:.3}", one / eval);
         core.shutdown();
         return;
     }

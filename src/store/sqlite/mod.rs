@@ -536,8 +536,14 @@ impl Queue for SqliteStore {
     }
 
     fn queued(&mut self, limit: usize) -> Result<Vec<Job>> {
-        let sql = format!("SELECT {} FROM queue ORDER BY seq LIMIT ?1", rows::JOB_COLS);
-        self.jobs(&sql, (limit as i64).into(), !self.reader)
+        // The limit is written into the statement, not bound: SQLite plans an
+        // `ORDER BY .. LIMIT ?` for the value bound, so binding it again (even the
+        // same value) makes the cached statement be prepared again at its next step.
+        let sql = format!(
+            "SELECT {} FROM queue ORDER BY seq LIMIT {limit}",
+            rows::JOB_COLS
+        );
+        self.jobs(&sql, [], !self.reader)
     }
 
     fn count_attempt(&mut self, seq: i64, delta: i64) -> Result<()> {
@@ -588,7 +594,7 @@ impl Queue for SqliteStore {
             "SELECT {} FROM queue WHERE name=?1 ORDER BY seq DESC LIMIT 1",
             rows::JOB_COLS
         );
-        Ok(self.jobs(&sql, name.to_string().into(), false)?.pop())
+        Ok(self.jobs(&sql, [name], false)?.pop())
     }
 
     fn queued_all_named(&mut self, name: &str) -> Result<Vec<Job>> {
@@ -596,7 +602,7 @@ impl Queue for SqliteStore {
             "SELECT {} FROM queue WHERE name=?1 ORDER BY seq",
             rows::JOB_COLS
         );
-        self.jobs(&sql, name.to_string().into(), false)
+        self.jobs(&sql, [name], false)
     }
 
     fn queue_names(&mut self, limit: usize) -> Result<Vec<(String, u64, i64)>> {
@@ -657,11 +663,12 @@ impl Messages for SqliteStore {
     fn undelivered(&mut self, limit: usize) -> Result<Vec<Message>> {
         let rows: Vec<(i64, std::result::Result<Message, rows::BadRow>)> = {
             let sql = format!(
-                "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT ?1",
+                "SELECT {} FROM sent WHERE delivered_at IS NULL ORDER BY seq LIMIT {limit}",
                 rows::SENT_COLS
             );
+            // The limit written in, as in `queued`.
             let mut stmt = self.conn.prepare_cached(&sql)?;
-            let it = stmt.query_map([limit as i64], rows::outgoing)?;
+            let it = stmt.query_map([], rows::outgoing)?;
             it.collect::<rusqlite::Result<_>>()?
         };
         let mut out = Vec::with_capacity(rows.len());

@@ -166,12 +166,12 @@ impl SqliteStore {
     pub(super) fn jobs(
         &mut self,
         sql: &str,
-        arg: rusqlite::types::Value,
+        args: impl rusqlite::Params,
         refuse: bool,
     ) -> Result<Vec<Job>> {
         let rows: Vec<(i64, std::result::Result<Job, rows::BadRow>)> = {
             let mut stmt = self.conn.prepare_cached(sql)?;
-            let it = stmt.query_map([arg], rows::job)?;
+            let it = stmt.query_map(args, rows::job)?;
             it.collect::<rusqlite::Result<_>>()?
         };
         let mut out = Vec::with_capacity(rows.len());

@@ -86,21 +86,31 @@ impl SqliteStore {
         let now = now_ns();
         if let Some(old) = self.live_version(key)? {
             let (pinned, before) = self.hist_keep(&old, ItemKind::State, key)?;
-            let id = match old.data() {
+            let (id, moved) = match old.data() {
                 Some(d) if !pinned => {
                     self.conn
                         .prepare_cached("UPDATE state_data SET data=?2 WHERE id=?1")?
                         .execute(params![d, data])?;
-                    d
+                    (d, false)
                 }
-                _ => self.insert_data(data)?,
+                _ => (self.insert_data(data)?, true),
             };
             let ver = self.fresh_ver()?;
-            self.conn
-                .prepare_cached(
-                    "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, ver=?6 WHERE key=?1",
-                )?
-                .execute(params![key, size as i64, now, typed, id, ver])?;
+            // The same row rewritten: `id` (indexed by `state_id`) stays, so the
+            // statement leaves it out and the index is not touched.
+            let sql = if moved {
+                "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, id=?5, ver=?6 WHERE key=?1"
+            } else {
+                "UPDATE state SET size=?2, mtime=?3, ctime=?3, typed=?4, ver=?6 WHERE key=?1 AND id=?5"
+            };
+            self.conn.prepare_cached(sql)?.execute(params![
+                key,
+                size as i64,
+                now,
+                typed,
+                id,
+                ver
+            ])?;
             let new = Ver::at(id, ver, typed, size as i64, old.mode);
             self.hist_note(ItemKind::State, key, Some(before), Some(new))?;
             return self.reclaim();
