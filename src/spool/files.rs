@@ -43,7 +43,7 @@ impl Ident {
     }
 }
 
-fn mtime_ns(m: &std::fs::Metadata) -> i64 {
+pub(super) fn mtime_ns(m: &std::fs::Metadata) -> i64 {
     m.mtime() * 1_000_000_000 + m.mtime_nsec()
 }
 

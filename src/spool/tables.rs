@@ -34,11 +34,7 @@ type Stamp = (u64, u64, i64);
 fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(path).ok()?;
-    Some((
-        m.ino(),
-        m.size(),
-        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-    ))
+    Some((m.ino(), m.size(), files::mtime_ns(&m)))
 }
 
 /// A key that can be a file's name in a table's folder.
