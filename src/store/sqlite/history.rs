@@ -24,6 +24,10 @@ pub(super) const OF_ENTRY: &str = "rid BETWEEN ?1 AND ?1 + (SELECT n FROM hist W
 /// and the `hist_bref` entry); bigger ones by reference.
 pub(super) const INLINE_MAX: i64 = 512;
 
+/// A small value's bytes, read with its version (see
+/// [`SqliteStore::live_version_small`]).
+pub(super) type Small = Arc<[u8]>;
+
 /// Version identities reserved at a time (see [`SqliteStore::fresh_ver`]).
 const VER_BLOCK: i64 = 1024;
 
@@ -138,6 +142,25 @@ impl SqliteStore {
                     r.get(3)?,
                     r.get(4)?,
                 ))
+            })
+            .optional()?)
+    }
+
+    /// The live version of a state key and, when it is small enough to be
+    /// kept inline (see [`INLINE_MAX`]), its bytes: one statement for what a
+    /// write needs before it changes the key.
+    pub(super) fn live_version_small(&mut self, key: &str) -> Result<Option<(Ver, Option<Small>)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT s.id, coalesce(s.ver, s.id), s.typed, s.size, s.mode,
+                   CASE WHEN s.size <= ?2 THEN d.data END
+                 FROM state s LEFT JOIN state_data d ON d.id=s.id WHERE s.key=?1",
+            )?
+            .query_row(params![key, INLINE_MAX], |r| {
+                let v = Ver::at(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?);
+                let small: Option<Vec<u8>> = r.get(5)?;
+                Ok((v, small.map(Arc::from)))
             })
             .optional()?)
     }
@@ -426,22 +449,30 @@ impl SqliteStore {
     /// in place. `before` is the version the open entry notes: at the first
     /// change of a small value no entry names, a copy (and the row is not
     /// pinned: the copy keeps the version, without a `hist_bref` entry).
+    /// `small`: the old value's bytes when already read (a small state value).
     pub(super) fn hist_keep(
         &mut self,
         old: &Ver,
         kind: ItemKind,
         item: &str,
+        small: Option<Small>,
     ) -> Result<(bool, Ver)> {
         let Some(data) = old.data() else {
             return Ok((false, old.clone()));
         };
         if !self.recording() {
-            let pinned = self.named_before(data)? || self.latest_after(kind, item, data)?;
+            let pinned = self.kept_names(kind, item, data)?;
             return Ok((pinned, old.clone()));
         }
         let first = !self.hist.items.contains_key(&(kind, item.to_string()));
         if first && old.size <= INLINE_MAX && !self.named(kind, item, data)? {
-            let copy = self.inline_copy(kind, old.clone())?;
+            let copy = match small {
+                Some(b) if kind == ItemKind::State => Ver {
+                    body: Body::Inline(b),
+                    ..old.clone()
+                },
+                _ => self.inline_copy(kind, old.clone())?,
+            };
             return Ok((false, copy));
         }
         let pinned = match self.hist.items.get(&(kind, item.to_string())) {
@@ -457,9 +488,21 @@ impl SqliteStore {
 
     /// Whether anything but the live state names the value row `data` of `item`.
     fn named(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<bool> {
-        Ok(self.open_before(data)
-            || self.named_before(data)?
-            || self.latest_after(kind, item, data)?)
+        Ok(self.open_before(data) || self.kept_names(kind, item, data)?)
+    }
+
+    /// Whether a kept entry names the value row `data` of `item`: as a
+    /// `before` ([`Self::named_before`]) or as the `after` of the latest
+    /// entry that changed the item ([`Self::latest_after`]), in one statement.
+    fn kept_names(&mut self, kind: ItemKind, item: &str, data: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS(SELECT 1 FROM hist WHERE b_ref=?1)
+                   OR coalesce((SELECT a_ref FROM hist WHERE kind=?2 AND item=?3
+                                ORDER BY seq DESC LIMIT 1) = ?1, 0)",
+            )?
+            .query_row(params![data, kind.as_str(), item], |r| r.get(0))?)
     }
 
     /// Whether a kept entry's `before` names the value row `data`.

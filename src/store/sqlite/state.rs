@@ -4,7 +4,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::history::Ver;
+use super::history::{Ver, INLINE_MAX};
 use super::SqliteStore;
 use crate::error::{err, Result};
 use crate::store::history::ItemKind;
@@ -84,8 +84,8 @@ impl SqliteStore {
     /// then the new value gets a row of its own (nothing is copied).
     pub(super) fn put(&mut self, key: &str, typed: bool, data: &[u8], size: u64) -> Result<()> {
         let now = now_ns();
-        if let Some(old) = self.live_version(key)? {
-            let (pinned, before) = self.hist_keep(&old, ItemKind::State, key)?;
+        if let Some((old, small)) = self.live_version_small(key)? {
+            let (pinned, before) = self.hist_keep(&old, ItemKind::State, key, small)?;
             let (id, moved) = match old.data() {
                 Some(d) if !pinned => {
                     self.conn
@@ -113,7 +113,12 @@ impl SqliteStore {
             ])?;
             let new = Ver::at(id, ver, typed, size as i64, old.mode);
             self.hist_note(ItemKind::State, key, Some(before), Some(new))?;
-            return self.reclaim();
+            // Only a value that may have had overflow pages frees pages when
+            // it is rewritten (a small one is rewritten within its page).
+            if old.size > INLINE_MAX {
+                self.reclaim()?;
+            }
+            return Ok(());
         }
         self.check_shape(key)?;
         let id = self.insert_data(data)?;
