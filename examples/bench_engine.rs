@@ -115,6 +115,10 @@ fn main() {
     if let Ok(n) = std::env::var("PEERFS_BATCH_RUNS") {
         cfg.batch_max_runs = n.parse().unwrap();
     }
+    // For a profile under a slow tool (callgrind): batches as full as at full speed.
+    if let Ok(ms) = std::env::var("PEERFS_BATCH_MS") {
+        cfg.batch_max_time = std::time::Duration::from_millis(ms.parse().unwrap());
+    }
     let core = Core::start(cfg).unwrap();
 
     core.create_peer("one", u, g).unwrap();

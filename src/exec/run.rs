@@ -36,7 +36,11 @@ impl Core {
         }
         let mut txn = Txn::begin(&mut **st, false)?;
         let (effects, finished) = match self.runs_in_txn(&mut *txn, peer, &mut jobs) {
-            Ok(r) => r,
+            Ok(r) => {
+                let max = self.0.cfg.batch_max_runs;
+                actor(peer).batch_ran(jobs.len(), r.1 as usize, max);
+                r
+            }
             Err(e) => {
                 drop(txn);
                 // A failing store (a full disk) is not a crash of the script: its
@@ -71,7 +75,7 @@ impl Core {
     /// the queue in the same commit.
     pub(super) fn count_starts(&self, st: &mut dyn Store, peer: &Arc<Peer>) -> Result<Vec<Job>> {
         let mut txn = Txn::begin(st, false)?;
-        let mut jobs = txn.queued(self.0.cfg.batch_max_runs)?;
+        let mut jobs = txn.queued(actor(peer).batch_limit(self.0.cfg.batch_max_runs))?;
         if jobs.first().is_some_and(|j| j.attempts > 0) {
             jobs.truncate(1);
         }

@@ -4,7 +4,7 @@
 //! its results, and the results it published last.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::op::{Ack, Op, Waiter};
@@ -21,6 +21,9 @@ pub(crate) struct ActorState {
     /// is usually read right after it is published).
     pub(crate) recent: Mutex<Recent>,
     pub(crate) queued: AtomicU64,
+    /// How many queued scripts the next batch reads; 0: `batch_max_runs` (see
+    /// [`ActorState::batch_limit`]).
+    batch_hint: AtomicUsize,
     pub(crate) has_undelivered: AtomicBool,
     /// Messages handed to their targets and not yet acknowledged.
     pub(crate) inflight: Mutex<HashSet<String>>,
@@ -84,6 +87,35 @@ impl ActorState {
     /// Queued runs not finished yet.
     pub(crate) fn queued(&self) -> u64 {
         self.queued.load(Ordering::Relaxed)
+    }
+
+    /// How many queued scripts the next batch reads (and counts the starts
+    /// of), at most `max` (`batch_max_runs`): all of them, until a batch ends
+    /// on its time budget with scripts it read left unrun; then about as many
+    /// as that batch ran, doubling after every batch that runs all it read.
+    /// Slow scripts would otherwise have each batch read, count and uncount
+    /// far more rows than it runs. Powers of two: the limit is written into
+    /// the statement (see `Queue::queued`), so few statements are cached.
+    pub(crate) fn batch_limit(&self, max: usize) -> usize {
+        match self.batch_hint.load(Ordering::Relaxed) {
+            0 => max,
+            n => n.min(max).max(1),
+        }
+    }
+
+    /// What a batch did: it read `read` scripts and ran `ran` of them.
+    pub(crate) fn batch_ran(&self, read: usize, ran: usize, max: usize) {
+        let limit = self.batch_limit(max);
+        let next = if ran < read {
+            ran.max(1).next_power_of_two().min(limit)
+        } else if read < limit {
+            // The queue had fewer: no sign of the batch's pace.
+            return;
+        } else {
+            limit.saturating_mul(2)
+        };
+        let hint = if next >= max { 0 } else { next };
+        self.batch_hint.store(hint, Ordering::Relaxed);
     }
 }
 
@@ -203,5 +235,36 @@ mod recent_tests {
         }
         assert!(rec.bytes <= Recent::MAX_BYTES);
         assert_eq!(rec.order.len(), rec.map.len());
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_reads_about_what_the_last_one_ran_and_grows_back() {
+        let a = ActorState::default();
+        assert_eq!(a.batch_limit(256), 256);
+        // Ended on its time budget after 20 of 256: the next reads 32.
+        a.batch_ran(256, 20, 256);
+        assert_eq!(a.batch_limit(256), 32);
+        // Ran all it read: doubles, up to the maximum.
+        a.batch_ran(32, 32, 256);
+        assert_eq!(a.batch_limit(256), 64);
+        // A short queue says nothing of the pace.
+        a.batch_ran(3, 3, 256);
+        assert_eq!(a.batch_limit(256), 64);
+        a.batch_ran(64, 64, 256);
+        a.batch_ran(128, 128, 256);
+        assert_eq!(a.batch_limit(256), 256);
+        a.batch_ran(256, 256, 256);
+        assert_eq!(a.batch_limit(256), 256);
+        // A batch that ran none (stopped) still reads one.
+        a.batch_ran(256, 0, 256);
+        assert_eq!(a.batch_limit(256), 1);
+        // A smaller maximum (a new config) bounds the hint.
+        a.batch_ran(1, 1, 256);
+        assert_eq!(a.batch_limit(1), 1);
     }
 }
