@@ -246,23 +246,24 @@ mod batch_tests {
     fn a_batch_reads_about_what_the_last_one_ran_and_grows_back() {
         let a = ActorState::default();
         assert_eq!(a.batch_limit(256), 256);
-        // Ended on its time budget after 20 of 256: the next reads 32.
-        a.batch_ran(256, 20, 256);
-        assert_eq!(a.batch_limit(256), 32);
-        // Ran all it read: doubles, up to the maximum.
-        a.batch_ran(32, 32, 256);
-        assert_eq!(a.batch_limit(256), 64);
-        // A short queue says nothing of the pace.
-        a.batch_ran(3, 3, 256);
-        assert_eq!(a.batch_limit(256), 64);
-        a.batch_ran(64, 64, 256);
-        a.batch_ran(128, 128, 256);
-        assert_eq!(a.batch_limit(256), 256);
-        a.batch_ran(256, 256, 256);
-        assert_eq!(a.batch_limit(256), 256);
-        // A batch that ran none (stopped) still reads one.
-        a.batch_ran(256, 0, 256);
-        assert_eq!(a.batch_limit(256), 1);
+        // (read, ran) of a batch, then the next batch's limit.
+        let steps = [
+            // Ended on its time budget after 20 of 256: the next reads 32.
+            ((256, 20), 32),
+            // Ran all it read: doubles, up to the maximum.
+            ((32, 32), 64),
+            // A short queue says nothing of the pace.
+            ((3, 3), 64),
+            ((64, 64), 128),
+            ((128, 128), 256),
+            ((256, 256), 256),
+            // A batch that ran none (stopped) still reads one.
+            ((256, 0), 1),
+        ];
+        for ((read, ran), next) in steps {
+            a.batch_ran(read, ran, 256);
+            assert_eq!(a.batch_limit(256), next, "after {ran} of {read}");
+        }
         // A smaller maximum (a new config) bounds the hint.
         a.batch_ran(1, 1, 256);
         assert_eq!(a.batch_limit(1), 1);

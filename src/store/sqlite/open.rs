@@ -208,7 +208,7 @@ impl SqliteStore {
 /// SQLite's lookaside (small allocations served from one block a connection),
 /// as (slot bytes, slots). SQLite's default, 1,200 × 40 (48 KB), was most of an
 /// open peer's memory with thousands of peers open (two connections each);
-/// a run's writer keeps a quarter of it (the same runs/s, docs/benchmarks.md),
+/// a run's writer keeps under a third of it (the same runs/s, docs/benchmarks.md),
 /// the reader, which answers one small read at a time, a little.
 const WRITER_LOOKASIDE: (c_int, c_int) = (1200, 12);
 const READER_LOOKASIDE: (c_int, c_int) = (256, 8);
